@@ -1,0 +1,59 @@
+// swift-tools-version:6.0
+//
+// kmsfs: a FUSE filesystem that serves KMS-encrypted secrets as plain,
+// read-only files whose plaintext lives only in locked memory.
+//
+// Layering (each target imports only what is below it):
+//
+//   kmsfs (executable)            argument parsing, daemonizing
+//   KmsfsKit                      mount options, configuration, wiring
+//   FUSEBridge                    the thin libfuse adapter            -> CFuse
+//   SecretFS                      the filesystem's meaning (no C)
+//   KMS                           KMS API, ciphertext formats        -> CCrypto
+//   AWS                           SigV4, credentials, HTTP, retries  -> CCurl, CCrypto
+//   SecureMemory, Log             locked memory, hardening, logging  -> CLinux
+import PackageDescription
+
+let package = Package(
+    name: "kmsfs",
+    products: [
+        .executable(name: "kmsfs", targets: ["kmsfs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C shims: one small header each, for macros and variadic calls.
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+        .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
+                       providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
+                       providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+
+        .target(name: "SecureMemory", dependencies: ["CLinux"]),
+        .target(name: "Log", dependencies: ["CLinux"]),
+        .target(name: "AWS", dependencies: ["SecureMemory", "Log", "CCurl", "CCrypto"]),
+        .target(name: "KMS", dependencies: ["AWS", "SecureMemory", "Log", "CCrypto"]),
+        .target(name: "SecretFS", dependencies: ["SecureMemory", "Log"]),
+        .target(name: "FUSEBridge", dependencies: ["SecretFS", "SecureMemory", "Log", "CFuse"]),
+        // Mount options, configuration resolution and the glue between KMS
+        // and SecretFS: everything the executable does that deserves tests.
+        .target(name: "KmsfsKit", dependencies: ["FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log"]),
+        .executableTarget(
+            name: "kmsfs",
+            dependencies: [
+                "KmsfsKit", "FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(name: "SecureMemoryTests", dependencies: ["SecureMemory"]),
+        .testTarget(name: "AWSTests", dependencies: ["AWS", "SecureMemory"]),
+        .testTarget(name: "KMSTests", dependencies: ["KMS", "AWS", "SecureMemory"]),
+        .testTarget(name: "SecretFSTests", dependencies: ["SecretFS", "SecureMemory"]),
+        .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

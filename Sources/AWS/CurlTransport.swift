@@ -1,0 +1,243 @@
+import CCurl
+import CCrypto
+import SecureMemory
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `HTTPTransport` on libcurl. Easy handles are pooled so connections (and
+/// TLS sessions) are reused across calls. The response body goes straight
+/// from curl's receive buffer into secure memory, and curl's buffer is wiped
+/// once copied; on TLS connections OpenSSL cleanses decrypted records
+/// (`SSL_OP_CLEANSE_PLAINTEXT`). Certificate verification is always on.
+public final class CurlTransport: HTTPTransport, @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Seconds to establish a connection (TCP and TLS).
+        public var connectTimeout: Double = 2.0
+        /// Seconds for a whole request, connection included.
+        public var timeout: Double = 10.0
+        /// PEM file of trusted CAs (`AWS_CA_BUNDLE`); nil for the system store.
+        public var caBundle: String?
+        /// Largest response body accepted.
+        public var maxBodyBytes: Int = 1 << 20
+        /// Idle handles kept for reuse.
+        public var maxPooledHandles: Int = 16
+        public init() {}
+    }
+
+    public let options: Options
+    private let pool = Mutex<[EasyHandle]>([])
+
+    public init(options: Options = Options()) {
+        CurlTransport.globalInit
+        self.options = options
+    }
+
+    private static let globalInit: Void = {
+        _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+    }()
+
+    public func send(_ request: HTTPRequest) throws(TransportError) -> HTTPResponse {
+        let handle: EasyHandle
+        if let h = pool.withLock({ $0.popLast() }) {
+            handle = h
+        } else {
+            guard let h = EasyHandle() else { throw TransportError(.other, "curl_easy_init failed") }
+            handle = h
+        }
+        var healthy = false
+        defer {
+            if healthy {
+                pool.withLock { p in if p.count < options.maxPooledHandles { p.append(handle) } }
+            }
+        }
+        let result = try handle.perform(request, options: options)
+        healthy = true
+        return result
+    }
+}
+
+/// Per-transfer state reached from curl's callbacks.
+private final class TransferContext {
+    var accumulator: SecureAccumulator?
+    var headers: [(name: String, value: String)] = []
+    var status = 0
+    var contentLength: Int?
+    let limit: Int
+    var failure: TransportError?
+
+    init(limit: Int) { self.limit = limit }
+}
+
+private let writeCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
+    let n = size * nmemb
+    guard let userdata, let ptr else { return 0 }
+    let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
+    defer { secureWipe(ptr, n) }   // curl's receive buffer held these bytes
+    do {
+        if ctx.accumulator == nil {
+            let hint = min(max(ctx.contentLength ?? 4096, n), ctx.limit)
+            ctx.accumulator = try SecureAccumulator(initialCapacity: hint, limit: ctx.limit)
+        }
+        try ctx.accumulator!.append(UnsafeRawBufferPointer(start: ptr, count: n))
+        return n
+    } catch let error as SecureMemoryError {
+        if case .capacityExceeded(_, let limit) = error {
+            ctx.failure = TransportError(.tooLarge, "response body larger than \(limit) bytes")
+        } else {
+            ctx.failure = TransportError(.other, "\(error)")
+        }
+        return 0   // makes curl abort with CURLE_WRITE_ERROR
+    } catch {
+        ctx.failure = TransportError(.other, "\(error)")
+        return 0
+    }
+}
+
+private let headerCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
+    let n = size * nmemb
+    guard let userdata, let ptr else { return n }
+    let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
+    let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: n), as: UTF8.self)
+        .trimmingCharacters(in: " \r\n\t")
+    if line.hasPrefix("HTTP/") {
+        // A new status line (after 100 Continue, or a redirect) starts over.
+        ctx.headers.removeAll()
+        ctx.contentLength = nil
+        let parts = line.split(separator: " ", maxSplits: 2)
+        if parts.count >= 2, let s = Int(parts[1]) { ctx.status = s }
+    } else if let colon = line.firstIndex(of: ":") {
+        let name = String(line[..<colon])
+        let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: " \t")
+        ctx.headers.append((name, value))
+        if name.lowercased() == "content-length", let v = Int(value) { ctx.contentLength = v }
+    }
+    return n
+}
+
+private let sslContextCallback: kmsfs_curl_ssl_ctx_fn = { _, sslctx, _ in
+    if let sslctx { kmsfs_ssl_ctx_cleanse_plaintext(sslctx) }
+    return CURLE_OK
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let chars = Set(set.unicodeScalars)
+        var s = Substring(self)
+        while let f = s.unicodeScalars.first, chars.contains(f) { s = s.dropFirst() }
+        while let l = s.unicodeScalars.last, chars.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// One curl easy handle; freed in deinit. Not shared between threads: the
+/// transport hands each to one request at a time.
+private final class EasyHandle: @unchecked Sendable {
+    let curl: UnsafeMutableRawPointer
+    var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+
+    init?() {
+        guard let c = curl_easy_init() else { return nil }
+        curl = c
+    }
+
+    deinit { curl_easy_cleanup(curl) }
+
+    func perform(_ request: HTTPRequest, options: CurlTransport.Options) throws(TransportError) -> HTTPResponse {
+        curl_easy_reset(curl)
+        let ctx = TransferContext(limit: options.maxBodyBytes)
+        let ctxPtr = Unmanaged.passRetained(ctx)
+        defer { ctxPtr.release() }
+
+        var headerList: UnsafeMutablePointer<curl_slist>? = nil
+        defer { curl_slist_free_all(headerList) }
+        for (name, value) in request.headers {
+            headerList = curl_slist_append(headerList, "\(name): \(value)")
+        }
+        // No "Expect: 100-continue" round trip; no Accept-Encoding games.
+        headerList = curl_slist_append(headerList, "Expect:")
+
+        let url = request.url.description
+        let connectTimeout = request.connectTimeout ?? options.connectTimeout
+        let timeout = request.timeout ?? options.timeout
+
+        let rc: CURLcode = errorBuffer.withUnsafeMutableBufferPointer { errbuf in
+            errbuf[0] = 0
+            _ = kmsfs_curl_set_pointer(curl, CURLOPT_ERRORBUFFER, errbuf.baseAddress)
+            _ = kmsfs_curl_set_string(curl, CURLOPT_URL, url)
+            _ = kmsfs_curl_set_string(curl, CURLOPT_PROTOCOLS_STR, "http,https")
+            _ = kmsfs_curl_set_long(curl, CURLOPT_NOSIGNAL, 1)
+            _ = kmsfs_curl_set_long(curl, CURLOPT_FOLLOWLOCATION, 0)
+            _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_NODELAY, 1)
+            _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_KEEPALIVE, 1)
+            _ = kmsfs_curl_set_long(curl, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_CONNECTTIMEOUT_MS, Int(connectTimeout * 1000))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_TIMEOUT_MS, Int(timeout * 1000))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYPEER, 1)
+            _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYHOST, 2)
+            if let ca = options.caBundle { _ = kmsfs_curl_set_string(curl, CURLOPT_CAINFO, ca) }
+            _ = kmsfs_curl_set_ssl_ctx_fn(curl, sslContextCallback)
+            _ = kmsfs_curl_set_write_fn(curl, writeCallback)
+            _ = kmsfs_curl_set_pointer(curl, CURLOPT_WRITEDATA, ctxPtr.toOpaque())
+            _ = kmsfs_curl_set_header_fn(curl, headerCallback)
+            _ = kmsfs_curl_set_pointer(curl, CURLOPT_HEADERDATA, ctxPtr.toOpaque())
+            _ = kmsfs_curl_set_slist(curl, CURLOPT_HTTPHEADER, headerList)
+
+            return request.body.withUnsafeBytes { body -> CURLcode in
+                switch request.method {
+                case "GET":
+                    _ = kmsfs_curl_set_long(curl, CURLOPT_HTTPGET, 1)
+                case "POST":
+                    _ = kmsfs_curl_set_long(curl, CURLOPT_POST, 1)
+                default:
+                    _ = kmsfs_curl_set_string(curl, CURLOPT_CUSTOMREQUEST, request.method)
+                }
+                if request.method != "GET" {
+                    // curl reads the body in place (no copy): POSTFIELDS with an
+                    // explicit size, valid until perform returns.
+                    _ = kmsfs_curl_set_off_t(curl, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
+                    _ = kmsfs_curl_set_pointer(curl, CURLOPT_POSTFIELDS,
+                                               UnsafeMutableRawPointer(mutating: body.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
+                }
+                return curl_easy_perform(curl)
+            }
+        }
+        // Detach our pointers from the handle before it goes back to the pool.
+        _ = kmsfs_curl_set_pointer(curl, CURLOPT_POSTFIELDS, nil)
+        _ = kmsfs_curl_set_pointer(curl, CURLOPT_ERRORBUFFER, nil)
+
+        if rc != CURLE_OK {
+            if let f = ctx.failure { throw f }
+            let detail = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            let text = detail.isEmpty ? String(cString: curl_easy_strerror(rc)) : detail
+            throw TransportError(EasyHandle.kind(of: rc), "\(request.url.hostHeader): \(text)")
+        }
+        let body: SecureBuffer
+        if let acc = ctx.accumulator {
+            body = acc.buffer
+        } else {
+            do { body = try SecureBuffer(capacity: 1) } catch { throw TransportError(.other, "\(error)") }
+        }
+        var status = 0
+        var code: Int = 0
+        if kmsfs_curl_get_long(curl, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK { status = code }
+        return HTTPResponse(status: status != 0 ? status : ctx.status, headers: ctx.headers, body: body)
+    }
+
+    static func kind(of rc: CURLcode) -> TransportError.Kind {
+        switch rc {
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY:
+            return .connect
+        case CURLE_OPERATION_TIMEDOUT:
+            return .timeout
+        case CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CERTPROBLEM,
+             CURLE_SSL_CIPHER, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_ISSUER_ERROR, CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+            return .tls
+        case CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_HTTP2, CURLE_HTTP2_STREAM:
+            return .io
+        default:
+            return .other
+        }
+    }
+}

@@ -1,0 +1,165 @@
+import SecureMemory
+
+/// The body of a request: plain bytes (a ciphertext, a form) or secure
+/// memory (anything that carries plaintext or key material).
+public enum HTTPBody: Sendable {
+    case bytes([UInt8])
+    case secure(SecureBuffer)
+
+    public static let empty = HTTPBody.bytes([])
+
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch self {
+        case .bytes(let b): return try b.withUnsafeBytes(body)
+        case .secure(let s): return try s.withUnsafeBytes { try body($0) }
+        }
+    }
+}
+
+public struct HTTPRequest: Sendable {
+    public var method: String
+    public var url: URLParts
+    public var headers: [(name: String, value: String)]
+    public var body: HTTPBody
+    /// Per-request overall timeout, seconds (nil: the transport's default).
+    public var timeout: Double?
+    /// Per-request connect timeout, seconds (nil: the transport's default).
+    public var connectTimeout: Double?
+
+    public init(method: String, url: URLParts, headers: [(name: String, value: String)] = [],
+                body: HTTPBody = .empty, timeout: Double? = nil, connectTimeout: Double? = nil) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+        self.connectTimeout = connectTimeout
+    }
+}
+
+/// A response. The body is always in secure memory: the transport cannot
+/// know which responses carry plaintext, so none is left in ordinary memory.
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [(name: String, value: String)]
+    public var body: SecureBuffer
+
+    public init(status: Int, headers: [(name: String, value: String)], body: SecureBuffer) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public func header(_ name: String) -> String? {
+        let n = name.lowercased()
+        return headers.first { $0.name.lowercased() == n }?.value
+    }
+
+    /// The body as text, for responses known to carry no secret (errors,
+    /// credential-less metadata). Callers decide; the transport never does.
+    public func nonSecretBodyText(limit: Int = 64 * 1024) -> String {
+        body.withUnsafeBytes { b in
+            String(decoding: b.prefix(limit), as: UTF8.self)
+        }
+    }
+}
+
+/// A transport failure (no HTTP response at all).
+public struct TransportError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        case connect       // refused, unreachable, DNS
+        case timeout
+        case tls
+        case io            // reset, truncated, nothing received
+        case tooLarge      // response over the body limit
+        case other
+    }
+    public var kind: Kind
+    public var message: String
+
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    public var description: String { message }
+
+    /// Whether trying again may help (every kind but TLS verification,
+    /// oversize and other).
+    public var isRetryable: Bool { kind == .connect || kind == .timeout || kind == .io }
+}
+
+/// Sends one request and returns the response; thread-safe, blocking.
+public protocol HTTPTransport: Sendable {
+    func send(_ request: HTTPRequest) throws(TransportError) -> HTTPResponse
+}
+
+/// A parsed URL, as much as AWS endpoints need.
+public struct URLParts: Sendable, Equatable, CustomStringConvertible {
+    public var scheme: String
+    public var host: String
+    public var port: Int?
+    public var path: String
+    public var query: String
+
+    public init(scheme: String, host: String, port: Int? = nil, path: String = "/", query: String = "") {
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.path = path.isEmpty ? "/" : path
+        self.query = query
+    }
+
+    /// Parses `scheme://host[:port][/path][?query]`; IPv6 hosts in brackets.
+    public init?(_ text: String) {
+        guard let sep = text.utf8.indices.first(where: { text.utf8[$0...].starts(with: "://".utf8) }) else { return nil }
+        let scheme = text[..<sep].lowercased()
+        guard scheme == "http" || scheme == "https" else { return nil }
+        var rest = Substring(text[text.utf8.index(sep, offsetBy: 3)...])
+        var query = ""
+        if let q = rest.firstIndex(of: "?") {
+            query = String(rest[rest.index(after: q)...])
+            rest = rest[..<q]
+        }
+        var path = "/"
+        if let slash = rest.firstIndex(of: "/") {
+            path = String(rest[slash...])
+            rest = rest[..<slash]
+        }
+        var host = String(rest)
+        var port: Int? = nil
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let after = host[host.index(after: close)...]
+            if after.hasPrefix(":") {
+                guard let p = Int(after.dropFirst()), p > 0, p < 65536 else { return nil }
+                port = p
+            } else if !after.isEmpty { return nil }
+            host = String(host[...close])
+        } else if let colon = host.lastIndex(of: ":") {
+            guard let p = Int(host[host.index(after: colon)...]), p > 0, p < 65536 else { return nil }
+            port = p
+            host = String(host[..<colon])
+        }
+        guard !host.isEmpty, !host.contains("@") else { return nil }
+        self.init(scheme: scheme, host: host, port: port, path: path, query: query)
+    }
+
+    /// The `Host` header value: the port only where it is not the default.
+    public var hostHeader: String {
+        if let port, !((scheme == "http" && port == 80) || (scheme == "https" && port == 443)) {
+            return "\(host):\(port)"
+        }
+        return host
+    }
+
+    public var description: String {
+        "\(scheme)://\(hostHeader)\(path)\(query.isEmpty ? "" : "?" + query)"
+    }
+
+    /// True for 127.0.0.0/8, ::1 and localhost.
+    public var isLoopback: Bool {
+        let h = host.lowercased()
+        return h == "localhost" || h.hasPrefix("127.") || h == "[::1]"
+    }
+}

@@ -1,0 +1,222 @@
+import SecureMemory
+import Log
+import Synchronization
+
+/// An error from an AWS call: the service answered with an error, or it
+/// could not be reached, or there were no credentials to sign with.
+public enum AWSError: Error, CustomStringConvertible, Sendable {
+    case service(code: String, message: String, status: Int, requestId: String?)
+    case transport(TransportError)
+    case credentials(CredentialError)
+    case malformedResponse(String)
+
+    public var description: String {
+        switch self {
+        case let .service(code, message, status, requestId):
+            let m = message.isEmpty ? "" : ": \(message)"
+            return "\(code) (HTTP \(status)\(requestId.map { ", request \($0)" } ?? ""))\(m)"
+        case .transport(let t): return "transport error: \(t)"
+        case .credentials(let c): return "no credentials: \(c)"
+        case .malformedResponse(let m): return "malformed response: \(m)"
+        }
+    }
+
+    /// The service error code, if the service answered.
+    public var code: String? {
+        if case .service(let code, _, _, _) = self { return code }
+        return nil
+    }
+
+    public var retryClass: RetryClass {
+        switch self {
+        case let .service(code, _, status, _):
+            if throttlingErrorCodes.contains(code) || status == 429 { return .throttling }
+            if transientErrorCodes.contains(code) || transientStatusCodes.contains(status) { return .transient }
+            return .notRetryable
+        case .transport(let t):
+            switch t.kind {
+            case .timeout: return .timeout
+            case .connect, .io: return .transient
+            default: return .notRetryable
+            }
+        case .credentials, .malformedResponse:
+            return .notRetryable
+        }
+    }
+}
+
+/// Counters a client keeps for `kmsfs status`.
+public final class CallMetrics: Sendable {
+    struct State {
+        var calls = 0
+        var failures = 0
+        var retries = 0
+        var throttled = 0
+        var latencies: [Double] = []   // ring of recent successful call latencies, seconds
+        var next = 0
+    }
+    private let state = Mutex(State())
+    static let window = 1024
+
+    public init() {}
+
+    func record(latency: Double?, failed: Bool, retries: Int, throttled: Int) {
+        state.withLock { s in
+            s.calls += 1
+            if failed { s.failures += 1 }
+            s.retries += retries
+            s.throttled += throttled
+            if let latency {
+                if s.latencies.count < CallMetrics.window { s.latencies.append(latency) } else { s.latencies[s.next] = latency }
+                s.next = (s.next + 1) % CallMetrics.window
+            }
+        }
+    }
+
+    public struct Snapshot: Sendable {
+        public var calls: Int
+        public var failures: Int
+        public var retries: Int
+        public var throttled: Int
+        public var p50: Double?
+        public var p99: Double?
+    }
+
+    public var snapshot: Snapshot {
+        state.withLock { s in
+            let sorted = s.latencies.sorted()
+            func q(_ p: Double) -> Double? {
+                guard !sorted.isEmpty else { return nil }
+                return sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.down)))]
+            }
+            return Snapshot(calls: s.calls, failures: s.failures, retries: s.retries, throttled: s.throttled,
+                            p50: q(0.5), p99: q(0.99))
+        }
+    }
+}
+
+/// A client for an AWS JSON 1.1 service (KMS: `TrentService`): signs each
+/// request with SigV4, sends it, classifies errors and retries in the
+/// standard mode.
+public final class AWSJSONClient: Sendable {
+    public let signingName: String
+    public let targetPrefix: String
+    public let region: String
+    public let endpoint: URLParts
+    public let credentials: CredentialProvider
+    public let transport: HTTPTransport
+    public let clock: Clock
+    public let retry: RetryStrategy
+    public let metrics = CallMetrics()
+    /// Longest a call may take, retries and backoff included.
+    public let callDeadline: Double
+
+    public init(signingName: String, targetPrefix: String, region: String, endpoint: URLParts,
+                credentials: CredentialProvider, transport: HTTPTransport, clock: Clock = .system,
+                retry: RetryStrategy = RetryStrategy(), callDeadline: Double = 30) {
+        self.signingName = signingName
+        self.targetPrefix = targetPrefix
+        self.region = region
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.transport = transport
+        self.clock = clock
+        self.retry = retry
+        self.callDeadline = callDeadline
+    }
+
+    /// Calls `operation` with a JSON body; returns the 2xx response.
+    public func call(_ operation: String, body: HTTPBody) throws(AWSError) -> HTTPResponse {
+        let start = clock.monotonic()
+        var attempt = 0
+        var retries = 0
+        var throttled = 0
+        var lastCost = 0
+        while true {
+            attempt += 1
+            do {
+                let response = try attemptOnce(operation, body: body)
+                retry.recordSuccess(retryCost: lastCost)
+                metrics.record(latency: clock.monotonic() - start, failed: false, retries: retries, throttled: throttled)
+                return response
+            } catch {
+                let cls = error.retryClass
+                if cls == .throttling { throttled += 1 }
+                let decision = retry.decide(after: cls, attempt: attempt)
+                if case .retry(let delay, let cost) = decision,
+                   clock.monotonic() - start + delay < callDeadline {
+                    Log.info("\(targetPrefix).\(operation) attempt \(attempt) failed (\(error)); retrying in \(Int(delay * 1000)) ms")
+                    lastCost = cost
+                    retries += 1
+                    clock.sleep(delay)
+                    continue
+                }
+                metrics.record(latency: nil, failed: true, retries: retries, throttled: throttled)
+                throw error
+            }
+        }
+    }
+
+    private func attemptOnce(_ operation: String, body: HTTPBody) throws(AWSError) -> HTTPResponse {
+        let creds: AWSCredentials
+        do { creds = try credentials.credentials() } catch { throw .credentials(error) }
+        let payloadHash = body.withUnsafeBytes { Digest.hex(Digest.sha256($0)) }
+        var headers: [(name: String, value: String)] = [
+            ("Host", endpoint.hostHeader),
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", "\(targetPrefix).\(operation)"),
+        ]
+        let signer = SigV4Signer(region: region, service: signingName)
+        let req = SigV4Signer.Request(method: "POST", path: endpoint.path, query: endpoint.query,
+                                      headers: headers, payloadHash: payloadHash)
+        headers += signer.sign(req, credentials: creds, date: clock.now())
+        headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
+        let response: HTTPResponse
+        do {
+            response = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body))
+        } catch {
+            throw .transport(error)
+        }
+        guard (200..<300).contains(response.status) else {
+            throw AWSJSONClient.parseError(response)
+        }
+        return response
+    }
+
+    /// Reads `__type` / `message` (or `x-amzn-ErrorType`) from an error
+    /// response. Error bodies carry no secret.
+    public static func parseError(_ response: HTTPResponse) -> AWSError {
+        let requestId = response.header("x-amzn-RequestId")
+        var code = response.header("x-amzn-ErrorType").map { String($0.split(separator: ":").first ?? "") } ?? ""
+        var message = ""
+        let doc = response.body.withUnsafeBytes { JSONValue.parse($0) }
+        if let doc {
+            if let t = doc["__type"]?.stringValue { code = t }
+            message = doc["message"]?.stringValue ?? doc["Message"]?.stringValue ?? ""
+        } else {
+            // Some front ends (and emulators) answer auth failures in the
+            // query protocol's XML: <Error><Code>..</Code><Message>..</Message>.
+            let text = response.nonSecretBodyText(limit: 4096)
+            if let c = xmlElement("Code", in: text) { code = c }
+            if let m = xmlElement("Message", in: text) { message = m }
+            else if code.isEmpty { message = String(text.prefix(200)) }
+        }
+        if let hash = code.lastIndex(of: "#") { code = String(code[code.index(after: hash)...]) }
+        if code.isEmpty { code = "HTTP\(response.status)" }
+        return .service(code: code, message: message, status: response.status, requestId: requestId)
+    }
+}
+
+public let kmsfsVersion = "0.1.0"
+
+/// The text of the first `<name>...</name>` element (no nesting, entities
+/// for &amp; &lt; &gt; &quot; &apos; decoded). Enough for AWS error bodies.
+public func xmlElement(_ name: String, in text: String) -> String? {
+    let open = "<\(name)>", close = "</\(name)>"
+    guard let a = text.firstRange(of: open), let b = text[a.upperBound...].firstRange(of: close) else { return nil }
+    var v = String(text[a.upperBound..<b.lowerBound])
+    for (e, r) in [("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&apos;", "'"), ("&amp;", "&")] {
+        v = v.replacing(e, with: r)
+    }
+    return v
+}

@@ -1,0 +1,129 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Seconds since the Unix epoch, UTC, with sub-second precision where the
+/// source has it.
+public struct Timestamp: Comparable, Hashable, Sendable, CustomStringConvertible {
+    public var seconds: Double
+    public init(seconds: Double) { self.seconds = seconds }
+
+    public static func < (a: Timestamp, b: Timestamp) -> Bool { a.seconds < b.seconds }
+    public static func + (a: Timestamp, d: Double) -> Timestamp { Timestamp(seconds: a.seconds + d) }
+    public static func - (a: Timestamp, b: Timestamp) -> Double { a.seconds - b.seconds }
+
+    /// The wall clock now.
+    public static func now() -> Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timestamp(seconds: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
+    }
+
+    private var tm: tm {
+        var t = time_t(seconds.rounded(.down))
+        var out = Glibc.tm()
+        gmtime_r(&t, &out)
+        return out
+    }
+
+    /// `20150830T123600Z`, the SigV4 `X-Amz-Date` form.
+    public var amzDate: String {
+        let t = tm
+        return pad(Int(t.tm_year) + 1900, 4) + pad(Int(t.tm_mon) + 1, 2) + pad(Int(t.tm_mday), 2)
+            + "T" + pad(Int(t.tm_hour), 2) + pad(Int(t.tm_min), 2) + pad(Int(t.tm_sec), 2) + "Z"
+    }
+
+    /// `20150830`, the SigV4 credential-scope date.
+    public var amzDay: String { String(amzDate.prefix(8)) }
+
+    /// `2015-08-30T12:36:00Z`.
+    public var iso8601: String {
+        let t = tm
+        return pad(Int(t.tm_year) + 1900, 4) + "-" + pad(Int(t.tm_mon) + 1, 2) + "-" + pad(Int(t.tm_mday), 2)
+            + "T" + pad(Int(t.tm_hour), 2) + ":" + pad(Int(t.tm_min), 2) + ":" + pad(Int(t.tm_sec), 2) + "Z"
+    }
+
+    public var description: String { iso8601 }
+
+    /// Parses `2015-08-30T12:36:00Z`, `2015-08-30T12:36:00.123Z` and
+    /// `2015-08-30T12:36:00+00:00` (the forms AWS services and credential
+    /// sources emit).
+    public static func parseISO8601(_ text: String) -> Timestamp? {
+        let s = Array(text.utf8)
+        func num(_ from: Int, _ len: Int) -> Int? {
+            guard from + len <= s.count else { return nil }
+            var v = 0
+            for i in from..<(from + len) {
+                let c = s[i]
+                guard c >= 48 && c <= 57 else { return nil }
+                v = v * 10 + Int(c - 48)
+            }
+            return v
+        }
+        guard s.count >= 19, s[4] == UInt8(ascii: "-"), s[7] == UInt8(ascii: "-"),
+              s[10] == UInt8(ascii: "T") || s[10] == UInt8(ascii: " "),
+              let y = num(0, 4), let mo = num(5, 2), let d = num(8, 2),
+              let h = num(11, 2), let mi = num(14, 2), let se = num(17, 2) else { return nil }
+        var i = 19
+        var frac = 0.0
+        if i < s.count, s[i] == UInt8(ascii: ".") {
+            i += 1
+            var scale = 0.1
+            while i < s.count, s[i] >= 48, s[i] <= 57 { frac += Double(s[i] - 48) * scale; scale /= 10; i += 1 }
+        }
+        var offset = 0
+        if i < s.count {
+            if s[i] == UInt8(ascii: "Z") || s[i] == UInt8(ascii: "z") {
+                i += 1
+            } else if s[i] == UInt8(ascii: "+") || s[i] == UInt8(ascii: "-") {
+                let sign = s[i] == UInt8(ascii: "+") ? 1 : -1
+                guard let oh = num(i + 1, 2) else { return nil }
+                var om = 0
+                if i + 3 < s.count, s[i + 3] == UInt8(ascii: ":") { om = num(i + 4, 2) ?? 0 } else { om = num(i + 3, 2) ?? 0 }
+                offset = sign * (oh * 3600 + om * 60)
+            }
+        }
+        var t = Glibc.tm()
+        t.tm_year = Int32(y - 1900); t.tm_mon = Int32(mo - 1); t.tm_mday = Int32(d)
+        t.tm_hour = Int32(h); t.tm_min = Int32(mi); t.tm_sec = Int32(se)
+        let epoch = timegm(&t)
+        return Timestamp(seconds: Double(epoch - offset) + frac)
+    }
+
+    private func pad(_ v: Int, _ width: Int) -> String {
+        let s = String(v)
+        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+    }
+}
+
+/// A source of time, injected so signing, expiry and backoff are testable.
+public struct Clock: Sendable {
+    public var now: @Sendable () -> Timestamp
+    /// Monotonic seconds, for durations and deadlines.
+    public var monotonic: @Sendable () -> Double
+    public var sleep: @Sendable (Double) -> Void
+
+    public init(now: @escaping @Sendable () -> Timestamp,
+                monotonic: @escaping @Sendable () -> Double,
+                sleep: @escaping @Sendable (Double) -> Void) {
+        self.now = now
+        self.monotonic = monotonic
+        self.sleep = sleep
+    }
+
+    public static let system = Clock(
+        now: { Timestamp.now() },
+        monotonic: { monotonicSeconds() },
+        sleep: { seconds in
+            guard seconds > 0 else { return }
+            var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+            var rem = timespec()
+            while nanosleep(&ts, &rem) == -1 && errno == EINTR { ts = rem }
+        })
+}
+
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

@@ -1,0 +1,361 @@
+import CFuse
+import SecretFS
+import SecureMemory
+import Log
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What every request reaches through `fuse_req_userdata`.
+final class BridgeContext: @unchecked Sendable {
+    let fs: SecretFileSystem
+    let scratch: ScratchPool
+    let debug: Bool
+
+    init(fs: SecretFileSystem, maxRead: Int, debug: Bool) {
+        self.fs = fs
+        self.scratch = ScratchPool(bufferSize: maxRead)
+        self.debug = debug
+    }
+}
+
+@inline(__always)
+private func context(_ req: fuse_req_t?) -> BridgeContext {
+    Unmanaged<BridgeContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+}
+
+/// A request pointer that may be captured by the lazy group lookup; valid
+/// only while the request is being answered, which is the only time the
+/// lookup runs.
+private struct RequestRef: @unchecked Sendable { let req: fuse_req_t? }
+
+private func caller(_ req: fuse_req_t?) -> Caller {
+    let ctx = fuse_req_ctx(req)!.pointee
+    let ref = RequestRef(req: req)
+    return Caller(uid: ctx.uid, gid: ctx.gid, pid: ctx.pid) {
+        var groups = [gid_t](repeating: 0, count: 64)
+        var n = fuse_req_getgroups(ref.req, Int32(groups.count), &groups)
+        if n > Int32(groups.count) {
+            groups = [gid_t](repeating: 0, count: Int(n))
+            n = fuse_req_getgroups(ref.req, Int32(groups.count), &groups)
+        }
+        return n > 0 ? Array(groups.prefix(Int(n))) : []
+    }
+}
+
+private func statBuffer(_ a: Attributes) -> stat {
+    var st = stat()
+    st.st_ino = ino_t(a.ino)
+    st.st_mode = mode_t(a.mode)
+    st.st_nlink = nlink_t(a.nlink)
+    st.st_uid = a.uid
+    st.st_gid = a.gid
+    st.st_size = off_t(a.size)
+    st.st_blksize = 4096
+    st.st_blocks = blkcnt_t((a.size + 511) / 512)
+    st.st_atim = a.atime
+    st.st_mtim = a.mtime
+    st.st_ctim = a.ctime
+    return st
+}
+
+private func entryParam(_ r: EntryReply) -> fuse_entry_param {
+    var e = fuse_entry_param()
+    e.ino = r.attributes.ino
+    e.generation = 1
+    e.attr = statBuffer(r.attributes)
+    e.attr_timeout = r.attributeTimeout
+    e.entry_timeout = r.entryTimeout
+    return e
+}
+
+private func debugLog(_ req: fuse_req_t?, _ text: @autoclosure () -> String) {
+    if context(req).debug { Log.debug("fuse: \(text())") }
+}
+
+private func reply(_ req: fuse_req_t?, error: Int32) {
+    _ = fuse_reply_err(req, error)
+}
+
+// MARK: - Operations. Each ends in exactly one fuse_reply_*.
+
+let opInit: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<fuse_conn_info>?) -> Void = { _, conn in
+    guard let conn else { return }
+    // Plaintext is copied into locked scratch memory for each reply; never
+    // let libfuse splice or move pages.
+    conn.pointee.want &= ~(KMSFS_FUSE_CAP_SPLICE_READ | KMSFS_FUSE_CAP_SPLICE_WRITE | KMSFS_FUSE_CAP_SPLICE_MOVE)
+    conn.pointee.want &= ~KMSFS_FUSE_CAP_WRITEBACK_CACHE
+    if conn.pointee.capable & KMSFS_FUSE_CAP_READDIRPLUS != 0 {
+        conn.pointee.want |= KMSFS_FUSE_CAP_READDIRPLUS
+        conn.pointee.want &= ~KMSFS_FUSE_CAP_READDIRPLUS_AUTO
+    }
+}
+
+let opLookup: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, parent, name in
+    let n = String(cString: name!)
+    debugLog(req, "lookup parent=\(parent) name=\(n)")
+    switch context(req).fs.lookup(parent: parent, name: n) {
+    case .success(let r):
+        var e = entryParam(r)
+        _ = fuse_reply_entry(req, &e)
+    case .failure(let err):
+        if err == .notFound {
+            // A negative entry the kernel may cache for the entry timeout.
+            var e = fuse_entry_param()
+            e.entry_timeout = context(req).fs.configuration.entryTimeout
+            _ = fuse_reply_entry(req, &e)
+        } else {
+            reply(req, error: err.code)
+        }
+    }
+}
+
+let opForget: @convention(c) (fuse_req_t?, fuse_ino_t, UInt64) -> Void = { req, ino, n in
+    context(req).fs.forget(ino, count: n)
+    fuse_reply_none(req)
+}
+
+let opForgetMulti: @convention(c) (fuse_req_t?, Int, UnsafeMutablePointer<fuse_forget_data>?) -> Void = { req, count, list in
+    let fs = context(req).fs
+    for i in 0..<count {
+        let f = list![i]
+        fs.forget(f.ino, count: f.nlookup)
+    }
+    fuse_reply_none(req)
+}
+
+let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, _ in
+    debugLog(req, "getattr ino=\(ino)")
+    switch context(req).fs.getattr(ino) {
+    case .success(let (a, timeout)):
+        var st = statBuffer(a)
+        _ = fuse_reply_attr(req, &st, timeout)
+    case .failure(let err):
+        reply(req, error: err.code)
+    }
+}
+
+let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
+    let ctx = context(req)
+    let who = caller(req)
+    debugLog(req, "open ino=\(ino) uid=\(who.uid) pid=\(who.pid)")
+    switch ctx.fs.open(ino, flags: fi!.pointee.flags, caller: who) {
+    case .success(let handle):
+        // Direct I/O: the kernel's page cache never holds plaintext, and
+        // every read comes here.
+        kmsfs_fi_set_open_flags(fi, 1, 0, 0)
+        let ref = Unmanaged.passRetained(handle)
+        fi!.pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
+        if fuse_reply_open(req, fi) != 0 {
+            // The opener went away (interrupted): the kernel will not release it.
+            ref.release()
+        }
+    case .failure(let err):
+        reply(req, error: err.code)
+    }
+}
+
+let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, size, offset, fi in
+    let ctx = context(req)
+    guard let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) else { reply(req, error: EBADF); return }
+    let handle = Unmanaged<OpenSecret>.fromOpaque(raw).takeUnretainedValue()
+    let plaintext = handle.plaintext
+    let total = plaintext.count
+    let start = min(Int(max(offset, 0)), total)
+    let length = min(size, total - start, ctx.scratch.bufferSize)
+    if length <= 0 {
+        _ = fuse_reply_buf(req, nil, 0)
+        return
+    }
+    // memfd_secret pages cannot be handed to the kernel for the reply (it
+    // pins pages): copy into locked scratch, reply, wipe.
+    do {
+        try ctx.scratch.withScratch { buf -> (result: Void, used: Int) in
+            plaintext.copyBytes(from: start, count: length, to: buf.baseAddress!)
+            _ = fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), length)
+            return ((), length)
+        }
+    } catch {
+        Log.error("read: no locked scratch memory: \(error)")
+        reply(req, error: EIO)
+    }
+}
+
+let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
+    if let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) {
+        Unmanaged<OpenSecret>.fromOpaque(raw).release()
+    }
+    reply(req, error: 0)
+}
+
+let opFlush: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _ in
+    reply(req, error: 0)
+}
+
+let opFsync: @convention(c) (fuse_req_t?, fuse_ino_t, Int32, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _, _ in
+    reply(req, error: 0)
+}
+
+let opOpendir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
+    debugLog(req, "opendir ino=\(ino)")
+    switch context(req).fs.openDirectory(ino) {
+    case .success(let dir):
+        let ref = Unmanaged.passRetained(dir)
+        fi!.pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
+        if fuse_reply_open(req, fi) != 0 { ref.release() }
+    case .failure(let err):
+        reply(req, error: err.code)
+    }
+}
+
+private func directory(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenDirectory? {
+    guard let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) else { return nil }
+    return Unmanaged<OpenDirectory>.fromOpaque(raw).takeUnretainedValue()
+}
+
+private func fillDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t,
+                           _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
+    let ctx = context(req)
+    guard let dir = directory(fi) else { reply(req, error: EBADF); return }
+    var buf = [CChar](repeating: 0, count: size)
+    var used = 0
+    // Offsets: 0 ".", 1 "..", then items; an entry's offset is the next one's index.
+    var index = Int(offset)
+    let count = dir.items.count + 2
+    buf.withUnsafeMutableBufferPointer { b in
+        while index < count {
+            let name: String
+            var st = stat()
+            var e = fuse_entry_param()
+            var counted: UInt64? = nil
+            if index < 2 {
+                name = index == 0 ? "." : ".."
+                st.st_ino = ino_t(dir.ino)
+                st.st_mode = mode_t(Glibc.S_IFDIR)
+                e.attr = st
+            } else {
+                let item = dir.items[index - 2]
+                name = item.name
+                if plus {
+                    guard let r = ctx.fs.lookupForListing(dir, name: item.name) else { index += 1; continue }
+                    e = entryParam(r)
+                    counted = r.attributes.ino
+                } else {
+                    st.st_ino = 0   // unknown here; the kernel looks it up
+                    st.st_mode = mode_t(item.kind == .directory ? Glibc.S_IFDIR : Glibc.S_IFREG)
+                }
+            }
+            let remaining = size - used
+            let needed = name.withCString { n -> Int in
+                if plus {
+                    return fuse_add_direntry_plus(req, b.baseAddress! + used, remaining, n, &e, off_t(index + 1))
+                } else {
+                    return fuse_add_direntry(req, b.baseAddress! + used, remaining, n, &st, off_t(index + 1))
+                }
+            }
+            if needed > remaining {
+                if let ino = counted { ctx.fs.forget(ino, count: 1) }
+                break
+            }
+            used += needed
+            index += 1
+        }
+        _ = fuse_reply_buf(req, b.baseAddress, used)
+    }
+}
+
+let opReaddir: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, size, offset, fi in
+    fillDirectory(req, size, offset, fi, plus: false)
+}
+
+let opReaddirplus: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, size, offset, fi in
+    fillDirectory(req, size, offset, fi, plus: true)
+}
+
+let opReleasedir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, fi in
+    if let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) {
+        Unmanaged<OpenDirectory>.fromOpaque(raw).release()
+    }
+    reply(req, error: 0)
+}
+
+let opStatfs: @convention(c) (fuse_req_t?, fuse_ino_t) -> Void = { req, _ in
+    var s = context(req).fs.statfs() ?? statvfs()
+    // Nothing can be written here.
+    s.f_bfree = 0
+    s.f_bavail = 0
+    s.f_ffree = 0
+    s.f_favail = 0
+    s.f_namemax = 255
+    _ = fuse_reply_statfs(req, &s)
+}
+
+let opAccess: @convention(c) (fuse_req_t?, fuse_ino_t, Int32) -> Void = { req, ino, mask in
+    switch context(req).fs.access(ino, mask: mask, caller: caller(req)) {
+    case .success: reply(req, error: 0)
+    case .failure(let e): reply(req, error: e.code)
+    }
+}
+
+let opReadlink: @convention(c) (fuse_req_t?, fuse_ino_t) -> Void = { req, _ in
+    reply(req, error: EINVAL)   // no symlinks are ever shown
+}
+
+let opGetxattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, Int) -> Void = { req, _, _, _ in
+    reply(req, error: ENODATA)
+}
+
+let opListxattr: @convention(c) (fuse_req_t?, fuse_ino_t, Int) -> Void = { req, _, size in
+    if size == 0 { _ = fuse_reply_xattr(req, 0) } else { _ = fuse_reply_buf(req, nil, 0) }
+}
+
+// Everything that would change the tree: EROFS.
+let opSetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<stat>?, Int32, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _, _, _ in reply(req, error: EROFS) }
+let opMknod: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, mode_t, dev_t) -> Void = { req, _, _, _, _ in reply(req, error: EROFS) }
+let opMkdir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, mode_t) -> Void = { req, _, _, _ in reply(req, error: EROFS) }
+let opUnlink: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, _, _ in reply(req, error: EROFS) }
+let opSymlink: @convention(c) (fuse_req_t?, UnsafePointer<CChar>?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, _, _, _ in reply(req, error: EROFS) }
+let opRename: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, fuse_ino_t, UnsafePointer<CChar>?, UInt32) -> Void = { req, _, _, _, _, _ in reply(req, error: EROFS) }
+let opLink: @convention(c) (fuse_req_t?, fuse_ino_t, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, _, _, _ in reply(req, error: EROFS) }
+let opWrite: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _, _, _, _ in reply(req, error: EROFS) }
+let opCreate: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, mode_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _, _, _ in reply(req, error: EROFS) }
+let opSetxattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?, UnsafePointer<CChar>?, Int, Int32) -> Void = { req, _, _, _, _, _ in reply(req, error: EROFS) }
+let opRemovexattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, _, _ in reply(req, error: EROFS) }
+let opFallocate: @convention(c) (fuse_req_t?, fuse_ino_t, Int32, off_t, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _, _, _, _ in reply(req, error: EROFS) }
+
+func makeOperations() -> fuse_lowlevel_ops {
+    var ops = fuse_lowlevel_ops()
+    ops.`init` = opInit
+    ops.lookup = opLookup
+    ops.forget = opForget
+    ops.forget_multi = opForgetMulti
+    ops.getattr = opGetattr
+    ops.open = opOpen
+    ops.read = opRead
+    ops.release = opRelease
+    ops.flush = opFlush
+    ops.fsync = opFsync
+    ops.opendir = opOpendir
+    ops.readdir = opReaddir
+    ops.readdirplus = opReaddirplus
+    ops.releasedir = opReleasedir
+    ops.statfs = opStatfs
+    ops.access = opAccess
+    ops.readlink = opReadlink
+    ops.getxattr = opGetxattr
+    ops.listxattr = opListxattr
+    ops.setattr = opSetattr
+    ops.mknod = opMknod
+    ops.mkdir = opMkdir
+    ops.unlink = opUnlink
+    ops.rmdir = opUnlink
+    ops.symlink = opSymlink
+    ops.rename = opRename
+    ops.link = opLink
+    ops.write = opWrite
+    ops.create = opCreate
+    ops.setxattr = opSetxattr
+    ops.removexattr = opRemovexattr
+    ops.fallocate = opFallocate
+    return ops
+}

@@ -1,0 +1,223 @@
+import CFuse
+import SecretFS
+import SecureMemory
+import Log
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct FUSEError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A mounted kmsfs: the libfuse low-level session, its multi-threaded loop,
+/// and the process's signal handling (SIGHUP reloads; SIGTERM and SIGINT
+/// wipe and unmount).
+public final class FUSESession: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var mountpoint: String
+        /// Shown as the mount's source in /proc/mounts (SOURCE).
+        public var fsname: String
+        public var debug = false
+        /// Worker threads at most: a worker waiting on KMS must not stall
+        /// other opens, so allow many.
+        public var maxThreads = 64
+        public var maxIdleThreads = 8
+        /// Largest read served per request.
+        public var maxRead = 128 * 1024
+        /// Extra mount flags (`noexec` unless `exec` was asked for, ...).
+        public var mountFlags: [String] = ["nosuid", "nodev", "noexec"]
+
+        public init(mountpoint: String, fsname: String) {
+            self.mountpoint = mountpoint
+            self.fsname = fsname
+        }
+    }
+
+    public let options: Options
+    private let context: BridgeContext
+    private let session: OpaquePointer
+    private var ops: fuse_lowlevel_ops
+    private var mounted = false
+    private let loopDone = Atomic<Bool>(false)
+    private var connectionId: UInt32?
+
+    /// Blocks the signals the daemon handles synchronously; call before any
+    /// thread starts so every thread inherits the mask.
+    public static func blockDaemonSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGHUP, SIGTERM, SIGINT, SIGUSR1] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        // A reader that went away must not kill the daemon.
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    public init(fs: SecretFileSystem, options: Options) throws(FUSEError) {
+        self.options = options
+        self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug)
+        self.ops = makeOperations()
+
+        func escape(_ s: String) -> String {
+            s.replacingAll(",", with: "\\,")
+        }
+        var mountOpts = ["allow_other", "ro", "fsname=\(escape(options.fsname))", "subtype=kmsfs"]
+        mountOpts += options.mountFlags
+        var argv = ["kmsfs", "-o", mountOpts.joined(separator: ",")]
+        if options.debug { argv.append("-d") }
+
+        var args = kmsfs_fuse_args_empty()
+        for a in argv { _ = fuse_opt_add_arg(&args, a) }
+        defer { fuse_opt_free_args(&args) }
+        let userdata = Unmanaged.passUnretained(context).toOpaque()
+        guard let se = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+            throw FUSEError("cannot create the FUSE session (bad mount options?)")
+        }
+        self.session = se
+    }
+
+    deinit {
+        if mounted { fuse_session_unmount(session) }
+        fuse_session_destroy(session)
+    }
+
+    /// Mounts at the mountpoint. A stale kmsfs mount left there by a crashed
+    /// instance ("Transport endpoint is not connected") is detached first.
+    public func mount() throws(FUSEError) {
+        var st = stat()
+        if stat(options.mountpoint, &st) != 0 {
+            let e = currentErrno
+            if e == ENOTCONN {
+                Log.notice("\(options.mountpoint): stale FUSE mount from a previous instance; detaching it")
+                if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 {
+                    throw FUSEError("mountpoint \(options.mountpoint) holds a stale FUSE mount that cannot be detached (\(SystemError("umount2", errno: currentErrno))); run: fusermount3 -uz \(options.mountpoint)")
+                }
+            } else {
+                throw FUSEError("mountpoint \(options.mountpoint): \(String(cString: strerror(e)))")
+            }
+        } else if (st.st_mode & S_IFMT) != S_IFDIR {
+            throw FUSEError("mountpoint \(options.mountpoint) is not a directory")
+        }
+        // fuse_session_mount reports through libfuse's log (stderr); keep
+        // its message, then add ours.
+        guard fuse_session_mount(session, options.mountpoint) == 0 else {
+            throw FUSEError("cannot mount on \(options.mountpoint): is /dev/fuse available and are you root (or is fusermount3 installed)?")
+        }
+        mounted = true
+        // Not stat(): nothing answers on the mount until the loop runs.
+        connectionId = FUSESession.deviceMinor(of: options.mountpoint)
+    }
+
+    /// The minor device number of the mount at `path` (the FUSE connection
+    /// number in /sys/fs/fuse/connections), from /proc/self/mountinfo.
+    static func deviceMinor(of path: String) -> UInt32? {
+        guard let f = fopen("/proc/self/mountinfo", "r") else { return nil }
+        defer { fclose(f) }
+        var line: UnsafeMutablePointer<CChar>? = nil
+        var cap = 0
+        defer { free(line) }
+        var found: UInt32? = nil
+        while getline(&line, &cap, f) > 0 {
+            let fields = String(cString: line!).split(separator: " ")
+            // id parent major:minor root mountpoint ...; spaces are \040.
+            guard fields.count > 4, fields[4].replacing("\\040", with: " ") == path else { continue }
+            let mm = fields[2].split(separator: ":")
+            if mm.count == 2, let minor = UInt32(mm[1]) { found = minor }
+        }
+        return found
+    }
+
+    /// Serves until unmounted or told to stop. `onReload` runs on SIGHUP;
+    /// `onStop` runs once, after no new request can be served and before
+    /// the process exits, to wipe every plaintext. Returns the exit status.
+    public func serve(onServing: () -> Void, onReload: @escaping @Sendable () -> Void,
+                      onStop: @escaping @Sendable () -> Void) -> Int32 {
+        let mainThread = pthread_self()
+        setenv("FUSE_THREAD_STACK", "524288", 1)
+        let maxThreads = UInt32(options.maxThreads)
+        let maxIdle = UInt32(options.maxIdleThreads)
+        let se = SessionRef(session)
+        startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
+            let rc = kmsfs_fuse_session_loop_mt(se.pointer, maxThreads, maxIdle)
+            if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
+            loopDone.store(true, ordering: .sequentiallyConsistent)
+            pthread_kill(mainThread, SIGUSR1)
+        }
+        onServing()
+
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGHUP, SIGTERM, SIGINT, SIGUSR1] { sigaddset(&set, s) }
+        while true {
+            var sig: Int32 = 0
+            guard sigwait(&set, &sig) == 0 else { continue }
+            switch sig {
+            case SIGHUP:
+                Log.notice("SIGHUP: reloading")
+                onReload()
+            case SIGTERM, SIGINT:
+                Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(options.mountpoint)")
+                stop()
+                onStop()
+                return 0
+            case SIGUSR1:
+                if loopDone.load(ordering: .sequentiallyConsistent) {
+                    Log.notice("\(options.mountpoint) was unmounted; wiping cached secrets and exiting")
+                    onStop()
+                    if mounted { fuse_session_unmount(session); mounted = false }
+                    return 0
+                }
+            default:
+                break
+            }
+        }
+    }
+
+    /// Stops serving: no request after this sees plaintext.
+    private func stop() {
+        fuse_session_exit(session)
+        if mounted {
+            fuse_session_unmount(session)   // lazy: the name goes away now
+            mounted = false
+        }
+        // Open files keep a lazily-unmounted FUSE connection alive; abort
+        // it so nothing more is served.
+        if let id = connectionId {
+            let fd = open("/sys/fs/fuse/connections/\(id)/abort", O_WRONLY | O_CLOEXEC)
+            if fd >= 0 {
+                _ = write(fd, "1", 1)
+                close(fd)
+            }
+        }
+    }
+
+    // MARK: Kernel cache invalidation (the live mirror)
+
+    /// Tells the kernel a name in a directory changed.
+    public func invalidateEntry(parent: UInt64, name: String) {
+        guard mounted else { return }
+        _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, parent, $0, strlen($0)) }
+    }
+
+    /// Tells the kernel an inode's attributes changed.
+    public func invalidateInode(_ ino: UInt64) {
+        guard mounted else { return }
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+    }
+}
+
+private struct SessionRef: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ p: OpaquePointer) { pointer = p }
+}
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var out = ""
+        for c in self { if c == target { out += replacement } else { out.append(c) } }
+        return out
+    }
+}

@@ -1,0 +1,148 @@
+import AWS
+import SecureMemory
+
+/// The KMS operations kmsfs uses, over the JSON 1.1 protocol
+/// (`X-Amz-Target: TrentService.<Operation>`). Responses that carry
+/// plaintext are never parsed into Swift strings: the `Plaintext` member is
+/// located in the response buffer and base64-decoded straight into a new
+/// secure buffer; the response buffer is wiped when it is released.
+public final class KMSClient: Sendable {
+    public let api: AWSJSONClient
+
+    public init(api: AWSJSONClient) { self.api = api }
+
+    public convenience init(region: String, endpoint: URLParts, credentials: CredentialProvider,
+                            transport: HTTPTransport, clock: Clock = .system,
+                            retry: RetryStrategy = RetryStrategy(), callDeadline: Double = 30) {
+        self.init(api: AWSJSONClient(signingName: "kms", targetPrefix: "TrentService", region: region,
+                                     endpoint: endpoint, credentials: credentials, transport: transport,
+                                     clock: clock, retry: retry, callDeadline: callDeadline))
+    }
+
+    public struct Decrypted: Sendable {
+        public let plaintext: SecureBuffer
+        public let keyId: String?
+    }
+
+    public typealias EncryptionContext = [(key: String, value: String)]
+
+    public func decrypt(ciphertextBlob: [UInt8], encryptionContext: EncryptionContext = [],
+                        keyId: String? = nil) throws(KMSError) -> Decrypted {
+        var members: [(String, JSONValue)] = [("CiphertextBlob", .string(Base64.encode(ciphertextBlob)))]
+        if !encryptionContext.isEmpty {
+            members.append(("EncryptionContext", .object(encryptionContext.map { ($0.key, .string($0.value)) })))
+        }
+        if let keyId { members.append(("KeyId", .string(keyId))) }
+        let response: HTTPResponse
+        do {
+            response = try api.call("Decrypt", body: .bytes(Array(JSONValue.object(members).serialized.utf8)))
+        } catch {
+            throw KMSError(operation: "Decrypt", error)
+        }
+        let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "Decrypt")
+        let kid = response.body.withUnsafeBytes { KMSClient.nonSecretMember("KeyId", in: $0) }
+        return Decrypted(plaintext: plaintext, keyId: kid)
+    }
+
+    public struct DataKey: Sendable {
+        public let plaintext: SecureBuffer
+        public let ciphertextBlob: [UInt8]
+        public let keyId: String
+    }
+
+    public func generateDataKey(keyId: String, numberOfBytes: Int,
+                                encryptionContext: EncryptionContext = []) throws(KMSError) -> DataKey {
+        var members: [(String, JSONValue)] = [
+            ("KeyId", .string(keyId)),
+            ("NumberOfBytes", .number(Double(numberOfBytes))),
+        ]
+        if !encryptionContext.isEmpty {
+            members.append(("EncryptionContext", .object(encryptionContext.map { ($0.key, .string($0.value)) })))
+        }
+        let response: HTTPResponse
+        do {
+            response = try api.call("GenerateDataKey", body: .bytes(Array(JSONValue.object(members).serialized.utf8)))
+        } catch {
+            throw KMSError(operation: "GenerateDataKey", error)
+        }
+        let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "GenerateDataKey")
+        let (blob, kid): ([UInt8]?, String?) = response.body.withUnsafeBytes { b in
+            (KMSClient.nonSecretMember("CiphertextBlob", in: b).flatMap { Base64.decode($0) },
+             KMSClient.nonSecretMember("KeyId", in: b))
+        }
+        guard let blob else {
+            throw KMSError(operation: "GenerateDataKey", .malformedResponse("no CiphertextBlob in the response"))
+        }
+        return DataKey(plaintext: plaintext, ciphertextBlob: blob, keyId: kid ?? keyId)
+    }
+
+    /// Encrypts up to 4096 bytes directly under `keyId`. The request body,
+    /// which carries the plaintext in base64, is built in secure memory.
+    public func encrypt(keyId: String, plaintext: UnsafeRawBufferPointer,
+                        encryptionContext: EncryptionContext = []) throws(KMSError) -> (ciphertextBlob: [UInt8], keyId: String) {
+        var prefix = "{\"KeyId\":"
+        JSONValue.string(keyId).write(to: &prefix)
+        if !encryptionContext.isEmpty {
+            prefix += ",\"EncryptionContext\":"
+            JSONValue.object(encryptionContext.map { ($0.key, .string($0.value)) }).write(to: &prefix)
+        }
+        prefix += ",\"Plaintext\":\""
+        let suffix = "\"}"
+        let body: SecureBuffer
+        do {
+            body = try SecureBuffer(capacity: prefix.utf8.count + (plaintext.count + 2) / 3 * 4 + suffix.utf8.count)
+            try body.append(utf8: prefix)
+            let written = body.withUnsafeMutableCapacity { cap in
+                Base64.encode(plaintext, into: UnsafeMutableRawBufferPointer(rebasing: cap[body.count...]))
+            }
+            body.setCount(body.count + written)
+            try body.append(utf8: suffix)
+        } catch {
+            throw KMSError(operation: "Encrypt", .malformedResponse("cannot allocate secure memory: \(error)"))
+        }
+        let response: HTTPResponse
+        do {
+            response = try api.call("Encrypt", body: .secure(body))
+        } catch {
+            throw KMSError(operation: "Encrypt", error)
+        }
+        let (blob, kid): ([UInt8]?, String?) = response.body.withUnsafeBytes { b in
+            (KMSClient.nonSecretMember("CiphertextBlob", in: b).flatMap { Base64.decode($0) },
+             KMSClient.nonSecretMember("KeyId", in: b))
+        }
+        guard let blob else { throw KMSError(operation: "Encrypt", .malformedResponse("no CiphertextBlob in the response")) }
+        return (blob, kid ?? keyId)
+    }
+
+    // MARK: Response reading
+
+    /// Base64-decodes the string member `name` of a JSON response directly
+    /// into a new secure buffer of the exact size.
+    static func decodeSecretMember(_ name: String, of response: HTTPResponse, operation: String) throws(KMSError) -> SecureBuffer {
+        let result: Result<SecureBuffer, KMSError> = response.body.withUnsafeBytes { body in
+            guard let range = JSONScanner.stringMember(name, in: body) else {
+                return .failure(KMSError(operation: operation, .malformedResponse("no \(name) in the response")))
+            }
+            let encoded = UnsafeRawBufferPointer(rebasing: body[range])
+            do {
+                let out = try SecureBuffer(capacity: max(Base64.maxDecodedCount(encoded.count), 1))
+                let n = out.withUnsafeMutableCapacity { Base64.decode(encoded, into: $0) }
+                guard let n else {
+                    return .failure(KMSError(operation: operation, .malformedResponse("\(name) is not base64")))
+                }
+                out.setCount(n)
+                return .success(out)
+            } catch {
+                return .failure(KMSError(operation: operation, .malformedResponse("cannot allocate secure memory: \(error)")))
+            }
+        }
+        return try result.get()
+    }
+
+    /// A string member that is not secret (KeyId, CiphertextBlob).
+    static func nonSecretMember(_ name: String, in body: UnsafeRawBufferPointer) -> String? {
+        guard let r = JSONScanner.stringMember(name, in: body) else { return nil }
+        var p = JSONParser(bytes: UnsafeRawBufferPointer(rebasing: body[(r.lowerBound - 1)..<(r.upperBound + 1)]))
+        return p.string()
+    }
+}

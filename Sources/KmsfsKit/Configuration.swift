@@ -1,0 +1,42 @@
+import SecretFS
+import AWS
+
+/// Turns parsed options into the filesystem's configuration, resolving
+/// user and group names now (at mount and on every SIGHUP).
+public enum Configuration {
+    public static func filesystem(_ o: MountOptions) throws(OptionError) -> FSConfiguration {
+        let uids: Set<UInt32>
+        let gids: Set<UInt32>
+        do {
+            uids = try PrincipalResolver.uids(o.allowUsers)
+            gids = try PrincipalResolver.gids(o.allowGroups)
+        } catch {
+            throw OptionError("allow_uid=/allow_gid=: \(error.message); use a user or group that exists, or its number")
+        }
+        var shownUid: UInt32 = 0
+        var shownGid: UInt32 = 0
+        var derivedGroup = false
+        do {
+            if let u = o.uid { shownUid = try PrincipalResolver.uid(u) } else if uids.count == 1 { shownUid = uids.first! }
+            if let g = o.gid { shownGid = try PrincipalResolver.gid(g) } else if gids.count == 1 { shownGid = gids.first!; derivedGroup = true }
+        } catch {
+            throw OptionError("uid=/gid=: \(error.message)")
+        }
+        let mode = o.mode ?? ((derivedGroup || o.gid != nil) && !gids.isEmpty ? 0o440 : 0o400)
+        var rules: [AccessRule] = []
+        if let file = o.policyFile {
+            do {
+                rules = try PolicyFile.load(path: file)
+            } catch {
+                throw OptionError(error.description)
+            }
+        }
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: uids, gids: gids), rules: rules,
+                                  defaultPresentation: Presentation(uid: shownUid, gid: shownGid, mode: mode))
+        var c = FSConfiguration(policy: policy,
+                                cache: .init(ttl: o.ttl, maxBytes: o.cacheMaxBytes, staleWindow: o.staleWindow))
+        c.maxCiphertextBytes = o.maxCiphertextBytes
+        if let d = o.dirMode { c.directoryMode = d }
+        return c
+    }
+}

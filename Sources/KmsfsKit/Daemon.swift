@@ -1,0 +1,213 @@
+import AWS
+import KMS
+import SecretFS
+import FUSEBridge
+import SecureMemory
+import Log
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `kmsfs SOURCE MOUNTPOINT` was asked to do.
+public struct MountRequest: Sendable {
+    public var source: String
+    public var mountpoint: String
+    public var foreground: Bool
+    public var debug: Bool
+    public var rawOptions: [String]
+    public var options: MountOptions
+
+    public init(source: String, mountpoint: String, foreground: Bool, debug: Bool, rawOptions: [String], options: MountOptions) {
+        self.source = source
+        self.mountpoint = mountpoint
+        self.foreground = foreground
+        self.debug = debug
+        self.rawOptions = rawOptions
+        self.options = options
+    }
+}
+
+/// Where start-up is reported: stderr in the foreground, or the pipe the
+/// waiting parent reads when started in the background.
+struct StartupReporter {
+    let readyFD: Int32?
+
+    func fail(_ message: String) -> Never {
+        if let fd = readyFD {
+            Log.writeAll(fd, "ERROR \(message)\n")
+        }
+        Log.error(message)
+        if readyFD == nil { Log.writeAll(2, "") }
+        exit(1)
+    }
+
+    func ready() {
+        if let fd = readyFD {
+            Log.writeAll(fd, "READY\n")
+            close(fd)
+        }
+        SystemdNotify.send("READY=1\nSTATUS=serving")
+    }
+}
+
+/// The mount daemon: hardens the process, builds the filesystem over KMS,
+/// mounts it and serves until unmounted or signalled.
+public enum Daemon {
+    /// Runs the daemon in this process (foreground, or the child the
+    /// background form spawned, which passes `readyFD`). Returns the exit status.
+    public static func run(_ request: MountRequest, readyFD: Int32?) -> Int32 {
+        let report = StartupReporter(readyFD: readyFD)
+        let options = request.options
+        let background = readyFD != nil
+
+        // Logging first, so every later failure has a place to go.
+        configureLogging(options.log, background: background, debug: request.debug, report: report)
+
+        // Memory: locked, undumpable, before any secret exists.
+        ProcessHardening.forbidCoreDumps()
+        SecureMemoryPolicy.allowUnlocked = options.insecureAllowUnlocked
+        switch ProcessHardening.lockAllMemory() {
+        case .locked:
+            break
+        case .failed(let e):
+            if options.insecureAllowUnlocked {
+                Log.warning("memory is NOT locked (\(e)): plaintext may reach swap; running anyway because of insecure_allow_unlocked")
+            } else {
+                let limit = ProcessHardening.memlockLimit.map { "\($0) bytes" } ?? "unlimited"
+                report.fail("cannot lock memory (\(e); RLIMIT_MEMLOCK is \(limit)): run as root or with CAP_IPC_LOCK, or raise the limit (LimitMEMLOCK=infinity under systemd, ulimit -l unlimited); -o insecure_allow_unlocked runs without locking")
+            }
+        }
+        FUSESession.blockDaemonSignals()
+
+        let env = Environment.process()
+        let settings: AWSSettings
+        let fsConfig: FSConfiguration
+        do {
+            settings = try AWSSettings.resolve(region: options.region, endpoint: options.endpoint, profile: options.profile,
+                                               caBundle: options.caBundle, maxAttempts: options.maxAttempts,
+                                               timeout: options.kmsTimeout, environment: env)
+            fsConfig = try Configuration.filesystem(options)
+        } catch {
+            report.fail(error.message)
+        }
+        do {
+            _ = try settings.credentials.credentials()
+        } catch {
+            if error.kind == .notConfigured {
+                report.fail("no AWS credentials: \(error.message); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a profile, an instance role or a container role")
+            }
+            Log.warning("credentials are not available yet (\(error.message)); opens will fail until they are")
+        }
+
+        let tree: SourceTree
+        do { tree = try SourceTree(path: request.source) } catch {
+            report.fail("source \(request.source): \(String(cString: strerror(error.errno))); give the directory that holds the *.encrypted files")
+        }
+
+        let audit: AuditSink
+        switch options.audit {
+        case .stderr, .syslog: audit = LogAuditSink()
+        case .off: audit = NoAuditSink()
+        case .file(let path):
+            do { audit = try FileAuditSink(path: path) } catch {
+                report.fail("audit=\(path): \(error); give a writable file path")
+            }
+        }
+
+        let kms = settings.makeKMSClient()
+        let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext)
+        let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit)
+
+        var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)
+        sessionOptions.debug = request.debug
+        sessionOptions.maxThreads = options.threads
+        sessionOptions.mountFlags = ["nosuid", "nodev"] + (options.exec ? [] : ["noexec"])
+        let session: FUSESession
+        do {
+            session = try FUSESession(fs: fs, options: sessionOptions)
+            try session.mount()
+        } catch {
+            report.fail(error.message)
+        }
+        fs.cache.startSweeper()
+        Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
+
+        let mountpoint = request.mountpoint
+        let status = session.serve(onServing: {
+            // The mount answers once the loop runs: prove it before saying so.
+            var st = stat()
+            _ = stat(mountpoint, &st)
+            report.ready()
+        }, onReload: {
+            do {
+                fs.reconfigure(try Configuration.filesystem(options))
+                Log.notice("reloaded: users, groups and policy re-read")
+            } catch {
+                Log.error("reload failed, keeping the previous configuration: \(error)")
+            }
+        }, onStop: {
+            SystemdNotify.send("STOPPING=1")
+            fs.shutdown()
+            SecureMemoryStats.wipeAllLive()
+        })
+        return status
+    }
+
+    static func configureLogging(_ target: LogTarget?, background: Bool, debug: Bool, report: StartupReporter) {
+        let level: LogLevel = debug ? .debug : .info
+        let journal = SystemdNotify.stderrIsJournal
+        switch target {
+        case .syslog:
+            Log.configure(destination: .syslog, level: level)
+        case .file(let path):
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+            if fd < 0 { report.fail("log=\(path): \(String(cString: strerror(currentErrno)))") }
+            dup2(fd, 2)
+            close(fd)
+            Log.configure(destination: .stderr(journal: false), level: level)
+        case .stderr:
+            Log.configure(destination: .stderr(journal: journal), level: level)
+        case nil:
+            if background && !journal {
+                Log.configure(destination: .syslog, level: level)
+            } else {
+                Log.configure(destination: .stderr(journal: journal), level: level)
+            }
+        }
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram to `NOTIFY_SOCKET`.
+public enum SystemdNotify {
+    public static func send(_ state: String) {
+        guard let path = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !path.isEmpty else { return }
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+        }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+        _ = state.withCString { msg in
+            withUnsafePointer(to: &addr) { ap in
+                ap.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, msg, strlen(msg), 0, $0, len) }
+            }
+        }
+    }
+
+    /// True when systemd connected stderr to the journal (`JOURNAL_STREAM`
+    /// names fd 2's device and inode).
+    public static var stderrIsJournal: Bool {
+        guard let v = getenv("JOURNAL_STREAM").map({ String(cString: $0) }) else { return false }
+        let parts = v.split(separator: ":")
+        guard parts.count == 2, let dev = UInt64(parts[0]), let ino = UInt64(parts[1]) else { return false }
+        var st = stat()
+        guard fstat(2, &st) == 0 else { return false }
+        return UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino
+    }
+}

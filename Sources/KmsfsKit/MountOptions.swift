@@ -1,0 +1,265 @@
+import SecretFS
+import AWS
+
+/// A bad `-o` option: one line that says what is wrong and how to mend it.
+public struct OptionError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Where audit records go.
+public enum AuditDestination: Sendable, Equatable {
+    case stderr
+    case syslog
+    case file(String)
+    case off
+}
+
+/// Where log lines go.
+public enum LogTarget: Sendable, Equatable {
+    case stderr
+    case syslog
+    case file(String)
+}
+
+/// The mount options (`-o a,b=c`), parsed and checked but not yet resolved
+/// against the system (names stay names until `resolve`).
+public struct MountOptions: Sendable {
+    public var allowUsers: [String] = []
+    public var allowGroups: [String] = []
+    public var uid: String?
+    public var gid: String?
+    public var mode: UInt32?
+    public var dirMode: UInt32?
+    public var policyFile: String?
+    public var region: String?
+    public var endpoint: String?
+    public var profile: String?
+    /// Seconds after decryption a plaintext is wiped; nil or 0 keeps it.
+    public var ttl: Double?
+    public var audit: AuditDestination = .stderr
+    public var log: LogTarget?
+    public var requiredContext: [(key: String, value: String)] = []
+    public var maxCiphertextBytes = 64 << 20
+    public var cacheMaxBytes = 256 << 20
+    public var threads = 64
+    public var prefetch = false
+    /// Seconds the last good plaintext may be served after a failed refresh.
+    public var staleWindow: Double = 300
+    public var insecureAllowUnlocked = false
+    public var exec = false
+    public var maxAttempts: Int?
+    /// Seconds one KMS call may take, retries included.
+    public var kmsTimeout: Double?
+    public var caBundle: String?
+    /// fstab and VFS options accepted and dropped.
+    public var ignored: [String] = []
+
+    public init() {}
+
+    /// Options mount(8), mount.fuse3 and fstab pass that mean nothing here.
+    static let ignoredOptions: Set<String> = [
+        "_netdev", "nofail", "auto", "noauto", "user", "users", "nouser", "owner", "group", "defaults",
+        "rw", "ro", "dev", "nodev", "suid", "nosuid", "atime", "noatime", "relatime", "norelatime",
+        "strictatime", "nostrictatime", "diratime", "nodiratime", "async", "sync", "dirsync",
+        "lazytime", "nolazytime", "silent", "loud", "allow_other", "comment",
+    ]
+
+    /// Parses every `-o` argument (each a comma-separated list; `\,` is a
+    /// literal comma).
+    public static func parse(_ arguments: [String]) throws(OptionError) -> MountOptions {
+        var o = MountOptions()
+        for arg in arguments {
+            for item in splitOptions(arg) where !item.isEmpty {
+                try o.apply(item)
+            }
+        }
+        return o
+    }
+
+    static func splitOptions(_ s: String) -> [String] {
+        var out: [String] = []
+        var cur = ""
+        var escape = false
+        for c in s {
+            if escape { cur.append(c); escape = false; continue }
+            if c == "\\" { escape = true; continue }
+            if c == "," { out.append(cur); cur = ""; continue }
+            cur.append(c)
+        }
+        out.append(cur)
+        return out
+    }
+
+    mutating func apply(_ item: String) throws(OptionError) {
+        let key: String
+        let value: String?
+        if let eq = item.firstIndex(of: "=") {
+            key = String(item[..<eq])
+            value = String(item[item.index(after: eq)...])
+        } else {
+            key = item
+            value = nil
+        }
+        if value == nil, MountOptions.ignoredOptions.contains(key) || key.hasPrefix("x-systemd.") || key.hasPrefix("x-") {
+            ignored.append(key)
+            return
+        }
+        if key.hasPrefix("x-") || key == "comment" { ignored.append(key); return }
+
+        func need() throws(OptionError) -> String {
+            guard let v = value, !v.isEmpty else { throw OptionError("option '\(key)' needs a value (\(key)=...)") }
+            return v
+        }
+        func noValue() throws(OptionError) {
+            if value != nil { throw OptionError("option '\(key)' takes no value") }
+        }
+        func list() throws(OptionError) -> [String] {
+            let parts = try need().split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            if parts.contains(where: \.isEmpty) { throw OptionError("option '\(key)=\(value!)' has an empty entry; separate names with ':'") }
+            return parts
+        }
+        func seconds() throws(OptionError) -> Double {
+            let v = try need()
+            guard let d = MountOptions.parseDuration(v) else {
+                throw OptionError("option '\(key)=\(v)': expected seconds (such as 300, 5m, 1h)")
+            }
+            return d
+        }
+        func bytes() throws(OptionError) -> Int {
+            let v = try need()
+            guard let n = MountOptions.parseSize(v), n > 0 else {
+                throw OptionError("option '\(key)=\(v)': expected a size in bytes (such as 65536, 64K, 64M, 1G)")
+            }
+            return n
+        }
+        func octal() throws(OptionError) -> UInt32 {
+            let v = try need()
+            guard let m = UInt32(v, radix: 8), m <= 0o7777 else {
+                throw OptionError("option '\(key)=\(v)': expected an octal mode such as 0440")
+            }
+            if m & 0o222 != 0 { throw OptionError("option '\(key)=\(v)': the tree is read-only; a mode has no write bits (try \(String(m & ~0o222, radix: 8)))") }
+            if m & 0o7000 != 0 { throw OptionError("option '\(key)=\(v)': setuid, setgid and sticky bits are not allowed") }
+            return m
+        }
+        func positiveInt(_ range: ClosedRange<Int>) throws(OptionError) -> Int {
+            let v = try need()
+            guard let n = Int(v), range.contains(n) else {
+                throw OptionError("option '\(key)=\(v)': expected a whole number from \(range.lowerBound) to \(range.upperBound)")
+            }
+            return n
+        }
+
+        switch key {
+        case "allow_uid", "allow_user", "allow_users": allowUsers += try list()
+        case "allow_gid", "allow_group", "allow_groups": allowGroups += try list()
+        case "uid": uid = try need()
+        case "gid": gid = try need()
+        case "mode", "file_mode": mode = try octal()
+        case "dir_mode": dirMode = try octal()
+        case "policy":
+            let v = try need()
+            guard v.hasPrefix("/") else { throw OptionError("option 'policy=\(v)': give the policy file's absolute path") }
+            policyFile = v
+        case "region":
+            let v = try need()
+            guard v.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
+                throw OptionError("option 'region=\(v)': not a region name (such as eu-west-1)")
+            }
+            region = v
+        case "endpoint", "endpoint_url":
+            let v = try need()
+            guard URLParts(v) != nil else {
+                throw OptionError("option 'endpoint=\(v)': expected a URL such as https://kms.eu-west-1.amazonaws.com")
+            }
+            endpoint = v
+        case "profile": profile = try need()
+        case "ttl":
+            let s = try seconds()
+            ttl = s == 0 ? nil : s
+        case "audit":
+            let v = try need()
+            switch v {
+            case "stderr": audit = .stderr
+            case "syslog": audit = .syslog
+            case "off", "none": audit = .off
+            default:
+                let path = v.hasPrefix("file:") ? String(v.dropFirst(5)) : v
+                guard path.hasPrefix("/") else {
+                    throw OptionError("option 'audit=\(v)': expected stderr, syslog, off or an absolute file path")
+                }
+                audit = .file(path)
+            }
+        case "log":
+            let v = try need()
+            switch v {
+            case "stderr": log = .stderr
+            case "syslog": log = .syslog
+            default:
+                guard v.hasPrefix("/") else { throw OptionError("option 'log=\(v)': expected stderr, syslog or an absolute file path") }
+                log = .file(v)
+            }
+        case "context":
+            let v = try need()
+            guard let eq = v.firstIndex(of: "="), eq != v.startIndex else {
+                throw OptionError("option 'context=\(v)': expected context=KEY=VALUE")
+            }
+            requiredContext.append((String(v[..<eq]), String(v[v.index(after: eq)...])))
+        case "max_size": maxCiphertextBytes = try bytes()
+        case "cache_max", "cache_size": cacheMaxBytes = try bytes()
+        case "threads", "max_threads": threads = try positiveInt(1...1024)
+        case "prefetch": try noValue(); prefetch = true
+        case "stale", "stale_window": staleWindow = try seconds()
+        case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
+        case "exec": try noValue(); exec = true
+        case "noexec": try noValue(); exec = false
+        case "retries", "max_attempts": maxAttempts = try positiveInt(1...20)
+        case "timeout", "kms_timeout": kmsTimeout = try seconds()
+        case "ca_bundle":
+            let v = try need()
+            guard v.hasPrefix("/") else { throw OptionError("option 'ca_bundle=\(v)': give an absolute path") }
+            caBundle = v
+        case "default_permissions":
+            throw OptionError("option 'default_permissions' is not supported: kmsfs decides access itself in every open (see allow_uid=, allow_gid=, policy=)")
+        default:
+            throw OptionError("unknown option '\(item)' (see kmsfs --help or man 8 kmsfs)")
+        }
+    }
+
+    /// `300`, `300s`, `5m`, `1h`, `1d`.
+    public static func parseDuration(_ s: String) -> Double? {
+        var t = s.lowercased()
+        var scale = 1.0
+        if let last = t.last, !last.isNumber, last != "." {
+            switch last {
+            case "s": scale = 1
+            case "m": scale = 60
+            case "h": scale = 3600
+            case "d": scale = 86400
+            default: return nil
+            }
+            t.removeLast()
+        }
+        guard let v = Double(t), v >= 0, v.isFinite else { return nil }
+        return v * scale
+    }
+
+    /// `65536`, `64K`, `64M`, `1G` (powers of 1024; `KiB` forms too).
+    public static func parseSize(_ s: String) -> Int? {
+        var t = s.uppercased()
+        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B") { t.removeLast() }
+        var scale = 1
+        if let last = t.last, !last.isNumber {
+            switch last {
+            case "K": scale = 1 << 10
+            case "M": scale = 1 << 20
+            case "G": scale = 1 << 30
+            default: return nil
+            }
+            t.removeLast()
+        }
+        guard let v = Int(t), v >= 0, v <= Int.max / scale else { return nil }
+        return v * scale
+    }
+}

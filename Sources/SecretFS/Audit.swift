@@ -1,0 +1,77 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One open decision. Never carries plaintext.
+public struct AuditRecord: Sendable {
+    public enum Outcome: String, Sendable {
+        case cache      // allowed, served from the cache
+        case kms        // allowed, decrypted through KMS now
+        case shared     // allowed, waited for another open's KMS call
+        case stale      // allowed, KMS failed, served the last good plaintext
+        case denied     // not allowed (EACCES)
+        case failed     // allowed, but decryption failed (EIO)
+    }
+
+    public var time: Double            // seconds since the epoch
+    public var uid: UInt32
+    public var gid: UInt32
+    public var pid: Int32
+    public var processName: String
+    public var path: String
+    public var outcome: Outcome
+    public var latency: Double?        // seconds, for KMS calls
+    public var detail: String?         // the reason for denied/failed
+
+    public var allowed: Bool { outcome != .denied }
+
+    /// The record as one line of `key=value` pairs.
+    public var line: String {
+        var s = "audit time=\(AuditRecord.iso(time)) uid=\(uid) gid=\(gid) pid=\(pid) comm=\(AuditRecord.quote(processName)) path=\(AuditRecord.quote(path)) result=\(allowed ? "allowed" : "denied") source=\(outcome.rawValue)"
+        if let latency { s += " kms_ms=\(Int((latency * 1000).rounded()))" }
+        if let detail { s += " reason=\(AuditRecord.quote(detail))" }
+        return s
+    }
+
+    static func quote(_ s: String) -> String {
+        let plain = !s.isEmpty && s.utf8.allSatisfy { $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        if plain { return s }
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            default:
+                if u.value < 32 || u.value == 127 { out += "\\x" + String(u.value, radix: 16) } else { out.unicodeScalars.append(u) }
+            }
+        }
+        return out + "\""
+    }
+
+    static func iso(_ t: Double) -> String {
+        var secs = time_t(t)
+        var tmv = tm()
+        gmtime_r(&secs, &tmv)
+        func p(_ v: Int32, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
+        let ms = Int32((t - Double(secs)) * 1000)
+        return "\(p(tmv.tm_year + 1900, 4))-\(p(tmv.tm_mon + 1, 2))-\(p(tmv.tm_mday, 2))T\(p(tmv.tm_hour, 2)):\(p(tmv.tm_min, 2)):\(p(tmv.tm_sec, 2)).\(p(ms, 3))Z"
+    }
+}
+
+/// Where audit records go.
+public protocol AuditSink: Sendable {
+    func record(_ r: AuditRecord)
+}
+
+/// Reads a process's name from /proc/PID/comm ("?" when it is gone).
+public func processName(pid: Int32) -> String {
+    let fd = open("/proc/\(pid)/comm", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return "?" }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 64)
+    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard n > 0 else { return "?" }
+    var s = String(decoding: buf[0..<n], as: UTF8.self)
+    while s.hasSuffix("\n") { s.removeLast() }
+    return s
+}

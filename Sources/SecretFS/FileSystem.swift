@@ -1,0 +1,369 @@
+import SecureMemory
+import Log
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An errno to answer a request with.
+public struct FSError: Error, Equatable, Sendable {
+    public let code: Int32
+    public init(_ code: Int32) { self.code = code }
+    public static let notFound = FSError(ENOENT)
+    public static let accessDenied = FSError(EACCES)
+    public static let io = FSError(EIO)
+    public static let readOnly = FSError(EROFS)
+    public static let notDirectory = FSError(ENOTDIR)
+    public static let isDirectory = FSError(EISDIR)
+}
+
+/// The attributes `stat` shows.
+public struct Attributes: Sendable {
+    public var ino: UInt64
+    public var kind: NodeKind
+    public var mode: UInt32          // file type and permission bits
+    public var nlink: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var size: Int64
+    public var atime: timespec
+    public var mtime: timespec
+    public var ctime: timespec
+}
+
+/// The answer to a lookup: attributes plus how long the kernel may cache them.
+public struct EntryReply: Sendable {
+    public var attributes: Attributes
+    public var entryTimeout: Double
+    public var attributeTimeout: Double
+}
+
+/// A mirrored node the kernel knows by inode number.
+final class Node: @unchecked Sendable {
+    let ino: UInt64
+    let kind: NodeKind
+    /// Path in SOURCE (`tls/ssl.pem.encrypted`, `tls`, `.`).
+    let sourcePath: String
+    /// Path in the mount (`tls/ssl.pem`, `tls`, ``).
+    let mountPath: String
+    /// Kernel lookup count (guarded by the table's lock).
+    var lookups: UInt64 = 0
+
+    init(ino: UInt64, kind: NodeKind, sourcePath: String, mountPath: String) {
+        self.ino = ino
+        self.kind = kind
+        self.sourcePath = sourcePath
+        self.mountPath = mountPath
+    }
+}
+
+/// An open file: the plaintext it opened, kept until release.
+public final class OpenSecret: @unchecked Sendable {
+    public let secret: CachedSecret
+    public init(secret: CachedSecret) { self.secret = secret }
+    public var plaintext: SecureBuffer { secret.plaintext }
+}
+
+/// An open directory: its entries as they were at opendir, so offsets stay
+/// stable while it is read.
+public final class OpenDirectory: @unchecked Sendable {
+    public struct Item: Sendable {
+        public var name: String
+        public var kind: NodeKind
+    }
+    public let ino: UInt64
+    public let items: [Item]
+    init(ino: UInt64, items: [Item]) {
+        self.ino = ino
+        self.items = items
+    }
+}
+
+/// Configuration of the filesystem's meaning (from mount options).
+public struct FSConfiguration: Sendable {
+    public var policy: AccessPolicy
+    public var cache: SecretCache.Configuration
+    /// Largest ciphertext read (checked before reading).
+    public var maxCiphertextBytes: Int = 64 << 20
+    /// Seconds the kernel may cache names and directory attributes.
+    public var entryTimeout: Double = 1.0
+    /// Seconds the kernel may cache a secret's attributes: 0, so `fstat`
+    /// after `open` always shows the exact plaintext size.
+    public var secretAttributeTimeout: Double = 0
+    /// Directory permission bits.
+    public var directoryMode: UInt32 = 0o555
+
+    public init(policy: AccessPolicy, cache: SecretCache.Configuration = .init()) {
+        self.policy = policy
+        self.cache = cache
+    }
+}
+
+/// Counters for `kmsfs status`.
+public struct FSCounters: Sendable {
+    public var opens = 0
+    public var cacheHits = 0
+    public var decrypts = 0
+    public var shared = 0
+    public var stale = 0
+    public var denials = 0
+    public var failures = 0
+}
+
+/// The filesystem's meaning, testable without a mount: a read-only mirror
+/// of SOURCE in which `NAME.encrypted` appears as `NAME`, each file's
+/// plaintext is decrypted on its first allowed open and cached, and every
+/// open is decided by the access policy and audited.
+public final class SecretFileSystem: @unchecked Sendable {
+    public static let rootInode: UInt64 = 1
+
+    public let tree: SourceTree
+    public let cache: SecretCache
+    private let decryptor: SecretDecrypting
+    private let audit: AuditSink
+    private let config: Mutex<FSConfiguration>
+    private let wallClock: @Sendable () -> Double
+    private let monotonic: @Sendable () -> Double
+
+    private struct Table {
+        var byIno: [UInt64: Node] = [:]
+        var byPath: [String: UInt64] = [:]   // source path -> ino
+        var next: UInt64 = 2
+    }
+    private let table = Mutex(Table())
+    private let counters = Mutex(FSCounters())
+
+    public init(tree: SourceTree, configuration: FSConfiguration, decryptor: SecretDecrypting,
+                audit: AuditSink, wallClock: @escaping @Sendable () -> Double = { wallNow() },
+                monotonic: @escaping @Sendable () -> Double = { monotonicNow() }) {
+        self.tree = tree
+        self.decryptor = decryptor
+        self.audit = audit
+        self.config = Mutex(configuration)
+        self.cache = SecretCache(configuration: configuration.cache, now: monotonic)
+        self.wallClock = wallClock
+        self.monotonic = monotonic
+        let root = Node(ino: SecretFileSystem.rootInode, kind: .directory, sourcePath: ".", mountPath: "")
+        root.lookups = 1
+        table.withLock {
+            $0.byIno[root.ino] = root
+            $0.byPath["."] = root.ino
+        }
+    }
+
+    public var configuration: FSConfiguration { config.withLock { $0 } }
+
+    /// Replaces the configuration (SIGHUP): policy and cache settings.
+    public func reconfigure(_ c: FSConfiguration) {
+        config.withLock { $0 = c }
+        cache.reconfigure(c.cache)
+    }
+
+    public var counterSnapshot: FSCounters { counters.withLock { $0 } }
+
+    private func node(_ ino: UInt64) -> Node? {
+        table.withLock { $0.byIno[ino] }
+    }
+
+    // MARK: Names
+
+    public func lookup(parent: UInt64, name: String) -> Result<EntryReply, FSError> {
+        guard let dir = node(parent) else { return .failure(.notFound) }
+        guard dir.kind == .directory else { return .failure(.notDirectory) }
+        guard let (entry, st) = tree.lookup(in: dir.sourcePath, name: name) else { return .failure(.notFound) }
+        let n = remember(entry, in: dir)
+        return .success(reply(for: n, stat: st))
+    }
+
+    /// Finds or creates the node for an entry and counts a kernel lookup.
+    private func remember(_ entry: SourceEntry, in dir: Node) -> Node {
+        let sourcePath = SourceTree.join(dir.sourcePath, entry.sourceName)
+        let mountPath = dir.mountPath.isEmpty ? entry.name : dir.mountPath + "/" + entry.name
+        return table.withLock { t in
+            if let ino = t.byPath[sourcePath], let n = t.byIno[ino] {
+                n.lookups += 1
+                return n
+            }
+            let n = Node(ino: t.next, kind: entry.kind, sourcePath: sourcePath, mountPath: mountPath)
+            t.next += 1
+            n.lookups = 1
+            t.byIno[n.ino] = n
+            t.byPath[sourcePath] = n.ino
+            return n
+        }
+    }
+
+    public func forget(_ ino: UInt64, count: UInt64) {
+        guard ino != SecretFileSystem.rootInode else { return }
+        table.withLock { t in
+            guard let n = t.byIno[ino] else { return }
+            n.lookups = n.lookups > count ? n.lookups - count : 0
+            if n.lookups == 0 {
+                t.byIno[ino] = nil
+                if t.byPath[n.sourcePath] == ino { t.byPath[n.sourcePath] = nil }
+            }
+        }
+    }
+
+    /// Number of inodes the kernel holds (tests, status).
+    public var inodeCount: Int { table.withLock { $0.byIno.count } }
+
+    // MARK: Attributes
+
+    public func getattr(_ ino: UInt64) -> Result<(Attributes, Double), FSError> {
+        guard let n = node(ino) else { return .failure(.notFound) }
+        let st: SourceStat
+        do { st = try tree.stat(n.sourcePath) } catch { return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno)) }
+        guard (n.kind == .directory && st.isDirectory) || (n.kind == .secret && st.isRegular) else {
+            return .failure(.notFound)
+        }
+        let r = reply(for: n, stat: st)
+        return .success((r.attributes, r.attributeTimeout))
+    }
+
+    private func reply(for n: Node, stat st: SourceStat) -> EntryReply {
+        let c = configuration
+        var size = st.size
+        let mode: UInt32
+        let owner: Presentation
+        if n.kind == .secret {
+            // Once decrypted, the exact plaintext size; before, the
+            // ciphertext's size (an upper bound).
+            if let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) { size = Int64(cached.size) }
+            owner = c.policy.presentation(for: n.mountPath)
+            mode = UInt32(S_IFREG) | owner.mode
+        } else {
+            // Directories belong to whoever mounted (root at boot).
+            owner = Presentation(uid: getuid(), gid: getgid(), mode: c.directoryMode)
+            mode = UInt32(S_IFDIR) | (c.directoryMode & 0o555)
+            size = 4096
+        }
+        let attrs = Attributes(ino: n.ino, kind: n.kind, mode: mode, nlink: n.kind == .directory ? 2 : 1,
+                               uid: owner.uid, gid: owner.gid, size: size,
+                               atime: st.atime, mtime: st.mtime, ctime: st.ctime)
+        return EntryReply(attributes: attrs, entryTimeout: c.entryTimeout,
+                          attributeTimeout: n.kind == .secret ? c.secretAttributeTimeout : c.entryTimeout)
+    }
+
+    // MARK: Directories
+
+    public func openDirectory(_ ino: UInt64) -> Result<OpenDirectory, FSError> {
+        guard let n = node(ino) else { return .failure(.notFound) }
+        guard n.kind == .directory else { return .failure(.notDirectory) }
+        do {
+            let items = try tree.list(n.sourcePath).map { OpenDirectory.Item(name: $0.name, kind: $0.kind) }
+            return .success(OpenDirectory(ino: ino, items: items))
+        } catch {
+            return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno))
+        }
+    }
+
+    /// For readdirplus: looks up a listed name (counting a kernel lookup).
+    public func lookupForListing(_ dir: OpenDirectory, name: String) -> EntryReply? {
+        try? lookup(parent: dir.ino, name: name).get()
+    }
+
+    // MARK: Files
+
+    /// Decides and performs an open. Every call is decided anew; a refusal
+    /// is EACCES and audited; nothing is decrypted for a refused caller.
+    public func open(_ ino: UInt64, flags: Int32, caller: Caller) -> Result<OpenSecret, FSError> {
+        guard let n = node(ino) else { return .failure(.notFound) }
+        guard n.kind == .secret else { return .failure(.isDirectory) }
+        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .failure(.readOnly) }
+        counters.withLock { $0.opens += 1 }
+        let policy = configuration.policy
+        guard policy.admits(caller, path: n.mountPath) else {
+            counters.withLock { $0.denials += 1 }
+            record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
+            return .failure(.accessDenied)
+        }
+        let current = try? tree.stat(n.sourcePath)
+        if let current, !current.isRegular { return .failure(.notFound) }
+        if current == nil { cache.invalidate(n.sourcePath); return .failure(.notFound) }
+
+        let maxBytes = configuration.maxCiphertextBytes
+        let (result, source) = cache.acquire(path: n.sourcePath, current: current?.fingerprint) {
+            self.load(n, maxBytes: maxBytes)
+        }
+        switch result {
+        case .success(let secret):
+            switch source {
+            case .cache:
+                counters.withLock { $0.cacheHits += 1 }
+                record(caller, n.mountPath, .cache)
+            case .loaded(let latency):
+                counters.withLock { $0.decrypts += 1 }
+                record(caller, n.mountPath, .kms, latency: latency)
+            case .shared:
+                counters.withLock { $0.shared += 1 }
+                record(caller, n.mountPath, .shared)
+            case .stale:
+                counters.withLock { $0.stale += 1 }
+                record(caller, n.mountPath, .stale, detail: "KMS unavailable; serving the last good plaintext")
+            }
+            return .success(OpenSecret(secret: secret))
+        case .failure(let failure):
+            counters.withLock { $0.failures += 1 }
+            record(caller, n.mountPath, .failed, detail: failure.message)
+            return .failure(.io)
+        }
+    }
+
+    private func load(_ n: Node, maxBytes: Int) -> Result<CachedSecret, DecryptFailure> {
+        let bytes: [UInt8]
+        let fingerprint: Fingerprint
+        do {
+            (bytes, fingerprint) = try tree.readCiphertext(n.sourcePath, limit: maxBytes)
+        } catch {
+            let failure: DecryptFailure
+            switch error {
+            case .tooLarge(let size, let limit):
+                failure = DecryptFailure(.badInput, "\(size) bytes is over the \(limit)-byte ciphertext limit (max_size=)")
+            case .notRegular:
+                failure = DecryptFailure(.badInput, "not a regular file")
+            case .system(let e):
+                failure = DecryptFailure(.badInput, "cannot read the ciphertext: \(e)")
+            }
+            Log.error("\(n.mountPath): \(failure.message)")
+            return .failure(failure)
+        }
+        switch decryptor.decrypt(ciphertext: bytes, path: n.mountPath) {
+        case .success(let secret):
+            return .success(CachedSecret(path: n.sourcePath, secret: secret, fingerprint: fingerprint, at: monotonic()))
+        case .failure(let failure):
+            Log.error("\(n.mountPath): \(failure.message)")
+            return .failure(failure)
+        }
+    }
+
+    private func record(_ caller: Caller, _ path: String, _ outcome: AuditRecord.Outcome,
+                        latency: Double? = nil, detail: String? = nil) {
+        audit.record(AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
+                                 processName: processName(pid: caller.pid), path: path, outcome: outcome,
+                                 latency: latency, detail: detail))
+    }
+
+    /// access(2): R_OK/X_OK for those the policy admits; W_OK never.
+    public func access(_ ino: UInt64, mask: Int32, caller: Caller) -> Result<Void, FSError> {
+        guard let n = node(ino) else { return .failure(.notFound) }
+        if mask & W_OK != 0 { return .failure(.readOnly) }
+        if n.kind == .directory || mask == F_OK { return .success(()) }
+        if mask & X_OK != 0 { return .failure(.accessDenied) }
+        return configuration.policy.admits(caller, path: n.mountPath) ? .success(()) : .failure(.accessDenied)
+    }
+
+    public func statfs() -> statvfs? { tree.statfs() }
+
+    /// Wipes every cached plaintext (unmount, SIGTERM, SIGINT).
+    public func shutdown() {
+        cache.wipeAll()
+    }
+}
+
+/// Wall-clock seconds since the epoch.
+public func wallNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

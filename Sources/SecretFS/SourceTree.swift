@@ -1,0 +1,192 @@
+import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The suffix that marks a ciphertext in SOURCE.
+public let ciphertextSuffix = ".encrypted"
+
+/// What identifies one version of a ciphertext file: when any of it changes
+/// the file was replaced or rewritten, and a cached plaintext is stale.
+public struct Fingerprint: Hashable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var size: Int64
+    public var mtimeNanos: Int64
+    public var ctimeNanos: Int64
+
+    init(_ st: stat) {
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+        size = Int64(st.st_size)
+        mtimeNanos = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        ctimeNanos = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+    }
+}
+
+/// Times and size of a SOURCE object, for the attributes the mount shows.
+public struct SourceStat: Sendable {
+    public var size: Int64
+    public var atime: timespec
+    public var mtime: timespec
+    public var ctime: timespec
+    public var fingerprint: Fingerprint
+    public var isDirectory: Bool
+    public var isRegular: Bool
+
+    init(_ st: stat) {
+        size = Int64(st.st_size)
+        atime = st.st_atim
+        mtime = st.st_mtim
+        ctime = st.st_ctim
+        fingerprint = Fingerprint(st)
+        isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+        isRegular = (st.st_mode & S_IFMT) == S_IFREG
+    }
+}
+
+public enum NodeKind: Sendable, Equatable {
+    case directory
+    case secret
+}
+
+/// One entry of a mirrored directory.
+public struct SourceEntry: Sendable, Equatable {
+    /// The name in the mount (`ssl.pem`).
+    public var name: String
+    /// The name in SOURCE (`ssl.pem.encrypted`, or the directory's name).
+    public var sourceName: String
+    public var kind: NodeKind
+}
+
+/// Read-only access to SOURCE. Every path is resolved beneath SOURCE's
+/// root descriptor with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so a
+/// symlink anywhere in SOURCE is never followed; only directories and
+/// regular `*.encrypted` files are mirrored.
+public final class SourceTree: Sendable {
+    public let path: String
+    public let rootFD: Int32
+
+    public init(path: String) throws(SystemError) {
+        self.path = path
+        rootFD = try syscallRetrying("open \(path)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    }
+
+    deinit { close(rootFD) }
+
+    /// `dir/name`, with `.` for the root.
+    public static func join(_ dir: String, _ name: String) -> String {
+        dir == "." ? name : dir + "/" + name
+    }
+
+    /// Stat of a path relative to SOURCE, never following symlinks.
+    public func stat(_ relPath: String) throws(SystemError) -> SourceStat {
+        var st = Glibc.stat()
+        if relPath == "." {
+            _ = try syscallRetrying("fstat \(path)") { fstat(rootFD, &st) }
+            return SourceStat(st)
+        }
+        let fd = try openBeneath(rootFD, relPath, flags: O_PATH)
+        defer { close(fd) }
+        _ = try syscallRetrying("fstat \(relPath)") { fstat(fd, &st) }
+        return SourceStat(st)
+    }
+
+    /// Finds `name` (a name in the mount) in directory `dir`: the regular
+    /// file `name.encrypted` if there is one, else the directory `name`.
+    public func lookup(in dir: String, name: String) -> (SourceEntry, SourceStat)? {
+        guard SourceTree.isValidName(name) else { return nil }
+        let secretPath = SourceTree.join(dir, name + ciphertextSuffix)
+        if let st = try? stat(secretPath), st.isRegular {
+            return (SourceEntry(name: name, sourceName: name + ciphertextSuffix, kind: .secret), st)
+        }
+        let dirPath = SourceTree.join(dir, name)
+        if let st = try? stat(dirPath), st.isDirectory {
+            return (SourceEntry(name: name, sourceName: name, kind: .directory), st)
+        }
+        return nil
+    }
+
+    static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name != "." && name != ".." && !name.utf8.contains(UInt8(ascii: "/"))
+    }
+
+    /// The mirrored entries of directory `dir`. A regular `X.encrypted`
+    /// file hides a directory `X` beside it.
+    public func list(_ dir: String) throws(SystemError) -> [SourceEntry] {
+        let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
+        guard let d = fdopendir(fd) else {
+            let e = currentErrno
+            close(fd)
+            throw SystemError("fdopendir \(dir)", errno: e)
+        }
+        defer { closedir(d) }
+        var secrets: [String: SourceEntry] = [:]
+        var dirs: [String: SourceEntry] = [:]
+        while let ent = readdir(d) {
+            let sourceName = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if sourceName == "." || sourceName == ".." { continue }
+            var type = ent.pointee.d_type
+            if type == UInt8(DT_UNKNOWN) {
+                var st = Glibc.stat()
+                guard fstatat(fd, sourceName, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
+                type = (st.st_mode & S_IFMT) == S_IFDIR ? UInt8(DT_DIR) : ((st.st_mode & S_IFMT) == S_IFREG ? UInt8(DT_REG) : 0)
+            }
+            if type == UInt8(DT_REG), sourceName.hasSuffix(ciphertextSuffix) {
+                let name = String(sourceName.dropLast(ciphertextSuffix.count))
+                if SourceTree.isValidName(name) {
+                    secrets[name] = SourceEntry(name: name, sourceName: sourceName, kind: .secret)
+                }
+            } else if type == UInt8(DT_DIR) {
+                dirs[sourceName] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
+            }
+        }
+        var out = Array(secrets.values)
+        for (name, entry) in dirs where secrets[name] == nil { out.append(entry) }
+        out.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        return out
+    }
+
+    /// Why a ciphertext could not be read.
+    public enum ReadError: Error, Sendable {
+        case system(SystemError)
+        case tooLarge(size: Int64, limit: Int)
+        case notRegular
+    }
+
+    /// Reads a whole ciphertext, refusing before reading when it is larger
+    /// than `limit`. Returns its bytes and the fingerprint of exactly the
+    /// version read.
+    public func readCiphertext(_ relPath: String, limit: Int) throws(ReadError) -> ([UInt8], Fingerprint) {
+        let fd: Int32
+        do { fd = try openBeneath(rootFD, relPath, flags: O_RDONLY | O_NONBLOCK) } catch { throw .system(error) }
+        defer { close(fd) }
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0 else { throw .system(SystemError("fstat \(relPath)", errno: currentErrno)) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular }
+        guard st.st_size <= limit else { throw .tooLarge(size: Int64(st.st_size), limit: limit) }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        var got = 0
+        while got < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, $0.count - got) }
+            if n < 0 {
+                if currentErrno == EINTR { continue }
+                throw .system(SystemError("read \(relPath)", errno: currentErrno))
+            }
+            if n == 0 { break }
+            got += n
+        }
+        // A file that grew while being read is read to the limit and no
+        // further: its fingerprint changes, and the next open reads it again.
+        bytes.removeLast(bytes.count - got)
+        return (bytes, Fingerprint(st))
+    }
+
+    /// Filesystem statistics of SOURCE.
+    public func statfs() -> statvfs? {
+        var s = statvfs()
+        return fstatvfs(rootFD, &s) == 0 ? s : nil
+    }
+}

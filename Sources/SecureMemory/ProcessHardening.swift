@@ -1,0 +1,57 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Process-wide measures that keep a daemon holding secrets from leaking
+/// them through swap, core dumps, ptrace or crash reports.
+public enum ProcessHardening {
+    /// What `lockAllMemory` found.
+    public enum LockResult: Sendable, Equatable {
+        case locked
+        case failed(SystemError)
+    }
+
+    /// Resets the fatal-signal handlers Swift's runtime installs for its
+    /// crash backtracer (which prints memory around registers to stderr) to
+    /// the kernel default, so a crash prints nothing and, with RLIMIT_CORE
+    /// at 0, leaves nothing. Call first thing in `main`.
+    public static func disableCrashReporter() {
+        for sig in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS, SIGQUIT] {
+            _ = kmsfs_signal_default(sig)
+        }
+    }
+
+    /// Not dumpable (no core, no ptrace attach by other users, /proc/PID/mem
+    /// root-only), no core files, and a coredump filter that leaves
+    /// anonymous and shared memory out should a core be forced anyway.
+    public static func forbidCoreDumps() {
+        _ = kmsfs_prctl(PR_SET_DUMPABLE, 0)
+        var zero = rlimit(rlim_cur: 0, rlim_max: 0)
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &zero)
+        // Bits: 0 anon private, 1 anon shared, 2 file private, 3 file shared,
+        // 4 ELF headers, 5/6 huge pages, 8 DAX. Keep only ELF headers.
+        let fd = open("/proc/self/coredump_filter", O_WRONLY | O_CLOEXEC)
+        if fd >= 0 {
+            let value = "0x10\n"
+            _ = value.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+    }
+
+    /// `mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`: every page the
+    /// process has or will have is locked once touched, so thread stacks
+    /// cost only what they use.
+    public static func lockAllMemory() -> LockResult {
+        let flags = MCL_CURRENT | MCL_FUTURE | KMSFS_MCL_ONFAULT
+        if mlockall(flags) == 0 { return .locked }
+        return .failed(SystemError("mlockall", errno: currentErrno))
+    }
+
+    /// The process's RLIMIT_MEMLOCK soft limit, in bytes (nil = unlimited).
+    public static var memlockLimit: UInt64? {
+        var r = rlimit()
+        guard getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &r) == 0 else { return 0 }
+        return r.rlim_cur == rlim_t.max ? nil : UInt64(r.rlim_cur)
+    }
+}

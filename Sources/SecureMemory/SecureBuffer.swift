@@ -1,0 +1,290 @@
+import CLinux
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a `SecureBuffer`'s pages come from.
+public enum SecureBacking: String, Sendable {
+    /// `memfd_secret(2)` pages: locked, out of the kernel's direct map, so
+    /// not even root's `/proc/PID/mem` or ptrace can read them; never in a
+    /// core dump; not usable by system calls that pin pages.
+    case secretMemory = "memfd_secret"
+    /// Anonymous pages, `mlock`ed, `MADV_DONTDUMP`, `MADV_WIPEONFORK`, with a
+    /// `PROT_NONE` guard page on each side.
+    case lockedAnonymous = "mlock"
+    /// Like `lockedAnonymous`, but the lock failed and the operator allowed
+    /// it (`insecure_allow_unlocked`). Still undumpable and wiped.
+    case unlockedAnonymous = "unlocked"
+}
+
+public enum SecureMemoryError: Error, CustomStringConvertible, Sendable {
+    case allocationFailed(SystemError)
+    case lockFailed(SystemError)
+    case capacityExceeded(requested: Int, limit: Int)
+
+    public var description: String {
+        switch self {
+        case .allocationFailed(let e): return "cannot allocate secure memory (\(e))"
+        case .lockFailed(let e):
+            return "cannot lock secure memory (\(e)); raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK"
+        case .capacityExceeded(let r, let l): return "secure buffer of \(r) bytes exceeds the limit of \(l) bytes"
+        }
+    }
+}
+
+/// Process-wide policy for secure allocations, set once at start-up.
+public enum SecureMemoryPolicy {
+    struct State {
+        var preferSecretMemory = true
+        var allowUnlocked = false
+        var secretMemoryProbed: Bool? = nil
+    }
+    static let state = Mutex(State())
+
+    /// Whether `memfd_secret` may be used when the kernel offers it.
+    public static var preferSecretMemory: Bool {
+        get { state.withLock { $0.preferSecretMemory } }
+        set { state.withLock { $0.preferSecretMemory = newValue } }
+    }
+
+    /// Whether an allocation whose `mlock` fails may continue unlocked.
+    public static var allowUnlocked: Bool {
+        get { state.withLock { $0.allowUnlocked } }
+        set { state.withLock { $0.allowUnlocked = newValue } }
+    }
+
+    /// True when this kernel offers `memfd_secret` (probed once).
+    public static var secretMemoryAvailable: Bool {
+        state.withLock { s in
+            if let known = s.secretMemoryProbed { return known }
+            let fd = kmsfs_memfd_secret(UInt32(O_CLOEXEC))
+            let ok = fd >= 0
+            if ok { close(fd) }
+            s.secretMemoryProbed = ok
+            return ok
+        }
+    }
+
+    /// The backing new buffers get by default.
+    public static var defaultBacking: SecureBacking {
+        (preferSecretMemory && secretMemoryAvailable) ? .secretMemory : .lockedAnonymous
+    }
+}
+
+/// Live-buffer accounting, for `kmsfs status`, the tests and the wipe at
+/// shutdown.
+public enum SecureMemoryStats {
+    static let live = Mutex<(count: Int, bytes: Int, registry: [ObjectIdentifier: Unmanaged<SecureBuffer>])>((0, 0, [:]))
+
+    public static var liveBuffers: Int { live.withLock { $0.count } }
+    public static var liveBytes: Int { live.withLock { $0.bytes } }
+
+    /// Wipes the contents of every live buffer (shutdown, fatal paths). The
+    /// buffers stay mapped; their owners see zeros.
+    public static func wipeAllLive() {
+        live.withLock { state in
+            for (_, ref) in state.registry {
+                ref._withUnsafeGuaranteedRef { $0.wipeContents() }
+            }
+        }
+    }
+}
+
+/// The one type that holds plaintext. Pages are locked, excluded from core
+/// dumps and wiped before they are released; where the kernel offers
+/// `memfd_secret` they are also removed from the kernel's direct map.
+///
+/// Thread-safety: a buffer is filled by one thread, then published (through
+/// a lock, such as the secret cache's) and only read afterwards. Reads from
+/// many threads at once are safe; writes after publication are not.
+///
+/// Never printed: `description` is redacted.
+public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+    public let backing: SecureBacking
+    /// Usable bytes.
+    public let capacity: Int
+    /// Bytes in use (`<= capacity`).
+    public private(set) var count: Int = 0
+
+    private let base: UnsafeMutableRawPointer      // first usable byte
+    private let mapping: UnsafeMutableRawPointer   // whole mapping, guards included
+    private let mappingLength: Int
+
+    /// Allocates `capacity` bytes (rounded up to whole pages internally).
+    public init(capacity: Int, backing requested: SecureBacking? = nil) throws(SecureMemoryError) {
+        let want = requested ?? SecureMemoryPolicy.defaultBacking
+        let length = roundUpToPage(capacity)
+        if want == .secretMemory, let m = SecureBuffer.mapSecret(length) {
+            self.backing = .secretMemory
+            self.mapping = m
+            self.mappingLength = length
+            self.base = m
+        } else {
+            let (m, total, locked) = try SecureBuffer.mapAnonymous(length)
+            self.backing = locked ? .lockedAnonymous : .unlockedAnonymous
+            self.mapping = m
+            self.mappingLength = total
+            self.base = m + systemPageSize
+        }
+        self.capacity = capacity
+        let me = Unmanaged.passUnretained(self)
+        SecureMemoryStats.live.withLock {
+            $0.count += 1
+            $0.bytes += length
+            $0.registry[ObjectIdentifier(self)] = me
+        }
+    }
+
+    /// A buffer holding a copy of `bytes` (which the caller wipes).
+    public convenience init(copying bytes: UnsafeRawBufferPointer, backing: SecureBacking? = nil) throws(SecureMemoryError) {
+        try self.init(capacity: bytes.count, backing: backing)
+        try append(bytes)
+    }
+
+    deinit {
+        // Leave the registry first, so `wipeAllLive` never touches pages
+        // that are about to be unmapped.
+        let length = backing == .secretMemory ? mappingLength : mappingLength - 2 * systemPageSize
+        SecureMemoryStats.live.withLock {
+            $0.count -= 1
+            $0.bytes -= length
+            $0.registry[ObjectIdentifier(self)] = nil
+        }
+        secureWipe(base, capacity)
+        munmap(mapping, mappingLength)
+    }
+
+    private static func mapSecret(_ length: Int) -> UnsafeMutableRawPointer? {
+        let fd = kmsfs_memfd_secret(UInt32(O_CLOEXEC))
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }   // the mapping keeps the pages
+        guard ftruncate(fd, off_t(length)) == 0 else { return nil }
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else { return nil }
+        return p
+    }
+
+    private static func mapAnonymous(_ length: Int) throws(SecureMemoryError) -> (UnsafeMutableRawPointer, Int, Bool) {
+        let page = systemPageSize
+        let total = length + 2 * page
+        let p = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let p, p != MAP_FAILED else {
+            throw .allocationFailed(SystemError("mmap", errno: currentErrno))
+        }
+        let body = p + page
+        guard mprotect(body, length, PROT_READ | PROT_WRITE) == 0 else {
+            let e = currentErrno
+            munmap(p, total)
+            throw .allocationFailed(SystemError("mprotect", errno: e))
+        }
+        _ = madvise(body, length, MADV_DONTDUMP)
+        _ = madvise(body, length, MADV_WIPEONFORK)
+        var locked = true
+        if mlock(body, length) != 0 {
+            let e = currentErrno
+            if !SecureMemoryPolicy.allowUnlocked {
+                munmap(p, total)
+                throw .lockFailed(SystemError("mlock", errno: e))
+            }
+            locked = false
+        }
+        return (p, total, locked)
+    }
+
+    // MARK: Access
+
+    /// Read access to the bytes in use.
+    @inline(__always)
+    public func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
+    /// Write access to the whole capacity; the caller sets `count` with
+    /// `setCount` afterwards.
+    @inline(__always)
+    public func withUnsafeMutableCapacity<R, E: Error>(_ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try body(UnsafeMutableRawBufferPointer(start: base, count: capacity))
+    }
+
+    /// Sets the number of bytes in use; bytes beyond it are wiped.
+    public func setCount(_ n: Int) {
+        precondition(n >= 0 && n <= capacity, "SecureBuffer count out of range")
+        if n < count { secureWipe(base + n, count - n) }
+        count = n
+    }
+
+    /// Appends bytes; throws when they do not fit.
+    public func append(_ bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) {
+        guard bytes.count <= capacity - count else {
+            throw .capacityExceeded(requested: count + bytes.count, limit: capacity)
+        }
+        if let src = bytes.baseAddress, bytes.count > 0 {
+            (base + count).copyMemory(from: src, byteCount: bytes.count)
+        }
+        count += bytes.count
+    }
+
+    /// Appends the UTF-8 of a non-secret string (JSON punctuation, names).
+    public func append(utf8 text: String) throws(SecureMemoryError) {
+        var t = text
+        let n = t.utf8.count
+        guard n <= capacity - count else {
+            throw .capacityExceeded(requested: count + n, limit: capacity)
+        }
+        t.withUTF8 { (p: UnsafeBufferPointer<UInt8>) in
+            if let src = p.baseAddress, n > 0 { (base + count).copyMemory(from: src, byteCount: n) }
+        }
+        count += n
+    }
+
+    /// Copies `length` bytes starting at `offset` into `destination`.
+    public func copyBytes(from offset: Int, count length: Int, to destination: UnsafeMutableRawPointer) {
+        precondition(offset >= 0 && length >= 0 && offset + length <= count)
+        if length > 0 { destination.copyMemory(from: base + offset, byteCount: length) }
+    }
+
+    /// Wipes the contents in place and sets `count` to zero.
+    public func wipeContents() {
+        secureWipe(base, capacity)
+        count = 0
+    }
+
+    /// Constant-time comparison of contents.
+    public func constantTimeEquals(_ other: UnsafeRawBufferPointer) -> Bool {
+        guard other.count == count else { return false }
+        var diff: UInt8 = 0
+        let a = base.assumingMemoryBound(to: UInt8.self)
+        for i in 0..<count { diff |= a[i] ^ other[i] }
+        return diff == 0
+    }
+
+    public var description: String { "SecureBuffer(<redacted>, \(count) bytes, \(backing.rawValue))" }
+    public var debugDescription: String { description }
+}
+
+/// A growable sink for bytes arriving in pieces (an HTTP body): grows by
+/// moving into a larger `SecureBuffer` and wiping the old one.
+public final class SecureAccumulator: @unchecked Sendable {
+    public private(set) var buffer: SecureBuffer
+    public let limit: Int
+
+    public init(initialCapacity: Int = 4096, limit: Int) throws(SecureMemoryError) {
+        self.limit = limit
+        self.buffer = try SecureBuffer(capacity: min(max(initialCapacity, 1), limit))
+    }
+
+    public func append(_ bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) {
+        let needed = buffer.count + bytes.count
+        if needed > buffer.capacity {
+            guard needed <= limit else { throw .capacityExceeded(requested: needed, limit: limit) }
+            let grown = try SecureBuffer(capacity: min(max(needed, buffer.capacity * 2), limit), backing: buffer.backing == .secretMemory ? nil : buffer.backing)
+            grown.withUnsafeMutableCapacity { dst in
+                buffer.withUnsafeBytes { src in dst.copyMemory(from: src) }
+            }
+            grown.setCount(buffer.count)
+            buffer = grown   // the old buffer wipes itself in deinit
+        }
+        try buffer.append(bytes)
+    }
+}

@@ -1,0 +1,73 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed system call: the operation and its errno, nothing else (never a
+/// buffer's contents).
+public struct SystemError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let operation: String
+    public let errno: Int32
+
+    public init(_ operation: String, errno: Int32) {
+        self.operation = operation
+        self.errno = errno
+    }
+
+    public var description: String {
+        "\(operation): \(String(cString: strerror(errno)))"
+    }
+}
+
+/// The one door for system calls that return -1 and set errno: EINTR is
+/// retried, anything else becomes a `SystemError`. Never use it for `close`
+/// (Linux closes the descriptor even when close is interrupted).
+@inline(__always)
+public func syscallRetrying<T: BinaryInteger>(_ operation: @autoclosure () -> String,
+                                              _ body: () -> T) throws(SystemError) -> T {
+    while true {
+        let rc = body()
+        if rc != -1 { return rc }
+        let e = kmsfs_errno()
+        if e == EINTR { continue }
+        throw SystemError(operation(), errno: e)
+    }
+}
+
+/// The current thread's errno.
+@inline(__always)
+public var currentErrno: Int32 { kmsfs_errno() }
+
+/// Wipes `count` bytes at `pointer` with explicit_bzero (never elided).
+@inline(__always)
+public func secureWipe(_ pointer: UnsafeMutableRawPointer?, _ count: Int) {
+    guard let pointer, count > 0 else { return }
+    kmsfs_wipe(pointer, count)
+}
+
+/// Wipes a byte array in place (for non-secret-memory scratch that briefly
+/// held key material, such as a derived key on the stack).
+public func secureWipe(_ bytes: inout [UInt8]) {
+    bytes.withUnsafeMutableBytes { secureWipe($0.baseAddress, $0.count) }
+}
+
+public let systemPageSize: Int = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+@inline(__always)
+func roundUpToPage(_ n: Int) -> Int {
+    let p = systemPageSize
+    return (max(n, 1) + p - 1) / p * p
+}
+
+/// Opens `path` relative to `dirfd` with openat2(2), refusing to leave the
+/// directory (`RESOLVE_BENEATH`) or to follow any symlink or magic link on
+/// the way: how kmsfs reads SOURCE, so a symlink there never leads out.
+public func openBeneath(_ dirfd: Int32, _ path: String, flags: Int32) throws(SystemError) -> Int32 {
+    let resolve = KMSFS_RESOLVE_BENEATH | KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS
+    return try syscallRetrying("openat2 \(path)") {
+        kmsfs_openat2(dirfd, path, UInt64(UInt32(bitPattern: flags | O_CLOEXEC | O_NOFOLLOW)), 0, resolve)
+    }
+}
+
+/// `O_PATH` (glibc hides it without `_GNU_SOURCE`).
+public let O_PATH: Int32 = KMSFS_O_PATH

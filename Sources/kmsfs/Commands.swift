@@ -1,0 +1,163 @@
+import ArgumentParser
+import KmsfsKit
+import AWS
+import KMS
+import SecretFS
+import SecureMemory
+import Log
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct KmsfsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kmsfs",
+        abstract: "Serve KMS-encrypted secrets as plain, read-only files.",
+        discussion: """
+        kmsfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]] mounts SOURCE (a directory of \
+        NAME.encrypted files) at MOUNTPOINT, where each appears as NAME and is decrypted \
+        through AWS KMS when first opened. See man 8 kmsfs for every mount option.
+        """,
+        version: "kmsfs \(kmsfsVersion)",
+        subcommands: [MountCommand.self, EncryptCommand.self, DecryptCommand.self, CheckCommand.self, StatusCommand.self],
+        defaultSubcommand: MountCommand.self
+    )
+
+    /// Parses and runs; a usage error is one line on stderr and exit 2.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let code as ExitCode {
+            Glibc.exit(code.rawValue)
+        } catch {
+            if exitCode(for: error) == .success { exit(withError: error) }
+            let first = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            Log.writeAll(2, "kmsfs: \(first) (see kmsfs --help)\n")
+            Glibc.exit(2)
+        }
+    }
+}
+
+/// Prints one line to stderr and exits with `code`.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    Log.writeAll(2, "kmsfs: \(message)\n")
+    exit(code)
+}
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount SOURCE at MOUNTPOINT (the default command; the form mount.fuse3 uses).",
+        shouldDisplay: false
+    )
+
+    @Argument(help: "Directory holding the NAME.encrypted files.")
+    var source: String
+
+    @Argument(help: "Where the plaintext files appear.")
+    var mountpoint: String
+
+    @Flag(name: .customShort("f"), help: "Stay in the foreground (systemd Type=simple or notify, tests).")
+    var foreground = false
+
+    @Flag(name: .customShort("d"), help: "Log every FUSE request (implies -f).")
+    var debug = false
+
+    @Option(name: .customShort("o"), help: "Mount options, comma-separated (see man 8 kmsfs).")
+    var options: [String] = []
+
+    func run() throws {
+        let parsed: MountOptions
+        do { parsed = try MountOptions.parse(options) } catch { fail(error.message, code: 2) }
+        let source = absolute(self.source)
+        let mountpoint = absolute(self.mountpoint)
+        var isDir = stat()
+        guard stat(source, &isDir) == 0, (isDir.st_mode & S_IFMT) == S_IFDIR else {
+            fail("source \(source) is not a directory; give the directory that holds the *.encrypted files", code: 1)
+        }
+        let request = MountRequest(source: source, mountpoint: mountpoint, foreground: foreground || debug,
+                                   debug: debug, rawOptions: options, options: parsed)
+        if let fdText = getenv("KMSFS_READY_FD").map({ String(cString: $0) }), let fd = Int32(fdText) {
+            // The background child: report start-up to the waiting parent.
+            unsetenv("KMSFS_READY_FD")
+            setsid()
+            throw ExitCode(Daemon.run(request, readyFD: fd))
+        }
+        if request.foreground {
+            throw ExitCode(Daemon.run(request, readyFD: nil))
+        }
+        throw ExitCode(Background.spawnAndWait())
+    }
+
+    func absolute(_ p: String) -> String {
+        if p.hasPrefix("/") { return p }
+        guard let c = getcwd(nil, 0) else { return p }
+        let cwd = String(cString: c)
+        free(c)
+        return cwd == "/" ? "/" + p : cwd + "/" + p
+    }
+}
+
+/// Starting in the background: the same command runs again as a child in
+/// its own session, and this process returns only once the child reports
+/// the mount live (exit 0) or its one-line failure (exit 1).
+enum Background {
+    static func spawnAndWait() -> Int32 {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { fail("pipe: \(String(cString: strerror(errno)))") }
+        let (readEnd, writeEnd) = (fds[0], fds[1])
+        // Only the dup2'd copy (fd 3) may reach the child, or the pipe
+        // would never see its end.
+        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        if !SystemdNotify.stderrIsJournal {
+            // Nobody reads our stderr once we exit (and a pipe left open
+            // would hang whoever waits for its end): the daemon logs to
+            // syslog or to log=FILE instead.
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
+        posix_spawn_file_actions_adddup2(&actions, writeEnd, 3)
+
+        var env = Environment.process().values
+        env["KMSFS_READY_FD"] = "3"
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        let args = CommandLine.arguments
+        let argv = args.map { strdup($0) } + [nil]
+        defer {
+            envp.forEach { free($0) }
+            argv.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, nil, argv, envp)
+        close(writeEnd)
+        guard rc == 0 else { fail("cannot start the daemon: \(String(cString: strerror(rc)))") }
+
+        var reply = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            reply += buf[0..<n]
+            if reply.contains(UInt8(ascii: "\n")) { break }   // one line says it all
+        }
+        close(readEnd)
+        let text = String(decoding: reply, as: UTF8.self)
+        if text.hasPrefix("READY") { return 0 }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        if text.hasPrefix("ERROR ") {
+            var m = String(text.dropFirst(6))
+            while m.hasSuffix("\n") { m.removeLast() }
+            fail(m)
+        }
+        let code = (status & 0x7f) == 0 ? "exit status \((status >> 8) & 0xff)" : "signal \(status & 0x7f)"
+        fail("the daemon stopped during start-up (\(code)) without saying why; run the same command with -f to see its log")
+    }
+}

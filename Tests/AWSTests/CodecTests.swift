@@ -1,0 +1,60 @@
+import Testing
+import AWS
+import SecureMemory
+
+@Suite struct CodecTests {
+    @Test func base64RoundTrip() throws {
+        for n in 0..<70 {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 * 37 + 11) }
+            let text = Base64.encode(bytes)
+            #expect(Base64.decode(text) == bytes)
+        }
+        #expect(Base64.encode(Array("hello".utf8)) == "aGVsbG8=")
+        #expect(Base64.decode("not base64!") == nil)
+    }
+
+    @Test func base64DecodesInPlaceIntoSecureMemory() throws {
+        let encoded = Array("c2VjcmV0LWJ5dGVz".utf8)
+        let out = try SecureBuffer(capacity: Base64.maxDecodedCount(encoded.count))
+        let n = encoded.withUnsafeBytes { src in out.withUnsafeMutableCapacity { Base64.decode(src, into: $0) } }
+        out.setCount(n!)
+        let expected = Array("secret-bytes".utf8)
+        expected.withUnsafeBytes { #expect(out.constantTimeEquals($0)) }
+    }
+
+    @Test func jsonScannerFindsMembersWithoutDecodingThem() {
+        let doc = #"{"KeyId":"arn:aws:kms:us-east-1:1:key/x","Nested":{"Plaintext":"no"},"List":[1,"a\"b",{}],"Plaintext":"c2VjcmV0","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}"#
+        let bytes = Array(doc.utf8)
+        bytes.withUnsafeBytes { b in
+            let r = JSONScanner.stringMember("Plaintext", in: b)!
+            #expect(String(decoding: b[r], as: UTF8.self) == "c2VjcmV0")
+            #expect(JSONScanner.stringMember("Missing", in: b) == nil)
+            let k = JSONScanner.stringMember("KeyId", in: b)!
+            #expect(String(decoding: b[k], as: UTF8.self) == "arn:aws:kms:us-east-1:1:key/x")
+        }
+    }
+
+    @Test func jsonParseAndSerialize() {
+        let v = JSONValue.parse(#"{"a":[1,2.5,true,null],"b":"x\ny\u00e9"}"#)!
+        #expect(v["b"]?.stringValue == "x\nyé")
+        #expect(v["a"]?.arrayValue?.count == 4)
+        #expect(JSONValue.object([("k", .string("q\"\\"))]).serialized == #"{"k":"q\"\\"}"#)
+        #expect(JSONValue.parse("{") == nil)
+    }
+
+    @Test func urlParsing() {
+        let u = URLParts("http://127.0.0.1:4566/")!
+        #expect(u.host == "127.0.0.1" && u.port == 4566 && u.hostHeader == "127.0.0.1:4566")
+        #expect(URLParts("https://kms.eu-west-1.amazonaws.com")!.hostHeader == "kms.eu-west-1.amazonaws.com")
+        #expect(URLParts("https://[::1]:8443/x?y=1")!.host == "[::1]")
+        #expect(URLParts("ftp://x") == nil)
+        #expect(URLParts("https://user@host") == nil)
+    }
+
+    @Test func timestamps() {
+        let t = Timestamp.parseISO8601("2015-08-30T12:36:00Z")!
+        #expect(t.amzDate == "20150830T123600Z")
+        #expect(Timestamp.parseISO8601("2015-08-30T14:36:00+02:00")! == t)
+        #expect(Timestamp.parseISO8601("2015-08-30T12:36:00.500Z")!.seconds == t.seconds + 0.5)
+    }
+}

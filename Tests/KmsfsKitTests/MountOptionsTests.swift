@@ -1,0 +1,65 @@
+import Testing
+import KmsfsKit
+import AWS
+
+@Suite struct MountOptionsTests {
+    @Test func parsesTheDocumentedOptions() throws {
+        let o = try MountOptions.parse(["allow_uid=www-data:1001,allow_gid=ssl-cert,mode=0440,ttl=5m",
+                                        "region=eu-west-1,endpoint=http://127.0.0.1:4566,context=env=prod,audit=/var/log/kmsfs.audit"])
+        #expect(o.allowUsers == ["www-data", "1001"])
+        #expect(o.allowGroups == ["ssl-cert"])
+        #expect(o.mode == 0o440)
+        #expect(o.ttl == 300)
+        #expect(o.region == "eu-west-1")
+        #expect(o.endpoint == "http://127.0.0.1:4566")
+        #expect(o.requiredContext.count == 1 && o.requiredContext[0].key == "env" && o.requiredContext[0].value == "prod")
+        #expect(o.audit == .file("/var/log/kmsfs.audit"))
+    }
+
+    @Test func dropsFstabOnlyOptions() throws {
+        let o = try MountOptions.parse(["rw,_netdev,nofail,auto,noauto,user,users,x-systemd.requires=network-online.target,defaults"])
+        #expect(o.ignored.count == 9)
+    }
+
+    @Test(arguments: [
+        ("ttl=soon", "ttl=soon"),
+        ("mode=0644", "no write bits"),
+        ("mode=9", "octal"),
+        ("bogus", "unknown option 'bogus'"),
+        ("region", "needs a value"),
+        ("allow_uid=a::b", "empty entry"),
+        ("prefetch=yes", "takes no value"),
+        ("max_size=lots", "size in bytes"),
+        ("endpoint=not a url", "expected a URL"),
+    ])
+    func rejectsBadOptionsWithOneLine(_ raw: String, _ needle: String) {
+        do {
+            _ = try MountOptions.parse([raw])
+            Issue.record("\(raw) should be rejected")
+        } catch {
+            #expect(error.message.contains(needle), "\(error.message)")
+            #expect(!error.message.contains("\n"))
+        }
+    }
+
+    @Test func sizesAndDurations() {
+        #expect(MountOptions.parseSize("64M") == 64 << 20)
+        #expect(MountOptions.parseSize("1GiB") == 1 << 30)
+        #expect(MountOptions.parseSize("4096") == 4096)
+        #expect(MountOptions.parseDuration("1h") == 3600)
+        #expect(MountOptions.parseDuration("0") == 0)
+        #expect(MountOptions.parseDuration("-1") == nil)
+    }
+
+    @Test func regionAndEndpointPrecedence() throws {
+        let env = Environment(["AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-east-1",
+                               "AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_KMS": "http://b:2"])
+        let s = try AWSSettings.resolve(region: nil, endpoint: nil, profile: nil, caBundle: nil, maxAttempts: nil, timeout: nil, environment: env)
+        #expect(s.region == "eu-west-1")
+        #expect(s.endpoint.hostHeader == "b:2")
+        let o = try AWSSettings.resolve(region: "ap-south-1", endpoint: "http://c:3", profile: nil, caBundle: nil, maxAttempts: nil, timeout: nil, environment: env)
+        #expect(o.region == "ap-south-1" && o.endpoint.hostHeader == "c:3")
+        let d = try AWSSettings.resolve(region: "eu-central-1", endpoint: nil, profile: nil, caBundle: nil, maxAttempts: nil, timeout: nil, environment: Environment([:]))
+        #expect(d.endpoint.description == "https://kms.eu-central-1.amazonaws.com/")
+    }
+}

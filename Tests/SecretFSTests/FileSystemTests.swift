@@ -1,0 +1,149 @@
+import Testing
+import Foundation
+import SecretFS
+import SecureMemory
+import Synchronization
+
+/// A decryptor that "decrypts" by reversing bytes, counts calls, and can
+/// be made slow or failing.
+final class FakeDecryptor: SecretDecrypting, @unchecked Sendable {
+    let calls = Mutex(0)
+    let delay: Double
+    let failWith: DecryptFailure?
+
+    init(delay: Double = 0, failWith: DecryptFailure? = nil) {
+        self.delay = delay
+        self.failWith = failWith
+    }
+
+    func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+        calls.withLock { $0 += 1 }
+        if delay > 0 { usleep(UInt32(delay * 1e6)) }
+        if let failWith { return .failure(failWith) }
+        if ciphertext.first == UInt8(ascii: "!") { return .failure(DecryptFailure(.badInput, "bad file")) }
+        do {
+            let b = try SecureBuffer(capacity: ciphertext.count)
+            try Array(ciphertext.reversed()).withUnsafeBytes { try b.append($0) }
+            return .success(DecryptedSecret(plaintext: b, format: "fake", keyId: nil))
+        } catch {
+            return .failure(DecryptFailure(.badInput, "\(error)"))
+        }
+    }
+}
+
+final class MemoryAudit: AuditSink, @unchecked Sendable {
+    let records = Mutex<[AuditRecord]>([])
+    func record(_ r: AuditRecord) { records.withLock { $0.append(r) } }
+}
+
+func makeTree() throws -> String {
+    let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
+    let fm = FileManager.default
+    try fm.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
+    try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/a.encrypted"))
+    try Data("dlrow".utf8).write(to: URL(fileURLWithPath: dir + "/sub/b.encrypted"))
+    try Data("!".utf8).write(to: URL(fileURLWithPath: dir + "/bad.encrypted"))
+    try Data("plain".utf8).write(to: URL(fileURLWithPath: dir + "/notes.txt"))
+    try fm.createSymbolicLink(atPath: dir + "/link.encrypted", withDestinationPath: dir + "/a.encrypted")
+    return dir
+}
+
+func text(_ s: OpenSecret) -> String {
+    s.plaintext.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+}
+
+@Suite struct FileSystemTests {
+    let root = Caller(uid: 0, gid: 0, pid: Int32(getpid()))
+
+    func make(_ d: FakeDecryptor = FakeDecryptor(), ttl: Double? = nil, audit: MemoryAudit = MemoryAudit()) throws -> SecretFileSystem {
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        return SecretFileSystem(tree: try SourceTree(path: try makeTree()),
+                                configuration: FSConfiguration(policy: policy, cache: .init(ttl: ttl)),
+                                decryptor: d, audit: audit)
+    }
+
+    @Test func mirrorsSecretsAndDirectoriesOnly() throws {
+        let fs = try make()
+        let dir = try fs.openDirectory(SecretFileSystem.rootInode).get()
+        #expect(dir.items.map(\.name) == ["a", "bad", "sub"])
+        #expect(try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.kind == .secret)
+        #expect(try fs.lookup(parent: SecretFileSystem.rootInode, name: "sub").get().attributes.kind == .directory)
+        for hidden in ["notes.txt", "notes", "link", "a.encrypted"] {
+            #expect(throws: FSError.notFound) { try fs.lookup(parent: SecretFileSystem.rootInode, name: hidden).get() }
+        }
+    }
+
+    @Test func openDecryptsOnceAndSizesExactly() throws {
+        let d = FakeDecryptor()
+        let audit = MemoryAudit()
+        let fs = try make(d, audit: audit)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")
+        #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")
+        #expect(d.calls.withLock { $0 } == 1)
+        #expect(try fs.getattr(a).get().0.size == 5)
+        #expect(audit.records.withLock { $0.map(\.outcome) } == [.kms, .cache])
+    }
+
+    @Test func refusedCallersGetEACCESAndNothingIsDecrypted() throws {
+        let d = FakeDecryptor()
+        let audit = MemoryAudit()
+        let fs = try make(d, audit: audit)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        let stranger = Caller(uid: 4242, gid: 4242, pid: 1)
+        #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: stranger).get() }
+        #expect(d.calls.withLock { $0 } == 0)
+        #expect(audit.records.withLock { $0.first?.outcome } == .denied)
+        #expect(throws: FSError.readOnly) { try fs.open(a, flags: O_WRONLY, caller: root).get() }
+    }
+
+    @Test func concurrentFirstOpensShareOneDecryption() throws {
+        let d = FakeDecryptor(delay: 0.2)
+        let fs = try make(d)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        let results = Mutex<[String]>([])
+        let group = DispatchGroup()
+        for _ in 0..<12 {
+            DispatchQueue.global().async(group: group) {
+                if let s = try? fs.open(a, flags: O_RDONLY, caller: root).get() { results.withLock { $0.append(text(s)) } }
+            }
+        }
+        group.wait()
+        #expect(results.withLock { $0 } == Array(repeating: "hello", count: 12))
+        #expect(d.calls.withLock { $0 } == 1)
+    }
+
+    @Test func badFileIsEIOAndOthersStillOpen() throws {
+        let fs = try make()
+        let bad = try fs.lookup(parent: SecretFileSystem.rootInode, name: "bad").get().attributes.ino
+        #expect(throws: FSError.io) { try fs.open(bad, flags: O_RDONLY, caller: root).get() }
+        let sub = try fs.lookup(parent: SecretFileSystem.rootInode, name: "sub").get().attributes.ino
+        let b = try fs.lookup(parent: sub, name: "b").get().attributes.ino
+        #expect(text(try fs.open(b, flags: O_RDONLY, caller: root).get()) == "world")
+    }
+
+    @Test func ttlExpiryDropsThePlaintextButOpenHandlesKeepTheirBytes() throws {
+        let d = FakeDecryptor()
+        let fs = try make(d, ttl: 0.2)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        let held = try fs.open(a, flags: O_RDONLY, caller: root).get()
+        usleep(300_000)
+        #expect(fs.cache.expire() == 1)
+        #expect(fs.cache.count == 0)
+        #expect(text(held) == "hello")
+        _ = try fs.open(a, flags: O_RDONLY, caller: root).get()
+        #expect(d.calls.withLock { $0 } == 2)
+    }
+
+    @Test func forgetReleasesInodes() throws {
+        let fs = try make()
+        let before = fs.inodeCount
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        _ = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get()
+        #expect(fs.inodeCount == before + 1)
+        fs.forget(a, count: 1)
+        #expect(fs.inodeCount == before + 1)
+        fs.forget(a, count: 1)
+        #expect(fs.inodeCount == before)
+    }
+}

@@ -1,0 +1,66 @@
+import Testing
+import SecureMemory
+
+@Suite struct SecureBufferTests {
+    @Test func holdsAppendsAndWipes() throws {
+        let b = try SecureBuffer(capacity: 10)
+        try Array("secret".utf8).withUnsafeBytes { try b.append($0) }
+        #expect(b.count == 6)
+        Array("secret".utf8).withUnsafeBytes { #expect(b.constantTimeEquals($0)) }
+        Array("secreT".utf8).withUnsafeBytes { #expect(!b.constantTimeEquals($0)) }
+        #expect(throws: SecureMemoryError.self) { try Array("too long!".utf8).withUnsafeBytes { try b.append($0) } }
+        b.wipeContents()
+        #expect(b.count == 0)
+        b.withUnsafeMutableCapacity { cap in #expect(cap.allSatisfy { $0 == 0 }) }
+    }
+
+    @Test func descriptionIsRedacted() throws {
+        let b = try SecureBuffer(capacity: 16)
+        try b.append(utf8: "hunter2")
+        #expect(!"\(b)".contains("hunter2"))
+        #expect(!String(reflecting: b).contains("hunter2"))
+        #expect("\(b)".contains("redacted"))
+    }
+
+    @Test func usesSecretMemoryWhereTheKernelOffersIt() throws {
+        let b = try SecureBuffer(capacity: 100)
+        if SecureMemoryPolicy.secretMemoryAvailable {
+            #expect(b.backing == .secretMemory)
+        } else {
+            #expect(b.backing == .lockedAnonymous || b.backing == .unlockedAnonymous)
+        }
+        let locked = try SecureBuffer(capacity: 100, backing: .lockedAnonymous)
+        #expect(locked.backing != .secretMemory)
+    }
+
+    @Test func liveBuffersAreCountedAndReleased() throws {
+        let before = SecureMemoryStats.liveBuffers
+        do {
+            let a = try SecureBuffer(capacity: 1)
+            let b = try SecureBuffer(capacity: 5000)
+            #expect(SecureMemoryStats.liveBuffers >= before + 2)
+            _ = (a, b)
+        }
+        #expect(SecureMemoryStats.liveBuffers <= before + 1)   // other tests may run alongside
+    }
+
+    @Test func accumulatorGrowsWithinItsLimit() throws {
+        let acc = try SecureAccumulator(initialCapacity: 4, limit: 64)
+        for _ in 0..<8 { try Array("abcdefgh".utf8).withUnsafeBytes { try acc.append($0) } }
+        #expect(acc.buffer.count == 64)
+        #expect(throws: SecureMemoryError.self) { try [UInt8(1)].withUnsafeBytes { try acc.append($0) } }
+        acc.buffer.withUnsafeBytes { #expect(String(decoding: $0.prefix(8), as: UTF8.self) == "abcdefgh") }
+    }
+
+    @Test func scratchIsWipedAfterUse() throws {
+        let pool = ScratchPool(bufferSize: 64, maxPooled: 1)
+        try pool.withScratch { buf -> (result: Void, used: Int) in
+            for i in 0..<10 { buf[i] = 0x41 }
+            return ((), 10)
+        }
+        try pool.withScratch { buf -> (result: Void, used: Int) in
+            #expect(buf.prefix(10).allSatisfy { $0 == 0 })
+            return ((), 0)
+        }
+    }
+}

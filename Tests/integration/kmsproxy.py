@@ -1,0 +1,102 @@
+"""A counting, fault-injecting HTTP proxy in front of the KMS emulator.
+
+Tests put it between kmsfs and moto to count KMS calls per operation and to
+inject the failures a real fleet meets: throttling, 5xx, connection resets,
+slow answers. Faults are scheduled per request by a policy function.
+"""
+import http.client
+import http.server
+import socket
+import socketserver
+import threading
+import time
+
+
+class Fault:
+    NONE = None
+    THROTTLE = "throttle"      # 400 ThrottlingException
+    UNAVAILABLE = "503"        # 503 with a JSON error body
+    RESET = "reset"            # close the connection without answering
+    SLOW = "slow"              # answer after `delay` seconds
+
+
+class KMSProxy:
+    def __init__(self, upstream_port, host="127.0.0.1"):
+        self.upstream_port = upstream_port
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.requests = []
+        self.policy = lambda n, target: None   # (request number, target) -> fault
+        self.delay = 2.0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                target = self.headers.get("X-Amz-Target", "")
+                with proxy.lock:
+                    n = len(proxy.requests)
+                    proxy.requests.append(target)
+                    fault = proxy.policy(n, target)
+                    if fault in (None, Fault.SLOW):
+                        proxy.counts[target] = proxy.counts.get(target, 0) + 1
+                if fault == Fault.RESET:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if fault in (Fault.THROTTLE, Fault.UNAVAILABLE):
+                    status = 400 if fault == Fault.THROTTLE else 503
+                    code = "ThrottlingException" if fault == Fault.THROTTLE else "ServiceUnavailableException"
+                    payload = ('{"__type":"%s","message":"injected by test proxy"}' % code).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault == Fault.SLOW:
+                    time.sleep(proxy.delay)
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items()}
+                conn.request("POST", self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = "http://%s:%d" % (host, self.port)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def count(self, operation):
+        with self.lock:
+            return self.counts.get("TrentService." + operation, 0)
+
+    def reset(self):
+        with self.lock:
+            self.counts.clear()
+            self.requests.clear()
+            self.policy = lambda n, target: None
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,255 @@
+"""Issue 2, the walking skeleton: a mirror that decrypts through KMS on open,
+against moto with signature checking on, with ciphertexts made by the seed
+pipeline (`aws kms encrypt ... | base64 --decode`)."""
+import errno
+import os
+import socket
+import stat
+import subprocess
+import threading
+
+import pytest
+
+from conftest import KMSFS, mounted, force_unmount
+
+
+SECRETS = {
+    "ssl.pem": b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+    "db.password": b"correct horse battery staple",
+    "binary.key": bytes(range(256)) * 4,          # every byte value, 1 KiB
+    "nested/deeper/api.token": b"tok-3f9c2e71a8",
+    "nested/app.env": b"A=1\nB=2\n",
+}
+
+
+@pytest.fixture(scope="module")
+def seed_tree(tmp_path_factory, kms):
+    """SOURCE with the secrets encrypted by the seed pipeline, plus things
+    that must not show: plain files, a symlink out, a symlinked dir, a fifo,
+    a socket, a directory named like a secret."""
+    base = tmp_path_factory.mktemp("seed")
+    src = base / "src"
+    plain = base / "plain"
+    src.mkdir()
+    plain.mkdir()
+    for name, data in SECRETS.items():
+        p = plain / name.replace("/", "_")
+        p.write_bytes(data)
+        target = src / (name + ".encrypted")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        kms.seed_encrypt(p, target)
+    # The same blob left base64-encoded (--output text without the decode).
+    kms.seed_encrypt(plain / "db.password", src / "db-b64.encrypted", decode=False)
+    (src / "README.txt").write_text("not a secret; not shown\n")
+    outside = base / "outside.encrypted"
+    outside.write_bytes((src / "db.password.encrypted").read_bytes())
+    os.symlink(outside, src / "link.encrypted")
+    os.symlink(src / "nested", src / "linkdir")
+    os.mkfifo(src / "fifo.encrypted")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock.encrypted"))
+    sock.close()
+    return src
+
+
+@pytest.fixture(scope="module")
+def seed_mount(seed_tree, kms, kmsfs_bin, tmp_path_factory):
+    from conftest import Mount
+    d = tmp_path_factory.mktemp("seedmnt")
+    (d / "mnt").mkdir()
+    m = Mount(seed_tree, d / "mnt", "allow_uid=0", kms.env, d / "kmsfs.log")
+    yield m
+    m.stop()
+
+
+def test_reads_every_secret_byte_for_byte(seed_mount):
+    for name, data in SECRETS.items():
+        with open(seed_mount.file(name), "rb") as f:
+            assert f.read() == data, name
+
+
+def test_base64_text_blob_is_read(seed_mount):
+    assert open(seed_mount.file("db-b64"), "rb").read() == SECRETS["db.password"]
+
+
+def test_fstat_after_open_reports_exact_plaintext_size(seed_mount):
+    for name, data in SECRETS.items():
+        with open(seed_mount.file(name), "rb") as f:
+            assert os.fstat(f.fileno()).st_size == len(data), name
+
+
+def test_reads_at_offsets(seed_mount):
+    data = SECRETS["binary.key"]
+    fd = os.open(seed_mount.file("binary.key"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 100) == data[100:110]
+        assert os.pread(fd, 100, len(data) - 5) == data[-5:]
+        assert os.pread(fd, 10, len(data) + 10) == b""
+    finally:
+        os.close(fd)
+
+
+def test_tree_mirrors_only_secrets_and_directories(seed_mount):
+    assert sorted(os.listdir(seed_mount.path)) == ["binary.key", "db-b64", "db.password", "nested", "ssl.pem"]
+    assert sorted(os.listdir(seed_mount.file("nested"))) == ["app.env", "deeper"]
+    assert os.listdir(seed_mount.file("nested/deeper")) == ["api.token"]
+    for hidden in ["README.txt", "README", "link", "linkdir", "fifo", "sock", "ssl.pem.encrypted"]:
+        assert not os.path.exists(seed_mount.file(hidden)), hidden
+
+
+def test_symlinks_are_never_followed(seed_mount):
+    with pytest.raises(FileNotFoundError):
+        open(seed_mount.file("link"))
+    with pytest.raises(FileNotFoundError):
+        os.listdir(seed_mount.file("linkdir"))
+
+
+def test_stat_shows_read_only_regular_files_and_directories(seed_mount):
+    st = os.stat(seed_mount.file("ssl.pem"))
+    assert stat.S_ISREG(st.st_mode)
+    assert st.st_mode & 0o222 == 0
+    assert stat.S_ISDIR(os.stat(seed_mount.file("nested")).st_mode)
+    assert os.stat(seed_mount.file("nested")).st_mode & 0o222 == 0
+
+
+def test_every_change_is_erofs(seed_mount):
+    p = seed_mount.file("ssl.pem")
+    attempts = [
+        lambda: os.open(p, os.O_WRONLY),
+        lambda: os.open(p, os.O_RDWR),
+        lambda: os.open(seed_mount.file("new"), os.O_WRONLY | os.O_CREAT, 0o600),
+        lambda: os.mkdir(seed_mount.file("newdir")),
+        lambda: os.unlink(p),
+        lambda: os.rmdir(seed_mount.file("nested/deeper")),
+        lambda: os.rename(p, seed_mount.file("moved")),
+        lambda: os.chmod(p, 0o644),
+        lambda: os.chown(p, 1, 1),
+        lambda: os.truncate(p, 0),
+        lambda: os.symlink("x", seed_mount.file("sym")),
+        lambda: os.link(p, seed_mount.file("hard")),
+        lambda: os.utime(p, (0, 0)),
+        lambda: os.setxattr(p, "user.x", b"1"),
+        lambda: os.mknod(seed_mount.file("node"), 0o600 | stat.S_IFREG),
+    ]
+    for i, attempt in enumerate(attempts):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS, (i, e.value)
+    assert open(p, "rb").read() == SECRETS["ssl.pem"]
+
+
+def test_concurrent_first_opens_make_one_kms_call(tmp_path, kms, proxy, mount_factory):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "shared.encrypted").write_bytes(kms.encrypt_blob(b"shared secret"))
+    proxy.policy = lambda n, target: None
+    env = kms.base_env(endpoint=proxy.url)
+    m = mount_factory(src, "allow_uid=0", env=env)
+    proxy.reset()
+    proxy.delay = 0.5
+    from kmsproxy import Fault
+    proxy.policy = lambda n, target: Fault.SLOW   # hold the first call so the others pile up
+    results = []
+    barrier = threading.Barrier(16)
+
+    def reader():
+        barrier.wait()
+        with open(m.file("shared"), "rb") as f:
+            results.append(f.read())
+
+    threads = [threading.Thread(target=reader) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [b"shared secret"] * 16
+    assert proxy.count("Decrypt") == 1
+    # Later opens come from the cache.
+    assert open(m.file("shared"), "rb").read() == b"shared secret"
+    assert proxy.count("Decrypt") == 1
+
+
+def test_bad_files_give_eio_while_others_read(tmp_path, kms, mount_factory):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = kms.encrypt_blob(b"still fine")
+    (src / "good.encrypted").write_bytes(good)
+    corrupt = bytearray(kms.encrypt_blob(b"will be damaged"))
+    corrupt[-5] ^= 0xFF
+    (src / "corrupt.encrypted").write_bytes(bytes(corrupt))
+    (src / "truncated.encrypted").write_bytes(kms.encrypt_blob(b"will be cut")[:40])
+    (src / "empty.encrypted").write_bytes(b"")
+    (src / "foreign.encrypted").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    m = mount_factory(src, "allow_uid=0")
+    for name in ["corrupt", "truncated", "empty", "foreign"]:
+        with pytest.raises(OSError) as e:
+            open(m.file(name), "rb").read()
+        assert e.value.errno == errno.EIO, name
+        assert open(m.file("good"), "rb").read() == b"still fine"
+    log = m.log()
+    assert "corrupt: " in log and "InvalidCiphertextException" in log
+    assert "empty: the ciphertext file is empty" in log
+    assert m.proc.poll() is None
+
+
+def test_wrong_secret_key_gives_eio_and_the_signature_error(tmp_path, kms, mount_factory):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"unreachable"))
+    env = kms.base_env(secret="wJalrXUtnFEMI/K7MDENG/bPxRfiCYWRONGKEY")
+    m = mount_factory(src, "allow_uid=0", env=env)
+    with pytest.raises(OSError) as e:
+        open(m.file("s"), "rb").read()
+    assert e.value.errno == errno.EIO
+    assert m.wait_log("SignatureDoesNotMatch") or "InvalidSignatureException" in m.log(), m.log()
+    assert "s: KMS Decrypt failed" in m.log()
+
+
+def test_log_never_holds_plaintext(seed_mount):
+    for name in SECRETS:
+        open(seed_mount.file(name), "rb").read()
+    log = seed_mount.log().encode()
+    for data in SECRETS.values():
+        assert data not in log
+
+
+def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
+    src = tmp_path / "src"
+    mnt = tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "a.encrypted").write_bytes(kms.encrypt_blob(b"bg"))
+    try:
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "allow_uid=0,log=%s" % (tmp_path / "d.log")],
+                           env=kms.env, capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert mounted(str(mnt))
+        assert open(mnt / "a", "rb").read() == b"bg"
+    finally:
+        force_unmount(str(mnt))
+
+
+def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
+    src = tmp_path / "src"
+    mnt = tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    for opts, needle in [("ttl=soon", "ttl=soon"), ("frobnicate", "unknown option 'frobnicate'"),
+                         ("mode=0644", "no write bits"), ("allow_uid=no-such-user-x", "no such user")]:
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", opts], env=kms.env, capture_output=True, timeout=30)
+        assert r.returncode != 0
+        lines = r.stderr.decode().strip().splitlines()
+        assert len(lines) == 1, lines
+        assert needle in lines[0]
+        assert not mounted(str(mnt))
+
+
+def test_missing_source_and_region_are_one_line(tmp_path, kms, kmsfs_bin):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([kmsfs_bin, str(tmp_path / "nope"), str(mnt)], env=kms.env, capture_output=True, timeout=30)
+    assert r.returncode != 0 and len(r.stderr.decode().strip().splitlines()) == 1
+    env = {k: v for k, v in kms.env.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    r = subprocess.run([kmsfs_bin, str(tmp_path), str(mnt)], env=env, capture_output=True, timeout=30)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "region" in lines[0], lines
