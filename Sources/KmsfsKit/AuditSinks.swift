@@ -1,6 +1,7 @@
 import SecretFS
 import Log
 import SecureMemory
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,21 +15,49 @@ public struct LogAuditSink: AuditSink {
     }
 }
 
-/// Audit records appended to a file, one line each, with O_APPEND so
-/// concurrent writers never interleave within a line.
+/// Audit records to syslog, facility authpriv (where sshd and sudo log).
+public struct SyslogAuditSink: AuditSink {
+    public init() {}
+    public func record(_ r: AuditRecord) {
+        Log.syslog(r.outcome == .denied || r.outcome == .failed ? .warning : .notice, facility: LOG_AUTHPRIV, r.line)
+    }
+}
+
+/// Audit records appended to a file (mode 0600), one line each, with
+/// O_APPEND so concurrent writers never interleave within a line. SIGHUP
+/// reopens it (after logrotate).
 public final class FileAuditSink: AuditSink, @unchecked Sendable {
-    private let fd: Int32
+    private let fd: Atomic<Int32>
     public let path: String
 
     public init(path: String) throws(SystemError) {
         self.path = path
-        fd = try syscallRetrying("open \(path)") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600) }
+        fd = Atomic(try FileAuditSink.openFile(path))
     }
 
-    deinit { close(fd) }
+    static func openFile(_ path: String) throws(SystemError) -> Int32 {
+        try syscallRetrying("open \(path)") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+    }
+
+    deinit { close(fd.load(ordering: .relaxed)) }
 
     public func record(_ r: AuditRecord) {
-        Log.writeAll(fd, r.line + "\n")
+        Log.writeAll(fd.load(ordering: .acquiring), r.line + "\n")
+    }
+
+    /// Opens the path anew (it may have been rotated away); keeps the old
+    /// file on failure.
+    public func reopen() {
+        do {
+            let new = try FileAuditSink.openFile(path)
+            let old = fd.exchange(new, ordering: .acquiringAndReleasing)
+            // A writer may still hold the old number for a moment: let it
+            // finish into the rotated file before closing.
+            usleep(100_000)
+            close(old)
+        } catch {
+            Log.error("audit=\(path): cannot reopen (\(error)); still writing to the previous file")
+        }
     }
 }
 

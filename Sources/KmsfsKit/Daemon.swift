@@ -106,7 +106,8 @@ public enum Daemon {
 
         let audit: AuditSink
         switch options.audit {
-        case .stderr, .syslog: audit = LogAuditSink()
+        case .stderr: audit = LogAuditSink()
+        case .syslog: audit = SyslogAuditSink()
         case .off: audit = NoAuditSink()
         case .file(let path):
             do { audit = try FileAuditSink(path: path) } catch {
@@ -139,6 +140,8 @@ public enum Daemon {
             _ = stat(mountpoint, &st)
             report.ready()
         }, onReload: {
+            (audit as? FileAuditSink)?.reopen()
+            if case .file(let path) = options.log { reopenLog(path) }
             do {
                 fs.reconfigure(try Configuration.filesystem(options))
                 Log.notice("reloaded: users, groups and policy re-read")
@@ -151,6 +154,14 @@ public enum Daemon {
             SecureMemoryStats.wipeAllLive()
         })
         return status
+    }
+
+    /// Reopens log=FILE onto stderr (after logrotate moved it).
+    static func reopenLog(_ path: String) {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { Log.error("log=\(path): cannot reopen: \(String(cString: strerror(currentErrno)))"); return }
+        dup2(fd, 2)
+        close(fd)
     }
 
     static func configureLogging(_ target: LogTarget?, background: Bool, debug: Bool, report: StartupReporter) {

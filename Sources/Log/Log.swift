@@ -92,6 +92,12 @@ public enum Log {
         }
     }
 
+    /// Sends one message to syslog(3) with an explicit facility (audit
+    /// records go to LOG_AUTHPRIV, whatever the log destination is).
+    public static func syslog(_ level: LogLevel, facility: Int32, _ message: String) {
+        kmsfs_syslog(facility | level.rawValue, message.replacingNewlines())
+    }
+
     /// Writes a line with one write(2) where possible, so lines from many
     /// threads do not interleave.
     public static func writeAll(_ fd: Int32, _ text: String) {

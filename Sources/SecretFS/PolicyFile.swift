@@ -2,16 +2,138 @@
 import Glibc
 #endif
 
-/// A policy file: per-path rules. Placeholder reader; see docs/access.md.
+/// A policy file: per-path rules, one per line, first match wins.
+///
+///     # PATTERN       WHO MAY OPEN                     WHAT stat SHOWS (optional)
+///     tls/*           allow_uid=www-data allow_gid=ssl-cert  uid=www-data gid=ssl-cert mode=0440
+///     db/*.password   allow_uid=postgres                     mode=0400
+///     legacy/**       allow_gid=1500
+///
+/// A pattern is a path in the mount (`*` and `?` within a component, `**`
+/// across components, `[...]` classes). `allow_uid=`/`allow_gid=` take
+/// names or numbers separated by `:`; a rule with neither admits nobody.
+/// `uid=`, `gid=`, `mode=` set what `stat` shows for matching files; by
+/// default a rule naming exactly one user (group) shows it as the owner
+/// (group), and the mode is 0440 when a group is shown, else 0400. Paths no
+/// rule matches fall back to the mount's `allow_uid=`/`allow_gid=`.
 public enum PolicyFile {
     public struct ParseError: Error, CustomStringConvertible, Sendable {
         public let file: String
         public let line: Int
         public let reason: String
-        public var description: String { line > 0 ? "\(file):\(line): \(reason)" : "\(file): \(reason)" }
+        public var description: String { line > 0 ? "policy \(file):\(line): \(reason)" : "policy \(file): \(reason)" }
     }
 
+    /// Largest policy file read (a policy is a handful of lines).
+    static let maxBytes = 1 << 20
+
     public static func load(path: String) throws(ParseError) -> [AccessRule] {
-        throw ParseError(file: path, line: 0, reason: "policy files are not supported yet")
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ParseError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var bytes = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw ParseError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            bytes += buf[0..<n]
+            if bytes.count > maxBytes { throw ParseError(file: path, line: 0, reason: "larger than \(maxBytes) bytes") }
+        }
+        return try parse(String(decoding: bytes, as: UTF8.self), file: path)
+    }
+
+    public static func parse(_ text: String, file: String,
+                             uid: (String) throws(PrincipalResolver.Failure) -> UInt32 = { (s: String) throws(PrincipalResolver.Failure) in try PrincipalResolver.uid(s) },
+                             gid: (String) throws(PrincipalResolver.Failure) -> UInt32 = { (s: String) throws(PrincipalResolver.Failure) in try PrincipalResolver.gid(s) })
+        throws(ParseError) -> [AccessRule] {
+        var rules: [AccessRule] = []
+        var number = 0
+        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            var line = Substring(rawLine)
+            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+            guard let first = fields.first else { continue }
+            func fail(_ reason: String) -> ParseError { ParseError(file: file, line: number, reason: reason) }
+
+            let pattern = String(first)
+            if let problem = GlobPattern.problem(pattern) { throw fail("pattern '\(pattern)': \(problem)") }
+            var uids = Set<UInt32>()
+            var gids = Set<UInt32>()
+            var shown = PartialPresentation()
+            var seen = Set<String>()
+            for field in fields.dropFirst() {
+                guard let eq = field.firstIndex(of: "=") else {
+                    throw fail("'\(field)' is not KEY=VALUE (keys: allow_uid, allow_gid, uid, gid, mode)")
+                }
+                let key = String(field[..<eq])
+                let value = String(field[field.index(after: eq)...])
+                guard !value.isEmpty else { throw fail("'\(key)=' needs a value") }
+                guard seen.insert(key).inserted else { throw fail("'\(key)' given twice") }
+                do {
+                    switch key {
+                    case "allow_uid", "allow_user":
+                        for t in value.split(separator: ":", omittingEmptySubsequences: false) {
+                            guard !t.isEmpty else { throw fail("'\(field)' has an empty entry") }
+                            uids.insert(try uid(String(t)))
+                        }
+                    case "allow_gid", "allow_group":
+                        for t in value.split(separator: ":", omittingEmptySubsequences: false) {
+                            guard !t.isEmpty else { throw fail("'\(field)' has an empty entry") }
+                            gids.insert(try gid(String(t)))
+                        }
+                    case "uid", "owner": shown.uid = try uid(value)
+                    case "gid", "group": shown.gid = try gid(value)
+                    case "mode":
+                        guard let m = UInt32(value, radix: 8), m <= 0o777 else { throw fail("mode '\(value)' is not an octal mode such as 0440") }
+                        guard m & 0o222 == 0 else { throw fail("mode \(value) has write bits; the tree is read-only") }
+                        shown.mode = m
+                    default:
+                        throw fail("unknown key '\(key)' (keys: allow_uid, allow_gid, uid, gid, mode)")
+                    }
+                } catch let e as ParseError {
+                    throw e
+                } catch let e as PrincipalResolver.Failure {
+                    throw fail(e.message)
+                } catch {
+                    throw fail("\(error)")
+                }
+            }
+            if shown.uid == nil, uids.count == 1 { shown.uid = uids.first }
+            var groupShown = shown.gid != nil
+            if shown.gid == nil, gids.count == 1 { shown.gid = gids.first; groupShown = true }
+            if shown.mode == nil { shown.mode = groupShown && !gids.isEmpty ? 0o440 : 0o400 }
+            rules.append(AccessRule(pattern: GlobPattern(pattern), principals: Principals(uids: uids, gids: gids),
+                                    presentation: shown, origin: "\(file):\(number)"))
+        }
+        return rules
+    }
+}
+
+extension GlobPattern {
+    /// Why a pattern is not valid, or nil.
+    public static func problem(_ pattern: String) -> String? {
+        let b = Array(pattern.utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == UInt8(ascii: "\\") { i += 2; continue }
+            if b[i] == UInt8(ascii: "[") {
+                var j = i + 1
+                if j < b.count, b[j] == UInt8(ascii: "!") || b[j] == UInt8(ascii: "^") { j += 1 }
+                if j < b.count, b[j] == UInt8(ascii: "]") { j += 1 }
+                while j < b.count, b[j] != UInt8(ascii: "]") { j += 1 }
+                if j >= b.count { return "unterminated [ character class" }
+                i = j
+            }
+            i += 1
+        }
+        if pattern.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) {
+            return "'.' and '..' never appear in mount paths"
+        }
+        return nil
     }
 }

@@ -7,6 +7,7 @@ import Glibc
 public enum PrincipalResolver {
     public struct Failure: Error, CustomStringConvertible, Sendable {
         public let message: String
+        public init(message: String) { self.message = message }
         public var description: String { message }
     }
 

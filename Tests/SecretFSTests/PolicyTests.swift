@@ -64,3 +64,56 @@ import SecretFS
         #expect(Presentation(uid: 0, gid: 0, mode: 0o666).mode == 0o444)
     }
 }
+
+@Suite struct PolicyFileTests {
+    let users: [String: UInt32] = ["www-data": 33, "postgres": 105]
+    let groups: [String: UInt32] = ["ssl-cert": 110]
+
+    func parse(_ text: String) throws(PolicyFile.ParseError) -> [AccessRule] {
+        try PolicyFile.parse(text, file: "/etc/kmsfs/policy",
+            uid: { (s: String) throws(PrincipalResolver.Failure) -> UInt32 in
+                if let n = UInt32(s) { return n }
+                guard let v = users[s] else { throw PrincipalResolver.Failure(message: "no such user '\(s)'") }
+                return v
+            },
+            gid: { (s: String) throws(PrincipalResolver.Failure) -> UInt32 in
+                if let n = UInt32(s) { return n }
+                guard let v = groups[s] else { throw PrincipalResolver.Failure(message: "no such group '\(s)'") }
+                return v
+            })
+    }
+
+    @Test func parsesRulesWithDefaultsAndComments() throws {
+        let rules = try parse("""
+            # comment
+            tls/*   allow_uid=www-data allow_gid=ssl-cert   # trailing comment
+
+            db/**   allow_uid=postgres:0 uid=postgres mode=0400
+            nobody/*
+            """)
+        #expect(rules.count == 3)
+        #expect(rules[0].principals == Principals(uids: [33], gids: [110]))
+        #expect(rules[0].presentation == PartialPresentation(uid: 33, gid: 110, mode: 0o440))
+        #expect(rules[0].origin == "/etc/kmsfs/policy:2")
+        #expect(rules[1].presentation == PartialPresentation(uid: 105, gid: nil, mode: 0o400))
+        #expect(rules[2].principals.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("a allow_uid=ghost", "policy /etc/kmsfs/policy:1: no such user 'ghost'"),
+        ("a mode=0666", "policy /etc/kmsfs/policy:1: mode 0666 has write bits; the tree is read-only"),
+        ("\n\nb[ allow_uid=0", "policy /etc/kmsfs/policy:3: pattern 'b[': unterminated [ character class"),
+        ("a allow_uid=0 allow_uid=1", "policy /etc/kmsfs/policy:1: 'allow_uid' given twice"),
+        ("a allow_uid", "policy /etc/kmsfs/policy:1: 'allow_uid' is not KEY=VALUE (keys: allow_uid, allow_gid, uid, gid, mode)"),
+        ("a color=red", "policy /etc/kmsfs/policy:1: unknown key 'color' (keys: allow_uid, allow_gid, uid, gid, mode)"),
+        ("../x allow_uid=0", "policy /etc/kmsfs/policy:1: pattern '../x': '.' and '..' never appear in mount paths"),
+    ])
+    func refusesWithFileLineAndReason(_ text: String, _ expected: String) {
+        do {
+            _ = try parse(text)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.description == expected)
+        }
+    }
+}

@@ -244,6 +244,20 @@ def mount_factory(tmp_path, kms, kmsfs_bin):
         m.stop()
 
 
+@pytest.fixture(scope="session")
+def public_tmp():
+    """A directory every test user can traverse (pytest's own tmp is 0700),
+    for mountpoints that other users read."""
+    d = tempfile.mkdtemp(prefix="kmsfs-test-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield pathlib.Path(d)
+    for line in open("/proc/mounts"):
+        mp = line.split()[1]
+        if mp.startswith(d):
+            force_unmount(mp)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def run_as(user, argv, **kw):
     """Runs argv as `user` (name), with its groups, through setpriv."""
     return subprocess.run(["setpriv", "--reuid", user, "--regid", user, "--init-groups"] + list(argv),

@@ -1,0 +1,190 @@
+"""Issue 5: access control and audit, with real users and groups created by
+the test (see the `users` fixture) reading through setpriv."""
+import errno
+import grp
+import os
+import pwd
+import re
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import run_as, mounted, force_unmount
+
+SECRETS = {
+    "tls/ssl.pem": b"tls-key-7c1e",
+    "db/main.password": b"db-pass-93ab",
+    "app/token": b"app-token-55d0",
+    "own/primary": b"primary-group-0f3a",
+}
+
+POLICY = """\
+# first match wins
+tls/*       allow_uid=kmsfs-alice              uid=kmsfs-alice mode=0400
+db/*        allow_gid=kmsfs-readers            # alice and carol through a supplementary group
+own/*       allow_gid=kmsfs-bob                # bob through his primary group
+"""
+
+
+def cat_as(user, path):
+    return run_as(user, ["cat", path])
+
+
+def denied(r):
+    return r.returncode != 0 and b"Permission denied" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def access_mount(public_tmp, kms, users, kmsfs_bin):
+    from conftest import Mount
+    base = public_tmp / "access"
+    base.mkdir()
+    src = base / "src"
+    for name, data in SECRETS.items():
+        p = src / (name + ".encrypted")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(kms.encrypt_blob(data))
+    policy = base / "policy"
+    policy.write_text(POLICY)
+    (base / "mnt").mkdir()
+    audit = base / "audit.log"
+    m = Mount(src, base / "mnt", "allow_uid=kmsfs-bob,policy=%s,audit=%s" % (policy, audit), kms.env, base / "kmsfs.log")
+    m.policy = policy
+    m.audit = audit
+    yield m
+    m.stop()
+
+
+def audit_lines(m):
+    return m.audit.read_text().splitlines() if m.audit.exists() else []
+
+
+def test_allowed_uid_reads(access_mount):
+    r = cat_as("kmsfs-alice", access_mount.file("tls/ssl.pem"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == SECRETS["tls/ssl.pem"]
+
+
+def test_supplementary_group_admits(access_mount):
+    for user in ["kmsfs-alice", "kmsfs-carol"]:
+        r = cat_as(user, access_mount.file("db/main.password"))
+        assert r.stdout == SECRETS["db/main.password"], (user, r.stderr)
+    assert denied(cat_as("kmsfs-bob", access_mount.file("db/main.password")))
+
+
+def test_primary_group_admits(access_mount):
+    assert cat_as("kmsfs-bob", access_mount.file("own/primary")).stdout == SECRETS["own/primary"]
+    assert denied(cat_as("kmsfs-alice", access_mount.file("own/primary")))
+
+
+def test_mount_lists_cover_paths_no_rule_matches(access_mount):
+    assert cat_as("kmsfs-bob", access_mount.file("app/token")).stdout == SECRETS["app/token"]
+    assert denied(cat_as("kmsfs-alice", access_mount.file("app/token")))
+
+
+def test_root_follows_the_lists(access_mount):
+    with pytest.raises(PermissionError):
+        open(access_mount.file("tls/ssl.pem"), "rb")
+
+
+def test_denied_right_after_an_allowed_read_with_an_audit_record(access_mount, users):
+    assert cat_as("kmsfs-alice", access_mount.file("tls/ssl.pem")).returncode == 0
+    r = cat_as("kmsfs-bob", access_mount.file("tls/ssl.pem"))
+    assert denied(r)
+    assert r.stdout == b""
+    bob = users["kmsfs-bob"].pw_uid
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        hits = [l for l in audit_lines(access_mount)
+                if "uid=%d " % bob in l and "path=tls/ssl.pem" in l and "result=denied" in l]
+        if hits:
+            break
+        time.sleep(0.05)
+    assert hits, audit_lines(access_mount)
+    assert "comm=cat" in hits[-1] and re.search(r"pid=\d+", hits[-1]) and "time=" in hits[-1]
+
+
+def test_audit_records_cache_hits_and_kms_calls_without_plaintext(access_mount, users):
+    cat_as("kmsfs-carol", access_mount.file("db/main.password"))
+    cat_as("kmsfs-carol", access_mount.file("db/main.password"))
+    carol = users["kmsfs-carol"].pw_uid
+    lines = [l for l in audit_lines(access_mount) if "uid=%d " % carol in l and "result=allowed" in l]
+    assert any("source=cache" in l for l in lines), lines
+    kms_lines = [l for l in audit_lines(access_mount) if "source=kms" in l]
+    assert kms_lines and all(re.search(r"kms_ms=\d+", l) for l in kms_lines)
+    text = access_mount.audit.read_bytes() + access_mount.log().encode()
+    for data in SECRETS.values():
+        assert data not in text
+
+
+def test_stat_shows_the_configured_owner_group_and_mode(access_mount, users):
+    st = os.stat(access_mount.file("tls/ssl.pem"))
+    assert st.st_uid == users["kmsfs-alice"].pw_uid and stat.S_IMODE(st.st_mode) == 0o400
+    st = os.stat(access_mount.file("db/main.password"))
+    assert st.st_gid == grp.getgrnam("kmsfs-readers").gr_gid and stat.S_IMODE(st.st_mode) == 0o440
+    st = os.stat(access_mount.file("app/token"))
+    assert st.st_uid == users["kmsfs-bob"].pw_uid and stat.S_IMODE(st.st_mode) == 0o400
+    # Every user can list; nobody sees write bits.
+    r = run_as("kmsfs-carol", ["ls", "-lR", access_mount.path])
+    assert r.returncode == 0, r.stderr
+    modes = [l.split()[0] for l in r.stdout.decode().splitlines() if re.match(r"^[-d][-rwxsStT]{9}", l)]
+    assert len(modes) >= 8 and not any("w" in m for m in modes), modes
+
+
+def test_access_syscall_tells_the_truth(access_mount):
+    r = run_as("kmsfs-alice", ["test", "-r", access_mount.file("tls/ssl.pem")])
+    assert r.returncode == 0
+    r = run_as("kmsfs-bob", ["test", "-r", access_mount.file("tls/ssl.pem")])
+    assert r.returncode != 0
+    r = run_as("kmsfs-alice", ["test", "-w", access_mount.file("tls/ssl.pem")])
+    assert r.returncode != 0
+
+
+def test_sighup_reloads_a_good_policy_and_keeps_the_old_on_a_bad_one(access_mount):
+    m = access_mount
+    try:
+        # Good: tls now belongs to carol.
+        m.policy.write_text(POLICY.replace("tls/*       allow_uid=kmsfs-alice              uid=kmsfs-alice",
+                                           "tls/*       allow_uid=kmsfs-carol              uid=kmsfs-carol"))
+        os.kill(m.pid, signal.SIGHUP)
+        assert m.wait_log("reloaded"), m.log()
+        assert cat_as("kmsfs-carol", m.file("tls/ssl.pem")).stdout == SECRETS["tls/ssl.pem"]
+        assert denied(cat_as("kmsfs-alice", m.file("tls/ssl.pem")))
+        # Bad: a syntax error on line 2 keeps the previous policy.
+        m.policy.write_text("tls/* allow_uid=kmsfs-alice\ndb/* allow_uid=kmsfs-alice frobnicate\n")
+        os.kill(m.pid, signal.SIGHUP)
+        assert m.wait_log("%s:2:" % m.policy), m.log()
+        assert "keeping the previous configuration" in m.log()
+        assert cat_as("kmsfs-carol", m.file("tls/ssl.pem")).stdout == SECRETS["tls/ssl.pem"]
+        assert denied(cat_as("kmsfs-alice", m.file("tls/ssl.pem")))
+    finally:
+        m.policy.write_text(POLICY)
+        os.kill(m.pid, signal.SIGHUP)
+        m.wait_log("reloaded")
+
+
+@pytest.mark.parametrize("policy,needle", [
+    ("tls/* allow_uid=no-such-user-kmsfs\n", ":1: no such user 'no-such-user-kmsfs'"),
+    ("# ok\ntls/[ab allow_uid=0\n", ":2: pattern 'tls/[ab': unterminated"),
+    ("x allow_uid=0 mode=0644\n", ":1: mode 0644 has write bits"),
+    ("x allow_uid=0 color=blue\n", ":1: unknown key 'color'"),
+])
+def test_a_bad_policy_is_refused_with_file_line_and_reason(tmp_path, kms, kmsfs_bin, users, policy, needle):
+    src = tmp_path / "src"
+    mnt = tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    p = tmp_path / "policy"
+    p.write_text(policy)
+    try:
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "policy=%s" % p], env=kms.env,
+                           capture_output=True, timeout=30)
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1, lines
+        assert str(p) + needle in lines[0], lines
+        assert not mounted(str(mnt))
+    finally:
+        force_unmount(str(mnt))
