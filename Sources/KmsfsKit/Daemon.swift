@@ -66,6 +66,7 @@ public enum Daemon {
         // Memory: locked, undumpable, before any secret exists.
         ProcessHardening.forbidCoreDumps()
         SecureMemoryPolicy.allowUnlocked = options.insecureAllowUnlocked
+        SecureMemoryPolicy.preferSecretMemory = !options.noMemfdSecret
         switch ProcessHardening.lockAllMemory() {
         case .locked:
             break

@@ -48,6 +48,9 @@ public struct MountOptions: Sendable {
     /// Seconds the last good plaintext may be served after a failed refresh.
     public var staleWindow: Double = 300
     public var insecureAllowUnlocked = false
+    /// Keep plaintext in mlock'ed anonymous memory even where the kernel
+    /// offers memfd_secret (for kernels whose secretmem misbehaves).
+    public var noMemfdSecret = false
     public var exec = false
     public var maxAttempts: Int?
     /// Seconds one KMS call may take, retries included.
@@ -212,6 +215,7 @@ public struct MountOptions: Sendable {
         case "prefetch": try noValue(); prefetch = true
         case "stale", "stale_window": staleWindow = try seconds()
         case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
+        case "no_memfd_secret": try noValue(); noMemfdSecret = true
         case "exec": try noValue(); exec = true
         case "noexec": try noValue(); exec = false
         case "retries", "max_attempts": maxAttempts = try positiveInt(1...20)
