@@ -69,4 +69,45 @@ static inline int kmsfs_hkdf(const char *digest, int mode,
 /* OPENSSL_free is a macro over CRYPTO_free. */
 static inline void kmsfs_openssl_free(void *p) { OPENSSL_free(p); }
 
+/* ECDSA for the AWS Encryption SDK's signed algorithm suites (P-256 and
+ * P-384). Key construction goes through OSSL_PARAM (macro-named keys) and
+ * EVP_EC_gen is a macro over the variadic EVP_PKEY_Q_keygen, so these live
+ * here; signing and verifying themselves use the EVP_DigestSign/Verify
+ * functions directly from Swift. */
+
+/* An EC public key on `group` ("P-256", "P-384") from an encoded point
+ * (SEC 1 compressed 0x02/0x03 || X, or uncompressed). OpenSSL decodes the
+ * point and refuses one that is not on the curve. NULL on any failure. */
+static inline EVP_PKEY *kmsfs_ec_public_key(const char *group, const unsigned char *point, size_t len) {
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    if (ctx == NULL) return NULL;
+    EVP_PKEY *pkey = NULL;
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, len);
+    params[2] = OSSL_PARAM_construct_end();
+    if (EVP_PKEY_fromdata_init(ctx) != 1 || EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        pkey = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    return pkey;
+}
+
+/* A fresh EC key pair on `group` (EVP_EC_gen is a variadic macro). */
+static inline EVP_PKEY *kmsfs_ec_generate(const char *group) {
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", group);
+}
+
+/* The SEC 1 compressed encoding of `pkey`'s public point into out[cap];
+ * returns its length, or 0 on failure. OpenSSL 3.0 writes "encoded-pub-key"
+ * uncompressed whatever the point format; "pub" follows the format. */
+static inline size_t kmsfs_ec_compressed_public_key(EVP_PKEY *pkey, unsigned char *out, size_t cap) {
+    if (EVP_PKEY_set_utf8_string_param(pkey, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                       OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED) != 1)
+        return 0;
+    size_t len = 0;
+    if (EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, out, cap, &len) != 1)
+        return 0;
+    return len;
+}
+
 #endif

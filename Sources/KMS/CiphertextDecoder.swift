@@ -81,8 +81,14 @@ public final class CiphertextDecoder: Sendable {
         return .kmsBlob
     }
 
-    /// Decrypts a file's bytes; `path` is its path in the mount.
+    /// Decrypts a file's bytes; `path` is its path in the mount (relative
+    /// to SOURCE, without `.encrypted`), which a message's `kmsfs:path`
+    /// must equal.
     public func decrypt(_ bytes: [UInt8], path: String) throws(DecodeError) -> DecodedSecret {
+        try decrypt(bytes, binding: .exact(path))
+    }
+
+    public func decrypt(_ bytes: [UInt8], binding: PathBinding) throws(DecodeError) -> DecodedSecret {
         guard let format = CiphertextDecoder.detect(bytes) else { throw .empty }
         switch format {
         case .kmsBlob:
@@ -91,9 +97,16 @@ public final class CiphertextDecoder: Sendable {
             guard let blob = Base64.decode(String(decoding: bytes, as: UTF8.self)), !blob.isEmpty else {
                 throw .malformed("base64 text that does not decode")
             }
+            if EncryptionSDKMessage.looksLikeMessage(blob) {
+                // aws-encryption-cli --encode: a message in base64.
+                var d = try EncryptionSDKDecryptor(kms: kms).decrypt(blob, binding: binding, requiredContext: requiredContext,
+                                                                     pathContextKey: pathContextKey)
+                d.formatDetail += "/base64"
+                return d
+            }
             return try decryptBlob(blob, format: .kmsBlobBase64)
         case .encryptionSDK:
-            return try EncryptionSDKDecryptor(kms: kms).decrypt(bytes, path: path, requiredContext: requiredContext,
+            return try EncryptionSDKDecryptor(kms: kms).decrypt(bytes, binding: binding, requiredContext: requiredContext,
                                                                 pathContextKey: pathContextKey)
         }
     }
