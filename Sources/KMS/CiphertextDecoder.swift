@@ -47,6 +47,10 @@ public enum DecodeError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// The encryption-context key `kmsfs encrypt` binds a file's path to
+/// (relative to SOURCE, without `.encrypted`).
+public let kmsfsPathContextKey = "kmsfs:path"
+
 /// A decrypted file and what was learnt about it (no plaintext in the
 /// non-secret fields).
 public struct DecodedSecret: Sendable {
@@ -68,7 +72,7 @@ public final class CiphertextDecoder: Sendable {
     /// message carries it, it must equal the file's path in the mount.
     public let pathContextKey: String
 
-    public init(kms: KMSClient, requiredContext: [(key: String, value: String)] = [], pathContextKey: String = "kmsfs:path") {
+    public init(kms: KMSClient, requiredContext: [(key: String, value: String)] = [], pathContextKey: String = kmsfsPathContextKey) {
         self.kms = kms
         self.requiredContext = requiredContext
         self.pathContextKey = pathContextKey

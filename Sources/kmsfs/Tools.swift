@@ -38,15 +38,36 @@ func hardenTool() {
     Log.configure(destination: .stderr(journal: false), level: .warning)
 }
 
+/// `--max-size`: the largest ciphertext (or, for encrypt, plaintext) a
+/// tool reads, as the mount's `max_size=`.
+struct SizeLimitOption: ParsableArguments {
+    @Option(name: .customLong("max-size"), help: "Largest file to read (bytes, or 64K, 64M, 1G; default 64M, as the mount's max_size=).")
+    var maxSize: String = "64M"
+
+    var bytes: Int {
+        guard let n = MountOptions.parseSize(maxSize), n > 0 else { fail("--max-size \(maxSize): expected a size such as 65536, 64K, 64M or 1G", code: 2) }
+        return n
+    }
+}
+
 struct DecryptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decrypt",
-        abstract: "Decrypt a FILE.encrypted and write the plaintext to stdout.")
+        abstract: "Decrypt a FILE.encrypted and write the plaintext to stdout.",
+        discussion: """
+        A message bound to a path (kmsfs:path, written by kmsfs encrypt) must match where FILE \
+        is: with --root SOURCE, exactly FILE's path relative to SOURCE without .encrypted; \
+        without it, the end of FILE's path.
+        """)
 
     @OptionGroup var aws: AWSOptions
+    @OptionGroup var limit: SizeLimitOption
 
     @Option(name: .customLong("context"), help: "Required encryption context pair KEY=VALUE (repeatable).")
     var context: [String] = []
+
+    @Option(name: .customLong("root"), help: "The SOURCE directory FILE is served from (checks kmsfs:path exactly).")
+    var root: String?
 
     @Argument(help: "The ciphertext file.")
     var file: String
@@ -54,12 +75,18 @@ struct DecryptCommand: ParsableCommand {
     func run() throws {
         hardenTool()
         let required = parseContext(context)
-        let bytes = readWholeFile(file)
+        let maxBytes = limit.bytes
+        let binding: PathBinding
+        if let root {
+            binding = .exact(logicalName(relativePath(of: file, under: root)))
+        } else {
+            binding = .suffix(logicalName(physicalPath(of: file)))
+        }
+        let bytes: [UInt8]
+        do { bytes = try readCiphertextFile(file, limit: maxBytes) } catch { fail("\(file): \(error)") }
         let decoder = CiphertextDecoder(kms: aws.settings().makeKMSClient(), requiredContext: required)
-        let name = String(file.split(separator: "/").last ?? Substring(file))
-        let logical = name.hasSuffix(ciphertextSuffix) ? String(name.dropLast(ciphertextSuffix.count)) : name
         do {
-            let secret = try decoder.decrypt(bytes, path: logical)
+            let secret = try decoder.decrypt(bytes, binding: binding)
             secret.plaintext.withUnsafeBytes { writeAllBytes(1, $0) }
         } catch {
             fail("\(file): \(error)")
@@ -70,7 +97,16 @@ struct DecryptCommand: ParsableCommand {
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Decrypt every file under SOURCE in memory and print one status line each (no plaintext).")
+        abstract: "Decrypt every file under SOURCE in memory and print one status line each (no plaintext).",
+        discussion: """
+        Each secret gets one line, in SOURCE order:
+          OK   PATH format=FORMAT key=KEY context=K=V,... size=BYTES
+          FAIL PATH: REASON
+        then a summary line. FORMAT is kms-blob, kms-blob-base64 or \
+        aws-encryption-sdk-vN/SUITE/frame-LENGTH|unframed; the context omits the SDK's own \
+        aws-crypto-* keys and escapes , = % and whitespace as %XX. \
+        Exit status: 0 when every secret decrypted, 1 when any failed, 2 for bad usage.
+        """)
 
     @Option(name: .customShort("o"), help: "Mount options (region=, endpoint=, context=, max_size=, ...).")
     var options: [String] = []
@@ -107,15 +143,14 @@ struct CheckCommand: ParsableCommand {
                 do {
                     let (bytes, _) = try tree.readCiphertext(src, limit: o.maxCiphertextBytes)
                     let d = try decoder.decrypt(bytes, path: path)
-                    let ctx = d.encryptionContext.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-                    print("OK   \(path) format=\(d.formatDetail) key=\(d.keyId ?? "-") context=\(ctx.isEmpty ? "-" : ctx) size=\(d.plaintext.count)")
+                    print("OK   \(path) format=\(d.formatDetail) key=\(d.keyId ?? "-") context=\(statusContext(d.encryptionContext)) size=\(d.plaintext.count)")
                 } catch let e as DecodeError {
                     failures += 1
                     print("FAIL \(path): \(e)")
                 } catch let e as SourceTree.ReadError {
                     failures += 1
                     switch e {
-                    case .tooLarge(let size, let limit): print("FAIL \(path): \(size) bytes is over the \(limit)-byte limit (max_size=)")
+                    case .tooLarge(let size, let limit): print("FAIL \(path): \(size) bytes is over the \(limit)-byte ciphertext limit (max_size=)")
                     case .notRegular: print("FAIL \(path): not a regular file")
                     case .system(let s): print("FAIL \(path): \(s)")
                     }
@@ -131,12 +166,52 @@ struct CheckCommand: ParsableCommand {
     }
 }
 
+/// The context as `check` prints it: `K=V` pairs joined by commas, the
+/// SDK's own `aws-crypto-*` keys left out, `-` when nothing is left.
+func statusContext(_ pairs: [(key: String, value: String)]) -> String {
+    let shown = pairs.filter { !$0.key.hasPrefix("aws-crypto-") }
+    guard !shown.isEmpty else { return "-" }
+    return shown.map { "\(escapeStatus($0.key))=\(escapeStatus($0.value))" }.joined(separator: ",")
+}
+
+/// Percent-escapes what would make a status line ambiguous: whitespace,
+/// control characters, `,`, `=` and `%`.
+func escapeStatus(_ s: String) -> String {
+    var out = ""
+    for scalar in s.unicodeScalars {
+        let v = scalar.value
+        if v <= 0x20 || v == 0x7F || (0x80..<0xA0).contains(v) || scalar == "," || scalar == "=" || scalar == "%" {
+            for b in String(scalar).utf8 {
+                let h = String(b, radix: 16, uppercase: true)
+                out += "%" + (h.count == 1 ? "0" + h : h)
+            }
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
+}
+
 struct EncryptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encrypt",
-        abstract: "Encrypt each FILE to FILE.encrypted (AWS Encryption SDK format, path bound in the context).")
+        abstract: "Encrypt each FILE to FILE.encrypted (AWS Encryption SDK format, path bound in the context).",
+        discussion: """
+        Writes an AWS Encryption SDK v2 message (suite 0x0578: AES-256-GCM, HKDF-SHA512, key \
+        commitment, ECDSA P-384 signature; 4096-byte frames) under a data key from KMS \
+        GenerateDataKey. The context binds FILE's path relative to --root (default: FILE's own \
+        directory, so just its name) as kmsfs:path: the mount serves the file only at that path, \
+        so give --root SOURCE for files in subdirectories of SOURCE. FILE.encrypted is written \
+        to a temporary file in the same directory, synced and renamed into place (mode 0600), \
+        replacing an older one; the plaintext is read into locked memory and never written. \
+        One line per file on stdout:
+          OK   FILE -> FILE.encrypted path=PATH key=KEY size=BYTES
+          FAIL FILE: REASON
+        Exit status: 0 when every file was encrypted, 1 when any failed, 2 for bad usage.
+        """)
 
     @OptionGroup var aws: AWSOptions
+    @OptionGroup var limit: SizeLimitOption
 
     @Option(name: .customLong("key-id"), help: "KMS key ID, ARN or alias.")
     var keyId: String
@@ -144,11 +219,53 @@ struct EncryptCommand: ParsableCommand {
     @Option(name: .customLong("context"), help: "Encryption context pair KEY=VALUE (repeatable).")
     var context: [String] = []
 
+    @Option(name: .customLong("root"), help: "The SOURCE directory the files will be served from (default: each file's directory).")
+    var root: String?
+
     @Argument(help: "Plaintext files.")
     var files: [String]
 
     func run() throws {
-        fail("encrypt is not implemented yet")
+        hardenTool()
+        let pairs = parseContext(context)
+        for (k, _) in pairs where k == kmsfsPathContextKey || k.hasPrefix("aws-crypto-") {
+            fail("--context \(k)=...: '\(k)' is set by kmsfs encrypt itself", code: 2)
+        }
+        let maxBytes = limit.bytes
+        let kms = aws.settings().makeKMSClient()
+        var failures = 0
+        for file in files {
+            do {
+                let line = try encryptOne(file, context: pairs, kms: kms, maxBytes: maxBytes)
+                print(line)
+            } catch {
+                failures += 1
+                print("FAIL \(file): \(error)")
+            }
+        }
+        if failures > 0 { throw ExitCode(1) }
+    }
+
+    private func encryptOne(_ file: String, context: [(key: String, value: String)], kms: KMSClient,
+                            maxBytes: Int) throws(ToolError) -> String {
+        guard !file.hasSuffix(ciphertextSuffix) else { throw ToolError("it already ends in \(ciphertextSuffix)") }
+        let bound: String
+        if let root {
+            bound = try checkedRelativePath(of: file, under: root)
+        } else {
+            bound = baseName(file)
+        }
+        let plaintext = try readPlaintextFile(file, limit: maxBytes)
+        let message: EncryptionSDKWriter.Message
+        do {
+            message = try EncryptionSDKWriter.encrypt(plaintext, kms: kms, keyId: keyId,
+                                                      context: context + [(kmsfsPathContextKey, bound)])
+        } catch {
+            throw ToolError("\(error)")
+        }
+        let output = file + ciphertextSuffix
+        try writeAtomically(output, message.bytes)
+        return "OK   \(file) -> \(output) path=\(bound) key=\(message.keyId) size=\(plaintext.count)"
     }
 }
 
@@ -172,27 +289,151 @@ func parseContext(_ pairs: [String]) -> [(key: String, value: String)] {
     }
 }
 
-func readWholeFile(_ path: String) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { fail("\(path): \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    var out = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n < 0 { fail("\(path): \(String(cString: strerror(errno)))") }
-        if n == 0 { break }
-        out += buf[0..<n]
+/// One tool failure: the line printed after the file's name.
+struct ToolError: Error, CustomStringConvertible {
+    let message: String
+    init(_ message: String) { self.message = message }
+    var description: String { message }
+}
+
+func errnoText(_ e: Int32 = errno) -> String { String(cString: strerror(e)) }
+
+func baseName(_ path: String) -> String {
+    String(path.split(separator: "/").last ?? Substring(path))
+}
+
+func dirName(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+/// A name without its `.encrypted` suffix: the path the mount serves.
+func logicalName(_ path: String) -> String {
+    path.hasSuffix(ciphertextSuffix) ? String(path.dropLast(ciphertextSuffix.count)) : path
+}
+
+func realPath(_ path: String) -> String? {
+    guard let p = realpath(path, nil) else { return nil }
+    defer { free(p) }
+    return String(cString: p)
+}
+
+/// FILE's absolute path through its real directory (the file itself may be
+/// a symlink: its name is what counts).
+func physicalPath(of file: String) -> String {
+    guard let dir = realPath(dirName(file)) else { fail("\(file): \(errnoText())") }
+    return (dir == "/" ? "" : dir) + "/" + baseName(file)
+}
+
+/// FILE's path relative to `root`, through real directories; refuses a
+/// file outside `root`.
+func checkedRelativePath(of file: String, under root: String) throws(ToolError) -> String {
+    guard let realRoot = realPath(root) else { throw ToolError("--root \(root): \(errnoText())") }
+    guard let dir = realPath(dirName(file)) else { throw ToolError(errnoText()) }
+    let name = baseName(file)
+    guard name != "." && name != ".." else { throw ToolError("not a file name") }
+    if dir == realRoot { return name }
+    let prefix = realRoot == "/" ? "/" : realRoot + "/"
+    guard dir.hasPrefix(prefix) else { throw ToolError("it is not under --root \(root) (\(realRoot))") }
+    return String(dir.dropFirst(prefix.count)) + "/" + name
+}
+
+func relativePath(of file: String, under root: String) -> String {
+    do { return try checkedRelativePath(of: file, under: root) } catch { fail("\(file): \(error)", code: 2) }
+}
+
+/// Opens a regular file for reading and returns it with its size, after
+/// checking the size against `limit` (before anything is read).
+func openLimited(_ path: String, limit: Int, what: String) throws(ToolError) -> (Int32, Int) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
+    guard fd >= 0 else { throw ToolError(errnoText()) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw ToolError(errnoText(e)) }
+    guard (st.st_mode & S_IFMT) == S_IFREG else { close(fd); throw ToolError("not a regular file") }
+    guard st.st_size <= limit else {
+        close(fd)
+        throw ToolError("\(st.st_size) bytes is over the \(limit)-byte \(what) limit (--max-size)")
     }
-    return out
+    return (fd, Int(st.st_size))
+}
+
+/// Reads exactly `count` bytes (the size fstat gave) into `into`; a file
+/// that changed size while being read is refused. Returns the failure.
+func readExactly(_ fd: Int32, _ into: UnsafeMutableRawBufferPointer, count: Int) -> ToolError? {
+    var got = 0
+    while got < count {
+        let n = read(fd, into.baseAddress! + got, count - got)
+        if n < 0 { if errno == EINTR { continue }; return ToolError("read: \(errnoText())") }
+        if n == 0 { return ToolError("the file shrank while it was read") }
+        got += n
+    }
+    var extra: UInt8 = 0
+    while true {
+        let n = read(fd, &extra, 1)
+        if n < 0 && errno == EINTR { continue }
+        if n != 0 { return ToolError("the file grew while it was read") }
+        return nil
+    }
+}
+
+func readCiphertextFile(_ path: String, limit: Int) throws(ToolError) -> [UInt8] {
+    let (fd, size) = try openLimited(path, limit: limit, what: "ciphertext")
+    defer { close(fd) }
+    var bytes = [UInt8](repeating: 0, count: size)
+    if let failure = bytes.withUnsafeMutableBytes({ readExactly(fd, $0, count: size) }) { throw failure }
+    return bytes
+}
+
+/// Reads a plaintext straight into secure memory.
+func readPlaintextFile(_ path: String, limit: Int) throws(ToolError) -> SecureBuffer {
+    let (fd, size) = try openLimited(path, limit: limit, what: "plaintext")
+    defer { close(fd) }
+    let buffer: SecureBuffer
+    do { buffer = try SecureBuffer(capacity: max(size, 1)) } catch { throw ToolError("\(error)") }
+    if let failure = buffer.withUnsafeMutableCapacity({ readExactly(fd, $0, count: size) }) { throw failure }
+    buffer.setCount(size)
+    return buffer
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it (mode
+/// 0600), fsync, rename over `path`, fsync of the directory. The temporary
+/// file is removed on any failure.
+func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(ToolError) {
+    let dir = dirName(path)
+    var template = Array((dir + "/." + baseName(path) + ".XXXXXX").utf8CString)
+    let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+    guard fd >= 0 else { throw ToolError("cannot create a temporary file in \(dir): \(errnoText())") }
+    let tmp = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    var ok = false
+    defer { if !ok { unlink(tmp) } }
+    func check(_ r: Int32, _ what: String) throws(ToolError) {
+        if r != 0 { let e = errno; close(fd); throw ToolError("\(what) \(tmp): \(errnoText(e))") }
+    }
+    try check(fchmod(fd, 0o600), "fchmod")
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            let e = errno
+            close(fd)
+            throw ToolError("write \(tmp): \(errnoText(e))")
+        }
+        off += n
+    }
+    try check(fsync(fd), "fsync")
+    guard close(fd) == 0 else { throw ToolError("close \(tmp): \(errnoText())") }
+    guard rename(tmp, path) == 0 else { throw ToolError("rename \(tmp) to \(path): \(errnoText())") }
+    ok = true
+    let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dfd >= 0 { _ = fsync(dfd); close(dfd) }
 }
 
 func writeAllBytes(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
     var off = 0
     while off < bytes.count {
         let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
-        if n < 0 { if errno == EINTR { continue }; fail("write: \(String(cString: strerror(errno)))") }
+        if n < 0 { if errno == EINTR { continue }; fail("write: \(errnoText())") }
         off += n
     }
 }
