@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/socket.h>
 #include <linux/openat2.h>
 
 #ifndef SYS_memfd_secret
@@ -88,6 +89,13 @@ static inline int kmsfs_signal_ignore(int sig) {
     sa.sa_handler = SIG_IGN;
     sigemptyset(&sa.sa_mask);
     return sigaction(sig, &sa, NULL);
+}
+
+/* struct ucred needs _GNU_SOURCE; mirror it (the layout is the kernel's). */
+struct kmsfs_ucred { int32_t pid; uint32_t uid; uint32_t gid; };
+static inline int kmsfs_peer_credentials(int fd, struct kmsfs_ucred *out) {
+    socklen_t len = sizeof *out;
+    return getsockopt(fd, SOL_SOCKET, 17 /* SO_PEERCRED */, out, &len);
 }
 
 /* errno is a macro over a thread-local function. */

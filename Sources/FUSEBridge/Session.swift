@@ -87,17 +87,10 @@ public final class FUSESession: @unchecked Sendable {
     /// Mounts at the mountpoint. A stale kmsfs mount left there by a crashed
     /// instance ("Transport endpoint is not connected") is detached first.
     public func mount() throws(FUSEError) {
+        try recoverStaleMount()
         var st = stat()
         if stat(options.mountpoint, &st) != 0 {
-            let e = currentErrno
-            if e == ENOTCONN {
-                Log.notice("\(options.mountpoint): stale FUSE mount from a previous instance; detaching it")
-                if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 {
-                    throw FUSEError("mountpoint \(options.mountpoint) holds a stale FUSE mount that cannot be detached (\(SystemError("umount2", errno: currentErrno))); run: fusermount3 -uz \(options.mountpoint)")
-                }
-            } else {
-                throw FUSEError("mountpoint \(options.mountpoint): \(String(cString: strerror(e)))")
-            }
+            throw FUSEError("mountpoint \(options.mountpoint): \(String(cString: strerror(currentErrno)))")
         } else if (st.st_mode & S_IFMT) != S_IFDIR {
             throw FUSEError("mountpoint \(options.mountpoint) is not a directory")
         }
@@ -111,23 +104,54 @@ public final class FUSESession: @unchecked Sendable {
         connectionId = FUSESession.deviceMinor(of: options.mountpoint)
     }
 
-    /// The minor device number of the mount at `path` (the FUSE connection
-    /// number in /sys/fs/fuse/connections), from /proc/self/mountinfo.
-    static func deviceMinor(of path: String) -> UInt32? {
-        guard let f = fopen("/proc/self/mountinfo", "r") else { return nil }
+    /// A FUSE mount left at the mountpoint by a crashed instance answers
+    /// ENOTCONN ("Transport endpoint is not connected"): detach it, so a
+    /// restart (systemd Restart=on-failure) mounts again. A live mount there
+    /// is an error. (stat() is no test: the kernel may answer it from cache.)
+    private func recoverStaleMount() throws(FUSEError) {
+        guard let fstype = FUSESession.mountType(at: options.mountpoint), fstype.hasPrefix("fuse") else { return }
+        let fd = open(options.mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            close(fd)
+            throw FUSEError("\(options.mountpoint) is already mounted (\(fstype)); unmount it first (fusermount3 -u \(options.mountpoint))")
+        }
+        let e = currentErrno
+        guard e == ENOTCONN || e == ECONNABORTED else {
+            throw FUSEError("mountpoint \(options.mountpoint): \(String(cString: strerror(e)))")
+        }
+        Log.notice("\(options.mountpoint): stale FUSE mount from a previous instance; detaching it")
+        if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 {
+            throw FUSEError("mountpoint \(options.mountpoint) holds a stale FUSE mount that cannot be detached (\(SystemError("umount2", errno: currentErrno))); run: fusermount3 -uz \(options.mountpoint)")
+        }
+    }
+
+    /// The filesystem type mounted at `path` (the last mount there wins).
+    static func mountType(at path: String) -> String? {
+        mountinfo().last { $0.mountpoint == path }?.fstype
+    }
+
+    static func mountinfo() -> [(mountpoint: String, device: String, fstype: String)] {
+        guard let f = fopen("/proc/self/mountinfo", "r") else { return [] }
         defer { fclose(f) }
         var line: UnsafeMutablePointer<CChar>? = nil
         var cap = 0
         defer { free(line) }
-        var found: UInt32? = nil
+        var out: [(String, String, String)] = []
         while getline(&line, &cap, f) > 0 {
+            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
             let fields = String(cString: line!).split(separator: " ")
-            // id parent major:minor root mountpoint ...; spaces are \040.
-            guard fields.count > 4, fields[4].replacing("\\040", with: " ") == path else { continue }
-            let mm = fields[2].split(separator: ":")
-            if mm.count == 2, let minor = UInt32(mm[1]) { found = minor }
+            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
+            out.append((String(fields[4]).replacing("\\040", with: " "), String(fields[2]), String(fields[dash + 1])))
         }
-        return found
+        return out
+    }
+
+    /// The minor device number of the mount at `path` (the FUSE connection
+    /// number in /sys/fs/fuse/connections), from /proc/self/mountinfo.
+    static func deviceMinor(of path: String) -> UInt32? {
+        guard let m = mountinfo().last(where: { $0.mountpoint == path }) else { return nil }
+        let mm = m.device.split(separator: ":")
+        return mm.count == 2 ? UInt32(mm[1]) : nil
     }
 
     /// Serves until unmounted or told to stop. `onReload` runs on SIGHUP;
@@ -221,3 +245,5 @@ extension String {
         return out
     }
 }
+
+extension FUSESession: KernelNotifier {}

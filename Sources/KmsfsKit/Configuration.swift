@@ -4,7 +4,9 @@ import AWS
 /// Turns parsed options into the filesystem's configuration, resolving
 /// user and group names now (at mount and on every SIGHUP).
 public enum Configuration {
-    public static func filesystem(_ o: MountOptions) throws(OptionError) -> FSConfiguration {
+    /// `watched`: SOURCE is followed with inotify, so the kernel may cache
+    /// names longer (every change is invalidated as it happens).
+    public static func filesystem(_ o: MountOptions, watched: Bool = false) throws(OptionError) -> FSConfiguration {
         let uids: Set<UInt32>
         let gids: Set<UInt32>
         do {
@@ -37,6 +39,7 @@ public enum Configuration {
                                 cache: .init(ttl: o.ttl, maxBytes: o.cacheMaxBytes, staleWindow: o.staleWindow))
         c.maxCiphertextBytes = o.maxCiphertextBytes
         if let d = o.dirMode { c.directoryMode = d }
+        if watched { c.entryTimeout = 10 }
         return c
     }
 }

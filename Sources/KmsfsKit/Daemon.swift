@@ -132,29 +132,98 @@ public enum Daemon {
             report.fail(error.message)
         }
         fs.cache.startSweeper()
+        fs.notifier = session
+        var liveWatcher: SourceWatcher? = nil
+        do {
+            let w = try SourceWatcher(fs: fs)
+            w.start()
+            liveWatcher = w
+            fs.reconfigure(try Configuration.filesystem(options, watched: true))
+        } catch {
+            Log.warning("cannot watch \(request.source) (\(error)); changes show within the entry timeout only")
+        }
+        let watcher = liveWatcher
+        let started = monotonicNow()
+        let control: ControlServer?
+        do {
+            control = try ControlServer(mountpoint: request.mountpoint) {
+                Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, started: started)
+            }
+            control?.start()
+        } catch {
+            control = nil
+            Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
+        }
         Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
 
         let mountpoint = request.mountpoint
+        let prefetch = options.prefetch
         let status = session.serve(onServing: {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)
+            if prefetch {
+                let t0 = monotonicNow()
+                let (ok, failed) = fs.prefetch(parallel: 8)
+                let ms = Int((monotonicNow() - t0) * 1000)
+                if failed > 0 {
+                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
+                } else {
+                    Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
+                }
+            }
             report.ready()
         }, onReload: {
             (audit as? FileAuditSink)?.reopen()
             if case .file(let path) = options.log { reopenLog(path) }
             do {
-                fs.reconfigure(try Configuration.filesystem(options))
+                fs.reconfigure(try Configuration.filesystem(options, watched: watcher != nil))
                 Log.notice("reloaded: users, groups and policy re-read")
             } catch {
                 Log.error("reload failed, keeping the previous configuration: \(error)")
             }
         }, onStop: {
             SystemdNotify.send("STOPPING=1")
+            watcher?.stop()
+            control?.stop()
+            fs.notifier = nil
             fs.shutdown()
             SecureMemoryStats.wipeAllLive()
         })
         return status
+    }
+
+    /// The status document `kmsfs status` shows. Names, sizes, ages and
+    /// counters only: never plaintext.
+    static func status(request: MountRequest, fs: SecretFileSystem, kms: KMSClient, watcher: SourceWatcher?,
+                       started: Double) -> JSONValue {
+        let (entries, bytes) = fs.cache.snapshot
+        let c = fs.counterSnapshot
+        let k = kms.api.metrics.snapshot
+        func n(_ v: Int) -> JSONValue { .number(Double(v)) }
+        func ms(_ v: Double?) -> JSONValue { v.map { .number(($0 * 1000 * 10).rounded() / 10) } ?? .null }
+        let cache: [JSONValue] = entries.map { e in
+            .object([("path", .string(SecretFileSystem.mountPath(ofSource: e.path))), ("size", n(e.size)),
+                     ("age_s", .number(e.age.rounded())), ("hits", n(e.hits)), ("format", .string(e.format)),
+                     ("key_id", e.keyId.map { .string($0) } ?? .null)])
+        }
+        return .object([
+            ("mountpoint", .string(request.mountpoint)),
+            ("source", .string(request.source)),
+            ("pid", n(Int(getpid()))),
+            ("uptime_s", .number((monotonicNow() - started).rounded())),
+            ("memory", .string(SecureMemoryPolicy.defaultBacking.rawValue)),
+            ("secure_buffers", n(SecureMemoryStats.liveBuffers)),
+            ("secure_bytes", n(SecureMemoryStats.liveBytes)),
+            ("ttl_s", fs.configuration.cache.ttl.map { .number($0) } ?? .null),
+            ("cache", .object([("entries", .array(cache)), ("bytes", n(bytes))])),
+            ("counters", .object([("opens", n(c.opens)), ("cache_hits", n(c.cacheHits)), ("decrypts", n(c.decrypts)),
+                                  ("shared", n(c.shared)), ("stale", n(c.stale)), ("denials", n(c.denials)),
+                                  ("failures", n(c.failures))])),
+            ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
+                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99))])),
+            ("watched_directories", n(watcher?.watchCount ?? 0)),
+        ])
     }
 
     /// Reopens log=FILE onto stderr (after logrotate moved it).

@@ -132,6 +132,13 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
     private let table = Mutex(Table())
     private let counters = Mutex(FSCounters())
+    private let notifierBox = Mutex<KernelNotifier?>(nil)
+
+    /// Where kernel cache invalidations go (the FUSE session), once mounted.
+    public var notifier: KernelNotifier? {
+        get { notifierBox.withLock { $0 } }
+        set { notifierBox.withLock { $0 = newValue } }
+    }
 
     public init(tree: SourceTree, configuration: FSConfiguration, decryptor: SecretDecrypting,
                 audit: AuditSink, wallClock: @escaping @Sendable () -> Double = { wallNow() },
@@ -342,6 +349,97 @@ public final class SecretFileSystem: @unchecked Sendable {
         audit.record(AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
                                  processName: processName(pid: caller.pid), path: path, outcome: outcome,
                                  latency: latency, detail: detail))
+    }
+
+    // MARK: The live mirror
+
+    /// A name in a SOURCE directory changed (from the watcher). Tells the
+    /// kernel to forget what it cached, and drops the plaintext of a file
+    /// that is gone. A replaced file keeps its plaintext until the next open
+    /// decrypts the new version (or, with KMS down, serves the old one for
+    /// the stale window).
+    public func sourceChanged(directory: String, name: String, isDirectory: Bool, removed: Bool) {
+        let shown: String
+        if isDirectory {
+            shown = name
+        } else if name.hasSuffix(ciphertextSuffix), name.count > ciphertextSuffix.count {
+            shown = String(name.dropLast(ciphertextSuffix.count))
+        } else {
+            return   // not something the mount shows
+        }
+        let sourcePath = SourceTree.join(directory, name)
+        if removed {
+            if isDirectory { cache.invalidateAll(prefix: sourcePath + "/") } else { cache.invalidate(sourcePath) }
+        } else if !isDirectory {
+            cache.markChanged(sourcePath)
+        }
+        let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
+            (t.byPath[directory], t.byPath[sourcePath])
+        }
+        guard let notifier else { return }
+        if let parent { notifier.invalidateEntry(parent: parent, name: shown) }
+        if let child { notifier.invalidateInode(child) }
+        Log.debug("source: \(sourcePath) \(removed ? "removed" : "changed")")
+    }
+
+    /// SOURCE may have changed anywhere (inotify overflowed).
+    public func sourceChangedEverywhere() {
+        cache.markAllChanged()
+        let known = table.withLock { t in t.byIno.values.map { ($0.ino, $0.sourcePath, $0.kind) } }
+        guard let notifier else { return }
+        for (ino, _, _) in known { notifier.invalidateInode(ino) }
+        for (ino, path, kind) in known where kind == .directory {
+            if let items = try? tree.list(path) {
+                for i in items { notifier.invalidateEntry(parent: ino, name: i.name) }
+            }
+        }
+    }
+
+    // MARK: Prefetch
+
+    /// Decrypts every secret in SOURCE, `parallel` at a time, so services
+    /// starting at boot never wait on KMS. Returns (decrypted, failed).
+    public func prefetch(parallel: Int) -> (ok: Int, failed: Int) {
+        var files: [(source: String, mount: String)] = []
+        func walk(_ dir: String, _ mountDir: String) {
+            guard let items = try? tree.list(dir) else { return }
+            for i in items {
+                let s = SourceTree.join(dir, i.sourceName)
+                let m = mountDir.isEmpty ? i.name : mountDir + "/" + i.name
+                if i.kind == .directory { walk(s, m) } else { files.append((s, m)) }
+            }
+        }
+        walk(".", "")
+        let next = Mutex(0)
+        let results = Mutex((ok: 0, failed: 0))
+        let done = ConditionLock()
+        let workers = min(max(parallel, 1), max(files.count, 1))
+        let running = Mutex(workers)
+        let maxBytes = configuration.maxCiphertextBytes
+        let work = files
+        for _ in 0..<workers {
+            startThread(name: "kmsfs-prefetch") { [self] in
+                while true {
+                    let i = next.withLock { n -> Int in let v = n; n += 1; return v }
+                    guard i < work.count else { break }
+                    let f = work[i]
+                    let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
+                    let current = try? tree.stat(f.source)
+                    let (r, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
+                        self.load(node, maxBytes: maxBytes)
+                    }
+                    results.withLock { if case .success = r { $0.ok += 1 } else { $0.failed += 1 } }
+                }
+                done.withLock { running.withLock { $0 -= 1 }; done.broadcast() }
+            }
+        }
+        done.withLock { while running.withLock({ $0 }) > 0 { done.wait() } }
+        return results.withLock { $0 }
+    }
+
+    /// `tls/ssl.pem.encrypted` -> `tls/ssl.pem`.
+    public static func mountPath(ofSource path: String) -> String {
+        path.hasSuffix(ciphertextSuffix) ? String(path.dropLast(ciphertextSuffix.count)) : path
     }
 
     /// access(2): R_OK/X_OK for those the policy admits; W_OK never.

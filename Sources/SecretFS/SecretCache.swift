@@ -58,6 +58,10 @@ public final class CachedSecret: @unchecked Sendable {
     // Guarded by the cache's lock.
     var lastUsed: Double
     var hits: Int = 0
+    /// When a refresh of this entry first failed for want of KMS.
+    var staleSince: Double?
+    /// The ciphertext changed (watcher): check it on the next open.
+    var changed = false
 
     init(path: String, secret: DecryptedSecret, fingerprint: Fingerprint, at now: Double) {
         self.path = path
@@ -144,7 +148,7 @@ public final class SecretCache: @unchecked Sendable {
         let t = now()
         var previous: CachedSecret? = nil
         if let e = entries[path] {
-            if isFresh(e, at: t), current == nil || e.fingerprint == current {
+            if isFresh(e, at: t), !e.changed, current == nil || e.fingerprint == current {
                 e.lastUsed = t
                 e.hits += 1
                 lock.unlock()
@@ -175,13 +179,23 @@ public final class SecretCache: @unchecked Sendable {
         case .success(let fresh):
             insert(fresh)
         case .failure(let failure):
-            // KMS down: keep serving the last good plaintext of the same file
-            // version... or of the previous version, for a bounded window.
-            if failure.kind == .unavailable, let prev = previous,
-               now() - prev.decryptedAt < (configuration.ttl ?? 0) + configuration.staleWindow,
-               configuration.staleWindow > 0 {
-                served = .success(prev)
-                source = .stale(failure.kind)
+            // KMS unavailable while refreshing a replaced ciphertext: keep
+            // serving the last good plaintext for the stale window. The TTL
+            // stays a hard bound: an expired plaintext is never served.
+            let t2 = now()
+            if failure.kind == .unavailable, let prev = previous, entries[path] === prev,
+               configuration.staleWindow > 0, configuration.ttl.map({ t2 - prev.decryptedAt < $0 }) ?? true {
+                let since = prev.staleSince ?? t2
+                prev.staleSince = since
+                if t2 - since < configuration.staleWindow {
+                    prev.hits += 1
+                    served = .success(prev)
+                    source = .stale(failure.kind)
+                    Log.warning("\(path): refresh failed (\(failure.message)); serving the last good plaintext, stale for \(Int(t2 - since)) s of the \(Int(configuration.staleWindow)) s window")
+                } else {
+                    Log.error("\(path): stale window of \(Int(configuration.staleWindow)) s passed without a successful refresh; wiping the old plaintext")
+                    remove(path)
+                }
             } else if let prev = previous, entries[path] === prev {
                 remove(path)
             }
@@ -220,6 +234,16 @@ public final class SecretCache: @unchecked Sendable {
     /// Drops a path's plaintext (its ciphertext changed or vanished).
     public func invalidate(_ path: String) {
         lock.withLock { remove(path) }
+    }
+
+    /// The ciphertext of `path` changed: its next open checks and decrypts
+    /// anew, keeping the old plaintext only as the stale fallback.
+    public func markChanged(_ path: String) {
+        lock.withLock { entries[path]?.changed = true }
+    }
+
+    public func markAllChanged() {
+        lock.withLock { for e in entries.values { e.changed = true } }
     }
 
     /// Drops every plaintext under a directory prefix (`dir/`), or all.

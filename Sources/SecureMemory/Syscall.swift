@@ -71,3 +71,11 @@ public func openBeneath(_ dirfd: Int32, _ path: String, flags: Int32) throws(Sys
 
 /// `O_PATH` (glibc hides it without `_GNU_SOURCE`).
 public let O_PATH: Int32 = KMSFS_O_PATH
+
+/// The credentials of the process at the other end of a Unix socket
+/// (SO_PEERCRED), as the kernel recorded them at connect.
+public func peerCredentials(_ fd: Int32) -> (uid: UInt32, gid: UInt32, pid: Int32)? {
+    var c = kmsfs_ucred()
+    guard kmsfs_peer_credentials(fd, &c) == 0 else { return nil }
+    return (c.uid, c.gid, c.pid)
+}

@@ -19,7 +19,7 @@ struct KmsfsCommand: ParsableCommand {
         through AWS KMS when first opened. See man 8 kmsfs for every mount option.
         """,
         version: "kmsfs \(kmsfsVersion)",
-        subcommands: [MountCommand.self, EncryptCommand.self, DecryptCommand.self, CheckCommand.self, StatusCommand.self],
+        subcommands: [MountCommand.self, EncryptCommand.self, DecryptCommand.self, CheckCommand.self, LiveStatusCommand.self],
         defaultSubcommand: MountCommand.self
     )
 

@@ -165,8 +165,11 @@ class Mount:
             if self.proc.poll() is not None:
                 raise RuntimeError("kmsfs exited (%s) before mounting:\n%s" % (self.proc.returncode, self.log()))
             if mounted(self.path):
-                os.stat(self.path)   # answered: the loop runs
-                return
+                try:
+                    os.listdir(self.path)   # answered by a live daemon (stat may come from cache)
+                    return
+                except OSError:
+                    pass
             time.sleep(0.02)
         self.stop()
         raise RuntimeError("kmsfs did not mount within 20 s:\n" + self.log())

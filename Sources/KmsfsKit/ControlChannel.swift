@@ -1,0 +1,176 @@
+import AWS
+import SecretFS
+import SecureMemory
+import Log
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The root-only control channel of a live mount: a Unix socket that
+/// answers `kmsfs status` with the cache and counters (never plaintext).
+///
+/// The socket lives at `/run/kmsfs/<hash of the mountpoint>.sock` (a 0700
+/// directory, a 0600 socket), and the daemon also checks each peer's
+/// credentials (SO_PEERCRED): only root, or the daemon's own user, is served.
+public enum ControlSocket {
+    /// The directory for sockets of daemons run by this effective user.
+    public static var directory: String {
+        if geteuid() == 0 { return "/run/kmsfs" }
+        if let x = getenv("XDG_RUNTIME_DIR").map({ String(cString: $0) }), !x.isEmpty { return x + "/kmsfs" }
+        return "/tmp/kmsfs-\(geteuid())"
+    }
+
+    /// The socket path for a mountpoint (made absolute and canonical first).
+    public static func path(for mountpoint: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a 64
+        for b in canonical(mountpoint).utf8 {
+            hash ^= UInt64(b)
+            hash = hash &* 0x100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return directory + "/" + String(repeating: "0", count: 16 - hex.count) + hex + ".sock"
+    }
+
+    /// realpath(3) of the parent joined with the last component (the
+    /// mountpoint itself may be a dead mount that cannot be resolved).
+    public static func canonical(_ p: String) -> String {
+        var path = p
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        let slash = path.lastIndex(of: "/")
+        let parent = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
+        let last = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        guard let r = realpath(parent, nil) else { return path }
+        defer { free(r) }
+        let base = String(cString: r)
+        return base == "/" ? "/" + last : base + "/" + last
+    }
+}
+
+/// Serves status on the control socket from one thread.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    private let fd: Int32
+    private let status: @Sendable () -> JSONValue
+    private let stopped = Atomic<Bool>(false)
+
+    public init(mountpoint: String, status: @escaping @Sendable () -> JSONValue) throws(SystemError) {
+        self.status = status
+        path = ControlSocket.path(for: mountpoint)
+        let dir = ControlSocket.directory
+        if mkdir(dir, 0o700) != 0 && currentErrno != EEXIST { throw SystemError("mkdir \(dir)", errno: currentErrno) }
+        chmod(dir, 0o700)
+        unlink(path)   // a socket left by a crashed instance
+        fd = try syscallRetrying("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            throw SystemError("control socket path \(path) is too long", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let old = umask(0o177)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        umask(old)
+        guard rc == 0 else { let e = currentErrno; close(fd); throw SystemError("bind \(path)", errno: e) }
+        guard listen(fd, 8) == 0 else { let e = currentErrno; close(fd); throw SystemError("listen \(path)", errno: e) }
+    }
+
+    public func start() {
+        startThread(name: "kmsfs-control") { [self] in
+            while !stopped.load(ordering: .relaxed) {
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&pfd, 1, 500) > 0 else { continue }
+                let c = accept(fd, nil, nil)
+                guard c >= 0 else { continue }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                serve(c)
+                close(c)
+            }
+        }
+    }
+
+    private func serve(_ c: Int32) {
+        guard let cred = peerCredentials(c) else { return }
+        guard cred.uid == 0 || cred.uid == geteuid() else {
+            Log.warning("control: refused uid \(cred.uid) (pid \(cred.pid)): status is for root only")
+            Log.writeAll(c, "{\"error\":\"permission denied: kmsfs status is for root\"}\n")
+            return
+        }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
+        let request = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: " \n\r\t") : ""
+        switch request {
+        case "status", "":
+            Log.writeAll(c, status().serialized + "\n")
+        default:
+            Log.writeAll(c, "{\"error\":\"unknown request\"}\n")
+        }
+    }
+
+    public func stop() {
+        stopped.store(true, ordering: .relaxed)
+        unlink(path)
+    }
+
+    deinit { close(fd) }
+}
+
+/// Asks a mount's control socket for its status.
+public enum ControlClient {
+    public enum Failure: Error, CustomStringConvertible {
+        case notRunning(String)
+        case denied(String)
+        case bad(String)
+        public var description: String {
+            switch self {
+            case .notRunning(let m), .denied(let m), .bad(let m): return m
+            }
+        }
+    }
+
+    public static func status(mountpoint: String) throws(Failure) -> JSONValue {
+        let path = ControlSocket.path(for: mountpoint)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .bad("socket: \(String(cString: strerror(currentErrno)))") }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in Array(path.utf8).enumerated() where i < p.count - 1 { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 {
+            let e = currentErrno
+            if e == EACCES || e == EPERM { throw .denied("\(path): permission denied; kmsfs status is for root") }
+            throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(String(cString: strerror(e))))")
+        }
+        Log.writeAll(fd, "status\n")
+        var data = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && currentErrno == EINTR { continue }
+            if n <= 0 { break }
+            data += buf[0..<n]
+        }
+        guard let doc = data.withUnsafeBytes({ JSONValue.parse($0) }) else { throw .bad("the daemon sent an answer that is not JSON") }
+        if let e = doc["error"]?.stringValue { throw .denied(e) }
+        return doc
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let chars = Set(set)
+        var s = Substring(self)
+        while let f = s.first, chars.contains(f) { s = s.dropFirst() }
+        while let l = s.last, chars.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,130 @@
+import Log
+import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the filesystem tells the kernel when SOURCE changes under it.
+public protocol KernelNotifier: AnyObject, Sendable {
+    /// A name in a directory changed (added, removed, replaced).
+    func invalidateEntry(parent: UInt64, name: String)
+    /// An inode's attributes (size, times) changed.
+    func invalidateInode(_ ino: UInt64)
+}
+
+/// Follows SOURCE with inotify so the mount is a live mirror: files and
+/// directories added, removed, renamed or replaced show up at once, a
+/// replaced ciphertext is decrypted anew on its next open, and the kernel's
+/// cached names and attributes are invalidated.
+public final class SourceWatcher: @unchecked Sendable {
+    private let fs: SecretFileSystem
+    private let fd: Int32
+    private let lock = ConditionLock()
+    private var watches: [Int32: String] = [:]    // wd -> directory path in SOURCE
+    private var stopped = false
+
+    static let dirMask: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
+        | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+
+    public init(fs: SecretFileSystem) throws(SystemError) {
+        self.fs = fs
+        fd = try syscallRetrying("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC)) }
+    }
+
+    deinit { close(fd) }
+
+    /// Watches every directory of SOURCE and starts the event thread.
+    public func start() {
+        lock.withLock { addTree(".") }
+        startThread(name: "kmsfs-watch") { [self] in run() }
+    }
+
+    public func stop() {
+        lock.withLock { stopped = true }
+    }
+
+    public var watchCount: Int { lock.withLock { watches.count } }
+
+    // Lock held.
+    private func addTree(_ dir: String) {
+        let path = dir == "." ? fs.tree.path : fs.tree.path + "/" + dir
+        // The watch is on a path; the directory is then opened beneath
+        // SOURCE (no symlink followed) to list its subdirectories.
+        let wd = inotify_add_watch(fd, path, SourceWatcher.dirMask)
+        if wd < 0 {
+            let e = currentErrno
+            if e == ENOSPC {
+                Log.warning("inotify watch limit reached at \(dir); raise fs.inotify.max_user_watches, changes below it are seen within the entry timeout only")
+            }
+            return
+        }
+        watches[wd] = dir
+        guard let entries = try? fs.tree.list(dir) else { return }
+        for e in entries where e.kind == .directory {
+            addTree(SourceTree.join(dir, e.sourceName))
+        }
+    }
+
+    private func run() {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            if lock.withLock({ stopped }) { return }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pfd, 1, 500)
+            if ready <= 0 { continue }
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { continue }
+            var events: [(wd: Int32, mask: UInt32, name: String)] = []
+            buffer.withUnsafeBytes { raw in
+                var off = 0
+                while off + MemoryLayout<inotify_event>.size <= n {
+                    let wd = raw.load(fromByteOffset: off, as: Int32.self)
+                    let mask = raw.load(fromByteOffset: off + 4, as: UInt32.self)
+                    let len = Int(raw.load(fromByteOffset: off + 12, as: UInt32.self))
+                    let nameStart = off + MemoryLayout<inotify_event>.size
+                    let nameBytes = raw[nameStart..<min(nameStart + len, n)].prefix { $0 != 0 }
+                    events.append((wd, mask, String(decoding: nameBytes, as: UTF8.self)))
+                    off = nameStart + len
+                }
+            }
+            for e in events { handle(e.wd, e.mask, e.name) }
+        }
+    }
+
+    private func handle(_ wd: Int32, _ mask: UInt32, _ name: String) {
+        if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+            Log.warning("inotify queue overflowed; re-reading SOURCE")
+            lock.withLock {
+                for w in watches.keys { inotify_rm_watch(fd, w) }
+                watches.removeAll()
+                addTree(".")
+            }
+            fs.sourceChangedEverywhere()
+            return
+        }
+        if mask & UInt32(IN_IGNORED) != 0 {
+            lock.withLock { _ = watches.removeValue(forKey: wd) }
+            return
+        }
+        guard let dir = lock.withLock({ watches[wd] }) else { return }
+        if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
+            return   // the parent's watch reports the same change by name
+        }
+        let isDir = mask & UInt32(IN_ISDIR) != 0
+        let removed = mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0
+        let added = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
+        if isDir {
+            let sub = SourceTree.join(dir, name)
+            lock.withLock {
+                if added { addTree(sub) }
+                if removed {
+                    for (w, d) in watches where d == sub || d.hasPrefix(sub + "/") {
+                        inotify_rm_watch(fd, w)
+                        watches[w] = nil
+                    }
+                }
+            }
+        }
+        fs.sourceChanged(directory: dir, name: name, isDirectory: isDir, removed: removed)
+    }
+}

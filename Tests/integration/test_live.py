@@ -1,0 +1,188 @@
+"""Issue 7: a live mirror with a lifecycle operators can trust: SOURCE
+followed with inotify, rotation, the stale window, prefetch, KMS outages,
+`kmsfs status`, signals and restarts over a stale mount."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import Mount, mounted, force_unmount, run_as
+from kmsproxy import Fault
+
+
+def put(kms, path, data):
+    """Atomic replace, as config management does: write aside, rename over."""
+    tmp = str(path) + ".tmp-new"
+    with open(tmp, "wb") as f:
+        f.write(kms.encrypt_blob(data))
+    os.rename(tmp, path)
+
+
+def eventually(check, timeout=1.0):
+    deadline = time.time() + timeout
+    while True:
+        if check():
+            return True
+        if time.time() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def live(tmp_path, kms, proxy, mount_factory):
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "a.encrypted", b"alpha-1")
+    m = mount_factory(src, "allow_uid=0,stale=3", env=kms.base_env(endpoint=proxy.url))
+    m.src = src
+    proxy.reset()
+    return m
+
+
+def test_added_removed_and_replaced_files_show_up_within_a_second(live, kms):
+    m = live
+    assert not os.path.exists(m.file("b"))              # a negative entry the kernel caches
+    put(kms, m.src / "b.encrypted", b"beta")
+    assert eventually(lambda: os.path.exists(m.file("b")))
+    assert open(m.file("b"), "rb").read() == b"beta"
+    assert "b" in os.listdir(m.path)
+    os.unlink(m.src / "b.encrypted")
+    assert eventually(lambda: not os.path.exists(m.file("b")))
+    assert "b" not in os.listdir(m.path)
+
+
+def test_rotation_decrypts_the_new_version_and_open_handles_keep_theirs(live, kms, proxy):
+    m = live
+    held = open(m.file("a"), "rb")
+    assert held.read() == b"alpha-1"
+    put(kms, m.src / "a.encrypted", b"alpha-2-longer")
+    assert eventually(lambda: open(m.file("a"), "rb").read() == b"alpha-2-longer")
+    assert os.stat(m.file("a")).st_size == len(b"alpha-2-longer")
+    held.seek(0)
+    assert held.read() == b"alpha-1"                      # the bytes it opened
+    held.close()
+    assert proxy.count("Decrypt") == 2
+
+
+def test_directories_added_renamed_and_removed(live, kms):
+    m = live
+    (m.src / "d").mkdir()
+    put(kms, m.src / "d" / "x.encrypted", b"in-d")
+    assert eventually(lambda: os.path.exists(m.file("d/x")))
+    assert open(m.file("d/x"), "rb").read() == b"in-d"
+    os.rename(m.src / "d", m.src / "e")
+    assert eventually(lambda: not os.path.exists(m.file("d")) and os.path.exists(m.file("e/x")))
+    assert open(m.file("e/x"), "rb").read() == b"in-d"
+    put(kms, m.src / "e" / "y.encrypted", b"new-in-e")    # the renamed directory is still watched
+    assert eventually(lambda: os.path.exists(m.file("e/y")))
+    os.unlink(m.src / "e" / "x.encrypted")
+    os.unlink(m.src / "e" / "y.encrypted")
+    os.rmdir(m.src / "e")
+    assert eventually(lambda: not os.path.exists(m.file("e")))
+
+
+def test_stale_window_serves_the_last_good_plaintext_while_kms_is_down(live, kms, proxy):
+    m = live
+    assert open(m.file("a"), "rb").read() == b"alpha-1"
+    put(kms, m.src / "a.encrypted", b"alpha-rotated")
+    proxy.policy = lambda n, target: Fault.UNAVAILABLE
+    assert open(m.file("a"), "rb").read() == b"alpha-1"   # stale, logged
+    assert m.wait_log("serving the last good plaintext")
+    time.sleep(3.2)                                       # past stale=3
+    with pytest.raises(OSError) as e:
+        open(m.file("a"), "rb").read()
+    assert e.value.errno == errno.EIO
+    proxy.policy = lambda n, target: None                 # KMS answers again
+    assert open(m.file("a"), "rb").read() == b"alpha-rotated"
+
+
+def test_uncached_open_with_kms_down_fails_within_the_bound_then_recovers(live, kms, proxy):
+    m = live
+    put(kms, m.src / "c.encrypted", b"charlie")
+    proxy.policy = lambda n, target: Fault.UNAVAILABLE
+    t0 = time.time()
+    with pytest.raises(OSError) as e:
+        open(m.file("c"), "rb").read()
+    elapsed = time.time() - t0
+    assert e.value.errno == errno.EIO
+    assert elapsed < 10, elapsed                          # docs: bounded by timeout= (10 s)
+    assert "ServiceUnavailable" in m.log() or "503" in m.log()
+    proxy.policy = lambda n, target: None
+    assert open(m.file("c"), "rb").read() == b"charlie"   # at once: failures are not cached
+
+
+def test_prefetch_decrypts_everything_before_the_mount_returns(tmp_path, kms, proxy, kmsfs_bin):
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    (src / "sub").mkdir(parents=True)
+    mnt.mkdir()
+    names = ["p%d" % i for i in range(12)] + ["sub/q"]
+    for n in names:
+        put(kms, src / (n + ".encrypted"), n.encode())
+    (src / "broken.encrypted").write_bytes(b"\x00" * 50)
+    proxy.reset()
+    try:
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "allow_uid=0,prefetch,log=%s" % (tmp_path / "l")],
+                           env=kms.base_env(endpoint=proxy.url), capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert proxy.count("Decrypt") == len(names) + 1
+        for n in names:
+            assert open(mnt / n, "rb").read() == n.encode()
+        assert proxy.count("Decrypt") == len(names) + 1   # all from the cache
+        assert "prefetch: %d secrets decrypted, 1 failed" % len(names) in (tmp_path / "l").read_text()
+    finally:
+        force_unmount(str(mnt))
+
+
+def test_status_shows_cache_and_counters_to_root_only(live, kms, users, kmsfs_bin):
+    m = live
+    open(m.file("a"), "rb").read()
+    open(m.file("a"), "rb").read()
+    r = subprocess.run([kmsfs_bin, "status", m.path, "--json"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["mountpoint"] == m.path and doc["pid"] == m.pid
+    entries = {e["path"]: e for e in doc["cache"]["entries"]}
+    assert entries["a"]["size"] == len(b"alpha-1") and entries["a"]["hits"] >= 1
+    assert doc["counters"]["decrypts"] == 1 and doc["counters"]["cache_hits"] >= 1
+    assert doc["kms"]["calls"] == 1 and doc["kms"]["p50_ms"] is not None
+    r = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, timeout=30)
+    text = r.stdout.decode()
+    assert r.returncode == 0 and "cached secrets: 1" in text and "\n  a " in text
+    assert b"alpha-1" not in r.stdout
+    r = run_as("kmsfs-bob", [kmsfs_bin, "status", m.path])
+    assert r.returncode != 0 and b"root" in r.stderr
+
+
+def test_restart_over_a_stale_mount_recovers(tmp_path, kms, kmsfs_bin):
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    put(kms, src / "s.encrypted", b"survives")
+    first = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "1.log")
+    try:
+        first.proc.kill()                                  # a crash: the mount stays, dead
+        first.proc.wait(5)
+        with pytest.raises(OSError) as e:
+            os.listdir(mnt)
+        assert e.value.errno == errno.ENOTCONN
+        second = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "2.log")
+        try:
+            assert open(mnt / "s", "rb").read() == b"survives"
+            assert "stale FUSE mount" in second.log()
+        finally:
+            second.stop()
+    finally:
+        force_unmount(str(mnt))
+
+
+def test_sigint_wipes_and_unmounts(live):
+    m = live
+    open(m.file("a"), "rb").read()
+    os.kill(m.pid, signal.SIGINT)
+    assert m.proc.wait(10) == 0
+    assert "SIGINT: wiping cached secrets" in m.log()
+    assert not mounted(m.path)
