@@ -95,9 +95,90 @@ public final class CallMetrics: Sendable {
     }
 }
 
+/// Sends one logical call with the standard retry mode inside a hard
+/// deadline. `attempt` gets the seconds left for its one HTTP exchange
+/// (never more than `attemptTimeout`), so no single attempt can outlive the
+/// call; backoff sleeps are skipped when they would cross the deadline.
+/// Hence a call returns within `deadline` seconds of its start, plus only
+/// the time `attempt` spends before sending (getting credentials, see
+/// `CachingCredentialProvider`).
+public struct RetryingCaller: Sendable {
+    public let label: String
+    public let retry: RetryStrategy
+    public let clock: Clock
+    public let deadline: Double
+    public let attemptTimeout: Double
+    public let metrics: CallMetrics?
+
+    public init(label: String, retry: RetryStrategy, clock: Clock, deadline: Double, attemptTimeout: Double,
+                metrics: CallMetrics? = nil) {
+        self.label = label
+        self.retry = retry
+        self.clock = clock
+        self.deadline = deadline
+        self.attemptTimeout = attemptTimeout
+        self.metrics = metrics
+    }
+
+    /// Seconds under which an attempt is not worth starting.
+    static let minimumAttemptTime = 0.05
+
+    public func call(_ attempt: (_ timeout: Double) -> Result<HTTPResponse, AWSError>) throws(AWSError) -> HTTPResponse {
+        let start = clock.monotonic()
+        var number = 0
+        var retries = 0
+        var throttled = 0
+        var lastCost = 0
+        while true {
+            number += 1
+            let remaining = deadline - (clock.monotonic() - start)
+            let result: Result<HTTPResponse, AWSError>
+            if remaining < RetryingCaller.minimumAttemptTime {
+                result = .failure(.transport(TransportError(.timeout, "\(label): no time left within the \(RetryingCaller.seconds(deadline)) s call deadline")))
+            } else {
+                result = attempt(min(attemptTimeout, remaining))
+            }
+            switch result {
+            case .success(let response):
+                retry.recordSuccess(retryCost: lastCost)
+                metrics?.record(latency: clock.monotonic() - start, failed: false, retries: retries, throttled: throttled)
+                return response
+            case .failure(let error):
+                let cls = error.retryClass
+                if cls == .throttling { throttled += 1 }
+                let decision = retry.decide(after: cls, attempt: number)
+                if case .retry(let delay, let cost) = decision,
+                   clock.monotonic() - start + delay + RetryingCaller.minimumAttemptTime < deadline {
+                    Log.info("\(label) attempt \(number) failed (\(error)); retrying in \(Int(delay * 1000)) ms")
+                    lastCost = cost
+                    retries += 1
+                    clock.sleep(delay)
+                    continue
+                }
+                if case .giveUp(let reason) = decision, number > 1 || reason != "not retryable" {
+                    Log.debug("\(label): \(reason)")
+                }
+                metrics?.record(latency: nil, failed: true, retries: retries, throttled: throttled)
+                throw error
+            }
+        }
+    }
+
+    static func seconds(_ d: Double) -> String {
+        d == d.rounded() ? String(Int(d)) : String(d)
+    }
+}
+
 /// A client for an AWS JSON 1.1 service (KMS: `TrentService`): signs each
 /// request with SigV4, sends it, classifies errors and retries in the
 /// standard mode.
+///
+/// Time bound: a call returns (success or error) within `callDeadline`
+/// seconds plus the time to obtain credentials, which is zero while cached
+/// credentials are valid (see `CachingCredentialProvider` and
+/// docs/credentials.md). Each attempt's transfer is limited to
+/// `min(attemptTimeout, time left)`, its connection to
+/// `min(connectTimeout, that)`.
 public final class AWSJSONClient: Sendable {
     public let signingName: String
     public let targetPrefix: String
@@ -110,10 +191,15 @@ public final class AWSJSONClient: Sendable {
     public let metrics = CallMetrics()
     /// Longest a call may take, retries and backoff included.
     public let callDeadline: Double
+    /// Longest one attempt may take (connection included).
+    public let attemptTimeout: Double
+    /// Longest a connection (TCP and TLS handshakes) may take.
+    public let connectTimeout: Double
 
     public init(signingName: String, targetPrefix: String, region: String, endpoint: URLParts,
                 credentials: CredentialProvider, transport: HTTPTransport, clock: Clock = .system,
-                retry: RetryStrategy = RetryStrategy(), callDeadline: Double = 30) {
+                retry: RetryStrategy = RetryStrategy(), callDeadline: Double = 30,
+                attemptTimeout: Double = 10, connectTimeout: Double = 3) {
         self.signingName = signingName
         self.targetPrefix = targetPrefix
         self.region = region
@@ -123,41 +209,20 @@ public final class AWSJSONClient: Sendable {
         self.clock = clock
         self.retry = retry
         self.callDeadline = callDeadline
+        self.attemptTimeout = attemptTimeout
+        self.connectTimeout = connectTimeout
     }
 
     /// Calls `operation` with a JSON body; returns the 2xx response.
     public func call(_ operation: String, body: HTTPBody) throws(AWSError) -> HTTPResponse {
-        let start = clock.monotonic()
-        var attempt = 0
-        var retries = 0
-        var throttled = 0
-        var lastCost = 0
-        while true {
-            attempt += 1
-            do {
-                let response = try attemptOnce(operation, body: body)
-                retry.recordSuccess(retryCost: lastCost)
-                metrics.record(latency: clock.monotonic() - start, failed: false, retries: retries, throttled: throttled)
-                return response
-            } catch {
-                let cls = error.retryClass
-                if cls == .throttling { throttled += 1 }
-                let decision = retry.decide(after: cls, attempt: attempt)
-                if case .retry(let delay, let cost) = decision,
-                   clock.monotonic() - start + delay < callDeadline {
-                    Log.info("\(targetPrefix).\(operation) attempt \(attempt) failed (\(error)); retrying in \(Int(delay * 1000)) ms")
-                    lastCost = cost
-                    retries += 1
-                    clock.sleep(delay)
-                    continue
-                }
-                metrics.record(latency: nil, failed: true, retries: retries, throttled: throttled)
-                throw error
-            }
+        let caller = RetryingCaller(label: "\(targetPrefix).\(operation)", retry: retry, clock: clock,
+                                    deadline: callDeadline, attemptTimeout: attemptTimeout, metrics: metrics)
+        return try caller.call { timeout in
+            do throws(AWSError) { return .success(try attemptOnce(operation, body: body, timeout: timeout)) } catch { return .failure(error) }
         }
     }
 
-    private func attemptOnce(_ operation: String, body: HTTPBody) throws(AWSError) -> HTTPResponse {
+    private func attemptOnce(_ operation: String, body: HTTPBody, timeout: Double) throws(AWSError) -> HTTPResponse {
         let creds: AWSCredentials
         do { creds = try credentials.credentials() } catch { throw .credentials(error) }
         let payloadHash = body.withUnsafeBytes { Digest.hex(Digest.sha256($0)) }
@@ -173,7 +238,8 @@ public final class AWSJSONClient: Sendable {
         headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
         let response: HTTPResponse
         do {
-            response = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body))
+            response = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body,
+                                                      timeout: timeout, connectTimeout: min(connectTimeout, timeout)))
         } catch {
             throw .transport(error)
         }

@@ -1,0 +1,119 @@
+/// Credentials from the container credential endpoint: ECS task roles
+/// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, served at 169.254.170.2) and
+/// EKS Pod Identity or other agents (`AWS_CONTAINER_CREDENTIALS_FULL_URI`
+/// with `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` or
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN`).
+///
+/// As botocore's `ContainerMetadataFetcher`: a plain-http full URI must name
+/// a loopback address or one of the documented hosts (169.254.170.2,
+/// 169.254.170.23, fd00:ec2::23, localhost), since the request carries a
+/// bearer token and the answer carries credentials; https URIs may name any
+/// host (the certificate is verified). The token file is re-read on every
+/// fetch (EKS rotates it). Each fetch makes at most 3 attempts of at most
+/// 2 s each, 1 s apart: 8 s in all.
+public struct ContainerCredentialProvider: CredentialProvider {
+    public static let ecsHost = "169.254.170.2"
+    public static let allowedHosts: Set<String> = ["169.254.170.2", "169.254.170.23", "[fd00:ec2::23]", "localhost"]
+
+    public let environment: Environment
+    public let transport: HTTPTransport
+    public let clock: Clock
+    public var attempts = 3
+    public var attemptTimeout = 2.0
+    public var pause = 1.0
+
+    public var name: String { "container credentials" }
+
+    public init(environment: Environment, transport: HTTPTransport, clock: Clock = .system) {
+        self.environment = environment
+        self.transport = transport
+        self.clock = clock
+    }
+
+    /// True when the environment asks for this provider.
+    public var isConfigured: Bool {
+        environment["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"] != nil || environment["AWS_CONTAINER_CREDENTIALS_FULL_URI"] != nil
+    }
+
+    /// The URL to ask, validated.
+    public func endpoint() throws(CredentialError) -> URLParts {
+        if let rel = environment["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"] {
+            let path = rel.hasPrefix("/") ? rel : "/" + rel
+            guard let url = URLParts("http://\(ContainerCredentialProvider.ecsHost)\(path)") else {
+                throw .failed("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI '\(rel)' is not a path")
+            }
+            return url
+        }
+        guard let full = environment["AWS_CONTAINER_CREDENTIALS_FULL_URI"] else {
+            throw .notConfigured("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI and AWS_CONTAINER_CREDENTIALS_FULL_URI are not set")
+        }
+        guard let url = URLParts(full) else {
+            throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI '\(full)' is not an http(s) URL")
+        }
+        if url.scheme == "https" { return url }
+        let host = url.host.lowercased()
+        guard url.isLoopback || ContainerCredentialProvider.allowedHosts.contains(host) else {
+            throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI host '\(url.host)' is not allowed over http: use a loopback address, 169.254.170.2, 169.254.170.23, [fd00:ec2::23], or https")
+        }
+        return url
+    }
+
+    func authorization() throws(CredentialError) -> String? {
+        var token: String?
+        if let file = environment["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] {
+            switch readSmallFile(file, limit: 16 * 1024) {
+            case .success(let b): token = String(decoding: b, as: UTF8.self).trimmingCharacters(in: " \r\n\t")
+            case .failure(let e): throw .failed("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE \(e)")
+            }
+        } else if let t = environment["AWS_CONTAINER_AUTHORIZATION_TOKEN"] {
+            token = t
+        }
+        if let t = token, t.utf8.contains(13) || t.utf8.contains(10) {   // "\r\n" is one Character: test bytes
+            throw .failed("the container authorization token holds a line break; it is not a legal header value")
+        }
+        return token
+    }
+
+    public func credentials() throws(CredentialError) -> AWSCredentials {
+        let url = try endpoint()
+        var lastError = ""
+        for attempt in 1...max(1, attempts) {
+            if attempt > 1 { clock.sleep(pause) }
+            var headers: [(name: String, value: String)] = [("Accept", "application/json"),
+                                                            ("User-Agent", "kmsfs/\(kmsfsVersion)")]
+            if let token = try authorization() { headers.append(("Authorization", token)) }
+            let response: HTTPResponse
+            do {
+                response = try transport.send(HTTPRequest(method: "GET", url: url, headers: headers,
+                                                          timeout: attemptTimeout, connectTimeout: attemptTimeout))
+            } catch {
+                lastError = "\(error)"
+                continue
+            }
+            guard response.status == 200 else {
+                lastError = "HTTP \(response.status): \(response.nonSecretBodyText(limit: 200))"
+                if response.status == 401 || response.status == 403 || response.status == 404 { break }
+                continue
+            }
+            let doc = response.body.withUnsafeBytes { JSONValue.parse($0) }
+            guard let doc, let c = credentialsFromJSON(doc, source: "container credentials \(url.hostHeader)") else {
+                lastError = "the answer is not a credentials document"
+                continue
+            }
+            return c
+        }
+        throw .failed("container credentials from \(url) failed: \(lastError)")
+    }
+}
+
+/// Reads `AccessKeyId`, `SecretAccessKey`, `Token` (or `SessionToken`) and
+/// `Expiration` from a credentials document (container endpoint, IMDS,
+/// `credential_process`).
+func credentialsFromJSON(_ doc: JSONValue, source: String) -> AWSCredentials? {
+    guard let id = doc["AccessKeyId"]?.stringValue, !id.isEmpty,
+          let secret = doc["SecretAccessKey"]?.stringValue, !secret.isEmpty else { return nil }
+    let token = doc["Token"]?.stringValue ?? doc["SessionToken"]?.stringValue
+    let exp = doc["Expiration"]?.stringValue.flatMap { Timestamp.parseISO8601($0) }
+    return AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: token?.isEmpty == true ? nil : token,
+                          expiration: exp, source: source)
+}

@@ -1,0 +1,205 @@
+import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Credentials from a profile's `credential_process`: the command is split
+/// like a shell would (quotes, backslashes) but run without a shell, with
+/// stdin from /dev/null, the daemon's environment, and default signal
+/// handling; its stdout must be the documented JSON (`Version: 1`,
+/// `AccessKeyId`, `SecretAccessKey`, optional `SessionToken` and
+/// `Expiration`). It gets `timeout` seconds (10 by default) before it is
+/// killed; its stdout is read into secure memory and limited to 64 KiB.
+public struct ProcessCredentialProvider: CredentialProvider {
+    public let command: String
+    public let profile: String
+    public let environment: Environment
+    public var timeout: Double = 10
+
+    public var name: String { "credential_process (profile \(profile))" }
+
+    public init(command: String, profile: String, environment: Environment) {
+        self.command = command
+        self.profile = profile
+        self.environment = environment
+    }
+
+    public func credentials() throws(CredentialError) -> AWSCredentials {
+        guard let argv = ProcessCredentialProvider.split(command), !argv.isEmpty else {
+            throw .failed("credential_process in profile '\(profile)' is empty or has an unbalanced quote")
+        }
+        let out: SecureBuffer
+        do {
+            out = try ProcessRunner.run(argv, environment: environment, timeout: timeout, limit: 64 * 1024)
+        } catch {
+            throw .failed("credential_process '\(argv[0])' (profile \(profile)): \(error.message)")
+        }
+        let doc = out.withUnsafeBytes { JSONValue.parse($0) }
+        guard let doc else {
+            throw .failed("credential_process '\(argv[0])' (profile \(profile)) did not print a JSON document")
+        }
+        guard let v = doc["Version"]?.numberValue, v == 1 else {
+            throw .failed("credential_process '\(argv[0])' (profile \(profile)): unsupported Version (expected 1)")
+        }
+        guard let c = credentialsFromJSON(doc, source: "credential_process (profile \(profile))") else {
+            throw .failed("credential_process '\(argv[0])' (profile \(profile)): AccessKeyId or SecretAccessKey missing")
+        }
+        if let e = doc["Expiration"]?.stringValue, c.expiration == nil {
+            throw .failed("credential_process '\(argv[0])' (profile \(profile)): Expiration '\(e)' is not an ISO 8601 time")
+        }
+        return c
+    }
+
+    /// Splits a command line as POSIX shells do for words: blanks separate,
+    /// single quotes are literal, double quotes allow `\"` `\\` `\$` `` \` ``,
+    /// a backslash outside quotes escapes the next character. Nil when a
+    /// quote is left open.
+    public static func split(_ s: String) -> [String]? {
+        var words: [String] = []
+        var cur = ""
+        var inWord = false
+        var it = Array(s).makeIterator()
+        while let c = it.next() {
+            switch c {
+            case " ", "\t", "\n":
+                if inWord { words.append(cur); cur = ""; inWord = false }
+            case "'":
+                inWord = true
+                var closed = false
+                while let d = it.next() { if d == "'" { closed = true; break }; cur.append(d) }
+                if !closed { return nil }
+            case "\"":
+                inWord = true
+                var closed = false
+                while let d = it.next() {
+                    if d == "\"" { closed = true; break }
+                    if d == "\\" {
+                        guard let e = it.next() else { return nil }
+                        if e == "\"" || e == "\\" || e == "$" || e == "`" { cur.append(e) } else { cur.append("\\"); cur.append(e) }
+                        continue
+                    }
+                    cur.append(d)
+                }
+                if !closed { return nil }
+            case "\\":
+                inWord = true
+                if let e = it.next() { cur.append(e) }
+            default:
+                inWord = true
+                cur.append(c)
+            }
+        }
+        if inWord { words.append(cur) }
+        return words
+    }
+}
+
+/// Runs a program and collects its stdout, with a deadline.
+enum ProcessRunner {
+    struct Failure: Error { let message: String }
+
+    static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {
+        var fds: [Int32] = [-1, -1]
+        // pipe2 needs _GNU_SOURCE, which Glibc's module lacks: pipe + FD_CLOEXEC
+        // (kmsfs spawns nothing else concurrently that could inherit them).
+        guard pipe(&fds) == 0 else { throw Failure(message: "pipe: \(String(cString: strerror(errno)))") }
+        let readEnd = fds[0], writeEnd = fds[1]
+        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
+        var closeWrite = true
+        defer {
+            close(readEnd)
+            if closeWrite { close(writeEnd) }
+        }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
+
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        // The daemon blocks its signals for sigwait; the child must not
+        // inherit that, or a kill on timeout... still works (SIGKILL), but a
+        // well-behaved helper could not be stopped with TERM.
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        let cEnv: [UnsafeMutablePointer<CChar>?] = environment.values.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for p in cArgs { free(p) }
+            for p in cEnv { free(p) }
+        }
+        var pid: pid_t = 0
+        let rc = cArgs.withUnsafeBufferPointer { a in
+            cEnv.withUnsafeBufferPointer { e in
+                posix_spawnp(&pid, argv[0], &actions, &attr, a.baseAddress!, e.baseAddress!)
+            }
+        }
+        guard rc == 0 else { throw Failure(message: "cannot run it: \(String(cString: strerror(rc)))") }
+        close(writeEnd)
+        closeWrite = false
+
+        let deadline = monotonicSeconds() + timeout
+        let out: SecureAccumulator
+        do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch {
+            kill(pid, SIGKILL); _ = reap(pid, until: monotonicSeconds() + 1)
+            throw Failure(message: "\(error)")
+        }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        defer { secureWipe(&chunk) }
+        var timedOut = false
+        var tooLarge = false
+        while true {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { timedOut = true; break }
+            var p = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+            let n = poll(&p, 1, Int32(min(left, 1) * 1000) + 1)
+            if n < 0 { if errno == EINTR { continue }; break }
+            if n == 0 { continue }
+            let got = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+            if got < 0 { if errno == EINTR { continue }; break }
+            if got == 0 { break }
+            let ok = chunk.withUnsafeBytes { b -> Bool in
+                do { try out.append(UnsafeRawBufferPointer(rebasing: b[0..<got])); return true } catch { return false }
+            }
+            if !ok { tooLarge = true; break }
+        }
+        if timedOut || tooLarge { kill(pid, SIGKILL) }
+        let status = reap(pid, until: max(deadline, monotonicSeconds()) + 1)
+        if timedOut { throw Failure(message: "no answer within \(Int(timeout)) s; killed") }
+        if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
+        guard let status else {
+            kill(pid, SIGKILL)
+            _ = reap(pid, until: monotonicSeconds() + 1)
+            throw Failure(message: "did not exit within \(Int(timeout)) s; killed")
+        }
+        if status != 0 { throw Failure(message: "exited with status \(status)") }
+        return out.buffer
+    }
+
+    /// waitpid until `until` (monotonic); the exit status (128+signal for a
+    /// signal), or nil if it is still running.
+    static func reap(_ pid: pid_t, until: Double) -> Int32? {
+        var st: Int32 = 0
+        while true {
+            let r = waitpid(pid, &st, WNOHANG)
+            if r == pid {
+                if st & 0x7f == 0 { return (st >> 8) & 0xff }
+                return 128 + (st & 0x7f)
+            }
+            if r < 0 && errno != EINTR { return -1 }
+            if monotonicSeconds() >= until { return nil }
+            usleep(10_000)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+/// The shared AWS config and credentials files (`~/.aws/config`,
+/// `~/.aws/credentials`), read the way botocore's `configloader` reads them:
+/// `[default]` and `[profile NAME]` sections in the config file, bare
+/// `[NAME]` sections in the credentials file (whose values win), `[services
+/// NAME]` sections with indented per-service sub-sections, `#`/`;` comment
+/// lines, keys case-insensitive, indented lines continuing a value.
+public struct SharedConfigFiles: Sendable {
+    public var configPath: String
+    public var credentialsPath: String
+    public var profiles: [String: ConfigProfile]
+    /// `[services NAME]` sections: NAME → service → key → value.
+    public var services: [String: [String: [String: String]]]
+
+    public init(configPath: String = "", credentialsPath: String = "",
+                profiles: [String: ConfigProfile] = [:], services: [String: [String: [String: String]]] = [:]) {
+        self.configPath = configPath
+        self.credentialsPath = credentialsPath
+        self.profiles = profiles
+        self.services = services
+    }
+
+    /// The files named by `AWS_CONFIG_FILE` and `AWS_SHARED_CREDENTIALS_FILE`
+    /// (default `~/.aws/config`, `~/.aws/credentials`). A missing file is
+    /// empty; an unreadable or malformed one is an error.
+    public static func load(environment env: Environment) throws(SharedConfigError) -> SharedConfigFiles {
+        let home = env.home
+        func expand(_ p: String) -> String {
+            if p == "~" { return home }
+            if p.hasPrefix("~/") { return home + String(p.dropFirst(1)) }
+            return p
+        }
+        let configPath = expand(env["AWS_CONFIG_FILE"] ?? "~/.aws/config")
+        let credentialsPath = expand(env["AWS_SHARED_CREDENTIALS_FILE"] ?? "~/.aws/credentials")
+        func text(_ path: String) throws(SharedConfigError) -> String? {
+            switch readSmallFile(path) {
+            case .success(let bytes): return String(decoding: bytes, as: UTF8.self)
+            case .failure(let e):
+                if e.isMissing { return nil }
+                throw SharedConfigError("cannot read \(e)")
+            }
+        }
+        return try parse(config: try text(configPath), credentials: try text(credentialsPath),
+                         configPath: configPath, credentialsPath: credentialsPath)
+    }
+
+    /// Builds the profile map from the two files' text.
+    public static func parse(config: String?, credentials: String?,
+                             configPath: String = "config", credentialsPath: String = "credentials") throws(SharedConfigError) -> SharedConfigFiles {
+        var out = SharedConfigFiles(configPath: configPath, credentialsPath: credentialsPath)
+        if let config {
+            for section in try INI.parse(config, path: configPath) {
+                let words = section.name.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                if section.name == "default" {
+                    out.merge(profile: "default", values: section.values, fromCredentialsFile: false)
+                } else if words.first == "profile", words.count == 2 {
+                    out.merge(profile: String(words[1]), values: section.values, fromCredentialsFile: false)
+                } else if words.first == "services", words.count == 2 {
+                    var byService: [String: [String: String]] = [:]
+                    for (service, value) in section.values {
+                        if let nested = INI.subsection(value) { byService[service] = nested }
+                    }
+                    out.services[String(words[1])] = byService
+                }
+                // [sso-session ...] and anything else: not profiles.
+            }
+        }
+        if let credentials {
+            for section in try INI.parse(credentials, path: credentialsPath) {
+                out.merge(profile: section.name, values: section.values, fromCredentialsFile: true)
+            }
+        }
+        return out
+    }
+
+    mutating func merge(profile name: String, values: [String: String], fromCredentialsFile: Bool) {
+        var p = profiles[name] ?? ConfigProfile(name: name)
+        for (k, v) in values { p.values[k] = v }
+        if fromCredentialsFile && values["aws_access_key_id"] != nil { p.keysInCredentialsFile = true }
+        profiles[name] = p
+    }
+
+    public func profile(_ name: String) -> ConfigProfile? { profiles[name] }
+
+    /// `key` for `service` from the profile's `services = NAME` section
+    /// (`[services NAME]` / `kms =` / `  endpoint_url = ...`).
+    public func serviceValue(profile: String, service: String, key: String) -> String? {
+        guard let p = profiles[profile], let sname = p["services"], let v = services[sname]?[service]?[key],
+              !v.isEmpty else { return nil }
+        return v
+    }
+
+    /// Which profile is meant: the explicit one, `AWS_PROFILE`,
+    /// `AWS_DEFAULT_PROFILE`, else `default`.
+    public static func profileName(explicit: String?, environment env: Environment) -> (name: String, named: Bool) {
+        if let p = explicit ?? env["AWS_PROFILE"] ?? env["AWS_DEFAULT_PROFILE"] { return (p, true) }
+        return ("default", false)
+    }
+
+    /// Where profiles were looked for, for messages.
+    public var locations: String { "\(configPath) or \(credentialsPath)" }
+}
+
+/// One profile, the config file's and the credentials file's values merged.
+public struct ConfigProfile: Sendable {
+    public var name: String
+    public var values: [String: String] = [:]
+    /// The access keys came from the credentials file (which botocore
+    /// prefers to `credential_process`; keys in the config file come after it).
+    public var keysInCredentialsFile = false
+
+    public init(name: String, values: [String: String] = [:]) {
+        self.name = name
+        self.values = values
+    }
+
+    /// The value, or nil when absent or empty.
+    public subscript(_ key: String) -> String? {
+        guard let v = values[key.lowercased()], !v.isEmpty else { return nil }
+        return v
+    }
+
+    /// A boolean setting (`true`/`false`, any case).
+    public func flag(_ key: String) -> Bool? {
+        guard let v = self[key]?.lowercased() else { return nil }
+        if v == "true" { return true }
+        if v == "false" { return false }
+        return nil
+    }
+}
+
+public struct SharedConfigError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The INI dialect of the AWS shared files (Python `RawConfigParser`).
+enum INI {
+    struct Section {
+        var name: String
+        var values: [String: String]
+    }
+
+    static func parse(_ text: String, path: String) throws(SharedConfigError) -> [Section] {
+        var sections: [Section] = []
+        var lastKey: String?
+        var lineNumber = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            var line = Substring(raw)
+            if line.hasSuffix("\r") { line = line.dropLast() }
+            let trimmed = line.trimmingCharacters(in: " \t")
+            if trimmed.isEmpty { continue }
+            if trimmed.hasPrefix("#") || trimmed.hasPrefix(";") { continue }
+            let indented = line.first == " " || line.first == "\t"
+            if indented, let key = lastKey, !sections.isEmpty {
+                // A continuation line: part of the previous value.
+                let old = sections[sections.count - 1].values[key] ?? ""
+                sections[sections.count - 1].values[key] = old + "\n" + trimmed
+                continue
+            }
+            if trimmed.hasPrefix("[") {
+                guard let close = trimmed.lastIndex(of: "]") else {
+                    throw SharedConfigError("\(path) line \(lineNumber): section header without ']'")
+                }
+                let name = trimmed[trimmed.index(after: trimmed.startIndex)..<close].trimmingCharacters(in: " \t")
+                guard !name.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): empty section name") }
+                sections.append(Section(name: name, values: [:]))
+                lastKey = nil
+                continue
+            }
+            guard !sections.isEmpty else {
+                throw SharedConfigError("\(path) line \(lineNumber): a setting before any [section]")
+            }
+            guard let sep = trimmed.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
+                throw SharedConfigError("\(path) line \(lineNumber): expected 'key = value'")
+            }
+            let key = trimmed[..<sep].trimmingCharacters(in: " \t").lowercased()
+            let value = trimmed[trimmed.index(after: sep)...].trimmingCharacters(in: " \t")
+            guard !key.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): a value without a key") }
+            sections[sections.count - 1].values[key] = value
+            lastKey = key
+        }
+        return sections
+    }
+
+    /// `"\nendpoint_url = x\nfoo = y"` (a value continued on indented
+    /// lines) as a dictionary; nil when the value is not such a block.
+    static func subsection(_ value: String) -> [String: String]? {
+        guard value.hasPrefix("\n") || value.isEmpty else { return nil }
+        var out: [String: String] = [:]
+        for line in value.split(separator: "\n") {
+            let t = line.trimmingCharacters(in: " \t")
+            if t.isEmpty { continue }
+            guard let eq = t.firstIndex(of: "=") else { continue }
+            out[t[..<eq].trimmingCharacters(in: " \t").lowercased()] = t[t.index(after: eq)...].trimmingCharacters(in: " \t")
+        }
+        return out
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> String { String(self).trimmingCharacters(in: set) }
+}

@@ -1,0 +1,514 @@
+import Testing
+import AWS
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func stsAnswer(_ action: String, id: String, expiration: String = "2030-01-01T00:00:00Z") -> String {
+    """
+    <\(action)Response xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><\(action)Result>
+    <AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/r/s</Arn><AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser>
+    <Credentials><SessionToken>tok-\(id)</SessionToken><SecretAccessKey>sec-\(id)</SecretAccessKey>
+    <Expiration>\(expiration)</Expiration><AccessKeyId>\(id)</AccessKeyId></Credentials>
+    </\(action)Result><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></\(action)Response>
+    """
+}
+
+func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
+    var c = STSClient(endpoint: URLParts("https://sts.eu-west-1.amazonaws.com")!, region: "eu-west-1", transport: t, clock: clock)
+    c.callDeadline = 10
+    return c
+}
+
+@Suite struct EnvironmentProviderTests {
+    @Test func readsKeysAndToken() throws {
+        let c = try EnvironmentCredentialProvider(environment: Environment([
+            "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "S", "AWS_SESSION_TOKEN": "T"])).credentials()
+        #expect(c.accessKeyId == "AKID" && c.secretAccessKey == "S" && c.sessionToken == "T" && c.expiration == nil)
+        #expect(!c.description.contains("S,") && c.description.contains("redacted"))
+    }
+
+    @Test func partialKeysFailAndNoneIsNotConfigured() {
+        #expect(throws: CredentialError.notConfigured("AWS_ACCESS_KEY_ID is not set")) {
+            try EnvironmentCredentialProvider(environment: Environment([:])).credentials()
+        }
+        let e = credentialError { try EnvironmentCredentialProvider(environment: Environment(["AWS_ACCESS_KEY_ID": "A"])).credentials() }
+        #expect(e.kind == .failed)
+    }
+}
+
+@Suite struct WebIdentityProviderTests {
+    @Test func callsAssumeRoleWithWebIdentityUnsignedAndRereadsTheToken() throws {
+        let dir = TempDir()
+        let file = dir.write("token", "jwt-one\n")
+        let clock = ManualClock()
+        let t = ScriptedTransport { req, n in .init(status: 200, body: stsAnswer("AssumeRoleWithWebIdentity", id: "ASIA\(n)")) }
+        let env = Environment(["AWS_WEB_IDENTITY_TOKEN_FILE": file, "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
+                               "AWS_ROLE_SESSION_NAME": "my-session"])
+        let sts = stsClient(t, clock.clock)
+        let made = WebIdentityCredentialProvider.fromEnvironment(env, clock: clock.clock, sts: { sts })
+        let p = try #require(made)
+        let c = try p.credentials()
+        #expect(c.accessKeyId == "ASIA1" && c.secretAccessKey == "sec-ASIA1" && c.sessionToken == "tok-ASIA1")
+        #expect(c.expiration == Timestamp.parseISO8601("2030-01-01T00:00:00Z"))
+        let req = t.requests[0]
+        #expect(req.method == "POST" && req.url.host == "sts.eu-west-1.amazonaws.com")
+        #expect(req.header("Authorization") == nil)   // the token is the proof
+        #expect(req.header("Content-Type")?.hasPrefix("application/x-www-form-urlencoded") == true)
+        let form = req.form
+        #expect(form["Action"] == "AssumeRoleWithWebIdentity" && form["Version"] == "2011-06-15")
+        #expect(form["RoleArn"] == "arn:aws:iam::123456789012:role/r" && form["RoleSessionName"] == "my-session")
+        #expect(form["WebIdentityToken"] == "jwt-one")
+        // The platform rotates the token: the next fetch reads the new one.
+        dir.write("token", "jwt-two")
+        _ = try p.credentials()
+        #expect(t.requests[1].form["WebIdentityToken"] == "jwt-two")
+    }
+
+    @Test func missingRoleIsAConfigurationFailure() throws {
+        let made = WebIdentityCredentialProvider.fromEnvironment(
+            Environment(["AWS_WEB_IDENTITY_TOKEN_FILE": "/x"]), sts: { () throws(CredentialError) -> STSClient in throw .failed("unused") })
+        let p = try #require(made)
+        let e = credentialError { try p.credentials() }
+        #expect(e.kind == .failed && e.message.contains("AWS_ROLE_ARN"))
+        let none = WebIdentityCredentialProvider.fromEnvironment(Environment([:]), sts: { () throws(CredentialError) -> STSClient in throw .failed("unused") })
+        #expect(none == nil)
+    }
+
+    @Test func invalidIdentityTokenIsRetriedAndAccessDeniedIsNot() throws {
+        let dir = TempDir()
+        let file = dir.write("token", "jwt")
+        let clock = ManualClock()
+        let flaky = ScriptedTransport { _, n in
+            n == 1 ? .init(status: 400, body: "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>not yet</Message></Error></ErrorResponse>")
+                   : .init(status: 200, body: stsAnswer("AssumeRoleWithWebIdentity", id: "ASIAOK"))
+        }
+        let sts1 = stsClient(flaky, clock.clock)
+        let p = WebIdentityCredentialProvider(tokenFile: file, roleArn: "arn:r", sessionName: "s", origin: "test", sts: { sts1 })
+        #expect(try p.credentials().accessKeyId == "ASIAOK")
+        #expect(flaky.count == 2)
+
+        let denied = ScriptedTransport { _, _ in
+            .init(status: 403, body: "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized</Message></Error></ErrorResponse>")
+        }
+        let sts2 = stsClient(denied, clock.clock)
+        let q = WebIdentityCredentialProvider(tokenFile: file, roleArn: "arn:r", sessionName: "s", origin: "test", sts: { sts2 })
+        let e = credentialError { try q.credentials() }
+        #expect(e.kind == .failed)
+        #expect(e.message.contains("AccessDenied") && e.message.contains("trust policy"))
+        #expect(denied.count == 1)
+    }
+}
+
+@Suite struct SharedConfigTests {
+    static let config = """
+    # comment
+    [default]
+    region = eu-west-1
+    aws_access_key_id = CONFIGKEY
+    aws_secret_access_key = configsecret
+
+    [profile dev]
+    Region=us-west-2
+    role_arn = arn:aws:iam::1:role/dev
+    source_profile = base
+    services = local
+    ; another comment
+    [profile  base ]
+    aws_access_key_id = BASEKEY
+    aws_secret_access_key = basesecret
+    [services local]
+    kms =
+      endpoint_url = http://127.0.0.1:4566
+    sts =
+      endpoint_url = http://127.0.0.1:4567
+    [sso-session corp]
+    sso_start_url = https://x
+    [preview]
+    cloudfront = true
+    """
+
+    static let credentials = """
+    [default]
+    aws_access_key_id = CREDKEY
+    aws_secret_access_key = credsecret
+    [only-creds]
+    aws_access_key_id = K2
+    aws_secret_access_key = S2
+    aws_session_token = T2
+    """
+
+    @Test func parsesProfilesWithCredentialsFileWinning() throws {
+        let f = try SharedConfigFiles.parse(config: Self.config, credentials: Self.credentials)
+        #expect(Set(f.profiles.keys) == ["default", "dev", "base", "only-creds"])
+        let d = try #require(f.profile("default"))
+        #expect(d["region"] == "eu-west-1" && d["aws_access_key_id"] == "CREDKEY" && d.keysInCredentialsFile)
+        #expect(f.profile("dev")?["region"] == "us-west-2")   // keys are case-insensitive
+        #expect(f.profile("base")?["aws_access_key_id"] == "BASEKEY")
+        #expect(f.profile("base")?.keysInCredentialsFile == false)
+        #expect(f.serviceValue(profile: "dev", service: "kms", key: "endpoint_url") == "http://127.0.0.1:4566")
+        #expect(f.serviceValue(profile: "dev", service: "sts", key: "endpoint_url") == "http://127.0.0.1:4567")
+        #expect(f.serviceValue(profile: "default", service: "kms", key: "endpoint_url") == nil)
+    }
+
+    @Test func malformedLinesAreReportedWithTheirNumber() {
+        do throws(SharedConfigError) {
+            _ = try SharedConfigFiles.parse(config: "[default]\nregion = x\nthis is not a setting\n", credentials: nil, configPath: "/c")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.message == "/c line 3: expected 'key = value'")
+        }
+        #expect(throws: SharedConfigError.self) { try SharedConfigFiles.parse(config: "region = x\n", credentials: nil) }
+    }
+
+    @Test func loadsTheFilesTheEnvironmentNames() throws {
+        let dir = TempDir()
+        let c = dir.write("config", "[profile p]\nregion = ap-south-1\n")
+        let e = Environment(["AWS_CONFIG_FILE": c, "AWS_SHARED_CREDENTIALS_FILE": dir.path + "/missing"])
+        let f = try SharedConfigFiles.load(environment: e)
+        #expect(f.profile("p")?["region"] == "ap-south-1")
+        #expect(SharedConfigFiles.profileName(explicit: nil, environment: Environment(["AWS_PROFILE": "p"])) == ("p", true))
+        #expect(SharedConfigFiles.profileName(explicit: "x", environment: Environment(["AWS_PROFILE": "p"])) == ("x", true))
+        #expect(SharedConfigFiles.profileName(explicit: nil, environment: Environment([:])) == ("default", false))
+    }
+}
+
+@Suite struct ProfileProviderTests {
+    func provider(_ config: String, credentials: String? = nil, profile: String = "default", env: [String: String] = [:],
+                  transport: HTTPTransport = ScriptedTransport { _, _ in .init(status: 500, body: "") },
+                  imds: IMDSClient? = nil, clock: Clock = .system) throws -> ProfileCredentialProvider {
+        let files = try SharedConfigFiles.parse(config: config, credentials: credentials)
+        return ProfileCredentialProvider(profileName: profile, config: files, environment: Environment(env), region: "eu-west-1",
+                                         transport: transport, clock: clock, imds: imds)
+    }
+
+    @Test func staticKeysAndMissingProfile() throws {
+        let c = try provider("[default]\naws_access_key_id = A\naws_secret_access_key = B\naws_session_token = C\n").credentials()
+        #expect(c.accessKeyId == "A" && c.secretAccessKey == "B" && c.sessionToken == "C" && c.source == "profile default")
+        let pp = try provider("[profile x]\nregion = y\n")
+        let e = credentialError { try pp.credentials() }
+        #expect(e.kind == .notConfigured)
+        let pp2 = try provider("[default]\naws_access_key_id = A\n")
+        let e2 = credentialError { try pp2.credentials() }
+        #expect(e2.kind == .failed && e2.message.contains("aws_secret_access_key"))
+    }
+
+    @Test func assumeRoleSignsWithTheSourceProfile() throws {
+        let clock = ManualClock()
+        let t = ScriptedTransport { _, _ in .init(status: 200, body: stsAnswer("AssumeRole", id: "ASIAROLE")) }
+        let p = try provider("""
+            [profile dev]
+            role_arn = arn:aws:iam::1:role/dev
+            source_profile = base
+            role_session_name = kmsfs-test
+            external_id = ext-1
+            duration_seconds = 900
+            [profile base]
+            aws_access_key_id = BASEKEY
+            aws_secret_access_key = basesecret
+            """, profile: "dev", transport: t, clock: clock.clock)
+        let c = try p.credentials()
+        #expect(c.accessKeyId == "ASIAROLE" && c.sessionToken == "tok-ASIAROLE" && c.expiration != nil)
+        let req = t.requests[0]
+        #expect(req.header("Authorization")?.contains("Credential=BASEKEY/") == true)
+        #expect(req.header("Authorization")?.contains("/eu-west-1/sts/aws4_request") == true)
+        let form = req.form
+        #expect(form["Action"] == "AssumeRole" && form["RoleArn"] == "arn:aws:iam::1:role/dev")
+        #expect(form["RoleSessionName"] == "kmsfs-test" && form["ExternalId"] == "ext-1" && form["DurationSeconds"] == "900")
+    }
+
+    @Test func roleChainsAndLoops() throws {
+        let t = ScriptedTransport { req, n in .init(status: 200, body: stsAnswer("AssumeRole", id: "ASIA\(n)")) }
+        let chain = try provider("""
+            [profile a]
+            role_arn = arn:a
+            source_profile = b
+            [profile b]
+            role_arn = arn:b
+            source_profile = c
+            [profile c]
+            aws_access_key_id = CKEY
+            aws_secret_access_key = csecret
+            """, profile: "a", transport: t)
+        #expect(try chain.credentials().accessKeyId == "ASIA2")
+        // b was assumed with c's keys, a with b's temporary credentials.
+        #expect(t.requests[0].header("Authorization")?.contains("Credential=CKEY/") == true)
+        #expect(t.requests[1].header("Authorization")?.contains("Credential=ASIA1/") == true)
+        #expect(t.requests[1].header("X-Amz-Security-Token") == "tok-ASIA1")
+
+        let loop = try provider("[profile a]\nrole_arn = arn:a\nsource_profile = b\n[profile b]\nrole_arn = arn:b\nsource_profile = a\n",
+                                profile: "a", transport: t)
+        let e = credentialError { try loop.credentials() }
+        #expect(e.kind == .failed && e.message.contains("loop"))
+    }
+
+    @Test func credentialSourceEnvironmentAndBadSettings() throws {
+        let t = ScriptedTransport { _, _ in .init(status: 200, body: stsAnswer("AssumeRole", id: "ASIAENV")) }
+        let p = try provider("[default]\nrole_arn = arn:r\ncredential_source = Environment\n",
+                             env: ["AWS_ACCESS_KEY_ID": "ENVKEY", "AWS_SECRET_ACCESS_KEY": "e"], transport: t)
+        #expect(try p.credentials().accessKeyId == "ASIAENV")
+        #expect(t.requests[0].header("Authorization")?.contains("Credential=ENVKEY/") == true)
+
+        for (text, needle) in [
+            ("[default]\nrole_arn = arn:r\n", "no source_profile"),
+            ("[default]\nrole_arn = arn:r\nsource_profile = x\ncredential_source = Environment\n", "both"),
+            ("[default]\nrole_arn = arn:r\ncredential_source = Ec2InstanceMetadata\n", "disabled"),
+            ("[default]\nrole_arn = arn:r\ncredential_source = Magic\n", "expected Environment"),
+            ("[default]\nrole_arn = arn:r\nsource_profile = nope\n", "not in"),
+            ("[default]\nrole_arn = arn:r\nsource_profile = default\naws_access_key_id = A\naws_secret_access_key = B\nmfa_serial = arn:mfa\n", "MFA"),
+            ("[default]\nsso_session = corp\nsso_account_id = 1\n", "SSO"),
+        ] {
+            let pp = try provider(text, transport: t)
+            let e = credentialError { try pp.credentials() }
+            #expect(e.kind == .failed, "\(text)")
+            #expect(e.message.contains(needle), "\(e.message)")
+        }
+    }
+
+    @Test func credentialProcessRunsWithoutAShellAndIsBounded() throws {
+        let dir = TempDir()
+        let script = dir.write("creds.sh", """
+            #!/bin/sh
+            printf '{"Version": 1, "AccessKeyId": "PROCKEY", "SecretAccessKey": "%s", "SessionToken": "pt", "Expiration": "2030-01-01T00:00:00Z"}' "$1"
+            """, mode: 0o700)
+        let p = try provider("[default]\ncredential_process = \(script) 'arg with spaces'\n")
+        let c = try p.credentials()
+        #expect(c.accessKeyId == "PROCKEY" && c.secretAccessKey == "arg with spaces" && c.sessionToken == "pt")
+        #expect(c.expiration == Timestamp.parseISO8601("2030-01-01T00:00:00Z"))
+
+        // Keys in the credentials file win over credential_process.
+        let q = try provider("[default]\ncredential_process = /bin/false\n",
+                             credentials: "[default]\naws_access_key_id = FILEKEY\naws_secret_access_key = s\n")
+        #expect(try q.credentials().accessKeyId == "FILEKEY")
+
+        let failing = try provider("[default]\ncredential_process = /bin/sh -c 'exit 3'\n")
+        let e = credentialError { try failing.credentials() }
+        #expect(e.kind == .failed && e.message.contains("status 3"))
+        let garbage = try provider("[default]\ncredential_process = /bin/echo hello\n")
+        let e2 = credentialError { try garbage.credentials() }
+        #expect(e2.message.contains("JSON"))
+
+        var slow = ProcessCredentialProvider(command: "/bin/sleep 5", profile: "p", environment: Environment([:]))
+        slow.timeout = 0.3
+        let t0 = monotonicSeconds()
+        let e3 = credentialError { try slow.credentials() }
+        #expect(e3.message.contains("killed"))
+        #expect(monotonicSeconds() - t0 < 2)
+    }
+
+    @Test func commandSplitting() {
+        #expect(ProcessCredentialProvider.split(#"/usr/bin/tool --x "a b" 'c d' e\ f"#) == ["/usr/bin/tool", "--x", "a b", "c d", "e f"])
+        #expect(ProcessCredentialProvider.split(#"a "b\"c""#) == ["a", "b\"c"])
+        #expect(ProcessCredentialProvider.split("a 'open") == nil)
+    }
+}
+
+@Suite struct ContainerProviderTests {
+    static let doc = #"{"AccessKeyId":"ASIACONT","SecretAccessKey":"s","Token":"t","Expiration":"2030-01-01T00:00:00Z","AccountId":"1"}"#
+
+    @Test func relativeURIGoesToTheECSAgent() throws {
+        let t = ScriptedTransport { _, _ in .init(status: 200, body: Self.doc) }
+        let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc"]), transport: t)
+        let c = try p.credentials()
+        #expect(c.accessKeyId == "ASIACONT" && c.sessionToken == "t" && c.expiration != nil)
+        #expect(t.requests[0].url.description == "http://169.254.170.2/v2/credentials/abc")
+        #expect(t.requests[0].method == "GET" && t.requests[0].header("Authorization") == nil)
+    }
+
+    @Test func fullURIHostsAreLimitedOverHTTP() throws {
+        func endpoint(_ uri: String) -> Result<URLParts, CredentialError> {
+            let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": uri]),
+                                                transport: ScriptedTransport { _, _ in .init(status: 500, body: "") })
+            do { return .success(try p.endpoint()) } catch { return .failure(error) }
+        }
+        for ok in ["http://127.0.0.1:8080/creds", "http://169.254.170.23/v1/credentials", "http://[fd00:ec2::23]/v1/credentials",
+                   "http://localhost/x", "http://[::1]:9/x", "https://creds.example.com/x"] {
+            #expect((try? endpoint(ok).get()) != nil, "\(ok)")
+        }
+        for bad in ["http://10.0.0.1/creds", "http://169.254.169.254/latest", "http://example.com/x", "ftp://127.0.0.1/x"] {
+            guard case .failure(let e) = endpoint(bad) else { Issue.record("\(bad) accepted"); continue }
+            #expect(e.kind == .failed)
+        }
+        let none = ContainerCredentialProvider(environment: Environment([:]), transport: ScriptedTransport { _, _ in .init(status: 500, body: "") })
+        let e = credentialError { try none.credentials() }
+        #expect(e.kind == .notConfigured)
+    }
+
+    @Test func tokenFileWinsAndIsRereadEachFetch() throws {
+        let dir = TempDir()
+        let file = dir.write("token", "file-token-1\n")
+        let t = ScriptedTransport { _, _ in .init(status: 200, body: Self.doc) }
+        let p = ContainerCredentialProvider(environment: Environment([
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": file, "AWS_CONTAINER_AUTHORIZATION_TOKEN": "env-token"]), transport: t)
+        _ = try p.credentials()
+        dir.write("token", "file-token-2")
+        _ = try p.credentials()
+        #expect(t.requests.map { $0.header("Authorization") } == ["file-token-1", "file-token-2"])
+
+        let q = ContainerCredentialProvider(environment: Environment([
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:1/x", "AWS_CONTAINER_AUTHORIZATION_TOKEN": "bad\r\nX: y"]), transport: t)
+        let e = credentialError { try q.credentials() }
+        #expect(e.message.contains("line break"))
+    }
+
+    @Test func retriesThreeTimesOneSecondApart() throws {
+        let clock = ManualClock()
+        let t = ScriptedTransport { (_, n) throws(TransportError) -> ScriptedTransport.Answer in
+            if n < 3 { throw TransportError(.connect, "refused") }
+            return .init(status: 200, body: Self.doc)
+        }
+        let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/c"]),
+                                            transport: t, clock: clock.clock)
+        #expect(try p.credentials().accessKeyId == "ASIACONT")
+        #expect(clock.sleeps == [1, 1])
+        #expect(t.requests.allSatisfy { $0.timeout == 2 })
+
+        let down = ScriptedTransport { (_, _) throws(TransportError) -> ScriptedTransport.Answer in throw TransportError(.connect, "refused") }
+        let q = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/c"]),
+                                            transport: down, clock: ManualClock().clock)
+        let e = credentialError { try q.credentials() }
+        #expect(e.kind == .failed)
+        #expect(down.count == 3)
+    }
+}
+
+@Suite struct IMDSProviderTests {
+    static let doc = #"{"Code":"Success","LastUpdated":"2024-01-01T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIAIMDS","SecretAccessKey":"s","Token":"t","Expiration":"2030-01-01T00:00:00Z"}"#
+
+    /// An IMDS that requires v2 tokens.
+    static func imds(putHangs: Bool = false, noRole: Bool = false, counter: Counter? = nil) -> ScriptedTransport {
+        ScriptedTransport { (req, _) throws(TransportError) -> ScriptedTransport.Answer in
+            if req.method == "PUT" {
+                if putHangs { throw TransportError(.timeout, "Operation timed out after 1000 milliseconds with 0 bytes received") }
+                guard req.url.path == "/latest/api/token", req.header("X-aws-ec2-metadata-token-ttl-seconds") == "21600" else {
+                    return .init(status: 400, body: "")
+                }
+                counter?.bump()
+                return .init(status: 200, body: "TOKEN")
+            }
+            if !putHangs && req.header("X-aws-ec2-metadata-token") != "TOKEN" { return .init(status: 401, body: "") }
+            switch req.url.path {
+            case "/latest/meta-data/iam/security-credentials/": return noRole ? .init(status: 404, body: "") : .init(status: 200, body: "my-role\n")
+            case "/latest/meta-data/iam/security-credentials/my-role": return .init(status: 200, body: doc)
+            case "/latest/meta-data/placement/region": return .init(status: 200, body: "eu-north-1")
+            default: return .init(status: 404, body: "")
+            }
+        }
+    }
+
+    @Test func usesAV2TokenForEveryRequestAndCachesIt() throws {
+        let puts = Counter()
+        let t = Self.imds(counter: puts)
+        let client = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: t)
+        let p = IMDSCredentialProvider(client: client)
+        let c = try p.credentials()
+        #expect(c.accessKeyId == "ASIAIMDS" && c.sessionToken == "t" && c.source == "instance role my-role")
+        #expect(client.region() == "eu-north-1")
+        _ = try p.credentials()
+        #expect(puts.value == 1)   // one token for all five GETs
+        #expect(t.requests.allSatisfy { $0.timeout == 1 && $0.connectTimeout == 1 })
+        #expect(t.requests.filter { $0.method == "GET" }.allSatisfy { $0.url.host == "169.254.169.254" })
+    }
+
+    @Test func hopLimitTimeoutFallsBackToV1UnlessDisabled() throws {
+        let t = Self.imds(putHangs: true)
+        let client = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: t)
+        #expect(try IMDSCredentialProvider(client: client).credentials().accessKeyId == "ASIAIMDS")
+        #expect(t.requests.filter { $0.method == "GET" }.allSatisfy { $0.header("X-aws-ec2-metadata-token") == nil })
+
+        let strict = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: Self.imds(putHangs: true), v1Disabled: true)
+        let e = credentialError { try IMDSCredentialProvider(client: strict).credentials() }
+        #expect(e.kind == .failed && e.message.contains("IMDSv1 is disabled"))
+    }
+
+    @Test func expiredTokenIsRenewedOnce() throws {
+        let tokens = Mutex(0)
+        let t = ScriptedTransport { req, _ in
+            if req.method == "PUT" { let n = tokens.withLock { $0 += 1; return $0 }; return .init(status: 200, body: "T\(n)") }
+            // Only the second token is accepted (IMDS restarted).
+            guard req.header("X-aws-ec2-metadata-token") == "T2" else { return .init(status: 401, body: "") }
+            return req.url.path.hasSuffix("/") ? .init(status: 200, body: "r") : .init(status: 200, body: Self.doc)
+        }
+        let client = IMDSClient(endpoint: URLParts("http://127.0.0.1:1")!, transport: t)
+        #expect(try IMDSCredentialProvider(client: client).credentials().accessKeyId == "ASIAIMDS")
+        #expect(tokens.withLock { $0 } == 2)
+    }
+
+    @Test func unreachableOrNoRoleIsNotConfigured() {
+        let down = ScriptedTransport { (_, _) throws(TransportError) -> ScriptedTransport.Answer in throw TransportError(.connect, "no route") }
+        let a = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: down)
+        let e = credentialError { try IMDSCredentialProvider(client: a).credentials() }
+        #expect(e.kind == .notConfigured)
+        #expect(a.region() == nil)
+        let b = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: Self.imds(noRole: true))
+        let e2 = credentialError { try IMDSCredentialProvider(client: b).credentials() }
+        #expect(e2.kind == .notConfigured && e2.message.contains("no IAM role"))
+    }
+
+    @Test func configurationFromEnvironment() throws {
+        let t = ScriptedTransport { _, _ in .init(status: 500, body: "") }
+        #expect(try IMDSClient.configured(environment: Environment(["AWS_EC2_METADATA_DISABLED": "true"]), profile: nil, transport: t) == nil)
+        let c = try #require(try IMDSClient.configured(environment: Environment([
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:8111/", "AWS_METADATA_SERVICE_TIMEOUT": "2",
+            "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"]), profile: nil, transport: t))
+        #expect(c.endpoint.hostHeader == "127.0.0.1:8111" && c.timeout == 2 && c.attempts == 3)
+        let v6 = try #require(try IMDSClient.configured(environment: Environment(["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6"]),
+                                                         profile: nil, transport: t))
+        #expect(v6.endpoint.host == "[fd00:ec2::254]")
+    }
+}
+
+@Suite struct ChainTests {
+    @Test func orderAndExplicitProfile() throws {
+        let dir = TempDir()
+        let cfg = dir.write("config", "[default]\naws_access_key_id = PROFILEKEY\naws_secret_access_key = p\n[profile other]\naws_access_key_id = OTHERKEY\naws_secret_access_key = o\n")
+        let files = try SharedConfigFiles.load(environment: Environment(["AWS_CONFIG_FILE": cfg, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"]))
+        let env = Environment(["AWS_ACCESS_KEY_ID": "ENVKEY", "AWS_SECRET_ACCESS_KEY": "e", "AWS_EC2_METADATA_DISABLED": "true"])
+        let t = ScriptedTransport { _, _ in .init(status: 500, body: "") }
+        func first(_ profile: String, explicit: Bool, _ env: Environment) throws -> AWSCredentials {
+            try CredentialProviderChain(DefaultCredentialChain.providers(.init(
+                environment: env, config: files, profile: profile, explicitProfile: explicit, region: "eu-west-1",
+                transport: t, imds: nil))).credentials()
+        }
+        #expect(try first("default", explicit: false, env).accessKeyId == "ENVKEY")
+        // AWS_PROFILE keeps the environment keys first; -o profile= skips them.
+        #expect(try first("other", explicit: false, env).accessKeyId == "ENVKEY")
+        #expect(try first("other", explicit: true, env).accessKeyId == "OTHERKEY")
+        #expect(try first("default", explicit: false, Environment([:])).accessKeyId == "PROFILEKEY")
+
+        let names = DefaultCredentialChain.providers(.init(
+            environment: Environment(["AWS_WEB_IDENTITY_TOKEN_FILE": "/t", "AWS_ROLE_ARN": "arn:r"]), config: files, profile: "default",
+            explicitProfile: false, region: "eu-west-1", transport: t,
+            imds: IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: t))).map(\.name)
+        #expect(names == ["environment", "web identity (environment)", "profile default", "container credentials", "instance metadata (IMDS)"])
+        // Container credentials configured: IMDS is not consulted.
+        let ecs = DefaultCredentialChain.providers(.init(
+            environment: Environment(["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/x"]), config: files, profile: "default",
+            explicitProfile: true, region: nil, transport: t,
+            imds: IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: t))).map(\.name)
+        #expect(ecs == ["profile default", "container credentials"])
+    }
+
+    @Test func notConfiguredPassesFailedStopsAndTheWinnerSticks() throws {
+        let a = CountingProvider("a") { _ throws(CredentialError) in throw .notConfigured("nothing here") }
+        let b = CountingProvider("b") { n in creds("B\(n)") }
+        let c = CountingProvider("c") { n in creds("C\(n)") }
+        let chain = CredentialProviderChain([a, b, c])
+        #expect(try chain.credentials().accessKeyId == "B1")
+        #expect(try chain.credentials().accessKeyId == "B2")
+        #expect(a.count == 1 && c.count == 0)
+        #expect(chain.chosenProvider?.name == "b")
+
+        let broken = CountingProvider("broken") { _ throws(CredentialError) in throw .failed("bad config") }
+        let stop = CredentialProviderChain([a, broken, c])
+        let e = credentialError { try stop.credentials() }
+        #expect(e.kind == .failed && e.message == "broken: bad config")
+        #expect(c.count == 0)
+
+        let none = CredentialProviderChain([a, a])
+        let e2 = credentialError { try none.credentials() }
+        #expect(e2.kind == .notConfigured && e2.message == "a: nothing here; a: nothing here")
+    }
+}

@@ -1,0 +1,154 @@
+import Testing
+import AWS
+import SecureMemory
+import Synchronization
+
+@Suite struct RetryTests {
+    func strategy(attempts: Int = 3, random: Double = 1) -> RetryStrategy {
+        var c = RetryStrategy.Configuration()
+        c.maxAttempts = attempts
+        return RetryStrategy(c, random: { random })
+    }
+
+    @Test func fullJitterExponentialBackoffCappedAtTwentySeconds() {
+        let s = strategy(attempts: 10)
+        var delays: [Double] = []
+        for attempt in 1..<10 {
+            if case .retry(let d, _) = s.decide(after: .transient, attempt: attempt) { delays.append(d) }
+        }
+        #expect(delays == [1, 2, 4, 8, 16, 20, 20, 20, 20])
+        let half = strategy(attempts: 10, random: 0.5)
+        if case .retry(let d, _) = half.decide(after: .throttling, attempt: 3) { #expect(d == 2) } else { Issue.record("expected retry") }
+        let zero = strategy(attempts: 10, random: 0)
+        if case .retry(let d, _) = zero.decide(after: .throttling, attempt: 9) { #expect(d == 0) } else { Issue.record("expected retry") }
+    }
+
+    @Test func maxAttemptsAndNonRetryableErrors() {
+        let s = strategy(attempts: 3)
+        #expect(s.decide(after: .notRetryable, attempt: 1) == .giveUp(reason: "not retryable"))
+        guard case .retry = s.decide(after: .transient, attempt: 2) else { Issue.record("expected retry"); return }
+        #expect(s.decide(after: .transient, attempt: 3) == .giveUp(reason: "gave up after 3 attempts"))
+    }
+
+    @Test func retryQuotaDrainsAndRefills() {
+        let s = strategy(attempts: 1000)
+        var retries = 0
+        while case .retry = s.decide(after: .transient, attempt: 1) { retries += 1 }
+        #expect(retries == 100)                       // 500 tokens / 5 each
+        #expect(s.decide(after: .transient, attempt: 1) == .giveUp(reason: "retry quota exhausted"))
+        s.recordSuccess(retryCost: 5)                  // a retried call that succeeded refunds its cost
+        #expect(s.availableTokens == 5)
+        s.recordSuccess(retryCost: 0)                  // a first-try success adds one
+        #expect(s.availableTokens == 6)
+        let t = strategy(attempts: 10)
+        _ = t.decide(after: .timeout, attempt: 1)
+        #expect(t.availableTokens == 490)             // timeouts cost 10
+    }
+
+    @Test func errorClassification() {
+        func svc(_ code: String, _ status: Int) -> AWSError { .service(code: code, message: "", status: status, requestId: nil) }
+        #expect(svc("ThrottlingException", 400).retryClass == .throttling)
+        #expect(svc("Whatever", 429).retryClass == .throttling)
+        #expect(svc("KMSInternalException", 500).retryClass == .transient)
+        #expect(svc("ServiceUnavailableException", 503).retryClass == .transient)
+        #expect(svc("AccessDeniedException", 400).retryClass == .notRetryable)
+        #expect(svc("InvalidCiphertextException", 400).retryClass == .notRetryable)
+        #expect(AWSError.transport(TransportError(.io, "reset")).retryClass == .transient)
+        #expect(AWSError.transport(TransportError(.connect, "refused")).retryClass == .transient)
+        #expect(AWSError.transport(TransportError(.timeout, "slow")).retryClass == .timeout)
+        #expect(AWSError.transport(TransportError(.tls, "bad cert")).retryClass == .notRetryable)
+    }
+
+    @Test func aCallNeverOutlivesItsDeadline() {
+        // Every attempt hangs until its timeout: the caller must stop within
+        // the deadline, each attempt clamped to the time left.
+        let clock = ManualClock()
+        let caller = RetryingCaller(label: "test", retry: strategy(attempts: 10), clock: clock.clock,
+                                    deadline: 30, attemptTimeout: 10)
+        let t0 = clock.clock.monotonic()
+        let timeouts = Mutex<[Double]>([])
+        do {
+            _ = try caller.call { timeout in
+                timeouts.withLock { $0.append(timeout) }
+                clock.advance(timeout)
+                return .failure(.transport(TransportError(.timeout, "timed out")))
+            }
+            Issue.record("expected a timeout")
+        } catch {
+            #expect(error.retryClass == .timeout)
+        }
+        let elapsed = clock.clock.monotonic() - t0
+        #expect(elapsed <= 30)
+        let ts = timeouts.withLock { $0 }
+        #expect(ts.allSatisfy { $0 <= 10 })
+        #expect(ts.count >= 2)
+    }
+
+    @Test func jsonClientRetriesThrottlingAndClampsAttemptTimeouts() throws {
+        let clock = ManualClock()
+        let t = ScriptedTransport { _, n in
+            n < 3 ? .init(status: 400, body: #"{"__type":"ThrottlingException","message":"Rate exceeded"}"#)
+                  : .init(status: 200, body: #"{"ok":true}"#)
+        }
+        let client = AWSJSONClient(signingName: "kms", targetPrefix: "TrentService", region: "us-east-1",
+                                   endpoint: URLParts("https://kms.us-east-1.amazonaws.com")!,
+                                   credentials: StaticCredentialProvider(creds("AKID")), transport: t, clock: clock.clock,
+                                   retry: strategy(attempts: 3, random: 0.5), callDeadline: 8, attemptTimeout: 10, connectTimeout: 3)
+        let r = try client.call("Decrypt", body: .bytes(Array("{}".utf8)))
+        #expect(r.status == 200)
+        #expect(t.count == 3)
+        #expect(clock.sleeps == [0.5, 1.0])
+        let reqs = t.requests
+        #expect(reqs[0].timeout == 8 && reqs[0].connectTimeout == 3)     // clamped to the deadline
+        #expect(reqs[2].timeout! <= 8 - 1.5)
+        #expect(client.metrics.snapshot.retries == 2 && client.metrics.snapshot.throttled == 2)
+    }
+
+    @Test func jsonClientSurfacesNonRetryableErrorsAtOnce() {
+        let t = ScriptedTransport { _, _ in .init(status: 400, body: #"{"__type":"AccessDeniedException","message":"no"}"#) }
+        let client = AWSJSONClient(signingName: "kms", targetPrefix: "TrentService", region: "us-east-1",
+                                   endpoint: URLParts("https://kms.us-east-1.amazonaws.com")!,
+                                   credentials: StaticCredentialProvider(creds("AKID")), transport: t, clock: ManualClock().clock)
+        do { _ = try client.call("Decrypt", body: .bytes([])); Issue.record("expected") } catch {
+            #expect(error.code == "AccessDeniedException")
+        }
+        #expect(t.count == 1)
+    }
+}
+
+@Suite struct EndpointTests {
+    @Test func regionalFipsAndDualStackNames() {
+        #expect(AWSEndpoints.regional(service: "kms", region: "eu-west-1") == "https://kms.eu-west-1.amazonaws.com")
+        #expect(AWSEndpoints.regional(service: "kms", region: "us-east-1", fips: true) == "https://kms-fips.us-east-1.amazonaws.com")
+        #expect(AWSEndpoints.regional(service: "kms", region: "eu-west-1", dualStack: true) == "https://kms.eu-west-1.api.aws")
+        #expect(AWSEndpoints.regional(service: "kms", region: "us-east-2", fips: true, dualStack: true) == "https://kms-fips.us-east-2.api.aws")
+        #expect(AWSEndpoints.regional(service: "kms", region: "cn-north-1") == "https://kms.cn-north-1.amazonaws.com.cn")
+        #expect(AWSEndpoints.regional(service: "sts", region: "us-gov-west-1", fips: true) == "https://sts-fips.us-gov-west-1.amazonaws.com")
+        #expect(AWSEndpoints.isValidRegion("eu-west-1") && !AWSEndpoints.isValidRegion("EU_WEST") && !AWSEndpoints.isValidRegion(""))
+    }
+
+    @Test func configuredEndpointPrecedence() throws {
+        let files = try SharedConfigFiles.parse(config: """
+            [default]
+            endpoint_url = http://profile-global:1
+            services = s
+            [profile plain]
+            endpoint_url = http://profile-global:2
+            use_fips_endpoint = true
+            [services s]
+            kms =
+              endpoint_url = http://profile-kms:3
+            """, credentials: nil)
+        func ep(_ env: [String: String], _ profile: String = "default") -> String? {
+            AWSEndpoints.configured(envName: "KMS", key: "kms", environment: Environment(env), config: files, profile: profile)?.url
+        }
+        #expect(ep(["AWS_ENDPOINT_URL_KMS": "http://env-kms:4", "AWS_ENDPOINT_URL": "http://env:5"]) == "http://env-kms:4")
+        #expect(ep(["AWS_ENDPOINT_URL": "http://env:5"]) == "http://env:5")
+        #expect(ep([:]) == "http://profile-kms:3")
+        #expect(ep([:], "plain") == "http://profile-global:2")
+        #expect(ep(["AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true", "AWS_ENDPOINT_URL": "http://env:5"]) == nil)
+        #expect(AWSEndpoints.variants(environment: Environment([:]), profile: files.profile("plain")) == (true, false))
+        #expect(AWSEndpoints.variants(environment: Environment(["AWS_USE_FIPS_ENDPOINT": "false", "AWS_USE_DUALSTACK_ENDPOINT": "true"]),
+                                      profile: files.profile("plain")) == (false, true))
+    }
+}
