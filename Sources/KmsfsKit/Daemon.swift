@@ -138,6 +138,7 @@ public enum Daemon {
             let w = try SourceWatcher(fs: fs)
             w.start()
             liveWatcher = w
+            fs.sourceIsWatched = true
             fs.reconfigure(try Configuration.filesystem(options, watched: true))
         } catch {
             Log.warning("cannot watch \(request.source) (\(error)); changes show within the entry timeout only")
@@ -184,6 +185,7 @@ public enum Daemon {
             }
         }, onStop: {
             SystemdNotify.send("STOPPING=1")
+            fs.sourceIsWatched = false
             watcher?.stop()
             control?.stop()
             fs.notifier = nil

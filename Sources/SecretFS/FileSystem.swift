@@ -70,6 +70,9 @@ public final class OpenDirectory: @unchecked Sendable {
     public struct Item: Sendable {
         public var name: String
         public var kind: NodeKind
+        /// The entry as SOURCE showed it at opendir (for readdirplus).
+        var entry: SourceEntry
+        var stat: SourceStat?
     }
     public let ino: UInt64
     public let items: [Item]
@@ -133,6 +136,15 @@ public final class SecretFileSystem: @unchecked Sendable {
     private let table = Mutex(Table())
     private let counters = Mutex(FSCounters())
     private let notifierBox = Mutex<KernelNotifier?>(nil)
+    private let watchedFlag = Atomic<Bool>(false)
+
+    /// True while a `SourceWatcher` follows SOURCE: a cached plaintext is
+    /// then served without re-checking its ciphertext on every open (the
+    /// watcher marks changed files).
+    public var sourceIsWatched: Bool {
+        get { watchedFlag.load(ordering: .acquiring) }
+        set { watchedFlag.store(newValue, ordering: .releasing) }
+    }
 
     /// Where kernel cache invalidations go (the FUSE session), once mounted.
     public var notifier: KernelNotifier? {
@@ -258,16 +270,23 @@ public final class SecretFileSystem: @unchecked Sendable {
         guard let n = node(ino) else { return .failure(.notFound) }
         guard n.kind == .directory else { return .failure(.notDirectory) }
         do {
-            let items = try tree.list(n.sourcePath).map { OpenDirectory.Item(name: $0.name, kind: $0.kind) }
+            let items = try tree.listWithStats(n.sourcePath).map {
+                OpenDirectory.Item(name: $0.0.name, kind: $0.0.kind, entry: $0.0, stat: $0.1)
+            }
             return .success(OpenDirectory(ino: ino, items: items))
         } catch {
             return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno))
         }
     }
 
-    /// For readdirplus: looks up a listed name (counting a kernel lookup).
-    public func lookupForListing(_ dir: OpenDirectory, name: String) -> EntryReply? {
-        try? lookup(parent: dir.ino, name: name).get()
+    /// For readdirplus: the entry of a listed item (counting a kernel
+    /// lookup), from the stat taken when the directory was listed.
+    public func lookupForListing(_ dir: OpenDirectory, item: OpenDirectory.Item) -> EntryReply? {
+        guard let st = item.stat, let parent = node(dir.ino) else {
+            return try? lookup(parent: dir.ino, name: item.name).get()
+        }
+        let n = remember(item.entry, in: parent)
+        return reply(for: n, stat: st)
     }
 
     // MARK: Files
@@ -284,6 +303,11 @@ public final class SecretFileSystem: @unchecked Sendable {
             counters.withLock { $0.denials += 1 }
             record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
             return .failure(.accessDenied)
+        }
+        if sourceIsWatched, let secret = cache.hit(n.sourcePath) {
+            counters.withLock { $0.cacheHits += 1 }
+            record(caller, n.mountPath, .cache)
+            return .success(OpenSecret(secret: secret))
         }
         let current = try? tree.stat(n.sourcePath)
         if let current, !current.isRegular { return .failure(.notFound) }

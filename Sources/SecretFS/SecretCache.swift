@@ -236,6 +236,19 @@ public final class SecretCache: @unchecked Sendable {
         lock.withLock { remove(path) }
     }
 
+    /// The cached plaintext of `path` when it is fresh and its ciphertext is
+    /// not known to have changed, counted as a use; nil otherwise. The hot
+    /// path when SOURCE is watched (no stat of the ciphertext needed).
+    public func hit(_ path: String) -> CachedSecret? {
+        lock.withLock {
+            let t = now()
+            guard let e = entries[path], !e.changed, isFresh(e, at: t) else { return nil }
+            e.lastUsed = t
+            e.hits += 1
+            return e
+        }
+    }
+
     /// The ciphertext of `path` changed: its next open checks and decrypts
     /// anew, keeping the old plaintext only as the stale fallback.
     public func markChanged(_ path: String) {

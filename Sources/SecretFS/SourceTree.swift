@@ -156,6 +156,22 @@ public final class SourceTree: Sendable {
         case notRegular
     }
 
+    /// `list`, with each entry's stat taken through the same directory
+    /// descriptor (fstatat of one name, never following a symlink): what
+    /// readdirplus answers with, one system call per entry.
+    public func listWithStats(_ dir: String) throws(SystemError) -> [(SourceEntry, SourceStat?)] {
+        let entries = try list(dir)
+        let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        return entries.map { e in
+            var st = Glibc.stat()
+            guard fstatat(fd, e.sourceName, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return (e, nil) }
+            let s = SourceStat(st)
+            let ok = e.kind == .directory ? s.isDirectory : s.isRegular
+            return (e, ok ? s : nil)
+        }
+    }
+
     /// Reads a whole ciphertext, refusing before reading when it is larger
     /// than `limit`. Returns its bytes and the fingerprint of exactly the
     /// version read.
