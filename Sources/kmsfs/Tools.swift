@@ -269,19 +269,6 @@ struct EncryptCommand: ParsableCommand {
     }
 }
 
-struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "status",
-        abstract: "Show the cache and counters of a live mount (no plaintext).")
-
-    @Argument(help: "The mountpoint.")
-    var mountpoint: String
-
-    func run() throws {
-        fail("status is not implemented yet")
-    }
-}
-
 func parseContext(_ pairs: [String]) -> [(key: String, value: String)] {
     pairs.map { p in
         guard let eq = p.firstIndex(of: "="), eq != p.startIndex else { fail("--context \(p): expected KEY=VALUE", code: 2) }

@@ -297,7 +297,7 @@ func failure(_ body: () throws(DecodeError) -> DecodedSecret) -> DecodeError? {
     func writerRoundTrips(_ size: Int) throws {
         let kms = FakeKMS()
         let plain = try SecureBuffer(capacity: max(size, 1))
-        try plain.withUnsafeMutableCapacity { p in for i in 0..<size { p[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) } }
+        plain.withUnsafeMutableCapacity { p in for i in 0..<size { p[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) } }
         plain.setCount(size)
         let kmsClient = client(kms.transport, attempts: 1)
         let m = try EncryptionSDKWriter.encrypt(plain, kms: kmsClient, keyId: "alias/test",
