@@ -103,8 +103,9 @@ public struct EncryptionSDKHeader: Sendable {
     }
 }
 
-/// A message's layout: where each frame's pieces are. Offsets into the
-/// message bytes; nothing is decrypted.
+/// A message's layout. Frames are not kept (a 64 MiB message of 1-byte
+/// frames has two million): `layout(_:visit:)` hands each one to a visitor
+/// as it is parsed. Offsets into the message bytes; nothing is decrypted.
 struct EncryptionSDKLayout {
     struct Frame {
         let sequence: UInt32
@@ -114,7 +115,7 @@ struct EncryptionSDKLayout {
         let tag: Range<Int>
     }
     let header: EncryptionSDKHeader
-    let frames: [Frame]
+    let frameCount: Int
     /// `bytes[0..<signedLength]` is what the footer signs (header and body).
     let signedLength: Int
     let signature: Range<Int>?
@@ -238,13 +239,20 @@ public enum EncryptionSDKMessage {
         return out
     }
 
-    /// Parses the whole message: header, every frame, footer. Checks the
-    /// structure only (lengths, order, nothing left over).
-    static func layout(_ bytes: [UInt8]) throws(DecodeError) -> EncryptionSDKLayout {
+    /// Parses the whole message: header, every frame, footer, checking the
+    /// structure (lengths, order, nothing left over). `visit` sees each frame
+    /// in order; an error it returns ends the parse.
+    static func layout(_ bytes: [UInt8], visit: ((EncryptionSDKLayout.Frame) -> DecodeError?)? = nil)
+        throws(DecodeError) -> EncryptionSDKLayout {
         var r = ByteReader(bytes)
         let header = try parseHeader(&r)
-        var frames: [EncryptionSDKLayout.Frame] = []
+        var count = 0
         var plaintext = 0
+        func add(_ frame: EncryptionSDKLayout.Frame) throws(DecodeError) {
+            count += 1
+            plaintext += frame.content.count
+            if let visit, let e = visit(frame) { throw e }
+        }
         if header.framed {
             var expected: UInt32 = 1
             while true {
@@ -267,8 +275,7 @@ public enum EncryptionSDKMessage {
                 }
                 let content = try r.skip(length, what)
                 let tag = try r.skip(16, what)
-                frames.append(.init(sequence: seq, final: final, iv: iv, content: content, tag: tag))
-                plaintext += length
+                try add(.init(sequence: seq, final: final, iv: iv, content: content, tag: tag))
                 if final { break }
                 guard expected < 0xFFFF_FFFE else { throw .malformed("bad frame \(expected): too many frames") }
                 expected += 1
@@ -281,8 +288,7 @@ public enum EncryptionSDKMessage {
             }
             let content = try r.skip(Int(length), "the unframed body")
             let tag = try r.skip(16, "the unframed body")
-            frames.append(.init(sequence: 1, final: true, iv: iv, content: content, tag: tag))
-            plaintext = Int(length)
+            try add(.init(sequence: 1, final: true, iv: iv, content: content, tag: tag))
         }
         let signedLength = r.position
         var signature: Range<Int>? = nil
@@ -293,7 +299,7 @@ public enum EncryptionSDKMessage {
         guard r.atEnd else {
             throw .malformed("\(r.remaining) unexpected bytes after the end of the message")
         }
-        return EncryptionSDKLayout(header: header, frames: frames, signedLength: signedLength,
+        return EncryptionSDKLayout(header: header, frameCount: count, signedLength: signedLength,
                                    signature: signature, plaintextLength: plaintext)
     }
 
@@ -403,8 +409,8 @@ struct EncryptionSDKDecryptor {
         do { plaintext = try SecureBuffer(capacity: max(layout.plaintextLength, 1)) } catch {
             throw .resources("cannot allocate \(layout.plaintextLength) bytes of secure memory: \(error)")
         }
-        let total = layout.frames.count
-        for frame in layout.frames {
+        let total = layout.frameCount
+        _ = try EncryptionSDKMessage.layout(bytes) { frame -> DecodeError? in
             let aad = EncryptionSDKMessage.bodyAAD(messageID: header.messageID, framed: header.framed, final: frame.final,
                                                    sequence: frame.sequence, length: frame.content.count)
             let ok = key.withUnsafeBytes { k in
@@ -421,10 +427,12 @@ struct EncryptionSDKDecryptor {
             }
             guard ok else {
                 plaintext.withUnsafeMutableCapacity { secureWipe($0.baseAddress, $0.count) }
-                throw .integrity(header.framed ? "bad frame \(frame.sequence) of \(total): authentication failed (the frame was changed, moved or cut)"
-                                               : "bad body: authentication of the unframed body failed (the body was changed)")
+                plaintext.setCount(0)
+                return .integrity(header.framed ? "bad frame \(frame.sequence) of \(total): authentication failed (the frame was changed, moved or cut)"
+                                                : "bad body: authentication of the unframed body failed (the body was changed)")
             }
             plaintext.setCount(plaintext.count + frame.content.count)
+            return nil
         }
         let detail = "aws-encryption-sdk-v\(header.version)/\(suite.hexID)/" + (header.framed ? "frame-\(header.frameLength)" : "unframed")
         return DecodedSecret(plaintext: plaintext, format: .encryptionSDK, formatDetail: detail, keyId: keyID,
