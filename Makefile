@@ -35,3 +35,43 @@ demo: build
 
 clean:
 	rm -rf .build
+
+# ---- install -------------------------------------------------------------
+# `make && make install` (as root). PREFIX and DESTDIR as usual; the mount
+# helper goes to $(DESTDIR)$(SBINDIR) (default /sbin, where mount(8) looks
+# for mount.TYPE helpers), not under PREFIX. Installing does not build:
+# give BIN=path/to/kmsfs to install another build.
+INSTALL ?= install
+BINDIR  ?= $(PREFIX)/bin
+SBINDIR ?= /sbin
+MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/kmsfs
+DOCS    := README.md $(wildcard docs/*.md)
+UNITS   := $(wildcard docs/systemd/*)
+
+install:
+	@test -x $(BIN) || { echo "make install: $(BIN) is missing; run make first (or give BIN=path/to/kmsfs)" >&2; exit 1; }
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/systemd
+	$(INSTALL) -m 755 $(BIN) $(DESTDIR)$(BINDIR)/kmsfs
+	sed 's|@KMSFS_BIN@|$(BINDIR)/kmsfs|' mount-helper/mount.kmsfs > $(DESTDIR)$(SBINDIR)/.mount.kmsfs.tmp
+	chmod 755 $(DESTDIR)$(SBINDIR)/.mount.kmsfs.tmp
+	mv -f $(DESTDIR)$(SBINDIR)/.mount.kmsfs.tmp $(DESTDIR)$(SBINDIR)/mount.kmsfs
+	ln -sfn mount.kmsfs $(DESTDIR)$(SBINDIR)/mount.fuse.kmsfs
+	sed 's|/usr/local/share/doc/kmsfs|$(DOCDIR)|g' docs/kmsfs.8 > $(DESTDIR)$(MANDIR)/man8/kmsfs.8
+	chmod 644 $(DESTDIR)$(MANDIR)/man8/kmsfs.8
+	$(INSTALL) -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	for f in $(UNITS); do \
+		sed 's|/usr/local/bin/kmsfs|$(BINDIR)/kmsfs|g' $$f > $(DESTDIR)$(DOCDIR)/systemd/$${f##*/} && \
+		chmod 644 $(DESTDIR)$(DOCDIR)/systemd/$${f##*/} || exit 1; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/kmsfs $(DESTDIR)$(SBINDIR)/mount.kmsfs $(DESTDIR)$(SBINDIR)/mount.fuse.kmsfs \
+		$(DESTDIR)$(MANDIR)/man8/kmsfs.8
+	@case '$(DOCDIR)' in */kmsfs) ;; *) echo "make uninstall: DOCDIR=$(DOCDIR) does not end in /kmsfs; remove it by hand" >&2; exit 1 ;; esac
+	rm -rf '$(DESTDIR)$(DOCDIR)'
+
+# Shows the man page from the tree (no install needed).
+.PHONY: man
+man:
+	man -l docs/kmsfs.8
