@@ -34,10 +34,14 @@ public enum DecodeError: Error, CustomStringConvertible, Sendable {
         }
     }
 
-    /// True when KMS or the network was at fault rather than the file.
+    /// True when KMS, the network or this machine (secure memory ran out)
+    /// was at fault rather than the file: worth trying again.
     public var isUnavailable: Bool {
-        if case .kms(let e) = self { return e.isUnavailable }
-        return false
+        switch self {
+        case .kms(let e): return e.isUnavailable
+        case .resources: return true
+        default: return false
+        }
     }
 
     /// True when KMS refused on policy grounds (may change without the file changing).
