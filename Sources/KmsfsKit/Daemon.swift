@@ -220,7 +220,7 @@ public enum Daemon {
             ("ttl_s", fs.configuration.cache.ttl.map { .number($0) } ?? .null),
             ("cache", .object([("entries", .array(cache)), ("bytes", n(bytes))])),
             ("counters", .object([("opens", n(c.opens)), ("cache_hits", n(c.cacheHits)), ("decrypts", n(c.decrypts)),
-                                  ("shared", n(c.shared)), ("stale", n(c.stale)), ("denials", n(c.denials)),
+                                  ("shared", n(c.shared)), ("refreshes", n(c.refreshes)), ("denials", n(c.denials)),
                                   ("failures", n(c.failures))])),
             ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
                              ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99))])),

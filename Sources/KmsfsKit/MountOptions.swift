@@ -45,7 +45,9 @@ public struct MountOptions: Sendable {
     public var cacheMaxBytes = 256 << 20
     public var threads = 64
     public var prefetch = false
-    /// Seconds the last good plaintext may be served after a failed refresh.
+    /// The refresh-ahead window before `ttl` (at most half of it): opens in
+    /// it also re-decrypt in the background, and while KMS is unavailable
+    /// the last good plaintext is served (logged) until the ttl.
     public var staleWindow: Double = 300
     public var insecureAllowUnlocked = false
     /// Keep plaintext in mlock'ed anonymous memory even where the kernel

@@ -8,7 +8,6 @@ public struct AuditRecord: Sendable {
         case cache      // allowed, served from the cache
         case kms        // allowed, decrypted through KMS now
         case shared     // allowed, waited for another open's KMS call
-        case stale      // allowed, KMS failed, served the last good plaintext
         case denied     // not allowed (EACCES)
         case failed     // allowed, but decryption failed (EIO)
     }

@@ -108,7 +108,7 @@ public struct FSCounters: Sendable {
     public var cacheHits = 0
     public var decrypts = 0
     public var shared = 0
-    public var stale = 0
+    public var refreshes = 0
     public var denials = 0
     public var failures = 0
 }
@@ -304,17 +304,21 @@ public final class SecretFileSystem: @unchecked Sendable {
             record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
             return .failure(.accessDenied)
         }
-        if sourceIsWatched, let secret = cache.hit(n.sourcePath) {
+        let maxBytes = configuration.maxCiphertextBytes
+        if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
-            return .success(OpenSecret(secret: secret))
+            if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
+            return .success(OpenSecret(secret: hit.secret))
         }
-        let current = try? tree.stat(n.sourcePath)
-        if let current, !current.isRegular { return .failure(.notFound) }
-        if current == nil { cache.invalidate(n.sourcePath); return .failure(.notFound) }
+        let current: SourceStat
+        do { current = try tree.stat(n.sourcePath) } catch {
+            cache.invalidate(n.sourcePath)
+            return .failure(.notFound)
+        }
+        guard current.isRegular else { return .failure(.notFound) }
 
-        let maxBytes = configuration.maxCiphertextBytes
-        let (result, source) = cache.acquire(path: n.sourcePath, current: current?.fingerprint) {
+        let (result, source, refreshDue) = cache.acquire(path: n.sourcePath, current: current.fingerprint) {
             self.load(n, maxBytes: maxBytes)
         }
         switch result {
@@ -323,21 +327,28 @@ public final class SecretFileSystem: @unchecked Sendable {
             case .cache:
                 counters.withLock { $0.cacheHits += 1 }
                 record(caller, n.mountPath, .cache)
+                if refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
             case .loaded(let latency):
                 counters.withLock { $0.decrypts += 1 }
                 record(caller, n.mountPath, .kms, latency: latency)
             case .shared:
                 counters.withLock { $0.shared += 1 }
                 record(caller, n.mountPath, .shared)
-            case .stale:
-                counters.withLock { $0.stale += 1 }
-                record(caller, n.mountPath, .stale, detail: "KMS unavailable; serving the last good plaintext")
             }
             return .success(OpenSecret(secret: secret))
         case .failure(let failure):
             counters.withLock { $0.failures += 1 }
             record(caller, n.mountPath, .failed, detail: failure.message)
             return .failure(.io)
+        }
+    }
+
+    /// Re-decrypts a secret in its refresh-ahead window without making the
+    /// opener wait (see `SecretCache`).
+    private func refreshInBackground(_ secret: CachedSecret, _ n: Node, maxBytes: Int) {
+        counters.withLock { $0.refreshes += 1 }
+        startThread(name: "kmsfs-refresh") { [self] in
+            cache.refresh(secret) { self.load(n, maxBytes: maxBytes) }
         }
     }
 
@@ -378,10 +389,9 @@ public final class SecretFileSystem: @unchecked Sendable {
     // MARK: The live mirror
 
     /// A name in a SOURCE directory changed (from the watcher). Tells the
-    /// kernel to forget what it cached, and drops the plaintext of a file
-    /// that is gone. A replaced file keeps its plaintext until the next open
-    /// decrypts the new version (or, with KMS down, serves the old one for
-    /// the stale window).
+    /// kernel to forget what it cached, and wipes the plaintext of a file
+    /// that changed or is gone (open handles keep the bytes they opened);
+    /// the next open decrypts the new version.
     public func sourceChanged(directory: String, name: String, isDirectory: Bool, removed: Bool) {
         let shown: String
         if isDirectory {
@@ -395,7 +405,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         if removed {
             if isDirectory { cache.invalidateAll(prefix: sourcePath + "/") } else { cache.invalidate(sourcePath) }
         } else if !isDirectory {
-            cache.markChanged(sourcePath)
+            cache.invalidate(sourcePath)   // a rotated secret: wipe now, decrypt the new one on open
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
             (t.byPath[directory], t.byPath[sourcePath])
@@ -408,7 +418,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// SOURCE may have changed anywhere (inotify overflowed).
     public func sourceChangedEverywhere() {
-        cache.markAllChanged()
+        cache.invalidateAll()
         let known = table.withLock { t in t.byIno.values.map { ($0.ino, $0.sourcePath, $0.kind) } }
         guard let notifier else { return }
         for (ino, _, _) in known { notifier.invalidateInode(ino) }
@@ -449,7 +459,7 @@ public final class SecretFileSystem: @unchecked Sendable {
                     let f = work[i]
                     let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
                     let current = try? tree.stat(f.source)
-                    let (r, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
+                    let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
                         self.load(node, maxBytes: maxBytes)
                     }
                     results.withLock { if case .success = r { $0.ok += 1 } else { $0.failed += 1 } }

@@ -58,10 +58,10 @@ public final class CachedSecret: @unchecked Sendable {
     // Guarded by the cache's lock.
     var lastUsed: Double
     var hits: Int = 0
-    /// When a refresh of this entry first failed for want of KMS.
-    var staleSince: Double?
-    /// The ciphertext changed (watcher): check it on the next open.
-    var changed = false
+    /// A background refresh is running.
+    var refreshing = false
+    /// No refresh attempt before this (monotonic), after a failed one.
+    var nextRefresh: Double = 0
 
     init(path: String, secret: DecryptedSecret, fingerprint: Fingerprint, at now: Double) {
         self.path = path
@@ -74,12 +74,30 @@ public final class CachedSecret: @unchecked Sendable {
     }
 
     public var size: Int { plaintext.count }
+
+    /// For tests and tools that build entries without a decryptor.
+    public static func make(path: String, plaintext: SecureBuffer, fingerprint: Fingerprint, at now: Double,
+                            format: String = "test") -> CachedSecret {
+        CachedSecret(path: path, secret: DecryptedSecret(plaintext: plaintext, format: format, keyId: nil),
+                     fingerprint: fingerprint, at: now)
+    }
 }
 
 /// Plaintexts by path, with single-flight decryption (concurrent first
-/// opens of one file make one KMS call), expiry after `ttl`, a byte cap
-/// that evicts the least recently used, and invalidation when the
-/// ciphertext changes.
+/// opens of one file make one KMS call), a TTL, a byte cap that evicts the
+/// least recently used, and invalidation when the ciphertext changes.
+///
+/// Lifetimes:
+/// - `ttl` is a hard bound: a plaintext is wiped that long after it was
+///   decrypted, whatever else happens.
+/// - In the last `staleWindow` seconds of its TTL (at most half of it), an
+///   open is still served from the cache at once and also starts one
+///   background refresh. A healthy KMS renews the plaintext before it
+///   expires; while KMS is unavailable the last good plaintext keeps being
+///   served, logged, until the TTL. A refresh that KMS refuses (access
+///   revoked, key disabled) wipes the plaintext at once.
+/// - A changed ciphertext (rotation) wipes the cached plaintext at once;
+///   the next open decrypts the new one.
 public final class SecretCache: @unchecked Sendable {
     public struct Configuration: Sendable {
         /// Seconds after decryption at which a plaintext is wiped; nil keeps
@@ -88,26 +106,34 @@ public final class SecretCache: @unchecked Sendable {
         /// Cap on cached plaintext bytes (page-rounded); the least recently
         /// used go first.
         public var maxBytes: Int
-        /// How long the last good plaintext may still be served when a
-        /// refresh (after expiry or rotation) fails because KMS is down.
+        /// The refresh-ahead window before the TTL (see the type's comment).
         public var staleWindow: Double
+        /// Seconds between refresh attempts while KMS is unavailable.
+        public var refreshRetry: Double = 5
         public init(ttl: Double? = nil, maxBytes: Int = 256 << 20, staleWindow: Double = 0) {
             self.ttl = ttl
             self.maxBytes = maxBytes
             self.staleWindow = staleWindow
         }
+
+        /// Age at which an entry becomes due for a background refresh.
+        var refreshAge: Double? {
+            guard let ttl, staleWindow > 0 else { return nil }
+            return ttl - min(staleWindow, ttl / 2)
+        }
     }
 
     private final class Flight {
         var result: Result<CachedSecret, DecryptFailure>?
-        var waiters = 0
     }
-
 
     public private(set) var configuration: Configuration
     private let lock = ConditionLock()
     private var entries: [String: CachedSecret] = [:]
     private var flights: [String: Flight] = [:]
+    /// Bumped by every invalidation of a path, so a decryption that started
+    /// before a rotation does not cache the old version.
+    private var generations: [String: UInt64] = [:]
     private var bytes = 0
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
@@ -127,44 +153,66 @@ public final class SecretCache: @unchecked Sendable {
         case cache
         case loaded(latency: Double)
         case shared
-        case stale(DecryptFailure.Kind)
+    }
 
-        public static func == (a: Source, b: Source) -> Bool {
-            switch (a, b) {
-            case (.cache, .cache), (.shared, .shared): return true
-            case (.loaded, .loaded): return true
-            case (.stale, .stale): return true
-            default: return false
-            }
+    /// What `hit` found.
+    public struct Hit: Sendable {
+        public let secret: CachedSecret
+        /// The caller should start a background refresh (`refresh`).
+        public let refreshDue: Bool
+    }
+
+    /// The cached plaintext of `path` if it is within its TTL, counted as a
+    /// use; no check of the ciphertext (the hot path when SOURCE is watched).
+    public func hit(_ path: String) -> Hit? {
+        lock.withLock {
+            let t = now()
+            guard let e = entries[path], isFresh(e, at: t) else { return nil }
+            e.lastUsed = t
+            e.hits += 1
+            return Hit(secret: e, refreshDue: claimRefresh(e, at: t))
         }
+    }
+
+    // Lock held.
+    private func claimRefresh(_ e: CachedSecret, at t: Double) -> Bool {
+        guard let age = configuration.refreshAge, t - e.decryptedAt >= age,
+              !e.refreshing, t >= e.nextRefresh, flights[e.path] == nil else { return false }
+        e.refreshing = true
+        return true
     }
 
     /// The cached plaintext of `path` when it is fresh for `current` (the
     /// fingerprint the file has now); otherwise runs `load` once for every
-    /// concurrent caller.
+    /// concurrent caller. A cached version with another fingerprint is
+    /// wiped (the ciphertext was replaced).
     public func acquire(path: String, current: Fingerprint?,
-                        load: () -> Result<CachedSecret, DecryptFailure>) -> (Result<CachedSecret, DecryptFailure>, Source) {
+                        load: () -> Result<CachedSecret, DecryptFailure>)
+        -> (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool) {
         lock.lock()
         let t = now()
-        var previous: CachedSecret? = nil
         if let e = entries[path] {
-            if isFresh(e, at: t), !e.changed, current == nil || e.fingerprint == current {
+            if isFresh(e, at: t), current == nil || e.fingerprint == current {
                 e.lastUsed = t
                 e.hits += 1
+                let due = claimRefresh(e, at: t)
                 lock.unlock()
-                return (.success(e), .cache)
+                return (.success(e), .cache, due)
             }
-            previous = e
+            if current != nil && e.fingerprint != current {
+                Log.info("cache: \(e.path) changed in SOURCE; wiping the old plaintext")
+            }
+            removeLocked(path)
         }
         if let f = flights[path] {
-            f.waiters += 1
             while f.result == nil { lock.wait() }
             let r = f.result!
             lock.unlock()
-            return (r, .shared)
+            return (r, .shared, false)
         }
         let flight = Flight()
         flights[path] = flight
+        let generation = generations[path, default: 0]
         lock.unlock()
 
         let start = now()
@@ -173,37 +221,43 @@ public final class SecretCache: @unchecked Sendable {
 
         lock.lock()
         flights[path] = nil
-        var served = result
-        var source = Source.loaded(latency: latency)
-        switch result {
-        case .success(let fresh):
+        if case .success(let fresh) = result, generations[path, default: 0] == generation {
             insert(fresh)
-        case .failure(let failure):
-            // KMS unavailable while refreshing a replaced ciphertext: keep
-            // serving the last good plaintext for the stale window. The TTL
-            // stays a hard bound: an expired plaintext is never served.
-            let t2 = now()
-            if failure.kind == .unavailable, let prev = previous, entries[path] === prev,
-               configuration.staleWindow > 0, configuration.ttl.map({ t2 - prev.decryptedAt < $0 }) ?? true {
-                let since = prev.staleSince ?? t2
-                prev.staleSince = since
-                if t2 - since < configuration.staleWindow {
-                    prev.hits += 1
-                    served = .success(prev)
-                    source = .stale(failure.kind)
-                    Log.warning("\(path): refresh failed (\(failure.message)); serving the last good plaintext, stale for \(Int(t2 - since)) s of the \(Int(configuration.staleWindow)) s window")
-                } else {
-                    Log.error("\(path): stale window of \(Int(configuration.staleWindow)) s passed without a successful refresh; wiping the old plaintext")
-                    remove(path)
-                }
-            } else if let prev = previous, entries[path] === prev {
-                remove(path)
-            }
         }
-        flight.result = served
+        flight.result = result
         lock.broadcast()
         lock.unlock()
-        return (served, source)
+        return (result, .loaded(latency: latency), false)
+    }
+
+    /// Runs a claimed refresh of `entry` (on the caller's thread: callers
+    /// start a thread for it) and records the outcome.
+    public func refresh(_ entry: CachedSecret, load: () -> Result<CachedSecret, DecryptFailure>) {
+        let generation = lock.withLock { generations[entry.path, default: 0] }
+        let result = load()
+        lock.withLock {
+            entry.refreshing = false
+            let current = entries[entry.path] === entry && generations[entry.path, default: 0] == generation
+            switch result {
+            case .success(let fresh):
+                if current { insert(fresh) }
+                Log.debug("cache: \(entry.path) refreshed ahead of its ttl")
+            case .failure(let failure):
+                guard current else { return }
+                let left = (configuration.ttl ?? 0) - (now() - entry.decryptedAt)
+                if failure.kind == .unavailable {
+                    entry.nextRefresh = now() + configuration.refreshRetry
+                    Log.warning("\(SecretCache.shown(entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
+                } else {
+                    Log.error("\(SecretCache.shown(entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")
+                    removeLocked(entry.path)
+                }
+            }
+        }
+    }
+
+    static func shown(_ sourcePath: String) -> String {
+        sourcePath.hasSuffix(ciphertextSuffix) ? String(sourcePath.dropLast(ciphertextSuffix.count)) : sourcePath
     }
 
     private func isFresh(_ e: CachedSecret, at t: Double) -> Bool {
@@ -221,48 +275,31 @@ public final class SecretCache: @unchecked Sendable {
         while bytes > configuration.maxBytes, entries.count > 1 {
             guard let victim = entries.values.filter({ $0 !== e }).min(by: { $0.lastUsed < $1.lastUsed }) else { break }
             Log.info("cache: evicting \(victim.path) (cache over \(configuration.maxBytes) bytes)")
-            remove(victim.path)
+            removeLocked(victim.path)
         }
         lock.broadcast()
     }
 
-    // Lock held.
-    private func remove(_ path: String) {
+    // Lock held. The plaintext is wiped when the last open handle lets go.
+    private func removeLocked(_ path: String) {
         if let old = entries.removeValue(forKey: path) { bytes -= pageRounded(old.size) }
     }
 
-    /// Drops a path's plaintext (its ciphertext changed or vanished).
+    /// Wipes a path's plaintext now: its ciphertext changed or vanished.
     public func invalidate(_ path: String) {
-        lock.withLock { remove(path) }
-    }
-
-    /// The cached plaintext of `path` when it is fresh and its ciphertext is
-    /// not known to have changed, counted as a use; nil otherwise. The hot
-    /// path when SOURCE is watched (no stat of the ciphertext needed).
-    public func hit(_ path: String) -> CachedSecret? {
         lock.withLock {
-            let t = now()
-            guard let e = entries[path], !e.changed, isFresh(e, at: t) else { return nil }
-            e.lastUsed = t
-            e.hits += 1
-            return e
+            generations[path, default: 0] &+= 1
+            removeLocked(path)
         }
     }
 
-    /// The ciphertext of `path` changed: its next open checks and decrypts
-    /// anew, keeping the old plaintext only as the stale fallback.
-    public func markChanged(_ path: String) {
-        lock.withLock { entries[path]?.changed = true }
-    }
-
-    public func markAllChanged() {
-        lock.withLock { for e in entries.values { e.changed = true } }
-    }
-
-    /// Drops every plaintext under a directory prefix (`dir/`), or all.
+    /// Wipes every plaintext under a directory prefix (`dir/`), or all.
     public func invalidateAll(prefix: String? = nil) {
         lock.withLock {
-            for k in entries.keys where prefix == nil || k.hasPrefix(prefix!) { remove(k) }
+            for k in Array(entries.keys) + Array(flights.keys) where prefix == nil || k.hasPrefix(prefix!) {
+                generations[k, default: 0] &+= 1
+                removeLocked(k)
+            }
         }
     }
 
@@ -285,13 +322,12 @@ public final class SecretCache: @unchecked Sendable {
     private func expireLocked() -> Int {
         guard let ttl = configuration.ttl else { return 0 }
         let t = now()
-        let stale = entries.values.filter { t - $0.decryptedAt >= ttl }
-        for e in stale {
-            // Kept for the stale window only if one is configured.
-            remove(e.path)
+        let expired = entries.values.filter { t - $0.decryptedAt >= ttl }
+        for e in expired {
+            removeLocked(e.path)
             Log.debug("cache: \(e.path) expired after ttl \(ttl)s; wiped")
         }
-        return stale.count
+        return expired.count
     }
 
     /// Starts a thread that wipes plaintexts as their TTL passes.

@@ -15,6 +15,14 @@ public struct Fingerprint: Hashable, Sendable {
     public var mtimeNanos: Int64
     public var ctimeNanos: Int64
 
+    public init(device: UInt64, inode: UInt64, size: Int64, mtimeNanos: Int64, ctimeNanos: Int64) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.mtimeNanos = mtimeNanos
+        self.ctimeNanos = ctimeNanos
+    }
+
     init(_ st: stat) {
         device = UInt64(st.st_dev)
         inode = UInt64(st.st_ino)

@@ -40,7 +40,7 @@ enum StatusText {
         let c = d["counters"], k = d["kms"], cache = d["cache"]
         var out = [
             "kmsfs on \(s(d["mountpoint"])) (source \(s(d["source"]))), pid \(i(d["pid"])), up \(age(d["uptime_s"])), memory \(s(d["memory"]))\(d["ttl_s"]?.numberValue.map { ", ttl \(Int($0))s" } ?? "")",
-            "opens \(i(c?["opens"]))  cache hits \(i(c?["cache_hits"]))  KMS decrypts \(i(c?["decrypts"]))  shared \(i(c?["shared"]))  stale \(i(c?["stale"]))  denied \(i(c?["denials"]))  failed \(i(c?["failures"]))",
+            "opens \(i(c?["opens"]))  cache hits \(i(c?["cache_hits"]))  KMS decrypts \(i(c?["decrypts"]))  shared \(i(c?["shared"]))  refreshes \(i(c?["refreshes"]))  denied \(i(c?["denials"]))  failed \(i(c?["failures"]))",
             "KMS calls \(i(k?["calls"]))  errors \(i(k?["failures"]))  retries \(i(k?["retries"]))  throttled \(i(k?["throttled"]))  latency p50 \(ms(k?["p50_ms"]))  p99 \(ms(k?["p99_ms"]))",
         ]
         let entries = cache?["entries"]?.arrayValue ?? []

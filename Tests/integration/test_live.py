@@ -37,7 +37,7 @@ def live(tmp_path, kms, proxy, mount_factory):
     src = tmp_path / "src"
     src.mkdir()
     put(kms, src / "a.encrypted", b"alpha-1")
-    m = mount_factory(src, "allow_uid=0,stale=3", env=kms.base_env(endpoint=proxy.url))
+    m = mount_factory(src, "allow_uid=0", env=kms.base_env(endpoint=proxy.url))
     m.src = src
     proxy.reset()
     return m
@@ -85,19 +85,50 @@ def test_directories_added_renamed_and_removed(live, kms):
     assert eventually(lambda: not os.path.exists(m.file("e")))
 
 
-def test_stale_window_serves_the_last_good_plaintext_while_kms_is_down(live, kms, proxy):
+def test_rotation_wipes_at_once_even_with_kms_down(live, kms, proxy):
     m = live
     assert open(m.file("a"), "rb").read() == b"alpha-1"
-    put(kms, m.src / "a.encrypted", b"alpha-rotated")
     proxy.policy = lambda n, target: Fault.UNAVAILABLE
-    assert open(m.file("a"), "rb").read() == b"alpha-1"   # stale, logged
-    assert m.wait_log("serving the last good plaintext")
-    time.sleep(3.2)                                       # past stale=3
-    with pytest.raises(OSError) as e:
-        open(m.file("a"), "rb").read()
-    assert e.value.errno == errno.EIO
+    put(kms, m.src / "a.encrypted", b"alpha-rotated")
+    # The replaced secret is not served again, even while KMS is down.
+    assert eventually(lambda: _eio(m.file("a")), timeout=3)
     proxy.policy = lambda n, target: None                 # KMS answers again
     assert open(m.file("a"), "rb").read() == b"alpha-rotated"
+
+
+def _eio(path):
+    try:
+        open(path, "rb").read()
+        return False
+    except OSError as e:
+        return e.errno == errno.EIO
+
+
+def test_refresh_ahead_renews_and_rides_out_an_outage_until_the_ttl(tmp_path, kms, proxy, mount_factory):
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "r.encrypted", b"renewed")
+    # retries=1: a failed refresh is known at once, well inside the ttl.
+    m = mount_factory(src, "allow_uid=0,ttl=4,stale=2,retries=1", env=kms.base_env(endpoint=proxy.url))
+    proxy.reset()
+    assert open(m.file("r"), "rb").read() == b"renewed"          # decrypted: t=0
+    assert proxy.count("Decrypt") == 1
+    time.sleep(2.3)                                              # in the refresh window (ttl - stale)
+    assert open(m.file("r"), "rb").read() == b"renewed"          # served at once...
+    assert eventually(lambda: proxy.count("Decrypt") == 2, 3)    # ...and renewed in the background
+    proxy.policy = lambda n, target: Fault.UNAVAILABLE
+    time.sleep(2.3)                                              # the renewed copy is due again
+    t0 = time.time()
+    assert open(m.file("r"), "rb").read() == b"renewed"          # KMS down: last good plaintext
+    assert time.time() - t0 < 1
+    assert m.wait_log("refresh failed", timeout=15), m.log()
+    assert "serving the last good plaintext" in m.log()
+    deadline = time.time() + 8
+    while time.time() < deadline and not _eio(m.file("r")):     # until the ttl, then gone
+        time.sleep(0.2)
+    assert _eio(m.file("r"))
+    proxy.policy = lambda n, target: None
+    assert open(m.file("r"), "rb").read() == b"renewed"
 
 
 def test_uncached_open_with_kms_down_fails_within_the_bound_then_recovers(live, kms, proxy):

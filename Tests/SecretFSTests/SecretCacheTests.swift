@@ -1,0 +1,92 @@
+import Testing
+import SecretFS
+import SecureMemory
+import Synchronization
+
+final class FakeClock: @unchecked Sendable {
+    let t = Mutex(100.0)
+    func advance(_ d: Double) { t.withLock { $0 += d } }
+    var now: @Sendable () -> Double { { [self] in t.withLock { $0 } } }
+}
+
+func fingerprint(_ n: Int64) -> Fingerprint {
+    Fingerprint(device: 1, inode: 2, size: n, mtimeNanos: n, ctimeNanos: n)
+}
+
+func secret(_ text: String, _ fp: Fingerprint, _ clock: FakeClock) -> Result<CachedSecret, DecryptFailure> {
+    let b = try! SecureBuffer(capacity: text.utf8.count)
+    try! b.append(utf8: text)
+    return .success(CachedSecret.make(path: "p", plaintext: b, fingerprint: fp, at: clock.now()))
+}
+
+func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
+    guard case .success(let s) = r else { return nil }
+    return s.plaintext.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+}
+
+@Suite struct SecretCacheTests {
+    @Test func ttlIsAHardBound() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 100), now: clock.now)
+        var loads = 0
+        _ = cache.acquire(path: "p", current: fingerprint(1)) { loads += 1; return secret("v1", fingerprint(1), clock) }
+        clock.advance(9.9)
+        #expect(cache.hit("p") != nil)
+        clock.advance(0.2)
+        #expect(cache.hit("p") == nil)
+        #expect(cache.expire() == 1)
+        #expect(loads == 1)
+    }
+
+    @Test func refreshIsDueInTheWindowOnceAndKeepsServingWhileKMSIsDown() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 4), now: clock.now)
+        _ = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock) }
+        clock.advance(5)
+        #expect(cache.hit("p")?.refreshDue == false)       // window starts at ttl - 4 = 6
+        clock.advance(1.5)
+        let hit = cache.hit("p")!
+        #expect(hit.refreshDue)
+        #expect(cache.hit("p")?.refreshDue == false)        // one refresh at a time
+        cache.refresh(hit.secret) { .failure(DecryptFailure(.unavailable, "KMS down")) }
+        #expect(content(.success(cache.hit("p")!.secret)) == "v1")   // still served, until the ttl
+        #expect(cache.hit("p")?.refreshDue == false)        // next attempt after refreshRetry (5 s)
+        clock.advance(2)
+        let again = cache.hit("p")!
+        cache.refresh(again.secret) { secret("v2", fingerprint(1), clock) }
+        #expect(content(.success(cache.hit("p")!.secret)) == "v2")
+        clock.advance(9)                                      // v2 is young: still cached
+        #expect(cache.hit("p") != nil)
+    }
+
+    @Test func aRefusedRefreshWipesAtOnce() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 4), now: clock.now)
+        _ = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock) }
+        clock.advance(7)
+        let hit = cache.hit("p")!
+        cache.refresh(hit.secret) { .failure(DecryptFailure(.refused, "AccessDeniedException")) }
+        #expect(cache.hit("p") == nil)
+    }
+
+    @Test func aChangedCiphertextIsWipedAndDecryptedAnew() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(), now: clock.now)
+        _ = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock) }
+        let (r, source, _) = cache.acquire(path: "p", current: fingerprint(2)) { .failure(DecryptFailure(.unavailable, "down")) }
+        #expect(source == .loaded(latency: 0))
+        #expect(content(r) == nil)                            // never the old version
+        #expect(cache.count == 0)
+    }
+
+    @Test func aDecryptionRacingAnInvalidationIsNotCached() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(), now: clock.now)
+        let (r, _, _) = cache.acquire(path: "p", current: fingerprint(1)) {
+            cache.invalidate("p")                             // the watcher saw a rotation meanwhile
+            return secret("old", fingerprint(1), clock)
+        }
+        #expect(content(r) == "old")                          // this opener gets what it asked for...
+        #expect(cache.count == 0)                             // ...but it is not cached
+    }
+}
