@@ -94,7 +94,7 @@ public final class IMDSClient: Sendable {
     /// A session token, cached; nil when IMDSv1 is to be used.
     func sessionToken() throws(Failure) -> String? {
         let now = clock.monotonic()
-        if let t = token.withLock({ $0 }), now < t.until { return t.value }
+        if let t = token.withLock({ $0 }), now < t.until { return t.value.isEmpty ? nil : t.value }
         var last: Failure = .unreachable("no answer")
         for _ in 0..<attempts {
             let r: HTTPResponse
@@ -106,7 +106,6 @@ public final class IMDSClient: Sendable {
             } catch {
                 if error.kind == .timeout {
                     // Typically the hop limit: the answer was dropped on the way.
-                    Log.debug("IMDS token request timed out (hop limit?); trying IMDSv1")
                     return try v1Allowed("the IMDSv2 token request timed out (with a hop limit of 1, containers cannot reach IMDSv2)")
                 }
                 last = .unreachable("no instance metadata service at \(endpoint) (\(error))")
@@ -129,8 +128,15 @@ public final class IMDSClient: Sendable {
         throw last
     }
 
+    /// After a refused or timed-out token request, IMDSv1 is used for this
+    /// long before IMDSv2 is tried again (so one fetch does not wait out the
+    /// token timeout once per request). A 401 on a v1 request ends it early.
+    static let v1FallbackSeconds = 300.0
+
     private func v1Allowed(_ why: String) throws(Failure) -> String? {
         if v1Disabled { throw .other("\(why), and IMDSv1 is disabled (AWS_EC2_METADATA_V1_DISABLED)") }
+        Log.info("IMDS: \(why); using IMDSv1 for \(Int(IMDSClient.v1FallbackSeconds)) s")
+        token.withLock { $0 = ("", clock.monotonic() + IMDSClient.v1FallbackSeconds) }
         return nil
     }
 

@@ -417,6 +417,9 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let client = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: t)
         #expect(try IMDSCredentialProvider(client: client).credentials().accessKeyId == "ASIAIMDS")
         #expect(t.requests.filter { $0.method == "GET" }.allSatisfy { $0.header("X-aws-ec2-metadata-token") == nil })
+        #expect(t.requests.filter { $0.method == "PUT" }.count == 1)   // the timeout is waited out once, not per request
+        #expect(client.region() == "eu-north-1")
+        #expect(t.requests.filter { $0.method == "PUT" }.count == 1)
 
         let strict = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: Self.imds(putHangs: true), v1Disabled: true)
         let e = credentialError { try IMDSCredentialProvider(client: strict).credentials() }
