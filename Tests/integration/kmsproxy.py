@@ -28,6 +28,8 @@ class KMSProxy:
         self.requests = []
         self.policy = lambda n, target: None   # (request number, target) -> fault
         self.delay = 2.0
+        self.connections = 0                    # TCP connections accepted (connection reuse)
+        self.body_policy = None                 # optional (n, target, body) -> fault; wins over policy
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -36,6 +38,11 @@ class KMSProxy:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                super().setup()
+                with proxy.lock:
+                    proxy.connections += 1
+
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
@@ -43,7 +50,7 @@ class KMSProxy:
                 with proxy.lock:
                     n = len(proxy.requests)
                     proxy.requests.append(target)
-                    fault = proxy.policy(n, target)
+                    fault = proxy.body_policy(n, target, body) if proxy.body_policy else proxy.policy(n, target)
                     if fault in (None, Fault.SLOW):
                         proxy.counts[target] = proxy.counts.get(target, 0) + 1
                 if fault == Fault.RESET:
@@ -95,7 +102,9 @@ class KMSProxy:
         with self.lock:
             self.counts.clear()
             self.requests.clear()
+            self.connections = 0
             self.policy = lambda n, target: None
+            self.body_policy = None
 
     def close(self):
         self.server.shutdown()
