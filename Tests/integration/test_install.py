@@ -102,6 +102,12 @@ def test_helper_passes_options_and_drops_fstab_ones(fake_kmsfs):
     assert argv == ["/src", "/mnt", "-o", r"rw,allow_uid=a:b,context=k=v\,w,x=a\\"]
 
 
+def test_helper_turns_kms_context_into_context(fake_kmsfs):
+    # mount(8) drops context= (SELinux's) before calling a helper; fstab spells it kms_context=.
+    rc, argv, _ = fake_kmsfs("/src", "/mnt", "-o", "kms_context=app=web,kms_context=env=prod,allow_uid=0")
+    assert (rc, argv) == (0, ["/src", "/mnt", "-o", "context=app=web,context=env=prod,allow_uid=0"])
+
+
 def test_helper_merges_o_and_ignores_mount_flags(fake_kmsfs):
     rc, argv, err = fake_kmsfs("/src", "/mnt", "-n", "-s", "-o", "a", "-ob", "-t", "fuse.kmsfs")
     assert (rc, argv, err) == (0, ["/src", "/mnt", "-o", "a,b"], "")
@@ -351,6 +357,29 @@ def test_mount_failures_through_the_helper(installed, kms, source, mountpoints):
     r = run_mount(["mount", "-f", "-t", "kmsfs", str(source), str(mnt), "-o", "allow_uid=root"], kms.env)
     assert r.returncode == 0
     assert not mounted(mnt)
+
+
+def test_fstab_requires_a_context_with_kms_context(installed, kms, tmp_path, mountpoints):
+    """A raw blob encrypted with a context decrypts only with that context:
+    fstab gives it as kms_context= (a context= there never reaches kmsfs)."""
+    src = tmp_path / "ctx-src"
+    src.mkdir()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"bound to app=web\n")
+    kms.seed_encrypt(plain, src / "token.encrypted", context={"app": "web"})
+    good, dropped = mountpoints(), mountpoints()
+    fstab = tmp_path / "fstab"
+    fstab.write_text("%s %s kmsfs allow_uid=root,kms_context=app=web,_netdev 0 0\n"
+                     "%s %s kmsfs allow_uid=root,context=app=web,_netdev 0 0\n" % (src, good, src, dropped))
+    for mnt in (good, dropped):
+        r = run_mount(["mount", "-T", str(fstab), str(mnt)], kms.env)
+        assert r.returncode == 0, r.stderr
+    assert open(good / "token", "rb").read() == b"bound to app=web\n"
+    with pytest.raises(OSError) as e:
+        open(dropped / "token", "rb").read()
+    assert e.value.errno == errno.EIO
+    for mnt in (good, dropped):
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
 
 
 def test_boot_without_kms_mounts_then_serves_once_kms_answers(installed, kms, proxy, source, mountpoints, tmp_path):
