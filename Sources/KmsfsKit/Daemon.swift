@@ -91,11 +91,12 @@ public enum Daemon {
         } catch {
             report.fail(error.message)
         }
+        Log.info("AWS: region \(settings.region) (from \(settings.regionSource)), KMS endpoint \(settings.endpoint) (from \(settings.endpointSource)), profile \(settings.profile), \(settings.maxAttempts) attempts per call, an open waits at most \(Int(settings.openBound)) s")
         do {
             _ = try settings.credentials.credentials()
         } catch {
             if error.kind == .notConfigured {
-                report.fail("no AWS credentials: \(error.message); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a profile, an instance role or a container role")
+                report.fail("no AWS credentials: \(error.message); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a profile, an instance role or a container role (docs/credentials.md)")
             }
             Log.warning("credentials are not available yet (\(error.message)); opens will fail until they are")
         }

@@ -102,7 +102,7 @@ def test_imdsv2_credentials_and_region(tree, kms, role, mount_factory, servers):
     assert all(h.get("X-aws-ec2-metadata-token") == FakeIMDS.TOKEN for _, _, h, _ in gets)
     assert len(puts) == 1, "the session token is reused"
     assert "instance role kmsfs-instance-role" in m.log()
-    assert "region us-east-1" in m.log()
+    assert "region us-east-1 (from instance metadata)" in m.log()
 
 
 def test_imds_behind_a_hop_limit_of_one_falls_back_quickly(tree, kms, role, mount_factory, servers):
@@ -204,6 +204,8 @@ sts =
     m = mount_factory(tree, "allow_uid=0,profile=app", env=env)
     read_all(m)
     assert "profile app (role %s)" % role.arn in m.log()
+    assert "region %s (from profile app)" % REGION in m.log()
+    assert "(from the kms endpoint_url of profile 'app' services section)" in m.log()
 
 
 def test_credential_process(tree, kms, role, mount_factory, tmp_path):
