@@ -301,15 +301,16 @@ def fstype(mnt):
 def wait_gone(pid, timeout=5):
     """True once pid has exited (a zombie waiting for init to reap it counts)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while True:
         try:
             with open("/proc/%d/stat" % pid) as f:
                 if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                     return True
         except FileNotFoundError:
             return True
+        if time.time() >= deadline:
+            return False
         time.sleep(0.01)
-    return False
 
 
 @pytest.mark.parametrize("form", ["mount -t kmsfs", "mount -t fuse.kmsfs", "mount -t fuse kmsfs#SRC",
@@ -344,6 +345,33 @@ def test_mount_through_mount8_then_umount(installed, kms, source, mountpoints, t
     assert r.returncode == 0, r.stderr
     assert not mounted(mnt)
     assert wait_gone(pid), "the daemon did not exit after umount"
+
+
+def test_mount_into_another_mount_namespace(installed, kms, source, tmp_path):
+    """mount -N NS: the helper runs kmsfs inside that namespace (nsenter)."""
+    nsdir, mnt = tmp_path / "ns", tmp_path / "nsmnt"
+    nsdir.mkdir()
+    mnt.mkdir()
+    ns = nsdir / "mnt"
+    pid = None
+    try:
+        subprocess.run(["mount", "--bind", str(nsdir), str(nsdir)], check=True)
+        subprocess.run(["mount", "--make-private", str(nsdir)], check=True)
+        ns.touch()
+        subprocess.run(["unshare", "--mount=%s" % ns, "--propagation", "private", "true"], check=True)
+        r = run_mount(["mount", "-N", str(ns), "-t", "kmsfs", str(source), str(mnt), "-o", "allow_uid=root"], kms.env)
+        assert r.returncode == 0, r.stderr
+        pid = daemon_pid(mnt)
+        assert not mounted(mnt)                       # not here...
+        r = subprocess.run(["nsenter", "--mount=%s" % ns, "cat", str(mnt / "db-password")], capture_output=True)
+        assert r.stdout == SECRETS["db-password"]     # ...but there
+        subprocess.run(["nsenter", "--mount=%s" % ns, "umount", str(mnt)], check=True, timeout=30)
+        assert wait_gone(pid)
+    finally:
+        if pid is not None and not wait_gone(pid, timeout=0):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", str(ns)], capture_output=True)
+        subprocess.run(["umount", str(nsdir)], capture_output=True)
 
 
 def test_mount_failures_through_the_helper(installed, kms, source, mountpoints):
