@@ -1,0 +1,1005 @@
+#!/usr/bin/env python3
+"""`make bench`: kmsfs figures, each beside a reference measured in the same run.
+
+Not a test: nothing here is timed in CI. It needs root, a built release
+binary (KMSFS_BIN, default .build/release/kmsfs), gcc, pkg-config and
+libfuse3-dev (for libfuse's example filesystems, compiled here from
+/usr/share/doc/libfuse3-dev/examples), curl, and the integration suite's
+tools (moto_server, boto3). It writes docs/benchmarks.md and
+docs/benchmarks-hotpath.png from the run and prints the table.
+
+Sections (BENCH_SECTIONS=hot,cold,storm,scale,soak picks some):
+  hot    open+read+close of a cached 2 KB secret vs hello_ll and ramfs
+  cold   first open of a secret vs a bare KMS Decrypt by curl
+  storm  64 readers over 1,000 cold secrets vs 1,000 sequential Decrypts,
+         then the same with a KMS that throttles every other call
+  scale  10,000-file SOURCE: mount to ready, ls -lR vs passthrough_ll, RSS
+  soak   N readers for M seconds, without and with KMS faults: RSS, fds and
+         threads before and after
+
+BENCH_QUICK=1 runs every section with tiny sizes (a smoke check of the
+harness; it writes its report under the work directory, not docs/).
+Sizes: BENCH_HOT_ROUNDS, BENCH_HOT_BLOCK, BENCH_COLD_N, BENCH_STORM_N,
+BENCH_STORM_READERS, BENCH_SCALE_N, BENCH_SCALE_ROUNDS, BENCH_SOAK_READERS,
+BENCH_SOAK_SECONDS. BENCH_DOC=path overrides where the report goes;
+BENCH_KEEP=1 keeps the work directory (daemon logs) for a look afterwards.
+"""
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "Tests" / "integration"))
+import conftest  # noqa: E402  (the integration suite's KMS emulator)
+from kmsproxy import Fault, KMSProxy  # noqa: E402
+
+KMSFS = pathlib.Path(os.environ.get("KMSFS_BIN", ROOT / ".build" / "release" / "kmsfs")).resolve()
+EXAMPLES = pathlib.Path("/usr/share/doc/libfuse3-dev/examples")
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+SECTIONS = [s for s in os.environ.get("BENCH_SECTIONS", "hot,cold,storm,scale,soak").split(",") if s]
+SECRET_BYTES = 2048
+
+
+def knob(name, full, quick):
+    v = os.environ.get("BENCH_" + name)
+    if v is None:
+        return quick if QUICK else full
+    return type(full)(v)
+
+
+HOT_ROUNDS = knob("HOT_ROUNDS", 500, 4)
+HOT_BLOCK = knob("HOT_BLOCK", 20, 10)
+HOT_WARMUP = knob("HOT_WARMUP", 200, 10)
+COLD_N = knob("COLD_N", 200, 10)
+COLD_BATCH = knob("COLD_BATCH", 10, 5)
+STORM_N = knob("STORM_N", 1000, 40)
+STORM_READERS = knob("STORM_READERS", 64, 16)
+STORM_RETRIES = 20
+SCALE_N = knob("SCALE_N", 10000, 100)
+SCALE_ROUNDS = knob("SCALE_ROUNDS", 3, 1)
+SOAK_READERS = knob("SOAK_READERS", 8, 4)
+SOAK_SECONDS = knob("SOAK_SECONDS", 60.0, 2.0)
+SOAK_FILES = 32
+SOAK_TTL = 5
+
+
+# ---- statistics ------------------------------------------------------------
+
+def pct(values, p):
+    """Nearest-rank percentile (p in 0..100)."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def median(values):
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        return float("nan")
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2.0
+
+
+def fmt_time(seconds):
+    if seconds != seconds:
+        return "n/a"
+    if seconds < 1e-3:
+        return "%.1f µs" % (seconds * 1e6)
+    if seconds < 1:
+        return "%.2f ms" % (seconds * 1e3)
+    return "%.2f s" % seconds
+
+
+def fmt_bytes(n):
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
+# ---- results ----------------------------------------------------------------
+
+class Results:
+    """Rows of the report: each kmsfs figure with its reference and ratio."""
+
+    def __init__(self):
+        self.sections = []   # (title, notes, rows)
+        self.extra = {}
+
+    def section(self, title, notes=""):
+        rows = []
+        self.sections.append((title, notes, rows))
+        return rows
+
+    @staticmethod
+    def row(rows, figure, value, ref_name="", ref_value="", ratio="", target="", met=None):
+        rows.append(dict(figure=figure, value=value, ref_name=ref_name, ref_value=ref_value,
+                         ratio=ratio, target=target, met=met))
+
+    def table(self, rows):
+        head = "| figure | kmsfs | reference | reference value | ratio | target | met |\n|---|---|---|---|---|---|---|\n"
+        lines = []
+        for r in rows:
+            met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                r["figure"], r["value"], r["ref_name"], r["ref_value"], r["ratio"], r["target"], met))
+        return head + "\n".join(lines) + "\n"
+
+
+def ratio(a, b):
+    return "%.2f×" % (a / b) if b else "n/a"
+
+
+# ---- processes and mounts ----------------------------------------------------
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == path for line in f if len(line.split()) > 2)
+
+
+def unmount(path):
+    for cmd in (["fusermount3", "-u", path], ["fusermount3", "-uz", path], ["umount", "-l", path]):
+        if not is_mounted(path):
+            return
+        subprocess.run(cmd, capture_output=True)
+
+
+def proc_status(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            v = v.split()
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmLck", "VmPTE", "VmHWM") and v:
+                out[k] = int(v[0]) * 1024
+            elif k == "Threads":
+                out[k] = int(v[0])
+    out["fds"] = len(os.listdir("/proc/%d/fd" % pid))
+    return out
+
+
+def fd_kinds(pid):
+    """What the daemon's open file descriptors are, by kind."""
+    kinds = {}
+    sockets = {}
+    states = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN", "07": "CLOSE"}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in open("/proc/%d/net/%s" % (pid, table)).readlines()[1:]:
+                f = line.split()
+                sockets[f[9]] = "tcp %s" % states.get(f[3], f[3])
+    with contextlib.suppress(OSError):
+        for line in open("/proc/%d/net/unix" % pid).readlines()[1:]:
+            f = line.split()
+            if len(f) >= 7:
+                sockets[f[6]] = "unix socket"
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            k = sockets.get(target[8:-1], "socket")
+        elif target.startswith("anon_inode:"):
+            k = target
+        elif target.startswith("pipe:"):
+            k = "pipe"
+        elif "secretmem" in target or target.startswith("/memfd:"):
+            k = "memfd " + target.split(" ")[0]
+        else:
+            k = target
+        kinds[k] = kinds.get(k, 0) + 1
+    return ", ".join("%s ×%d" % (k, n) for k, n in sorted(kinds.items()))
+
+
+class FuseProcess:
+    """A FUSE daemon in the foreground (-f); stop() unmounts and reaps it."""
+
+    def __init__(self, argv, mountpoint, log_path, env=None, notify=False, timeout=60.0):
+        self.path = str(mountpoint)
+        self.log_path = pathlib.Path(log_path)
+        os.makedirs(self.path, exist_ok=True)
+        env = dict(env or os.environ)
+        sock = None
+        if notify:
+            sock_path = str(self.log_path) + ".notify"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock_path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(sock_path)
+            env["NOTIFY_SOCKET"] = sock_path
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log_path, "wb"), start_new_session=True)
+        BENCH.processes.append(self)
+        try:
+            if sock is not None:
+                # Ready is the daemon's own READY=1 (sd_notify), sent once it
+                # serves (and after -o prefetch has finished).
+                deadline = t0 + timeout
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.proc.poll() is not None:
+                        raise RuntimeError("%s did not become ready:\n%s" % (argv[0], self.log()[-3000:]))
+                    sock.settimeout(min(left, 0.5))
+                    try:
+                        msg = sock.recv(4096)
+                    except socket.timeout:
+                        continue
+                    if b"READY=1" in msg:
+                        break
+            else:
+                # No notification from the C examples: poll the mount table.
+                while not (is_mounted(self.path) and self._answers()):
+                    if self.proc.poll() is not None or time.monotonic() - t0 > timeout:
+                        raise RuntimeError("%s did not mount:\n%s" % (argv[0], self.log()[-3000:]))
+                    time.sleep(0.001)
+            self.ready_s = time.monotonic() - t0
+        finally:
+            if sock is not None:
+                sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(env["NOTIFY_SOCKET"])
+
+    def _answers(self):
+        try:
+            os.stat(self.path)
+            return True
+        except OSError:
+            return False
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        unmount(self.path)
+        if self in BENCH.processes:
+            BENCH.processes.remove(self)
+
+
+class Bench:
+    def __init__(self):
+        self.processes = []
+        self.ramfs = []
+        self.work = pathlib.Path(tempfile.mkdtemp(prefix="kmsfs-bench-", dir="/tmp"))
+        os.chmod(self.work, 0o755)
+        self.kms = None
+        self.proxy = None
+        self.results = Results()
+        self.hot_samples = {}
+
+    def close(self):
+        for p in list(self.processes):
+            with contextlib.suppress(Exception):
+                p.stop()
+        for d in self.ramfs:
+            unmount(d)
+        if self.proxy:
+            self.proxy.close()
+        if self.kms:
+            self.kms.close()
+        with open("/proc/mounts") as f:
+            for line in f:
+                mp = line.split()[1]
+                if mp.startswith(str(self.work)):
+                    unmount(mp)
+        if os.environ.get("BENCH_KEEP"):
+            print("bench: kept %s (BENCH_KEEP)" % self.work, file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- building the C parts ---------------------------------------------------
+    def build_tools(self):
+        cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True,
+                                capture_output=True, text=True).stdout.split()
+        self.fsloop = str(self.work / "fsloop")
+        subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", self.fsloop, str(HERE / "fsloop.c")], check=True)
+        for name in ("hello_ll", "passthrough_ll"):
+            src = EXAMPLES / (name + ".c")
+            if not src.exists():
+                raise SystemExit("bench: %s is missing (apt-get install libfuse3-dev)" % src)
+            out = str(self.work / name)
+            subprocess.run(["gcc", "-O2", "-Wall", "-I", str(EXAMPLES), "-o", out, str(src)] + cflags, check=True,
+                           capture_output=True)
+            setattr(self, name, out)
+
+    # -- KMS --------------------------------------------------------------------
+    def start_kms(self):
+        kd = self.work / "moto"
+        kd.mkdir()
+        self.kms = conftest.KMSEmulator(kd)
+        self.proxy = KMSProxy(self.kms.port)
+        self.plaintext = os.urandom(SECRET_BYTES)
+        self.blob = self.kms.encrypt_blob(self.plaintext)
+        import base64
+        self.body_path = self.work / "decrypt-body.json"
+        self.body_path.write_text(json.dumps({"CiphertextBlob": base64.b64encode(self.blob).decode()}))
+
+    def source(self, name, count, per_dir=None, prefix="s"):
+        """A SOURCE of `count` copies of one raw ciphertext (raw blobs carry no
+        path binding, so every name decrypts, each on its own)."""
+        d = self.work / name
+        d.mkdir()
+        paths = []
+        for i in range(count):
+            sub = d / ("d%03d" % (i // per_dir)) if per_dir else d
+            if per_dir and i % per_dir == 0:
+                sub.mkdir()
+            p = sub / ("%s%05d.encrypted" % (prefix, i))
+            p.write_bytes(self.blob)
+            paths.append(p)
+        return d, paths
+
+    def kmsfs(self, source, name, options, endpoint=None, timeout=120.0):
+        env = self.kms.base_env(endpoint=endpoint or self.kms.endpoint)
+        mnt = self.work / ("mnt-" + name)
+        opts = "allow_uid=0" + ("," + options if options else "")
+        return FuseProcess([str(KMSFS), str(source), str(mnt), "-f", "-o", opts], mnt,
+                           self.work / ("kmsfs-%s.log" % name), env=env, notify=True, timeout=timeout)
+
+    def kmsfs_status(self, mnt):
+        r = subprocess.run([str(KMSFS), "status", "--json", mnt.path], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            return {}
+        return json.loads(r.stdout)
+
+    def curl(self, count, endpoint, parallel=0, warmup=1):
+        """`count` KMS Decrypts of the bench ciphertext by curl (SigV4 signed in
+        native code), one connection reused (or `parallel` transfers at once).
+        Returns (per-request seconds without the warm-up ones, wall seconds)."""
+        conf = self.work / "curl.conf"
+        block = ('silent\nshow-error\naws-sigv4 = "aws:amz:%s:kms"\nuser = "%s:%s"\n'
+                 'header = "X-Amz-Target: TrentService.Decrypt"\n'
+                 'header = "Content-Type: application/x-amz-json-1.1"\n'
+                 'data = "@%s"\noutput = "/dev/null"\nwrite-out = "%%{http_code} %%{time_total}\\n"\nurl = "%s/"\n'
+                 % (conftest.REGION, self.kms.access_key, self.kms.secret_key, self.body_path, endpoint))
+        conf.write_text("next\n".join([block] * (count + warmup)))
+        args = ["curl", "-K", str(conf)]
+        if parallel:
+            args[1:1] = ["--parallel", "--parallel-max", str(parallel)]
+        t0 = time.monotonic()
+        r = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+        wall = time.monotonic() - t0
+        lines = r.stdout.split()
+        codes, times = lines[0::2], [float(x) for x in lines[1::2]]
+        bad = [c for c in codes if c != "200"]
+        if r.returncode != 0 or bad or len(times) != count + warmup:
+            raise RuntimeError("curl reference failed (rc %d, %d non-200): %s" % (r.returncode, len(bad), r.stderr[-500:]))
+        return times[warmup:], wall
+
+    def run_loop(self, *args):
+        r = subprocess.run([self.fsloop] + [str(a) for a in args], capture_output=True, text=True, timeout=3600)
+        if r.returncode != 0:
+            raise RuntimeError("fsloop %s failed: %s" % (args[0], r.stderr[-1000:]))
+        return r.stdout
+
+
+BENCH = None
+
+
+# ---- 1. hot path -------------------------------------------------------------
+
+def section_hot(b):
+    src, _ = b.source("hot-src", 1, prefix="hot")
+    secret = "hot00000"
+    audit_log = b.work / "audit.log"
+    k_audit = b.kmsfs(src, "hot-audit", "audit=%s" % audit_log)
+    k_off = b.kmsfs(src, "hot-off", "audit=off")
+    hello = FuseProcess([b.hello_ll, "-f", str(b.work / "mnt-hello")], b.work / "mnt-hello", b.work / "hello.log")
+    ram = b.work / "ramfs"
+    ram.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "bench-ramfs", str(ram)], check=True)
+    b.ramfs.append(str(ram))
+    (ram / "hot").write_bytes(b.plaintext)
+    targets = {
+        "kmsfs audit=file": os.path.join(k_audit.path, secret),
+        "kmsfs audit=off": os.path.join(k_off.path, secret),
+        "hello_ll": os.path.join(hello.path, "hello"),
+        "ramfs": str(ram / "hot"),
+    }
+    for path in targets.values():        # decrypt once: the loop measures the cache
+        with open(path, "rb") as f:
+            data = f.read()
+        assert data, path
+    with open(targets["kmsfs audit=off"], "rb") as f:
+        assert f.read() == b.plaintext
+    audit_before = sum(1 for _ in open(audit_log)) if audit_log.exists() else 0
+    modes = ("read1", "eof")
+    names = list(targets)
+    combos = [(t, m) for m in modes for t in names]
+    out = b.run_loop("hot", HOT_ROUNDS, HOT_BLOCK, HOT_WARMUP, *["%s:%s" % (m, targets[t]) for t, m in combos])
+    samples = {c: [] for c in combos}
+    per_round = {c: {} for c in combos}
+    for line in out.splitlines():
+        k, r, ns = line.split()
+        c = combos[int(k)]
+        x = int(ns) / 1e9
+        samples[c].append(x)
+        per_round[c].setdefault(int(r), []).append(x)
+    round_medians = {c: [median(per_round[c][r]) for r in range(HOT_ROUNDS)] for c in combos}
+    audit_after = sum(1 for _ in open(audit_log))
+    opens = len(modes) * (HOT_ROUNDS * HOT_BLOCK + HOT_WARMUP)
+    b.hot_samples = samples
+
+    rows = b.results.section(
+        "1. Hot path: open+read+close of a cached 2 KB secret",
+        "The C loop (Tests/bench/fsloop.c, compiled at bench time) times open(2)+read(2)+close(2) with "
+        "clock_gettime around each iteration. The eight series (four targets × two ways of reading) take turns "
+        "in one process: %d rounds, each running %d iterations of every series in turn (the first series "
+        "rotates), after %d warm-up iterations each, so a slow moment of the shared machine falls on all alike. "
+        "`read1` is one read(2) of 4 KiB (open+read+close, 3 FUSE requests on both filesystems); `eof` reads "
+        "until read(2) returns 0, as cat(1) does: kmsfs serves with direct I/O (the page cache never holds "
+        "plaintext), so its EOF read is a 4th request, where hello_ll's page cache answers it from i_size. "
+        "hello_ll is libfuse's example, unmodified and multi-threaded (-f), serving its 13-byte file; ramfs "
+        "holds the same 2 KB. Medians and p99 are over all iterations; the ratio is kmsfs's median over "
+        "hello_ll's, with the interquartile range of the per-round ratios in brackets. kmsfs with "
+        "audit=FILE writes one record per open (%d records for %d opens in this run)."
+        % (HOT_ROUNDS, HOT_BLOCK, HOT_WARMUP, audit_after - audit_before, opens))
+    for mode in modes:
+        ref = samples[("hello_ll", mode)]
+        for t in names:
+            xs = samples[(t, mode)]
+            if t == "hello_ll":
+                Results.row(rows, "%s, %s: median / p99" % (t, mode), "%s / %s" % (fmt_time(median(xs)), fmt_time(pct(xs, 99))),
+                            "(the reference)", "", "1.00×")
+                continue
+            pr = [a / c for a, c in zip(round_medians[(t, mode)], round_medians[("hello_ll", mode)])]
+            rr = "%s [%.2f–%.2f]" % (ratio(median(xs), median(ref)), pct(pr, 25), pct(pr, 75))
+            is_kmsfs = t.startswith("kmsfs")
+            Results.row(rows, "%s, %s: median / p99" % (t, mode), "%s / %s" % (fmt_time(median(xs)), fmt_time(pct(xs, 99))),
+                        "hello_ll", "%s / %s" % (fmt_time(median(ref)), fmt_time(pct(ref, 99))), rr,
+                        "≤ 1.20×" if is_kmsfs else "", (median(xs) / median(ref) <= 1.2) if is_kmsfs else None)
+        pr = samples[("kmsfs audit=off", mode)]
+        Results.row(rows, "kmsfs audit=off, %s: p99" % mode, fmt_time(pct(pr, 99)), "hello_ll p99",
+                    fmt_time(pct(ref, 99)), ratio(pct(pr, 99), pct(ref, 99)))
+    b.results.extra["audit_records"] = (audit_after - audit_before, opens)
+    for p in (k_audit, k_off, hello):
+        p.stop()
+    unmount(str(ram))
+    b.ramfs.remove(str(ram))
+
+
+def hot_chart(b, png):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is missing (pip install matplotlib); no chart", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = {"kmsfs audit=file": "#d62728", "kmsfs audit=off": "#ff7f0e", "hello_ll": "#1f77b4", "ramfs": "#2ca02c"}
+    for ax, mode in zip(axes, ("read1", "eof")):
+        for t, c in colors.items():
+            xs = sorted(x * 1e6 for x in b.hot_samples.get((t, mode), []))
+            if not xs:
+                continue
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.plot(xs, ys, label="%s (median %.1f µs)" % (t, median(xs)), color=c, linewidth=1.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("open+read+close latency, µs (log)")
+        ax.set_title("%s: %s" % (mode, "one read(2) of 4 KiB" if mode == "read1" else "read until EOF"))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("fraction of iterations (CDF)")
+    fig.suptitle("kmsfs hot path vs libfuse hello_ll and ramfs, same run, interleaved rounds")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---- 2. cold path ------------------------------------------------------------
+
+def section_cold(b):
+    src, paths = b.source("cold-src", COLD_N + 1, prefix="c")
+    k = b.kmsfs(src, "cold", "audit=%s" % (b.work / "audit-cold.log"))
+    files = [os.path.join(k.path, p.name[:-len(".encrypted")]) for p in paths]
+    b.run_loop("once", "eof", files[0])      # first connection, credentials: not what is measured
+    b.curl(1, b.kms.endpoint, warmup=0)
+    files = files[1:]
+    ours, ref = [], []
+    for i, start in enumerate(range(0, len(files), COLD_BATCH)):
+        batch = files[start:start + COLD_BATCH]
+
+        def run_kmsfs():
+            ours.extend(int(x) / 1e9 for x in b.run_loop("once", "eof", *batch).split())
+
+        def run_ref():
+            ref.extend(b.curl(len(batch), b.kms.endpoint)[0])
+        for f in ((run_kmsfs, run_ref) if i % 2 == 0 else (run_ref, run_kmsfs)):
+            f()
+    st = b.kmsfs_status(k)
+    k.stop()
+    m, rm = median(ours), median(ref)
+    rows = b.results.section(
+        "2. Cold path: first open of a secret vs a bare KMS Decrypt",
+        "%d distinct secrets (2 KB each), each opened once (open+read to EOF+close, fsloop `once`), in "
+        "batches of %d alternating with batches of the same number of Decrypt calls by curl "
+        "(`--aws-sigv4`, one connection reused within a batch, `-w %%{time_total}`; the first request of each curl "
+        "batch, which connects, is not counted). Both go to the same KMS endpoint (moto_server on loopback, "
+        "signature checking on). kmsfs made %s KMS calls for these opens."
+        % (len(files), COLD_BATCH, (st.get("kms") or {}).get("calls", "?")))
+    target = 1.1 * rm + 1e-3
+    Results.row(rows, "first open, median", fmt_time(m), "curl Decrypt, median", fmt_time(rm), ratio(m, rm),
+                "≤ 1.1× + 1 ms (%s)" % fmt_time(target), m <= target)
+    Results.row(rows, "first open, p99", fmt_time(pct(ours, 99)), "curl Decrypt, p99", fmt_time(pct(ref, 99)),
+                ratio(pct(ours, 99), pct(ref, 99)))
+    Results.row(rows, "first open minus Decrypt, median", fmt_time(m - rm), "", "", "", "≤ 0.1× + 1 ms")
+
+
+# ---- 3. boot storm -----------------------------------------------------------
+
+def section_storm(b):
+    src, paths = b.source("storm-src", STORM_N, prefix="s")
+    proxy = b.proxy
+    listfile = b.work / "storm.list"
+    rows = b.results.section(
+        "3. Boot storm: %d readers over %d cold secrets" % (STORM_READERS, STORM_N),
+        "kmsfs and the reference both go through the counting proxy (Tests/integration/kmsproxy.py) in "
+        "front of moto_server, which counts the Decrypt calls that reached KMS. The readers are %d threads "
+        "of fsloop `storm` sharing one list of %d files, each file read once (open+read to EOF+close), on a "
+        "fresh mount (every secret cold). The reference is %d sequential Decrypts by curl through the same "
+        "proxy on one connection (sum of per-request time_total), run before and after the storms; the "
+        "figure is their mean. Throttled: the proxy answers every other request (by arrival order) with "
+        "400 ThrottlingException; kmsfs runs with its defaults (the AWS SDKs' standard retry mode, 3 attempts), "
+        "then with `-o retries=%d`, the most it accepts." % (STORM_READERS, STORM_N, STORM_N, STORM_RETRIES))
+    ref_runs = []
+
+    def reference():
+        proxy.reset()
+        times, _ = b.curl(STORM_N, proxy.url)
+        ref_runs.append(sum(times))
+    reference()
+    outcome = {}
+    every_other = lambda n, t: Fault.THROTTLE if n % 2 == 1 else None  # noqa: E731
+    variants = (("plain", "", None), ("throttled", "", every_other),
+                ("throttled, retries=%d" % STORM_RETRIES, ",retries=%d" % STORM_RETRIES, every_other))
+    for label, extra, policy in variants:
+        k = b.kmsfs(src, "storm%d" % len(outcome), "audit=%s%s" % (b.work / "audit-storm.log", extra),
+                    endpoint=proxy.url)
+        proxy.reset()
+        if policy:
+            proxy.policy = policy
+        names = [os.path.join(k.path, p.name[:-len(".encrypted")]) for p in paths]
+        random.Random(7).shuffle(names)
+        listfile.write_text("\n".join(names) + "\n")
+        out = b.run_loop("storm", STORM_READERS, listfile).split("\n")
+        head = out[0].split()
+        wall, ok, failed = int(head[1]) / 1e9, int(head[3]), int(head[5])
+        lat = [int(x) / 1e9 for x in out[1:] if x]
+        with proxy.lock:
+            decrypts = proxy.counts.get("TrentService.Decrypt", 0)
+            total = len(proxy.requests)
+        st = b.kmsfs_status(k)
+        proxy.reset()
+        k.stop()
+        outcome[label] = (wall, ok, failed, decrypts, total, lat, st)
+    reference()
+    ref = sum(ref_runs) / len(ref_runs)
+    for label, _, _ in variants:
+        wall, ok, failed, decrypts, total, lat, st = outcome[label]
+        kst = st.get("kms") or {}
+        Results.row(rows, "%s: wall time" % label, fmt_time(wall), "%d sequential Decrypts (curl)" % STORM_N,
+                    "%s (runs: %s)" % (fmt_time(ref), ", ".join(fmt_time(x) for x in ref_runs)),
+                    ratio(wall, ref), "< 1.00× (readers do not wait on each other)" if label == "plain" else "",
+                    (wall < ref) if label == "plain" else None)
+        Results.row(rows, "%s: Decrypt calls answered by KMS" % label, "%d" % decrypts, "secrets", "%d" % STORM_N,
+                    ratio(decrypts, STORM_N), "exactly 1 per secret", decrypts == STORM_N)
+        if label != "plain":
+            Results.row(rows, "%s: requests sent (throttled answers)" % label, "%d (%d)" % (total, total - decrypts),
+                        "", "", "", "", None)
+            Results.row(rows, "%s: kmsfs retries / throttled (its counters)" % label,
+                        "%s / %s" % (kst.get("retries", "?"), kst.get("throttled", "?")), "", "", "", "", None)
+        Results.row(rows, "%s: failed reads" % label, "%d of %d" % (failed, ok + failed), "", "", "", "0", failed == 0)
+        Results.row(rows, "%s: per-reader latency median / p99" % label,
+                    "%s / %s" % (fmt_time(median(lat)), fmt_time(pct(lat, 99))), "", "", "", "", None)
+
+
+# ---- 4. scale ------------------------------------------------------------------
+
+def rss_row(rows, label, st, ref=None, ref_label=""):
+    fields = "VmRSS %s (RssAnon %s, RssFile %s, RssShmem %s), VmLck %s, VmPTE %s" % (
+        fmt_bytes(st["VmRSS"]), fmt_bytes(st.get("RssAnon", 0)), fmt_bytes(st.get("RssFile", 0)),
+        fmt_bytes(st.get("RssShmem", 0)), fmt_bytes(st.get("VmLck", 0)), fmt_bytes(st.get("VmPTE", 0)))
+    Results.row(rows, label, fields, ref_label, fmt_bytes(ref["VmRSS"]) if ref else "", "")
+
+
+def time_ls(path):
+    t0 = time.monotonic()
+    r = subprocess.run(["ls", "-lR", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError("ls -lR %s: %s" % (path, r.stderr[-500:]))
+    return dt, r.stdout.count(b"\n-r")
+
+
+def section_scale(b):
+    per_dir = 100 if SCALE_N >= 1000 else 10
+    src, paths = b.source("scale-src", SCALE_N, per_dir=per_dir, prefix="f")
+    rows = b.results.section(
+        "4. Scale: a %d-file SOURCE" % SCALE_N,
+        "SOURCE holds %d copies of one raw ciphertext in %d directories of %d. Mount to ready is from "
+        "spawning `kmsfs SOURCE MNT -f` to its READY=1 (sd_notify, sent once it serves, and after "
+        "prefetch when asked); passthrough_ll (libfuse's example, default options, over the same SOURCE) "
+        "is timed from spawn until the mount answers (polled every 1 ms). `ls -lR` is the first listing "
+        "after a fresh mount (cold) and the one right after it (warm), %d round(s), kmsfs and "
+        "passthrough_ll alternating; medians. The prefetch reference is the same number of Decrypts by "
+        "curl, 8 at a time (`--parallel-max 8`, as kmsfs prefetches 8 at a time). Memory is read from "
+        "/proc/PID/status of the daemon."
+        % (SCALE_N, (SCALE_N + per_dir - 1) // per_dir, per_dir, SCALE_ROUNDS))
+    ready, pready, lsc, lsw, plsc, plsw = [], [], [], [], [], []
+    last = None
+    for r in range(SCALE_ROUNDS):
+        def ours():
+            k = b.kmsfs(src, "scale%d" % r, "audit=off")
+            ready.append(k.ready_s)
+            return k
+
+        def theirs():
+            p = FuseProcess([b.passthrough_ll, "-f", "-o", "source=%s" % src, str(b.work / ("mnt-pt%d" % r))],
+                            b.work / ("mnt-pt%d" % r), b.work / "passthrough.log")
+            pready.append(p.ready_s)
+            return p
+        if r % 2 == 0:
+            k, p = ours(), theirs()
+        else:
+            p, k = theirs(), ours()
+        if r == SCALE_ROUNDS - 1:
+            empty = proc_status(k.pid)
+        for path, cold, warm in ((k.path, lsc, lsw), (p.path, plsc, plsw)) if r % 2 == 0 else \
+                ((p.path, plsc, plsw), (k.path, lsc, lsw)):
+            dt, n = time_ls(path)
+            if n != SCALE_N:
+                raise RuntimeError("ls -lR %s listed %d files, not %d" % (path, n, SCALE_N))
+            cold.append(dt)
+            warm.append(time_ls(path)[0])
+        p.stop()
+        if r < SCALE_ROUNDS - 1:
+            k.stop()
+        else:
+            last = k
+    Results.row(rows, "mount to ready (no prefetch), median", fmt_time(median(ready)), "passthrough_ll mount",
+                fmt_time(median(pready)), ratio(median(ready), median(pready)))
+    Results.row(rows, "ls -lR, cold, median", fmt_time(median(lsc)), "passthrough_ll", fmt_time(median(plsc)),
+                ratio(median(lsc), median(plsc)))
+    Results.row(rows, "ls -lR, warm, median", fmt_time(median(lsw)), "passthrough_ll", fmt_time(median(plsw)),
+                ratio(median(lsw), median(plsw)))
+
+    # Memory: the empty daemon (just mounted); after ls -lR (the inode table); after a first tenth of the
+    # secrets read by 64 readers (which also brings up the FUSE worker threads and the connection pool);
+    # after the rest. The marginal cost of a secret is the last step over the number of secrets in it.
+    listed = proc_status(last.pid)
+    names = [os.path.join(last.path, os.path.relpath(str(p), str(src))[:-len(".encrypted")]) for p in paths]
+    first = max(64, SCALE_N // 10) if SCALE_N >= 256 else SCALE_N // 2
+
+    def read_all(subset, tag):
+        listfile = b.work / ("scale-%s.list" % tag)
+        listfile.write_text("\n".join(subset) + "\n")
+        out = b.run_loop("storm", 64, listfile).split("\n")[0].split()
+        return int(out[1]) / 1e9, int(out[5])
+    _, failed1 = read_all(names[:first], "first")
+    warm = proc_status(last.pid)
+    read_wall, failed2 = read_all(names[first:], "rest")
+    full = proc_status(last.pid)
+    st = b.kmsfs_status(last)
+    cached = len(((st.get("cache") or {}).get("entries")) or [])
+    rest = SCALE_N - first
+    rss_row(rows, "daemon memory, empty (mounted, nothing looked up)", empty)
+    rss_row(rows, "daemon memory after ls -lR (%d inodes known)" % SCALE_N, listed, empty, "empty VmRSS")
+    rss_row(rows, "daemon memory with %d secrets cached (threads and connections up)" % first, warm, empty, "empty VmRSS")
+    rss_row(rows, "daemon memory with all %d secrets cached (%d in cache, %d failed reads)"
+            % (SCALE_N, cached, failed1 + failed2), full, empty, "empty VmRSS")
+    per_all = (full["VmRSS"] - empty["VmRSS"]) / float(SCALE_N)
+    per = (full["VmRSS"] - warm["VmRSS"]) / float(rest)
+    Results.row(rows, "VmRSS per cached secret, marginal (the last %d secrets)" % rest, fmt_bytes(per),
+                "plaintext size", fmt_bytes(SECRET_BYTES), ratio(per, SECRET_BYTES))
+    Results.row(rows, "VmRSS per cached secret, everything included (all − empty) / %d" % SCALE_N, fmt_bytes(per_all),
+                "plaintext size", fmt_bytes(SECRET_BYTES), ratio(per_all, SECRET_BYTES))
+    Results.row(rows, "reading the last %d secrets (64 readers, cold)" % rest, fmt_time(read_wall), "", "", "")
+    b.results.extra["scale_memory"] = dict(empty=warm, full=full, count=rest,
+                                           secure=(st.get("secure_buffers"), st.get("secure_bytes")),
+                                           memory=st.get("memory"))
+    last.stop()
+
+    # Prefetch: ready once every secret is decrypted; against curl doing the same Decrypts 8 at a time.
+    def ref_run():
+        times, wall = b.curl(SCALE_N, b.kms.endpoint, parallel=8)
+        return wall
+    ref1 = ref_run()
+    k = b.kmsfs(src, "scale-prefetch", "audit=off,prefetch", timeout=3600)
+    pf = k.ready_s
+    pst = proc_status(k.pid)
+    kst = b.kmsfs_status(k)
+    k.stop()
+    ref2 = ref_run()
+    ref = (ref1 + ref2) / 2
+    Results.row(rows, "mount to ready with -o prefetch (%d decrypts)" % SCALE_N, fmt_time(pf),
+                "%d Decrypts by curl, 8 in parallel" % SCALE_N,
+                "%s (runs: %s, %s)" % (fmt_time(ref), fmt_time(ref1), fmt_time(ref2)), ratio(pf, ref))
+    rss_row(rows, "daemon memory after prefetch (%s cached)" % len(((kst.get("cache") or {}).get("entries")) or []),
+            pst, empty, "empty VmRSS")
+
+
+# ---- 5. soak -------------------------------------------------------------------
+
+def settle(pid, seconds=15.0):
+    """Waits until the daemon's thread count holds still for 1 s."""
+    deadline = time.monotonic() + seconds
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        n = proc_status(pid)["Threads"]
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= 1.0:
+            break
+        time.sleep(0.1)
+    return proc_status(pid)
+
+
+def section_soak(b):
+    src, paths = b.source("soak-src", SOAK_FILES, prefix="k")
+    proxy = b.proxy
+    proxy.reset()
+    k = b.kmsfs(src, "soak", "audit=%s,ttl=%d" % (b.work / "audit-soak.log", SOAK_TTL), endpoint=proxy.url)
+    names = [os.path.join(k.path, p.name[:-len(".encrypted")]) for p in paths]
+    listfile = b.work / "soak.list"
+    listfile.write_text("\n".join(names) + "\n")
+    for n in names:
+        with open(n, "rb") as f:
+            f.read()
+    start = settle(k.pid)
+    before_kinds = fd_kinds(k.pid)
+    rows = b.results.section(
+        "5. Soak: %d readers for %s per phase" % (SOAK_READERS, fmt_time(SOAK_SECONDS)),
+        "%d secrets behind the counting proxy, ttl=%ds (so the cache expires and decrypts recur throughout); "
+        "fsloop `soak` runs %d reader threads, each picking files at random (open+read to EOF+close). "
+        "Phase 1 has no faults; phase 2 has the proxy fail one request in four, cycling through "
+        "ThrottlingException, 503, connection reset and a 0.5 s delay. Before = after mounting and reading "
+        "every file once, daemon idle; after = once the daemon's thread count held still for 1 s after the "
+        "phase. Lengthen with BENCH_SOAK_SECONDS and BENCH_SOAK_READERS."
+        % (SOAK_FILES, SOAK_TTL, SOAK_READERS))
+    faults = [Fault.THROTTLE, Fault.UNAVAILABLE, Fault.RESET, Fault.SLOW]
+    proxy.delay = 0.5
+    before = start
+    for label, policy in (("no faults", None),
+                          ("KMS faults", lambda n, t: faults[(n // 4) % 4] if n % 4 == 3 else None)):
+        with proxy.lock:
+            proxy.requests.clear()
+            proxy.counts.clear()
+        proxy.policy = policy or (lambda n, t: None)
+        during = {}
+        stop_sampling = threading.Event()
+
+        timeline = []
+
+        def sample():
+            peak = {"VmRSS": 0, "fds": 0, "Threads": 0}
+            t0 = time.monotonic()
+            while not stop_sampling.wait(0.25):
+                with contextlib.suppress(Exception):
+                    s = proc_status(k.pid)
+                    timeline.append((time.monotonic() - t0, s["VmRSS"]))
+                    for key in peak:
+                        peak[key] = max(peak[key], s[key])
+            during.update(peak)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        out = b.run_loop("soak", SOAK_READERS, SOAK_SECONDS, listfile).split()
+        stop_sampling.set()
+        sampler.join()
+        proxy.policy = lambda n, t: None
+        ops, failed, p50, p99, mx = int(out[1]), int(out[3]), int(out[5]) / 1e9, int(out[7]) / 1e9, int(out[9]) / 1e9
+        with proxy.lock:
+            sent = len(proxy.requests)
+            answered = proxy.counts.get("TrentService.Decrypt", 0)
+        after = settle(k.pid)
+        Results.row(rows, "%s: reads (failed)" % label, "%d (%d failed), %.0f/s" % (ops, failed, ops / SOAK_SECONDS),
+                    "", "", "", "0 failed" if label == "no faults" else "", (failed == 0) if label == "no faults" else None)
+        Results.row(rows, "%s: read latency p50 / p99 / max" % label, "%s / %s / %s" % (fmt_time(p50), fmt_time(p99), fmt_time(mx)),
+                    "", "", "", "", None)
+        Results.row(rows, "%s: KMS requests (answered)" % label, "%d (%d)" % (sent, answered), "", "", "", "", None)
+        Results.row(rows, "%s: VmRSS after (peak during)" % label, "%s (%s)" % (fmt_bytes(after["VmRSS"]), fmt_bytes(during.get("VmRSS", 0))),
+                    "before", fmt_bytes(before["VmRSS"]), ratio(after["VmRSS"], before["VmRSS"]), "back to before",
+                    after["VmRSS"] <= before["VmRSS"] * 1.02 + 256 * 1024)
+        if timeline:
+            marks = [timeline[min(len(timeline) - 1, int(len(timeline) * q))] for q in (0.0, 0.25, 0.5, 0.75, 0.999)]
+            Results.row(rows, "%s: VmRSS during the phase (at 0/25/50/75/100%%)" % label,
+                        " → ".join(fmt_bytes(v) for _, v in marks), "", "", "", "", None)
+        Results.row(rows, "%s: open fds after (peak during)" % label, "%d (%d): %s" % (after["fds"], during.get("fds", 0), fd_kinds(k.pid)),
+                    "before", "%d: %s" % (before["fds"], before_kinds), "", "back to before", after["fds"] <= before["fds"])
+        Results.row(rows, "%s: threads after (peak during)" % label, "%d (%d)" % (after["Threads"], during.get("Threads", 0)),
+                    "before", "%d" % before["Threads"], "", "back to before", after["Threads"] <= before["Threads"])
+        before, before_kinds = after, fd_kinds(k.pid)
+    Results.row(rows, "whole soak: VmRSS / fds / threads, start → end",
+                "%s → %s / %d → %d / %d → %d" % (fmt_bytes(start["VmRSS"]), fmt_bytes(before["VmRSS"]), start["fds"],
+                                                 before["fds"], start["Threads"], before["Threads"]),
+                "", "", "", "", None)
+    k.stop()
+
+
+# ---- the report ------------------------------------------------------------------
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = fmt_bytes(int(line.split()[1]) * 1024)
+    osname = "?"
+    with contextlib.suppress(OSError):
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip().strip('"')
+
+    def out(*cmd):
+        with contextlib.suppress(Exception):
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        return "?"
+    return dict(cpu=cpu, cores=os.cpu_count(), kernel=platform.release(), uname=" ".join(platform.uname()[:3]),
+                memory=mem, os=osname, fuse=out("pkg-config", "--modversion", "fuse3"),
+                curl=(out("curl", "--version").splitlines() or ["?"])[0],
+                commit=out("git", "-C", str(ROOT), "log", "-1", "--format=%h %s"),
+                dirty=bool(out("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "Sources")))
+
+
+def write_report(b, doc, png_name, started, load_start, load_end, duration, chart):
+    m = machine()
+    if os.environ.get("MAKELEVEL"):
+        cmd = "make bench"
+    else:
+        cmd = "python3 Tests/bench/bench.py"
+        if os.environ.get("KMSFS_BIN"):
+            cmd = "KMSFS_BIN=%s %s" % (os.environ["KMSFS_BIN"], cmd)
+    knobs = " ".join("%s=%s" % (k, v) for k, v in sorted(os.environ.items()) if k.startswith("BENCH_") and k != "BENCH_DOC")
+    if knobs:
+        cmd = knobs + " " + cmd
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (Tests/bench/bench.py) from its last run: every figure of kmsfs stands beside a "
+        "reference measured in the same run, on the same machine, interleaved with it, and the ratio of the two. "
+        "The benchmark is not a test: nothing in CI is timed (`BENCH_QUICK=1 make bench` runs every section with "
+        "tiny sizes to check the harness).",
+        "",
+        "## Run",
+        "",
+        "| | |",
+        "|---|---|",
+        "| command | `%s` |" % cmd,
+        "| date (UTC) | %s |" % started,
+        "| duration | %s |" % fmt_time(duration),
+        "| machine | %s, %s cores, %s RAM |" % (m["cpu"], m["cores"], m["memory"]),
+        "| kernel (`uname -r`) | %s (%s) |" % (m["kernel"], m["uname"]),
+        "| OS | %s |" % m["os"],
+        "| load average (1/5/15 min) at start / end | %s / %s |" % (load_start, load_end),
+        "| kmsfs | %s%s, %s |" % (m["commit"], " (with uncommitted changes in Sources)" if m["dirty"] else "", KMSFS),
+        "| references | libfuse %s examples (hello_ll, passthrough_ll) built with gcc -O2; %s; moto_server on loopback as KMS |"
+        % (m["fuse"], m["curl"]),
+        "",
+        "The machine is shared (2 cores; other jobs were running): the load average above is part of every "
+        "figure, which is why each comes with a reference taken in the same minutes and the ratio is the "
+        "figure to read.",
+        "",
+    ]
+    if QUICK:
+        lines += ["**Quick mode (BENCH_QUICK=1): tiny sizes, the figures mean nothing.**", ""]
+    for title, notes, rows in b.results.sections:
+        lines += ["## " + title, "", notes, "", b.results.table(rows)]
+        if title.startswith("1.") and chart:
+            lines += ["![hot-path latency distribution](%s)" % png_name, ""]
+        if title.startswith("4.") and "scale_memory" in b.results.extra:
+            sm = b.results.extra["scale_memory"]
+            e, f, n = sm["empty"], sm["full"], sm["count"]
+
+            def d(key):
+                return fmt_bytes((f.get(key, 0) - e.get(key, 0)) / float(n))
+            lines += [
+                "What was counted: VmRSS of the daemon (/proc/PID/status), the sum of RssAnon, RssFile and "
+                "RssShmem. The cached plaintexts live in %s pages (with every secret cached the daemon reported "
+                "%s secure buffers holding %s bytes). Per cached secret, over the last %d secrets read: "
+                "RssAnon %s, RssFile %s, RssShmem %s, VmLck %s, VmPTE %s.%s"
+                % (sm.get("memory") or "?", sm["secure"][0], sm["secure"][1], n,
+                   d("RssAnon"), d("RssFile"), d("RssShmem"), d("VmLck"), d("VmPTE"),
+                   " memfd_secret pages are file pages of the secretmem inode, off the LRU and out of the "
+                   "kernel's direct map: Linux counts them in RssFile (not RssShmem) and in VmLck, and each "
+                   "secret takes at least one whole page." if sm.get("memory") == "memfd_secret" else ""),
+                "",
+            ]
+    doc.write_text("\n".join(lines))
+
+
+def print_table(b):
+    for title, _, rows in b.results.sections:
+        print("\n== " + title)
+        w = max([len(r["figure"]) for r in rows] + [10])
+        for r in rows:
+            met = "" if r["met"] is None else ("  [met]" if r["met"] else "  [MISSED]")
+            ref = ("   vs %s %s" % (r["ref_name"], r["ref_value"])) if (r["ref_name"] or r["ref_value"]) else ""
+            rat = ("   = %s" % r["ratio"]) if r["ratio"] else ""
+            tgt = ("   (target %s)" % r["target"]) if r["target"] else ""
+            print("  %-*s  %s%s%s%s%s" % (w, r["figure"], r["value"], ref, rat, tgt, met))
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main():
+    global BENCH
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (it mounts FUSE filesystems and ramfs)")
+    if not KMSFS.exists():
+        raise SystemExit("bench: %s is missing: run `make build` first (or give KMSFS_BIN)" % KMSFS)
+    unknown = set(SECTIONS) - {"hot", "cold", "storm", "scale", "soak"}
+    if unknown:
+        raise SystemExit("bench: unknown section(s) %s; BENCH_SECTIONS takes hot,cold,storm,scale,soak" % ",".join(sorted(unknown)))
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    load_start = loadavg()
+    t0 = time.monotonic()
+    BENCH = Bench()
+    b = BENCH
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        b.build_tools()
+        b.start_kms()
+        for name in SECTIONS:
+            print("bench: %s ... (load %s)" % (name, loadavg()), file=sys.stderr, flush=True)
+            globals()["section_" + name](b)
+        duration = time.monotonic() - t0
+        # Quick runs report beside /tmp, never over the committed figures.
+        default_doc = (pathlib.Path(tempfile.gettempdir()) / "kmsfs-bench-quick" / "benchmarks.md") if QUICK \
+            else (ROOT / "docs" / "benchmarks.md")
+        doc = pathlib.Path(os.environ.get("BENCH_DOC", default_doc))
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        png = doc.parent / "benchmarks-hotpath.png"
+        chart = bool(b.hot_samples) and hot_chart(b, png)
+        print_table(b)
+        write_report(b, doc, png.name, started, load_start, loadavg(), duration, chart)
+        print("\nbench: wrote %s%s" % (doc, " and " + str(png) if chart else ""))
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
