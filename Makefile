@@ -33,6 +33,15 @@ integration: build
 demo: build
 	@tools/demo.sh
 
+# Figures beside references measured in the same run; writes
+# docs/benchmarks.md and docs/benchmarks-hotpath.png (as root, ~15 min).
+# Not a test: nothing in CI is timed. BENCH_QUICK=1 make bench checks the
+# harness with tiny sizes (report under /tmp); see Tests/bench/bench.py.
+bench: build
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || \
+		$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
+	KMSFS_BIN=$(CURDIR)/$(BIN) $(PYTHON) Tests/bench/bench.py
+
 clean:
 	rm -rf .build
 
