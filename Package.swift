@@ -12,6 +12,7 @@
 //   KMS                           KMS API, ciphertext formats        -> CCrypto
 //   AWS                           SigV4, credentials, HTTP, retries  -> CCurl, CCrypto
 //   SecureMemory, Log             locked memory, hardening, logging  -> CLinux
+//   Threading                     pthreads and condition waits (libc only)
 import PackageDescription
 
 let package = Package(
@@ -32,15 +33,16 @@ let package = Package(
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
 
+        .target(name: "Threading"),
         .target(name: "SecureMemory", dependencies: ["CLinux"]),
         .target(name: "Log", dependencies: ["CLinux"]),
-        .target(name: "AWS", dependencies: ["SecureMemory", "Log", "CCurl", "CCrypto"]),
+        .target(name: "AWS", dependencies: ["SecureMemory", "Log", "Threading", "CCurl", "CCrypto"]),
         .target(name: "KMS", dependencies: ["AWS", "SecureMemory", "Log", "CCrypto"]),
-        .target(name: "SecretFS", dependencies: ["SecureMemory", "Log"]),
-        .target(name: "FUSEBridge", dependencies: ["SecretFS", "SecureMemory", "Log", "CFuse"]),
+        .target(name: "SecretFS", dependencies: ["SecureMemory", "Log", "Threading"]),
+        .target(name: "FUSEBridge", dependencies: ["SecretFS", "SecureMemory", "Log", "Threading", "CFuse"]),
         // Mount options, configuration resolution and the glue between KMS
         // and SecretFS: everything the executable does that deserves tests.
-        .target(name: "KmsfsKit", dependencies: ["FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log"]),
+        .target(name: "KmsfsKit", dependencies: ["FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log", "Threading"]),
         .executableTarget(
             name: "kmsfs",
             dependencies: [

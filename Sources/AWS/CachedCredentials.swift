@@ -1,3 +1,4 @@
+import Threading
 import Log
 
 /// Caches what another provider returns and refreshes temporary
@@ -42,7 +43,7 @@ public final class CachingCredentialProvider: CredentialProvider, @unchecked Sen
     public let policy: Policy
     private let clock: Clock
     private let runner: BackgroundRunner
-    private let lock = AWSConditionLock()
+    private let lock = ConditionLock()
 
     // Guarded by `lock`.
     private var cached: AWSCredentials?

@@ -1,3 +1,4 @@
+import SecureMemory
 /// The shared AWS config and credentials files (`~/.aws/config`,
 /// `~/.aws/credentials`), read the way botocore's `configloader` reads them:
 /// `[default]` and `[profile NAME]` sections in the config file, bare

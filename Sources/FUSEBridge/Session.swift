@@ -1,3 +1,4 @@
+import Threading
 import CFuse
 import SecretFS
 import SecureMemory

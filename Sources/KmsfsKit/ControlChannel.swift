@@ -1,3 +1,4 @@
+import Threading
 import AWS
 import SecretFS
 import SecureMemory

@@ -1,3 +1,4 @@
+import Threading
 import SecureMemory
 import Log
 import Synchronization

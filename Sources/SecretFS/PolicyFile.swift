@@ -1,3 +1,4 @@
+import SecureMemory
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,22 +29,13 @@ public enum PolicyFile {
     static let maxBytes = 1 << 20
 
     public static func load(path: String) throws(ParseError) -> [AccessRule] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw ParseError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))")
+        switch readSmallFile(path, limit: maxBytes) {
+        case .success(let bytes):
+            return try parse(String(decoding: bytes, as: UTF8.self), file: path)
+        case .failure(let e):
+            let reason = e.errno == EFBIG ? "larger than \(maxBytes) bytes" : "cannot read: \(String(cString: strerror(e.errno)))"
+            throw ParseError(file: path, line: 0, reason: reason)
         }
-        defer { close(fd) }
-        var bytes = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw ParseError(file: path, line: 0, reason: "cannot read: \(String(cString: strerror(errno)))") }
-            if n == 0 { break }
-            bytes += buf[0..<n]
-            if bytes.count > maxBytes { throw ParseError(file: path, line: 0, reason: "larger than \(maxBytes) bytes") }
-        }
-        return try parse(String(decoding: bytes, as: UTF8.self), file: path)
     }
 
     public static func parse(_ text: String, file: String,

@@ -1,3 +1,4 @@
+import Threading
 import Log
 import SecureMemory
 #if canImport(Glibc)

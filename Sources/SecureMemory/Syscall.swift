@@ -79,3 +79,31 @@ public func peerCredentials(_ fd: Int32) -> (uid: UInt32, gid: UInt32, pid: Int3
     guard kmsfs_peer_credentials(fd, &c) == 0 else { return nil }
     return (c.uid, c.gid, c.pid)
 }
+
+/// Reads a small file whole (token files, shared config files).
+/// Returns nil with `errno`'s text when it cannot be read.
+public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8], FileReadError> {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return .failure(FileReadError(path: path, errno: errno)) }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return .failure(FileReadError(path: path, errno: errno))
+        }
+        if n == 0 { break }
+        out += chunk[0..<n]
+        if out.count > limit { return .failure(FileReadError(path: path, errno: EFBIG)) }
+    }
+    return .success(out)
+}
+
+public struct FileReadError: Error, Sendable, CustomStringConvertible {
+    public let path: String
+    public let errno: Int32
+    public var description: String { "\(path): \(String(cString: strerror(errno)))" }
+    public var isMissing: Bool { errno == ENOENT || errno == ENOTDIR }
+}

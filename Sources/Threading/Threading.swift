@@ -2,8 +2,11 @@
 import Glibc
 #endif
 
+// Threads and waits for the daemon, shared by every module that needs them
+// (the secret cache, the watcher, credential refresh, the FUSE loop).
+
 /// A mutex with a condition variable, for the waits `Mutex` cannot express
-/// (single-flight decryption, the expiry sweeper).
+/// (single-flight decryption, the expiry sweeper, credential refresh).
 public final class ConditionLock: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
@@ -50,8 +53,10 @@ public final class ConditionLock: @unchecked Sendable {
 }
 
 /// Starts a detached pthread running `body` (no Foundation, no Dispatch:
-/// the daemon controls its threads and their stack sizes).
-public func startThread(name: String, stackSize: Int = 256 * 1024, _ body: @escaping @Sendable () -> Void) {
+/// the daemon controls its threads and their stack sizes). False when no
+/// thread could be made (the body does not run).
+@discardableResult
+public func startThread(name: String, stackSize: Int = 256 * 1024, _ body: @escaping @Sendable () -> Void) -> Bool {
     let arg = Unmanaged.passRetained(ThreadBody(body, name: name)).toOpaque()
     var attr = pthread_attr_t()
     pthread_attr_init(&attr)
@@ -63,7 +68,8 @@ public func startThread(name: String, stackSize: Int = 256 * 1024, _ body: @esca
         return nil
     }, arg)
     pthread_attr_destroy(&attr)
-    precondition(rc == 0, "pthread_create failed: \(rc)")
+    if rc != 0 { Unmanaged<ThreadBody>.fromOpaque(arg).release() }
+    return rc == 0
 }
 
 final class ThreadBody {
