@@ -205,7 +205,7 @@ public struct MountOptions: Sendable {
                 guard v.hasPrefix("/") else { throw OptionError("option 'log=\(v)': expected stderr, syslog or an absolute file path") }
                 log = .file(v)
             }
-        case "context":
+        case "context", "kms_context":   // mount(8) keeps context= for SELinux: fstab says kms_context=
             let v = try need()
             guard let eq = v.firstIndex(of: "="), eq != v.startIndex else {
                 throw OptionError("option 'context=\(v)': expected context=KEY=VALUE")

@@ -16,6 +16,11 @@ import AWS
         #expect(o.audit == .file("/var/log/kmsfs.audit"))
     }
 
+    @Test func kmsContextIsTheFstabSpellingOfContext() throws {
+        let o = try MountOptions.parse(["kms_context=app=web,context=env=prod"])
+        #expect(o.requiredContext.map { "\($0.key)=\($0.value)" } == ["app=web", "env=prod"])
+    }
+
     @Test func dropsFstabOnlyOptions() throws {
         let o = try MountOptions.parse(["rw,_netdev,nofail,auto,noauto,user,users,x-systemd.requires=network-online.target,defaults"])
         #expect(o.ignored.count == 9)
