@@ -27,7 +27,7 @@ public struct AWSSettings: Sendable {
     /// Shared by KMS, STS and the metadata services: one connection pool.
     public var transport: HTTPTransport
 
-    public static let defaultCallDeadline = 30.0
+    public static let defaultCallDeadline = 10.0
     public static let defaultAttemptTimeout = 10.0
     public static let defaultConnectTimeout = 3.0
 
@@ -144,12 +144,12 @@ public struct AWSSettings: Sendable {
     ///
     ///     open ≤ T + C
     ///
-    /// T is the call deadline (`timeout=`, default 30 s), which every
+    /// T is the call deadline (`timeout=`, default 10 s), which every
     /// attempt's transfer is clamped to (each attempt `min(10 s, T/2, time
     /// left)`, its connection `min(3 s, that)`); C is one credential fetch,
     /// 0 whenever valid credentials are cached and otherwise at most
     /// `credentialFetchBound` for the default chain's sources without role
-    /// chaining. Defaults: 30 + 10 = 40 s. docs/credentials.md has the table.
+    /// chaining. Defaults: 10 + 10 = 20 s. docs/credentials.md has the table.
     public var openBound: Double { callDeadline + AWSSettings.credentialFetchBound }
 
     /// The longest one credential fetch takes at default settings, over the
