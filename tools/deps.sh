@@ -9,6 +9,12 @@ need_apt=()
 for pkg in libfuse3-dev fuse3 libssl-dev libcurl4-openssl-dev pkg-config; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# Tools the tests drive: setpriv/prlimit (util-linux), useradd (passwd),
+# groff and man (the man page renders cleanly), systemd-analyze (the unit
+# files verify), python3-seccomp (the service's syscall filter is tried).
+for pkg in groff-base man-db systemd python3-seccomp; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 for cmd in setpriv:util-linux useradd:passwd; do
     command -v "${cmd%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd##*:}")
 done
