@@ -21,7 +21,7 @@ class Fault:
 
 
 class KMSProxy:
-    def __init__(self, upstream_port, host="127.0.0.1"):
+    def __init__(self, upstream_port, host="127.0.0.1", tls_context=None):
         self.upstream_port = upstream_port
         self.lock = threading.Lock()
         self.counts = {}
@@ -90,7 +90,11 @@ class KMSProxy:
 
         self.server = Server((host, 0), Handler)
         self.port = self.server.server_address[1]
-        self.url = "http://%s:%d" % (host, self.port)
+        if tls_context is not None:
+            # Terminate TLS here: kmsfs talks https to the proxy, which
+            # forwards plain http to the emulator.
+            self.server.socket = tls_context.wrap_socket(self.server.socket, server_side=True)
+        self.url = "%s://%s:%d" % ("https" if tls_context else "http", host, self.port)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
