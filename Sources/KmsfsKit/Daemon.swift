@@ -226,6 +226,20 @@ public enum Daemon {
             ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
                              ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99))])),
             ("watched_directories", n(watcher?.watchCount ?? 0)),
+            ("credentials", credentialStatus(kms.api.credentials)),
+        ])
+    }
+
+    /// Where the credentials in use came from and when they expire (never
+    /// the secret key or token; the key ID redacted).
+    static func credentialStatus(_ provider: CredentialProvider) -> JSONValue {
+        guard let cached = provider as? CachingCredentialProvider, let c = cached.current else {
+            return .object([("source", .string(provider.name))])
+        }
+        return .object([
+            ("source", .string(c.source)),
+            ("access_key_id", .string(CachingCredentialProvider.redact(c.accessKeyId))),
+            ("expires", c.expiration.map { .string($0.iso8601) } ?? .null),
         ])
     }
 

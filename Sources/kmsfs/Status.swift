@@ -43,6 +43,9 @@ enum StatusText {
             "opens \(i(c?["opens"]))  cache hits \(i(c?["cache_hits"]))  KMS decrypts \(i(c?["decrypts"]))  shared \(i(c?["shared"]))  refreshes \(i(c?["refreshes"]))  denied \(i(c?["denials"]))  failed \(i(c?["failures"]))",
             "KMS calls \(i(k?["calls"]))  errors \(i(k?["failures"]))  retries \(i(k?["retries"]))  throttled \(i(k?["throttled"]))  latency p50 \(ms(k?["p50_ms"]))  p99 \(ms(k?["p99_ms"]))",
         ]
+        if let cr = d["credentials"] {
+            out.append("credentials from \(s(cr["source"]))\(cr["access_key_id"]?.stringValue.map { " (\($0))" } ?? "")\(cr["expires"]?.stringValue.map { ", expire \($0)" } ?? "")")
+        }
         let entries = cache?["entries"]?.arrayValue ?? []
         out.append("cached secrets: \(entries.count) (\(i(cache?["bytes"])) bytes of locked memory)")
         if !entries.isEmpty {

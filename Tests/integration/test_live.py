@@ -180,9 +180,12 @@ def test_status_shows_cache_and_counters_to_root_only(live, kms, users, kmsfs_bi
     assert entries["a"]["size"] == len(b"alpha-1") and entries["a"]["hits"] >= 1
     assert doc["counters"]["decrypts"] == 1 and doc["counters"]["cache_hits"] >= 1
     assert doc["kms"]["calls"] == 1 and doc["kms"]["p50_ms"] is not None
+    assert doc["credentials"]["source"] == "environment"
+    assert kms.access_key not in r.stdout.decode() and kms.secret_key not in r.stdout.decode()
     r = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, timeout=30)
     text = r.stdout.decode()
     assert r.returncode == 0 and "cached secrets: 1" in text and "\n  a " in text
+    assert "credentials from environment" in text
     assert b"alpha-1" not in r.stdout
     r = run_as("kmsfs-bob", [kmsfs_bin, "status", m.path])
     assert r.returncode != 0 and b"root" in r.stderr
