@@ -76,6 +76,14 @@ public final class CachingCredentialProvider: CredentialProvider, @unchecked Sen
         return cached
     }
 
+    public func invalidate(_ rejected: AWSCredentials) {
+        lock.lock(); defer { lock.unlock() }
+        guard let c = cached, c == rejected else { return }   // already replaced
+        cached = nil
+        nextAttempt = -Double.infinity
+        Log.notice("AWS credentials from \(c.source) (\(CachingCredentialProvider.redact(c.accessKeyId))) were rejected as expired; fetching new ones")
+    }
+
     public func credentials() throws(CredentialError) -> AWSCredentials {
         lock.lock()
         var waited = 0.0

@@ -52,6 +52,13 @@ public protocol CredentialProvider: Sendable {
     /// Short name for logs.
     var name: String { get }
     func credentials() throws(CredentialError) -> AWSCredentials
+    /// A service rejected `rejected` as expired: forget them if cached, so
+    /// the next `credentials()` fetches anew.
+    func invalidate(_ rejected: AWSCredentials)
+}
+
+extension CredentialProvider {
+    public func invalidate(_ rejected: AWSCredentials) {}
 }
 
 /// Fixed credentials (tests, and `kmsfs` tools given keys explicitly).

@@ -223,8 +223,31 @@ public final class AWSJSONClient: Sendable {
     }
 
     private func attemptOnce(_ operation: String, body: HTTPBody, timeout: Double) throws(AWSError) -> HTTPResponse {
+        let started = clock.monotonic()
         let creds: AWSCredentials
         do { creds = try credentials.credentials() } catch { throw .credentials(error) }
+        do {
+            return try send(operation, body: body, credentials: creds, timeout: timeout)
+        } catch {
+            // Temporary credentials the service calls expired (revoked early,
+            // or a skewed clock read their expiry late): drop them and try
+            // once more with fresh ones, within this attempt's time.
+            guard let code = error.code, AWSJSONClient.expiredTokenCodes.contains(code), creds.expiration != nil else { throw error }
+            credentials.invalidate(creds)
+            let fresh: AWSCredentials
+            do { fresh = try credentials.credentials() } catch { throw .credentials(error) }
+            guard fresh != creds else { throw error }
+            Log.notice("\(targetPrefix).\(operation): \(code); retrying with credentials fetched anew from \(fresh.source)")
+            let left = timeout - (clock.monotonic() - started)
+            guard left > 0.05 else { throw error }
+            return try send(operation, body: body, credentials: fresh, timeout: left)
+        }
+    }
+
+    static let expiredTokenCodes: Set<String> = ["ExpiredTokenException", "ExpiredToken"]
+
+    private func send(_ operation: String, body: HTTPBody, credentials creds: AWSCredentials,
+                      timeout: Double) throws(AWSError) -> HTTPResponse {
         let payloadHash = body.withUnsafeBytes { Digest.hex(Digest.sha256($0)) }
         var headers: [(name: String, value: String)] = [
             ("Host", endpoint.hostHeader),
