@@ -75,11 +75,20 @@ public final class CiphertextDecoder: Sendable {
     /// The context key that binds a file to its path (`kmsfs:path`); when a
     /// message carries it, it must equal the file's path in the mount.
     public let pathContextKey: String
+    /// Refuse a file that is not bound to its path (`-o require_binding`):
+    /// raw KMS blobs, and messages without `kmsfs:path`.
+    public let requirePathBinding: Bool
 
-    public init(kms: KMSClient, requiredContext: [(key: String, value: String)] = [], pathContextKey: String = kmsfsPathContextKey) {
+    public init(kms: KMSClient, requiredContext: [(key: String, value: String)] = [], pathContextKey: String = kmsfsPathContextKey,
+                requirePathBinding: Bool = false) {
         self.kms = kms
         self.requiredContext = requiredContext
         self.pathContextKey = pathContextKey
+        self.requirePathBinding = requirePathBinding
+    }
+
+    private func refuseUnbound(_ what: String) -> DecodeError {
+        .contextMismatch("\(what) is not bound to its path (\(pathContextKey)) and the mount has require_binding; re-encrypt it with kmsfs encrypt --root SOURCE")
     }
 
     public static func detect(_ bytes: [UInt8]) -> CiphertextFormat? {
@@ -100,6 +109,7 @@ public final class CiphertextDecoder: Sendable {
         guard let format = CiphertextDecoder.detect(bytes) else { throw .empty }
         switch format {
         case .kmsBlob:
+            if requirePathBinding { throw refuseUnbound("a raw KMS ciphertext") }
             return try decryptBlob(bytes, format: .kmsBlob)
         case .kmsBlobBase64:
             guard let blob = Base64.decode(String(decoding: bytes, as: UTF8.self)), !blob.isEmpty else {
@@ -108,14 +118,15 @@ public final class CiphertextDecoder: Sendable {
             if EncryptionSDKMessage.looksLikeMessage(blob) {
                 // aws-encryption-cli --encode: a message in base64.
                 var d = try EncryptionSDKDecryptor(kms: kms).decrypt(blob, binding: binding, requiredContext: requiredContext,
-                                                                     pathContextKey: pathContextKey)
+                                                                     pathContextKey: pathContextKey, requireBinding: requirePathBinding)
                 d.formatDetail += "/base64"
                 return d
             }
+            if requirePathBinding { throw refuseUnbound("a raw KMS ciphertext") }
             return try decryptBlob(blob, format: .kmsBlobBase64)
         case .encryptionSDK:
             return try EncryptionSDKDecryptor(kms: kms).decrypt(bytes, binding: binding, requiredContext: requiredContext,
-                                                                pathContextKey: pathContextKey)
+                                                                pathContextKey: pathContextKey, requireBinding: requirePathBinding)
         }
     }
 

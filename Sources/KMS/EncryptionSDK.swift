@@ -350,12 +350,13 @@ struct EncryptionSDKDecryptor {
     let kms: KMSClient
 
     func decrypt(_ bytes: [UInt8], binding: PathBinding, requiredContext: [(key: String, value: String)],
-                 pathContextKey: String) throws(DecodeError) -> DecodedSecret {
+                 pathContextKey: String, requireBinding: Bool = false) throws(DecodeError) -> DecodedSecret {
         let layout = try EncryptionSDKMessage.layout(bytes)
         let header = layout.header
         let suite = header.suite
 
-        try checkContext(header, binding: binding, requiredContext: requiredContext, pathContextKey: pathContextKey)
+        try checkContext(header, binding: binding, requiredContext: requiredContext, pathContextKey: pathContextKey,
+                         requireBinding: requireBinding)
 
         // The signature covers header and body; check it before spending a
         // KMS call or decrypting anything.
@@ -442,7 +443,7 @@ struct EncryptionSDKDecryptor {
     /// The mount's required pairs and the path binding, from the header
     /// (checked again, cryptographically, by the header authentication tag).
     func checkContext(_ header: EncryptionSDKHeader, binding: PathBinding, requiredContext: [(key: String, value: String)],
-                      pathContextKey: String) throws(DecodeError) {
+                      pathContextKey: String, requireBinding: Bool = false) throws(DecodeError) {
         for (k, v) in requiredContext {
             guard let have = header.contextValue(k) else {
                 throw .contextMismatch("the mount requires \(k)=\(v) but the file's context has no '\(k)'")
@@ -450,6 +451,9 @@ struct EncryptionSDKDecryptor {
             guard have == v else {
                 throw .contextMismatch("the mount requires \(k)=\(v) but the file carries \(k)=\(have)")
             }
+        }
+        if requireBinding, header.contextValue(pathContextKey) == nil {
+            throw .contextMismatch("the message is not bound to its path (no \(pathContextKey) in its context) and the mount has require_binding; re-encrypt it with kmsfs encrypt --root SOURCE")
         }
         if let bound = header.contextValue(pathContextKey), !binding.admits(bound) {
             throw .contextMismatch("the file is bound to '\(bound)' (\(pathContextKey)) but is served as '\(binding.path)'; it was renamed, copied or swapped, or encrypted without --root SOURCE")

@@ -118,7 +118,8 @@ public enum Daemon {
         }
 
         let kms = settings.makeKMSClient()
-        let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext)
+        let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
+                                        requirePathBinding: options.requireBinding)
         let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit)
 
         var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)

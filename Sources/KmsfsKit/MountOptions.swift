@@ -41,6 +41,9 @@ public struct MountOptions: Sendable {
     public var audit: AuditDestination = .stderr
     public var log: LogTarget?
     public var requiredContext: [(key: String, value: String)] = []
+    /// Refuse ciphertexts not bound to their path (`kmsfs:path`): raw KMS
+    /// blobs and Encryption SDK messages written without `kmsfs encrypt`.
+    public var requireBinding = false
     public var maxCiphertextBytes = 64 << 20
     public var cacheMaxBytes = 256 << 20
     public var threads = 64
@@ -218,6 +221,7 @@ public struct MountOptions: Sendable {
         case "stale", "stale_window": staleWindow = try seconds()
         case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
         case "no_memfd_secret": try noValue(); noMemfdSecret = true
+        case "require_binding": try noValue(); requireBinding = true
         case "exec": try noValue(); exec = true
         case "noexec": try noValue(); exec = false
         case "retries", "max_attempts": maxAttempts = try positiveInt(1...20)

@@ -125,7 +125,8 @@ struct CheckCommand: ParsableCommand {
         } catch { fail(error.message, code: 2) }
         let tree: SourceTree
         do { tree = try SourceTree(path: source) } catch { fail("source \(source): \(error)") }
-        let decoder = CiphertextDecoder(kms: settings.makeKMSClient(), requiredContext: o.requiredContext)
+        let decoder = CiphertextDecoder(kms: settings.makeKMSClient(), requiredContext: o.requiredContext,
+                                        requirePathBinding: o.requireBinding)
         var failures = 0
         var total = 0
         func walk(_ dir: String, _ mountDir: String) {

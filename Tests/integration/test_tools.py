@@ -251,3 +251,26 @@ def test_encrypt_replaces_an_older_ciphertext_atomically(kms, tmp_path):
     assert first.st_ino != second.st_ino                               # renamed into place, not rewritten
     assert kmsfs(kms, "decrypt", tmp_path / "rotating.encrypted").stdout == b"v2"
     assert sorted(os.listdir(tmp_path)) == ["rotating", "rotating.encrypted"]
+
+
+def test_require_binding_refuses_unbound_ciphertexts(encrypted, kms, tmp_path, mount_factory):
+    src, _ = encrypted
+    tree = tmp_path / "bound"
+    tree.mkdir()
+    (tree / "bound").write_bytes(b"plaintext-9c1d-bound")
+    r = kmsfs(kms, "encrypt", "--key-id", kms.key_id, "--root", tree, tree / "bound")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tree / "bound").unlink()
+    (tree / "raw.encrypted").write_bytes(kms.encrypt_blob(b"plaintext-9c1d-raw"))
+    r = kmsfs(kms, "check", "-o", "require_binding", tree)
+    lines = r.stdout.decode().splitlines()
+    assert r.returncode == 1
+    assert lines[0].startswith("OK   bound ")
+    assert lines[1] == ("FAIL raw: encryption context check failed: a raw KMS ciphertext is not bound to its path "
+                        "(kmsfs:path) and the mount has require_binding; re-encrypt it with kmsfs encrypt --root SOURCE")
+    m = mount_factory(tree, "allow_uid=0,require_binding")
+    assert open(m.file("bound"), "rb").read() == b"plaintext-9c1d-bound"
+    with pytest.raises(OSError) as e:
+        open(m.file("raw"), "rb").read()
+    assert e.value.errno == errno.EIO
+    assert m.wait_log("raw: encryption context check failed: a raw KMS ciphertext is not bound"), m.log()
