@@ -64,4 +64,5 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
 public struct NoAuditSink: AuditSink {
     public init() {}
     public func record(_ r: AuditRecord) {}
+    public var wantsRecords: Bool { false }
 }

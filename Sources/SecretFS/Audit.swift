@@ -60,6 +60,12 @@ public struct AuditRecord: Sendable {
 /// Where audit records go.
 public protocol AuditSink: Sendable {
     func record(_ r: AuditRecord)
+    /// False for a sink that drops everything, so no record is built.
+    var wantsRecords: Bool { get }
+}
+
+extension AuditSink {
+    public var wantsRecords: Bool { true }
 }
 
 /// Reads a process's name from /proc/PID/comm ("?" when it is gone).

@@ -298,16 +298,15 @@ public final class SecretFileSystem: @unchecked Sendable {
         guard let n = node(ino) else { return .failure(.notFound) }
         guard n.kind == .secret else { return .failure(.isDirectory) }
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .failure(.readOnly) }
-        counters.withLock { $0.opens += 1 }
-        let policy = configuration.policy
-        guard policy.admits(caller, path: n.mountPath) else {
-            counters.withLock { $0.denials += 1 }
+        let config = configuration
+        guard config.policy.admits(caller, path: n.mountPath) else {
+            counters.withLock { $0.opens += 1; $0.denials += 1 }
             record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
             return .failure(.accessDenied)
         }
-        let maxBytes = configuration.maxCiphertextBytes
+        let maxBytes = config.maxCiphertextBytes
         if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
-            counters.withLock { $0.cacheHits += 1 }
+            counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
             return .success(OpenSecret(secret: hit.secret))
@@ -326,19 +325,19 @@ public final class SecretFileSystem: @unchecked Sendable {
         case .success(let secret):
             switch source {
             case .cache:
-                counters.withLock { $0.cacheHits += 1 }
+                counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
                 record(caller, n.mountPath, .cache)
                 if refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
             case .loaded(let latency):
-                counters.withLock { $0.decrypts += 1 }
+                counters.withLock { $0.opens += 1; $0.decrypts += 1 }
                 record(caller, n.mountPath, .kms, latency: latency)
             case .shared:
-                counters.withLock { $0.shared += 1 }
+                counters.withLock { $0.opens += 1; $0.shared += 1 }
                 record(caller, n.mountPath, .shared)
             }
             return .success(OpenSecret(secret: secret))
         case .failure(let failure):
-            counters.withLock { $0.failures += 1 }
+            counters.withLock { $0.opens += 1; $0.failures += 1 }
             record(caller, n.mountPath, .failed, detail: failure.message)
             return .failure(.io)
         }
@@ -382,6 +381,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     private func record(_ caller: Caller, _ path: String, _ outcome: AuditRecord.Outcome,
                         latency: Double? = nil, detail: String? = nil) {
+        guard audit.wantsRecords else { return }   // audit=off: not even the process name
         audit.record(AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
                                  processName: processName(pid: caller.pid), path: path, outcome: outcome,
                                  latency: latency, detail: detail))
