@@ -69,7 +69,7 @@ STORM_N = knob("STORM_N", 1000, 40)
 STORM_READERS = knob("STORM_READERS", 64, 16)
 STORM_RETRIES = 20
 SCALE_N = knob("SCALE_N", 10000, 100)
-SCALE_ROUNDS = knob("SCALE_ROUNDS", 3, 1)
+SCALE_ROUNDS = knob("SCALE_ROUNDS", 5, 1)
 SOAK_READERS = knob("SOAK_READERS", 8, 4)
 SOAK_SECONDS = knob("SOAK_SECONDS", 60.0, 2.0)
 SOAK_FILES = 32
@@ -1027,7 +1027,8 @@ def write_report(b, doc, png_name, started, load_start, load_end, duration, char
         "| kernel (`uname -r`) | %s (%s) |" % (m["kernel"], m["uname"]),
         "| OS | %s |" % m["os"],
         "| load average (1/5/15 min) at start / end | %s / %s |" % (load_start, load_end),
-        "| load average at each section's start | %s |" % "; ".join("%s %s" % x for x in section_loads),
+        "| each section: 1-min load average (lowest–highest, sampled every 5 s); CPUs busy, machine-wide, the bench included | %s |"
+        % "; ".join("%s: %s" % x for x in section_loads),
         "| kmsfs | %s |" % build,
         "| references | libfuse %s examples (hello_ll, passthrough_ll) built with gcc -O2; %s; moto_server on loopback as KMS |"
         % (m["fuse"], m["curl"]),
@@ -1091,6 +1092,39 @@ def print_table(b):
             print("  %-*s  %s%s%s%s%s" % (w, r["figure"], r["value"], ref, rat, tgt, met))
 
 
+class LoadSampler:
+    """The 1-minute load average every 5 s while a section runs, and the
+    share of CPU time the whole machine spent busy."""
+
+    def __enter__(self):
+        self.samples, self.stop = [float(loadavg().split()[0])], threading.Event()
+        self.cpu0 = self._cpu()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop.wait(5):
+            self.samples.append(float(loadavg().split()[0]))
+
+    @staticmethod
+    def _cpu():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]    # total, idle + iowait
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.samples.append(float(loadavg().split()[0]))
+        self.cpu1 = self._cpu()
+
+    def summary(self):
+        total, idle = self.cpu1[0] - self.cpu0[0], self.cpu1[1] - self.cpu0[1]
+        busy = 100.0 * (total - idle) / total if total else 0.0
+        return "load %.2f–%.2f, CPUs %.0f%% busy" % (min(self.samples), max(self.samples), busy)
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -1117,9 +1151,10 @@ def main():
         b.build_tools()
         b.start_kms()
         for name in SECTIONS:
-            section_loads.append((name, loadavg()))
             print("bench: %s ... (load %s)" % (name, loadavg()), file=sys.stderr, flush=True)
-            globals()["section_" + name](b)
+            with LoadSampler() as ls:
+                globals()["section_" + name](b)
+            section_loads.append((name, ls.summary()))
         duration = time.monotonic() - t0
         # Quick runs report beside /tmp, never over the committed figures.
         default_doc = (pathlib.Path(tempfile.gettempdir()) / "kmsfs-bench-quick" / "benchmarks.md") if QUICK \
