@@ -1146,6 +1146,9 @@ def main():
     t0 = time.monotonic()
     BENCH = Bench()
     b = BENCH
+    # Interrupted or terminated (even when started with SIGINT ignored, as a
+    # background job): unwind through the finally below, which unmounts.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         b.build_tools()
@@ -1171,4 +1174,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("bench: interrupted; mounts and servers removed", file=sys.stderr)
+        sys.exit(130)
