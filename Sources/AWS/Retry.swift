@@ -22,6 +22,11 @@ public final class RetryStrategy: Sendable {
         public var retryCost = 5
         public var timeoutRetryCost = 10
         public var noRetryIncrement = 1
+        /// Attempts a throttled call may make within its deadline, and its
+        /// backoff (full jitter, doubling from the base up to the cap).
+        public var maxThrottleAttempts = 30
+        public var throttleBaseDelay = 0.05
+        public var maxThrottleBackoff = 1.0
         public init() {}
     }
 
@@ -46,8 +51,24 @@ public final class RetryStrategy: Sendable {
     }
 
     /// `attempt` is the 1-based number of the attempt that just failed.
+    ///
+    /// Throttling is the service asking to slow down, not a failure to
+    /// count against the outage quota: with an `AdaptiveLimiter` cutting the
+    /// calls in flight, a throttled call is retried with backoff for as long
+    /// as its deadline allows (at least `maxAttempts`, at most
+    /// `maxThrottleAttempts`), and takes no quota.
     public func decide(after failure: RetryClass, attempt: Int) -> Decision {
         guard failure != .notRetryable else { return .giveUp(reason: "not retryable") }
+        if failure == .throttling {
+            guard attempt < max(configuration.maxAttempts, configuration.maxThrottleAttempts) else {
+                return .giveUp(reason: "still throttled after \(attempt) attempts")
+            }
+            // The limiter already throttles the rate (calls in flight); the
+            // backoff only spreads the retries: short, capped at a second.
+            let delay = random() * min(configuration.maxThrottleBackoff,
+                                       configuration.throttleBaseDelay * pow(2, Double(min(attempt, 10) - 1)))
+            return .retry(after: delay, cost: 0)
+        }
         guard attempt < configuration.maxAttempts else {
             return .giveUp(reason: "gave up after \(attempt) attempts")
         }

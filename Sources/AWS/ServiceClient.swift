@@ -109,15 +109,17 @@ public struct RetryingCaller: Sendable {
     public let deadline: Double
     public let attemptTimeout: Double
     public let metrics: CallMetrics?
+    public let limiter: AdaptiveLimiter?
 
     public init(label: String, retry: RetryStrategy, clock: Clock, deadline: Double, attemptTimeout: Double,
-                metrics: CallMetrics? = nil) {
+                metrics: CallMetrics? = nil, limiter: AdaptiveLimiter? = nil) {
         self.label = label
         self.retry = retry
         self.clock = clock
         self.deadline = deadline
         self.attemptTimeout = attemptTimeout
         self.metrics = metrics
+        self.limiter = limiter
     }
 
     /// Seconds under which an attempt is not worth starting.
@@ -131,12 +133,22 @@ public struct RetryingCaller: Sendable {
         var lastCost = 0
         while true {
             number += 1
-            let remaining = deadline - (clock.monotonic() - start)
+            var remaining = deadline - (clock.monotonic() - start)
             let result: Result<HTTPResponse, AWSError>
             if remaining < RetryingCaller.minimumAttemptTime {
                 result = .failure(.transport(TransportError(.timeout, "\(label): no time left within the \(RetryingCaller.seconds(deadline)) s call deadline")))
+            } else if let limiter, !limiter.acquire(within: remaining - RetryingCaller.minimumAttemptTime, clock: clock) {
+                result = .failure(.transport(TransportError(.timeout, "\(label): no call slot within the \(RetryingCaller.seconds(deadline)) s call deadline (KMS is throttling; calls are slowed down)")))
             } else {
-                result = attempt(min(attemptTimeout, remaining))
+                remaining = deadline - (clock.monotonic() - start)
+                let r = attempt(min(attemptTimeout, max(remaining, RetryingCaller.minimumAttemptTime)))
+                if let limiter {
+                    switch r {
+                    case .success: limiter.release(.success)
+                    case .failure(let e): limiter.release(e.retryClass == .throttling ? .throttled : .other)
+                    }
+                }
+                result = r
             }
             switch result {
             case .success(let response):
@@ -189,6 +201,9 @@ public final class AWSJSONClient: Sendable {
     public let clock: Clock
     public let retry: RetryStrategy
     public let metrics = CallMetrics()
+    /// Calls in flight: at most the transport's pooled connections, halved
+    /// while the service throttles.
+    public let limiter: AdaptiveLimiter
     /// Longest a call may take, retries and backoff included.
     public let callDeadline: Double
     /// Longest one attempt may take (connection included).
@@ -199,7 +214,8 @@ public final class AWSJSONClient: Sendable {
     public init(signingName: String, targetPrefix: String, region: String, endpoint: URLParts,
                 credentials: CredentialProvider, transport: HTTPTransport, clock: Clock = .system,
                 retry: RetryStrategy = RetryStrategy(), callDeadline: Double = 30,
-                attemptTimeout: Double = 10, connectTimeout: Double = 3) {
+                attemptTimeout: Double = 10, connectTimeout: Double = 3, maxInFlight: Int = 16) {
+        self.limiter = AdaptiveLimiter(maximum: maxInFlight)
         self.signingName = signingName
         self.targetPrefix = targetPrefix
         self.region = region
@@ -216,7 +232,8 @@ public final class AWSJSONClient: Sendable {
     /// Calls `operation` with a JSON body; returns the 2xx response.
     public func call(_ operation: String, body: HTTPBody) throws(AWSError) -> HTTPResponse {
         let caller = RetryingCaller(label: "\(targetPrefix).\(operation)", retry: retry, clock: clock,
-                                    deadline: callDeadline, attemptTimeout: attemptTimeout, metrics: metrics)
+                                    deadline: callDeadline, attemptTimeout: attemptTimeout, metrics: metrics,
+                                    limiter: limiter)
         return try caller.call { timeout in
             do throws(AWSError) { return .success(try attemptOnce(operation, body: body, timeout: timeout)) } catch { return .failure(error) }
         }

@@ -175,7 +175,7 @@ public struct KMSError: Error, CustomStringConvertible, Sendable {
             case .management(let code):
                 return "A key management call failed (\(code)); kmsfs does not make these."
             case .throttling:
-                return "KMS throttled the request rate and retries were exhausted; check the account's KMS request quotas (Service Quotas), spread mounts' start, or raise retries=."
+                return "KMS kept throttling for the whole call deadline although kmsfs slowed its calls down; check the account's KMS request quotas (Service Quotas), spread mounts' start, or give more time with timeout=."
             case .limitExceeded:
                 return "An account limit was exceeded; check the KMS quotas (Service Quotas)."
             case .internalError, .serviceUnavailable:

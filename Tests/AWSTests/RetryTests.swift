@@ -13,14 +13,20 @@ import Synchronization
     @Test func fullJitterExponentialBackoffCappedAtTwentySeconds() {
         let s = strategy(attempts: 10)
         var delays: [Double] = []
-        for attempt in 1..<10 {
+        for attempt in 1..<30 {
             if case .retry(let d, _) = s.decide(after: .transient, attempt: attempt) { delays.append(d) }
         }
         #expect(delays == [1, 2, 4, 8, 16, 20, 20, 20, 20])
         let half = strategy(attempts: 10, random: 0.5)
-        if case .retry(let d, _) = half.decide(after: .throttling, attempt: 3) { #expect(d == 2) } else { Issue.record("expected retry") }
+        if case .retry(let d, _) = half.decide(after: .transient, attempt: 3) { #expect(d == 2) } else { Issue.record("expected retry") }
         let zero = strategy(attempts: 10, random: 0)
-        if case .retry(let d, _) = zero.decide(after: .throttling, attempt: 9) { #expect(d == 0) } else { Issue.record("expected retry") }
+        if case .retry(let d, _) = zero.decide(after: .timeout, attempt: 9) { #expect(d == 0) } else { Issue.record("expected retry") }
+        // Throttling backs off briefly (the limiter slows the rate): 50 ms doubling, capped at 1 s.
+        var throttled: [Double] = []
+        for attempt in 1..<9 {
+            if case .retry(let d, _) = s.decide(after: .throttling, attempt: attempt) { throttled.append(d) }
+        }
+        #expect(throttled == [0.05, 0.1, 0.2, 0.4, 0.8, 1, 1, 1])
     }
 
     @Test func maxAttemptsAndNonRetryableErrors() {
@@ -97,10 +103,10 @@ import Synchronization
         let r = try client.call("Decrypt", body: .bytes(Array("{}".utf8)))
         #expect(r.status == 200)
         #expect(t.count == 3)
-        #expect(clock.sleeps == [0.5, 1.0])
+        #expect(clock.sleeps == [0.025, 0.05])
         let reqs = t.requests
         #expect(reqs[0].timeout == 8 && reqs[0].connectTimeout == 3)     // clamped to the deadline
-        #expect(reqs[2].timeout! <= 8 - 1.5)
+        #expect(reqs[2].timeout! <= 8 - 0.075 + 1e-9)   // the sleeps came off the deadline
         #expect(client.metrics.snapshot.retries == 2 && client.metrics.snapshot.throttled == 2)
     }
 
@@ -150,5 +156,40 @@ import Synchronization
         #expect(AWSEndpoints.variants(environment: Environment([:]), profile: files.profile("plain")) == (true, false))
         #expect(AWSEndpoints.variants(environment: Environment(["AWS_USE_FIPS_ENDPOINT": "false", "AWS_USE_DUALSTACK_ENDPOINT": "true"]),
                                       profile: files.profile("plain")) == (false, true))
+    }
+}
+
+@Suite struct AdaptiveTests {
+    @Test func throttlingIsRetriedPastMaxAttemptsWithoutQuota() {
+        var c = RetryStrategy.Configuration()
+        c.maxAttempts = 3
+        c.quotaCapacity = 5
+        let r = RetryStrategy(c, random: { 0.5 })
+        for attempt in 1..<30 {
+            guard case .retry(_, let cost) = r.decide(after: .throttling, attempt: attempt) else {
+                Issue.record("attempt \(attempt) should be retried"); return
+            }
+            #expect(cost == 0)
+        }
+        #expect(r.decide(after: .throttling, attempt: 30) == .giveUp(reason: "still throttled after 30 attempts"))
+        #expect(r.availableTokens == 5)
+        // Transient errors still spend the quota and stop at maxAttempts.
+        if case .retry(_, let cost) = r.decide(after: .transient, attempt: 1) { #expect(cost == 5) } else { Issue.record("retry") }
+        #expect(r.decide(after: .transient, attempt: 2) == .giveUp(reason: "retry quota exhausted"))
+    }
+
+    @Test func theLimiterHalvesOnThrottlingAndGrowsBackOnSuccess() {
+        let l = AdaptiveLimiter(maximum: 16)
+        let clock = Clock.system
+        #expect(l.acquire(within: 0.1, clock: clock))
+        l.release(.throttled)
+        #expect(l.currentLimit == 8)
+        for _ in 0..<4 { #expect(l.acquire(within: 0.1, clock: clock)); l.release(.throttled) }
+        #expect(l.currentLimit == 1)
+        #expect(l.acquire(within: 0.1, clock: clock))
+        #expect(!l.acquire(within: 0.05, clock: clock))     // one in flight is the cap now
+        l.release(.success)
+        for _ in 0..<200 { _ = l.acquire(within: 0.1, clock: clock); l.release(.success) }
+        #expect(l.currentLimit == 16)
     }
 }

@@ -34,6 +34,9 @@ class KMSProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: without this, Nagle
+            # and delayed ACKs add ~40 ms to every proxied call.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass

@@ -139,3 +139,43 @@ def test_sequential_calls_reuse_one_connection(tree, kms, proxy, mount_factory, 
     assert proxy.count("Decrypt") == N
     assert proxy.connections < N
     assert proxy.connections == 1, "%d connections for %d sequential calls" % (proxy.connections, N)
+
+
+def test_a_throttled_storm_loses_no_read(tmp_path, kms, proxy, mount_factory):
+    """48 readers over 120 cold secrets while KMS throttles every other
+    request (by arrival): kmsfs slows its calls down instead of failing,
+    and makes exactly one successful Decrypt per secret."""
+    src = tmp_path / "storm"
+    src.mkdir()
+    blob = kms.encrypt_blob(b"storm-secret")
+    names = ["s%03d" % i for i in range(120)]
+    for n in names:
+        (src / (n + ".encrypted")).write_bytes(blob)
+    m = mount_factory(src, "allow_uid=0", env=kms.base_env(endpoint=proxy.url))
+    proxy.reset()
+    proxy.policy = lambda n, target: Fault.THROTTLE if n % 2 == 0 else None
+    todo = list(names)
+    lock = threading.Lock()
+    failures = []
+
+    def reader():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                n = todo.pop()
+            try:
+                with open(m.file(n), "rb") as f:
+                    if f.read() != b"storm-secret":
+                        failures.append((n, "wrong bytes"))
+            except OSError as e:
+                failures.append((n, e))
+
+    threads = [threading.Thread(target=reader) for _ in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == [], m.log()[-3000:]
+    assert proxy.count("Decrypt") == len(names)          # successful calls: one per secret
+    assert len(proxy.requests) > len(names)              # and KMS did throttle
