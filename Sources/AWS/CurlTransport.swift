@@ -49,12 +49,26 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         var healthy = false
         defer {
             if healthy {
+                handle.lastUsed = monotonicSeconds()
                 pool.withLock { p in if p.count < options.maxPooledHandles { p.append(handle) } }
             }
         }
         let result = try handle.perform(request, options: options)
         healthy = true
         return result
+    }
+
+    /// Closes pooled connections unused for `seconds` (and their handles'
+    /// descriptors), so an idle daemon holds none. Returns how many.
+    @discardableResult
+    public func trimIdle(olderThan seconds: Double) -> Int {
+        let now = monotonicSeconds()
+        let stale: [EasyHandle] = pool.withLock { p in
+            let old = p.filter { now - $0.lastUsed >= seconds }
+            p.removeAll { now - $0.lastUsed >= seconds }
+            return old
+        }
+        return stale.count   // freed (curl_easy_cleanup) as they go out of scope here
     }
 }
 
@@ -135,6 +149,7 @@ extension String {
 /// transport hands each to one request at a time.
 private final class EasyHandle: @unchecked Sendable {
     let curl: UnsafeMutableRawPointer
+    var lastUsed: Double = 0
     var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
 
     init?() {

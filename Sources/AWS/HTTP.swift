@@ -92,6 +92,14 @@ public struct TransportError: Error, CustomStringConvertible, Sendable, Equatabl
 /// Sends one request and returns the response; thread-safe, blocking.
 public protocol HTTPTransport: Sendable {
     func send(_ request: HTTPRequest) throws(TransportError) -> HTTPResponse
+    /// Closes connections idle for `seconds`; returns how many.
+    @discardableResult
+    func trimIdle(olderThan seconds: Double) -> Int
+}
+
+extension HTTPTransport {
+    @discardableResult
+    public func trimIdle(olderThan seconds: Double) -> Int { 0 }
 }
 
 /// A parsed URL, as much as AWS endpoints need.

@@ -21,6 +21,7 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <linux/openat2.h>
+#include <malloc.h>
 
 #ifndef SYS_memfd_secret
 #define SYS_memfd_secret 447
@@ -97,6 +98,10 @@ static inline int kmsfs_peer_credentials(int fd, struct kmsfs_ucred *out) {
     socklen_t len = sizeof *out;
     return getsockopt(fd, SOL_SOCKET, 17 /* SO_PEERCRED */, out, &len);
 }
+
+/* malloc.h's tuning (M_ARENA_MAX is a macro constant). */
+static inline void kmsfs_malloc_arena_max(int n) { mallopt(M_ARENA_MAX, n); }
+static inline int kmsfs_malloc_trim(void) { return malloc_trim(0); }
 
 /* errno is a macro over a thread-local function. */
 static inline int kmsfs_errno(void) { return errno; }

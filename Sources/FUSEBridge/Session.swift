@@ -26,7 +26,9 @@ public final class FUSESession: @unchecked Sendable {
         /// Worker threads at most: a worker waiting on KMS must not stall
         /// other opens, so allow many.
         public var maxThreads = 64
-        public var maxIdleThreads = 8
+        /// Idle workers kept after a burst: one, so a daemon back at rest
+        /// holds the threads it started with.
+        public var maxIdleThreads = 1
         /// Largest read served per request.
         public var maxRead = 128 * 1024
         /// Extra mount flags (`noexec` unless `exec` was asked for, ...).

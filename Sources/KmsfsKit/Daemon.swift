@@ -1,4 +1,5 @@
 import AWS
+import Threading
 import KMS
 import SecretFS
 import FUSEBridge
@@ -79,6 +80,7 @@ public enum Daemon {
             }
         }
         FUSESession.blockDaemonSignals()
+        ProcessHardening.limitMallocArenas(2)
 
         let env = Environment.process()
         let settings: AWSSettings
@@ -157,6 +159,7 @@ public enum Daemon {
             control = nil
             Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
         }
+        Daemon.startIdleHousekeeping(fs: fs, transport: kms.api.transport)
         Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
 
         let mountpoint = request.mountpoint
@@ -195,6 +198,28 @@ public enum Daemon {
             SecureMemoryStats.wipeAllLive()
         })
         return status
+    }
+
+    /// Back at rest after a burst, the daemon gives back what the burst
+    /// took: KMS connections idle for 15 s are closed, and once no open has
+    /// come for a while freed heap pages return to the kernel.
+    static func startIdleHousekeeping(fs: SecretFileSystem, transport: HTTPTransport) {
+        startThread(name: "kmsfs-idle") {
+            var lastOpens = -1
+            var trimmed = false
+            while true {
+                Clock.system.sleep(5)
+                let closed = transport.trimIdle(olderThan: 15)
+                if closed > 0 { Log.debug("closed \(closed) idle KMS connections") }
+                let opens = fs.counterSnapshot.opens
+                if opens == lastOpens {
+                    if !trimmed { ProcessHardening.returnFreeMemory(); trimmed = true }
+                } else {
+                    trimmed = false
+                }
+                lastOpens = opens
+            }
+        }
     }
 
     /// The status document `kmsfs status` shows. Names, sizes, ages and

@@ -48,6 +48,18 @@ public enum ProcessHardening {
         return .failed(SystemError("mlockall", errno: currentErrno))
     }
 
+    /// At most `arenas` malloc arenas (glibc otherwise makes up to eight per
+    /// core for a daemon with many threads, and every arena's pages are
+    /// locked by mlockall). Call before threads start.
+    public static func limitMallocArenas(_ arenas: Int32) {
+        kmsfs_malloc_arena_max(arenas)
+    }
+
+    /// Gives freed heap memory back to the kernel (after a burst of work).
+    public static func returnFreeMemory() {
+        _ = kmsfs_malloc_trim()
+    }
+
     /// The process's RLIMIT_MEMLOCK soft limit, in bytes (nil = unlimited).
     public static var memlockLimit: UInt64? {
         var r = rlimit()
