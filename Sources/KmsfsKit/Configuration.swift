@@ -40,6 +40,7 @@ public enum Configuration {
         c.maxCiphertextBytes = o.maxCiphertextBytes
         if let d = o.dirMode { c.directoryMode = d }
         if watched { c.entryTimeout = 10 }
+        c.secretAttributeTimeout = c.entryTimeout
         return c
     }
 }

@@ -49,6 +49,8 @@ final class Node: @unchecked Sendable {
     let mountPath: String
     /// Kernel lookup count (guarded by the table's lock).
     var lookups: UInt64 = 0
+    /// The size last reported to the kernel (guarded by the table's lock).
+    var reportedSize: Int64 = -1
 
     init(ino: UInt64, kind: NodeKind, sourcePath: String, mountPath: String) {
         self.ino = ino
@@ -91,9 +93,11 @@ public struct FSConfiguration: Sendable {
     public var maxCiphertextBytes: Int = 64 << 20
     /// Seconds the kernel may cache names and directory attributes.
     public var entryTimeout: Double = 1.0
-    /// Seconds the kernel may cache a secret's attributes: 0, so `fstat`
-    /// after `open` always shows the exact plaintext size.
-    public var secretAttributeTimeout: Double = 0
+    /// Seconds the kernel may cache a secret's attributes. Before its first
+    /// decryption a secret shows its ciphertext's size; an open that finds
+    /// the kernel holding another size than the plaintext's invalidates the
+    /// attributes before it answers, so `fstat` after `open` is exact.
+    public var secretAttributeTimeout: Double = 1.0
     /// Directory permission bits.
     public var directoryMode: UInt32 = 0o555
 
@@ -258,6 +262,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             mode = UInt32(S_IFDIR) | (c.directoryMode & 0o555)
             size = 4096
         }
+        if n.kind == .secret { table.withLock { _ in n.reportedSize = size } }
         let attrs = Attributes(ino: n.ino, kind: n.kind, mode: mode, nlink: n.kind == .directory ? 2 : 1,
                                uid: owner.uid, gid: owner.gid, size: size,
                                atime: st.atime, mtime: st.mtime, ctime: st.ctime)
@@ -309,6 +314,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
+            correctKernelSize(n, hit.secret.size)
             return .success(OpenSecret(secret: hit.secret))
         }
         let current: SourceStat
@@ -335,12 +341,26 @@ public final class SecretFileSystem: @unchecked Sendable {
                 counters.withLock { $0.opens += 1; $0.shared += 1 }
                 record(caller, n.mountPath, .shared)
             }
+            correctKernelSize(n, secret.size)
             return .success(OpenSecret(secret: secret))
         case .failure(let failure):
             counters.withLock { $0.opens += 1; $0.failures += 1 }
             record(caller, n.mountPath, .failed, detail: failure.message)
             return .failure(.io)
         }
+    }
+
+    /// The kernel may hold the ciphertext's size for this inode (reported
+    /// before the first decryption): make it ask again, before the open is
+    /// answered, so `fstat` shows the plaintext's size. (Allowed inside
+    /// open: libfuse forbids it only in lookup/setattr-like operations.)
+    private func correctKernelSize(_ n: Node, _ size: Int) {
+        let stale = table.withLock { _ -> Bool in
+            guard n.reportedSize != Int64(size) else { return false }
+            n.reportedSize = Int64(size)
+            return true
+        }
+        if stale { notifier?.invalidateInode(n.ino) }
     }
 
     /// Re-decrypts a secret in its refresh-ahead window without making the

@@ -220,3 +220,15 @@ def test_sigint_wipes_and_unmounts(live):
     assert m.proc.wait(10) == 0
     assert "SIGINT: wiping cached secrets" in m.log()
     assert not mounted(m.path)
+
+
+def test_fstat_after_open_is_exact_even_when_the_kernel_cached_the_ciphertext_size(live, kms):
+    m = live
+    put(kms, m.src / "sized.encrypted", b"exactly-24-bytes-of-text")
+    assert eventually(lambda: os.path.exists(m.file("sized")))
+    before = os.stat(m.file("sized")).st_size            # not decrypted yet: the ciphertext's size
+    assert before == os.path.getsize(m.src / "sized.encrypted") > 24
+    with open(m.file("sized"), "rb") as f:
+        assert os.fstat(f.fileno()).st_size == 24
+        assert f.read() == b"exactly-24-bytes-of-text"
+    assert os.stat(m.file("sized")).st_size == 24
