@@ -92,7 +92,10 @@ private let writeCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
     do {
         if ctx.accumulator == nil {
             let hint = min(max(ctx.contentLength ?? 4096, n), ctx.limit)
-            ctx.accumulator = try SecureAccumulator(initialCapacity: hint, limit: ctx.limit)
+            // Locked, undumpable and wiped, but not memfd_secret: the body
+            // lives only until it is decoded, and secret pages cost a change
+            // to the kernel's direct map (a TLB flush on every CPU) each.
+            ctx.accumulator = try SecureAccumulator(initialCapacity: hint, limit: ctx.limit, backing: .lockedAnonymous)
         }
         try ctx.accumulator!.append(UnsafeRawBufferPointer(start: ptr, count: n))
         return n

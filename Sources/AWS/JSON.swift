@@ -64,6 +64,13 @@ public indirect enum JSONValue: Sendable, Equatable {
     }
 
     static func quote(_ s: String, into out: inout String) {
+        // Most strings (base64 ciphertexts, key IDs) need no escaping.
+        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5C }) {
+            out += "\""
+            out += s
+            out += "\""
+            return
+        }
         out += "\""
         for u in s.unicodeScalars {
             switch u {

@@ -170,10 +170,10 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     // memfd_secret pages cannot be handed to the kernel for the reply (it
     // pins pages): copy into locked scratch, reply, wipe.
     do {
-        try ctx.scratch.withScratch { buf -> (result: Void, used: Int) in
+        try ctx.scratch.withScratch { (buf: UnsafeMutableRawBufferPointer) -> Int in
             plaintext.copyBytes(from: start, count: length, to: buf.baseAddress!)
             _ = fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), length)
-            return ((), length)
+            return length
         }
     } catch {
         Log.error("read: no locked scratch memory: \(error)")

@@ -16,25 +16,22 @@ public final class ScratchPool: @unchecked Sendable {
         self.maxPooled = maxPooled
     }
 
-    /// Runs `body` with a locked buffer of `bufferSize` bytes, wiping the
-    /// first `used` bytes the body reports before the buffer returns to the
-    /// pool.
-    public func withScratch<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> (result: R, used: Int)) throws -> R {
+    /// The hot path (every FUSE read): `body` fills and sends from a locked
+    /// buffer and returns how many bytes it used, which are then wiped.
+    /// Not generic, so no caller pays for type metadata per call.
+    public func withScratch(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(SecureMemoryError) {
         let buffer: SecureBuffer
         if let b = free.withLock({ $0.popLast() }) {
             buffer = b
         } else {
             buffer = try SecureBuffer(capacity: bufferSize, backing: .lockedAnonymous)
         }
-        var used = bufferSize
-        defer {
-            buffer.withUnsafeMutableCapacity { secureWipe($0.baseAddress, min(used, $0.count)) }
-            free.withLock { pool in
-                if pool.count < maxPooled { pool.append(buffer) }
-            }
+        buffer.withUnsafeMutableCapacity { cap in
+            let used = body(cap)
+            secureWipe(cap.baseAddress, min(max(used, 0), cap.count))
         }
-        let out = try buffer.withUnsafeMutableCapacity { try body($0) }
-        used = out.used
-        return out.result
+        free.withLock { pool in
+            if pool.count < maxPooled { pool.append(buffer) }
+        }
     }
 }

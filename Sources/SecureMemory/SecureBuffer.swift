@@ -269,9 +269,12 @@ public final class SecureAccumulator: @unchecked Sendable {
     public private(set) var buffer: SecureBuffer
     public let limit: Int
 
-    public init(initialCapacity: Int = 4096, limit: Int) throws(SecureMemoryError) {
+    /// `backing`: nil for the policy's default; transient buffers (an HTTP
+    /// response, wiped once decoded) may ask for `.lockedAnonymous`, which
+    /// costs no change to the kernel's direct map.
+    public init(initialCapacity: Int = 4096, limit: Int, backing: SecureBacking? = nil) throws(SecureMemoryError) {
         self.limit = limit
-        self.buffer = try SecureBuffer(capacity: min(max(initialCapacity, 1), limit))
+        self.buffer = try SecureBuffer(capacity: min(max(initialCapacity, 1), limit), backing: backing)
     }
 
     public func append(_ bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) {

@@ -54,13 +54,13 @@ import SecureMemory
 
     @Test func scratchIsWipedAfterUse() throws {
         let pool = ScratchPool(bufferSize: 64, maxPooled: 1)
-        try pool.withScratch { buf -> (result: Void, used: Int) in
+        try pool.withScratch { (buf: UnsafeMutableRawBufferPointer) -> Int in
             for i in 0..<10 { buf[i] = 0x41 }
-            return ((), 10)
+            return 10
         }
-        try pool.withScratch { buf -> (result: Void, used: Int) in
+        try pool.withScratch { (buf: UnsafeMutableRawBufferPointer) -> Int in
             #expect(buf.prefix(10).allSatisfy { $0 == 0 })
-            return ((), 0)
+            return 0
         }
     }
 }
