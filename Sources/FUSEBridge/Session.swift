@@ -26,9 +26,11 @@ public final class FUSESession: @unchecked Sendable {
         /// Worker threads at most: a worker waiting on KMS must not stall
         /// other opens, so allow many.
         public var maxThreads = 64
-        /// Idle workers kept after a burst: one, so a daemon back at rest
-        /// holds the threads it started with.
-        public var maxIdleThreads = 1
+        /// Idle workers kept after a burst. Fewer than four makes libfuse
+        /// start and end a thread for nearly every request of even a single
+        /// reader (the kernel sends RELEASE asynchronously, so two requests
+        /// overlap); more keeps threads a quiet daemon does not need.
+        public var maxIdleThreads = 4
         /// Largest read served per request.
         public var maxRead = 128 * 1024
         /// Extra mount flags (`noexec` unless `exec` was asked for, ...).
