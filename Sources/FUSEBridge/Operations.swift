@@ -11,6 +11,8 @@ final class BridgeContext: @unchecked Sendable {
     let fs: SecretFileSystem
     let scratch: ScratchPool
     let debug: Bool
+    /// The session, set once right after it is created (before any request).
+    var session: OpaquePointer?
 
     init(fs: SecretFileSystem, maxRead: Int, debug: Bool) {
         self.fs = fs
@@ -182,10 +184,18 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
 }
 
 let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
+    let session = context(req).session   // the request is gone once answered
     if let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) {
         Unmanaged<OpenSecret>.fromOpaque(raw).release()
     }
     reply(req, error: 0)
+    // Direct I/O keeps plaintext out of the page cache, except for a
+    // private mmap(2), which the kernel serves through it. The last close
+    // of such a mapping ends here: drop whatever pages it left. (RELEASE is
+    // asynchronous, so no reader waits for this.)
+    if let session {
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, 0, 0)
+    }
 }
 
 let opFsync: @convention(c) (fuse_req_t?, fuse_ino_t, Int32, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, _, _ in

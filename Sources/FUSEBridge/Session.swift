@@ -82,6 +82,7 @@ public final class FUSESession: @unchecked Sendable {
             throw FUSEError("cannot create the FUSE session (bad mount options?)")
         }
         self.session = se
+        context.session = se
     }
 
     deinit {

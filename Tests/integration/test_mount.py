@@ -253,3 +253,21 @@ def test_missing_source_and_region_are_one_line(tmp_path, kms, kmsfs_bin):
     r = subprocess.run([kmsfs_bin, str(tmp_path), str(mnt)], env=env, capture_output=True, timeout=30)
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "region" in lines[0], lines
+
+
+def test_private_mmap_reads_and_shared_mmap_is_refused(seed_mount):
+    import mmap
+    data = SECRETS["binary.key"]
+    fd = os.open(seed_mount.file("binary.key"), os.O_RDONLY)
+    try:
+        m = mmap.mmap(fd, len(data), mmap.MAP_PRIVATE, mmap.PROT_READ)
+        assert m[:] == data
+        m.close()
+        with pytest.raises(OSError) as e:
+            mmap.mmap(fd, len(data), mmap.MAP_SHARED, mmap.PROT_READ)
+        assert e.value.errno == errno.ENODEV
+    finally:
+        os.close(fd)
+    # The release that dropped the mapping's pages left the daemon serving.
+    assert open(seed_mount.file("ssl.pem"), "rb").read() == SECRETS["ssl.pem"]
+    assert seed_mount.proc.poll() is None
