@@ -2,6 +2,7 @@ import SecretFS
 import Log
 import SecureMemory
 import Synchronization
+import Threading
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -65,4 +66,56 @@ public struct NoAuditSink: AuditSink {
     public init() {}
     public func record(_ r: AuditRecord) {}
     public var wantsRecords: Bool { false }
+}
+
+/// Takes the writing of audit records off the open's path: the record is
+/// built while the caller waits (its process name must be read while the
+/// process is surely alive), then formatted and written by one thread, in
+/// order. When the queue is full the caller writes itself (nothing is
+/// dropped); `flush` drains it (SIGHUP, shutdown).
+public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
+    public let inner: AuditSink
+    private let lock = ConditionLock()
+    private var queue: [AuditRecord] = []
+    private var writing = false
+    private let capacity: Int
+
+    public init(_ inner: AuditSink, capacity: Int = 4096) {
+        self.inner = inner
+        self.capacity = capacity
+        startThread(name: "kmsfs-audit") { [self] in run() }
+    }
+
+    public var wantsRecords: Bool { inner.wantsRecords }
+
+    public func record(_ r: AuditRecord) {
+        let queued = lock.withLock { () -> Bool in
+            guard queue.count < capacity else { return false }
+            queue.append(r)
+            lock.signal()
+            return true
+        }
+        if !queued { inner.record(r) }
+    }
+
+    private func run() {
+        while true {
+            let batch: [AuditRecord] = lock.withLock {
+                while queue.isEmpty { lock.wait() }
+                let b = queue
+                queue.removeAll(keepingCapacity: true)
+                writing = true
+                return b
+            }
+            for r in batch { inner.record(r) }
+            lock.withLock { writing = false; lock.broadcast() }
+        }
+    }
+
+    /// Returns once every record queued so far is written.
+    public func flush() {
+        lock.withLock {
+            while !queue.isEmpty || writing { lock.wait(seconds: 0.1) }
+        }
+    }
 }

@@ -108,16 +108,17 @@ public enum Daemon {
             report.fail("source \(request.source): \(String(cString: strerror(error.errno))); give the directory that holds the *.encrypted files")
         }
 
-        let audit: AuditSink
+        let auditTarget: AuditSink
         switch options.audit {
-        case .stderr: audit = LogAuditSink()
-        case .syslog: audit = SyslogAuditSink()
-        case .off: audit = NoAuditSink()
+        case .stderr: auditTarget = LogAuditSink()
+        case .syslog: auditTarget = SyslogAuditSink()
+        case .off: auditTarget = NoAuditSink()
         case .file(let path):
-            do { audit = try FileAuditSink(path: path) } catch {
+            do { auditTarget = try FileAuditSink(path: path) } catch {
                 report.fail("audit=\(path): \(error); give a writable file path")
             }
         }
+        let audit = QueuedAuditSink(auditTarget)
 
         let kms = settings.makeKMSClient()
         let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
@@ -180,7 +181,8 @@ public enum Daemon {
             }
             report.ready()
         }, onReload: {
-            (audit as? FileAuditSink)?.reopen()
+            audit.flush()
+            (auditTarget as? FileAuditSink)?.reopen()
             if case .file(let path) = options.log { reopenLog(path) }
             do {
                 fs.reconfigure(try Configuration.filesystem(options, watched: watcher != nil))
@@ -191,6 +193,7 @@ public enum Daemon {
         }, onStop: {
             SystemdNotify.send("STOPPING=1")
             fs.sourceIsWatched = false
+            audit.flush()
             watcher?.stop()
             control?.stop()
             fs.notifier = nil

@@ -111,7 +111,13 @@ def test_audit_records_cache_hits_and_kms_calls_without_plaintext(access_mount, 
     cat_as("kmsfs-carol", access_mount.file("db/main.password"))
     cat_as("kmsfs-carol", access_mount.file("db/main.password"))
     carol = users["kmsfs-carol"].pw_uid
-    lines = [l for l in audit_lines(access_mount) if "uid=%d " % carol in l and "result=allowed" in l]
+
+    def carols():
+        return [l for l in audit_lines(access_mount) if "uid=%d " % carol in l and "result=allowed" in l]
+    deadline = time.time() + 5   # records are written by the audit thread, a moment later
+    while time.time() < deadline and not any("source=cache" in l for l in carols()):
+        time.sleep(0.05)
+    lines = carols()
     assert any("source=cache" in l for l in lines), lines
     kms_lines = [l for l in audit_lines(access_mount) if "source=kms" in l]
     assert kms_lines and all(re.search(r"kms_ms=\d+", l) for l in kms_lines)
