@@ -46,6 +46,13 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
         Log.writeAll(fd.load(ordering: .acquiring), r.line + "\n")
     }
 
+    /// One write(2) for the lot (O_APPEND keeps it whole).
+    public func record(batch: [AuditRecord]) {
+        var text = ""
+        for r in batch { text += r.line; text += "\n" }
+        Log.writeAll(fd.load(ordering: .acquiring), text)
+    }
+
     /// Opens the path anew (it may have been rotated away); keeps the old
     /// file on failure.
     public func reopen() {
@@ -92,22 +99,27 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
         let queued = lock.withLock { () -> Bool in
             guard queue.count < capacity else { return false }
             queue.append(r)
-            lock.signal()
+            if queue.count == 1 { lock.signal() }
             return true
         }
         if !queued { inner.record(r) }
     }
 
+    /// Records wait at most this long to be written with the ones that
+    /// follow (one wake-up and one write for a burst of opens).
+    static let linger = 0.02
+
     private func run() {
         while true {
             let batch: [AuditRecord] = lock.withLock {
                 while queue.isEmpty { lock.wait() }
+                lock.wait(seconds: QueuedAuditSink.linger)
                 let b = queue
                 queue.removeAll(keepingCapacity: true)
                 writing = true
                 return b
             }
-            for r in batch { inner.record(r) }
+            inner.record(batch: batch)
             lock.withLock { writing = false; lock.broadcast() }
         }
     }

@@ -60,12 +60,15 @@ public struct AuditRecord: Sendable {
 /// Where audit records go.
 public protocol AuditSink: Sendable {
     func record(_ r: AuditRecord)
+    /// Several records at once, in order (a sink may write them together).
+    func record(batch: [AuditRecord])
     /// False for a sink that drops everything, so no record is built.
     var wantsRecords: Bool { get }
 }
 
 extension AuditSink {
     public var wantsRecords: Bool { true }
+    public func record(batch: [AuditRecord]) { for r in batch { record(r) } }
 }
 
 /// Reads a process's name from /proc/PID/comm ("?" when it is gone).
