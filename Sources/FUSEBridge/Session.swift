@@ -44,6 +44,11 @@ public final class FUSESession: @unchecked Sendable {
 
     public let options: Options
     private let context: BridgeContext
+
+    /// Back at rest: keeps two reply scratch buffers of those a burst of
+    /// concurrent reads took. Returns how many were released.
+    @discardableResult
+    public func releaseIdleScratch() -> Int { context.scratch.trim(keeping: 2) }
     private let session: OpaquePointer
     private var ops: fuse_lowlevel_ops
     private var mounted = false

@@ -46,11 +46,20 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
         Log.writeAll(fd.load(ordering: .acquiring), r.line + "\n")
     }
 
-    /// One write(2) for the lot (O_APPEND keeps it whole).
+    /// Reused by `record(batch:)`, which only the queue's one writer calls.
+    private var batchBytes: [UInt8] = []
+
+    /// One write(2) for the lot (O_APPEND keeps it whole), formatted into a
+    /// buffer kept from batch to batch: the daemon's memory is locked, so
+    /// heap a burst takes stays resident, and a fresh buffer per batch
+    /// would take more of it.
     public func record(batch: [AuditRecord]) {
-        var text = ""
-        for r in batch { text += r.line; text += "\n" }
-        Log.writeAll(fd.load(ordering: .acquiring), text)
+        batchBytes.removeAll(keepingCapacity: true)
+        for r in batch {
+            batchBytes.append(contentsOf: r.line.utf8)
+            batchBytes.append(UInt8(ascii: "\n"))
+        }
+        batchBytes.withUnsafeBytes { Log.writeAll(fd.load(ordering: .acquiring), $0) }
     }
 
     /// Opens the path anew (it may have been rotated away); keeps the old
@@ -84,12 +93,17 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
     public let inner: AuditSink
     private let lock = ConditionLock()
     private var queue: [AuditRecord] = []
+    /// The batch being written; swapped with `queue`, so neither array is
+    /// ever reallocated (see FileAuditSink.record(batch:)).
+    private var spare: [AuditRecord] = []
     private var writing = false
     private let capacity: Int
 
-    public init(_ inner: AuditSink, capacity: Int = 4096) {
+    public init(_ inner: AuditSink, capacity: Int = 1024) {
         self.inner = inner
         self.capacity = capacity
+        queue.reserveCapacity(self.capacity)
+        spare.reserveCapacity(self.capacity)
         startThread(name: "kmsfs-audit") { [self] in run() }
     }
 
@@ -111,16 +125,18 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
 
     private func run() {
         while true {
-            let batch: [AuditRecord] = lock.withLock {
+            lock.withLock {
                 while queue.isEmpty { lock.wait() }
                 lock.wait(seconds: QueuedAuditSink.linger)
-                let b = queue
-                queue.removeAll(keepingCapacity: true)
+                swap(&queue, &spare)
                 writing = true
-                return b
             }
-            inner.record(batch: batch)
-            lock.withLock { writing = false; lock.broadcast() }
+            inner.record(batch: spare)
+            lock.withLock {
+                spare.removeAll(keepingCapacity: true)
+                writing = false
+                lock.broadcast()
+            }
         }
     }
 

@@ -160,7 +160,7 @@ public enum Daemon {
             control = nil
             Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
         }
-        Daemon.startIdleHousekeeping(fs: fs, transport: kms.api.transport)
+        Daemon.startIdleHousekeeping(fs: fs, session: session, transport: kms.api.transport)
         Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
 
         let mountpoint = request.mountpoint
@@ -205,8 +205,9 @@ public enum Daemon {
 
     /// Back at rest after a burst, the daemon gives back what the burst
     /// took: KMS connections idle for 15 s are closed, and once no open has
-    /// come for a while freed heap pages return to the kernel.
-    static func startIdleHousekeeping(fs: SecretFileSystem, transport: HTTPTransport) {
+    /// come for a while the reply scratch buffers a burst pooled are
+    /// released and freed heap pages return to the kernel.
+    static func startIdleHousekeeping(fs: SecretFileSystem, session: FUSESession, transport: HTTPTransport) {
         startThread(name: "kmsfs-idle") {
             var lastOpens = -1
             var trimmed = false
@@ -216,7 +217,11 @@ public enum Daemon {
                 if closed > 0 { Log.debug("closed \(closed) idle KMS connections") }
                 let opens = fs.counterSnapshot.opens
                 if opens == lastOpens {
-                    if !trimmed { ProcessHardening.returnFreeMemory(); trimmed = true }
+                    if !trimmed {
+                        session.releaseIdleScratch()
+                        ProcessHardening.returnFreeMemory()
+                        trimmed = true
+                    }
                 } else {
                     trimmed = false
                 }

@@ -102,15 +102,18 @@ public enum Log {
     /// threads do not interleave.
     public static func writeAll(_ fd: Int32, _ text: String) {
         var bytes = Array(text.utf8)
-        bytes.withUnsafeMutableBytes { buf in
-            var off = 0
-            while off < buf.count {
-                let n = write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 { if kmsfs_errno() == EINTR { continue }; return }
-                off += n
-            }
-        }
+        bytes.withUnsafeBytes { writeAll(fd, $0) }
         bytes.removeAll()
+    }
+
+    public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) {
+        guard let base = buf.baseAddress else { return }
+        var off = 0
+        while off < buf.count {
+            let n = write(fd, base + off, buf.count - off)
+            if n < 0 { if kmsfs_errno() == EINTR { continue }; return }
+            off += n
+        }
     }
 }
 

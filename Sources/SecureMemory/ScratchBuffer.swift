@@ -34,4 +34,18 @@ public final class ScratchPool: @unchecked Sendable {
             if pool.count < maxPooled { pool.append(buffer) }
         }
     }
+
+    /// Releases pooled buffers beyond `keeping` (they were taken by a burst
+    /// of concurrent reads; locked memory stays resident until released).
+    /// Returns how many were released.
+    @discardableResult
+    public func trim(keeping: Int) -> Int {
+        let extra: [SecureBuffer] = free.withLock { pool in
+            guard pool.count > keeping else { return [] }
+            let e = Array(pool[keeping...])
+            pool.removeSubrange(keeping...)
+            return e
+        }
+        return extra.count   // released (wiped, unmapped) as `extra` goes
+    }
 }
