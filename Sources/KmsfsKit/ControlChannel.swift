@@ -9,7 +9,8 @@ import Glibc
 #endif
 
 /// The root-only control channel of a live mount: a Unix socket that
-/// answers `kmsfs status` with the cache and counters (never plaintext).
+/// answers `kmsfs status` with the cache and counters (never plaintext),
+/// and takes the new options of `mount -o remount`.
 ///
 /// The socket lives at `/run/kmsfs/<hash of the mountpoint>.sock` (a 0700
 /// directory, a 0600 socket), and the daemon also checks each peer's
@@ -48,15 +49,19 @@ public enum ControlSocket {
     }
 }
 
-/// Serves status on the control socket from one thread.
+/// Serves the control socket from one thread. A request is one line:
+/// `status`, or `remount OPTIONS` (answered `{"ok":...}` or `{"error":...}`).
 public final class ControlServer: @unchecked Sendable {
     public let path: String
     private let fd: Int32
     private let status: @Sendable () -> JSONValue
+    private let remount: @Sendable (String) -> Result<String, OptionError>
     private let stopped = Atomic<Bool>(false)
 
-    public init(mountpoint: String, status: @escaping @Sendable () -> JSONValue) throws(SystemError) {
+    public init(mountpoint: String, status: @escaping @Sendable () -> JSONValue,
+                remount: @escaping @Sendable (String) -> Result<String, OptionError>) throws(SystemError) {
         self.status = status
+        self.remount = remount
         path = ControlSocket.path(for: mountpoint)
         let dir = ControlSocket.directory
         if mkdir(dir, 0o700) != 0 && currentErrno != EEXIST { throw SystemError("mkdir \(dir)", errno: currentErrno) }
@@ -97,16 +102,33 @@ public final class ControlServer: @unchecked Sendable {
     private func serve(_ c: Int32) {
         guard let cred = peerCredentials(c) else { return }
         guard cred.uid == 0 || cred.uid == geteuid() else {
-            Log.warning("control: refused uid \(cred.uid) (pid \(cred.pid)): status is for root only")
-            Log.writeAll(c, "{\"error\":\"permission denied: kmsfs status is for root\"}\n")
+            Log.warning("control: refused uid \(cred.uid) (pid \(cred.pid)): the control channel is for root only")
+            Log.writeAll(c, "{\"error\":\"permission denied: kmsfs status and remount are for root\"}\n")
             return
         }
         var tv = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var buf = [UInt8](repeating: 0, count: 256)
-        let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
-        let request = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: " \n\r\t") : ""
-        switch request {
+        // One line, up to 64 KiB (a remount carries a whole option string).
+        var line = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while line.count < 65536 && !line.contains(UInt8(ascii: "\n")) {
+            let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
+            if n < 0 && currentErrno == EINTR { continue }
+            if n <= 0 { break }
+            line += buf[0..<n]
+        }
+        if let nl = line.firstIndex(of: UInt8(ascii: "\n")) { line.removeSubrange(nl...) }
+        let request = String(decoding: line, as: UTF8.self)
+        if request.hasPrefix("remount ") {
+            let answer: JSONValue
+            switch remount(String(request.dropFirst("remount ".count))) {
+            case .success(let m): answer = .object([("ok", .string(m))])
+            case .failure(let e): answer = .object([("error", .string(e.message))])
+            }
+            Log.writeAll(c, answer.serialized + "\n")
+            return
+        }
+        switch request.trimmingCharacters(in: " \r\t") {
         case "status", "":
             Log.writeAll(c, status().serialized + "\n")
         default:
@@ -136,6 +158,22 @@ public enum ControlClient {
     }
 
     public static func status(mountpoint: String) throws(Failure) -> JSONValue {
+        let doc = try request("status", mountpoint: mountpoint)
+        if let e = doc["error"]?.stringValue { throw .denied(e) }
+        return doc
+    }
+
+    /// Hands a live mount new options (`mount -o remount`); returns the
+    /// daemon's one-line summary, or throws its one-line refusal.
+    public static func remount(mountpoint: String, options: [String]) throws(Failure) -> String {
+        let joined = options.joined(separator: ",")
+        guard !joined.contains("\n") else { throw .bad("options cannot contain a newline") }
+        let doc = try request("remount " + joined, mountpoint: mountpoint)
+        if let e = doc["error"]?.stringValue { throw .bad(e) }
+        return doc["ok"]?.stringValue ?? ""
+    }
+
+    static func request(_ line: String, mountpoint: String) throws(Failure) -> JSONValue {
         let path = ControlSocket.path(for: mountpoint)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .bad("socket: \(String(cString: strerror(currentErrno)))") }
@@ -151,7 +189,7 @@ public enum ControlClient {
             if e == EACCES || e == EPERM { throw .denied("\(path): permission denied; kmsfs status is for root") }
             throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(String(cString: strerror(e))))")
         }
-        Log.writeAll(fd, "status\n")
+        Log.writeAll(fd, line + "\n")
         var data = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -161,7 +199,6 @@ public enum ControlClient {
             data += buf[0..<n]
         }
         guard let doc = data.withUnsafeBytes({ JSONValue.parse($0) }) else { throw .bad("the daemon sent an answer that is not JSON") }
-        if let e = doc["error"]?.stringValue { throw .denied(e) }
         return doc
     }
 }

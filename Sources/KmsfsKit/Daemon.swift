@@ -150,11 +150,16 @@ public enum Daemon {
         }
         let watcher = liveWatcher
         let started = monotonicNow()
+        let live = LiveOptions(raw: request.rawOptions, options: options)
         let control: ControlServer?
         do {
-            control = try ControlServer(mountpoint: request.mountpoint) {
+            control = try ControlServer(mountpoint: request.mountpoint, status: {
                 Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, started: started)
-            }
+            }, remount: { changes in
+                live.remount(changes) { new throws(OptionError) in
+                    fs.reconfigure(try Configuration.filesystem(new, watched: watcher != nil))
+                }
+            })
             control?.start()
         } catch {
             control = nil
@@ -185,7 +190,7 @@ public enum Daemon {
             (auditTarget as? FileAuditSink)?.reopen()
             if case .file(let path) = options.log { reopenLog(path) }
             do {
-                fs.reconfigure(try Configuration.filesystem(options, watched: watcher != nil))
+                fs.reconfigure(try Configuration.filesystem(live.current, watched: watcher != nil))
                 Log.notice("reloaded: users, groups and policy re-read")
             } catch {
                 Log.error("reload failed, keeping the previous configuration: \(error)")
@@ -201,6 +206,39 @@ public enum Daemon {
             SecureMemoryStats.wipeAllLive()
         })
         return status
+    }
+
+    /// The options in effect: those of the mount, as changed since by
+    /// `mount -o remount` (SIGHUP re-reads the names and policy they name).
+    final class LiveOptions: @unchecked Sendable {
+        private let lock = ConditionLock()
+        private var raw: [String]
+        private var options: MountOptions
+
+        init(raw: [String], options: MountOptions) {
+            self.raw = raw
+            self.options = options
+        }
+
+        var current: MountOptions { lock.withLock { options } }
+
+        /// Applies `changes` (one remount's options) with `apply`; on any
+        /// refusal the previous options stay in effect, whole.
+        func remount(_ changes: String, apply: (MountOptions) throws(OptionError) -> Void) -> Result<String, OptionError> {
+            lock.lock()
+            defer { lock.unlock() }
+            do {
+                let (newRaw, new) = try MountOptions.remounted(raw, with: [changes])
+                try apply(new)
+                raw = newRaw
+                options = new
+                Log.notice("remounted: options now \(newRaw.joined(separator: ","))")
+                return .success("options now \(newRaw.joined(separator: ","))")
+            } catch {
+                Log.error("remount refused, keeping the previous options: \(error.message)")
+                return .failure(error)
+            }
+        }
     }
 
     /// Back at rest after a burst, the daemon gives back what the burst

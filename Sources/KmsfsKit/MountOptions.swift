@@ -71,7 +71,7 @@ public struct MountOptions: Sendable {
         "_netdev", "nofail", "auto", "noauto", "user", "users", "nouser", "owner", "group", "defaults",
         "rw", "ro", "dev", "nodev", "suid", "nosuid", "atime", "noatime", "relatime", "norelatime",
         "strictatime", "nostrictatime", "diratime", "nodiratime", "async", "sync", "dirsync",
-        "lazytime", "nolazytime", "silent", "loud", "allow_other", "comment",
+        "lazytime", "nolazytime", "silent", "loud", "allow_other", "comment", "remount",
     ]
 
     /// Parses every `-o` argument (each a comma-separated list; `\,` is a
@@ -84,6 +84,92 @@ public struct MountOptions: Sendable {
             }
         }
         return o
+    }
+
+    /// True when the options ask to change a live mount (`-o remount,...`,
+    /// as `mount -o remount` passes it to the helper) rather than mount.
+    public static func isRemount(_ arguments: [String]) -> Bool {
+        arguments.contains { splitOptions($0).contains("remount") }
+    }
+
+    /// The options a remount names, as one `-o` argument: without
+    /// `remount` itself and without the FUSE kernel options mount(8) adds
+    /// from /proc/self/mountinfo (`user_id=`, `rootmode=`, ...).
+    public static func remountChanges(_ arguments: [String]) -> String {
+        let kernel: Set<String> = ["rootmode", "user_id", "group_id", "max_read", "blksize", "fd"]
+        return arguments.flatMap(splitOptions)
+            .filter { !$0.isEmpty && $0 != "remount" && !kernel.contains(canonicalName($0)) }
+            .map(escapeOption).joined(separator: ",")
+    }
+
+    /// The options of a live mount changed by a remount: every option the
+    /// remount names replaces all values it had (`allow_uid=a` replaces the
+    /// whole list); the others keep theirs. Options that cannot change
+    /// while mounted must keep their values, or nothing changes.
+    /// Returns the new raw options (one `-o` argument) and their parse.
+    public static func remounted(_ current: [String], with changes: [String]) throws(OptionError) -> (raw: [String], options: MountOptions) {
+        let items = changes.flatMap(splitOptions).filter { !$0.isEmpty && $0 != "remount" }
+        let named = Set(items.map(canonicalName))
+        let kept = current.flatMap(splitOptions).filter { !$0.isEmpty && !named.contains(canonicalName($0)) }
+        let raw = [(kept + items).map(escapeOption).joined(separator: ",")]
+        let old = try parse(current)
+        let new = try parse(raw)
+        if let fixed = fixedOptionChanged(from: old, to: new) {
+            throw OptionError("option '\(fixed)' cannot change on a live mount (nothing was changed); unmount and mount again to change it")
+        }
+        return (raw, new)
+    }
+
+    /// The first option, by name, whose value differs and that only takes
+    /// effect at mount: the KMS client, memory, FUSE session, log and audit
+    /// targets, and what a ciphertext must carry (plaintexts already cached
+    /// were checked against the old requirement).
+    static func fixedOptionChanged(from a: MountOptions, to b: MountOptions) -> String? {
+        if a.region != b.region { return "region" }
+        if a.endpoint != b.endpoint { return "endpoint" }
+        if a.profile != b.profile { return "profile" }
+        if a.caBundle != b.caBundle { return "ca_bundle" }
+        if a.maxAttempts != b.maxAttempts { return "retries" }
+        if a.kmsTimeout != b.kmsTimeout { return "timeout" }
+        if a.threads != b.threads { return "threads" }
+        if a.insecureAllowUnlocked != b.insecureAllowUnlocked { return "insecure_allow_unlocked" }
+        if a.noMemfdSecret != b.noMemfdSecret { return "no_memfd_secret" }
+        if a.exec != b.exec { return "exec" }
+        if a.audit != b.audit { return "audit" }
+        if a.log != b.log { return "log" }
+        if a.requireBinding != b.requireBinding { return "require_binding" }
+        if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
+        return nil
+    }
+
+    /// An option's name with its aliases folded (`allow_user=x` → `allow_uid`).
+    static func canonicalName(_ item: String) -> String {
+        let key = item.firstIndex(of: "=").map { String(item[..<$0]) } ?? item
+        switch key {
+        case "allow_user", "allow_users": return "allow_uid"
+        case "allow_group", "allow_groups": return "allow_gid"
+        case "file_mode": return "mode"
+        case "endpoint_url": return "endpoint"
+        case "kms_context": return "context"
+        case "cache_size": return "cache_max"
+        case "max_threads": return "threads"
+        case "stale_window": return "stale"
+        case "insecure_unlocked_memory": return "insecure_allow_unlocked"
+        case "max_attempts": return "retries"
+        case "kms_timeout": return "timeout"
+        case "noexec": return "exec"
+        default: return key
+        }
+    }
+
+    /// The inverse of `splitOptions` for one item.
+    static func escapeOption(_ item: String) -> String {
+        var out = ""
+        for c in item {
+            if c == "\\" || c == "," { out.append("\\") }
+            out.append(c)
+        }
+        return out
     }
 
     static func splitOptions(_ s: String) -> [String] {

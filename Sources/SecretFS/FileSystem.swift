@@ -181,6 +181,11 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func reconfigure(_ c: FSConfiguration) {
         config.withLock { $0 = c }
         cache.reconfigure(c.cache)
+        // Owners and modes may have changed: the kernel asks again for
+        // every inode it holds (never call this from a FUSE request).
+        guard let notifier else { return }
+        let known = table.withLock { t in Array(t.byIno.keys) }
+        for ino in known { notifier.invalidateInode(ino) }
     }
 
     public var counterSnapshot: FSCounters { counters.withLock { $0 } }

@@ -68,6 +68,16 @@ struct MountCommand: ParsableCommand {
     var options: [String] = []
 
     func run() throws {
+        if MountOptions.isRemount(options) {
+            // mount -o remount: the live daemon takes the options it names
+            // (checked there against what it runs with), or refuses them all.
+            let changes = MountOptions.remountChanges(options)
+            do { _ = try MountOptions.parse([changes]) } catch { fail(error.message, code: 2) }
+            do { _ = try ControlClient.remount(mountpoint: absolute(mountpoint), options: [changes]) } catch {
+                fail("remount \(mountpoint): \(error)")
+            }
+            return
+        }
         let parsed: MountOptions
         do { parsed = try MountOptions.parse(options) } catch { fail(error.message, code: 2) }
         let source = absolute(self.source)

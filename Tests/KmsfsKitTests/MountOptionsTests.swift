@@ -16,6 +16,39 @@ import AWS
         #expect(o.audit == .file("/var/log/kmsfs.audit"))
     }
 
+    @Test func aRemountReplacesTheOptionsItNamesAndKeepsTheOthers() throws {
+        #expect(MountOptions.isRemount(["rw,remount,allow_uid=1"]))
+        #expect(!MountOptions.isRemount(["allow_uid=1"]))
+        // mount(8) adds the FUSE kernel options from mountinfo: not ours.
+        #expect(MountOptions.remountChanges(["rw,remount,user_id=0,group_id=0,rootmode=40000,allow_other,ttl=1", "context=a=b\\,c"])
+                == "rw,allow_other,ttl=1,context=a=b\\,c")
+        let current = ["allow_uid=1:2,allow_gid=3,ttl=5m,region=eu-west-1,context=app=a\\,b"]
+        let (raw, o) = try MountOptions.remounted(current, with: ["remount,allow_user=4,mode=0400,rw"])
+        #expect(o.allowUsers == ["4"])
+        #expect(o.allowGroups == ["3"])
+        #expect(o.ttl == 300 && o.mode == 0o400 && o.region == "eu-west-1")
+        #expect(o.requiredContext.map { "\($0.key)=\($0.value)" } == ["app=a,b"])
+        // What it returns parses back to the same (commas stay escaped).
+        let again = try MountOptions.remounted(raw, with: [])
+        #expect(again.options.allowUsers == ["4"] && again.options.requiredContext.first?.value == "a,b")
+        // The same value for a fixed option is accepted (mount(8) passes all of fstab's).
+        #expect(try MountOptions.remounted(current, with: ["remount,region=eu-west-1,ttl=1h"]).options.ttl == 3600)
+    }
+
+    @Test(arguments: [
+        ("region=us-east-1", "region"), ("endpoint=http://127.0.0.1:1", "endpoint"), ("threads=3", "threads"),
+        ("audit=off", "audit"), ("kms_context=app=b", "context"), ("require_binding", "require_binding"),
+        ("no_memfd_secret", "no_memfd_secret"), ("retries=5", "retries"),
+    ])
+    func aRemountRefusesToChangeWhatOnlyAMountSets(change: String, name: String) {
+        #expect(throws: OptionError.self) { try MountOptions.remounted(["region=eu-west-1,context=app=a"], with: ["remount," + change]) }
+        do {
+            _ = try MountOptions.remounted(["region=eu-west-1,context=app=a"], with: ["remount," + change])
+        } catch {
+            #expect(error.message.hasPrefix("option '\(name)' cannot change on a live mount"))
+        }
+    }
+
     @Test func kmsContextIsTheFstabSpellingOfContext() throws {
         let o = try MountOptions.parse(["kms_context=app=web,context=env=prod"])
         #expect(o.requiredContext.map { "\($0.key)=\($0.value)" } == ["app=web", "env=prod"])

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import os
+import pwd
 import pathlib
 import re
 import shutil
@@ -340,6 +341,21 @@ def test_mount_through_mount8_then_umount(installed, kms, source, mountpoints, t
     assert os.readlink("/proc/%d/exe" % pid) == "/usr/local/bin/kmsfs"
     with open("/proc/%d/cmdline" % pid, "rb") as f:
         assert b"_netdev" not in f.read()     # the helper drops fstab-only options
+
+    # mount -o remount hands the live daemon new options (fstab's, when it has the line).
+    if form.startswith("fstab"):
+        fstab.write_text(fstab.read_text().replace("allow_uid=root", "allow_uid=nobody"))
+        args = ["mount", "-T", str(fstab), "-o", "remount", str(mnt)]
+    else:
+        args = ["mount", "-o", "remount,allow_uid=nobody", str(mnt)]
+    r = run_mount(args, kms.env)
+    assert r.returncode == 0, r.stderr
+    assert daemon_pid(mnt) == pid                             # the same daemon, not a new mount
+    assert os.stat(mnt / "db-password").st_uid == pwd.getpwnam("nobody").pw_uid
+    with pytest.raises(PermissionError):
+        open(mnt / "db-password", "rb")
+    r = run_mount(["mount", "-o", "remount,region=mars-1", str(mnt)], kms.env)
+    assert r.returncode != 0 and "cannot change on a live mount" in r.stderr, r.stderr
 
     r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr

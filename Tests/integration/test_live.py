@@ -232,3 +232,49 @@ def test_fstat_after_open_is_exact_even_when_the_kernel_cached_the_ciphertext_si
         assert os.fstat(f.fileno()).st_size == 24
         assert f.read() == b"exactly-24-bytes-of-text"
     assert os.stat(m.file("sized")).st_size == 24
+
+
+@pytest.fixture
+def public_mount(public_tmp, kms):
+    """A mount other users can reach (pytest's tmp is 0700)."""
+    base = public_tmp / "remount"
+    base.mkdir()
+    (base / "src").mkdir()
+    (base / "mnt").mkdir()
+    put(kms, base / "src" / "a.encrypted", b"alpha-1")
+    m = Mount(base / "src", base / "mnt", "allow_uid=0", kms.env, base / "kmsfs.log")
+    m.src = base / "src"
+    yield m
+    m.stop()
+
+
+def test_remount_changes_access_and_ownership_live_and_refuses_what_it_cannot(public_mount, users, kmsfs_bin):
+    m = public_mount
+    assert open(m.file("a"), "rb").read() == b"alpha-1"
+    bob = users["kmsfs-bob"].pw_uid
+
+    def remount(opts):
+        return subprocess.run([kmsfs_bin, str(m.src), m.path, "-o", "remount," + opts],
+                              capture_output=True, timeout=30)
+
+    r = remount("allow_uid=kmsfs-bob")                     # names resolve; the list is replaced
+    assert r.returncode == 0, r.stderr
+    st = os.stat(m.file("a"))                               # the kernel was told to ask again
+    assert (st.st_uid, st.st_mode & 0o777) == (bob, 0o400)
+    with pytest.raises(PermissionError):
+        open(m.file("a"), "rb")                             # root is no longer listed
+    assert run_as("kmsfs-bob", ["cat", m.file("a")]).stdout == b"alpha-1"
+    assert "remounted: options now" in m.log()
+
+    for bad, says in [("region=mars-1", b"option 'region' cannot change on a live mount"),
+                      ("allow_uid=no-such-user-here", b"allow_uid="),
+                      ("ttl=soon", b"expected seconds")]:
+        r = remount(bad)
+        assert r.returncode != 0 and says in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert run_as("kmsfs-bob", ["cat", m.file("a")]).stdout == b"alpha-1"   # nothing changed
+    assert "remount refused, keeping the previous options" in m.log()
+
+    r = subprocess.run([kmsfs_bin, "x", m.path + "-not-mounted", "-o", "remount,ttl=1"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 1 and b"no kmsfs daemon answers" in r.stderr
