@@ -109,13 +109,9 @@ public final class ControlServer: @unchecked Sendable {
         var tv = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         // One line, up to 64 KiB (a remount carries a whole option string).
-        var line = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while line.count < 65536 && !line.contains(UInt8(ascii: "\n")) {
-            let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
-            if n < 0 && currentErrno == EINTR { continue }
-            if n <= 0 { break }
-            line += buf[0..<n]
+        guard case .success(var line) = readMessage(c, limit: 65536, throughNewline: true) else {
+            Log.writeAll(c, "{\"error\":\"the request was not one line of at most 64 KiB\"}\n")
+            return
         }
         if let nl = line.firstIndex(of: UInt8(ascii: "\n")) { line.removeSubrange(nl...) }
         let request = String(decoding: line, as: UTF8.self)
@@ -190,13 +186,10 @@ public enum ControlClient {
             throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(String(cString: strerror(e))))")
         }
         Log.writeAll(fd, line + "\n")
-        var data = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && currentErrno == EINTR { continue }
-            if n <= 0 { break }
-            data += buf[0..<n]
+        let data: [UInt8]
+        switch readMessage(fd, limit: 64 << 20) {
+        case .success(let d): data = d
+        case .failure(let e): throw .bad("the daemon's answer could not be read: \(String(cString: strerror(e.errno)))")
         }
         guard let doc = data.withUnsafeBytes({ JSONValue.parse($0) }) else { throw .bad("the daemon sent an answer that is not JSON") }
         return doc

@@ -86,19 +86,34 @@ public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { return .failure(FileReadError(path: path, errno: errno)) }
     defer { close(fd) }
+    switch readMessage(fd, limit: limit) {
+    case .success(let out): return .success(out)
+    case .failure(let e): return .failure(FileReadError(path: path, errno: e.errno))
+    }
+}
+
+/// Reads `fd` to its end (or through the first newline, with
+/// `throughNewline`), failing with the errno, or EFBIG past `limit` bytes.
+/// Not for plaintext: the bytes land in an ordinary array.
+public func readMessage(_ fd: Int32, limit: Int, throughNewline: Bool = false) -> Result<[UInt8], ReadFailure> {
     var out: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 16 * 1024)
     while true {
         let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n < 0 {
             if errno == EINTR { continue }
-            return .failure(FileReadError(path: path, errno: errno))
+            return .failure(ReadFailure(errno: errno))
         }
         if n == 0 { break }
         out += chunk[0..<n]
-        if out.count > limit { return .failure(FileReadError(path: path, errno: EFBIG)) }
+        if out.count > limit { return .failure(ReadFailure(errno: EFBIG)) }
+        if throughNewline && chunk[0..<n].contains(UInt8(ascii: "\n")) { break }
     }
     return .success(out)
+}
+
+public struct ReadFailure: Error, Sendable {
+    public let errno: Int32
 }
 
 public struct FileReadError: Error, Sendable, CustomStringConvertible {

@@ -148,15 +148,8 @@ enum Background {
         close(writeEnd)
         guard rc == 0 else { fail("cannot start the daemon: \(String(cString: strerror(rc)))") }
 
-        var reply = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            reply += buf[0..<n]
-            if reply.contains(UInt8(ascii: "\n")) { break }   // one line says it all
-        }
+        // One line says it all; none (the pipe's end) means the child died.
+        let reply = (try? readMessage(readEnd, limit: 65536, throughNewline: true).get()) ?? []
         close(readEnd)
         let text = String(decoding: reply, as: UTF8.self)
         if text.hasPrefix("READY") { return 0 }
