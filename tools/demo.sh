@@ -66,6 +66,8 @@ if setpriv --reuid nobody --regid nogroup --clear-groups cat "$work/secrets/ssl.
 fi
 
 say "The audit trail (no plaintext in it)"
+# Records are written by the daemon's audit thread within some 20 ms.
+for _ in $(seq 50); do grep -q "result=denied" "$work/kmsfs.log" && break; sleep 0.1; done
 grep audit "$work/kmsfs.log" | sed 's/^kmsfs: [a-z]*: //'
 
 say "Unmounting; the daemon wipes every cached plaintext"
