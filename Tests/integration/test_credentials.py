@@ -222,28 +222,29 @@ def test_credential_process(tree, kms, role, mount_factory, tmp_path):
     assert "credential_process (profile default)" in m.log()
 
 
-def test_no_credentials_anywhere_fails_the_mount_with_one_line(tree, kms, kmsfs_bin, tmp_path):
+def failed_mount_line(tree, kms, kmsfs_bin, tmp_path, options):
+    """Mounts with no credentials in the environment; the mount must fail
+    and leave nothing mounted. Returns its stderr, which must be one line."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    r = subprocess.run([kmsfs_bin, str(tree), str(mnt), "-o", "allow_uid=0"], env=bare_env(kms),
+    r = subprocess.run([kmsfs_bin, str(tree), str(mnt), "-o", options], env=bare_env(kms),
                        capture_output=True, timeout=30)
     force_unmount(str(mnt))
     assert r.returncode != 0
     err = r.stderr.decode().strip()
     assert len(err.splitlines()) == 1, err
-    assert "no AWS credentials" in err
     assert not mounted(str(mnt))
+    return err
+
+
+def test_no_credentials_anywhere_fails_the_mount_with_one_line(tree, kms, kmsfs_bin, tmp_path):
+    err = failed_mount_line(tree, kms, kmsfs_bin, tmp_path, "allow_uid=0")
+    assert "no AWS credentials" in err
 
 
 def test_missing_named_profile_fails_the_mount(tree, kms, kmsfs_bin, tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run([kmsfs_bin, str(tree), str(mnt), "-o", "allow_uid=0,profile=nope"], env=bare_env(kms),
-                       capture_output=True, timeout=30)
-    force_unmount(str(mnt))
-    assert r.returncode != 0
-    err = r.stderr.decode().strip()
-    assert len(err.splitlines()) == 1 and "profile 'nope'" in err, err
+    err = failed_mount_line(tree, kms, kmsfs_bin, tmp_path, "allow_uid=0,profile=nope")
+    assert "profile 'nope'" in err, err
 
 
 def test_configured_source_down_at_start_warns_then_recovers(tree, kms, role, mount_factory, servers):
