@@ -282,3 +282,24 @@ def test_bad_options_refuse_to_mount_with_one_line(tree, kms, tmp_path, option, 
     err = r.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("kmsfs: " + message), err
     assert not os.path.ismount(mnt)
+
+
+def test_a_live_remount_cannot_change_the_list(tree, kms, keys, mount_factory):
+    m = mount_factory(tree, "allow_uid=0,kms_key=" + keys["A"])
+    eio(m, "raw-b")
+
+    def remount(opts):
+        return subprocess.run([str(KMSFS), str(tree), m.path, "-o", "remount," + opts], capture_output=True, timeout=30)
+
+    for change in ("kms_key=" + keys["B"], "max_encrypted_data_keys=50"):
+        r = remount(change)
+        name = change.split("=")[0]
+        assert r.returncode != 0
+        assert r.stderr.decode().strip().endswith("option '%s' cannot change on a live mount (nothing was changed); "
+                                                  "unmount and mount again to change it" % name), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    # Naming the same list again changes nothing and is accepted.
+    r = remount("kms_key=%s,ttl=1h" % keys["A"])
+    assert r.returncode == 0, r.stderr
+    eio(m, "raw-b")
+    assert read(m, "raw-a") == PLAIN["raw-a"]
