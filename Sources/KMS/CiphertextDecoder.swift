@@ -180,7 +180,7 @@ public final class CiphertextDecoder: Sendable {
                 // KMS ignored KeyId (or answers for another key): the
                 // plaintext is not used.
                 r.plaintext.wipeContents()
-                throw .refused("KMS decrypted the ciphertext with key \(r.keyId ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped")
+                throw .refused("KMS decrypted the ciphertext with key \(r.keyId.map(shownKey) ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped")
             }
             return DecodedSecret(plaintext: r.plaintext, format: format, formatDetail: format.rawValue,
                                  keyId: r.keyId ?? entry.description, encryptionContext: requiredContext)

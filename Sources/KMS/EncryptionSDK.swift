@@ -498,7 +498,7 @@ struct EncryptionSDKDecryptor {
                 for entry in allowedKeys.keyIds(forDataKeyOf: keyARN(edk)) { attempts.append((edk, entry.description, entry)) }
             }
             guard !attempts.isEmpty else {
-                let arns = candidates.map { keyARN($0) ?? "(no key ARN)" }
+                let arns = candidates.map { keyARN($0).map(shownKey) ?? "(no key ARN)" }
                 let shown = arns.prefix(3).joined(separator: ", ") + (arns.count > 3 ? " and \(arns.count - 3) more" : "")
                 throw .refused("no encrypted data key of the message is under a key kms_key= allows (its AWS KMS keys: \(shown)); no KMS call was made")
             }
@@ -511,7 +511,7 @@ struct EncryptionSDKDecryptor {
                 r = try kms.decrypt(ciphertextBlob: edk.ciphertext, encryptionContext: header.encryptionContext, keyId: sent)
             } catch {
                 if entry != nil, error.kind == .incorrectKey || error.kind == .accessDenied {
-                    failures.append(.refused("KMS refused the data key of \(arn ?? "a key without an ARN") under \(sent ?? "?"), which kms_key= allows: \(error)"))
+                    failures.append(.refused("KMS refused the data key of \(arn.map(shownKey) ?? "a key without an ARN") under \(sent ?? "?"), which kms_key= allows: \(error)"))
                 } else {
                     failures.append(.kms(error))
                 }
@@ -520,12 +520,12 @@ struct EncryptionSDKDecryptor {
             if let entry, entry.isKeyARN, r.keyId != entry.description {
                 // A KMS that ignored KeyId: the plaintext is not used.
                 r.plaintext.wipeContents()
-                failures.append(.refused("KMS decrypted the data key with key \(r.keyId ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped"))
+                failures.append(.refused("KMS decrypted the data key with key \(r.keyId.map(shownKey) ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped"))
                 continue
             }
             if let arn, let got = r.keyId, got != arn {
                 r.plaintext.wipeContents()
-                failures.append(.kms(KMSError(operation: "Decrypt", .malformedResponse("KMS answered with key \(got) for a data key of \(arn)"))))
+                failures.append(.kms(KMSError(operation: "Decrypt", .malformedResponse("KMS answered with key \(shownKey(got)) for a data key of \(shownKey(arn))"))))
                 continue
             }
             return (r.plaintext, r.keyId ?? edk.providerInfoText)
@@ -555,6 +555,13 @@ public enum PathBinding: Sendable {
         case .suffix(let p): return p == bound || p.hasSuffix("/" + bound)
         }
     }
+}
+
+/// A key name from a message header or a KMS answer, for a log line: the
+/// header's provider info may be 65,535 bytes of anyone's choosing.
+func shownKey(_ s: String) -> String {
+    guard s.utf8.count > 160 else { return s }
+    return String(decoding: Array(s.utf8.prefix(160)), as: UTF8.self) + "...(\(s.utf8.count) bytes)"
 }
 
 func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

@@ -570,3 +570,17 @@ extension Array where Element == UInt8 {
         }
     }
 }
+
+@Suite struct KeyAllowListLogTests {
+    @Test func aHugeKeyNameInAHeaderIsShortenedInTheLine() {
+        let huge = "arn:aws:kms:us-east-1:111122223333:key/" + String(repeating: "x", count: 60_000)
+        let m = messageWithKeys([("aws-kms", huge, "fixture-key-32")])
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in try kms.decoder(keys: [fixtureKeyARN]).decrypt(m, path: "x") }
+        let line = e?.description ?? ""
+        #expect(line.hasPrefix("refused: no encrypted data key of the message is under a key kms_key= allows (its AWS KMS keys: arn:aws:kms:us-east-1:111122223333:key/xxx"))
+        #expect(line.contains("...(60039 bytes)); no KMS call was made"), "\(line.suffix(80))")
+        #expect(line.utf8.count < 400)
+        #expect(kms.count == 0)
+    }
+}
