@@ -134,7 +134,7 @@ public final class CiphertextDecoder: Sendable {
             if EncryptionSDKMessage.looksLikeMessage(blob) {
                 // aws-encryption-cli --encode: a message in base64.
                 var d = try sdkDecryptor.decrypt(blob, binding: binding, requiredContext: requiredContext,
-                                                                     pathContextKey: pathContextKey, requireBinding: requirePathBinding)
+                                                 pathContextKey: pathContextKey, requireBinding: requirePathBinding)
                 d.formatDetail += "/base64"
                 return d
             }
@@ -142,7 +142,7 @@ public final class CiphertextDecoder: Sendable {
             return try decryptBlob(blob, format: .kmsBlobBase64)
         case .encryptionSDK:
             return try sdkDecryptor.decrypt(bytes, binding: binding, requiredContext: requiredContext,
-                                                                pathContextKey: pathContextKey, requireBinding: requirePathBinding)
+                                            pathContextKey: pathContextKey, requireBinding: requirePathBinding)
         }
     }
 
