@@ -21,6 +21,9 @@ public enum DecodeError: Error, CustomStringConvertible, Sendable {
     case integrity(String)
     case kms(KMSError)
     case resources(String)
+    /// Refused by the mount's own limits before or after KMS answered: too
+    /// many encrypted data keys, or a key `kms_key=` does not allow.
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -31,6 +34,7 @@ public enum DecodeError: Error, CustomStringConvertible, Sendable {
         case .integrity(let m): return "integrity check failed: \(m)"
         case .kms(let e): return e.description
         case .resources(let m): return m
+        case .refused(let m): return "refused: \(m)"
         }
     }
 
@@ -78,13 +82,25 @@ public final class CiphertextDecoder: Sendable {
     /// Refuse a file that is not bound to its path (`-o require_binding`):
     /// raw KMS blobs, and messages without `kmsfs:path`.
     public let requirePathBinding: Bool
+    /// The KMS keys files may be under (`-o kms_key=`); empty allows any.
+    public let allowedKeys: KMSKeyAllowList
+    /// The most encrypted data keys an Encryption SDK message may list
+    /// (`-o max_encrypted_data_keys=`), checked before any KMS call.
+    public let maxEncryptedDataKeys: Int
 
     public init(kms: KMSClient, requiredContext: [(key: String, value: String)] = [], pathContextKey: String = kmsfsPathContextKey,
-                requirePathBinding: Bool = false) {
+                requirePathBinding: Bool = false, allowedKeys: KMSKeyAllowList = KMSKeyAllowList(),
+                maxEncryptedDataKeys: Int = EncryptionSDKMessage.defaultMaxEncryptedDataKeys) {
         self.kms = kms
         self.requiredContext = requiredContext
         self.pathContextKey = pathContextKey
         self.requirePathBinding = requirePathBinding
+        self.allowedKeys = allowedKeys
+        self.maxEncryptedDataKeys = maxEncryptedDataKeys
+    }
+
+    private var sdkDecryptor: EncryptionSDKDecryptor {
+        EncryptionSDKDecryptor(kms: kms, allowedKeys: allowedKeys, maxEncryptedDataKeys: maxEncryptedDataKeys)
     }
 
     private func refuseUnbound(_ what: String) -> DecodeError {
@@ -117,16 +133,16 @@ public final class CiphertextDecoder: Sendable {
             }
             if EncryptionSDKMessage.looksLikeMessage(blob) {
                 // aws-encryption-cli --encode: a message in base64.
-                var d = try EncryptionSDKDecryptor(kms: kms).decrypt(blob, binding: binding, requiredContext: requiredContext,
-                                                                     pathContextKey: pathContextKey, requireBinding: requirePathBinding)
+                var d = try sdkDecryptor.decrypt(blob, binding: binding, requiredContext: requiredContext,
+                                                 pathContextKey: pathContextKey, requireBinding: requirePathBinding)
                 d.formatDetail += "/base64"
                 return d
             }
             if requirePathBinding { throw refuseUnbound("a raw KMS ciphertext") }
             return try decryptBlob(blob, format: .kmsBlobBase64)
         case .encryptionSDK:
-            return try EncryptionSDKDecryptor(kms: kms).decrypt(bytes, binding: binding, requiredContext: requiredContext,
-                                                                pathContextKey: pathContextKey, requireBinding: requirePathBinding)
+            return try sdkDecryptor.decrypt(bytes, binding: binding, requiredContext: requiredContext,
+                                            pathContextKey: pathContextKey, requireBinding: requirePathBinding)
         }
     }
 
@@ -137,12 +153,42 @@ public final class CiphertextDecoder: Sendable {
         guard blob.count <= 6144 + 4096 else {
             throw .unrecognized("\(blob.count) bytes is too long for a KMS ciphertext (KMS encrypts at most 4096 bytes; larger files need the Encryption SDK format)")
         }
-        do {
-            let r = try kms.decrypt(ciphertextBlob: blob, encryptionContext: requiredContext)
-            return DecodedSecret(plaintext: r.plaintext, format: format, formatDetail: format.rawValue,
-                                 keyId: r.keyId, encryptionContext: requiredContext)
-        } catch {
-            throw .kms(error)
+        guard !allowedKeys.isEmpty else {
+            do {
+                let r = try kms.decrypt(ciphertextBlob: blob, encryptionContext: requiredContext)
+                return DecodedSecret(plaintext: r.plaintext, format: format, formatDetail: format.rawValue,
+                                     keyId: r.keyId, encryptionContext: requiredContext)
+            } catch {
+                throw .kms(error)
+            }
         }
+        // kms_key=: KMS Decrypt takes one KeyId, so each listed key is
+        // tried in turn, and the next only while KMS refuses the one named
+        // (IncorrectKeyException; AccessDeniedException where the caller may
+        // not use it): at most one call per entry.
+        var refusal: (entry: KMSKeyAllowList.Entry, error: KMSError)? = nil
+        for entry in allowedKeys.entries {
+            let r: KMSClient.Decrypted
+            do {
+                r = try kms.decrypt(ciphertextBlob: blob, encryptionContext: requiredContext, keyId: entry.description)
+            } catch {
+                guard error.kind == .incorrectKey || error.kind == .accessDenied else { throw .kms(error) }
+                refusal = (entry, error)
+                continue
+            }
+            if entry.isKeyARN, r.keyId != entry.description {
+                // KMS ignored KeyId (or answers for another key): the
+                // plaintext is not used.
+                r.plaintext.wipeContents()
+                throw .refused("KMS decrypted the ciphertext with key \(r.keyId.map(shownKey) ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped")
+            }
+            return DecodedSecret(plaintext: r.plaintext, format: format, formatDetail: format.rawValue,
+                                 keyId: r.keyId ?? entry.description, encryptionContext: requiredContext)
+        }
+        let (entry, error) = refusal!
+        if allowedKeys.entries.count == 1 {
+            throw .refused("KMS refused to decrypt it under \(entry), the key kms_key= allows: \(error)")
+        }
+        throw .refused("KMS refused to decrypt it under each of the \(allowedKeys.entries.count) keys kms_key= allows; the last, \(entry): \(error)")
     }
 }

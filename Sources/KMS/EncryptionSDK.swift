@@ -133,13 +133,22 @@ public enum EncryptionSDKMessage {
         return false
     }
 
-    /// Parses the header alone.
-    public static func parseHeader(_ bytes: [UInt8]) throws(DecodeError) -> EncryptionSDKHeader {
+    /// The most encrypted data keys a message may list unless the mount
+    /// says otherwise (`max_encrypted_data_keys=`, the SDKs' option of the
+    /// same name). Each "aws-kms" key may cost one KMS Decrypt; the format
+    /// allows 65,535. See docs/formats.md for why 10.
+    public static let defaultMaxEncryptedDataKeys = 10
+    /// What `max_encrypted_data_keys=` and `--max-encrypted-data-keys` accept.
+    public static let maxEncryptedDataKeysRange = 1...100
+
+    /// Parses the header alone. With `maxEncryptedDataKeys`, a header that
+    /// lists more keys is refused as soon as the count is read.
+    public static func parseHeader(_ bytes: [UInt8], maxEncryptedDataKeys: Int? = nil) throws(DecodeError) -> EncryptionSDKHeader {
         var r = ByteReader(bytes)
-        return try parseHeader(&r)
+        return try parseHeader(&r, maxEncryptedDataKeys: maxEncryptedDataKeys)
     }
 
-    static func parseHeader(_ r: inout ByteReader) throws(DecodeError) -> EncryptionSDKHeader {
+    static func parseHeader(_ r: inout ByteReader, maxEncryptedDataKeys: Int? = nil) throws(DecodeError) -> EncryptionSDKHeader {
         let version = try r.u8("the header version")
         guard version == 1 || version == 2 else {
             throw .unrecognized("Encryption SDK message version \(version) is not 1 or 2")
@@ -162,6 +171,9 @@ public enum EncryptionSDKMessage {
 
         let edkCount = Int(try r.u16("the encrypted data key count"))
         guard edkCount > 0 else { throw .malformed("bad header: no encrypted data keys") }
+        if let limit = maxEncryptedDataKeys, edkCount > limit {
+            throw .refused("the message lists \(edkCount) encrypted data keys, more than the limit of \(limit) (max_encrypted_data_keys=); no KMS call was made")
+        }
         var edks: [EncryptedDataKey] = []
         for i in 1...edkCount {
             let idLen = Int(try r.u16("encrypted data key \(i)"))
@@ -242,10 +254,11 @@ public enum EncryptionSDKMessage {
     /// Parses the whole message: header, every frame, footer, checking the
     /// structure (lengths, order, nothing left over). `visit` sees each frame
     /// in order; an error it returns ends the parse.
-    static func layout(_ bytes: [UInt8], visit: ((EncryptionSDKLayout.Frame) -> DecodeError?)? = nil)
+    static func layout(_ bytes: [UInt8], maxEncryptedDataKeys: Int? = nil,
+                       visit: ((EncryptionSDKLayout.Frame) -> DecodeError?)? = nil)
         throws(DecodeError) -> EncryptionSDKLayout {
         var r = ByteReader(bytes)
-        let header = try parseHeader(&r)
+        let header = try parseHeader(&r, maxEncryptedDataKeys: maxEncryptedDataKeys)
         var count = 0
         var plaintext = 0
         func add(_ frame: EncryptionSDKLayout.Frame) throws(DecodeError) {
@@ -348,10 +361,14 @@ public enum EncryptionSDKMessage {
 /// check passed.
 struct EncryptionSDKDecryptor {
     let kms: KMSClient
+    /// `kms_key=`: empty allows any key.
+    var allowedKeys = KMSKeyAllowList()
+    /// `max_encrypted_data_keys=`: also the most Decrypt calls one message may cost.
+    var maxEncryptedDataKeys = EncryptionSDKMessage.defaultMaxEncryptedDataKeys
 
     func decrypt(_ bytes: [UInt8], binding: PathBinding, requiredContext: [(key: String, value: String)],
                  pathContextKey: String, requireBinding: Bool = false) throws(DecodeError) -> DecodedSecret {
-        let layout = try EncryptionSDKMessage.layout(bytes)
+        let layout = try EncryptionSDKMessage.layout(bytes, maxEncryptedDataKeys: maxEncryptedDataKeys)
         let header = layout.header
         let suite = header.suite
 
@@ -461,29 +478,61 @@ struct EncryptionSDKDecryptor {
     }
 
     /// KMS Decrypt of each "aws-kms" encrypted data key in turn, with the
-    /// message's encryption context, until one succeeds.
+    /// message's encryption context, until one succeeds. With `kms_key=`,
+    /// only the data keys a listed key could have written are tried, each
+    /// with that entry as `KeyId` (KMSKeyAllowList); never more than
+    /// `maxEncryptedDataKeys` calls.
     func unwrapDataKey(_ header: EncryptionSDKHeader) throws(DecodeError) -> (SecureBuffer, String?) {
         let candidates = header.encryptedDataKeys.filter { $0.providerID == "aws-kms" }
         guard !candidates.isEmpty else {
             let providers = Set(header.encryptedDataKeys.map { $0.providerID }).sorted().joined(separator: ", ")
             throw .unrecognized("no encrypted data key from AWS KMS (provider \"aws-kms\"); the message's keys come from: \(providers)")
         }
-        var failures: [KMSError] = []
-        for edk in candidates {
-            let arn = edk.providerInfoText.flatMap { $0.hasPrefix("arn:") ? $0 : nil }
-            do {
-                let r = try kms.decrypt(ciphertextBlob: edk.ciphertext, encryptionContext: header.encryptionContext, keyId: arn)
-                if let arn, let got = r.keyId, got != arn {
-                    failures.append(KMSError(operation: "Decrypt", .malformedResponse("KMS answered with key \(got) for a data key of \(arn)")))
-                    continue
-                }
-                return (r.plaintext, r.keyId ?? edk.providerInfoText)
-            } catch {
-                failures.append(error)
+        func keyARN(_ edk: EncryptedDataKey) -> String? { edk.providerInfoText.flatMap { $0.hasPrefix("arn:") ? $0 : nil } }
+        // (data key, KeyId to send, the allow-list entry it came from)
+        var attempts: [(edk: EncryptedDataKey, keyId: String?, entry: KMSKeyAllowList.Entry?)] = []
+        if allowedKeys.isEmpty {
+            attempts = candidates.map { ($0, keyARN($0), nil) }
+        } else {
+            for edk in candidates {
+                for entry in allowedKeys.keyIds(forDataKeyOf: keyARN(edk)) { attempts.append((edk, entry.description, entry)) }
+            }
+            guard !attempts.isEmpty else {
+                let arns = candidates.map { keyARN($0).map(shownKey) ?? "(no key ARN)" }
+                let shown = arns.prefix(3).joined(separator: ", ") + (arns.count > 3 ? " and \(arns.count - 3) more" : "")
+                throw .refused("no encrypted data key of the message is under a key kms_key= allows (its AWS KMS keys: \(shown)); no KMS call was made")
             }
         }
+        var failures: [DecodeError] = []
+        for (edk, sent, entry) in attempts.prefix(maxEncryptedDataKeys) {
+            let arn = keyARN(edk)
+            let r: KMSClient.Decrypted
+            do {
+                r = try kms.decrypt(ciphertextBlob: edk.ciphertext, encryptionContext: header.encryptionContext, keyId: sent)
+            } catch {
+                if entry != nil, error.kind == .incorrectKey || error.kind == .accessDenied {
+                    failures.append(.refused("KMS refused the data key of \(arn.map(shownKey) ?? "a key without an ARN") under \(sent ?? "?"), which kms_key= allows: \(error)"))
+                } else {
+                    failures.append(.kms(error))
+                }
+                continue
+            }
+            if let entry, entry.isKeyARN, r.keyId != entry.description {
+                // A KMS that ignored KeyId: the plaintext is not used.
+                r.plaintext.wipeContents()
+                failures.append(.refused("KMS decrypted the data key with key \(r.keyId.map(shownKey) ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped"))
+                continue
+            }
+            if let arn, let got = r.keyId, got != arn {
+                r.plaintext.wipeContents()
+                failures.append(.kms(KMSError(operation: "Decrypt", .malformedResponse("KMS answered with key \(shownKey(got)) for a data key of \(shownKey(arn))"))))
+                continue
+            }
+            return (r.plaintext, r.keyId ?? edk.providerInfoText)
+        }
         // Report a transient failure before a refusal: the cache retries those.
-        throw .kms(failures.first { $0.isUnavailable } ?? failures[failures.count - 1])
+        if let transient = failures.first(where: { $0.isUnavailable }) { throw transient }
+        throw failures[failures.count - 1]
     }
 }
 
@@ -506,6 +555,13 @@ public enum PathBinding: Sendable {
         case .suffix(let p): return p == bound || p.hasSuffix("/" + bound)
         }
     }
+}
+
+/// A key name from a message header or a KMS answer, for a log line: the
+/// header's provider info may be 65,535 bytes of anyone's choosing.
+func shownKey(_ s: String) -> String {
+    guard s.utf8.count > 160 else { return s }
+    return String(decoding: Array(s.utf8.prefix(160)), as: UTF8.self) + "...(\(s.utf8.count) bytes)"
 }
 
 func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

@@ -122,7 +122,11 @@ public enum Daemon {
 
         let kms = settings.makeKMSClient()
         let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
-                                        requirePathBinding: options.requireBinding)
+                                        requirePathBinding: options.requireBinding, allowedKeys: options.kmsKeys,
+                                        maxEncryptedDataKeys: options.maxEncryptedDataKeys)
+        Log.info(options.kmsKeys.isEmpty
+                 ? "kms_key= not set: files may be under any KMS key these credentials may use (the guide recommends kms_key=)"
+                 : "kms_key=\(options.kmsKeys.description): files under any other KMS key are refused")
         let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit)
 
         var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)

@@ -1,5 +1,6 @@
 import SecretFS
 import AWS
+import KMS
 
 /// A bad `-o` option: one line that says what is wrong and how to mend it.
 public struct OptionError: Error, CustomStringConvertible, Sendable {
@@ -44,6 +45,12 @@ public struct MountOptions: Sendable {
     /// Refuse ciphertexts not bound to their path (`kmsfs:path`): raw KMS
     /// blobs and Encryption SDK messages written without `kmsfs encrypt`.
     public var requireBinding = false
+    /// `kms_key=KEY[+KEY...]`: the only KMS keys files may be under
+    /// (KMSKeyAllowList); empty allows any key the credentials may use.
+    public var kmsKeys = KMSKeyAllowList()
+    /// `max_encrypted_data_keys=N`: Encryption SDK messages listing more
+    /// encrypted data keys are refused before any KMS call.
+    public var maxEncryptedDataKeys = EncryptionSDKMessage.defaultMaxEncryptedDataKeys
     public var maxCiphertextBytes = 64 << 20
     public var cacheMaxBytes = 256 << 20
     public var threads = 64
@@ -138,6 +145,8 @@ public struct MountOptions: Sendable {
         if a.audit != b.audit { return "audit" }
         if a.log != b.log { return "log" }
         if a.requireBinding != b.requireBinding { return "require_binding" }
+        if a.kmsKeys != b.kmsKeys { return "kms_key" }
+        if a.maxEncryptedDataKeys != b.maxEncryptedDataKeys { return "max_encrypted_data_keys" }
         if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
         return nil
     }
@@ -308,6 +317,12 @@ public struct MountOptions: Sendable {
         case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
         case "no_memfd_secret": try noValue(); noMemfdSecret = true
         case "require_binding": try noValue(); requireBinding = true
+        case "kms_key":
+            let v = try need()
+            do { kmsKeys = try kmsKeys.adding(v) } catch {
+                throw OptionError("option 'kms_key=\(v)': \(error.message)")
+            }
+        case "max_encrypted_data_keys": maxEncryptedDataKeys = try positiveInt(EncryptionSDKMessage.maxEncryptedDataKeysRange)
         case "exec": try noValue(); exec = true
         case "noexec": try noValue(); exec = false
         case "retries", "max_attempts": maxAttempts = try positiveInt(1...20)

@@ -69,6 +69,12 @@ struct DecryptCommand: ParsableCommand {
     @Option(name: .customLong("root"), help: "The SOURCE directory FILE is served from (checks kmsfs:path exactly).")
     var root: String?
 
+    @Option(name: .customLong("kms-key"), help: "Only decrypt under this KMS key: key ARN, alias ARN or alias/NAME (repeatable, or KEY+KEY; as the mount's kms_key=).")
+    var kmsKeys: [String] = []
+
+    @Option(name: .customLong("max-encrypted-data-keys"), help: "Refuse an Encryption SDK message listing more encrypted data keys (1 to 100; default 10, as the mount's max_encrypted_data_keys=).")
+    var maxEncryptedDataKeys: Int = EncryptionSDKMessage.defaultMaxEncryptedDataKeys
+
     @Argument(help: "The ciphertext file.")
     var file: String
 
@@ -76,6 +82,14 @@ struct DecryptCommand: ParsableCommand {
         hardenTool()
         let required = parseContext(context)
         let maxBytes = limit.bytes
+        var allowed = KMSKeyAllowList()
+        for k in kmsKeys {
+            do { allowed = try allowed.adding(k) } catch { fail("--kms-key \(k): \(error.message)", code: 2) }
+        }
+        let edkRange = EncryptionSDKMessage.maxEncryptedDataKeysRange
+        guard edkRange.contains(maxEncryptedDataKeys) else {
+            fail("--max-encrypted-data-keys \(maxEncryptedDataKeys): expected a whole number from \(edkRange.lowerBound) to \(edkRange.upperBound)", code: 2)
+        }
         let binding: PathBinding
         if let root {
             binding = .exact(logicalName(relativePath(of: file, under: root)))
@@ -84,7 +98,8 @@ struct DecryptCommand: ParsableCommand {
         }
         let bytes: [UInt8]
         do { bytes = try readCiphertextFile(file, limit: maxBytes) } catch { fail("\(file): \(error)") }
-        let decoder = CiphertextDecoder(kms: aws.settings().makeKMSClient(), requiredContext: required)
+        let decoder = CiphertextDecoder(kms: aws.settings().makeKMSClient(), requiredContext: required,
+                                        allowedKeys: allowed, maxEncryptedDataKeys: maxEncryptedDataKeys)
         do {
             let secret = try decoder.decrypt(bytes, binding: binding)
             secret.plaintext.withUnsafeBytes { writeAllBytes(1, $0) }
@@ -108,7 +123,7 @@ struct CheckCommand: ParsableCommand {
         Exit status: 0 when every secret decrypted, 1 when any failed, 2 for bad usage.
         """)
 
-    @Option(name: .customShort("o"), help: "Mount options (region=, endpoint=, context=, max_size=, ...).")
+    @Option(name: .customShort("o"), help: "Mount options (region=, endpoint=, context=, kms_key=, max_size=, ...).")
     var options: [String] = []
 
     @Argument(help: "Directory holding the NAME.encrypted files.")
@@ -126,7 +141,8 @@ struct CheckCommand: ParsableCommand {
         let tree: SourceTree
         do { tree = try SourceTree(path: source) } catch { fail("source \(source): \(error)") }
         let decoder = CiphertextDecoder(kms: settings.makeKMSClient(), requiredContext: o.requiredContext,
-                                        requirePathBinding: o.requireBinding)
+                                        requirePathBinding: o.requireBinding, allowedKeys: o.kmsKeys,
+                                        maxEncryptedDataKeys: o.maxEncryptedDataKeys)
         var failures = 0
         var total = 0
         func walk(_ dir: String, _ mountDir: String) {

@@ -34,6 +34,9 @@ func readFixture(_ name: String) -> [UInt8] {
 
 let fixtureDataKey: [UInt8] = Array(0x40..<0x60)
 let fixtureKeyARN = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000001"
+let fixtureDenyARN = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000002"
+/// An alias the fake KMS resolves to fixtureKeyARN.
+let fixtureAlias = "alias/fixture"
 let goldenPlaintext = readFixture("plaintext.txt")
 let allSuiteIDs = ["0014", "0046", "0078", "0114", "0146", "0178", "0214", "0346", "0378", "0478", "0578"]
 
@@ -57,6 +60,13 @@ final class FakeKMS: @unchecked Sendable {
             case "Decrypt":
                 let blob = String(decoding: Base64.decode(body["CiphertextBlob"]?.stringValue ?? "") ?? [], as: UTF8.self)
                 if blob == "fixture-deny" { return (400, #"{"__type":"AccessDeniedException","message":"no"}"#) }
+                // KeyId names the key (or an alias of it): any other is refused, as KMS does.
+                if let kid = body["KeyId"]?.stringValue, kid != fixtureKeyARN, kid != fixtureAlias {
+                    return (400, #"{"__type":"IncorrectKeyException","message":"The key ID in the request does not identify a KMS key that can perform this operation."}"#)
+                }
+                if blob.hasPrefix("fixture-raw-blob") {
+                    return (200, #"{"KeyId":"\#(fixtureKeyARN)","Plaintext":"\#(Base64.encode(Array("raw secret".utf8)))"}"#)
+                }
                 if blob.hasPrefix("fixture-key-"), let n = Int(blob.dropFirst(12)) {
                     return (200, #"{"KeyId":"\#(fixtureKeyARN)","Plaintext":"\#(Base64.encode(Array(fixtureDataKey[0..<n])))"}"#)
                 }
@@ -76,8 +86,17 @@ final class FakeKMS: @unchecked Sendable {
         }
     }
 
-    func decoder(required: [(key: String, value: String)] = []) -> CiphertextDecoder {
-        CiphertextDecoder(kms: client(transport, attempts: 1), requiredContext: required)
+    func decoder(required: [(key: String, value: String)] = [], keys: [String] = [],
+                 maxEncryptedDataKeys: Int = EncryptionSDKMessage.defaultMaxEncryptedDataKeys) -> CiphertextDecoder {
+        var allowed = KMSKeyAllowList()
+        for k in keys { allowed = try! allowed.adding(k) }
+        return CiphertextDecoder(kms: client(transport, attempts: 1), requiredContext: required, allowedKeys: allowed,
+                                 maxEncryptedDataKeys: maxEncryptedDataKeys)
+    }
+
+    /// The KeyId member of each Decrypt request, in order (nil: none sent).
+    var decryptKeyIds: [String?] {
+        calls.withLock { $0.filter { $0.operation == "Decrypt" }.map { $0.body["KeyId"]?.stringValue } }
     }
 
     var count: Int { calls.withLock { $0.count } }
@@ -358,5 +377,210 @@ func failure(_ body: () throws(DecodeError) -> DecodedSecret) -> DecodeError? {
         } catch {
             #expect(error.description.contains("NotFoundException"))
         }
+    }
+}
+
+/// A structurally complete v2 message (suite 0x0478, unsigned, framed,
+/// one empty final frame, no context) listing the given encrypted data
+/// keys. Its header tag and commitment are not real: it is only good for
+/// what happens before those are checked.
+func messageWithKeys(_ keys: [(provider: String, info: String, ciphertext: String)]) -> [UInt8] {
+    var m: [UInt8] = [0x02, 0x04, 0x78]
+    m += [UInt8](repeating: 0x11, count: 32)           // message ID
+    m.appendU16Test(0)                                  // no encryption context
+    m.appendU16Test(keys.count)
+    for k in keys {
+        for field in [k.provider, k.info, k.ciphertext] {
+            m.appendU16Test(field.utf8.count)
+            m += Array(field.utf8)
+        }
+    }
+    m += [0x02]                                         // framed
+    m += [0x00, 0x00, 0x10, 0x00]                       // 4096-byte frames
+    m += [UInt8](repeating: 0x22, count: 32)            // commitment
+    m += [UInt8](repeating: 0x33, count: 16)            // header tag
+    m += [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 1]           // final frame 1
+    m += [UInt8](repeating: 0x44, count: 12)            // IV
+    m += [0, 0, 0, 0]                                   // no content
+    m += [UInt8](repeating: 0x55, count: 16)            // tag
+    return m
+}
+
+extension Array where Element == UInt8 {
+    mutating func appendU16Test(_ v: Int) { append(UInt8(truncatingIfNeeded: v >> 8)); append(UInt8(truncatingIfNeeded: v)) }
+}
+
+/// Issue 13 A3: a header may list 65,535 encrypted data keys, each a KMS
+/// Decrypt; the count is capped before any KMS call.
+@Suite struct EncryptedDataKeyLimitTests {
+    /// 299 refused keys, then one KMS would answer: the old reader made 300 calls.
+    let many: [UInt8] = messageWithKeys(
+        Array(repeating: ("aws-kms", fixtureDenyARN, "fixture-deny"), count: 299) + [("aws-kms", fixtureKeyARN, "fixture-key-32")])
+
+    @Test func tooManyDataKeysAreRefusedBeforeAnyKMSCall() {
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in try kms.decoder().decrypt(many, path: "x") }
+        #expect(e?.description == "refused: the message lists 300 encrypted data keys, more than the limit of 10 (max_encrypted_data_keys=); no KMS call was made")
+        #expect(kms.count == 0)
+        // Base64-encoded (aws-encryption-cli --encode) is no way round it.
+        let b64 = Array(Base64.encode(many).utf8)
+        let e2 = failure { () throws(DecodeError) in try kms.decoder().decrypt(b64, path: "x") }
+        #expect(e2?.description.hasPrefix("refused: the message lists 300 encrypted data keys") == true)
+        #expect(kms.count == 0)
+    }
+
+    @Test func theLimitIsTheMounts() throws {
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in try kms.decoder(maxEncryptedDataKeys: 299).decrypt(many, path: "x") }
+        #expect(e?.description == "refused: the message lists 300 encrypted data keys, more than the limit of 299 (max_encrypted_data_keys=); no KMS call was made")
+        #expect(kms.count == 0)
+        // A real message of two keys: refused under a limit of 1, read under 2.
+        let two = readFixture("0578-two-keys.esdk")
+        let e1 = failure { () throws(DecodeError) in try kms.decoder(maxEncryptedDataKeys: 1).decrypt(two, path: "golden/0578-two-keys") }
+        #expect(e1?.description == "refused: the message lists 2 encrypted data keys, more than the limit of 1 (max_encrypted_data_keys=); no KMS call was made")
+        #expect(kms.count == 0)
+        let d = try kms.decoder(maxEncryptedDataKeys: 2).decrypt(two, path: "golden/0578-two-keys")
+        #expect(text(d.plaintext) == goldenPlaintext)
+    }
+
+    @Test func theHeaderParserTakesTheLimit() throws {
+        #expect(throws: DecodeError.self) { try EncryptionSDKMessage.parseHeader(many, maxEncryptedDataKeys: 10) }
+        #expect(try EncryptionSDKMessage.parseHeader(many).encryptedDataKeys.count == 300)
+        // At the limit: tried (and, with 10 refused keys, 10 calls at most).
+        let ten = messageWithKeys(Array(repeating: ("aws-kms", fixtureDenyARN, "fixture-deny"), count: 10))
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in try kms.decoder().decrypt(ten, path: "x") }
+        #expect(e?.description.contains("AccessDeniedException") == true, "\(String(describing: e))")
+        #expect(kms.count == 10)
+        #expect(EncryptionSDKMessage.defaultMaxEncryptedDataKeys == 10)
+    }
+}
+
+/// Issue 13 A4: `kms_key=` (the SDKs' strict mode).
+@Suite struct KeyAllowListTests {
+    /// Not base64 (NUL, space): read as a raw KMS blob.
+    let rawBlob: [UInt8] = Array("fixture-raw-blob 0001".utf8) + [0, 1]
+    let otherARN = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-0000000000ff"
+
+    @Test func rawBlobsSendTheListedKeyAsKeyId() throws {
+        let kms = FakeKMS()
+        let d = try kms.decoder(keys: [fixtureKeyARN]).decrypt(rawBlob, path: "raw")
+        #expect(text(d.plaintext) == Array("raw secret".utf8))
+        #expect(kms.decryptKeyIds == [fixtureKeyARN])
+        // Without a list, no KeyId (as before).
+        let open = FakeKMS()
+        _ = try open.decoder().decrypt(rawBlob, path: "raw")
+        #expect(open.decryptKeyIds == [nil])
+    }
+
+    @Test func aRawBlobOfAnotherKeyIsRefusedByKMS() {
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in try kms.decoder(keys: [otherARN]).decrypt(rawBlob, path: "raw") }
+        guard case .refused(let m)? = e else { Issue.record("expected refused, got \(String(describing: e))"); return }
+        #expect(m.hasPrefix("KMS refused to decrypt it under \(otherARN), the key kms_key= allows: KMS Decrypt failed: IncorrectKeyException"), "\(m)")
+        #expect(kms.decryptKeyIds == [otherARN])
+    }
+
+    @Test func severalKeysAreTriedInTurnWhileKMSRefuses() throws {
+        let kms = FakeKMS()
+        let d = try kms.decoder(keys: [otherARN + "+" + fixtureAlias]).decrypt(rawBlob, path: "raw")
+        #expect(text(d.plaintext) == Array("raw secret".utf8))
+        #expect(kms.decryptKeyIds == [otherARN, fixtureAlias])
+        #expect(d.keyId == fixtureKeyARN)
+
+        let none = FakeKMS()
+        let other2 = "arn:aws:kms:eu-west-1:111122223333:alias/other"
+        let e = failure { () throws(DecodeError) in try none.decoder(keys: [otherARN, other2]).decrypt(rawBlob, path: "raw") }
+        #expect(e?.description.hasPrefix("refused: KMS refused to decrypt it under each of the 2 keys kms_key= allows; the last, \(other2): KMS Decrypt failed: IncorrectKeyException") == true, "\(String(describing: e))")
+        #expect(none.count == 2)
+    }
+
+    @Test func aKMSThatIgnoresKeyIdIsCaughtByTheAnswer() {
+        // Answers every Decrypt for another key, whatever KeyId says.
+        let t = FakeTransport { _, _ in (200, #"{"KeyId":"arn:aws:kms:us-east-1:999999999999:key/evil","Plaintext":"c2VjcmV0"}"#) }
+        let allowed = try! KMSKeyAllowList().adding(fixtureKeyARN)
+        let decoder = CiphertextDecoder(kms: client(t, attempts: 1), allowedKeys: allowed)
+        let e = failure { () throws(DecodeError) in try decoder.decrypt(rawBlob, path: "raw") }
+        #expect(e?.description == "refused: KMS decrypted the ciphertext with key arn:aws:kms:us-east-1:999999999999:key/evil although the request named \(fixtureKeyARN) (kms_key=); the plaintext was wiped")
+        let e2 = failure { () throws(DecodeError) in try decoder.decrypt(readFixture("0478-framed.esdk"), path: "golden/0478-framed") }
+        #expect(e2?.description.hasPrefix("refused: KMS decrypted the data key with key arn:aws:kms:us-east-1:999999999999:key/evil although the request named \(fixtureKeyARN)") == true, "\(String(describing: e2))")
+    }
+
+    @Test func messagesTryOnlyDataKeysOfListedKeys() throws {
+        // 0578-two-keys: the refused key's data key first, then fixtureKeyARN's.
+        let kms = FakeKMS()
+        let d = try kms.decoder(keys: [fixtureKeyARN]).decrypt(readFixture("0578-two-keys.esdk"), path: "golden/0578-two-keys")
+        #expect(text(d.plaintext) == goldenPlaintext)
+        #expect(kms.decryptKeyIds == [fixtureKeyARN])   // the other data key was never sent
+    }
+
+    @Test func aMessageWithNoDataKeyOfAListedKeyIsRefusedWithoutKMS() {
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in
+            try kms.decoder(keys: [otherARN]).decrypt(readFixture("0578-framed.esdk"), path: "golden/0578-framed")
+        }
+        #expect(e?.description == "refused: no encrypted data key of the message is under a key kms_key= allows (its AWS KMS keys: \(fixtureKeyARN)); no KMS call was made")
+        #expect(kms.count == 0)
+        // An alias ARN of another account cannot name the message's key: not tried either.
+        let e2 = failure { () throws(DecodeError) in
+            try kms.decoder(keys: ["arn:aws:kms:us-east-1:444455556666:alias/fixture"]).decrypt(readFixture("0578-framed.esdk"), path: "golden/0578-framed")
+        }
+        #expect(e2?.description.hasPrefix("refused: no encrypted data key of the message is under a key kms_key= allows") == true)
+        #expect(kms.count == 0)
+    }
+
+    @Test func aliasesAreSentAsKeyIdForKMSToEnforce() throws {
+        let kms = FakeKMS()
+        let d = try kms.decoder(keys: [fixtureAlias]).decrypt(readFixture("0478-framed.esdk"), path: "golden/0478-framed")
+        #expect(text(d.plaintext) == goldenPlaintext)
+        #expect(kms.decryptKeyIds == [fixtureAlias])
+        #expect(d.keyId == fixtureKeyARN)
+        let refused = FakeKMS()
+        let e = failure { () throws(DecodeError) in
+            try refused.decoder(keys: ["alias/other"]).decrypt(readFixture("0478-framed.esdk"), path: "golden/0478-framed")
+        }
+        #expect(e?.description.hasPrefix("refused: KMS refused the data key of \(fixtureKeyARN) under alias/other, which kms_key= allows: KMS Decrypt failed: IncorrectKeyException") == true, "\(String(describing: e))")
+        #expect(refused.count == 1)
+    }
+
+    @Test func theListsSyntax() throws {
+        let l = try KMSKeyAllowList().adding("\(fixtureKeyARN)+alias/app/db+arn:aws-us-gov:kms:us-gov-west-1:111122223333:alias/x_y-z")
+        #expect(l.entries == [.keyARN(fixtureKeyARN), .aliasName("alias/app/db"), .aliasARN("arn:aws-us-gov:kms:us-gov-west-1:111122223333:alias/x_y-z")])
+        #expect(l.description == "\(fixtureKeyARN)+alias/app/db+arn:aws-us-gov:kms:us-gov-west-1:111122223333:alias/x_y-z")
+        #expect(try l.adding(fixtureKeyARN).entries.count == 3)   // duplicates dropped
+        #expect(try KMSKeyAllowList().adding("arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd").keyARNs.count == 1)
+        let bad: [(String, String)] = [
+            ("00000000-0000-4000-8000-000000000001", "is neither a key ARN, an alias ARN nor alias/NAME"),
+            ("alias/", "is not an alias name"),
+            ("alias/a b", "is not an alias name"),
+            ("alias/a++alias/b", "an empty entry; separate keys with '+'"),
+            ("arn:aws:kms:us-east-1:1111:key/x", "is not a KMS key or alias ARN"),
+            ("arn:aws:s3:us-east-1:111122223333:key/x", "is not a KMS key or alias ARN"),
+            ("arn:aws:kms:us-east-1:111122223333:key/", "has a malformed key ID"),
+            ("arn:aws:kms:us-east-1:111122223333:grant/x", "its resource is neither key/ID nor alias/NAME"),
+        ]
+        for (text, reason) in bad {
+            do { _ = try KMSKeyAllowList().adding(text); Issue.record("accepted \(text)") } catch {
+                #expect(error.message.contains(reason), "\(text): \(error.message)")
+            }
+        }
+        let eleven = (1...11).map { "alias/k\($0)" }.joined(separator: "+")
+        do { _ = try KMSKeyAllowList().adding(eleven); Issue.record("accepted 11 keys") } catch {
+            #expect(error.message == "11 keys, more than the 10 allowed")
+        }
+    }
+}
+
+@Suite struct KeyAllowListLogTests {
+    @Test func aHugeKeyNameInAHeaderIsShortenedInTheLine() {
+        let huge = "arn:aws:kms:us-east-1:111122223333:key/" + String(repeating: "x", count: 60_000)
+        let m = messageWithKeys([("aws-kms", huge, "fixture-key-32")])
+        let kms = FakeKMS()
+        let e = failure { () throws(DecodeError) in try kms.decoder(keys: [fixtureKeyARN]).decrypt(m, path: "x") }
+        let line = e?.description ?? ""
+        #expect(line.hasPrefix("refused: no encrypted data key of the message is under a key kms_key= allows (its AWS KMS keys: arn:aws:kms:us-east-1:111122223333:key/xxx"))
+        #expect(line.contains("...(60039 bytes)); no KMS call was made"), "\(line.suffix(80))")
+        #expect(line.utf8.count < 400)
+        #expect(kms.count == 0)
     }
 }
