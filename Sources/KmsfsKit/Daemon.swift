@@ -125,6 +125,15 @@ public enum Daemon {
                                         requirePathBinding: options.requireBinding)
         let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit)
 
+        let metrics: MetricsServer?
+        if let address = options.metrics {
+            do { metrics = try MetricsServer(address: address) } catch {
+                report.fail("metrics=\(address): \(error); give a free loopback port (such as 127.0.0.1:9464) or unix:PATH")
+            }
+        } else {
+            metrics = nil
+        }
+
         var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)
         sessionOptions.debug = request.debug
         sessionOptions.maxThreads = options.threads
@@ -165,6 +174,13 @@ public enum Daemon {
             control = nil
             Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
         }
+        if let metrics {
+            metrics.start {
+                PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, started: started),
+                                      perSecret: live.current.metricsPerSecret)
+            }
+            Log.notice("metrics: serving /metrics on \(metrics.address)")
+        }
         Daemon.startIdleHousekeeping(fs: fs, session: session, transport: kms.api.transport)
         Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
 
@@ -201,6 +217,7 @@ public enum Daemon {
             audit.flush()
             watcher?.stop()
             control?.stop()
+            metrics?.stop()
             fs.notifier = nil
             fs.shutdown()
             SecureMemoryStats.wipeAllLive()
@@ -283,6 +300,7 @@ public enum Daemon {
                      ("key_id", e.keyId.map { .string($0) } ?? .null)])
         }
         return .object([
+            ("version", .string(kmsfsVersion)),
             ("mountpoint", .string(request.mountpoint)),
             ("source", .string(request.source)),
             ("pid", n(Int(getpid()))),
@@ -296,7 +314,10 @@ public enum Daemon {
                                   ("shared", n(c.shared)), ("refreshes", n(c.refreshes)), ("denials", n(c.denials)),
                                   ("failures", n(c.failures))])),
             ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
-                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99))])),
+                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99)),
+                             ("latency_buckets", .array(zip(CallMetrics.bucketBounds, k.buckets).map { .array([.number($0), n($1)]) })),
+                             ("latency_sum_s", .number(k.latencySum)), ("latency_count", n(k.latencyCount)),
+                             ("last_success", k.lastSuccess.map { .number($0.rounded()) } ?? .null)])),
             ("watched_directories", n(watcher?.watchCount ?? 0)),
             ("credentials", credentialStatus(kms.api.credentials)),
         ])
@@ -312,6 +333,7 @@ public enum Daemon {
             ("source", .string(c.source)),
             ("access_key_id", .string(CachingCredentialProvider.redact(c.accessKeyId))),
             ("expires", c.expiration.map { .string($0.iso8601) } ?? .null),
+            ("expires_epoch", c.expiration.map { .number($0.seconds.rounded()) } ?? .null),
         ])
     }
 

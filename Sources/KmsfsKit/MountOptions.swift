@@ -61,6 +61,11 @@ public struct MountOptions: Sendable {
     /// Seconds one KMS call may take, retries included.
     public var kmsTimeout: Double?
     public var caBundle: String?
+    /// Where Prometheus `/metrics` is served (`metrics=`); nil: off.
+    public var metrics: MetricsAddress?
+    /// Per-secret series in the metrics (`metrics_per_secret`): off by
+    /// default, since a mount may hold many names.
+    public var metricsPerSecret = false
     /// fstab and VFS options accepted and dropped.
     public var ignored: [String] = []
 
@@ -138,6 +143,7 @@ public struct MountOptions: Sendable {
         if a.audit != b.audit { return "audit" }
         if a.log != b.log { return "log" }
         if a.requireBinding != b.requireBinding { return "require_binding" }
+        if a.metrics != b.metrics { return "metrics" }
         if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
         return nil
     }
@@ -316,6 +322,12 @@ public struct MountOptions: Sendable {
             let v = try need()
             guard v.hasPrefix("/") else { throw OptionError("option 'ca_bundle=\(v)': give an absolute path") }
             caBundle = v
+        case "metrics":
+            switch MetricsAddress.parse(try need()) {
+            case .success(let a): metrics = a
+            case .failure(let e): throw e
+            }
+        case "metrics_per_secret": try noValue(); metricsPerSecret = true
         case "default_permissions":
             throw OptionError("option 'default_permissions' is not supported: kmsfs decides access itself in every open (see allow_uid=, allow_gid=, policy=)")
         default:

@@ -12,14 +12,29 @@ struct LiveStatusCommand: ParsableCommand {
     @Flag(help: "Print the daemon's JSON document.")
     var json = false
 
+    @Flag(help: "Print Prometheus' text exposition (for node_exporter's textfile collector).")
+    var prometheus = false
+
+    @Flag(help: "With --prometheus: also the per-secret series.")
+    var perSecret = false
+
     @Argument(help: "The mountpoint.")
     var mountpoint: String
+
+    func validate() throws {
+        if json && prometheus { throw ValidationError("give --json or --prometheus, not both") }
+        if perSecret && !prometheus { throw ValidationError("--per-secret goes with --prometheus") }
+    }
 
     func run() throws {
         let doc: JSONValue
         do { doc = try ControlClient.status(mountpoint: mountpoint) } catch { fail(error.description) }
         if json {
             print(doc.serialized)
+            return
+        }
+        if prometheus {
+            print(PrometheusText.render(doc, perSecret: perSecret), terminator: "")
             return
         }
         print(StatusText.render(doc))
