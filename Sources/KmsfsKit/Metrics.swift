@@ -144,6 +144,19 @@ public enum PrometheusText {
         family("kmsfs_credentials_expiry_timestamp_seconds", "gauge", "When the temporary AWS credentials in use expire (Unix time); absent for long-term keys.")
         sample("kmsfs_credentials_expiry_timestamp_seconds", [], cr?["expires_epoch"]?.numberValue)
 
+        let rot = d["rotation"]
+        family("kmsfs_rotations_total", "counter", "Ciphertexts written into SOURCE (rotations and new secrets) the watcher saw.")
+        sample("kmsfs_rotations_total", [], rot?["changes"]?.numberValue ?? 0)
+        family("kmsfs_rotation_decrypt_failures_total", "counter", "Changed ciphertexts that did not decrypt before telling anyone (nobody was told).")
+        sample("kmsfs_rotation_decrypt_failures_total", [], rot?["decrypt_failures"]?.numberValue ?? 0)
+        family("kmsfs_notifications_total", "counter", "Rotation notifications (reload=, on_change=) by outcome.")
+        sample("kmsfs_notifications_total", [("outcome", "success")], rot?["notifications_ok"]?.numberValue ?? 0)
+        sample("kmsfs_notifications_total", [("outcome", "error")], rot?["notifications_failed"]?.numberValue ?? 0)
+        family("kmsfs_open_handles", "gauge", "Open handles of secrets.")
+        sample("kmsfs_open_handles", [], d["handles"]?["open"]?.numberValue ?? 0)
+        family("kmsfs_stale_handles", "gauge", "Open handles holding an older version of their secret than SOURCE holds (a rotation not yet complete).")
+        sample("kmsfs_stale_handles", [], Double(d["handles"]?["stale"]?.arrayValue?.count ?? 0))
+
         if perSecret {
             family("kmsfs_secret_hits_total", "counter", "Opens served from memory, per cached secret.")
             for e in entries {

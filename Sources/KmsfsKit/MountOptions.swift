@@ -66,6 +66,13 @@ public struct MountOptions: Sendable {
     /// Per-secret series in the metrics (`metrics_per_secret`): off by
     /// default, since a mount may hold many names.
     public var metricsPerSecret = false
+    /// Units to `systemctl reload-or-restart` when a secret's ciphertext
+    /// changes (`reload=UNIT[+UNIT...]`).
+    public var reloadUnits: [String] = []
+    /// A program run as `PROGRAM PATH...` when secrets change (`on_change=`).
+    public var onChange: String?
+    /// Seconds without a new change before changes are told (`settle=`).
+    public var settle: Double = 2
     /// fstab and VFS options accepted and dropped.
     public var ignored: [String] = []
 
@@ -144,6 +151,7 @@ public struct MountOptions: Sendable {
         if a.log != b.log { return "log" }
         if a.requireBinding != b.requireBinding { return "require_binding" }
         if a.metrics != b.metrics { return "metrics" }
+        if a.settle != b.settle { return "settle" }
         if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
         return nil
     }
@@ -328,6 +336,21 @@ public struct MountOptions: Sendable {
             case .failure(let e): throw e
             }
         case "metrics_per_secret": try noValue(); metricsPerSecret = true
+        case "reload":
+            let v = try need()
+            let units = v.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+            for u in units where !ChangeTargets.validUnit(u) {
+                throw OptionError("option 'reload=\(v)': '\(u)' is not a systemd unit name (such as nginx.service); separate units with '+'")
+            }
+            reloadUnits = units
+        case "on_change":
+            let v = try need()
+            guard v.hasPrefix("/") else { throw OptionError("option 'on_change=\(v)': give the program's absolute path (it is run without a shell)") }
+            onChange = v
+        case "settle":
+            let s = try seconds()
+            guard s <= 300 else { throw OptionError("option 'settle=\(s)': expected seconds from 0 to 300") }
+            settle = s
         case "default_permissions":
             throw OptionError("option 'default_permissions' is not supported: kmsfs decides access itself in every open (see allow_uid=, allow_gid=, policy=)")
         default:
