@@ -11,8 +11,9 @@ for pkg in libfuse3-dev fuse3 libssl-dev libcurl4-openssl-dev pkg-config; do
 done
 # Tools the tests drive: setpriv/prlimit (util-linux), useradd (passwd),
 # groff and man (the man page renders cleanly), systemd-analyze (the unit
-# files verify), python3-seccomp (the service's syscall filter is tried).
-for pkg in groff-base man-db systemd python3-seccomp; do
+# files verify), python3-seccomp (the service's syscall filter is tried),
+# prometheus (a real server scrapes metrics=; promtool checks the format).
+for pkg in groff-base man-db systemd python3-seccomp prometheus; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 for cmd in setpriv:util-linux useradd:passwd; do
@@ -23,7 +24,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then echo "deps: need root to install ${need_apt[*]}" >&2; exit 1; fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -54,9 +54,16 @@ public final class CallMetrics: Sendable {
         var throttled = 0
         var latencies: [Double] = []   // ring of recent successful call latencies, seconds
         var next = 0
+        var buckets = [Int](repeating: 0, count: CallMetrics.bucketBounds.count)   // cumulative by bound
+        var latencySum = 0.0
+        var latencyCount = 0
+        var lastSuccess: Double? = nil   // wall clock, seconds since the epoch
     }
     private let state = Mutex(State())
     static let window = 1024
+    /// Upper bounds (seconds) of the latency histogram's buckets, as
+    /// Prometheus' `le` labels; `+Inf` is the count.
+    public static let bucketBounds: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
     public init() {}
 
@@ -67,6 +74,10 @@ public final class CallMetrics: Sendable {
             s.retries += retries
             s.throttled += throttled
             if let latency {
+                for (j, bound) in CallMetrics.bucketBounds.enumerated() where latency <= bound { s.buckets[j] += 1 }
+                s.latencySum += latency
+                s.latencyCount += 1
+                s.lastSuccess = Timestamp.now().seconds
                 if s.latencies.count < CallMetrics.window { s.latencies.append(latency) } else { s.latencies[s.next] = latency }
                 s.next = (s.next + 1) % CallMetrics.window
             }
@@ -80,6 +91,12 @@ public final class CallMetrics: Sendable {
         public var throttled: Int
         public var p50: Double?
         public var p99: Double?
+        /// Successful calls per latency bucket (cumulative, by `bucketBounds`).
+        public var buckets: [Int]
+        public var latencySum: Double
+        public var latencyCount: Int
+        /// When the last call succeeded (wall clock, seconds since the epoch).
+        public var lastSuccess: Double?
     }
 
     public var snapshot: Snapshot {
@@ -90,7 +107,8 @@ public final class CallMetrics: Sendable {
                 return sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.down)))]
             }
             return Snapshot(calls: s.calls, failures: s.failures, retries: s.retries, throttled: s.throttled,
-                            p50: q(0.5), p99: q(0.99))
+                            p50: q(0.5), p99: q(0.99), buckets: s.buckets, latencySum: s.latencySum,
+                            latencyCount: s.latencyCount, lastSuccess: s.lastSuccess)
         }
     }
 }

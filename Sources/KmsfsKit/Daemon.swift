@@ -127,7 +127,17 @@ public enum Daemon {
         Log.info(options.kmsKeys.isEmpty
                  ? "kms_key= not set: files may be under any KMS key these credentials may use (the guide recommends kms_key=)"
                  : "kms_key=\(options.kmsKeys.description): files under any other KMS key are refused")
-        let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit)
+        let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit,
+                                  versionOf: Daemon.version(ofCiphertext:))
+
+        let metrics: MetricsServer?
+        if let address = options.metrics {
+            do { metrics = try MetricsServer(address: address) } catch {
+                report.fail("metrics=\(address): \(error); give a free loopback port (such as 127.0.0.1:9464) or unix:PATH")
+            }
+        } else {
+            metrics = nil
+        }
 
         var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)
         sessionOptions.debug = request.debug
@@ -155,10 +165,21 @@ public enum Daemon {
         let watcher = liveWatcher
         let started = monotonicNow()
         let live = LiveOptions(raw: request.rawOptions, options: options)
+        var rotationNotifier: RotationNotifier? = nil
+        if watcher != nil {
+            let notifier = RotationNotifier(fs: fs, audit: audit, environment: Environment.process(), settle: options.settle) { _ in
+                let o = live.current
+                return ChangeTargets(units: o.reloadUnits, program: o.onChange)
+            }
+            fs.onCiphertextChange { notifier.changed(sourcePath: $0) }
+            notifier.start()
+            rotationNotifier = notifier
+        }
+        let rotation = rotationNotifier
         let control: ControlServer?
         do {
             control = try ControlServer(mountpoint: request.mountpoint, status: {
-                Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, started: started)
+                Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started)
             }, remount: { changes in
                 live.remount(changes) { new throws(OptionError) in
                     fs.reconfigure(try Configuration.filesystem(new, watched: watcher != nil))
@@ -168,6 +189,13 @@ public enum Daemon {
         } catch {
             control = nil
             Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
+        }
+        if let metrics {
+            metrics.start {
+                PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started),
+                                      perSecret: live.current.metricsPerSecret)
+            }
+            Log.notice("metrics: serving /metrics on \(metrics.address)")
         }
         Daemon.startIdleHousekeeping(fs: fs, session: session, transport: kms.api.transport)
         Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
@@ -204,7 +232,9 @@ public enum Daemon {
             fs.sourceIsWatched = false
             audit.flush()
             watcher?.stop()
+            rotation?.stop()
             control?.stop()
+            metrics?.stop()
             fs.notifier = nil
             fs.shutdown()
             SecureMemoryStats.wipeAllLive()
@@ -272,10 +302,16 @@ public enum Daemon {
         }
     }
 
+    /// A secret's version: the first 12 hex digits of its ciphertext's
+    /// SHA-256 (`sha256sum NAME.encrypted | cut -c1-12` shows the same).
+    static func version(ofCiphertext bytes: [UInt8]) -> String {
+        String(Digest.hex(Digest.sha256(bytes)).prefix(12))
+    }
+
     /// The status document `kmsfs status` shows. Names, sizes, ages and
     /// counters only: never plaintext.
     static func status(request: MountRequest, fs: SecretFileSystem, kms: KMSClient, watcher: SourceWatcher?,
-                       started: Double) -> JSONValue {
+                       rotation: RotationNotifier?, started: Double) -> JSONValue {
         let (entries, bytes) = fs.cache.snapshot
         let c = fs.counterSnapshot
         let k = kms.api.metrics.snapshot
@@ -284,9 +320,20 @@ public enum Daemon {
         let cache: [JSONValue] = entries.map { e in
             .object([("path", .string(SecretFileSystem.mountPath(ofSource: e.path))), ("size", n(e.size)),
                      ("age_s", .number(e.age.rounded())), ("hits", n(e.hits)), ("format", .string(e.format)),
-                     ("key_id", e.keyId.map { .string($0) } ?? .null)])
+                     ("key_id", e.keyId.map { .string($0) } ?? .null), ("version", .string(e.version)),
+                     ("appeared", .string(Timestamp(seconds: e.appeared).iso8601))])
         }
+        let now = wallNow()
+        let stale: [JSONValue] = fs.staleHandles().map { h, current in
+            .object([("path", .string(h.mountPath)), ("version", .string(h.version)),
+                     ("current", current.map { .string($0) } ?? .null), ("pid", n(Int(h.pid))),
+                     ("uid", n(Int(h.uid))), ("comm", .string(processName(pid: h.pid))),
+                     ("unit", systemdUnit(pid: h.pid).map { .string($0) } ?? .null),
+                     ("held_s", .number(max(0, now - h.openedAt).rounded()))])
+        }
+        let r = rotation?.snapshot ?? RotationNotifier.Stats()
         return .object([
+            ("version", .string(kmsfsVersion)),
             ("mountpoint", .string(request.mountpoint)),
             ("source", .string(request.source)),
             ("pid", n(Int(getpid()))),
@@ -300,8 +347,17 @@ public enum Daemon {
                                   ("shared", n(c.shared)), ("refreshes", n(c.refreshes)), ("denials", n(c.denials)),
                                   ("failures", n(c.failures))])),
             ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
-                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99))])),
+                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99)),
+                             ("latency_buckets", .array(zip(CallMetrics.bucketBounds, k.buckets).map { .array([.number($0), n($1)]) })),
+                             ("latency_sum_s", .number(k.latencySum)), ("latency_count", n(k.latencyCount)),
+                             ("last_success", k.lastSuccess.map { .number($0.rounded()) } ?? .null)])),
             ("watched_directories", n(watcher?.watchCount ?? 0)),
+            ("handles", .object([("open", n(fs.handles.count)), ("stale", .array(stale))])),
+            ("rotation", .object([("changes", n(r.changes)), ("decrypt_failures", n(r.decryptFailures)),
+                                  ("notifications_ok", n(r.notificationsOK)), ("notifications_failed", n(r.notificationsFailed)),
+                                  ("pending", n(r.pending)),
+                                  ("failures", .array(r.failures.sorted { $0.key < $1.key }.map {
+                                      .object([("path", .string($0.key)), ("reason", .string($0.value))]) }))])),
             ("credentials", credentialStatus(kms.api.credentials)),
         ])
     }
@@ -316,6 +372,7 @@ public enum Daemon {
             ("source", .string(c.source)),
             ("access_key_id", .string(CachingCredentialProvider.redact(c.accessKeyId))),
             ("expires", c.expiration.map { .string($0.iso8601) } ?? .null),
+            ("expires_epoch", c.expiration.map { .number($0.seconds.rounded()) } ?? .null),
         ])
     }
 

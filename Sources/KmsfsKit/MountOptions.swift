@@ -68,6 +68,18 @@ public struct MountOptions: Sendable {
     /// Seconds one KMS call may take, retries included.
     public var kmsTimeout: Double?
     public var caBundle: String?
+    /// Where Prometheus `/metrics` is served (`metrics=`); nil: off.
+    public var metrics: MetricsAddress?
+    /// Per-secret series in the metrics (`metrics_per_secret`): off by
+    /// default, since a mount may hold many names.
+    public var metricsPerSecret = false
+    /// Units to `systemctl reload-or-restart` when a secret's ciphertext
+    /// changes (`reload=UNIT[+UNIT...]`).
+    public var reloadUnits: [String] = []
+    /// A program run as `PROGRAM PATH...` when secrets change (`on_change=`).
+    public var onChange: String?
+    /// Seconds without a new change before changes are told (`settle=`).
+    public var settle: Double = 2
     /// fstab and VFS options accepted and dropped.
     public var ignored: [String] = []
 
@@ -147,6 +159,8 @@ public struct MountOptions: Sendable {
         if a.requireBinding != b.requireBinding { return "require_binding" }
         if a.kmsKeys != b.kmsKeys { return "kms_key" }
         if a.maxEncryptedDataKeys != b.maxEncryptedDataKeys { return "max_encrypted_data_keys" }
+        if a.metrics != b.metrics { return "metrics" }
+        if a.settle != b.settle { return "settle" }
         if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
         return nil
     }
@@ -331,6 +345,27 @@ public struct MountOptions: Sendable {
             let v = try need()
             guard v.hasPrefix("/") else { throw OptionError("option 'ca_bundle=\(v)': give an absolute path") }
             caBundle = v
+        case "metrics":
+            switch MetricsAddress.parse(try need()) {
+            case .success(let a): metrics = a
+            case .failure(let e): throw e
+            }
+        case "metrics_per_secret": try noValue(); metricsPerSecret = true
+        case "reload":
+            let v = try need()
+            let units = v.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+            for u in units where !ChangeTargets.validUnit(u) {
+                throw OptionError("option 'reload=\(v)': '\(u)' is not a systemd unit name (such as nginx.service); separate units with '+'")
+            }
+            reloadUnits = units
+        case "on_change":
+            let v = try need()
+            guard v.hasPrefix("/") else { throw OptionError("option 'on_change=\(v)': give the program's absolute path (it is run without a shell)") }
+            onChange = v
+        case "settle":
+            let s = try seconds()
+            guard s <= 300 else { throw OptionError("option 'settle=\(s)': expected seconds from 0 to 300") }
+            settle = s
         case "default_permissions":
             throw OptionError("option 'default_permissions' is not supported: kmsfs decides access itself in every open (see allow_uid=, allow_gid=, policy=)")
         default:

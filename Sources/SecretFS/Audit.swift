@@ -10,6 +10,8 @@ public struct AuditRecord: Sendable {
         case shared     // allowed, waited for another open's KMS call
         case denied     // not allowed (EACCES)
         case failed     // allowed, but decryption failed (EIO)
+        case notified = "notify"             // a rotation was told to a unit or program
+        case notifyFailed = "notify-failed"  // telling it failed
     }
 
     public var time: Double            // seconds since the epoch
@@ -22,11 +24,35 @@ public struct AuditRecord: Sendable {
     public var latency: Double?        // seconds, for KMS calls
     public var detail: String?         // the reason for denied/failed
 
+    public init(time: Double, uid: UInt32, gid: UInt32, pid: Int32, processName: String, path: String,
+                outcome: Outcome, latency: Double? = nil, detail: String? = nil) {
+        self.time = time
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+        self.processName = processName
+        self.path = path
+        self.outcome = outcome
+        self.latency = latency
+        self.detail = detail
+    }
+
     public var allowed: Bool { outcome != .denied }
+
+    /// `allowed`/`denied` for opens; `notified`/`failed` for rotation
+    /// notifications (whose `comm` is the target).
+    var result: String {
+        switch outcome {
+        case .notified: return "notified"
+        case .notifyFailed: return "failed"
+        case .denied: return "denied"
+        default: return "allowed"
+        }
+    }
 
     /// The record as one line of `key=value` pairs.
     public var line: String {
-        var s = "audit time=\(AuditRecord.iso(time)) uid=\(uid) gid=\(gid) pid=\(pid) comm=\(AuditRecord.quote(processName)) path=\(AuditRecord.quote(path)) result=\(allowed ? "allowed" : "denied") source=\(outcome.rawValue)"
+        var s = "audit time=\(AuditRecord.iso(time)) uid=\(uid) gid=\(gid) pid=\(pid) comm=\(AuditRecord.quote(processName)) path=\(AuditRecord.quote(path)) result=\(result) source=\(outcome.rawValue)"
         if let latency { s += " kms_ms=\(Int((latency * 1000).rounded()))" }
         if let detail { s += " reason=\(AuditRecord.quote(detail))" }
         return s

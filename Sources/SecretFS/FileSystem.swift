@@ -60,10 +60,28 @@ final class Node: @unchecked Sendable {
     }
 }
 
-/// An open file: the plaintext it opened, kept until release.
+/// An open file: the plaintext it opened, kept until release. While it
+/// lives it is listed in the mount's handle table with the version it
+/// opened (`kmsfs status`, `--wait-rotated`).
 public final class OpenSecret: @unchecked Sendable {
     public let secret: CachedSecret
-    public init(secret: CachedSecret) { self.secret = secret }
+    private let table: HandleTable?
+    private let id: UInt64
+
+    public init(secret: CachedSecret) {
+        self.secret = secret
+        self.table = nil
+        self.id = 0
+    }
+
+    init(secret: CachedSecret, table: HandleTable, handle: HeldHandle) {
+        self.secret = secret
+        self.table = table
+        self.id = table.add(handle)
+    }
+
+    deinit { table?.remove(id) }
+
     public var plaintext: SecureBuffer { secret.plaintext }
 }
 
@@ -132,6 +150,10 @@ public final class SecretFileSystem: @unchecked Sendable {
     private let config: Mutex<FSConfiguration>
     private let wallClock: @Sendable () -> Double
     private let monotonic: @Sendable () -> Double
+    private let versionOf: @Sendable ([UInt8]) -> String
+    /// Every open handle and the version it opened.
+    public let handles = HandleTable()
+    private let changeHook = Mutex<(@Sendable (String) -> Void)?>(nil)
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
@@ -159,8 +181,10 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     public init(tree: SourceTree, configuration: FSConfiguration, decryptor: SecretDecrypting,
                 audit: AuditSink, wallClock: @escaping @Sendable () -> Double = { wallNow() },
-                monotonic: @escaping @Sendable () -> Double = { monotonicNow() }) {
+                monotonic: @escaping @Sendable () -> Double = { monotonicNow() },
+                versionOf: @escaping @Sendable ([UInt8]) -> String = { fnvVersion($0) }) {
         self.tree = tree
+        self.versionOf = versionOf
         self.decryptor = decryptor
         self.audit = audit
         self.config = Mutex(configuration)
@@ -320,7 +344,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
             correctKernelSize(n, hit.secret.size)
-            return .success(OpenSecret(secret: hit.secret))
+            return .success(opened(hit.secret, n, caller))
         }
         let current: SourceStat
         do { current = try tree.stat(n.sourcePath) } catch {
@@ -347,12 +371,18 @@ public final class SecretFileSystem: @unchecked Sendable {
                 record(caller, n.mountPath, .shared)
             }
             correctKernelSize(n, secret.size)
-            return .success(OpenSecret(secret: secret))
+            return .success(opened(secret, n, caller))
         case .failure(let failure):
             counters.withLock { $0.opens += 1; $0.failures += 1 }
             record(caller, n.mountPath, .failed, detail: failure.message)
             return .failure(.io)
         }
+    }
+
+    private func opened(_ secret: CachedSecret, _ n: Node, _ caller: Caller) -> OpenSecret {
+        OpenSecret(secret: secret, table: handles,
+                   handle: HeldHandle(sourcePath: n.sourcePath, mountPath: n.mountPath, version: secret.version,
+                                      pid: caller.pid, uid: caller.uid, openedAt: wallClock()))
     }
 
     /// The kernel may hold the ciphertext's size for this inode (reported
@@ -397,7 +427,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         switch decryptor.decrypt(ciphertext: bytes, path: n.mountPath) {
         case .success(let secret):
-            return .success(CachedSecret(path: n.sourcePath, secret: secret, fingerprint: fingerprint, at: monotonic()))
+            return .success(CachedSecret(path: n.sourcePath, secret: secret, fingerprint: fingerprint, at: monotonic(),
+                                         version: versionOf(bytes)))
         case .failure(let failure):
             Log.error("\(n.mountPath): \(failure.message)")
             return .failure(failure)
@@ -432,6 +463,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             if isDirectory { cache.invalidateAll(prefix: sourcePath + "/") } else { cache.invalidate(sourcePath) }
         } else if !isDirectory {
             cache.invalidate(sourcePath)   // a rotated secret: wipe now, decrypt the new one on open
+            if let hook = changeHook.withLock({ $0 }) { hook(sourcePath) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
             (t.byPath[directory], t.byPath[sourcePath])
@@ -453,6 +485,52 @@ public final class SecretFileSystem: @unchecked Sendable {
                 for i in items { notifier.invalidateEntry(parent: ino, name: i.name) }
             }
         }
+    }
+
+    // MARK: Versions and rotation
+
+    /// Called (on the watcher's thread) with the SOURCE path of every
+    /// `*.encrypted` file written or renamed into place; keep it short.
+    public func onCiphertextChange(_ hook: (@Sendable (String) -> Void)?) {
+        changeHook.withLock { $0 = hook }
+    }
+
+    /// Decrypts the ciphertext now at `sourcePath` into the cache (unless
+    /// the cache already holds that version), as an open would, but for
+    /// nobody: rotation decrypts the new version before anyone is told.
+    public func decryptNow(sourcePath: String) -> Result<CachedSecret, DecryptFailure> {
+        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: SecretFileSystem.mountPath(ofSource: sourcePath))
+        let current: SourceStat
+        do { current = try tree.stat(sourcePath) } catch {
+            return .failure(DecryptFailure(.badInput, "gone from SOURCE"))
+        }
+        guard current.isRegular else { return .failure(DecryptFailure(.badInput, "not a regular file")) }
+        let maxBytes = configuration.maxCiphertextBytes
+        return cache.acquire(path: sourcePath, current: current.fingerprint) { self.load(node, maxBytes: maxBytes) }.result
+    }
+
+    /// The version of the ciphertext SOURCE holds now at `sourcePath` (the
+    /// cached one when it still matches the file, else read and digested),
+    /// or nil when the file is gone or unreadable.
+    public func currentVersion(sourcePath: String) -> String? {
+        guard let st = try? tree.stat(sourcePath), st.isRegular else { return nil }
+        if let cached = cache.peek(sourcePath, fingerprint: st.fingerprint) { return cached.version }
+        guard let (bytes, _) = try? tree.readCiphertext(sourcePath, limit: configuration.maxCiphertextBytes) else { return nil }
+        return versionOf(bytes)
+    }
+
+    /// Open handles whose version is no longer the one in SOURCE (rotated,
+    /// or the file was removed), with that current version (nil: gone).
+    public func staleHandles() -> [(handle: HeldHandle, current: String?)] {
+        let held = handles.all
+        var current: [String: String?] = [:]
+        var out: [(HeldHandle, String?)] = []
+        for h in held {
+            if current[h.sourcePath] == nil { current[h.sourcePath] = .some(currentVersion(sourcePath: h.sourcePath)) }
+            let now = current[h.sourcePath]!
+            if now != h.version { out.append((h, now)) }
+        }
+        return out.sorted { ($0.0.mountPath, $0.0.openedAt) < ($1.0.mountPath, $1.0.openedAt) }
     }
 
     // MARK: Prefetch

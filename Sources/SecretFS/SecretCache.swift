@@ -56,6 +56,11 @@ public final class CachedSecret: @unchecked Sendable {
     public let keyId: String?
     /// Monotonic time of decryption.
     public let decryptedAt: Double
+    /// A short digest of the ciphertext it was decrypted from: the version
+    /// open handles remember, so status can tell who holds an old one.
+    public let version: String
+    /// When that ciphertext appeared in SOURCE (its ctime, wall clock).
+    public let appeared: Double
     // Guarded by the cache's lock.
     var lastUsed: Double
     var hits: Int = 0
@@ -64,7 +69,7 @@ public final class CachedSecret: @unchecked Sendable {
     /// No refresh attempt before this (monotonic), after a failed one.
     var nextRefresh: Double = 0
 
-    init(path: String, secret: DecryptedSecret, fingerprint: Fingerprint, at now: Double) {
+    init(path: String, secret: DecryptedSecret, fingerprint: Fingerprint, at now: Double, version: String = "") {
         self.path = path
         self.plaintext = secret.plaintext
         self.fingerprint = fingerprint
@@ -72,6 +77,8 @@ public final class CachedSecret: @unchecked Sendable {
         self.keyId = secret.keyId
         self.decryptedAt = now
         self.lastUsed = now
+        self.version = version
+        self.appeared = Double(fingerprint.ctimeNanos) / 1e9
     }
 
     public var size: Int { plaintext.count }
@@ -371,13 +378,16 @@ public final class SecretCache: @unchecked Sendable {
         public var hits: Int
         public var format: String
         public var keyId: String?
+        public var version: String
+        public var appeared: Double
     }
 
     public var snapshot: (entries: [EntryInfo], bytes: Int) {
         lock.withLock {
             let t = now()
             let list = entries.values.map {
-                EntryInfo(path: $0.path, size: $0.size, age: t - $0.decryptedAt, hits: $0.hits, format: $0.format, keyId: $0.keyId)
+                EntryInfo(path: $0.path, size: $0.size, age: t - $0.decryptedAt, hits: $0.hits, format: $0.format, keyId: $0.keyId,
+                          version: $0.version, appeared: $0.appeared)
             }.sorted { $0.path < $1.path }
             return (list, bytes)
         }

@@ -1,0 +1,21 @@
+/// Runs a program the operator named (`on_change=`, `reload=` through
+/// systemctl) the way `credential_process` runs: no shell, stdin from
+/// /dev/null, no descriptor of the daemon's, signals at their defaults,
+/// killed when it outlives `timeout`. Its output (at most 1 MiB) is read
+/// into locked memory and dropped.
+public enum ChildProcess {
+    public struct Failure: Error, Sendable, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    public static func run(_ argv: [String], environment: Environment, timeout: Double) -> Result<Void, Failure> {
+        guard !argv.isEmpty else { return .failure(Failure(message: "no program")) }
+        do {
+            _ = try ProcessRunner.run(argv, environment: environment, timeout: timeout, limit: 1 << 20)
+            return .success(())
+        } catch {
+            return .failure(Failure(message: error.message))
+        }
+    }
+}

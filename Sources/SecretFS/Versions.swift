@@ -1,0 +1,97 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An open handle as `kmsfs status` shows it: which version of which
+/// secret a process opened, and since when. Never plaintext.
+public struct HeldHandle: Sendable {
+    public var sourcePath: String
+    public var mountPath: String
+    public var version: String
+    public var pid: Int32
+    public var uid: UInt32
+    /// Wall-clock seconds since the epoch.
+    public var openedAt: Double
+}
+
+/// Every open handle of the mount, keyed by a handle number. An
+/// `OpenSecret` registers itself on open and leaves when the kernel
+/// releases it (its deinit), so the table can never hold a closed handle.
+/// It holds at most one entry per open file description the kernel keeps.
+public final class HandleTable: Sendable {
+    private struct State {
+        var next: UInt64 = 1
+        var handles: [UInt64: HeldHandle] = [:]
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    func add(_ h: HeldHandle) -> UInt64 {
+        state.withLock { s in
+            let id = s.next
+            s.next &+= 1
+            s.handles[id] = h
+            return id
+        }
+    }
+
+    func remove(_ id: UInt64) {
+        _ = state.withLock { $0.handles.removeValue(forKey: id) }
+    }
+
+    public var all: [HeldHandle] { state.withLock { Array($0.handles.values) } }
+    public var count: Int { state.withLock { $0.handles.count } }
+}
+
+/// The version of a ciphertext when no better digest is given: FNV-1a 64
+/// in hex (the daemon injects a SHA-256 prefix).
+public func fnvVersion(_ bytes: [UInt8]) -> String {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes {
+        h ^= UInt64(b)
+        h = h &* 0x100_0000_01b3
+    }
+    let hex = String(h, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
+}
+
+/// The systemd unit a process runs in, from its cgroup (v2:
+/// `0::/system.slice/nginx.service`), or nil. The deepest `.service` or
+/// `.scope` component names it (a service's sub-cgroups sit below it).
+public func systemdUnit(pid: Int32) -> String? {
+    let fd = open("/proc/\(pid)/cgroup", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 4096)
+    var got = 0
+    while got < buf.count {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, $0.count - got) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        got += n
+    }
+    return unitFromCgroup(Array(buf[0..<got]))
+}
+
+/// The unit named by a `/proc/PID/cgroup` document (see `systemdUnit`).
+public func unitFromCgroup(_ doc: [UInt8]) -> String? {
+    for line in doc.split(separator: UInt8(ascii: "\n")) {
+        // cgroup v2 is the line with hierarchy 0 and no controllers; v1's
+        // name=systemd line has the same path.
+        let fields = line.split(separator: UInt8(ascii: ":"), maxSplits: 2, omittingEmptySubsequences: false)
+        guard fields.count == 3 else { continue }
+        let isV2 = fields[0].elementsEqual("0".utf8) && fields[1].isEmpty
+        let isV1 = fields[1].elementsEqual("name=systemd".utf8)
+        guard isV2 || isV1 else { continue }
+        var unit: String? = nil
+        for c in fields[2].split(separator: UInt8(ascii: "/")) {
+            let name = String(decoding: c, as: UTF8.self)
+            guard name.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { continue }
+            if name.hasSuffix(".service") || name.hasSuffix(".scope") { unit = name }
+        }
+        if let unit { return unit }
+    }
+    return nil
+}

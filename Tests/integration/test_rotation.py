@@ -1,0 +1,194 @@
+"""Issue 17: rotation that reaches the applications. Versions per secret and
+per open handle, `kmsfs status --wait-rotated`, and reload=/on_change=
+notifications: one per target for a burst of changes, after the new version
+decrypted, and none for a broken ciphertext."""
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def put(kms, path, data):
+    """Atomic replace, as config management does: write aside, rename over."""
+    tmp = str(path) + ".tmp-new"
+    with open(tmp, "wb") as f:
+        f.write(kms.encrypt_blob(data) if isinstance(data, bytes) else data.encode())
+    os.rename(tmp, path)
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+
+
+def status(kmsfs_bin, m):
+    r = subprocess.run([kmsfs_bin, "status", m.path, "--json"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def eventually(check, timeout=10.0):
+    deadline = time.time() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.time() > deadline:
+            return v
+        time.sleep(0.05)
+
+
+class Holder:
+    """A real process that opens a secret, reads it and keeps it open."""
+
+    def __init__(self, path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); sys.stdout.write(f.read().decode()); "
+             "sys.stdout.write('\\n'); sys.stdout.flush(); sys.stdin.read()", path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.read = self.proc.stdout.readline().rstrip(b"\n")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def holders():
+    hs = []
+    yield lambda p: hs.append(Holder(p)) or hs[-1]
+    for h in hs:
+        if h.proc.poll() is None:
+            h.proc.kill()
+            h.proc.wait()
+
+
+def test_status_names_who_holds_an_old_version_and_wait_rotated_waits_for_it(tmp_path, kms, mount_factory, kmsfs_bin, holders):
+    src = tmp_path / "src"
+    src.mkdir()
+    v1 = put(kms, src / "db.password.encrypted", b"password-one")
+    put(kms, src / "other.encrypted", b"other")
+    m = mount_factory(src, "allow_uid=0")
+    h = holders(m.file("db.password"))
+    assert h.read == b"password-one"
+    doc = status(kmsfs_bin, m)
+    assert [e["version"] for e in doc["cache"]["entries"] if e["path"] == "db.password"] == [v1]
+    assert doc["handles"]["open"] == 1 and doc["handles"]["stale"] == []
+
+    v2 = put(kms, src / "db.password.encrypted", b"password-two")
+    assert v2 != v1
+    stale = eventually(lambda: status(kmsfs_bin, m)["handles"]["stale"])
+    assert len(stale) == 1
+    s = stale[0]
+    assert (s["path"], s["version"], s["current"], s["pid"]) == ("db.password", v1, v2, h.proc.pid)
+    assert s["comm"].startswith("python")
+    # New opens get the new version while the old handle keeps its bytes.
+    assert open(m.file("db.password"), "rb").read() == b"password-two"
+    text = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, text=True, timeout=30).stdout
+    assert "older versions still open: 1" in text and "pid %d" % h.proc.pid in text and v1 in text
+
+    # Another secret is not held: done at once. This one: times out naming the holder.
+    r = subprocess.run([kmsfs_bin, "status", m.path, "--wait-rotated", "other", "--timeout", "5"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    t0 = time.time()
+    r = subprocess.run([kmsfs_bin, "status", m.path, "--wait-rotated", m.file("db.password"), "--timeout", "1"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and time.time() - t0 < 10
+    assert "pid %d" % h.proc.pid in r.stderr and "db.password" in r.stderr and "timed out" in r.stderr
+
+    waiter = subprocess.Popen([kmsfs_bin, "status", m.path, "--wait-rotated", "--timeout", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1)
+    assert waiter.poll() is None                       # still waiting while the handle is open
+    h.close()
+    assert waiter.wait(15) == 0
+    assert status(kmsfs_bin, m)["handles"] == {"open": 0, "stale": []}
+
+
+def notify_script(tmp_path):
+    log = tmp_path / "notified.log"
+    script = tmp_path / "on-change"
+    script.write_text("#!/bin/sh\nprintf '%%s\\n' \"$*\" >> %s\nls /proc/self/fd | tr '\\n' ' ' >> %s.fds\n"
+                      "env | grep -c '^AWS_' >> %s.env\nexit 0\n" % (log, log, log))
+    script.chmod(0o755)
+    return script, log
+
+
+def test_a_burst_of_twenty_changes_notifies_once_after_decrypting_and_a_broken_one_nobody(tmp_path, kms, mount_factory, kmsfs_bin):
+    src = tmp_path / "src"
+    (src / "app").mkdir(parents=True)
+    for i in range(20):
+        put(kms, src / "app" / ("s%02d.encrypted" % i), b"v1-%d" % i)
+    script, log = notify_script(tmp_path)
+    audit = tmp_path / "audit.log"
+    m = mount_factory(src, "allow_uid=0,settle=1,on_change=%s,audit=%s" % (script, audit))
+    for i in range(20):
+        put(kms, src / "app" / ("s%02d.encrypted" % i), b"v2-%d" % i)
+        time.sleep(0.02)
+    assert eventually(lambda: log.exists(), 15)
+    time.sleep(2.5)                                     # nothing more arrives for the same burst
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1, lines
+    assert sorted(lines[0].split()) == ["app/s%02d" % i for i in range(20)]
+    assert (tmp_path / "notified.log.env").read_text().split() == ["0"]   # no AWS credentials in its environment
+    # Decrypted before telling: the application's next open is a cache hit.
+    before = status(kmsfs_bin, m)
+    assert before["rotation"]["notifications_ok"] == 1
+    assert open(m.file("app/s07"), "rb").read() == b"v2-7"
+    after = status(kmsfs_bin, m)
+    assert after["counters"]["decrypts"] == before["counters"]["decrypts"]
+    assert after["counters"]["cache_hits"] == before["counters"]["cache_hits"] + 1
+    assert eventually(lambda: "result=notified" in audit.read_text())
+
+    # A broken new version: nobody is told, the failure is logged and in status.
+    (src / "app" / "s03.encrypted.tmp").write_bytes(b"\x01\x02 this is not a ciphertext")
+    os.rename(src / "app" / "s03.encrypted.tmp", src / "app" / "s03.encrypted")
+    doc = eventually(lambda: (lambda d: d if d["rotation"]["failures"] else None)(status(kmsfs_bin, m)), 15)
+    assert doc and doc["rotation"]["failures"][0]["path"] == "app/s03"
+    time.sleep(1.5)
+    assert len(log.read_text().splitlines()) == 1
+    assert m.wait_log("app/s03: the new ciphertext does not decrypt")
+    text = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, text=True, timeout=30).stdout
+    assert "app/s03" in text and "nobody was told" in text
+
+
+def test_reload_runs_systemctl_reload_or_restart_once_per_unit(tmp_path, kms, mount_factory):
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "tls.key.encrypted", b"key-1")
+    put(kms, src / "tls.crt.encrypted", b"crt-1")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "systemctl.calls"
+    (fake / "systemctl").write_text("#!/bin/sh\necho \"$@\" >> %s\n" % calls)
+    (fake / "systemctl").chmod(0o755)
+    env = dict(kms.env, PATH="%s:%s" % (fake, os.environ.get("PATH", "/usr/bin:/bin")))
+    m = mount_factory(src, "allow_uid=0,settle=0.5,reload=nginx.service+app@blue.service", env=env)
+    put(kms, src / "tls.key.encrypted", b"key-2")
+    put(kms, src / "tls.crt.encrypted", b"crt-2")
+    assert eventually(lambda: calls.exists() and len(calls.read_text().splitlines()) >= 2, 15)
+    time.sleep(1.5)
+    assert sorted(calls.read_text().splitlines()) == ["reload-or-restart -- app@blue.service",
+                                                      "reload-or-restart -- nginx.service"]
+    assert open(m.file("tls.key"), "rb").read() == b"key-2"
+
+
+@pytest.mark.parametrize("option, why", [
+    ("reload=-H evil", "not a systemd unit name"),
+    ("reload=nginx.service+", "not a systemd unit name"),
+    ("reload=a;b", "not a systemd unit name"),
+    ("on_change=relative/prog", "absolute path"),
+    ("settle=1e30", "settle"),
+])
+def test_bad_notification_options_are_refused_with_one_line(tmp_path, kms, kmsfs_bin, option, why):
+    src = tmp_path / "src"
+    src.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", option], capture_output=True, env=kms.env, timeout=30)
+    assert r.returncode != 0
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and why in lines[0], lines
