@@ -30,6 +30,10 @@ public struct Attributes: Sendable {
     public var atime: timespec
     public var mtime: timespec
     public var ctime: timespec
+    /// The size shown is the non-revealing one for a caller who may not
+    /// open the file (0): the kernel must not cache these attributes over
+    /// the ones an allowed caller got (see `FUSEBridge` getattr).
+    public var sizeHidden: Bool = false
 }
 
 /// The answer to a lookup: attributes plus how long the kernel may cache them.
@@ -93,11 +97,14 @@ public struct FSConfiguration: Sendable {
     public var maxCiphertextBytes: Int = 64 << 20
     /// Seconds the kernel may cache names and directory attributes.
     public var entryTimeout: Double = 1.0
-    /// Seconds the kernel may cache a secret's attributes. Before its first
-    /// decryption a secret shows its ciphertext's size; an open that finds
-    /// the kernel holding another size than the plaintext's invalidates the
-    /// attributes before it answers, so `fstat` after `open` is exact.
-    public var secretAttributeTimeout: Double = 1.0
+    /// Seconds the kernel may cache a secret's attributes: 0, because the
+    /// size a secret shows depends on who asks. A caller the policy admits
+    /// sees the ciphertext's size before the first decryption and the exact
+    /// plaintext size after it (an open that finds the kernel holding
+    /// another size invalidates the attributes before it answers, so
+    /// `fstat` after `open` is exact); any other caller sees size 0, so the
+    /// plaintext's length never reaches a user who may not open it.
+    public var secretAttributeTimeout: Double = 0
     /// Directory permission bits.
     public var directoryMode: UInt32 = 0o555
 
@@ -135,7 +142,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
-        var byPath: [String: UInt64] = [:]   // source path -> ino
+        var byPath: [PathKey: UInt64] = [:]   // source path (its bytes) -> ino; pruned by forget
         var next: UInt64 = 2
     }
     private let table = Mutex(Table())
@@ -171,7 +178,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         root.lookups = 1
         table.withLock {
             $0.byIno[root.ino] = root
-            $0.byPath["."] = root.ino
+            $0.byPath[PathKey(".")] = root.ino
         }
     }
 
@@ -196,12 +203,15 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Names
 
-    public func lookup(parent: UInt64, name: String) -> Result<EntryReply, FSError> {
+    /// `caller`: who asks (the size shown depends on it, see
+    /// `FSConfiguration.secretAttributeTimeout`); nil is the administrator's
+    /// view (tests, tools).
+    public func lookup(parent: UInt64, name: String, caller: Caller? = nil) -> Result<EntryReply, FSError> {
         guard let dir = node(parent) else { return .failure(.notFound) }
         guard dir.kind == .directory else { return .failure(.notDirectory) }
         guard let (entry, st) = tree.lookup(in: dir.sourcePath, name: name) else { return .failure(.notFound) }
         let n = remember(entry, in: dir)
-        return .success(reply(for: n, stat: st))
+        return .success(reply(for: n, stat: st, caller: caller))
     }
 
     /// Finds or creates the node for an entry and counts a kernel lookup.
@@ -209,7 +219,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         let sourcePath = SourceTree.join(dir.sourcePath, entry.sourceName)
         let mountPath = dir.mountPath.isEmpty ? entry.name : dir.mountPath + "/" + entry.name
         return table.withLock { t in
-            if let ino = t.byPath[sourcePath], let n = t.byIno[ino] {
+            if let ino = t.byPath[PathKey(sourcePath)], let n = t.byIno[ino] {
                 n.lookups += 1
                 return n
             }
@@ -217,7 +227,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             t.next += 1
             n.lookups = 1
             t.byIno[n.ino] = n
-            t.byPath[sourcePath] = n.ino
+            t.byPath[PathKey(sourcePath)] = n.ino
             return n
         }
     }
@@ -229,7 +239,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             n.lookups = n.lookups > count ? n.lookups - count : 0
             if n.lookups == 0 {
                 t.byIno[ino] = nil
-                if t.byPath[n.sourcePath] == ino { t.byPath[n.sourcePath] = nil }
+                if t.byPath[PathKey(n.sourcePath)] == ino { t.byPath[PathKey(n.sourcePath)] = nil }
             }
         }
     }
@@ -239,26 +249,38 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Attributes
 
-    public func getattr(_ ino: UInt64) -> Result<(Attributes, Double), FSError> {
+    public func getattr(_ ino: UInt64, caller: Caller? = nil) -> Result<(Attributes, Double), FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
         let st: SourceStat
         do { st = try tree.stat(n.sourcePath) } catch { return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno)) }
         guard (n.kind == .directory && st.isDirectory) || (n.kind == .secret && st.isRegular) else {
             return .failure(.notFound)
         }
-        let r = reply(for: n, stat: st)
+        let r = reply(for: n, stat: st, caller: caller, keptByKernel: false)
         return .success((r.attributes, r.attributeTimeout))
     }
 
-    private func reply(for n: Node, stat st: SourceStat) -> EntryReply {
+    /// `keptByKernel`: the kernel stores these attributes in its inode
+    /// (lookup, readdirplus); a getattr answered with a hidden size is not
+    /// stored (the bridge sees to it), so it must not change `reportedSize`.
+    private func reply(for n: Node, stat st: SourceStat, caller: Caller?, keptByKernel: Bool = true) -> EntryReply {
         let c = configuration
         var size = st.size
+        var hidden = false
         let mode: UInt32
         let owner: Presentation
         if n.kind == .secret {
-            // Once decrypted, the exact plaintext size; before, the
-            // ciphertext's size (an upper bound).
-            if let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) { size = Int64(cached.size) }
+            if let caller, !c.policy.admits(caller, path: n.mountPath) {
+                // Nothing but the name, owner and mode for a caller who may
+                // not open it: neither the plaintext's size nor the
+                // ciphertext's (which tracks it).
+                size = 0
+                hidden = true
+            } else if let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) {
+                // Once decrypted, the exact plaintext size; before, the
+                // ciphertext's size (an upper bound).
+                size = Int64(cached.size)
+            }
             owner = c.policy.presentation(for: n.mountPath)
             mode = UInt32(S_IFREG) | owner.mode
         } else {
@@ -267,10 +289,10 @@ public final class SecretFileSystem: @unchecked Sendable {
             mode = UInt32(S_IFDIR) | (c.directoryMode & 0o555)
             size = 4096
         }
-        if n.kind == .secret { table.withLock { _ in n.reportedSize = size } }
+        if n.kind == .secret, !hidden || keptByKernel { table.withLock { _ in n.reportedSize = size } }
         let attrs = Attributes(ino: n.ino, kind: n.kind, mode: mode, nlink: n.kind == .directory ? 2 : 1,
                                uid: owner.uid, gid: owner.gid, size: size,
-                               atime: st.atime, mtime: st.mtime, ctime: st.ctime)
+                               atime: st.atime, mtime: st.mtime, ctime: st.ctime, sizeHidden: hidden)
         return EntryReply(attributes: attrs, entryTimeout: c.entryTimeout,
                           attributeTimeout: n.kind == .secret ? c.secretAttributeTimeout : c.entryTimeout)
     }
@@ -292,12 +314,12 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// For readdirplus: the entry of a listed item (counting a kernel
     /// lookup), from the stat taken when the directory was listed.
-    public func lookupForListing(_ dir: OpenDirectory, item: OpenDirectory.Item) -> EntryReply? {
+    public func lookupForListing(_ dir: OpenDirectory, item: OpenDirectory.Item, caller: Caller? = nil) -> EntryReply? {
         guard let st = item.stat, let parent = node(dir.ino) else {
-            return try? lookup(parent: dir.ino, name: item.name).get()
+            return try? lookup(parent: dir.ino, name: item.name, caller: caller).get()
         }
         let n = remember(item.entry, in: parent)
-        return reply(for: n, stat: st)
+        return reply(for: n, stat: st, caller: caller)
     }
 
     // MARK: Files
@@ -422,8 +444,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         let shown: String
         if isDirectory {
             shown = name
-        } else if name.hasSuffix(ciphertextSuffix), name.count > ciphertextSuffix.count {
-            shown = String(name.dropLast(ciphertextSuffix.count))
+        } else if let n = SourceTree.shownName(ofCiphertext: name) {
+            shown = n
         } else {
             return   // not something the mount shows
         }
@@ -434,7 +456,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             cache.invalidate(sourcePath)   // a rotated secret: wipe now, decrypt the new one on open
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
-            (t.byPath[directory], t.byPath[sourcePath])
+            (t.byPath[PathKey(directory)], t.byPath[PathKey(sourcePath)])
         }
         guard let notifier else { return }
         if let parent { notifier.invalidateEntry(parent: parent, name: shown) }
@@ -461,15 +483,16 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// starting at boot never wait on KMS. Returns (decrypted, failed).
     public func prefetch(parallel: Int) -> (ok: Int, failed: Int) {
         var files: [(source: String, mount: String)] = []
-        func walk(_ dir: String, _ mountDir: String) {
-            guard let items = try? tree.list(dir) else { return }
+        // An explicit stack, never recursion over SOURCE (any depth).
+        var pending: [(source: String, mount: String)] = [(".", "")]
+        while let (dir, mountDir) = pending.popLast() {
+            guard let items = try? tree.list(dir) else { continue }
             for i in items {
                 let s = SourceTree.join(dir, i.sourceName)
                 let m = mountDir.isEmpty ? i.name : mountDir + "/" + i.name
-                if i.kind == .directory { walk(s, m) } else { files.append((s, m)) }
+                if i.kind == .directory { pending.append((s, m)) } else { files.append((s, m)) }
             }
         }
-        walk(".", "")
         let next = Mutex(0)
         let results = Mutex((ok: 0, failed: 0))
         let done = ConditionLock()
