@@ -96,7 +96,7 @@ let opInit: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<fuse_
 let opLookup: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, parent, name in
     let n = String(cString: name!)
     debugLog(req, "lookup parent=\(parent) name=\(n)")
-    switch context(req).fs.lookup(parent: parent, name: n, caller: caller(req)) {
+    switch context(req).fs.lookup(parent: parent, name: n) {
     case .success(let r):
         var e = entryParam(r)
         _ = fuse_reply_entry(req, &e)
@@ -126,21 +126,22 @@ let opForgetMulti: @convention(c) (fuse_req_t?, Int, UnsafeMutablePointer<fuse_f
     fuse_reply_none(req)
 }
 
-let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, _ in
+let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     debugLog(req, "getattr ino=\(ino)")
     let ctx = context(req)
     // The size a secret shows depends on the caller (its attribute timeout
-    // is 0, so each stat asks). fstat(2) comes here without a file handle,
-    // so the caller, not the handle, decides.
-    switch ctx.fs.getattr(ino, caller: caller(req)) {
+    // is 0, so each stat asks; see SecretFileSystem.AttributeView). stat
+    // and fstat(2) come here without a file handle; lseek(SEEK_END) on an
+    // open file comes with one.
+    switch ctx.fs.getattr(ino, view: fi == nil ? .caller(caller(req)) : .handle) {
     case .success(let (a, timeout)):
         var st = statBuffer(a)
-        if a.sizeHidden, let session = ctx.session {
+        if a.forCallerOnly, let session = ctx.session {
             // Bump the inode's attribute version while this request is in
-            // flight: the kernel then hands this reply to the caller without
-            // storing it in the inode, so a caller who may not open the file
-            // never overwrites the size an allowed caller's mmap relies on.
-            // (Attributes only, offset -1: no page or inode lock is taken.)
+            // flight: the kernel then hands this reply to its caller without
+            // storing it in the inode, where any user could read it back
+            // (statx AT_STATX_DONT_SYNC). Attributes only (offset -1): no
+            // page or inode lock is taken, so this is safe inside getattr.
             _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
         }
         _ = fuse_reply_attr(req, &st, timeout)
@@ -234,7 +235,6 @@ private func directory(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenDirec
 private func fillDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t,
                            _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
     let ctx = context(req)
-    let who = caller(req)
     guard let dir = directory(fi) else { reply(req, error: EBADF); return }
     var buf = [CChar](repeating: 0, count: size)
     var used = 0
@@ -256,7 +256,7 @@ private func fillDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t,
                 let item = dir.items[index - 2]
                 name = item.name
                 if plus {
-                    guard let r = ctx.fs.lookupForListing(dir, item: item, caller: who) else { index += 1; continue }
+                    guard let r = ctx.fs.lookupForListing(dir, item: item) else { index += 1; continue }
                     e = entryParam(r)
                     counted = r.attributes.ino
                 } else {

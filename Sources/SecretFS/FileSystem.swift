@@ -30,10 +30,10 @@ public struct Attributes: Sendable {
     public var atime: timespec
     public var mtime: timespec
     public var ctime: timespec
-    /// The size shown is the non-revealing one for a caller who may not
-    /// open the file (0): the kernel must not cache these attributes over
-    /// the ones an allowed caller got (see `FUSEBridge` getattr).
-    public var sizeHidden: Bool = false
+    /// These attributes are for the caller only: the kernel must hand them
+    /// to it without storing them in its inode (see `FUSEBridge` getattr),
+    /// because their size depends on who asked.
+    public var forCallerOnly: Bool = false
 }
 
 /// The answer to a lookup: attributes plus how long the kernel may cache them.
@@ -53,8 +53,6 @@ final class Node: @unchecked Sendable {
     let mountPath: String
     /// Kernel lookup count (guarded by the table's lock).
     var lookups: UInt64 = 0
-    /// The size last reported to the kernel (guarded by the table's lock).
-    var reportedSize: Int64 = -1
 
     init(ino: UInt64, kind: NodeKind, sourcePath: String, mountPath: String) {
         self.ino = ino
@@ -98,12 +96,7 @@ public struct FSConfiguration: Sendable {
     /// Seconds the kernel may cache names and directory attributes.
     public var entryTimeout: Double = 1.0
     /// Seconds the kernel may cache a secret's attributes: 0, because the
-    /// size a secret shows depends on who asks. A caller the policy admits
-    /// sees the ciphertext's size before the first decryption and the exact
-    /// plaintext size after it (an open that finds the kernel holding
-    /// another size invalidates the attributes before it answers, so
-    /// `fstat` after `open` is exact); any other caller sees size 0, so the
-    /// plaintext's length never reaches a user who may not open it.
+    /// size a secret shows depends on who asks (see `AttributeView`).
     public var secretAttributeTimeout: Double = 0
     /// Directory permission bits.
     public var directoryMode: UInt32 = 0o555
@@ -203,15 +196,15 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Names
 
-    /// `caller`: who asks (the size shown depends on it, see
-    /// `FSConfiguration.secretAttributeTimeout`); nil is the administrator's
-    /// view (tests, tools).
-    public func lookup(parent: UInt64, name: String, caller: Caller? = nil) -> Result<EntryReply, FSError> {
+    /// Entries (lookup, readdirplus) go into the kernel's inode, which any
+    /// user can read back (`statx` with `AT_STATX_DONT_SYNC`): a secret's
+    /// size there is the same bound for every file (see `AttributeView`).
+    public func lookup(parent: UInt64, name: String) -> Result<EntryReply, FSError> {
         guard let dir = node(parent) else { return .failure(.notFound) }
         guard dir.kind == .directory else { return .failure(.notDirectory) }
         guard let (entry, st) = tree.lookup(in: dir.sourcePath, name: name) else { return .failure(.notFound) }
         let n = remember(entry, in: dir)
-        return .success(reply(for: n, stat: st, caller: caller))
+        return .success(reply(for: n, stat: st, view: .entry))
     }
 
     /// Finds or creates the node for an entry and counts a kernel lookup.
@@ -249,38 +242,68 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Attributes
 
+    /// Who a secret's size is shown to, and so which size.
+    ///
+    /// The kernel keeps one set of attributes per inode and any user can
+    /// read them back without asking the daemon (`statx` with
+    /// `AT_STATX_DONT_SYNC`, `stat --cached=always`), so:
+    /// - `.entry` (lookup, readdirplus: stored in the inode): the mount's
+    ///   `max_size=`, the same for every secret and never below a plaintext
+    ///   (a private `mmap` of the whole file stays within it);
+    /// - `.caller` (stat and fstat, which reach getattr without a handle):
+    ///   a caller the policy admits sees the ciphertext's size before the
+    ///   first decryption and the exact plaintext size after it; anyone
+    ///   else sees 0. Either answer is for that caller only
+    ///   (`forCallerOnly`: the bridge keeps it out of the inode);
+    /// - `.handle` (getattr on an open file, as `lseek(SEEK_END)` sends):
+    ///   the exact size, stored (only an opener holds a handle).
+    /// nil caller: the administrator's view (tests, tools), exact.
+    public enum AttributeView: Sendable {
+        case entry
+        case caller(Caller?)
+        case handle
+    }
+
     public func getattr(_ ino: UInt64, caller: Caller? = nil) -> Result<(Attributes, Double), FSError> {
+        getattr(ino, view: .caller(caller))
+    }
+
+    public func getattr(_ ino: UInt64, view: AttributeView) -> Result<(Attributes, Double), FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
         let st: SourceStat
         do { st = try tree.stat(n.sourcePath) } catch { return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno)) }
         guard (n.kind == .directory && st.isDirectory) || (n.kind == .secret && st.isRegular) else {
             return .failure(.notFound)
         }
-        let r = reply(for: n, stat: st, caller: caller, keptByKernel: false)
+        let r = reply(for: n, stat: st, view: view)
         return .success((r.attributes, r.attributeTimeout))
     }
 
-    /// `keptByKernel`: the kernel stores these attributes in its inode
-    /// (lookup, readdirplus); a getattr answered with a hidden size is not
-    /// stored (the bridge sees to it), so it must not change `reportedSize`.
-    private func reply(for n: Node, stat st: SourceStat, caller: Caller?, keptByKernel: Bool = true) -> EntryReply {
+    private func reply(for n: Node, stat st: SourceStat, view: AttributeView) -> EntryReply {
         let c = configuration
         var size = st.size
-        var hidden = false
+        var forCallerOnly = false
         let mode: UInt32
         let owner: Presentation
         if n.kind == .secret {
-            if let caller, !c.policy.admits(caller, path: n.mountPath) {
+            var exact: Bool
+            switch view {
+            case .entry:
+                size = Int64(c.maxCiphertextBytes)
+                exact = false
+            case .handle, .caller(nil):
+                exact = true
+            case .caller(let caller?):
+                forCallerOnly = true
                 // Nothing but the name, owner and mode for a caller who may
                 // not open it: neither the plaintext's size nor the
                 // ciphertext's (which tracks it).
-                size = 0
-                hidden = true
-            } else if let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) {
-                // Once decrypted, the exact plaintext size; before, the
-                // ciphertext's size (an upper bound).
-                size = Int64(cached.size)
+                exact = c.policy.admits(caller, path: n.mountPath)
+                if !exact { size = 0 }
             }
+            // Once decrypted, the exact plaintext size; before, the
+            // ciphertext's size (an upper bound).
+            if exact, let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) { size = Int64(cached.size) }
             owner = c.policy.presentation(for: n.mountPath)
             mode = UInt32(S_IFREG) | owner.mode
         } else {
@@ -289,10 +312,9 @@ public final class SecretFileSystem: @unchecked Sendable {
             mode = UInt32(S_IFDIR) | (c.directoryMode & 0o555)
             size = 4096
         }
-        if n.kind == .secret, !hidden || keptByKernel { table.withLock { _ in n.reportedSize = size } }
         let attrs = Attributes(ino: n.ino, kind: n.kind, mode: mode, nlink: n.kind == .directory ? 2 : 1,
                                uid: owner.uid, gid: owner.gid, size: size,
-                               atime: st.atime, mtime: st.mtime, ctime: st.ctime, sizeHidden: hidden)
+                               atime: st.atime, mtime: st.mtime, ctime: st.ctime, forCallerOnly: forCallerOnly)
         return EntryReply(attributes: attrs, entryTimeout: c.entryTimeout,
                           attributeTimeout: n.kind == .secret ? c.secretAttributeTimeout : c.entryTimeout)
     }
@@ -314,12 +336,12 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// For readdirplus: the entry of a listed item (counting a kernel
     /// lookup), from the stat taken when the directory was listed.
-    public func lookupForListing(_ dir: OpenDirectory, item: OpenDirectory.Item, caller: Caller? = nil) -> EntryReply? {
+    public func lookupForListing(_ dir: OpenDirectory, item: OpenDirectory.Item) -> EntryReply? {
         guard let st = item.stat, let parent = node(dir.ino) else {
-            return try? lookup(parent: dir.ino, name: item.name, caller: caller).get()
+            return try? lookup(parent: dir.ino, name: item.name).get()
         }
         let n = remember(item.entry, in: parent)
-        return reply(for: n, stat: st, caller: caller)
+        return reply(for: n, stat: st, view: .entry)
     }
 
     // MARK: Files
@@ -341,7 +363,6 @@ public final class SecretFileSystem: @unchecked Sendable {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
-            correctKernelSize(n, hit.secret.size)
             return .success(OpenSecret(secret: hit.secret))
         }
         let current: SourceStat
@@ -368,26 +389,12 @@ public final class SecretFileSystem: @unchecked Sendable {
                 counters.withLock { $0.opens += 1; $0.shared += 1 }
                 record(caller, n.mountPath, .shared)
             }
-            correctKernelSize(n, secret.size)
             return .success(OpenSecret(secret: secret))
         case .failure(let failure):
             counters.withLock { $0.opens += 1; $0.failures += 1 }
             record(caller, n.mountPath, .failed, detail: failure.message)
             return .failure(.io)
         }
-    }
-
-    /// The kernel may hold the ciphertext's size for this inode (reported
-    /// before the first decryption): make it ask again, before the open is
-    /// answered, so `fstat` shows the plaintext's size. (Allowed inside
-    /// open: libfuse forbids it only in lookup/setattr-like operations.)
-    private func correctKernelSize(_ n: Node, _ size: Int) {
-        let stale = table.withLock { _ -> Bool in
-            guard n.reportedSize != Int64(size) else { return false }
-            n.reportedSize = Int64(size)
-            return true
-        }
-        if stale { notifier?.invalidateInode(n.ino) }
     }
 
     /// Re-decrypts a secret in its refresh-ahead window without making the

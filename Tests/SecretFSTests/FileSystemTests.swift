@@ -152,16 +152,21 @@ func text(_ s: OpenSecret) -> String {
     @Test func aCallerWhoMayNotOpenSeesNoSize() throws {
         let fs = try make()
         let other = Caller(uid: 4242, gid: 4242, pid: 1)
-        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a", caller: other).get().attributes
-        #expect(a.size == 0 && a.sizeHidden)
-        _ = try fs.open(a.ino, flags: O_RDONLY, caller: root).get()
-        let mine = try fs.getattr(a.ino, caller: root).get()
-        #expect(mine.0.size == 5 && !mine.0.sizeHidden)
-        let theirs = try fs.getattr(a.ino, caller: other).get()
-        #expect(theirs.0.size == 0 && theirs.0.sizeHidden)
+        // What the kernel stores (lookup, readdirplus): one bound for every secret.
+        let entry = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get()
+        #expect(entry.attributes.size == Int64(fs.configuration.maxCiphertextBytes) && !entry.attributes.forCallerOnly)
+        #expect(entry.attributeTimeout == 0)
+        let a = entry.attributes.ino
+        #expect(try fs.getattr(a, caller: root).get().0.size == 5)        // before decryption: the ciphertext's size
+        _ = try fs.open(a, flags: O_RDONLY, caller: root).get()
+        let mine = try fs.getattr(a, caller: root).get()
+        #expect(mine.0.size == 5 && mine.0.forCallerOnly)
+        let theirs = try fs.getattr(a, caller: other).get()
+        #expect(theirs.0.size == 0 && theirs.0.forCallerOnly)
         #expect(theirs.0.mode & 0o777 == 0o400 && theirs.0.uid == 0)   // owner and mode still shown
         #expect(theirs.1 == 0)   // never cached by the kernel for another caller
-        #expect(try fs.lookup(parent: SecretFileSystem.rootInode, name: "a", caller: other).get().attributes.size == 0)
+        #expect(try fs.getattr(a, view: .handle).get().0.size == 5)
+        #expect(try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.size == Int64(fs.configuration.maxCiphertextBytes))
     }
 
     /// Regression (issue 13 A13): `café` (NFC) and `cafe\u{301}` (NFD) in

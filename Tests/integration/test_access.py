@@ -259,12 +259,17 @@ def test_an_unlisted_user_learns_no_size_after_an_allowed_read(access_mount):
     assert os.stat(path).st_size == 0                      # root is not listed for tls/ either
     st = os.stat(path)
     assert st.st_uid == pwd.getpwnam("kmsfs-alice").pw_uid and stat.S_IMODE(st.st_mode) == 0o400
+    # Nor from what the kernel keeps for the inode, read without asking the
+    # daemon (statx AT_STATX_DONT_SYNC): the same bound (max_size=) for all.
+    for user in ["kmsfs-bob", "kmsfs-alice"]:
+        r = run_as(user, ["stat", "--cached=always", "-c", "%s", path])
+        assert r.returncode == 0 and int(r.stdout) == 64 << 20, (user, r.stdout)
     # The allowed user still gets the exact size, from stat and from fstat
-    # after open, and a private mmap of that size reads (bob's stat did not
-    # shrink the size the kernel keeps).
+    # after open, and a private mmap of that size reads.
     assert stat_size("kmsfs-alice", path) == len(secret)
     r = run_as("kmsfs-alice", ["python3", "-c", FSTAT_MMAP, path])
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"%d %s" % (len(secret), secret)
     assert stat_size("kmsfs-bob", path) == 0
     assert stat_size("kmsfs-carol", path) == 0
+    assert stat_size("kmsfs-alice", path) == len(secret)
