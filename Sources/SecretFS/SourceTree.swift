@@ -131,8 +131,9 @@ public final class SourceTree: Sendable {
             throw SystemError("fdopendir \(dir)", errno: e)
         }
         defer { closedir(d) }
-        var secrets: [String: SourceEntry] = [:]
-        var dirs: [String: SourceEntry] = [:]
+        // By bytes: `café` and `cafe\u{301}` are two entries (see PathKey).
+        var secrets: [PathKey: SourceEntry] = [:]
+        var dirs: [PathKey: SourceEntry] = [:]
         while let ent = readdir(d) {
             let nameBytes = withUnsafeBytes(of: ent.pointee.d_name) { raw in Array(raw.prefix(while: { $0 != 0 })) }
             // A name that is not UTF-8 cannot be shown (the mount's names
@@ -150,10 +151,10 @@ public final class SourceTree: Sendable {
             }
             if type == UInt8(DT_REG), let name = SourceTree.shownName(ofCiphertext: sourceName) {
                 if SourceTree.isValidName(name) {
-                    secrets[name] = SourceEntry(name: name, sourceName: sourceName, kind: .secret)
+                    secrets[PathKey(name)] = SourceEntry(name: name, sourceName: sourceName, kind: .secret)
                 }
             } else if type == UInt8(DT_DIR) {
-                dirs[sourceName] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
+                dirs[PathKey(sourceName)] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
             }
         }
         var out = Array(secrets.values)

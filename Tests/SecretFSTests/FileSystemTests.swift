@@ -181,6 +181,8 @@ func text(_ s: OpenSecret) -> String {
         let nfc = try fs.lookup(parent: SecretFileSystem.rootInode, name: "caf\u{E9}").get().attributes.ino
         let nfd = try fs.lookup(parent: SecretFileSystem.rootInode, name: "cafe\u{301}").get().attributes.ino
         #expect(nfc != nfd)
+        let listed = try fs.openDirectory(SecretFileSystem.rootInode).get().items.map(\.name)
+        #expect(listed.filter { $0.utf8.elementsEqual("caf\u{E9}".utf8) || $0.utf8.elementsEqual("cafe\u{301}".utf8) }.count == 2)
         #expect(text(try fs.open(nfc, flags: O_RDONLY, caller: root).get()) == "nfc")
         #expect(text(try fs.open(nfd, flags: O_RDONLY, caller: root).get()) == "nfd")
     }
