@@ -178,6 +178,14 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     let total = plaintext.count
     let start = min(Int(max(offset, 0)), total)
     let length = min(size, total - start, ctx.scratch.bufferSize)
+    if length < size, let session = ctx.session {
+        // A short read through the page cache (a private mmap) makes the
+        // kernel shrink the inode's size to where the data ended, the exact
+        // plaintext size, readable by any user (statx AT_STATX_DONT_SYNC).
+        // Bumping the attribute version while this read is in flight makes
+        // it skip that (attributes only, offset -1: no page lock taken).
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+    }
     if length <= 0 {
         _ = fuse_reply_buf(req, nil, 0)
         return

@@ -273,3 +273,7 @@ def test_an_unlisted_user_learns_no_size_after_an_allowed_read(access_mount):
     assert stat_size("kmsfs-bob", path) == 0
     assert stat_size("kmsfs-carol", path) == 0
     assert stat_size("kmsfs-alice", path) == len(secret)
+    # The mmap read through the page cache ended short at the plaintext's
+    # end: the kernel did not record that as the inode's size either.
+    r = run_as("kmsfs-bob", ["stat", "--cached=always", "-c", "%s", path])
+    assert r.returncode == 0 and int(r.stdout) == 64 << 20, r.stdout
