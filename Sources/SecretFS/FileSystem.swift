@@ -529,7 +529,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// `tls/ssl.pem.encrypted` -> `tls/ssl.pem`.
     public static func mountPath(ofSource path: String) -> String {
-        path.hasSuffix(ciphertextSuffix) ? String(path.dropLast(ciphertextSuffix.count)) : path
+        SourceTree.shownName(ofCiphertext: path) ?? path   // by bytes, like the listing
     }
 
     /// access(2): R_OK/X_OK for those the policy admits; W_OK never.

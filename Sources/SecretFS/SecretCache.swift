@@ -265,7 +265,7 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     static func shown(_ sourcePath: String) -> String {
-        sourcePath.hasSuffix(ciphertextSuffix) ? String(sourcePath.dropLast(ciphertextSuffix.count)) : sourcePath
+        SourceTree.shownName(ofCiphertext: sourcePath) ?? sourcePath
     }
 
     private func isFresh(_ e: CachedSecret, at t: Double) -> Bool {

@@ -163,7 +163,10 @@ public final class SourceTree: Sendable {
         return out
     }
 
-    /// `NAME` for a SOURCE name `NAME.encrypted` (compared as bytes), else nil.
+    /// `NAME` for a SOURCE name (or path) `NAME.encrypted`, else nil. By
+    /// bytes: Swift's `hasSuffix` works on grapheme clusters, and a name
+    /// such as `\u{600}.encrypted` (a prepended mark joins the dot) would
+    /// not end in `.encrypted` for it.
     public static func shownName(ofCiphertext sourceName: String) -> String? {
         let b = Array(sourceName.utf8)
         let suffix = Array(ciphertextSuffix.utf8)

@@ -185,5 +185,10 @@ func text(_ s: OpenSecret) -> String {
         #expect(listed.filter { $0.utf8.elementsEqual("caf\u{E9}".utf8) || $0.utf8.elementsEqual("cafe\u{301}".utf8) }.count == 2)
         #expect(text(try fs.open(nfc, flags: O_RDONLY, caller: root).get()) == "nfc")
         #expect(text(try fs.open(nfd, flags: O_RDONLY, caller: root).get()) == "nfd")
+        // A name whose first scalar joins the dot into one Character is
+        // still NAME.encrypted, by bytes.
+        #expect(!"\u{600}.encrypted".hasSuffix(".encrypted"))   // the premise
+        #expect(SourceTree.shownName(ofCiphertext: "d/\u{600}.encrypted") == "d/\u{600}")
+        #expect(SecretFileSystem.mountPath(ofSource: "d/\u{600}.encrypted") == "d/\u{600}")
     }
 }
