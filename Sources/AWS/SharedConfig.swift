@@ -146,10 +146,12 @@ enum INI {
         var sections: [Section] = []
         var lastKey: String?
         var lineNumber = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Lines are split on bytes: Swift's `Character` holds "\r\n" as one,
+        // so splitting the String on "\n" would make a CRLF file one line.
+        for var raw in Array(text.utf8).split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
-            var line = Substring(raw)
-            if line.hasSuffix("\r") { line = line.dropLast() }
+            if raw.last == UInt8(ascii: "\r") { raw = raw.dropLast() }
+            let line = Substring(String(decoding: raw, as: UTF8.self))
             let trimmed = line.trimmingCharacters(in: " \t")
             if trimmed.isEmpty { continue }
             if trimmed.hasPrefix("#") || trimmed.hasPrefix(";") { continue }

@@ -126,11 +126,24 @@ let opForgetMulti: @convention(c) (fuse_req_t?, Int, UnsafeMutablePointer<fuse_f
     fuse_reply_none(req)
 }
 
-let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, _ in
+let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     debugLog(req, "getattr ino=\(ino)")
-    switch context(req).fs.getattr(ino) {
+    let ctx = context(req)
+    // The size a secret shows depends on the caller (its attribute timeout
+    // is 0, so each stat asks; see SecretFileSystem.AttributeView). stat
+    // and fstat(2) come here without a file handle; lseek(SEEK_END) on an
+    // open file comes with one.
+    switch ctx.fs.getattr(ino, view: fi == nil ? .caller(caller(req)) : .handle) {
     case .success(let (a, timeout)):
         var st = statBuffer(a)
+        if a.forCallerOnly, let session = ctx.session {
+            // Bump the inode's attribute version while this request is in
+            // flight: the kernel then hands this reply to its caller without
+            // storing it in the inode, where any user could read it back
+            // (statx AT_STATX_DONT_SYNC). Attributes only (offset -1): no
+            // page or inode lock is taken, so this is safe inside getattr.
+            _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+        }
         _ = fuse_reply_attr(req, &st, timeout)
     case .failure(let err):
         reply(req, error: err.code)
@@ -165,6 +178,14 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     let total = plaintext.count
     let start = min(Int(max(offset, 0)), total)
     let length = min(size, total - start, ctx.scratch.bufferSize)
+    if length < size, let session = ctx.session {
+        // A short read through the page cache (a private mmap) makes the
+        // kernel shrink the inode's size to where the data ended, the exact
+        // plaintext size, readable by any user (statx AT_STATX_DONT_SYNC).
+        // Bumping the attribute version while this read is in flight makes
+        // it skip that (attributes only, offset -1: no page lock taken).
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+    }
     if length <= 0 {
         _ = fuse_reply_buf(req, nil, 0)
         return

@@ -98,8 +98,9 @@ public struct EncryptionSDKHeader: Sendable {
     /// body begins.
     public let length: Int
 
+    /// Keys compare as bytes (KMS's view), never as Unicode-equivalent Strings.
     public func contextValue(_ key: String) -> String? {
-        encryptionContext.first { $0.key == key }?.value
+        encryptionContext.first { $0.key.utf8.elementsEqual(key.utf8) }?.value
     }
 }
 
@@ -465,7 +466,7 @@ struct EncryptionSDKDecryptor {
             guard let have = header.contextValue(k) else {
                 throw .contextMismatch("the mount requires \(k)=\(v) but the file's context has no '\(k)'")
             }
-            guard have == v else {
+            guard have.utf8.elementsEqual(v.utf8) else {
                 throw .contextMismatch("the mount requires \(k)=\(v) but the file carries \(k)=\(have)")
             }
         }
@@ -549,10 +550,16 @@ public enum PathBinding: Sendable {
         switch self { case .exact(let p), .suffix(let p): return p }
     }
 
+    /// Compares bytes: Swift's `String ==` uses canonical equivalence, so a
+    /// file renamed to the NFD spelling of its bound NFC path (another name,
+    /// which the policy's byte-wise patterns may treat differently) would pass.
     public func admits(_ bound: String) -> Bool {
+        let b = Array(bound.utf8)
         switch self {
-        case .exact(let p): return p == bound
-        case .suffix(let p): return p == bound || p.hasSuffix("/" + bound)
+        case .exact(let p): return Array(p.utf8) == b
+        case .suffix(let p):
+            let path = Array(p.utf8)
+            return path == b || path.reversed().starts(with: ([UInt8(ascii: "/")] + b).reversed())
         }
     }
 }

@@ -40,7 +40,7 @@ public enum Configuration {
         c.maxCiphertextBytes = o.maxCiphertextBytes
         if let d = o.dirMode { c.directoryMode = d }
         if watched { c.entryTimeout = 10 }
-        c.secretAttributeTimeout = c.entryTimeout
+        // c.secretAttributeTimeout stays 0: a secret's size depends on who asks.
         return c
     }
 }

@@ -30,6 +30,10 @@ public struct Attributes: Sendable {
     public var atime: timespec
     public var mtime: timespec
     public var ctime: timespec
+    /// These attributes are for the caller only: the kernel must hand them
+    /// to it without storing them in its inode (see `FUSEBridge` getattr),
+    /// because their size depends on who asked.
+    public var forCallerOnly: Bool = false
 }
 
 /// The answer to a lookup: attributes plus how long the kernel may cache them.
@@ -49,8 +53,6 @@ final class Node: @unchecked Sendable {
     let mountPath: String
     /// Kernel lookup count (guarded by the table's lock).
     var lookups: UInt64 = 0
-    /// The size last reported to the kernel (guarded by the table's lock).
-    var reportedSize: Int64 = -1
 
     init(ino: UInt64, kind: NodeKind, sourcePath: String, mountPath: String) {
         self.ino = ino
@@ -111,11 +113,9 @@ public struct FSConfiguration: Sendable {
     public var maxCiphertextBytes: Int = 64 << 20
     /// Seconds the kernel may cache names and directory attributes.
     public var entryTimeout: Double = 1.0
-    /// Seconds the kernel may cache a secret's attributes. Before its first
-    /// decryption a secret shows its ciphertext's size; an open that finds
-    /// the kernel holding another size than the plaintext's invalidates the
-    /// attributes before it answers, so `fstat` after `open` is exact.
-    public var secretAttributeTimeout: Double = 1.0
+    /// Seconds the kernel may cache a secret's attributes: 0, because the
+    /// size a secret shows depends on who asks (see `AttributeView`).
+    public var secretAttributeTimeout: Double = 0
     /// Directory permission bits.
     public var directoryMode: UInt32 = 0o555
 
@@ -157,7 +157,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
-        var byPath: [String: UInt64] = [:]   // source path -> ino
+        var byPath: [PathKey: UInt64] = [:]   // source path (its bytes) -> ino; pruned by forget
         var next: UInt64 = 2
     }
     private let table = Mutex(Table())
@@ -195,7 +195,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         root.lookups = 1
         table.withLock {
             $0.byIno[root.ino] = root
-            $0.byPath["."] = root.ino
+            $0.byPath[PathKey(".")] = root.ino
         }
     }
 
@@ -220,12 +220,15 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Names
 
+    /// Entries (lookup, readdirplus) go into the kernel's inode, which any
+    /// user can read back (`statx` with `AT_STATX_DONT_SYNC`): a secret's
+    /// size there is the same bound for every file (see `AttributeView`).
     public func lookup(parent: UInt64, name: String) -> Result<EntryReply, FSError> {
         guard let dir = node(parent) else { return .failure(.notFound) }
         guard dir.kind == .directory else { return .failure(.notDirectory) }
         guard let (entry, st) = tree.lookup(in: dir.sourcePath, name: name) else { return .failure(.notFound) }
         let n = remember(entry, in: dir)
-        return .success(reply(for: n, stat: st))
+        return .success(reply(for: n, stat: st, view: .entry))
     }
 
     /// Finds or creates the node for an entry and counts a kernel lookup.
@@ -233,7 +236,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         let sourcePath = SourceTree.join(dir.sourcePath, entry.sourceName)
         let mountPath = dir.mountPath.isEmpty ? entry.name : dir.mountPath + "/" + entry.name
         return table.withLock { t in
-            if let ino = t.byPath[sourcePath], let n = t.byIno[ino] {
+            if let ino = t.byPath[PathKey(sourcePath)], let n = t.byIno[ino] {
                 n.lookups += 1
                 return n
             }
@@ -241,7 +244,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             t.next += 1
             n.lookups = 1
             t.byIno[n.ino] = n
-            t.byPath[sourcePath] = n.ino
+            t.byPath[PathKey(sourcePath)] = n.ino
             return n
         }
     }
@@ -253,7 +256,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             n.lookups = n.lookups > count ? n.lookups - count : 0
             if n.lookups == 0 {
                 t.byIno[ino] = nil
-                if t.byPath[n.sourcePath] == ino { t.byPath[n.sourcePath] = nil }
+                if t.byPath[PathKey(n.sourcePath)] == ino { t.byPath[PathKey(n.sourcePath)] = nil }
             }
         }
     }
@@ -263,26 +266,68 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Attributes
 
-    public func getattr(_ ino: UInt64) -> Result<(Attributes, Double), FSError> {
+    /// Who a secret's size is shown to, and so which size.
+    ///
+    /// The kernel keeps one set of attributes per inode and any user can
+    /// read them back without asking the daemon (`statx` with
+    /// `AT_STATX_DONT_SYNC`, `stat --cached=always`), so:
+    /// - `.entry` (lookup, readdirplus: stored in the inode): the mount's
+    ///   `max_size=`, the same for every secret and never below a plaintext
+    ///   (a private `mmap` of the whole file stays within it);
+    /// - `.caller` (stat and fstat, which reach getattr without a handle):
+    ///   a caller the policy admits sees the ciphertext's size before the
+    ///   first decryption and the exact plaintext size after it; anyone
+    ///   else sees 0. Either answer is for that caller only
+    ///   (`forCallerOnly`: the bridge keeps it out of the inode);
+    /// - `.handle` (getattr on an open file, as `lseek(SEEK_END)` sends):
+    ///   the exact size, stored (only an opener holds a handle).
+    /// nil caller: the administrator's view (tests, tools), exact.
+    public enum AttributeView: Sendable {
+        case entry
+        case caller(Caller?)
+        case handle
+    }
+
+    public func getattr(_ ino: UInt64, caller: Caller? = nil) -> Result<(Attributes, Double), FSError> {
+        getattr(ino, view: .caller(caller))
+    }
+
+    public func getattr(_ ino: UInt64, view: AttributeView) -> Result<(Attributes, Double), FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
         let st: SourceStat
         do { st = try tree.stat(n.sourcePath) } catch { return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno)) }
         guard (n.kind == .directory && st.isDirectory) || (n.kind == .secret && st.isRegular) else {
             return .failure(.notFound)
         }
-        let r = reply(for: n, stat: st)
+        let r = reply(for: n, stat: st, view: view)
         return .success((r.attributes, r.attributeTimeout))
     }
 
-    private func reply(for n: Node, stat st: SourceStat) -> EntryReply {
+    private func reply(for n: Node, stat st: SourceStat, view: AttributeView) -> EntryReply {
         let c = configuration
         var size = st.size
+        var forCallerOnly = false
         let mode: UInt32
         let owner: Presentation
         if n.kind == .secret {
+            var exact: Bool
+            switch view {
+            case .entry:
+                size = Int64(c.maxCiphertextBytes)
+                exact = false
+            case .handle, .caller(nil):
+                exact = true
+            case .caller(let caller?):
+                forCallerOnly = true
+                // Nothing but the name, owner and mode for a caller who may
+                // not open it: neither the plaintext's size nor the
+                // ciphertext's (which tracks it).
+                exact = c.policy.admits(caller, path: n.mountPath)
+                if !exact { size = 0 }
+            }
             // Once decrypted, the exact plaintext size; before, the
             // ciphertext's size (an upper bound).
-            if let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) { size = Int64(cached.size) }
+            if exact, let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) { size = Int64(cached.size) }
             owner = c.policy.presentation(for: n.mountPath)
             mode = UInt32(S_IFREG) | owner.mode
         } else {
@@ -291,10 +336,9 @@ public final class SecretFileSystem: @unchecked Sendable {
             mode = UInt32(S_IFDIR) | (c.directoryMode & 0o555)
             size = 4096
         }
-        if n.kind == .secret { table.withLock { _ in n.reportedSize = size } }
         let attrs = Attributes(ino: n.ino, kind: n.kind, mode: mode, nlink: n.kind == .directory ? 2 : 1,
                                uid: owner.uid, gid: owner.gid, size: size,
-                               atime: st.atime, mtime: st.mtime, ctime: st.ctime)
+                               atime: st.atime, mtime: st.mtime, ctime: st.ctime, forCallerOnly: forCallerOnly)
         return EntryReply(attributes: attrs, entryTimeout: c.entryTimeout,
                           attributeTimeout: n.kind == .secret ? c.secretAttributeTimeout : c.entryTimeout)
     }
@@ -321,7 +365,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             return try? lookup(parent: dir.ino, name: item.name).get()
         }
         let n = remember(item.entry, in: parent)
-        return reply(for: n, stat: st)
+        return reply(for: n, stat: st, view: .entry)
     }
 
     // MARK: Files
@@ -343,7 +387,6 @@ public final class SecretFileSystem: @unchecked Sendable {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
-            correctKernelSize(n, hit.secret.size)
             return .success(opened(hit.secret, n, caller))
         }
         let current: SourceStat
@@ -370,7 +413,6 @@ public final class SecretFileSystem: @unchecked Sendable {
                 counters.withLock { $0.opens += 1; $0.shared += 1 }
                 record(caller, n.mountPath, .shared)
             }
-            correctKernelSize(n, secret.size)
             return .success(opened(secret, n, caller))
         case .failure(let failure):
             counters.withLock { $0.opens += 1; $0.failures += 1 }
@@ -383,19 +425,6 @@ public final class SecretFileSystem: @unchecked Sendable {
         OpenSecret(secret: secret, table: handles,
                    handle: HeldHandle(sourcePath: n.sourcePath, mountPath: n.mountPath, version: secret.version,
                                       pid: caller.pid, uid: caller.uid, openedAt: wallClock()))
-    }
-
-    /// The kernel may hold the ciphertext's size for this inode (reported
-    /// before the first decryption): make it ask again, before the open is
-    /// answered, so `fstat` shows the plaintext's size. (Allowed inside
-    /// open: libfuse forbids it only in lookup/setattr-like operations.)
-    private func correctKernelSize(_ n: Node, _ size: Int) {
-        let stale = table.withLock { _ -> Bool in
-            guard n.reportedSize != Int64(size) else { return false }
-            n.reportedSize = Int64(size)
-            return true
-        }
-        if stale { notifier?.invalidateInode(n.ino) }
     }
 
     /// Re-decrypts a secret in its refresh-ahead window without making the
@@ -453,8 +482,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         let shown: String
         if isDirectory {
             shown = name
-        } else if name.hasSuffix(ciphertextSuffix), name.count > ciphertextSuffix.count {
-            shown = String(name.dropLast(ciphertextSuffix.count))
+        } else if let n = SourceTree.shownName(ofCiphertext: name) {
+            shown = n
         } else {
             return   // not something the mount shows
         }
@@ -466,7 +495,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             if let hook = changeHook.withLock({ $0 }) { hook(sourcePath) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
-            (t.byPath[directory], t.byPath[sourcePath])
+            (t.byPath[PathKey(directory)], t.byPath[PathKey(sourcePath)])
         }
         guard let notifier else { return }
         if let parent { notifier.invalidateEntry(parent: parent, name: shown) }
@@ -539,15 +568,16 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// starting at boot never wait on KMS. Returns (decrypted, failed).
     public func prefetch(parallel: Int) -> (ok: Int, failed: Int) {
         var files: [(source: String, mount: String)] = []
-        func walk(_ dir: String, _ mountDir: String) {
-            guard let items = try? tree.list(dir) else { return }
+        // An explicit stack, never recursion over SOURCE (any depth).
+        var pending: [(source: String, mount: String)] = [(".", "")]
+        while let (dir, mountDir) = pending.popLast() {
+            guard let items = try? tree.list(dir) else { continue }
             for i in items {
                 let s = SourceTree.join(dir, i.sourceName)
                 let m = mountDir.isEmpty ? i.name : mountDir + "/" + i.name
-                if i.kind == .directory { walk(s, m) } else { files.append((s, m)) }
+                if i.kind == .directory { pending.append((s, m)) } else { files.append((s, m)) }
             }
         }
-        walk(".", "")
         let next = Mutex(0)
         let results = Mutex((ok: 0, failed: 0))
         let done = ConditionLock()
@@ -577,7 +607,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// `tls/ssl.pem.encrypted` -> `tls/ssl.pem`.
     public static func mountPath(ofSource path: String) -> String {
-        path.hasSuffix(ciphertextSuffix) ? String(path.dropLast(ciphertextSuffix.count)) : path
+        SourceTree.shownName(ofCiphertext: path) ?? path   // by bytes, like the listing
     }
 
     /// access(2): R_OK/X_OK for those the policy admits; W_OK never.

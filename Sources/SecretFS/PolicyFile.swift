@@ -31,7 +31,7 @@ public enum PolicyFile {
     public static func load(path: String) throws(ParseError) -> [AccessRule] {
         switch readSmallFile(path, limit: maxBytes) {
         case .success(let bytes):
-            return try parse(String(decoding: bytes, as: UTF8.self), file: path)
+            return try parse(bytes: bytes, file: path)
         case .failure(let e):
             let reason = e.errno == EFBIG ? "larger than \(maxBytes) bytes" : "cannot read: \(String(cString: strerror(e.errno)))"
             throw ParseError(file: path, line: 0, reason: reason)
@@ -42,15 +42,35 @@ public enum PolicyFile {
                              uid: (String) throws(PrincipalResolver.Failure) -> UInt32 = { (s: String) throws(PrincipalResolver.Failure) in try PrincipalResolver.uid(s) },
                              gid: (String) throws(PrincipalResolver.Failure) -> UInt32 = { (s: String) throws(PrincipalResolver.Failure) in try PrincipalResolver.gid(s) })
         throws(ParseError) -> [AccessRule] {
+        try parse(bytes: Array(text.utf8), file: file, uid: uid, gid: gid)
+    }
+
+    /// Parses the file's bytes. Lines end in LF or CRLF (split on bytes:
+    /// Swift's `Character` holds "\r\n" as one, so splitting a `String` on
+    /// "\n" would leave a CRLF file as one long comment line). A file that
+    /// yields no rule, a line that is not UTF-8, a carriage return inside a
+    /// line and any line that cannot be parsed are refused: a policy that
+    /// silently lost rules would widen access to the mount-wide lists.
+    public static func parse(bytes: [UInt8], file: String,
+                             uid: (String) throws(PrincipalResolver.Failure) -> UInt32 = { (s: String) throws(PrincipalResolver.Failure) in try PrincipalResolver.uid(s) },
+                             gid: (String) throws(PrincipalResolver.Failure) -> UInt32 = { (s: String) throws(PrincipalResolver.Failure) in try PrincipalResolver.gid(s) })
+        throws(ParseError) -> [AccessRule] {
         var rules: [AccessRule] = []
         var number = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for var rawBytes in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             number += 1
+            func fail(_ reason: String) -> ParseError { ParseError(file: file, line: number, reason: reason) }
+            if rawBytes.last == UInt8(ascii: "\r") { rawBytes = rawBytes.dropLast() }
+            if rawBytes.contains(UInt8(ascii: "\r")) {
+                throw fail("a carriage return inside the line (old Mac line endings?); end lines with LF or CRLF")
+            }
+            guard let rawLine = String(validating: rawBytes, as: UTF8.self) else {
+                throw fail("the line is not UTF-8")
+            }
             var line = Substring(rawLine)
             if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard let first = fields.first else { continue }
-            func fail(_ reason: String) -> ParseError { ParseError(file: file, line: number, reason: reason) }
 
             let pattern = String(first)
             if let problem = GlobPattern.problem(pattern) { throw fail("pattern '\(pattern)': \(problem)") }
@@ -101,6 +121,9 @@ public enum PolicyFile {
             if shown.mode == nil { shown.mode = groupShown && !gids.isEmpty ? 0o440 : 0o400 }
             rules.append(AccessRule(pattern: GlobPattern(pattern), principals: Principals(uids: uids, gids: gids),
                                     presentation: shown, origin: "\(file):\(number)"))
+        }
+        guard !rules.isEmpty else {
+            throw ParseError(file: file, line: 0, reason: "no rules (every line is blank or a comment); a policy file must name at least one PATTERN")
         }
         return rules
     }

@@ -133,15 +133,21 @@ public final class SecretCache: @unchecked Sendable {
 
     private final class Flight {
         var result: Result<CachedSecret, DecryptFailure>?
+        /// The path was invalidated while this decryption ran: its result
+        /// may be of the old version and is not cached.
+        var stale = false
     }
 
     public private(set) var configuration: Configuration
     private let lock = ConditionLock()
-    private var entries: [String: CachedSecret] = [:]
-    private var flights: [String: Flight] = [:]
-    /// Bumped by every invalidation of a path, so a decryption that started
-    /// before a rotation does not cache the old version.
-    private var generations: [String: UInt64] = [:]
+    // Keyed by the path's bytes (`PathKey`), never by Unicode-equivalent
+    // Strings: `café` and `cafe\u{301}` are two files. Both maps hold only
+    // what is live: a cached plaintext, or a decryption in progress. (An
+    // invalidation that races a decryption marks its flight stale instead
+    // of counting generations per path forever; a refresh checks that its
+    // entry is still the cached one.)
+    private var entries: [PathKey: CachedSecret] = [:]
+    private var flights: [PathKey: Flight] = [:]
     private var bytes = 0
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
@@ -175,7 +181,7 @@ public final class SecretCache: @unchecked Sendable {
     public func hit(_ path: String) -> Hit? {
         lock.withLock {
             let t = now()
-            guard let e = entries[path], isFresh(e, at: t) else { return nil }
+            guard let e = entries[PathKey(path)], isFresh(e, at: t) else { return nil }
             e.lastUsed = t
             e.hits += 1
             return Hit(secret: e, refreshDue: claimRefresh(e, at: t))
@@ -185,7 +191,7 @@ public final class SecretCache: @unchecked Sendable {
     // Lock held.
     private func claimRefresh(_ e: CachedSecret, at t: Double) -> Bool {
         guard let age = configuration.refreshAge, t - e.decryptedAt >= age,
-              !e.refreshing, t >= e.nextRefresh, flights[e.path] == nil else { return false }
+              !e.refreshing, t >= e.nextRefresh, flights[PathKey(e.path)] == nil else { return false }
         e.refreshing = true
         return true
     }
@@ -197,9 +203,10 @@ public final class SecretCache: @unchecked Sendable {
     public func acquire(path: String, current: Fingerprint?,
                         load: () -> Result<CachedSecret, DecryptFailure>)
         -> (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool) {
+        let key = PathKey(path)
         lock.lock()
         let t = now()
-        if let e = entries[path] {
+        if let e = entries[key] {
             if isFresh(e, at: t), current == nil || e.fingerprint == current {
                 e.lastUsed = t
                 e.hits += 1
@@ -210,17 +217,16 @@ public final class SecretCache: @unchecked Sendable {
             if current != nil && e.fingerprint != current {
                 Log.info("cache: \(e.path) changed in SOURCE; wiping the old plaintext")
             }
-            removeLocked(path)
+            removeLocked(key)
         }
-        if let f = flights[path] {
+        if let f = flights[key] {
             while f.result == nil { lock.wait() }
             let r = f.result!
             lock.unlock()
             return (r, .shared, false)
         }
         let flight = Flight()
-        flights[path] = flight
-        let generation = generations[path, default: 0]
+        flights[key] = flight
         lock.unlock()
 
         let start = now()
@@ -228,8 +234,8 @@ public final class SecretCache: @unchecked Sendable {
         let latency = now() - start
 
         lock.lock()
-        flights[path] = nil
-        if case .success(let fresh) = result, generations[path, default: 0] == generation {
+        if flights[key] === flight { flights[key] = nil }
+        if case .success(let fresh) = result, !flight.stale {
             insert(fresh)
         }
         flight.result = result
@@ -241,11 +247,12 @@ public final class SecretCache: @unchecked Sendable {
     /// Runs a claimed refresh of `entry` (on the caller's thread: callers
     /// start a thread for it) and records the outcome.
     public func refresh(_ entry: CachedSecret, load: () -> Result<CachedSecret, DecryptFailure>) {
-        let generation = lock.withLock { generations[entry.path, default: 0] }
         let result = load()
         lock.withLock {
             entry.refreshing = false
-            let current = entries[entry.path] === entry && generations[entry.path, default: 0] == generation
+            // An invalidation (rotation) removed the entry, or a newer
+            // decryption replaced it: this result is not to be cached.
+            let current = entries[PathKey(entry.path)] === entry
             switch result {
             case .success(let fresh):
                 if current { insert(fresh) }
@@ -258,14 +265,14 @@ public final class SecretCache: @unchecked Sendable {
                     Log.warning("\(SecretCache.shown(entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
                 } else {
                     Log.error("\(SecretCache.shown(entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")
-                    removeLocked(entry.path)
+                    removeLocked(PathKey(entry.path))
                 }
             }
         }
     }
 
     static func shown(_ sourcePath: String) -> String {
-        sourcePath.hasSuffix(ciphertextSuffix) ? String(sourcePath.dropLast(ciphertextSuffix.count)) : sourcePath
+        SourceTree.shownName(ofCiphertext: sourcePath) ?? sourcePath
     }
 
     private func isFresh(_ e: CachedSecret, at t: Double) -> Bool {
@@ -277,37 +284,37 @@ public final class SecretCache: @unchecked Sendable {
 
     // Lock held.
     private func insert(_ e: CachedSecret) {
-        if let old = entries[e.path] { bytes -= pageRounded(old.size) }
-        entries[e.path] = e
+        let key = PathKey(e.path)
+        if let old = entries[key] { bytes -= pageRounded(old.size) }
+        entries[key] = e
         bytes += pageRounded(e.size)
         while bytes > configuration.maxBytes, entries.count > 1 {
             guard let victim = entries.values.filter({ $0 !== e }).min(by: { $0.lastUsed < $1.lastUsed }) else { break }
             Log.info("cache: evicting \(victim.path) (cache over \(configuration.maxBytes) bytes)")
-            removeLocked(victim.path)
+            removeLocked(PathKey(victim.path))
         }
         lock.broadcast()
     }
 
     // Lock held. The plaintext is wiped when the last open handle lets go.
-    private func removeLocked(_ path: String) {
-        if let old = entries.removeValue(forKey: path) { bytes -= pageRounded(old.size) }
+    private func removeLocked(_ key: PathKey) {
+        if let old = entries.removeValue(forKey: key) { bytes -= pageRounded(old.size) }
     }
 
     /// Wipes a path's plaintext now: its ciphertext changed or vanished.
     public func invalidate(_ path: String) {
+        let key = PathKey(path)
         lock.withLock {
-            generations[path, default: 0] &+= 1
-            removeLocked(path)
+            flights[key]?.stale = true
+            removeLocked(key)
         }
     }
 
     /// Wipes every plaintext under a directory prefix (`dir/`), or all.
     public func invalidateAll(prefix: String? = nil) {
         lock.withLock {
-            for k in Array(entries.keys) + Array(flights.keys) where prefix == nil || k.hasPrefix(prefix!) {
-                generations[k, default: 0] &+= 1
-                removeLocked(k)
-            }
+            for (k, f) in flights where prefix == nil || k.hasPrefix(prefix!) { f.stale = true }
+            for k in Array(entries.keys) where prefix == nil || k.hasPrefix(prefix!) { removeLocked(k) }
         }
     }
 
@@ -315,7 +322,7 @@ public final class SecretCache: @unchecked Sendable {
     /// counting a use.
     public func peek(_ path: String, fingerprint: Fingerprint?) -> CachedSecret? {
         lock.withLock {
-            guard let e = entries[path], isFresh(e, at: now()),
+            guard let e = entries[PathKey(path)], isFresh(e, at: now()),
                   fingerprint == nil || e.fingerprint == fingerprint else { return nil }
             return e
         }
@@ -332,7 +339,7 @@ public final class SecretCache: @unchecked Sendable {
         let t = now()
         let expired = entries.values.filter { t - $0.decryptedAt >= ttl }
         for e in expired {
-            removeLocked(e.path)
+            removeLocked(PathKey(e.path))
             Log.debug("cache: \(e.path) expired after ttl \(ttl)s; wiped")
         }
         return expired.count
@@ -394,6 +401,29 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     public var count: Int { lock.withLock { entries.count } }
+
+    /// Paths the cache keeps anything for (cached plaintexts and
+    /// decryptions in progress): bounded by what is live, never by how
+    /// many names SOURCE ever had.
+    public var trackedPaths: Int { lock.withLock { entries.count + flights.count } }
+}
+
+/// A path as a dictionary key that compares and hashes its UTF-8 bytes.
+/// Swift's `String ==` and hashing use canonical equivalence, so `café`
+/// (NFC) and `cafe\u{301}` (NFD), two different files in SOURCE, would
+/// share one key (one node, one cached plaintext).
+public struct PathKey: Hashable, Sendable, CustomStringConvertible {
+    public let path: String
+    public init(_ path: String) { self.path = path }
+    public static func == (a: PathKey, b: PathKey) -> Bool { a.path.utf8.elementsEqual(b.path.utf8) }
+    public func hash(into h: inout Hasher) {
+        var p = path
+        p.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+        h.combine(0xFF as UInt8)   // never a UTF-8 byte: ends the key
+    }
+    /// Byte-wise prefix test.
+    public func hasPrefix(_ prefix: String) -> Bool { path.utf8.starts(with: prefix.utf8) }
+    public var description: String { path }
 }
 
 #if canImport(Glibc)

@@ -1,4 +1,6 @@
 import SecureMemory
+import Log
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -129,11 +131,16 @@ public final class SourceTree: Sendable {
             throw SystemError("fdopendir \(dir)", errno: e)
         }
         defer { closedir(d) }
-        var secrets: [String: SourceEntry] = [:]
-        var dirs: [String: SourceEntry] = [:]
+        // By bytes: `café` and `cafe\u{301}` are two entries (see PathKey).
+        var secrets: [PathKey: SourceEntry] = [:]
+        var dirs: [PathKey: SourceEntry] = [:]
         while let ent = readdir(d) {
-            let sourceName = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            let nameBytes = withUnsafeBytes(of: ent.pointee.d_name) { raw in Array(raw.prefix(while: { $0 != 0 })) }
+            // A name that is not UTF-8 cannot be shown (the mount's names
+            // are Strings): said once, escaped, rather than vanishing.
+            guard let sourceName = String(validating: nameBytes, as: UTF8.self) else {
+                SourceTree.reportNotUTF8(dir: dir, name: nameBytes)
+                continue
             }
             if sourceName == "." || sourceName == ".." { continue }
             var type = ent.pointee.d_type
@@ -142,18 +149,63 @@ public final class SourceTree: Sendable {
                 guard fstatat(fd, sourceName, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
                 type = (st.st_mode & S_IFMT) == S_IFDIR ? UInt8(DT_DIR) : ((st.st_mode & S_IFMT) == S_IFREG ? UInt8(DT_REG) : 0)
             }
-            if type == UInt8(DT_REG), sourceName.hasSuffix(ciphertextSuffix) {
-                let name = String(sourceName.dropLast(ciphertextSuffix.count))
+            if type == UInt8(DT_REG), let name = SourceTree.shownName(ofCiphertext: sourceName) {
                 if SourceTree.isValidName(name) {
-                    secrets[name] = SourceEntry(name: name, sourceName: sourceName, kind: .secret)
+                    secrets[PathKey(name)] = SourceEntry(name: name, sourceName: sourceName, kind: .secret)
                 }
             } else if type == UInt8(DT_DIR) {
-                dirs[sourceName] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
+                dirs[PathKey(sourceName)] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
             }
         }
         var out = Array(secrets.values)
         for (name, entry) in dirs where secrets[name] == nil { out.append(entry) }
         out.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        return out
+    }
+
+    /// `NAME` for a SOURCE name (or path) `NAME.encrypted`, else nil. By
+    /// bytes: Swift's `hasSuffix` works on grapheme clusters, and a name
+    /// such as `\u{600}.encrypted` (a prepended mark joins the dot) would
+    /// not end in `.encrypted` for it.
+    public static func shownName(ofCiphertext sourceName: String) -> String? {
+        let b = Array(sourceName.utf8)
+        let suffix = Array(ciphertextSuffix.utf8)
+        guard b.count > suffix.count, b.suffix(suffix.count).elementsEqual(suffix) else { return nil }
+        return String(validating: b.dropLast(suffix.count), as: UTF8.self)
+    }
+
+    /// Names already reported as not UTF-8 (bounded: after `maxReported`
+    /// one more line says the rest are not reported).
+    private static let reportedNames = Mutex(Set<[UInt8]>())
+    static let maxReported = 1024
+
+    static func reportNotUTF8(dir: String, name: [UInt8]) {
+        let key = Array(dir.utf8) + [0] + name
+        let first = reportedNames.withLock { seen -> Int in
+            if seen.contains(key) { return 0 }
+            if seen.count > maxReported { return 0 }
+            seen.insert(key)
+            return seen.count > maxReported ? 2 : 1
+        }
+        if first == 1 {
+            Log.warning("source: '\(escapedBytes(Array(SourceTree.join(dir, "").utf8)))\(escapedBytes(name))' is not UTF-8 and is not shown; rename it")
+        } else if first == 2 {
+            Log.warning("source: more than \(maxReported) names are not UTF-8; no more are reported")
+        }
+    }
+
+    /// Bytes as printable ASCII: `\xNN` for control bytes, `\`, `'` and
+    /// everything outside ASCII (nothing a terminal or log reader interprets).
+    public static func escapedBytes(_ bytes: [UInt8]) -> String {
+        var out = ""
+        for b in bytes {
+            if b >= 0x20, b < 0x7F, b != UInt8(ascii: "\\"), b != UInt8(ascii: "'") {
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            } else {
+                let hex = Array("0123456789abcdef".utf8)
+                out += "\\x" + String(decoding: [hex[Int(b >> 4)], hex[Int(b & 15)]], as: UTF8.self)
+            }
+        }
         return out
     }
 

@@ -46,23 +46,44 @@ public final class SourceWatcher: @unchecked Sendable {
 
     public var watchCount: Int { lock.withLock { watches.count } }
 
-    // Lock held.
-    private func addTree(_ dir: String) {
-        let path = dir == "." ? fs.tree.path : fs.tree.path + "/" + dir
-        // The watch is on a path; the directory is then opened beneath
-        // SOURCE (no symlink followed) to list its subdirectories.
-        let wd = inotify_add_watch(fd, path, SourceWatcher.dirMask)
-        if wd < 0 {
-            let e = currentErrno
-            if e == ENOSPC {
-                Log.warning("inotify watch limit reached at \(dir); raise fs.inotify.max_user_watches, changes below it are seen within the entry timeout only")
+    /// Directories more than this many levels below SOURCE are not
+    /// watched (one warning each; changes below them are seen within the
+    /// entry timeout only). The walk is iterative, so no depth can exhaust
+    /// the thread's stack; the cap bounds the watches one moved-in tree costs.
+    public static let maxDepth = 128
+
+    /// Levels below SOURCE: `.` is 0, `a` is 1, `a/b` is 2.
+    static func depth(_ dir: String) -> Int {
+        dir == "." ? 0 : dir.utf8.reduce(1) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 }
+    }
+
+    // Lock held. Watches `top` and every directory below it, walking with
+    // an explicit stack (never recursion: SOURCE's depth is not ours).
+    private func addTree(_ top: String) {
+        var pending = [top]
+        var warnedLimit = false
+        while let dir = pending.popLast() {
+            if SourceWatcher.depth(dir) > SourceWatcher.maxDepth {
+                Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))...' is more than \(SourceWatcher.maxDepth) levels below SOURCE; not watched, changes below it are seen within the entry timeout only")
+                continue
             }
-            return
-        }
-        watches[wd] = dir
-        guard let entries = try? fs.tree.list(dir) else { return }
-        for e in entries where e.kind == .directory {
-            addTree(SourceTree.join(dir, e.sourceName))
+            let path = dir == "." ? fs.tree.path : fs.tree.path + "/" + dir
+            // The watch is on a path; the directory is then opened beneath
+            // SOURCE (no symlink followed) to list its subdirectories.
+            let wd = inotify_add_watch(fd, path, SourceWatcher.dirMask)
+            if wd < 0 {
+                let e = currentErrno
+                if e == ENOSPC, !warnedLimit {
+                    warnedLimit = true
+                    Log.warning("inotify watch limit reached at \(SourceTree.escapedBytes(Array(dir.utf8))); raise fs.inotify.max_user_watches, changes below it are seen within the entry timeout only")
+                }
+                continue
+            }
+            watches[wd] = dir
+            guard let entries = try? fs.tree.list(dir) else { continue }
+            for e in entries.reversed() where e.kind == .directory {
+                pending.append(SourceTree.join(dir, e.sourceName))
+            }
         }
     }
 
@@ -83,8 +104,13 @@ public final class SourceWatcher: @unchecked Sendable {
                     let mask = raw.load(fromByteOffset: off + 4, as: UInt32.self)
                     let len = Int(raw.load(fromByteOffset: off + 12, as: UInt32.self))
                     let nameStart = off + MemoryLayout<inotify_event>.size
-                    let nameBytes = raw[nameStart..<min(nameStart + len, n)].prefix { $0 != 0 }
-                    events.append((wd, mask, String(decoding: nameBytes, as: UTF8.self)))
+                    let nameBytes = Array(raw[nameStart..<min(nameStart + len, n)].prefix { $0 != 0 })
+                    if let name = String(validating: nameBytes, as: UTF8.self) {
+                        events.append((wd, mask, name))
+                    } else {
+                        // Not shown (see SourceTree.list); reported there once.
+                        events.append((wd, mask & UInt32(IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF), ""))
+                    }
                     off = nameStart + len
                 }
             }
@@ -111,6 +137,7 @@ public final class SourceWatcher: @unchecked Sendable {
         if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
             return   // the parent's watch reports the same change by name
         }
+        guard !name.isEmpty else { return }
         let isDir = mask & UInt32(IN_ISDIR) != 0
         let removed = mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0
         let added = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
@@ -119,7 +146,8 @@ public final class SourceWatcher: @unchecked Sendable {
             lock.withLock {
                 if added { addTree(sub) }
                 if removed {
-                    for (w, d) in watches where d == sub || d.hasPrefix(sub + "/") {
+                    let prefix = Array((sub + "/").utf8)
+                    for (w, d) in watches where d.utf8.elementsEqual(sub.utf8) || d.utf8.starts(with: prefix) {
                         inotify_rm_watch(fd, w)
                         watches[w] = nil
                     }

@@ -162,6 +162,19 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(throws: SharedConfigError.self) { try SharedConfigFiles.parse(config: "region = x\n", credentials: nil) }
     }
 
+    /// Regression (issue 13 A1): a CRLF credentials file (written on
+    /// Windows) was one line, so its profiles were silently missing.
+    @Test func crlfFilesAreReadLineByLine() throws {
+        let f = try SharedConfigFiles.parse(
+            config: "[profile dev]\r\nregion = eu-north-1\r\nservices = s\r\n[services s]\r\nkms =\r\n  endpoint_url = http://127.0.0.1:4566\r\n",
+            credentials: "[default]\r\naws_access_key_id = CRLFKEY\r\naws_secret_access_key = CRLFSECRET\r\n")
+        #expect(f.profile("default")?["aws_access_key_id"] == "CRLFKEY")
+        #expect(f.profile("default")?["aws_secret_access_key"] == "CRLFSECRET")
+        #expect(f.profile("default")?.keysInCredentialsFile == true)
+        #expect(f.profile("dev")?["region"] == "eu-north-1")
+        #expect(f.serviceValue(profile: "dev", service: "kms", key: "endpoint_url") == "http://127.0.0.1:4566")
+    }
+
     @Test func loadsTheFilesTheEnvironmentNames() throws {
         let dir = TempDir()
         let c = dir.write("config", "[profile p]\nregion = ap-south-1\n")

@@ -191,6 +191,21 @@ func failure(_ body: () throws(DecodeError) -> DecodedSecret) -> DecodeError? {
         #expect(failure { () throws(DecodeError) in try kms.decoder().decrypt(bytes, binding: .suffix("/srv/0578-framed")) } != nil)
     }
 
+    /// Regression (issue 13 A13): `String ==` is canonical equivalence, so
+    /// a file bound to an NFC path passed when served under its NFD spelling
+    /// (another name in SOURCE, which byte-wise policy patterns treat apart).
+    @Test func pathBindingComparesBytesNotUnicodeEquivalence() {
+        let nfc = "db/caf\u{E9}.password"
+        let nfd = "db/cafe\u{301}.password"
+        #expect(nfc == nfd)   // the premise: Swift calls them equal
+        #expect(!PathBinding.exact(nfd).admits(nfc))
+        #expect(!PathBinding.exact(nfc).admits(nfd))
+        #expect(PathBinding.exact(nfc).admits(nfc))
+        #expect(!PathBinding.suffix("/srv/" + nfd).admits(nfc))
+        #expect(PathBinding.suffix("/srv/" + nfc).admits(nfc))
+        #expect(!PathBinding.suffix("/srv/x" + nfc).admits(nfc))
+    }
+
     @Test func requiredContextIsCheckedAgainstTheHeader() throws {
         let bytes = readFixture("0178-framed.esdk")
         let path = "golden/0178-framed"

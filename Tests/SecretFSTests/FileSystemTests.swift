@@ -146,4 +146,49 @@ func text(_ s: OpenSecret) -> String {
         fs.forget(a, count: 1)
         #expect(fs.inodeCount == before)
     }
+
+    /// Regression (issue 13 A12): after an allowed read, anyone saw the
+    /// plaintext's exact size (a password's length).
+    @Test func aCallerWhoMayNotOpenSeesNoSize() throws {
+        let fs = try make()
+        let other = Caller(uid: 4242, gid: 4242, pid: 1)
+        // What the kernel stores (lookup, readdirplus): one bound for every secret.
+        let entry = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get()
+        #expect(entry.attributes.size == Int64(fs.configuration.maxCiphertextBytes) && !entry.attributes.forCallerOnly)
+        #expect(entry.attributeTimeout == 0)
+        let a = entry.attributes.ino
+        #expect(try fs.getattr(a, caller: root).get().0.size == 5)        // before decryption: the ciphertext's size
+        _ = try fs.open(a, flags: O_RDONLY, caller: root).get()
+        let mine = try fs.getattr(a, caller: root).get()
+        #expect(mine.0.size == 5 && mine.0.forCallerOnly)
+        let theirs = try fs.getattr(a, caller: other).get()
+        #expect(theirs.0.size == 0 && theirs.0.forCallerOnly)
+        #expect(theirs.0.mode & 0o777 == 0o400 && theirs.0.uid == 0)   // owner and mode still shown
+        #expect(theirs.1 == 0)   // never cached by the kernel for another caller
+        #expect(try fs.getattr(a, view: .handle).get().0.size == 5)
+        #expect(try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.size == Int64(fs.configuration.maxCiphertextBytes))
+    }
+
+    /// Regression (issue 13 A13): `café` (NFC) and `cafe\u{301}` (NFD) in
+    /// SOURCE are two files; Swift's String keys made them one node.
+    @Test func unicodeEquivalentNamesAreTwoFiles() throws {
+        let dir = try makeTree()
+        try Data("cfn".utf8).write(to: URL(fileURLWithPath: dir + "/caf\u{E9}.encrypted"))
+        try Data("dfn".utf8).write(to: URL(fileURLWithPath: dir + "/cafe\u{301}.encrypted"))
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
+                                  decryptor: FakeDecryptor(), audit: MemoryAudit())
+        let nfc = try fs.lookup(parent: SecretFileSystem.rootInode, name: "caf\u{E9}").get().attributes.ino
+        let nfd = try fs.lookup(parent: SecretFileSystem.rootInode, name: "cafe\u{301}").get().attributes.ino
+        #expect(nfc != nfd)
+        let listed = try fs.openDirectory(SecretFileSystem.rootInode).get().items.map(\.name)
+        #expect(listed.filter { $0.utf8.elementsEqual("caf\u{E9}".utf8) || $0.utf8.elementsEqual("cafe\u{301}".utf8) }.count == 2)
+        #expect(text(try fs.open(nfc, flags: O_RDONLY, caller: root).get()) == "nfc")
+        #expect(text(try fs.open(nfd, flags: O_RDONLY, caller: root).get()) == "nfd")
+        // A name whose first scalar joins the dot into one Character is
+        // still NAME.encrypted, by bytes.
+        #expect(!"\u{600}.encrypted".hasSuffix(".encrypted"))   // the premise
+        #expect(SourceTree.shownName(ofCiphertext: "d/\u{600}.encrypted") == "d/\u{600}")
+        #expect(SecretFileSystem.mountPath(ofSource: "d/\u{600}.encrypted") == "d/\u{600}")
+    }
 }

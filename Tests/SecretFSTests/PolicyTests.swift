@@ -107,6 +107,10 @@ import SecretFS
         ("a allow_uid", "policy /etc/kmsfs/policy:1: 'allow_uid' is not KEY=VALUE (keys: allow_uid, allow_gid, uid, gid, mode)"),
         ("a color=red", "policy /etc/kmsfs/policy:1: unknown key 'color' (keys: allow_uid, allow_gid, uid, gid, mode)"),
         ("../x allow_uid=0", "policy /etc/kmsfs/policy:1: pattern '../x': '.' and '..' never appear in mount paths"),
+        ("", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
+        ("# only\r\n\r\n  # comments\r\n", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
+        ("a allow_uid=0\rb allow_uid=1\n", "policy /etc/kmsfs/policy:1: a carriage return inside the line (old Mac line endings?); end lines with LF or CRLF"),
+        ("# x\ra allow_uid=0\n", "policy /etc/kmsfs/policy:1: a carriage return inside the line (old Mac line endings?); end lines with LF or CRLF"),
     ])
     func refusesWithFileLineAndReason(_ text: String, _ expected: String) {
         do {
@@ -114,6 +118,32 @@ import SecretFS
             Issue.record("accepted: \(text)")
         } catch {
             #expect(error.description == expected)
+        }
+    }
+
+    /// Regression (issue 13 A1): a CRLF file was one comment line, and every
+    /// path fell back to the mount-wide lists.
+    @Test func crlfLinesKeepEveryRule() throws {
+        let text = "# first match wins\r\ntls/*   allow_uid=www-data   mode=0400\r\n\r\ndb/**   allow_uid=postgres\r\n"
+        let rules = try parse(text)
+        #expect(rules.count == 2)
+        #expect(rules[0].principals == Principals(uids: [33]))
+        #expect(rules[0].origin == "/etc/kmsfs/policy:2")
+        #expect(rules[1].principals == Principals(uids: [105]))
+        #expect(rules[1].origin == "/etc/kmsfs/policy:4")
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [105]), rules: rules,
+                                  defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        #expect(!policy.admits(Caller(uid: 105, gid: 105, pid: 1), path: "tls/a.pem"))
+        #expect(policy.admits(Caller(uid: 33, gid: 33, pid: 1), path: "tls/a.pem"))
+    }
+
+    @Test func aLineThatIsNotUTF8IsRefused() {
+        let bytes: [UInt8] = Array("a allow_uid=0\n".utf8) + [0x62, 0xFF, 0x20] + Array("allow_uid=0\n".utf8)
+        do {
+            _ = try PolicyFile.parse(bytes: bytes, file: "/p", uid: { _ in 0 }, gid: { _ in 0 })
+            Issue.record("accepted invalid UTF-8")
+        } catch {
+            #expect(error.description == "policy /p:2: the line is not UTF-8")
         }
     }
 }

@@ -177,6 +177,8 @@ def test_sighup_reloads_a_good_policy_and_keeps_the_old_on_a_bad_one(access_moun
     ("# ok\ntls/[ab allow_uid=0\n", ":2: pattern 'tls/[ab': unterminated"),
     ("x allow_uid=0 mode=0644\n", ":1: mode 0644 has write bits"),
     ("x allow_uid=0 color=blue\n", ":1: unknown key 'color'"),
+    ("# only comments\r\n\r\n   # and blanks\r\n", ": no rules (every line is blank or a comment)"),
+    ("tls/* allow_uid=0\rdb/* allow_uid=0\n", ":1: a carriage return inside the line"),
 ])
 def test_a_bad_policy_is_refused_with_file_line_and_reason(tmp_path, kms, kmsfs_bin, users, policy, needle):
     src = tmp_path / "src"
@@ -184,7 +186,7 @@ def test_a_bad_policy_is_refused_with_file_line_and_reason(tmp_path, kms, kmsfs_
     src.mkdir()
     mnt.mkdir()
     p = tmp_path / "policy"
-    p.write_text(policy)
+    p.write_bytes(policy.encode())
     try:
         r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "policy=%s" % p], env=kms.env,
                            capture_output=True, timeout=30)
@@ -194,3 +196,84 @@ def test_a_bad_policy_is_refused_with_file_line_and_reason(tmp_path, kms, kmsfs_
         assert not mounted(str(mnt))
     finally:
         force_unmount(str(mnt))
+
+
+def test_a_crlf_policy_keeps_every_rule(public_tmp, kms, users, kmsfs_bin):
+    """Issue 13 A1: a CRLF policy file was one comment line, so every path
+    fell back to the mount-wide allow_uid= (bob could read tls/)."""
+    from conftest import Mount
+    base = public_tmp / "crlf"
+    base.mkdir()
+    src = base / "src"
+    for name in ["tls/ssl.pem", "app/token"]:
+        p = src / (name + ".encrypted")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(kms.encrypt_blob(SECRETS[name]))
+    policy = base / "policy"
+    policy.write_bytes(POLICY.replace("\n", "\r\n").encode())
+    (base / "mnt").mkdir()
+    m = Mount(src, base / "mnt", "allow_uid=kmsfs-bob,policy=%s" % policy, kms.env, base / "kmsfs.log")
+    try:
+        assert cat_as("kmsfs-alice", m.file("tls/ssl.pem")).stdout == SECRETS["tls/ssl.pem"]
+        assert denied(cat_as("kmsfs-bob", m.file("tls/ssl.pem")))
+        assert cat_as("kmsfs-bob", m.file("app/token")).stdout == SECRETS["app/token"]   # no rule: the mount's list
+        assert denied(cat_as("kmsfs-alice", m.file("app/token")))
+        # SIGHUP with a policy that has no rule left keeps the old one, with one line.
+        policy.write_bytes(b"# tls/* allow_uid=kmsfs-bob\r\n\r\n")
+        os.kill(m.pid, signal.SIGHUP)
+        assert m.wait_log("no rules"), m.log()
+        assert "keeping the previous configuration" in m.log()
+        assert len([l for l in m.log().splitlines() if "no rules" in l]) == 1, m.log()
+        assert denied(cat_as("kmsfs-bob", m.file("tls/ssl.pem")))
+        assert cat_as("kmsfs-alice", m.file("tls/ssl.pem")).stdout == SECRETS["tls/ssl.pem"]
+    finally:
+        m.stop()
+
+
+def stat_size(user, path):
+    r = run_as(user, ["stat", "-c", "%s", path])
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+FSTAT_MMAP = """
+import mmap, os, sys
+with open(sys.argv[1], "rb") as f:
+    n = os.fstat(f.fileno()).st_size
+    m = mmap.mmap(f.fileno(), n, mmap.MAP_PRIVATE, mmap.PROT_READ)
+    sys.stdout.write("%d %s" % (n, m[:].decode()))
+"""
+
+
+def test_an_unlisted_user_learns_no_size_after_an_allowed_read(access_mount):
+    """Issue 13 A12: after an allowed read, `ls -l` by anyone showed the
+    plaintext's exact size (a password's length)."""
+    m = access_mount
+    path = m.file("tls/ssl.pem")
+    secret = SECRETS["tls/ssl.pem"]
+    assert cat_as("kmsfs-alice", path).stdout == secret
+    assert stat_size("kmsfs-alice", path) == len(secret)
+    assert stat_size("kmsfs-bob", path) == 0
+    r = run_as("kmsfs-bob", ["ls", "-l", path])
+    assert r.returncode == 0 and r.stdout.split()[4] == b"0", r.stdout
+    assert os.stat(path).st_size == 0                      # root is not listed for tls/ either
+    st = os.stat(path)
+    assert st.st_uid == pwd.getpwnam("kmsfs-alice").pw_uid and stat.S_IMODE(st.st_mode) == 0o400
+    # Nor from what the kernel keeps for the inode, read without asking the
+    # daemon (statx AT_STATX_DONT_SYNC): the same bound (max_size=) for all.
+    for user in ["kmsfs-bob", "kmsfs-alice"]:
+        r = run_as(user, ["stat", "--cached=always", "-c", "%s", path])
+        assert r.returncode == 0 and int(r.stdout) == 64 << 20, (user, r.stdout)
+    # The allowed user still gets the exact size, from stat and from fstat
+    # after open, and a private mmap of that size reads.
+    assert stat_size("kmsfs-alice", path) == len(secret)
+    r = run_as("kmsfs-alice", ["python3", "-c", FSTAT_MMAP, path])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"%d %s" % (len(secret), secret)
+    assert stat_size("kmsfs-bob", path) == 0
+    assert stat_size("kmsfs-carol", path) == 0
+    assert stat_size("kmsfs-alice", path) == len(secret)
+    # The mmap read through the page cache ended short at the plaintext's
+    # end: the kernel did not record that as the inode's size either.
+    r = run_as("kmsfs-bob", ["stat", "--cached=always", "-c", "%s", path])
+    assert r.returncode == 0 and int(r.stdout) == 64 << 20, r.stdout

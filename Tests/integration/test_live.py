@@ -4,6 +4,7 @@ followed with inotify, rotation, the stale window, prefetch, KMS outages,
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -278,3 +279,49 @@ def test_remount_changes_access_and_ownership_live_and_refuses_what_it_cannot(pu
     r = subprocess.run([kmsfs_bin, "x", m.path + "-not-mounted", "-o", "remount,ttl=1"],
                        capture_output=True, timeout=30)
     assert r.returncode == 1 and b"no kmsfs daemon answers" in r.stderr
+
+
+def test_a_very_deep_tree_moved_into_source_does_not_stop_the_daemon(live, kms, tmp_path):
+    """Issue 13 A5: the watcher recursed once per level on a small stack; a
+    1,900-level tree moved into SOURCE killed the daemon. It walks
+    iteratively now and does not watch below 128 levels (one warning)."""
+    m = live
+    deep = tmp_path / "deep"                 # same filesystem as SOURCE: a move
+    deep.mkdir()
+    fd = os.open(str(deep), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(2000):                # mkdirat: no path is ever that long
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    try:
+        os.rename(deep, m.src / "deep")
+        assert eventually(lambda: "more than 128 levels below SOURCE" in m.log(), timeout=10), m.log()
+        assert m.proc.poll() is None, m.log()
+        assert open(m.file("a"), "rb").read() == b"alpha-1"
+        assert os.path.isdir(m.file("deep/d/d/d"))
+        put(kms, m.src / "after.encrypted", b"still-watching")   # the watcher thread is alive
+        assert eventually(lambda: os.path.exists(m.file("after")), timeout=3)
+        assert open(m.file("after"), "rb").read() == b"still-watching"
+        assert len([l for l in m.log().splitlines() if "levels below SOURCE" in l]) == 1, m.log()
+    finally:
+        subprocess.run(["rm", "-rf", str(m.src / "deep"), str(deep)])
+
+
+def test_a_source_name_that_is_not_utf8_is_logged_once_escaped(live, kms):
+    """Issue 13 A13: such a name vanished from the mount without a word."""
+    m = live
+    name = b"bad-\xff\x1b[31m.encrypted"
+    with open(os.path.join(os.fsencode(str(m.src)), name), "wb") as f:
+        f.write(kms.encrypt_blob(b"x"))
+    for _ in range(3):
+        assert sorted(os.listdir(m.path)) == ["a"]
+    assert eventually(lambda: "is not UTF-8" in m.log(), timeout=3), m.log()
+    lines = [l for l in m.log().splitlines() if "is not UTF-8" in l]
+    assert len(lines) == 1, lines
+    assert re.search(r"bad-\\+xff\\+x1b\[31m\.encrypted", lines[0]) and "\x1b" not in lines[0], lines
+    assert open(m.file("a"), "rb").read() == b"alpha-1"
+

@@ -274,3 +274,24 @@ def test_require_binding_refuses_unbound_ciphertexts(encrypted, kms, tmp_path, m
         open(m.file("raw"), "rb").read()
     assert e.value.errno == errno.EIO
     assert m.wait_log("raw: encryption context check failed: a raw KMS ciphertext is not bound"), m.log()
+
+
+def test_an_nfd_rename_of_a_bound_nfc_name_is_refused(kms, tmp_path, mount_factory):
+    """Issue 13 A13: the kmsfs:path binding compared Swift Strings, which are
+    equal under Unicode canonical equivalence, so a file bound to 'café'
+    (NFC) was served as 'cafe\\u0301' (NFD), another name to the policy."""
+    tree = tmp_path / "nfd"
+    tree.mkdir()
+    nfc, nfd = "caf\u00e9.password", "cafe\u0301.password"
+    (tree / nfc).write_bytes(b"plaintext-nfc-91d2")
+    r = kmsfs(kms, "encrypt", "--key-id", kms.key_id, "--root", tree, tree / nfc)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tree / nfc).unlink()
+    os.rename(tree / (nfc + ".encrypted"), tree / (nfd + ".encrypted"))
+    m = mount_factory(tree, "allow_uid=0,require_binding")
+    assert os.listdir(m.path) == [nfd]
+    with pytest.raises(OSError) as e:
+        open(m.file(nfd), "rb").read()
+    assert e.value.errno == errno.EIO
+    assert m.wait_log("(kmsfs:path) but is served as"), m.log()
+    assert b"plaintext-nfc-91d2" not in m.log().encode()
