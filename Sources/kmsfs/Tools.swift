@@ -45,7 +45,9 @@ struct SizeLimitOption: ParsableArguments {
     var maxSize: String = "64M"
 
     var bytes: Int {
-        guard let n = MountOptions.parseSize(maxSize), n > 0 else { fail("--max-size \(maxSize): expected a size such as 65536, 64K, 64M or 1G", code: 2) }
+        guard let n = MountOptions.parseSize(maxSize), MountOptions.Limits.maxSize.contains(n) else {
+            fail("--max-size \(maxSize): expected a size from 1 to 1G, such as 65536, 64K, 64M", code: 2)
+        }
         return n
     }
 }
