@@ -217,8 +217,8 @@ public struct MountOptions: Sendable {
         func seconds(_ range: ClosedRange<Double>, orZero: String? = nil) throws(OptionError) -> Double {
             let v = try need()
             guard let d = MountOptions.parseDuration(v), range.contains(d) || (orZero != nil && d == 0) else {
-                let zero = orZero.map { "0 (\($0)) or " } ?? ""
-                throw OptionError("option '\(key)=\(v)': expected \(zero)seconds from \(MountOptions.showSeconds(range.lowerBound)) to \(MountOptions.showSeconds(range.upperBound)), such as 300, 5m, 1h")
+                let zero = orZero.map { " (or 0: \($0))" } ?? ""
+                throw OptionError("option '\(key)=\(v)': expected seconds from \(MountOptions.showSeconds(range.lowerBound)) to \(MountOptions.showSeconds(range.upperBound))\(zero), such as 300, 5m, 1h")
             }
             return d
         }

@@ -61,7 +61,7 @@ import KmsfsKit
     }
 
     @Test func refusalsNameTheRange() {
-        #expect(NumericOptionTests.refusal("ttl=1e30") == "option 'ttl=1e30': expected 0 (keep until unmount) or seconds from 1 to 365d, such as 300, 5m, 1h")
+        #expect(NumericOptionTests.refusal("ttl=1e30") == "option 'ttl=1e30': expected seconds from 1 to 365d (or 0: keep until unmount), such as 300, 5m, 1h")
         #expect(NumericOptionTests.refusal("timeout=2h") == "option 'timeout=2h': expected seconds from 1 to 1h, such as 300, 5m, 1h")
         #expect(NumericOptionTests.refusal("max_size=2G") == "option 'max_size=2G': expected a size in bytes from 1 to 1G, such as 65536, 64K, 64M")
         #expect(NumericOptionTests.refusal("threads=+5") == "option 'threads=+5': expected a whole number from 1 to 1024")
