@@ -55,7 +55,8 @@ let package = Package(
         .testTarget(name: "AWSTests", dependencies: ["AWS", "SecureMemory"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "AWS", "SecureMemory"]),
         .testTarget(name: "SecretFSTests", dependencies: ["SecretFS", "SecureMemory"]),
-        .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS"]),
+        .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS", "FUSEBridge", "Log", "Threading", "SecureMemory"]),
+        .testTarget(name: "LogTests", dependencies: ["Log"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -95,7 +95,9 @@ let opInit: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<fuse_
 
 let opLookup: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, parent, name in
     let n = String(cString: name!)
-    debugLog(req, "lookup parent=\(parent) name=\(n)")
+    // The name as the caller's bytes, escaped: any local user may look up
+    // any name, and a repaired String would hide what was asked.
+    debugLog(req, "lookup parent=\(parent) name=\(LogEscape.escape(cString: name!))")
     switch context(req).fs.lookup(parent: parent, name: n) {
     case .success(let r):
         var e = entryParam(r)

@@ -71,10 +71,7 @@ public final class FUSESession: @unchecked Sendable {
         self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug)
         self.ops = makeOperations()
 
-        func escape(_ s: String) -> String {
-            s.replacingAll(",", with: "\\,")
-        }
-        var mountOpts = ["allow_other", "ro", "fsname=\(escape(options.fsname))", "subtype=kmsfs"]
+        var mountOpts = ["allow_other", "ro", "fsname=\(FUSESession.escapeOptionValue(options.fsname))", "subtype=kmsfs"]
         mountOpts += options.mountFlags
         var argv = ["kmsfs", "-o", mountOpts.joined(separator: ",")]
         if options.debug { argv.append("-d") }
@@ -249,11 +246,21 @@ private struct SessionRef: @unchecked Sendable {
     init(_ p: OpaquePointer) { pointer = p }
 }
 
-extension String {
-    func replacingAll(_ target: Character, with replacement: String) -> String {
-        var out = ""
-        for c in self { if c == target { out += replacement } else { out.append(c) } }
-        return out
+extension FUSESession {
+    /// Escapes a value (the SOURCE path, any user's text) for libfuse's
+    /// `-o` list. fuse_opt.c splits it on commas and decodes `\X` to `X`
+    /// and `\NNN` to the octal byte; fusermount3 splits on unescaped commas
+    /// too. Escaping every backslash, then every comma, makes the value
+    /// come back byte for byte as one option: a SOURCE named
+    /// `/tmp/x\,default_permissions` stays a name, never an option.
+    public static func escapeOptionValue(_ s: String) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count + 4)
+        for b in s.utf8 {
+            if b == UInt8(ascii: "\\") || b == UInt8(ascii: ",") { out.append(UInt8(ascii: "\\")) }
+            out.append(b)
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }
 

@@ -26,24 +26,21 @@ public struct SyslogAuditSink: AuditSink {
 
 /// Audit records appended to a file (mode 0600), one line each, with
 /// O_APPEND so concurrent writers never interleave within a line. SIGHUP
-/// reopens it (after logrotate).
+/// reopens it (after logrotate). A symlink, or a file another user owns,
+/// is refused (see `Log.openAppendFile`).
 public final class FileAuditSink: AuditSink, @unchecked Sendable {
     private let fd: Atomic<Int32>
     public let path: String
 
-    public init(path: String) throws(SystemError) {
+    public init(path: String) throws(LogFileError) {
         self.path = path
-        fd = Atomic(try FileAuditSink.openFile(path))
-    }
-
-    static func openFile(_ path: String) throws(SystemError) -> Int32 {
-        try syscallRetrying("open \(path)") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        fd = Atomic(try Log.openAppendFile(path))
     }
 
     deinit { close(fd.load(ordering: .relaxed)) }
 
     public func record(_ r: AuditRecord) {
-        Log.writeAll(fd.load(ordering: .acquiring), r.line + "\n")
+        Log.writeAll(fd.load(ordering: .acquiring), LogEscape.escape(r.line) + "\n")
     }
 
     /// Reused by `record(batch:)`, which only the queue's one writer calls.
@@ -56,7 +53,9 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     public func record(batch: [AuditRecord]) {
         batchBytes.removeAll(keepingCapacity: true)
         for r in batch {
-            batchBytes.append(contentsOf: r.line.utf8)
+            // The fields are quoted already; escaping the whole line again
+            // changes nothing unless a field was not, and keeps it one line.
+            batchBytes.append(contentsOf: LogEscape.escape(r.line).utf8)
             batchBytes.append(UInt8(ascii: "\n"))
         }
         batchBytes.withUnsafeBytes { Log.writeAll(fd.load(ordering: .acquiring), $0) }
@@ -66,14 +65,14 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     /// file on failure.
     public func reopen() {
         do {
-            let new = try FileAuditSink.openFile(path)
+            let new = try Log.openAppendFile(path)
             let old = fd.exchange(new, ordering: .acquiringAndReleasing)
             // A writer may still hold the old number for a moment: let it
             // finish into the rotated file before closing.
             usleep(100_000)
             close(old)
         } catch {
-            Log.error("audit=\(path): cannot reopen (\(error)); still writing to the previous file")
+            Log.error("audit=: cannot reopen (\(error)); still writing to the previous file")
         }
     }
 }

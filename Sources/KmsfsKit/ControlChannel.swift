@@ -34,6 +34,38 @@ public enum ControlSocket {
         return directory + "/" + String(repeating: "0", count: 16 - hex.count) + hex + ".sock"
     }
 
+    /// Makes the socket directory (0700), or checks the one that is there:
+    /// it must be a real directory (not a symlink) owned by this effective
+    /// user. A non-root daemon's directory is in /tmp or XDG_RUNTIME_DIR,
+    /// where another local user could make it first and then replace or
+    /// read the sockets in it; such a directory is refused (and its mode
+    /// set back to 0700 when it is ours). Throws a one-line reason.
+    public static func prepareDirectory(_ dir: String) throws(SystemError) {
+        if mkdir(dir, 0o700) != 0 {
+            let e = currentErrno
+            guard e == EEXIST else { throw SystemError("mkdir \(dir)", errno: e) }
+        }
+        // Checked through a descriptor, so the directory checked is the
+        // one whose mode is set.
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            let e = currentErrno
+            if e == ELOOP || e == ENOTDIR {
+                throw SystemError("control directory \(dir) is not a directory of this user's (a symlink or a file); remove it", errno: e)
+            }
+            throw SystemError("open \(dir)", errno: e)
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError("fstat \(dir)", errno: currentErrno) }
+        guard st.st_uid == geteuid() else {
+            throw SystemError("control directory \(dir) belongs to uid \(st.st_uid), not to this daemon's uid \(geteuid()); remove it (another user may have made it first)", errno: EPERM)
+        }
+        if st.st_mode & 0o7777 != 0o700 {
+            guard fchmod(fd, 0o700) == 0 else { throw SystemError("chmod 0700 \(dir)", errno: currentErrno) }
+        }
+    }
+
     /// realpath(3) of the parent joined with the last component (the
     /// mountpoint itself may be a dead mount that cannot be resolved).
     public static func canonical(_ p: String) -> String {
@@ -63,9 +95,7 @@ public final class ControlServer: @unchecked Sendable {
         self.status = status
         self.remount = remount
         path = ControlSocket.path(for: mountpoint)
-        let dir = ControlSocket.directory
-        if mkdir(dir, 0o700) != 0 && currentErrno != EEXIST { throw SystemError("mkdir \(dir)", errno: currentErrno) }
-        chmod(dir, 0o700)
+        try ControlSocket.prepareDirectory(ControlSocket.directory)
         unlink(path)   // a socket left by a crashed instance
         fd = try syscallRetrying("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         var addr = sockaddr_un()
@@ -171,6 +201,13 @@ public enum ControlClient {
 
     static func request(_ line: String, mountpoint: String) throws(Failure) -> JSONValue {
         let path = ControlSocket.path(for: mountpoint)
+        // Talk only to a socket in a directory root or this user owns: in
+        // /tmp another user may have made it first and listen there.
+        var dirStat = stat()
+        let dir = ControlSocket.directory
+        if lstat(dir, &dirStat) == 0, (dirStat.st_mode & S_IFMT) != S_IFDIR || (dirStat.st_uid != 0 && dirStat.st_uid != geteuid()) {
+            throw .bad("\(dir) is not a directory of this user's (uid \(dirStat.st_uid)); not asking a daemon through it")
+        }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .bad("socket: \(String(cString: strerror(currentErrno)))") }
         defer { close(fd) }

@@ -35,7 +35,7 @@ struct StartupReporter {
 
     func fail(_ message: String) -> Never {
         if let fd = readyFD {
-            Log.writeAll(fd, "ERROR \(message)\n")
+            Log.writeAll(fd, "ERROR \(LogEscape.escape(message))\n")
         }
         Log.error(message)
         if readyFD == nil { Log.writeAll(2, "") }
@@ -115,7 +115,7 @@ public enum Daemon {
         case .off: auditTarget = NoAuditSink()
         case .file(let path):
             do { auditTarget = try FileAuditSink(path: path) } catch {
-                report.fail("audit=\(path): \(error); give a writable file path")
+                report.fail("audit=: \(error)")
             }
         }
         let audit = QueuedAuditSink(auditTarget)
@@ -378,8 +378,11 @@ public enum Daemon {
 
     /// Reopens log=FILE onto stderr (after logrotate moved it).
     static func reopenLog(_ path: String) {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { Log.error("log=\(path): cannot reopen: \(String(cString: strerror(currentErrno)))"); return }
+        let fd: Int32
+        do { fd = try Log.openAppendFile(path) } catch {
+            Log.error("log=: cannot reopen (\(error)); still writing to the previous file")
+            return
+        }
         dup2(fd, 2)
         close(fd)
     }
@@ -391,8 +394,8 @@ public enum Daemon {
         case .syslog:
             Log.configure(destination: .syslog, level: level)
         case .file(let path):
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-            if fd < 0 { report.fail("log=\(path): \(String(cString: strerror(currentErrno)))") }
+            let fd: Int32
+            do { fd = try Log.openAppendFile(path) } catch { report.fail("log=: \(error)") }
             dup2(fd, 2)
             close(fd)
             Log.configure(destination: .stderr(journal: false), level: level)

@@ -237,23 +237,25 @@ public struct MountOptions: Sendable {
             if parts.contains(where: \.isEmpty) { throw OptionError("option '\(key)=\(value!)' has an empty entry; separate names with ':'") }
             return parts
         }
-        func seconds() throws(OptionError) -> Double {
+        func seconds(_ range: ClosedRange<Double>, orZero: String? = nil) throws(OptionError) -> Double {
             let v = try need()
-            guard let d = MountOptions.parseDuration(v) else {
-                throw OptionError("option '\(key)=\(v)': expected seconds (such as 300, 5m, 1h)")
+            guard let d = MountOptions.parseDuration(v), range.contains(d) || (orZero != nil && d == 0) else {
+                let zero = orZero.map { " (or 0: \($0))" } ?? ""
+                throw OptionError("option '\(key)=\(v)': expected seconds from \(MountOptions.showSeconds(range.lowerBound)) to \(MountOptions.showSeconds(range.upperBound))\(zero), such as 300, 5m, 1h")
             }
             return d
         }
-        func bytes() throws(OptionError) -> Int {
+        func bytes(_ range: ClosedRange<Int>) throws(OptionError) -> Int {
             let v = try need()
-            guard let n = MountOptions.parseSize(v), n > 0 else {
-                throw OptionError("option '\(key)=\(v)': expected a size in bytes (such as 65536, 64K, 64M, 1G)")
+            guard let n = MountOptions.parseSize(v), range.contains(n) else {
+                throw OptionError("option '\(key)=\(v)': expected a size in bytes from \(MountOptions.showSize(range.lowerBound)) to \(MountOptions.showSize(range.upperBound)), such as 65536, 64K, 64M")
             }
             return n
         }
         func octal() throws(OptionError) -> UInt32 {
             let v = try need()
-            guard let m = UInt32(v, radix: 8), m <= 0o7777 else {
+            guard v.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "7")).contains($0) }),
+                  let m = UInt32(v, radix: 8), m <= 0o7777 else {
                 throw OptionError("option '\(key)=\(v)': expected an octal mode such as 0440")
             }
             if m & 0o222 != 0 { throw OptionError("option '\(key)=\(v)': the tree is read-only; a mode has no write bits (try \(String(m & ~0o222, radix: 8)))") }
@@ -262,7 +264,8 @@ public struct MountOptions: Sendable {
         }
         func positiveInt(_ range: ClosedRange<Int>) throws(OptionError) -> Int {
             let v = try need()
-            guard let n = Int(v), range.contains(n) else {
+            guard v.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+                  let n = Int(v), range.contains(n) else {
                 throw OptionError("option '\(key)=\(v)': expected a whole number from \(range.lowerBound) to \(range.upperBound)")
             }
             return n
@@ -293,7 +296,7 @@ public struct MountOptions: Sendable {
             endpoint = v
         case "profile": profile = try need()
         case "ttl":
-            let s = try seconds()
+            let s = try seconds(Limits.ttl, orZero: "keep until unmount")
             ttl = s == 0 ? nil : s
         case "audit":
             let v = try need()
@@ -323,11 +326,11 @@ public struct MountOptions: Sendable {
                 throw OptionError("option 'context=\(v)': expected context=KEY=VALUE")
             }
             requiredContext.append((String(v[..<eq]), String(v[v.index(after: eq)...])))
-        case "max_size": maxCiphertextBytes = try bytes()
-        case "cache_max", "cache_size": cacheMaxBytes = try bytes()
-        case "threads", "max_threads": threads = try positiveInt(1...1024)
+        case "max_size": maxCiphertextBytes = try bytes(Limits.maxSize)
+        case "cache_max", "cache_size": cacheMaxBytes = try bytes(Limits.cacheMax)
+        case "threads", "max_threads": threads = try positiveInt(Limits.threads)
         case "prefetch": try noValue(); prefetch = true
-        case "stale", "stale_window": staleWindow = try seconds()
+        case "stale", "stale_window": staleWindow = try seconds(Limits.stale)
         case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
         case "no_memfd_secret": try noValue(); noMemfdSecret = true
         case "require_binding": try noValue(); requireBinding = true
@@ -339,8 +342,8 @@ public struct MountOptions: Sendable {
         case "max_encrypted_data_keys": maxEncryptedDataKeys = try positiveInt(EncryptionSDKMessage.maxEncryptedDataKeysRange)
         case "exec": try noValue(); exec = true
         case "noexec": try noValue(); exec = false
-        case "retries", "max_attempts": maxAttempts = try positiveInt(1...20)
-        case "timeout", "kms_timeout": kmsTimeout = try seconds()
+        case "retries", "max_attempts": maxAttempts = try positiveInt(Limits.retries)
+        case "timeout", "kms_timeout": kmsTimeout = try seconds(Limits.timeout)
         case "ca_bundle":
             let v = try need()
             guard v.hasPrefix("/") else { throw OptionError("option 'ca_bundle=\(v)': give an absolute path") }
@@ -362,10 +365,7 @@ public struct MountOptions: Sendable {
             let v = try need()
             guard v.hasPrefix("/") else { throw OptionError("option 'on_change=\(v)': give the program's absolute path (it is run without a shell)") }
             onChange = v
-        case "settle":
-            let s = try seconds()
-            guard s <= 300 else { throw OptionError("option 'settle=\(s)': expected seconds from 0 to 300") }
-            settle = s
+        case "settle": settle = try seconds(Limits.settle)
         case "default_permissions":
             throw OptionError("option 'default_permissions' is not supported: kmsfs decides access itself in every open (see allow_uid=, allow_gid=, policy=)")
         default:
@@ -373,25 +373,59 @@ public struct MountOptions: Sendable {
         }
     }
 
-    /// `300`, `300s`, `5m`, `1h`, `1d`.
-    public static func parseDuration(_ s: String) -> Double? {
-        var t = s.lowercased()
-        var scale = 1.0
-        if let last = t.last, !last.isNumber, last != "." {
-            switch last {
-            case "s": scale = 1
-            case "m": scale = 60
-            case "h": scale = 3600
-            case "d": scale = 86400
-            default: return nil
-            }
-            t.removeLast()
-        }
-        guard let v = Double(t), v >= 0, v.isFinite else { return nil }
-        return v * scale
+    /// The documented range of every numeric option (man 8 kmsfs, "Numeric
+    /// options"; the guide's table). A value outside it is refused with one
+    /// line, at mount and on a live remount: no later arithmetic (a wait's
+    /// deadline, a cache budget) can overflow.
+    public enum Limits {
+        /// `ttl=`: 1 s to 365 days (0 keeps plaintext until unmount).
+        public static let ttl: ClosedRange<Double> = 1...31_536_000
+        /// `stale=`: 0 (off) to 365 days.
+        public static let stale: ClosedRange<Double> = 0...31_536_000
+        /// `timeout=`: 1 s to 1 hour per KMS call, retries included.
+        public static let timeout: ClosedRange<Double> = 1...3600
+        /// `max_size=` (and the tools' `--max-size`): 1 byte to 1 GiB.
+        public static let maxSize: ClosedRange<Int> = 1...(1 << 30)
+        /// `cache_max=`: 1 byte to 64 GiB of locked memory.
+        public static let cacheMax: ClosedRange<Int> = 1...(64 << 30)
+        public static let threads: ClosedRange<Int> = 1...1024
+        public static let retries: ClosedRange<Int> = 1...20
+        /// `settle=`: 0 to 5 minutes between a change and telling.
+        public static let settle: ClosedRange<Double> = 0...300
     }
 
-    /// `65536`, `64K`, `64M`, `1G` (powers of 1024; `KiB` forms too).
+    /// `300`, `300s`, `1.5m`, `1h`, `1d`: decimal digits (at most 12, and
+    /// at most 9 after a point) and one optional unit; nothing else (no
+    /// sign, exponent, hex, `nan` or `inf`, no spaces). nil otherwise.
+    public static func parseDuration(_ s: String) -> Double? {
+        var t = Array(s.utf8)
+        var scale = 1.0
+        if let last = t.last {
+            switch last | 0x20 {   // ASCII lower case
+            case UInt8(ascii: "s"): scale = 1; t.removeLast()
+            case UInt8(ascii: "m"): scale = 60; t.removeLast()
+            case UInt8(ascii: "h"): scale = 3600; t.removeLast()
+            case UInt8(ascii: "d"): scale = 86400; t.removeLast()
+            default: break
+            }
+        }
+        let point = t.firstIndex(of: UInt8(ascii: "."))
+        let whole = point.map { Array(t[..<$0]) } ?? t
+        let fraction = point.map { Array(t[(t.index(after: $0))...]) } ?? []
+        let isDigit: (UInt8) -> Bool = { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+        guard !whole.isEmpty, whole.count <= 12, whole.allSatisfy(isDigit),
+              fraction.count <= 9, fraction.allSatisfy(isDigit),
+              point == nil || !fraction.isEmpty else { return nil }
+        // At most 12 and 9 digits: both fit an Int, and exactly a Double.
+        var w = 0, f = 0, denominator = 1
+        for d in whole { w = w * 10 + Int(d - UInt8(ascii: "0")) }
+        for d in fraction { f = f * 10 + Int(d - UInt8(ascii: "0")); denominator *= 10 }
+        return (Double(w) + Double(f) / Double(denominator)) * scale
+    }
+
+    /// `65536`, `64K`, `64M`, `1G`, `1T` (powers of 1024; `KiB` and `KB`
+    /// forms too): decimal digits and one optional unit, nothing else. nil
+    /// for anything else or a value no Int holds.
     public static func parseSize(_ s: String) -> Int? {
         var t = s.uppercased()
         if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B") { t.removeLast() }
@@ -401,11 +435,30 @@ public struct MountOptions: Sendable {
             case "K": scale = 1 << 10
             case "M": scale = 1 << 20
             case "G": scale = 1 << 30
+            case "T": scale = 1 << 40
             default: return nil
             }
             t.removeLast()
         }
-        guard let v = Int(t), v >= 0, v <= Int.max / scale else { return nil }
-        return v * scale
+        guard !t.isEmpty, t.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+              let v = Int(t) else { return nil }
+        let (n, overflow) = v.multipliedReportingOverflow(by: scale)
+        return overflow ? nil : n
+    }
+
+    /// `300 s`, `1h`, `365d`: a bound as the refusals show it.
+    static func showSeconds(_ v: Double) -> String {
+        let n = Int(v)
+        if n >= 86400, n % 86400 == 0 { return "\(n / 86400)d" }
+        if n >= 3600, n % 3600 == 0 { return "\(n / 3600)h" }
+        return "\(n)"
+    }
+
+    /// `1`, `64K`, `1G`: a bound as the refusals show it.
+    static func showSize(_ v: Int) -> String {
+        for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] where v >= 1 << shift && v % (1 << shift) == 0 {
+            return "\(v >> shift)\(unit)"
+        }
+        return "\(v)"
     }
 }

@@ -77,9 +77,9 @@ public enum Log {
     private static func emit(_ level: LogLevel, _ message: () -> String) {
         let c = config.withLock { $0 }
         guard level >= c.level else { return }
-        // One line per message: a newline inside a message would let a file
-        // name forge a second log line.
-        let text = message().replacingNewlines()
+        // One line per message, escaped byte by byte: a CR or LF inside a
+        // message would let a file name forge a second log line.
+        let text = LogEscape.escape(message())
         switch c.destination {
         case .none:
             return
@@ -95,7 +95,7 @@ public enum Log {
     /// Sends one message to syslog(3) with an explicit facility (audit
     /// records go to LOG_AUTHPRIV, whatever the log destination is).
     public static func syslog(_ level: LogLevel, facility: Int32, _ message: String) {
-        kmsfs_syslog(facility | level.rawValue, message.replacingNewlines())
+        kmsfs_syslog(facility | level.rawValue, LogEscape.escape(message))
     }
 
     /// Writes a line with one write(2) where possible, so lines from many
@@ -117,9 +117,154 @@ public enum Log {
     }
 }
 
-extension String {
-    func replacingNewlines() -> String {
-        guard self.utf8.contains(where: { $0 == 10 || $0 == 13 }) else { return self }
-        return String(self.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+/// Why `log=FILE` or `audit=FILE` cannot be written: one line.
+public struct LogFileError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+extension Log {
+    /// Opens `log=FILE` or `audit=FILE` for appending (created 0600). A
+    /// symlink is refused (O_NOFOLLOW: whoever may write its directory must
+    /// not point the daemon's lines into another file), and so is a file
+    /// another user owns (root writing into a file a user prepared would
+    /// hand that user the daemon's records, or let it grow a file it uses).
+    public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
+        var fd: Int32
+        repeat {
+            fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0o600)
+        } while fd < 0 && kmsfs_errno() == EINTR
+        if fd < 0 {
+            let e = kmsfs_errno()
+            if e == ELOOP {
+                throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
+            }
+            throw LogFileError("\(LogEscape.escape(path)): \(String(cString: strerror(e)))")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = kmsfs_errno()
+            close(fd)
+            throw LogFileError("\(LogEscape.escape(path)): fstat: \(String(cString: strerror(e)))")
+        }
+        guard st.st_uid == geteuid() else {
+            close(fd)
+            throw LogFileError("\(LogEscape.escape(path)) belongs to uid \(st.st_uid), not to the daemon's user (uid \(geteuid())); refusing to write to it (remove it, or chown it to uid \(geteuid()))")
+        }
+        return fd
     }
 }
+
+/// Makes untrusted text safe to show on one line: a file name from SOURCE,
+/// a name an unprivileged caller looked up, a process name, a KMS error.
+///
+/// It works on bytes, not Characters (Swift treats "\r\n" as one
+/// Character). Out come printable ASCII and valid UTF-8 only; escaped are:
+///
+/// - C0 control bytes and DEL: `\n`, `\r`, `\t`, else `\xNN`;
+/// - bytes that are not valid UTF-8 (a stray continuation byte, an overlong
+///   form, a surrogate, a truncated sequence): each as `\xNN`;
+/// - C1 controls (U+0080 to U+009F, which some terminals obey like ESC) and
+///   the Unicode line and paragraph separators and directional overrides
+///   (U+2028, U+2029, U+202A to U+202E, U+2066 to U+2069): their bytes as
+///   `\xNN`;
+/// - the bytes in `quoting` (for a quoted field: `\` and `"`), as `\` then
+///   the byte.
+///
+/// Without `quoting` a backslash is kept, so escaping escaped text changes
+/// nothing: a message may hold names escaped already and is escaped whole
+/// again on its way out.
+public enum LogEscape {
+    public static func escape<C: Collection>(_ bytes: C, quoting: [UInt8] = []) -> String where C.Element == UInt8 {
+        let input = Array(bytes)
+        var out: [UInt8] = []
+        out.reserveCapacity(input.count + 8)
+        let hex = Array("0123456789abcdef".utf8)
+        func escapeByte(_ b: UInt8) {
+            switch b {
+            case 0x0A: out += [0x5C, UInt8(ascii: "n")]
+            case 0x0D: out += [0x5C, UInt8(ascii: "r")]
+            case 0x09: out += [0x5C, UInt8(ascii: "t")]
+            default: out += [0x5C, UInt8(ascii: "x"), hex[Int(b >> 4)], hex[Int(b & 0xF)]]
+            }
+        }
+        var i = 0
+        let n = input.count
+        while i < n {
+            let b = input[i]
+            if b < 0x80 {
+                if b < 0x20 || b == 0x7F {
+                    escapeByte(b)
+                } else if quoting.contains(b) {
+                    out += [0x5C, b]
+                } else {
+                    out.append(b)
+                }
+                i += 1
+                continue
+            }
+            let len = validSequenceLength(input, at: i)
+            guard len > 0 else {
+                escapeByte(b)   // not UTF-8: this byte alone, then resync
+                i += 1
+                continue
+            }
+            let seq = input[i..<(i + len)]
+            if isHidden(seq) {
+                for x in seq { escapeByte(x) }
+            } else {
+                out += seq
+            }
+            i += len
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func escape(_ s: String, quoting: [UInt8] = []) -> String {
+        // Most text (log messages made of ASCII words and numbers) needs nothing.
+        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && !quoting.contains($0) }) { return s }
+        return escape(s.utf8, quoting: quoting)
+    }
+
+    /// Escapes a NUL-terminated C string (a name as the kernel passed it).
+    public static func escape(cString p: UnsafePointer<CChar>) -> String {
+        escape(UnsafeRawBufferPointer(start: p, count: strlen(p)))
+    }
+
+    /// The length of the well-formed UTF-8 sequence (RFC 3629, Unicode
+    /// table 3-7) starting at `i`, or 0 when there is none.
+    static func validSequenceLength(_ a: [UInt8], at i: Int) -> Int {
+        let b0 = a[i]
+        let need: Int
+        var lo: UInt8 = 0x80, hi: UInt8 = 0xBF   // bounds of the second byte
+        switch b0 {
+        case 0xC2...0xDF: need = 1
+        case 0xE0: need = 2; lo = 0xA0
+        case 0xE1...0xEC, 0xEE...0xEF: need = 2
+        case 0xED: need = 2; hi = 0x9F        // no UTF-16 surrogates
+        case 0xF0: need = 3; lo = 0x90
+        case 0xF1...0xF3: need = 3
+        case 0xF4: need = 3; hi = 0x8F        // nothing above U+10FFFF
+        default: return 0                      // continuation, C0/C1 overlong, F5...FF
+        }
+        guard a.count - i > need else { return 0 }
+        guard (lo...hi).contains(a[i + 1]) else { return 0 }
+        var k = 2
+        while k <= need {
+            guard (0x80...0xBF).contains(a[i + k]) else { return 0 }
+            k += 1
+        }
+        return need + 1
+    }
+
+    /// A valid sequence that still must not reach a terminal as itself.
+    static func isHidden(_ seq: ArraySlice<UInt8>) -> Bool {
+        let s = Array(seq)
+        if s.count == 2, s[0] == 0xC2, s[1] < 0xA0 { return true }        // C1 controls U+0080...U+009F
+        if s.count == 3, s[0] == 0xE2, s[1] == 0x80, (0xA8...0xAE).contains(s[2]) { return true }   // U+2028...U+202E
+        if s.count == 3, s[0] == 0xE2, s[1] == 0x81, (0xA6...0xA9).contains(s[2]) { return true }   // U+2066...U+2069
+        return false
+    }
+}
+

@@ -1,3 +1,4 @@
+import Log
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,19 +59,15 @@ public struct AuditRecord: Sendable {
         return s
     }
 
+    /// A field as is when it is plain printable ASCII, else in double
+    /// quotes with `"` and `\` backslash-escaped and every control byte,
+    /// invalid UTF-8 byte and invisible separator as `\xNN` (`\r`, `\n`,
+    /// `\t`): a SOURCE name or a process name can never end the record
+    /// or start a forged one.
     static func quote(_ s: String) -> String {
         let plain = !s.isEmpty && s.utf8.allSatisfy { $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
         if plain { return s }
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            default:
-                if u.value < 32 || u.value == 127 { out += "\\x" + String(u.value, radix: 16) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
+        return "\"" + LogEscape.escape(s, quoting: [UInt8(ascii: "\\"), UInt8(ascii: "\"")]) + "\""
     }
 
     static func iso(_ t: Double) -> String {

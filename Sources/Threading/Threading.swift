@@ -38,13 +38,19 @@ public final class ConditionLock: @unchecked Sendable {
     /// Waits (lock held) until signalled.
     public func wait() { pthread_cond_wait(&cond, &mutex) }
 
-    /// Waits (lock held) at most `seconds`; false on timeout.
+    /// Waits (lock held) at most `seconds`; false on timeout. Any value
+    /// is safe: NaN and negatives wait not at all, and a wait past about
+    /// 30 years is cut to that (`Int(Double)` traps out of range).
     @discardableResult
     public func wait(seconds: Double) -> Bool {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
-        let total = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 + max(0, seconds)
-        var deadline = timespec(tv_sec: Int(total), tv_nsec: Int((total - Double(Int(total))) * 1e9))
+        let wait = seconds.isNaN ? 0 : min(max(0, seconds), 1e9)
+        let whole = Int(wait)
+        var sec = now.tv_sec + whole
+        var nsec = now.tv_nsec + Int((wait - Double(whole)) * 1e9)
+        if nsec >= 1_000_000_000 { sec += 1; nsec -= 1_000_000_000 }
+        var deadline = timespec(tv_sec: sec, tv_nsec: nsec)
         return pthread_cond_timedwait(&cond, &mutex, &deadline) == 0
     }
 

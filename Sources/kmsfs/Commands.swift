@@ -33,15 +33,16 @@ struct KmsfsCommand: ParsableCommand {
         } catch {
             if exitCode(for: error) == .success { exit(withError: error) }
             let first = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            Log.writeAll(2, "kmsfs: \(first) (see kmsfs --help)\n")
+            Log.writeAll(2, "kmsfs: \(LogEscape.escape(first)) (see kmsfs --help)\n")
             Glibc.exit(2)
         }
     }
 }
 
-/// Prints one line to stderr and exits with `code`.
+/// Prints one line to stderr (escaped: it may name a hostile path) and
+/// exits with `code`.
 func fail(_ message: String, code: Int32 = 1) -> Never {
-    Log.writeAll(2, "kmsfs: \(message)\n")
+    Log.writeAll(2, "kmsfs: \(LogEscape.escape(message))\n")
     exit(code)
 }
 

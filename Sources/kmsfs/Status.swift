@@ -48,7 +48,7 @@ struct LiveStatusCommand: ParsableCommand {
         let doc: JSONValue
         do { doc = try ControlClient.status(mountpoint: mountpoint) } catch { fail(error.description) }
         if json {
-            print(doc.serialized)
+            print(StatusText.terminalSafeJSON(doc.serialized))
             return
         }
         if prometheus {
@@ -97,30 +97,42 @@ enum StatusText {
         return String(s)
     }
 
+    /// One holder of an older version, every string escaped (a path from
+    /// SOURCE and a process's name are anyone's choice).
     static func holder(_ h: JSONValue) -> String {
-        let unit = h["unit"]?.stringValue.map { " unit \($0)" } ?? ""
-        let held = h["held_s"]?.numberValue.flatMap { Int(exactly: $0.rounded()) } ?? 0
-        return "\(h["path"]?.stringValue ?? "?"): pid \(h["pid"]?.numberValue.flatMap { Int(exactly: $0) } ?? 0) (\(h["comm"]?.stringValue ?? "?"))\(unit) holds version \(h["version"]?.stringValue ?? "?") (now \(h["current"]?.stringValue ?? "removed")) for \(held)s"
+        func s(_ v: JSONValue?) -> String { v?.stringValue.map { LogEscape.escape($0) } ?? "?" }
+        func n(_ v: JSONValue?) -> Int { v?.numberValue.flatMap { $0.isFinite && abs($0) < 9e15 ? Int($0.rounded()) : nil } ?? 0 }
+        let unit = h["unit"]?.stringValue.map { " unit \(LogEscape.escape($0))" } ?? ""
+        let now = h["current"]?.stringValue.map { LogEscape.escape($0) } ?? "removed"
+        return "\(s(h["path"])): pid \(n(h["pid"])) (\(s(h["comm"])))\(unit) holds version \(s(h["version"])) (now \(now)) for \(n(h["held_s"]))s"
     }
 
+    /// Every string the daemon sent (names from SOURCE among them) is
+    /// escaped byte by byte (`LogEscape`): a name holding CR, LF or ESC
+    /// cannot add a line or drive the terminal.
     static func render(_ d: JSONValue) -> String {
-        func s(_ v: JSONValue?) -> String { v?.stringValue ?? "-" }
-        func i(_ v: JSONValue?) -> String { v?.numberValue.map { String(Int($0)) } ?? "-" }
+        func s(_ v: JSONValue?) -> String { v?.stringValue.map { LogEscape.escape($0) } ?? "-" }
+        /// A whole number, or nil for what no Int holds (nan, 1e300).
+        func whole(_ v: JSONValue?) -> Int? {
+            guard let d = v?.numberValue, d.isFinite, abs(d) < 9e15 else { return nil }
+            return Int(d)
+        }
+        func i(_ v: JSONValue?) -> String { whole(v).map { String($0) } ?? "-" }
         func ms(_ v: JSONValue?) -> String { v?.numberValue.map { "\($0) ms" } ?? "-" }
         func age(_ v: JSONValue?) -> String {
-            guard let t = v?.numberValue.map({ Int($0) }) else { return "-" }
+            guard let t = whole(v) else { return "-" }
             if t < 60 { return "\(t)s" }
             if t < 3600 { return "\(t / 60)m\(t % 60)s" }
             return "\(t / 3600)h\(t % 3600 / 60)m"
         }
         let c = d["counters"], k = d["kms"], cache = d["cache"]
         var out = [
-            "kmsfs on \(s(d["mountpoint"])) (source \(s(d["source"]))), pid \(i(d["pid"])), up \(age(d["uptime_s"])), memory \(s(d["memory"]))\(d["ttl_s"]?.numberValue.map { ", ttl \(Int($0))s" } ?? "")",
+            "kmsfs on \(s(d["mountpoint"])) (source \(s(d["source"]))), pid \(i(d["pid"])), up \(age(d["uptime_s"])), memory \(s(d["memory"]))\(whole(d["ttl_s"]).map { ", ttl \($0)s" } ?? "")",
             "opens \(i(c?["opens"]))  cache hits \(i(c?["cache_hits"]))  KMS decrypts \(i(c?["decrypts"]))  shared \(i(c?["shared"]))  refreshes \(i(c?["refreshes"]))  denied \(i(c?["denials"]))  failed \(i(c?["failures"]))",
             "KMS calls \(i(k?["calls"]))  errors \(i(k?["failures"]))  retries \(i(k?["retries"]))  throttled \(i(k?["throttled"]))  latency p50 \(ms(k?["p50_ms"]))  p99 \(ms(k?["p99_ms"]))",
         ]
         if let cr = d["credentials"] {
-            out.append("credentials from \(s(cr["source"]))\(cr["access_key_id"]?.stringValue.map { " (\($0))" } ?? "")\(cr["expires"]?.stringValue.map { ", expire \($0)" } ?? "")")
+            out.append("credentials from \(s(cr["source"]))\(cr["access_key_id"]?.stringValue.map { " (\(LogEscape.escape($0)))" } ?? "")\(cr["expires"]?.stringValue.map { ", expire \(LogEscape.escape($0))" } ?? "")")
         }
         let entries = cache?["entries"]?.arrayValue ?? []
         out.append("cached secrets: \(entries.count) (\(i(cache?["bytes"])) bytes of locked memory)")
@@ -146,5 +158,26 @@ enum StatusText {
             for f in failures { out.append("  \(s(f["path"])): \(s(f["reason"]))") }
         }
         return out.joined(separator: "\n")
+    }
+}
+
+extension StatusText {
+    /// The daemon's JSON, still the same document, with the code points a
+    /// terminal obeys but JSON allows raw (DEL, the C1 controls, the line
+    /// separators and directional overrides `LogEscape` hides) written as
+    /// `\uXXXX`. Outside strings JSON is ASCII, so each is inside one.
+    static func terminalSafeJSON(_ json: String) -> String {
+        var out = ""
+        out.reserveCapacity(json.utf8.count)
+        for u in json.unicodeScalars {
+            let v = u.value
+            if v == 0x7F || (0x80...0x9F).contains(v) || (0x2028...0x202E).contains(v) || (0x2066...0x2069).contains(v) {
+                let h = String(v, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 }

@@ -45,7 +45,9 @@ struct SizeLimitOption: ParsableArguments {
     var maxSize: String = "64M"
 
     var bytes: Int {
-        guard let n = MountOptions.parseSize(maxSize), n > 0 else { fail("--max-size \(maxSize): expected a size such as 65536, 64K, 64M or 1G", code: 2) }
+        guard let n = MountOptions.parseSize(maxSize), MountOptions.Limits.maxSize.contains(n) else {
+            fail("--max-size \(maxSize): expected a size from 1 to 1G, such as 65536, 64K, 64M", code: 2)
+        }
         return n
     }
 }
@@ -148,7 +150,7 @@ struct CheckCommand: ParsableCommand {
         func walk(_ dir: String, _ mountDir: String) {
             let entries: [SourceEntry]
             do { entries = try tree.list(dir) } catch {
-                print("FAIL \(mountDir.isEmpty ? "." : mountDir)/: \(error)")
+                printLine("FAIL \(mountDir.isEmpty ? "." : mountDir)/: \(error)")
                 failures += 1
                 return
             }
@@ -160,27 +162,34 @@ struct CheckCommand: ParsableCommand {
                 do {
                     let (bytes, _) = try tree.readCiphertext(src, limit: o.maxCiphertextBytes)
                     let d = try decoder.decrypt(bytes, path: path)
-                    print("OK   \(path) format=\(d.formatDetail) key=\(d.keyId ?? "-") context=\(statusContext(d.encryptionContext)) size=\(d.plaintext.count)")
+                    printLine("OK   \(path) format=\(d.formatDetail) key=\(d.keyId ?? "-") context=\(statusContext(d.encryptionContext)) size=\(d.plaintext.count)")
                 } catch let e as DecodeError {
                     failures += 1
-                    print("FAIL \(path): \(e)")
+                    printLine("FAIL \(path): \(e)")
                 } catch let e as SourceTree.ReadError {
                     failures += 1
                     switch e {
-                    case .tooLarge(let size, let limit): print("FAIL \(path): \(size) bytes is over the \(limit)-byte ciphertext limit (max_size=)")
-                    case .notRegular: print("FAIL \(path): not a regular file")
-                    case .system(let s): print("FAIL \(path): \(s)")
+                    case .tooLarge(let size, let limit): printLine("FAIL \(path): \(size) bytes is over the \(limit)-byte ciphertext limit (max_size=)")
+                    case .notRegular: printLine("FAIL \(path): not a regular file")
+                    case .system(let s): printLine("FAIL \(path): \(s)")
                     }
                 } catch {
                     failures += 1
-                    print("FAIL \(path): \(error)")
+                    printLine("FAIL \(path): \(error)")
                 }
             }
         }
         walk(".", "")
-        print("\(total - failures) of \(total) secrets decrypted\(failures > 0 ? ", \(failures) failed" : "")")
+        printLine("\(total - failures) of \(total) secrets decrypted\(failures > 0 ? ", \(failures) failed" : "")")
         if failures > 0 { throw ExitCode(1) }
     }
+}
+
+/// Prints one line of `check` or `encrypt` output, escaped byte by byte
+/// (`LogEscape`): a name in SOURCE holding CR, LF or ESC cannot add a line
+/// or drive the terminal.
+func printLine(_ line: String) {
+    print(LogEscape.escape(line))
 }
 
 /// The context as `check` prints it: `K=V` pairs joined by commas, the
@@ -254,10 +263,10 @@ struct EncryptCommand: ParsableCommand {
         for file in files {
             do {
                 let line = try encryptOne(file, context: pairs, kms: kms, maxBytes: maxBytes)
-                print(line)
+                printLine(line)
             } catch {
                 failures += 1
-                print("FAIL \(file): \(error)")
+                printLine("FAIL \(file): \(error)")
             }
         }
         if failures > 0 { throw ExitCode(1) }

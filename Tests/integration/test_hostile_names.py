@@ -1,0 +1,204 @@
+"""Issue 13 (A6, A7, A8, A13): what an attacker controls - SOURCE names,
+the names a local user looks up, option values - stays data. No forged log
+or audit line, no injected FUSE option, no trapped daemon, no log written
+through a symlink or into another user's file."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import Mount, force_unmount, mounted, run_as
+
+FORGED = "kmsfs: error: FORGED"
+HOSTILE = "x\r\n" + FORGED            # a SOURCE name, then "x\r\n...FORGED.encrypted"
+
+
+def lines(data):
+    """Lines as a log reader or a terminal sees them: CR ends one too."""
+    if isinstance(data, str):
+        data = data.encode()
+    return re.split(rb"\r\n|\r|\n", data)
+
+
+def assert_not_forged(data, what):
+    forged = [l for l in lines(data) if l.startswith(FORGED.encode())]
+    assert forged == [], "%s holds a forged line: %r" % (what, forged)
+
+
+def hostile_source(kms, base):
+    """A SOURCE whose names try to forge lines: one decrypts, one fails
+    (so its name is logged with the error), one is not UTF-8 at all."""
+    src = base / "src"
+    src.mkdir()
+    (src / (HOSTILE + ".encrypted")).write_bytes(kms.encrypt_blob(b"hostile-ok"))
+    (src / ("y\r\n" + FORGED + ".encrypted")).write_bytes(b"not a ciphertext at all")
+    (src / "plain.encrypted").write_bytes(kms.encrypt_blob(b"plain"))
+    with open(os.path.join(os.fsencode(str(src)), b"bad\xff\x1b[2J.encrypted"), "wb") as f:
+        f.write(kms.encrypt_blob(b"not utf-8"))
+    return src
+
+
+def test_hostile_source_names_forge_no_log_or_audit_line(public_tmp, kms, kmsfs_bin, users, tmp_path):
+    base = public_tmp / "hostile-log"
+    base.mkdir()
+    src = hostile_source(kms, base)
+    (base / "mnt").mkdir()
+    audit = base / "audit.log"
+    m = Mount(src, base / "mnt", "allow_uid=0,audit=%s" % audit, kms.env, base / "kmsfs.log", extra_args=["-d"])
+    try:
+        names = os.listdir(m.path)
+        assert HOSTILE in names and "plain" in names
+        assert open(m.file(HOSTILE), "rb").read() == b"hostile-ok"
+        with pytest.raises(OSError):
+            open(m.file("y\r\n" + FORGED), "rb").read()
+        # An unprivileged user looks up a name of its own making, with -d on.
+        r = run_as("kmsfs-bob", ["stat", m.path + "/zz\r\n" + FORGED])
+        assert r.returncode != 0
+        assert m.wait_log("name=zz")              # the lookup was logged (-d)
+        assert m.wait_log(FORGED + ": ")          # and the failed open
+
+    finally:
+        m.stop()
+    log = m.log_path.read_bytes()
+    assert_not_forged(log, "the daemon log")
+    assert b"name=zz\\r\\n" + FORGED.encode() in log             # escaped, byte by byte
+    assert b"y\\r\\n" + FORGED.encode() + b": " in log
+    assert log.decode("utf-8", errors="strict")
+    assert b"\x1b" not in log
+    record = audit.read_bytes()
+    assert_not_forged(record, "the audit file")
+    assert b"\r" not in record and b"\x1b" not in record
+    assert b'path="x\\r\\n' + FORGED.encode() + b'"' in record
+
+
+def test_status_escapes_hostile_names_and_its_json_stays_valid(public_tmp, kms, kmsfs_bin):
+    base = public_tmp / "hostile-status"
+    base.mkdir()
+    src = hostile_source(kms, base)
+    (base / "mnt").mkdir()
+    m = Mount(src, base / "mnt", "allow_uid=0", kms.env, base / "kmsfs.log")
+    try:
+        assert open(m.file(HOSTILE), "rb").read() == b"hostile-ok"
+        # The text has no forged line; the JSON is valid and carries the
+        # name exactly.
+        r = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert_not_forged(r.stdout, "kmsfs status")
+        assert b"x\\r\\n" + FORGED.encode() in r.stdout
+        r = subprocess.run([kmsfs_bin, "status", "--json", m.path], capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert b"\r" not in r.stdout and r.stdout.count(b"\n") == 1
+        doc = json.loads(r.stdout.decode("utf-8", errors="strict"))
+        assert HOSTILE in [e["path"] for e in doc["cache"]["entries"]]
+    finally:
+        m.stop()
+
+
+def test_check_output_escapes_hostile_names(kms, kmsfs_bin, tmp_path):
+    src = hostile_source(kms, tmp_path)
+    r = subprocess.run([kmsfs_bin, "check", str(src)], env=kms.env, capture_output=True, timeout=120)
+    assert r.returncode == 1     # the bad ciphertext and the unreadable name fail
+    assert_not_forged(r.stdout, "kmsfs check")
+    out = r.stdout.decode("utf-8", errors="strict")
+    assert "OK   x\\r\\n%s format=kms-blob" % FORGED in out, out
+    assert "FAIL y\\r\\n%s:" % FORGED in out, out
+    assert "\x1b" not in out and "\r" not in out
+
+
+def mountinfo_entry(path):
+    """(mount options, source, super options) of the mount at `path`."""
+    def unescape(s):
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if unescape(fields[4]) == str(path):
+                dash = fields.index("-")
+                return fields[5], unescape(fields[dash + 2]), fields[dash + 3]
+    return None
+
+
+@pytest.mark.parametrize("name", ["srcx\\,default_permissions", "src\\\\,allow_root\\054dev"])
+def test_source_path_cannot_inject_fuse_options(kms, mount_factory, tmp_path, name):
+    src = tmp_path / name
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"s"))
+    m = mount_factory(src, "allow_uid=0")
+    entry = mountinfo_entry(m.path)
+    assert entry is not None
+    options, source, super_options = entry
+    assert "default_permissions" not in options + "," + super_options, entry
+    assert source == str(src), entry
+    assert open(m.file("s"), "rb").read() == b"s"
+
+
+def failed_mount(kmsfs_bin, kms, src, mnt, options):
+    """`kmsfs SRC MNT -o OPTIONS` in the background form fstab uses: it must
+    exit non-zero with one line and leave nothing mounted."""
+    try:
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", options], env=kms.env,
+                           capture_output=True, timeout=60)
+        was_mounted = mounted(str(mnt))
+    finally:
+        force_unmount(str(mnt))
+    assert not was_mounted, "mounted with -o " + options
+    assert r.returncode != 0
+    err = r.stderr.decode().strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def plain_source(kms, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"s"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    return src, mnt
+
+
+@pytest.mark.parametrize("option", ["ttl=1e30", "ttl=nan", "stale=inf", "timeout=0x10", "cache_max=99999999999999999999",
+                                    "max_size=-1", "threads=+5", "retries=21", "ttl=366d"])
+def test_out_of_range_numbers_are_refused_with_one_line(kms, kmsfs_bin, plain_source, option):
+    src, mnt = plain_source
+    err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0," + option)
+    assert err.startswith("kmsfs: option '%s'" % option), err
+
+
+def test_a_remount_with_a_huge_ttl_is_refused_and_the_daemon_lives(kms, kmsfs_bin, mount_factory, plain_source):
+    src, _ = plain_source
+    m = mount_factory(src, "allow_uid=0,ttl=5m")
+    r = subprocess.run([kmsfs_bin, str(src), m.path, "-o", "remount,ttl=1e30"], env=kms.env,
+                       capture_output=True, timeout=30)
+    assert r.returncode != 0 and len(r.stderr.decode().strip().splitlines()) == 1, r.stderr
+    assert b"ttl=1e30" in r.stderr
+    assert open(m.file("s"), "rb").read() == b"s"
+    doc = json.loads(subprocess.run([kmsfs_bin, "status", "--json", m.path], capture_output=True, timeout=30).stdout)
+    assert doc["ttl_s"] == 300
+
+
+@pytest.mark.parametrize("which", ["log", "audit"])
+def test_a_log_or_audit_symlink_is_refused(kms, kmsfs_bin, plain_source, tmp_path, which):
+    src, mnt = plain_source
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, link))
+    assert "%s is a symbolic link" % link in err, err
+    assert target.read_bytes() == b""
+
+
+@pytest.mark.parametrize("which", ["log", "audit"])
+def test_a_log_or_audit_file_another_user_owns_is_refused(kms, kmsfs_bin, plain_source, tmp_path, users, which):
+    src, mnt = plain_source
+    theirs = tmp_path / "theirs.log"
+    theirs.write_bytes(b"")
+    bob = users["kmsfs-bob"]
+    os.chown(theirs, bob.pw_uid, bob.pw_gid)
+    err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, theirs))
+    assert "%s belongs to uid %d" % (theirs, bob.pw_uid) in err, err
+    assert theirs.read_bytes() == b""
