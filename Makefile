@@ -5,6 +5,10 @@ PYTHON  ?= python3
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BIN     := .build/release/kmsfs
+# The binary runs where Swift is not installed: the Swift runtime is linked
+# in (it then loads only libfuse3, libcurl, libssl, libc and libstdc++), and
+# no run path points into the toolchain or next to the binary.
+SWIFTFLAGS ?= -c release --static-swift-stdlib --disable-local-rpath
 
 .PHONY: all build deps demo test unit integration bench install uninstall clean
 
@@ -14,18 +18,21 @@ deps:
 	@tools/deps.sh
 
 build: deps
-	$(SWIFT) build -c release --product kmsfs
+	$(SWIFT) build $(SWIFTFLAGS) --product kmsfs
 
-# Unit tests build in release with the product (one build), then the
-# integration suite mounts the real binary against moto on loopback.
+# Unit tests build in debug (.build/debug): --static-swift-stdlib compiles
+# against the static SDK, which has no swift-testing, and a release test
+# build without it would relink .build/release/kmsfs against the toolchain's
+# libraries. Then the integration suite mounts the release binary against
+# moto on loopback.
 test: build
-	$(SWIFT) build -c release --build-tests
-	$(SWIFT) test -c release --skip-build --parallel
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel
 	$(PYTHON) -m pytest -q Tests/integration
 
 unit: build
-	$(SWIFT) build -c release --build-tests
-	$(SWIFT) test -c release --skip-build --parallel
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel
 
 integration: build
 	$(PYTHON) -m pytest -q Tests/integration
