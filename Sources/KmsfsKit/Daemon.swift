@@ -338,7 +338,12 @@ public enum Daemon {
         case .stderr:
             Log.configure(destination: .stderr(journal: journal), level: level)
         case nil:
-            if background && !journal {
+            if background && Journal.isAvailable && Journal.open() {
+                // Started in the background under systemd, perhaps by
+                // mount(8) for an fstab line: its journal stream would tag
+                // every line `mount`; a native entry says `kmsfs`.
+                Log.configure(destination: .journal, level: level)
+            } else if background && !journal {
                 Log.configure(destination: .syslog, level: level)
             } else {
                 Log.configure(destination: .stderr(journal: journal), level: level)
