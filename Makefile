@@ -10,7 +10,7 @@ BIN     := .build/release/kmsfs
 # no run path points into the toolchain or next to the binary.
 SWIFTFLAGS ?= -c release --static-swift-stdlib --disable-local-rpath
 
-.PHONY: all build deps demo test unit integration bench install uninstall clean
+.PHONY: all build deps demo test unit integration bench install uninstall clean deb
 
 all: build
 
@@ -86,6 +86,15 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man8/kmsfs.8
 	@case '$(DOCDIR)' in */kmsfs) ;; *) echo "make uninstall: DOCDIR=$(DOCDIR) does not end in /kmsfs; remove it by hand" >&2; exit 1 ;; esac
 	rm -rf '$(DESTDIR)$(DOCDIR)'
+
+# ---- Debian package ------------------------------------------------------
+# `make deb` packs the built binary (it does not build: run make first) with
+# what `make install PREFIX=/usr` installs into kmsfs_VERSION_ARCH.deb in
+# DEBDIR; `apt install ./kmsfs_*.deb` then needs no Swift. See tools/deb.sh.
+DEBDIR ?= .
+
+deb:
+	@tools/deb.sh $(BIN) $(DEBDIR)
 
 # Shows the man page from the tree (no install needed).
 .PHONY: man
