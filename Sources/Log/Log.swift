@@ -67,6 +67,8 @@ public enum Log {
 
     public static var level: LogLevel { config.withLock { $0.level } }
 
+    public static var destination: LogDestination { config.withLock { $0.destination } }
+
     public static func isEnabled(_ level: LogLevel) -> Bool { level >= self.level }
 
     public static func error(_ message: @autoclosure () -> String) { emit(.error, message) }

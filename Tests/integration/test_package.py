@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -187,14 +188,22 @@ def journal(tmp_path):
     s.close()
 
 
+LOG_FIELDS = ["MESSAGE", "PRIORITY", "SYSLOG_FACILITY", "SYSLOG_IDENTIFIER"]
+AUDIT_FIELDS = sorted(LOG_FIELDS + ["MESSAGE_ID", "KMSFS_PATH", "KMSFS_UID", "KMSFS_GID", "KMSFS_PID", "KMSFS_COMM",
+                                    "KMSFS_RESULT", "KMSFS_SOURCE"])
+AUDIT_ID = b"b67d0b4cdae54961a38b202bea9a2ce6"
+
+
 @pytest.mark.parametrize("started_by", ["mount unit", "shell"])
-def test_background_daemon_logs_to_the_journal_tagged_kmsfs(static_bin, kms, source, tmp_path, journal, started_by):
+def test_background_daemon_logs_to_the_journal_tagged_kmsfs(static_bin, kms, source, public_tmp, tmp_path, journal,
+                                                            started_by):
     """Under a mount unit, mount(8)'s stderr is the unit's journal stream
     (JOURNAL_STREAM names it) and journald tags each line of it `mount`;
     from a shell on a machine running journald, there is no stream at all.
-    Either way each line goes as a native entry tagged `kmsfs`."""
+    Either way each line goes as a native entry tagged `kmsfs`, and each
+    audit record carries its fields (journalctl KMSFS_RESULT=denied)."""
     path, entries = journal
-    mnt = tmp_path / "mnt"
+    mnt = public_tmp / ("journal-" + started_by.replace(" ", "-"))
     mnt.mkdir()
     stream = open(tmp_path / "stream", "wb")
     env = dict(kms.env, KMSFS_JOURNAL_SOCKET=path)
@@ -206,36 +215,81 @@ def test_background_daemon_logs_to_the_journal_tagged_kmsfs(static_bin, kms, sou
         with pytest.raises(OSError) as e:
             open(mnt / EVIL, "rb").read()
         assert e.value.errno == errno.EIO
+        r = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+                            "cat", str(mnt / "db-password")], capture_output=True, timeout=10)
+        assert r.returncode != 0 and b"Permission denied" in r.stderr
     got = entries()
     assert got, "no journal entries"
-    messages = []
+    logs, audits = [], []
     for fields in got:
-        names = [n for n, _ in fields]
-        assert sorted(names) == ["MESSAGE", "PRIORITY", "SYSLOG_FACILITY", "SYSLOG_IDENTIFIER"], fields
+        names = sorted(n for n, _ in fields)
+        assert names in (LOG_FIELDS, AUDIT_FIELDS, sorted(AUDIT_FIELDS + ["KMSFS_KMS_MS"]),
+                         sorted(AUDIT_FIELDS + ["KMSFS_REASON"]), sorted(AUDIT_FIELDS + ["KMSFS_KMS_MS", "KMSFS_REASON"])), fields
         f = dict(fields)
         assert f["SYSLOG_IDENTIFIER"] == b"kmsfs"
         assert f["PRIORITY"] in (b"3", b"4", b"5", b"6", b"7")
         assert f["SYSLOG_FACILITY"] == b"3"
         assert not re.search(rb"[\x00-\x1f\x7f]", f["MESSAGE"]), f["MESSAGE"]   # one line, nothing forged
-        messages.append((int(f["PRIORITY"]), f["MESSAGE"].decode()))
-    assert (5, "mounted %s on %s" % (source, mnt)) in [(p, m[:len("mounted %s on %s" % (source, mnt))])
-                                                       for p, m in messages], messages
+        (audits if "MESSAGE_ID" in f else logs).append(f)
+    messages = [(int(f["PRIORITY"]), f["MESSAGE"].decode()) for f in logs]
+    mounted_line = "mounted %s on %s" % (source, mnt)
+    assert any(p == 5 and m.startswith(mounted_line) for p, m in messages), messages
     # The failed open of EVIL is logged, its name on the one line.
-    assert any("evil" in m and "PRIORITY=0" in m for _, m in messages if not m.startswith("audit ")), messages
-    assert any(m.startswith("audit ") and "path=db-password" in m and "result=allowed" in m for _, m in messages)
+    assert any("evil" in m and "PRIORITY=0" in m for _, m in messages), messages
+
+    by_path = {}
+    for f in audits:
+        assert f["MESSAGE_ID"] == AUDIT_ID and f["MESSAGE"].startswith(b"audit ")
+        assert int(f["KMSFS_PID"]) > 0 and f["KMSFS_GID"].isdigit()
+        by_path.setdefault(f["KMSFS_PATH"].decode(), []).append(f)
+    ok, = [f for f in by_path["db-password"] if f["KMSFS_UID"] == b"0"]
+    assert (ok["KMSFS_RESULT"], ok["KMSFS_SOURCE"], ok["PRIORITY"]) == (b"allowed", b"kms", b"5")
+    assert ok["KMSFS_KMS_MS"].isdigit()
+    denied, = [f for f in by_path["db-password"] if f["KMSFS_UID"] != b"0"]
+    assert (denied["KMSFS_RESULT"], denied["KMSFS_SOURCE"], denied["PRIORITY"]) == (b"denied", b"denied", b"4")
+    assert denied["KMSFS_COMM"] == b"cat"
+    failed, = by_path[EVIL]                                   # the exact name, sized in the datagram
+    assert (failed["KMSFS_RESULT"], failed["KMSFS_SOURCE"]) == (b"allowed", b"failed")
     assert (tmp_path / "stream").read_bytes() == b""          # nothing tagged `mount`
     assert pid > 0
 
 
 def test_foreground_daemon_keeps_logging_to_stderr(mount_factory, kms, source, journal):
-    """-f (tests, kmsfs.service, whose stream systemd tags with the unit's
-    own name) logs to stderr even where a journal socket exists."""
+    """-f with a standard error that is not the journal (a terminal, the
+    tests' log files) logs there even where a journal socket exists."""
     path, entries = journal
     m = mount_factory(source, "allow_uid=root", env=dict(kms.env, KMSFS_JOURNAL_SOCKET=path))
     assert open(os.path.join(m.path, "db-password"), "rb").read() == SECRET
     assert m.wait_log("mounted %s on %s" % (source, m.path))
     m.stop()
     assert entries() == []
+
+
+def test_foreground_daemon_on_the_journal_sends_native_entries(kmsfs_bin, kms, source, tmp_path, journal):
+    """-f with standard error on the journal (kmsfs.service): native entries,
+    so audit records carry their fields there too; the stream stays empty."""
+    path, entries = journal
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "stream", "wb") as stream:
+        st = os.fstat(stream.fileno())
+        env = dict(kms.env, KMSFS_JOURNAL_SOCKET=path, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+        proc = subprocess.Popen([kmsfs_bin, str(source), str(mnt), "-f", "-o", "allow_uid=root"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stream, start_new_session=True)
+    try:
+        deadline = time.time() + 20
+        while not mounted(mnt) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert open(mnt / "db-password", "rb").read() == SECRET
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        force_unmount(mnt)
+    got = [dict(f) for f in entries()]
+    assert all(f["SYSLOG_IDENTIFIER"] == b"kmsfs" for f in got)
+    assert any(f["MESSAGE"].startswith(b"mounted %s on %s" % (bytes(source), bytes(mnt))) for f in got), got
+    assert any(f.get("KMSFS_PATH") == b"db-password" and f["KMSFS_RESULT"] == b"allowed" for f in got), got
+    assert (tmp_path / "stream").read_bytes() == b""
 
 
 # ---- make deb ----
