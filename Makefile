@@ -5,8 +5,12 @@ PYTHON  ?= python3
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BIN     := .build/release/kmsfs
+# The binary runs where Swift is not installed: the Swift runtime is linked
+# in (it then loads only libfuse3, libcurl, libssl, libc and libstdc++), and
+# no run path points into the toolchain or next to the binary.
+SWIFTFLAGS ?= -c release --static-swift-stdlib --disable-local-rpath
 
-.PHONY: all build deps demo test unit integration bench install uninstall clean
+.PHONY: all build deps demo test unit integration bench install uninstall clean deb
 
 all: build
 
@@ -14,18 +18,21 @@ deps:
 	@tools/deps.sh
 
 build: deps
-	$(SWIFT) build -c release --product kmsfs
+	$(SWIFT) build $(SWIFTFLAGS) --product kmsfs
 
-# Unit tests build in release with the product (one build), then the
-# integration suite mounts the real binary against moto on loopback.
+# Unit tests build in debug (.build/debug): --static-swift-stdlib compiles
+# against the static SDK, which has no swift-testing, and a release test
+# build without it would relink .build/release/kmsfs against the toolchain's
+# libraries. Then the integration suite mounts the release binary against
+# moto on loopback.
 test: build
-	$(SWIFT) build -c release --build-tests
-	$(SWIFT) test -c release --skip-build --parallel
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel
 	$(PYTHON) -m pytest -q Tests/integration
 
 unit: build
-	$(SWIFT) build -c release --build-tests
-	$(SWIFT) test -c release --skip-build --parallel
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel
 
 integration: build
 	$(PYTHON) -m pytest -q Tests/integration
@@ -79,6 +86,15 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man8/kmsfs.8
 	@case '$(DOCDIR)' in */kmsfs) ;; *) echo "make uninstall: DOCDIR=$(DOCDIR) does not end in /kmsfs; remove it by hand" >&2; exit 1 ;; esac
 	rm -rf '$(DESTDIR)$(DOCDIR)'
+
+# ---- Debian package ------------------------------------------------------
+# `make deb` packs the built binary (it does not build: run make first) with
+# what `make install PREFIX=/usr` installs into kmsfs_VERSION_ARCH.deb in
+# DEBDIR; `apt install ./kmsfs_*.deb` then needs no Swift. See tools/deb.sh.
+DEBDIR ?= .
+
+deb:
+	@tools/deb.sh $(BIN) $(DEBDIR)
 
 # Shows the man page from the tree (no install needed).
 .PHONY: man

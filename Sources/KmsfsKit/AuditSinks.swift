@@ -7,12 +7,37 @@ import Threading
 import Glibc
 #endif
 
-/// Audit records as log lines (stderr under journald, or syslog), notice
-/// level for allowed opens and warning level for denials and failures.
+/// Audit records as log lines (stderr under journald, the journal, or
+/// syslog), notice level for allowed opens and warning level for denials
+/// and failures. In the journal each record also carries its fields, so
+/// `journalctl KMSFS_RESULT=denied` finds the denials.
 public struct LogAuditSink: AuditSink {
     public init() {}
     public func record(_ r: AuditRecord) {
-        Log.log(r.outcome == .denied || r.outcome == .failed ? .warning : .notice, r.line)
+        let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
+        if Log.destination == .journal {
+            guard Log.isEnabled(level) else { return }
+            Journal.send(level, identifier: "kmsfs", message: r.line, extra: r.journalFields)
+            return
+        }
+        Log.log(level, r.line)
+    }
+}
+
+extension AuditRecord {
+    /// The MESSAGE_ID of every kmsfs audit record (`journalctl
+    /// MESSAGE_ID=b67d0b4cdae54961a38b202bea9a2ce6`).
+    public static let journalMessageID = "b67d0b4cdae54961a38b202bea9a2ce6"
+
+    /// The record as journal fields. Values go as they are (the native
+    /// protocol sizes a value holding a newline, so none can forge a field).
+    public var journalFields: [(String, String)] {
+        var f = [("MESSAGE_ID", AuditRecord.journalMessageID), ("KMSFS_PATH", path), ("KMSFS_UID", String(uid)),
+                 ("KMSFS_GID", String(gid)), ("KMSFS_PID", String(pid)), ("KMSFS_COMM", processName),
+                 ("KMSFS_RESULT", allowed ? "allowed" : "denied"), ("KMSFS_SOURCE", outcome.rawValue)]
+        if let latency { f.append(("KMSFS_KMS_MS", String(Int((latency * 1000).rounded())))) }
+        if let detail { f.append(("KMSFS_REASON", detail)) }
+        return f
     }
 }
 

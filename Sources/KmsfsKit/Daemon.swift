@@ -402,7 +402,14 @@ public enum Daemon {
         case .stderr:
             Log.configure(destination: .stderr(journal: journal), level: level)
         case nil:
-            if background && !journal {
+            if (background || journal) && Journal.isAvailable && Journal.open() {
+                // Started in the background under systemd, perhaps by
+                // mount(8) for an fstab line, whose journal stream would tag
+                // every line `mount`; or in the foreground on the journal
+                // (kmsfs.service). A native entry says `kmsfs` and carries
+                // an audit record's fields.
+                Log.configure(destination: .journal, level: level)
+            } else if background && !journal {
                 Log.configure(destination: .syslog, level: level)
             } else {
                 Log.configure(destination: .stderr(journal: journal), level: level)

@@ -28,6 +28,9 @@ public enum LogDestination: Sendable, Equatable {
     case stderr(journal: Bool)
     /// syslog(3), facility daemon.
     case syslog
+    /// journald's native socket (Journal.swift), each entry tagged with the
+    /// ident whoever started the daemon; syslog(3) when it is not taken.
+    case journal
     /// Nowhere (tests of code that logs).
     case none
 }
@@ -64,6 +67,8 @@ public enum Log {
 
     public static var level: LogLevel { config.withLock { $0.level } }
 
+    public static var destination: LogDestination { config.withLock { $0.destination } }
+
     public static func isEnabled(_ level: LogLevel) -> Bool { level >= self.level }
 
     public static func error(_ message: @autoclosure () -> String) { emit(.error, message) }
@@ -85,6 +90,8 @@ public enum Log {
             return
         case .syslog:
             kmsfs_syslog(level.rawValue, text)
+        case .journal:
+            Journal.send(level, identifier: c.ident, message: text)
         case .stderr(let journal):
             let line = journal ? "<\(level.rawValue)>\(c.ident): \(text)\n"
                                : "\(c.ident): \(level.word): \(text)\n"

@@ -93,6 +93,7 @@ struct MountCommand: ParsableCommand {
             // The background child: report start-up to the waiting parent.
             unsetenv("KMSFS_READY_FD")
             setsid()
+            Background.keepName()
             throw ExitCode(Daemon.run(request, readyFD: fd))
         }
         if request.foreground {
@@ -145,7 +146,7 @@ enum Background {
             argv.forEach { free($0) }
         }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, nil, argv, envp)
+        let rc = posix_spawn(&pid, executablePath(), &actions, nil, argv, envp)
         close(writeEnd)
         guard rc == 0 else { fail("cannot start the daemon: \(String(cString: strerror(rc)))") }
 
@@ -163,5 +164,35 @@ enum Background {
         }
         let code = (status & 0x7f) == 0 ? "exit status \((status >> 8) & 0xff)" : "signal \(status & 0x7f)"
         fail("the daemon stopped during start-up (\(code)) without saying why; run the same command with -f to see its log")
+    }
+
+    /// The file this process runs, by its real name. The kernel names a
+    /// process (its `comm`: what ps, top, pgrep and pidof show) after the
+    /// last part of the path given to execve(2): spawning "/proc/self/exe"
+    /// would make the daemon `exe`. When that file is no longer the one
+    /// running (replaced by an upgrade since we started), /proc/self/exe
+    /// still starts the same binary, and the child renames itself.
+    static func executablePath() -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { return "/proc/self/exe" }
+        let path = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var running = stat(), named = stat()
+        guard stat("/proc/self/exe", &running) == 0, stat(path, &named) == 0,
+              running.st_dev == named.st_dev, running.st_ino == named.st_ino else { return "/proc/self/exe" }
+        return path
+    }
+
+    /// In the child, before any other thread exists: a process started
+    /// through /proc/self/exe takes the name `kmsfs` back (writing
+    /// /proc/self/comm is prctl(PR_SET_NAME) without a variadic call).
+    static func keepName() {
+        var comm = [UInt8](repeating: 0, count: 32)
+        let fd = open("/proc/self/comm", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let n = read(fd, &comm, comm.count)
+        guard n > 0, comm[0..<n] == Array("exe\n".utf8)[...] else { return }
+        Log.writeAll(fd, "kmsfs")
     }
 }

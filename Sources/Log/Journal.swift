@@ -1,0 +1,117 @@
+import CLinux
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// journald's native protocol, without libsystemd: one datagram per entry
+/// to `/run/systemd/journal/socket`, each field `NAME=value\n`, or, for a
+/// value holding a newline, `NAME\n`, its length as a little-endian 64-bit
+/// number, the value and `\n` (systemd's "Native Journal Protocol").
+///
+/// Why: a daemon started by mount(8) inherits mount's stderr, which for an
+/// fstab mount is the mount unit's journal stream, and journald tags every
+/// line of a stream with the name of the process that opened it (`mount`).
+/// A datagram carries its own `SYSLOG_IDENTIFIER=kmsfs`, so
+/// `journalctl -t kmsfs` finds the daemon however it was started.
+public enum Journal {
+    /// journald's socket; `KMSFS_JOURNAL_SOCKET` replaces it (tests bind
+    /// their own datagram socket there).
+    public static var socketPath: String {
+        if let p = getenv("KMSFS_JOURNAL_SOCKET"), p.pointee != 0 { return String(cString: p) }
+        return "/run/systemd/journal/socket"
+    }
+
+    /// True when a socket exists at `socketPath` (journald runs).
+    public static var isAvailable: Bool {
+        var st = stat()
+        return stat(socketPath, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK
+    }
+
+    /// The datagram socket every entry leaves by (-1 until `open`), and the
+    /// address it is sent to (no connect(2): a restarted journald binds a
+    /// new socket at the same path).
+    private static let fd = Atomic<Int32>(-1)
+    private static let address = Mutex<[UInt8]>([])
+
+    /// Opens the socket. False (and nothing changes) when the path does not
+    /// fit a unix address or no socket can be made.
+    @discardableResult
+    public static func open() -> Bool {
+        let path = Array(socketPath.utf8)
+        guard !path.isEmpty, path.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else { return false }
+        if fd.load(ordering: .acquiring) >= 0 { return true }
+        let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { return false }
+        // A stuck journald must not hold a FUSE request forever: after this
+        // long the entry goes to syslog instead.
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        address.withLock { $0 = path }
+        let (swapped, _) = fd.compareExchange(expected: -1, desired: s, ordering: .acquiringAndReleasing)
+        if !swapped { close(s) }
+        // syslog(3) is the fallback when a datagram cannot be sent.
+        openlog(strdup("kmsfs"), LOG_PID | LOG_NDELAY, LOG_DAEMON)
+        return true
+    }
+
+    /// Sends one entry: `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER`,
+    /// `SYSLOG_FACILITY` (daemon) and `extra` fields. Falls back to syslog(3)
+    /// when the journal does not take it.
+    public static func send(_ level: LogLevel, identifier: String, message: String, extra: [(String, String)] = []) {
+        let entry = encode([("MESSAGE", message), ("PRIORITY", String(level.rawValue)),
+                            ("SYSLOG_FACILITY", "3"), ("SYSLOG_IDENTIFIER", identifier)] + extra)
+        if transmit(entry) { return }
+        kmsfs_syslog(level.rawValue, message)
+    }
+
+    /// One entry in the native format. Field names journald would reject
+    /// (not `[A-Z0-9_]`, or starting with `_`, which only journald may set)
+    /// are left out.
+    public static func encode(_ fields: [(String, String)]) -> [UInt8] {
+        var out: [UInt8] = []
+        for (name, value) in fields {
+            let n = Array(name.utf8)
+            guard !n.isEmpty, n.count <= 64, n[0] != UInt8(ascii: "_"),
+                  n.allSatisfy({ (0x41...0x5A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5F })
+            else { continue }
+            let v = Array(value.utf8)
+            out += n
+            if v.contains(0x0A) {
+                // A newline in the value would end the field: send it sized.
+                out.append(0x0A)
+                var len = UInt64(v.count).littleEndian
+                withUnsafeBytes(of: &len) { out += $0 }
+            } else {
+                out.append(UInt8(ascii: "="))
+            }
+            out += v
+            out.append(0x0A)
+        }
+        return out
+    }
+
+    private static func transmit(_ entry: [UInt8]) -> Bool {
+        let s = fd.load(ordering: .acquiring)
+        guard s >= 0 else { return false }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let path = address.withLock { $0 }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in path.enumerated() { p[i] = b }
+        }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + path.count + 1)
+        while true {
+            let n = entry.withUnsafeBytes { buf in
+                withUnsafePointer(to: &addr) { ap in
+                    ap.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(s, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), $0, len)
+                    }
+                }
+            }
+            if n >= 0 { return true }
+            if kmsfs_errno() == EINTR { continue }
+            return false
+        }
+    }
+}
