@@ -54,6 +54,9 @@ public struct MountOptions: Sendable {
     public var maxCiphertextBytes = 64 << 20
     public var cacheMaxBytes = 256 << 20
     public var threads = 64
+    /// Opens that may wait on KMS at once (`max_inflight=`); the FUSE
+    /// workers (`threads=`) never wait on KMS.
+    public var maxInflight = 64
     public var prefetch = false
     /// The refresh-ahead window before `ttl` (at most half of it): opens in
     /// it also re-decrypt in the background, and while KMS is unavailable
@@ -151,6 +154,7 @@ public struct MountOptions: Sendable {
         if a.maxAttempts != b.maxAttempts { return "retries" }
         if a.kmsTimeout != b.kmsTimeout { return "timeout" }
         if a.threads != b.threads { return "threads" }
+        if a.maxInflight != b.maxInflight { return "max_inflight" }
         if a.insecureAllowUnlocked != b.insecureAllowUnlocked { return "insecure_allow_unlocked" }
         if a.noMemfdSecret != b.noMemfdSecret { return "no_memfd_secret" }
         if a.exec != b.exec { return "exec" }
@@ -326,6 +330,7 @@ public struct MountOptions: Sendable {
         case "max_size": maxCiphertextBytes = try bytes()
         case "cache_max", "cache_size": cacheMaxBytes = try bytes()
         case "threads", "max_threads": threads = try positiveInt(1...1024)
+        case "max_inflight": maxInflight = try positiveInt(1...4096)
         case "prefetch": try noValue(); prefetch = true
         case "stale", "stale_window": staleWindow = try seconds()
         case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
