@@ -52,6 +52,7 @@ let package = Package(
         ),
 
         .testTarget(name: "SecureMemoryTests", dependencies: ["SecureMemory"]),
+        .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
         .testTarget(name: "AWSTests", dependencies: ["AWS", "SecureMemory"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "AWS", "SecureMemory"]),
         .testTarget(name: "SecretFSTests", dependencies: ["SecretFS", "SecureMemory"]),

@@ -1,4 +1,5 @@
 import CFuse
+import Threading
 import SecretFS
 import SecureMemory
 import Log
@@ -11,13 +12,17 @@ final class BridgeContext: @unchecked Sendable {
     let fs: SecretFileSystem
     let scratch: ScratchPool
     let debug: Bool
+    /// Opens that may wait on KMS run here, off the FUSE workers, at most
+    /// `max_inflight=` at once; they answer when their decryption ends.
+    let opens: WorkPool
     /// The session, set once right after it is created (before any request).
     var session: OpaquePointer?
 
-    init(fs: SecretFileSystem, maxRead: Int, debug: Bool) {
+    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int) {
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
+        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens)
     }
 }
 
@@ -156,13 +161,38 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
     let ctx = context(req)
     let who = caller(req)
     debugLog(req, "open ino=\(ino) uid=\(who.uid) pid=\(who.pid)")
-    switch ctx.fs.open(ino, flags: fi!.pointee.flags, caller: who) {
+    switch ctx.fs.beginOpen(ino, flags: fi!.pointee.flags, caller: who) {
+    case .done(let result):
+        answerOpen(req, fi!, result)
+    case .slow(let finish):
+        // A cache miss may wait seconds on KMS: park the request and answer
+        // it from the open pool, so this worker goes back to the loop. The
+        // kernel's fuse_file_info lives on this worker's stack: keep a copy.
+        let parked = ParkedOpen(req: req, fi: fi!.pointee)
+        let pool = ctx.opens
+        let queued = pool.submit {
+            if pool.isStopping {
+                parked.answer(.failure(.io))
+            } else {
+                parked.answer(finish())
+            }
+        }
+        if !queued {
+            Log.error("open: \(pool.queueLimit) opens already wait for KMS; answering EIO")
+            parked.answer(.failure(.io))
+        }
+    }
+}
+
+/// Answers an open with its handle (direct I/O) or its errno.
+private func answerOpen(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>, _ result: Result<OpenSecret, FSError>) {
+    switch result {
     case .success(let handle):
         // Direct I/O: the kernel's page cache never holds plaintext, and
         // every read comes here.
         kmsfs_fi_set_open_flags(fi, 1, 0, 0)
         let ref = Unmanaged.passRetained(handle)
-        fi!.pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
+        fi.pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
         if fuse_reply_open(req, fi) != 0 {
             // The opener went away (interrupted): the kernel will not release it.
             ref.release()
@@ -170,6 +200,23 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
     case .failure(let err):
         reply(req, error: err.code)
     }
+}
+
+/// An open answered later, from another thread: the request (valid until
+/// its one reply) and a heap copy of its fuse_file_info.
+private final class ParkedOpen: @unchecked Sendable {
+    let req: fuse_req_t?
+    let fi: UnsafeMutablePointer<fuse_file_info>
+
+    init(req: fuse_req_t?, fi: fuse_file_info) {
+        self.req = req
+        self.fi = .allocate(capacity: 1)
+        self.fi.initialize(to: fi)
+    }
+
+    func answer(_ result: Result<OpenSecret, FSError>) { answerOpen(req, fi, result) }
+
+    deinit { fi.deallocate() }
 }
 
 let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, size, offset, fi in

@@ -31,6 +31,9 @@ public final class FUSESession: @unchecked Sendable {
         /// reader (the kernel sends RELEASE asynchronously, so two requests
         /// overlap); more keeps threads a quiet daemon does not need.
         public var maxIdleThreads = 4
+        /// Opens waiting on KMS at once (`max_inflight=`), answered from
+        /// threads of their own so FUSE workers never wait on KMS.
+        public var maxInflightOpens = 64
         /// Largest read served per request.
         public var maxRead = 128 * 1024
         /// Extra mount flags (`noexec` unless `exec` was asked for, ...).
@@ -68,7 +71,8 @@ public final class FUSESession: @unchecked Sendable {
 
     public init(fs: SecretFileSystem, options: Options) throws(FUSEError) {
         self.options = options
-        self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug)
+        self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug,
+                                     maxInflightOpens: options.maxInflightOpens)
         self.ops = makeOperations()
 
         var mountOpts = ["allow_other", "ro", "fsname=\(FUSESession.escapeOptionValue(options.fsname))", "subtype=kmsfs"]
@@ -210,6 +214,9 @@ public final class FUSESession: @unchecked Sendable {
 
     /// Stops serving: no request after this sees plaintext.
     private func stop() {
+        // Opens still queued for KMS answer EIO now; those mid-call answer
+        // into the aborted connection below.
+        context.opens.stop(waiting: 0.2)
         fuse_session_exit(session)
         if mounted {
             fuse_session_unmount(session)   // lazy: the name goes away now

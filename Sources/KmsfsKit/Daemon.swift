@@ -142,6 +142,7 @@ public enum Daemon {
         var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)
         sessionOptions.debug = request.debug
         sessionOptions.maxThreads = options.threads
+        sessionOptions.maxInflightOpens = options.maxInflight
         sessionOptions.mountFlags = ["nosuid", "nodev"] + (options.exec ? [] : ["noexec"])
         let session: FUSESession
         do {

@@ -54,6 +54,9 @@ public struct MountOptions: Sendable {
     public var maxCiphertextBytes = 64 << 20
     public var cacheMaxBytes = 256 << 20
     public var threads = 64
+    /// Opens that may wait on KMS at once (`max_inflight=`); the FUSE
+    /// workers (`threads=`) never wait on KMS.
+    public var maxInflight = 64
     public var prefetch = false
     /// The refresh-ahead window before `ttl` (at most half of it): opens in
     /// it also re-decrypt in the background, and while KMS is unavailable
@@ -151,6 +154,7 @@ public struct MountOptions: Sendable {
         if a.maxAttempts != b.maxAttempts { return "retries" }
         if a.kmsTimeout != b.kmsTimeout { return "timeout" }
         if a.threads != b.threads { return "threads" }
+        if a.maxInflight != b.maxInflight { return "max_inflight" }
         if a.insecureAllowUnlocked != b.insecureAllowUnlocked { return "insecure_allow_unlocked" }
         if a.noMemfdSecret != b.noMemfdSecret { return "no_memfd_secret" }
         if a.exec != b.exec { return "exec" }
@@ -329,6 +333,7 @@ public struct MountOptions: Sendable {
         case "max_size": maxCiphertextBytes = try bytes(Limits.maxSize)
         case "cache_max", "cache_size": cacheMaxBytes = try bytes(Limits.cacheMax)
         case "threads", "max_threads": threads = try positiveInt(Limits.threads)
+        case "max_inflight": maxInflight = try positiveInt(Limits.maxInflight)
         case "prefetch": try noValue(); prefetch = true
         case "stale", "stale_window": staleWindow = try seconds(Limits.stale)
         case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
@@ -390,6 +395,8 @@ public struct MountOptions: Sendable {
         public static let cacheMax: ClosedRange<Int> = 1...(64 << 30)
         public static let threads: ClosedRange<Int> = 1...1024
         public static let retries: ClosedRange<Int> = 1...20
+        /// `max_inflight=`: opens waiting on KMS at once.
+        public static let maxInflight: ClosedRange<Int> = 1...4096
         /// `settle=`: 0 to 5 minutes between a change and telling.
         public static let settle: ClosedRange<Double> = 0...300
     }

@@ -373,22 +373,44 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Decides and performs an open. Every call is decided anew; a refusal
     /// is EACCES and audited; nothing is decrypted for a refused caller.
     public func open(_ ino: UInt64, flags: Int32, caller: Caller) -> Result<OpenSecret, FSError> {
-        guard let n = node(ino) else { return .failure(.notFound) }
-        guard n.kind == .secret else { return .failure(.isDirectory) }
-        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .failure(.readOnly) }
+        switch beginOpen(ino, flags: flags, caller: caller) {
+        case .done(let r): return r
+        case .slow(let finish): return finish()
+        }
+    }
+
+    /// How an open goes on: answered at once (a cache hit, a refusal, a
+    /// missing file), or with work that may wait on KMS, for the caller to
+    /// run off the FUSE worker threads.
+    public enum OpenStart {
+        case done(Result<OpenSecret, FSError>)
+        case slow(@Sendable () -> Result<OpenSecret, FSError>)
+    }
+
+    /// The part of an open that never waits on KMS: access, the cache when
+    /// SOURCE is watched. The rest (stat, single-flight decryption) is
+    /// returned as `.slow`.
+    public func beginOpen(_ ino: UInt64, flags: Int32, caller: Caller) -> OpenStart {
+        guard let n = node(ino) else { return .done(.failure(.notFound)) }
+        guard n.kind == .secret else { return .done(.failure(.isDirectory)) }
+        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let config = configuration
         guard config.policy.admits(caller, path: n.mountPath) else {
             counters.withLock { $0.opens += 1; $0.denials += 1 }
             record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
-            return .failure(.accessDenied)
+            return .done(.failure(.accessDenied))
         }
         let maxBytes = config.maxCiphertextBytes
         if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
-            return .success(opened(hit.secret, n, caller))
+            return .done(.success(opened(hit.secret, n, caller)))
         }
+        return .slow { [self] in finishOpen(n, caller: caller, maxBytes: maxBytes) }
+    }
+
+    private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int) -> Result<OpenSecret, FSError> {
         let current: SourceStat
         do { current = try tree.stat(n.sourcePath) } catch {
             cache.invalidate(n.sourcePath)

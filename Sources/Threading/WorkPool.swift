@@ -1,0 +1,114 @@
+/// Runs submitted jobs on at most `limit` threads of its own, started when
+/// work arrives and ended after `idleSeconds` without any, so the FUSE
+/// workers hand off what may wait (an open that waits on KMS) and only
+/// ever run short work. Jobs beyond `limit` wait in a queue of at most
+/// `queueLimit`; `submit` refuses past that (the caller answers at once).
+public final class WorkPool: @unchecked Sendable {
+    public let limit: Int
+    public let queueLimit: Int
+    private let name: String
+    private let idleSeconds: Double
+    private let lock = ConditionLock()
+    private var queue: [@Sendable () -> Void] = []
+    private var head = 0
+    private var threads = 0
+    private var idle = 0
+    private var running = 0
+    private var stopping = false
+
+    public init(name: String, limit: Int, queueLimit: Int = 65_536, idleSeconds: Double = 10) {
+        self.name = name
+        self.limit = max(1, limit)
+        self.queueLimit = max(1, queueLimit)
+        self.idleSeconds = idleSeconds
+    }
+
+    /// Queues `job`; false when the queue is full or the pool is stopping.
+    @discardableResult
+    public func submit(_ job: @escaping @Sendable () -> Void) -> Bool {
+        lock.lock()
+        guard !stopping, queue.count - head < queueLimit else { lock.unlock(); return false }
+        queue.append(job)
+        // More jobs waiting than idle threads to take them: one more thread.
+        let spawn = queue.count - head > idle && threads < limit
+        if spawn { threads += 1 }
+        if idle > 0 { lock.signal() }
+        lock.unlock()
+        if spawn && !startThread(name: name, { [self] in work() }) {
+            // No thread could be made: run it here rather than strand it.
+            lock.withLock { threads -= 1 }
+            if let j = take() { j() }
+        }
+        return true
+    }
+
+    private func take() -> (@Sendable () -> Void)? {
+        lock.withLock {
+            guard head < queue.count else { return nil }
+            let j = queue[head]
+            head += 1
+            if head > 1024 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+            if head == queue.count { queue.removeAll(keepingCapacity: queue.capacity <= 4096); head = 0 }
+            return j
+        }
+    }
+
+    private func work() {
+        lock.lock()
+        while true {
+            if head < queue.count {
+                let j = queue[head]
+                head += 1
+                if head == queue.count { queue.removeAll(keepingCapacity: queue.capacity <= 4096); head = 0 }
+                running += 1
+                lock.unlock()
+                j()
+                lock.lock()
+                running -= 1
+                lock.broadcast()
+                continue
+            }
+            if stopping { break }
+            idle += 1
+            let signalled = lock.wait(seconds: idleSeconds)
+            idle -= 1
+            if !signalled && head >= queue.count { break }   // idle too long: give the stack back
+        }
+        threads -= 1
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// True once `stop` was called: jobs should answer at once.
+    public var isStopping: Bool { lock.withLock { stopping } }
+
+    /// (jobs running, jobs waiting, threads).
+    public var load: (running: Int, queued: Int, threads: Int) {
+        lock.withLock { (running, queue.count - head, threads) }
+    }
+
+    /// Refuses new jobs and waits at most `seconds` for the queue to empty
+    /// and running jobs to end.
+    public func stop(waiting seconds: Double) {
+        lock.lock()
+        stopping = true
+        lock.broadcast()
+        var now = monotonicClock()
+        let deadline = now + seconds
+        while (running > 0 || head < queue.count) && now < deadline {
+            lock.wait(seconds: deadline - now)
+            now = monotonicClock()
+        }
+        lock.unlock()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private func monotonicClock() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
