@@ -14,7 +14,12 @@ import SecureMemory
 /// 2 s each, 1 s apart: 8 s in all.
 public struct ContainerCredentialProvider: CredentialProvider {
     public static let ecsHost = "169.254.170.2"
-    public static let allowedHosts: Set<String> = ["169.254.170.2", "169.254.170.23", "[fd00:ec2::23]", "localhost"]
+    /// The documented link-local agents, as addresses (compared after
+    /// `inet_pton`, so `[fd00:ec2:0::23]` is the same host).
+    public static let allowedAddresses: [[UInt8]] = [
+        [169, 254, 170, 2], [169, 254, 170, 23],
+        [0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23],
+    ]
 
     public let environment: Environment
     public let transport: HTTPTransport
@@ -52,9 +57,11 @@ public struct ContainerCredentialProvider: CredentialProvider {
             throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI '\(full)' is not an http(s) URL")
         }
         if url.scheme == "https" { return url }
-        let host = url.host.lowercased()
-        guard url.isLoopback || ContainerCredentialProvider.allowedHosts.contains(host) else {
-            throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI host '\(url.host)' is not allowed over http: use a loopback address, 169.254.170.2, 169.254.170.23, [fd00:ec2::23], or https")
+        // By address, never by spelling: `127.evil.example` is a DNS name
+        // that could point anywhere, and the request carries a bearer token.
+        let allowed = url.isLoopback || url.ipAddress.map { ContainerCredentialProvider.allowedAddresses.contains($0) } == true
+        guard allowed else {
+            throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI host '\(url.host)' is not allowed over http: use a loopback address (127.0.0.0/8, [::1], localhost), 169.254.170.2, 169.254.170.23, [fd00:ec2::23], or https")
         }
         return url
     }

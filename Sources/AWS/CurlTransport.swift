@@ -190,8 +190,8 @@ private final class EasyHandle: @unchecked Sendable {
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_NODELAY, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_KEEPALIVE, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
-            _ = kmsfs_curl_set_long(curl, CURLOPT_CONNECTTIMEOUT_MS, Int(connectTimeout * 1000))
-            _ = kmsfs_curl_set_long(curl, CURLOPT_TIMEOUT_MS, Int(timeout * 1000))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_CONNECTTIMEOUT_MS, max(1, clampedMilliseconds(connectTimeout)))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_TIMEOUT_MS, max(1, clampedMilliseconds(timeout)))
             _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYPEER, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYHOST, 2)
             if let ca = options.caBundle { _ = kmsfs_curl_set_string(curl, CURLOPT_CAINFO, ca) }

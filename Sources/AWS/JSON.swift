@@ -173,55 +173,89 @@ public struct JSONParser {
         return v
     }
 
+    /// RFC 8259 numbers only (`-? int frac? exp?`), and only finite ones:
+    /// `1e999` is refused here rather than becoming an infinity that a
+    /// later integer conversion would trap on.
     mutating func number() -> JSONValue? {
         let start = i
-        while i < bytes.count, let c = Optional(bytes[i]),
-              (c >= 48 && c <= 57) || c == 45 || c == 43 || c == 46 || c == 101 || c == 69 { i += 1 }
-        guard i > start else { return nil }
+        func digits() -> Int {
+            let s = i
+            while i < bytes.count, bytes[i] >= 48, bytes[i] <= 57 { i += 1 }
+            return i - s
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
+        let intStart = i
+        let n = digits()
+        guard n > 0, !(n > 1 && bytes[intStart] == 48) else { return nil }
+        if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+            i += 1
+            guard digits() > 0 else { return nil }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard digits() > 0 else { return nil }
+        }
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
-        return Double(text).map { .number($0) }
+        guard let d = Double(text), d.isFinite else { return nil }
+        return .number(d)
     }
 
     public mutating func string() -> String? {
         guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { return nil }
         i += 1
         var out = [UInt8]()
-        while i < bytes.count {
-            let c = bytes[i]
-            if c == UInt8(ascii: "\"") { i += 1; return String(decoding: out, as: UTF8.self) }
-            if c == UInt8(ascii: "\\") {
-                i += 1
-                guard i < bytes.count else { return nil }
-                let e = bytes[i]
-                i += 1
-                switch e {
-                case UInt8(ascii: "n"): out.append(10)
-                case UInt8(ascii: "t"): out.append(9)
-                case UInt8(ascii: "r"): out.append(13)
-                case UInt8(ascii: "b"): out.append(8)
-                case UInt8(ascii: "f"): out.append(12)
-                case UInt8(ascii: "u"):
-                    guard var scalar = hex4() else { return nil }
-                    if scalar >= 0xD800 && scalar < 0xDC00, i + 1 < bytes.count,
-                       bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") {
-                        i += 2
-                        guard let low = hex4() else { return nil }
-                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                    }
-                    let u = Unicode.Scalar(scalar) ?? "\u{FFFD}"
-                    out.append(contentsOf: Array(String(Character(u)).utf8))
-                default: out.append(e)
-                }
-            } else {
-                out.append(c)
-                i += 1
-            }
-        }
-        return nil
+        guard JSONParser.unescape(bytes, from: &i, { out.append($0) }) else { return nil }
+        return String(decoding: out, as: UTF8.self)
     }
 
-    mutating func hex4() -> UInt32? {
-        guard i + 4 <= bytes.count else { return nil }
+    /// Decodes the contents of a string from `i` (just past the opening
+    /// quote) up to and past the closing quote, handing each decoded UTF-8
+    /// byte to `emit`; false on malformed input. As strict parsers do, it
+    /// refuses unescaped control characters, unknown escapes and unpaired
+    /// surrogates (`\uD800\u0041` is an error, never arithmetic on a value
+    /// that is not a low surrogate). The output is never longer than the
+    /// input, so a caller may decode into a buffer of the input's size.
+    static func unescape(_ bytes: UnsafeRawBufferPointer, from i: inout Int, _ emit: (UInt8) -> Void) -> Bool {
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == UInt8(ascii: "\"") { i += 1; return true }
+            if c < 0x20 { return false }
+            guard c == UInt8(ascii: "\\") else { emit(c); i += 1; continue }
+            i += 1
+            guard i < bytes.count else { return false }
+            let e = bytes[i]
+            i += 1
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): emit(e)
+            case UInt8(ascii: "n"): emit(10)
+            case UInt8(ascii: "t"): emit(9)
+            case UInt8(ascii: "r"): emit(13)
+            case UInt8(ascii: "b"): emit(8)
+            case UInt8(ascii: "f"): emit(12)
+            case UInt8(ascii: "u"):
+                guard let first = hex4(bytes, &i) else { return false }
+                var value = first
+                if (0xD800..<0xDC00).contains(first) {
+                    // A high surrogate must be followed by an escaped low one.
+                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else { return false }
+                    i += 2
+                    guard let low = hex4(bytes, &i), (0xDC00..<0xE000).contains(low) else { return false }
+                    value = 0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00..<0xE000).contains(first) {
+                    return false   // a low surrogate with no high one before it
+                }
+                guard let u = Unicode.Scalar(value) else { return false }
+                for b in u.utf8 { emit(b) }
+            default:
+                return false
+            }
+        }
+        return false
+    }
+
+    static func hex4(_ bytes: UnsafeRawBufferPointer, _ i: inout Int) -> UInt32? {
+        guard bytes.count - i >= 4 else { return nil }
         var v: UInt32 = 0
         for _ in 0..<4 {
             let c = bytes[i]

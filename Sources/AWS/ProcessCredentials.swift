@@ -163,7 +163,7 @@ enum ProcessRunner {
             let left = deadline - monotonicSeconds()
             if left <= 0 { timedOut = true; break }
             var p = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
-            let n = poll(&p, 1, Int32(min(left, 1) * 1000) + 1)
+            let n = poll(&p, 1, Int32(clampedMilliseconds(min(left, 1))) + 1)
             if n < 0 { if errno == EINTR { continue }; break }
             if n == 0 { continue }
             let got = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
@@ -176,12 +176,12 @@ enum ProcessRunner {
         }
         if timedOut || tooLarge { kill(pid, SIGKILL) }
         let status = reap(pid, until: max(deadline, monotonicSeconds()) + 1)
-        if timedOut { throw Failure(message: "no answer within \(Int(timeout)) s; killed") }
+        if timedOut { throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed") }
         if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
         guard let status else {
             kill(pid, SIGKILL)
             _ = reap(pid, until: monotonicSeconds() + 1)
-            throw Failure(message: "did not exit within \(Int(timeout)) s; killed")
+            throw Failure(message: "did not exit within \(displaySeconds(timeout)) s; killed")
         }
         if status != 0 { throw Failure(message: "exited with status \(status)") }
         return out.buffer

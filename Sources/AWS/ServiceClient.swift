@@ -161,7 +161,7 @@ public struct RetryingCaller: Sendable {
                 let decision = retry.decide(after: cls, attempt: number)
                 if case .retry(let delay, let cost) = decision,
                    clock.monotonic() - start + delay + RetryingCaller.minimumAttemptTime < deadline {
-                    Log.info("\(label) attempt \(number) failed (\(error)); retrying in \(Int(delay * 1000)) ms")
+                    Log.info("\(label) attempt \(number) failed (\(error)); retrying in \(clampedMilliseconds(delay)) ms")
                     lastCost = cost
                     retries += 1
                     clock.sleep(delay)
@@ -177,7 +177,7 @@ public struct RetryingCaller: Sendable {
     }
 
     static func seconds(_ d: Double) -> String {
-        d == d.rounded() ? String(Int(d)) : String(d)
+        d == d.rounded() ? String(displaySeconds(d)) : String(d)
     }
 }
 

@@ -47,6 +47,28 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
         #expect(doc["EncryptionContext"]?["app"]?.stringValue == "web")
     }
 
+    @Test func hostileEscapesInResponsesAreErrorsNotTraps() {
+        // Issue 13 A2: a KMS answering {"KeyId":"\uD800\u0041",...} trapped
+        // the daemon in the JSON string decoder.
+        for keyId in [#""\uD800\u0041""#, #""\uDC00""#, #""\uD800""#, #""a\x""#] {
+            let t = FakeTransport { _, _ in (200, #"{"KeyId":\#(keyId),"Plaintext":"aGVsbG8=","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}"#) }
+            do {
+                _ = try client(t).decrypt(ciphertextBlob: [1, 2, 3])
+                Issue.record("expected an error for \(keyId)")
+            } catch {
+                #expect(error.code == "MalformedResponse")
+            }
+        }
+        // Error bodies go through the same parser.
+        let e = FakeTransport { _, _ in (400, #"{"__type":"\uD800\u0041","message":"\uDBFF\uDBFF"}"#) }
+        do {
+            _ = try client(e, attempts: 1).decrypt(ciphertextBlob: [1])
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.code == "HTTP400")
+        }
+    }
+
     @Test func errorsAreTypedWithHints() {
         let t = FakeTransport { _, _ in (400, #"{"__type":"com.amazonaws.kms#InvalidCiphertextException","message":"bad"}"#) }
         do {

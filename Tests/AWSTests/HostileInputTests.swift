@@ -1,0 +1,113 @@
+import Testing
+import AWS
+import SecureMemory
+
+/// Inputs an attacker controls (a fake KMS or metadata service, a hostile
+/// credential_process): each is refused as malformed, none traps.
+@Suite struct HostileInputTests {
+    @Test func unpairedSurrogatesAreErrorsNotTraps() {
+        // Issue 13 A2: a high surrogate followed by an escape that is not a
+        // low surrogate underflowed `low - 0xDC00` and killed the daemon.
+        for bad in [#""\uD800\u0041""#, #""\uD800\u0000""#, #""\uDBFF\uDBFF""#, #""\uD800""#, #""\uD800x""#,
+                    #""\uDC00""#, #""\uDFFF\uD800""#, #""\uD800\u""#, #""\uD800\uZZZZ""#, #""\uD83D\uDE0""#] {
+            #expect(JSONValue.parse(bad) == nil, "\(bad)")
+            #expect(JSONValue.parse(#"{"KeyId":\#(bad),"Plaintext":"aGk="}"#) == nil, "\(bad)")
+        }
+        #expect(JSONValue.parse(#""\uD83D\uDE00""#)?.stringValue == "\u{1F600}")
+        #expect(JSONValue.parse(#""\uDBFF\uDFFF""#)?.stringValue == "\u{10FFFF}")
+        #expect(JSONValue.parse(#""\u00e9\u0041\/""#)?.stringValue == "éA/")
+    }
+
+    @Test func strictStringsAndNumbers() {
+        for bad in ["\"a\u{01}b\"", #""\x41""#, #""\q""#, #""abc"#, #""\"#, "1e999", "-1e400", "01", "1.", ".5", "+1", "1e", "-", "--1", "1e+"] {
+            #expect(JSONValue.parse(bad) == nil, "\(bad)")
+        }
+        #expect(JSONValue.parse("-0.5e-3")?.numberValue == -0.0005)
+        #expect(JSONValue.parse("0")?.numberValue == 0)
+        #expect(JSONValue.parse("1E2")?.numberValue == 100)
+        #expect(JSONValue.parse("12345678901234567890123")?.numberValue != nil)
+    }
+
+    @Test func deepNestingIsRefused() {
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(JSONValue.parse(deep) == nil)
+        let deepObject = String(repeating: #"{"a":"#, count: 50_000) + "1" + String(repeating: "}", count: 50_000)
+        #expect(JSONValue.parse(deepObject) == nil)
+    }
+
+    @Test func arbitraryBytesNeverTrap() {
+        // A cheap stand-in for the fuzzer: every short mutation of a
+        // credentials document parses or is refused.
+        let seed = Array(#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"\uD83D\uDE00\n","Expiration":"2030-01-01T00:00:00Z","n":-1.5e3}"#.utf8)
+        let alphabet: [UInt8] = Array(#"\"u0DdFf8{}[],:e.-+1 "#.utf8) + [0, 0x80, 0xFF]
+        for pos in seed.indices {
+            for c in alphabet {
+                var m = seed
+                m[pos] = c
+                _ = m.withUnsafeBytes { JSONValue.parse($0) }
+                var t = m
+                t.removeSubrange(pos...)
+                _ = t.withUnsafeBytes { JSONValue.parse($0) }
+                _ = m.withUnsafeBytes { JSONScanner.stringMember("SecretAccessKey", in: $0) }
+            }
+        }
+    }
+
+    @Test func hostileTimestampsAreClampedOrRefused() {
+        #expect(Timestamp.parseISO8601("9999-12-31T23:59:59Z") != nil)
+        #expect(Timestamp.parseISO8601("2015-08-30T12:36:00+99:99") != nil)
+        #expect(Timestamp.parseISO8601("+015-08-30T12:36:00Z") == nil)
+        #expect(Timestamp.parseISO8601("2015-08-30T12:36:00." + String(repeating: "9", count: 5000) + "Z") != nil)
+        // Formatting a timestamp no real source produces clamps, not traps.
+        #expect(Timestamp(seconds: 1e300).iso8601.hasPrefix("9999-"))
+        #expect(Timestamp(seconds: -1e300).iso8601.hasPrefix("1-") || Timestamp(seconds: -1e300).iso8601.hasPrefix("0001-"))
+        #expect(Timestamp(seconds: .nan).iso8601 == "1970-01-01T00:00:00Z")
+        #expect(Timestamp(seconds: .infinity).amzDate.hasPrefix("9999"))
+        #expect(clampedMilliseconds(1e30) == 86_400_000 && clampedMilliseconds(.nan) == 0)
+        #expect(clampedMilliseconds(-5) == 0 && clampedMilliseconds(.infinity) == 86_400_000 && clampedMilliseconds(1.5) == 1500)
+        #expect(displaySeconds(1e30) == Int.max && displaySeconds(.nan) == 0 && displaySeconds(7.9) == 7)
+    }
+
+    @Test func base64NeverTraps() {
+        for text in ["", "=", "====", "A", "AB==C", "\u{FF}", "QQ==QQ==", String(repeating: "/", count: 4097), "\\/\\/"] {
+            _ = Base64.decode(text)
+            _ = Array(text.utf8).withUnsafeBytes { Base64.looksLikeBase64($0) }
+        }
+        // The secure decoder refuses to write past its output.
+        let input = Array("QUJDREVG".utf8)
+        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 1)
+        defer { out.deallocate() }
+        #expect(input.withUnsafeBytes { Base64.decode($0, into: out) } == nil)
+    }
+
+    @Test func loopbackIsAnAddressNotAPrefix() {
+        // Issue 13 A11: "127.evil.example.invalid" passed as loopback.
+        for yes in ["http://127.0.0.1/", "http://127.255.1.2:9/x", "http://[::1]:8/", "http://localhost/", "http://LOCALHOST:1/",
+                    "http://[::ffff:127.0.0.1]/", "http://[0:0:0:0:0:0:0:1]/"] {
+            #expect(URLParts(yes)!.isLoopback, "\(yes)")
+        }
+        for no in ["http://127.evil.example.invalid/", "http://127.0.0.1.nip.io/", "http://127.1/", "http://1270.0.0.1/",
+                   "http://127.0.0.1x/", "http://[::2]/", "http://[::1%lo]/", "http://localhost.evil.example/",
+                   "http://128.0.0.1/", "http://0x7f.0.0.1/", "http://[::ffff:10.0.0.1]/", "http://[fe80::1]/"] {
+            #expect(!(URLParts(no)?.isLoopback ?? false), "\(no)")
+        }
+        #expect(URLParts("http://127.0.0.1:80/")!.ipAddress == [127, 0, 0, 1])
+        #expect(URLParts("http://example.com/")!.ipAddress == nil)
+    }
+
+    @Test func containerFullURIOverHTTPNeedsAnAllowedAddress() {
+        func check(_ uri: String) -> Bool {
+            let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": uri]),
+                                                transport: ScriptedTransport { _, _ in .init(status: 500, body: "") })
+            do { _ = try p.endpoint(); return true } catch { return false }
+        }
+        for ok in ["http://169.254.170.2/v2/x", "http://169.254.170.23/v1/credentials", "http://[fd00:ec2::23]/v1/credentials",
+                   "http://[fd00:ec2:0:0::23]/v1/credentials", "http://127.0.0.2:9/c", "https://127.evil.example.invalid/c"] {
+            #expect(check(ok), "\(ok)")
+        }
+        for bad in ["http://127.evil.example.invalid/creds", "http://169.254.170.2.evil.example/x", "http://169.254.170.200/x",
+                    "http://[fd00:ec2::24]/x", "http://localhost.evil.example/x", "http://127.1/x"] {
+            #expect(!check(bad), "\(bad)")
+        }
+    }
+}
