@@ -186,6 +186,7 @@ private final class EasyHandle: @unchecked Sendable {
             _ = kmsfs_curl_set_string(curl, CURLOPT_URL, url)
             _ = kmsfs_curl_set_string(curl, CURLOPT_PROTOCOLS_STR, "http,https")
             _ = kmsfs_curl_set_long(curl, CURLOPT_NOSIGNAL, 1)
+            _ = kmsfs_curl_use_cloexec_sockets(curl)
             _ = kmsfs_curl_set_long(curl, CURLOPT_FOLLOWLOCATION, 0)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_NODELAY, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_KEEPALIVE, 1)

@@ -1,3 +1,4 @@
+import CCurl
 import SecureMemory
 #if canImport(Glibc)
 import Glibc
@@ -100,12 +101,10 @@ enum ProcessRunner {
 
     static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {
         var fds: [Int32] = [-1, -1]
-        // pipe2 needs _GNU_SOURCE, which Glibc's module lacks: pipe + FD_CLOEXEC
-        // (kmsfs spawns nothing else concurrently that could inherit them).
-        guard pipe(&fds) == 0 else { throw Failure(message: "pipe: \(String(cString: strerror(errno)))") }
+        // Close-on-exec from the start (pipe2), so no other spawn can
+        // inherit either end.
+        guard kmsfs_pipe_cloexec(&fds) == 0 else { throw Failure(message: "pipe: \(String(cString: strerror(errno)))") }
         let readEnd = fds[0], writeEnd = fds[1]
-        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
         var closeWrite = true
         defer {
             close(readEnd)
@@ -117,6 +116,13 @@ enum ProcessRunner {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
+        // Then every descriptor from 3 up is closed in the child: whatever
+        // a library opened without close-on-exec (curl 7.88's wakeup
+        // socketpair) never reaches the helper. stderr stays the daemon's.
+        let closeRC = kmsfs_spawn_add_closefrom(&actions, 3)
+        guard closeRC == 0 else {
+            throw Failure(message: "posix_spawn_file_actions_addclosefrom_np: \(String(cString: strerror(closeRC)))")
+        }
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)

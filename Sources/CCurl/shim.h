@@ -8,6 +8,9 @@
 #define KMSFS_CCURL_SHIM_H
 
 #include <curl/curl.h>
+#include <sys/socket.h>
+#include <spawn.h>
+#include <fcntl.h>
 
 typedef size_t (*kmsfs_curl_write_fn)(char *ptr, size_t size, size_t nmemb, void *userdata);
 typedef size_t (*kmsfs_curl_read_fn)(char *buffer, size_t size, size_t nitems, void *userdata);
@@ -46,6 +49,38 @@ static inline CURLcode kmsfs_curl_get_double(CURL *h, CURLINFO i, double *out) {
 }
 static inline CURLcode kmsfs_curl_get_off_t(CURL *h, CURLINFO i, curl_off_t *out) {
     return curl_easy_getinfo(h, i, out);
+}
+
+/*
+ * Every socket curl opens for a transfer is close-on-exec, created so
+ * atomically (no window for a concurrent posix_spawn to inherit it): a
+ * credential_process must not inherit the pooled connection to KMS.
+ */
+static inline curl_socket_t kmsfs_curl_open_cloexec_socket(void *clientp, curlsocktype purpose,
+                                                           struct curl_sockaddr *address) {
+    (void)clientp; (void)purpose;
+    return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+static inline CURLcode kmsfs_curl_use_cloexec_sockets(CURL *h) {
+    return curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, kmsfs_curl_open_cloexec_socket);
+}
+
+/*
+ * Process helpers for the AWS module's credential_process runner. glibc
+ * declares these only under _GNU_SOURCE, which Swift's Glibc module is not
+ * built with; both exist in Debian 12's glibc (2.36; addclosefrom_np since
+ * 2.34, pipe2 since 2.9). curl 7.88's own wakeup socketpair is not
+ * close-on-exec and cannot be made so: the child closes every descriptor
+ * from 3 up instead.
+ */
+extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *actions, int from);
+extern int pipe2(int fds[2], int flags);
+
+static inline int kmsfs_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+static inline int kmsfs_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
 }
 
 #endif

@@ -1,6 +1,9 @@
 import Testing
 import AWS
 import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Inputs an attacker controls (a fake KMS or metadata service, a hostile
 /// credential_process): each is refused as malformed, none traps.
@@ -109,5 +112,38 @@ import SecureMemory
                     "http://[fd00:ec2::24]/x", "http://localhost.evil.example/x", "http://127.1/x"] {
             #expect(!check(bad), "\(bad)")
         }
+    }
+
+    @Test func credentialProcessInheritsNoDescriptor() throws {
+        // Issue 13 A9: the helper inherited the pooled connection to KMS and
+        // curl's socketpair. A descriptor opened without close-on-exec (as
+        // curl 7.88 opens its wakeup socketpair) must not reach it either.
+        let leaked = dup(2)
+        #expect(leaked > 2)
+        defer { close(leaked) }
+        let dir = TempDir()
+        let out = dir.path + "/fds"
+        let json = dir.write("creds.json", #"{"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "S"}"#)
+        // Lists the helper's own descriptors (the listing's directory
+        // descriptor is closed by then, so readlink skips it).
+        let script = dir.write("fds.py", """
+            #!/usr/bin/env python3
+            import os, sys
+            fds = []
+            for f in os.listdir("/proc/self/fd"):
+                try:
+                    fds.append("%s %s" % (f, os.readlink("/proc/self/fd/" + f)))
+                except OSError:
+                    pass
+            open(sys.argv[1], "w").write("\\n".join(sorted(fds)))
+            sys.stdout.write(open(sys.argv[2]).read())
+            """, mode: 0o700)
+        let p = ProcessCredentialProvider(command: "\(script) \(out) \(json)", profile: "p",
+                                          environment: Environment(["PATH": "/usr/bin:/bin"]))
+        _ = try p.credentials()
+        let listed = try readSmallFile(out, limit: 4096).get()
+        let fds = String(decoding: listed, as: UTF8.self).split(whereSeparator: { $0 == "\n" })
+            .map { String($0.split(separator: " ")[0]) }.sorted()
+        #expect(fds == ["0", "1", "2"], "\(fds)")
     }
 }
