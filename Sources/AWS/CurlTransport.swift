@@ -35,7 +35,9 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
     }
 
     private static let globalInit: Void = {
-        _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+        // curl's blocks are wiped when freed (its copies of the session
+        // token's header); see kmsfs_curl_global_init_wiping.
+        _ = kmsfs_curl_global_init_wiping(Int(CURL_GLOBAL_DEFAULT))
     }()
 
     public func send(_ request: HTTPRequest) throws(TransportError) -> HTTPResponse {
@@ -169,9 +171,29 @@ private final class EasyHandle: @unchecked Sendable {
         defer { ctxPtr.release() }
 
         var headerList: UnsafeMutablePointer<curl_slist>? = nil
-        defer { curl_slist_free_all(headerList) }
+        defer {
+            kmsfs_curl_slist_wipe(headerList)
+            curl_slist_free_all(headerList)
+        }
         for (name, value) in request.headers {
             headerList = curl_slist_append(headerList, "\(name): \(value)")
+        }
+        for (name, value) in request.secureHeaders {
+            // "name: value" assembled in locked memory; curl copies it into
+            // a block its (wiping) allocator owns.
+            guard value.withUnsafeBytes({ $0.allSatisfy { $0 > 0x20 && $0 < 0x7F } }) else {
+                throw TransportError(.other, "the \(name) header value is not one printable word; not sent")
+            }
+            do {
+                let line = try SecureBuffer(capacity: name.utf8.count + 2 + value.count + 1, backing: .lockedAnonymous)
+                try line.append(utf8: name + ": ")
+                try value.withUnsafeBytes { (v: UnsafeRawBufferPointer) throws(SecureMemoryError) in try line.append(v) }
+                try line.append(utf8: "\0")
+                headerList = line.withUnsafeBytes { curl_slist_append(headerList, $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
+                line.wipeContents()
+            } catch {
+                throw TransportError(.other, "cannot assemble the \(name) header in secure memory: \(error)")
+            }
         }
         // No "Expect: 100-continue" round trip; no Accept-Encoding games.
         headerList = curl_slist_append(headerList, "Expect:")

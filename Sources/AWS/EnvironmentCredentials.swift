@@ -18,7 +18,7 @@ public struct EnvironmentCredentialProvider: CredentialProvider {
         case (nil, .some):
             throw .failed("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
         case let (.some(i), .some(s)):
-            return AWSCredentials(accessKeyId: i, secretAccessKey: s,
+            return try AWSCredentials(accessKeyId: i, secretAccessKey: s,
                                   sessionToken: environment["AWS_SESSION_TOKEN"] ?? environment["AWS_SECURITY_TOKEN"],
                                   source: "environment")
         }

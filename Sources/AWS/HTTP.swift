@@ -23,6 +23,10 @@ public struct HTTPRequest: Sendable {
     public var method: String
     public var url: URLParts
     public var headers: [(name: String, value: String)]
+    /// Headers whose values are secrets (the session token): sent from
+    /// secure memory, never made into a `String`. Each value must be one
+    /// printable word (the transport refuses anything else).
+    public var secureHeaders: [(name: String, value: SecureBuffer)] = []
     public var body: HTTPBody
     /// Per-request overall timeout, seconds (nil: the transport's default).
     public var timeout: Double?

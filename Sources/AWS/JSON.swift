@@ -1,3 +1,5 @@
+import SecureMemory
+
 /// A small JSON reader and writer for AWS protocol documents that carry no
 /// secret (requests, errors, credential metadata). Responses that carry
 /// plaintext are never parsed into these values: see `JSONScanner`.
@@ -91,9 +93,14 @@ public indirect enum JSONValue: Sendable, Equatable {
         out += "\""
     }
 
-    /// Parses a document; nil when it is not valid JSON.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) -> JSONValue? {
+    /// Parses a document; nil when it is not valid JSON. String values of
+    /// members named in `redacting` (at any depth) are checked but never
+    /// decoded: they read as `.null`, so a secret (a credentials document's
+    /// `SecretAccessKey`) never becomes a `String`; read it with
+    /// `JSONScanner.secureStringMember`.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, redacting: Set<String> = []) -> JSONValue? {
         var p = JSONParser(bytes: bytes)
+        p.redact = redacting
         guard let v = p.value() else { return nil }
         p.skipSpace()
         return p.i == bytes.count ? v : nil
@@ -108,6 +115,7 @@ public struct JSONParser {
     let bytes: UnsafeRawBufferPointer
     var i = 0
     var depth = 0
+    var redact: Set<String> = []
 
     public init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
@@ -133,6 +141,19 @@ public struct JSONParser {
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { return nil }
                 i += 1
+                if !redact.isEmpty, redact.contains(k) {
+                    skipSpace()
+                    if i < bytes.count, bytes[i] == UInt8(ascii: "\"") {
+                        i += 1
+                        guard JSONParser.unescape(bytes, from: &i, { _ in }) else { return nil }
+                        members.append((k, .null))
+                        skipSpace()
+                        guard i < bytes.count else { return nil }
+                        if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                        if bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
+                        return nil
+                    }
+                }
                 guard let v = value() else { return nil }
                 members.append((k, v))
                 skipSpace()
@@ -339,5 +360,28 @@ public enum JSONScanner {
             if bytes[i] == 44 { i += 1; continue }
             return nil
         }
+    }
+}
+
+extension JSONScanner {
+    /// Decodes the top-level string member `key` straight into a new
+    /// secure buffer (escapes resolved there): how a secret member is read
+    /// without a copy in ordinary memory. Nil when absent or malformed.
+    public static func secureStringMember(_ key: String, in bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) -> SecureBuffer? {
+        guard let r = stringMember(key, in: bytes) else { return nil }
+        let out = try SecureBuffer(capacity: max(r.count, 1))
+        let n: Int? = out.withUnsafeMutableCapacity { cap in
+            var i = r.lowerBound
+            var o = 0
+            // Decoded output is never longer than its escaped input.
+            let ok = JSONParser.unescape(bytes, from: &i) { b in
+                if o < cap.count { cap[o] = b }
+                o += 1
+            }
+            return ok && o <= cap.count ? o : nil
+        }
+        guard let n else { out.wipeContents(); return nil }
+        out.setCount(n)
+        return out
     }
 }

@@ -35,14 +35,18 @@ public struct ProcessCredentialProvider: CredentialProvider {
         } catch {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): \(error.message)")
         }
-        let doc = out.withUnsafeBytes { JSONValue.parse($0) }
-        guard let doc else {
+        let source = "credential_process (profile \(profile))"
+        let parsed: (JSONValue, AWSCredentials?)? = out.withUnsafeBytes { b in
+            parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: source)) }
+        }
+        out.wipeContents()
+        guard let (doc, creds) = parsed else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)) did not print a JSON document")
         }
         guard let v = doc["Version"]?.numberValue, v == 1 else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): unsupported Version (expected 1)")
         }
-        guard let c = credentialsFromJSON(doc, source: "credential_process (profile \(profile))") else {
+        guard let c = creds else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): AccessKeyId or SecretAccessKey missing")
         }
         if let e = doc["Expiration"]?.stringValue, c.expiration == nil {

@@ -90,8 +90,10 @@ public struct STSClient: Sendable {
                 headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
                 let r: HTTPResponse
                 do throws(TransportError) {
-                    r = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: .bytes(body),
-                                                       timeout: timeout, connectTimeout: min(connectTimeout, timeout)))
+                    var request = HTTPRequest(method: "POST", url: endpoint, headers: headers, body: .bytes(body),
+                                              timeout: timeout, connectTimeout: min(connectTimeout, timeout))
+                    if let creds { request.secureHeaders = SigV4Signer.secureHeaders(for: creds) }
+                    r = try transport.send(request)
                 } catch {
                     return .failure(.transport(error))
                 }
@@ -116,7 +118,7 @@ public struct STSClient: Sendable {
             throw .failed("STS \(action) for \(roleArn): the answer has no Credentials")
         }
         let exp = xmlElement("Expiration", in: text).flatMap { Timestamp.parseISO8601($0) }
-        return AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: token, expiration: exp, source: source)
+        return try AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: token, expiration: exp, source: source)
     }
 
     static func hint(_ e: AWSError) -> String {

@@ -278,8 +278,10 @@ public final class AWSJSONClient: Sendable {
         headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
         let response: HTTPResponse
         do {
-            response = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body,
-                                                      timeout: timeout, connectTimeout: min(connectTimeout, timeout)))
+            var request = HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body,
+                                      timeout: timeout, connectTimeout: min(connectTimeout, timeout))
+            request.secureHeaders = SigV4Signer.secureHeaders(for: creds)
+            response = try transport.send(request)
         } catch {
             throw .transport(error)
         }

@@ -11,6 +11,9 @@
 #include <sys/socket.h>
 #include <spawn.h>
 #include <fcntl.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef size_t (*kmsfs_curl_write_fn)(char *ptr, size_t size, size_t nmemb, void *userdata);
 typedef size_t (*kmsfs_curl_read_fn)(char *buffer, size_t size, size_t nitems, void *userdata);
@@ -49,6 +52,45 @@ static inline CURLcode kmsfs_curl_get_double(CURL *h, CURLINFO i, double *out) {
 }
 static inline CURLcode kmsfs_curl_get_off_t(CURL *h, CURLINFO i, curl_off_t *out) {
     return curl_easy_getinfo(h, i, out);
+}
+
+/*
+ * curl's allocator, wiping every block it frees: curl copies request
+ * headers (the session token) into its own buffers (header lists, the
+ * request it assembles before sending) and frees them without clearing,
+ * which would leave the token in the free heap.
+ */
+static void kmsfs_curl_free(void *p) {
+    if (p) {
+        explicit_bzero(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+static void *kmsfs_curl_malloc(size_t n) { return malloc(n); }
+static void *kmsfs_curl_calloc(size_t n, size_t size) { return calloc(n, size); }
+static void *kmsfs_curl_realloc(void *p, size_t n) {
+    if (!p) return malloc(n);
+    size_t old = malloc_usable_size(p);
+    if (n <= old && n > 0) return p;   /* fits: stays where it is */
+    void *q = malloc(n ? n : 1);
+    if (!q) return NULL;
+    memcpy(q, p, old < n ? old : n);
+    kmsfs_curl_free(p);                /* never realloc: it would free the old block unwiped */
+    return q;
+}
+static char *kmsfs_curl_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = (char *)malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+static inline CURLcode kmsfs_curl_global_init_wiping(long flags) {
+    return curl_global_init_mem(flags, kmsfs_curl_malloc, kmsfs_curl_free, kmsfs_curl_realloc,
+                                kmsfs_curl_strdup, kmsfs_curl_calloc);
+}
+/* Wipes the strings of a header list (before curl_slist_free_all). */
+static inline void kmsfs_curl_slist_wipe(struct curl_slist *l) {
+    for (; l; l = l->next) if (l->data) explicit_bzero(l->data, strlen(l->data));
 }
 
 /*
