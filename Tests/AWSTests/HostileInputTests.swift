@@ -146,4 +146,60 @@ import Glibc
             .map { String($0.split(separator: " ")[0]) }.sorted()
         #expect(fds == ["0", "1", "2"], "\(fds)")
     }
+
+    @Test func secretMembersAreDecodedIntoSecureMemoryOnly() throws {
+        // Issue 13 A14: the secret key and token of a credentials document
+        // never become Strings: the parser leaves them undecoded, the
+        // scanner decodes them into secure memory.
+        let doc = Array(#"{"AccessKeyId":"ASIA1","SecretAccessKey":"s\/e\u0063ret","Token":"tok+/=","Nested":{"Token":"x"}}"#.utf8)
+        try doc.withUnsafeBytes { b in
+            let v = try #require(JSONValue.parse(b, redacting: ["SecretAccessKey", "Token"]))
+            #expect(v["AccessKeyId"]?.stringValue == "ASIA1")
+            #expect(v["SecretAccessKey"] == .null && v["Token"] == .null && v["Nested"]?["Token"] == .null)
+            let s = try #require(try JSONScanner.secureStringMember("SecretAccessKey", in: b))
+            s.withUnsafeBytes { #expect(String(decoding: $0, as: UTF8.self) == "s/ecret") }
+            #expect(try JSONScanner.secureStringMember("Missing", in: b) == nil)
+        }
+        // A redacted member is still checked: a bad escape refuses the document.
+        #expect(JSONValue.parse(#"{"Token":"\uD800\u0041"}"#) == nil)
+        #expect(Array(#"{"Token":"\uD800\u0041"}"#.utf8).withUnsafeBytes { JSONValue.parse($0, redacting: ["Token"]) } == nil)
+        #expect(try Array(#"{"Token":"\uD800\u0041"}"#.utf8).withUnsafeBytes { try JSONScanner.secureStringMember("Token", in: $0) } == nil)
+    }
+
+    @Test func aTokenThatIsNotOneWordIsRefused() throws {
+        // Sent as a header: CR/LF would inject headers.
+        let dir = TempDir()
+        for token in [#"a\r\nX-Injected: 1"#, "a b", #"\u0000"#] {
+            let json = dir.write("c.json", #"{"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "S", "SessionToken": "\#(token)"}"#)
+            let p = ProcessCredentialProvider(command: "/bin/cat \(json)", profile: "p", environment: Environment([:]))
+            #expect(throws: CredentialError.self) { try p.credentials() }
+        }
+        let good = dir.write("g.json", #"{"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "S e c", "SessionToken": "IQo+/="}"#)
+        let c = try ProcessCredentialProvider(command: "/bin/cat \(good)", profile: "p", environment: Environment([:])).credentials()
+        #expect(c.copyOfSecretAccessKey() == "S e c" && c.copyOfSessionToken() == "IQo+/=")
+        #expect(c.secret.backing != .unlockedAnonymous && c.token!.backing != .unlockedAnonymous)
+        #expect(!"\(c)".contains("S e c") && !"\(c)".contains("IQo"))
+    }
+
+    @Test func theSessionTokenTravelsAsASecureHeaderAndIsSigned() throws {
+        let c = try AWSCredentials(accessKeyId: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                                   sessionToken: "TOKEN-123", source: "test")
+        let signer = SigV4Signer(region: "us-east-1", service: "kms")
+        let req = SigV4Signer.Request(method: "POST", path: "/", headers: [("Host", "kms.us-east-1.amazonaws.com")],
+                                      payloadHash: Digest.emptyPayloadHash)
+        let date = Timestamp.parseISO8601("2015-08-30T12:36:00Z")!
+        let added = signer.sign(req, credentials: c, date: date)
+        #expect(!added.contains { $0.value.contains("TOKEN-123") })
+        let auth = added.first { $0.name == "Authorization" }!.value
+        #expect(auth.contains("SignedHeaders=host;x-amz-date;x-amz-security-token,"))
+        // Same signature as the string path (the conformance vectors' one).
+        var withToken = req
+        withToken.headers += [("X-Amz-Date", date.amzDate), ("X-Amz-Security-Token", "TOKEN-123")]
+        let (creq, _) = signer.canonicalRequest(withToken, normalizePath: true)
+        let sig = signer.signature(stringToSign: signer.stringToSign(canonicalRequest: creq, date: date),
+                                   secretAccessKey: c.copyOfSecretAccessKey(), date: date)
+        #expect(auth.hasSuffix("Signature=" + sig))
+        let secure = SigV4Signer.secureHeaders(for: c)
+        #expect(secure.count == 1 && secure[0].name == "X-Amz-Security-Token")
+    }
 }
