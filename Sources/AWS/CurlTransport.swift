@@ -87,7 +87,8 @@ private final class TransferContext {
 }
 
 private let writeCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
-    let n = size * nmemb
+    let (n, overflow) = size.multipliedReportingOverflow(by: nmemb)
+    guard !overflow else { return 0 }
     guard let userdata, let ptr else { return 0 }
     let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
     defer { secureWipe(ptr, n) }   // curl's receive buffer held these bytes
@@ -115,7 +116,8 @@ private let writeCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
 }
 
 private let headerCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
-    let n = size * nmemb
+    let (n, overflow) = size.multipliedReportingOverflow(by: nmemb)
+    guard !overflow else { return 0 }
     guard let userdata, let ptr else { return n }
     let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
     let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: n), as: UTF8.self)
