@@ -36,7 +36,12 @@ public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
         do {
             let s = try AWSCredentials.secure(secretAccessKey)
             let t = try sessionToken.map { (v: String) throws(SecureMemoryError) -> SecureBuffer in try AWSCredentials.secure(v) }
+            if let t, !AWSCredentials.isPrintableWord(t) {
+                throw CredentialError.failed("the session token from \(source) holds a blank or a control character")
+            }
             self.init(accessKeyId: accessKeyId, secret: s, token: t, expiration: expiration, source: source)
+        } catch let e as CredentialError {
+            throw e
         } catch {
             throw .failed("cannot hold the AWS credentials from \(source) in secure memory: \(error)")
         }

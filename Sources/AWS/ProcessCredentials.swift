@@ -144,10 +144,32 @@ enum ProcessRunner {
         posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
 
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-        let cEnv: [UnsafeMutablePointer<CChar>?] = environment.values.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        // The helper gets the daemon's environment; its secret variables
+        // are assembled in locked memory (never as Strings), wiped after
+        // the spawn.
+        var cEnv: [UnsafeMutablePointer<CChar>?] = environment.plain.map { strdup("\($0.key)=\($0.value)") }
+        let plainCount = cEnv.count
+        let secretLength = environment.secrets.reduce(0) { $0 + $1.key.utf8.count + 2 + $1.value.count }
+        let secretBlock: SecureBuffer
+        do { secretBlock = try SecureBuffer(capacity: max(secretLength, 1), backing: .lockedAnonymous) } catch {
+            for p in cEnv { free(p) }
+            for p in cArgs { free(p) }
+            throw Failure(message: "\(error)")
+        }
+        for (name, value) in environment.secrets {
+            let start = secretBlock.count
+            do {
+                try secretBlock.append(utf8: name + "=")
+                try value.withUnsafeBytes { (v: UnsafeRawBufferPointer) throws(SecureMemoryError) in try secretBlock.append(v) }
+                try secretBlock.append(utf8: "\0")
+            } catch { continue }
+            secretBlock.withUnsafeMutableCapacity { cEnv.append(($0.baseAddress! + start).assumingMemoryBound(to: CChar.self)) }
+        }
+        cEnv.append(nil)
         defer {
             for p in cArgs { free(p) }
-            for p in cEnv { free(p) }
+            for p in cEnv[..<plainCount] { free(p) }
+            secretBlock.wipeContents()
         }
         var pid: pid_t = 0
         let rc = cArgs.withUnsafeBufferPointer { a in

@@ -3,9 +3,12 @@ proves plaintext absent (test_memory.py) finds no copy of the secret access
 key or the session token in the daemon's readable memory after KMS calls,
 with temporary credentials from a credential_process (the helper's output,
 the parse, the SigV4 signing key derivation, the header that carries the
-token, and curl's copies of it)."""
+token, and curl's copies of it) or from environment variables (wiped in
+the process environment once copied into secure memory)."""
 import json
 import time
+
+import pytest
 
 from test_credentials import bare_env, role  # noqa: F401  (role is a fixture)
 from test_memory import scan
@@ -16,7 +19,8 @@ sys.stdout.write(open(%r).read())
 """
 
 
-def test_no_copy_of_the_secret_key_or_session_token_in_readable_memory(tmp_path, kms, role, mount_factory):  # noqa: F811
+@pytest.mark.parametrize("source", ["credential_process", "environment"])
+def test_no_copy_of_the_secret_key_or_session_token_in_readable_memory(tmp_path, kms, role, mount_factory, source):  # noqa: F811
     c = role.mint()
     creds = tmp_path / "creds.json"
     creds.write_text(json.dumps({"Version": 1, "AccessKeyId": c["AccessKeyId"],
@@ -32,11 +36,19 @@ def test_no_copy_of_the_secret_key_or_session_token_in_readable_memory(tmp_path,
     plains = {"s%d" % i: ("plain %d" % i).encode() for i in range(6)}
     for name, data in plains.items():
         (src / (name + ".encrypted")).write_bytes(kms.encrypt_blob(data))
-    m = mount_factory(src, "allow_uid=0", env=bare_env(kms, AWS_CONFIG_FILE=str(config)))
+    if source == "credential_process":
+        env = bare_env(kms, AWS_CONFIG_FILE=str(config))
+    else:
+        # The variables sit at the top of the daemon's initial stack until
+        # it copies them into secure memory and wipes them there.
+        env = bare_env(kms, AWS_ACCESS_KEY_ID=c["AccessKeyId"], AWS_SECRET_ACCESS_KEY=c["SecretAccessKey"],
+                       AWS_SESSION_TOKEN=c["SessionToken"])
+    m = mount_factory(src, "allow_uid=0", env=env)
     for name, data in plains.items():
         with open(m.file(name), "rb") as f:
             assert f.read() == data
-    assert "credential_process (profile default)" in m.log()
+    if source == "credential_process":
+        assert "credential_process (profile default)" in m.log()
     time.sleep(0.5)   # let the audit and log threads settle
     secret, token, key_id = (c["SecretAccessKey"].encode(), c["SessionToken"].encode(), c["AccessKeyId"].encode())
     # Whole values, and tails (a copy split or partly overwritten still shows).
