@@ -55,9 +55,36 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
                 pool.withLock { p in if p.count < options.maxPooledHandles { p.append(handle) } }
             }
         }
+        let first = handle.performed == false
+        handle.performed = true
+        defer {
+            // curl 7.88 creates its wakeup socketpair on a handle's first
+            // transfer, without close-on-exec and with no option to ask for
+            // it: mark it (and anything else left so) right after. A spawn
+            // in between is covered too: credential_process closes every
+            // descriptor from 3 up in the child.
+            if first { CurlTransport.markDescriptorsCloseOnExec() }
+        }
         let result = try handle.perform(request, options: options)
         healthy = true
         return result
+    }
+
+    /// Sets `FD_CLOEXEC` on every descriptor from 3 up that lacks it.
+    /// Returns how many it changed.
+    @discardableResult
+    static func markDescriptorsCloseOnExec() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return 0 }
+        defer { closedir(dir) }
+        let own = dirfd(dir)
+        var changed = 0
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let fd = Int32(name), fd >= 3, fd != own else { continue }
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0 && flags & FD_CLOEXEC == 0 && fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0 { changed += 1 }
+        }
+        return changed
     }
 
     /// Closes pooled connections unused for `seconds` (and their handles'
@@ -157,6 +184,7 @@ extension String {
 private final class EasyHandle: @unchecked Sendable {
     let curl: UnsafeMutableRawPointer
     var lastUsed: Double = 0
+    var performed = false
     var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
 
     init?() {

@@ -202,4 +202,25 @@ import Glibc
         let secure = SigV4Signer.secureHeaders(for: c)
         #expect(secure.count == 1 && secure[0].name == "X-Amz-Security-Token")
     }
+
+    @Test func hostileSTSAnswersAreRefusedNotTrusted() throws {
+        func assume(_ body: String) -> Result<AWSCredentials, CredentialError> {
+            let t = ScriptedTransport { _, _ in .init(status: 200, body: body) }
+            do {
+                return .success(try stsClient(t, .system).assumeRoleWithWebIdentity(roleArn: "arn:aws:iam::1:role/r", sessionName: "s",
+                                                                                    token: "jwt", source: "test"))
+            } catch { return .failure(error) }
+        }
+        let good = try assume(stsAnswer("AssumeRoleWithWebIdentity", id: "ASIAX")).get()
+        #expect(good.copyOfSecretAccessKey() == "sec-ASIAX" && good.copyOfSessionToken() == "tok-ASIAX")
+        #expect(try assume("<Credentials><AccessKeyId>A</AccessKeyId><SecretAccessKey>s&amp;t</SecretAccessKey><SessionToken>t&lt;</SessionToken></Credentials>")
+            .get().copyOfSecretAccessKey() == "s&t")
+        for bad in ["<SessionToken>tok</SessionToken><SecretAccessKey>sec",            // unclosed
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s&bogus;</SecretAccessKey><SessionToken>t</SessionToken>",
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s</SecretAccessKey><SessionToken>a\r\nX-Evil: 1</SessionToken>",
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey></SecretAccessKey><SessionToken>t</SessionToken>",
+                    "", "<", "</AccessKeyId><AccessKeyId>"] {
+            guard case .failure = assume(bad) else { Issue.record("accepted: \(bad)"); continue }
+        }
+    }
 }

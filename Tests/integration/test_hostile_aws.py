@@ -6,7 +6,8 @@ fool the daemon.
   fails with EIO and every other file is still served.
 - A9: a `credential_process` helper started after KMS calls inherits no
   descriptor of the daemon (not the pooled connection to KMS, not curl's
-  socketpair): only 0, 1 and 2.
+  socketpair): only 0, 1 and 2; and every descriptor the daemon holds from
+  3 up is close-on-exec.
 - A11: a container credentials URI over http whose host merely starts with
   `127.` is a DNS name, not loopback, and is refused with one line.
 """
@@ -177,6 +178,20 @@ def test_credential_process_inherits_only_stdio(tmp_path, kms, role, mount_facto
         fds = dict(item.split("=", 1) for item in run.split())
         assert sorted(fds, key=int) == ["0", "1", "2"], run
         assert not any(t.startswith("socket:") for t in fds.values()), run
+    # And every descriptor the daemon holds from 3 up is close-on-exec
+    # (curl's sockets, its wakeup socketpair, the control socket, ...).
+    inheritable = []
+    for fd in os.listdir("/proc/%d/fd" % m.pid):
+        if int(fd) < 3:
+            continue
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (m.pid, fd))
+            flags = next(l for l in open("/proc/%d/fdinfo/%s" % (m.pid, fd)) if l.startswith("flags:")).split()[1]
+        except (OSError, StopIteration):
+            continue   # closed meanwhile
+        if not int(flags, 8) & os.O_CLOEXEC:
+            inheritable.append((fd, target))
+    assert not inheritable, inheritable
 
 
 def test_container_uri_named_like_loopback_is_refused(tmp_path, kms, mount_factory):
