@@ -51,22 +51,25 @@ public struct Environment: Sendable {
 
     /// The process environment now (secrets as captured on the first call).
     public static func process() -> Environment {
+        // Capture (and wipe) the secret variables before anything else
+        // reads the environment: no String is ever made of their values.
+        let captured = capturedSecrets
         var values: [String: String] = [:]
         var p = environ
         while let entry = p.pointee {
-            let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") {
-                let name = String(s[..<eq])
-                // A secret one is taken from the capture, unless secure
-                // memory could not be had for it (then it is still here).
-                if !secretNames.contains(name) || capturedSecrets[name] == nil {
-                    values[name] = String(s[s.index(after: eq)...])
-                }
-            }
-            p += 1
+            defer { p += 1 }
+            let len = strlen(entry)
+            guard let eqp = memchr(entry, 61, len) else { continue }
+            let nameLen = UnsafeRawPointer(eqp) - UnsafeRawPointer(entry)
+            let name = String(decoding: UnsafeRawBufferPointer(start: entry, count: nameLen), as: UTF8.self)
+            // A secret one comes from the capture, unless secure memory
+            // could not be had for it (then it is still here).
+            if secretNames.contains(name) && captured[name] != nil { continue }
+            values[name] = String(decoding: UnsafeRawBufferPointer(start: UnsafeRawPointer(entry) + nameLen + 1,
+                                                                    count: len - nameLen - 1), as: UTF8.self)
         }
         var env = Environment(values)
-        env.secrets = capturedSecrets
+        for (k, v) in captured { env.secrets[k] = v }
         return env
     }
 
