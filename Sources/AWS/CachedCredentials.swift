@@ -183,7 +183,7 @@ public final class CachingCredentialProvider: CredentialProvider, @unchecked Sen
             nextAttempt = clock.monotonic() + policy.retryInterval
             if let c = cached, let exp = c.expiration {
                 if now < exp {
-                    Log.warning("refreshing AWS credentials from \(source.name) failed (\(e.message)); the current ones stay valid until \(exp), retrying in \(Int(policy.retryInterval)) s")
+                    Log.warning("refreshing AWS credentials from \(source.name) failed (\(e.message)); the current ones stay valid until \(exp), retrying in \(displaySeconds(policy.retryInterval)) s")
                     return .success(c)
                 }
                 if now < exp + policy.gracePeriod {
@@ -199,7 +199,7 @@ public final class CachingCredentialProvider: CredentialProvider, @unchecked Sen
     private func warnGraceLocked(_ c: AWSCredentials, _ exp: Timestamp) {
         guard !warnedGrace else { return }
         warnedGrace = true
-        Log.warning("AWS credentials from \(c.source) expired at \(exp) and their source is failing (\(lastError?.message ?? "refresh in progress")); still using them for at most \(Int(policy.gracePeriod)) s past expiry")
+        Log.warning("AWS credentials from \(c.source) expired at \(exp) and their source is failing (\(lastError?.message ?? "refresh in progress")); still using them for at most \(displaySeconds(policy.gracePeriod)) s past expiry")
     }
 
     /// `AKIA…WXYZ`: enough to tell keys apart in a log, not to use one.

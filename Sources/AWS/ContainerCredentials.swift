@@ -14,7 +14,12 @@ import SecureMemory
 /// 2 s each, 1 s apart: 8 s in all.
 public struct ContainerCredentialProvider: CredentialProvider {
     public static let ecsHost = "169.254.170.2"
-    public static let allowedHosts: Set<String> = ["169.254.170.2", "169.254.170.23", "[fd00:ec2::23]", "localhost"]
+    /// The documented link-local agents, as addresses (compared after
+    /// `inet_pton`, so `[fd00:ec2:0::23]` is the same host).
+    public static let allowedAddresses: [[UInt8]] = [
+        [169, 254, 170, 2], [169, 254, 170, 23],
+        [0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23],
+    ]
 
     public let environment: Environment
     public let transport: HTTPTransport
@@ -52,9 +57,11 @@ public struct ContainerCredentialProvider: CredentialProvider {
             throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI '\(full)' is not an http(s) URL")
         }
         if url.scheme == "https" { return url }
-        let host = url.host.lowercased()
-        guard url.isLoopback || ContainerCredentialProvider.allowedHosts.contains(host) else {
-            throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI host '\(url.host)' is not allowed over http: use a loopback address, 169.254.170.2, 169.254.170.23, [fd00:ec2::23], or https")
+        // By address, never by spelling: `127.evil.example` is a DNS name
+        // that could point anywhere, and the request carries a bearer token.
+        let allowed = url.isLoopback || url.ipAddress.map { ContainerCredentialProvider.allowedAddresses.contains($0) } == true
+        guard allowed else {
+            throw .failed("AWS_CONTAINER_CREDENTIALS_FULL_URI host '\(url.host)' is not allowed over http: use a loopback address (127.0.0.0/8, [::1], localhost), 169.254.170.2, 169.254.170.23, [fd00:ec2::23], or https")
         }
         return url
     }
@@ -96,8 +103,10 @@ public struct ContainerCredentialProvider: CredentialProvider {
                 if response.status == 401 || response.status == 403 || response.status == 404 { break }
                 continue
             }
-            let doc = response.body.withUnsafeBytes { JSONValue.parse($0) }
-            guard let doc, let c = credentialsFromJSON(doc, source: "container credentials \(url.hostHeader)") else {
+            let c: AWSCredentials? = response.body.withUnsafeBytes { b in
+                parseCredentialsDocument(b).flatMap { credentialsFromJSON($0, bytes: b, source: "container credentials \(url.hostHeader)") }
+            }
+            guard let c else {
                 lastError = "the answer is not a credentials document"
                 continue
             }
@@ -107,14 +116,30 @@ public struct ContainerCredentialProvider: CredentialProvider {
     }
 }
 
+/// The members of a credentials document that are secrets.
+let secretCredentialMembers: Set<String> = ["SecretAccessKey", "Token", "SessionToken"]
+
+/// Parses a credentials document (container endpoint, IMDS,
+/// `credential_process`) with its secret members left undecoded.
+func parseCredentialsDocument(_ bytes: UnsafeRawBufferPointer) -> JSONValue? {
+    JSONValue.parse(bytes, redacting: secretCredentialMembers)
+}
+
 /// Reads `AccessKeyId`, `SecretAccessKey`, `Token` (or `SessionToken`) and
-/// `Expiration` from a credentials document (container endpoint, IMDS,
-/// `credential_process`).
-func credentialsFromJSON(_ doc: JSONValue, source: String) -> AWSCredentials? {
-    guard let id = doc["AccessKeyId"]?.stringValue, !id.isEmpty,
-          let secret = doc["SecretAccessKey"]?.stringValue, !secret.isEmpty else { return nil }
-    let token = doc["Token"]?.stringValue ?? doc["SessionToken"]?.stringValue
+/// `Expiration` from a credentials document: `doc` (parsed with
+/// `parseCredentialsDocument`) for the plain members, the secret ones
+/// decoded from `bytes` straight into secure memory. Nil when the keys are
+/// missing or empty, or the token (sent as a header) is not a single
+/// printable word.
+func credentialsFromJSON(_ doc: JSONValue, bytes: UnsafeRawBufferPointer, source: String) -> AWSCredentials? {
+    guard let id = doc["AccessKeyId"]?.stringValue, !id.isEmpty else { return nil }
+    func secure(_ key: String) -> SecureBuffer? {
+        do { return try JSONScanner.secureStringMember(key, in: bytes) } catch { return nil }
+    }
+    guard let secret = secure("SecretAccessKey"), secret.count > 0 else { return nil }
+    var token = secure("Token") ?? secure("SessionToken")
+    if token?.count == 0 { token = nil }
+    if let t = token, !AWSCredentials.isPrintableWord(t) { return nil }
     let exp = doc["Expiration"]?.stringValue.flatMap { Timestamp.parseISO8601($0) }
-    return AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: token?.isEmpty == true ? nil : token,
-                          expiration: exp, source: source)
+    return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source)
 }

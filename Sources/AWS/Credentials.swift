@@ -1,26 +1,85 @@
-/// A set of AWS credentials. `description` never prints the secret key or
-/// the session token.
+import SecureMemory
+
+/// A set of AWS credentials. The secret access key and the session token
+/// are secrets like plaintext: they live only in `SecureBuffer`s (locked,
+/// `memfd_secret` where the kernel has it), are signed with and sent from
+/// there, and are wiped when the last copy of the credentials goes.
+/// `description` never prints either.
 public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
     public var accessKeyId: String
-    public var secretAccessKey: String
-    public var sessionToken: String?
+    /// The secret access key's bytes.
+    public let secret: SecureBuffer
+    /// The session token's bytes, for temporary credentials.
+    public let token: SecureBuffer?
     /// When temporary credentials stop working; nil for long-term keys.
     public var expiration: Timestamp?
     /// Which provider produced them, for log lines ("environment",
     /// "profile default", "web identity", ...).
     public var source: String
 
-    public init(accessKeyId: String, secretAccessKey: String, sessionToken: String? = nil,
+    /// Takes secure buffers the caller filled (the parse paths that read
+    /// the secret straight from a response or a helper's output).
+    public init(accessKeyId: String, secret: SecureBuffer, token: SecureBuffer?,
                 expiration: Timestamp? = nil, source: String) {
         self.accessKeyId = accessKeyId
-        self.secretAccessKey = secretAccessKey
-        self.sessionToken = sessionToken
+        self.secret = secret
+        self.token = token
         self.expiration = expiration
         self.source = source
     }
 
+    /// Copies strings into secure memory (environment variables, INI
+    /// files, STS XML, tools, tests): the caller's strings stay where they
+    /// are, so paths that can avoid them use the other initialiser.
+    public init(accessKeyId: String, secretAccessKey: String, sessionToken: String? = nil,
+                expiration: Timestamp? = nil, source: String) throws(CredentialError) {
+        do {
+            let s = try AWSCredentials.secure(secretAccessKey)
+            let t = try sessionToken.map { (v: String) throws(SecureMemoryError) -> SecureBuffer in try AWSCredentials.secure(v) }
+            if let t, !AWSCredentials.isPrintableWord(t) {
+                throw CredentialError.failed("the session token from \(source) holds a blank or a control character")
+            }
+            self.init(accessKeyId: accessKeyId, secret: s, token: t, expiration: expiration, source: source)
+        } catch let e as CredentialError {
+            throw e
+        } catch {
+            throw .failed("cannot hold the AWS credentials from \(source) in secure memory: \(error)")
+        }
+    }
+
+    static func secure(_ s: String) throws(SecureMemoryError) -> SecureBuffer {
+        let b = try SecureBuffer(capacity: max(s.utf8.count, 1))
+        try b.append(utf8: s)
+        return b
+    }
+
+    /// True when every byte is printable ASCII other than a blank: what a
+    /// secret key or session token is, and what may go into a header
+    /// (no CR/LF injection from a hostile credential source).
+    public static func isPrintableWord(_ b: SecureBuffer) -> Bool {
+        b.withUnsafeBytes { $0.allSatisfy { $0 > 0x20 && $0 < 0x7F } }
+    }
+
+    /// True for temporary credentials (a session token).
+    public var hasSessionToken: Bool { token != nil }
+
+    /// Copies of the secrets into ordinary memory: for tests and
+    /// diagnostics only, never on the daemon's paths.
+    public func copyOfSecretAccessKey() -> String { secret.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
+    public func copyOfSessionToken() -> String? { token?.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
+
+    public static func == (a: AWSCredentials, b: AWSCredentials) -> Bool {
+        guard a.accessKeyId == b.accessKeyId, a.expiration == b.expiration, a.source == b.source,
+              (a.token == nil) == (b.token == nil) else { return false }
+        func same(_ x: SecureBuffer, _ y: SecureBuffer) -> Bool {
+            x === y || y.withUnsafeBytes { x.constantTimeEquals($0) }
+        }
+        if let ta = a.token, let tb = b.token, !same(ta, tb) { return false }
+        return same(a.secret, b.secret)
+    }
+
     public var description: String {
-        "AWSCredentials(\(accessKeyId), secret <redacted>\(sessionToken == nil ? "" : ", session token <redacted>"), from \(source))"
+        "AWSCredentials(\(accessKeyId), secret <redacted>\(token == nil ? "" : ", session token <redacted>"), from \(source))"
     }
 }
 

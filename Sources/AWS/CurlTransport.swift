@@ -35,7 +35,9 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
     }
 
     private static let globalInit: Void = {
-        _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+        // curl's blocks are wiped when freed (its copies of the session
+        // token's header); see kmsfs_curl_global_init_wiping.
+        _ = kmsfs_curl_global_init_wiping(Int(CURL_GLOBAL_DEFAULT))
     }()
 
     public func send(_ request: HTTPRequest) throws(TransportError) -> HTTPResponse {
@@ -53,9 +55,36 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
                 pool.withLock { p in if p.count < options.maxPooledHandles { p.append(handle) } }
             }
         }
+        let first = handle.performed == false
+        handle.performed = true
+        defer {
+            // curl 7.88 creates its wakeup socketpair on a handle's first
+            // transfer, without close-on-exec and with no option to ask for
+            // it: mark it (and anything else left so) right after. A spawn
+            // in between is covered too: credential_process closes every
+            // descriptor from 3 up in the child.
+            if first { CurlTransport.markDescriptorsCloseOnExec() }
+        }
         let result = try handle.perform(request, options: options)
         healthy = true
         return result
+    }
+
+    /// Sets `FD_CLOEXEC` on every descriptor from 3 up that lacks it.
+    /// Returns how many it changed.
+    @discardableResult
+    static func markDescriptorsCloseOnExec() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return 0 }
+        defer { closedir(dir) }
+        let own = dirfd(dir)
+        var changed = 0
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let fd = Int32(name), fd >= 3, fd != own else { continue }
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0 && flags & FD_CLOEXEC == 0 && fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0 { changed += 1 }
+        }
+        return changed
     }
 
     /// Closes pooled connections unused for `seconds` (and their handles'
@@ -85,7 +114,8 @@ private final class TransferContext {
 }
 
 private let writeCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
-    let n = size * nmemb
+    let (n, overflow) = size.multipliedReportingOverflow(by: nmemb)
+    guard !overflow else { return 0 }
     guard let userdata, let ptr else { return 0 }
     let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
     defer { secureWipe(ptr, n) }   // curl's receive buffer held these bytes
@@ -113,7 +143,8 @@ private let writeCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
 }
 
 private let headerCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata in
-    let n = size * nmemb
+    let (n, overflow) = size.multipliedReportingOverflow(by: nmemb)
+    guard !overflow else { return 0 }
     guard let userdata, let ptr else { return n }
     let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
     let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: n), as: UTF8.self)
@@ -153,6 +184,7 @@ extension String {
 private final class EasyHandle: @unchecked Sendable {
     let curl: UnsafeMutableRawPointer
     var lastUsed: Double = 0
+    var performed = false
     var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
 
     init?() {
@@ -169,9 +201,29 @@ private final class EasyHandle: @unchecked Sendable {
         defer { ctxPtr.release() }
 
         var headerList: UnsafeMutablePointer<curl_slist>? = nil
-        defer { curl_slist_free_all(headerList) }
+        defer {
+            kmsfs_curl_slist_wipe(headerList)
+            curl_slist_free_all(headerList)
+        }
         for (name, value) in request.headers {
             headerList = curl_slist_append(headerList, "\(name): \(value)")
+        }
+        for (name, value) in request.secureHeaders {
+            // "name: value" assembled in locked memory; curl copies it into
+            // a block its (wiping) allocator owns.
+            guard value.withUnsafeBytes({ $0.allSatisfy { $0 > 0x20 && $0 < 0x7F } }) else {
+                throw TransportError(.other, "the \(name) header value is not one printable word; not sent")
+            }
+            do {
+                let line = try SecureBuffer(capacity: name.utf8.count + 2 + value.count + 1, backing: .lockedAnonymous)
+                try line.append(utf8: name + ": ")
+                try value.withUnsafeBytes { (v: UnsafeRawBufferPointer) throws(SecureMemoryError) in try line.append(v) }
+                try line.append(utf8: "\0")
+                headerList = line.withUnsafeBytes { curl_slist_append(headerList, $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
+                line.wipeContents()
+            } catch {
+                throw TransportError(.other, "cannot assemble the \(name) header in secure memory: \(error)")
+            }
         }
         // No "Expect: 100-continue" round trip; no Accept-Encoding games.
         headerList = curl_slist_append(headerList, "Expect:")
@@ -186,12 +238,13 @@ private final class EasyHandle: @unchecked Sendable {
             _ = kmsfs_curl_set_string(curl, CURLOPT_URL, url)
             _ = kmsfs_curl_set_string(curl, CURLOPT_PROTOCOLS_STR, "http,https")
             _ = kmsfs_curl_set_long(curl, CURLOPT_NOSIGNAL, 1)
+            _ = kmsfs_curl_use_cloexec_sockets(curl)
             _ = kmsfs_curl_set_long(curl, CURLOPT_FOLLOWLOCATION, 0)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_NODELAY, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_KEEPALIVE, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
-            _ = kmsfs_curl_set_long(curl, CURLOPT_CONNECTTIMEOUT_MS, Int(connectTimeout * 1000))
-            _ = kmsfs_curl_set_long(curl, CURLOPT_TIMEOUT_MS, Int(timeout * 1000))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_CONNECTTIMEOUT_MS, max(1, clampedMilliseconds(connectTimeout)))
+            _ = kmsfs_curl_set_long(curl, CURLOPT_TIMEOUT_MS, max(1, clampedMilliseconds(timeout)))
             _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYPEER, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYHOST, 2)
             if let ca = options.caBundle { _ = kmsfs_curl_set_string(curl, CURLOPT_CAINFO, ca) }

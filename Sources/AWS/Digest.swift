@@ -31,6 +31,40 @@ public enum Digest {
         Array(text.utf8).withUnsafeBytes { hmacSHA256(key: key, data: $0) }
     }
 
+    /// HMAC-SHA-256 of `data` under `key` into `out` (32 bytes): for key
+    /// material that must stay in secure memory (SigV4's signing keys).
+    public static func hmacSHA256(key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+        var len: UInt32 = 32
+        _ = HMAC(EVP_sha256(), key.baseAddress, Int32(key.count),
+                 data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count,
+                 out.assumingMemoryBound(to: UInt8.self), &len)
+    }
+
+    /// Incremental SHA-256, so a document can be hashed from pieces some
+    /// of which live in secure memory (a canonical request carrying the
+    /// session token) without assembling it anywhere.
+    public final class SHA256Stream {
+        private let ctx: OpaquePointer?
+        public init() {
+            ctx = EVP_MD_CTX_new()
+            _ = EVP_DigestInit_ex(ctx, EVP_sha256(), nil)
+        }
+        deinit { EVP_MD_CTX_free(ctx) }
+        public func update(_ data: UnsafeRawBufferPointer) {
+            if data.count > 0 { _ = EVP_DigestUpdate(ctx, data.baseAddress, data.count) }
+        }
+        public func update(_ text: String) {
+            var t = text
+            t.withUTF8 { update(UnsafeRawBufferPointer($0)) }
+        }
+        public func finish() -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: 32)
+            var len: UInt32 = 32
+            out.withUnsafeMutableBufferPointer { _ = EVP_DigestFinal_ex(ctx, $0.baseAddress, &len) }
+            return out
+        }
+    }
+
     public static func hex(_ bytes: [UInt8]) -> String {
         let digits: [UInt8] = Array("0123456789abcdef".utf8)
         var out = [UInt8]()

@@ -9,18 +9,31 @@ public struct EnvironmentCredentialProvider: CredentialProvider {
 
     public func credentials() throws(CredentialError) -> AWSCredentials {
         let id = environment["AWS_ACCESS_KEY_ID"] ?? environment["AWS_ACCESS_KEY"]
-        let secret = environment["AWS_SECRET_ACCESS_KEY"] ?? environment["AWS_SECRET_KEY"]
-        switch (id, secret) {
-        case (nil, nil):
+        let hasSecret = environment.isSet("AWS_SECRET_ACCESS_KEY") || environment.isSet("AWS_SECRET_KEY")
+        switch (id, hasSecret) {
+        case (nil, false):
             throw .notConfigured("AWS_ACCESS_KEY_ID is not set")
-        case (.some, nil):
+        case (.some, false):
             throw .failed("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
-        case (nil, .some):
+        case (nil, true):
             throw .failed("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
-        case let (.some(i), .some(s)):
-            return AWSCredentials(accessKeyId: i, secretAccessKey: s,
-                                  sessionToken: environment["AWS_SESSION_TOKEN"] ?? environment["AWS_SECURITY_TOKEN"],
-                                  source: "environment")
+        case let (.some(i), true):
+            // From secure memory (Environment keeps these apart); a plain
+            // string only where secure memory could not be had.
+            let secret = environment.secret("AWS_SECRET_ACCESS_KEY") ?? environment.secret("AWS_SECRET_KEY")
+            let token = environment.secret("AWS_SESSION_TOKEN") ?? environment.secret("AWS_SECURITY_TOKEN")
+            let plainSecret = environment["AWS_SECRET_ACCESS_KEY"] ?? environment["AWS_SECRET_KEY"]
+            let plainToken = environment["AWS_SESSION_TOKEN"] ?? environment["AWS_SECURITY_TOKEN"]
+            if let t = token, !AWSCredentials.isPrintableWord(t) {
+                throw .failed("AWS_SESSION_TOKEN holds a blank or a control character")
+            }
+            if let secret, token != nil || plainToken == nil {
+                return AWSCredentials(accessKeyId: i, secret: secret, token: token, source: "environment")
+            }
+            return try AWSCredentials(accessKeyId: i,
+                                      secretAccessKey: secret.map { s in s.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } ?? plainSecret ?? "",
+                                      sessionToken: token.map { s in s.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } ?? plainToken,
+                                      source: "environment")
         }
     }
 }

@@ -1,4 +1,7 @@
 import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The body of a request: plain bytes (a ciphertext, a form) or secure
 /// memory (anything that carries plaintext or key material).
@@ -20,6 +23,10 @@ public struct HTTPRequest: Sendable {
     public var method: String
     public var url: URLParts
     public var headers: [(name: String, value: String)]
+    /// Headers whose values are secrets (the session token): sent from
+    /// secure memory, never made into a `String`. Each value must be one
+    /// printable word (the transport refuses anything else).
+    public var secureHeaders: [(name: String, value: SecureBuffer)] = []
     public var body: HTTPBody
     /// Per-request overall timeout, seconds (nil: the transport's default).
     public var timeout: Double?
@@ -165,9 +172,37 @@ public struct URLParts: Sendable, Equatable, CustomStringConvertible {
         "\(scheme)://\(hostHeader)\(path)\(query.isEmpty ? "" : "?" + query)"
     }
 
-    /// True for 127.0.0.0/8, ::1 and localhost.
+    /// The host as an IP address literal (4 bytes for IPv4, 16 for IPv6 in
+    /// brackets), parsed by `inet_pton`; nil for a name. `127.evil.example`
+    /// or `127.1` is a name, not an address.
+    public var ipAddress: [UInt8]? {
+        let h: String
+        let family: Int32
+        if host.hasPrefix("[") && host.hasSuffix("]") && host.utf8.count > 2 {
+            h = String(host.dropFirst().dropLast())
+            family = AF_INET6
+        } else {
+            h = host
+            family = AF_INET
+        }
+        // Zone IDs, whitespace and the like are refused by inet_pton itself.
+        var storage = [UInt8](repeating: 0, count: 16)
+        let ok = storage.withUnsafeMutableBytes { inet_pton(family, h, $0.baseAddress) }
+        guard ok == 1 else { return nil }
+        return family == AF_INET ? Array(storage[0..<4]) : storage
+    }
+
+    /// True for an IP literal in 127.0.0.0/8 or ::1 (also as
+    /// ::ffff:127.x.y.z), and for `localhost`, which curl resolves to the
+    /// loopback interface itself without asking DNS. Any other name is not
+    /// loopback, whatever it starts with.
     public var isLoopback: Bool {
-        let h = host.lowercased()
-        return h == "localhost" || h.hasPrefix("127.") || h == "[::1]"
+        if host.lowercased() == "localhost" { return true }
+        guard let a = ipAddress else { return false }
+        if a.count == 4 { return a[0] == 127 }
+        if a[0..<15].allSatisfy({ $0 == 0 }) && a[15] == 1 { return true }
+        if a[0..<10].allSatisfy({ $0 == 0 }) && a[10] == 0xFF && a[11] == 0xFF { return a[12] == 127 }
+        return false
     }
 }
+

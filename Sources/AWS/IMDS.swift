@@ -217,17 +217,21 @@ public struct IMDSCredentialProvider: CredentialProvider {
         guard !role.isEmpty, !role.contains("/") else {
             throw .notConfigured("no IAM role is attached to this instance")
         }
-        let doc: JSONValue?
+        let parsed: (JSONValue, AWSCredentials?)?
         do {
-            doc = try client.get(IMDSCredentialProvider.base + role) { r in r.body.withUnsafeBytes { JSONValue.parse($0) } }
+            parsed = try client.get(IMDSCredentialProvider.base + role) { r in
+                r.body.withUnsafeBytes { b in
+                    parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: "instance role \(role)")) }
+                }
+            }
         } catch {
             throw .failed("instance metadata credentials for role \(role): \(error.message)")
         }
-        guard let doc else { throw .failed("instance metadata credentials for role \(role): not a JSON document") }
+        guard let (doc, creds) = parsed else { throw .failed("instance metadata credentials for role \(role): not a JSON document") }
         if let code = doc["Code"]?.stringValue, code != "Success" {
             throw .failed("instance metadata credentials for role \(role): \(code): \(doc["Message"]?.stringValue ?? "")")
         }
-        guard let c = credentialsFromJSON(doc, source: "instance role \(role)"), c.sessionToken != nil else {
+        guard let c = creds, c.hasSessionToken else {
             throw .failed("instance metadata credentials for role \(role): the answer lacks AccessKeyId, SecretAccessKey or Token")
         }
         return c

@@ -1,3 +1,5 @@
+import SecureMemory
+
 /// A small JSON reader and writer for AWS protocol documents that carry no
 /// secret (requests, errors, credential metadata). Responses that carry
 /// plaintext are never parsed into these values: see `JSONScanner`.
@@ -91,9 +93,14 @@ public indirect enum JSONValue: Sendable, Equatable {
         out += "\""
     }
 
-    /// Parses a document; nil when it is not valid JSON.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) -> JSONValue? {
+    /// Parses a document; nil when it is not valid JSON. String values of
+    /// members named in `redacting` (at any depth) are checked but never
+    /// decoded: they read as `.null`, so a secret (a credentials document's
+    /// `SecretAccessKey`) never becomes a `String`; read it with
+    /// `JSONScanner.secureStringMember`.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, redacting: Set<String> = []) -> JSONValue? {
         var p = JSONParser(bytes: bytes)
+        p.redact = redacting
         guard let v = p.value() else { return nil }
         p.skipSpace()
         return p.i == bytes.count ? v : nil
@@ -108,6 +115,7 @@ public struct JSONParser {
     let bytes: UnsafeRawBufferPointer
     var i = 0
     var depth = 0
+    var redact: Set<String> = []
 
     public init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
@@ -133,6 +141,19 @@ public struct JSONParser {
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { return nil }
                 i += 1
+                if !redact.isEmpty, redact.contains(k) {
+                    skipSpace()
+                    if i < bytes.count, bytes[i] == UInt8(ascii: "\"") {
+                        i += 1
+                        guard JSONParser.unescape(bytes, from: &i, { _ in }) else { return nil }
+                        members.append((k, .null))
+                        skipSpace()
+                        guard i < bytes.count else { return nil }
+                        if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                        if bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
+                        return nil
+                    }
+                }
                 guard let v = value() else { return nil }
                 members.append((k, v))
                 skipSpace()
@@ -173,55 +194,89 @@ public struct JSONParser {
         return v
     }
 
+    /// RFC 8259 numbers only (`-? int frac? exp?`), and only finite ones:
+    /// `1e999` is refused here rather than becoming an infinity that a
+    /// later integer conversion would trap on.
     mutating func number() -> JSONValue? {
         let start = i
-        while i < bytes.count, let c = Optional(bytes[i]),
-              (c >= 48 && c <= 57) || c == 45 || c == 43 || c == 46 || c == 101 || c == 69 { i += 1 }
-        guard i > start else { return nil }
+        func digits() -> Int {
+            let s = i
+            while i < bytes.count, bytes[i] >= 48, bytes[i] <= 57 { i += 1 }
+            return i - s
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
+        let intStart = i
+        let n = digits()
+        guard n > 0, !(n > 1 && bytes[intStart] == 48) else { return nil }
+        if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+            i += 1
+            guard digits() > 0 else { return nil }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard digits() > 0 else { return nil }
+        }
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
-        return Double(text).map { .number($0) }
+        guard let d = Double(text), d.isFinite else { return nil }
+        return .number(d)
     }
 
     public mutating func string() -> String? {
         guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { return nil }
         i += 1
         var out = [UInt8]()
-        while i < bytes.count {
-            let c = bytes[i]
-            if c == UInt8(ascii: "\"") { i += 1; return String(decoding: out, as: UTF8.self) }
-            if c == UInt8(ascii: "\\") {
-                i += 1
-                guard i < bytes.count else { return nil }
-                let e = bytes[i]
-                i += 1
-                switch e {
-                case UInt8(ascii: "n"): out.append(10)
-                case UInt8(ascii: "t"): out.append(9)
-                case UInt8(ascii: "r"): out.append(13)
-                case UInt8(ascii: "b"): out.append(8)
-                case UInt8(ascii: "f"): out.append(12)
-                case UInt8(ascii: "u"):
-                    guard var scalar = hex4() else { return nil }
-                    if scalar >= 0xD800 && scalar < 0xDC00, i + 1 < bytes.count,
-                       bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") {
-                        i += 2
-                        guard let low = hex4() else { return nil }
-                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                    }
-                    let u = Unicode.Scalar(scalar) ?? "\u{FFFD}"
-                    out.append(contentsOf: Array(String(Character(u)).utf8))
-                default: out.append(e)
-                }
-            } else {
-                out.append(c)
-                i += 1
-            }
-        }
-        return nil
+        guard JSONParser.unescape(bytes, from: &i, { out.append($0) }) else { return nil }
+        return String(decoding: out, as: UTF8.self)
     }
 
-    mutating func hex4() -> UInt32? {
-        guard i + 4 <= bytes.count else { return nil }
+    /// Decodes the contents of a string from `i` (just past the opening
+    /// quote) up to and past the closing quote, handing each decoded UTF-8
+    /// byte to `emit`; false on malformed input. As strict parsers do, it
+    /// refuses unescaped control characters, unknown escapes and unpaired
+    /// surrogates (`\uD800\u0041` is an error, never arithmetic on a value
+    /// that is not a low surrogate). The output is never longer than the
+    /// input, so a caller may decode into a buffer of the input's size.
+    static func unescape(_ bytes: UnsafeRawBufferPointer, from i: inout Int, _ emit: (UInt8) -> Void) -> Bool {
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == UInt8(ascii: "\"") { i += 1; return true }
+            if c < 0x20 { return false }
+            guard c == UInt8(ascii: "\\") else { emit(c); i += 1; continue }
+            i += 1
+            guard i < bytes.count else { return false }
+            let e = bytes[i]
+            i += 1
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): emit(e)
+            case UInt8(ascii: "n"): emit(10)
+            case UInt8(ascii: "t"): emit(9)
+            case UInt8(ascii: "r"): emit(13)
+            case UInt8(ascii: "b"): emit(8)
+            case UInt8(ascii: "f"): emit(12)
+            case UInt8(ascii: "u"):
+                guard let first = hex4(bytes, &i) else { return false }
+                var value = first
+                if (0xD800..<0xDC00).contains(first) {
+                    // A high surrogate must be followed by an escaped low one.
+                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else { return false }
+                    i += 2
+                    guard let low = hex4(bytes, &i), (0xDC00..<0xE000).contains(low) else { return false }
+                    value = 0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00..<0xE000).contains(first) {
+                    return false   // a low surrogate with no high one before it
+                }
+                guard let u = Unicode.Scalar(value) else { return false }
+                for b in u.utf8 { emit(b) }
+            default:
+                return false
+            }
+        }
+        return false
+    }
+
+    static func hex4(_ bytes: UnsafeRawBufferPointer, _ i: inout Int) -> UInt32? {
+        guard bytes.count - i >= 4 else { return nil }
         var v: UInt32 = 0
         for _ in 0..<4 {
             let c = bytes[i]
@@ -305,5 +360,28 @@ public enum JSONScanner {
             if bytes[i] == 44 { i += 1; continue }
             return nil
         }
+    }
+}
+
+extension JSONScanner {
+    /// Decodes the top-level string member `key` straight into a new
+    /// secure buffer (escapes resolved there): how a secret member is read
+    /// without a copy in ordinary memory. Nil when absent or malformed.
+    public static func secureStringMember(_ key: String, in bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) -> SecureBuffer? {
+        guard let r = stringMember(key, in: bytes) else { return nil }
+        let out = try SecureBuffer(capacity: max(r.count, 1))
+        let n: Int? = out.withUnsafeMutableCapacity { cap in
+            var i = r.lowerBound
+            var o = 0
+            // Decoded output is never longer than its escaped input.
+            let ok = JSONParser.unescape(bytes, from: &i) { b in
+                if o < cap.count { cap[o] = b }
+                o += 1
+            }
+            return ok && o <= cap.count ? o : nil
+        }
+        guard let n else { out.wipeContents(); return nil }
+        out.setCount(n)
+        return out
     }
 }

@@ -1,3 +1,4 @@
+import CCurl
 import SecureMemory
 #if canImport(Glibc)
 import Glibc
@@ -34,14 +35,18 @@ public struct ProcessCredentialProvider: CredentialProvider {
         } catch {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): \(error.message)")
         }
-        let doc = out.withUnsafeBytes { JSONValue.parse($0) }
-        guard let doc else {
+        let source = "credential_process (profile \(profile))"
+        let parsed: (JSONValue, AWSCredentials?)? = out.withUnsafeBytes { b in
+            parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: source)) }
+        }
+        out.wipeContents()
+        guard let (doc, creds) = parsed else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)) did not print a JSON document")
         }
         guard let v = doc["Version"]?.numberValue, v == 1 else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): unsupported Version (expected 1)")
         }
-        guard let c = credentialsFromJSON(doc, source: "credential_process (profile \(profile))") else {
+        guard let c = creds else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): AccessKeyId or SecretAccessKey missing")
         }
         if let e = doc["Expiration"]?.stringValue, c.expiration == nil {
@@ -100,12 +105,10 @@ enum ProcessRunner {
 
     static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {
         var fds: [Int32] = [-1, -1]
-        // pipe2 needs _GNU_SOURCE, which Glibc's module lacks: pipe + FD_CLOEXEC
-        // (kmsfs spawns nothing else concurrently that could inherit them).
-        guard pipe(&fds) == 0 else { throw Failure(message: "pipe: \(String(cString: strerror(errno)))") }
+        // Close-on-exec from the start (pipe2), so no other spawn can
+        // inherit either end.
+        guard kmsfs_pipe_cloexec(&fds) == 0 else { throw Failure(message: "pipe: \(String(cString: strerror(errno)))") }
         let readEnd = fds[0], writeEnd = fds[1]
-        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
         var closeWrite = true
         defer {
             close(readEnd)
@@ -117,6 +120,13 @@ enum ProcessRunner {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
+        // Then every descriptor from 3 up is closed in the child: whatever
+        // a library opened without close-on-exec (curl 7.88's wakeup
+        // socketpair) never reaches the helper. stderr stays the daemon's.
+        let closeRC = kmsfs_spawn_add_closefrom(&actions, 3)
+        guard closeRC == 0 else {
+            throw Failure(message: "posix_spawn_file_actions_addclosefrom_np: \(String(cString: strerror(closeRC)))")
+        }
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
@@ -134,10 +144,32 @@ enum ProcessRunner {
         posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
 
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-        let cEnv: [UnsafeMutablePointer<CChar>?] = environment.values.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        // The helper gets the daemon's environment; its secret variables
+        // are assembled in locked memory (never as Strings), wiped after
+        // the spawn.
+        var cEnv: [UnsafeMutablePointer<CChar>?] = environment.plain.map { strdup("\($0.key)=\($0.value)") }
+        let plainCount = cEnv.count
+        let secretLength = environment.secrets.reduce(0) { $0 + $1.key.utf8.count + 2 + $1.value.count }
+        let secretBlock: SecureBuffer
+        do { secretBlock = try SecureBuffer(capacity: max(secretLength, 1), backing: .lockedAnonymous) } catch {
+            for p in cEnv { free(p) }
+            for p in cArgs { free(p) }
+            throw Failure(message: "\(error)")
+        }
+        for (name, value) in environment.secrets {
+            let start = secretBlock.count
+            do {
+                try secretBlock.append(utf8: name + "=")
+                try value.withUnsafeBytes { (v: UnsafeRawBufferPointer) throws(SecureMemoryError) in try secretBlock.append(v) }
+                try secretBlock.append(utf8: "\0")
+            } catch { continue }
+            secretBlock.withUnsafeMutableCapacity { cEnv.append(($0.baseAddress! + start).assumingMemoryBound(to: CChar.self)) }
+        }
+        cEnv.append(nil)
         defer {
             for p in cArgs { free(p) }
-            for p in cEnv { free(p) }
+            for p in cEnv[..<plainCount] { free(p) }
+            secretBlock.wipeContents()
         }
         var pid: pid_t = 0
         let rc = cArgs.withUnsafeBufferPointer { a in
@@ -163,7 +195,7 @@ enum ProcessRunner {
             let left = deadline - monotonicSeconds()
             if left <= 0 { timedOut = true; break }
             var p = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
-            let n = poll(&p, 1, Int32(min(left, 1) * 1000) + 1)
+            let n = poll(&p, 1, Int32(clampedMilliseconds(min(left, 1))) + 1)
             if n < 0 { if errno == EINTR { continue }; break }
             if n == 0 { continue }
             let got = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
@@ -176,12 +208,12 @@ enum ProcessRunner {
         }
         if timedOut || tooLarge { kill(pid, SIGKILL) }
         let status = reap(pid, until: max(deadline, monotonicSeconds()) + 1)
-        if timedOut { throw Failure(message: "no answer within \(Int(timeout)) s; killed") }
+        if timedOut { throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed") }
         if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
         guard let status else {
             kill(pid, SIGKILL)
             _ = reap(pid, until: monotonicSeconds() + 1)
-            throw Failure(message: "did not exit within \(Int(timeout)) s; killed")
+            throw Failure(message: "did not exit within \(displaySeconds(timeout)) s; killed")
         }
         if status != 0 { throw Failure(message: "exited with status \(status)") }
         return out.buffer

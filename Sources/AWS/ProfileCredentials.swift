@@ -94,7 +94,7 @@ public struct ProfileCredentialProvider: CredentialProvider {
         guard let secret = p["aws_secret_access_key"] else {
             throw .failed("profile '\(p.name)' has aws_access_key_id but no aws_secret_access_key")
         }
-        return AWSCredentials(accessKeyId: id, secretAccessKey: secret,
+        return try AWSCredentials(accessKeyId: id, secretAccessKey: secret,
                               sessionToken: p["aws_session_token"] ?? p["aws_security_token"],
                               source: "profile \(p.name)")
     }

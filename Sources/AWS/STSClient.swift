@@ -1,3 +1,4 @@
+import SecureMemory
 /// The two STS calls credential providers need, over the query protocol
 /// (form-encoded POST, XML answer): `AssumeRole`, signed with source
 /// credentials (profiles with `role_arn`), and `AssumeRoleWithWebIdentity`,
@@ -90,8 +91,10 @@ public struct STSClient: Sendable {
                 headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
                 let r: HTTPResponse
                 do throws(TransportError) {
-                    r = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: .bytes(body),
-                                                       timeout: timeout, connectTimeout: min(connectTimeout, timeout)))
+                    var request = HTTPRequest(method: "POST", url: endpoint, headers: headers, body: .bytes(body),
+                                              timeout: timeout, connectTimeout: min(connectTimeout, timeout))
+                    if let creds { request.secureHeaders = SigV4Signer.secureHeaders(for: creds) }
+                    r = try transport.send(request)
                 } catch {
                     return .failure(.transport(error))
                 }
@@ -110,13 +113,20 @@ public struct STSClient: Sendable {
         } catch {
             throw .failed("STS \(action) for \(roleArn) at \(endpoint) failed: \(error)\(STSClient.hint(error))")
         }
-        let text = response.body.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-        guard let id = xmlElement("AccessKeyId", in: text), let secret = xmlElement("SecretAccessKey", in: text),
-              let token = xmlElement("SessionToken", in: text) else {
+        // The answer is read in place: the secret key and the token go
+        // from the response buffer straight into secure memory.
+        let parsed: AWSCredentials? = response.body.withUnsafeBytes { b in
+            guard let id = XMLBytes.text("AccessKeyId", in: b), !id.isEmpty,
+                  let secret = XMLBytes.secure("SecretAccessKey", in: b), secret.count > 0,
+                  let token = XMLBytes.secure("SessionToken", in: b), token.count > 0,
+                  AWSCredentials.isPrintableWord(token) else { return nil }
+            let exp = XMLBytes.text("Expiration", in: b).flatMap { Timestamp.parseISO8601($0) }
+            return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source)
+        }
+        guard let parsed else {
             throw .failed("STS \(action) for \(roleArn): the answer has no Credentials")
         }
-        let exp = xmlElement("Expiration", in: text).flatMap { Timestamp.parseISO8601($0) }
-        return AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: token, expiration: exp, source: source)
+        return parsed
     }
 
     static func hint(_ e: AWSError) -> String {
@@ -130,5 +140,68 @@ public struct STSClient: Sendable {
         default:
             return ""
         }
+    }
+}
+
+/// The first `<name>...</name>` element of an XML answer, found in the
+/// bytes (no nesting; the five predefined entities decoded).
+enum XMLBytes {
+    static func range(_ name: String, in b: UnsafeRawBufferPointer) -> Range<Int>? {
+        let open = Array("<\(name)>".utf8), close = Array("</\(name)>".utf8)
+        func find(_ needle: [UInt8], from: Int) -> Int? {
+            guard needle.count <= b.count else { return nil }
+            var i = from
+            while i + needle.count <= b.count {
+                if b[i] == needle[0] && needle.indices.allSatisfy({ b[i + $0] == needle[$0] }) { return i }
+                i += 1
+            }
+            return nil
+        }
+        guard let a = find(open, from: 0), let z = find(close, from: a + open.count) else { return nil }
+        return (a + open.count)..<z
+    }
+
+    /// Decodes the element's text, handing each byte to `emit`; false on
+    /// an unknown entity.
+    static func decode(_ b: UnsafeRawBufferPointer, _ r: Range<Int>, _ emit: (UInt8) -> Void) -> Bool {
+        let entities: [([UInt8], UInt8)] = [(Array("&amp;".utf8), 38), (Array("&lt;".utf8), 60), (Array("&gt;".utf8), 62),
+                                            (Array("&quot;".utf8), 34), (Array("&apos;".utf8), 39)]
+        var i = r.lowerBound
+        outer: while i < r.upperBound {
+            if b[i] == 38 {
+                for (e, c) in entities where r.upperBound - i >= e.count && e.indices.allSatisfy({ b[i + $0] == e[$0] }) {
+                    emit(c)
+                    i += e.count
+                    continue outer
+                }
+                return false
+            }
+            emit(b[i])
+            i += 1
+        }
+        return true
+    }
+
+    static func text(_ name: String, in b: UnsafeRawBufferPointer) -> String? {
+        guard let r = range(name, in: b) else { return nil }
+        var out = [UInt8]()
+        guard decode(b, r, { out.append($0) }) else { return nil }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The element's text straight into a new secure buffer.
+    static func secure(_ name: String, in b: UnsafeRawBufferPointer) -> SecureBuffer? {
+        guard let r = range(name, in: b), let out = try? SecureBuffer(capacity: max(r.count, 1)) else { return nil }
+        let n: Int? = out.withUnsafeMutableCapacity { cap in
+            var o = 0
+            let ok = decode(b, r) { c in
+                if o < cap.count { cap[o] = c }
+                o += 1
+            }
+            return ok && o <= cap.count ? o : nil
+        }
+        guard let n else { out.wipeContents(); return nil }
+        out.setCount(n)
+        return out
     }
 }

@@ -179,7 +179,7 @@ public struct RetryingCaller: Sendable {
                 let decision = retry.decide(after: cls, attempt: number)
                 if case .retry(let delay, let cost) = decision,
                    clock.monotonic() - start + delay + RetryingCaller.minimumAttemptTime < deadline {
-                    Log.info("\(label) attempt \(number) failed (\(error)); retrying in \(Int(delay * 1000)) ms")
+                    Log.info("\(label) attempt \(number) failed (\(error)); retrying in \(clampedMilliseconds(delay)) ms")
                     lastCost = cost
                     retries += 1
                     clock.sleep(delay)
@@ -195,7 +195,7 @@ public struct RetryingCaller: Sendable {
     }
 
     static func seconds(_ d: Double) -> String {
-        d == d.rounded() ? String(Int(d)) : String(d)
+        d == d.rounded() ? String(displaySeconds(d)) : String(d)
     }
 }
 
@@ -296,8 +296,10 @@ public final class AWSJSONClient: Sendable {
         headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
         let response: HTTPResponse
         do {
-            response = try transport.send(HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body,
-                                                      timeout: timeout, connectTimeout: min(connectTimeout, timeout)))
+            var request = HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body,
+                                      timeout: timeout, connectTimeout: min(connectTimeout, timeout))
+            request.secureHeaders = SigV4Signer.secureHeaders(for: creds)
+            response = try transport.send(request)
         } catch {
             throw .transport(error)
         }

@@ -1,3 +1,5 @@
+import SecureMemory
+
 /// AWS Signature Version 4, header form, in the stages the specification
 /// names: canonical request -> string to sign -> signing key -> signature.
 /// The date is an input, never read from a clock here, so the stages are
@@ -41,32 +43,83 @@ public struct SigV4Signer: Sendable {
         public init() {}
     }
 
+    /// The header that carries the session token.
+    public static let securityTokenHeader = "X-Amz-Security-Token"
+
     /// The headers to add to the request: `X-Amz-Date`, optionally
-    /// `X-Amz-Security-Token` and `x-amz-content-sha256`, and `Authorization`.
+    /// `x-amz-content-sha256`, and `Authorization`. The session token is
+    /// not among them: it stays in secure memory, is hashed into the
+    /// canonical request from there, and the caller sends it from there as
+    /// `X-Amz-Security-Token` (`HTTPRequest.secureHeaders`, see
+    /// `secureHeaders(for:)`). The signing key is derived in secure memory
+    /// too: no `"AWS4" + secret` string exists.
     public func sign(_ request: Request, credentials: AWSCredentials, date: Timestamp,
                      options: Options = Options()) -> [(name: String, value: String)] {
         var added: [(name: String, value: String)] = [("X-Amz-Date", date.amzDate)]
         var toSign = request
         toSign.headers.append(("X-Amz-Date", date.amzDate))
-        if let token = credentials.sessionToken, !options.omitSessionTokenFromSignature,
+        var secure: [(String, SecureBuffer)] = []
+        if let token = credentials.token, !options.omitSessionTokenFromSignature,
            !request.headers.contains(where: { $0.name.lowercased() == "x-amz-security-token" }) {
-            toSign.headers.append(("X-Amz-Security-Token", token))
-            added.append(("X-Amz-Security-Token", token))
+            secure.append(("x-amz-security-token", token))
         }
         if options.addContentSHA256Header {
             toSign.headers.append(("x-amz-content-sha256", request.payloadHash))
             added.append(("x-amz-content-sha256", request.payloadHash))
         }
-        let (creq, signed) = canonicalRequest(toSign, normalizePath: options.normalizePath)
-        let sts = stringToSign(canonicalRequest: creq, date: date)
-        let signature = self.signature(stringToSign: sts, secretAccessKey: credentials.secretAccessKey, date: date)
+        let (hash, signed) = canonicalRequestHash(toSign, secureHeaders: secure, normalizePath: options.normalizePath)
+        let sts = "AWS4-HMAC-SHA256\n\(date.amzDate)\n\(credentialScope(date: date))\n" + hash
+        let signature = credentials.secret.withUnsafeBytes { self.signature(stringToSign: sts, secretAccessKey: $0, date: date) }
         let scope = credentialScope(date: date)
         added.append(("Authorization",
                       "AWS4-HMAC-SHA256 Credential=\(credentials.accessKeyId)/\(scope), SignedHeaders=\(signed), Signature=\(signature)"))
-        if let token = credentials.sessionToken, options.omitSessionTokenFromSignature {
-            added.append(("X-Amz-Security-Token", token))
-        }
         return added
+    }
+
+    /// The headers to send from secure memory with a request signed for
+    /// `credentials`: the session token, if any.
+    public static func secureHeaders(for credentials: AWSCredentials) -> [(name: String, value: SecureBuffer)] {
+        guard let token = credentials.token else { return [] }
+        return [(securityTokenHeader, token)]
+    }
+
+    /// Stage 1 as a hash: the canonical request streamed through SHA-256,
+    /// values of `secureHeaders` (lower-case names, distinct from the
+    /// request's) read in place from secure memory.
+    func canonicalRequestHash(_ r: Request, secureHeaders: [(String, SecureBuffer)],
+                              normalizePath: Bool) -> (String, String) {
+        var grouped: [String: [String]] = [:]
+        for (name, value) in r.headers {
+            grouped[name.lowercased(), default: []].append(SigV4Signer.trimHeaderValue(value))
+        }
+        var secureByName: [String: SecureBuffer] = [:]
+        for (n, v) in secureHeaders { secureByName[n] = v }
+        let names = (Array(grouped.keys) + secureByName.keys.filter { grouped[$0] == nil }).sorted()
+        let signed = names.joined(separator: ";")
+        let h = Digest.SHA256Stream()
+        h.update(r.method.uppercased() + "\n" + SigV4Signer.canonicalURI(r.path, normalize: normalizePath) + "\n"
+                 + SigV4Signer.canonicalQuery(r.query) + "\n")
+        for n in names {
+            h.update(n + ":")
+            if let values = grouped[n] {
+                h.update(values.joined(separator: ","))
+            } else if let v = secureByName[n] {
+                v.withUnsafeBytes { h.update(SigV4Signer.trimmed($0)) }
+            }
+            h.update("\n")
+        }
+        h.update("\n" + signed + "\n" + r.payloadHash)
+        return (Digest.hex(h.finish()), signed)
+    }
+
+    /// Leading and trailing blanks dropped (a secret value is one token:
+    /// no inner runs to fold).
+    static func trimmed(_ b: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        func blank(_ c: UInt8) -> Bool { c == 32 || c == 9 || c == 10 || c == 13 }
+        var lo = 0, hi = b.count
+        while lo < hi, blank(b[lo]) { lo += 1 }
+        while hi > lo, blank(b[hi - 1]) { hi -= 1 }
+        return UnsafeRawBufferPointer(rebasing: b[lo..<hi])
     }
 
     public func credentialScope(date: Timestamp) -> String {
@@ -100,24 +153,42 @@ public struct SigV4Signer: Sendable {
             + Digest.hex(Digest.sha256(Array(canonicalRequest.utf8)))
     }
 
-    /// Stages 3 and 4: derive the signing key and sign.
+    /// Stages 3 and 4 for a secret given as a string (the conformance
+    /// vectors): copied into secure memory first.
     public func signature(stringToSign: String, secretAccessKey: String, date: Timestamp) -> String {
-        var kSecret = Array(("AWS4" + secretAccessKey).utf8)
-        var kDate = Digest.hmacSHA256(key: kSecret, date.amzDay)
-        var kRegion = Digest.hmacSHA256(key: kDate, region)
-        var kService = Digest.hmacSHA256(key: kRegion, service)
-        var kSigning = Digest.hmacSHA256(key: kService, "aws4_request")
-        let sig = Digest.hex(Digest.hmacSHA256(key: kSigning, stringToSign))
-        for i in kSecret.indices { kSecret[i] = 0 }
-        for k in [0, 1, 2, 3] {
-            switch k {
-            case 0: for i in kDate.indices { kDate[i] = 0 }
-            case 1: for i in kRegion.indices { kRegion[i] = 0 }
-            case 2: for i in kService.indices { kService[i] = 0 }
-            default: for i in kSigning.indices { kSigning[i] = 0 }
-            }
+        var s = secretAccessKey
+        return s.withUTF8 { signature(stringToSign: stringToSign, secretAccessKey: UnsafeRawBufferPointer($0), date: date) }
+    }
+
+    /// Stages 3 and 4: derive the signing key and sign, every key of the
+    /// chain (`"AWS4" + secret`, kDate, kRegion, kService, kSigning) in one
+    /// locked buffer wiped on return.
+    public func signature(stringToSign: String, secretAccessKey: UnsafeRawBufferPointer, date: Timestamp) -> String {
+        let n = 4 + secretAccessKey.count
+        let scratch: SecureBuffer
+        do {
+            scratch = try SecureBuffer(capacity: n + 5 * 32, backing: .lockedAnonymous)
+        } catch {
+            // No secure memory left: an unusable signature (the service
+            // refuses it), not a copy of the secret in ordinary memory.
+            return String(repeating: "0", count: 64)
         }
-        return sig
+        defer { scratch.wipeContents() }
+        return scratch.withUnsafeMutableCapacity { m -> String in
+            let base = m.baseAddress!
+            base.copyMemory(from: Array("AWS4".utf8), byteCount: 4)
+            if let src = secretAccessKey.baseAddress, secretAccessKey.count > 0 {
+                (base + 4).copyMemory(from: src, byteCount: secretAccessKey.count)
+            }
+            func key(_ i: Int) -> UnsafeRawBufferPointer {
+                i == 0 ? UnsafeRawBufferPointer(start: base, count: n) : UnsafeRawBufferPointer(start: base + n + (i - 1) * 32, count: 32)
+            }
+            for (i, text) in [date.amzDay, region, service, "aws4_request", stringToSign].enumerated() {
+                var t = text
+                t.withUTF8 { Digest.hmacSHA256(key: key(i), data: UnsafeRawBufferPointer($0), into: base + n + i * 32) }
+            }
+            return Digest.hex(Array(UnsafeRawBufferPointer(start: base + n + 4 * 32, count: 32)))
+        }
     }
 
     // MARK: Canonical forms

@@ -20,7 +20,10 @@ public struct Timestamp: Comparable, Hashable, Sendable, CustomStringConvertible
     }
 
     private var tm: tm {
-        var t = time_t(seconds.rounded(.down))
+        // Clamped: a timestamp from a hostile document must not trap the
+        // conversion (years 0001 to 9999 cover every real one).
+        let clamped = seconds.isNaN ? 0 : min(max(seconds.rounded(.down), -62_135_596_800), 253_402_300_799)
+        var t = time_t(clamped)
         var out = Glibc.tm()
         gmtime_r(&t, &out)
         return out
@@ -116,10 +119,27 @@ public struct Clock: Sendable {
         monotonic: { monotonicSeconds() },
         sleep: { seconds in
             guard seconds > 0 else { return }
-            var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+            // At most a day per sleep: Int(Double) traps out of range.
+            let s = min(seconds, 86_400)
+            var ts = timespec(tv_sec: Int(s), tv_nsec: Int((s - Double(Int(s))) * 1e9))
             var rem = timespec()
             while nanosleep(&ts, &rem) == -1 && errno == EINTR { ts = rem }
         })
+}
+
+/// Whole milliseconds for a duration in seconds, for C APIs that take a
+/// `long`: NaN and negatives are 0, anything past a day is a day
+/// (`Int(Double)` traps out of range; a configured or received duration
+/// must never reach it unchecked).
+public func clampedMilliseconds(_ seconds: Double) -> Int {
+    guard seconds.isFinite else { return seconds > 0 ? 86_400_000 : 0 }
+    return Int(min(max(seconds, 0), 86_400) * 1000)
+}
+
+/// `Int(d)` for a count of seconds shown in a message, clamped.
+public func displaySeconds(_ d: Double) -> Int {
+    guard d.isFinite else { return d > 0 ? Int.max : 0 }
+    return Int(exactly: d.rounded(.down)) ?? (d > 0 ? Int.max : Int.min)
 }
 
 public func monotonicSeconds() -> Double {

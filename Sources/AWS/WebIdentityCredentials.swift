@@ -40,7 +40,7 @@ public struct WebIdentityCredentialProvider: CredentialProvider {
 
     /// `kmsfs-<epoch seconds>`, as botocore names its `botocore-session-<t>`.
     public static func defaultSessionName(_ clock: Clock) -> String {
-        "kmsfs-\(Int(clock.now().seconds))"
+        "kmsfs-\(displaySeconds(clock.now().seconds))"
     }
 
     public func credentials() throws(CredentialError) -> AWSCredentials {

@@ -143,7 +143,7 @@ public final class FUSESession: @unchecked Sendable {
     }
 
     static func mountinfo() -> [(mountpoint: String, device: String, fstype: String)] {
-        guard let f = fopen("/proc/self/mountinfo", "r") else { return [] }
+        guard let f = fopen("/proc/self/mountinfo", "re") else { return [] }
         defer { fclose(f) }
         var line: UnsafeMutablePointer<CChar>? = nil
         var cap = 0

@@ -40,7 +40,12 @@ public final class KMSClient: Sendable {
             throw KMSError(operation: "Decrypt", error)
         }
         let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "Decrypt")
-        let kid = response.body.withUnsafeBytes { KMSClient.nonSecretMember("KeyId", in: $0) }
+        let (kid, present) = response.body.withUnsafeBytes {
+            (KMSClient.nonSecretMember("KeyId", in: $0), JSONScanner.stringMember("KeyId", in: $0) != nil)
+        }
+        if present && kid == nil {   // a KeyId that is not a valid JSON string: a damaged or hostile answer
+            throw KMSError(operation: "Decrypt", .malformedResponse("the KeyId in the response is not a valid JSON string"))
+        }
         return Decrypted(plaintext: plaintext, keyId: kid)
     }
 

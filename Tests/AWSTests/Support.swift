@@ -34,7 +34,10 @@ final class ScriptedTransport: HTTPTransport, @unchecked Sendable {
 
 extension HTTPRequest {
     func header(_ name: String) -> String? {
-        headers.first { $0.name.lowercased() == name.lowercased() }?.value
+        if let v = headers.first(where: { $0.name.lowercased() == name.lowercased() })?.value { return v }
+        // Secret headers (the session token): copied out for the test only.
+        return secureHeaders.first { $0.name.lowercased() == name.lowercased() }?.value
+            .withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
     }
     var bodyText: String {
         body.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
@@ -114,7 +117,7 @@ final class CountingProvider: CredentialProvider, @unchecked Sendable {
 }
 
 func creds(_ id: String, expires: Timestamp? = nil, source: String = "test") -> AWSCredentials {
-    AWSCredentials(accessKeyId: id, secretAccessKey: "secret-\(id)", sessionToken: expires == nil ? nil : "token-\(id)",
+    try! AWSCredentials(accessKeyId: id, secretAccessKey: "secret-\(id)", sessionToken: expires == nil ? nil : "token-\(id)",
                    expiration: expires, source: source)
 }
 

@@ -26,7 +26,7 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
     var r = RetryStrategy.Configuration()
     r.maxAttempts = attempts
     r.baseDelay = 0.001
-    let creds = StaticCredentialProvider(AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "test"))
+    let creds = StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "test"))
     return KMSClient(region: "us-east-1", endpoint: URLParts("http://127.0.0.1:1")!, credentials: creds,
                      transport: t, retry: RetryStrategy(r, random: { 1.0 }))
 }
@@ -45,6 +45,28 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
         let doc = JSONValue.parse(String(decoding: body, as: UTF8.self))!
         #expect(doc["CiphertextBlob"]?.stringValue == "AQID")
         #expect(doc["EncryptionContext"]?["app"]?.stringValue == "web")
+    }
+
+    @Test func hostileEscapesInResponsesAreErrorsNotTraps() {
+        // Issue 13 A2: a KMS answering {"KeyId":"\uD800\u0041",...} trapped
+        // the daemon in the JSON string decoder.
+        for keyId in [#""\uD800\u0041""#, #""\uDC00""#, #""\uD800""#, #""a\x""#] {
+            let t = FakeTransport { _, _ in (200, #"{"KeyId":\#(keyId),"Plaintext":"aGVsbG8=","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}"#) }
+            do {
+                _ = try client(t).decrypt(ciphertextBlob: [1, 2, 3])
+                Issue.record("expected an error for \(keyId)")
+            } catch {
+                #expect(error.code == "MalformedResponse")
+            }
+        }
+        // Error bodies go through the same parser.
+        let e = FakeTransport { _, _ in (400, #"{"__type":"\uD800\u0041","message":"\uDBFF\uDBFF"}"#) }
+        do {
+            _ = try client(e, attempts: 1).decrypt(ciphertextBlob: [1])
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.code == "HTTP400")
+        }
     }
 
     @Test func errorsAreTypedWithHints() {

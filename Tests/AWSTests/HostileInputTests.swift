@@ -1,0 +1,226 @@
+import Testing
+import AWS
+import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Inputs an attacker controls (a fake KMS or metadata service, a hostile
+/// credential_process): each is refused as malformed, none traps.
+@Suite struct HostileInputTests {
+    @Test func unpairedSurrogatesAreErrorsNotTraps() {
+        // Issue 13 A2: a high surrogate followed by an escape that is not a
+        // low surrogate underflowed `low - 0xDC00` and killed the daemon.
+        for bad in [#""\uD800\u0041""#, #""\uD800\u0000""#, #""\uDBFF\uDBFF""#, #""\uD800""#, #""\uD800x""#,
+                    #""\uDC00""#, #""\uDFFF\uD800""#, #""\uD800\u""#, #""\uD800\uZZZZ""#, #""\uD83D\uDE0""#] {
+            #expect(JSONValue.parse(bad) == nil, "\(bad)")
+            #expect(JSONValue.parse(#"{"KeyId":\#(bad),"Plaintext":"aGk="}"#) == nil, "\(bad)")
+        }
+        #expect(JSONValue.parse(#""\uD83D\uDE00""#)?.stringValue == "\u{1F600}")
+        #expect(JSONValue.parse(#""\uDBFF\uDFFF""#)?.stringValue == "\u{10FFFF}")
+        #expect(JSONValue.parse(#""\u00e9\u0041\/""#)?.stringValue == "éA/")
+    }
+
+    @Test func strictStringsAndNumbers() {
+        for bad in ["\"a\u{01}b\"", #""\x41""#, #""\q""#, #""abc"#, #""\"#, "1e999", "-1e400", "01", "1.", ".5", "+1", "1e", "-", "--1", "1e+"] {
+            #expect(JSONValue.parse(bad) == nil, "\(bad)")
+        }
+        #expect(JSONValue.parse("-0.5e-3")?.numberValue == -0.0005)
+        #expect(JSONValue.parse("0")?.numberValue == 0)
+        #expect(JSONValue.parse("1E2")?.numberValue == 100)
+        #expect(JSONValue.parse("12345678901234567890123")?.numberValue != nil)
+    }
+
+    @Test func deepNestingIsRefused() {
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(JSONValue.parse(deep) == nil)
+        let deepObject = String(repeating: #"{"a":"#, count: 50_000) + "1" + String(repeating: "}", count: 50_000)
+        #expect(JSONValue.parse(deepObject) == nil)
+    }
+
+    @Test func arbitraryBytesNeverTrap() {
+        // A cheap stand-in for the fuzzer: every short mutation of a
+        // credentials document parses or is refused.
+        let seed = Array(#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"\uD83D\uDE00\n","Expiration":"2030-01-01T00:00:00Z","n":-1.5e3}"#.utf8)
+        let alphabet: [UInt8] = Array(#"\"u0DdFf8{}[],:e.-+1 "#.utf8) + [0, 0x80, 0xFF]
+        for pos in seed.indices {
+            for c in alphabet {
+                var m = seed
+                m[pos] = c
+                _ = m.withUnsafeBytes { JSONValue.parse($0) }
+                var t = m
+                t.removeSubrange(pos...)
+                _ = t.withUnsafeBytes { JSONValue.parse($0) }
+                _ = m.withUnsafeBytes { JSONScanner.stringMember("SecretAccessKey", in: $0) }
+            }
+        }
+    }
+
+    @Test func hostileTimestampsAreClampedOrRefused() {
+        #expect(Timestamp.parseISO8601("9999-12-31T23:59:59Z") != nil)
+        #expect(Timestamp.parseISO8601("2015-08-30T12:36:00+99:99") != nil)
+        #expect(Timestamp.parseISO8601("+015-08-30T12:36:00Z") == nil)
+        #expect(Timestamp.parseISO8601("2015-08-30T12:36:00." + String(repeating: "9", count: 5000) + "Z") != nil)
+        // Formatting a timestamp no real source produces clamps, not traps.
+        #expect(Timestamp(seconds: 1e300).iso8601.hasPrefix("9999-"))
+        #expect(Timestamp(seconds: -1e300).iso8601.hasPrefix("1-") || Timestamp(seconds: -1e300).iso8601.hasPrefix("0001-"))
+        #expect(Timestamp(seconds: .nan).iso8601 == "1970-01-01T00:00:00Z")
+        #expect(Timestamp(seconds: .infinity).amzDate.hasPrefix("9999"))
+        #expect(clampedMilliseconds(1e30) == 86_400_000 && clampedMilliseconds(.nan) == 0)
+        #expect(clampedMilliseconds(-5) == 0 && clampedMilliseconds(.infinity) == 86_400_000 && clampedMilliseconds(1.5) == 1500)
+        #expect(displaySeconds(1e30) == Int.max && displaySeconds(.nan) == 0 && displaySeconds(7.9) == 7)
+    }
+
+    @Test func base64NeverTraps() {
+        for text in ["", "=", "====", "A", "AB==C", "\u{FF}", "QQ==QQ==", String(repeating: "/", count: 4097), "\\/\\/"] {
+            _ = Base64.decode(text)
+            _ = Array(text.utf8).withUnsafeBytes { Base64.looksLikeBase64($0) }
+        }
+        // The secure decoder refuses to write past its output.
+        let input = Array("QUJDREVG".utf8)
+        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 1)
+        defer { out.deallocate() }
+        #expect(input.withUnsafeBytes { Base64.decode($0, into: out) } == nil)
+    }
+
+    @Test func loopbackIsAnAddressNotAPrefix() {
+        // Issue 13 A11: "127.evil.example.invalid" passed as loopback.
+        for yes in ["http://127.0.0.1/", "http://127.255.1.2:9/x", "http://[::1]:8/", "http://localhost/", "http://LOCALHOST:1/",
+                    "http://[::ffff:127.0.0.1]/", "http://[0:0:0:0:0:0:0:1]/"] {
+            #expect(URLParts(yes)!.isLoopback, "\(yes)")
+        }
+        for no in ["http://127.evil.example.invalid/", "http://127.0.0.1.nip.io/", "http://127.1/", "http://1270.0.0.1/",
+                   "http://127.0.0.1x/", "http://[::2]/", "http://[::1%lo]/", "http://localhost.evil.example/",
+                   "http://128.0.0.1/", "http://0x7f.0.0.1/", "http://[::ffff:10.0.0.1]/", "http://[fe80::1]/"] {
+            #expect(!(URLParts(no)?.isLoopback ?? false), "\(no)")
+        }
+        #expect(URLParts("http://127.0.0.1:80/")!.ipAddress == [127, 0, 0, 1])
+        #expect(URLParts("http://example.com/")!.ipAddress == nil)
+    }
+
+    @Test func containerFullURIOverHTTPNeedsAnAllowedAddress() {
+        func check(_ uri: String) -> Bool {
+            let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": uri]),
+                                                transport: ScriptedTransport { _, _ in .init(status: 500, body: "") })
+            do { _ = try p.endpoint(); return true } catch { return false }
+        }
+        for ok in ["http://169.254.170.2/v2/x", "http://169.254.170.23/v1/credentials", "http://[fd00:ec2::23]/v1/credentials",
+                   "http://[fd00:ec2:0:0::23]/v1/credentials", "http://127.0.0.2:9/c", "https://127.evil.example.invalid/c"] {
+            #expect(check(ok), "\(ok)")
+        }
+        for bad in ["http://127.evil.example.invalid/creds", "http://169.254.170.2.evil.example/x", "http://169.254.170.200/x",
+                    "http://[fd00:ec2::24]/x", "http://localhost.evil.example/x", "http://127.1/x"] {
+            #expect(!check(bad), "\(bad)")
+        }
+    }
+
+    @Test func credentialProcessInheritsNoDescriptor() throws {
+        // Issue 13 A9: the helper inherited the pooled connection to KMS and
+        // curl's socketpair. A descriptor opened without close-on-exec (as
+        // curl 7.88 opens its wakeup socketpair) must not reach it either.
+        let leaked = dup(2)
+        #expect(leaked > 2)
+        defer { close(leaked) }
+        let dir = TempDir()
+        let out = dir.path + "/fds"
+        let json = dir.write("creds.json", #"{"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "S"}"#)
+        // Lists the helper's own descriptors (the listing's directory
+        // descriptor is closed by then, so readlink skips it).
+        let script = dir.write("fds.py", """
+            #!/usr/bin/env python3
+            import os, sys
+            fds = []
+            for f in os.listdir("/proc/self/fd"):
+                try:
+                    fds.append("%s %s" % (f, os.readlink("/proc/self/fd/" + f)))
+                except OSError:
+                    pass
+            open(sys.argv[1], "w").write("\\n".join(sorted(fds)))
+            sys.stdout.write(open(sys.argv[2]).read())
+            """, mode: 0o700)
+        let p = ProcessCredentialProvider(command: "\(script) \(out) \(json)", profile: "p",
+                                          environment: Environment(["PATH": "/usr/bin:/bin"]))
+        _ = try p.credentials()
+        let listed = try readSmallFile(out, limit: 4096).get()
+        let fds = String(decoding: listed, as: UTF8.self).split(whereSeparator: { $0 == "\n" })
+            .map { String($0.split(separator: " ")[0]) }.sorted()
+        #expect(fds == ["0", "1", "2"], "\(fds)")
+    }
+
+    @Test func secretMembersAreDecodedIntoSecureMemoryOnly() throws {
+        // Issue 13 A14: the secret key and token of a credentials document
+        // never become Strings: the parser leaves them undecoded, the
+        // scanner decodes them into secure memory.
+        let doc = Array(#"{"AccessKeyId":"ASIA1","SecretAccessKey":"s\/e\u0063ret","Token":"tok+/=","Nested":{"Token":"x"}}"#.utf8)
+        try doc.withUnsafeBytes { b in
+            let v = try #require(JSONValue.parse(b, redacting: ["SecretAccessKey", "Token"]))
+            #expect(v["AccessKeyId"]?.stringValue == "ASIA1")
+            #expect(v["SecretAccessKey"] == .null && v["Token"] == .null && v["Nested"]?["Token"] == .null)
+            let s = try #require(try JSONScanner.secureStringMember("SecretAccessKey", in: b))
+            s.withUnsafeBytes { #expect(String(decoding: $0, as: UTF8.self) == "s/ecret") }
+            #expect(try JSONScanner.secureStringMember("Missing", in: b) == nil)
+        }
+        // A redacted member is still checked: a bad escape refuses the document.
+        #expect(JSONValue.parse(#"{"Token":"\uD800\u0041"}"#) == nil)
+        #expect(Array(#"{"Token":"\uD800\u0041"}"#.utf8).withUnsafeBytes { JSONValue.parse($0, redacting: ["Token"]) } == nil)
+        #expect(try Array(#"{"Token":"\uD800\u0041"}"#.utf8).withUnsafeBytes { try JSONScanner.secureStringMember("Token", in: $0) } == nil)
+    }
+
+    @Test func aTokenThatIsNotOneWordIsRefused() throws {
+        // Sent as a header: CR/LF would inject headers.
+        let dir = TempDir()
+        for token in [#"a\r\nX-Injected: 1"#, "a b", #"\u0000"#] {
+            let json = dir.write("c.json", #"{"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "S", "SessionToken": "\#(token)"}"#)
+            let p = ProcessCredentialProvider(command: "/bin/cat \(json)", profile: "p", environment: Environment([:]))
+            #expect(throws: CredentialError.self) { try p.credentials() }
+        }
+        let good = dir.write("g.json", #"{"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "S e c", "SessionToken": "IQo+/="}"#)
+        let c = try ProcessCredentialProvider(command: "/bin/cat \(good)", profile: "p", environment: Environment([:])).credentials()
+        #expect(c.copyOfSecretAccessKey() == "S e c" && c.copyOfSessionToken() == "IQo+/=")
+        #expect(c.secret.backing != .unlockedAnonymous && c.token!.backing != .unlockedAnonymous)
+        #expect(!"\(c)".contains("S e c") && !"\(c)".contains("IQo"))
+    }
+
+    @Test func theSessionTokenTravelsAsASecureHeaderAndIsSigned() throws {
+        let c = try AWSCredentials(accessKeyId: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                                   sessionToken: "TOKEN-123", source: "test")
+        let signer = SigV4Signer(region: "us-east-1", service: "kms")
+        let req = SigV4Signer.Request(method: "POST", path: "/", headers: [("Host", "kms.us-east-1.amazonaws.com")],
+                                      payloadHash: Digest.emptyPayloadHash)
+        let date = Timestamp.parseISO8601("2015-08-30T12:36:00Z")!
+        let added = signer.sign(req, credentials: c, date: date)
+        #expect(!added.contains { $0.value.contains("TOKEN-123") })
+        let auth = added.first { $0.name == "Authorization" }!.value
+        #expect(auth.contains("SignedHeaders=host;x-amz-date;x-amz-security-token,"))
+        // Same signature as the string path (the conformance vectors' one).
+        var withToken = req
+        withToken.headers += [("X-Amz-Date", date.amzDate), ("X-Amz-Security-Token", "TOKEN-123")]
+        let (creq, _) = signer.canonicalRequest(withToken, normalizePath: true)
+        let sig = signer.signature(stringToSign: signer.stringToSign(canonicalRequest: creq, date: date),
+                                   secretAccessKey: c.copyOfSecretAccessKey(), date: date)
+        #expect(auth.hasSuffix("Signature=" + sig))
+        let secure = SigV4Signer.secureHeaders(for: c)
+        #expect(secure.count == 1 && secure[0].name == "X-Amz-Security-Token")
+    }
+
+    @Test func hostileSTSAnswersAreRefusedNotTrusted() throws {
+        func assume(_ body: String) -> Result<AWSCredentials, CredentialError> {
+            let t = ScriptedTransport { _, _ in .init(status: 200, body: body) }
+            do {
+                return .success(try stsClient(t, .system).assumeRoleWithWebIdentity(roleArn: "arn:aws:iam::1:role/r", sessionName: "s",
+                                                                                    token: "jwt", source: "test"))
+            } catch { return .failure(error) }
+        }
+        let good = try assume(stsAnswer("AssumeRoleWithWebIdentity", id: "ASIAX")).get()
+        #expect(good.copyOfSecretAccessKey() == "sec-ASIAX" && good.copyOfSessionToken() == "tok-ASIAX")
+        #expect(try assume("<Credentials><AccessKeyId>A</AccessKeyId><SecretAccessKey>s&amp;t</SecretAccessKey><SessionToken>t&lt;</SessionToken></Credentials>")
+            .get().copyOfSecretAccessKey() == "s&t")
+        for bad in ["<SessionToken>tok</SessionToken><SecretAccessKey>sec",            // unclosed
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s&bogus;</SecretAccessKey><SessionToken>t</SessionToken>",
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s</SecretAccessKey><SessionToken>a\r\nX-Evil: 1</SessionToken>",
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey></SecretAccessKey><SessionToken>t</SessionToken>",
+                    "", "<", "</AccessKeyId><AccessKeyId>"] {
+            guard case .failure = assume(bad) else { Issue.record("accepted: \(bad)"); continue }
+        }
+    }
+}
