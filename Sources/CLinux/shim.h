@@ -103,6 +103,24 @@ static inline int kmsfs_peer_credentials(int fd, struct kmsfs_ucred *out) {
 static inline void kmsfs_malloc_arena_max(int n) { mallopt(M_ARENA_MAX, n); }
 static inline int kmsfs_malloc_trim(void) { return malloc_trim(0); }
 
+/* pidfd_open(2) and pidfd_send_signal(2) have no glibc wrapper in
+ * Debian 12: through syscall(2), which is variadic. A pidfd pins the
+ * process it names, so a check made through it cannot be fooled by the PID
+ * being reused. PIDFD_THREAD (Linux 6.9) names one thread, as FUSE's
+ * request PID does. */
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+static inline int kmsfs_pidfd_open(int pid, int thread) {
+    return (int)syscall(SYS_pidfd_open, pid, thread ? (unsigned int)O_EXCL /* PIDFD_THREAD */ : 0u);
+}
+static inline int kmsfs_pidfd_alive(int pidfd) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+}
+
 /* errno is a macro over a thread-local function. */
 static inline int kmsfs_errno(void) { return errno; }
 static inline void kmsfs_set_errno(int e) { errno = e; }

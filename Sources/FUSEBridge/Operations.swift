@@ -47,6 +47,8 @@ private func caller(_ req: fuse_req_t?) -> Caller {
             n = fuse_req_getgroups(ref.req, Int32(groups.count), &groups)
         }
         return n > 0 ? Array(groups.prefix(Int(n))) : []
+    } unit: {
+        liveSystemdUnit(pid: ctx.pid)
     }
 }
 

@@ -33,7 +33,7 @@ public enum Configuration {
                 throw OptionError(error.description)
             }
         }
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: uids, gids: gids), rules: rules,
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: uids, gids: gids, units: Set(o.allowUnits)), rules: rules,
                                   defaultPresentation: Presentation(uid: shownUid, gid: shownGid, mode: mode))
         var c = FSConfiguration(policy: policy,
                                 cache: .init(ttl: o.ttl, maxBytes: o.cacheMaxBytes, staleWindow: o.staleWindow))

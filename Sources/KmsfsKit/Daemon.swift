@@ -168,9 +168,11 @@ public enum Daemon {
         let live = LiveOptions(raw: request.rawOptions, options: options)
         var rotationNotifier: RotationNotifier? = nil
         if watcher != nil {
-            let notifier = RotationNotifier(fs: fs, audit: audit, environment: Environment.process(), settle: options.settle) { _ in
+            let notifier = RotationNotifier(fs: fs, audit: audit, environment: Environment.process(), settle: options.settle) { path in
+                // A policy rule's reload=/on_change= win over the mount's.
                 let o = live.current
-                return ChangeTargets(units: o.reloadUnits, program: o.onChange)
+                let rule = fs.configuration.policy.rule(for: path)
+                return ChangeTargets(units: rule?.reloadUnits ?? o.reloadUnits, program: rule?.onChange ?? o.onChange)
             }
             fs.onCiphertextChange { notifier.changed(sourcePath: $0) }
             notifier.start()

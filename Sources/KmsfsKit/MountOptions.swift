@@ -29,6 +29,8 @@ public enum LogTarget: Sendable, Equatable {
 public struct MountOptions: Sendable {
     public var allowUsers: [String] = []
     public var allowGroups: [String] = []
+    /// systemd units whose processes may open files (`allow_unit=`).
+    public var allowUnits: [String] = []
     public var uid: String?
     public var gid: String?
     public var mode: UInt32?
@@ -175,6 +177,7 @@ public struct MountOptions: Sendable {
         switch key {
         case "allow_user", "allow_users": return "allow_uid"
         case "allow_group", "allow_groups": return "allow_gid"
+        case "allow_units": return "allow_unit"
         case "file_mode": return "mode"
         case "endpoint_url": return "endpoint"
         case "kms_context": return "context"
@@ -278,6 +281,13 @@ public struct MountOptions: Sendable {
         switch key {
         case "allow_uid", "allow_user", "allow_users": allowUsers += try list()
         case "allow_gid", "allow_group", "allow_groups": allowGroups += try list()
+        case "allow_unit", "allow_units":
+            for u in try list() {
+                guard SystemdUnitName.isValid(u) else {
+                    throw OptionError("option 'allow_unit=\(value!)': '\(u)' is not a systemd unit name (such as nginx.service); separate units with ':'")
+                }
+                allowUnits.append(SystemdUnitName.normalized(u))
+            }
         case "uid": uid = try need()
         case "gid": gid = try need()
         case "mode", "file_mode": mode = try octal()

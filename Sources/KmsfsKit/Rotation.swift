@@ -17,16 +17,8 @@ public struct ChangeTargets: Sendable, Equatable {
     }
     public var isEmpty: Bool { units.isEmpty && program == nil }
 
-    /// A unit name systemctl takes as one unit and never as an option:
-    /// `nginx`, `nginx.service`, `app@blue.service`.
-    public static func validUnit(_ u: String) -> Bool {
-        guard let first = u.utf8.first, first != UInt8(ascii: "-"), u.utf8.count <= 255 else { return false }
-        return u.utf8.allSatisfy { c in
-            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
-                || c == UInt8(ascii: ":") || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")
-                || c == UInt8(ascii: "@") || c == UInt8(ascii: "-") || c == UInt8(ascii: "\\")
-        }
-    }
+    /// A unit name systemctl takes as one unit and never as an option.
+    public static func validUnit(_ u: String) -> Bool { SystemdUnitName.isValid(u) }
 }
 
 /// Rotation that reaches the applications. The watcher reports every

@@ -6,12 +6,17 @@ public struct Caller: Sendable {
     /// Supplementary groups, fetched only when a decision needs them
     /// (reading them costs a trip through /proc).
     public var supplementaryGroups: @Sendable () -> [UInt32]
+    /// The systemd unit the calling process runs in, read (from its
+    /// cgroup) only when a decision needs it; nil when unknown.
+    public var unit: @Sendable () -> String?
 
-    public init(uid: UInt32, gid: UInt32, pid: Int32, supplementaryGroups: @escaping @Sendable () -> [UInt32] = { [] }) {
+    public init(uid: UInt32, gid: UInt32, pid: Int32, supplementaryGroups: @escaping @Sendable () -> [UInt32] = { [] },
+                unit: @escaping @Sendable () -> String? = { nil }) {
         self.uid = uid
         self.gid = gid
         self.pid = pid
         self.supplementaryGroups = supplementaryGroups
+        self.unit = unit
     }
 }
 
@@ -19,27 +24,55 @@ public struct Caller: Sendable {
 public struct Principals: Sendable, Equatable, CustomStringConvertible {
     public var uids: Set<UInt32>
     public var gids: Set<UInt32>
+    /// systemd units (`nginx.service`), whatever user their processes run as.
+    public var units: Set<String>
 
-    public init(uids: Set<UInt32> = [], gids: Set<UInt32> = []) {
+    public init(uids: Set<UInt32> = [], gids: Set<UInt32> = [], units: Set<String> = []) {
         self.uids = uids
         self.gids = gids
+        self.units = units
     }
 
-    public var isEmpty: Bool { uids.isEmpty && gids.isEmpty }
+    public var isEmpty: Bool { uids.isEmpty && gids.isEmpty && units.isEmpty }
 
     /// True when the caller's uid is listed, or its primary group, or one of
-    /// its supplementary groups.
+    /// its supplementary groups, or the systemd unit its process runs in.
     public func admits(_ caller: Caller) -> Bool {
         if uids.contains(caller.uid) { return true }
-        if gids.isEmpty { return false }
-        if gids.contains(caller.gid) { return true }
-        return caller.supplementaryGroups().contains { gids.contains($0) }
+        if !gids.isEmpty {
+            if gids.contains(caller.gid) { return true }
+            if caller.supplementaryGroups().contains(where: { gids.contains($0) }) { return true }
+        }
+        if !units.isEmpty, let unit = caller.unit(), units.contains(unit) { return true }
+        return false
     }
 
     public var description: String {
         let u = uids.sorted().map(String.init).joined(separator: ":")
         let g = gids.sorted().map(String.init).joined(separator: ":")
-        return "uids=[\(u)] gids=[\(g)]"
+        let n = units.sorted().joined(separator: ":")
+        return "uids=[\(u)] gids=[\(g)]" + (units.isEmpty ? "" : " units=[\(n)]")
+    }
+}
+
+/// systemd unit names as kmsfs takes them from options and policies.
+public enum SystemdUnitName {
+    /// One unit name that systemctl takes as a unit and never as an option:
+    /// `nginx`, `nginx.service`, `app@blue.service`.
+    public static func isValid(_ u: String) -> Bool {
+        guard let first = u.utf8.first, first != UInt8(ascii: "-"), u.utf8.count <= 255 else { return false }
+        return u.utf8.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
+                || c == UInt8(ascii: ":") || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")
+                || c == UInt8(ascii: "@") || c == UInt8(ascii: "-") || c == UInt8(ascii: "\\")
+        }
+    }
+
+    /// `nginx` as systemd names it: `nginx.service` (a name with a unit
+    /// type suffix stays as it is).
+    public static func normalized(_ u: String) -> String {
+        let types = [".service", ".scope", ".socket", ".mount", ".timer", ".slice", ".target", ".path", ".swap", ".device", ".automount"]
+        return types.contains(where: { u.hasSuffix($0) }) ? u : u + ".service"
     }
 }
 
@@ -65,12 +98,19 @@ public struct AccessRule: Sendable {
     public var presentation: PartialPresentation
     /// Where the rule came from (file:line), for log lines.
     public var origin: String
+    /// Whom to tell when a matching secret's ciphertext changes (`reload=`,
+    /// `on_change=`); nil: the mount-wide options.
+    public var reloadUnits: [String]?
+    public var onChange: String?
 
-    public init(pattern: GlobPattern, principals: Principals, presentation: PartialPresentation = .init(), origin: String) {
+    public init(pattern: GlobPattern, principals: Principals, presentation: PartialPresentation = .init(), origin: String,
+                reloadUnits: [String]? = nil, onChange: String? = nil) {
         self.pattern = pattern
         self.principals = principals
         self.presentation = presentation
         self.origin = origin
+        self.reloadUnits = reloadUnits
+        self.onChange = onChange
     }
 }
 

@@ -76,11 +76,14 @@ public enum PolicyFile {
             if let problem = GlobPattern.problem(pattern) { throw fail("pattern '\(pattern)': \(problem)") }
             var uids = Set<UInt32>()
             var gids = Set<UInt32>()
+            var units = Set<String>()
+            var reloadUnits: [String]? = nil
+            var onChange: String? = nil
             var shown = PartialPresentation()
             var seen = Set<String>()
             for field in fields.dropFirst() {
                 guard let eq = field.firstIndex(of: "=") else {
-                    throw fail("'\(field)' is not KEY=VALUE (keys: allow_uid, allow_gid, uid, gid, mode)")
+                    throw fail("'\(field)' is not KEY=VALUE (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change)")
                 }
                 let key = String(field[..<eq])
                 let value = String(field[field.index(after: eq)...])
@@ -98,6 +101,20 @@ public enum PolicyFile {
                             guard !t.isEmpty else { throw fail("'\(field)' has an empty entry") }
                             gids.insert(try gid(String(t)))
                         }
+                    case "allow_unit", "allow_units":
+                        for t in value.split(separator: ":", omittingEmptySubsequences: false) {
+                            guard SystemdUnitName.isValid(String(t)) else { throw fail("'\(t)' is not a systemd unit name (such as nginx.service)") }
+                            units.insert(SystemdUnitName.normalized(String(t)))
+                        }
+                    case "reload":
+                        let list = value.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+                        for u in list where !SystemdUnitName.isValid(u) {
+                            throw fail("'\(u)' is not a systemd unit name (such as nginx.service); separate units with '+'")
+                        }
+                        reloadUnits = list
+                    case "on_change":
+                        guard value.hasPrefix("/") else { throw fail("on_change=\(value): give the program's absolute path (it is run without a shell)") }
+                        onChange = value
                     case "uid", "owner": shown.uid = try uid(value)
                     case "gid", "group": shown.gid = try gid(value)
                     case "mode":
@@ -105,7 +122,7 @@ public enum PolicyFile {
                         guard m & 0o222 == 0 else { throw fail("mode \(value) has write bits; the tree is read-only") }
                         shown.mode = m
                     default:
-                        throw fail("unknown key '\(key)' (keys: allow_uid, allow_gid, uid, gid, mode)")
+                        throw fail("unknown key '\(key)' (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change)")
                     }
                 } catch let e as ParseError {
                     throw e
@@ -119,8 +136,8 @@ public enum PolicyFile {
             var groupShown = shown.gid != nil
             if shown.gid == nil, gids.count == 1 { shown.gid = gids.first; groupShown = true }
             if shown.mode == nil { shown.mode = groupShown && !gids.isEmpty ? 0o440 : 0o400 }
-            rules.append(AccessRule(pattern: GlobPattern(pattern), principals: Principals(uids: uids, gids: gids),
-                                    presentation: shown, origin: "\(file):\(number)"))
+            rules.append(AccessRule(pattern: GlobPattern(pattern), principals: Principals(uids: uids, gids: gids, units: units),
+                                    presentation: shown, origin: "\(file):\(number)", reloadUnits: reloadUnits, onChange: onChange))
         }
         guard !rules.isEmpty else {
             throw ParseError(file: file, line: 0, reason: "no rules (every line is blank or a comment); a policy file must name at least one PATTERN")

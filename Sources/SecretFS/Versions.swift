@@ -1,3 +1,4 @@
+import SecureMemory
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -73,6 +74,12 @@ public func systemdUnit(pid: Int32) -> String? {
         got += n
     }
     return unitFromCgroup(Array(buf[0..<got]))
+}
+
+/// The systemd unit of a process that is still alive when the answer is
+/// given (`whileProcessLives`: no PID-reuse race), for `allow_unit=`.
+public func liveSystemdUnit(pid: Int32) -> String? {
+    whileProcessLives(pid) { systemdUnit(pid: pid) }
 }
 
 /// The unit named by a `/proc/PID/cgroup` document (see `systemdUnit`).

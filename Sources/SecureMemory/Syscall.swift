@@ -122,3 +122,19 @@ public struct FileReadError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(path): \(String(cString: strerror(errno)))" }
     public var isMissing: Bool { errno == ENOENT || errno == ENOTDIR }
 }
+
+/// Runs `body` (which reads about process `pid`, e.g. its /proc files) and
+/// returns its answer only if that same process is still alive afterwards:
+/// a pidfd taken first pins the process, so a PID reused in between (the
+/// caller exited, another process got its number) is detected, and the
+/// answer dropped. `pid` may name a thread (FUSE gives the caller's thread).
+public func whileProcessLives<R>(_ pid: Int32, _ body: () -> R?) -> R? {
+    guard pid > 0 else { return nil }
+    var fd = kmsfs_pidfd_open(pid, 0)
+    if fd < 0 && kmsfs_errno() == EINVAL { fd = kmsfs_pidfd_open(pid, 1) }   // a thread, not a leader
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    let answer = body()
+    guard kmsfs_pidfd_alive(fd) == 0 else { return nil }
+    return answer
+}

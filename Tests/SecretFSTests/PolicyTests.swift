@@ -104,8 +104,8 @@ import SecretFS
         ("a mode=0666", "policy /etc/kmsfs/policy:1: mode 0666 has write bits; the tree is read-only"),
         ("\n\nb[ allow_uid=0", "policy /etc/kmsfs/policy:3: pattern 'b[': unterminated [ character class"),
         ("a allow_uid=0 allow_uid=1", "policy /etc/kmsfs/policy:1: 'allow_uid' given twice"),
-        ("a allow_uid", "policy /etc/kmsfs/policy:1: 'allow_uid' is not KEY=VALUE (keys: allow_uid, allow_gid, uid, gid, mode)"),
-        ("a color=red", "policy /etc/kmsfs/policy:1: unknown key 'color' (keys: allow_uid, allow_gid, uid, gid, mode)"),
+        ("a allow_uid", "policy /etc/kmsfs/policy:1: 'allow_uid' is not KEY=VALUE (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change)"),
+        ("a color=red", "policy /etc/kmsfs/policy:1: unknown key 'color' (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change)"),
         ("../x allow_uid=0", "policy /etc/kmsfs/policy:1: pattern '../x': '.' and '..' never appear in mount paths"),
         ("", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
         ("# only\r\n\r\n  # comments\r\n", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
@@ -145,5 +145,50 @@ import SecretFS
         } catch {
             #expect(error.description == "policy /p:2: the line is not UTF-8")
         }
+    }
+
+    @Test func unitsAndNotificationTargetsAreRuleFields() throws {
+        let rules = try parse("app/*  allow_unit=nginx:php-fpm.service  reload=nginx+php-fpm.service  on_change=/usr/local/bin/tell\n")
+        #expect(rules[0].principals.units == ["nginx.service", "php-fpm.service"])
+        #expect(rules[0].reloadUnits == ["nginx", "php-fpm.service"])
+        #expect(rules[0].onChange == "/usr/local/bin/tell")
+        for bad in ["x allow_unit=-H\n", "x reload=a;b\n", "x reload=a+\n", "x on_change=tell\n", "x allow_unit=a::b\n"] {
+            #expect(throws: PolicyFile.ParseError.self) { try parse(bad) }
+        }
+    }
+}
+
+@Suite struct UnitPrincipalTests {
+    @Test func aUnitListAdmitsOnlyThatUnitsProcessesWhateverTheirUser() {
+        let p = Principals(units: ["web.service"])
+        #expect(p.admits(Caller(uid: 33, gid: 33, pid: 1, unit: { "web.service" })))
+        #expect(!p.admits(Caller(uid: 33, gid: 33, pid: 2, unit: { "batch.service" })))
+        #expect(!p.admits(Caller(uid: 0, gid: 0, pid: 3, unit: { nil })))
+        #expect(!p.isEmpty)
+    }
+
+    @Test func theUnitIsReadOnlyWhenUsersAndGroupsDoNotDecide() {
+        let p = Principals(uids: [33], units: ["web.service"])
+        #expect(p.admits(Caller(uid: 33, gid: 33, pid: 1, unit: { Issue.record("unit read needlessly"); return nil })))
+    }
+
+    @Test func cgroupDocumentsNameTheDeepestServiceOrScope() {
+        func unit(_ s: String) -> String? { unitFromCgroup(Array(s.utf8)) }
+        #expect(unit("0::/system.slice/nginx.service\n") == "nginx.service")
+        #expect(unit("0::/system.slice/app.service/worker\n") == "app.service")
+        #expect(unit("0::/user.slice/user-1000.slice/session-3.scope\n") == "session-3.scope")
+        #expect(unit("12:name=systemd:/system.slice/cron.service\n0::/\n") == "cron.service")
+        #expect(unit("0::/\n") == nil)
+        #expect(unit("garbage") == nil)
+        #expect(unit("0::/system.slice/ev\u{1b}il.service\n") == nil)
+    }
+
+    @Test func unitNamesAreCheckedAndNormalized() {
+        #expect(SystemdUnitName.isValid("app@blue.service"))
+        #expect(!SystemdUnitName.isValid("-H"))
+        #expect(!SystemdUnitName.isValid("a b"))
+        #expect(!SystemdUnitName.isValid(""))
+        #expect(SystemdUnitName.normalized("nginx") == "nginx.service")
+        #expect(SystemdUnitName.normalized("x.scope") == "x.scope")
     }
 }

@@ -192,3 +192,23 @@ def test_bad_notification_options_are_refused_with_one_line(tmp_path, kms, kmsfs
     assert r.returncode != 0
     lines = r.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and why in lines[0], lines
+
+
+def test_a_policy_rule_names_its_own_targets(tmp_path, kms, mount_factory):
+    src = tmp_path / "src"
+    (src / "db").mkdir(parents=True)
+    put(kms, src / "db" / "main.password.encrypted", b"db-1")
+    put(kms, src / "web.key.encrypted", b"web-1")
+    mount_wide, mount_log = notify_script(tmp_path)
+    rule_dir = tmp_path / "rule"
+    rule_dir.mkdir()
+    rule_prog, rule_log = notify_script(rule_dir)
+    policy = tmp_path / "policy"
+    policy.write_text("db/*  allow_uid=0  on_change=%s\n" % rule_prog)
+    mount_factory(src, "allow_uid=0,settle=0.3,policy=%s,on_change=%s" % (policy, mount_wide))
+    put(kms, src / "db" / "main.password.encrypted", b"db-2")
+    put(kms, src / "web.key.encrypted", b"web-2")
+    assert eventually(lambda: rule_log.exists() and mount_log.exists(), 15)
+    time.sleep(1)
+    assert rule_log.read_text().splitlines() == ["db/main.password"]
+    assert mount_log.read_text().splitlines() == ["web.key"]
