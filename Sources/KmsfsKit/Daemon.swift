@@ -138,6 +138,14 @@ public enum Daemon {
         } else {
             metrics = nil
         }
+        let credentials: CredentialServer?
+        if let path = options.credentialSocket {
+            do { credentials = try CredentialServer(path: path, fs: fs) } catch {
+                report.fail("credential_socket=\(path): \(error); give a path in a directory root owns, such as /run/kmsfs/credentials.sock")
+            }
+        } else {
+            credentials = nil
+        }
 
         var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)
         sessionOptions.debug = request.debug
@@ -193,6 +201,10 @@ public enum Daemon {
             control = nil
             Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
         }
+        if let credentials {
+            credentials.start()
+            Log.notice("credentials: serving LoadCredential= on \(credentials.path)")
+        }
         if let metrics {
             metrics.start {
                 PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started),
@@ -238,6 +250,7 @@ public enum Daemon {
             rotation?.stop()
             control?.stop()
             metrics?.stop()
+            credentials?.stop()
             fs.notifier = nil
             fs.shutdown()
             SecureMemoryStats.wipeAllLive()

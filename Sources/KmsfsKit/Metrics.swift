@@ -204,30 +204,7 @@ public final class MetricsServer: @unchecked Sendable {
         self.address = address
         switch address {
         case .unix(let path):
-            fd = try syscallRetrying("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-                close(fd)
-                throw SystemError("metrics socket path \(path) is too long", errno: ENAMETOOLONG)
-            }
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-            var st = stat()
-            if lstat(path, &st) == 0 {
-                // Replace only a socket a previous daemon left, never a file.
-                guard st.st_mode & S_IFMT == S_IFSOCK else {
-                    close(fd)
-                    throw SystemError("metrics=unix:\(path) exists and is not a socket", errno: EEXIST)
-                }
-                unlink(path)
-            }
-            let old = umask(0o117)   // 0660: root and the daemon's group
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            umask(old)
-            guard rc == 0 else { let e = currentErrno; close(fd); throw SystemError("bind \(path)", errno: e) }
+            fd = try listenUnix(path, mode: 0o660, what: "metrics=unix:")   // root and the daemon's group
         case .tcp(let host, let port):
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -244,8 +221,8 @@ public final class MetricsServer: @unchecked Sendable {
             guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0 else {
                 let e = currentErrno; close(fd); throw SystemError("metrics=\(address): bind", errno: e)
             }
+            guard listen(fd, 16) == 0 else { let e = currentErrno; close(fd); throw SystemError("metrics=\(address): listen", errno: e) }
         }
-        guard listen(fd, 16) == 0 else { let e = currentErrno; close(fd); throw SystemError("metrics=\(address): listen", errno: e) }
     }
 
     /// Serves from its own thread; `render` makes each answer's body.

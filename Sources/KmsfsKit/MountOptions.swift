@@ -73,6 +73,8 @@ public struct MountOptions: Sendable {
     /// Seconds one KMS call may take, retries included.
     public var kmsTimeout: Double?
     public var caBundle: String?
+    /// Where systemd's `LoadCredential=ID:PATH` is served (`credential_socket=`).
+    public var credentialSocket: String?
     /// Where Prometheus `/metrics` is served (`metrics=`); nil: off.
     public var metrics: MetricsAddress?
     /// Per-secret series in the metrics (`metrics_per_secret`): off by
@@ -166,6 +168,7 @@ public struct MountOptions: Sendable {
         if a.kmsKeys != b.kmsKeys { return "kms_key" }
         if a.maxEncryptedDataKeys != b.maxEncryptedDataKeys { return "max_encrypted_data_keys" }
         if a.metrics != b.metrics { return "metrics" }
+        if a.credentialSocket != b.credentialSocket { return "credential_socket" }
         if a.settle != b.settle { return "settle" }
         if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
         return nil
@@ -369,6 +372,12 @@ public struct MountOptions: Sendable {
             case .failure(let e): throw e
             }
         case "metrics_per_secret": try noValue(); metricsPerSecret = true
+        case "credential_socket":
+            let v = try need()
+            guard v.hasPrefix("/"), v.utf8.count < 108 else {
+                throw OptionError("option 'credential_socket=\(v)': give the socket's absolute path (at most 107 bytes), such as /run/kmsfs/credentials.sock")
+            }
+            credentialSocket = v
         case "reload":
             let v = try need()
             let units = v.split(separator: "+", omittingEmptySubsequences: false).map(String.init)

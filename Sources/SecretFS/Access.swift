@@ -55,6 +55,20 @@ public struct Principals: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// systemd credential IDs (`LoadCredential=ID:...`) as kmsfs serves them.
+public enum SystemdCredentialID {
+    /// A name systemd accepts as a credential ID that is also one plain
+    /// file name: no '/', not '.' or '..'.
+    public static func isValid(_ id: String) -> Bool {
+        guard !id.isEmpty, id.utf8.count <= 255, id != ".", id != ".." else { return false }
+        return id.utf8.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
+                || c == UInt8(ascii: "-") || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")
+                || c == UInt8(ascii: "@") || c == UInt8(ascii: ":")
+        }
+    }
+}
+
 /// systemd unit names as kmsfs takes them from options and policies.
 public enum SystemdUnitName {
     /// One unit name that systemctl takes as a unit and never as an option:
@@ -102,9 +116,13 @@ public struct AccessRule: Sendable {
     /// `on_change=`); nil: the mount-wide options.
     public var reloadUnits: [String]?
     public var onChange: String?
+    /// The ID under which `credential_socket=` serves this rule's one file
+    /// (`credential=ID`; the pattern is then a plain path).
+    public var credential: String?
 
     public init(pattern: GlobPattern, principals: Principals, presentation: PartialPresentation = .init(), origin: String,
-                reloadUnits: [String]? = nil, onChange: String? = nil) {
+                reloadUnits: [String]? = nil, onChange: String? = nil, credential: String? = nil) {
+        self.credential = credential
         self.pattern = pattern
         self.principals = principals
         self.presentation = presentation
@@ -148,7 +166,18 @@ public struct AccessPolicy: Sendable {
     }
 
     public func admits(_ caller: Caller, path: String) -> Bool {
-        (rule(for: path)?.principals ?? defaultPrincipals).admits(caller)
+        principals(for: path).admits(caller)
+    }
+
+    /// Who may open `path`: its rule's principals, else the mount's.
+    public func principals(for path: String) -> Principals {
+        rule(for: path)?.principals ?? defaultPrincipals
+    }
+
+    /// The mount path a systemd credential ID names: a rule's
+    /// `credential=ID`, else the file `ID` at the top of the mount.
+    public func credentialPath(for id: String) -> String {
+        rules.first { $0.credential == id }?.pattern.text ?? id
     }
 
     public func presentation(for path: String) -> Presentation {

@@ -560,6 +560,48 @@ public final class SecretFileSystem: @unchecked Sendable {
         return cache.acquire(path: sourcePath, current: current.fingerprint) { self.load(node, maxBytes: maxBytes) }.result
     }
 
+    /// A systemd credential (`credential_socket=`): the secret at mount
+    /// path `path` for the process of `unit`, decided by the units listed
+    /// for that path only (`allow_unit=`; the connecting peer is root, so
+    /// user lists say nothing), decrypted as an open would and audited
+    /// like one (`detail` names the unit).
+    public func openCredential(path: String, unit: String, caller: Caller) -> Result<CachedSecret, FSError> {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard !path.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+            return .failure(.notFound)
+        }
+        let why = "systemd credential for \(unit)"
+        guard configuration.policy.principals(for: path).units.contains(unit) else {
+            counters.withLock { $0.opens += 1; $0.denials += 1 }
+            record(caller, path, .denied, detail: why + ": the unit is not in allow_unit=")
+            return .failure(.accessDenied)
+        }
+        let sourcePath = path + ciphertextSuffix
+        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: path)
+        guard let current = try? tree.stat(sourcePath), current.isRegular else { return .failure(.notFound) }
+        let maxBytes = configuration.maxCiphertextBytes
+        let (result, source, _) = cache.acquire(path: sourcePath, current: current.fingerprint) { self.load(node, maxBytes: maxBytes) }
+        switch result {
+        case .success(let secret):
+            switch source {
+            case .cache:
+                counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
+                record(caller, path, .cache, detail: why)
+            case .loaded(let latency):
+                counters.withLock { $0.opens += 1; $0.decrypts += 1 }
+                record(caller, path, .kms, latency: latency, detail: why)
+            case .shared:
+                counters.withLock { $0.opens += 1; $0.shared += 1 }
+                record(caller, path, .shared, detail: why)
+            }
+            return .success(secret)
+        case .failure(let failure):
+            counters.withLock { $0.opens += 1; $0.failures += 1 }
+            record(caller, path, .failed, detail: why + ": " + failure.message)
+            return .failure(.io)
+        }
+    }
+
     /// The version of the ciphertext SOURCE holds now at `sourcePath` (the
     /// cached one when it still matches the file, else read and digested),
     /// or nil when the file is gone or unreadable.

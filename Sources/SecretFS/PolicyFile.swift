@@ -79,11 +79,12 @@ public enum PolicyFile {
             var units = Set<String>()
             var reloadUnits: [String]? = nil
             var onChange: String? = nil
+            var credential: String? = nil
             var shown = PartialPresentation()
             var seen = Set<String>()
             for field in fields.dropFirst() {
                 guard let eq = field.firstIndex(of: "=") else {
-                    throw fail("'\(field)' is not KEY=VALUE (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change)")
+                    throw fail("'\(field)' is not KEY=VALUE (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change, credential)")
                 }
                 let key = String(field[..<eq])
                 let value = String(field[field.index(after: eq)...])
@@ -115,6 +116,14 @@ public enum PolicyFile {
                     case "on_change":
                         guard value.hasPrefix("/") else { throw fail("on_change=\(value): give the program's absolute path (it is run without a shell)") }
                         onChange = value
+                    case "credential":
+                        guard SystemdCredentialID.isValid(value) else {
+                            throw fail("credential=\(value): not a systemd credential ID (letters, digits, '-', '_', '.', '@', ':'; at most 255 bytes)")
+                        }
+                        guard !pattern.contains(where: { "*?[\\".contains($0) }) else {
+                            throw fail("credential=\(value) needs a plain path as its pattern, not '\(pattern)'")
+                        }
+                        credential = value
                     case "uid", "owner": shown.uid = try uid(value)
                     case "gid", "group": shown.gid = try gid(value)
                     case "mode":
@@ -122,7 +131,7 @@ public enum PolicyFile {
                         guard m & 0o222 == 0 else { throw fail("mode \(value) has write bits; the tree is read-only") }
                         shown.mode = m
                     default:
-                        throw fail("unknown key '\(key)' (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change)")
+                        throw fail("unknown key '\(key)' (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change, credential)")
                     }
                 } catch let e as ParseError {
                     throw e
@@ -137,7 +146,8 @@ public enum PolicyFile {
             if shown.gid == nil, gids.count == 1 { shown.gid = gids.first; groupShown = true }
             if shown.mode == nil { shown.mode = groupShown && !gids.isEmpty ? 0o440 : 0o400 }
             rules.append(AccessRule(pattern: GlobPattern(pattern), principals: Principals(uids: uids, gids: gids, units: units),
-                                    presentation: shown, origin: "\(file):\(number)", reloadUnits: reloadUnits, onChange: onChange))
+                                    presentation: shown, origin: "\(file):\(number)", reloadUnits: reloadUnits, onChange: onChange,
+                                    credential: credential))
         }
         guard !rules.isEmpty else {
             throw ParseError(file: file, line: 0, reason: "no rules (every line is blank or a comment); a policy file must name at least one PATTERN")

@@ -1,0 +1,207 @@
+import SecretFS
+import SecureMemory
+import Threading
+import Log
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Binds a listening Unix stream socket at `path` with `mode`, replacing
+/// only a socket an earlier daemon left there (never another file).
+func listenUnix(_ path: String, mode: mode_t, what: String) throws(SystemError) -> Int32 {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        throw SystemError("\(what) \(path) is too long", errno: ENAMETOOLONG)
+    }
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+    var st = stat()
+    if lstat(path, &st) == 0 {
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("\(what) \(path) exists and is not a socket", errno: EEXIST) }
+        unlink(path)
+    }
+    let fd = try syscallRetrying("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    let old = umask(~mode & 0o777)
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    umask(old)
+    guard rc == 0 else { let e = currentErrno; close(fd); throw SystemError("bind \(path)", errno: e) }
+    guard listen(fd, 64) == 0 else { let e = currentErrno; close(fd); throw SystemError("listen \(path)", errno: e) }
+    return fd
+}
+
+/// systemd's `LoadCredential=ID:PATH` socket protocol, served from the
+/// mount's secrets (`-o credential_socket=PATH`): systemd (as root, from a
+/// process already in the unit's cgroup) connects from the abstract address
+/// `\0<random>/unit/<UNIT>/<ID>` and reads the credential to EOF; the unit
+/// then finds it in `$CREDENTIALS_DIRECTORY/ID` (see systemd.exec(5)).
+///
+/// The address is anyone's to bind, so it only says what is asked: the
+/// unit is read from the peer itself (SO_PEERCRED's pid, its cgroup read
+/// through a pidfd) and must be the one the address names; the peer must be
+/// root; the secret's `allow_unit=` list must name the unit. Any refusal
+/// makes systemd's read fail, so the unit does not start (a connection
+/// merely closed would give it an empty credential): see `reset`.
+/// Each request is audited like an open.
+public final class CredentialServer: @unchecked Sendable {
+    public let path: String
+    private let fd: Int32
+    private let fs: SecretFileSystem
+    private let scratch = ScratchPool(bufferSize: 64 * 1024, maxPooled: 4)
+    private let pool = WorkPool(name: "kmsfs-cred", limit: 16, queueLimit: 1024)
+    private let stopped = Atomic<Bool>(false)
+
+    public init(path: String, fs: SecretFileSystem) throws(SystemError) {
+        self.path = path
+        self.fs = fs
+        fd = try listenUnix(path, mode: 0o600, what: "credential_socket=")
+    }
+
+    public func start() {
+        _ = startThread(name: "kmsfs-credsock") { [self] in
+            while !stopped.load(ordering: .relaxed) {
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&pfd, 1, 500) > 0 else { continue }
+                let c = accept(fd, nil, nil)
+                guard c >= 0 else { continue }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                let conn = c
+                if !pool.submit({ [self] in serve(conn) }) { close(conn) }
+            }
+        }
+    }
+
+    public func stop() {
+        stopped.store(true, ordering: .relaxed)
+        pool.stop(waiting: 0.5)
+        unlink(path)
+    }
+
+    deinit { close(fd) }
+
+    /// What a connection's abstract address asks for.
+    public struct Request: Equatable, Sendable {
+        public var unit: String
+        public var id: String
+    }
+
+    /// `\0<random>/unit/<UNIT>/<ID>` (the bytes after the leading NUL), or
+    /// nil for any other shape.
+    public static func parseAddress(_ bytes: [UInt8]) -> Request? {
+        let parts = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        guard parts.count == 4, !parts[0].isEmpty, parts[1].elementsEqual("unit".utf8),
+              let unit = String(validating: parts[2], as: UTF8.self),
+              let id = String(validating: parts[3], as: UTF8.self),
+              SystemdUnitName.isValid(unit), SystemdCredentialID.isValid(id) else { return nil }
+        return Request(unit: unit, id: id)
+    }
+
+    private func serve(_ c: Int32) {
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        guard let cred = peerCredentials(c) else { return refuse(c, "no peer credentials") }
+        guard let address = peerAddress(c) else {
+            return refuse(c, "pid \(cred.pid): not an abstract address of the form <random>/unit/<unit>/<id>")
+        }
+        guard let req = CredentialServer.parseAddress(address) else {
+            return refuse(c, "pid \(cred.pid): the address '\(String(decoding: address.prefix(200), as: UTF8.self))' is not <random>/unit/<unit>/<id>")
+        }
+        guard cred.uid == 0 else {
+            return refuse(c, "\(req.unit)/\(req.id): the peer (pid \(cred.pid)) runs as uid \(cred.uid), not root as systemd does")
+        }
+        guard let actual = liveSystemdUnit(pid: cred.pid) else {
+            return refuse(c, "\(req.unit)/\(req.id): the peer's (pid \(cred.pid)) unit cannot be read")
+        }
+        guard actual == req.unit else {
+            return refuse(c, "\(req.unit)/\(req.id): the address names \(req.unit) but the peer (pid \(cred.pid)) runs in \(actual)")
+        }
+        let path = fs.configuration.policy.credentialPath(for: req.id)
+        let caller = Caller(uid: cred.uid, gid: cred.gid, pid: cred.pid, unit: { actual })
+        switch fs.openCredential(path: path, unit: actual, caller: caller) {
+        case .success(let secret):
+            if send(secret.plaintext, to: c) {
+                Log.info("credential: served \(path) to \(actual) as \(req.id)")
+                shutdown(c, Int32(SHUT_WR))
+                close(c)
+            } else {
+                refuse(c, "\(req.unit)/\(req.id): writing the credential failed: \(String(cString: strerror(currentErrno)))")
+            }
+        case .failure(let e):
+            let why = e == .accessDenied ? "\(actual) is not in allow_unit= for \(path)"
+                : e == .notFound ? "no secret \(path) in the mount" : "\(path) could not be decrypted (see above)"
+            refuse(c, "\(req.unit)/\(req.id): \(why)")
+        }
+    }
+
+    /// Copies through locked scratch (memfd_secret pages are not handed to
+    /// the kernel), writes, wipes.
+    private func send(_ plaintext: SecureBuffer, to c: Int32) -> Bool {
+        var offset = 0
+        var ok = true
+        while ok && offset < plaintext.count {
+            let n = min(scratch.bufferSize, plaintext.count - offset)
+            do {
+                try scratch.withScratch { buf -> Int in
+                    plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!)
+                    var sent = 0
+                    while sent < n {
+                        let w = Glibc.send(c, buf.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL))
+                        if w < 0 && currentErrno == EINTR { continue }
+                        if w <= 0 { ok = false; break }
+                        sent += w
+                    }
+                    return n
+                }
+            } catch {
+                ok = false
+            }
+            offset += n
+        }
+        return ok
+    }
+
+    private func refuse(_ c: Int32, _ why: String) {
+        Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
+        reset(c)
+    }
+
+    /// systemd's CREDENTIAL_SIZE_MAX: a credential longer than this fails
+    /// the unit's start (E2BIG).
+    public static let systemdCredentialLimit = 1 << 20
+
+    /// Makes systemd's read fail. An AF_UNIX stream has no reset (SO_LINGER
+    /// does nothing there; a plain close reads as an empty credential, and
+    /// systemd 252 would start the unit with it), so the refusal is an
+    /// answer one byte over systemd's credential size limit: zeros, never a
+    /// secret, which systemd refuses whole.
+    private func reset(_ c: Int32) {
+        let zeros = [UInt8](repeating: 0, count: 64 * 1024)
+        var left = CredentialServer.systemdCredentialLimit + 1
+        while left > 0 {
+            let w = zeros.withUnsafeBytes { Glibc.send(c, $0.baseAddress, min(left, $0.count), Int32(MSG_NOSIGNAL)) }
+            if w < 0 && currentErrno == EINTR { continue }
+            if w <= 0 { break }
+            left -= w
+        }
+        close(c)
+    }
+
+    /// The bytes of the peer's abstract address after its leading NUL.
+    private func peerAddress(_ c: Int32) -> [UInt8]? {
+        var addr = sockaddr_un()
+        var len = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(c, $0, &len) }
+        }
+        let header = MemoryLayout<sa_family_t>.size
+        guard rc == 0, Int(len) > header + 1, Int(len) <= MemoryLayout<sockaddr_un>.size else { return nil }
+        return withUnsafeBytes(of: &addr.sun_path) { p -> [UInt8]? in
+            let n = Int(len) - header
+            guard p[0] == 0 else { return nil }   // a path, not an abstract address
+            return Array(p[1..<n])
+        }
+    }
+}

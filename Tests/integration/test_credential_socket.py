@@ -1,0 +1,96 @@
+"""Issue 15 item 2: systemd's LoadCredential=ID:PATH served from KMS. A
+client does what systemd does (as root, from a process already in the
+unit's cgroup, bound to the abstract address <random>/unit/<UNIT>/<ID>) and
+reads to EOF. Allowed units get the exact plaintext; a unit not allowed, a
+forged address, a non-root peer or an unknown ID get an answer over
+systemd's 1 MiB credential limit (zeros), so systemd's read fails and the
+unit does not start (an AF_UNIX stream cannot be reset), each audited."""
+import pathlib
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from test_units import units  # noqa: F401  (the fixture)
+
+CLIENT = r'''
+import os, socket, sys
+unit, ident, path = sys.argv[1:4]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(b"\0" + os.urandom(8).hex().encode() + b"/unit/" + unit.encode() + b"/" + ident.encode())
+s.connect(path)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+if len(data) > 1 << 20:          # what systemd refuses (CREDENTIAL_SIZE_MAX): E2BIG
+    assert data.count(0) == len(data)
+    sys.stderr.write("REFUSED\n")
+    sys.exit(3)
+sys.stdout.buffer.write(data)
+'''
+
+
+def fetch(cgroup, unit, ident, sock, user=None):
+    """Runs the client in `cgroup` (as root, or `user`), asking for `unit`/`ident`."""
+    drop = 'setpriv --reuid "$5" --regid "$5" --init-groups ' if user else ""
+    script = 'echo $$ > "$1/cgroup.procs" && exec %s"%s" -c "$6" "$2" "$3" "$4"' % (drop, sys.executable)
+    return subprocess.run(["sh", "-c", script, "sh", str(cgroup), unit, ident, str(sock), user or "", CLIENT],
+                          capture_output=True, timeout=60)
+
+
+def test_units_get_their_credentials_and_nothing_else(tmp_path, kms, mount_factory, units, users, public_tmp):  # noqa: F811
+    web, web_cg = units["web"]
+    batch, batch_cg = units["batch"]
+    src = tmp_path / "src"
+    (src / "db").mkdir(parents=True)
+    (src / "api.token.encrypted").write_bytes(kms.encrypt_blob(b"token-for-web\n"))
+    (src / "db" / "main.password.encrypted").write_bytes(kms.encrypt_blob(b"db-password"))
+    policy = tmp_path / "policy"
+    policy.write_text("db/main.password  allow_unit=%s  credential=db-password\n"
+                      "api.token         allow_unit=%s\n" % (batch, web))
+    sock = public_tmp / ("cred-%s.sock" % uuid.uuid4().hex[:8])   # a non-root peer must reach it in one case
+    audit = tmp_path / "audit.log"
+    m = mount_factory(src, "allow_uid=0,policy=%s,credential_socket=%s,audit=%s" % (policy, sock, audit))
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+
+    r = fetch(web_cg, web, "api.token", sock)
+    assert r.returncode == 0 and r.stdout == b"token-for-web\n", r.stderr
+    r = fetch(batch_cg, batch, "db-password", sock)          # credential=ID names a nested file
+    assert r.returncode == 0 and r.stdout == b"db-password", r.stderr
+
+    refusals = [
+        (batch_cg, batch, "api.token", None, "not in allow_unit="),          # a unit not allowed
+        (batch_cg, web, "api.token", None, "runs in %s" % batch),          # an address forged for another unit
+        (web_cg, web, "api.token", "kmsfs-alice", "not root"),             # not root (systemd connects as root)
+        (web_cg, web, "missing", None, "not in allow_unit= for missing"),  # no rule names it: refused before any lookup
+        (web_cg, web, "..", None, "not <random>/unit/<unit>/<id>"),        # not a credential ID
+    ]
+    for cg, unit, ident, user, why in refusals:
+        if user:
+            sock.chmod(0o666)                                          # let the non-root peer reach the socket
+        r = fetch(cg, unit, ident, sock, user)
+        if user:
+            sock.chmod(0o600)
+        assert r.returncode == 3 and b"REFUSED" in r.stderr, (ident, why, r.returncode, r.stderr)
+        assert m.wait_log(why), (why, m.log()[-2000:])
+    text = audit.read_text()
+    assert text.count("result=allowed") == 2
+    assert "path=api.token result=denied" in text and "systemd credential for %s" % batch in text
+    assert b"token-for-web" not in pathlib.Path(m.log_path).read_bytes()
+
+
+@pytest.mark.parametrize("value", ["relative.sock", "/" + "x" * 120])
+def test_a_bad_credential_socket_path_is_refused_with_one_line(tmp_path, kms, kmsfs_bin, value):
+    src = tmp_path / "src"
+    src.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "credential_socket=" + value],
+                       capture_output=True, env=kms.env, timeout=30)
+    assert r.returncode != 0
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "credential_socket=" in lines[0], lines
