@@ -34,7 +34,10 @@ extension AuditRecord {
     public var journalFields: [(String, String)] {
         var f = [("MESSAGE_ID", AuditRecord.journalMessageID), ("KMSFS_PATH", path), ("KMSFS_UID", String(uid)),
                  ("KMSFS_GID", String(gid)), ("KMSFS_PID", String(pid)), ("KMSFS_COMM", processName),
-                 ("KMSFS_RESULT", allowed ? "allowed" : "denied"), ("KMSFS_SOURCE", outcome.rawValue)]
+                 ("KMSFS_RESULT", result), ("KMSFS_SOURCE", outcome.rawValue)]
+        // The caller's systemd unit, read here on the audit writer's thread
+        // (off the open's path); absent once the process is gone.
+        if outcome != .notified && outcome != .notifyFailed, let unit = systemdUnit(pid: pid) { f.append(("KMSFS_UNIT", unit)) }
         if let latency { f.append(("KMSFS_KMS_MS", String(Int((latency * 1000).rounded())))) }
         if let detail { f.append(("KMSFS_REASON", detail)) }
         return f

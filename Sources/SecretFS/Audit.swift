@@ -42,7 +42,7 @@ public struct AuditRecord: Sendable {
 
     /// `allowed`/`denied` for opens; `notified`/`failed` for rotation
     /// notifications (whose `comm` is the target).
-    var result: String {
+    public var result: String {
         switch outcome {
         case .notified: return "notified"
         case .notifyFailed: return "failed"
