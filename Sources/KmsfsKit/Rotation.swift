@@ -68,7 +68,9 @@ public final class RotationNotifier: @unchecked Sendable {
         self.audit = audit
         // The daemon's AWS credentials and systemd sockets are not the
         // program's business.
-        self.environment = Environment(environment.values.filter { k, _ in
+        // `plain` holds no secret variable (those live in secure memory and
+        // are never made Strings here).
+        self.environment = Environment(environment.plain.filter { k, _ in
             !k.hasPrefix("AWS_") && k != "NOTIFY_SOCKET" && !k.hasPrefix("LISTEN_") && k != "WATCHDOG_USEC" && k != "WATCHDOG_PID"
         })
         self.settle = settle

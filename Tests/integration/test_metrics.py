@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -220,8 +221,13 @@ def test_a_real_prometheus_server_scrapes_the_endpoint(metered, tmp_path):
         deadline = time.time() + 60
         result = []
         while time.time() < deadline:
-            with urllib.request.urlopen(query, timeout=10) as r:
-                doc = json.load(r)
+            try:
+                with urllib.request.urlopen(query, timeout=10) as r:
+                    doc = json.load(r)
+            except urllib.error.HTTPError as e:      # 503 until its storage is ready
+                assert e.code == 503, e
+                time.sleep(0.5)
+                continue
             result = doc["data"]["result"]
             if result:
                 break
