@@ -116,16 +116,9 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     public func start() {
-        startThread(name: "kmsfs-control") { [self] in
-            while !stopped.load(ordering: .relaxed) {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&pfd, 1, 500) > 0 else { continue }
-                let c = accept(fd, nil, nil)
-                guard c >= 0 else { continue }
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                serve(c)
-                close(c)
-            }
+        acceptConnections(fd, thread: "kmsfs-control", until: { [self] in stopped.load(ordering: .relaxed) }) { [self] c in
+            serve(c)
+            close(c)
         }
     }
 

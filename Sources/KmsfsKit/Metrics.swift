@@ -227,16 +227,9 @@ public final class MetricsServer: @unchecked Sendable {
 
     /// Serves from its own thread; `render` makes each answer's body.
     public func start(render: @escaping @Sendable () -> String) {
-        _ = startThread(name: "kmsfs-metrics") { [self] in
-            while !stopped.load(ordering: .relaxed) {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&pfd, 1, 500) > 0 else { continue }
-                let c = accept(fd, nil, nil)
-                guard c >= 0 else { continue }
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                serve(c, render)
-                close(c)
-            }
+        acceptConnections(fd, thread: "kmsfs-metrics", until: { [self] in stopped.load(ordering: .relaxed) }) { [self] c in
+            serve(c, render)
+            close(c)
         }
     }
 

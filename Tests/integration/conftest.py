@@ -261,6 +261,21 @@ def public_tmp():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def refused_at_mount(kmsfs_bin, env, tmp_path, options):
+    """Mounting an empty SOURCE with `options` fails with exactly one line
+    on stderr and mounts nothing; returns that line."""
+    src = tmp_path / "refused-src"
+    mnt = tmp_path / "refused-mnt"
+    src.mkdir(exist_ok=True)
+    mnt.mkdir(exist_ok=True)
+    r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", options], capture_output=True, env=env, timeout=30)
+    assert r.returncode != 0
+    assert not mounted(mnt)
+    lines = r.stderr.decode(errors="replace").strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def run_as(user, argv, **kw):
     """Runs argv as `user` (name), with its groups, through setpriv."""
     return subprocess.run(["setpriv", "--reuid", user, "--regid", user, "--init-groups"] + list(argv),

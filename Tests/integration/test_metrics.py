@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Mount, free_port, wait_port, run_as
+from conftest import Mount, free_port, wait_port, refused_at_mount, run_as
 
 SECRET = b"metrics-plaintext-must-not-leak-7f3a"
 
@@ -174,32 +174,17 @@ def test_unix_socket_endpoint(tmp_path, kms, mount_factory):
     ("unix:relative.sock", "absolute"),
 ])
 def test_a_bad_metrics_address_is_refused_with_one_line(tmp_path, kms, kmsfs_bin, value, why):
-    src = tmp_path / "src"
-    src.mkdir()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "metrics=" + value], capture_output=True,
-                       env=kms.env, timeout=30)
-    assert r.returncode != 0
-    lines = r.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and why in lines[0] and "metrics=" in lines[0], lines
+    line = refused_at_mount(kmsfs_bin, kms.env, tmp_path, "metrics=" + value)
+    assert why in line and "metrics=" in line, line
 
 
 def test_a_taken_port_fails_the_mount_with_one_line(tmp_path, kms, kmsfs_bin):
-    src = tmp_path / "src"
-    src.mkdir()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "metrics=127.0.0.1:%d" % port],
-                           capture_output=True, env=kms.env, timeout=30)
-    assert r.returncode != 0
-    lines = r.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "metrics=127.0.0.1:%d" % port in lines[0], lines
-    assert not any(str(mnt) in l.split()[1] for l in open("/proc/mounts"))
+        line = refused_at_mount(kmsfs_bin, kms.env, tmp_path, "metrics=127.0.0.1:%d" % port)
+    assert "metrics=127.0.0.1:%d" % port in line, line
 
 
 def test_a_real_prometheus_server_scrapes_the_endpoint(metered, tmp_path):
