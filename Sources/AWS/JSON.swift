@@ -45,7 +45,9 @@ public indirect enum JSONValue: Sendable, Equatable {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
         case .number(let n):
-            if n == n.rounded(), abs(n) < 1e15 { out += String(Int64(n)) } else { out += String(n) }
+            // JSON has no infinity or NaN: never write `inf` (the parser
+            // refuses them too; this guards values built in code).
+            if !n.isFinite { out += "null" } else if n == n.rounded(), abs(n) < 1e15 { out += String(Int64(n)) } else { out += String(n) }
         case .string(let s): JSONValue.quote(s, into: &out)
         case .array(let a):
             out += "["
@@ -179,7 +181,9 @@ public struct JSONParser {
               (c >= 48 && c <= 57) || c == 45 || c == 43 || c == 46 || c == 101 || c == 69 { i += 1 }
         guard i > start else { return nil }
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
-        return Double(text).map { .number($0) }
+        // `1e999` overflows to infinity: not a JSON number (found by fuzzing).
+        guard let n = Double(text), n.isFinite else { return nil }
+        return .number(n)
     }
 
     public mutating func string() -> String? {
