@@ -100,3 +100,68 @@ deb:
 .PHONY: man
 man:
 	man -l docs/kmsfs.8
+
+# ---- fuzzing and sanitizers (docs/fuzzing.md) -----------------------------
+# `make fuzz`: builds the libFuzzer targets in fuzz/targets (.build-fuzz) and
+# fuzzes each for FUZZ_TIME seconds (FUZZ_TARGETS to pick some; FUZZ_RUNS
+# caps executions). Not for CI: nothing in CI is timed. `make fuzz-replay`
+# runs every committed seed once through the fuzz build; `make test` and
+# `make unit` replay them through the ordinary unit-test build instead
+# (FuzzCorpusReplayTests), which costs no extra build.
+FUZZ_TIME    ?= 60
+FUZZ_RUNS    ?= -1
+FUZZ_TARGETS ?=
+
+.PHONY: fuzz fuzz-build fuzz-replay sanitize sanitize-unit sanitize-integration
+
+fuzz-build:
+	fuzz/build.sh $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	FUZZ_TIME=$(FUZZ_TIME) FUZZ_RUNS=$(FUZZ_RUNS) fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz-replay: fuzz-build
+	fuzz/run.sh --replay $(FUZZ_TARGETS)
+
+# `make sanitize`: the unit tests under ThreadSanitizer and under
+# AddressSanitizer (debug builds in .build-tsan and .build-asan), then the
+# integration suite against a daemon built with each (SANITIZE_TESTS picks
+# integration tests; the default leaves out test_memory.py, whose locked-memory
+# and memory-scan checks measure the sanitizer's allocator, not kmsfs, and
+# test_install.py, which installs the release binary).
+# Sanitized daemons run with -o insecure_allow_unlocked (KMSFS_EXTRA_OPTS):
+# the shadow memory makes mlock budgets meaningless. Any report fails the run
+# Under TSan, -DKMSFS_TSAN_MUTEX swaps Swift's Mutex (whose locking TSan
+# cannot see on Linux) for a pthread one in each module (TSanMutex.swift).
+# (TSan's "thread finished with ignores enabled" notes, from libfuse
+# cancelling its workers at exit, are not reports, but they set TSan's exit
+# status: hence exitcode=0, and the report files are what is checked).
+SANITIZERS     ?= thread address
+SANITIZE_TESTS ?= $(addprefix Tests/integration/,test_mount.py test_access.py test_live.py \
+                  test_containment.py test_retries.py test_formats.py test_credentials.py test_tools.py)
+
+sanitize: sanitize-unit sanitize-integration
+
+sanitize-unit:
+	@for s in $(SANITIZERS); do \
+		flags=; [ $$s = thread ] && flags="-Xswiftc -DKMSFS_TSAN_MUTEX"; \
+		echo "== unit tests under $$s sanitizer"; \
+		$(SWIFT) build --build-tests --sanitize=$$s --scratch-path .build-$$(echo $$s | cut -c1-1)san $$flags && \
+		TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 SWIFT_BACKTRACE=enable=no \
+		$(SWIFT) test --skip-build --sanitize=$$s --scratch-path .build-$$(echo $$s | cut -c1-1)san || exit 1; \
+	done
+
+sanitize-integration:
+	@for s in $(SANITIZERS); do \
+		d=.build-$$(echo $$s | cut -c1-1)san; \
+		flags=; [ $$s = thread ] && flags="-Xswiftc -DKMSFS_TSAN_MUTEX"; \
+		echo "== integration tests against a daemon built with the $$s sanitizer"; \
+		$(SWIFT) build -c release --product kmsfs --sanitize=$$s --scratch-path $$d $$flags || exit 1; \
+		rm -f $$d/report.*; \
+		KMSFS_BIN=$(CURDIR)/$$d/release/kmsfs KMSFS_EXTRA_OPTS=insecure_allow_unlocked \
+		TSAN_OPTIONS="halt_on_error=1 exitcode=0 log_path=$(CURDIR)/$$d/report" \
+		ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/$$d/report" SWIFT_BACKTRACE=enable=no \
+		$(PYTHON) -m pytest -q $(SANITIZE_TESTS) || exit 1; \
+		if grep -l "WARNING: ThreadSanitizer\|ERROR: AddressSanitizer" $$d/report.* 2>/dev/null; then \
+			echo "$$s sanitizer reports above (files $$d/report.*)"; exit 1; fi; \
+	done

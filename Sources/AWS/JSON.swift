@@ -47,7 +47,9 @@ public indirect enum JSONValue: Sendable, Equatable {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
         case .number(let n):
-            if n == n.rounded(), abs(n) < 1e15 { out += String(Int64(n)) } else { out += String(n) }
+            // JSON has no infinity or NaN: never write `inf` (the parser
+            // refuses them too; this guards values built in code).
+            if !n.isFinite { out += "null" } else if n == n.rounded(), abs(n) < 1e15 { out += String(Int64(n)) } else { out += String(n) }
         case .string(let s): JSONValue.quote(s, into: &out)
         case .array(let a):
             out += "["

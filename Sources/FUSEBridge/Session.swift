@@ -54,8 +54,13 @@ public final class FUSESession: @unchecked Sendable {
     public func releaseIdleScratch() -> Int { context.scratch.trim(keeping: 2) }
     private let session: OpaquePointer
     private var ops: fuse_lowlevel_ops
-    private var mounted = false
+    /// Read by worker and watcher threads (invalidations), written by the
+    /// main thread on stop: atomic (ThreadSanitizer found the plain Bool).
+    private let mounted = Atomic<Bool>(false)
     private let loopDone = Atomic<Bool>(false)
+    /// The same event for a thread that waits on it (a pthread condition,
+    /// which ThreadSanitizer sees, unlike Swift's atomics).
+    private let loopEnded = ConditionLock()
     private var connectionId: UInt32?
 
     /// Blocks the signals the daemon handles synchronously; call before any
@@ -92,7 +97,7 @@ public final class FUSESession: @unchecked Sendable {
     }
 
     deinit {
-        if mounted { fuse_session_unmount(session) }
+        if mounted.load(ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
         fuse_session_destroy(session)
     }
 
@@ -111,7 +116,7 @@ public final class FUSESession: @unchecked Sendable {
         guard fuse_session_mount(session, options.mountpoint) == 0 else {
             throw FUSEError("cannot mount on \(options.mountpoint): is /dev/fuse available and are you root (or is fusermount3 installed)?")
         }
-        mounted = true
+        mounted.store(true, ordering: .sequentiallyConsistent)
         // Not stat(): nothing answers on the mount until the loop runs.
         connectionId = FUSESession.deviceMinor(of: options.mountpoint)
     }
@@ -179,7 +184,10 @@ public final class FUSESession: @unchecked Sendable {
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
             let rc = kmsfs_fuse_session_loop_mt(se.pointer, maxThreads, maxIdle)
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
-            loopDone.store(true, ordering: .sequentiallyConsistent)
+            loopEnded.withLock {
+                loopDone.store(true, ordering: .sequentiallyConsistent)
+                loopEnded.broadcast()
+            }
             pthread_kill(mainThread, SIGUSR1)
         }
         onServing()
@@ -197,13 +205,22 @@ public final class FUSESession: @unchecked Sendable {
             case SIGTERM, SIGINT:
                 Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(options.mountpoint)")
                 stop()
+                // Let requests in flight finish (the aborted connection ends
+                // the loop) before onStop wipes what they may be reading;
+                // bounded, since a worker may be waiting on KMS.
+                let deadline = monotonicNow() + 5
+                loopEnded.withLock {
+                    while !loopDone.load(ordering: .sequentiallyConsistent) && monotonicNow() < deadline {
+                        loopEnded.wait(seconds: deadline - monotonicNow())
+                    }
+                }
                 onStop()
                 return 0
             case SIGUSR1:
-                if loopDone.load(ordering: .sequentiallyConsistent) {
+                if loopEnded.withLock({ loopDone.load(ordering: .sequentiallyConsistent) }) {
                     Log.notice("\(options.mountpoint) was unmounted; wiping cached secrets and exiting")
                     onStop()
-                    if mounted { fuse_session_unmount(session); mounted = false }
+                    if mounted.exchange(false, ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
                     return 0
                 }
             default:
@@ -218,9 +235,8 @@ public final class FUSESession: @unchecked Sendable {
         // into the aborted connection below.
         context.opens.stop(waiting: 0.2)
         fuse_session_exit(session)
-        if mounted {
+        if mounted.exchange(false, ordering: .sequentiallyConsistent) {
             fuse_session_unmount(session)   // lazy: the name goes away now
-            mounted = false
         }
         // Open files keep a lazily-unmounted FUSE connection alive; abort
         // it so nothing more is served.
@@ -237,13 +253,13 @@ public final class FUSESession: @unchecked Sendable {
 
     /// Tells the kernel a name in a directory changed.
     public func invalidateEntry(parent: UInt64, name: String) {
-        guard mounted else { return }
+        guard mounted.load(ordering: .sequentiallyConsistent) else { return }
         _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, parent, $0, strlen($0)) }
     }
 
     /// Tells the kernel an inode's attributes changed.
     public func invalidateInode(_ ino: UInt64) {
-        guard mounted else { return }
+        guard mounted.load(ordering: .sequentiallyConsistent) else { return }
         _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
     }
 }

@@ -7,26 +7,40 @@ import Glibc
 
 /// A mutex with a condition variable, for the waits `Mutex` cannot express
 /// (single-flight decryption, the expiry sweeper, credential refresh).
+///
+/// The `pthread_mutex_t` and `pthread_cond_t` live in memory allocated once
+/// and never moved (as swift-nio's `NIOLock` does with `ManagedBuffer`):
+/// `&storedProperty` on a class hands C a pointer Swift only promises for
+/// the duration of the call, which is not enough for a lock other threads
+/// block on.
 public final class ConditionLock: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
 
     public init() {
-        pthread_mutex_init(&mutex, nil)
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        cond = .allocate(capacity: 1)
+        cond.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(&cond, &attr)
+        pthread_cond_init(cond, &attr)
         pthread_condattr_destroy(&attr)
     }
 
     deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deinitialize(count: 1)
+        cond.deallocate()
+        mutex.deinitialize(count: 1)
+        mutex.deallocate()
     }
 
-    public func lock() { pthread_mutex_lock(&mutex) }
-    public func unlock() { pthread_mutex_unlock(&mutex) }
+    public func lock() { pthread_mutex_lock(mutex) }
+    public func unlock() { pthread_mutex_unlock(mutex) }
 
     @inline(__always)
     public func withLock<R>(_ body: () throws -> R) rethrows -> R {
@@ -36,26 +50,37 @@ public final class ConditionLock: @unchecked Sendable {
     }
 
     /// Waits (lock held) until signalled.
-    public func wait() { pthread_cond_wait(&cond, &mutex) }
+    public func wait() { pthread_cond_wait(cond, mutex) }
 
-    /// Waits (lock held) at most `seconds`; false on timeout. Any value
-    /// is safe: NaN and negatives wait not at all, and a wait past about
-    /// 30 years is cut to that (`Int(Double)` traps out of range).
+    /// Waits (lock held) at most `seconds`; false on timeout. Any `seconds`
+    /// is safe: negative or NaN waits not at all, and a huge one (`1e30`,
+    /// infinity) is clamped to a deadline about 68 years out rather than
+    /// trapping in `Int(Double)`.
     @discardableResult
     public func wait(seconds: Double) -> Bool {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
-        let wait = seconds.isNaN ? 0 : min(max(0, seconds), 1e9)
-        let whole = Int(wait)
-        var sec = now.tv_sec + whole
-        var nsec = now.tv_nsec + Int((wait - Double(whole)) * 1e9)
-        if nsec >= 1_000_000_000 { sec += 1; nsec -= 1_000_000_000 }
-        var deadline = timespec(tv_sec: sec, tv_nsec: nsec)
-        return pthread_cond_timedwait(&cond, &mutex, &deadline) == 0
+        var deadline = ConditionLock.deadline(now: now, after: seconds)
+        return pthread_cond_timedwait(cond, mutex, &deadline) == 0
     }
 
-    public func broadcast() { pthread_cond_broadcast(&cond) }
-    public func signal() { pthread_cond_signal(&cond) }
+    /// The longest wait (seconds): `Int32.max`, so that `now + wait` fits
+    /// `time_t` on every platform for the next few decades.
+    public static let longestWait = Double(Int32.max)
+
+    /// `now + seconds` as a `timespec`, saturating: never traps.
+    public static func deadline(now: timespec, after seconds: Double) -> timespec {
+        let s = seconds.isNaN ? 0 : min(max(0, seconds), longestWait)
+        let whole = s.rounded(.towardZero)           // in 0...Int32.max: exact in Int
+        var sec = Int(whole)
+        var nsec = Int(((s - whole) * 1e9).rounded(.towardZero)) + Int(now.tv_nsec)
+        if nsec >= 1_000_000_000 { nsec -= 1_000_000_000; sec += 1 }
+        let (total, overflow) = Int(now.tv_sec).addingReportingOverflow(sec)
+        return timespec(tv_sec: overflow ? Int.max : total, tv_nsec: nsec)
+    }
+
+    public func broadcast() { pthread_cond_broadcast(cond) }
+    public func signal() { pthread_cond_signal(cond) }
 }
 
 /// Starts a detached pthread running `body` (no Foundation, no Dispatch:

@@ -25,6 +25,9 @@ from kmsproxy import KMSProxy  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KMSFS = pathlib.Path(os.environ.get("KMSFS_BIN", ROOT / ".build" / "release" / "kmsfs"))
+# Options added to every Mount (make sanitize: insecure_allow_unlocked for
+# sanitizer builds, whose shadow memory defeats the mlock budget).
+EXTRA_OPTS = os.environ.get("KMSFS_EXTRA_OPTS", "")
 REGION = "us-east-1"
 
 
@@ -156,6 +159,8 @@ class Mount:
         self.options = options
         self.log_path = pathlib.Path(log_path)
         args = [str(KMSFS), self.source, self.path, "-f"] + list(extra_args)
+        if EXTRA_OPTS:
+            options = options + "," + EXTRA_OPTS if options else EXTRA_OPTS
         if options:
             args += ["-o", options]
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,

@@ -1,0 +1,48 @@
+#!/bin/sh
+# Builds the libFuzzer targets in fuzz/targets into $FUZZ_BUILD (default
+# .build-fuzz): the library modules are compiled straight from Sources/
+# with swiftc (coverage + AddressSanitizer, -enable-testing so a target may
+# reach internal parsers), one object per module, then each target links
+# them with libFuzzer's main. SwiftPM is not used: it cannot build a
+# -sanitize=fuzzer executable without a main of its own.
+#   fuzz/build.sh            all targets
+#   fuzz/build.sh json esdk  only these
+set -eu
+cd "$(dirname "$0")/.."
+PATH=/opt/swift/usr/bin:$PATH
+OUT=${FUZZ_BUILD:-.build-fuzz}
+SAN=${FUZZ_SANITIZE:-fuzzer,address}
+mkdir -p "$OUT/modules" "$OUT/bin"
+
+CFLAGS="-I Sources/CLinux -I Sources/CFuse -I Sources/CCurl -I Sources/CCrypto"
+for f in $(pkg-config --cflags-only-I fuse3 libcurl openssl); do CFLAGS="$CFLAGS -Xcc $f"; done
+LIBS=$(pkg-config --libs fuse3 libcurl openssl)
+COMMON="-swift-version 6 -O -g -enable-testing -sanitize=$SAN -I $OUT/modules $CFLAGS"
+
+# Dependency order (Package.swift); each module rebuilt only when one of
+# its sources or a module below it is newer than its object.
+prev=""
+for m in Threading SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
+    obj="$OUT/modules/$m.o"
+    srcs=$(ls Sources/$m/*.swift)
+    stale=no
+    [ -f "$obj" ] || stale=yes
+    for s in $srcs $prev; do [ "$s" -nt "$obj" ] && stale=yes; done
+    if [ $stale = yes ]; then
+        echo "fuzz/build.sh: module $m" >&2
+        swiftc $COMMON -parse-as-library -wmo -module-name "$m" -package-name kmsfs \
+            -emit-module -emit-module-path "$OUT/modules/$m.swiftmodule" -c -o "$obj" $srcs
+    fi
+    prev="$prev $obj"
+done
+
+targets=${*:-$(cd fuzz/targets && ls *.swift | sed 's/\.swift$//')}
+for t in $targets; do
+    bin="$OUT/bin/fuzz-$t"
+    if [ ! -f "$bin" ] || [ "fuzz/targets/$t.swift" -nt "$bin" ] || [ fuzz/Support.swift -nt "$bin" ] \
+        || [ -n "$(find $OUT/modules -name '*.o' -newer "$bin")" ]; then
+        echo "fuzz/build.sh: target $t" >&2
+        swiftc $COMMON -parse-as-library -module-name "fuzz_$t" fuzz/Support.swift "fuzz/targets/$t.swift" \
+            $OUT/modules/*.o $LIBS -use-ld=lld -o "$bin"
+    fi
+done
