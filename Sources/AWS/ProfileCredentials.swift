@@ -1,3 +1,4 @@
+import SecureMemory
 /// Credentials a shared-config profile describes, in botocore's order for
 /// one profile:
 ///
@@ -94,9 +95,22 @@ public struct ProfileCredentialProvider: CredentialProvider {
         guard let secret = p["aws_secret_access_key"] else {
             throw .failed("profile '\(p.name)' has aws_access_key_id but no aws_secret_access_key")
         }
-        return try AWSCredentials(accessKeyId: id, secretAccessKey: secret,
-                              sessionToken: p["aws_session_token"] ?? p["aws_security_token"],
-                              source: "profile \(p.name)")
+        // Values `SharedConfigFiles.load` took out into secure memory come
+        // back from there: no String is made of them.
+        let source = "profile \(p.name)"
+        do {
+            let s = try config.secret(secret)
+            var t: SecureBuffer? = nil
+            if let v = p["aws_session_token"] ?? p["aws_security_token"] { t = try config.secret(v) }
+            if let t, !AWSCredentials.isPrintableWord(t) {
+                throw CredentialError.failed("the session token from \(source) holds a blank or a control character")
+            }
+            return AWSCredentials(accessKeyId: id, secret: s, token: t, source: source)
+        } catch let e as CredentialError {
+            throw e
+        } catch {
+            throw .failed("cannot hold the AWS credentials from \(source) in secure memory: \(error)")
+        }
     }
 
     func sourceCredentials(for p: ConfigProfile, visited: [String]) throws(CredentialError) -> AWSCredentials {

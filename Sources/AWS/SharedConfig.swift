@@ -11,6 +11,10 @@ public struct SharedConfigFiles: Sendable {
     public var profiles: [String: ConfigProfile]
     /// `[services NAME]` sections: NAME → service → key → value.
     public var services: [String: [String: [String: String]]]
+    /// The values of `aws_secret_access_key` and `aws_session_token` read
+    /// by `load`, in secure memory; the profile holds `SharedConfigFiles.secretMarker`
+    /// and the index here in their place (see `secret(_:)`).
+    public var secrets: [SecureBuffer] = []
 
     public init(configPath: String = "", credentialsPath: String = "",
                 profiles: [String: ConfigProfile] = [:], services: [String: [String: [String: String]]] = [:]) {
@@ -32,16 +36,97 @@ public struct SharedConfigFiles: Sendable {
         }
         let configPath = expand(env["AWS_CONFIG_FILE"] ?? "~/.aws/config")
         let credentialsPath = expand(env["AWS_SHARED_CREDENTIALS_FILE"] ?? "~/.aws/credentials")
+        // The files are read into secure memory and their secret values
+        // taken out before any String is made of the text.
+        var secrets: [SecureBuffer] = []
         func text(_ path: String) throws(SharedConfigError) -> String? {
-            switch readSmallFile(path) {
-            case .success(let bytes): return String(decoding: bytes, as: UTF8.self)
+            switch readSmallFileSecurely(path) {
+            case .success(let file):
+                do {
+                    return String(decoding: try SharedConfigFiles.withSecretsTakenOut(file, into: &secrets), as: UTF8.self)
+                } catch {
+                    throw SharedConfigError("\(path): cannot hold its secrets in secure memory: \(error)")
+                }
             case .failure(let e):
                 if e.isMissing { return nil }
                 throw SharedConfigError("cannot read \(e)")
             }
         }
-        return try parse(config: try text(configPath), credentials: try text(credentialsPath),
-                         configPath: configPath, credentialsPath: credentialsPath)
+        var out = try parse(config: try text(configPath), credentials: try text(credentialsPath),
+                            configPath: configPath, credentialsPath: credentialsPath)
+        out.secrets = secrets
+        return out
+    }
+
+    /// Keys whose values are secrets.
+    static let secretKeys: Set<String> = ["aws_secret_access_key", "aws_session_token", "aws_security_token"]
+    /// What stands in a profile for a value kept in `secrets`: the marker
+    /// (a control character no file value can hold) and the index.
+    public static let secretMarker = "\u{1}kmsfs-secret:"
+
+    /// The file's bytes with the value of every secret key replaced by the
+    /// marker and its index in `secrets`, where the value goes (in secure
+    /// memory). Lines are split on bytes; CR before LF is kept.
+    static func withSecretsTakenOut(_ file: SecureBuffer, into secrets: inout [SecureBuffer]) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var failure: (any Error)? = nil
+        file.withUnsafeBytes { (b: UnsafeRawBufferPointer) in
+            out.reserveCapacity(b.count)
+            var start = 0
+            while start < b.count && failure == nil {
+                var end = start
+                while end < b.count && b[end] != 10 { end += 1 }
+                let line = UnsafeRawBufferPointer(rebasing: b[start..<end])
+                if let (prefix, value) = secretValue(line) {
+                    do {
+                        let s = try SecureBuffer(capacity: max(value.count, 1))
+                        try s.append(value)
+                        out += prefix
+                        out += Array((" " + secretMarker + String(secrets.count)).utf8)
+                        if line.last == 13 { out.append(13) }
+                        secrets.append(s)
+                    } catch {
+                        failure = error
+                    }
+                } else {
+                    out += line
+                }
+                if end < b.count { out.append(10) }
+                start = end + 1
+            }
+        }
+        if let failure { throw failure }
+        return out
+    }
+
+    /// For `key = value` lines of a secret key: the bytes through `=`, and
+    /// the value without surrounding blanks (and CR).
+    static func secretValue(_ line: UnsafeRawBufferPointer) -> (prefix: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)? {
+        func blank(_ c: UInt8) -> Bool { c == 32 || c == 9 || c == 13 }
+        // An indented line continues the value above it (nested settings).
+        guard let first = line.first, !blank(first), let eq = line.firstIndex(of: UInt8(ascii: "=")) else { return nil }
+        var ks = 0, ke = eq
+        while ks < ke && blank(line[ks]) { ks += 1 }
+        while ke > ks && blank(line[ke - 1]) { ke -= 1 }
+        guard ke - ks <= 32 else { return nil }
+        let key = String(decoding: UnsafeRawBufferPointer(rebasing: line[ks..<ke]), as: UTF8.self).lowercased()
+        guard secretKeys.contains(key) else { return nil }
+        var vs = eq + 1, ve = line.count
+        while vs < ve && blank(line[vs]) { vs += 1 }
+        while ve > vs && blank(line[ve - 1]) { ve -= 1 }
+        return (UnsafeRawBufferPointer(rebasing: line[0...eq]), UnsafeRawBufferPointer(rebasing: line[vs..<ve]))
+    }
+
+    /// A profile value that may stand for a secret taken out by `load`: the
+    /// secret (shared, in secure memory), or the value itself copied there.
+    public func secret(_ value: String) throws(SecureMemoryError) -> SecureBuffer {
+        if value.hasPrefix(SharedConfigFiles.secretMarker),
+           let i = Int(value.dropFirst(SharedConfigFiles.secretMarker.count)), secrets.indices.contains(i) {
+            return secrets[i]
+        }
+        let b = try SecureBuffer(capacity: max(value.utf8.count, 1))
+        try b.append(utf8: value)
+        return b
     }
 
     /// Builds the profile map from the two files' text.

@@ -138,3 +138,29 @@ public func whileProcessLives<R>(_ pid: Int32, _ body: () -> R?) -> R? {
     guard kmsfs_pidfd_alive(fd) == 0 else { return nil }
     return answer
 }
+
+/// Reads a small file that holds secrets (the shared credentials file)
+/// whole into secure memory; the read chunk is wiped. EFBIG past `limit`.
+public func readSmallFileSecurely(_ path: String, limit: Int = 1 << 20) -> Result<SecureBuffer, FileReadError> {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return .failure(FileReadError(path: path, errno: errno)) }
+    defer { close(fd) }
+    let out: SecureAccumulator
+    do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch {
+        return .failure(FileReadError(path: path, errno: ENOMEM))
+    }
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    defer { secureWipe(&chunk) }
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return .failure(FileReadError(path: path, errno: errno))
+        }
+        if n == 0 { return .success(out.buffer) }
+        let ok = chunk.withUnsafeBytes { b -> Bool in
+            do { try out.append(UnsafeRawBufferPointer(rebasing: b[0..<n])); return true } catch { return false }
+        }
+        if !ok { return .failure(FileReadError(path: path, errno: EFBIG)) }
+    }
+}

@@ -528,3 +528,28 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(e2.kind == .notConfigured && e2.message == "a: nothing here; a: nothing here")
     }
 }
+
+@Suite struct SharedCredentialsSecretTests {
+    @Test func secretValuesNeverBecomeProfileStrings() throws {
+        let dir = "/tmp/kmsfs-sharedcfg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o700)
+        defer { unlink(dir + "/credentials"); rmdir(dir) }
+        let text = "[default]\r\naws_access_key_id = AKIDEXAMPLE\r\nAWS_Secret_Access_Key=  s3cr3t/with=equals \r\naws_session_token=TOKEN123\n[other]\naws_secret_access_key = second\n"
+        let fd = open(dir + "/credentials", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        let files = try SharedConfigFiles.load(environment: Environment(["AWS_SHARED_CREDENTIALS_FILE": dir + "/credentials",
+                                                                         "AWS_CONFIG_FILE": dir + "/none", "HOME": dir]))
+        let p = try #require(files.profile("default"))
+        #expect(p["aws_access_key_id"] == "AKIDEXAMPLE")
+        let secret = try #require(p["aws_secret_access_key"])
+        let token = try #require(p["aws_session_token"])
+        #expect(secret.hasPrefix(SharedConfigFiles.secretMarker) && token.hasPrefix(SharedConfigFiles.secretMarker))
+        #expect(try files.secret(secret).withUnsafeBytes { Array($0) } == Array("s3cr3t/with=equals".utf8))
+        #expect(try files.secret(token).withUnsafeBytes { Array($0) } == Array("TOKEN123".utf8))
+        let other = try #require(files.profile("other")?["aws_secret_access_key"])
+        #expect(try files.secret(other).withUnsafeBytes { Array($0) } == Array("second".utf8))
+        // A value given as text (tests, parse(config:credentials:)) is copied in.
+        #expect(try files.secret("plain").withUnsafeBytes { Array($0) } == Array("plain".utf8))
+    }
+}

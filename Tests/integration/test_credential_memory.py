@@ -3,8 +3,10 @@ proves plaintext absent (test_memory.py) finds no copy of the secret access
 key or the session token in the daemon's readable memory after KMS calls,
 with temporary credentials from a credential_process (the helper's output,
 the parse, the SigV4 signing key derivation, the header that carries the
-token, and curl's copies of it) or from environment variables (wiped in
-the process environment once copied into secure memory)."""
+token, and curl's copies of it), from environment variables (wiped in
+the process environment once copied into secure memory) or from the shared
+credentials file (read into secure memory, its secret values taken out
+before the text is parsed)."""
 import json
 import time
 
@@ -19,7 +21,7 @@ sys.stdout.write(open(%r).read())
 """
 
 
-@pytest.mark.parametrize("source", ["credential_process", "environment"])
+@pytest.mark.parametrize("source", ["credential_process", "environment", "credentials file"])
 def test_no_copy_of_the_secret_key_or_session_token_in_readable_memory(tmp_path, kms, role, mount_factory, source):  # noqa: F811
     c = role.mint()
     creds = tmp_path / "creds.json"
@@ -38,6 +40,13 @@ def test_no_copy_of_the_secret_key_or_session_token_in_readable_memory(tmp_path,
         (src / (name + ".encrypted")).write_bytes(kms.encrypt_blob(data))
     if source == "credential_process":
         env = bare_env(kms, AWS_CONFIG_FILE=str(config))
+    elif source == "credentials file":
+        # Read into secure memory, the secret values taken out before any
+        # String is made of the text (CRLF, as a file edited on Windows).
+        shared = tmp_path / "credentials"
+        shared.write_bytes(("[default]\r\naws_access_key_id = %s\r\naws_secret_access_key = %s\r\n"
+                            "aws_session_token=%s\r\n" % (c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])).encode())
+        env = bare_env(kms, AWS_SHARED_CREDENTIALS_FILE=str(shared), AWS_CONFIG_FILE=str(tmp_path / "none"))
     else:
         # The variables sit at the top of the daemon's initial stack until
         # it copies them into secure memory and wipes them there.
