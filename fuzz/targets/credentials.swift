@@ -34,10 +34,11 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
         }
     case 3:
         // credential_process prints one JSON document.
-        let doc = data.withUnsafeBytes { JSONValue.parse($0) }
-        if let doc {
-            _ = doc["Version"]?.numberValue
-            _ = credentialsFromJSON(doc, source: "fuzz")
+        data.withUnsafeBytes { raw in
+            if let doc = parseCredentialsDocument(raw) {
+                _ = doc["Version"]?.numberValue
+                _ = credentialsFromJSON(doc, bytes: raw, source: "fuzz")
+            }
         }
     default:
         _ = Timestamp.parseISO8601(String(decoding: data, as: UTF8.self))
