@@ -107,8 +107,10 @@ def test_a_hung_attempt_is_cut_off_and_retried(tree, kms, proxy, mount_factory, 
 
 
 def test_an_open_never_outlasts_the_timeout(tree, kms, proxy, mount_factory, secrets):
-    """KMS hangs for good: the open fails with EIO once the call deadline
-    (timeout=2) is spent, not later."""
+    """KMS hangs for good: the open fails with EIO within the call deadline
+    (timeout=2), not later. Each attempt may take half of it (1 s); when
+    the random backoff leaves too little time for a second attempt, the
+    call ends after the first, at about 1 s."""
     m = mount_through(proxy, kms, mount_factory, tree, "timeout=2")
     proxy.delay = 30
     proxy.policy = lambda n, target: Fault.SLOW
@@ -117,7 +119,7 @@ def test_an_open_never_outlasts_the_timeout(tree, kms, proxy, mount_factory, sec
         open(m.file("s00"), "rb").read()
     elapsed = time.monotonic() - t0
     assert e.value.errno == errno.EIO
-    assert 1.5 <= elapsed < 2 + 0.5, "open took %.2f s" % elapsed
+    assert 0.9 <= elapsed < 2 + 0.5, "open took %.2f s" % elapsed
     assert m.wait_log("did not answer in time")
 
 
