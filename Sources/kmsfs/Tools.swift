@@ -147,39 +147,43 @@ struct CheckCommand: ParsableCommand {
                                         maxEncryptedDataKeys: o.maxEncryptedDataKeys)
         var failures = 0
         var total = 0
-        func walk(_ dir: String, _ mountDir: String) {
-            let entries: [SourceEntry]
-            do { entries = try tree.list(dir) } catch {
+        // Depth first, in listing order, with an explicit stack: SOURCE is
+        // anyone's to shape, and a deep tree must not exhaust the stack.
+        var stack: [(dir: String, mountDir: String, entries: [SourceEntry], next: Int)] = []
+        func enter(_ dir: String, _ mountDir: String) {
+            do { stack.append((dir, mountDir, try tree.list(dir), 0)) } catch {
                 printLine("FAIL \(mountDir.isEmpty ? "." : mountDir)/: \(error)")
                 failures += 1
-                return
-            }
-            for e in entries {
-                let src = SourceTree.join(dir, e.sourceName)
-                let path = mountDir.isEmpty ? e.name : mountDir + "/" + e.name
-                if e.kind == .directory { walk(src, path); continue }
-                total += 1
-                do {
-                    let (bytes, _) = try tree.readCiphertext(src, limit: o.maxCiphertextBytes)
-                    let d = try decoder.decrypt(bytes, path: path)
-                    printLine("OK   \(path) format=\(d.formatDetail) key=\(d.keyId ?? "-") context=\(statusContext(d.encryptionContext)) size=\(d.plaintext.count)")
-                } catch let e as DecodeError {
-                    failures += 1
-                    printLine("FAIL \(path): \(e)")
-                } catch let e as SourceTree.ReadError {
-                    failures += 1
-                    switch e {
-                    case .tooLarge(let size, let limit): printLine("FAIL \(path): \(size) bytes is over the \(limit)-byte ciphertext limit (max_size=)")
-                    case .notRegular: printLine("FAIL \(path): not a regular file")
-                    case .system(let s): printLine("FAIL \(path): \(s)")
-                    }
-                } catch {
-                    failures += 1
-                    printLine("FAIL \(path): \(error)")
-                }
             }
         }
-        walk(".", "")
+        enter(".", "")
+        while let top = stack.last {
+            guard top.next < top.entries.count else { stack.removeLast(); continue }
+            let e = top.entries[top.next]
+            stack[stack.count - 1].next += 1
+            let src = SourceTree.join(top.dir, e.sourceName)
+            let path = top.mountDir.isEmpty ? e.name : top.mountDir + "/" + e.name
+            if e.kind == .directory { enter(src, path); continue }
+            total += 1
+            do {
+                let (bytes, _) = try tree.readCiphertext(src, limit: o.maxCiphertextBytes)
+                let d = try decoder.decrypt(bytes, path: path)
+                printLine("OK   \(path) format=\(d.formatDetail) key=\(d.keyId ?? "-") context=\(statusContext(d.encryptionContext)) size=\(d.plaintext.count)")
+            } catch let e as DecodeError {
+                failures += 1
+                printLine("FAIL \(path): \(e)")
+            } catch let e as SourceTree.ReadError {
+                failures += 1
+                switch e {
+                case .tooLarge(let size, let limit): printLine("FAIL \(path): \(size) bytes is over the \(limit)-byte ciphertext limit (max_size=)")
+                case .notRegular: printLine("FAIL \(path): not a regular file")
+                case .system(let s): printLine("FAIL \(path): \(s)")
+                }
+            } catch {
+                failures += 1
+                printLine("FAIL \(path): \(error)")
+            }
+        }
         printLine("\(total - failures) of \(total) secrets decrypted\(failures > 0 ? ", \(failures) failed" : "")")
         if failures > 0 { throw ExitCode(1) }
     }

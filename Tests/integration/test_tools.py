@@ -3,6 +3,7 @@ against moto (signature checking on): exact output lines and exit codes,
 messages the real aws-encryption-cli decrypts, the path binding that makes a
 renamed, copied or swapped ciphertext refuse to decrypt (in the tools and
 through a mount), and the size limits."""
+import contextlib
 import errno
 import json
 import os
@@ -295,3 +296,32 @@ def test_an_nfd_rename_of_a_bound_nfc_name_is_refused(kms, tmp_path, mount_facto
     assert e.value.errno == errno.EIO
     assert m.wait_log("(kmsfs:path) but is served as"), m.log()
     assert b"plaintext-nfc-91d2" not in m.log().encode()
+
+
+def test_check_walks_a_very_deep_source_without_recursion(kms, tmp_path):
+    """SOURCE is anyone's to shape: check walks it with an explicit stack,
+    reports what it cannot list (names past PATH_MAX) and goes on."""
+    src = tmp_path / "deep"
+    src.mkdir()
+    (src / "top.encrypted").write_bytes(kms.encrypt_blob(b"top"))
+    fds = [os.open(src, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(2500):                    # 5,000 bytes of path: past PATH_MAX
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        os.close(os.open("leaf.encrypted", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fds[-1]))
+        r = kmsfs(kms, "check", src)
+        out = r.stdout.decode()
+        assert "OK   top " in out, out[-2000:]
+        assert r.returncode == 1 and "FAIL d/d/d" in out              # the part too deep to name
+        assert out.strip().splitlines()[-1].endswith("failed")           # and it reached the summary
+    finally:
+        # Removed bottom up through the open directories (shutil.rmtree and
+        # pytest's own clean-up recurse, and would fail on this tree).
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("leaf.encrypted", dir_fd=fds[-1])
+        for i in range(len(fds) - 1, 0, -1):
+            os.close(fds[i])
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir("d", dir_fd=fds[i - 1])
+        os.close(fds[0])
