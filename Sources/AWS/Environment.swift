@@ -55,18 +55,11 @@ public struct Environment: Sendable {
         // reads the environment: no String is ever made of their values.
         let captured = capturedSecrets
         var values: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            defer { p += 1 }
-            let len = strlen(entry)
-            guard let eqp = memchr(entry, 61, len) else { continue }
-            let nameLen = UnsafeRawPointer(eqp) - UnsafeRawPointer(entry)
-            let name = String(decoding: UnsafeRawBufferPointer(start: entry, count: nameLen), as: UTF8.self)
+        forEachEntry { name, value, count in
             // A secret one comes from the capture, unless secure memory
             // could not be had for it (then it is still here).
-            if secretNames.contains(name) && captured[name] != nil { continue }
-            values[name] = String(decoding: UnsafeRawBufferPointer(start: UnsafeRawPointer(entry) + nameLen + 1,
-                                                                    count: len - nameLen - 1), as: UTF8.self)
+            if secretNames.contains(name) && captured[name] != nil { return }
+            values[name] = String(decoding: UnsafeRawBufferPointer(start: value, count: count), as: UTF8.self)
         }
         var env = Environment(values)
         for (k, v) in captured { env.secrets[k] = v }
@@ -78,6 +71,19 @@ public struct Environment: Sendable {
     /// cannot be had, the variable is left in place (and used from there).
     private static let capturedSecrets: [String: SecureBuffer] = {
         var out: [String: SecureBuffer] = [:]
+        forEachEntry { name, value, count in
+            guard secretNames.contains(name),
+                  let b = try? SecureBuffer(capacity: max(count, 1)),
+                  (try? b.append(UnsafeRawBufferPointer(start: value, count: count))) != nil else { return }
+            out[name] = b
+            secureWipe(value, count)
+        }
+        return out
+    }()
+
+    /// Each `NAME=value` of `environ`: the name as a String, the value in
+    /// place (never copied here: the caller decides what it may become).
+    private static func forEachEntry(_ body: (String, UnsafeMutableRawPointer, Int) -> Void) {
         var p = environ
         while let entry = p.pointee {
             defer { p += 1 }
@@ -85,16 +91,9 @@ public struct Environment: Sendable {
             guard let eqp = memchr(entry, 61, len) else { continue }
             let nameLen = UnsafeRawPointer(eqp) - UnsafeRawPointer(entry)
             let name = String(decoding: UnsafeRawBufferPointer(start: entry, count: nameLen), as: UTF8.self)
-            guard secretNames.contains(name) else { continue }
-            let value = UnsafeMutableRawPointer(entry) + nameLen + 1
-            let valueLen = len - nameLen - 1
-            guard let b = try? SecureBuffer(capacity: max(valueLen, 1)),
-                  (try? b.append(UnsafeRawBufferPointer(start: value, count: valueLen))) != nil else { continue }
-            out[name] = b
-            secureWipe(value, valueLen)
+            body(name, UnsafeMutableRawPointer(entry) + nameLen + 1, len - nameLen - 1)
         }
-        return out
-    }()
+    }
 
     /// The value, or nil when unset or empty (as the AWS CLI treats them).
     /// Secret variables are not readable here: see `secret(_:)`.
