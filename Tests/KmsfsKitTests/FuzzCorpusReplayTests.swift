@@ -73,7 +73,7 @@ import Glibc
     }
 
     @Test func everyTargetHasSeeds() {
-        for t in ["esdk", "base64", "json", "policy", "mountopts", "sharedconfig", "credentials", "kmsresponse", "control"] {
+        for t in ["esdk", "base64", "json", "policy", "mountopts", "sharedconfig", "credentials", "kmsresponse", "control", "localsockets"] {
             #expect(!FuzzCorpusReplayTests.inputs(t).isEmpty, "no seeds in fuzz/corpus/\(t)")
         }
     }
@@ -187,6 +187,17 @@ import Glibc
                     _ = try? Configuration.filesystem(new)
                 }
             }
+        }
+    }
+
+    @Test func localsockets() {
+        for (name, data) in FuzzCorpusReplayTests.inputs("localsockets") {
+            _ = MetricsServer.route(data)
+            if let r = CredentialServer.parseAddress(data) {
+                #expect(SystemdUnitName.isValid(r.unit) && SystemdCredentialID.isValid(r.id), "\(name)")
+            }
+            if let u = unitFromCgroup(data) { #expect(u.hasSuffix(".service") || u.hasSuffix(".scope"), "\(name)") }
+            _ = MetricsAddress.parse(String(decoding: data, as: UTF8.self))
         }
     }
 }

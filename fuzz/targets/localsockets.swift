@@ -1,0 +1,20 @@
+// Bytes a local user chooses and the daemon's small socket servers read:
+// the request line of a metrics scrape, the abstract address a
+// LoadCredential= peer binds (`<random>/unit/<UNIT>/<ID>`), and a
+// /proc/PID/cgroup document (a process names its own cgroups).
+import SecretFS
+import KmsfsKit
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
+    let data = fuzzInput(p, n)
+    _ = MetricsServer.route(data)
+    if let r = CredentialServer.parseAddress(data) {
+        precondition(SystemdUnitName.isValid(r.unit) && SystemdCredentialID.isValid(r.id), "accepted an invalid name")
+    }
+    if let u = unitFromCgroup(data) {
+        precondition(u.hasSuffix(".service") || u.hasSuffix(".scope"), "a unit without a unit type")
+    }
+    _ = MetricsAddress.parse(String(decoding: data, as: UTF8.self))
+    return 0
+}
