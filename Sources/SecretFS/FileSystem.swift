@@ -411,6 +411,14 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
 
     private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int) -> Result<OpenSecret, FSError> {
+        acquire(n, caller: caller, maxBytes: maxBytes, detail: nil).map { opened($0, n, caller) }
+    }
+
+    /// The slow part of an open (also of a systemd credential): stat the
+    /// ciphertext, take its plaintext from the cache or decrypt it once for
+    /// all concurrent callers, count and audit the outcome (`detail` is
+    /// added to the record).
+    private func acquire(_ n: Node, caller: Caller, maxBytes: Int, detail: String?) -> Result<CachedSecret, FSError> {
         let current: SourceStat
         do { current = try tree.stat(n.sourcePath) } catch {
             cache.invalidate(n.sourcePath)
@@ -426,19 +434,19 @@ public final class SecretFileSystem: @unchecked Sendable {
             switch source {
             case .cache:
                 counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
-                record(caller, n.mountPath, .cache)
+                record(caller, n.mountPath, .cache, detail: detail)
                 if refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
             case .loaded(let latency):
                 counters.withLock { $0.opens += 1; $0.decrypts += 1 }
-                record(caller, n.mountPath, .kms, latency: latency)
+                record(caller, n.mountPath, .kms, latency: latency, detail: detail)
             case .shared:
                 counters.withLock { $0.opens += 1; $0.shared += 1 }
-                record(caller, n.mountPath, .shared)
+                record(caller, n.mountPath, .shared, detail: detail)
             }
-            return .success(opened(secret, n, caller))
+            return .success(secret)
         case .failure(let failure):
             counters.withLock { $0.opens += 1; $0.failures += 1 }
-            record(caller, n.mountPath, .failed, detail: failure.message)
+            record(caller, n.mountPath, .failed, detail: (detail.map { $0 + ": " } ?? "") + failure.message)
             return .failure(.io)
         }
     }
@@ -576,30 +584,8 @@ public final class SecretFileSystem: @unchecked Sendable {
             record(caller, path, .denied, detail: why + ": the unit is not in allow_unit=")
             return .failure(.accessDenied)
         }
-        let sourcePath = path + ciphertextSuffix
-        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: path)
-        guard let current = try? tree.stat(sourcePath), current.isRegular else { return .failure(.notFound) }
-        let maxBytes = configuration.maxCiphertextBytes
-        let (result, source, _) = cache.acquire(path: sourcePath, current: current.fingerprint) { self.load(node, maxBytes: maxBytes) }
-        switch result {
-        case .success(let secret):
-            switch source {
-            case .cache:
-                counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
-                record(caller, path, .cache, detail: why)
-            case .loaded(let latency):
-                counters.withLock { $0.opens += 1; $0.decrypts += 1 }
-                record(caller, path, .kms, latency: latency, detail: why)
-            case .shared:
-                counters.withLock { $0.opens += 1; $0.shared += 1 }
-                record(caller, path, .shared, detail: why)
-            }
-            return .success(secret)
-        case .failure(let failure):
-            counters.withLock { $0.opens += 1; $0.failures += 1 }
-            record(caller, path, .failed, detail: why + ": " + failure.message)
-            return .failure(.io)
-        }
+        let node = Node(ino: 0, kind: .secret, sourcePath: path + ciphertextSuffix, mountPath: path)
+        return acquire(node, caller: caller, maxBytes: configuration.maxCiphertextBytes, detail: why)
     }
 
     /// The version of the ciphertext SOURCE holds now at `sourcePath` (the
