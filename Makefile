@@ -43,11 +43,11 @@ demo: build
 # Figures beside references measured in the same run; writes
 # docs/benchmarks.md and docs/benchmarks-hotpath.png (as root, ~15 min).
 # Not a test: nothing in CI is timed. BENCH_QUICK=1 make bench checks the
-# harness with tiny sizes (report under /tmp); see Tests/bench/bench.py.
+# harness with tiny sizes (report under /tmp); see bench/bench.py.
 bench: build
 	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || \
 		$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
-	KMSFS_BIN=$(CURDIR)/$(BIN) $(PYTHON) Tests/bench/bench.py
+	KMSFS_BIN=$(CURDIR)/$(BIN) $(PYTHON) bench/bench.py
 
 clean:
 	rm -rf .build

@@ -481,7 +481,7 @@ def section_hot(b):
 
     rows = b.results.section(
         "1. Hot path: open+read+close of a cached 2 KB secret",
-        "The C loop (Tests/bench/fsloop.c, compiled at bench time) times open(2)+read(2)+close(2) with "
+        "The C loop (bench/fsloop.c, compiled at bench time) times open(2)+read(2)+close(2) with "
         "clock_gettime around each iteration. The eight series (four targets × two ways of reading) take turns "
         "in one process: %d rounds, each running %d iterations of every series in turn (the first series "
         "rotates), after %d warm-up iterations each, so a slow moment of the shared machine falls on all alike. "
@@ -1014,7 +1014,7 @@ def write_report(b, doc, png_name, started, load_start, load_end, duration, char
     if os.environ.get("MAKELEVEL"):
         cmd = "make bench"
     else:
-        cmd = "python3 Tests/bench/bench.py"
+        cmd = "python3 bench/bench.py"
         if os.environ.get("KMSFS_BIN"):
             cmd = "KMSFS_BIN=%s %s" % (os.environ["KMSFS_BIN"], cmd)
     knobs = " ".join("%s=%s" % (k, v) for k, v in sorted(os.environ.items()) if k.startswith("BENCH_") and k != "BENCH_DOC")
@@ -1023,7 +1023,7 @@ def write_report(b, doc, png_name, started, load_start, load_end, duration, char
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (Tests/bench/bench.py) from its last run: every figure of kmsfs stands beside a "
+        "Written by `make bench` (bench/bench.py) from its last run: every figure of kmsfs stands beside a "
         "reference measured in the same run, on the same machine, interleaved with it, and the ratio of the two. "
         "The benchmark is not a test: nothing in CI is timed (`BENCH_QUICK=1 make bench` runs every section with "
         "tiny sizes to check the harness).",
