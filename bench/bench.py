@@ -41,7 +41,7 @@ import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 import conftest  # noqa: E402  (the integration suite's KMS emulator)
 from kmsproxy import Fault, KMSProxy  # noqa: E402
