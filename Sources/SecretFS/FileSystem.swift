@@ -85,6 +85,15 @@ public final class OpenSecret: @unchecked Sendable {
     deinit { table?.remove(id) }
 
     public var plaintext: SecureBuffer { secret.plaintext }
+
+    /// Set once the kernel read this handle through its page cache (a
+    /// private mmap(2)): only then can pages of plaintext be left there
+    /// when the handle is released.
+    private let pageCacheRead = Atomic<Bool>(false)
+
+    public func notePageCacheRead() { pageCacheRead.store(true, ordering: .relaxed) }
+
+    public var wasReadThroughPageCache: Bool { pageCacheRead.load(ordering: .relaxed) }
 }
 
 /// An open directory: its entries as they were at opendir, so offsets stay
