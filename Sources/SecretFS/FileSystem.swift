@@ -162,6 +162,8 @@ public final class SecretFileSystem: @unchecked Sendable {
     private let versionOf: @Sendable ([UInt8]) -> String
     /// Every open handle and the version it opened.
     public let handles = HandleTable()
+    /// Openers' names for audit records, read once a second per process.
+    private let processNames = ProcessNameCache()
     private let changeHook = Mutex<(@Sendable (String) -> Void)?>(nil)
 
     private struct Table {
@@ -507,7 +509,7 @@ public final class SecretFileSystem: @unchecked Sendable {
                         latency: Double? = nil, detail: String? = nil) {
         guard audit.wantsRecords else { return }   // audit=off: not even the process name
         audit.record(AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
-                                 processName: processName(pid: caller.pid), path: path, outcome: outcome,
+                                 processName: processNames.name(pid: caller.pid, uid: caller.uid, gid: caller.gid), path: path, outcome: outcome,
                                  latency: latency, detail: detail))
     }
 
