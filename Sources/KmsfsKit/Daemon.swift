@@ -80,7 +80,12 @@ public enum Daemon {
             }
         }
         FUSESession.blockDaemonSignals()
-        ProcessHardening.limitMallocArenas(2)
+        // One malloc arena: memory freed by one thread is reused by every
+        // other. With two, each burst's work landed in either arena as
+        // threads came and went, and each arena grew to hold its own peak
+        // (locked memory freed inside an arena stays resident): resident
+        // memory crept up burst after burst (bench soak section).
+        ProcessHardening.limitMallocArenas(1)
 
         let env = Environment.process()
         let settings: AWSSettings
