@@ -15,14 +15,14 @@ Sections (BENCH_SECTIONS=hot,cold,storm,scale,soak picks some):
   storm  64 readers over 1,000 cold secrets vs 1,000 sequential Decrypts,
          then the same with a KMS that throttles every other call
   scale  10,000-file SOURCE: mount to ready, ls -lR vs passthrough_ll, RSS
-  soak   N readers for M seconds, without and with KMS faults: RSS, fds and
-         threads before and after
+  soak   bursts of N readers for M seconds, each followed by a rest, without
+         and with KMS faults: RSS after each burst, fds and threads
 
 BENCH_QUICK=1 runs every section with tiny sizes (a smoke check of the
 harness; it writes its report under the work directory, not docs/).
 Sizes: BENCH_HOT_ROUNDS, BENCH_HOT_BLOCK, BENCH_COLD_N, BENCH_STORM_N,
 BENCH_STORM_READERS, BENCH_SCALE_N, BENCH_SCALE_ROUNDS, BENCH_SOAK_READERS,
-BENCH_SOAK_SECONDS. BENCH_DOC=path overrides where the report goes;
+BENCH_SOAK_SECONDS (one burst), BENCH_SOAK_BURSTS. BENCH_DOC=path overrides where the report goes;
 BENCH_KEEP=1 keeps the work directory (daemon logs) for a look afterwards.
 """
 import contextlib
@@ -72,7 +72,8 @@ STORM_RETRIES = 20
 SCALE_N = knob("SCALE_N", 10000, 100)
 SCALE_ROUNDS = knob("SCALE_ROUNDS", 5, 1)
 SOAK_READERS = knob("SOAK_READERS", 8, 4)
-SOAK_SECONDS = knob("SOAK_SECONDS", 60.0, 2.0)
+SOAK_SECONDS = knob("SOAK_SECONDS", 10.0, 2.0)     # one burst
+SOAK_BURSTS = knob("SOAK_BURSTS", 10, 2)           # without faults, then 3 with
 SOAK_FILES = 32
 SOAK_TTL = 5
 
@@ -987,67 +988,90 @@ def section_soak(b):
             f.read()
     start = rest(k.pid)
     before_kinds = fd_kinds(k.pid)
+    fault_bursts = max(1, min(3, SOAK_BURSTS))
     rows = b.results.section(
-        "5. Soak: %d readers for %s per phase" % (SOAK_READERS, fmt_time(SOAK_SECONDS)),
+        "5. Soak: bursts of %d readers for %s, each followed by a rest" % (SOAK_READERS, fmt_time(SOAK_SECONDS)),
         "%d secrets behind the counting proxy, ttl=%ds (so the cache expires and decrypts recur throughout); "
-        "fsloop `soak` runs %d reader threads, each picking files at random (open+read to EOF+close). "
-        "Phase 1 has no faults; phase 2 has the proxy fail one request in four, cycling through "
-        "ThrottlingException, 503, connection reset and a 0.5 s delay. Before = after mounting and reading "
-        "every file once; before and after = once the daemon has rested %.0f s (it closes KMS connections idle "
-        "for 15 s and returns freed heap when opens stop) and its thread count held still for 1 s. Lengthen with BENCH_SOAK_SECONDS and BENCH_SOAK_READERS."
-        % (SOAK_FILES, SOAK_TTL, SOAK_READERS, IDLE_REST))
+        "fsloop `soak` runs %d reader threads, each picking files at random (open+read to EOF+close), for %s: "
+        "one burst. %d bursts without faults, then %d with the proxy failing one request in four, cycling "
+        "through ThrottlingException, 503, connection reset and a 0.5 s delay. After every burst the daemon "
+        "rests %.0f s (it closes KMS connections idle for 15 s and returns freed heap when opens stop) until its "
+        "thread count holds still for 1 s, and then its memory is read: memory that creeps grows from burst to "
+        "burst, where memory a burst needs is taken in the first and reused. Before = after mounting and reading "
+        "every file once, rested the same way. Lengthen with BENCH_SOAK_SECONDS, BENCH_SOAK_BURSTS and "
+        "BENCH_SOAK_READERS."
+        % (SOAK_FILES, SOAK_TTL, SOAK_READERS, fmt_time(SOAK_SECONDS), SOAK_BURSTS, fault_bursts, IDLE_REST))
     faults = [Fault.THROTTLE, Fault.UNAVAILABLE, Fault.RESET, Fault.SLOW]
     proxy.delay = 0.5
     before = start
-    for label, policy in (("no faults", None),
-                          ("KMS faults", lambda n, t: faults[(n // 4) % 4] if n % 4 == 3 else None)):
+    for label, policy, bursts in (("no faults", None, SOAK_BURSTS),
+                                  ("KMS faults", lambda n, t: faults[(n // 4) % 4] if n % 4 == 3 else None, fault_bursts)):
         with proxy.lock:
             proxy.requests.clear()
             proxy.counts.clear()
-        proxy.policy = policy or (lambda n, t: None)
-        during = {}
-        stop_sampling = threading.Event()
+        during = {"VmRSS": 0, "fds": 0, "Threads": 0}
+        afters = []
+        ops = failed = 0
+        p50s, p99s, maxes = [], [], []
+        for burst in range(bursts):
+            proxy.policy = policy or (lambda n, t: None)
+            stop_sampling = threading.Event()
 
-        timeline = []
-
-        def sample():
-            peak = {"VmRSS": 0, "fds": 0, "Threads": 0}
-            t0 = time.monotonic()
-            while not stop_sampling.wait(0.25):
-                with contextlib.suppress(Exception):
-                    s = proc_status(k.pid)
-                    timeline.append((time.monotonic() - t0, s["VmRSS"]))
-                    for key in peak:
-                        peak[key] = max(peak[key], s[key])
-            during.update(peak)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        out = b.run_loop("soak", SOAK_READERS, SOAK_SECONDS, listfile).split()
-        stop_sampling.set()
-        sampler.join()
-        proxy.policy = lambda n, t: None
-        ops, failed, p50, p99, mx = int(out[1]), int(out[3]), int(out[5]) / 1e9, int(out[7]) / 1e9, int(out[9]) / 1e9
+            def sample():
+                while not stop_sampling.wait(0.25):
+                    with contextlib.suppress(Exception):
+                        st = proc_status(k.pid)
+                        for key in during:
+                            during[key] = max(during[key], st[key])
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            out = b.run_loop("soak", SOAK_READERS, SOAK_SECONDS, listfile).split()
+            stop_sampling.set()
+            sampler.join()
+            proxy.policy = lambda n, t: None
+            ops += int(out[1])
+            failed += int(out[3])
+            p50s.append(int(out[5]) / 1e9)
+            p99s.append(int(out[7]) / 1e9)
+            maxes.append(int(out[9]) / 1e9)
+            afters.append(rest(k.pid))
+            if os.environ.get("BENCH_KEEP"):     # what grew, mapping by mapping, for a look afterwards
+                tag = "%s-%d" % (label.replace(" ", "-"), burst + 1)
+                shutil.copyfile("/proc/%d/smaps" % k.pid, b.work / ("smaps-%s.txt" % tag))
+                with contextlib.suppress(OSError):
+                    (b.work / ("threads-%s.txt" % tag)).write_text("".join(
+                        open("/proc/%d/task/%s/comm" % (k.pid, t)).read() for t in sorted(os.listdir("/proc/%d/task" % k.pid))))
+            print("bench: soak %s burst %d: VmRSS %s" % (label, burst + 1, fmt_bytes(afters[-1]["VmRSS"])),
+                  file=sys.stderr, flush=True)
         with proxy.lock:
             sent = len(proxy.requests)
             answered = proxy.counts.get("TrentService.Decrypt", 0)
-        after = rest(k.pid)
-        Results.row(rows, "%s: reads (failed)" % label, "%d (%d failed), %.0f/s" % (ops, failed, ops / SOAK_SECONDS),
+        after = afters[-1]
+        seconds = SOAK_SECONDS * bursts
+        Results.row(rows, "%s: reads (failed), %d bursts" % (label, bursts), "%d (%d failed), %.0f/s" % (ops, failed, ops / seconds),
                     "", "", "", "0 failed" if label == "no faults" else "", (failed == 0) if label == "no faults" else None)
-        Results.row(rows, "%s: read latency p50 / p99 / max" % label, "%s / %s / %s" % (fmt_time(p50), fmt_time(p99), fmt_time(mx)),
-                    "", "", "", "", None)
+        Results.row(rows, "%s: read latency p50 / p99 / max (median p50, highest p99 and max of the bursts)" % label,
+                    "%s / %s / %s" % (fmt_time(median(p50s)), fmt_time(max(p99s)), fmt_time(max(maxes))), "", "", "", "", None)
         Results.row(rows, "%s: KMS requests (answered)" % label, "%d (%d)" % (sent, answered), "", "", "", "", None)
-        Results.row(rows, "%s: VmRSS after (peak during)" % label, "%s (%s)" % (fmt_bytes(after["VmRSS"]), fmt_bytes(during.get("VmRSS", 0))),
-                    "before", fmt_bytes(before["VmRSS"]), ratio(after["VmRSS"], before["VmRSS"]), "back to before",
-                    after["VmRSS"] <= before["VmRSS"] * 1.02 + 256 * 1024)
-        if timeline:
-            marks = [timeline[min(len(timeline) - 1, int(len(timeline) * q))] for q in (0.0, 0.25, 0.5, 0.75, 0.999)]
-            Results.row(rows, "%s: VmRSS during the phase (at 0/25/50/75/100%%)" % label,
-                        " → ".join(fmt_bytes(v) for _, v in marks), "", "", "", "", None)
+        first = afters[0]["VmRSS"]
+        last = after["VmRSS"]
+        if label == "no faults":
+            Results.row(rows, "%s: VmRSS after burst %d" % (label, bursts), fmt_bytes(last),
+                        "after burst 1", fmt_bytes(first), ratio(last, first),
+                        "the same (≤ +2% or 256 KiB)", last <= first * 1.02 + 256 * 1024)
+        else:
+            Results.row(rows, "%s: VmRSS after burst %d" % (label, bursts), fmt_bytes(last),
+                        "before (after the bursts without faults)", fmt_bytes(before["VmRSS"]), ratio(last, before["VmRSS"]),
+                        "the same (≤ +2% or 256 KiB)", last <= before["VmRSS"] * 1.02 + 256 * 1024)
+        Results.row(rows, "%s: VmRSS after each burst (peak during any)" % label,
+                    "%s (%s)" % (" → ".join(fmt_bytes(a["VmRSS"]) for a in afters), fmt_bytes(during["VmRSS"])),
+                    "before", fmt_bytes(before["VmRSS"]), ratio(last, before["VmRSS"]), "", None)
         after_kinds = fd_kinds(k.pid)
         Results.row(rows, "%s: open fds after (peak during)" % label, "%d (%d); %s" % (
                         after["fds"], during.get("fds", 0), fd_growth(before_kinds, after_kinds)),
                     "before", "%d" % before["fds"], "", "back to before", after["fds"] <= before["fds"])
-        Results.row(rows, "%s: threads after (peak during)" % label, "%d (%d)" % (after["Threads"], during.get("Threads", 0)),
+        Results.row(rows, "%s: threads after each burst (peak during any)" % label, "%s (%d)" % (
+                        " → ".join(str(a["Threads"]) for a in afters), during.get("Threads", 0)),
                     "before", "%d" % before["Threads"], "", "back to before", after["Threads"] <= before["Threads"])
         before, before_kinds = after, after_kinds
     Results.row(rows, "whole soak: VmRSS / fds / threads, start → end",
