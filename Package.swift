@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "SecureMemory", dependencies: ["CLinux"]),
         .target(name: "Log", dependencies: ["CLinux"]),
         .target(name: "AWS", dependencies: ["SecureMemory", "Log", "Threading", "CCurl", "CCrypto"]),
-        .target(name: "KMS", dependencies: ["AWS", "SecureMemory", "Log", "CCrypto"]),
+        .target(name: "KMS", dependencies: ["AWS", "SecureMemory", "CCrypto"]),
         .target(name: "SecretFS", dependencies: ["SecureMemory", "Log", "Threading"]),
         .target(name: "FUSEBridge", dependencies: ["SecretFS", "SecureMemory", "Log", "Threading", "CFuse"]),
         // Mount options, configuration resolution and the glue between KMS
@@ -46,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "kmsfs",
             dependencies: [
-                "KmsfsKit", "FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log",
+                "KmsfsKit", "SecretFS", "KMS", "AWS", "SecureMemory", "Log",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

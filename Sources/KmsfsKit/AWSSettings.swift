@@ -136,10 +136,6 @@ public struct AWSSettings: Sendable {
                            connectTimeout: defaultConnectTimeout, transport: transport)
     }
 
-    public static func defaultEndpoint(region: String) -> String {
-        AWSEndpoints.regional(service: "kms", region: region)
-    }
-
     /// The longest an open can wait on KMS:
     ///
     ///     open ≤ T + C

@@ -16,7 +16,7 @@ public struct LogAuditSink: AuditSink {
     public func record(_ r: AuditRecord) {
         let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
         if Log.destination == .journal {
-            guard Log.isEnabled(level) else { return }
+            guard level >= Log.level else { return }
             Journal.send(level, identifier: "kmsfs", message: r.line, extra: r.journalFields)
             return
         }

@@ -38,7 +38,6 @@ struct StartupReporter {
             Log.writeAll(fd, "ERROR \(LogEscape.escape(message))\n")
         }
         Log.error(message)
-        if readyFD == nil { Log.writeAll(2, "") }
         exit(1)
     }
 

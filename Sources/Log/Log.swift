@@ -46,12 +46,6 @@ public enum Log {
     }
     private static let config = Mutex(Config())
 
-    /// stderr with journald prefixes when `JOURNAL_STREAM` says stderr is the
-    /// journal (systemd sets it), plain stderr otherwise.
-    public static var defaultStderr: LogDestination {
-        .stderr(journal: getenv("JOURNAL_STREAM") != nil)
-    }
-
     public static func configure(destination: LogDestination? = nil, level: LogLevel? = nil, ident: String? = nil) {
         config.withLock { c in
             if let destination { c.destination = destination }
@@ -68,8 +62,6 @@ public enum Log {
     public static var level: LogLevel { config.withLock { $0.level } }
 
     public static var destination: LogDestination { config.withLock { $0.destination } }
-
-    public static func isEnabled(_ level: LogLevel) -> Bool { level >= self.level }
 
     public static func error(_ message: @autoclosure () -> String) { emit(.error, message) }
     public static func warning(_ message: @autoclosure () -> String) { emit(.warning, message) }

@@ -38,8 +38,8 @@ public struct DecryptFailure: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Decrypts ciphertext files; implemented over KMS by the executable,
-/// by fakes in tests.
+/// Decrypts ciphertext files; implemented over KMS by KmsfsKit's
+/// `KMSDecryptor`, by fakes in tests.
 public protocol SecretDecrypting: Sendable {
     /// `path` is the file's path in the mount (`tls/ssl.pem`).
     func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure>

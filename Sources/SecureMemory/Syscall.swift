@@ -80,8 +80,8 @@ public func peerCredentials(_ fd: Int32) -> (uid: UInt32, gid: UInt32, pid: Int3
     return (c.uid, c.gid, c.pid)
 }
 
-/// Reads a small file whole (token files, shared config files).
-/// Returns nil with `errno`'s text when it cannot be read.
+/// Reads a small file whole (token files, shared config files); the
+/// failure carries the path and the errno.
 public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8], FileReadError> {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { return .failure(FileReadError(path: path, errno: errno)) }
