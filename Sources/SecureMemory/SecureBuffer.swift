@@ -252,15 +252,26 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// Constant-time comparison of contents.
     public func constantTimeEquals(_ other: UnsafeRawBufferPointer) -> Bool {
-        guard other.count == count else { return false }
-        var diff: UInt8 = 0
-        let a = base.assumingMemoryBound(to: UInt8.self)
-        for i in 0..<count { diff |= a[i] ^ other[i] }
-        return diff == 0
+        withUnsafeBytes { constantTimeEqual($0, other) }
     }
 
     public var description: String { "SecureBuffer(<redacted>, \(count) bytes, \(backing.rawValue))" }
     public var debugDescription: String { description }
+}
+
+/// Whether `a` and `b` hold the same bytes, in time that depends only on
+/// their lengths (never on where they differ): for secrets, MACs and
+/// commitments. The one such comparison in kmsfs.
+public func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<a.count { diff |= a[i] ^ b[i] }
+    return diff == 0
+}
+
+/// `constantTimeEqual` of two arrays.
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.withUnsafeBytes { x in b.withUnsafeBytes { y in constantTimeEqual(x, y) } }
 }
 
 /// A growable sink for bytes arriving in pieces (an HTTP body): grows by
