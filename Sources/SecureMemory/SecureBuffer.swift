@@ -142,6 +142,20 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         try append(bytes)
     }
 
+    /// A buffer of `capacity` bytes that `body` fills in place, returning
+    /// how many it wrote (as swift-crypto's `SecureBytes` and `Array` are
+    /// made), or nil when it failed: then whatever it wrote is wiped and
+    /// the initializer returns nil. Throws only when no memory can be had.
+    public convenience init?(unsafeUninitializedCapacity capacity: Int, backing: SecureBacking? = nil,
+                             initializingWith body: (UnsafeMutableRawBufferPointer) -> Int?) throws(SecureMemoryError) {
+        try self.init(capacity: capacity, backing: backing)
+        guard let n = body(UnsafeMutableRawBufferPointer(start: base, count: capacity)) else {
+            secureWipe(base, capacity)
+            return nil
+        }
+        setCount(n)
+    }
+
     deinit {
         // Leave the registry first, so `wipeAllLive` never touches pages
         // that are about to be unmapped.
@@ -292,12 +306,13 @@ public final class SecureAccumulator: @unchecked Sendable {
         let needed = buffer.count + bytes.count
         if needed > buffer.capacity {
             guard needed <= limit else { throw .capacityExceeded(requested: needed, limit: limit) }
-            let grown = try SecureBuffer(capacity: min(max(needed, buffer.capacity * 2), limit), backing: buffer.backing == .secretMemory ? nil : buffer.backing)
-            grown.withUnsafeMutableCapacity { dst in
-                buffer.withUnsafeBytes { src in dst.copyMemory(from: src) }
+            let old = buffer
+            let grown = try SecureBuffer(unsafeUninitializedCapacity: min(max(needed, old.capacity * 2), limit),
+                                         backing: old.backing == .secretMemory ? nil : old.backing) { dst in
+                old.withUnsafeBytes { src in dst.copyMemory(from: src) }
+                return old.count
             }
-            grown.setCount(buffer.count)
-            buffer = grown   // the old buffer wipes itself in deinit
+            buffer = grown!   // never nil: the copy cannot fail; the old buffer wipes itself in deinit
         }
         try buffer.append(bytes)
     }

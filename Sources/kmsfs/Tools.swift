@@ -94,9 +94,9 @@ struct DecryptCommand: ParsableCommand {
         }
         let binding: PathBinding
         if let root {
-            binding = .exact(logicalName(relativePath(of: file, under: root)))
+            binding = .exact(SourceTree.mountPath(ofSource: relativePath(of: file, under: root)))
         } else {
-            binding = .suffix(logicalName(physicalPath(of: file)))
+            binding = .suffix(SourceTree.mountPath(ofSource: physicalPath(of: file)))
         }
         let bytes: [UInt8]
         do { bytes = try readCiphertextFile(file, limit: maxBytes) } catch { fail("\(file): \(error)") }
@@ -278,7 +278,7 @@ struct EncryptCommand: ParsableCommand {
 
     private func encryptOne(_ file: String, context: [(key: String, value: String)], kms: KMSClient,
                             maxBytes: Int) throws(ToolError) -> String {
-        guard !file.hasSuffix(ciphertextSuffix) else { throw ToolError("it already ends in \(ciphertextSuffix)") }
+        guard !SourceTree.hasCiphertextSuffix(file) else { throw ToolError("it already ends in \(ciphertextSuffix)") }
         let bound: String
         if let root {
             bound = try checkedRelativePath(of: file, under: root)
@@ -322,11 +322,6 @@ func baseName(_ path: String) -> String {
 func dirName(_ path: String) -> String {
     guard let slash = path.lastIndex(of: "/") else { return "." }
     return slash == path.startIndex ? "/" : String(path[..<slash])
-}
-
-/// A name without its `.encrypted` suffix: the path the mount serves.
-func logicalName(_ path: String) -> String {
-    path.hasSuffix(ciphertextSuffix) ? String(path.dropLast(ciphertextSuffix.count)) : path
 }
 
 func realPath(_ path: String) -> String? {
@@ -405,10 +400,15 @@ func readCiphertextFile(_ path: String, limit: Int) throws(ToolError) -> [UInt8]
 func readPlaintextFile(_ path: String, limit: Int) throws(ToolError) -> SecureBuffer {
     let (fd, size) = try openLimited(path, limit: limit, what: "plaintext")
     defer { close(fd) }
-    let buffer: SecureBuffer
-    do { buffer = try SecureBuffer(capacity: max(size, 1)) } catch { throw ToolError("\(error)") }
-    if let failure = buffer.withUnsafeMutableCapacity({ readExactly(fd, $0, count: size) }) { throw failure }
-    buffer.setCount(size)
+    var failure: ToolError?
+    let buffer: SecureBuffer?
+    do {
+        buffer = try SecureBuffer(unsafeUninitializedCapacity: max(size, 1)) { cap in
+            failure = readExactly(fd, cap, count: size)
+            return failure == nil ? size : nil
+        }
+    } catch { throw ToolError("\(error)") }
+    guard let buffer else { throw failure! }
     return buffer
 }
 
