@@ -333,7 +333,7 @@ public enum Daemon {
         func n(_ v: Int) -> JSONValue { .number(Double(v)) }
         func ms(_ v: Double?) -> JSONValue { v.map { .number(($0 * 1000 * 10).rounded() / 10) } ?? .null }
         let cache: [JSONValue] = entries.map { e in
-            .object([("path", .string(SecretFileSystem.mountPath(ofSource: e.path))), ("size", n(e.size)),
+            .object([("path", .string(SourceTree.mountPath(ofSource: e.path))), ("size", n(e.size)),
                      ("age_s", .number(e.age.rounded())), ("hits", n(e.hits)), ("format", .string(e.format)),
                      ("key_id", e.keyId.map { .string($0) } ?? .null), ("version", .string(e.version)),
                      ("appeared", .string(Timestamp(seconds: e.appeared).iso8601))])

@@ -131,7 +131,7 @@ public final class RotationNotifier: @unchecked Sendable {
         var byUnit: [String: [String]] = [:]
         var byProgram: [String: [String]] = [:]
         for source in batch {
-            let shown = SecretFileSystem.mountPath(ofSource: source)
+            let shown = SourceTree.mountPath(ofSource: source)
             let t = targets(shown)
             guard !t.isEmpty else { continue }   // nobody to tell: stay lazy
             switch fs.decryptNow(sourcePath: source) {

@@ -558,7 +558,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// the cache already holds that version), as an open would, but for
     /// nobody: rotation decrypts the new version before anyone is told.
     public func decryptNow(sourcePath: String) -> Result<CachedSecret, DecryptFailure> {
-        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: SecretFileSystem.mountPath(ofSource: sourcePath))
+        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: SourceTree.mountPath(ofSource: sourcePath))
         let current: SourceStat
         do { current = try tree.stat(sourcePath) } catch {
             return .failure(DecryptFailure(.badInput, "gone from SOURCE"))
@@ -653,11 +653,6 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         done.withLock { while running.withLock({ $0 }) > 0 { done.wait() } }
         return results.withLock { $0 }
-    }
-
-    /// `tls/ssl.pem.encrypted` -> `tls/ssl.pem`.
-    public static func mountPath(ofSource path: String) -> String {
-        SourceTree.shownName(ofCiphertext: path) ?? path   // by bytes, like the listing
     }
 
     /// access(2): R_OK/X_OK for those the policy admits; W_OK never.

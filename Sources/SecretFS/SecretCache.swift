@@ -262,17 +262,13 @@ public final class SecretCache: @unchecked Sendable {
                 let left = (configuration.ttl ?? 0) - (now() - entry.decryptedAt)
                 if failure.kind == .unavailable {
                     entry.nextRefresh = now() + configuration.refreshRetry
-                    Log.warning("\(SecretCache.shown(entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
+                    Log.warning("\(SourceTree.mountPath(ofSource: entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
                 } else {
-                    Log.error("\(SecretCache.shown(entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")
+                    Log.error("\(SourceTree.mountPath(ofSource: entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")
                     removeLocked(PathKey(entry.path))
                 }
             }
         }
-    }
-
-    static func shown(_ sourcePath: String) -> String {
-        SourceTree.shownName(ofCiphertext: sourcePath) ?? sourcePath
     }
 
     private func isFresh(_ e: CachedSecret, at t: Double) -> Bool {

@@ -169,9 +169,19 @@ public final class SourceTree: Sendable {
     /// not end in `.encrypted` for it.
     public static func shownName(ofCiphertext sourceName: String) -> String? {
         let b = Array(sourceName.utf8)
-        let suffix = Array(ciphertextSuffix.utf8)
-        guard b.count > suffix.count, b.suffix(suffix.count).elementsEqual(suffix) else { return nil }
-        return String(validating: b.dropLast(suffix.count), as: UTF8.self)
+        guard b.count > ciphertextSuffix.utf8.count, hasCiphertextSuffix(sourceName) else { return nil }
+        return String(validating: b.dropLast(ciphertextSuffix.utf8.count), as: UTF8.self)
+    }
+
+    /// Whether `name` ends in `.encrypted`, by bytes (see `shownName`).
+    public static func hasCiphertextSuffix(_ name: String) -> Bool {
+        name.utf8.reversed().starts(with: ciphertextSuffix.utf8.reversed())
+    }
+
+    /// The path the mount serves for a SOURCE path: `tls/ssl.pem.encrypted`
+    /// -> `tls/ssl.pem`, by bytes like the listing; any other path as it is.
+    public static func mountPath(ofSource path: String) -> String {
+        shownName(ofCiphertext: path) ?? path
     }
 
     /// Names already reported as not UTF-8 (bounded: after `maxReported`
