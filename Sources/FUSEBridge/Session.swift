@@ -85,6 +85,8 @@ public final class FUSESession: @unchecked Sendable {
         var argv = ["kmsfs", "-o", mountOpts.joined(separator: ",")]
         if options.debug { argv.append("-d") }
 
+        // Before the session exists: fuse_session_new itself may complain.
+        kmsfs_fuse_route_log()
         var args = kmsfs_fuse_args_empty()
         for a in argv { _ = fuse_opt_add_arg(&args, a) }
         defer { fuse_opt_free_args(&args) }
@@ -288,3 +290,13 @@ extension FUSESession {
 }
 
 extension FUSESession: KernelNotifier {}
+
+/// libfuse's messages (see kmsfs_fuse_route_log in CFuse's shim):
+/// fuse_log_level follows syslog's severities, as LogLevel does; the more
+/// severe ones than `error` are errors here. Called on any thread.
+@_cdecl("kmsfs_fuse_log_line")
+func fuseLogLine(_ level: Int32, _ line: UnsafePointer<CChar>?) {
+    guard let line else { return }
+    let severity = LogLevel(rawValue: max(level, LogLevel.error.rawValue)) ?? .debug
+    Log.log(severity, "libfuse: " + String(decoding: UnsafeRawBufferPointer(start: line, count: strlen(line)), as: UTF8.self))
+}
