@@ -24,8 +24,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // C shims: one small header each, for macros and variadic calls.
-        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+        // C shims, one each, for macros and variadic calls. CLinux is
+        // compiled (shim.c, with _GNU_SOURCE, checking its mirrored structs);
+        // the others are one header over a system library.
+        .target(name: "CLinux"),
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",

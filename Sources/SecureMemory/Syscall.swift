@@ -69,8 +69,9 @@ public func openBeneath(_ dirfd: Int32, _ path: String, flags: Int32) throws(Sys
     }
 }
 
-/// `O_PATH` (glibc hides it without `_GNU_SOURCE`).
-public let O_PATH: Int32 = KMSFS_O_PATH
+/// `O_PATH` (glibc declares it only under `_GNU_SOURCE`, which CLinux's C
+/// file defines and Swift's Glibc module must not).
+public let O_PATH: Int32 = kmsfs_o_path
 
 /// The credentials of the process at the other end of a Unix socket
 /// (SO_PEERCRED), as the kernel recorded them at connect.
