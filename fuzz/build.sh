@@ -29,7 +29,7 @@ if [ ! -f "$OUT/c/CLinux.o" ] || [ Sources/CLinux/shim.c -nt "$OUT/c/CLinux.o" ]
     clang -O1 -g -I Sources/CLinux/include -c Sources/CLinux/shim.c -o "$OUT/c/CLinux.o"
 fi
 prev="$OUT/c/CLinux.o"
-for m in Threading SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
+for m in System SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
     obj="$OUT/modules/$m.o"
     srcs=$(ls Sources/$m/*.swift)
     stale=no

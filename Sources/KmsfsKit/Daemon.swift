@@ -1,5 +1,5 @@
 import AWS
-import Threading
+import System
 import KMS
 import SecretFS
 import FUSEBridge
@@ -104,7 +104,7 @@ public enum Daemon {
 
         let tree: SourceTree
         do { tree = try SourceTree(path: request.source) } catch {
-            report.fail("source \(request.source): \(String(cString: strerror(error.errno))); give the directory that holds the *.encrypted files")
+            report.fail("source \(request.source): \(Errno.text(error.code)); give the directory that holds the *.encrypted files")
         }
 
         let auditTarget: AuditSink
@@ -171,7 +171,7 @@ public enum Daemon {
             Log.warning("cannot watch \(request.source) (\(error)); changes show within the entry timeout only")
         }
         let watcher = liveWatcher
-        let started = monotonicNow()
+        let started = SystemClock.monotonic()
         let live = LiveOptions(raw: request.rawOptions, options: options)
         var rotationNotifier: RotationNotifier? = nil
         if watcher != nil {
@@ -221,9 +221,9 @@ public enum Daemon {
             var st = stat()
             _ = stat(mountpoint, &st)
             if prefetch {
-                let t0 = monotonicNow()
+                let t0 = SystemClock.monotonic()
                 let (ok, failed) = fs.prefetch(parallel: 8)
-                let ms = Int((monotonicNow() - t0) * 1000)
+                let ms = Int((SystemClock.monotonic() - t0) * 1000)
                 if failed > 0 {
                     Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
                 } else {
@@ -338,7 +338,7 @@ public enum Daemon {
                      ("key_id", e.keyId.map { .string($0) } ?? .null), ("version", .string(e.version)),
                      ("appeared", .string(Timestamp(seconds: e.appeared).iso8601))])
         }
-        let now = wallNow()
+        let now = SystemClock.wall()
         let stale: [JSONValue] = fs.staleHandles().map { h, current in
             .object([("path", .string(h.mountPath)), ("version", .string(h.version)),
                      ("current", current.map { .string($0) } ?? .null), ("pid", n(Int(h.pid))),
@@ -352,7 +352,7 @@ public enum Daemon {
             ("mountpoint", .string(request.mountpoint)),
             ("source", .string(request.source)),
             ("pid", n(Int(getpid()))),
-            ("uptime_s", .number((monotonicNow() - started).rounded())),
+            ("uptime_s", .number((SystemClock.monotonic() - started).rounded())),
             ("memory", .string(SecureMemoryPolicy.defaultBacking.rawValue)),
             ("secure_buffers", n(SecureMemoryStats.liveBuffers)),
             ("secure_bytes", n(SecureMemoryStats.liveBytes)),
@@ -437,23 +437,9 @@ public enum Daemon {
 public enum SystemdNotify {
     public static func send(_ state: String) {
         guard let path = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !path.isEmpty else { return }
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
+        guard let addr = try? UnixSocketAddress(path), let fd = try? unixSocket(SOCK_DGRAM) else { return }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(path.utf8)
-        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-        }
-        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
-        _ = state.withCString { msg in
-            withUnsafePointer(to: &addr) { ap in
-                ap.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, msg, strlen(msg), 0, $0, len) }
-            }
-        }
+        _ = state.withCString { msg in addr.withSockaddr { sendto(fd, msg, strlen(msg), 0, $0, $1) } }
     }
 
     /// True when systemd connected stderr to the journal (`JOURNAL_STREAM`

@@ -1,4 +1,4 @@
-import Threading
+import System
 import SecureMemory
 import Log
 
@@ -153,7 +153,7 @@ public final class SecretCache: @unchecked Sendable {
     private var sweeperRunning = false
     private var stopped = false
 
-    public init(configuration: Configuration, now: @escaping @Sendable () -> Double = { monotonicNow() }) {
+    public init(configuration: Configuration, now: @escaping @Sendable () -> Double = { SystemClock.monotonic() }) {
         self.configuration = configuration
         self.now = now
     }
@@ -420,15 +420,4 @@ public struct PathKey: Hashable, Sendable, CustomStringConvertible {
     /// Byte-wise prefix test.
     public func hasPrefix(_ prefix: String) -> Bool { path.utf8.starts(with: prefix.utf8) }
     public var description: String { path }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// Monotonic seconds.
-public func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

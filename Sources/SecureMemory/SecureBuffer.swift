@@ -1,3 +1,4 @@
+import System
 import CLinux
 import Synchronization
 #if canImport(Glibc)
@@ -19,8 +20,8 @@ public enum SecureBacking: String, Sendable {
 }
 
 public enum SecureMemoryError: Error, CustomStringConvertible, Sendable {
-    case allocationFailed(SystemError)
-    case lockFailed(SystemError)
+    case allocationFailed(Errno)
+    case lockFailed(Errno)
     case capacityExceeded(requested: Int, limit: Int)
 
     public var description: String {
@@ -184,22 +185,22 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         let total = length + 2 * page
         let p = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let p, p != MAP_FAILED else {
-            throw .allocationFailed(SystemError("mmap", errno: currentErrno))
+            throw .allocationFailed(Errno("mmap"))
         }
         let body = p + page
         guard mprotect(body, length, PROT_READ | PROT_WRITE) == 0 else {
-            let e = currentErrno
+            let e = Errno.current
             munmap(p, total)
-            throw .allocationFailed(SystemError("mprotect", errno: e))
+            throw .allocationFailed(Errno("mprotect", code: e))
         }
         _ = madvise(body, length, MADV_DONTDUMP)
         _ = madvise(body, length, MADV_WIPEONFORK)
         var locked = true
         if mlock(body, length) != 0 {
-            let e = currentErrno
+            let e = Errno.current
             if !SecureMemoryPolicy.allowUnlocked {
                 munmap(p, total)
-                throw .lockFailed(SystemError("mlock", errno: e))
+                throw .lockFailed(Errno("mlock", code: e))
             }
             locked = false
         }

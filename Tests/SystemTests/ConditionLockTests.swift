@@ -1,5 +1,5 @@
 import Testing
-import Threading
+import System
 #if canImport(Glibc)
 import Glibc
 #endif
