@@ -14,6 +14,9 @@ import pytest
 
 from test_credentials import bare_env, role  # noqa: F401  (role is a fixture)
 from test_memory import scan
+from conftest import unsanitized_only
+
+pytestmark = unsanitized_only
 
 HELPER = """#!/usr/bin/env python3
 import sys

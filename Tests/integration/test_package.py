@@ -25,7 +25,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import ROOT, force_unmount, mounted  # noqa: E402
+from conftest import ROOT, force_unmount, mounted, unsanitized_only  # noqa: E402
+
+pytestmark = unsanitized_only
 
 SECRET = b"correct horse battery staple\n"
 # A name that tries to forge journal fields and a second line.
