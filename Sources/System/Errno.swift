@@ -20,7 +20,7 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
 
     /// The calling thread's errno, now, for `operation`.
     public init(_ operation: String) {
-        self.init(operation)
+        self.init(operation, code: Errno.current)
     }
 
     /// The calling thread's errno (a macro over a thread-local in C: this is
