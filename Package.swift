@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "KMSTests", dependencies: ["KMS", "AWS", "SecureMemory"]),
         .testTarget(name: "SecretFSTests", dependencies: ["SecretFS", "SecureMemory"]),
         .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS", "FUSEBridge", "Log", "System", "SecureMemory"]),
-        .testTarget(name: "LogTests", dependencies: ["Log"]),
+        .testTarget(name: "LogTests", dependencies: ["Log", "System"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -4,7 +4,7 @@ import System
 import Glibc
 #endif
 
-/// Threading.ConditionLock: stable storage for the pthread objects, and
+/// System.ConditionLock: stable storage for the pthread objects, and
 /// timed waits that cannot trap whatever the duration (`ttl=1e30` once
 /// killed the expiry thread in `Int(Double)`).
 @Suite struct ConditionLockTests {
