@@ -36,7 +36,7 @@ REBUILD = "build it with `make build` (swift build -c release --static-swift-std
 
 
 def source_version():
-    text = (ROOT / "Sources/AWS/ServiceClient.swift").read_text()
+    text = (ROOT / "Sources/AWS/Version.swift").read_text()
     return re.search(r'^public let kmsfsVersion = "(.*)"$', text, re.M).group(1)
 
 
