@@ -5,14 +5,6 @@ import SecureMemory
 import Glibc
 #endif
 
-/// What the filesystem tells the kernel when SOURCE changes under it.
-public protocol KernelNotifier: AnyObject, Sendable {
-    /// A name in a directory changed (added, removed, replaced).
-    func invalidateEntry(parent: UInt64, name: String)
-    /// An inode's attributes (size, times) changed.
-    func invalidateInode(_ ino: UInt64)
-}
-
 /// Follows SOURCE with inotify so the mount is a live mirror: files and
 /// directories added, removed, renamed or replaced show up at once, a
 /// replaced ciphertext is decrypted anew on its next open, and the kernel's
