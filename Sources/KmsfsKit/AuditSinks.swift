@@ -32,9 +32,10 @@ public struct LogAuditSink: AuditSink {
             return
         }
         var units: [Int32: String?] = [:]
+        let threshold = Log.level
         for r in batch {
             let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
-            guard Log.isEnabled(level) else { continue }
+            guard level >= threshold else { continue }
             var unit: String? = nil
             if r.outcome != .notified && r.outcome != .notifyFailed {
                 if let known = units[r.pid] {
@@ -178,7 +179,7 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
         lock.withLock {
             if queue.count >= capacity {
                 waitCount += 1
-                let t = monotonicNow()
+                let t = SystemClock.monotonic()
                 if t - lastWaitLog >= 60 {
                     lastWaitLog = t
                     logWait = true

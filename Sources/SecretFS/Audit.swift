@@ -1,4 +1,5 @@
 import Log
+import System
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -195,7 +196,7 @@ public final class ProcessNameCache: @unchecked Sendable {
     private let now: @Sendable () -> Double
     private let read: @Sendable (Int32) -> String
 
-    public init(lifetime: Double = 1, slots: Int = 64, now: @escaping @Sendable () -> Double = { monotonicNow() },
+    public init(lifetime: Double = 1, slots: Int = 64, now: @escaping @Sendable () -> Double = { SystemClock.monotonic() },
                 read: @escaping @Sendable (Int32) -> String = { processName(pid: $0) }) {
         self.lifetime = lifetime
         self.slots = Mutex([Slot](repeating: Slot(), count: max(1, slots)))

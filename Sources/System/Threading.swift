@@ -154,7 +154,7 @@ func mappingStart(containing address: UInt) -> UInt? {
         var field = 0          // 0: start, 1: end, 2: the rest of the line
         while true {
             let n = read(fd, buf.baseAddress, buf.count)
-            if n < 0 && errno == EINTR { continue }
+            if n < 0 && Errno.current == EINTR { continue }
             guard n > 0 else { return nil }
             for i in 0..<n {
                 let c = buf[i]

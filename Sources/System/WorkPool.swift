@@ -75,10 +75,10 @@ public final class WorkPool: @unchecked Sendable {
             // other one for another idleSeconds: after a burst the pool
             // shed one thread per idleSeconds.
             idle += 1
-            let deadline = monotonicClock() + idleSeconds
+            let deadline = SystemClock.monotonic() + idleSeconds
             var expired = false
             while head >= queue.count && !stopping {
-                let left = deadline - monotonicClock()
+                let left = deadline - SystemClock.monotonic()
                 if left <= 0 { expired = true; break }
                 lock.wait(seconds: left)
             }
