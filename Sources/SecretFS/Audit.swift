@@ -101,7 +101,7 @@ extension AuditRecord {
     /// gives, since every field is quoted or plain ASCII already), without
     /// building the intermediate strings: the audit writer's cost per record.
     /// `clock` keeps the time's text for the current second.
-    public func appendLine(to out: inout [UInt8], clock: inout AuditClock) {
+    public func appendLine(to out: inout [UInt8], clock: inout AuditClock, newline: Bool = true) {
         func ascii(_ s: StaticString) {
             s.withUTF8Buffer { out.append(contentsOf: $0) }
         }
@@ -147,7 +147,7 @@ extension AuditRecord {
         ascii(" source="); out.append(contentsOf: outcome.rawValue.utf8)
         if let latency { ascii(" kms_ms="); number(Int((latency * 1000).rounded())) }
         if let detail { ascii(" reason="); field(detail) }
-        out.append(UInt8(ascii: "\n"))
+        if newline { out.append(UInt8(ascii: "\n")) }
     }
 }
 

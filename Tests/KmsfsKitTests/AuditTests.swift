@@ -39,6 +39,27 @@ import Synchronization
         }
     }
 
+    @Test func theJournalEntryIsWhatEncodeMakesOfTheRecordsFields() {
+        let records = [
+            record(), record(outcome: .kms, latency: 0.0127),
+            record(outcome: .denied, detail: "not in the allowed users or groups"),
+            record("evil\nname", path: "a\nPRIORITY=0", outcome: .failed, detail: "x\ny"),
+            record("", path: "caf\u{e9}/\u{202e}x"),
+        ]
+        for r in records {
+            for unit in [nil, "nginx.service", "evil\n.service"] as [String?] {
+                let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
+                var clock = AuditClock()
+                var got: [UInt8] = []
+                r.appendJournalEntry(level: level, unit: unit, to: &got, clock: &clock)
+                let want = Journal.encode([("MESSAGE", r.line), ("PRIORITY", String(level.rawValue)),
+                                           ("SYSLOG_FACILITY", "3"), ("SYSLOG_IDENTIFIER", "kmsfs")]
+                                          + r.journalFields(unit: unit))
+                #expect(got == want, "\(r.line) \(unit ?? "-")")
+            }
+        }
+    }
+
     @Test func oneClockFormatsEveryRecordOfABurstAcrossSeconds() {
         var clock = AuditClock()
         var out: [UInt8] = []
