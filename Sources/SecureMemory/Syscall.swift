@@ -62,11 +62,67 @@ func roundUpToPage(_ n: Int) -> Int {
 /// Opens `path` relative to `dirfd` with openat2(2), refusing to leave the
 /// directory (`RESOLVE_BENEATH`) or to follow any symlink or magic link on
 /// the way: how kmsfs reads SOURCE, so a symlink there never leads out.
+///
+/// Where openat2 answers ENOSYS it walks the path one component at a time
+/// instead (`openBeneathByComponents`), with the same refusals. systemd
+/// makes openat2 fail with ENOSYS in every unit with `RestrictSUIDSGID=`
+/// (seccomp cannot see its flags), the shipped kmsfs.service among them:
+/// without the walk SOURCE looked empty there (found by the boot test).
 public func openBeneath(_ dirfd: Int32, _ path: String, flags: Int32) throws(SystemError) -> Int32 {
     let resolve = KMSFS_RESOLVE_BENEATH | KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS
-    return try syscallRetrying("openat2 \(path)") {
-        kmsfs_openat2(dirfd, path, UInt64(UInt32(bitPattern: flags | O_CLOEXEC | O_NOFOLLOW)), 0, resolve)
+    do {
+        return try syscallRetrying("openat2 \(path)") {
+            kmsfs_openat2(dirfd, path, UInt64(UInt32(bitPattern: flags | O_CLOEXEC | O_NOFOLLOW)), 0, resolve)
+        }
+    } catch where error.errno == ENOSYS {
+        return try openBeneathByComponents(dirfd, path, flags: flags)
     }
+}
+
+/// `openBeneath` without openat2: an absolute path or a `..` component is
+/// refused (EXDEV, as RESOLVE_BENEATH answers), and each component is
+/// opened from the one before with O_NOFOLLOW, so a symlink anywhere on the
+/// way fails (ELOOP or ENOTDIR) and one at the end is refused with ELOOP
+/// (with O_PATH, O_NOFOLLOW would open the link itself). Magic links are
+/// symlinks to lstat, so they are refused too.
+public func openBeneathByComponents(_ dirfd: Int32, _ path: String, flags: Int32) throws(SystemError) -> Int32 {
+    let bytes = Array(path.utf8)
+    guard bytes.first != UInt8(ascii: "/") else { throw SystemError("open \(path)", errno: EXDEV) }
+    let parts = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
+        .filter { !$0.elementsEqual([UInt8(ascii: ".")]) }
+    guard !parts.contains(where: { $0.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) }) else {
+        throw SystemError("open \(path)", errno: EXDEV)
+    }
+    let final = flags | O_CLOEXEC | O_NOFOLLOW
+    if parts.isEmpty {
+        return try syscallRetrying("open \(path)") { openat(dirfd, ".", final) }
+    }
+    var current = dirfd
+    for (i, part) in parts.enumerated() {
+        let last = i == parts.count - 1
+        let name = Array(part) + [0]
+        let next: Int32
+        do {
+            next = try syscallRetrying("open \(path)") {
+                name.withUnsafeBufferPointer { p in
+                    p.withMemoryRebound(to: CChar.self) {
+                        openat(current, $0.baseAddress!, last ? final : (O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+                    }
+                }
+            }
+        } catch {
+            if current != dirfd { close(current) }
+            throw error
+        }
+        if current != dirfd { close(current) }
+        current = next
+    }
+    var st = stat()
+    guard fstat(current, &st) == 0, st.st_mode & S_IFMT != S_IFLNK else {
+        close(current)
+        throw SystemError("open \(path)", errno: ELOOP)
+    }
+    return current
 }
 
 /// `O_PATH` (glibc hides it without `_GNU_SOURCE`).
