@@ -140,7 +140,14 @@ public enum Daemon {
         }
         let credentials: CredentialServer?
         if let path = options.credentialSocket {
-            do { credentials = try CredentialServer(path: path, fs: fs) } catch {
+            do {
+                // The guide's /run/kmsfs/credentials.sock: at boot nothing
+                // has made /run/kmsfs yet (the control socket comes later),
+                // so the daemon makes it as it does for the control socket.
+                let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                if parent == ControlSocket.directory { try ControlSocket.prepareDirectory(parent) }
+                credentials = try CredentialServer(path: path, fs: fs)
+            } catch {
                 report.fail("credential_socket=\(path): \(error); give a path in a directory root owns, such as /run/kmsfs/credentials.sock")
             }
         } else {
