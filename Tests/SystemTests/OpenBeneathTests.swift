@@ -1,5 +1,5 @@
 import Testing
-import SecureMemory
+import System
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -37,13 +37,13 @@ import Glibc
     }
 
     /// nil when the open succeeded, else its errno (the descriptor closed).
-    static func outcome(_ body: () throws(SystemError) -> Int32) -> Int32? {
+    static func outcome(_ body: () throws(Errno) -> Int32) -> Int32? {
         do {
             let fd = try body()
             close(fd)
             return nil
         } catch {
-            return error.errno
+            return error.code
         }
     }
 
@@ -54,8 +54,8 @@ import Glibc
     func opensWhatOpenat2Opens(path: String, flags: Int32) throws {
         let (dir, fd) = try Self.tree()
         defer { close(fd); Self.remove(dir) }
-        #expect(Self.outcome { () throws(SystemError) in try openBeneathByComponents(fd, path, flags: flags) } == nil)
-        #expect(Self.outcome { () throws(SystemError) in try openBeneath(fd, path, flags: flags) } == nil)
+        #expect(Self.outcome { () throws(Errno) in try openBeneathByComponents(fd, path, flags: flags) } == nil)
+        #expect(Self.outcome { () throws(Errno) in try openBeneath(fd, path, flags: flags) } == nil)
     }
 
     @Test(arguments: [
@@ -66,8 +66,8 @@ import Glibc
     func refusesWhatOpenat2Refuses(path: String, flags: Int32) throws {
         let (dir, fd) = try Self.tree()
         defer { close(fd); Self.remove(dir) }
-        let walked = Self.outcome { () throws(SystemError) in try openBeneathByComponents(fd, path, flags: flags) }
-        let resolved = Self.outcome { () throws(SystemError) in try openBeneath(fd, path, flags: flags) }
+        let walked = Self.outcome { () throws(Errno) in try openBeneathByComponents(fd, path, flags: flags) }
+        let resolved = Self.outcome { () throws(Errno) in try openBeneath(fd, path, flags: flags) }
         #expect(walked != nil)
         #expect(resolved != nil)
         if path == "missing" { #expect(walked == ENOENT) }
