@@ -80,7 +80,7 @@ def log(msg):
 
 
 def skip(reason):
-    log("SKIP boot-test: %s" % reason)
+    log("SKIP boot-test: %s" % " ".join(reason.split()))
     sys.exit(0)
 
 
