@@ -121,56 +121,60 @@ public func openBeneath(_ directory: Int32, _ path: String, flags: Int32) throws
     }
 }
 
-/// `openBeneath` without openat2: an absolute path or a `..` component is
-/// refused (EXDEV, as RESOLVE_BENEATH answers), and each component is
-/// opened from the one before with O_NOFOLLOW, so a symlink anywhere on the
-/// way fails (ELOOP or ENOTDIR) and one at the end is refused with ELOOP
-/// (with O_PATH, O_NOFOLLOW would open the link itself). Magic links are
-/// symlinks to lstat, so they are refused too. The caller owns the
-/// descriptor returned.
+/// `openBeneath` without openat2, with its answers: an absolute path, or a
+/// `..` that would climb above `directory`, fails with EXDEV (a `..` that
+/// stays beneath is followed, as RESOLVE_BENEATH does); each component is
+/// opened from the one before with O_NOFOLLOW, so a symlink (or magic link)
+/// on the way fails with ELOOP, and one at the end fails with ELOOP, or with
+/// O_PATH opens as the link itself, as openat2 with O_NOFOLLOW answers (the
+/// caller's fstat sees a link, never what it points to). The caller owns
+/// the descriptor returned.
 public func openBeneathByComponents(_ directory: Int32, _ path: String, flags: Int32) throws(Errno) -> Int32 {
     let bytes = Array(path.utf8)
     guard bytes.first != UInt8(ascii: "/") else { throw Errno("open \(path)", code: EXDEV) }
+    let dot: [UInt8] = [UInt8(ascii: ".")]
+    let dotdot: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]
     let parts = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
-        .filter { !$0.elementsEqual([UInt8(ascii: ".")]) }
-    guard !parts.contains(where: { $0.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) }) else {
-        throw Errno("open \(path)", code: EXDEV)
-    }
-    let final = flags | O_CLOEXEC | O_NOFOLLOW
-    if parts.isEmpty {
-        return try syscallRetrying("open \(path)") { openat(directory, ".", final) }
-    }
-    var current = directory
+    // The directories opened so far below `directory`, each owned here.
+    var stack: [Int32] = []
+    defer { for fd in stack { Glibc.close(fd) } }
     for (i, part) in parts.enumerated() {
         let last = i == parts.count - 1
+        if part.elementsEqual(dot) || part.elementsEqual(dotdot) {
+            if part.elementsEqual(dotdot) {
+                guard let top = stack.popLast() else { throw Errno("open \(path)", code: EXDEV) }
+                Glibc.close(top)
+            }
+            if last { break }
+            continue
+        }
+        let at = stack.last ?? directory
         let name = Array(part) + [0]
-        let next: Int32
-        do {
-            next = try syscallRetrying("open \(path)") {
+        if last {
+            let fd = try syscallRetrying("open \(path)") {
                 name.withUnsafeBufferPointer { p in
-                    p.withMemoryRebound(to: CChar.self) {
-                        openat(current, $0.baseAddress!, last ? final : (O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
-                    }
+                    p.withMemoryRebound(to: CChar.self) { openat(at, $0.baseAddress!, flags | O_CLOEXEC | O_NOFOLLOW) }
                 }
             }
-        } catch {
-            if current != directory { Glibc.close(current) }
-            throw error
+            return fd
         }
-        if current != directory { Glibc.close(current) }
-        current = next
+        let fd = try syscallRetrying("open \(path)") {
+            name.withUnsafeBufferPointer { p in
+                p.withMemoryRebound(to: CChar.self) { openat(at, $0.baseAddress!, O_PATH | O_NOFOLLOW | O_CLOEXEC) }
+            }
+        }
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            let code = st.st_mode & S_IFMT == S_IFLNK ? ELOOP : ENOTDIR
+            Glibc.close(fd)
+            throw Errno("open \(path)", code: code)
+        }
+        stack.append(fd)
     }
-    var st = Glibc.stat()
-    guard fstat(current, &st) == 0 else {
-        let e = Errno("fstat \(path)")
-        Glibc.close(current)
-        throw e
-    }
-    guard st.st_mode & S_IFMT != S_IFLNK else {
-        Glibc.close(current)
-        throw Errno("open \(path)", code: ELOOP)
-    }
-    return current
+    // The path named a directory already walked (".", "d/..", "d/."):
+    // open it again with the caller's flags.
+    let at = stack.last ?? directory
+    return try syscallRetrying("open \(path)") { openat(at, ".", flags | O_CLOEXEC | O_NOFOLLOW) }
 }
 
 /// `O_PATH` (glibc declares it only under `_GNU_SOURCE`, which CLinux's
