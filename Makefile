@@ -101,7 +101,7 @@ deb:
 # network device) with the fresh package installed as the guide says, and
 # checks the fstab mount, kmsfs.service, credentials, units and the journal
 # from inside it. The guest image is cached in /var/cache/kmsfs-boot
-# (KMSFS_BOOT_CACHE); a run takes 6 to 8 minutes here once it is cached.
+# (KMSFS_BOOT_CACHE); a run takes 4 to 8 minutes here once it is cached.
 # Prints one SKIP line where qemu cannot run.
 boot-test: build
 	$(PYTHON) tools/boot/boot-test.py $(BIN)
