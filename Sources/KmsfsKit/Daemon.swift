@@ -78,7 +78,7 @@ public enum Daemon {
                 report.fail("cannot lock memory (\(e); RLIMIT_MEMLOCK is \(limit)): run as root or with CAP_IPC_LOCK, or raise the limit (LimitMEMLOCK=infinity under systemd, ulimit -l unlimited); -o insecure_allow_unlocked runs without locking")
             }
         }
-        FUSESession.blockDaemonSignals()
+        DaemonSignals.block()
         // One malloc arena: memory freed by one thread is reused by every
         // other. With two, each burst's work landed in either arena as
         // threads came and went, and each arena grew to hold its own peak
@@ -144,7 +144,14 @@ public enum Daemon {
         }
         let credentials: CredentialServer?
         if let path = options.credentialSocket {
-            do { credentials = try CredentialServer(path: path, fs: fs) } catch {
+            do {
+                // The guide's /run/kmsfs/credentials.sock: at boot nothing
+                // has made /run/kmsfs yet (the control socket comes later),
+                // so the daemon makes it as it does for the control socket.
+                let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                if parent == ControlSocket.directory { try ControlSocket.prepareDirectory(parent) }
+                credentials = try CredentialServer(path: path, fs: fs)
+            } catch {
                 report.fail("credential_socket=\(path): \(error); give a path in a directory root owns, such as /run/kmsfs/credentials.sock")
             }
         } else {
@@ -159,10 +166,12 @@ public enum Daemon {
         let session: FUSESession
         do {
             session = try FUSESession(fs: fs, options: sessionOptions)
+            try MountTable.recoverStaleMount(at: sessionOptions.mountpoint)
             try session.mount()
         } catch {
             report.fail(error.message)
         }
+        let connection = MountTable.connection(of: sessionOptions.mountpoint)
         fs.cache.startSweeper()
         fs.notifier = session
         var liveWatcher: SourceWatcher? = nil
@@ -221,7 +230,7 @@ public enum Daemon {
 
         let mountpoint = request.mountpoint
         let prefetch = options.prefetch
-        let status = session.serve(onServing: {
+        let status = DaemonSignals.serve(session, connection: connection, onServing: {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)

@@ -599,6 +599,14 @@ public final class SecretFileSystem: @unchecked Sendable {
         return acquire(node, caller: caller, maxBytes: configuration.maxCiphertextBytes, detail: why)
     }
 
+    /// A credential request refused before any access decision (its peer
+    /// is not root, or runs in another unit than its address names): a
+    /// denied open of the credential's path, counted and audited as one.
+    public func refuseCredential(path: String, caller: Caller, detail: String) {
+        counters.withLock { $0.opens += 1; $0.denials += 1 }
+        record(caller, path, .denied, detail: detail)
+    }
+
     /// The version of the ciphertext SOURCE holds now at `sourcePath` (the
     /// cached one when it still matches the file, else read and digested),
     /// or nil when the file is gone or unreadable.
