@@ -71,7 +71,9 @@ import Glibc
         clock.advance(3600 - 100)
         let t0 = SystemClock.monotonic()
         for _ in 0..<200 { #expect(try c.credentials().accessKeyId == "K1") }
-        #expect(SystemClock.monotonic() - t0 < 0.5)   // nobody waited on the hung refresh
+        // Nobody waited on the hung refresh (it never ends by itself; the
+        // bound only allows for a loaded machine).
+        #expect(SystemClock.monotonic() - t0 < 3)
         #expect(c.fetchCount == 2)               // one refresh started, not 200
         release.withLock { $0 = true }
         let deadline = SystemClock.monotonic() + 5

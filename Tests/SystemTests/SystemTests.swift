@@ -231,7 +231,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         for odd in [-1.0, 0, .nan, -.infinity] {
             let t = SystemClock.monotonic()
             SystemClock.sleep(odd)   // returns at once, never traps
-            #expect(SystemClock.monotonic() - t < 0.5)
+            #expect(SystemClock.monotonic() - t < 2)
         }
     }
 

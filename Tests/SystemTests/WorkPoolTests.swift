@@ -70,7 +70,7 @@ import Glibc
         }
         #expect(pool.load.threads == 0)
         // All six within a few idle periods (one after another, as before,
-        // took six).
-        #expect(t - t0 < idle * 3, "threads ended \(t - t0) s after the burst")
+        // took six: 3 s), with room for a loaded machine.
+        #expect(t - t0 < idle * 4, "threads ended \(t - t0) s after the burst")
     }
 }
