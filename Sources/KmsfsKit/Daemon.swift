@@ -120,7 +120,7 @@ public enum Daemon {
         }
         let audit = QueuedAuditSink(auditTarget)
 
-        let kms = settings.makeKMSClient()
+        let kms = settings.makeKMSClient(rate: options.kmsRate)
         let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
                                         requirePathBinding: options.requireBinding, allowedKeys: options.kmsKeys,
                                         maxEncryptedDataKeys: options.maxEncryptedDataKeys)
@@ -223,10 +223,19 @@ public enum Daemon {
             _ = stat(mountpoint, &st)
             if prefetch {
                 let t0 = monotonicNow()
-                let (ok, failed) = fs.prefetch(parallel: 8)
+                var (ok, failed) = fs.prefetch(parallel: 8)
+                // Under a saturated quota some calls outlast their deadline
+                // waiting for a turn: passes over what is left, while each
+                // still makes progress, before saying ready.
+                for _ in 0..<4 where failed > 0 {
+                    let before = ok
+                    (ok, failed) = fs.prefetch(parallel: 4)
+                    if ok == before { break }
+                }
                 let ms = Int((monotonicNow() - t0) * 1000)
                 if failed > 0 {
-                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
+                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying those again in the background")
+                    Daemon.finishPrefetch(fs: fs)
                 } else {
                     Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
                 }
@@ -295,6 +304,29 @@ public enum Daemon {
     /// took: KMS connections idle for 15 s are closed, and once no open has
     /// come for a while the reply scratch buffers a burst pooled are
     /// released and freed heap pages return to the kernel.
+    /// Secrets the prefetch could not decrypt (KMS throttled past a call's
+    /// deadline, or did not answer) are tried again in the background, a
+    /// few rounds with growing pauses, while the mount already serves: an
+    /// open of one of them meanwhile decrypts it itself (or fails within
+    /// `timeout=`), and the rounds only find the rest in the cache.
+    static func finishPrefetch(fs: SecretFileSystem, rounds: Int = 6, firstPause: Double = 2) {
+        startThread(name: "kmsfs-prefetch") {
+            var pause = firstPause
+            for round in 1...max(1, rounds) {
+                Clock.system.sleep(pause)
+                let t0 = monotonicNow()
+                let (ok, failed) = fs.prefetch(parallel: 2)
+                let ms = Int((monotonicNow() - t0) * 1000)
+                if failed == 0 {
+                    Log.notice("prefetch: all \(ok) secrets decrypted after \(round) more round\(round == 1 ? "" : "s") (\(ms) ms)")
+                    return
+                }
+                Log.warning("prefetch round \(round + 1): \(failed) secrets still failed")
+                pause = min(pause * 2, 60)
+            }
+        }
+    }
+
     static func startIdleHousekeeping(fs: SecretFileSystem, session: FUSESession, transport: HTTPTransport) {
         startThread(name: "kmsfs-idle") {
             var lastOpens = -1

@@ -72,6 +72,9 @@ public struct MountOptions: Sendable {
     public var maxAttempts: Int?
     /// Seconds one KMS call may take, retries included.
     public var kmsTimeout: Double?
+    /// `kms_rate=N`: KMS requests a second this mount never exceeds (its
+    /// share of the account's quota); nil: paced only once KMS throttles.
+    public var kmsRate: Double?
     public var caBundle: String?
     /// Where systemd's `LoadCredential=ID:PATH` is served (`credential_socket=`).
     public var credentialSocket: String?
@@ -157,6 +160,7 @@ public struct MountOptions: Sendable {
         if a.caBundle != b.caBundle { return "ca_bundle" }
         if a.maxAttempts != b.maxAttempts { return "retries" }
         if a.kmsTimeout != b.kmsTimeout { return "timeout" }
+        if a.kmsRate != b.kmsRate { return "kms_rate" }
         if a.threads != b.threads { return "threads" }
         if a.maxInflight != b.maxInflight { return "max_inflight" }
         if a.insecureAllowUnlocked != b.insecureAllowUnlocked { return "insecure_allow_unlocked" }
@@ -362,6 +366,13 @@ public struct MountOptions: Sendable {
         case "noexec": try noValue(); exec = false
         case "retries", "max_attempts": maxAttempts = try positiveInt(Limits.retries)
         case "timeout", "kms_timeout": kmsTimeout = try seconds(Limits.timeout)
+        case "kms_rate":
+            let v = try need()
+            guard let r = MountOptions.parseDuration(v), !v.contains(where: \.isLetter),
+                  Limits.kmsRate.contains(r) || r == 0 else {
+                throw OptionError("option 'kms_rate=\(v)': expected KMS requests a second from \(MountOptions.showRate(Limits.kmsRate.lowerBound)) to \(MountOptions.showRate(Limits.kmsRate.upperBound)) (or 0: no ceiling), such as 5 or 0.5")
+            }
+            kmsRate = r == 0 ? nil : r
         case "ca_bundle":
             let v = try need()
             guard v.hasPrefix("/") else { throw OptionError("option 'ca_bundle=\(v)': give an absolute path") }
@@ -416,6 +427,8 @@ public struct MountOptions: Sendable {
         public static let retries: ClosedRange<Int> = 1...20
         /// `max_inflight=`: opens waiting on KMS at once.
         public static let maxInflight: ClosedRange<Int> = 1...4096
+        /// `kms_rate=`: 0.1 to 100,000 KMS requests a second (0: no ceiling).
+        public static let kmsRate: ClosedRange<Double> = 0.1...100_000
         /// `settle=`: 0 to 5 minutes between a change and telling.
         public static let settle: ClosedRange<Double> = 0...300
     }
@@ -478,6 +491,11 @@ public struct MountOptions: Sendable {
         if n >= 86400, n % 86400 == 0 { return "\(n / 86400)d" }
         if n >= 3600, n % 3600 == 0 { return "\(n / 3600)h" }
         return "\(n)"
+    }
+
+    /// `0.1`, `100000`: a rate's bound as the refusals show it.
+    static func showRate(_ v: Double) -> String {
+        v == v.rounded() ? "\(displaySeconds(v))" : "\(v)"
     }
 
     /// `1`, `64K`, `1G`: a bound as the refusals show it.
