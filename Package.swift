@@ -11,8 +11,9 @@
 //   SecretFS                      the filesystem's meaning (no C)
 //   KMS                           KMS API, ciphertext formats        -> CCrypto
 //   AWS                           SigV4, credentials, HTTP, retries  -> CCurl, CCrypto
-//   SecureMemory, Log             locked memory, hardening, logging  -> CLinux
-//   Threading                     pthreads and condition waits (libc only)
+//   SecureMemory, Log             locked memory, hardening, logging
+//   System                        errno, descriptors, clocks, sockets,
+//                                 threads and waits                  -> CLinux
 import PackageDescription
 
 let package = Package(
@@ -24,8 +25,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // C shims: one small header each, for macros and variadic calls.
-        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+        // C shims, one each, for macros and variadic calls. CLinux is
+        // compiled (shim.c, with _GNU_SOURCE, checking its mirrored structs);
+        // the others are one header over a system library.
+        .target(name: "CLinux"),
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
@@ -33,31 +36,33 @@ let package = Package(
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
 
-        .target(name: "Threading"),
-        .target(name: "SecureMemory", dependencies: ["CLinux"]),
-        .target(name: "Log", dependencies: ["CLinux"]),
-        .target(name: "AWS", dependencies: ["SecureMemory", "Log", "Threading", "CCurl", "CCrypto"]),
-        .target(name: "KMS", dependencies: ["AWS", "SecureMemory", "Log", "CCrypto"]),
-        .target(name: "SecretFS", dependencies: ["SecureMemory", "Log", "Threading"]),
-        .target(name: "FUSEBridge", dependencies: ["SecretFS", "SecureMemory", "Log", "Threading", "CFuse"]),
+        // The one door to the system: Errno, owned descriptors, clocks,
+        // Unix sockets, threads and condition waits (swift-system's shape).
+        .target(name: "System", dependencies: ["CLinux"]),
+        .target(name: "SecureMemory", dependencies: ["System", "CLinux"]),
+        .target(name: "Log", dependencies: ["System", "CLinux"]),
+        .target(name: "AWS", dependencies: ["SecureMemory", "Log", "System", "CCurl", "CCrypto"]),
+        .target(name: "KMS", dependencies: ["AWS", "SecureMemory", "CCrypto"]),
+        .target(name: "SecretFS", dependencies: ["SecureMemory", "Log", "System"]),
+        .target(name: "FUSEBridge", dependencies: ["SecretFS", "SecureMemory", "Log", "System", "CFuse"]),
         // Mount options, configuration resolution and the glue between KMS
         // and SecretFS: everything the executable does that deserves tests.
-        .target(name: "KmsfsKit", dependencies: ["FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log", "Threading"]),
+        .target(name: "KmsfsKit", dependencies: ["FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log", "System"]),
         .executableTarget(
             name: "kmsfs",
             dependencies: [
-                "KmsfsKit", "FUSEBridge", "SecretFS", "KMS", "AWS", "SecureMemory", "Log",
+                "KmsfsKit", "SecretFS", "KMS", "AWS", "SecureMemory", "Log", "System",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 
         .testTarget(name: "SecureMemoryTests", dependencies: ["SecureMemory"]),
-        .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
+        .testTarget(name: "SystemTests", dependencies: ["System"]),
         .testTarget(name: "AWSTests", dependencies: ["AWS", "SecureMemory"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "AWS", "SecureMemory"]),
         .testTarget(name: "SecretFSTests", dependencies: ["SecretFS", "SecureMemory"]),
-        .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS", "FUSEBridge", "Log", "Threading", "SecureMemory"]),
-        .testTarget(name: "LogTests", dependencies: ["Log"]),
+        .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS", "FUSEBridge", "Log", "System", "SecureMemory"]),
+        .testTarget(name: "LogTests", dependencies: ["Log", "System"]),
     ],
     swiftLanguageModes: [.v6]
 )

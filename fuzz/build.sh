@@ -14,15 +14,22 @@ OUT=${FUZZ_BUILD:-.build-fuzz}
 SAN=${FUZZ_SANITIZE:-fuzzer,address}
 mkdir -p "$OUT/modules" "$OUT/bin"
 
-CFLAGS="-I Sources/CLinux -I Sources/CFuse -I Sources/CCurl -I Sources/CCrypto"
+CFLAGS="-I Sources/CLinux/include -I Sources/CFuse -I Sources/CCurl -I Sources/CCrypto"
 for f in $(pkg-config --cflags-only-I fuse3 libcurl openssl); do CFLAGS="$CFLAGS -Xcc $f"; done
 LIBS=$(pkg-config --libs fuse3 libcurl openssl)
 COMMON="-swift-version 6 -O -g -enable-testing -sanitize=$SAN -I $OUT/modules $CFLAGS"
 
 # Dependency order (Package.swift); each module rebuilt only when one of
 # its sources or a module below it is newer than its object.
-prev=""
-for m in Threading SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
+# CLinux is C: one object, linked into every target.
+mkdir -p "$OUT/c"
+if [ ! -f "$OUT/c/CLinux.o" ] || [ Sources/CLinux/shim.c -nt "$OUT/c/CLinux.o" ] \
+    || [ Sources/CLinux/include/CLinux.h -nt "$OUT/c/CLinux.o" ]; then
+    echo "fuzz/build.sh: module CLinux" >&2
+    clang -O1 -g -I Sources/CLinux/include -c Sources/CLinux/shim.c -o "$OUT/c/CLinux.o"
+fi
+prev="$OUT/c/CLinux.o"
+for m in System SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
     obj="$OUT/modules/$m.o"
     srcs=$(ls Sources/$m/*.swift)
     stale=no
@@ -43,6 +50,6 @@ for t in $targets; do
         || [ -n "$(find $OUT/modules -name '*.o' -newer "$bin")" ]; then
         echo "fuzz/build.sh: target $t" >&2
         swiftc $COMMON -parse-as-library -module-name "fuzz_$t" fuzz/Support.swift "fuzz/targets/$t.swift" \
-            $OUT/modules/*.o $LIBS -use-ld=lld -o "$bin"
+            $OUT/modules/*.o "$OUT/c/CLinux.o" $LIBS -use-ld=lld -o "$bin"
     fi
 done

@@ -30,8 +30,8 @@ if echo "$dynamic" | grep -E 'R(UN)?PATH' | grep -q .; then
     die "$bin has a run path ($(echo "$dynamic" | grep -E 'R(UN)?PATH' | sed 's/.*\[//; s/\]//')); build it with make build"
 fi
 
-version=$(sed -n 's/^public let kmsfsVersion = "\(.*\)"$/\1/p' "$root/Sources/AWS/ServiceClient.swift")
-[ -n "$version" ] || die "no kmsfsVersion in Sources/AWS/ServiceClient.swift"
+version=$(sed -n 's/^public let kmsfsVersion = "\(.*\)"$/\1/p' "$root/Sources/AWS/Version.swift")
+[ -n "$version" ] || die "no kmsfsVersion in Sources/AWS/Version.swift"
 built=$("$bin" --version 2>/dev/null) || die "$bin --version failed"
 [ "$built" = "kmsfs $version" ] || die "$bin says '$built' but the source says $version; run make first"
 

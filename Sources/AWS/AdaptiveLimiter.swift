@@ -1,4 +1,4 @@
-import Threading
+import System
 
 /// Client-side congestion control for one service, as the SDKs' "adaptive"
 /// retry mode does it: a cap on calls in flight that halves when the

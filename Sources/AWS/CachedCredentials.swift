@@ -1,4 +1,4 @@
-import Threading
+import System
 import Log
 
 /// Caches what another provider returns and refreshes temporary

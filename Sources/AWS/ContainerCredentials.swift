@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 /// Credentials from the container credential endpoint: ECS task roles
 /// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, served at 169.254.170.2) and

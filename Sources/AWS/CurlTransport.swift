@@ -1,3 +1,4 @@
+import System
 import CCurl
 import CCrypto
 import SecureMemory
@@ -51,7 +52,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         var healthy = false
         defer {
             if healthy {
-                handle.lastUsed = monotonicSeconds()
+                handle.lastUsed = SystemClock.monotonic()
                 pool.withLock { p in if p.count < options.maxPooledHandles { p.append(handle) } }
             }
         }
@@ -91,7 +92,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
     /// descriptors), so an idle daemon holds none. Returns how many.
     @discardableResult
     public func trimIdle(olderThan seconds: Double) -> Int {
-        let now = monotonicSeconds()
+        let now = SystemClock.monotonic()
         let stale: [EasyHandle] = pool.withLock { p in
             let old = p.filter { now - $0.lastUsed >= seconds }
             p.removeAll { now - $0.lastUsed >= seconds }

@@ -90,10 +90,6 @@ public struct TransportError: Error, CustomStringConvertible, Sendable, Equatabl
     }
 
     public var description: String { message }
-
-    /// Whether trying again may help (every kind but TLS verification,
-    /// oversize and other).
-    public var isRetryable: Bool { kind == .connect || kind == .timeout || kind == .io }
 }
 
 /// Sends one request and returns the response; thread-safe, blocking.

@@ -1,3 +1,4 @@
+import System
 import CCurl
 import SecureMemory
 #if canImport(Glibc)
@@ -107,7 +108,7 @@ enum ProcessRunner {
         var fds: [Int32] = [-1, -1]
         // Close-on-exec from the start (pipe2), so no other spawn can
         // inherit either end.
-        guard kmsfs_pipe_cloexec(&fds) == 0 else { throw Failure(message: "pipe: \(String(cString: strerror(errno)))") }
+        guard kmsfs_pipe_cloexec(&fds) == 0 else { throw Failure(message: "pipe: \(Errno.text(Errno.current))") }
         let readEnd = fds[0], writeEnd = fds[1]
         var closeWrite = true
         defer {
@@ -125,7 +126,7 @@ enum ProcessRunner {
         // socketpair) never reaches the helper. stderr stays the daemon's.
         let closeRC = kmsfs_spawn_add_closefrom(&actions, 3)
         guard closeRC == 0 else {
-            throw Failure(message: "posix_spawn_file_actions_addclosefrom_np: \(String(cString: strerror(closeRC)))")
+            throw Failure(message: "posix_spawn_file_actions_addclosefrom_np: \(Errno.text(closeRC))")
         }
 
         var attr = posix_spawnattr_t()
@@ -177,14 +178,14 @@ enum ProcessRunner {
                 posix_spawnp(&pid, argv[0], &actions, &attr, a.baseAddress!, e.baseAddress!)
             }
         }
-        guard rc == 0 else { throw Failure(message: "cannot run it: \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { throw Failure(message: "cannot run it: \(Errno.text(rc))") }
         close(writeEnd)
         closeWrite = false
 
-        let deadline = monotonicSeconds() + timeout
+        let deadline = SystemClock.monotonic() + timeout
         let out: SecureAccumulator
         do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch {
-            kill(pid, SIGKILL); _ = reap(pid, until: monotonicSeconds() + 1)
+            kill(pid, SIGKILL); _ = reap(pid, until: SystemClock.monotonic() + 1)
             throw Failure(message: "\(error)")
         }
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -192,27 +193,26 @@ enum ProcessRunner {
         var timedOut = false
         var tooLarge = false
         while true {
-            let left = deadline - monotonicSeconds()
+            let left = deadline - SystemClock.monotonic()
             if left <= 0 { timedOut = true; break }
             var p = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
             let n = poll(&p, 1, Int32(clampedMilliseconds(min(left, 1))) + 1)
-            if n < 0 { if errno == EINTR { continue }; break }
+            if n < 0 { if Errno.current == EINTR { continue }; break }
             if n == 0 { continue }
-            let got = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-            if got < 0 { if errno == EINTR { continue }; break }
-            if got == 0 { break }
+            let got = (try? FileDescriptor.read(readEnd, into: &chunk)) ?? 0
+            if got == 0 { break }   // the end, or a failed read
             let ok = chunk.withUnsafeBytes { b -> Bool in
                 do { try out.append(UnsafeRawBufferPointer(rebasing: b[0..<got])); return true } catch { return false }
             }
             if !ok { tooLarge = true; break }
         }
         if timedOut || tooLarge { kill(pid, SIGKILL) }
-        let status = reap(pid, until: max(deadline, monotonicSeconds()) + 1)
+        let status = reap(pid, until: max(deadline, SystemClock.monotonic()) + 1)
         if timedOut { throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed") }
         if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
         guard let status else {
             kill(pid, SIGKILL)
-            _ = reap(pid, until: monotonicSeconds() + 1)
+            _ = reap(pid, until: SystemClock.monotonic() + 1)
             throw Failure(message: "did not exit within \(displaySeconds(timeout)) s; killed")
         }
         if status != 0 { throw Failure(message: "exited with status \(status)") }
@@ -229,9 +229,9 @@ enum ProcessRunner {
                 if st & 0x7f == 0 { return (st >> 8) & 0xff }
                 return 128 + (st & 0x7f)
             }
-            if r < 0 && errno != EINTR { return -1 }
-            if monotonicSeconds() >= until { return nil }
-            usleep(10_000)
+            if r < 0 && Errno.current != EINTR { return -1 }
+            if SystemClock.monotonic() >= until { return nil }
+            SystemClock.sleep(0.01)
         }
     }
 }

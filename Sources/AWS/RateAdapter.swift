@@ -1,4 +1,4 @@
-import Threading
+import System
 
 /// Client-side rate adaptation for one service, after the SDKs' "adaptive"
 /// retry mode but tuned for a fleet sharing one quota: a token bucket

@@ -191,8 +191,8 @@ enum XMLBytes {
 
     /// The element's text straight into a new secure buffer.
     static func secure(_ name: String, in b: UnsafeRawBufferPointer) -> SecureBuffer? {
-        guard let r = range(name, in: b), let out = try? SecureBuffer(capacity: max(r.count, 1)) else { return nil }
-        let n: Int? = out.withUnsafeMutableCapacity { cap in
+        guard let r = range(name, in: b) else { return nil }
+        return try? SecureBuffer(unsafeUninitializedCapacity: max(r.count, 1)) { cap in
             var o = 0
             let ok = decode(b, r) { c in
                 if o < cap.count { cap[o] = c }
@@ -200,8 +200,5 @@ enum XMLBytes {
             }
             return ok && o <= cap.count ? o : nil
         }
-        guard let n else { out.wipeContents(); return nil }
-        out.setCount(n)
-        return out
     }
 }

@@ -354,8 +354,6 @@ public final class AWSJSONClient: Sendable {
     }
 }
 
-public let kmsfsVersion = "0.1.0"
-
 /// The text of the first `<name>...</name>` element (no nesting, entities
 /// for &amp; &lt; &gt; &quot; &apos; decoded). Enough for AWS error bodies.
 public func xmlElement(_ name: String, in text: String) -> String? {

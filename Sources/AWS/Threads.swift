@@ -1,4 +1,4 @@
-import Threading
+import System
 
 /// Runs work off the caller's thread. Injected so tests can run background
 /// refreshes when they choose.

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import System
 import Glibc
 #endif
 
@@ -13,11 +14,7 @@ public struct Timestamp: Comparable, Hashable, Sendable, CustomStringConvertible
     public static func - (a: Timestamp, b: Timestamp) -> Double { a.seconds - b.seconds }
 
     /// The wall clock now.
-    public static func now() -> Timestamp {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Timestamp(seconds: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
-    }
+    public static func now() -> Timestamp { Timestamp(seconds: SystemClock.wall()) }
 
     private var tm: tm {
         // Clamped: a timestamp from a hostile document must not trap the
@@ -116,15 +113,8 @@ public struct Clock: Sendable {
 
     public static let system = Clock(
         now: { Timestamp.now() },
-        monotonic: { monotonicSeconds() },
-        sleep: { seconds in
-            guard seconds > 0 else { return }
-            // At most a day per sleep: Int(Double) traps out of range.
-            let s = min(seconds, 86_400)
-            var ts = timespec(tv_sec: Int(s), tv_nsec: Int((s - Double(Int(s))) * 1e9))
-            var rem = timespec()
-            while nanosleep(&ts, &rem) == -1 && errno == EINTR { ts = rem }
-        })
+        monotonic: { SystemClock.monotonic() },
+        sleep: { SystemClock.sleep($0) })
 }
 
 /// Whole milliseconds for a duration in seconds, for C APIs that take a
@@ -140,10 +130,4 @@ public func clampedMilliseconds(_ seconds: Double) -> Int {
 public func displaySeconds(_ d: Double) -> Int {
     guard d.isFinite else { return d > 0 ? Int.max : 0 }
     return Int(exactly: d.rounded(.down)) ?? (d > 0 ? Int.max : Int.min)
-}
-
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 /// Credentials from STS `AssumeRoleWithWebIdentity` (EKS IRSA, GitHub OIDC,
 /// ...): `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` (+ optional

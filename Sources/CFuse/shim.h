@@ -55,4 +55,35 @@ static const unsigned KMSFS_FUSE_CAP_AUTO_INVAL_DATA = FUSE_CAP_AUTO_INVAL_DATA;
 static const unsigned KMSFS_FUSE_CAP_CACHE_SYMLINKS = FUSE_CAP_CACHE_SYMLINKS;
 static const unsigned KMSFS_FUSE_CAP_WRITEBACK_CACHE = FUSE_CAP_WRITEBACK_CACHE;
 
+/*
+ * libfuse's own messages (fuse_log: mount errors, and with -d one line per
+ * request) go to the daemon's log, so they are escaped, tagged
+ * and leveled like every other log line instead of written raw to stderr.
+ * fuse_log_func_t takes a va_list, which Swift cannot: format here, one
+ * call per line, at most 1 KiB per message (libfuse's are short).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+/* Defined in Swift (FUSEBridge, @_cdecl): one escaped log line. */
+void kmsfs_fuse_log_line(int level, const char *line);
+
+static inline void kmsfs_fuse_log_trampoline(enum fuse_log_level level,
+                                             const char *fmt, va_list ap) {
+    char buf[1024];
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    if (n < 0) return;
+    char *line = buf;
+    for (;;) {
+        char *nl = strchr(line, '\n');
+        if (nl != NULL) *nl = '\0';
+        if (*line != '\0') kmsfs_fuse_log_line((int)level, line);
+        if (nl == NULL) break;
+        line = nl + 1;
+    }
+}
+
+static inline void kmsfs_fuse_route_log(void) {
+    fuse_set_log_func(kmsfs_fuse_log_trampoline);
+}
+
 #endif

@@ -1,5 +1,5 @@
 import CFuse
-import Threading
+import System
 import SecretFS
 import SecureMemory
 import Log

@@ -1,4 +1,4 @@
-import Threading
+import System
 import CFuse
 import SecretFS
 import SecureMemory
@@ -85,6 +85,8 @@ public final class FUSESession: @unchecked Sendable {
         var argv = ["kmsfs", "-o", mountOpts.joined(separator: ",")]
         if options.debug { argv.append("-d") }
 
+        // Before the session exists: fuse_session_new itself may complain.
+        kmsfs_fuse_route_log()
         var args = kmsfs_fuse_args_empty()
         for a in argv { _ = fuse_opt_add_arg(&args, a) }
         defer { fuse_opt_free_args(&args) }
@@ -107,7 +109,7 @@ public final class FUSESession: @unchecked Sendable {
         try recoverStaleMount()
         var st = stat()
         if stat(options.mountpoint, &st) != 0 {
-            throw FUSEError("mountpoint \(options.mountpoint): \(String(cString: strerror(currentErrno)))")
+            throw FUSEError("mountpoint \(options.mountpoint): \(Errno.text(Errno.current))")
         } else if (st.st_mode & S_IFMT) != S_IFDIR {
             throw FUSEError("mountpoint \(options.mountpoint) is not a directory")
         }
@@ -132,13 +134,13 @@ public final class FUSESession: @unchecked Sendable {
             close(fd)
             throw FUSEError("\(options.mountpoint) is already mounted (\(fstype)); unmount it first (fusermount3 -u \(options.mountpoint))")
         }
-        let e = currentErrno
+        let e = Errno.current
         guard e == ENOTCONN || e == ECONNABORTED else {
-            throw FUSEError("mountpoint \(options.mountpoint): \(String(cString: strerror(e)))")
+            throw FUSEError("mountpoint \(options.mountpoint): \(Errno.text(e))")
         }
         Log.notice("\(options.mountpoint): stale FUSE mount from a previous instance; detaching it")
         if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 {
-            throw FUSEError("mountpoint \(options.mountpoint) holds a stale FUSE mount that cannot be detached (\(SystemError("umount2", errno: currentErrno))); run: fusermount3 -uz \(options.mountpoint)")
+            throw FUSEError("mountpoint \(options.mountpoint) holds a stale FUSE mount that cannot be detached (\(Errno("umount2"))); run: fusermount3 -uz \(options.mountpoint)")
         }
     }
 
@@ -208,10 +210,10 @@ public final class FUSESession: @unchecked Sendable {
                 // Let requests in flight finish (the aborted connection ends
                 // the loop) before onStop wipes what they may be reading;
                 // bounded, since a worker may be waiting on KMS.
-                let deadline = monotonicNow() + 5
+                let deadline = SystemClock.monotonic() + 5
                 loopEnded.withLock {
-                    while !loopDone.load(ordering: .sequentiallyConsistent) && monotonicNow() < deadline {
-                        loopEnded.wait(seconds: deadline - monotonicNow())
+                    while !loopDone.load(ordering: .sequentiallyConsistent) && SystemClock.monotonic() < deadline {
+                        loopEnded.wait(seconds: deadline - SystemClock.monotonic())
                     }
                 }
                 onStop()
@@ -288,3 +290,13 @@ extension FUSESession {
 }
 
 extension FUSESession: KernelNotifier {}
+
+/// libfuse's messages (see kmsfs_fuse_route_log in CFuse's shim):
+/// fuse_log_level follows syslog's severities, as LogLevel does; the more
+/// severe ones than `error` are errors here. Called on any thread.
+@_cdecl("kmsfs_fuse_log_line")
+func fuseLogLine(_ level: Int32, _ line: UnsafePointer<CChar>?) {
+    guard let line else { return }
+    let severity = LogLevel(rawValue: max(level, LogLevel.error.rawValue)) ?? .debug
+    Log.log(severity, "libfuse: " + String(decoding: UnsafeRawBufferPointer(start: line, count: strlen(line)), as: UTF8.self))
+}

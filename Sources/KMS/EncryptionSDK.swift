@@ -571,13 +571,6 @@ func shownKey(_ s: String) -> String {
     return String(decoding: Array(s.utf8.prefix(160)), as: UTF8.self) + "...(\(s.utf8.count) bytes)"
 }
 
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var d: UInt8 = 0
-    for i in 0..<a.count { d |= a[i] ^ b[i] }
-    return d == 0
-}
-
 /// Big-endian reads over a message held in memory; running off the end is
 /// a "truncated" error that names the field.
 struct ByteReader {

@@ -92,18 +92,15 @@ enum ESDKCrypto {
     /// HKDF (extract and expand) into a new secure buffer of `length` bytes.
     static func hkdf(digest: String, salt: [UInt8]?, ikm: UnsafeRawBufferPointer, info: [UInt8],
                      length: Int) -> SecureBuffer? {
-        guard let out = try? SecureBuffer(capacity: length) else { return nil }
-        let ok = out.withUnsafeMutableCapacity { o in
-            info.withUnsafeBytes { i in
+        try? SecureBuffer(unsafeUninitializedCapacity: length) { o in
+            let ok = info.withUnsafeBytes { i in
                 (salt ?? []).withUnsafeBytes { s in
                     kmsfs_hkdf(digest, 0, u8(s), salt == nil ? 0 : s.count, u8(ikm), ikm.count,
                                u8(i), i.count, o.baseAddress?.assumingMemoryBound(to: UInt8.self), length)
                 }
             }
+            return ok == 1 ? length : nil
         }
-        guard ok == 1 else { return nil }
-        out.setCount(length)
-        return out
     }
 
     static func randomBytes(_ n: Int) -> [UInt8]? {

@@ -130,12 +130,10 @@ public final class KMSClient: Sendable {
             }
             let encoded = UnsafeRawBufferPointer(rebasing: body[range])
             do {
-                let out = try SecureBuffer(capacity: max(Base64.maxDecodedCount(encoded.count), 1))
-                let n = out.withUnsafeMutableCapacity { Base64.decode(encoded, into: $0) }
-                guard let n else {
+                guard let out = try SecureBuffer(unsafeUninitializedCapacity: max(Base64.maxDecodedCount(encoded.count), 1),
+                                                 initializingWith: { Base64.decode(encoded, into: $0) }) else {
                     return .failure(KMSError(operation: operation, .malformedResponse("\(name) is not base64")))
                 }
-                out.setCount(n)
                 return .success(out)
             } catch {
                 return .failure(KMSError(operation: operation, .malformedResponse("cannot allocate secure memory: \(error)")))

@@ -27,7 +27,6 @@ public struct KMSError: Error, CustomStringConvertible, Sendable {
     /// KMS adds later come out as `.other`.
     public var kind: Kind { Kind(code: code) }
 
-    public var isThrottling: Bool { underlying.retryClass == .throttling }
     /// True when KMS could not be reached or was failing (not the file's fault).
     public var isUnavailable: Bool { underlying.retryClass != .notRetryable }
 

@@ -1,3 +1,4 @@
+import System
 import AWS
 import KMS
 import Log
@@ -54,7 +55,7 @@ public struct AWSSettings: Sendable {
         // CA bundle, then the one transport everything shares.
         let caBundle = optCABundle ?? env["AWS_CA_BUNDLE"] ?? profile?["ca_bundle"]
         if let ca = caBundle, access(ca, R_OK) != 0 {
-            throw OptionError("CA bundle \(ca): \(String(cString: strerror(errno))); give a readable PEM file (ca_bundle=, AWS_CA_BUNDLE, profile ca_bundle)")
+            throw OptionError("CA bundle \(ca): \(Errno.text(Errno.current)); give a readable PEM file (ca_bundle=, AWS_CA_BUNDLE, profile ca_bundle)")
         }
         let transport: HTTPTransport
         if let injected {
@@ -134,10 +135,6 @@ public struct AWSSettings: Sendable {
                            profile: profileName, credentials: chain, caBundle: caBundle, maxAttempts: attempts,
                            callDeadline: deadline, attemptTimeout: min(defaultAttemptTimeout, deadline / 2),
                            connectTimeout: defaultConnectTimeout, transport: transport)
-    }
-
-    public static func defaultEndpoint(region: String) -> String {
-        AWSEndpoints.regional(service: "kms", region: region)
     }
 
     /// The longest an open can wait on KMS:

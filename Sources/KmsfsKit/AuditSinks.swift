@@ -2,7 +2,7 @@ import SecretFS
 import Log
 import SecureMemory
 import Synchronization
-import Threading
+import System
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,7 +16,7 @@ public struct LogAuditSink: AuditSink {
     public func record(_ r: AuditRecord) {
         let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
         if Log.destination == .journal {
-            guard Log.isEnabled(level) else { return }
+            guard level >= Log.level else { return }
             Journal.send(level, identifier: "kmsfs", message: r.line, extra: r.journalFields)
             return
         }
@@ -97,7 +97,7 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
             let old = fd.exchange(new, ordering: .acquiringAndReleasing)
             // A writer may still hold the old number for a moment: let it
             // finish into the rotated file before closing.
-            usleep(100_000)
+            SystemClock.sleep(0.1)
             close(old)
         } catch {
             Log.error("audit=: cannot reopen (\(error)); still writing to the previous file")

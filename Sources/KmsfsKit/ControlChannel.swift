@@ -1,4 +1,4 @@
-import Threading
+import System
 import AWS
 import SecretFS
 import SecureMemory
@@ -40,29 +40,29 @@ public enum ControlSocket {
     /// where another local user could make it first and then replace or
     /// read the sockets in it; such a directory is refused (and its mode
     /// set back to 0700 when it is ours). Throws a one-line reason.
-    public static func prepareDirectory(_ dir: String) throws(SystemError) {
+    public static func prepareDirectory(_ dir: String) throws(Errno) {
         if mkdir(dir, 0o700) != 0 {
-            let e = currentErrno
-            guard e == EEXIST else { throw SystemError("mkdir \(dir)", errno: e) }
+            let e = Errno.current
+            guard e == EEXIST else { throw Errno("mkdir \(dir)", code: e) }
         }
         // Checked through a descriptor, so the directory checked is the
         // one whose mode is set.
         let fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
-            let e = currentErrno
+            let e = Errno.current
             if e == ELOOP || e == ENOTDIR {
-                throw SystemError("control directory \(dir) is not a directory of this user's (a symlink or a file); remove it", errno: e)
+                throw Errno("control directory \(dir) is not a directory of this user's (a symlink or a file); remove it", code: e)
             }
-            throw SystemError("open \(dir)", errno: e)
+            throw Errno("open \(dir)", code: e)
         }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SystemError("fstat \(dir)", errno: currentErrno) }
+        guard fstat(fd, &st) == 0 else { throw Errno("fstat \(dir)") }
         guard st.st_uid == geteuid() else {
-            throw SystemError("control directory \(dir) belongs to uid \(st.st_uid), not to this daemon's uid \(geteuid()); remove it (another user may have made it first)", errno: EPERM)
+            throw Errno("control directory \(dir) belongs to uid \(st.st_uid), not to this daemon's uid \(geteuid()); remove it (another user may have made it first)", code: EPERM)
         }
         if st.st_mode & 0o7777 != 0o700 {
-            guard fchmod(fd, 0o700) == 0 else { throw SystemError("chmod 0700 \(dir)", errno: currentErrno) }
+            guard fchmod(fd, 0o700) == 0 else { throw Errno("chmod 0700 \(dir)") }
         }
     }
 
@@ -91,28 +91,13 @@ public final class ControlServer: @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
 
     public init(mountpoint: String, status: @escaping @Sendable () -> JSONValue,
-                remount: @escaping @Sendable (String) -> Result<String, OptionError>) throws(SystemError) {
+                remount: @escaping @Sendable (String) -> Result<String, OptionError>) throws(Errno) {
         self.status = status
         self.remount = remount
         path = ControlSocket.path(for: mountpoint)
         try ControlSocket.prepareDirectory(ControlSocket.directory)
-        unlink(path)   // a socket left by a crashed instance
-        fd = try syscallRetrying("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw SystemError("control socket path \(path) is too long", errno: ENAMETOOLONG)
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        let old = umask(0o177)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        umask(old)
-        guard rc == 0 else { let e = currentErrno; close(fd); throw SystemError("bind \(path)", errno: e) }
-        guard listen(fd, 8) == 0 else { let e = currentErrno; close(fd); throw SystemError("listen \(path)", errno: e) }
+        unlink(path)   // whatever a crashed instance left (the directory is this daemon's, 0700)
+        fd = try listenUnix(path, mode: 0o600, backlog: 8, what: "control socket path")
     }
 
     public func start() {
@@ -201,25 +186,23 @@ public enum ControlClient {
         if lstat(dir, &dirStat) == 0, (dirStat.st_mode & S_IFMT) != S_IFDIR || (dirStat.st_uid != 0 && dirStat.st_uid != geteuid()) {
             throw .bad("\(dir) is not a directory of this user's (uid \(dirStat.st_uid)); not asking a daemon through it")
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .bad("socket: \(String(cString: strerror(currentErrno)))") }
+        let fd: Int32
+        do { fd = try unixSocket(SOCK_STREAM) } catch { throw .bad("socket: \(error.text)") }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in Array(path.utf8).enumerated() where i < p.count - 1 { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        let rc: Int32
+        do { rc = try UnixSocketAddress(path).withSockaddr { connect(fd, $0, $1) } } catch {
+            throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(error.text))")
         }
         if rc != 0 {
-            let e = currentErrno
+            let e = Errno.current
             if e == EACCES || e == EPERM { throw .denied("\(path): permission denied; kmsfs status is for root") }
-            throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(String(cString: strerror(e))))")
+            throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(Errno.text(e)))")
         }
         Log.writeAll(fd, line + "\n")
         let data: [UInt8]
         switch readMessage(fd, limit: 64 << 20) {
         case .success(let d): data = d
-        case .failure(let e): throw .bad("the daemon's answer could not be read: \(String(cString: strerror(e.errno)))")
+        case .failure(let e): throw .bad("the daemon's answer could not be read: \(Errno.text(e.code))")
         }
         guard let doc = data.withUnsafeBytes({ JSONValue.parse($0) }) else { throw .bad("the daemon sent an answer that is not JSON") }
         return doc

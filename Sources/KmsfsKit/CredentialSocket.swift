@@ -1,6 +1,6 @@
 import SecretFS
 import SecureMemory
-import Threading
+import System
 import Log
 import Synchronization
 #if canImport(Glibc)
@@ -28,7 +28,7 @@ public final class CredentialServer: @unchecked Sendable {
     private let pool = WorkPool(name: "kmsfs-cred", limit: 16, queueLimit: 1024)
     private let stopped = Atomic<Bool>(false)
 
-    public init(path: String, fs: SecretFileSystem) throws(SystemError) {
+    public init(path: String, fs: SecretFileSystem) throws(Errno) {
         self.path = path
         self.fs = fs
         fd = try listenUnix(path, mode: 0o600, what: "credential_socket=")
@@ -93,7 +93,7 @@ public final class CredentialServer: @unchecked Sendable {
                 shutdown(c, Int32(SHUT_WR))
                 close(c)
             } else {
-                refuse(c, "\(req.unit)/\(req.id): writing the credential failed: \(String(cString: strerror(currentErrno)))")
+                refuse(c, "\(req.unit)/\(req.id): writing the credential failed: \(Errno.text(Errno.current))")
             }
         case .failure(let e):
             let why = e == .accessDenied ? "\(actual) is not in allow_unit= for \(path)"
@@ -114,8 +114,7 @@ public final class CredentialServer: @unchecked Sendable {
                     plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!)
                     var sent = 0
                     while sent < n {
-                        let w = Glibc.send(c, buf.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL))
-                        if w < 0 && currentErrno == EINTR { continue }
+                        let w = (try? syscallRetrying("send") { Glibc.send(c, buf.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }) ?? -1
                         if w <= 0 { ok = false; break }
                         sent += w
                     }
@@ -147,8 +146,9 @@ public final class CredentialServer: @unchecked Sendable {
         let zeros = [UInt8](repeating: 0, count: 64 * 1024)
         var left = CredentialServer.systemdCredentialLimit + 1
         while left > 0 {
-            let w = zeros.withUnsafeBytes { Glibc.send(c, $0.baseAddress, min(left, $0.count), Int32(MSG_NOSIGNAL)) }
-            if w < 0 && currentErrno == EINTR { continue }
+            let w = (try? zeros.withUnsafeBytes { z in
+                try syscallRetrying("send") { Glibc.send(c, z.baseAddress, min(left, z.count), Int32(MSG_NOSIGNAL)) }
+            }) ?? -1
             if w <= 0 { break }
             left -= w
         }

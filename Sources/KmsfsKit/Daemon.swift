@@ -1,5 +1,5 @@
 import AWS
-import Threading
+import System
 import KMS
 import SecretFS
 import FUSEBridge
@@ -38,7 +38,6 @@ struct StartupReporter {
             Log.writeAll(fd, "ERROR \(LogEscape.escape(message))\n")
         }
         Log.error(message)
-        if readyFD == nil { Log.writeAll(2, "") }
         exit(1)
     }
 
@@ -105,7 +104,7 @@ public enum Daemon {
 
         let tree: SourceTree
         do { tree = try SourceTree(path: request.source) } catch {
-            report.fail("source \(request.source): \(String(cString: strerror(error.errno))); give the directory that holds the *.encrypted files")
+            report.fail("source \(request.source): \(Errno.text(error.code)); give the directory that holds the *.encrypted files")
         }
 
         let auditTarget: AuditSink
@@ -172,7 +171,7 @@ public enum Daemon {
             Log.warning("cannot watch \(request.source) (\(error)); changes show within the entry timeout only")
         }
         let watcher = liveWatcher
-        let started = monotonicNow()
+        let started = SystemClock.monotonic()
         let live = LiveOptions(raw: request.rawOptions, options: options)
         var rotationNotifier: RotationNotifier? = nil
         if watcher != nil {
@@ -222,7 +221,7 @@ public enum Daemon {
             var st = stat()
             _ = stat(mountpoint, &st)
             if prefetch {
-                let t0 = monotonicNow()
+                let t0 = SystemClock.monotonic()
                 var (ok, failed) = fs.prefetch(parallel: 8)
                 // Under a saturated quota some calls outlast their deadline
                 // waiting for a turn: passes over what is left, while each
@@ -232,7 +231,7 @@ public enum Daemon {
                     (ok, failed) = fs.prefetch(parallel: 4)
                     if ok == before { break }
                 }
-                let ms = Int((monotonicNow() - t0) * 1000)
+                let ms = Int((SystemClock.monotonic() - t0) * 1000)
                 if failed > 0 {
                     Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying those again in the background")
                     Daemon.finishPrefetch(fs: fs)
@@ -314,9 +313,9 @@ public enum Daemon {
             var pause = firstPause
             for round in 1...max(1, rounds) {
                 Clock.system.sleep(pause)
-                let t0 = monotonicNow()
+                let t0 = SystemClock.monotonic()
                 let (ok, failed) = fs.prefetch(parallel: 2)
-                let ms = Int((monotonicNow() - t0) * 1000)
+                let ms = Int((SystemClock.monotonic() - t0) * 1000)
                 if failed == 0 {
                     Log.notice("prefetch: all \(ok) secrets decrypted after \(round) more round\(round == 1 ? "" : "s") (\(ms) ms)")
                     return
@@ -366,12 +365,12 @@ public enum Daemon {
         func n(_ v: Int) -> JSONValue { .number(Double(v)) }
         func ms(_ v: Double?) -> JSONValue { v.map { .number(($0 * 1000 * 10).rounded() / 10) } ?? .null }
         let cache: [JSONValue] = entries.map { e in
-            .object([("path", .string(SecretFileSystem.mountPath(ofSource: e.path))), ("size", n(e.size)),
+            .object([("path", .string(SourceTree.mountPath(ofSource: e.path))), ("size", n(e.size)),
                      ("age_s", .number(e.age.rounded())), ("hits", n(e.hits)), ("format", .string(e.format)),
                      ("key_id", e.keyId.map { .string($0) } ?? .null), ("version", .string(e.version)),
                      ("appeared", .string(Timestamp(seconds: e.appeared).iso8601))])
         }
-        let now = wallNow()
+        let now = SystemClock.wall()
         let stale: [JSONValue] = fs.staleHandles().map { h, current in
             .object([("path", .string(h.mountPath)), ("version", .string(h.version)),
                      ("current", current.map { .string($0) } ?? .null), ("pid", n(Int(h.pid))),
@@ -385,7 +384,7 @@ public enum Daemon {
             ("mountpoint", .string(request.mountpoint)),
             ("source", .string(request.source)),
             ("pid", n(Int(getpid()))),
-            ("uptime_s", .number((monotonicNow() - started).rounded())),
+            ("uptime_s", .number((SystemClock.monotonic() - started).rounded())),
             ("memory", .string(SecureMemoryPolicy.defaultBacking.rawValue)),
             ("secure_buffers", n(SecureMemoryStats.liveBuffers)),
             ("secure_bytes", n(SecureMemoryStats.liveBytes)),
@@ -463,40 +462,5 @@ public enum Daemon {
                 Log.configure(destination: .stderr(journal: journal), level: level)
             }
         }
-    }
-}
-
-/// sd_notify(3) without libsystemd: one datagram to `NOTIFY_SOCKET`.
-public enum SystemdNotify {
-    public static func send(_ state: String) {
-        guard let path = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !path.isEmpty else { return }
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(path.utf8)
-        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-        }
-        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
-        _ = state.withCString { msg in
-            withUnsafePointer(to: &addr) { ap in
-                ap.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, msg, strlen(msg), 0, $0, len) }
-            }
-        }
-    }
-
-    /// True when systemd connected stderr to the journal (`JOURNAL_STREAM`
-    /// names fd 2's device and inode).
-    public static var stderrIsJournal: Bool {
-        guard let v = getenv("JOURNAL_STREAM").map({ String(cString: $0) }) else { return false }
-        let parts = v.split(separator: ":")
-        guard parts.count == 2, let dev = UInt64(parts[0]), let ino = UInt64(parts[1]) else { return false }
-        var st = stat()
-        guard fstat(2, &st) == 0 else { return false }
-        return UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino
     }
 }

@@ -1,7 +1,7 @@
 import AWS
 import Log
 import SecureMemory
-import Threading
+import System
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -200,7 +200,7 @@ public final class MetricsServer: @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
 
     /// Binds and listens (before the mount, so a taken port fails it).
-    public init(address: MetricsAddress) throws(SystemError) {
+    public init(address: MetricsAddress) throws(Errno) {
         self.address = address
         switch address {
         case .unix(let path):
@@ -212,16 +212,16 @@ public final class MetricsServer: @unchecked Sendable {
             var res: UnsafeMutablePointer<addrinfo>? = nil
             let name = host == "localhost" ? "127.0.0.1" : host
             guard getaddrinfo(name, String(port), &hints, &res) == 0, let ai = res else {
-                throw SystemError("metrics=\(address): cannot resolve \(host)", errno: EINVAL)
+                throw Errno("metrics=\(address): cannot resolve \(host)", code: EINVAL)
             }
             defer { freeaddrinfo(res) }
             fd = try syscallRetrying("socket") { socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0 else {
-                let e = currentErrno; close(fd); throw SystemError("metrics=\(address): bind", errno: e)
+                let e = Errno.current; close(fd); throw Errno("metrics=\(address): bind", code: e)
             }
-            guard listen(fd, 16) == 0 else { let e = currentErrno; close(fd); throw SystemError("metrics=\(address): listen", errno: e) }
+            guard listen(fd, 16) == 0 else { let e = Errno.current; close(fd); throw Errno("metrics=\(address): listen", code: e) }
         }
     }
 
@@ -275,8 +275,7 @@ public final class MetricsServer: @unchecked Sendable {
         var buf = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 1024)
         while buf.count < 8192 {
-            let n = chunk.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
-            if n < 0 && currentErrno == EINTR { continue }
+            let n = (try? FileDescriptor.read(c, into: &chunk)) ?? -1
             guard n > 0 else { return nil }
             buf += chunk[0..<n]
             if containsBlankLine(buf) { return buf }

@@ -1,7 +1,7 @@
 import AWS
 import SecretFS
 import Log
-import Threading
+import System
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -83,7 +83,7 @@ public final class RotationNotifier: @unchecked Sendable {
         lock.withLock {
             stats.changes += 1
             guard pending.count < RotationNotifier.maxPending || pending.contains(sourcePath) else { return }
-            let t = monotonicNow()
+            let t = SystemClock.monotonic()
             if pending.isEmpty { firstChange = t }
             lastChange = t
             pending.insert(sourcePath)
@@ -115,7 +115,7 @@ public final class RotationNotifier: @unchecked Sendable {
         defer { lock.unlock() }
         while !stopped {
             if pending.isEmpty { lock.wait(seconds: 3600); continue }
-            let t = monotonicNow()
+            let t = SystemClock.monotonic()
             let due = min(lastChange + settle, firstChange + settle * 10)
             if t >= due {
                 let batch = pending.sorted()
@@ -131,7 +131,7 @@ public final class RotationNotifier: @unchecked Sendable {
         var byUnit: [String: [String]] = [:]
         var byProgram: [String: [String]] = [:]
         for source in batch {
-            let shown = SecretFileSystem.mountPath(ofSource: source)
+            let shown = SourceTree.mountPath(ofSource: source)
             let t = targets(shown)
             guard !t.isEmpty else { continue }   // nobody to tell: stay lazy
             switch fs.decryptNow(sourcePath: source) {
@@ -179,7 +179,7 @@ public final class RotationNotifier: @unchecked Sendable {
         if audit.wantsRecords {
             var detail = target
             if case .failure(let why) = result { detail += ": " + why.message }
-            audit.record(AuditRecord(time: wallNow(), uid: geteuid(), gid: getegid(), pid: getpid(),
+            audit.record(AuditRecord(time: SystemClock.wall(), uid: geteuid(), gid: getegid(), pid: getpid(),
                                      processName: "kmsfs", path: paths.joined(separator: ","),
                                      outcome: ok ? .notified : .notifyFailed, latency: nil, detail: detail))
         }

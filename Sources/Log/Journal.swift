@@ -1,3 +1,4 @@
+import System
 import CLinux
 import Synchronization
 #if canImport(Glibc)
@@ -32,17 +33,15 @@ public enum Journal {
     /// address it is sent to (no connect(2): a restarted journald binds a
     /// new socket at the same path).
     private static let fd = Atomic<Int32>(-1)
-    private static let address = Mutex<[UInt8]>([])
+    private static let address = Mutex<UnixSocketAddress?>(nil)
 
     /// Opens the socket. False (and nothing changes) when the path does not
     /// fit a unix address or no socket can be made.
     @discardableResult
     public static func open() -> Bool {
-        let path = Array(socketPath.utf8)
-        guard !path.isEmpty, path.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else { return false }
+        guard let path = try? UnixSocketAddress(socketPath) else { return false }
         if fd.load(ordering: .acquiring) >= 0 { return true }
-        let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { return false }
+        guard let s = try? unixSocket(SOCK_DGRAM) else { return false }
         // A stuck journald must not hold a FUSE request forever: after this
         // long the entry goes to syslog instead.
         var tv = timeval(tv_sec: 2, tv_usec: 0)
@@ -94,24 +93,11 @@ public enum Journal {
     private static func transmit(_ entry: [UInt8]) -> Bool {
         let s = fd.load(ordering: .acquiring)
         guard s >= 0 else { return false }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let path = address.withLock { $0 }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in path.enumerated() { p[i] = b }
-        }
-        let len = socklen_t(MemoryLayout<sa_family_t>.size + path.count + 1)
-        while true {
-            let n = entry.withUnsafeBytes { buf in
-                withUnsafePointer(to: &addr) { ap in
-                    ap.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        sendto(s, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), $0, len)
-                    }
-                }
+        guard let addr = address.withLock({ $0 }) else { return false }
+        return (try? syscallRetrying("sendto") {
+            entry.withUnsafeBytes { buf in
+                addr.withSockaddr { sendto(s, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), $0, $1) }
             }
-            if n >= 0 { return true }
-            if kmsfs_errno() == EINTR { continue }
-            return false
-        }
+        }) != nil
     }
 }

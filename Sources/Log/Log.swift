@@ -1,3 +1,4 @@
+import System
 import CLinux
 import Synchronization
 #if canImport(Glibc)
@@ -46,12 +47,6 @@ public enum Log {
     }
     private static let config = Mutex(Config())
 
-    /// stderr with journald prefixes when `JOURNAL_STREAM` says stderr is the
-    /// journal (systemd sets it), plain stderr otherwise.
-    public static var defaultStderr: LogDestination {
-        .stderr(journal: getenv("JOURNAL_STREAM") != nil)
-    }
-
     public static func configure(destination: LogDestination? = nil, level: LogLevel? = nil, ident: String? = nil) {
         config.withLock { c in
             if let destination { c.destination = destination }
@@ -68,8 +63,6 @@ public enum Log {
     public static var level: LogLevel { config.withLock { $0.level } }
 
     public static var destination: LogDestination { config.withLock { $0.destination } }
-
-    public static func isEnabled(_ level: LogLevel) -> Bool { level >= self.level }
 
     public static func error(_ message: @autoclosure () -> String) { emit(.error, message) }
     public static func warning(_ message: @autoclosure () -> String) { emit(.warning, message) }
@@ -114,13 +107,7 @@ public enum Log {
     }
 
     public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) {
-        guard let base = buf.baseAddress else { return }
-        var off = 0
-        while off < buf.count {
-            let n = write(fd, base + off, buf.count - off)
-            if n < 0 { if kmsfs_errno() == EINTR { continue }; return }
-            off += n
-        }
+        try? FileDescriptor.writeAll(fd, buf)   // a log line that cannot be written is dropped
     }
 }
 
@@ -138,22 +125,21 @@ extension Log {
     /// another user owns (root writing into a file a user prepared would
     /// hand that user the daemon's records, or let it grow a file it uses).
     public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
-        var fd: Int32
-        repeat {
-            fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0o600)
-        } while fd < 0 && kmsfs_errno() == EINTR
-        if fd < 0 {
-            let e = kmsfs_errno()
+        let fd: Int32
+        do {
+            fd = try syscallRetrying("open") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0o600) }
+        } catch {
+            let e = error.code
             if e == ELOOP {
                 throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
             }
-            throw LogFileError("\(LogEscape.escape(path)): \(String(cString: strerror(e)))")
+            throw LogFileError("\(LogEscape.escape(path)): \(Errno.text(e))")
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
-            let e = kmsfs_errno()
+            let e = Errno.current
             close(fd)
-            throw LogFileError("\(LogEscape.escape(path)): fstat: \(String(cString: strerror(e)))")
+            throw LogFileError("\(LogEscape.escape(path)): fstat: \(Errno.text(e))")
         }
         guard st.st_uid == geteuid() else {
             close(fd)

@@ -1,4 +1,4 @@
-import Threading
+import System
 import SecureMemory
 import Log
 import Synchronization
@@ -6,7 +6,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// An errno to answer a request with.
+/// An Errno.current to answer a request with.
 public struct FSError: Error, Equatable, Sendable {
     public let code: Int32
     public init(_ code: Int32) { self.code = code }
@@ -180,8 +180,8 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
 
     public init(tree: SourceTree, configuration: FSConfiguration, decryptor: SecretDecrypting,
-                audit: AuditSink, wallClock: @escaping @Sendable () -> Double = { wallNow() },
-                monotonic: @escaping @Sendable () -> Double = { monotonicNow() },
+                audit: AuditSink, wallClock: @escaping @Sendable () -> Double = { SystemClock.wall() },
+                monotonic: @escaping @Sendable () -> Double = { SystemClock.monotonic() },
                 versionOf: @escaping @Sendable ([UInt8]) -> String = { fnvVersion($0) }) {
         self.tree = tree
         self.versionOf = versionOf
@@ -295,7 +295,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func getattr(_ ino: UInt64, view: AttributeView) -> Result<(Attributes, Double), FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
         let st: SourceStat
-        do { st = try tree.stat(n.sourcePath) } catch { return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno)) }
+        do { st = try tree.stat(n.sourcePath) } catch { return .failure(FSError(error.code == ELOOP ? ENOENT : error.code)) }
         guard (n.kind == .directory && st.isDirectory) || (n.kind == .secret && st.isRegular) else {
             return .failure(.notFound)
         }
@@ -354,7 +354,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             }
             return .success(OpenDirectory(ino: ino, items: items))
         } catch {
-            return .failure(FSError(error.errno == ELOOP ? ENOENT : error.errno))
+            return .failure(FSError(error.code == ELOOP ? ENOENT : error.code))
         }
     }
 
@@ -558,7 +558,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// the cache already holds that version), as an open would, but for
     /// nobody: rotation decrypts the new version before anyone is told.
     public func decryptNow(sourcePath: String) -> Result<CachedSecret, DecryptFailure> {
-        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: SecretFileSystem.mountPath(ofSource: sourcePath))
+        let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: SourceTree.mountPath(ofSource: sourcePath))
         let current: SourceStat
         do { current = try tree.stat(sourcePath) } catch {
             return .failure(DecryptFailure(.badInput, "gone from SOURCE"))
@@ -655,11 +655,6 @@ public final class SecretFileSystem: @unchecked Sendable {
         return results.withLock { $0 }
     }
 
-    /// `tls/ssl.pem.encrypted` -> `tls/ssl.pem`.
-    public static func mountPath(ofSource path: String) -> String {
-        SourceTree.shownName(ofCiphertext: path) ?? path   // by bytes, like the listing
-    }
-
     /// access(2): R_OK/X_OK for those the policy admits; W_OK never.
     public func access(_ ino: UInt64, mask: Int32, caller: Caller) -> Result<Void, FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
@@ -675,11 +670,4 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func shutdown() {
         cache.wipeAll()
     }
-}
-
-/// Wall-clock seconds since the epoch.
-public func wallNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 #if canImport(Glibc)
 import Glibc
@@ -33,7 +34,7 @@ public enum PolicyFile {
         case .success(let bytes):
             return try parse(bytes: bytes, file: path)
         case .failure(let e):
-            let reason = e.errno == EFBIG ? "larger than \(maxBytes) bytes" : "cannot read: \(String(cString: strerror(e.errno)))"
+            let reason = e.code == EFBIG ? "larger than \(maxBytes) bytes" : "cannot read: \(Errno.text(e.code))"
             throw ParseError(file: path, line: 0, reason: reason)
         }
     }

@@ -1,4 +1,4 @@
-import Threading
+import System
 import SecureMemory
 import Log
 
@@ -38,8 +38,8 @@ public struct DecryptFailure: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Decrypts ciphertext files; implemented over KMS by the executable,
-/// by fakes in tests.
+/// Decrypts ciphertext files; implemented over KMS by KmsfsKit's
+/// `KMSDecryptor`, by fakes in tests.
 public protocol SecretDecrypting: Sendable {
     /// `path` is the file's path in the mount (`tls/ssl.pem`).
     func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure>
@@ -153,7 +153,7 @@ public final class SecretCache: @unchecked Sendable {
     private var sweeperRunning = false
     private var stopped = false
 
-    public init(configuration: Configuration, now: @escaping @Sendable () -> Double = { monotonicNow() }) {
+    public init(configuration: Configuration, now: @escaping @Sendable () -> Double = { SystemClock.monotonic() }) {
         self.configuration = configuration
         self.now = now
     }
@@ -262,17 +262,13 @@ public final class SecretCache: @unchecked Sendable {
                 let left = (configuration.ttl ?? 0) - (now() - entry.decryptedAt)
                 if failure.kind == .unavailable {
                     entry.nextRefresh = now() + configuration.refreshRetry
-                    Log.warning("\(SecretCache.shown(entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
+                    Log.warning("\(SourceTree.mountPath(ofSource: entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
                 } else {
-                    Log.error("\(SecretCache.shown(entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")
+                    Log.error("\(SourceTree.mountPath(ofSource: entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")
                     removeLocked(PathKey(entry.path))
                 }
             }
         }
-    }
-
-    static func shown(_ sourcePath: String) -> String {
-        SourceTree.shownName(ofCiphertext: sourcePath) ?? sourcePath
     }
 
     private func isFresh(_ e: CachedSecret, at t: Double) -> Bool {
@@ -424,15 +420,4 @@ public struct PathKey: Hashable, Sendable, CustomStringConvertible {
     /// Byte-wise prefix test.
     public func hasPrefix(_ prefix: String) -> Bool { path.utf8.starts(with: prefix.utf8) }
     public var description: String { path }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// Monotonic seconds.
-public func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 import Log
 import Synchronization
@@ -77,7 +78,7 @@ public final class SourceTree: Sendable {
     public let path: String
     public let rootFD: Int32
 
-    public init(path: String) throws(SystemError) {
+    public init(path: String) throws(Errno) {
         self.path = path
         rootFD = try syscallRetrying("open \(path)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
     }
@@ -90,7 +91,7 @@ public final class SourceTree: Sendable {
     }
 
     /// Stat of a path relative to SOURCE, never following symlinks.
-    public func stat(_ relPath: String) throws(SystemError) -> SourceStat {
+    public func stat(_ relPath: String) throws(Errno) -> SourceStat {
         var st = Glibc.stat()
         if relPath == "." {
             _ = try syscallRetrying("fstat \(path)") { fstat(rootFD, &st) }
@@ -123,12 +124,12 @@ public final class SourceTree: Sendable {
 
     /// The mirrored entries of directory `dir`. A regular `X.encrypted`
     /// file hides a directory `X` beside it.
-    public func list(_ dir: String) throws(SystemError) -> [SourceEntry] {
+    public func list(_ dir: String) throws(Errno) -> [SourceEntry] {
         let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
         guard let d = fdopendir(fd) else {
-            let e = currentErrno
+            let e = Errno.current
             close(fd)
-            throw SystemError("fdopendir \(dir)", errno: e)
+            throw Errno("fdopendir \(dir)", code: e)
         }
         defer { closedir(d) }
         // By bytes: `café` and `cafe\u{301}` are two entries (see PathKey).
@@ -169,9 +170,19 @@ public final class SourceTree: Sendable {
     /// not end in `.encrypted` for it.
     public static func shownName(ofCiphertext sourceName: String) -> String? {
         let b = Array(sourceName.utf8)
-        let suffix = Array(ciphertextSuffix.utf8)
-        guard b.count > suffix.count, b.suffix(suffix.count).elementsEqual(suffix) else { return nil }
-        return String(validating: b.dropLast(suffix.count), as: UTF8.self)
+        guard b.count > ciphertextSuffix.utf8.count, hasCiphertextSuffix(sourceName) else { return nil }
+        return String(validating: b.dropLast(ciphertextSuffix.utf8.count), as: UTF8.self)
+    }
+
+    /// Whether `name` ends in `.encrypted`, by bytes (see `shownName`).
+    public static func hasCiphertextSuffix(_ name: String) -> Bool {
+        name.utf8.reversed().starts(with: ciphertextSuffix.utf8.reversed())
+    }
+
+    /// The path the mount serves for a SOURCE path: `tls/ssl.pem.encrypted`
+    /// -> `tls/ssl.pem`, by bytes like the listing; any other path as it is.
+    public static func mountPath(ofSource path: String) -> String {
+        shownName(ofCiphertext: path) ?? path
     }
 
     /// Names already reported as not UTF-8 (bounded: after `maxReported`
@@ -210,16 +221,12 @@ public final class SourceTree: Sendable {
     }
 
     /// Why a ciphertext could not be read.
-    public enum ReadError: Error, Sendable {
-        case system(SystemError)
-        case tooLarge(size: Int64, limit: Int)
-        case notRegular
-    }
+    public typealias ReadError = CappedReadError
 
     /// `list`, with each entry's stat taken through the same directory
     /// descriptor (fstatat of one name, never following a symlink): what
     /// readdirplus answers with, one system call per entry.
-    public func listWithStats(_ dir: String) throws(SystemError) -> [(SourceEntry, SourceStat?)] {
+    public func listWithStats(_ dir: String) throws(Errno) -> [(SourceEntry, SourceStat?)] {
         let entries = try list(dir)
         let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
@@ -236,28 +243,17 @@ public final class SourceTree: Sendable {
     /// than `limit`. Returns its bytes and the fingerprint of exactly the
     /// version read.
     public func readCiphertext(_ relPath: String, limit: Int) throws(ReadError) -> ([UInt8], Fingerprint) {
-        let fd: Int32
-        do { fd = try openBeneath(rootFD, relPath, flags: O_RDONLY | O_NONBLOCK) } catch { throw .system(error) }
-        defer { close(fd) }
-        var st = Glibc.stat()
-        guard fstat(fd, &st) == 0 else { throw .system(SystemError("fstat \(relPath)", errno: currentErrno)) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular }
-        guard st.st_size <= limit else { throw .tooLarge(size: Int64(st.st_size), limit: limit) }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        var got = 0
-        while got < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, $0.count - got) }
-            if n < 0 {
-                if currentErrno == EINTR { continue }
-                throw .system(SystemError("read \(relPath)", errno: currentErrno))
-            }
-            if n == 0 { break }
-            got += n
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.openBeneath(rootFD, relPath, flags: O_RDONLY | O_NONBLOCK) } catch { throw .system(error) }
+        // A file that grew while being read is read to the size it had and
+        // no further: its fingerprint changes, and the next open reads it again.
+        do {
+            let (bytes, st) = try readRegularFile(fd, limit: limit)
+            return (bytes, Fingerprint(st))
+        } catch {
+            guard case .system(let e) = error else { throw error }
+            throw .system(Errno("\(e.operation) \(relPath)", code: e.code))   // "read tls/key.pem.encrypted: ..."
         }
-        // A file that grew while being read is read to the limit and no
-        // further: its fingerprint changes, and the next open reads it again.
-        bytes.removeLast(bytes.count - got)
-        return (bytes, Fingerprint(st))
     }
 
     /// Filesystem statistics of SOURCE.

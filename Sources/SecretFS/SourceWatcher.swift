@@ -1,17 +1,9 @@
-import Threading
+import System
 import Log
 import SecureMemory
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// What the filesystem tells the kernel when SOURCE changes under it.
-public protocol KernelNotifier: AnyObject, Sendable {
-    /// A name in a directory changed (added, removed, replaced).
-    func invalidateEntry(parent: UInt64, name: String)
-    /// An inode's attributes (size, times) changed.
-    func invalidateInode(_ ino: UInt64)
-}
 
 /// Follows SOURCE with inotify so the mount is a live mirror: files and
 /// directories added, removed, renamed or replaced show up at once, a
@@ -27,7 +19,7 @@ public final class SourceWatcher: @unchecked Sendable {
     static let dirMask: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
         | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 
-    public init(fs: SecretFileSystem) throws(SystemError) {
+    public init(fs: SecretFileSystem) throws(Errno) {
         self.fs = fs
         fd = try syscallRetrying("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC)) }
     }
@@ -72,7 +64,7 @@ public final class SourceWatcher: @unchecked Sendable {
             // SOURCE (no symlink followed) to list its subdirectories.
             let wd = inotify_add_watch(fd, path, SourceWatcher.dirMask)
             if wd < 0 {
-                let e = currentErrno
+                let e = Errno.current
                 if e == ENOSPC, !warnedLimit {
                     warnedLimit = true
                     Log.warning("inotify watch limit reached at \(SourceTree.escapedBytes(Array(dir.utf8))); raise fs.inotify.max_user_watches, changes below it are seen within the entry timeout only")

@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 import Synchronization
 #if canImport(Glibc)
@@ -62,17 +63,10 @@ public func fnvVersion(_ bytes: [UInt8]) -> String {
 /// `0::/system.slice/nginx.service`), or nil. The deepest `.service` or
 /// `.scope` component names it (a service's sub-cgroups sit below it).
 public func systemdUnit(pid: Int32) -> String? {
-    let fd = open("/proc/\(pid)/cgroup", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
+    let fd: FileDescriptor
+    do { fd = try FileDescriptor.open("/proc/\(pid)/cgroup", O_RDONLY) } catch { return nil }
     var buf = [UInt8](repeating: 0, count: 4096)
-    var got = 0
-    while got < buf.count {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, $0.count - got) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        got += n
-    }
+    let got = (try? fd.read(filling: &buf)) ?? 0
     return unitFromCgroup(Array(buf[0..<got]))
 }
 

@@ -1,3 +1,4 @@
+import System
 import CLinux
 #if canImport(Glibc)
 import Glibc
@@ -9,7 +10,7 @@ public enum ProcessHardening {
     /// What `lockAllMemory` found.
     public enum LockResult: Sendable, Equatable {
         case locked
-        case failed(SystemError)
+        case failed(Errno)
     }
 
     /// Resets the fatal-signal handlers Swift's runtime installs for its
@@ -45,7 +46,7 @@ public enum ProcessHardening {
     public static func lockAllMemory() -> LockResult {
         let flags = MCL_CURRENT | MCL_FUTURE | KMSFS_MCL_ONFAULT
         if mlockall(flags) == 0 { return .locked }
-        return .failed(SystemError("mlockall", errno: currentErrno))
+        return .failed(Errno("mlockall"))
     }
 
     /// At most `arenas` malloc arenas (glibc otherwise makes up to eight per

@@ -1,3 +1,4 @@
+import System
 import CLinux
 import Synchronization
 #if canImport(Glibc)
@@ -19,8 +20,8 @@ public enum SecureBacking: String, Sendable {
 }
 
 public enum SecureMemoryError: Error, CustomStringConvertible, Sendable {
-    case allocationFailed(SystemError)
-    case lockFailed(SystemError)
+    case allocationFailed(Errno)
+    case lockFailed(Errno)
     case capacityExceeded(requested: Int, limit: Int)
 
     public var description: String {
@@ -142,6 +143,20 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         try append(bytes)
     }
 
+    /// A buffer of `capacity` bytes that `body` fills in place, returning
+    /// how many it wrote (as swift-crypto's `SecureBytes` and `Array` are
+    /// made), or nil when it failed: then whatever it wrote is wiped and
+    /// the initializer returns nil. Throws only when no memory can be had.
+    public convenience init?(unsafeUninitializedCapacity capacity: Int, backing: SecureBacking? = nil,
+                             initializingWith body: (UnsafeMutableRawBufferPointer) -> Int?) throws(SecureMemoryError) {
+        try self.init(capacity: capacity, backing: backing)
+        guard let n = body(UnsafeMutableRawBufferPointer(start: base, count: capacity)) else {
+            secureWipe(base, capacity)
+            return nil
+        }
+        setCount(n)
+    }
+
     deinit {
         // Leave the registry first, so `wipeAllLive` never touches pages
         // that are about to be unmapped.
@@ -170,22 +185,22 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         let total = length + 2 * page
         let p = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let p, p != MAP_FAILED else {
-            throw .allocationFailed(SystemError("mmap", errno: currentErrno))
+            throw .allocationFailed(Errno("mmap"))
         }
         let body = p + page
         guard mprotect(body, length, PROT_READ | PROT_WRITE) == 0 else {
-            let e = currentErrno
+            let e = Errno.current
             munmap(p, total)
-            throw .allocationFailed(SystemError("mprotect", errno: e))
+            throw .allocationFailed(Errno("mprotect", code: e))
         }
         _ = madvise(body, length, MADV_DONTDUMP)
         _ = madvise(body, length, MADV_WIPEONFORK)
         var locked = true
         if mlock(body, length) != 0 {
-            let e = currentErrno
+            let e = Errno.current
             if !SecureMemoryPolicy.allowUnlocked {
                 munmap(p, total)
-                throw .lockFailed(SystemError("mlock", errno: e))
+                throw .lockFailed(Errno("mlock", code: e))
             }
             locked = false
         }
@@ -252,15 +267,26 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// Constant-time comparison of contents.
     public func constantTimeEquals(_ other: UnsafeRawBufferPointer) -> Bool {
-        guard other.count == count else { return false }
-        var diff: UInt8 = 0
-        let a = base.assumingMemoryBound(to: UInt8.self)
-        for i in 0..<count { diff |= a[i] ^ other[i] }
-        return diff == 0
+        withUnsafeBytes { constantTimeEqual($0, other) }
     }
 
     public var description: String { "SecureBuffer(<redacted>, \(count) bytes, \(backing.rawValue))" }
     public var debugDescription: String { description }
+}
+
+/// Whether `a` and `b` hold the same bytes, in time that depends only on
+/// their lengths (never on where they differ): for secrets, MACs and
+/// commitments. The one such comparison in kmsfs.
+public func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<a.count { diff |= a[i] ^ b[i] }
+    return diff == 0
+}
+
+/// `constantTimeEqual` of two arrays.
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.withUnsafeBytes { x in b.withUnsafeBytes { y in constantTimeEqual(x, y) } }
 }
 
 /// A growable sink for bytes arriving in pieces (an HTTP body): grows by
@@ -281,12 +307,13 @@ public final class SecureAccumulator: @unchecked Sendable {
         let needed = buffer.count + bytes.count
         if needed > buffer.capacity {
             guard needed <= limit else { throw .capacityExceeded(requested: needed, limit: limit) }
-            let grown = try SecureBuffer(capacity: min(max(needed, buffer.capacity * 2), limit), backing: buffer.backing == .secretMemory ? nil : buffer.backing)
-            grown.withUnsafeMutableCapacity { dst in
-                buffer.withUnsafeBytes { src in dst.copyMemory(from: src) }
+            let old = buffer
+            let grown = try SecureBuffer(unsafeUninitializedCapacity: min(max(needed, old.capacity * 2), limit),
+                                         backing: old.backing == .secretMemory ? nil : old.backing) { dst in
+                old.withUnsafeBytes { src in dst.copyMemory(from: src) }
+                return old.count
             }
-            grown.setCount(buffer.count)
-            buffer = grown   // the old buffer wipes itself in deinit
+            buffer = grown!   // never nil: the copy cannot fail; the old buffer wipes itself in deinit
         }
         try buffer.append(bytes)
     }

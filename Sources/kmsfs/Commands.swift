@@ -1,3 +1,4 @@
+import System
 import ArgumentParser
 import KmsfsKit
 import AWS
@@ -117,7 +118,7 @@ struct MountCommand: ParsableCommand {
 enum Background {
     static func spawnAndWait() -> Int32 {
         var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { fail("pipe: \(String(cString: strerror(errno)))") }
+        guard pipe(&fds) == 0 else { fail("pipe: \(Errno.text(Errno.current))") }
         let (readEnd, writeEnd) = (fds[0], fds[1])
         // Only the dup2'd copy (fd 3) may reach the child, or the pipe
         // would never see its end.
@@ -148,7 +149,7 @@ enum Background {
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, executablePath(), &actions, nil, argv, envp)
         close(writeEnd)
-        guard rc == 0 else { fail("cannot start the daemon: \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { fail("cannot start the daemon: \(Errno.text(rc))") }
 
         // One line says it all; none (the pipe's end) means the child died.
         let reply = (try? readMessage(readEnd, limit: 65536, throughNewline: true).get()) ?? []

@@ -1,3 +1,4 @@
+import System
 import ArgumentParser
 import KmsfsKit
 import AWS
@@ -65,7 +66,7 @@ extension LiveStatusCommand {
     /// then, or 1 at the timeout naming who still holds one.
     func waitForRotation() -> Never {
         let wanted = Set(paths.map { StatusText.mountRelative($0, mountpoint: mountpoint) })
-        let deadline = timeout.map { monotonicSeconds() + $0 }
+        let deadline = timeout.map { SystemClock.monotonic() + $0 }
         while true {
             let doc: JSONValue
             do { doc = try ControlClient.status(mountpoint: mountpoint) } catch { fail(error.description) }
@@ -76,11 +77,11 @@ extension LiveStatusCommand {
                 print("rotated: no open handle holds an older version\(wanted.isEmpty ? "" : " of " + wanted.sorted().joined(separator: " "))")
                 Glibc.exit(0)
             }
-            if let deadline, monotonicSeconds() >= deadline {
+            if let deadline, SystemClock.monotonic() >= deadline {
                 for h in stale { Log.writeAll(2, "kmsfs: still held: " + StatusText.holder(h) + "\n") }
                 fail("timed out after \(timeout.map { String(Int($0)) } ?? "?") s: \(stale.count) open handle\(stale.count == 1 ? "" : "s") hold an older version")
             }
-            usleep(200_000)
+            SystemClock.sleep(0.2)
         }
     }
 }

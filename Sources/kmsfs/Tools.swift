@@ -1,3 +1,4 @@
+import System
 import ArgumentParser
 import KmsfsKit
 import AWS
@@ -94,9 +95,9 @@ struct DecryptCommand: ParsableCommand {
         }
         let binding: PathBinding
         if let root {
-            binding = .exact(logicalName(relativePath(of: file, under: root)))
+            binding = .exact(SourceTree.mountPath(ofSource: relativePath(of: file, under: root)))
         } else {
-            binding = .suffix(logicalName(physicalPath(of: file)))
+            binding = .suffix(SourceTree.mountPath(ofSource: physicalPath(of: file)))
         }
         let bytes: [UInt8]
         do { bytes = try readCiphertextFile(file, limit: maxBytes) } catch { fail("\(file): \(error)") }
@@ -278,7 +279,7 @@ struct EncryptCommand: ParsableCommand {
 
     private func encryptOne(_ file: String, context: [(key: String, value: String)], kms: KMSClient,
                             maxBytes: Int) throws(ToolError) -> String {
-        guard !file.hasSuffix(ciphertextSuffix) else { throw ToolError("it already ends in \(ciphertextSuffix)") }
+        guard !SourceTree.hasCiphertextSuffix(file) else { throw ToolError("it already ends in \(ciphertextSuffix)") }
         let bound: String
         if let root {
             bound = try checkedRelativePath(of: file, under: root)
@@ -313,7 +314,7 @@ struct ToolError: Error, CustomStringConvertible {
     var description: String { message }
 }
 
-func errnoText(_ e: Int32 = errno) -> String { String(cString: strerror(e)) }
+func errnoText(_ e: Int32 = Errno.current) -> String { Errno.text(e) }
 
 func baseName(_ path: String) -> String {
     String(path.split(separator: "/").last ?? Substring(path))
@@ -322,11 +323,6 @@ func baseName(_ path: String) -> String {
 func dirName(_ path: String) -> String {
     guard let slash = path.lastIndex(of: "/") else { return "." }
     return slash == path.startIndex ? "/" : String(path[..<slash])
-}
-
-/// A name without its `.encrypted` suffix: the path the mount serves.
-func logicalName(_ path: String) -> String {
-    path.hasSuffix(ciphertextSuffix) ? String(path.dropLast(ciphertextSuffix.count)) : path
 }
 
 func realPath(_ path: String) -> String? {
@@ -359,57 +355,58 @@ func relativePath(of file: String, under root: String) -> String {
     do { return try checkedRelativePath(of: file, under: root) } catch { fail("\(file): \(error)", code: 2) }
 }
 
-/// Opens a regular file for reading and returns it with its size, after
-/// checking the size against `limit` (before anything is read).
-func openLimited(_ path: String, limit: Int, what: String) throws(ToolError) -> (Int32, Int) {
-    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
-    guard fd >= 0 else { throw ToolError(errnoText()) }
-    var st = stat()
-    guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw ToolError(errnoText(e)) }
-    guard (st.st_mode & S_IFMT) == S_IFREG else { close(fd); throw ToolError("not a regular file") }
-    guard st.st_size <= limit else {
-        close(fd)
-        throw ToolError("\(st.st_size) bytes is over the \(limit)-byte \(what) limit (--max-size)")
+/// Opens a regular file for reading and hands it to `body` with its size,
+/// after checking the size against `limit` (before anything is read).
+func withRegularFile<R>(_ path: String, limit: Int, what: String,
+                        _ body: (borrowing FileDescriptor, Int) throws(ToolError) -> R) throws(ToolError) -> R {
+    let fd: FileDescriptor
+    do { fd = try FileDescriptor.open(path, O_RDONLY | O_NOCTTY | O_NONBLOCK) } catch { throw ToolError(error.text) }
+    let st: stat
+    do { st = try regularFileStatus(fd, limit: limit) } catch {
+        switch error {
+        case .system(let e): throw ToolError(e.text)
+        case .notRegular: throw ToolError("not a regular file")
+        case .tooLarge(let size, _): throw ToolError("\(size) bytes is over the \(limit)-byte \(what) limit (--max-size)")
+        }
     }
-    return (fd, Int(st.st_size))
+    return try body(fd, Int(st.st_size))
 }
 
 /// Reads exactly `count` bytes (the size fstat gave) into `into`; a file
 /// that changed size while being read is refused. Returns the failure.
-func readExactly(_ fd: Int32, _ into: UnsafeMutableRawBufferPointer, count: Int) -> ToolError? {
-    var got = 0
-    while got < count {
-        let n = read(fd, into.baseAddress! + got, count - got)
-        if n < 0 { if errno == EINTR { continue }; return ToolError("read: \(errnoText())") }
-        if n == 0 { return ToolError("the file shrank while it was read") }
-        got += n
+func readExactly(_ fd: borrowing FileDescriptor, _ into: UnsafeMutableRawBufferPointer, count: Int) -> ToolError? {
+    let got: Int
+    do { got = try fd.read(filling: UnsafeMutableRawBufferPointer(rebasing: into[0..<count])) } catch {
+        return ToolError("read: \(error.text)")
     }
-    var extra: UInt8 = 0
-    while true {
-        let n = read(fd, &extra, 1)
-        if n < 0 && errno == EINTR { continue }
-        if n != 0 { return ToolError("the file grew while it was read") }
-        return nil
-    }
+    if got < count { return ToolError("the file shrank while it was read") }
+    var extra: [UInt8] = [0]
+    let more = (try? FileDescriptor.read(fd.rawValue, into: &extra)) ?? -1
+    return more == 0 ? nil : ToolError("the file grew while it was read")
 }
 
 func readCiphertextFile(_ path: String, limit: Int) throws(ToolError) -> [UInt8] {
-    let (fd, size) = try openLimited(path, limit: limit, what: "ciphertext")
-    defer { close(fd) }
-    var bytes = [UInt8](repeating: 0, count: size)
-    if let failure = bytes.withUnsafeMutableBytes({ readExactly(fd, $0, count: size) }) { throw failure }
-    return bytes
+    try withRegularFile(path, limit: limit, what: "ciphertext") { (fd, size) throws(ToolError) in
+        var bytes = [UInt8](repeating: 0, count: size)
+        if let failure = bytes.withUnsafeMutableBytes({ readExactly(fd, $0, count: size) }) { throw failure }
+        return bytes
+    }
 }
 
 /// Reads a plaintext straight into secure memory.
 func readPlaintextFile(_ path: String, limit: Int) throws(ToolError) -> SecureBuffer {
-    let (fd, size) = try openLimited(path, limit: limit, what: "plaintext")
-    defer { close(fd) }
-    let buffer: SecureBuffer
-    do { buffer = try SecureBuffer(capacity: max(size, 1)) } catch { throw ToolError("\(error)") }
-    if let failure = buffer.withUnsafeMutableCapacity({ readExactly(fd, $0, count: size) }) { throw failure }
-    buffer.setCount(size)
-    return buffer
+    try withRegularFile(path, limit: limit, what: "plaintext") { (fd, size) throws(ToolError) in
+        var failure: ToolError?
+        let buffer: SecureBuffer?
+        do {
+            buffer = try SecureBuffer(unsafeUninitializedCapacity: max(size, 1)) { cap in
+                failure = readExactly(fd, cap, count: size)
+                return failure == nil ? size : nil
+            }
+        } catch { throw ToolError("\(error)") }
+        guard let buffer else { throw failure! }
+        return buffer
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it (mode
@@ -424,19 +421,12 @@ func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(ToolError) {
     var ok = false
     defer { if !ok { unlink(tmp) } }
     func check(_ r: Int32, _ what: String) throws(ToolError) {
-        if r != 0 { let e = errno; close(fd); throw ToolError("\(what) \(tmp): \(errnoText(e))") }
+        if r != 0 { let e = Errno.current; close(fd); throw ToolError("\(what) \(tmp): \(errnoText(e))") }
     }
     try check(fchmod(fd, 0o600), "fchmod")
-    var off = 0
-    while off < bytes.count {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            let e = errno
-            close(fd)
-            throw ToolError("write \(tmp): \(errnoText(e))")
-        }
-        off += n
+    do { try FileDescriptor.writeAll(fd, bytes) } catch {
+        close(fd)
+        throw ToolError("write \(tmp): \(error.text)")
     }
     try check(fsync(fd), "fsync")
     guard close(fd) == 0 else { throw ToolError("close \(tmp): \(errnoText())") }
@@ -447,10 +437,5 @@ func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(ToolError) {
 }
 
 func writeAllBytes(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
-    var off = 0
-    while off < bytes.count {
-        let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
-        if n < 0 { if errno == EINTR { continue }; fail("write: \(errnoText())") }
-        off += n
-    }
+    do { try FileDescriptor.writeAll(fd, bytes) } catch { fail("write: \(error.text)") }
 }

@@ -2,7 +2,7 @@ import Testing
 import KmsfsKit
 import FUSEBridge
 @testable import SecretFS
-import Threading
+import System
 import Log
 import SecureMemory
 #if canImport(Glibc)
@@ -105,9 +105,9 @@ import Glibc
         defer { unlink(base + "/link"); unlink(base + "/file"); rmdir(base + "/real"); rmdir(base) }
         mkdir(base + "/real", 0o700)
         symlink(base + "/real", base + "/link")
-        #expect(throws: SystemError.self) { try ControlSocket.prepareDirectory(base + "/link") }
+        #expect(throws: Errno.self) { try ControlSocket.prepareDirectory(base + "/link") }
         close(open(base + "/file", O_WRONLY | O_CREAT, 0o600))
-        #expect(throws: SystemError.self) { try ControlSocket.prepareDirectory(base + "/file") }
+        #expect(throws: Errno.self) { try ControlSocket.prepareDirectory(base + "/file") }
     }
 
     // MARK: waits (A6)

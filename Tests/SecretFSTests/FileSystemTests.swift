@@ -189,6 +189,6 @@ func text(_ s: OpenSecret) -> String {
         // still NAME.encrypted, by bytes.
         #expect(!"\u{600}.encrypted".hasSuffix(".encrypted"))   // the premise
         #expect(SourceTree.shownName(ofCiphertext: "d/\u{600}.encrypted") == "d/\u{600}")
-        #expect(SecretFileSystem.mountPath(ofSource: "d/\u{600}.encrypted") == "d/\u{600}")
+        #expect(SourceTree.mountPath(ofSource: "d/\u{600}.encrypted") == "d/\u{600}")
     }
 }

@@ -28,6 +28,14 @@ KMSFS = pathlib.Path(os.environ.get("KMSFS_BIN", ROOT / ".build" / "release" / "
 # Options added to every Mount (make sanitize: insecure_allow_unlocked for
 # sanitizer builds, whose shadow memory defeats the mlock budget).
 EXTRA_OPTS = os.environ.get("KMSFS_EXTRA_OPTS", "")
+# make sanitize sets KMSFS_SANITIZED (thread or address) when KMSFS_BIN is a
+# sanitizer build. Tests that measure the daemon's memory (locked pages,
+# scans of every mapping, core files) or the shipped artefacts (package,
+# install, demo) measure the sanitizer there, not kmsfs: they skip.
+SANITIZED = os.environ.get("KMSFS_SANITIZED", "")
+unsanitized_only = pytest.mark.skipif(
+    bool(SANITIZED), reason="measures memory or the shipped binary, not behaviour: "
+    "meaningless against the %s sanitizer's build" % SANITIZED)
 REGION = "us-east-1"
 
 

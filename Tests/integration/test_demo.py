@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from conftest import KMSFS
+from conftest import KMSFS, unsanitized_only
+
+pytestmark = unsanitized_only
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -67,6 +67,11 @@ def test_hostile_source_names_forge_no_log_or_audit_line(public_tmp, kms, kmsfs_
     assert b"y\\r\\n" + FORGED.encode() + b": " in log
     assert log.decode("utf-8", errors="strict")
     assert b"\x1b" not in log
+    # libfuse's own -d lines go through the same log: tagged and escaped,
+    # so every line of the file is one of the daemon's.
+    assert b"kmsfs: debug: libfuse: unique: " in log
+    strays = [l for l in log.splitlines() if not l.startswith(b"kmsfs: ")]
+    assert strays == [], strays[:5]
     record = audit.read_bytes()
     assert_not_forged(record, "the audit file")
     assert b"\r" not in record and b"\x1b" not in record

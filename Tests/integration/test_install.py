@@ -26,8 +26,10 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import KMSFS, ROOT, force_unmount, mounted  # noqa: E402
+from conftest import KMSFS, ROOT, force_unmount, mounted, unsanitized_only  # noqa: E402
 from kmsproxy import Fault  # noqa: E402
+
+pytestmark = unsanitized_only
 
 HELPER = ROOT / "mount-helper" / "mount.kmsfs"
 UNITS = sorted(p.name for p in (ROOT / "docs" / "systemd").iterdir())

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import KMSFS, Mount, mounted, force_unmount
+from conftest import KMSFS, Mount, mounted, force_unmount, unsanitized_only
 
 
 def readable_regions(pid):
@@ -67,6 +67,7 @@ def secret_tree(tmp_path, kms):
     return src, plains
 
 
+@unsanitized_only
 def test_every_resident_page_is_locked_and_the_process_is_undumpable(secret_tree, mount_factory):
     src, plains = secret_tree
     m = mount_factory(src, "allow_uid=0")
@@ -95,6 +96,7 @@ def test_every_resident_page_is_locked_and_the_process_is_undumpable(secret_tree
     assert "/secretmem" in open("/proc/%d/maps" % m.pid).read()
 
 
+@unsanitized_only
 @pytest.mark.parametrize("mode", ["memfd_secret", "mlock"])
 def test_no_plaintext_in_readable_memory_while_cached_and_after_ttl(secret_tree, mount_factory, mode):
     src, plains = secret_tree
@@ -181,6 +183,7 @@ def core_pattern(value):
             f.write(old)
 
 
+@unsanitized_only
 def test_a_crash_leaves_no_core_and_prints_no_memory(tmp_path, secret_tree, kms, kmsfs_bin):
     src, plains = secret_tree
     cores = tmp_path / "cores"
@@ -217,6 +220,7 @@ def test_a_crash_leaves_no_core_and_prints_no_memory(tmp_path, secret_tree, kms,
     assert "Registers" not in text and "Backtrac" not in text and "crashed" not in text, text
 
 
+@unsanitized_only
 def test_refuses_to_start_without_lockable_memory(tmp_path, kms, kmsfs_bin):
     src = tmp_path / "src"
     mnt = tmp_path / "mnt"

@@ -25,7 +25,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import ROOT, force_unmount, mounted  # noqa: E402
+from conftest import ROOT, force_unmount, mounted, unsanitized_only  # noqa: E402
+
+pytestmark = unsanitized_only
 
 SECRET = b"correct horse battery staple\n"
 # A name that tries to forge journal fields and a second line.
@@ -34,7 +36,7 @@ REBUILD = "build it with `make build` (swift build -c release --static-swift-std
 
 
 def source_version():
-    text = (ROOT / "Sources/AWS/ServiceClient.swift").read_text()
+    text = (ROOT / "Sources/AWS/Version.swift").read_text()
     return re.search(r'^public let kmsfsVersion = "(.*)"$', text, re.M).group(1)
 
 

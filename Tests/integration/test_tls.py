@@ -12,6 +12,7 @@ import pytest
 
 from kmsproxy import KMSProxy
 from test_memory import scan
+from conftest import SANITIZED
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,8 @@ def test_https_with_the_ca_bundle_from_the_environment(tree, kms, tls_proxy, pki
     assert tls_proxy.url.startswith("https://")
     assert open(m.file("s"), "rb").read() == plain
     assert tls_proxy.count("Decrypt") == 1
+    if SANITIZED:
+        return   # a scan of every mapping cannot finish reading a sanitizer's shadow memory
     found, read = scan(m.pid, [plain, base64.b64encode(plain)])
     assert read > 1 << 20
     assert not found, found

@@ -5,6 +5,7 @@
 // the answer read back and parsed as the client does.
 @testable import KmsfsKit
 @testable import AWS
+import System
 import SecureMemory
 import Log
 #if canImport(Glibc)

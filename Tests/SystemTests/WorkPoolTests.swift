@@ -1,5 +1,5 @@
 import Testing
-import Threading
+import System
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -58,9 +58,7 @@ public final class ConditionLock: @unchecked Sendable {
     /// trapping in `Int(Double)`.
     @discardableResult
     public func wait(seconds: Double) -> Bool {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        var deadline = ConditionLock.deadline(now: now, after: seconds)
+        var deadline = ConditionLock.deadline(now: SystemClock.monotonicTimespec(), after: seconds)
         return pthread_cond_timedwait(cond, mutex, &deadline) == 0
     }
 

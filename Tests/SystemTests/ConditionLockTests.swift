@@ -1,10 +1,10 @@
 import Testing
-import Threading
+import System
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Threading.ConditionLock: stable storage for the pthread objects, and
+/// System.ConditionLock: stable storage for the pthread objects, and
 /// timed waits that cannot trap whatever the duration (`ttl=1e30` once
 /// killed the expiry thread in `Int(Double)`).
 @Suite struct ConditionLockTests {

@@ -93,22 +93,12 @@ public final class WorkPool: @unchecked Sendable {
         lock.lock()
         stopping = true
         lock.broadcast()
-        var now = monotonicClock()
+        var now = SystemClock.monotonic()
         let deadline = now + seconds
         while (running > 0 || head < queue.count) && now < deadline {
             lock.wait(seconds: deadline - now)
-            now = monotonicClock()
+            now = SystemClock.monotonic()
         }
         lock.unlock()
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-private func monotonicClock() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

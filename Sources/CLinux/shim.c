@@ -1,0 +1,111 @@
+/*
+ * CLinux's definitions (see include/CLinux.h for why each exists), compiled
+ * as C with _GNU_SOURCE, so SO_PEERCRED, struct ucred and O_PATH come from
+ * the real headers (as swift-nio's CNIOLinux/shim.c does).
+ */
+#define _GNU_SOURCE
+#include "CLinux.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <linux/openat2.h>
+
+#ifndef SYS_memfd_secret
+#define SYS_memfd_secret 447
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+/* PIDFD_THREAD is O_EXCL (linux/pidfd.h, Linux 6.9; older headers lack it). */
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+/* The mirror of struct ucred in CLinux.h is the kernel's struct. */
+_Static_assert(sizeof(struct kmsfs_ucred) == sizeof(struct ucred), "struct ucred size");
+_Static_assert(offsetof(struct kmsfs_ucred, pid) == offsetof(struct ucred, pid), "ucred.pid");
+_Static_assert(offsetof(struct kmsfs_ucred, uid) == offsetof(struct ucred, uid), "ucred.uid");
+_Static_assert(offsetof(struct kmsfs_ucred, gid) == offsetof(struct ucred, gid), "ucred.gid");
+_Static_assert(sizeof(((struct ucred *)0)->pid) == sizeof(int32_t), "ucred.pid width");
+_Static_assert(sizeof(((struct ucred *)0)->uid) == sizeof(uint32_t), "ucred.uid width");
+
+int kmsfs_memfd_secret(unsigned int flags) {
+    return (int)syscall(SYS_memfd_secret, flags);
+}
+
+int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int kmsfs_prctl(int option, unsigned long arg2) {
+    return prctl(option, arg2, 0UL, 0UL, 0UL);
+}
+
+void kmsfs_syslog(int priority, const char *message) {
+    syslog(priority, "%s", message);
+}
+
+void kmsfs_wipe(void *p, size_t n) {
+    if (p != NULL && n != 0) explicit_bzero(p, n);
+}
+
+const uint64_t KMSFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
+const uint64_t KMSFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
+const uint64_t KMSFS_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;
+const int kmsfs_o_path = O_PATH;
+#ifdef MCL_ONFAULT
+const int KMSFS_MCL_ONFAULT = MCL_ONFAULT;
+#else
+const int KMSFS_MCL_ONFAULT = 4;
+#endif
+
+int kmsfs_signal_default(int sig) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+
+int kmsfs_peer_credentials(int fd, struct kmsfs_ucred *out) {
+    struct ucred c;
+    socklen_t len = sizeof c;
+    int rc = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &len);
+    if (rc != 0) return rc;
+    out->pid = c.pid;
+    out->uid = c.uid;
+    out->gid = c.gid;
+    return 0;
+}
+
+void kmsfs_malloc_arena_max(int n) { mallopt(M_ARENA_MAX, n); }
+int kmsfs_malloc_trim(void) { return malloc_trim(0); }
+
+int kmsfs_pidfd_open(int pid, int thread) {
+    return (int)syscall(SYS_pidfd_open, pid, thread ? (unsigned int)PIDFD_THREAD : 0u);
+}
+int kmsfs_pidfd_alive(int pidfd) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+}
+
+int kmsfs_errno(void) { return errno; }
+void kmsfs_set_errno(int e) { errno = e; }

@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a capped read of a regular file failed.
+public enum CappedReadError: Error, Sendable, Equatable {
+    case system(Errno)
+    case tooLarge(size: Int64, limit: Int)
+    case notRegular
+}
+
+/// The one capped read of a regular file: `fd`'s status, refusing (before
+/// anything is read) what is not a regular file or is larger than `limit`.
+/// Read the size it gives with `FileDescriptor.read(filling:)`.
+public func regularFileStatus(_ fd: borrowing FileDescriptor, limit: Int) throws(CappedReadError) -> stat {
+    let st: stat
+    do { st = try fd.stat() } catch { throw .system(error) }
+    guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular }
+    guard st.st_size <= limit else { throw .tooLarge(size: Int64(st.st_size), limit: limit) }
+    return st
+}
+
+/// Reads the regular file open at `fd` whole into an array, refusing one
+/// over `limit` before reading; a file that grows meanwhile is read to the
+/// size it had, one that shrinks to its end. Not for plaintext: the bytes
+/// land in an ordinary array.
+public func readRegularFile(_ fd: borrowing FileDescriptor, limit: Int) throws(CappedReadError) -> ([UInt8], stat) {
+    let st = try regularFileStatus(fd, limit: limit)
+    var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+    let got: Int
+    do { got = try fd.read(filling: &bytes) } catch {
+        throw .system(error)
+    }
+    bytes.removeLast(bytes.count - got)
+    return (bytes, st)
+}
+
+/// Reads a small file whole (token files, shared config files, policy
+/// files); the error names the path. EFBIG past `limit` bytes.
+public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8], Errno> {
+    let fd: FileDescriptor
+    do { fd = try FileDescriptor.open(path, O_RDONLY) } catch { return .failure(Errno(path, code: error.code)) }
+    return readMessage(fd, limit: limit).mapError { Errno(path, code: $0.code) }
+}
+
+/// `readMessage` of a descriptor this code owns.
+public func readMessage(_ fd: borrowing FileDescriptor, limit: Int, throughNewline: Bool = false) -> Result<[UInt8], Errno> {
+    readMessage(fd.rawValue, limit: limit, throughNewline: throughNewline)
+}
+
+/// Reads `fd` to its end (or through the first newline, with
+/// `throughNewline`), failing with the errno, or EFBIG past `limit` bytes.
+/// Not for plaintext: the bytes land in an ordinary array.
+public func readMessage(_ fd: Int32, limit: Int, throughNewline: Bool = false) -> Result<[UInt8], Errno> {
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+    while true {
+        let n: Int
+        do { n = try FileDescriptor.read(fd, into: &chunk) } catch {
+            return .failure(error)
+        }
+        if n == 0 { break }
+        out += chunk[0..<n]
+        if out.count > limit { return .failure(Errno("read", code: EFBIG)) }
+        if throughNewline && chunk[0..<n].contains(UInt8(ascii: "\n")) { break }
+    }
+    return .success(out)
+}

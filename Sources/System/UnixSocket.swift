@@ -1,0 +1,58 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A Unix socket address (`sockaddr_un`) and its length, built in one
+/// place: a path that does not fit is refused (never cut short), and a
+/// path starting with `@` names the abstract namespace (as systemd's
+/// `NOTIFY_SOCKET` may).
+public struct UnixSocketAddress: Sendable {
+    private var storage = sockaddr_un()
+    public let length: socklen_t
+
+    /// ENAMETOOLONG for a path `sun_path` cannot hold with its NUL.
+    public init(_ path: String) throws(Errno) {
+        var bytes = Array(path.utf8)
+        let abstract = bytes.first == UInt8(ascii: "@")
+        if abstract { bytes[0] = 0 }
+        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: storage.sun_path) else {
+            throw Errno("\(path) is too long for a socket address", code: ENAMETOOLONG)
+        }
+        storage.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &storage.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        // An abstract name is exactly its bytes; a path, its bytes and the NUL.
+        length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (abstract ? 0 : 1))
+    }
+
+    /// Calls `body` with the address as the `sockaddr` system calls take.
+    public func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+        try withUnsafePointer(to: storage) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, length) }
+        }
+    }
+}
+
+/// A Unix socket of `type` (`SOCK_STREAM`, `SOCK_DGRAM`), close-on-exec.
+public func unixSocket(_ type: __socket_type) throws(Errno) -> Int32 {
+    try syscallRetrying("socket") { socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+}
+
+/// Binds a listening Unix stream socket at `path` with `mode`, replacing
+/// only a socket an earlier daemon left there (never another file). `what`
+/// names the socket in errors ("control socket").
+public func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 64, what: String) throws(Errno) -> Int32 {
+    let addr: UnixSocketAddress
+    do { addr = try UnixSocketAddress(path) } catch { throw Errno("\(what) \(path) is too long", code: ENAMETOOLONG) }
+    var st = stat()
+    if lstat(path, &st) == 0 {
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw Errno("\(what) \(path) exists and is not a socket", code: EEXIST) }
+        unlink(path)
+    }
+    let fd = try unixSocket(SOCK_STREAM)
+    let old = umask(~mode & 0o777)
+    let rc = addr.withSockaddr { bind(fd, $0, $1) }
+    umask(old)
+    guard rc == 0 else { let e = Errno.current; close(fd); throw Errno("bind \(path)", code: e) }
+    guard listen(fd, backlog) == 0 else { let e = Errno.current; close(fd); throw Errno("listen \(path)", code: e) }
+    return fd
+}

@@ -1,0 +1,259 @@
+import Testing
+import System
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh directory under /tmp, removed with everything in it.
+func withTemporaryDirectory<R>(_ body: (String) throws -> R) rethrows -> R {
+    var template = Array("/tmp/kmsfs-system-test.XXXXXX".utf8CString)
+    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    defer { _ = dir.withCString { system("rm -rf '\(String(cString: $0))'") } }
+    return try body(dir)
+}
+
+func writeFile(_ path: String, _ text: String) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    precondition(fd >= 0)
+    try! FileDescriptor.writeAll(fd, Array(text.utf8))
+    close(fd)
+}
+
+/// Whether `fd` is an open descriptor.
+func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
+
+@Suite struct ErrnoTests {
+    @Test func describesTheOperationAndTheErrorNeverMore() {
+        #expect(Errno("openat2 tls/key.pem", code: ENOENT).description == "openat2 tls/key.pem: No such file or directory")
+        #expect(Errno("", code: EACCES).description == "Permission denied")
+        #expect(Errno("x", code: ENOENT).isMissing && Errno("x", code: ENOTDIR).isMissing)
+        #expect(!Errno("x", code: EACCES).isMissing)
+    }
+
+    @Test func currentIsTheThreadsErrno() {
+        Errno.current = EPERM
+        #expect(Errno.current == EPERM)
+        #expect(Errno("op").code == EPERM)
+        #expect(close(-1) == -1 && Errno.current == EBADF)
+    }
+
+    @Test func syscallRetryingRetriesEINTRAndThrowsTheRest() throws {
+        var calls = 0
+        let r = try syscallRetrying("fake") { () -> Int32 in
+            calls += 1
+            if calls < 3 { Errno.current = EINTR; return -1 }
+            return 7
+        }
+        #expect(r == 7 && calls == 3)
+        #expect(throws: Errno("fake", code: EIO)) {
+            try syscallRetrying("fake") { () -> Int32 in Errno.current = EIO; return -1 }
+        }
+    }
+}
+
+@Suite struct FileDescriptorTests {
+    @Test func closesOnceWhenItEndsAndNotWhenReleased() throws {
+        var raw: Int32 = -1
+        do {
+            let fd = try FileDescriptor.open("/dev/null", O_RDONLY)
+            raw = fd.rawValue
+            #expect(isOpen(raw))
+            #expect(fcntl(raw, F_GETFD) & FD_CLOEXEC != 0)   // close-on-exec always
+        }
+        #expect(!isOpen(raw))
+        let kept = try FileDescriptor.open("/dev/null", O_RDONLY).release()
+        #expect(isOpen(kept))
+        close(kept)
+    }
+
+    @Test func openFailureNamesThePath() {
+        #expect(throws: Errno("open /nonexistent/x", code: ENOENT)) { _ = try FileDescriptor.open("/nonexistent/x", O_RDONLY) }
+    }
+
+    @Test func readFillingGathersShortReadsAndStopsAtTheEnd() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let reader = FileDescriptor(owning: fds[0])
+        // Three writes, then the end: one read(filling:) gathers them all.
+        for part in ["ab", "cd", "e"] { try FileDescriptor.writeAll(fds[1], Array(part.utf8)) }
+        close(fds[1])
+        var buf = [UInt8](repeating: 0, count: 16)
+        #expect(try reader.read(filling: &buf) == 5)
+        #expect(Array(buf[0..<5]) == Array("abcde".utf8))
+        #expect(try reader.read(filling: &buf) == 0)
+    }
+
+    @Test func writeAllWritesMoreThanAPipeHoldsAtOnce() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let big = [UInt8](repeating: 0x5A, count: 256 * 1024)   // > the 64 KiB pipe buffer
+        let reader = fds[0]
+        let done = ConditionLock()
+        let got = Mutex(0)
+        startThread(name: "test-reader") {
+            var chunk = [UInt8](repeating: 0, count: 8192)
+            while let n = try? FileDescriptor.read(reader, into: &chunk), n > 0 { got.withLock { $0 += n } }
+            done.withLock { done.signal() }
+        }
+        try FileDescriptor.writeAll(fds[1], big)
+        done.withLock {
+            close(fds[1])
+            #expect(done.wait(seconds: 10))
+        }
+        close(reader)
+        #expect(got.withLock { $0 } == big.count)
+    }
+
+    @Test func badDescriptorsFailWithEBADF() {
+        var b = [UInt8](repeating: 0, count: 4)
+        #expect(throws: Errno("read", code: EBADF)) { _ = try FileDescriptor.read(-1, into: &b) }
+        #expect(throws: Errno("write", code: EBADF)) { try FileDescriptor.writeAll(-1, b) }
+    }
+}
+
+@Suite struct OpenBeneathTests {
+    @Test func opensBeneathButNeverOutOrThroughALink() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            #expect(mkdir(dir + "/src", 0o700) == 0)
+            writeFile(dir + "/src/inside", "in")
+            writeFile(dir + "/outside", "out")
+            #expect(symlink("../outside", dir + "/src/link") == 0)
+            #expect(symlink("inside", dir + "/src/near") == 0)
+            let root = open(dir + "/src", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            defer { close(root) }
+            let fd = try FileDescriptor.openBeneath(root, "inside", flags: O_RDONLY)
+            var b = [UInt8](repeating: 0, count: 8)
+            #expect(try fd.read(filling: &b) == 2)
+            for escape in ["../outside", "/etc/passwd", "link", "near"] {
+                #expect(throws: Errno.self) { _ = try FileDescriptor.openBeneath(root, escape, flags: O_RDONLY) }
+            }
+            let pathOnly = try openBeneath(root, "inside", flags: O_PATH)
+            #expect(pathOnly >= 0)
+            close(pathOnly)
+        }
+    }
+}
+
+@Suite struct SmallFileTests {
+    @Test func readsAWholeFileAndRefusesPastTheLimit() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            writeFile(dir + "/f", "hello\n")
+            #expect(try readSmallFile(dir + "/f").get() == Array("hello\n".utf8))
+            guard case .failure(let big) = readSmallFile(dir + "/f", limit: 3) else { Issue.record("read past the limit"); return }
+            #expect(big.code == EFBIG && big.description.hasPrefix(dir + "/f: "))
+            guard case .failure(let missing) = readSmallFile(dir + "/none") else { Issue.record("read a missing file"); return }
+            #expect(missing.isMissing && missing.operation == dir + "/none")
+        }
+    }
+
+    @Test func readRegularFileChecksKindAndSizeBeforeReading() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            writeFile(dir + "/f", "0123456789")
+            let fd = try FileDescriptor.open(dir + "/f", O_RDONLY)
+            let (bytes, st) = try readRegularFile(fd, limit: 10)
+            #expect(bytes == Array("0123456789".utf8) && st.st_size == 10)
+            #expect(throws: CappedReadError.tooLarge(size: 10, limit: 9)) { _ = try readRegularFile(fd, limit: 9) }
+            let d = try FileDescriptor.open(dir, O_RDONLY | O_DIRECTORY)
+            #expect(throws: CappedReadError.notRegular) { _ = try regularFileStatus(d, limit: 1 << 20) }
+        }
+    }
+
+    @Test func readMessageStopsAtTheFirstNewlineWhenAsked() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        try FileDescriptor.writeAll(fds[1], Array("status\n".utf8))
+        // The writer stays open: only the newline can end this read.
+        #expect(try readMessage(fds[0], limit: 100, throughNewline: true).get() == Array("status\n".utf8))
+        try FileDescriptor.writeAll(fds[1], Array("0123456789".utf8))
+        close(fds[1])
+        guard case .failure(let e) = readMessage(fds[0], limit: 4) else { Issue.record("read past the limit"); return }
+        #expect(e.code == EFBIG)
+    }
+}
+
+@Suite struct UnixSocketTests {
+    @Test func addressesArePathsWithTheirNulOrAbstractNames() throws {
+        let family = MemoryLayout<sa_family_t>.size
+        #expect(try UnixSocketAddress("/run/x.sock").length == socklen_t(family + 11 + 1))
+        let abstract = try UnixSocketAddress("@kmsfs/x")
+        #expect(abstract.length == socklen_t(family + 8))
+        abstract.withSockaddr { p, _ in
+            p.withMemoryRebound(to: sockaddr_un.self, capacity: 1) { u in
+                withUnsafeBytes(of: u.pointee.sun_path) { #expect($0[0] == 0 && $0[1] == UInt8(ascii: "k")) }
+            }
+        }
+        let tooLong = "/" + String(repeating: "a", count: 108)
+        #expect(throws: Errno.self) { _ = try UnixSocketAddress(tooLong) }
+        #expect(throws: Errno.self) { _ = try UnixSocketAddress("") }
+        #expect(try UnixSocketAddress("/" + String(repeating: "a", count: 106)).length > 0)   // 107 bytes and the NUL fit
+    }
+
+    @Test func listenConnectAndPeerCredentials() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            let path = dir + "/s.sock"
+            let server = try listenUnix(path, mode: 0o600, what: "test socket")
+            defer { close(server) }
+            var st = stat()
+            #expect(lstat(path, &st) == 0 && st.st_mode & 0o777 == 0o600 && st.st_mode & S_IFMT == S_IFSOCK)
+            let client = try unixSocket(SOCK_STREAM)
+            defer { close(client) }
+            #expect(try UnixSocketAddress(path).withSockaddr { connect(client, $0, $1) } == 0)
+            let c = accept(server, nil, nil)
+            defer { close(c) }
+            let cred = peerCredentials(c)
+            #expect(cred?.uid == geteuid() && cred?.gid == getegid() && cred?.pid == getpid())
+            #expect(peerCredentials(-1) == nil)
+        }
+    }
+
+    @Test func listenReplacesAnOldSocketButNoOtherFile() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            let path = dir + "/s.sock"
+            close(try listenUnix(path, mode: 0o600, what: "test socket"))   // a socket left behind
+            close(try listenUnix(path, mode: 0o600, what: "test socket"))
+            writeFile(dir + "/file", "keep")
+            #expect(throws: Errno("test socket \(dir)/file exists and is not a socket", code: EEXIST)) {
+                _ = try listenUnix(dir + "/file", mode: 0o600, what: "test socket")
+            }
+            #expect(try readSmallFile(dir + "/file").get() == Array("keep".utf8))
+        }
+    }
+}
+
+@Suite struct SystemClockTests {
+    @Test func monotonicNeverGoesBackAndSleepSleeps() {
+        let a = SystemClock.monotonic()
+        SystemClock.sleep(0.05)
+        let b = SystemClock.monotonic()
+        #expect(b - a >= 0.05 && b - a < 5)
+        for odd in [-1.0, 0, .nan, -.infinity] {
+            let t = SystemClock.monotonic()
+            SystemClock.sleep(odd)   // returns at once, never traps
+            #expect(SystemClock.monotonic() - t < 0.5)
+        }
+    }
+
+    @Test func wallIsTheEpochClock() {
+        #expect(abs(SystemClock.wall() - Double(time(nil))) < 2)
+        let ts = SystemClock.monotonicTimespec()
+        #expect((0..<1_000_000_000).contains(ts.tv_nsec))
+    }
+}
+
+@Suite struct ProcessTests {
+    @Test func answersOnlyWhileTheProcessLives() {
+        #expect(whileProcessLives(getpid()) { 42 } == 42)
+        #expect(whileProcessLives(0) { 42 } == nil)
+        #expect(whileProcessLives(-5) { 42 } == nil)
+        // A child that has exited and been reaped: its PID names no process.
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("true"), nil]
+        defer { free(argv[0]) }
+        #expect(posix_spawnp(&pid, "true", nil, nil, argv, environ) == 0)
+        var status: Int32 = 0
+        #expect(waitpid(pid, &status, 0) == pid)
+        #expect(whileProcessLives(pid) { 42 } == nil)
+    }
+}
