@@ -362,8 +362,20 @@ public enum Daemon {
         let (entries, bytes) = fs.cache.snapshot
         let c = fs.counterSnapshot
         let k = kms.api.metrics.snapshot
+        let pace = (rate: kms.api.pacer.currentRate, stats: kms.api.pacer.statistics)
         func n(_ v: Int) -> JSONValue { .number(Double(v)) }
         func ms(_ v: Double?) -> JSONValue { v.map { .number(($0 * 1000 * 10).rounded() / 10) } ?? .null }
+        let buckets: JSONValue = .array(zip(CallMetrics.bucketBounds, k.buckets).map { .array([.number($0), n($1)]) })
+        let kmsFields: [(String, JSONValue)] = [
+            ("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
+            ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99)),
+            ("latency_buckets", buckets), ("latency_sum_s", .number(k.latencySum)), ("latency_count", n(k.latencyCount)),
+            ("last_success", k.lastSuccess.map { .number($0.rounded()) } ?? .null),
+        ]
+        // Requests a second while KMS throttles (null: not paced), rate cuts, sends that waited.
+        let pacedRate: JSONValue = pace.rate.map { .number(($0 * 100).rounded() / 100) } ?? .null
+        let pacing: [(String, JSONValue)] = [("paced_rate", pacedRate), ("rate_cuts", n(pace.stats.cuts)),
+                                             ("paced_sends", n(pace.stats.paced))]
         let cache: [JSONValue] = entries.map { e in
             .object([("path", .string(SourceTree.mountPath(ofSource: e.path))), ("size", n(e.size)),
                      ("age_s", .number(e.age.rounded())), ("hits", n(e.hits)), ("format", .string(e.format)),
@@ -393,11 +405,7 @@ public enum Daemon {
             ("counters", .object([("opens", n(c.opens)), ("cache_hits", n(c.cacheHits)), ("decrypts", n(c.decrypts)),
                                   ("shared", n(c.shared)), ("refreshes", n(c.refreshes)), ("denials", n(c.denials)),
                                   ("failures", n(c.failures))])),
-            ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
-                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99)),
-                             ("latency_buckets", .array(zip(CallMetrics.bucketBounds, k.buckets).map { .array([.number($0), n($1)]) })),
-                             ("latency_sum_s", .number(k.latencySum)), ("latency_count", n(k.latencyCount)),
-                             ("last_success", k.lastSuccess.map { .number($0.rounded()) } ?? .null)])),
+            ("kms", .object(kmsFields + pacing)),
             ("watched_directories", n(watcher?.watchCount ?? 0)),
             ("handles", .object([("open", n(fs.handles.count)), ("stale", .array(stale))])),
             ("rotation", .object([("changes", n(r.changes)), ("decrypt_failures", n(r.decryptFailures)),

@@ -628,25 +628,33 @@ public final class SecretFileSystem: @unchecked Sendable {
                 if i.kind == .directory { pending.append((s, m)) } else { files.append((s, m)) }
             }
         }
-        let next = Mutex(0)
         let results = Mutex((ok: 0, failed: 0))
-        let done = ConditionLock()
-        let workers = min(max(parallel, 1), max(files.count, 1))
-        let running = Mutex(workers)
         let maxBytes = configuration.maxCiphertextBytes
         let work = files
+        let one: @Sendable (Int) -> Void = { [self] i in
+            let f = work[i]
+            let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
+            let current = try? tree.stat(f.source)
+            let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
+                self.load(node, maxBytes: maxBytes)
+            }
+            results.withLock { if case .success = r { $0.ok += 1 } else { $0.failed += 1 } }
+        }
+        // One secret first, alone: when a whole fleet boots at once, each
+        // host's first answer (a throttle paces its client) comes before it
+        // sends `parallel` more, so the storm opens with one request a host.
+        guard !work.isEmpty else { return (0, 0) }
+        one(0)
+        let next = Mutex(1)
+        let done = ConditionLock()
+        let workers = min(max(parallel, 1), max(work.count - 1, 1))
+        let running = Mutex(workers)
         for _ in 0..<workers {
-            startThread(name: "kmsfs-prefetch") { [self] in
+            startThread(name: "kmsfs-prefetch") {
                 while true {
                     let i = next.withLock { n -> Int in let v = n; n += 1; return v }
                     guard i < work.count else { break }
-                    let f = work[i]
-                    let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
-                    let current = try? tree.stat(f.source)
-                    let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
-                        self.load(node, maxBytes: maxBytes)
-                    }
-                    results.withLock { if case .success = r { $0.ok += 1 } else { $0.failed += 1 } }
+                    one(i)
                 }
                 done.withLock { running.withLock { $0 -= 1 }; done.broadcast() }
             }

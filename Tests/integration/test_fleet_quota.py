@@ -5,7 +5,9 @@ decrypt with no failed read, and the requests the quota refused must stay a
 small share of those it served: each daemon paces itself once throttled
 (RateAdapter) instead of retrying into the limit. Bounds are generous and
 nothing is timed (the figures are `make bench`'s fleet section)."""
+import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -31,7 +33,7 @@ def fleet(tmp_path, kms):
     return plaintext, sources
 
 
-def test_mounts_sharing_a_quota_prefetch_everything_without_hammering_it(fleet, kms, proxy, mount_factory):
+def test_mounts_sharing_a_quota_prefetch_everything_without_hammering_it(fleet, kms, proxy, mount_factory, kmsfs_bin):
     plaintext, sources = fleet
     proxy.quota = TokenBucket(QUOTA, 3)
     env = kms.base_env(endpoint=proxy.url)
@@ -60,3 +62,9 @@ def test_mounts_sharing_a_quota_prefetch_everything_without_hammering_it(fleet, 
     # ... and the daemons slowed down to it rather than retrying into it:
     # without pacing this ratio was 3-5 (the retries' jittered backoff alone).
     assert sent / served <= 2.0, (sent, served)
+    # Each daemon says it paced itself (kmsfs status: the rate it cut to).
+    for m in mounts:
+        st = json.loads(subprocess.run([kmsfs_bin, "status", "--json", m.path], capture_output=True, text=True,
+                                       timeout=30, check=True).stdout)
+        assert st["kms"]["rate_cuts"] >= 1, st["kms"]
+        assert st["kms"]["paced_rate"] is None or 0.5 <= st["kms"]["paced_rate"] <= 10 * QUOTA, st["kms"]
