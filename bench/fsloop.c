@@ -20,9 +20,10 @@
  *                                               random until SECONDS pass; prints
  *                                               "ops N failed F p50_ns A p99_ns B max_ns C"
  *   fsloop fleet RETRY_MS LISTFILE              one reader, as a service at boot: reads
- *                                               every file in turn to EOF; a failed open
- *                                               or read is counted and that file tried
- *                                               again RETRY_MS later; prints
+ *                                               every file in turn to EOF; an open or read
+ *                                               failing with EIO is counted and that file
+ *                                               tried again RETRY_MS later (any other
+ *                                               error ends the reader); prints
  *                                               "ok N failed F wall_ns W"
  *
  * A failed open or read is counted (storm, soak) or is fatal (hot, once):
@@ -352,7 +353,14 @@ static int cmd_fleet(int argc, char **argv)
         line[strcspn(line, "\n")] = 0;
         if (!line[0])
             continue;
-        while (read_file(line, 1, buf, sizeof buf) <= 0) {
+        long got;
+        while ((got = read_file(line, 1, buf, sizeof buf)) <= 0) {
+            /* EIO is kmsfs's answer when KMS failed; anything else (the
+             * mount gone: ENOENT, ENOTCONN) ends the reader. */
+            if (got != -EIO) {
+                fprintf(stderr, "fsloop: %s: %s\n", line, got < 0 ? strerror((int)-got) : "empty read");
+                return 1;
+            }
             failed++;
             struct timespec ts = { retry_ms / 1000, (retry_ms % 1000) * 1000000L };
             nanosleep(&ts, NULL);

@@ -66,6 +66,7 @@ class KMSProxy:
         self.body_policy = None                 # optional (n, target, body) -> fault; wins over policy
         self.quota = None                       # optional TokenBucket, applied before any fault
         self.statuses = {}                      # target -> {HTTP status of the answer: count}
+        self.undelivered = 0                    # answers the client had hung up before (its attempt timed out)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -123,9 +124,18 @@ class KMSProxy:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client gave up on this attempt (its timeout) before
+                    # the answer came: KMS did the work, nobody got it.
+                    with proxy.lock:
+                        proxy.undelivered += 1
+                    self.close_connection = True
+                    return
+                finally:
+                    conn.close()
                 proxy._answered(target, resp.status)
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -162,6 +172,7 @@ class KMSProxy:
             self.requests.clear()
             self.connections = 0
             self.statuses.clear()
+            self.undelivered = 0
             self.quota = None
             self.policy = lambda n, target: None
             self.body_policy = None
