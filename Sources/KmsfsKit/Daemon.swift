@@ -222,19 +222,23 @@ public enum Daemon {
             _ = stat(mountpoint, &st)
             if prefetch {
                 let t0 = SystemClock.monotonic()
-                var (ok, failed) = fs.prefetch(parallel: 8)
+                let first = fs.prefetch(parallel: 8)
+                var (ok, failed, retry) = (first.ok, first.failed, first.unavailable)
                 // Under a saturated quota some calls outlast their deadline
-                // waiting for a turn: passes over what is left, while each
-                // still makes progress, before saying ready.
-                for _ in 0..<4 where failed > 0 {
-                    let before = ok
-                    (ok, failed) = fs.prefetch(parallel: 4)
-                    if ok == before { break }
+                // waiting for a turn: passes over those (KMS unavailable, not
+                // bad files or refusals), while each still makes progress,
+                // before saying ready.
+                for _ in 0..<4 where !retry.isEmpty {
+                    let pass = fs.prefetch(parallel: 4, only: retry)
+                    if pass.ok == 0 { break }
+                    (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
                 }
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
-                if failed > 0 {
-                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying those again in the background")
-                    Daemon.finishPrefetch(fs: fs)
+                if !retry.isEmpty {
+                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
+                    Daemon.finishPrefetch(fs: fs, retry: retry)
+                } else if failed > 0 {
+                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
                 } else {
                     Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
                 }
@@ -308,19 +312,21 @@ public enum Daemon {
     /// few rounds with growing pauses, while the mount already serves: an
     /// open of one of them meanwhile decrypts it itself (or fails within
     /// `timeout=`), and the rounds only find the rest in the cache.
-    static func finishPrefetch(fs: SecretFileSystem, rounds: Int = 6, firstPause: Double = 2) {
+    static func finishPrefetch(fs: SecretFileSystem, retry first: [String], rounds: Int = 6, firstPause: Double = 2) {
         startThread(name: "kmsfs-prefetch") {
             var pause = firstPause
+            var retry = first
             for round in 1...max(1, rounds) {
-                Clock.system.sleep(pause)
+                SystemClock.sleep(pause)
                 let t0 = SystemClock.monotonic()
-                let (ok, failed) = fs.prefetch(parallel: 2)
+                let r = fs.prefetch(parallel: 2, only: retry)
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
-                if failed == 0 {
-                    Log.notice("prefetch: all \(ok) secrets decrypted after \(round) more round\(round == 1 ? "" : "s") (\(ms) ms)")
+                retry = r.unavailable
+                if retry.isEmpty {
+                    Log.notice("prefetch: the rest decrypted after \(round) more round\(round == 1 ? "" : "s") (\(r.ok) secrets, \(ms) ms)")
                     return
                 }
-                Log.warning("prefetch round \(round + 1): \(failed) secrets still failed")
+                Log.warning("prefetch round \(round + 1): \(retry.count) secrets still failed")
                 pause = min(pause * 2, 60)
             }
         }
