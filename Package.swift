@@ -63,6 +63,7 @@ let package = Package(
         .testTarget(name: "SecretFSTests", dependencies: ["SecretFS", "SecureMemory"]),
         .testTarget(name: "KmsfsKitTests", dependencies: ["KmsfsKit", "SecretFS", "AWS", "FUSEBridge", "Log", "System", "SecureMemory"]),
         .testTarget(name: "LogTests", dependencies: ["Log", "System"]),
+        .testTarget(name: "FUSEBridgeTests", dependencies: ["FUSEBridge", "CFuse"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 
 /// A set of AWS credentials. The secret access key and the session token
@@ -84,25 +85,18 @@ public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Why credentials could not be had.
-public struct CredentialError: Error, CustomStringConvertible, Sendable, Equatable {
-    public enum Kind: Sendable, Equatable {
-        /// This provider has nothing to offer here; the chain tries the next.
-        case notConfigured
-        /// This provider is configured but failed; the chain stops and reports.
-        case failed
-    }
-    public var kind: Kind
-    public var message: String
+public typealias CredentialError = Failure<CredentialErrorKind>
 
-    public init(_ kind: Kind, _ message: String) {
-        self.kind = kind
-        self.message = message
-    }
+public enum CredentialErrorKind: Sendable, Equatable {
+    /// This provider has nothing to offer here; the chain tries the next.
+    case notConfigured
+    /// This provider is configured but failed; the chain stops and reports.
+    case failed
+}
 
+extension Failure where Kind == CredentialErrorKind {
     public static func notConfigured(_ m: String) -> CredentialError { .init(.notConfigured, m) }
     public static func failed(_ m: String) -> CredentialError { .init(.failed, m) }
-
-    public var description: String { message }
 }
 
 /// A source of credentials. Providers that fetch temporary credentials are

@@ -297,7 +297,7 @@ private final class EasyHandle: @unchecked Sendable {
         return HTTPResponse(status: status != 0 ? status : ctx.status, headers: ctx.headers, body: body)
     }
 
-    static func kind(of rc: CURLcode) -> TransportError.Kind {
+    static func kind(of rc: CURLcode) -> TransportErrorKind {
         switch rc {
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY:
             return .connect

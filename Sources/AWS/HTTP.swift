@@ -1,3 +1,4 @@
+import System
 import SecureMemory
 #if canImport(Glibc)
 import Glibc
@@ -72,24 +73,15 @@ public struct HTTPResponse: Sendable {
 }
 
 /// A transport failure (no HTTP response at all).
-public struct TransportError: Error, CustomStringConvertible, Sendable, Equatable {
-    public enum Kind: String, Sendable {
-        case connect       // refused, unreachable, DNS
-        case timeout
-        case tls
-        case io            // reset, truncated, nothing received
-        case tooLarge      // response over the body limit
-        case other
-    }
-    public var kind: Kind
-    public var message: String
+public typealias TransportError = Failure<TransportErrorKind>
 
-    public init(_ kind: Kind, _ message: String) {
-        self.kind = kind
-        self.message = message
-    }
-
-    public var description: String { message }
+public enum TransportErrorKind: String, Sendable {
+    case connect       // refused, unreachable, DNS
+    case timeout
+    case tls
+    case io            // reset, truncated, nothing received
+    case tooLarge      // response over the body limit
+    case other
 }
 
 /// Sends one request and returns the response; thread-safe, blocking.

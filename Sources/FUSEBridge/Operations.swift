@@ -186,6 +186,35 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
     }
 }
 
+/// fi->fh holds one retained Swift object per open file (`OpenSecret`) or
+/// directory (`OpenDirectory`): stored when the open is answered, borrowed
+/// by read and readdir, released once by release and releasedir. These
+/// three are the only places fh is cast.
+extension UnsafeMutablePointer where Pointee == fuse_file_info {
+    /// Stores `object`, retained, in fh; release the result if the open
+    /// cannot be answered (the kernel will then never send release).
+    @inline(__always)
+    func storeHandle<T: AnyObject>(_ object: T) -> Unmanaged<T> {
+        let ref = Unmanaged.passRetained(object)
+        pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
+        return ref
+    }
+
+    /// The object stored at open, borrowed; nil when fh holds none.
+    @inline(__always)
+    func handle<T: AnyObject>(_ type: T.Type) -> T? {
+        guard let raw = UnsafeRawPointer(bitPattern: UInt(pointee.fh)) else { return nil }
+        return Unmanaged<T>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    /// Releases the object stored at open (at release, once).
+    @inline(__always)
+    func releaseHandle<T: AnyObject>(_ type: T.Type) {
+        guard let raw = UnsafeRawPointer(bitPattern: UInt(pointee.fh)) else { return }
+        Unmanaged<T>.fromOpaque(raw).release()
+    }
+}
+
 /// Answers an open with its handle (direct I/O) or its errno.
 private func answerOpen(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>, _ result: Result<OpenSecret, FSError>) {
     switch result {
@@ -193,8 +222,7 @@ private func answerOpen(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file
         // Direct I/O: the kernel's page cache never holds plaintext, and
         // every read comes here.
         kmsfs_fi_set_open_flags(fi, 1, 0, 0)
-        let ref = Unmanaged.passRetained(handle)
-        fi.pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
+        let ref = fi.storeHandle(handle)
         if fuse_reply_open(req, fi) != 0 {
             // The opener went away (interrupted): the kernel will not release it.
             ref.release()
@@ -223,8 +251,7 @@ private final class ParkedOpen: @unchecked Sendable {
 
 let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, size, offset, fi in
     let ctx = context(req)
-    guard let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) else { reply(req, error: EBADF); return }
-    let handle = Unmanaged<OpenSecret>.fromOpaque(raw).takeUnretainedValue()
+    guard let handle = fi!.handle(OpenSecret.self) else { reply(req, error: EBADF); return }
     let plaintext = handle.plaintext
     let total = plaintext.count
     let start = min(Int(max(offset, 0)), total)
@@ -257,9 +284,7 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
 
 let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     let session = context(req).session   // the request is gone once answered
-    if let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) {
-        Unmanaged<OpenSecret>.fromOpaque(raw).release()
-    }
+    fi!.releaseHandle(OpenSecret.self)
     reply(req, error: 0)
     // Direct I/O keeps plaintext out of the page cache, except for a
     // private mmap(2), which the kernel serves through it. The last close
@@ -278,23 +303,17 @@ let opOpendir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     debugLog(req, "opendir ino=\(ino)")
     switch context(req).fs.openDirectory(ino) {
     case .success(let dir):
-        let ref = Unmanaged.passRetained(dir)
-        fi!.pointee.fh = UInt64(UInt(bitPattern: ref.toOpaque()))
+        let ref = fi!.storeHandle(dir)
         if fuse_reply_open(req, fi) != 0 { ref.release() }
     case .failure(let err):
         reply(req, error: err.code)
     }
 }
 
-private func directory(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenDirectory? {
-    guard let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) else { return nil }
-    return Unmanaged<OpenDirectory>.fromOpaque(raw).takeUnretainedValue()
-}
-
 private func fillDirectory(_ req: fuse_req_t?, _ size: Int, _ offset: off_t,
                            _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
     let ctx = context(req)
-    guard let dir = directory(fi) else { reply(req, error: EBADF); return }
+    guard let dir = fi!.handle(OpenDirectory.self) else { reply(req, error: EBADF); return }
     var buf = [CChar](repeating: 0, count: size)
     var used = 0
     // Offsets: 0 ".", 1 "..", then items; an entry's offset is the next one's index.
@@ -351,9 +370,7 @@ let opReaddirplus: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMu
 }
 
 let opReleasedir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, _, fi in
-    if let raw = UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh)) {
-        Unmanaged<OpenDirectory>.fromOpaque(raw).release()
-    }
+    fi!.releaseHandle(OpenDirectory.self)
     reply(req, error: 0)
 }
 

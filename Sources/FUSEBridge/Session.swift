@@ -61,18 +61,6 @@ public final class FUSESession: @unchecked Sendable {
     /// The same event for a thread that waits on it (a pthread condition,
     /// which ThreadSanitizer sees, unlike Swift's atomics).
     private let loopEnded = ConditionLock()
-    private var connectionId: UInt32?
-
-    /// Blocks the signals the daemon handles synchronously; call before any
-    /// thread starts so every thread inherits the mask.
-    public static func blockDaemonSignals() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for s in [SIGHUP, SIGTERM, SIGINT, SIGUSR1] { sigaddset(&set, s) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        // A reader that went away must not kill the daemon.
-        signal(SIGPIPE, SIG_IGN)
-    }
 
     public init(fs: SecretFileSystem, options: Options) throws(FUSEError) {
         self.options = options
@@ -103,10 +91,9 @@ public final class FUSESession: @unchecked Sendable {
         fuse_session_destroy(session)
     }
 
-    /// Mounts at the mountpoint. A stale kmsfs mount left there by a crashed
-    /// instance ("Transport endpoint is not connected") is detached first.
+    /// Mounts at the mountpoint (the daemon has detached a stale mount
+    /// left there first: `MountTable.recoverStaleMount`).
     public func mount() throws(FUSEError) {
-        try recoverStaleMount()
         var st = stat()
         if stat(options.mountpoint, &st) != 0 {
             throw FUSEError("mountpoint \(options.mountpoint): \(Errno.text(Errno.current))")
@@ -119,66 +106,11 @@ public final class FUSESession: @unchecked Sendable {
             throw FUSEError("cannot mount on \(options.mountpoint): is /dev/fuse available and are you root (or is fusermount3 installed)?")
         }
         mounted.store(true, ordering: .sequentiallyConsistent)
-        // Not stat(): nothing answers on the mount until the loop runs.
-        connectionId = FUSESession.deviceMinor(of: options.mountpoint)
     }
 
-    /// A FUSE mount left at the mountpoint by a crashed instance answers
-    /// ENOTCONN ("Transport endpoint is not connected"): detach it, so a
-    /// restart (systemd Restart=on-failure) mounts again. A live mount there
-    /// is an error. (stat() is no test: the kernel may answer it from cache.)
-    private func recoverStaleMount() throws(FUSEError) {
-        guard let fstype = FUSESession.mountType(at: options.mountpoint), fstype.hasPrefix("fuse") else { return }
-        let fd = open(options.mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 {
-            close(fd)
-            throw FUSEError("\(options.mountpoint) is already mounted (\(fstype)); unmount it first (fusermount3 -u \(options.mountpoint))")
-        }
-        let e = Errno.current
-        guard e == ENOTCONN || e == ECONNABORTED else {
-            throw FUSEError("mountpoint \(options.mountpoint): \(Errno.text(e))")
-        }
-        Log.notice("\(options.mountpoint): stale FUSE mount from a previous instance; detaching it")
-        if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 {
-            throw FUSEError("mountpoint \(options.mountpoint) holds a stale FUSE mount that cannot be detached (\(Errno("umount2"))); run: fusermount3 -uz \(options.mountpoint)")
-        }
-    }
-
-    /// The filesystem type mounted at `path` (the last mount there wins).
-    static func mountType(at path: String) -> String? {
-        mountinfo().last { $0.mountpoint == path }?.fstype
-    }
-
-    static func mountinfo() -> [(mountpoint: String, device: String, fstype: String)] {
-        guard let f = fopen("/proc/self/mountinfo", "re") else { return [] }
-        defer { fclose(f) }
-        var line: UnsafeMutablePointer<CChar>? = nil
-        var cap = 0
-        defer { free(line) }
-        var out: [(String, String, String)] = []
-        while getline(&line, &cap, f) > 0 {
-            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            let fields = String(cString: line!).split(separator: " ")
-            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
-            out.append((String(fields[4]).replacing("\\040", with: " "), String(fields[2]), String(fields[dash + 1])))
-        }
-        return out
-    }
-
-    /// The minor device number of the mount at `path` (the FUSE connection
-    /// number in /sys/fs/fuse/connections), from /proc/self/mountinfo.
-    static func deviceMinor(of path: String) -> UInt32? {
-        guard let m = mountinfo().last(where: { $0.mountpoint == path }) else { return nil }
-        let mm = m.device.split(separator: ":")
-        return mm.count == 2 ? UInt32(mm[1]) : nil
-    }
-
-    /// Serves until unmounted or told to stop. `onReload` runs on SIGHUP;
-    /// `onStop` runs once, after no new request can be served and before
-    /// the process exits, to wipe every plaintext. Returns the exit status.
-    public func serve(onServing: () -> Void, onReload: @escaping @Sendable () -> Void,
-                      onStop: @escaping @Sendable () -> Void) -> Int32 {
-        let mainThread = pthread_self()
+    /// Starts the libfuse loop on a thread of its own; `onEnd` runs on
+    /// that thread once the loop has ended (unmounted, or `exit()`).
+    public func startLoop(onEnd: @escaping @Sendable () -> Void) {
         setenv("FUSE_THREAD_STACK", "524288", 1)
         let maxThreads = UInt32(options.maxThreads)
         let maxIdle = UInt32(options.maxIdleThreads)
@@ -190,65 +122,39 @@ public final class FUSESession: @unchecked Sendable {
                 loopDone.store(true, ordering: .sequentiallyConsistent)
                 loopEnded.broadcast()
             }
-            pthread_kill(mainThread, SIGUSR1)
-        }
-        onServing()
-
-        var set = sigset_t()
-        sigemptyset(&set)
-        for s in [SIGHUP, SIGTERM, SIGINT, SIGUSR1] { sigaddset(&set, s) }
-        while true {
-            var sig: Int32 = 0
-            guard sigwait(&set, &sig) == 0 else { continue }
-            switch sig {
-            case SIGHUP:
-                Log.notice("SIGHUP: reloading")
-                onReload()
-            case SIGTERM, SIGINT:
-                Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(options.mountpoint)")
-                stop()
-                // Let requests in flight finish (the aborted connection ends
-                // the loop) before onStop wipes what they may be reading;
-                // bounded, since a worker may be waiting on KMS.
-                let deadline = SystemClock.monotonic() + 5
-                loopEnded.withLock {
-                    while !loopDone.load(ordering: .sequentiallyConsistent) && SystemClock.monotonic() < deadline {
-                        loopEnded.wait(seconds: deadline - SystemClock.monotonic())
-                    }
-                }
-                onStop()
-                return 0
-            case SIGUSR1:
-                if loopEnded.withLock({ loopDone.load(ordering: .sequentiallyConsistent) }) {
-                    Log.notice("\(options.mountpoint) was unmounted; wiping cached secrets and exiting")
-                    onStop()
-                    if mounted.exchange(false, ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
-                    return 0
-                }
-            default:
-                break
-            }
+            onEnd()
         }
     }
 
-    /// Stops serving: no request after this sees plaintext.
-    private func stop() {
-        // Opens still queued for KMS answer EIO now; those mid-call answer
-        // into the aborted connection below.
+    /// Whether the loop has ended.
+    public var loopHasEnded: Bool { loopEnded.withLock { loopDone.load(ordering: .sequentiallyConsistent) } }
+
+    /// Waits at most `seconds` for the loop to end (requests in flight
+    /// finish first); false if it has not.
+    @discardableResult
+    public func waitForLoopEnd(seconds: Double) -> Bool {
+        let deadline = SystemClock.monotonic() + seconds
+        return loopEnded.withLock {
+            while !loopDone.load(ordering: .sequentiallyConsistent) && SystemClock.monotonic() < deadline {
+                loopEnded.wait(seconds: deadline - SystemClock.monotonic())
+            }
+            return loopDone.load(ordering: .sequentiallyConsistent)
+        }
+    }
+
+    /// Stops serving: opens still queued for KMS answer EIO now (those
+    /// mid-call answer into a connection the daemon then aborts), the loop
+    /// is told to exit, and the mount is detached lazily (the name goes
+    /// away now; open files keep the connection until it is aborted).
+    public func exit() {
         context.opens.stop(waiting: 0.2)
         fuse_session_exit(session)
-        if mounted.exchange(false, ordering: .sequentiallyConsistent) {
-            fuse_session_unmount(session)   // lazy: the name goes away now
-        }
-        // Open files keep a lazily-unmounted FUSE connection alive; abort
-        // it so nothing more is served.
-        if let id = connectionId {
-            let fd = open("/sys/fs/fuse/connections/\(id)/abort", O_WRONLY | O_CLOEXEC)
-            if fd >= 0 {
-                _ = write(fd, "1", 1)
-                close(fd)
-            }
-        }
+        unmount()
+    }
+
+    /// Detaches the mount if this session still holds it.
+    public func unmount() {
+        if mounted.exchange(false, ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
     }
 
     // MARK: Kernel cache invalidation (the live mirror)

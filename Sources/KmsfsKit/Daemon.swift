@@ -78,7 +78,7 @@ public enum Daemon {
                 report.fail("cannot lock memory (\(e); RLIMIT_MEMLOCK is \(limit)): run as root or with CAP_IPC_LOCK, or raise the limit (LimitMEMLOCK=infinity under systemd, ulimit -l unlimited); -o insecure_allow_unlocked runs without locking")
             }
         }
-        FUSESession.blockDaemonSignals()
+        DaemonSignals.block()
         ProcessHardening.limitMallocArenas(2)
 
         let env = Environment.process()
@@ -154,10 +154,12 @@ public enum Daemon {
         let session: FUSESession
         do {
             session = try FUSESession(fs: fs, options: sessionOptions)
+            try MountTable.recoverStaleMount(at: sessionOptions.mountpoint)
             try session.mount()
         } catch {
             report.fail(error.message)
         }
+        let connection = MountTable.connection(of: sessionOptions.mountpoint)
         fs.cache.startSweeper()
         fs.notifier = session
         var liveWatcher: SourceWatcher? = nil
@@ -216,7 +218,7 @@ public enum Daemon {
 
         let mountpoint = request.mountpoint
         let prefetch = options.prefetch
-        let status = session.serve(onServing: {
+        let status = DaemonSignals.serve(session, connection: connection, onServing: {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)

@@ -13,7 +13,7 @@ public struct KMSDecryptor: SecretDecrypting {
             let d = try decoder.decrypt(ciphertext, path: path)
             return .success(DecryptedSecret(plaintext: d.plaintext, format: d.formatDetail, keyId: d.keyId))
         } catch {
-            let kind: DecryptFailure.Kind = error.isUnavailable ? .unavailable : (error.isRefusal ? .refused : .badInput)
+            let kind: DecryptFailureKind = error.isUnavailable ? .unavailable : (error.isRefusal ? .refused : .badInput)
             return .failure(DecryptFailure(kind, error.description))
         }
     }

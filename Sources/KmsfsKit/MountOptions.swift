@@ -95,14 +95,6 @@ public struct MountOptions: Sendable {
 
     public init() {}
 
-    /// Options mount(8), mount.fuse3 and fstab pass that mean nothing here.
-    static let ignoredOptions: Set<String> = [
-        "_netdev", "nofail", "auto", "noauto", "user", "users", "nouser", "owner", "group", "defaults",
-        "rw", "ro", "dev", "nodev", "suid", "nosuid", "atime", "noatime", "relatime", "norelatime",
-        "strictatime", "nostrictatime", "diratime", "nodiratime", "async", "sync", "dirsync",
-        "lazytime", "nolazytime", "silent", "loud", "allow_other", "comment", "remount",
-    ]
-
     /// Parses every `-o` argument (each a comma-separated list; `\,` is a
     /// literal comma).
     public static func parse(_ arguments: [String]) throws(OptionError) -> MountOptions {
@@ -149,54 +141,16 @@ public struct MountOptions: Sendable {
         return (raw, new)
     }
 
-    /// The first option, by name, whose value differs and that only takes
-    /// effect at mount: the KMS client, memory, FUSE session, log and audit
-    /// targets, and what a ciphertext must carry (plaintexts already cached
-    /// were checked against the old requirement).
+    /// The first option, by name, whose value differs and that only a
+    /// mount sets (`OptionScope.mountOnly` in the table, in its order).
     static func fixedOptionChanged(from a: MountOptions, to b: MountOptions) -> String? {
-        if a.region != b.region { return "region" }
-        if a.endpoint != b.endpoint { return "endpoint" }
-        if a.profile != b.profile { return "profile" }
-        if a.caBundle != b.caBundle { return "ca_bundle" }
-        if a.maxAttempts != b.maxAttempts { return "retries" }
-        if a.kmsTimeout != b.kmsTimeout { return "timeout" }
-        if a.kmsRate != b.kmsRate { return "kms_rate" }
-        if a.threads != b.threads { return "threads" }
-        if a.maxInflight != b.maxInflight { return "max_inflight" }
-        if a.insecureAllowUnlocked != b.insecureAllowUnlocked { return "insecure_allow_unlocked" }
-        if a.noMemfdSecret != b.noMemfdSecret { return "no_memfd_secret" }
-        if a.exec != b.exec { return "exec" }
-        if a.audit != b.audit { return "audit" }
-        if a.log != b.log { return "log" }
-        if a.requireBinding != b.requireBinding { return "require_binding" }
-        if a.kmsKeys != b.kmsKeys { return "kms_key" }
-        if a.maxEncryptedDataKeys != b.maxEncryptedDataKeys { return "max_encrypted_data_keys" }
-        if a.metrics != b.metrics { return "metrics" }
-        if a.credentialSocket != b.credentialSocket { return "credential_socket" }
-        if a.settle != b.settle { return "settle" }
-        if !a.requiredContext.elementsEqual(b.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) { return "context" }
-        return nil
+        table.first { if case .mountOnly = $0.scope { return !$0.same(a, b) }; return false }?.name
     }
 
     /// An option's name with its aliases folded (`allow_user=x` → `allow_uid`).
     static func canonicalName(_ item: String) -> String {
         let key = item.firstIndex(of: "=").map { String(item[..<$0]) } ?? item
-        switch key {
-        case "allow_user", "allow_users": return "allow_uid"
-        case "allow_group", "allow_groups": return "allow_gid"
-        case "allow_units": return "allow_unit"
-        case "file_mode": return "mode"
-        case "endpoint_url": return "endpoint"
-        case "kms_context": return "context"
-        case "cache_size": return "cache_max"
-        case "max_threads": return "threads"
-        case "stale_window": return "stale"
-        case "insecure_unlocked_memory": return "insecure_allow_unlocked"
-        case "max_attempts": return "retries"
-        case "kms_timeout": return "timeout"
-        case "noexec": return "exec"
-        default: return key
-        }
+        return optionsBySpelling[key]?.name ?? key
     }
 
     /// The inverse of `splitOptions` for one item.
@@ -233,179 +187,11 @@ public struct MountOptions: Sendable {
             key = item
             value = nil
         }
-        if value == nil, MountOptions.ignoredOptions.contains(key) || key.hasPrefix("x-systemd.") || key.hasPrefix("x-") {
-            ignored.append(key)
-            return
-        }
-        if key.hasPrefix("x-") || key == "comment" { ignored.append(key); return }
-
-        func need() throws(OptionError) -> String {
-            guard let v = value, !v.isEmpty else { throw OptionError("option '\(key)' needs a value (\(key)=...)") }
-            return v
-        }
-        func noValue() throws(OptionError) {
-            if value != nil { throw OptionError("option '\(key)' takes no value") }
-        }
-        func list() throws(OptionError) -> [String] {
-            let parts = try need().split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-            if parts.contains(where: \.isEmpty) { throw OptionError("option '\(key)=\(value!)' has an empty entry; separate names with ':'") }
-            return parts
-        }
-        func seconds(_ range: ClosedRange<Double>, orZero: String? = nil) throws(OptionError) -> Double {
-            let v = try need()
-            guard let d = MountOptions.parseDuration(v), range.contains(d) || (orZero != nil && d == 0) else {
-                let zero = orZero.map { " (or 0: \($0))" } ?? ""
-                throw OptionError("option '\(key)=\(v)': expected seconds from \(MountOptions.showSeconds(range.lowerBound)) to \(MountOptions.showSeconds(range.upperBound))\(zero), such as 300, 5m, 1h")
-            }
-            return d
-        }
-        func bytes(_ range: ClosedRange<Int>) throws(OptionError) -> Int {
-            let v = try need()
-            guard let n = MountOptions.parseSize(v), range.contains(n) else {
-                throw OptionError("option '\(key)=\(v)': expected a size in bytes from \(MountOptions.showSize(range.lowerBound)) to \(MountOptions.showSize(range.upperBound)), such as 65536, 64K, 64M")
-            }
-            return n
-        }
-        func octal() throws(OptionError) -> UInt32 {
-            let v = try need()
-            guard v.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "7")).contains($0) }),
-                  let m = UInt32(v, radix: 8), m <= 0o7777 else {
-                throw OptionError("option '\(key)=\(v)': expected an octal mode such as 0440")
-            }
-            if m & 0o222 != 0 { throw OptionError("option '\(key)=\(v)': the tree is read-only; a mode has no write bits (try \(String(m & ~0o222, radix: 8)))") }
-            if m & 0o7000 != 0 { throw OptionError("option '\(key)=\(v)': setuid, setgid and sticky bits are not allowed") }
-            return m
-        }
-        func positiveInt(_ range: ClosedRange<Int>) throws(OptionError) -> Int {
-            let v = try need()
-            guard v.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
-                  let n = Int(v), range.contains(n) else {
-                throw OptionError("option '\(key)=\(v)': expected a whole number from \(range.lowerBound) to \(range.upperBound)")
-            }
-            return n
-        }
-
-        switch key {
-        case "allow_uid", "allow_user", "allow_users": allowUsers += try list()
-        case "allow_gid", "allow_group", "allow_groups": allowGroups += try list()
-        case "allow_unit", "allow_units":
-            for u in try list() {
-                guard SystemdUnitName.isValid(u) else {
-                    throw OptionError("option 'allow_unit=\(value!)': '\(u)' is not a systemd unit name (such as nginx.service); separate units with ':'")
-                }
-                allowUnits.append(SystemdUnitName.normalized(u))
-            }
-        case "uid": uid = try need()
-        case "gid": gid = try need()
-        case "mode", "file_mode": mode = try octal()
-        case "dir_mode": dirMode = try octal()
-        case "policy":
-            let v = try need()
-            guard v.hasPrefix("/") else { throw OptionError("option 'policy=\(v)': give the policy file's absolute path") }
-            policyFile = v
-        case "region":
-            let v = try need()
-            guard v.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
-                throw OptionError("option 'region=\(v)': not a region name (such as eu-west-1)")
-            }
-            region = v
-        case "endpoint", "endpoint_url":
-            let v = try need()
-            guard URLParts(v) != nil else {
-                throw OptionError("option 'endpoint=\(v)': expected a URL such as https://kms.eu-west-1.amazonaws.com")
-            }
-            endpoint = v
-        case "profile": profile = try need()
-        case "ttl":
-            let s = try seconds(Limits.ttl, orZero: "keep until unmount")
-            ttl = s == 0 ? nil : s
-        case "audit":
-            let v = try need()
-            switch v {
-            case "stderr": audit = .stderr
-            case "syslog": audit = .syslog
-            case "off", "none": audit = .off
-            default:
-                let path = v.hasPrefix("file:") ? String(v.dropFirst(5)) : v
-                guard path.hasPrefix("/") else {
-                    throw OptionError("option 'audit=\(v)': expected stderr, syslog, off or an absolute file path")
-                }
-                audit = .file(path)
-            }
-        case "log":
-            let v = try need()
-            switch v {
-            case "stderr": log = .stderr
-            case "syslog": log = .syslog
-            default:
-                guard v.hasPrefix("/") else { throw OptionError("option 'log=\(v)': expected stderr, syslog or an absolute file path") }
-                log = .file(v)
-            }
-        case "context", "kms_context":   // mount(8) keeps context= for SELinux: fstab says kms_context=
-            let v = try need()
-            guard let eq = v.firstIndex(of: "="), eq != v.startIndex else {
-                throw OptionError("option 'context=\(v)': expected context=KEY=VALUE")
-            }
-            requiredContext.append((String(v[..<eq]), String(v[v.index(after: eq)...])))
-        case "max_size": maxCiphertextBytes = try bytes(Limits.maxSize)
-        case "cache_max", "cache_size": cacheMaxBytes = try bytes(Limits.cacheMax)
-        case "threads", "max_threads": threads = try positiveInt(Limits.threads)
-        case "max_inflight": maxInflight = try positiveInt(Limits.maxInflight)
-        case "prefetch": try noValue(); prefetch = true
-        case "stale", "stale_window": staleWindow = try seconds(Limits.stale)
-        case "insecure_allow_unlocked", "insecure_unlocked_memory": try noValue(); insecureAllowUnlocked = true
-        case "no_memfd_secret": try noValue(); noMemfdSecret = true
-        case "require_binding": try noValue(); requireBinding = true
-        case "kms_key":
-            let v = try need()
-            do { kmsKeys = try kmsKeys.adding(v) } catch {
-                throw OptionError("option 'kms_key=\(v)': \(error.message)")
-            }
-        case "max_encrypted_data_keys": maxEncryptedDataKeys = try positiveInt(EncryptionSDKMessage.maxEncryptedDataKeysRange)
-        case "exec": try noValue(); exec = true
-        case "noexec": try noValue(); exec = false
-        case "retries", "max_attempts": maxAttempts = try positiveInt(Limits.retries)
-        case "timeout", "kms_timeout": kmsTimeout = try seconds(Limits.timeout)
-        case "kms_rate":
-            let v = try need()
-            guard let r = MountOptions.parseDuration(v), !v.contains(where: \.isLetter),
-                  Limits.kmsRate.contains(r) || r == 0 else {
-                throw OptionError("option 'kms_rate=\(v)': expected KMS requests a second from \(MountOptions.showRate(Limits.kmsRate.lowerBound)) to \(MountOptions.showRate(Limits.kmsRate.upperBound)) (or 0: no ceiling), such as 5 or 0.5")
-            }
-            kmsRate = r == 0 ? nil : r
-        case "ca_bundle":
-            let v = try need()
-            guard v.hasPrefix("/") else { throw OptionError("option 'ca_bundle=\(v)': give an absolute path") }
-            caBundle = v
-        case "metrics":
-            switch MetricsAddress.parse(try need()) {
-            case .success(let a): metrics = a
-            case .failure(let e): throw e
-            }
-        case "metrics_per_secret": try noValue(); metricsPerSecret = true
-        case "credential_socket":
-            let v = try need()
-            guard v.hasPrefix("/"), v.utf8.count < 108 else {
-                throw OptionError("option 'credential_socket=\(v)': give the socket's absolute path (at most 107 bytes), such as /run/kmsfs/credentials.sock")
-            }
-            credentialSocket = v
-        case "reload":
-            let v = try need()
-            let units = v.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
-            for u in units where !ChangeTargets.validUnit(u) {
-                throw OptionError("option 'reload=\(v)': '\(u)' is not a systemd unit name (such as nginx.service); separate units with '+'")
-            }
-            reloadUnits = units
-        case "on_change":
-            let v = try need()
-            guard v.hasPrefix("/") else { throw OptionError("option 'on_change=\(v)': give the program's absolute path (it is run without a shell)") }
-            onChange = v
-        case "settle": settle = try seconds(Limits.settle)
-        case "default_permissions":
-            throw OptionError("option 'default_permissions' is not supported: kmsfs decides access itself in every open (see allow_uid=, allow_gid=, policy=)")
-        default:
-            throw OptionError("unknown option '\(item)' (see kmsfs --help or man 8 kmsfs)")
-        }
+        let spec = MountOptions.optionsBySpelling[key]
+        if case .dropped = spec?.scope, value == nil || key == "comment" { ignored.append(key); return }
+        if key.hasPrefix("x-") { ignored.append(key); return }   // x-systemd.*, x-gvfs-*, ...
+        guard let spec, spec.isParsed else { throw OptionError("unknown option '\(item)' (see kmsfs --help or man 8 kmsfs)") }
+        try spec.apply(&self, OptionValue(key: key, value: value))
     }
 
     /// The documented range of every numeric option (man 8 kmsfs, "Numeric
@@ -419,6 +205,8 @@ public struct MountOptions: Sendable {
         public static let stale: ClosedRange<Double> = 0...31_536_000
         /// `timeout=`: 1 s to 1 hour per KMS call, retries included.
         public static let timeout: ClosedRange<Double> = 1...3600
+        /// `kms_rate=`: 0.1 to 100,000 KMS requests a second (0: no ceiling).
+        public static let kmsRate: ClosedRange<Double> = 0.1...100_000
         /// `max_size=` (and the tools' `--max-size`): 1 byte to 1 GiB.
         public static let maxSize: ClosedRange<Int> = 1...(1 << 30)
         /// `cache_max=`: 1 byte to 64 GiB of locked memory.
@@ -427,8 +215,6 @@ public struct MountOptions: Sendable {
         public static let retries: ClosedRange<Int> = 1...20
         /// `max_inflight=`: opens waiting on KMS at once.
         public static let maxInflight: ClosedRange<Int> = 1...4096
-        /// `kms_rate=`: 0.1 to 100,000 KMS requests a second (0: no ceiling).
-        public static let kmsRate: ClosedRange<Double> = 0.1...100_000
         /// `settle=`: 0 to 5 minutes between a change and telling.
         public static let settle: ClosedRange<Double> = 0...300
     }

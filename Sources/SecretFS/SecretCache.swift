@@ -17,25 +17,16 @@ public struct DecryptedSecret: Sendable {
 }
 
 /// Why a decryption failed, as one operator-facing line (never plaintext).
-public struct DecryptFailure: Error, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable {
-        /// The file itself is bad (damaged, unknown format, too large,
-        /// wrong context): retrying the same bytes cannot help.
-        case badInput
-        /// KMS refused (access denied, key disabled): may change with policy.
-        case refused
-        /// KMS or the network failed (throttling, timeouts, 5xx).
-        case unavailable
-    }
-    public var kind: Kind
-    public var message: String
+public typealias DecryptFailure = Failure<DecryptFailureKind>
 
-    public init(_ kind: Kind, _ message: String) {
-        self.kind = kind
-        self.message = message
-    }
-
-    public var description: String { message }
+public enum DecryptFailureKind: Sendable {
+    /// The file itself is bad (damaged, unknown format, too large, wrong
+    /// context): retrying the same bytes cannot help.
+    case badInput
+    /// KMS refused (access denied, key disabled): may change with policy.
+    case refused
+    /// KMS or the network failed (throttling, timeouts, 5xx).
+    case unavailable
 }
 
 /// Decrypts ciphertext files; implemented over KMS by KmsfsKit's

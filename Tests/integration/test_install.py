@@ -178,18 +178,15 @@ def test_install_refuses_a_missing_binary(tmp_path):
 # ---- the man page ----
 
 def mount_option_names():
-    """Every option name MountOptions.apply knows, and the ignored ones."""
-    src = (ROOT / "Sources/KmsfsKit/MountOptions.swift").read_text()
-    start = src.index("switch key {")
-    indent = start - src.rindex("\n", 0, start) - 1
-    switch = src[start:src.index('throw OptionError("unknown option', start)]
+    """Every spelling of every option in MountOptions' table (the parsed
+    ones and those dropped as fstab's or mount(8)'s)."""
+    src = (ROOT / "Sources/KmsfsKit/MountOptionTable.swift").read_text()
     names = set()
-    for line in switch.splitlines():
-        if line.startswith(" " * indent + 'case "'):    # the outer switch only, not value switches
-            names.update(re.findall(r'"([a-z_]+)"', line.split(":")[0]))
-    ignored = src[src.index("static let ignoredOptions"):]
-    ignored = ignored[:ignored.index("]")]
-    names.update(re.findall(r'"([a-z_]+)"', ignored))
+    for m in re.finditer(r'\.(?:option|fixed)\("([a-z_]+)"(?:, \[([^\]]*)\])?', src):
+        names.add(m.group(1))
+        names.update(re.findall(r'"([a-z_]+)"', m.group(2) or ""))
+    for m in re.finditer(r'MountOptionSpec\.dropped\(\[([^\]]*)\]', src):
+        names.update(re.findall(r'"([a-z_]+)"', m.group(1)))
     assert len(names) > 60, names
     return names
 

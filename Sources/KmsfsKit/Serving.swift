@@ -1,0 +1,135 @@
+import FUSEBridge
+import System
+import Log
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The daemon's side of a mount, which libfuse's adapter does not need to
+// know: the signals it waits for, the mount table in /proc/self/mountinfo,
+// and the connection aborted so that open files are served no more.
+
+/// The signals the daemon handles synchronously (sigwait in `serve`).
+enum DaemonSignals {
+    static let handled = [SIGHUP, SIGTERM, SIGINT, SIGUSR1]
+
+    /// Blocks them; call before any thread starts so every thread inherits
+    /// the mask. SIGPIPE is ignored: a reader that went away must not kill
+    /// the daemon.
+    static func block() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in handled { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Serves `session` until it is unmounted or told to stop. `onReload`
+    /// runs on SIGHUP; `onStop` runs once, after no new request can be
+    /// served and before the process exits, to wipe every plaintext.
+    /// Returns the exit status.
+    static func serve(_ session: FUSESession, connection: UInt32?, onServing: () -> Void,
+                      onReload: () -> Void, onStop: () -> Void) -> Int32 {
+        let mainThread = pthread_self()
+        session.startLoop { pthread_kill(mainThread, SIGUSR1) }
+        onServing()
+
+        let mountpoint = session.options.mountpoint
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in handled { sigaddset(&set, s) }
+        while true {
+            var sig: Int32 = 0
+            guard sigwait(&set, &sig) == 0 else { continue }
+            switch sig {
+            case SIGHUP:
+                Log.notice("SIGHUP: reloading")
+                onReload()
+            case SIGTERM, SIGINT:
+                Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(mountpoint)")
+                session.exit()
+                // Open files keep a lazily-unmounted FUSE connection alive;
+                // abort it so nothing more is served.
+                if let connection { MountTable.abortConnection(connection) }
+                // Let requests in flight finish (the aborted connection ends
+                // the loop) before onStop wipes what they may be reading;
+                // bounded, since a worker may be waiting on KMS.
+                session.waitForLoopEnd(seconds: 5)
+                onStop()
+                return 0
+            case SIGUSR1:
+                if session.loopHasEnded {
+                    Log.notice("\(mountpoint) was unmounted; wiping cached secrets and exiting")
+                    onStop()
+                    session.unmount()
+                    return 0
+                }
+            default:
+                break
+            }
+        }
+    }
+}
+
+/// /proc/self/mountinfo, and the FUSE connections in /sys/fs/fuse.
+enum MountTable {
+    /// A FUSE mount left at the mountpoint by a crashed instance answers
+    /// ENOTCONN ("Transport endpoint is not connected"): detach it, so a
+    /// restart (systemd Restart=on-failure) mounts again. A live mount there
+    /// is an error. (stat() is no test: the kernel may answer it from cache.)
+    static func recoverStaleMount(at mountpoint: String) throws(FUSEError) {
+        guard let fstype = fstype(at: mountpoint), fstype.hasPrefix("fuse") else { return }
+        let fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            close(fd)
+            throw FUSEError("\(mountpoint) is already mounted (\(fstype)); unmount it first (fusermount3 -u \(mountpoint))")
+        }
+        let e = Errno.current
+        guard e == ENOTCONN || e == ECONNABORTED else {
+            throw FUSEError("mountpoint \(mountpoint): \(Errno.text(e))")
+        }
+        Log.notice("\(mountpoint): stale FUSE mount from a previous instance; detaching it")
+        if umount2(mountpoint, Int32(MNT_DETACH)) != 0 {
+            throw FUSEError("mountpoint \(mountpoint) holds a stale FUSE mount that cannot be detached (\(Errno("umount2"))); run: fusermount3 -uz \(mountpoint)")
+        }
+    }
+
+    /// The filesystem type mounted at `path` (the last mount there wins).
+    static func fstype(at path: String) -> String? {
+        entries().last { $0.mountpoint == path }?.fstype
+    }
+
+    static func entries() -> [(mountpoint: String, device: String, fstype: String)] {
+        guard let f = fopen("/proc/self/mountinfo", "re") else { return [] }
+        defer { fclose(f) }
+        var line: UnsafeMutablePointer<CChar>? = nil
+        var cap = 0
+        defer { free(line) }
+        var out: [(String, String, String)] = []
+        while getline(&line, &cap, f) > 0 {
+            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+            let fields = String(cString: line!).split(separator: " ")
+            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
+            out.append((String(fields[4]).replacing("\\040", with: " "), String(fields[2]), String(fields[dash + 1])))
+        }
+        return out
+    }
+
+    /// The minor device number of the mount at `path` (the FUSE connection
+    /// number in /sys/fs/fuse/connections). Read right after mounting: not
+    /// stat(), since nothing answers on the mount until the loop runs.
+    static func connection(of path: String) -> UInt32? {
+        guard let m = entries().last(where: { $0.mountpoint == path }) else { return nil }
+        let mm = m.device.split(separator: ":")
+        return mm.count == 2 ? UInt32(mm[1]) : nil
+    }
+
+    /// Aborts FUSE connection `id`: every request, now and later, fails.
+    static func abortConnection(_ id: UInt32) {
+        let fd = open("/sys/fs/fuse/connections/\(id)/abort", O_WRONLY | O_CLOEXEC)
+        if fd >= 0 {
+            _ = write(fd, "1", 1)
+            close(fd)
+        }
+    }
+}
