@@ -12,8 +12,9 @@ import System
 ///   calls succeeded at when that is lower (a storm's first throttles: the
 ///   client sent far more than its share, and what got through is the best
 ///   measure of that share): at most once per
-///   `cutSpacing` sends at the new rate (and at least `minimumCutInterval`
-///   apart), so the burst of throttles that answers one overshoot counts once.
+///   `cutSpacing` sends' time at the new rate (at least `minimumCutInterval`,
+///   and 4 sends), so the burst of throttles that answers one overshoot
+///   counts once.
 /// - Each success adds `growth / rate`, so the rate grows back by about
 ///   `growth` requests a second every second, the same for every client:
 ///   `increase` at first, slowly, so that a fleet near its quota probes it
@@ -23,6 +24,13 @@ import System
 ///   Hosts cut in proportion to what they send and grow back alike, so a
 ///   fleet converges to equal shares, and the quota's leftovers go to
 ///   whoever still has work (the AIMD fairness argument).
+/// - Throttles that slowing down does not make rarer are not about this
+///   client's rate (a KMS, or a proxy, throttling a share of calls whatever
+///   the rate): once cuts have brought the rate to a quarter of what the
+///   first throttle found, a cut after which at least `persistentShare` of
+///   the sends were still throttled, no fewer than before it, is undone and
+///   the next ones held, so such a pattern cannot starve the client's calls
+///   past their deadlines.
 /// - `quietReset` seconds without a throttle end the pacing (no ceiling).
 ///
 /// `acquire` reserves the next send slot and sleeps until it (the bucket may
@@ -51,6 +59,9 @@ public final class RateAdapter: @unchecked Sendable {
         public var minimumCutInterval = 0.25
         /// Seconds over which the send rate is measured.
         public var window = 1.0
+        /// The share of throttled sends at and above which a cut that did
+        /// not lower it is held.
+        public var persistentShare = 0.2
         public init() {}
     }
 
@@ -66,9 +77,20 @@ public final class RateAdapter: @unchecked Sendable {
     private var windowStart: Double
     private var windowCount = 0
     private var windowSuccesses = 0
+    private var windowResponses = 0
     private var lastWindowRate: Double?
     private var lastWindowSuccessRate: Double?
     private var stats = Stats()
+    /// Sends and throttles since the last cut (or hold), and the share of
+    /// throttles that led to it.
+    private var sendsSinceCut = 0
+    private var throttlesSinceCut = 0
+    private var shareAtCut: Double?
+    /// When the last cut or hold was decided, and the rate before the last cut.
+    private var lastDecision = -Double.infinity
+    private var rateBeforeCut: Double?
+    /// The send rate the first throttle found, since pacing began.
+    private var episodeStart: Double?
 
     public struct Stats: Sendable, Equatable {
         /// Throttles that cut the rate, and those inside one cut's spacing.
@@ -79,6 +101,8 @@ public final class RateAdapter: @unchecked Sendable {
         public var waited = 0.0
         /// Sends refused because their slot lay beyond the caller's limit.
         public var refused = 0
+        /// Cuts held because slowing down had not made throttles rarer.
+        public var held = 0
     }
 
     public init(_ configuration: Configuration = Configuration(), clock: Clock = .system) {
@@ -90,6 +114,7 @@ public final class RateAdapter: @unchecked Sendable {
         if !(c.steady >= 0) || !c.steady.isFinite { c.steady = 2 }
         if !(c.floor > 0) || !c.floor.isFinite { c.floor = 0.5 }
         if !(c.window > 0) || !c.window.isFinite { c.window = 1 }
+        if !(c.persistentShare > 0 && c.persistentShare <= 1) { c.persistentShare = 0.2 }
         self.configuration = c
         self.clock = clock
         let now = clock.monotonic()
@@ -128,6 +153,7 @@ public final class RateAdapter: @unchecked Sendable {
             wait = 0
         }
         countSend(at: now + wait)
+        sendsSinceCut += 1
         lock.unlock()
         if wait > 0 { clock.sleep(wait) }
         return true
@@ -142,20 +168,46 @@ public final class RateAdapter: @unchecked Sendable {
             switch outcome {
             case .throttled:
                 stats.throttles += 1
+                throttlesSinceCut += 1
+                rollWindow(now)
+                windowResponses += 1
                 lastThrottle = now
                 let (sending, succeeding) = measuredRates(now)
                 let base = rate.map { min($0, max(sending, configuration.floor)) } ?? max(sending, configuration.floor)
                 let spacing = max(configuration.minimumCutInterval, configuration.cutSpacing / base)
-                guard rate == nil || now - lastCut >= spacing else { return }
-                var cut = max(configuration.floor, min(configuration.decrease * base, succeeding))
+                // A decision needs the spacing and, once paced, a few sends
+                // since the last one to judge by.
+                guard rate == nil || (now - lastDecision >= spacing && sendsSinceCut >= 4) else { return }
+                let share = sendsSinceCut >= 4 ? Double(throttlesSinceCut) / Double(sendsSinceCut) : nil
+                sendsSinceCut = 0
+                throttlesSinceCut = 0
+                lastDecision = now
+                if let r = rate, let share, let before = shareAtCut, let start = episodeStart, r <= start / 4,
+                   share >= configuration.persistentShare, share >= 0.8 * before {
+                    // Slower sending did not make throttles rarer: undo the
+                    // last cut, and hold.
+                    stats.held += 1
+                    shareAtCut = share
+                    if let previous = rateBeforeCut {
+                        rate = min(max(r, previous), configuration.ceiling ?? .infinity)
+                        rateBeforeCut = nil
+                    }
+                    return
+                }
+                shareAtCut = share
+                rateBeforeCut = base
+                // What got through bounds the cut once a few answers show it.
+                let through = windowResponses >= 4 ? succeeding : .infinity
+                var cut = max(configuration.floor, min(configuration.decrease * base, through))
                 if let ceiling = configuration.ceiling { cut = min(cut, ceiling) }
-                if rate == nil { tokens = min(tokens, 1); refilled = now }
+                if rate == nil { tokens = min(tokens, 1); refilled = now; episodeStart = base }
                 rate = cut
                 lastCut = now
                 stats.cuts += 1
             case .success:
                 rollWindow(now)
                 windowSuccesses += 1
+                windowResponses += 1
                 guard let r = rate else { return }
                 let quiet = max(0, min(now - lastCut - configuration.steady, configuration.quietReset))
                 var grown = r + (configuration.increase + configuration.acceleration * quiet) / r
@@ -195,5 +247,6 @@ public final class RateAdapter: @unchecked Sendable {
         windowStart = now
         windowCount = 0
         windowSuccesses = 0
+        windowResponses = 0
     }
 }

@@ -29,11 +29,15 @@ import AWS
         for _ in 0..<5 { a.record(.throttled) }
         #expect(abs(try #require(a.currentRate) - 14) < 1e-6)
         #expect(a.statistics.cuts == 1 && a.statistics.throttles == 6)
-        // Past the spacing (2 sends at the new rate), the next throttle cuts again.
+        // Past the spacing, but with no send since: no judging, no cut.
         clock.advance(0.3)
         a.record(.throttled)
-        #expect(abs(try #require(a.currentRate) - 9.8) < 1e-6)
+        #expect(a.statistics.cuts == 1)
+        // Four sends later (paced at 14 a second), the next throttle cuts again.
+        for _ in 0..<4 { #expect(a.acquire(within: 1)); a.record(.success) }
+        a.record(.throttled)
         #expect(a.statistics.cuts == 2)
+        #expect(try #require(a.currentRate) < 14 * 0.75)
     }
 
     @Test func aStormsFirstThrottleCutsToWhatGotThrough() throws {
@@ -42,15 +46,15 @@ import AWS
         // 16 calls at once (a prefetch's workers), one answered, then throttles.
         for _ in 0..<16 { #expect(a.acquire(within: 0)) }
         clock.advance(0.02)
-        a.record(.success)
+        for _ in 0..<3 { a.record(.success) }
         a.record(.throttled)
-        // 160 sent a second, 10 got through: the share is near 10, not 80.
-        #expect(abs(try #require(a.currentRate) - 10) < 1e-6)
-        // With nothing through yet, the floor.
+        // 160 sent a second, 30 got through (4 answers): the share is near 30, not 112.
+        #expect(abs(try #require(a.currentRate) - 30) < 1e-6)
+        // One answer is no measure of what gets through: 0.7 of the send rate.
         let b = RateAdapter(clock: clock.clock)
         for _ in 0..<16 { #expect(b.acquire(within: 0)) }
         b.record(.throttled)
-        #expect(b.currentRate == 0.5)
+        #expect(abs(try #require(b.currentRate) - 112) < 1e-6)
     }
 
     @Test func sendsArePacedAtTheRateAndRefusedPastTheCallersLimit() throws {
@@ -91,6 +95,28 @@ import AWS
         // Then 1 more each further second: 8 s more make 0.2 × 8 + (1 + ... + 8) ≈ 34.
         let late = try succeed(for: 8)
         #expect(late > early + 25 && late < early + 40, "rate \(late)")
+    }
+
+    /// A KMS (or proxy) that throttles every other request whatever the
+    /// rate: slowing down does not thin the throttles, so after the cut
+    /// that shows it the rate holds instead of sinking to the floor (and
+    /// opens to their deadlines).
+    @Test func throttlesThatSlowingDownDoesNotThinAreNotChasedToTheFloor() throws {
+        let clock = ManualClock()
+        let a = RateAdapter(clock: clock.clock)
+        var n = 0
+        var firstCut: Double?
+        let start = clock.clock.monotonic()
+        while clock.clock.monotonic() - start < 60 {
+            #expect(a.acquire(within: 100))
+            n += 1
+            a.record(n % 2 == 0 ? .throttled : .success)
+            if firstCut == nil { firstCut = a.currentRate }
+            clock.advance(0.02)
+        }
+        let first = try #require(firstCut), now = try #require(a.currentRate)
+        #expect(now >= first / 2, "first cut \(first), after a minute \(now)")
+        #expect(a.statistics.held > 10 && a.statistics.cuts <= 3, "\(a.statistics)")
     }
 
     @Test func quietEndsThePacing() {
