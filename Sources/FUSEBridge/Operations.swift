@@ -256,13 +256,24 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     let total = plaintext.count
     let start = min(Int(max(offset, 0)), total)
     let length = min(size, total - start, ctx.scratch.bufferSize)
-    if length < size, let session = ctx.session {
-        // A short read through the page cache (a private mmap) makes the
-        // kernel shrink the inode's size to where the data ended, the exact
-        // plaintext size, readable by any user (statx AT_STATX_DONT_SYNC).
-        // Bumping the attribute version while this read is in flight makes
-        // it skip that (attributes only, offset -1: no page lock taken).
-        _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+    // read(2) on a direct-I/O handle always names its lock owner (the
+    // kernel's fuse_direct_io passes current->files); the page cache's
+    // reads for a private mmap (fuse_read_folio, fuse_readahead) never do.
+    // An owner of 0 is taken as the page cache: at worst a direct read pays
+    // the invalidations below for nothing.
+    let viaPageCache = fi!.pointee.lock_owner == 0
+    if viaPageCache {
+        handle.notePageCacheRead()
+        if length < size, let session = ctx.session {
+            // A short read through the page cache makes the kernel shrink
+            // the inode's size to where the data ended, the exact plaintext
+            // size, readable by any user (statx AT_STATX_DONT_SYNC).
+            // Bumping the attribute version while this read is in flight
+            // makes it skip that (attributes only, offset -1: no page lock
+            // taken). A direct read's short answer changes no size, so
+            // read(2) and its end-of-file probe skip this round trip.
+            _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+        }
     }
     if length <= 0 {
         _ = fuse_reply_buf(req, nil, 0)
@@ -284,13 +295,15 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
 
 let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     let session = context(req).session   // the request is gone once answered
+    let pageCacheUsed = fi!.handle(OpenSecret.self)?.wasReadThroughPageCache ?? false
     fi!.releaseHandle(OpenSecret.self)
     reply(req, error: 0)
     // Direct I/O keeps plaintext out of the page cache, except for a
-    // private mmap(2), which the kernel serves through it. The last close
-    // of such a mapping ends here: drop whatever pages it left. (RELEASE is
-    // asynchronous, so no reader waits for this.)
-    if let session {
+    // private mmap(2), which the kernel serves through it (reads without a
+    // lock owner, see opRead). The last close of such a mapping ends here:
+    // drop whatever pages it left. A handle only ever read with read(2)
+    // brought no page in, and its release costs no further round trip.
+    if pageCacheUsed, let session {
         _ = fuse_lowlevel_notify_inval_inode(session, ino, 0, 0)
     }
 }

@@ -22,6 +22,66 @@ public struct LogAuditSink: AuditSink {
         }
         Log.log(level, r.line)
     }
+
+    /// A batch from the audit writer: in the journal, each process's unit
+    /// is read from /proc/PID/cgroup once per batch, not once per record
+    /// (a busy reader's records share its pid).
+    public func record(batch: [AuditRecord]) {
+        guard Log.destination == .journal else {
+            for r in batch { record(r) }
+            return
+        }
+        var units: [Int32: String?] = [:]
+        let threshold = Log.level
+        var entry: [UInt8] = []
+        var clock = AuditClock()
+        for r in batch {
+            let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
+            guard level >= threshold else { continue }
+            var unit: String? = nil
+            if r.outcome != .notified && r.outcome != .notifyFailed {
+                if let known = units[r.pid] {
+                    unit = known
+                } else {
+                    unit = systemdUnit(pid: r.pid)
+                    units[r.pid] = .some(unit)
+                }
+            }
+            entry.removeAll(keepingCapacity: true)
+            r.appendJournalEntry(level: level, unit: unit, to: &entry, clock: &clock)
+            if !Journal.send(entry: entry) {
+                Log.syslog(level, facility: 0, r.line)   // as Journal.send falls back
+            }
+        }
+    }
+}
+
+extension AuditRecord {
+    /// The record as one native journal entry, the same bytes as
+    /// `Journal.encode` of `MESSAGE` (the line), `PRIORITY`,
+    /// `SYSLOG_FACILITY`, `SYSLOG_IDENTIFIER` and `journalFields(unit:)`,
+    /// built without the intermediate strings and arrays (the audit
+    /// writer's cost per record, on the daemon's own CPUs).
+    public func appendJournalEntry(level: LogLevel, unit: String?, to out: inout [UInt8], clock: inout AuditClock) {
+        var line: [UInt8] = []
+        line.reserveCapacity(160)
+        appendLine(to: &line, clock: &clock, newline: false)
+        line.withUnsafeBytes { Journal.appendField("MESSAGE", $0, to: &out) }
+        Journal.appendField("PRIORITY", String(level.rawValue), to: &out)
+        Journal.appendField("SYSLOG_FACILITY", "3", to: &out)
+        Journal.appendField("SYSLOG_IDENTIFIER", "kmsfs", to: &out)
+        Journal.appendField("MESSAGE_ID", AuditRecord.journalMessageID, to: &out)
+        Journal.appendField("KMSFS_PATH", path, to: &out)
+        Journal.appendField("KMSFS_UID", String(uid), to: &out)
+        Journal.appendField("KMSFS_GID", String(gid), to: &out)
+        Journal.appendField("KMSFS_PID", String(pid), to: &out)
+        Journal.appendField("KMSFS_COMM", processName, to: &out)
+        Journal.appendField("KMSFS_RESULT", result, to: &out)
+        Journal.appendField("KMSFS_SOURCE", outcome.rawValue, to: &out)
+        if let unit { Journal.appendField("KMSFS_UNIT", unit, to: &out) }
+        if let latency { Journal.appendField("KMSFS_KMS_MS", String(Int((latency * 1000).rounded())), to: &out) }
+        if let detail { Journal.appendField("KMSFS_REASON", detail, to: &out) }
+    }
 }
 
 extension AuditRecord {
@@ -32,12 +92,17 @@ extension AuditRecord {
     /// The record as journal fields. Values go as they are (the native
     /// protocol sizes a value holding a newline, so none can forge a field).
     public var journalFields: [(String, String)] {
+        // The caller's systemd unit, read here on the audit writer's thread
+        // (off the open's path); absent once the process is gone.
+        journalFields(unit: outcome != .notified && outcome != .notifyFailed ? systemdUnit(pid: pid) : nil)
+    }
+
+    /// The fields with the caller's unit already looked up.
+    public func journalFields(unit: String?) -> [(String, String)] {
         var f = [("MESSAGE_ID", AuditRecord.journalMessageID), ("KMSFS_PATH", path), ("KMSFS_UID", String(uid)),
                  ("KMSFS_GID", String(gid)), ("KMSFS_PID", String(pid)), ("KMSFS_COMM", processName),
                  ("KMSFS_RESULT", result), ("KMSFS_SOURCE", outcome.rawValue)]
-        // The caller's systemd unit, read here on the audit writer's thread
-        // (off the open's path); absent once the process is gone.
-        if outcome != .notified && outcome != .notifyFailed, let unit = systemdUnit(pid: pid) { f.append(("KMSFS_UNIT", unit)) }
+        if let unit { f.append(("KMSFS_UNIT", unit)) }
         if let latency { f.append(("KMSFS_KMS_MS", String(Int((latency * 1000).rounded())))) }
         if let detail { f.append(("KMSFS_REASON", detail)) }
         return f
@@ -73,19 +138,16 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
 
     /// Reused by `record(batch:)`, which only the queue's one writer calls.
     private var batchBytes: [UInt8] = []
+    private var clock = AuditClock()
 
     /// One write(2) for the lot (O_APPEND keeps it whole), formatted into a
     /// buffer kept from batch to batch: the daemon's memory is locked, so
     /// heap a burst takes stays resident, and a fresh buffer per batch
-    /// would take more of it.
+    /// would take more of it. Each line is appended as bytes, the same
+    /// bytes as the escaped `line` (AuditRecord.appendLine).
     public func record(batch: [AuditRecord]) {
         batchBytes.removeAll(keepingCapacity: true)
-        for r in batch {
-            // The fields are quoted already; escaping the whole line again
-            // changes nothing unless a field was not, and keeps it one line.
-            batchBytes.append(contentsOf: LogEscape.escape(r.line).utf8)
-            batchBytes.append(UInt8(ascii: "\n"))
-        }
+        for r in batch { r.appendLine(to: &batchBytes, clock: &clock) }
         batchBytes.withUnsafeBytes { Log.writeAll(fd.load(ordering: .acquiring), $0) }
     }
 
@@ -114,8 +176,11 @@ public struct NoAuditSink: AuditSink {
 /// Takes the writing of audit records off the open's path: the record is
 /// built while the caller waits (its process name must be read while the
 /// process is surely alive), then formatted and written by one thread, in
-/// order. When the queue is full the caller writes itself (nothing is
-/// dropped); `flush` drains it (SIGHUP, shutdown).
+/// order, in batches (one wake-up and one write for a burst of opens).
+/// Nothing is ever dropped: when `capacity` records already wait, the
+/// opener waits for the writer to make room (so records stay in order),
+/// and each such wait is counted (`waits`) and logged at most once a
+/// minute. `flush` drains the queue (SIGHUP, unmount, SIGTERM).
 public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
     public let inner: AuditSink
     private let lock = ConditionLock()
@@ -125,10 +190,14 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
     private var spare: [AuditRecord] = []
     private var writing = false
     private let capacity: Int
+    private let linger: Double
+    private var waitCount = 0
+    private var lastWaitLog = -Double.infinity
 
-    public init(_ inner: AuditSink, capacity: Int = 1024) {
+    public init(_ inner: AuditSink, capacity: Int = 1024, linger: Double = QueuedAuditSink.linger) {
         self.inner = inner
-        self.capacity = capacity
+        self.capacity = max(1, capacity)
+        self.linger = linger
         queue.reserveCapacity(self.capacity)
         spare.reserveCapacity(self.capacity)
         startThread(name: "kmsfs-audit") { [self] in run() }
@@ -136,27 +205,42 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
 
     public var wantsRecords: Bool { inner.wantsRecords }
 
+    /// How many times an opener waited for room in the queue.
+    public var waits: Int { lock.withLock { waitCount } }
+
     public func record(_ r: AuditRecord) {
-        let queued = lock.withLock { () -> Bool in
-            guard queue.count < capacity else { return false }
+        var logWait = false
+        lock.withLock {
+            if queue.count >= capacity {
+                waitCount += 1
+                let t = SystemClock.monotonic()
+                if t - lastWaitLog >= 60 {
+                    lastWaitLog = t
+                    logWait = true
+                }
+                lock.broadcast()   // the writer may be lingering: write now
+                while queue.count >= capacity { lock.wait() }
+            }
             queue.append(r)
-            if queue.count == 1 { lock.signal() }
-            return true
+            if queue.count == 1 { lock.broadcast() }
         }
-        if !queued { inner.record(r) }
+        if logWait {
+            Log.warning("audit: the audit writer fell behind; opens waited for it (\(waits) times so far)")
+        }
     }
 
     /// Records wait at most this long to be written with the ones that
     /// follow (one wake-up and one write for a burst of opens).
-    static let linger = 0.02
+    public static let linger = 0.02
 
     private func run() {
         while true {
             lock.withLock {
                 while queue.isEmpty { lock.wait() }
-                lock.wait(seconds: QueuedAuditSink.linger)
+                if queue.count < capacity { lock.wait(seconds: linger) }
                 swap(&queue, &spare)
                 writing = true
+                lock.broadcast()   // openers waiting for room
             }
             inner.record(batch: spare)
             lock.withLock {

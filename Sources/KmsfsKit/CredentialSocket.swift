@@ -75,16 +75,23 @@ public final class CredentialServer: @unchecked Sendable {
         guard let req = CredentialServer.parseAddress(address) else {
             return refuse(c, "pid \(cred.pid): the address '\(String(decoding: address.prefix(200), as: UTF8.self))' is not <random>/unit/<unit>/<id>")
         }
+        let path = fs.configuration.policy.credentialPath(for: req.id)
+        // Refused before any access decision: audited as a denied open of
+        // the credential, like the refusals the access check makes.
+        func refuseAudited(_ why: String, unit: String?) {
+            fs.refuseCredential(path: path, caller: Caller(uid: cred.uid, gid: cred.gid, pid: cred.pid, unit: { unit }),
+                                detail: "systemd credential for \(req.unit): \(why)")
+            refuse(c, "\(req.unit)/\(req.id): \(why)")
+        }
         guard cred.uid == 0 else {
-            return refuse(c, "\(req.unit)/\(req.id): the peer (pid \(cred.pid)) runs as uid \(cred.uid), not root as systemd does")
+            return refuseAudited("the peer (pid \(cred.pid)) runs as uid \(cred.uid), not root as systemd does", unit: nil)
         }
         guard let actual = liveSystemdUnit(pid: cred.pid) else {
-            return refuse(c, "\(req.unit)/\(req.id): the peer's (pid \(cred.pid)) unit cannot be read")
+            return refuseAudited("the peer's (pid \(cred.pid)) unit cannot be read", unit: nil)
         }
         guard actual == req.unit else {
-            return refuse(c, "\(req.unit)/\(req.id): the address names \(req.unit) but the peer (pid \(cred.pid)) runs in \(actual)")
+            return refuseAudited("the address names \(req.unit) but the peer (pid \(cred.pid)) runs in \(actual)", unit: actual)
         }
-        let path = fs.configuration.policy.credentialPath(for: req.id)
         let caller = Caller(uid: cred.uid, gid: cred.gid, pid: cred.pid, unit: { actual })
         switch fs.openCredential(path: path, unit: actual, caller: caller) {
         case .success(let secret):

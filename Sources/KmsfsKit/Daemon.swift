@@ -79,7 +79,12 @@ public enum Daemon {
             }
         }
         DaemonSignals.block()
-        ProcessHardening.limitMallocArenas(2)
+        // One malloc arena: memory freed by one thread is reused by every
+        // other. With two, each burst's work landed in either arena as
+        // threads came and went, and each arena grew to hold its own peak
+        // (locked memory freed inside an arena stays resident): resident
+        // memory crept up burst after burst (bench soak section).
+        ProcessHardening.limitMallocArenas(1)
 
         let env = Environment.process()
         let settings: AWSSettings
@@ -139,7 +144,14 @@ public enum Daemon {
         }
         let credentials: CredentialServer?
         if let path = options.credentialSocket {
-            do { credentials = try CredentialServer(path: path, fs: fs) } catch {
+            do {
+                // The guide's /run/kmsfs/credentials.sock: at boot nothing
+                // has made /run/kmsfs yet (the control socket comes later),
+                // so the daemon makes it as it does for the control socket.
+                let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                if parent == ControlSocket.directory { try ControlSocket.prepareDirectory(parent) }
+                credentials = try CredentialServer(path: path, fs: fs)
+            } catch {
                 report.fail("credential_socket=\(path): \(error); give a path in a directory root owns, such as /run/kmsfs/credentials.sock")
             }
         } else {

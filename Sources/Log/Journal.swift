@@ -90,6 +90,31 @@ public enum Journal {
         return out
     }
 
+    /// Appends one field to an entry being built, as `encode` writes it.
+    /// `name` must be a name journald accepts (callers pass constants).
+    public static func appendField(_ name: StaticString, _ value: UnsafeRawBufferPointer, to out: inout [UInt8]) {
+        name.withUTF8Buffer { out.append(contentsOf: $0) }
+        if value.contains(0x0A) {
+            // A newline in the value would end the field: send it sized.
+            out.append(0x0A)
+            var len = UInt64(value.count).littleEndian
+            withUnsafeBytes(of: &len) { out.append(contentsOf: $0) }
+        } else {
+            out.append(UInt8(ascii: "="))
+        }
+        out.append(contentsOf: value)
+        out.append(0x0A)
+    }
+
+    public static func appendField(_ name: StaticString, _ value: String, to out: inout [UInt8]) {
+        var v = value
+        v.withUTF8 { appendField(name, UnsafeRawBufferPointer($0), to: &out) }
+    }
+
+    /// Sends an entry built with `appendField`; false when the journal did
+    /// not take it (the caller falls back as `send` does).
+    public static func send(entry: [UInt8]) -> Bool { transmit(entry) }
+
     private static func transmit(_ entry: [UInt8]) -> Bool {
         let s = fd.load(ordering: .acquiring)
         guard s >= 0 else { return false }

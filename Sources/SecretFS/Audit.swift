@@ -1,4 +1,6 @@
 import Log
+import System
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -92,6 +94,133 @@ public protocol AuditSink: Sendable {
 extension AuditSink {
     public var wantsRecords: Bool { true }
     public func record(batch: [AuditRecord]) { for r in batch { record(r) } }
+}
+
+extension AuditRecord {
+    /// Appends `line` and a newline as bytes (what `LogEscape.escape(line)`
+    /// gives, since every field is quoted or plain ASCII already), without
+    /// building the intermediate strings: the audit writer's cost per record.
+    /// `clock` keeps the time's text for the current second.
+    public func appendLine(to out: inout [UInt8], clock: inout AuditClock, newline: Bool = true) {
+        func ascii(_ s: StaticString) {
+            s.withUTF8Buffer { out.append(contentsOf: $0) }
+        }
+        func number<T: BinaryInteger>(_ v: T) {
+            if v == 0 { out.append(UInt8(ascii: "0")); return }
+            var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                         UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            var n = v.magnitude
+            var count = 0
+            withUnsafeMutableBytes(of: &digits) { d in
+                while n > 0 {
+                    d[count] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: n % 10)
+                    n /= 10
+                    count += 1
+                }
+                if v < 0 { out.append(UInt8(ascii: "-")) }
+                for i in stride(from: count - 1, through: 0, by: -1) { out.append(d[i]) }
+            }
+        }
+        func field(_ s: String) {
+            var plain = !s.isEmpty
+            if plain {
+                for b in s.utf8 where !(b > 32 && b < 127 && b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\")) {
+                    plain = false
+                    break
+                }
+            }
+            if plain {
+                out.append(contentsOf: s.utf8)
+            } else {
+                out.append(contentsOf: AuditRecord.quote(s).utf8)
+            }
+        }
+        ascii("audit time=")
+        clock.append(time, to: &out)
+        ascii(" uid="); number(uid)
+        ascii(" gid="); number(gid)
+        ascii(" pid="); number(pid)
+        ascii(" comm="); field(processName)
+        ascii(" path="); field(path)
+        ascii(" result="); out.append(contentsOf: result.utf8)
+        ascii(" source="); out.append(contentsOf: outcome.rawValue.utf8)
+        if let latency { ascii(" kms_ms="); number(Int((latency * 1000).rounded())) }
+        if let detail { ascii(" reason="); field(detail) }
+        if newline { out.append(UInt8(ascii: "\n")) }
+    }
+}
+
+/// The text of an audit record's time (`2026-11-29T20:21:05.123Z`),
+/// formatted once per second: records come in bursts.
+public struct AuditClock {
+    private var second: Int = .min
+    private var prefix: [UInt8] = []
+
+    public init() {}
+
+    mutating func append(_ t: Double, to out: inout [UInt8]) {
+        let secs = Int(t.rounded(.down))
+        if secs != second {
+            second = secs
+            prefix = Array(AuditRecord.iso(Double(secs)).utf8.dropLast(5))   // without ".000Z"
+        }
+        out.append(contentsOf: prefix)
+        let ms = Int((t - Double(secs)) * 1000)
+        out.append(UInt8(ascii: "."))
+        out.append(UInt8(ascii: "0") + UInt8(ms / 100 % 10))
+        out.append(UInt8(ascii: "0") + UInt8(ms / 10 % 10))
+        out.append(UInt8(ascii: "0") + UInt8(ms % 10))
+        out.append(UInt8(ascii: "Z"))
+    }
+}
+
+/// The names of the processes that open files, each kept for `lifetime`
+/// seconds: reading /proc/PID/comm costs an open, a read and a close
+/// (about 10 µs here), on the opener's path, and a busy reader opens
+/// thousands of times a second. A name is reused only for the same pid,
+/// uid and gid within the lifetime; so a process that renames itself
+/// (prctl, or exec) may appear under its former name for up to that long.
+/// (`comm` is whatever a process calls itself: the pid and ids are what
+/// identify it.) A gone process ("?") is never remembered.
+public final class ProcessNameCache: @unchecked Sendable {
+    private struct Slot {
+        var pid: Int32 = 0
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+        var at: Double = 0
+        var name: String? = nil
+    }
+    private let slots: Mutex<[Slot]>
+    public let lifetime: Double
+    private let now: @Sendable () -> Double
+    private let read: @Sendable (Int32) -> String
+
+    public init(lifetime: Double = 1, slots: Int = 64, now: @escaping @Sendable () -> Double = { SystemClock.monotonic() },
+                read: @escaping @Sendable (Int32) -> String = { processName(pid: $0) }) {
+        self.lifetime = lifetime
+        self.slots = Mutex([Slot](repeating: Slot(), count: max(1, slots)))
+        self.now = now
+        self.read = read
+    }
+
+    public func name(pid: Int32, uid: UInt32, gid: UInt32) -> String {
+        let t = now()
+        let cached: String? = slots.withLock { s in
+            let e = s[Int(UInt32(bitPattern: pid) % UInt32(s.count))]
+            guard let name = e.name, e.pid == pid, e.uid == uid, e.gid == gid, t >= e.at, t - e.at < lifetime
+            else { return nil }
+            return name
+        }
+        if let cached { return cached }
+        let name = read(pid)
+        if name != "?" {
+            slots.withLock { s in
+                s[Int(UInt32(bitPattern: pid) % UInt32(s.count))] = Slot(pid: pid, uid: uid, gid: gid, at: t, name: name)
+            }
+        }
+        return name
+    }
 }
 
 /// Reads a process's name from /proc/PID/comm ("?" when it is gone).

@@ -85,6 +85,15 @@ public final class OpenSecret: @unchecked Sendable {
     deinit { table?.remove(id) }
 
     public var plaintext: SecureBuffer { secret.plaintext }
+
+    /// Set once the kernel read this handle through its page cache (a
+    /// private mmap(2)): only then can pages of plaintext be left there
+    /// when the handle is released.
+    private let pageCacheRead = Atomic<Bool>(false)
+
+    public func notePageCacheRead() { pageCacheRead.store(true, ordering: .relaxed) }
+
+    public var wasReadThroughPageCache: Bool { pageCacheRead.load(ordering: .relaxed) }
 }
 
 /// An open directory: its entries as they were at opendir, so offsets stay
@@ -153,6 +162,8 @@ public final class SecretFileSystem: @unchecked Sendable {
     private let versionOf: @Sendable ([UInt8]) -> String
     /// Every open handle and the version it opened.
     public let handles = HandleTable()
+    /// Openers' names for audit records, read once a second per process.
+    private let processNames = ProcessNameCache()
     private let changeHook = Mutex<(@Sendable (String) -> Void)?>(nil)
 
     private struct Table {
@@ -498,7 +509,7 @@ public final class SecretFileSystem: @unchecked Sendable {
                         latency: Double? = nil, detail: String? = nil) {
         guard audit.wantsRecords else { return }   // audit=off: not even the process name
         audit.record(AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
-                                 processName: processName(pid: caller.pid), path: path, outcome: outcome,
+                                 processName: processNames.name(pid: caller.pid, uid: caller.uid, gid: caller.gid), path: path, outcome: outcome,
                                  latency: latency, detail: detail))
     }
 
@@ -586,6 +597,14 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         let node = Node(ino: 0, kind: .secret, sourcePath: path + ciphertextSuffix, mountPath: path)
         return acquire(node, caller: caller, maxBytes: configuration.maxCiphertextBytes, detail: why)
+    }
+
+    /// A credential request refused before any access decision (its peer
+    /// is not root, or runs in another unit than its address names): a
+    /// denied open of the credential's path, counted and audited as one.
+    public func refuseCredential(path: String, caller: Caller, detail: String) {
+        counters.withLock { $0.opens += 1; $0.denials += 1 }
+        record(caller, path, .denied, detail: detail)
     }
 
     /// The version of the ciphertext SOURCE holds now at `sourcePath` (the

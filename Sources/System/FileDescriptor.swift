@@ -104,11 +104,77 @@ extension FileDescriptor {
 
 /// openat2(2) beneath `directory` (see `FileDescriptor.openBeneath`); the
 /// caller owns the descriptor returned.
+///
+/// Where openat2 answers ENOSYS it walks the path one component at a time
+/// instead (`openBeneathByComponents`), with the same refusals. systemd
+/// makes openat2 fail with ENOSYS in every unit with `RestrictSUIDSGID=`
+/// (seccomp cannot see its flags), the shipped kmsfs.service among them:
+/// without the walk SOURCE looked empty there (found by the boot test).
 public func openBeneath(_ directory: Int32, _ path: String, flags: Int32) throws(Errno) -> Int32 {
     let resolve = KMSFS_RESOLVE_BENEATH | KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS
-    return try syscallRetrying("openat2 \(path)") {
-        kmsfs_openat2(directory, path, UInt64(UInt32(bitPattern: flags | O_CLOEXEC | O_NOFOLLOW)), 0, resolve)
+    do {
+        return try syscallRetrying("openat2 \(path)") {
+            kmsfs_openat2(directory, path, UInt64(UInt32(bitPattern: flags | O_CLOEXEC | O_NOFOLLOW)), 0, resolve)
+        }
+    } catch where error.code == ENOSYS {
+        return try openBeneathByComponents(directory, path, flags: flags)
     }
+}
+
+/// `openBeneath` without openat2, with its answers: an absolute path, or a
+/// `..` that would climb above `directory`, fails with EXDEV (a `..` that
+/// stays beneath is followed, as RESOLVE_BENEATH does); each component is
+/// opened from the one before with O_NOFOLLOW, so a symlink (or magic link)
+/// on the way fails with ELOOP, and one at the end fails with ELOOP, or with
+/// O_PATH opens as the link itself, as openat2 with O_NOFOLLOW answers (the
+/// caller's fstat sees a link, never what it points to). The caller owns
+/// the descriptor returned.
+public func openBeneathByComponents(_ directory: Int32, _ path: String, flags: Int32) throws(Errno) -> Int32 {
+    let bytes = Array(path.utf8)
+    guard bytes.first != UInt8(ascii: "/") else { throw Errno("open \(path)", code: EXDEV) }
+    let dot: [UInt8] = [UInt8(ascii: ".")]
+    let dotdot: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]
+    let parts = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
+    // The directories opened so far below `directory`, each owned here.
+    var stack: [Int32] = []
+    defer { for fd in stack { Glibc.close(fd) } }
+    for (i, part) in parts.enumerated() {
+        let last = i == parts.count - 1
+        if part.elementsEqual(dot) || part.elementsEqual(dotdot) {
+            if part.elementsEqual(dotdot) {
+                guard let top = stack.popLast() else { throw Errno("open \(path)", code: EXDEV) }
+                Glibc.close(top)
+            }
+            if last { break }
+            continue
+        }
+        let at = stack.last ?? directory
+        let name = Array(part) + [0]
+        if last {
+            let fd = try syscallRetrying("open \(path)") {
+                name.withUnsafeBufferPointer { p in
+                    p.withMemoryRebound(to: CChar.self) { openat(at, $0.baseAddress!, flags | O_CLOEXEC | O_NOFOLLOW) }
+                }
+            }
+            return fd
+        }
+        let fd = try syscallRetrying("open \(path)") {
+            name.withUnsafeBufferPointer { p in
+                p.withMemoryRebound(to: CChar.self) { openat(at, $0.baseAddress!, O_PATH | O_NOFOLLOW | O_CLOEXEC) }
+            }
+        }
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            let code = st.st_mode & S_IFMT == S_IFLNK ? ELOOP : ENOTDIR
+            Glibc.close(fd)
+            throw Errno("open \(path)", code: code)
+        }
+        stack.append(fd)
+    }
+    // The path named a directory already walked (".", "d/..", "d/."):
+    // open it again with the caller's flags.
+    let at = stack.last ?? directory
+    return try syscallRetrying("open \(path)") { openat(at, ".", flags | O_CLOEXEC | O_NOFOLLOW) }
 }
 
 /// `O_PATH` (glibc declares it only under `_GNU_SOURCE`, which CLinux's

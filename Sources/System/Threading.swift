@@ -112,5 +112,72 @@ final class ThreadBody {
             close(fd)
         }
         body()
+        releaseStackBelowHere()
+    }
+}
+
+/// `MADV_DONTNEED_LOCKED` (Linux 5.18): MADV_DONTNEED for locked pages,
+/// which keep their lock (the pages that fault in later are locked again).
+/// Not in every libc's headers yet.
+private let madviseDontNeedLocked: Int32 = 24
+
+/// Gives back the pages of this thread's stack below the running frame, as
+/// the thread ends. glibc keeps the stacks of ended threads for new ones,
+/// and tries to discard their used pages with MADV_DONTNEED, which the
+/// kernel refuses for locked memory (the daemon locks all of it): so every
+/// page any thread ever touched stayed resident in the cached stacks, and
+/// each burst of threads left a little more behind. MADV_DONTNEED_LOCKED
+/// drops them (their contents with them) and the stack stays locked. On a
+/// kernel without it the call fails and nothing changes.
+@inline(never)
+func releaseStackBelowHere() {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    var marker: UInt8 = 0
+    let here = withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
+    // The stack's lowest usable address: the start of the mapping that
+    // holds this frame (the guard page below it is a mapping of its own).
+    guard let low = mappingStart(containing: here) else { return }
+    let high = (here - UInt(page)) / UInt(page) * UInt(page)   // a page of margin for the call itself
+    guard high > low else { return }
+    _ = madvise(UnsafeMutableRawPointer(bitPattern: low), Int(high - low), madviseDontNeedLocked)
+}
+
+/// The start of the mapping of this process that contains `address`, from
+/// /proc/self/maps (`start-end perms ...`, one line each), read a page at
+/// a time into a buffer on the stack.
+func mappingStart(containing address: UInt) -> UInt? {
+    let fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> UInt? in
+        var start: UInt = 0, end: UInt = 0
+        var field = 0          // 0: start, 1: end, 2: the rest of the line
+        while true {
+            let n = read(fd, buf.baseAddress, buf.count)
+            if n < 0 && Errno.current == EINTR { continue }
+            guard n > 0 else { return nil }
+            for i in 0..<n {
+                let c = buf[i]
+                switch (field, c) {
+                case (_, UInt8(ascii: "\n")):
+                    field = 0; start = 0; end = 0
+                case (0, UInt8(ascii: "-")):
+                    field = 1
+                case (1, UInt8(ascii: " ")):
+                    field = 2
+                    if start <= address && address < end { return start }
+                case (0, _), (1, _):
+                    let digit: UInt
+                    switch c {
+                    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = UInt(c - UInt8(ascii: "0"))
+                    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = UInt(c - UInt8(ascii: "a") + 10)
+                    default: return nil
+                    }
+                    if field == 0 { start = start &<< 4 | digit } else { end = end &<< 4 | digit }
+                default:
+                    break
+                }
+            }
+        }
     }
 }

@@ -69,10 +69,21 @@ public final class WorkPool: @unchecked Sendable {
                 continue
             }
             if stopping { break }
+            // Idle for idleSeconds counted from here: a broadcast (a job
+            // done, another thread ending) must not restart the count. It
+            // did, and as each idle thread ended its broadcast kept every
+            // other one for another idleSeconds: after a burst the pool
+            // shed one thread per idleSeconds.
             idle += 1
-            let signalled = lock.wait(seconds: idleSeconds)
+            let deadline = SystemClock.monotonic() + idleSeconds
+            var expired = false
+            while head >= queue.count && !stopping {
+                let left = deadline - SystemClock.monotonic()
+                if left <= 0 { expired = true; break }
+                lock.wait(seconds: left)
+            }
             idle -= 1
-            if !signalled && head >= queue.count { break }   // idle too long: give the stack back
+            if expired { break }   // idle too long: give the stack back
         }
         threads -= 1
         lock.broadcast()

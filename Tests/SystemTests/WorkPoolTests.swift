@@ -40,4 +40,37 @@ import Glibc
         #expect(pool.load.threads == 0)
         #expect(pool.load.queued == 0)
     }
+
+    /// Threads that go idle together end together, idleSeconds later: one
+    /// ending must not make the others wait another idleSeconds each.
+    @Test(.timeLimit(.minutes(1)))
+    func idleThreadsEndTogetherAfterABurst() {
+        let idle = 0.5
+        let pool = WorkPool(name: "test-pool", limit: 6, idleSeconds: idle)
+        let gate = ConditionLock()
+        let started = Mutex(0)
+        let open = Mutex(false)
+        for _ in 0..<6 {
+            #expect(pool.submit {
+                started.withLock { $0 += 1 }
+                gate.withLock { while !open.withLock({ $0 }) { gate.wait() } }
+            })
+        }
+        while started.withLock({ $0 }) < 6 { usleep(5_000) }
+        #expect(pool.load.threads == 6)
+        gate.withLock { open.withLock { $0 = true }; gate.broadcast() }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let t0 = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        var t = t0
+        while pool.load.threads > 0 && t - t0 < 10 {
+            usleep(10_000)
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            t = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        }
+        #expect(pool.load.threads == 0)
+        // All six within a few idle periods (one after another, as before,
+        // took six).
+        #expect(t - t0 < idle * 3, "threads ended \(t - t0) s after the burst")
+    }
 }

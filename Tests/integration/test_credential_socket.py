@@ -81,6 +81,11 @@ def test_units_get_their_credentials_and_nothing_else(tmp_path, kms, mount_facto
     text = audit.read_text()
     assert text.count("result=allowed") == 2
     assert "path=api.token result=denied" in text and "systemd credential for %s" % batch in text
+    # Refusals before any access decision are audited too: the forged
+    # address and the peer that is not root.
+    denied = [l for l in text.splitlines() if "result=denied" in l]
+    assert any("runs in %s" % batch in l and "names %s" % web in l for l in denied), denied
+    assert any("not root as systemd does" in l for l in denied), denied
     assert b"token-for-web" not in pathlib.Path(m.log_path).read_bytes()
 
 
