@@ -39,6 +39,9 @@ import System
 /// and says no, and the caller fails (an open answers EIO within `timeout=`).
 public final class RateAdapter: @unchecked Sendable {
     public struct Configuration: Sendable, Equatable {
+        /// Whether throttles set the pace (`kms_rate=adaptive` or `N`);
+        /// when false and there is no ceiling, nothing is ever paced.
+        public var adaptive = true
         /// Requests a second never exceeded (`kms_rate=`); nil: no ceiling.
         public var ceiling: Double?
         /// The share of the measured send rate kept after a throttle.
@@ -130,6 +133,7 @@ public final class RateAdapter: @unchecked Sendable {
     /// Takes a send slot, sleeping until it comes; false (nothing taken)
     /// when it would come more than `seconds` from now.
     public func acquire(within seconds: Double) -> Bool {
+        if !configuration.adaptive && configuration.ceiling == nil { return true }
         let wait: Double
         lock.lock()
         let now = clock.monotonic()
@@ -163,6 +167,7 @@ public final class RateAdapter: @unchecked Sendable {
 
     /// What the service answered to a request sent through `acquire`.
     public func record(_ outcome: Outcome) {
+        guard configuration.adaptive else { return }
         lock.withLock {
             let now = clock.monotonic()
             switch outcome {

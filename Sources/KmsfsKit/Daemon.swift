@@ -124,7 +124,7 @@ public enum Daemon {
         }
         let audit = QueuedAuditSink(auditTarget)
 
-        let kms = settings.makeKMSClient(rate: options.kmsRate)
+        let kms = settings.makeKMSClient(rate: options.kmsRate, adaptive: options.kmsPacing)
         let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
                                         requirePathBinding: options.requireBinding, allowedKeys: options.kmsKeys,
                                         maxEncryptedDataKeys: options.maxEncryptedDataKeys)

@@ -73,8 +73,14 @@ public struct MountOptions: Sendable {
     /// Seconds one KMS call may take, retries included.
     public var kmsTimeout: Double?
     /// `kms_rate=N`: KMS requests a second this mount never exceeds (its
-    /// share of the account's quota); nil: paced only once KMS throttles.
+    /// share of the account's quota); nil: no ceiling.
     public var kmsRate: Double?
+    /// `kms_rate=adaptive` or `kms_rate=N`: requests are paced from KMS's
+    /// first throttle on (a fleet sharing a quota). Off by default, and
+    /// with `kms_rate=0`: throttles are retried with backoff only.
+    public var kmsPacing = false
+    /// `kms_rate=` as one value (pacing, ceiling), for the remount check.
+    var kmsRateSetting: [Double] { [kmsPacing ? 1 : 0, kmsRate ?? 0] }
     public var caBundle: String?
     /// Where systemd's `LoadCredential=ID:PATH` is served (`credential_socket=`).
     public var credentialSocket: String?

@@ -19,6 +19,21 @@ import AWS
         #expect(clock.sleeps.isEmpty)
     }
 
+    @Test func notAdaptiveNeverPacesWhateverTheServiceAnswers() {
+        let clock = ManualClock()
+        var c = RateAdapter.Configuration()
+        c.adaptive = false
+        let a = RateAdapter(c, clock: clock.clock)
+        for i in 0..<1000 {
+            #expect(a.acquire(within: 0))
+            a.record(i % 2 == 0 ? .throttled : .success)
+            clock.advance(0.001)
+        }
+        #expect(a.currentRate == nil)
+        #expect(clock.sleeps.isEmpty)
+        #expect(a.statistics.cuts == 0)
+    }
+
     @Test func aThrottleCutsToSevenTenthsOfTheMeasuredSendRateOncePerBurst() throws {
         let clock = ManualClock()
         let a = RateAdapter(clock: clock.clock)

@@ -53,6 +53,12 @@ import AWS
         #expect(try MountOptions.parse(["kms_rate=2.5"]).kmsRate == 2.5)
         #expect(try MountOptions.parse(["kms_rate=100000"]).kmsRate == 100_000)
         #expect(try MountOptions.parse(["kms_rate=0"]).kmsRate == nil)
+        // Pacing is opt-in: a number or adaptive turns it on, 0 or nothing leaves it off.
+        #expect(try MountOptions.parse([]).kmsPacing == false)
+        #expect(try MountOptions.parse(["kms_rate=0"]).kmsPacing == false)
+        #expect(try MountOptions.parse(["kms_rate=2.5"]).kmsPacing == true)
+        let adaptive = try MountOptions.parse(["kms_rate=adaptive"])
+        #expect(adaptive.kmsPacing == true && adaptive.kmsRate == nil)
         #expect(try MountOptions.parse(["allow_uid=1"]).kmsRate == nil)
     }
 

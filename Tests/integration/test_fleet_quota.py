@@ -37,7 +37,7 @@ def test_mounts_sharing_a_quota_prefetch_everything_without_hammering_it(fleet, 
     plaintext, sources = fleet
     proxy.quota = TokenBucket(QUOTA, 3)
     env = kms.base_env(endpoint=proxy.url)
-    mounts = [mount_factory(src, "allow_uid=0,audit=off,prefetch", env=env) for src in sources]
+    mounts = [mount_factory(src, "allow_uid=0,audit=off,prefetch,kms_rate=adaptive", env=env) for src in sources]
     done = ("prefetch: %d secrets decrypted in" % SECRETS, "prefetch: the rest decrypted")
     deadline = time.time() + 180
     for m in mounts:
