@@ -19,6 +19,12 @@
  *   fsloop soak THREADS SECONDS LISTFILE        THREADS readers pick files at
  *                                               random until SECONDS pass; prints
  *                                               "ops N failed F p50_ns A p99_ns B max_ns C"
+ *   fsloop fleet RETRY_MS LISTFILE              one reader, as a service at boot: reads
+ *                                               every file in turn to EOF; an open or read
+ *                                               failing with EIO is counted and that file
+ *                                               tried again RETRY_MS later (any other
+ *                                               error ends the reader); prints
+ *                                               "ok N failed F wall_ns W"
  *
  * A failed open or read is counted (storm, soak) or is fatal (hot, once):
  * a benchmark of failing calls would be meaningless.
@@ -327,8 +333,49 @@ static int cmd_soak(int argc, char **argv)
     return 0;
 }
 
+/* fleet: one host's services reading their secrets right after boot. */
+static int cmd_fleet(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: fsloop fleet RETRY_MS LISTFILE\n");
+        return 2;
+    }
+    long retry_ms = atol(argv[1]);
+    FILE *f = fopen(argv[2], "r");
+    if (!f) {
+        fprintf(stderr, "fsloop: %s: %s\n", argv[2], strerror(errno));
+        return 1;
+    }
+    char line[4096], buf[4096];
+    long ok = 0, failed = 0;
+    uint64_t t0 = now_ns();
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (!line[0])
+            continue;
+        long got;
+        while ((got = read_file(line, 1, buf, sizeof buf)) <= 0) {
+            /* EIO is kmsfs's answer when KMS failed; anything else (the
+             * mount gone: ENOENT, ENOTCONN) ends the reader. */
+            if (got != -EIO) {
+                fprintf(stderr, "fsloop: %s: %s\n", line, got < 0 ? strerror((int)-got) : "empty read");
+                return 1;
+            }
+            failed++;
+            struct timespec ts = { retry_ms / 1000, (retry_ms % 1000) * 1000000L };
+            nanosleep(&ts, NULL);
+        }
+        ok++;
+    }
+    fclose(f);
+    printf("ok %ld failed %ld wall_ns %llu\n", ok, failed, (unsigned long long)(now_ns() - t0));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "fleet") == 0)
+        return cmd_fleet(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "hot") == 0)
         return cmd_hot(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "once") == 0)
@@ -337,6 +384,6 @@ int main(int argc, char **argv)
         return cmd_storm(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "soak") == 0)
         return cmd_soak(argc - 1, argv + 1);
-    fprintf(stderr, "usage: fsloop hot|once|storm|soak ...\n");
+    fprintf(stderr, "usage: fsloop hot|once|storm|soak|fleet ...\n");
     return 2;
 }

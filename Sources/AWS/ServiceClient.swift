@@ -128,9 +128,10 @@ public struct RetryingCaller: Sendable {
     public let attemptTimeout: Double
     public let metrics: CallMetrics?
     public let limiter: AdaptiveLimiter?
+    public let pacer: RateAdapter?
 
     public init(label: String, retry: RetryStrategy, clock: Clock, deadline: Double, attemptTimeout: Double,
-                metrics: CallMetrics? = nil, limiter: AdaptiveLimiter? = nil) {
+                metrics: CallMetrics? = nil, limiter: AdaptiveLimiter? = nil, pacer: RateAdapter? = nil) {
         self.label = label
         self.retry = retry
         self.clock = clock
@@ -138,6 +139,7 @@ public struct RetryingCaller: Sendable {
         self.attemptTimeout = attemptTimeout
         self.metrics = metrics
         self.limiter = limiter
+        self.pacer = pacer
     }
 
     /// Seconds under which an attempt is not worth starting.
@@ -157,6 +159,10 @@ public struct RetryingCaller: Sendable {
                 result = .failure(.transport(TransportError(.timeout, "\(label): no time left within the \(RetryingCaller.seconds(deadline)) s call deadline")))
             } else if let limiter, !limiter.acquire(within: remaining - RetryingCaller.minimumAttemptTime, clock: clock) {
                 result = .failure(.transport(TransportError(.timeout, "\(label): no call slot within the \(RetryingCaller.seconds(deadline)) s call deadline (KMS is throttling; calls are slowed down)")))
+            } else if let pacer, !pacer.acquire(within: deadline - (clock.monotonic() - start) - RetryingCaller.minimumAttemptTime) {
+                // In flight, but no send slot in time: give the call slot back unused.
+                limiter?.release(.other)
+                result = .failure(.transport(TransportError(.timeout, "\(label): no send slot within the \(RetryingCaller.seconds(deadline)) s call deadline (KMS is throttling; requests are paced at \(RetryingCaller.rate(pacer.currentRate)))")))
             } else {
                 remaining = deadline - (clock.monotonic() - start)
                 let r = attempt(min(attemptTimeout, max(remaining, RetryingCaller.minimumAttemptTime)))
@@ -164,6 +170,12 @@ public struct RetryingCaller: Sendable {
                     switch r {
                     case .success: limiter.release(.success)
                     case .failure(let e): limiter.release(e.retryClass == .throttling ? .throttled : .other)
+                    }
+                }
+                if let pacer {
+                    switch r {
+                    case .success: pacer.record(.success)
+                    case .failure(let e): pacer.record(e.retryClass == .throttling ? .throttled : .other)
                     }
                 }
                 result = r
@@ -194,6 +206,11 @@ public struct RetryingCaller: Sendable {
         }
     }
 
+    static func rate(_ r: Double?) -> String {
+        guard let r else { return "no set rate" }
+        return r >= 10 ? "\(displaySeconds(r))/s" : "\(Double(clampedMilliseconds(r / 10)) / 100)/s"
+    }
+
     static func seconds(_ d: Double) -> String {
         d == d.rounded() ? String(displaySeconds(d)) : String(d)
     }
@@ -222,6 +239,8 @@ public final class AWSJSONClient: Sendable {
     /// Calls in flight: at most the transport's pooled connections, halved
     /// while the service throttles.
     public let limiter: AdaptiveLimiter
+    /// Requests sent: paced once the service throttles (`RateAdapter`).
+    public let pacer: RateAdapter
     /// Longest a call may take, retries and backoff included.
     public let callDeadline: Double
     /// Longest one attempt may take (connection included).
@@ -232,8 +251,10 @@ public final class AWSJSONClient: Sendable {
     public init(signingName: String, targetPrefix: String, region: String, endpoint: URLParts,
                 credentials: CredentialProvider, transport: HTTPTransport, clock: Clock = .system,
                 retry: RetryStrategy = RetryStrategy(), callDeadline: Double = 30,
-                attemptTimeout: Double = 10, connectTimeout: Double = 3, maxInFlight: Int = 16) {
+                attemptTimeout: Double = 10, connectTimeout: Double = 3, maxInFlight: Int = 16,
+                pacing: RateAdapter.Configuration = RateAdapter.Configuration()) {
         self.limiter = AdaptiveLimiter(maximum: maxInFlight)
+        self.pacer = RateAdapter(pacing, clock: clock)
         self.signingName = signingName
         self.targetPrefix = targetPrefix
         self.region = region
@@ -251,7 +272,7 @@ public final class AWSJSONClient: Sendable {
     public func call(_ operation: String, body: HTTPBody) throws(AWSError) -> HTTPResponse {
         let caller = RetryingCaller(label: "\(targetPrefix).\(operation)", retry: retry, clock: clock,
                                     deadline: callDeadline, attemptTimeout: attemptTimeout, metrics: metrics,
-                                    limiter: limiter)
+                                    limiter: limiter, pacer: pacer)
         return try caller.call { timeout in
             do throws(AWSError) { return .success(try attemptOnce(operation, body: body, timeout: timeout)) } catch { return .failure(error) }
         }

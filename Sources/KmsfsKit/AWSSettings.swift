@@ -155,13 +155,20 @@ public struct AWSSettings: Sendable {
     /// IMDS 7 s (7 requests × 1 s), environment and static profile keys 0.
     public static let credentialFetchBound = 10.0
 
-    /// A KMS client over the shared transport with these settings.
-    public func makeKMSClient() -> KMSClient {
+    /// A KMS client over the shared transport with these settings. With
+    /// `adaptive` (`kms_rate=adaptive` or `N`) its requests are paced once
+    /// KMS throttles, never above `rate` a second when one is given;
+    /// without, throttles are only retried with backoff.
+    public func makeKMSClient(rate: Double? = nil, adaptive: Bool = false) -> KMSClient {
         var r = RetryStrategy.Configuration()
         r.maxAttempts = maxAttempts
+        var pacing = RateAdapter.Configuration()
+        pacing.ceiling = rate
+        pacing.adaptive = adaptive
         return KMSClient(api: AWSJSONClient(signingName: "kms", targetPrefix: "TrentService", region: region,
                                             endpoint: endpoint, credentials: credentials, transport: transport,
                                             retry: RetryStrategy(r), callDeadline: callDeadline,
-                                            attemptTimeout: attemptTimeout, connectTimeout: connectTimeout))
+                                            attemptTimeout: attemptTimeout, connectTimeout: connectTimeout,
+                                            pacing: pacing))
     }
 }

@@ -124,7 +124,7 @@ public enum Daemon {
         }
         let audit = QueuedAuditSink(auditTarget)
 
-        let kms = settings.makeKMSClient()
+        let kms = settings.makeKMSClient(rate: options.kmsRate, adaptive: options.kmsPacing)
         let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
                                         requirePathBinding: options.requireBinding, allowedKeys: options.kmsKeys,
                                         maxEncryptedDataKeys: options.maxEncryptedDataKeys)
@@ -236,9 +236,22 @@ public enum Daemon {
             _ = stat(mountpoint, &st)
             if prefetch {
                 let t0 = SystemClock.monotonic()
-                let (ok, failed) = fs.prefetch(parallel: 8)
+                let first = fs.prefetch(parallel: 8)
+                var (ok, failed, retry) = (first.ok, first.failed, first.unavailable)
+                // Under a saturated quota some calls outlast their deadline
+                // waiting for a turn: passes over those (KMS unavailable, not
+                // bad files or refusals), while each still makes progress,
+                // before saying ready.
+                for _ in 0..<4 where !retry.isEmpty {
+                    let pass = fs.prefetch(parallel: 4, only: retry)
+                    if pass.ok == 0 { break }
+                    (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
+                }
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
-                if failed > 0 {
+                if !retry.isEmpty {
+                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
+                    Daemon.finishPrefetch(fs: fs, retry: retry)
+                } else if failed > 0 {
                     Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
                 } else {
                     Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
@@ -308,6 +321,31 @@ public enum Daemon {
     /// took: KMS connections idle for 15 s are closed, and once no open has
     /// come for a while the reply scratch buffers a burst pooled are
     /// released and freed heap pages return to the kernel.
+    /// Secrets the prefetch could not decrypt (KMS throttled past a call's
+    /// deadline, or did not answer) are tried again in the background, a
+    /// few rounds with growing pauses, while the mount already serves: an
+    /// open of one of them meanwhile decrypts it itself (or fails within
+    /// `timeout=`), and the rounds only find the rest in the cache.
+    static func finishPrefetch(fs: SecretFileSystem, retry first: [String], rounds: Int = 6, firstPause: Double = 2) {
+        startThread(name: "kmsfs-prefetch") {
+            var pause = firstPause
+            var retry = first
+            for round in 1...max(1, rounds) {
+                SystemClock.sleep(pause)
+                let t0 = SystemClock.monotonic()
+                let r = fs.prefetch(parallel: 2, only: retry)
+                let ms = Int((SystemClock.monotonic() - t0) * 1000)
+                retry = r.unavailable
+                if retry.isEmpty {
+                    Log.notice("prefetch: the rest decrypted after \(round) more round\(round == 1 ? "" : "s") (\(r.ok) secrets, \(ms) ms)")
+                    return
+                }
+                Log.warning("prefetch round \(round + 1): \(retry.count) secrets still failed")
+                pause = min(pause * 2, 60)
+            }
+        }
+    }
+
     static func startIdleHousekeeping(fs: SecretFileSystem, session: FUSESession, transport: HTTPTransport) {
         startThread(name: "kmsfs-idle") {
             var lastOpens = -1
@@ -344,8 +382,20 @@ public enum Daemon {
         let (entries, bytes) = fs.cache.snapshot
         let c = fs.counterSnapshot
         let k = kms.api.metrics.snapshot
+        let pace = (rate: kms.api.pacer.currentRate, stats: kms.api.pacer.statistics)
         func n(_ v: Int) -> JSONValue { .number(Double(v)) }
         func ms(_ v: Double?) -> JSONValue { v.map { .number(($0 * 1000 * 10).rounded() / 10) } ?? .null }
+        let buckets: JSONValue = .array(zip(CallMetrics.bucketBounds, k.buckets).map { .array([.number($0), n($1)]) })
+        let kmsFields: [(String, JSONValue)] = [
+            ("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
+            ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99)),
+            ("latency_buckets", buckets), ("latency_sum_s", .number(k.latencySum)), ("latency_count", n(k.latencyCount)),
+            ("last_success", k.lastSuccess.map { .number($0.rounded()) } ?? .null),
+        ]
+        // Requests a second while KMS throttles (null: not paced), rate cuts, sends that waited.
+        let pacedRate: JSONValue = pace.rate.map { .number(($0 * 100).rounded() / 100) } ?? .null
+        let pacing: [(String, JSONValue)] = [("paced_rate", pacedRate), ("rate_cuts", n(pace.stats.cuts)),
+                                             ("paced_sends", n(pace.stats.paced))]
         let cache: [JSONValue] = entries.map { e in
             .object([("path", .string(SourceTree.mountPath(ofSource: e.path))), ("size", n(e.size)),
                      ("age_s", .number(e.age.rounded())), ("hits", n(e.hits)), ("format", .string(e.format)),
@@ -375,11 +425,7 @@ public enum Daemon {
             ("counters", .object([("opens", n(c.opens)), ("cache_hits", n(c.cacheHits)), ("decrypts", n(c.decrypts)),
                                   ("shared", n(c.shared)), ("refreshes", n(c.refreshes)), ("denials", n(c.denials)),
                                   ("failures", n(c.failures))])),
-            ("kms", .object([("calls", n(k.calls)), ("failures", n(k.failures)), ("retries", n(k.retries)),
-                             ("throttled", n(k.throttled)), ("p50_ms", ms(k.p50)), ("p99_ms", ms(k.p99)),
-                             ("latency_buckets", .array(zip(CallMetrics.bucketBounds, k.buckets).map { .array([.number($0), n($1)]) })),
-                             ("latency_sum_s", .number(k.latencySum)), ("latency_count", n(k.latencyCount)),
-                             ("last_success", k.lastSuccess.map { .number($0.rounded()) } ?? .null)])),
+            ("kms", .object(kmsFields + pacing)),
             ("watched_directories", n(watcher?.watchCount ?? 0)),
             ("handles", .object([("open", n(fs.handles.count)), ("stale", .array(stale))])),
             ("rotation", .object([("changes", n(r.changes)), ("decrypt_failures", n(r.decryptFailures)),

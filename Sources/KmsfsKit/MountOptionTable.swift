@@ -69,6 +69,16 @@ struct OptionValue {
         return m
     }
 
+    /// Requests a second: decimal digits with an optional fraction (no
+    /// unit), within `range`, or 0 for none (nil).
+    func rate(_ range: ClosedRange<Double>) throws(OptionError) -> Double? {
+        let v = try need()
+        guard !v.contains(where: \.isLetter), let r = MountOptions.parseDuration(v), range.contains(r) || r == 0 else {
+            throw OptionError("option '\(key)=\(v)': expected KMS requests a second from \(MountOptions.showRate(range.lowerBound)) to \(MountOptions.showRate(range.upperBound)) (or 0: no pacing), such as 5 or 0.5, or adaptive (paced from KMS's first throttle, no ceiling)")
+        }
+        return r == 0 ? nil : r
+    }
+
     func positiveInt(_ range: ClosedRange<Int>) throws(OptionError) -> Int {
         let v = try need()
         guard v.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
@@ -166,6 +176,15 @@ extension MountOptions {
         .fixed("ca_bundle", at: \.caBundle) { o, v throws(OptionError) in o.caBundle = try v.absolutePath("give an absolute path") },
         .fixed("retries", ["max_attempts"], at: \.maxAttempts) { o, v throws(OptionError) in o.maxAttempts = try v.positiveInt(Limits.retries) },
         .fixed("timeout", ["kms_timeout"], at: \.kmsTimeout) { o, v throws(OptionError) in o.kmsTimeout = try v.seconds(Limits.timeout) },
+        .fixed("kms_rate", at: \.kmsRateSetting) { o, v throws(OptionError) in
+            if v.value == "adaptive" {
+                o.kmsRate = nil
+                o.kmsPacing = true
+            } else {
+                o.kmsRate = try v.rate(Limits.kmsRate)
+                o.kmsPacing = o.kmsRate != nil
+            }
+        },
         .fixed("threads", ["max_threads"], at: \.threads) { o, v throws(OptionError) in o.threads = try v.positiveInt(Limits.threads) },
         .fixed("max_inflight", at: \.maxInflight) { o, v throws(OptionError) in o.maxInflight = try v.positiveInt(Limits.maxInflight) },
         .fixed("insecure_allow_unlocked", ["insecure_unlocked_memory"], at: \.insecureAllowUnlocked) { o, v throws(OptionError) in

@@ -72,6 +72,15 @@ public struct MountOptions: Sendable {
     public var maxAttempts: Int?
     /// Seconds one KMS call may take, retries included.
     public var kmsTimeout: Double?
+    /// `kms_rate=N`: KMS requests a second this mount never exceeds (its
+    /// share of the account's quota); nil: no ceiling.
+    public var kmsRate: Double?
+    /// `kms_rate=adaptive` or `kms_rate=N`: requests are paced from KMS's
+    /// first throttle on (a fleet sharing a quota). Off by default, and
+    /// with `kms_rate=0`: throttles are retried with backoff only.
+    public var kmsPacing = false
+    /// `kms_rate=` as one value (pacing, ceiling), for the remount check.
+    var kmsRateSetting: [Double] { [kmsPacing ? 1 : 0, kmsRate ?? 0] }
     public var caBundle: String?
     /// Where systemd's `LoadCredential=ID:PATH` is served (`credential_socket=`).
     public var credentialSocket: String?
@@ -202,6 +211,8 @@ public struct MountOptions: Sendable {
         public static let stale: ClosedRange<Double> = 0...31_536_000
         /// `timeout=`: 1 s to 1 hour per KMS call, retries included.
         public static let timeout: ClosedRange<Double> = 1...3600
+        /// `kms_rate=`: 0.1 to 100,000 KMS requests a second (0: no ceiling).
+        public static let kmsRate: ClosedRange<Double> = 0.1...100_000
         /// `max_size=` (and the tools' `--max-size`): 1 byte to 1 GiB.
         public static let maxSize: ClosedRange<Int> = 1...(1 << 30)
         /// `cache_max=`: 1 byte to 64 GiB of locked memory.
@@ -272,6 +283,11 @@ public struct MountOptions: Sendable {
         if n >= 86400, n % 86400 == 0 { return "\(n / 86400)d" }
         if n >= 3600, n % 3600 == 0 { return "\(n / 3600)h" }
         return "\(n)"
+    }
+
+    /// `0.1`, `100000`: a rate's bound as the refusals show it.
+    static func showRate(_ v: Double) -> String {
+        v == v.rounded() ? "\(displaySeconds(v))" : "\(v)"
     }
 
     /// `1`, `64K`, `1G`: a bound as the refusals show it.

@@ -633,9 +633,20 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Prefetch
 
-    /// Decrypts every secret in SOURCE, `parallel` at a time, so services
-    /// starting at boot never wait on KMS. Returns (decrypted, failed).
-    public func prefetch(parallel: Int) -> (ok: Int, failed: Int) {
+    /// What a prefetch did: secrets decrypted (or found cached), secrets
+    /// that failed, and the SOURCE paths of those that failed because KMS
+    /// was unavailable (throttled past the call's deadline, 5xx, no
+    /// answer): worth another try, unlike a bad file or a refusal.
+    public struct PrefetchResult: Sendable {
+        public var ok = 0
+        public var failed = 0
+        public var unavailable: [String] = []
+    }
+
+    /// Decrypts every secret in SOURCE (or only the SOURCE paths `only`
+    /// names), `parallel` at a time, so services starting at boot never
+    /// wait on KMS.
+    public func prefetch(parallel: Int, only: [String]? = nil) -> PrefetchResult {
         var files: [(source: String, mount: String)] = []
         // An explicit stack, never recursion over SOURCE (any depth).
         var pending: [(source: String, mount: String)] = [(".", "")]
@@ -647,28 +658,63 @@ public final class SecretFileSystem: @unchecked Sendable {
                 if i.kind == .directory { pending.append((s, m)) } else { files.append((s, m)) }
             }
         }
-        let next = Mutex(0)
-        let results = Mutex((ok: 0, failed: 0))
-        let done = ConditionLock()
-        let workers = min(max(parallel, 1), max(files.count, 1))
-        let running = Mutex(workers)
+        if let only {
+            let wanted = Set(only)
+            files = files.filter { wanted.contains($0.source) }
+        }
+        let results = Mutex(PrefetchResult())
         let maxBytes = configuration.maxCiphertextBytes
         let work = files
-        for _ in 0..<workers {
-            startThread(name: "kmsfs-prefetch") { [self] in
-                while true {
-                    let i = next.withLock { n -> Int in let v = n; n += 1; return v }
-                    guard i < work.count else { break }
-                    let f = work[i]
-                    let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
-                    let current = try? tree.stat(f.source)
-                    let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
-                        self.load(node, maxBytes: maxBytes)
-                    }
-                    results.withLock { if case .success = r { $0.ok += 1 } else { $0.failed += 1 } }
-                }
-                done.withLock { running.withLock { $0 -= 1 }; done.broadcast() }
+        let one: @Sendable (Int) -> Void = { [self] i in
+            let f = work[i]
+            let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
+            let current = try? tree.stat(f.source)
+            let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
+                self.load(node, maxBytes: maxBytes)
             }
+            results.withLock {
+                switch r {
+                case .success: $0.ok += 1
+                case .failure(let e):
+                    $0.failed += 1
+                    if e.kind == .unavailable { $0.unavailable.append(f.source) }
+                }
+            }
+        }
+        // One secret first, alone (for up to a second): when a whole fleet
+        // boots at once, each host's first answer (a throttle paces its
+        // client) comes before it sends `parallel` more, so the storm opens
+        // with one request a host. A KMS that does not answer delays the
+        // others by that second only.
+        guard !work.isEmpty else { return PrefetchResult() }
+        let next = Mutex(1)
+        let done = ConditionLock()
+        let firstDone = Mutex(false)
+        let workers = min(max(parallel, 1), work.count)
+        let running = Mutex(workers)
+        let worker: @Sendable (Bool) -> Void = { first in
+            if first {
+                one(0)
+                done.withLock { firstDone.withLock { $0 = true }; done.broadcast() }
+            }
+            while true {
+                let i = next.withLock { n -> Int in let v = n; n += 1; return v }
+                guard i < work.count else { break }
+                one(i)
+            }
+            done.withLock { running.withLock { $0 -= 1 }; done.broadcast() }
+        }
+        startThread(name: "kmsfs-prefetch") { worker(true) }
+        let waitUntil = SystemClock.monotonic() + 1
+        done.withLock {
+            while !firstDone.withLock({ $0 }) {
+                let left = waitUntil - SystemClock.monotonic()
+                if left <= 0 { break }
+                _ = done.wait(seconds: left)
+            }
+        }
+        for _ in 1..<max(workers, 1) {
+            startThread(name: "kmsfs-prefetch") { worker(false) }
         }
         done.withLock { while running.withLock({ $0 }) > 0 { done.wait() } }
         return results.withLock { $0 }

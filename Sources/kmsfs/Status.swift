@@ -130,7 +130,7 @@ enum StatusText {
         var out = [
             "kmsfs on \(s(d["mountpoint"])) (source \(s(d["source"]))), pid \(i(d["pid"])), up \(age(d["uptime_s"])), memory \(s(d["memory"]))\(whole(d["ttl_s"]).map { ", ttl \($0)s" } ?? "")",
             "opens \(i(c?["opens"]))  cache hits \(i(c?["cache_hits"]))  KMS decrypts \(i(c?["decrypts"]))  shared \(i(c?["shared"]))  refreshes \(i(c?["refreshes"]))  denied \(i(c?["denials"]))  failed \(i(c?["failures"]))",
-            "KMS calls \(i(k?["calls"]))  errors \(i(k?["failures"]))  retries \(i(k?["retries"]))  throttled \(i(k?["throttled"]))  latency p50 \(ms(k?["p50_ms"]))  p99 \(ms(k?["p99_ms"]))",
+            "KMS calls \(i(k?["calls"]))  errors \(i(k?["failures"]))  retries \(i(k?["retries"]))  throttled \(i(k?["throttled"]))  latency p50 \(ms(k?["p50_ms"]))  p99 \(ms(k?["p99_ms"]))\(k?["paced_rate"]?.numberValue.map { "  paced at \($0)/s" } ?? "")",
         ]
         if let cr = d["credentials"] {
             out.append("credentials from \(s(cr["source"]))\(cr["access_key_id"]?.stringValue.map { " (\(LogEscape.escape($0)))" } ?? "")\(cr["expires"]?.stringValue.map { ", expire \(LogEscape.escape($0))" } ?? "")")

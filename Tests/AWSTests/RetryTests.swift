@@ -103,7 +103,11 @@ import Synchronization
         let r = try client.call("Decrypt", body: .bytes(Array("{}".utf8)))
         #expect(r.status == 200)
         #expect(t.count == 3)
-        #expect(clock.sleeps == [0.025, 0.05])
+        // The backoffs, then (KMS throttled twice, so requests are now paced)
+        // the wait for the third attempt's send slot.
+        #expect(Array(clock.sleeps.prefix(2)) == [0.025, 0.05])
+        #expect(clock.sleeps.count == 3 && clock.sleeps[2] > 0 && clock.sleeps[2] <= 1)
+        #expect(client.pacer.currentRate != nil && client.pacer.statistics.throttles == 2)
         let reqs = t.requests
         #expect(reqs[0].timeout == 8 && reqs[0].connectTimeout == 3)     // clamped to the deadline
         #expect(reqs[2].timeout! <= 8 - 0.075 + 1e-9)   // the sleeps came off the deadline

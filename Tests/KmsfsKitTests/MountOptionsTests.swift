@@ -38,7 +38,7 @@ import AWS
     @Test(arguments: [
         ("region=us-east-1", "region"), ("endpoint=http://127.0.0.1:1", "endpoint"), ("threads=3", "threads"),
         ("audit=off", "audit"), ("kms_context=app=b", "context"), ("require_binding", "require_binding"),
-        ("no_memfd_secret", "no_memfd_secret"), ("retries=5", "retries"),
+        ("no_memfd_secret", "no_memfd_secret"), ("retries=5", "retries"), ("kms_rate=5", "kms_rate"),
     ])
     func aRemountRefusesToChangeWhatOnlyAMountSets(change: String, name: String) {
         #expect(throws: OptionError.self) { try MountOptions.remounted(["region=eu-west-1,context=app=a"], with: ["remount," + change]) }
@@ -47,6 +47,19 @@ import AWS
         } catch {
             #expect(error.message.hasPrefix("option '\(name)' cannot change on a live mount"))
         }
+    }
+
+    @Test func kmsRateIsACeilingInRequestsASecond() throws {
+        #expect(try MountOptions.parse(["kms_rate=2.5"]).kmsRate == 2.5)
+        #expect(try MountOptions.parse(["kms_rate=100000"]).kmsRate == 100_000)
+        #expect(try MountOptions.parse(["kms_rate=0"]).kmsRate == nil)
+        // Pacing is opt-in: a number or adaptive turns it on, 0 or nothing leaves it off.
+        #expect(try MountOptions.parse([]).kmsPacing == false)
+        #expect(try MountOptions.parse(["kms_rate=0"]).kmsPacing == false)
+        #expect(try MountOptions.parse(["kms_rate=2.5"]).kmsPacing == true)
+        let adaptive = try MountOptions.parse(["kms_rate=adaptive"])
+        #expect(adaptive.kmsPacing == true && adaptive.kmsRate == nil)
+        #expect(try MountOptions.parse(["allow_uid=1"]).kmsRate == nil)
     }
 
     @Test func kmsContextIsTheFstabSpellingOfContext() throws {
@@ -69,6 +82,12 @@ import AWS
         ("prefetch=yes", "takes no value"),
         ("max_size=lots", "size in bytes"),
         ("endpoint=not a url", "expected a URL"),
+        ("kms_rate=fast", "KMS requests a second from 0.1 to 100000"),
+        ("kms_rate=5m", "KMS requests a second"),
+        ("kms_rate=0.05", "KMS requests a second"),
+        ("kms_rate=100001", "KMS requests a second"),
+        ("kms_rate=-1", "KMS requests a second"),
+        ("kms_rate=1e3", "KMS requests a second"),
     ])
     func rejectsBadOptionsWithOneLine(_ raw: String, _ needle: String) {
         do {

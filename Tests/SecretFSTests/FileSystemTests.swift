@@ -192,3 +192,38 @@ func text(_ s: OpenSecret) -> String {
         #expect(SourceTree.mountPath(ofSource: "d/\u{600}.encrypted") == "d/\u{600}")
     }
 }
+
+/// Fails the secret whose ciphertext is `dlrow` (sub/b) as KMS-unavailable
+/// while `down`, like a call throttled past its deadline.
+final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
+    let down = Mutex(true)
+    let calls = Mutex<[String: Int]>([:])
+    let inner = FakeDecryptor()
+
+    func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+        let key = String(decoding: ciphertext, as: UTF8.self)
+        calls.withLock { $0[key, default: 0] += 1 }
+        if key == "dlrow", down.withLock({ $0 }) { return .failure(DecryptFailure(.unavailable, "ThrottlingException")) }
+        return inner.decrypt(ciphertext: ciphertext, path: path)
+    }
+}
+
+@Suite struct PrefetchTests {
+    @Test func prefetchNamesWhatKMSDidNotAnswerAndRetriesOnlyThose() throws {
+        let d = ThrottledDecryptor()
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
+                                  decryptor: d, audit: MemoryAudit())
+        let first = fs.prefetch(parallel: 4)
+        #expect(first.failed == 2)                       // bad (a bad file) and sub/b (KMS unavailable)
+        #expect(first.unavailable.count == 1 && first.unavailable[0].hasSuffix("b.encrypted"), "\(first.unavailable)")
+        #expect(first.ok == 1)
+        d.down.withLock { $0 = false }
+        let again = fs.prefetch(parallel: 4, only: first.unavailable)
+        #expect(again.ok == 1 && again.failed == 0 && again.unavailable.isEmpty)
+        // Only sub/b was tried again: the bad file once, a once (then cached).
+        #expect(d.calls.withLock { $0 } == ["dlrow": 2, "!": 1, "olleh": 1])
+        // Nothing left: an empty list prefetches nothing.
+        #expect(fs.prefetch(parallel: 4, only: []).ok == 0)
+    }
+}

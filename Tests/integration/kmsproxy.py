@@ -3,6 +3,10 @@
 Tests put it between kmsfs and moto to count KMS calls per operation and to
 inject the failures a real fleet meets: throttling, 5xx, connection resets,
 slow answers. Faults are scheduled per request by a policy function.
+
+`quota` (a TokenBucket) makes it behave like KMS's request quota: calls of
+the metered operations beyond the bucket's rate (after its burst) are
+answered 400 ThrottlingException "Rate exceeded", as KMS answers them.
 """
 import http.client
 import http.server
@@ -18,6 +22,36 @@ class Fault:
     UNAVAILABLE = "503"        # 503 with a JSON error body
     RESET = "reset"            # close the connection without answering
     SLOW = "slow"              # answer after `delay` seconds
+    QUOTA = "quota"            # 400 ThrottlingException "Rate exceeded" (the quota's answer)
+
+
+class TokenBucket:
+    """A request quota: `rate` tokens a second, at most `burst` saved up;
+    each metered call takes one or is throttled. Thread-safe through the
+    proxy's lock (take() is called under it)."""
+
+    def __init__(self, rate, burst, operations=("TrentService.Decrypt",), clock=time.monotonic):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.operations = set(operations)
+        self.clock = clock
+        self.tokens = float(burst)
+        self.last = clock()
+        self.throttled = 0
+        self.granted = 0
+
+    def take(self, target):
+        if target not in self.operations:
+            return True
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.granted += 1
+            return True
+        self.throttled += 1
+        return False
 
 
 class KMSProxy:
@@ -30,6 +64,9 @@ class KMSProxy:
         self.delay = 2.0
         self.connections = 0                    # TCP connections accepted (connection reuse)
         self.body_policy = None                 # optional (n, target, body) -> fault; wins over policy
+        self.quota = None                       # optional TokenBucket, applied before any fault
+        self.statuses = {}                      # target -> {HTTP status of the answer: count}
+        self.undelivered = 0                    # answers the client had hung up before (its attempt timed out)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -54,6 +91,8 @@ class KMSProxy:
                     n = len(proxy.requests)
                     proxy.requests.append(target)
                     fault = proxy.body_policy(n, target, body) if proxy.body_policy else proxy.policy(n, target)
+                    if fault is None and proxy.quota is not None and not proxy.quota.take(target):
+                        fault = Fault.QUOTA
                     if fault in (None, Fault.SLOW):
                         proxy.counts[target] = proxy.counts.get(target, 0) + 1
                 if fault == Fault.RESET:
@@ -61,10 +100,12 @@ class KMSProxy:
                     self.connection.close()
                     self.close_connection = True
                     return
-                if fault in (Fault.THROTTLE, Fault.UNAVAILABLE):
-                    status = 400 if fault == Fault.THROTTLE else 503
-                    code = "ThrottlingException" if fault == Fault.THROTTLE else "ServiceUnavailableException"
-                    payload = ('{"__type":"%s","message":"injected by test proxy"}' % code).encode()
+                if fault in (Fault.THROTTLE, Fault.UNAVAILABLE, Fault.QUOTA):
+                    status = 503 if fault == Fault.UNAVAILABLE else 400
+                    code = "ServiceUnavailableException" if fault == Fault.UNAVAILABLE else "ThrottlingException"
+                    message = "Rate exceeded" if fault == Fault.QUOTA else "injected by test proxy"
+                    payload = ('{"__type":"%s","message":"%s"}' % (code, message)).encode()
+                    proxy._answered(target, status)
                     self.send_response(status)
                     self.send_header("Content-Type", "application/x-amz-json-1.1")
                     self.send_header("Content-Length", str(len(payload)))
@@ -83,9 +124,19 @@ class KMSProxy:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client gave up on this attempt (its timeout) before
+                    # the answer came: KMS did the work, nobody got it.
+                    with proxy.lock:
+                        proxy.undelivered += 1
+                    self.close_connection = True
+                    return
+                finally:
+                    conn.close()
+                proxy._answered(target, resp.status)
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
@@ -101,6 +152,16 @@ class KMSProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def _answered(self, target, status):
+        with self.lock:
+            by = self.statuses.setdefault(target, {})
+            by[status] = by.get(status, 0) + 1
+
+    def answered(self, operation, status=200):
+        """Calls of `operation` answered with `status` (200: served)."""
+        with self.lock:
+            return self.statuses.get("TrentService." + operation, {}).get(status, 0)
+
     def count(self, operation):
         with self.lock:
             return self.counts.get("TrentService." + operation, 0)
@@ -110,6 +171,9 @@ class KMSProxy:
             self.counts.clear()
             self.requests.clear()
             self.connections = 0
+            self.statuses.clear()
+            self.undelivered = 0
+            self.quota = None
             self.policy = lambda n, target: None
             self.body_policy = None
 
