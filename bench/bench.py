@@ -1282,7 +1282,7 @@ def section_fleet(b):
         "moto_server: %g calls a second, a burst of %d, and above it 400 ThrottlingException \"Rate exceeded\" as "
         "KMS answers. (moto_server behind the proxy sustained 180–200 Decrypt/s with 8–32 clients on this "
         "machine while other jobs ran, so the quota, not the emulator, is what limits.) "
-        "`-o prefetch`: each daemon decrypts its SOURCE before READY=1; \"read at boot\": no prefetch, and "
+        "Every daemon mounts with `kms_rate=adaptive`, the fleet setting the guide gives (pacing is opt-in; the default only retries throttles with backoff). `-o prefetch`: each daemon decrypts its SOURCE before READY=1; \"read at boot\": no prefetch, and "
         "once READY=1 one reader per host reads every secret in turn (fsloop `fleet`), as services started "
         "at boot would. In both, a host is ready when its reader has read every secret; a failed read is "
         "counted and tried again 1 s later. The time runs from the first daemon's start (daemon start-up "
