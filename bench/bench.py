@@ -170,6 +170,18 @@ def is_mounted(path):
         return any(line.split()[1].replace("\\040", " ") == path for line in f if len(line.split()) > 2)
 
 
+
+def terminate(proc):
+    """SIGTERM (the daemon wipes and unmounts), then SIGKILL after 15 s."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
 def unmount(path):
     for cmd in (["fusermount3", "-u", path], ["fusermount3", "-uz", path], ["umount", "-l", path]):
         if not is_mounted(path):
@@ -307,14 +319,7 @@ class FuseProcess:
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         unmount(self.path)
         if self in BENCH.processes:
             BENCH.processes.remove(self)
@@ -1158,14 +1163,7 @@ class FleetHost:
     def stop(self):
         if self.reader is not None and self.reader.poll() is None:
             self.reader.kill()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         unmount(str(self.mnt))
 
 
