@@ -28,7 +28,11 @@ harness; it writes its report under the work directory, not docs/).
 Sizes: BENCH_HOT_ROUNDS, BENCH_HOT_BLOCK, BENCH_COLD_N, BENCH_STORM_N,
 BENCH_STORM_READERS, BENCH_SCALE_N, BENCH_SCALE_ROUNDS, BENCH_SOAK_READERS,
 BENCH_SOAK_SECONDS (one burst), BENCH_SOAK_BURSTS, BENCH_FLEET_N, BENCH_FLEET_MIN,
-BENCH_FLEET_MAX, BENCH_FLEET_QUOTA, BENCH_FLEET_BURST, BENCH_FLEET_RUNS. BENCH_DOC=path overrides where the report goes;
+BENCH_FLEET_MAX, BENCH_FLEET_QUOTA, BENCH_FLEET_BURST, BENCH_FLEET_RUNS, BENCH_FLEET_VARIANTS
+(some of prefetch,boot,standard,adaptive: for tuning, the report wants all).
+BENCH_HOT_PIN=CPUS (a taskset list, such as 0) runs the hot section's loop and
+daemons on those CPUs only: what each request costs, without the scheduler's
+choice of where to wake a thread (see bench/notes.md). BENCH_DOC=path overrides where the report goes;
 BENCH_KEEP=1 keeps the work directory (daemon logs) for a look afterwards.
 """
 import contextlib
@@ -68,8 +72,12 @@ def knob(name, full, quick):
     return type(full)(v)
 
 
-HOT_ROUNDS = knob("HOT_ROUNDS", 500, 4)
-HOT_BLOCK = knob("HOT_BLOCK", 20, 10)
+# Blocks of 200: in blocks of 20 each block began after ~10 ms of the other
+# daemons' work, and kmsfs (a larger working set than hello_ll's) spent much
+# of a short block refilling caches: that measured a cold daemon, which
+# bench/notes.md covers apart, not the hot path.
+HOT_ROUNDS = knob("HOT_ROUNDS", 50, 4)
+HOT_BLOCK = knob("HOT_BLOCK", 200, 10)
 HOT_WARMUP = knob("HOT_WARMUP", 200, 10)
 COLD_N = knob("COLD_N", 200, 10)
 COLD_BATCH = knob("COLD_BATCH", 10, 5)
@@ -403,6 +411,7 @@ class Bench:
         cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True,
                                 capture_output=True, text=True).stdout.split()
         self.fsloop = str(self.work / "fsloop")
+        self.loop_prefix = []
         subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", self.fsloop, str(HERE / "fsloop.c")], check=True)
         for name in ("hello_ll", "passthrough_ll"):
             src = EXAMPLES / (name + ".c")
@@ -503,7 +512,7 @@ class Bench:
         return times[warmup:], wall
 
     def run_loop(self, *args):
-        r = subprocess.run([self.fsloop] + [str(a) for a in args], capture_output=True, text=True, timeout=3600)
+        r = subprocess.run(self.loop_prefix + [self.fsloop] + [str(a) for a in args], capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
             raise RuntimeError("fsloop %s failed: %s" % (args[0], r.stderr[-1000:]))
         return r.stdout
@@ -546,6 +555,12 @@ def section_hot(b):
         targets["baseline default audit"] = os.path.join(bd.path, secret)
         daemons["baseline audit=off"] = bo
         daemons["baseline default audit"] = bd
+    pin = os.environ.get("BENCH_HOT_PIN")
+    if pin:
+        # Every thread of every daemon (threads started later inherit it), and the loop.
+        for p in daemons.values():
+            subprocess.run(["taskset", "-a", "-p", "-c", pin, str(p.pid)], check=True, capture_output=True)
+        b.loop_prefix = ["taskset", "-c", pin]
     for path in targets.values():        # decrypt once: the loop measures the cache
         with open(path, "rb") as f:
             data = f.read()
@@ -560,6 +575,7 @@ def section_hot(b):
     names = list(targets)
     combos = [(t, m) for m in modes for t in names]
     out = b.run_loop("hot", HOT_ROUNDS, HOT_BLOCK, HOT_WARMUP, *["%s:%s" % (m, targets[t]) for t, m in combos])
+    b.loop_prefix = []
     samples = {c: [] for c in combos}
     per_round = {c: {} for c in combos}
     for line in out.splitlines():
@@ -583,8 +599,8 @@ def section_hot(b):
         "1. Hot path: open+read+close of a cached 2 KB secret",
         "The C loop (bench/fsloop.c, compiled at bench time) times open(2)+read(2)+close(2) with "
         "clock_gettime around each iteration. The %d series (%d targets × two ways of reading) take turns "
-        "in one process: %d rounds, each running %d iterations of every series in turn (the first series "
-        "rotates), after %d warm-up iterations each, so a slow moment of the shared machine falls on all alike. "
+        "in one process: %d rounds, each running %d iterations of every series in turn (in a random order "
+        "each round), after %d warm-up iterations each, so a slow moment of the shared machine falls on all alike. %s"
         "`read1` is one read(2) of 4 KiB (open+read+close, 3 FUSE requests on both filesystems); `eof` reads "
         "until read(2) returns 0, as cat(1) does: kmsfs serves with direct I/O (the page cache never holds "
         "plaintext), so its EOF read is a 4th request, where hello_ll's page cache answers it from i_size. "
@@ -597,7 +613,9 @@ def section_hot(b):
         "`default audit` is no audit= option, as kmsfs.service runs it: the default audit=stderr with "
         "stderr on the journal (JOURNAL_STREAM set, journald's socket a datagram socket the bench drains), "
         "so one native journal entry per open (%d received for %d opens)."
-        % (len(combos), len(names), HOT_ROUNDS, HOT_BLOCK, HOT_WARMUP, audit_after - audit_before, opens,
+        % (len(combos), len(names), HOT_ROUNDS, HOT_BLOCK, HOT_WARMUP,
+           ("The loop and every daemon ran on CPUs %s only (BENCH_HOT_PIN): what each request costs, without "
+            "the scheduler's choice of CPU. " % pin) if pin else "", audit_after - audit_before, opens,
            journal_records, opens))
     targeted = ("kmsfs audit=off", "kmsfs default audit")
     for mode in modes:
@@ -1263,6 +1281,11 @@ def section_fleet(b):
     # kms_rate=adaptive: the fleet setting the guide gives (pacing is opt-in).
     variants = [("kmsfs -o prefetch", "kmsfs", "kms_rate=adaptive,prefetch"), ("botocore standard", "boto", "standard"),
                 ("kmsfs, read at boot", "kmsfs", "kms_rate=adaptive"), ("botocore adaptive", "boto", "adaptive")]
+    # BENCH_FLEET_VARIANTS=prefetch,boot,standard,adaptive picks some (for tuning; the report needs all).
+    picked = os.environ.get("BENCH_FLEET_VARIANTS")
+    if picked:
+        keys = dict(zip(("prefetch", "standard", "boot", "adaptive"), variants))
+        variants = [keys[k] for k in picked.split(",") if k]
     runs = []
     for run in range(FLEET_RUNS):
         res = {}
@@ -1315,7 +1338,7 @@ def section_fleet(b):
             continue
         for key in ("time", "amp", "failed", "fair"):
             ref = "; ".join("%s %s" % (bl.split()[1], per_run(bl, key, fmt[key])) for bl in boto)
-            better = all(x[label][key] < min(x[bl][key] for bl in boto) or
+            better = bool(boto) and all(x[label][key] < min(x[bl][key] for bl in boto) or
                          (key == "failed" and x[label][key] == 0) for x in figs)
             tgt, ok = targets[key]
             met = all(ok(x[label][key]) for x in figs) and better

@@ -80,9 +80,9 @@ static int parse_mode(const char *s)
     exit(2);
 }
 
-/* hot: the targets take turns, BLOCK iterations each, in every round (the
- * first target rotates), so that a slow minute on a shared machine falls on
- * all of them alike. */
+/* hot: the targets take turns, BLOCK iterations each, in every round (in
+ * a random order each round), so that a slow minute on a shared machine
+ * falls on all of them alike. */
 static int cmd_hot(int argc, char **argv)
 {
     if (argc < 5) {
@@ -109,9 +109,24 @@ static int cmd_hot(int argc, char **argv)
     uint64_t *t = calloc((size_t)(rounds * block * n), sizeof *t);
     if (!t)
         return 1;
+    /* Each round runs the series in a fresh random order (fixed seed): what
+     * ran just before a block sets where the scheduler left the threads
+     * it wakes, so a fixed rotation would tie one series to one history. */
+    int *order = calloc((size_t)n, sizeof *order);
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
     for (long r = -1; r < rounds; r++) {
+        for (int j = 0; j < n; j++)
+            order[j] = j;
+        for (int j = n - 1; j > 0; j--) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            int x = (int)(seed % (uint64_t)(j + 1)), tmp = order[j];
+            order[j] = order[x];
+            order[x] = tmp;
+        }
         for (int j = 0; j < n; j++) {
-            int k = (int)(((r < 0 ? 0 : r) + j) % n);
+            int k = order[j];
             long iters = r < 0 ? warmup : block;
             for (long i = 0; i < iters; i++) {
                 uint64_t a = now_ns();
@@ -137,6 +152,7 @@ static int cmd_hot(int argc, char **argv)
             for (long i = 0; i < block; i++)
                 printf("%d %ld %llu\n", k, r, (unsigned long long)t[(r * n + k) * block + i]);
     free(t);
+    free(order);
     return 0;
 }
 
