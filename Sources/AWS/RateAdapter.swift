@@ -37,6 +37,10 @@ import System
 /// go into debt, so callers waiting together are served in turn), unless
 /// that slot lies beyond the caller's time limit: then it reserves nothing
 /// and says no, and the caller fails (an open answers EIO within `timeout=`).
+/// A cut while a caller sleeps stretches the rest of its wait to the new
+/// rate (the debt drains slower), never past the caller's limit: the slots
+/// a prefetch's workers took before a throttle do not all go out at the
+/// old pace.
 public final class RateAdapter: @unchecked Sendable {
     public struct Configuration: Sendable, Equatable {
         /// Whether throttles set the pace (`kms_rate=adaptive` or `N`);
@@ -64,7 +68,7 @@ public final class RateAdapter: @unchecked Sendable {
         public var window = 1.0
         /// The share of throttled sends at and above which a cut that did
         /// not lower it is held.
-        public var persistentShare = 0.2
+        public var persistentShare = 0.45
         public init() {}
     }
 
@@ -94,6 +98,10 @@ public final class RateAdapter: @unchecked Sendable {
     private var rateBeforeCut: Double?
     /// The send rate the first throttle found, since pacing began.
     private var episodeStart: Double?
+    /// Cuts so far, and the last one's time and stretch (old ÷ new rate):
+    /// a sender already holding a slot when the rate is cut waits longer.
+    private var cutGeneration = 0
+    private var lastCutStretch = 1.0
 
     public struct Stats: Sendable, Equatable {
         /// Throttles that cut the rate, and those inside one cut's spacing.
@@ -117,7 +125,7 @@ public final class RateAdapter: @unchecked Sendable {
         if !(c.steady >= 0) || !c.steady.isFinite { c.steady = 2 }
         if !(c.floor > 0) || !c.floor.isFinite { c.floor = 0.5 }
         if !(c.window > 0) || !c.window.isFinite { c.window = 1 }
-        if !(c.persistentShare > 0 && c.persistentShare <= 1) { c.persistentShare = 0.2 }
+        if !(c.persistentShare > 0 && c.persistentShare <= 1) { c.persistentShare = 0.45 }
         self.configuration = c
         self.clock = clock
         let now = clock.monotonic()
@@ -141,8 +149,7 @@ public final class RateAdapter: @unchecked Sendable {
             rate = nil
         }
         if let r = rate {
-            let burst = max(1, r * 0.1)
-            tokens = min(burst, tokens + (now - refilled) * r)
+            tokens = min(burstTokens(r), tokens + (now - refilled) * r)
             refilled = now
             let w = tokens >= 1 ? 0 : (1 - tokens) / r
             if w > max(0, seconds) {
@@ -158,9 +165,30 @@ public final class RateAdapter: @unchecked Sendable {
         }
         countSend(at: now + wait)
         sendsSinceCut += 1
+        guard wait > 0 else {
+            lock.unlock()
+            return true
+        }
+        // Sleep until the slot; a cut meanwhile stretches what is left of
+        // the wait (the bucket's debt now drains at the lower rate), so
+        // slots taken before a throttle do not all go out at the old pace.
+        var slot = now + wait
+        let limit = now + max(0, seconds)     // stretched, never past the caller's limit
+        var generation = cutGeneration
         lock.unlock()
-        if wait > 0 { clock.sleep(wait) }
-        return true
+        while true {
+            let left = slot - clock.monotonic()
+            if left > 0 { clock.sleep(left) }
+            lock.lock()
+            if generation == cutGeneration {
+                lock.unlock()
+                return true
+            }
+            let cutAt = lastCut
+            if slot > cutAt { slot = min(limit, cutAt + (slot - cutAt) * lastCutStretch) }
+            generation = cutGeneration
+            lock.unlock()
+        }
     }
 
     public enum Outcome: Sendable { case success, throttled, other }
@@ -206,6 +234,15 @@ public final class RateAdapter: @unchecked Sendable {
                 var cut = max(configuration.floor, min(configuration.decrease * base, through))
                 if let ceiling = configuration.ceiling { cut = min(cut, ceiling) }
                 if rate == nil { tokens = min(tokens, 1); refilled = now; episodeStart = base }
+                if let r = rate, r > cut {
+                    // Debt taken at the old rate drains at the new one.
+                    tokens = min(burstTokens(cut), tokens + (now - refilled) * r)
+                    refilled = now
+                    lastCutStretch = r / cut
+                } else {
+                    lastCutStretch = 1
+                }
+                cutGeneration &+= 1
                 rate = cut
                 lastCut = now
                 stats.cuts += 1
@@ -223,6 +260,8 @@ public final class RateAdapter: @unchecked Sendable {
             }
         }
     }
+
+    private func burstTokens(_ r: Double) -> Double { max(1, r * 0.1) }
 
     /// Sends and successes a second over the last complete window, or over
     /// the current one once it has lasted a tenth of a window (the first

@@ -1,4 +1,5 @@
 import Testing
+import Synchronization
 import AWS
 
 @Suite struct RateAdapterTests {
@@ -204,5 +205,49 @@ import AWS
         }
         (b, s) = (try #require(big.currentRate), try #require(small.currentRate))
         #expect(b - s < gap0 / 10, "big \(b), small \(s)")
+    }
+
+    /// A send already holding a slot when another call's throttle cuts the
+    /// rate waits for the slot the new rate gives it, not the old one.
+    @Test func aCutStretchesTheWaitOfSlotsAlreadyTaken() throws {
+        let manual = ManualClock()
+        let box = Mutex<RateAdapter?>(nil)
+        let throttleDuringSleep = Mutex(false)
+        let clock = Clock(now: manual.clock.now, monotonic: manual.clock.monotonic, sleep: { d in
+            // Half way through the sleep, another call is throttled.
+            manual.advance(d / 2)
+            if throttleDuringSleep.withLock({ let v = $0; $0 = false; return v }) {
+                box.withLock { $0 }?.record(.throttled)
+            }
+            manual.advance(d / 2)
+        })
+        let a = RateAdapter(clock: clock)
+        box.withLock { $0 = a }
+        send(a, manual, count: 40, gap: 0.05)          // 20 a second
+        a.record(.throttled)                            // cut to 14
+        for _ in 0..<8 { #expect(a.acquire(within: 10)); a.record(.success) }
+        manual.advance(0.3)                             // past the cut spacing
+        for _ in 0..<2 { #expect(a.acquire(within: 10)) }   // the bucket is empty now
+        let before = try #require(a.currentRate)
+        let t0 = manual.clock.monotonic()
+        throttleDuringSleep.withLock { $0 = true }
+        #expect(a.acquire(within: 10))
+        let waited = manual.clock.monotonic() - t0
+        let after = try #require(a.currentRate)
+        #expect(a.statistics.cuts == 2 && after < before, "\(a.statistics)")
+        // Half the wait at the old rate, the other half stretched by old ÷ new.
+        let unstretched = 1 / before
+        #expect(waited > unstretched * (0.5 + 0.5 * before / after) * 0.9, "waited \(waited), one slot \(unstretched)")
+        // Never past the caller's limit, however deep the cut.
+        for _ in 0..<8 { #expect(a.acquire(within: 10)); a.record(.success) }
+        manual.advance(0.3)
+        for _ in 0..<2 { #expect(a.acquire(within: 10)) }
+        let rate = try #require(a.currentRate), limit = 1.1 / rate
+        throttleDuringSleep.withLock { $0 = true }
+        let t1 = manual.clock.monotonic()
+        #expect(a.acquire(within: limit))
+        let deeper = try #require(a.currentRate)
+        #expect(a.statistics.cuts == 3 && deeper < rate / 1.2, "\(a.statistics)")
+        #expect(manual.clock.monotonic() - t1 <= limit + 1e-9)
     }
 }
