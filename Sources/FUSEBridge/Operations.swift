@@ -31,6 +31,12 @@ private func context(_ req: fuse_req_t?) -> BridgeContext {
     Unmanaged<BridgeContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
 }
 
+/// The session, for a notification sent from another thread.
+private struct SessionPointer: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ p: OpaquePointer) { pointer = p }
+}
+
 /// A request pointer that may be captured by the lazy group lookup; valid
 /// only while the request is being answered, which is the only time the
 /// lookup runs.
@@ -303,8 +309,12 @@ let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     // lock owner, see opRead). The last close of such a mapping ends here:
     // drop whatever pages it left. A handle only ever read with read(2)
     // brought no page in, and its release costs no further round trip.
+    // From a thread of its own: dropping pages waits for their locks, which
+    // a read of the same file may hold until the FUSE reader (this thread)
+    // answers it.
     if pageCacheUsed, let session {
-        _ = fuse_lowlevel_notify_inval_inode(session, ino, 0, 0)
+        let ref = SessionPointer(session)
+        startThread(name: "kmsfs-inval") { _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0) }
     }
 }
 

@@ -26,11 +26,17 @@ public final class FUSESession: @unchecked Sendable {
         /// Worker threads at most: a worker waiting on KMS must not stall
         /// other opens, so allow many.
         public var maxThreads = 64
-        /// Idle workers kept after a burst. Fewer than four makes libfuse
+        /// Idle workers kept after a burst. Fewer than four makes the loop
         /// start and end a thread for nearly every request of even a single
         /// reader (the kernel sends RELEASE asynchronously, so two requests
         /// overlap); more keeps threads a quiet daemon does not need.
         public var maxIdleThreads = 4
+        /// Microseconds the reading worker polls /dev/fuse before blocking
+        /// in read(2), while requests are coming (one came within the last
+        /// millisecond): the requests of one open follow each other within
+        /// microseconds, and a running reader takes them without a thread
+        /// wake-up. 0: never poll. See `kmsfs_fuse_session_loop`.
+        public var spinMicroseconds = 50
         /// Opens waiting on KMS at once (`max_inflight=`), answered from
         /// threads of their own so FUSE workers never wait on KMS.
         public var maxInflightOpens = 64
@@ -111,12 +117,12 @@ public final class FUSESession: @unchecked Sendable {
     /// Starts the libfuse loop on a thread of its own; `onEnd` runs on
     /// that thread once the loop has ended (unmounted, or `exit()`).
     public func startLoop(onEnd: @escaping @Sendable () -> Void) {
-        setenv("FUSE_THREAD_STACK", "524288", 1)
         let maxThreads = UInt32(options.maxThreads)
         let maxIdle = UInt32(options.maxIdleThreads)
+        let spin = UInt32(max(0, min(options.spinMicroseconds, 1000)))
         let se = SessionRef(session)
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
-            let rc = kmsfs_fuse_session_loop_mt(se.pointer, maxThreads, maxIdle)
+            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, 512 * 1024)
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
             loopEnded.withLock {
                 loopDone.store(true, ordering: .sequentiallyConsistent)

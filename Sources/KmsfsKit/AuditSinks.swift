@@ -208,6 +208,8 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
     /// How many times an opener waited for room in the queue.
     public var waits: Int { lock.withLock { waitCount } }
 
+    public var wouldWait: Bool { lock.withLock { queue.count >= capacity } }
+
     public func record(_ r: AuditRecord) {
         var logWait = false
         lock.withLock {

@@ -89,10 +89,15 @@ public protocol AuditSink: Sendable {
     func record(batch: [AuditRecord])
     /// False for a sink that drops everything, so no record is built.
     var wantsRecords: Bool { get }
+    /// True while recording would make the caller wait (a queue full
+    /// behind a slow writer): an open then records from the open pool,
+    /// not from the FUSE reader, which must never wait.
+    var wouldWait: Bool { get }
 }
 
 extension AuditSink {
     public var wantsRecords: Bool { true }
+    public var wouldWait: Bool { false }
     public func record(batch: [AuditRecord]) { for r in batch { record(r) } }
 }
 

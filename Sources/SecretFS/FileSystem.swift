@@ -406,13 +406,20 @@ public final class SecretFileSystem: @unchecked Sendable {
         guard n.kind == .secret else { return .done(.failure(.isDirectory)) }
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let config = configuration
+        // This runs on the FUSE reader (see kmsfs_fuse_session_loop), which
+        // must never wait: with the audit queue full, the open records
+        // from the open pool instead.
+        let auditWouldWait = audit.wantsRecords && audit.wouldWait
         guard config.policy.admits(caller, path: n.mountPath) else {
             counters.withLock { $0.opens += 1; $0.denials += 1 }
-            record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
-            return .done(.failure(.accessDenied))
+            let deny: @Sendable () -> Result<OpenSecret, FSError> = { [self] in
+                record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
+                return .failure(.accessDenied)
+            }
+            return auditWouldWait ? .slow(deny) : .done(deny())
         }
         let maxBytes = config.maxCiphertextBytes
-        if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
+        if sourceIsWatched, !auditWouldWait, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
