@@ -208,7 +208,17 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
     /// How many times an opener waited for room in the queue.
     public var waits: Int { lock.withLock { waitCount } }
 
-    public var wouldWait: Bool { lock.withLock { queue.count >= capacity } }
+    public func tryRecord(_ r: AuditRecord) -> Bool {
+        lock.withLock {
+            guard queue.count < capacity else {
+                lock.broadcast()   // the writer may be lingering: write now
+                return false
+            }
+            queue.append(r)
+            if queue.count == 1 { lock.broadcast() }
+            return true
+        }
+    }
 
     public func record(_ r: AuditRecord) {
         var logWait = false

@@ -89,15 +89,16 @@ public protocol AuditSink: Sendable {
     func record(batch: [AuditRecord])
     /// False for a sink that drops everything, so no record is built.
     var wantsRecords: Bool { get }
-    /// True while recording would make the caller wait (a queue full
-    /// behind a slow writer): an open then records from the open pool,
-    /// not from the FUSE reader, which must never wait.
-    var wouldWait: Bool { get }
+    /// Records `r` unless that would make the caller wait (a queue full
+    /// behind a slow writer): then records nothing and answers false. The
+    /// FUSE reader, which must never wait, records this way and leaves a
+    /// record that does not fit to the open pool.
+    func tryRecord(_ r: AuditRecord) -> Bool
 }
 
 extension AuditSink {
     public var wantsRecords: Bool { true }
-    public var wouldWait: Bool { false }
+    public func tryRecord(_ r: AuditRecord) -> Bool { record(r); return true }
     public func record(batch: [AuditRecord]) { for r in batch { record(r) } }
 }
 

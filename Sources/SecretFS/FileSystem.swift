@@ -407,23 +407,25 @@ public final class SecretFileSystem: @unchecked Sendable {
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let config = configuration
         // This runs on the FUSE reader (see kmsfs_fuse_session_loop), which
-        // must never wait: with the audit queue full, the open records
-        // from the open pool instead.
-        let auditWouldWait = audit.wantsRecords && audit.wouldWait
+        // must never wait: a record the audit queue has no room for is
+        // made from the open pool, and the open answered from there.
         guard config.policy.admits(caller, path: n.mountPath) else {
             counters.withLock { $0.opens += 1; $0.denials += 1 }
-            let deny: @Sendable () -> Result<OpenSecret, FSError> = { [self] in
-                record(caller, n.mountPath, .denied, detail: "not in the allowed users or groups")
-                return .failure(.accessDenied)
+            let denied: Result<OpenSecret, FSError> = .failure(.accessDenied)
+            if let pending = recordWithoutWaiting(caller, n.mountPath, .denied, detail: "not in the allowed users or groups") {
+                return .slow { [audit] in audit.record(pending); return denied }
             }
-            return auditWouldWait ? .slow(deny) : .done(deny())
+            return .done(denied)
         }
         let maxBytes = config.maxCiphertextBytes
-        if sourceIsWatched, !auditWouldWait, let hit = cache.hit(n.sourcePath) {
+        if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
-            record(caller, n.mountPath, .cache)
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
-            return .done(.success(opened(hit.secret, n, caller)))
+            let handle = opened(hit.secret, n, caller)
+            if let pending = recordWithoutWaiting(caller, n.mountPath, .cache) {
+                return .slow { [audit] in audit.record(pending); return .success(handle) }
+            }
+            return .done(.success(handle))
         }
         return .slow { [self] in finishOpen(n, caller: caller, maxBytes: maxBytes) }
     }
@@ -515,9 +517,24 @@ public final class SecretFileSystem: @unchecked Sendable {
     private func record(_ caller: Caller, _ path: String, _ outcome: AuditRecord.Outcome,
                         latency: Double? = nil, detail: String? = nil) {
         guard audit.wantsRecords else { return }   // audit=off: not even the process name
-        audit.record(AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
-                                 processName: processNames.name(pid: caller.pid, uid: caller.uid, gid: caller.gid), path: path, outcome: outcome,
-                                 latency: latency, detail: detail))
+        audit.record(auditRecord(caller, path, outcome, latency: latency, detail: detail))
+    }
+
+    /// Records without waiting; the record when the sink has no room for
+    /// it now (the caller records it where waiting is harmless).
+    private func recordWithoutWaiting(_ caller: Caller, _ path: String, _ outcome: AuditRecord.Outcome,
+                                      detail: String? = nil) -> AuditRecord? {
+        guard audit.wantsRecords else { return nil }
+        let r = auditRecord(caller, path, outcome, latency: nil, detail: detail)
+        return audit.tryRecord(r) ? nil : r
+    }
+
+    private func auditRecord(_ caller: Caller, _ path: String, _ outcome: AuditRecord.Outcome,
+                             latency: Double?, detail: String?) -> AuditRecord {
+        // The process name is read now, while the caller is surely alive.
+        AuditRecord(time: wallClock(), uid: caller.uid, gid: caller.gid, pid: caller.pid,
+                    processName: processNames.name(pid: caller.pid, uid: caller.uid, gid: caller.gid), path: path, outcome: outcome,
+                    latency: latency, detail: detail)
     }
 
     // MARK: The live mirror

@@ -45,3 +45,38 @@ import CFuse
         #expect(FUSESession.escapeOptionValue("plain") == "plain")
     }
 }
+
+/// The loop's reader answers itself only requests whose handlers never
+/// wait; anything that may touch SOURCE (lookup, getattr, readdir, ...)
+/// goes to a worker of its own.
+@Suite struct LoopInlineTests {
+    func request(_ opcode: UInt32) -> [UInt8] {
+        var header = [UInt8](repeating: 0, count: 40)        // struct fuse_in_header
+        withUnsafeBytes(of: UInt32(40).littleEndian) { header.replaceSubrange(0..<4, with: $0) }
+        withUnsafeBytes(of: opcode.littleEndian) { header.replaceSubrange(4..<8, with: $0) }
+        return header
+    }
+
+    func inline(_ bytes: [UInt8], flags: fuse_buf_flags = fuse_buf_flags(rawValue: 0)) -> Bool {
+        var copy = bytes
+        return copy.withUnsafeMutableBytes { raw in
+            var buf = fuse_buf()
+            buf.size = raw.count
+            buf.flags = flags
+            buf.mem = raw.baseAddress
+            return kmsfs_loop_answers_inline(&buf) != 0
+        }
+    }
+
+    @Test func onlyRequestsThatNeverWaitAreAnsweredByTheReader() {
+        // FORGET, OPEN, READ, RELEASE, FLUSH, INTERRUPT, BATCH_FORGET
+        for op: UInt32 in [2, 14, 15, 18, 25, 36, 42] { #expect(inline(request(op)), "opcode \(op)") }
+        // LOOKUP, GETATTR, STATFS, OPENDIR, READDIR, RELEASEDIR, ACCESS, INIT, DESTROY, READDIRPLUS, and unknown ones
+        for op: UInt32 in [1, 3, 17, 27, 28, 29, 34, 26, 38, 44, 0, 9999] { #expect(!inline(request(op)), "opcode \(op)") }
+        // Too short to hold an opcode, no memory, or data left in a pipe: a worker of its own.
+        #expect(!inline(Array(request(15).prefix(7))))
+        #expect(!inline(request(15), flags: FUSE_BUF_IS_FD))
+        var empty = fuse_buf()
+        #expect(kmsfs_loop_answers_inline(&empty) == 0)
+    }
+}

@@ -33,7 +33,14 @@ final class FakeDecryptor: SecretDecrypting, @unchecked Sendable {
 
 final class MemoryAudit: AuditSink, @unchecked Sendable {
     let records = Mutex<[AuditRecord]>([])
+    /// When true, `tryRecord` finds no room (a full audit queue).
+    let full = Atomic<Bool>(false)
     func record(_ r: AuditRecord) { records.withLock { $0.append(r) } }
+    func tryRecord(_ r: AuditRecord) -> Bool {
+        if full.load(ordering: .relaxed) { return false }
+        record(r)
+        return true
+    }
 }
 
 func makeTree() throws -> String {
@@ -60,6 +67,34 @@ func text(_ s: OpenSecret) -> String {
         return SecretFileSystem(tree: try SourceTree(path: try makeTree()),
                                 configuration: FSConfiguration(policy: policy, cache: .init(ttl: ttl)),
                                 decryptor: d, audit: audit)
+    }
+
+    /// beginOpen runs on the FUSE reader, which must never wait: a cache
+    /// hit and a refusal answer at once, unless the audit queue is full,
+    /// when both record from the open pool (`.slow`) instead.
+    @Test func openStartsNeverWaitOnAFullAuditQueue() throws {
+        let audit = MemoryAudit()
+        let fs = try make(audit: audit)
+        fs.sourceIsWatched = true
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")   // now cached
+        let stranger = Caller(uid: 4242, gid: 4242, pid: 1)
+        guard case .done(.success) = fs.beginOpen(a, flags: O_RDONLY, caller: root) else {
+            Issue.record("a cache hit should answer at once"); return
+        }
+        guard case .done(.failure(.accessDenied)) = fs.beginOpen(a, flags: O_RDONLY, caller: stranger) else {
+            Issue.record("a refusal should answer at once"); return
+        }
+        let before = audit.records.withLock { $0.count }
+        audit.full.store(true, ordering: .relaxed)
+        guard case .slow(let hit) = fs.beginOpen(a, flags: O_RDONLY, caller: root),
+              case .slow(let refusal) = fs.beginOpen(a, flags: O_RDONLY, caller: stranger) else {
+            Issue.record("with the audit queue full, opens should go to the pool"); return
+        }
+        #expect(audit.records.withLock { $0.count } == before)     // nothing recorded on the reader
+        #expect(text(try hit().get()) == "hello")
+        #expect(throws: FSError.accessDenied) { try refusal().get() }
+        #expect(audit.records.withLock { $0.suffix(2).map(\.outcome) } == [.cache, .denied])
     }
 
     @Test func mirrorsSecretsAndDirectoriesOnly() throws {

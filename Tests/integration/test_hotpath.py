@@ -173,3 +173,89 @@ def test_a_remembered_name_is_never_another_processs(hot_mount, users):
     assert len(head) == 1 and " uid=%d " % bob in head[0] and "result=denied" in head[0], head
     me = open("/proc/self/comm").read().strip()
     assert sum(1 for l in lines if " pid=%d " % os.getpid() in l and " comm=%s " % me in l) == 200
+
+
+def test_a_stuck_audit_writer_holds_up_opens_only(public_tmp, kms, tmp_path):
+    """The FUSE reader answers opens itself and must never wait: with the
+    audit writer stuck (its file a FIFO nobody reads), more opens than the
+    daemon has workers (threads=16) pile up in the open pool, while stat,
+    readdir and reads of a file already open keep answering; once the FIFO
+    is read again every open completes and every record is written."""
+    from conftest import Mount
+    import concurrent.futures
+    base = public_tmp / ("stuck-%d" % os.getpid())
+    base.mkdir()
+    src = base / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
+    (base / "mnt").mkdir()
+    fifo = base / "audit.fifo"
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)     # so the daemon's open does not block
+    m = Mount(src, base / "mnt", "allow_uid=0,threads=16,audit=%s" % fifo, kms.env, tmp_path / "kmsfs.log")
+    openers = concurrent.futures.ThreadPoolExecutor(max_workers=48)
+    checks = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+    n = 3000
+    try:
+        path = m.file("s")
+        held = os.open(path, os.O_RDONLY)          # opened before the jam
+        opened = [0]
+
+        def open_once():
+            with open(path, "rb") as f:
+                assert f.read() == SECRET
+            opened[0] += 1
+
+        # Nobody reads the FIFO: its 64 KiB fill, then the 1,024-record
+        # queue; from then on opens wait, 48 at a time, three times the
+        # daemon's workers.
+        futures = [openers.submit(open_once) for _ in range(n)]
+        last, still = -1, 0
+        deadline = time.time() + 120
+        while still < 10 and time.time() < deadline:
+            time.sleep(0.2)
+            still = still + 1 if opened[0] == last else 0
+            last = opened[0]
+        assert opened[0] < n, "opens never stopped: the audit writer was not stuck"
+        assert m.proc.poll() is None
+        # Meanwhile everything else answers at once (from threads, so that
+        # a daemon that stalls fails the test instead of hanging it).
+        def others():
+            for _ in range(20):
+                assert os.path.isfile(path)
+                assert os.listdir(m.path) == ["s"]
+                assert os.pread(held, 4096, 0) == SECRET
+        checks.submit(others).result(timeout=10)
+        # Read the FIFO again: every open completes and writes its record.
+        got = bytearray()
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(f.done() for f in futures):
+            try:
+                got += os.read(reader, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.02)
+        waiting = sum(not f.done() for f in futures)
+        assert waiting == 0, "%d opens still waiting" % waiting
+        errors = [f.exception() for f in futures if f.exception()]
+        assert not errors, errors[:3]
+        os.close(held)
+        subprocess.run(["fusermount3", "-u", m.path], check=True)
+        m.proc.wait(10)
+        while True:
+            try:
+                chunk = os.read(reader, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        # (The opens ran in threads: a record's pid is the thread's id.)
+        mine = [l for l in got.decode(errors="replace").splitlines() if l.startswith("audit ") and " path=s " in l]
+        assert len(mine) == n + 1, len(mine)
+    finally:
+        # Unblocks whatever still waits on the daemon before the executors go.
+        m.stop()
+        openers.shutdown(wait=False, cancel_futures=True)
+        checks.shutdown(wait=False, cancel_futures=True)
+        os.close(reader)
+        subprocess.run(["rm", "-rf", str(base)])
