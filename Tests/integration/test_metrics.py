@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import SANITIZED, Mount, free_port, wait_port, refused_at_mount, run_as
+from conftest import Mount, free_port, wait_port, refused_at_mount, run_as
 
 SECRET = b"metrics-plaintext-must-not-leak-7f3a"
 
@@ -162,11 +162,7 @@ def test_unix_socket_endpoint(tmp_path, kms, mount_factory):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200") and b"kmsfs_opens_total" in data
     m.stop()
-    # ThreadSanitizer ends the process (exit status 0) when libfuse cancels
-    # its workers at the end of the loop, which is before the daemon's
-    # cleanup runs: there the socket file stays (docs/fuzzing.md).
-    if SANITIZED != "thread":
-        assert not sock.exists()
+    assert not sock.exists()
 
 
 @pytest.mark.parametrize("value, why", [
