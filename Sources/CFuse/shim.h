@@ -14,7 +14,8 @@
 /*
  * kmsfs's request loop: libfuse's multi-threaded loop, except that one
  * worker at a time reads /dev/fuse (the reader) and it first polls for up
- * to `spin_us` microseconds while requests are coming.
+ * to `spin_us` microseconds while the requests it answers itself are
+ * coming (one in the last millisecond).
  *
  * Why: each FUSE request wakes a worker blocked in read(2), and libfuse's
  * idle workers all block there, so the kernel wakes the one that has
@@ -45,9 +46,10 @@ struct kmsfs_loop {
     uint64_t spin_ns;
     size_t stack;
     pthread_mutex_t lock;
-    pthread_cond_t changed;   /* reader role free, a worker ended, or exit */
+    pthread_cond_t changed;   /* workers: the reader's role is free, or exit */
+    pthread_cond_t ended;     /* the loop's caller: a worker ended */
     int reading, idle, threads, max_threads, max_idle, error;
-    uint64_t last_request_ns;
+    uint64_t last_inline_ns;   /* when the reader last answered a request itself */
 };
 static inline uint64_t kmsfs_mono_ns(void) {
     struct timespec t;
@@ -102,7 +104,7 @@ static void *kmsfs_loop_worker(void *arg) {
         int handed_off = 0;
         while (!handed_off) {
             uint64_t now = kmsfs_mono_ns();
-            int spin = l->spin_ns > 0 && now - l->last_request_ns < 1000000u;
+            int spin = l->spin_ns > 0 && now - l->last_inline_ns < 1000000u;
             pthread_mutex_unlock(&l->lock);
             if (spin) {
                 uint64_t until = now + l->spin_ns;
@@ -120,8 +122,8 @@ static void *kmsfs_loop_worker(void *arg) {
                 fuse_session_exit(l->se);
                 break;
             }
-            l->last_request_ns = kmsfs_mono_ns();
             if (kmsfs_loop_answers_inline(&buf)) {
+                l->last_inline_ns = kmsfs_mono_ns();
                 pthread_mutex_unlock(&l->lock);
                 fuse_session_process_buf(l->se, &buf);
                 pthread_mutex_lock(&l->lock);
@@ -145,7 +147,8 @@ static void *kmsfs_loop_worker(void *arg) {
         if (l->idle >= l->max_idle && l->reading) break;
     }
     l->threads--;
-    pthread_cond_broadcast(&l->changed);
+    pthread_cond_broadcast(&l->changed);   /* the idle see an exit, or take the role */
+    pthread_cond_signal(&l->ended);
     pthread_mutex_unlock(&l->lock);
     free(buf.mem);
     return NULL;
@@ -162,13 +165,19 @@ static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int 
     l.max_idle = (int)max_idle;
     if (pthread_mutex_init(&l.lock, NULL) != 0) return -1;
     if (pthread_cond_init(&l.changed, NULL) != 0) { pthread_mutex_destroy(&l.lock); return -1; }
+    if (pthread_cond_init(&l.ended, NULL) != 0) {
+        pthread_cond_destroy(&l.changed);
+        pthread_mutex_destroy(&l.lock);
+        return -1;
+    }
     pthread_mutex_lock(&l.lock);
     int rc = kmsfs_loop_start_worker(&l);
     /* The reader ends when the connection goes (ENODEV) and wakes the
      * idle, which then see the session has exited. */
-    while (rc == 0 && l.threads > 0) pthread_cond_wait(&l.changed, &l.lock);
+    while (rc == 0 && l.threads > 0) pthread_cond_wait(&l.ended, &l.lock);
     int error = rc != 0 ? -1 : l.error;
     pthread_mutex_unlock(&l.lock);
+    pthread_cond_destroy(&l.ended);
     pthread_cond_destroy(&l.changed);
     pthread_mutex_destroy(&l.lock);
     fuse_session_reset(se);

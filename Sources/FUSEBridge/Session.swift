@@ -32,10 +32,12 @@ public final class FUSESession: @unchecked Sendable {
         /// overlap); more keeps threads a quiet daemon does not need.
         public var maxIdleThreads = 4
         /// Microseconds the reading worker polls /dev/fuse before blocking
-        /// in read(2), while requests are coming (one came within the last
-        /// millisecond): the requests of one open follow each other within
-        /// microseconds, and a running reader takes them without a thread
-        /// wake-up. 0: never poll. See `kmsfs_fuse_session_loop`.
+        /// in read(2), while the requests it answers itself (open, read,
+        /// release, ...) are coming, one within the last millisecond: the
+        /// requests of one open follow each other within microseconds, and a
+        /// running reader takes them without a thread wake-up. A stream of
+        /// lookups and getattrs (handed to other workers) is not polled for.
+        /// 0: never poll. See `kmsfs_fuse_session_loop`.
         public var spinMicroseconds = 50
         /// Opens waiting on KMS at once (`max_inflight=`), answered from
         /// threads of their own so FUSE workers never wait on KMS.
