@@ -12,27 +12,29 @@
 #include <string.h>
 
 /*
- * kmsfs's request loop: libfuse's multi-threaded loop, except that one
- * worker at a time reads /dev/fuse (the reader) and it first polls for up
- * to `spin_us` microseconds while the requests it answers itself are
- * coming (one in the last millisecond).
+ * kmsfs's request loop: libfuse's multi-threaded loop reshaped so that the
+ * requests of one open (open, read, the read at EOF, release: microseconds
+ * apart) never wait for a thread to wake up.
  *
- * Why: each FUSE request wakes a worker blocked in read(2), and libfuse's
- * idle workers all block there, so the kernel wakes the one that has
- * waited longest, often on another CPU (an inter-processor interrupt; on a
- * VM a halted vCPU's exit). The requests of one open follow each other
- * within microseconds (open, read, the read at EOF, release), so a reader
- * that is already running takes them without a wake-up.
+ * libfuse leaves every idle worker blocked in read(2) on /dev/fuse, so each
+ * request wakes the one that has waited longest, often on another CPU (an
+ * inter-processor interrupt; on a VM, a halted vCPU's exit). Here one
+ * worker at a time reads (the reader), answers what it reads itself, and
+ * after answering polls for up to `spin_us` microseconds before blocking
+ * again, while requests keep coming (one answered in the last millisecond).
  *
- * The reader answers itself the requests whose handlers never wait (open,
- * read, release, forget, ...: `kmsfs_loop_answers_inline`). For any other,
- * as in libfuse, it hands the reader's role to an idle worker (or starts
- * one, up to `max_threads`) before processing it, so a request that waits
- * on SOURCE's disk never holds up the others; a worker that then finds
- * `max_idle` others idle ends. Workers block every signal (the daemon's
- * main thread takes them with sigwait). The loop ends when reading fails
- * (ENODEV once the connection is gone) or the session is told to exit;
- * the call returns when every worker has ended, with the error if any.
+ * A request that may wait (lookup, getattr, readdir: they stat SOURCE,
+ * whose disk may hang) arms a watchdog timer first. If it takes longer
+ * than `watch_us`, the standby worker (blocked on the timer) becomes the
+ * reader and a new standby starts, up to `max_threads`; the slow worker,
+ * when done, goes idle. Requests whose handlers never wait (open: a
+ * cache-miss open is parked for the open pool; read, release, flush,
+ * forget, interrupt: `kmsfs_loop_never_waits`) arm nothing. A worker that
+ * finds `max_idle` others idle ends. Workers block every signal (the
+ * daemon's main thread takes them with sigwait). The loop ends when
+ * reading fails (ENODEV once the connection is gone) or the session is
+ * told to exit; the call returns when every worker has ended, with the
+ * error if any.
  */
 #include <pthread.h>
 #include <poll.h>
@@ -40,25 +42,37 @@
 #include <signal.h>
 #include <time.h>
 #include <stdint.h>
+#include <unistd.h>
+#include <sys/timerfd.h>
 struct kmsfs_loop {
     struct fuse_session *se;
-    int fd;
-    uint64_t spin_ns;
+    int fd, timer;
+    uint64_t spin_ns, watch_ns;
     size_t stack;
     pthread_mutex_t lock;
     pthread_cond_t changed;   /* workers: the reader's role is free, or exit */
     pthread_cond_t ended;     /* the loop's caller: a worker ended */
     int reading, idle, threads, max_threads, max_idle, error;
-    uint64_t last_inline_ns;   /* when the reader last answered a request itself */
+    int processing;           /* the reader is answering a request that may wait */
+    uint64_t tenure;          /* bumped when a new worker becomes the reader */
+    uint64_t last_answer_ns;  /* when the reader last answered a request */
 };
 static inline uint64_t kmsfs_mono_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
+static inline void kmsfs_loop_timer(struct kmsfs_loop *l, uint64_t ns) {
+    struct itimerspec t;
+    memset(&t, 0, sizeof t);
+    t.it_value.tv_sec = (time_t)(ns / 1000000000u);
+    t.it_value.tv_nsec = (long)(ns % 1000000000u);
+    timerfd_settime(l->timer, 0, &t, NULL);      /* 0: disarm */
+}
 static void *kmsfs_loop_worker(void *arg);
+static void *kmsfs_loop_standby(void *arg);
 /* Called with the lock held. */
-static inline int kmsfs_loop_start_worker(struct kmsfs_loop *l) {
+static inline int kmsfs_loop_start(struct kmsfs_loop *l, void *(*body)(void *)) {
     pthread_attr_t attr;
     if (pthread_attr_init(&attr) != 0) return -1;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -67,7 +81,7 @@ static inline int kmsfs_loop_start_worker(struct kmsfs_loop *l) {
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_t t;
-    int rc = pthread_create(&t, &attr, kmsfs_loop_worker, l);
+    int rc = pthread_create(&t, &attr, body, l);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
     if (rc != 0) return -1;
@@ -75,11 +89,10 @@ static inline int kmsfs_loop_start_worker(struct kmsfs_loop *l) {
     l->threads++;
     return 0;
 }
-/* Requests whose handlers never wait on anything (no SOURCE access, no
- * KMS: a cache-miss open is parked for the open pool): the reader answers
- * these itself and keeps its role. FUSE opcodes: FORGET 2, OPEN 14, READ
- * 15, RELEASE 18, FLUSH 25, INTERRUPT 36, BATCH_FORGET 42. */
-static inline int kmsfs_loop_answers_inline(const struct fuse_buf *buf) {
+/* Requests whose handlers never wait (no SOURCE access, no KMS: a
+ * cache-miss open is parked for the open pool). FUSE opcodes: FORGET 2,
+ * OPEN 14, READ 15, RELEASE 18, FLUSH 25, INTERRUPT 36, BATCH_FORGET 42. */
+static inline int kmsfs_loop_never_waits(const struct fuse_buf *buf) {
     if ((buf->flags & FUSE_BUF_IS_FD) || buf->mem == NULL || buf->size < 8) return 0;
     uint32_t opcode;
     memcpy(&opcode, (const char *)buf->mem + 4, sizeof opcode);   /* fuse_in_header.opcode */
@@ -88,98 +101,161 @@ static inline int kmsfs_loop_answers_inline(const struct fuse_buf *buf) {
     default: return 0;
     }
 }
-static void *kmsfs_loop_worker(void *arg) {
-    struct kmsfs_loop *l = (struct kmsfs_loop *)arg;
-    struct fuse_buf buf;
-    memset(&buf, 0, sizeof buf);
-    pthread_mutex_lock(&l->lock);
+/* The reader's tenure, entered and left with the lock held: reads and
+ * answers until the loop ends (returns 1) or another worker took the
+ * reader's role while this one answered a slow request (returns 0). */
+static inline int kmsfs_loop_read(struct kmsfs_loop *l, struct fuse_buf *buf) {
+    uint64_t mine = l->tenure;
     for (;;) {
-        while (l->reading && !fuse_session_exited(l->se)) {
-            l->idle++;
-            pthread_cond_wait(&l->changed, &l->lock);
-            l->idle--;
+        uint64_t now = kmsfs_mono_ns();
+        int spin = l->spin_ns > 0 && now - l->last_answer_ns < 1000000u;
+        pthread_mutex_unlock(&l->lock);
+        if (spin) {
+            uint64_t until = now + l->spin_ns;
+            struct pollfd p = { .fd = l->fd, .events = POLLIN };
+            while (poll(&p, 1, 0) == 0 && kmsfs_mono_ns() < until) { }
         }
-        if (fuse_session_exited(l->se)) break;
-        l->reading = 1;
-        int handed_off = 0;
-        while (!handed_off) {
-            uint64_t now = kmsfs_mono_ns();
-            int spin = l->spin_ns > 0 && now - l->last_inline_ns < 1000000u;
-            pthread_mutex_unlock(&l->lock);
-            if (spin) {
-                uint64_t until = now + l->spin_ns;
-                struct pollfd p = { .fd = l->fd, .events = POLLIN };
-                while (poll(&p, 1, 0) == 0 && kmsfs_mono_ns() < until) { }
-            }
-            int res = fuse_session_receive_buf(l->se, &buf);
-            pthread_mutex_lock(&l->lock);
-            if (res == -EINTR || res == -EAGAIN) {
-                if (fuse_session_exited(l->se)) break;
-                continue;
-            }
-            if (res <= 0) {
-                if (res < 0 && l->error == 0) l->error = res;
-                fuse_session_exit(l->se);
-                break;
-            }
-            if (kmsfs_loop_answers_inline(&buf)) {
-                l->last_inline_ns = kmsfs_mono_ns();
-                pthread_mutex_unlock(&l->lock);
-                fuse_session_process_buf(l->se, &buf);
-                pthread_mutex_lock(&l->lock);
-                if (fuse_session_exited(l->se)) break;
-                continue;
-            }
-            /* Hand the reader's role on before processing. */
-            l->reading = 0;
-            handed_off = 1;
-            if (l->idle > 0) pthread_cond_signal(&l->changed);
-            else if (l->threads < l->max_threads) (void)kmsfs_loop_start_worker(l);
-            pthread_mutex_unlock(&l->lock);
-            fuse_session_process_buf(l->se, &buf);
-            pthread_mutex_lock(&l->lock);
+        int res = fuse_session_receive_buf(l->se, buf);
+        pthread_mutex_lock(&l->lock);
+        if (res == -EINTR || res == -EAGAIN) {
+            if (fuse_session_exited(l->se)) return 1;
+            continue;
         }
-        if (!handed_off) {             /* the loop is ending */
-            l->reading = 0;
-            break;
+        if (res <= 0) {
+            if (res < 0 && l->error == 0) l->error = res;
+            fuse_session_exit(l->se);
+            return 1;
         }
-        /* Enough idle workers, and one reading: this one is not needed. */
-        if (l->idle >= l->max_idle && l->reading) break;
+        int may_wait = !kmsfs_loop_never_waits(buf);
+        if (may_wait) {
+            l->processing = 1;
+            kmsfs_loop_timer(l, l->watch_ns);
+        }
+        pthread_mutex_unlock(&l->lock);
+        fuse_session_process_buf(l->se, buf);
+        pthread_mutex_lock(&l->lock);
+        l->last_answer_ns = kmsfs_mono_ns();
+        if (may_wait) {
+            if (l->tenure != mine) return 0;   /* taken over: the timer is the new reader's */
+            l->processing = 0;
+            kmsfs_loop_timer(l, 0);
+        }
+        if (fuse_session_exited(l->se)) return 1;
     }
+}
+/* The end of the loop, with the lock held: wake everyone to see it. */
+static inline void kmsfs_loop_ending(struct kmsfs_loop *l) {
+    l->reading = 0;
+    pthread_cond_broadcast(&l->changed);
+    kmsfs_loop_timer(l, 1);                /* the standby */
+}
+static inline void *kmsfs_loop_leave(struct kmsfs_loop *l, struct fuse_buf *buf) {
     l->threads--;
-    pthread_cond_broadcast(&l->changed);   /* the idle see an exit, or take the role */
     pthread_cond_signal(&l->ended);
     pthread_mutex_unlock(&l->lock);
-    free(buf.mem);
+    free(buf->mem);
     return NULL;
 }
+/* A worker: waits for the reader's role (or starts with it). */
+static inline void *kmsfs_loop_work(struct kmsfs_loop *l, int reader) {
+    struct fuse_buf buf;
+    memset(&buf, 0, sizeof buf);
+    for (;;) {
+        if (!reader) {
+            if (l->idle >= l->max_idle && l->reading) break;   /* enough idle workers */
+            while (l->reading && !fuse_session_exited(l->se)) {
+                l->idle++;
+                pthread_cond_wait(&l->changed, &l->lock);
+                l->idle--;
+            }
+            if (fuse_session_exited(l->se)) break;
+            l->reading = 1;
+            l->tenure++;
+        }
+        reader = 0;
+        if (kmsfs_loop_read(l, &buf)) {
+            kmsfs_loop_ending(l);
+            break;
+        }
+    }
+    return kmsfs_loop_leave(l, &buf);
+}
+static void *kmsfs_loop_worker(void *arg) {
+    struct kmsfs_loop *l = (struct kmsfs_loop *)arg;
+    pthread_mutex_lock(&l->lock);
+    return kmsfs_loop_work(l, 0);
+}
+/* The standby: sleeps on the watchdog timer; when the reader has spent
+ * longer than `watch_us` on one request, takes the reader's role (and
+ * starts the next standby). */
+static void *kmsfs_loop_standby(void *arg) {
+    struct kmsfs_loop *l = (struct kmsfs_loop *)arg;
+    pthread_mutex_lock(&l->lock);
+    for (;;) {
+        pthread_mutex_unlock(&l->lock);
+        struct pollfd p = { .fd = l->timer, .events = POLLIN };
+        (void)poll(&p, 1, -1);
+        uint64_t expirations;
+        (void)read(l->timer, &expirations, sizeof expirations);
+        pthread_mutex_lock(&l->lock);
+        if (fuse_session_exited(l->se)) {
+            struct fuse_buf none;
+            memset(&none, 0, sizeof none);
+            return kmsfs_loop_leave(l, &none);
+        }
+        if (l->processing && l->threads < l->max_threads + 1) {
+            l->processing = 0;
+            l->tenure++;                      /* the slow worker goes idle when done */
+            if (kmsfs_loop_start(l, kmsfs_loop_standby) != 0) {
+                /* No new standby: stay one, and leave the reader as it is. */
+                l->tenure--;
+                l->processing = 1;
+                continue;
+            }
+            return kmsfs_loop_work(l, 1);
+        }
+    }
+}
 static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int max_threads,
-                                          unsigned int max_idle, unsigned int spin_us, size_t stack) {
+                                          unsigned int max_idle, unsigned int spin_us,
+                                          unsigned int watch_us, size_t stack) {
     struct kmsfs_loop l;
     memset(&l, 0, sizeof l);
     l.se = se;
     l.fd = fuse_session_fd(se);
     l.spin_ns = (uint64_t)spin_us * 1000u;
+    l.watch_ns = (uint64_t)(watch_us ? watch_us : 1) * 1000u;
     l.stack = stack;
     l.max_threads = max_threads < 1 ? 1 : (int)max_threads;
     l.max_idle = (int)max_idle;
-    if (pthread_mutex_init(&l.lock, NULL) != 0) return -1;
-    if (pthread_cond_init(&l.changed, NULL) != 0) { pthread_mutex_destroy(&l.lock); return -1; }
+    l.timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (l.timer < 0) return -1;
+    if (pthread_mutex_init(&l.lock, NULL) != 0) { close(l.timer); return -1; }
+    if (pthread_cond_init(&l.changed, NULL) != 0) { pthread_mutex_destroy(&l.lock); close(l.timer); return -1; }
     if (pthread_cond_init(&l.ended, NULL) != 0) {
         pthread_cond_destroy(&l.changed);
         pthread_mutex_destroy(&l.lock);
+        close(l.timer);
         return -1;
     }
     pthread_mutex_lock(&l.lock);
-    int rc = kmsfs_loop_start_worker(&l);
-    /* The reader ends when the connection goes (ENODEV) and wakes the
-     * idle, which then see the session has exited. */
+    /* A worker, which takes the reader's role, and the standby. */
+    int rc = kmsfs_loop_start(&l, kmsfs_loop_worker);
+    if (rc == 0) {
+        if (kmsfs_loop_start(&l, kmsfs_loop_standby) != 0) {
+            fuse_session_exit(se);
+            kmsfs_loop_ending(&l);
+        }
+    }
+    /* The reader ends when the connection goes (ENODEV) and wakes the rest,
+     * which then see the session has exited. */
     while (rc == 0 && l.threads > 0) pthread_cond_wait(&l.ended, &l.lock);
     int error = rc != 0 ? -1 : l.error;
     pthread_mutex_unlock(&l.lock);
     pthread_cond_destroy(&l.ended);
     pthread_cond_destroy(&l.changed);
     pthread_mutex_destroy(&l.lock);
+    close(l.timer);
     fuse_session_reset(se);
     return error;
 }

@@ -32,13 +32,16 @@ public final class FUSESession: @unchecked Sendable {
         /// overlap); more keeps threads a quiet daemon does not need.
         public var maxIdleThreads = 4
         /// Microseconds the reading worker polls /dev/fuse before blocking
-        /// in read(2), while the requests it answers itself (open, read,
-        /// release, ...) are coming, one within the last millisecond: the
-        /// requests of one open follow each other within microseconds, and a
-        /// running reader takes them without a thread wake-up. A stream of
-        /// lookups and getattrs (handed to other workers) is not polled for.
-        /// 0: never poll. See `kmsfs_fuse_session_loop`.
+        /// in read(2), while requests are coming (one answered within the
+        /// last millisecond): the requests of one open follow each other
+        /// within microseconds, and a running reader takes them without a
+        /// thread wake-up. 0: never poll. See `kmsfs_fuse_session_loop`.
         public var spinMicroseconds = 50
+        /// Microseconds the reader may spend on a request that may wait
+        /// (lookup, getattr, readdir: they stat SOURCE) before the standby
+        /// worker takes over reading, so a SOURCE disk that hangs holds up
+        /// only the requests that need it.
+        public var watchMicroseconds = 5000
         /// Opens waiting on KMS at once (`max_inflight=`), answered from
         /// threads of their own so FUSE workers never wait on KMS.
         public var maxInflightOpens = 64
@@ -122,9 +125,10 @@ public final class FUSESession: @unchecked Sendable {
         let maxThreads = UInt32(options.maxThreads)
         let maxIdle = UInt32(options.maxIdleThreads)
         let spin = UInt32(max(0, min(options.spinMicroseconds, 1000)))
+        let watch = UInt32(max(100, min(options.watchMicroseconds, 10_000_000)))
         let se = SessionRef(session)
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
-            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, 512 * 1024)
+            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024)
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
             loopEnded.withLock {
                 loopDone.store(true, ordering: .sequentiallyConsistent)

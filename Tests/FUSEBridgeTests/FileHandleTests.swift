@@ -46,9 +46,10 @@ import CFuse
     }
 }
 
-/// The loop's reader answers itself only requests whose handlers never
-/// wait; anything that may touch SOURCE (lookup, getattr, readdir, ...)
-/// goes to a worker of its own.
+/// The loop's reader arms its watchdog for every request except those whose
+/// handlers never wait; anything that may touch SOURCE (lookup, getattr,
+/// readdir, ...) is watched, so a hung disk hands the reading to another
+/// worker.
 @Suite struct LoopInlineTests {
     func request(_ opcode: UInt32) -> [UInt8] {
         var header = [UInt8](repeating: 0, count: 40)        // struct fuse_in_header
@@ -64,11 +65,11 @@ import CFuse
             buf.size = raw.count
             buf.flags = flags
             buf.mem = raw.baseAddress
-            return kmsfs_loop_answers_inline(&buf) != 0
+            return kmsfs_loop_never_waits(&buf) != 0
         }
     }
 
-    @Test func onlyRequestsThatNeverWaitAreAnsweredByTheReader() {
+    @Test func everyRequestThatMayWaitIsWatched() {
         // FORGET, OPEN, READ, RELEASE, FLUSH, INTERRUPT, BATCH_FORGET
         for op: UInt32 in [2, 14, 15, 18, 25, 36, 42] { #expect(inline(request(op)), "opcode \(op)") }
         // LOOKUP, GETATTR, STATFS, OPENDIR, READDIR, RELEASEDIR, ACCESS, INIT, DESTROY, READDIRPLUS, and unknown ones
@@ -77,6 +78,6 @@ import CFuse
         #expect(!inline(Array(request(15).prefix(7))))
         #expect(!inline(request(15), flags: FUSE_BUF_IS_FD))
         var empty = fuse_buf()
-        #expect(kmsfs_loop_answers_inline(&empty) == 0)
+        #expect(kmsfs_loop_never_waits(&empty) == 0)
     }
 }
