@@ -241,6 +241,20 @@ def run(P, label, seeds=range(1, 6)):
               statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
               " ".join("%.2f" % r['time'] for r in rs)), flush=True)
 
+def first_cut(s, now):
+    """The first throttle, as RateAdapter cuts: to 0.7 of the send rate, or
+    to what got through once a few answers show it."""
+    P = s.P
+    sending, succ = s.measured(now)
+    base = max(sending, P['floor'])
+    through = succ if s.wr >= 4 else math.inf
+    s.rate = max(P['floor'], min(P['decrease'] * base, through))
+    s.tokens = min(s.tokens, 1); s.refilled = now; s.lastCut = now; s.gen += 1; s.stretch = 1
+
+
+RA.first_cut = first_cut
+
+
 class LTC(RA):
     """Loss-target: per response r *= (1 + eta (p* - x)); first throttle as RA; quiet growth."""
     def throttled(s, now):
@@ -248,11 +262,7 @@ class LTC(RA):
         s.roll(now); s.wr += 1
         s.lastThrottle = now
         if s.rate is None:
-            sending, succ = s.measured(now)
-            base = max(sending, P['floor'])
-            through = succ if s.wr >= 4 else math.inf
-            s.rate = max(P['floor'], min(P['decrease'] * base, through))
-            s.tokens = min(s.tokens, 1); s.refilled = now; s.lastCut = now; s.gen += 1; s.stretch = 1
+            s.first_cut(now)
             return
         old = s.rate
         new = max(P['floor'], old * (1 - P['eta'] * (1 - P['pstar'])))
@@ -322,11 +332,7 @@ class GT(RA):
         s.lastThrottle = now
         s.events.append((now, 'x'))
         if s.rate is None:
-            sending, succ = s.measured(now)
-            base = max(sending, P['floor'])
-            through = succ if s.wr >= 4 else math.inf
-            s.rate = max(P['floor'], min(P['decrease'] * base, through))
-            s.tokens = min(s.tokens, 1); s.refilled = now; s.lastCut = now; s.gen += 1; s.stretch = 1
+            s.first_cut(now)
             s.pacedSince = now
             s.nextDecision = now + P['T']
             return

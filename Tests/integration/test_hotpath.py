@@ -58,15 +58,19 @@ def cached_pages(fd):
     return c.nr_cache
 
 
+def secret_source(public_tmp, kms, tag):
+    """base/src holding the one secret `s`, and base/mnt."""
+    base = public_tmp / ("%s-%d" % (tag, os.getpid()))
+    (base / "src").mkdir(parents=True)
+    (base / "src" / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
+    (base / "mnt").mkdir()
+    return base, base / "src"
+
+
 @pytest.fixture
 def hot_mount(public_tmp, kms, kmsfs_bin, tmp_path):
     from conftest import Mount
-    base = public_tmp / ("hot-%d" % os.getpid())
-    base.mkdir()
-    src = base / "src"
-    src.mkdir()
-    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
-    (base / "mnt").mkdir()
+    base, src = secret_source(public_tmp, kms, "hot")
     audit = base / "audit.log"
     m = Mount(src, base / "mnt", "allow_uid=0,audit=%s" % audit, kms.env, tmp_path / "kmsfs.log")
     m.audit = audit
@@ -183,12 +187,7 @@ def test_a_stuck_audit_writer_holds_up_opens_only(public_tmp, kms, tmp_path):
     is read again every open completes and every record is written."""
     from conftest import Mount
     import concurrent.futures
-    base = public_tmp / ("stuck-%d" % os.getpid())
-    base.mkdir()
-    src = base / "src"
-    src.mkdir()
-    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
-    (base / "mnt").mkdir()
+    base, src = secret_source(public_tmp, kms, "stuck")
     fifo = base / "audit.fifo"
     os.mkfifo(fifo, 0o600)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)     # so the daemon's open does not block
