@@ -31,12 +31,6 @@ private func context(_ req: fuse_req_t?) -> BridgeContext {
     Unmanaged<BridgeContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
 }
 
-/// The session, for a notification sent from another thread.
-private struct SessionPointer: @unchecked Sendable {
-    let pointer: OpaquePointer
-    init(_ p: OpaquePointer) { pointer = p }
-}
-
 /// A request pointer that may be captured by the lazy group lookup; valid
 /// only while the request is being answered, which is the only time the
 /// lookup runs.
@@ -313,7 +307,7 @@ let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     // a read of the same file may hold until the FUSE reader (this thread)
     // answers it.
     if pageCacheUsed, let session {
-        let ref = SessionPointer(session)
+        let ref = SessionRef(session)
         startThread(name: "kmsfs-inval") { _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0) }
     }
 }

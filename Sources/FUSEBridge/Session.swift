@@ -119,7 +119,7 @@ public final class FUSESession: @unchecked Sendable {
         mounted.store(true, ordering: .sequentiallyConsistent)
     }
 
-    /// Starts the libfuse loop on a thread of its own; `onEnd` runs on
+    /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `onEnd` runs on
     /// that thread once the loop has ended (unmounted, or `exit()`).
     public func startLoop(onEnd: @escaping @Sendable () -> Void) {
         let maxThreads = UInt32(options.maxThreads)
@@ -184,7 +184,7 @@ public final class FUSESession: @unchecked Sendable {
     }
 }
 
-private struct SessionRef: @unchecked Sendable {
+struct SessionRef: @unchecked Sendable {
     let pointer: OpaquePointer
     init(_ p: OpaquePointer) { pointer = p }
 }

@@ -214,10 +214,15 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
                 lock.broadcast()   // the writer may be lingering: write now
                 return false
             }
-            queue.append(r)
-            if queue.count == 1 { lock.broadcast() }
+            append(r)
             return true
         }
+    }
+
+    /// With the lock held and room in the queue.
+    private func append(_ r: AuditRecord) {
+        queue.append(r)
+        if queue.count == 1 { lock.broadcast() }   // the writer waits for a first record
     }
 
     public func record(_ r: AuditRecord) {
@@ -233,8 +238,7 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
                 lock.broadcast()   // the writer may be lingering: write now
                 while queue.count >= capacity { lock.wait() }
             }
-            queue.append(r)
-            if queue.count == 1 { lock.broadcast() }
+            append(r)
         }
         if logWait {
             Log.warning("audit: the audit writer fell behind; opens waited for it (\(waits) times so far)")
