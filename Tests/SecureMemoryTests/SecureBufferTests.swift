@@ -1,5 +1,5 @@
 import Testing
-import SecureMemory
+@testable import SecureMemory
 
 @Suite struct SecureBufferTests {
     @Test func holdsAppendsAndWipes() throws {
@@ -34,14 +34,22 @@ import SecureMemory
     }
 
     @Test func liveBuffersAreCountedAndReleased() throws {
-        let before = SecureMemoryStats.liveBuffers
+        // By identity in the registry, not by the global count: tests that
+        // run alongside make and free buffers of their own meanwhile.
+        func registered(_ id: ObjectIdentifier) -> Bool { SecureMemoryStats.live.withLock { $0.registry[id] != nil } }
+        // (After release, by a weak reference: a freed buffer's identity may
+        // be a parallel test's new buffer at once.)
+        weak var wa: SecureBuffer?
+        weak var wb: SecureBuffer?
         do {
             let a = try SecureBuffer(capacity: 1)
             let b = try SecureBuffer(capacity: 5000)
-            #expect(SecureMemoryStats.liveBuffers >= before + 2)
+            (wa, wb) = (a, b)
+            #expect(registered(ObjectIdentifier(a)) && registered(ObjectIdentifier(b)))
+            #expect(SecureMemoryStats.liveBuffers >= 2)
             _ = (a, b)
         }
-        #expect(SecureMemoryStats.liveBuffers <= before + 1)   // other tests may run alongside
+        #expect(wa == nil && wb == nil)      // released: deinit deregisters and unmaps
     }
 
     @Test func accumulatorGrowsWithinItsLimit() throws {
