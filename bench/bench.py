@@ -37,6 +37,7 @@ BENCH_KEEP=1 keeps the work directory (daemon logs) for a look afterwards.
 """
 import contextlib
 import datetime
+import atexit
 import json
 import os
 import pathlib
@@ -523,6 +524,26 @@ BENCH = None
 
 # ---- 1. hot path -------------------------------------------------------------
 
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+def enable_uring(b):
+    """Switches FUSE over io_uring on for this run (restored at the end);
+    False where the kernel lacks it or BENCH_HOT_URING=0."""
+    if os.environ.get("BENCH_HOT_URING", "1") == "0" or not os.path.exists(URING_PARAM):
+        return False
+    if not hasattr(b, "uring_before"):
+        with open(URING_PARAM) as f:
+            b.uring_before = f.read().strip()
+        atexit.register(lambda: open(URING_PARAM, "w").write(b.uring_before))
+    try:
+        with open(URING_PARAM, "w") as f:
+            f.write("Y")
+    except OSError:
+        return False
+    return True
+
+
 def section_hot(b):
     src, _ = b.source("hot-src", 1, prefix="hot")
     secret = "hot00000"
@@ -555,6 +576,16 @@ def section_hot(b):
         targets["baseline default audit"] = os.path.join(bd.path, secret)
         daemons["baseline audit=off"] = bo
         daemons["baseline default audit"] = bd
+    # FUSE over io_uring (-o io_uring) beside them, where the kernel has it:
+    # enable_uring is switched on for the section and restored after.
+    uring = enable_uring(b)
+    if uring:
+        uo = b.kmsfs(src, "hot-uring-off", "audit=off,io_uring")
+        ud = b.kmsfs_as_service(src, "hot-uring-default", "io_uring")
+        targets["kmsfs io_uring audit=off"] = os.path.join(uo.path, secret)
+        targets["kmsfs io_uring default audit"] = os.path.join(ud.path, secret)
+        daemons["kmsfs io_uring audit=off"] = uo
+        daemons["kmsfs io_uring default audit"] = ud
     pin = os.environ.get("BENCH_HOT_PIN")
     if pin:
         # Every thread of every daemon (threads started later inherit it), and the loop.

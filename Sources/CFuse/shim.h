@@ -44,6 +44,7 @@
 #include <stdint.h>
 #include <unistd.h>
 #include <sys/timerfd.h>
+struct kmsfs_uring;
 struct kmsfs_loop {
     struct fuse_session *se;
     int fd, timer;
@@ -56,6 +57,7 @@ struct kmsfs_loop {
     int processing;           /* the reader is answering a request that may wait */
     uint64_t tenure;          /* bumped when a new worker becomes the reader */
     uint64_t last_answer_ns;  /* when the reader last answered a request */
+    struct kmsfs_uring *uring; /* FUSE over io_uring beside /dev/fuse, or NULL */
 };
 static inline uint64_t kmsfs_mono_ns(void) {
     struct timespec t;
@@ -101,6 +103,7 @@ static inline int kmsfs_loop_never_waits(const struct fuse_buf *buf) {
     default: return 0;
     }
 }
+#include "uring.h"
 /* The reader's tenure, entered and left with the lock held: reads and
  * answers until the loop ends (returns 1) or another worker took the
  * reader's role while this one answered a slow request (returns 0). */
@@ -126,6 +129,7 @@ static inline int kmsfs_loop_read(struct kmsfs_loop *l, struct fuse_buf *buf) {
             fuse_session_exit(l->se);
             return 1;
         }
+        kmsfs_uring_note(l->uring, buf);
         int may_wait = !kmsfs_loop_never_waits(buf);
         if (may_wait) {
             l->processing = 1;
@@ -218,7 +222,8 @@ static void *kmsfs_loop_standby(void *arg) {
 }
 static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int max_threads,
                                           unsigned int max_idle, unsigned int spin_us,
-                                          unsigned int watch_us, size_t stack) {
+                                          unsigned int watch_us, size_t stack,
+                                          unsigned int uring_depth, size_t max_read) {
     struct kmsfs_loop l;
     memset(&l, 0, sizeof l);
     l.se = se;
@@ -238,6 +243,8 @@ static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int 
         close(l.timer);
         return -1;
     }
+    /* Before INIT is read: the ring's queues set themselves up. */
+    if (uring_depth > 0) l.uring = kmsfs_uring_start(se, (int)uring_depth, max_read, (int)max_threads, stack);
     pthread_mutex_lock(&l.lock);
     /* A worker, which takes the reader's role, and the standby. */
     int rc = kmsfs_loop_start(&l, kmsfs_loop_worker);
@@ -256,6 +263,7 @@ static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int 
     pthread_cond_destroy(&l.changed);
     pthread_mutex_destroy(&l.lock);
     close(l.timer);
+    kmsfs_uring_stop(l.uring);
     fuse_session_reset(se);
     return error;
 }

@@ -45,6 +45,10 @@ public final class FUSESession: @unchecked Sendable {
         /// Opens waiting on KMS at once (`max_inflight=`), answered from
         /// threads of their own so FUSE workers never wait on KMS.
         public var maxInflightOpens = 64
+        /// FUSE over io_uring (`kmsfs_uring_start` in CFuse): entries per
+        /// CPU queue, used when the kernel offers the transport; 0: only
+        /// /dev/fuse.
+        public var uringDepth = 0
         /// Largest read served per request.
         public var maxRead = 128 * 1024
         /// Extra mount flags (`noexec` unless `exec` was asked for, ...).
@@ -126,9 +130,11 @@ public final class FUSESession: @unchecked Sendable {
         let maxIdle = UInt32(options.maxIdleThreads)
         let spin = UInt32(max(0, min(options.spinMicroseconds, 1000)))
         let watch = UInt32(max(100, min(options.watchMicroseconds, 10_000_000)))
+        let depth = UInt32(max(0, min(options.uringDepth, 4096)))
+        let maxRead = options.maxRead
         let se = SessionRef(session)
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
-            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024)
+            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024, depth, maxRead)
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
             loopEnded.withLock {
                 loopDone.store(true, ordering: .sequentiallyConsistent)

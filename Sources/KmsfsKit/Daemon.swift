@@ -162,6 +162,13 @@ public enum Daemon {
         sessionOptions.debug = request.debug
         sessionOptions.maxThreads = options.threads
         sessionOptions.maxInflightOpens = options.maxInflight
+        if options.ioUring {
+            // An entry stays with its request until it is answered, and a
+            // cold open parked for KMS (in the open pool, or queued for
+            // it) holds one: a CPU's queue out of entries holds up its
+            // callers. Unused entries cost address space only.
+            sessionOptions.uringDepth = max(options.maxInflight, 256) + 32
+        }
         sessionOptions.mountFlags = ["nosuid", "nodev"] + (options.exec ? [] : ["noexec"])
         let session: FUSESession
         do {

@@ -191,6 +191,7 @@ extension MountOptions {
             try v.noValue(); o.insecureAllowUnlocked = true
         },
         .fixed("no_memfd_secret", at: \.noMemfdSecret) { o, v throws(OptionError) in try v.noValue(); o.noMemfdSecret = true },
+        .fixed("io_uring", at: \.ioUring) { o, v throws(OptionError) in try v.noValue(); o.ioUring = true },
         .fixed("exec", ["noexec"], at: \.exec) { o, v throws(OptionError) in try v.noValue(); o.exec = v.key == "exec" },
         .fixed("audit", at: \.audit) { o, v throws(OptionError) in
             let a = try v.need()

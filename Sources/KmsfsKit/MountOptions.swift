@@ -68,6 +68,10 @@ public struct MountOptions: Sendable {
     /// Keep plaintext in mlock'ed anonymous memory even where the kernel
     /// offers memfd_secret (for kernels whose secretmem misbehaves).
     public var noMemfdSecret = false
+    /// `io_uring`: talk to the kernel through FUSE over io_uring where it
+    /// offers that (Linux 6.14+, the fuse module's enable_uring=Y), with
+    /// /dev/fuse as the fallback.
+    public var ioUring = false
     public var exec = false
     public var maxAttempts: Int?
     /// Seconds one KMS call may take, retries included.

@@ -209,7 +209,9 @@ def test_restart_over_a_stale_mount_recovers(tmp_path, kms, kmsfs_bin):
         first.proc.wait(5)
         with pytest.raises(OSError) as e:
             os.listdir(mnt)
-        assert e.value.errno == errno.ENOTCONN
+        # ECONNABORTED: under -o io_uring, a request that comes while the
+        # dead daemon's rings are torn down is ended with it.
+        assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
         second = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "2.log")
         try:
             assert open(mnt / "s", "rb").read() == b"survives"

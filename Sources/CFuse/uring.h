@@ -1,0 +1,781 @@
+/*
+ * FUSE over io_uring (Linux 6.14+, the fuse module's `enable_uring=Y`),
+ * beside kmsfs's /dev/fuse loop, for libfuse 3.14, which predates it.
+ *
+ * Why: a request read from /dev/fuse is answered by whichever worker the
+ * kernel wakes, often on the other CPU, and the answer wakes the caller
+ * back across CPUs (two inter-processor interrupts per request; on a VM,
+ * halted vCPUs' exits). Over io_uring the kernel keeps one queue per CPU:
+ * a caller's request goes to its own CPU's queue, whose thread (pinned
+ * there) takes it and answers it on the same CPU.
+ *
+ * How it fits libfuse 3.14:
+ * - Replies: the session's custom I/O (`fuse_session_custom_io`) takes
+ *   every reply libfuse writes. A reply to a request that came over the
+ *   ring is copied into that request's ring entry, which its queue's thread
+ *   then commits (COMMIT_AND_FETCH); everything else (answers to requests
+ *   read from /dev/fuse, notifications) is written to /dev/fuse as before.
+ * - INIT: the /dev/fuse loop still reads INIT (and, later, FORGET and
+ *   INTERRUPT, which the kernel never sends over the ring). When the kernel
+ *   offers FUSE_OVER_IO_URING and every queue's ring was set up, the INIT
+ *   reply gains that flag on its way out; right after it, each queue
+ *   registers its entries. If anything fails first, the reply goes out
+ *   unchanged and /dev/fuse serves everything. The kernel holds new
+ *   requests until every queue has an entry, and falls back to /dev/fuse
+ *   by itself if a registration fails.
+ * - Requests: a ring entry's request (header, per-opcode header, payload in
+ *   three places) is laid out as /dev/fuse would give it and passed to
+ *   `fuse_session_process_buf`. Requests whose handlers never wait (open,
+ *   read, release, flush: `kmsfs_loop_never_waits`) are answered on the
+ *   queue's thread; the rest (lookup, getattr, readdir: they stat SOURCE,
+ *   whose disk may hang) go to a pool of helper threads, so a hung SOURCE
+ *   holds up only the requests that need it.
+ * - An entry stays with its request until the reply is committed, so a
+ *   cold open parked for KMS holds one, and a queue out of entries holds
+ *   up its CPU's callers. Each queue has `depth` entries (the daemon asks
+ *   for max(max_inflight, 256) + 32), in one mapping per queue that is
+ *   locked as it is touched (MLOCK_ONFAULT): an entry never used costs
+ *   address space, not memory.
+ *
+ * Plaintext: a read's reply is copied from kmsfs's locked scratch into the
+ * entry's payload (locked, never dumped, wiped on fork). The ring is set up
+ * with DEFER_TASKRUN, so the kernel writes a new request into an entry
+ * only inside this thread's io_uring_enter: after committing, the thread
+ * wipes what the reply left, all of it if no new request arrived in the
+ * entry during that call (its commit_id is still 0), else the part past
+ * the new request's payload.
+ */
+#ifndef KMSFS_CFUSE_URING_H
+#define KMSFS_CFUSE_URING_H
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <linux/io_uring.h>
+
+#define KU_FLAGS2_OVER_IO_URING (1u << 9)   /* FUSE_OVER_IO_URING, 1ULL << 41 */
+#define KU_INIT_EXT (1u << 30)
+#define KU_MAX_PAGES (1u << 22)
+#define KU_CMD_REGISTER 1
+#define KU_CMD_COMMIT_AND_FETCH 2
+#define KU_PREFIX 8192          /* per entry: registered headers, then room to lay out a request */
+#define KU_LAYOUT_AT 512
+#define KU_EVENTFD_TAG 1ull
+
+/* struct fuse_uring_req_header (include/uapi/linux/fuse.h, 7.42) */
+struct ku_header {
+    uint8_t in_out[128];
+    uint8_t op_in[128];
+    uint64_t flags, commit_id;
+    uint32_t payload_sz, padding;
+    uint64_t reserved;
+};
+/* struct fuse_in_header, fuse_out_header (linux/fuse.h, which libfuse's
+ * headers do not include) */
+struct ku_in_header {
+    uint32_t len, opcode;
+    uint64_t unique, nodeid;
+    uint32_t uid, gid, pid;
+    uint16_t total_extlen, padding;
+};
+struct ku_out_header {
+    uint32_t len;
+    int32_t error;
+    uint64_t unique;
+};
+/* struct fuse_uring_cmd_req, in the SQE's command area */
+struct ku_cmd {
+    uint64_t flags, commit_id;
+    uint16_t qid;
+    uint8_t padding[6];
+};
+
+struct ku_queue;
+struct ku_ent {
+    struct ku_queue *q;
+    uint8_t *region;            /* KU_PREFIX + payload_cap bytes */
+    struct ku_header *hdr;
+    uint8_t *payload;
+    struct iovec iov[2];
+    uint64_t unique;
+    size_t dirty;               /* payload bytes a reply may have written */
+    int live;                   /* registered and not failed */
+    int processing, replied;    /* under the queue's lock */
+    uint8_t *req;               /* the request as /dev/fuse would give it */
+    size_t req_len;
+    void *big;                  /* a request too large for the prefix */
+    struct ku_ent *next;        /* ready list or helper queue */
+    struct ku_ent *map_next;
+};
+struct kmsfs_uring;
+struct ku_queue {
+    struct kmsfs_uring *u;
+    int qid, ring, efd, live;
+    int setup_error;
+    void *sq_map, *cq_map, *sqe_map;
+    size_t sq_len, cq_len, sqe_len;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    unsigned sq_entries;
+    uint8_t *sqes;
+    struct io_uring_cqe *cqes;
+    struct ku_ent *ents;
+    pthread_mutex_t lock;
+    struct ku_ent *ready;       /* answered, to commit */
+    struct ku_ent *work_head, *work_tail;   /* for this queue's helpers */
+    int helpers, idle;
+    pthread_cond_t work;        /* helpers: work or stop; stop: a helper ended */
+    uint64_t efd_value;
+    int efd_armed;
+    pthread_t thread;
+    int started;
+};
+struct kmsfs_uring {
+    struct fuse_session *se;
+    int fd, nq, depth;
+    size_t stack, payload_cap, max_read;
+    struct ku_queue *qs;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;        /* queues: set up / go / stop; helpers: work */
+    int prepared, go, stopping, offered, serving;
+    uint64_t init_unique;
+    /* unique -> entry, for replies */
+    struct ku_ent **map;
+    size_t map_mask;
+    pthread_mutex_t map_lock;
+    int max_helpers, max_idle;  /* per queue */
+};
+
+/* Process-wide state lives in function-local statics: Swift's importer
+ * emits a header's static functions, not its file-scope variables. */
+static inline struct kmsfs_uring **ku_current(void) {
+    static struct kmsfs_uring *current;          /* the session's, for the custom I/O */
+    return &current;
+}
+static inline struct ku_queue **ku_this_queue(void) {
+    static __thread struct ku_queue *mine;       /* the queue whose thread this is */
+    return &mine;
+}
+
+static inline int ku_enter(int ring, unsigned submit, unsigned wait, unsigned flags) {
+    return (int)syscall(__NR_io_uring_enter, ring, submit, wait, flags, NULL, 0);
+}
+
+/* ---- the unique -> entry map ---- */
+static inline size_t ku_slot(struct kmsfs_uring *u, uint64_t unique) {
+    return (size_t)((unique >> 1) ^ (unique >> 17)) & u->map_mask;
+}
+static inline void ku_map_put(struct kmsfs_uring *u, struct ku_ent *e) {
+    pthread_mutex_lock(&u->map_lock);
+    size_t s = ku_slot(u, e->unique);
+    e->map_next = u->map[s];
+    u->map[s] = e;
+    pthread_mutex_unlock(&u->map_lock);
+}
+static inline struct ku_ent *ku_map_take(struct kmsfs_uring *u, uint64_t unique) {
+    pthread_mutex_lock(&u->map_lock);
+    struct ku_ent **p = &u->map[ku_slot(u, unique)];
+    while (*p && (*p)->unique != unique) p = &(*p)->map_next;
+    struct ku_ent *e = *p;
+    if (e) *p = e->map_next;
+    pthread_mutex_unlock(&u->map_lock);
+    return e;
+}
+
+/* ---- rings ---- */
+static inline int ku_ring_setup(struct ku_queue *q, unsigned entries) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+              IORING_SETUP_CQSIZE;
+    p.cq_entries = entries * 2;
+    int fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (fd < 0) return -errno;
+    q->ring = fd;
+    q->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    q->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (q->cq_len > q->sq_len) q->sq_len = q->cq_len;
+        q->cq_len = 0;
+    }
+    q->sq_map = mmap(NULL, q->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (q->sq_map == MAP_FAILED) { q->sq_map = NULL; return -errno; }
+    if (q->cq_len) {
+        q->cq_map = mmap(NULL, q->cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+        if (q->cq_map == MAP_FAILED) { q->cq_map = NULL; return -errno; }
+    }
+    uint8_t *cq = (uint8_t *)(q->cq_map ? q->cq_map : q->sq_map);
+    q->sqe_len = (size_t)p.sq_entries * 128;
+    q->sqe_map = mmap(NULL, q->sqe_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (q->sqe_map == MAP_FAILED) { q->sqe_map = NULL; return -errno; }
+    uint8_t *sq = (uint8_t *)q->sq_map;
+    q->sq_head = (unsigned *)(sq + p.sq_off.head);
+    q->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    q->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    q->sq_array = (unsigned *)(sq + p.sq_off.array);
+    q->sq_entries = p.sq_entries;
+    q->cq_head = (unsigned *)(cq + p.cq_off.head);
+    q->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    q->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    q->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    q->sqes = (uint8_t *)q->sqe_map;
+    return 0;
+}
+/* Submits what is queued when the submission ring is full. */
+static inline struct io_uring_sqe *ku_sqe(struct ku_queue *q) {
+    unsigned tail = *q->sq_tail;
+    while (tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE) >= q->sq_entries) {
+        if (ku_enter(q->ring, tail - *q->sq_head, 0, 0) < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY)
+            return NULL;
+    }
+    unsigned idx = tail & *q->sq_mask;
+    struct io_uring_sqe *s = (struct io_uring_sqe *)(q->sqes + (size_t)idx * 128);
+    memset(s, 0, 128);
+    q->sq_array[idx] = idx;
+    __atomic_store_n(q->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    return s;
+}
+static inline int ku_fuse_cmd(struct ku_queue *q, struct ku_ent *e, uint32_t op) {
+    struct io_uring_sqe *s = ku_sqe(q);
+    if (!s) return -1;
+    s->opcode = IORING_OP_URING_CMD;
+    s->fd = q->u->fd;
+    s->cmd_op = op;
+    s->user_data = (uint64_t)(uintptr_t)e;
+    if (op == KU_CMD_REGISTER) {
+        s->addr = (uint64_t)(uintptr_t)e->iov;
+        s->len = 2;
+    }
+    struct ku_cmd c;
+    memset(&c, 0, sizeof c);
+    c.commit_id = e->unique;
+    c.qid = (uint16_t)q->qid;
+    memcpy((uint8_t *)s + 48, &c, sizeof c);      /* the SQE's command area */
+    return 0;
+}
+static inline void ku_arm_eventfd(struct ku_queue *q) {
+    if (q->efd_armed) return;
+    struct io_uring_sqe *s = ku_sqe(q);
+    if (!s) return;
+    s->opcode = IORING_OP_READ;
+    s->fd = q->efd;
+    s->addr = (uint64_t)(uintptr_t)&q->efd_value;
+    s->len = sizeof q->efd_value;
+    s->user_data = KU_EVENTFD_TAG;
+    q->efd_armed = 1;
+}
+
+/* ---- entries ---- */
+static inline void ku_free_entries(struct kmsfs_uring *u) {
+    size_t stride = KU_PREFIX + u->payload_cap;
+    for (int i = 0; i < u->nq; i++) {
+        struct ku_queue *q = &u->qs[i];
+        if (!q->ents) continue;
+        for (int j = 0; j < u->depth; j++) {
+            struct ku_ent *e = &q->ents[j];
+            if (e->region && e->dirty) explicit_bzero(e->payload, e->dirty);
+            free(e->big);
+        }
+        if (q->ents[0].region) munmap(q->ents[0].region, stride * (size_t)u->depth);
+        free(q->ents);
+        q->ents = NULL;
+    }
+}
+/* One mapping per queue, `depth` entries of KU_PREFIX + payload_cap bytes:
+ * address space only until an entry is used. */
+static inline int ku_alloc_entries(struct kmsfs_uring *u) {
+    size_t stride = KU_PREFIX + u->payload_cap;
+    size_t len = stride * (size_t)u->depth;
+    for (int i = 0; i < u->nq; i++) {
+        struct ku_queue *q = &u->qs[i];
+        q->ents = (struct ku_ent *)calloc((size_t)u->depth, sizeof(struct ku_ent));
+        if (!q->ents) return -1;
+        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) return -1;
+        q->ents[0].region = (uint8_t *)m;
+        /* Locked as touched, never in a core file, wiped in a child. */
+        if (syscall(SYS_mlock2, m, len, 1 /* MLOCK_ONFAULT */) != 0) return -1;
+        if (madvise(m, len, MADV_DONTDUMP) != 0) return -1;
+        (void)madvise(m, len, 18 /* MADV_WIPEONFORK */);
+        for (int j = 0; j < u->depth; j++) {
+            struct ku_ent *e = &q->ents[j];
+            e->q = q;
+            e->region = (uint8_t *)m + stride * (size_t)j;
+            e->hdr = (struct ku_header *)e->region;
+            e->payload = e->region + KU_PREFIX;
+            e->iov[0].iov_base = e->hdr;
+            e->iov[0].iov_len = sizeof(struct ku_header);
+            e->iov[1].iov_base = e->payload;
+            e->iov[1].iov_len = u->payload_cap;
+        }
+    }
+    return 0;
+}
+
+/* ---- answering ---- */
+static inline void ku_wake(struct ku_queue *q) {
+    if (*ku_this_queue() == q) return;              /* its own thread commits before it waits */
+    uint64_t one = 1;
+    ssize_t w = write(q->efd, &one, sizeof one);
+    (void)w;
+}
+/* With the queue's lock: the entry has its reply and nobody is using its request. */
+static inline void ku_ready_locked(struct ku_queue *q, struct ku_ent *e) {
+    e->next = q->ready;
+    q->ready = e;
+}
+static inline void ku_process(struct kmsfs_uring *u, struct ku_ent *e) {
+    struct fuse_buf buf;
+    memset(&buf, 0, sizeof buf);
+    buf.mem = e->req;
+    buf.size = e->req_len;
+    fuse_session_process_buf(u->se, &buf);
+    struct ku_queue *q = e->q;
+    pthread_mutex_lock(&q->lock);
+    e->processing = 0;
+    free(e->big);
+    e->big = NULL;
+    int ready = e->replied;
+    if (ready) ku_ready_locked(q, e);
+    pthread_mutex_unlock(&q->lock);
+    if (ready) ku_wake(q);
+}
+/* A reply to a request that came over the ring, from any thread. */
+static inline ssize_t ku_answer(struct kmsfs_uring *u, struct ku_ent *e, struct iovec *iov, int count) {
+    size_t total = 0;
+    for (int i = 0; i < count; i++) total += iov[i].iov_len;
+    struct ku_out_header oh;
+    memcpy(&oh, iov[0].iov_base, sizeof oh);
+    size_t body = total - sizeof oh;
+    if (body > u->payload_cap) {                 /* cannot happen: max_pages bounds replies */
+        oh.error = -EIO;
+        body = 0;
+    } else {
+        size_t at = 0;
+        size_t skip = sizeof oh;
+        for (int i = 0; i < count; i++) {
+            size_t n = iov[i].iov_len;
+            const uint8_t *p = (const uint8_t *)iov[i].iov_base;
+            if (skip >= n) { skip -= n; continue; }
+            memcpy(e->payload + at, p + skip, n - skip);
+            at += n - skip;
+            skip = 0;
+        }
+    }
+    oh.len = (uint32_t)(sizeof oh + body);
+    memcpy(e->hdr->in_out, &oh, sizeof oh);
+    e->hdr->payload_sz = (uint32_t)body;
+    if (body > e->dirty) e->dirty = body;
+    struct ku_queue *q = e->q;
+    pthread_mutex_lock(&q->lock);
+    e->replied = 1;
+    int ready = !e->processing;
+    if (ready) ku_ready_locked(q, e);
+    pthread_mutex_unlock(&q->lock);
+    if (ready) ku_wake(q);
+    return (ssize_t)total;
+}
+/* The INIT reply, when the kernel offered the ring and every queue is set
+ * up: adds FUSE_OVER_IO_URING and bounds requests to the entries' size. */
+static inline ssize_t ku_answer_init(struct kmsfs_uring *u, int fd, struct iovec *iov, int count) {
+    uint8_t out[256];
+    if (count != 2 || iov[1].iov_len < 40 || iov[1].iov_len > sizeof out) return writev(fd, iov, count);
+    pthread_mutex_lock(&u->lock);
+    while (u->prepared < u->nq) pthread_cond_wait(&u->cond, &u->lock);
+    int ok = __atomic_load_n(&u->offered, __ATOMIC_ACQUIRE);
+    for (int i = 0; ok && i < u->nq; i++) ok = u->qs[i].setup_error == 0;
+    pthread_mutex_unlock(&u->lock);
+    if (!ok) return writev(fd, iov, count);
+    memcpy(out, iov[1].iov_base, iov[1].iov_len);
+    uint32_t flags, flags2, max_write;
+    uint16_t max_pages;
+    memcpy(&flags, out + 12, 4);
+    memcpy(&max_write, out + 20, 4);
+    memcpy(&max_pages, out + 28, 2);
+    memcpy(&flags2, out + 32, 4);
+    /* Requests and replies fit an entry's payload: the kernel's bound is
+     * max(8 KiB, max_write, max_pages pages), max_pages 32 unless set. */
+    if (max_write > u->max_read) max_write = (uint32_t)u->max_read;
+    if (flags & KU_MAX_PAGES) {
+        max_pages = (uint16_t)(u->max_read / 4096);
+        u->payload_cap = u->max_read;
+    } else {
+        u->payload_cap = u->max_read > 32 * 4096 ? u->max_read : 32 * 4096;
+    }
+    if (ku_alloc_entries(u) != 0) {
+        ku_free_entries(u);
+        fuse_log(FUSE_LOG_NOTICE, "io_uring: cannot map the ring entries' buffers: %s; serving through /dev/fuse\n",
+                 strerror(errno));
+        return writev(fd, iov, count);
+    }
+    flags |= KU_INIT_EXT;
+    flags2 |= KU_FLAGS2_OVER_IO_URING;
+    memcpy(out + 12, &flags, 4);
+    memcpy(out + 20, &max_write, 4);
+    memcpy(out + 28, &max_pages, 2);
+    memcpy(out + 32, &flags2, 4);
+    struct iovec v[2] = { iov[0], { out, iov[1].iov_len } };
+    ssize_t res = writev(fd, v, 2);
+    pthread_mutex_lock(&u->lock);
+    u->go = res >= 0 ? 1 : -1;
+    pthread_cond_broadcast(&u->cond);
+    pthread_mutex_unlock(&u->lock);
+    if (res < 0) return res;
+    fuse_log(FUSE_LOG_INFO, "io_uring: serving through FUSE over io_uring: %d queues of %d entries\n",
+             u->nq, u->depth);
+    return res;
+}
+static ssize_t ku_io_writev(int fd, struct iovec *iov, int count, void *userdata) {
+    (void)userdata;
+    struct kmsfs_uring *u = *ku_current();
+    if (u && count >= 1 && iov[0].iov_len >= sizeof(struct ku_out_header)) {
+        struct ku_out_header oh;
+        memcpy(&oh, iov[0].iov_base, sizeof oh);
+        if (oh.unique != 0) {
+            if (__atomic_load_n(&u->serving, __ATOMIC_ACQUIRE)) {
+                struct ku_ent *e = ku_map_take(u, oh.unique);
+                if (e) return ku_answer(u, e, iov, count);
+            } else if (oh.unique == __atomic_load_n(&u->init_unique, __ATOMIC_ACQUIRE) && oh.error == 0) {
+                __atomic_store_n(&u->init_unique, 0, __ATOMIC_RELEASE);
+                return ku_answer_init(u, fd, iov, count);
+            }
+        }
+    }
+    return writev(fd, iov, count);
+}
+static ssize_t ku_io_read(int fd, void *buf, size_t len, void *userdata) {
+    (void)userdata;
+    return read(fd, buf, len);
+}
+/* Called by the /dev/fuse loop for each request it reads: notes INIT, and
+ * whether the kernel offers the ring. */
+static inline void kmsfs_uring_note(struct kmsfs_uring *u, const struct fuse_buf *buf) {
+    if (!u || (buf->flags & FUSE_BUF_IS_FD) || buf->mem == NULL || buf->size < 40 + 20) return;
+    const uint8_t *m = (const uint8_t *)buf->mem;
+    uint32_t opcode, minor, flags, flags2 = 0;
+    memcpy(&opcode, m + 4, 4);
+    if (opcode != 26) return;                    /* FUSE_INIT */
+    memcpy(&minor, m + 40 + 4, 4);
+    memcpy(&flags, m + 40 + 12, 4);
+    if ((flags & KU_INIT_EXT) && minor >= 36) memcpy(&flags2, m + 40 + 16, 4);
+    int offered = (flags2 & KU_FLAGS2_OVER_IO_URING) != 0;
+    uint64_t unique;
+    memcpy(&unique, m + 8, 8);
+    __atomic_store_n(&u->offered, offered, __ATOMIC_RELEASE);
+    __atomic_store_n(&u->init_unique, unique, __ATOMIC_RELEASE);
+    if (!offered)
+        fuse_log(FUSE_LOG_NOTICE, "io_uring: the kernel does not offer FUSE over io_uring "
+                 "(/sys/module/fuse/parameters/enable_uring is N, or a kernel before 6.14); serving through /dev/fuse\n");
+}
+
+/* ---- helpers: requests that may wait ---- */
+/* Each queue has its own helpers, on its CPU like its thread: handing a
+ * request over and taking its answer back are then wake-ups on one CPU,
+ * not across CPUs. */
+static inline void ku_pin(int cpu) {
+    unsigned long cpus[1024 / (8 * sizeof(unsigned long))];
+    memset(cpus, 0, sizeof cpus);
+    cpus[cpu / (8 * sizeof(unsigned long))] = 1ul << (cpu % (8 * sizeof(unsigned long)));
+    (void)syscall(SYS_sched_setaffinity, 0, sizeof cpus, cpus);   /* an offline CPU: run anywhere */
+}
+static void *ku_helper(void *arg) {
+    struct ku_queue *q = (struct ku_queue *)arg;
+    struct kmsfs_uring *u = q->u;
+    ku_pin(q->qid);
+    pthread_mutex_lock(&q->lock);
+    for (;;) {
+        while (!q->work_head && !u->stopping) {
+            q->idle++;
+            pthread_cond_wait(&q->work, &q->lock);
+            q->idle--;
+        }
+        struct ku_ent *e = q->work_head;
+        if (!e) break;
+        q->work_head = e->next;
+        if (!q->work_head) q->work_tail = NULL;
+        pthread_mutex_unlock(&q->lock);
+        ku_process(u, e);
+        pthread_mutex_lock(&q->lock);
+        if (!q->work_head && q->idle >= u->max_idle) break;
+    }
+    q->helpers--;
+    pthread_cond_broadcast(&q->work);
+    pthread_mutex_unlock(&q->lock);
+    return NULL;
+}
+static inline int ku_start_thread(struct kmsfs_uring *u, pthread_t *t, void *(*body)(void *), void *arg,
+                                  int detached, const char *name) {
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0) return -1;
+    if (detached) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (u->stack) pthread_attr_setstacksize(&attr, u->stack);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(t, &attr, body, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc == 0) pthread_setname_np(*t, name);
+    return rc;
+}
+/* A request that may wait: to a helper; on the queue's thread if none can start. */
+static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
+    struct ku_queue *q = e->q;
+    pthread_mutex_lock(&q->lock);
+    e->next = NULL;
+    if (q->work_tail) q->work_tail->next = e; else q->work_head = e;
+    q->work_tail = e;
+    int queued = 1;
+    if (q->idle == 0) {
+        pthread_t t;
+        if (q->helpers < u->max_helpers && ku_start_thread(u, &t, ku_helper, q, 1, "kmsfs-uring-io") == 0) {
+            q->helpers++;
+        } else if (q->helpers == 0) {
+            /* Nobody to take it: answer it here. */
+            q->work_head = e->next;
+            if (!q->work_head) q->work_tail = NULL;
+            queued = 0;
+        }
+    } else {
+        pthread_cond_signal(&q->work);
+    }
+    pthread_mutex_unlock(&q->lock);
+    if (!queued) ku_process(u, e);
+}
+
+/* ---- a queue's thread ---- */
+/* A request arrived in entry `e`: lay it out as /dev/fuse would and answer it. */
+static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
+    struct ku_in_header in;
+    memcpy(&in, e->hdr->in_out, sizeof in);
+    size_t psz = e->hdr->payload_sz;
+    e->hdr->commit_id = 0;
+    if (psz > u->payload_cap) psz = u->payload_cap;
+    if (e->dirty > psz) explicit_bzero(e->payload + psz, e->dirty - psz);
+    e->dirty = psz;
+    e->unique = in.unique;
+    size_t op = 0;
+    int bad = in.len < sizeof in + psz || (op = in.len - sizeof in - psz) > sizeof e->hdr->op_in;
+    size_t len = sizeof in + op + psz;
+    uint8_t *at = e->region + KU_LAYOUT_AT;
+    if (!bad && len > KU_PREFIX - KU_LAYOUT_AT) {
+        e->big = malloc(len);
+        at = (uint8_t *)e->big;
+        bad = at == NULL;
+    }
+    struct ku_queue *q = e->q;
+    pthread_mutex_lock(&q->lock);
+    e->processing = 1;
+    e->replied = 0;
+    pthread_mutex_unlock(&q->lock);
+    ku_map_put(u, e);
+    if (bad) {
+        /* Not a request this layout knows: answer EIO, never guess. */
+        fuse_log(FUSE_LOG_ERR, "io_uring: request %u of %u bytes with a %zu-byte payload: answered EIO\n",
+                 in.opcode, in.len, psz);
+        struct ku_out_header oh = { .len = sizeof oh, .error = -EIO, .unique = in.unique };
+        struct iovec v = { &oh, sizeof oh };
+        ku_map_take(u, in.unique);
+        ku_answer(u, e, &v, 1);
+        pthread_mutex_lock(&q->lock);
+        e->processing = 0;
+        ku_ready_locked(q, e);
+        pthread_mutex_unlock(&q->lock);
+        return;
+    }
+    in.len = (uint32_t)len;
+    memcpy(at, &in, sizeof in);
+    memcpy(at + sizeof in, e->hdr->op_in, op);
+    memcpy(at + sizeof in + op, e->payload, psz);
+    e->req = at;
+    e->req_len = len;
+    struct fuse_buf probe;
+    memset(&probe, 0, sizeof probe);
+    probe.mem = at;
+    probe.size = len;
+    if (kmsfs_loop_never_waits(&probe)) ku_process(u, e);
+    else ku_hand_off(u, e);
+}
+static void *ku_queue_thread(void *arg) {
+    struct ku_queue *q = (struct ku_queue *)arg;
+    struct kmsfs_uring *u = q->u;
+    *ku_this_queue() = q;
+    ku_pin(q->qid);
+    int rc = ku_ring_setup(q, (unsigned)u->depth + 8);
+    if (rc == 0) {
+        q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (q->efd < 0) rc = -errno;
+    }
+    pthread_mutex_lock(&u->lock);
+    q->setup_error = rc;
+    u->prepared++;
+    pthread_cond_broadcast(&u->cond);
+    while (u->go == 0 && !u->stopping) pthread_cond_wait(&u->cond, &u->lock);
+    int go = u->go > 0 && !u->stopping && rc == 0;
+    pthread_mutex_unlock(&u->lock);
+    if (rc != 0 && __atomic_load_n(&u->offered, __ATOMIC_ACQUIRE))
+        fuse_log(FUSE_LOG_NOTICE, "io_uring: queue %d: cannot set up a ring: %s; serving through /dev/fuse\n",
+                 q->qid, strerror(-rc));
+    if (!go) return NULL;
+
+    __atomic_store_n(&u->serving, 1, __ATOMIC_RELEASE);
+    for (int j = 0; j < u->depth; j++) {
+        if (ku_fuse_cmd(q, &q->ents[j], KU_CMD_REGISTER) == 0) q->ents[j].live = 1, q->live++;
+    }
+    ku_arm_eventfd(q);
+    int reported = 0;
+    struct ku_ent *committed[64];
+    while (q->live > 0) {
+        /* Commit the answered entries (a batch at a time). */
+        int n = 0;
+        pthread_mutex_lock(&q->lock);
+        while (q->ready && n < 64) {
+            struct ku_ent *e = q->ready;
+            q->ready = e->next;
+            committed[n++] = e;
+        }
+        int more = q->ready != NULL;
+        pthread_mutex_unlock(&q->lock);
+        for (int i = 0; i < n; i++) {
+            committed[i]->hdr->commit_id = 0;
+            if (ku_fuse_cmd(q, committed[i], KU_CMD_COMMIT_AND_FETCH) != 0) committed[i]->live = 0, q->live--;
+        }
+        ku_arm_eventfd(q);
+        unsigned pending = *q->sq_tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+        int r = ku_enter(q->ring, pending, more ? 0 : 1, IORING_ENTER_GETEVENTS);
+        if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY && errno != ETIME) {
+            fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: io_uring_enter: %s\n", q->qid, strerror(errno));
+            break;
+        }
+        /* Wipe what the replies left in entries the kernel has not refilled. */
+        for (int i = 0; i < n; i++) {
+            struct ku_ent *e = committed[i];
+            if (e->hdr->commit_id == 0 && e->dirty) {
+                explicit_bzero(e->payload, e->dirty);
+                e->dirty = 0;
+            }
+        }
+        unsigned head = *q->cq_head;
+        unsigned tail = __atomic_load_n(q->cq_tail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *c = &q->cqes[head & *q->cq_mask];
+            uint64_t tag = c->user_data;
+            int res = c->res;
+            __atomic_store_n(q->cq_head, head + 1, __ATOMIC_RELEASE);
+            if (tag == KU_EVENTFD_TAG) { q->efd_armed = 0; continue; }
+            struct ku_ent *e = (struct ku_ent *)(uintptr_t)tag;
+            if (res < 0) {
+                if (e->live) e->live = 0, q->live--;
+                if (e->dirty) { explicit_bzero(e->payload, e->dirty); e->dirty = 0; }
+                if (res != -ENOTCONN && res != -ECONNABORTED && res != -ECANCELED && !reported) {
+                    reported = 1;
+                    fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: a ring entry failed: %s\n", q->qid, strerror(-res));
+                }
+                continue;
+            }
+            ku_request(u, e);
+        }
+        if (u->stopping) break;
+    }
+    return NULL;
+}
+
+/* Before the loop starts: the custom I/O, and a thread per possible CPU,
+ * each setting up its ring. Returns NULL (and leaves /dev/fuse alone) on
+ * any failure. */
+static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int depth, size_t max_read,
+                                                    int max_helpers, size_t stack) {
+    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+    if (ncpu < 1 || ncpu > 1024 || depth < 1 || depth > 4096 || max_read < 8192) return NULL;
+    struct kmsfs_uring *u = (struct kmsfs_uring *)calloc(1, sizeof *u);
+    if (!u) return NULL;
+    u->se = se;
+    u->fd = fuse_session_fd(se);
+    u->nq = (int)ncpu;
+    u->depth = depth;
+    u->stack = stack;
+    u->max_read = max_read & ~(size_t)4095;
+    u->payload_cap = u->max_read;
+    u->max_helpers = max_helpers < 1 ? 1 : max_helpers;
+    u->max_idle = 4;
+    size_t slots = 1;
+    while (slots < (size_t)u->nq * (size_t)depth * 2) slots <<= 1;
+    u->map = (struct ku_ent **)calloc(slots, sizeof *u->map);
+    u->map_mask = slots - 1;
+    u->qs = (struct ku_queue *)calloc((size_t)u->nq, sizeof *u->qs);
+    if (!u->map || !u->qs) { free(u->map); free(u->qs); free(u); return NULL; }
+    pthread_mutex_init(&u->lock, NULL);
+    pthread_mutex_init(&u->map_lock, NULL);
+    pthread_cond_init(&u->cond, NULL);
+    struct fuse_custom_io io = { .writev = ku_io_writev, .read = ku_io_read };
+    *ku_current() = u;
+    if (fuse_session_custom_io(se, &io, u->fd) != 0) {
+        *ku_current() = NULL;
+        free(u->map); free(u->qs); free(u);
+        return NULL;
+    }
+    for (int i = 0; i < u->nq; i++) {
+        struct ku_queue *q = &u->qs[i];
+        q->u = u;
+        q->qid = i;
+        q->ring = -1;
+        q->efd = -1;
+        pthread_mutex_init(&q->lock, NULL);
+        pthread_cond_init(&q->work, NULL);
+        if (ku_start_thread(u, &q->thread, ku_queue_thread, q, 0, "kmsfs-uring") == 0) {
+            q->started = 1;
+        } else {
+            pthread_mutex_lock(&u->lock);
+            q->setup_error = -EAGAIN;
+            u->prepared++;
+            pthread_mutex_unlock(&u->lock);
+        }
+    }
+    return u;
+}
+/* After the loop has ended: stops the queues and helpers and frees all. */
+static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
+    if (!u) return;
+    pthread_mutex_lock(&u->lock);
+    u->stopping = 1;
+    pthread_cond_broadcast(&u->cond);
+    pthread_mutex_unlock(&u->lock);
+    for (int i = 0; i < u->nq; i++) {
+        struct ku_queue *q = &u->qs[i];
+        if (q->efd >= 0) { uint64_t one = 1; ssize_t w = write(q->efd, &one, sizeof one); (void)w; }
+    }
+    for (int i = 0; i < u->nq; i++) if (u->qs[i].started) pthread_join(u->qs[i].thread, NULL);
+    for (int i = 0; i < u->nq; i++) {
+        struct ku_queue *q = &u->qs[i];
+        pthread_mutex_lock(&q->lock);
+        pthread_cond_broadcast(&q->work);
+        while (q->helpers > 0) pthread_cond_wait(&q->work, &q->lock);
+        pthread_mutex_unlock(&q->lock);
+    }
+    for (int i = 0; i < u->nq; i++) {
+        struct ku_queue *q = &u->qs[i];
+        if (q->ring >= 0) close(q->ring);        /* cancels what is still registered */
+        if (q->sqe_map) munmap(q->sqe_map, q->sqe_len);
+        if (q->cq_map) munmap(q->cq_map, q->cq_len);
+        if (q->sq_map) munmap(q->sq_map, q->sq_len);
+        if (q->efd >= 0) close(q->efd);
+        pthread_cond_destroy(&q->work);
+        pthread_mutex_destroy(&q->lock);
+    }
+    ku_free_entries(u);
+    __atomic_store_n(&u->serving, 0, __ATOMIC_RELEASE);
+    pthread_cond_destroy(&u->cond);
+    pthread_mutex_destroy(&u->map_lock);
+    pthread_mutex_destroy(&u->lock);
+    free(u->map);
+    free(u->qs);
+    /* The custom I/O stays: libfuse may still write notifications
+     * through the custom I/O; with `serving` off they go to /dev/fuse. */
+    static struct kmsfs_uring spent;
+    memset(&spent, 0, sizeof spent);
+    *ku_current() = &spent;
+    free(u);
+}
+
+#endif
