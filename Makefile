@@ -10,7 +10,7 @@ BIN     := .build/release/kmsfs
 # no run path points into the toolchain or next to the binary.
 SWIFTFLAGS ?= -c release --static-swift-stdlib --disable-local-rpath
 
-.PHONY: all build deps demo test unit integration bench install uninstall clean deb boot-test
+.PHONY: all build deps demo test unit integration test-uring bench install uninstall clean deb boot-test
 
 all: build
 
@@ -36,6 +36,17 @@ unit: build
 
 integration: build
 	$(PYTHON) -m pytest -q Tests/integration
+
+# The whole integration suite again, every mount with -o io_uring (FUSE over
+# io_uring, Linux 6.14+): the module's enable_uring is switched on for the
+# run and put back after. Not part of `make test`, whose test_uring.py
+# checks the transport itself.
+URING_PARAM = /sys/module/fuse/parameters/enable_uring
+test-uring: build
+	@[ -w $(URING_PARAM) ] || { echo "test-uring: $(URING_PARAM) is missing or read-only: this kernel has no FUSE over io_uring"; exit 1; }
+	@before=$$(cat $(URING_PARAM)); echo Y > $(URING_PARAM); \
+	KMSFS_EXTRA_OPTS=io_uring $(PYTHON) -m pytest -q Tests/integration; rc=$$?; \
+	echo $$before > $(URING_PARAM); exit $$rc
 
 demo: build
 	@tools/demo.sh

@@ -39,6 +39,7 @@ import AWS
         ("region=us-east-1", "region"), ("endpoint=http://127.0.0.1:1", "endpoint"), ("threads=3", "threads"),
         ("audit=off", "audit"), ("kms_context=app=b", "context"), ("require_binding", "require_binding"),
         ("no_memfd_secret", "no_memfd_secret"), ("retries=5", "retries"), ("kms_rate=5", "kms_rate"),
+        ("io_uring", "io_uring"),
     ])
     func aRemountRefusesToChangeWhatOnlyAMountSets(change: String, name: String) {
         #expect(throws: OptionError.self) { try MountOptions.remounted(["region=eu-west-1,context=app=a"], with: ["remount," + change]) }
@@ -60,6 +61,12 @@ import AWS
         let adaptive = try MountOptions.parse(["kms_rate=adaptive"])
         #expect(adaptive.kmsPacing == true && adaptive.kmsRate == nil)
         #expect(try MountOptions.parse(["allow_uid=1"]).kmsRate == nil)
+    }
+
+    @Test func ioUringIsAFlagAndOffByDefault() throws {
+        #expect(try MountOptions.parse([]).ioUring == false)
+        #expect(try MountOptions.parse(["io_uring"]).ioUring == true)
+        #expect(throws: OptionError.self) { try MountOptions.parse(["io_uring=1"]) }
     }
 
     @Test func kmsContextIsTheFstabSpellingOfContext() throws {
