@@ -11,7 +11,9 @@ docs/benchmarks-hotpath.png from the run and prints the table.
 Sections (BENCH_SECTIONS=hot,cold,storm,scale,soak,fleet picks some; a run
 of some sections replaces only theirs in docs/benchmarks.md):
   hot    open+read+close of a cached 2 KB secret vs hello_ll and ramfs
-         (BENCH_HOT_BASELINE=path/to/kmsfs adds another build to the rounds)
+         (BENCH_HOT_BASELINE=path/to/kmsfs adds another build to the rounds;
+         where the kernel has FUSE over io_uring, -o io_uring daemons join
+         them, with enable_uring on for the run; BENCH_HOT_URING=0: not)
   cold   first open of a secret vs a bare KMS Decrypt by curl
   storm  64 readers over 1,000 cold secrets vs 1,000 sequential Decrypts,
          then the same with a KMS that throttles every other call
@@ -698,7 +700,7 @@ def hot_chart(b, png):
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = {"kmsfs audit=file": "#d62728", "kmsfs default audit": "#9467bd", "kmsfs audit=off": "#ff7f0e",
-              "hello_ll": "#1f77b4", "ramfs": "#2ca02c"}
+              "kmsfs io_uring audit=off": "#8c564b", "hello_ll": "#1f77b4", "ramfs": "#2ca02c"}
     for ax, mode in zip(axes, ("read1", "eof")):
         for t, c in colors.items():
             xs = sorted(x * 1e6 for x in b.hot_samples.get((t, mode), []))
