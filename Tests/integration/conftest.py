@@ -328,3 +328,37 @@ def users():
             subprocess.run(["groupdel", n], capture_output=True)
         for g in created_groups:
             subprocess.run(["groupdel", g], capture_output=True)
+
+
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+@contextlib.contextmanager
+def uring_enabled():
+    """FUSE over io_uring switched on for the fuse module (restored after);
+    skips where this kernel has no such switch."""
+    if not os.path.exists(URING_PARAM):
+        pytest.skip("SKIP: this kernel has no FUSE over io_uring (%s is missing; Linux 6.14+ built with "
+                    "CONFIG_FUSE_IO_URING)" % URING_PARAM)
+    before = open(URING_PARAM).read().strip()
+    try:
+        with open(URING_PARAM, "w") as f:
+            f.write("Y")
+    except OSError as e:
+        pytest.skip("SKIP: cannot switch on FUSE over io_uring (%s): %s" % (URING_PARAM, e))
+    try:
+        yield
+    finally:
+        with open(URING_PARAM, "w") as f:
+            f.write(before)
+
+
+@pytest.fixture(params=["dev_fuse", "io_uring"])
+def transport(request):
+    """Mount options for each way the daemon talks to the kernel: /dev/fuse,
+    and FUSE over io_uring (-o io_uring, switched on for the test)."""
+    if request.param == "dev_fuse":
+        yield ""
+    else:
+        with uring_enabled():
+            yield ",io_uring"

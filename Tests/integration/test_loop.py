@@ -13,11 +13,12 @@ from conftest import Mount
 SECRET = os.urandom(512)
 
 
-def test_a_hung_source_holds_up_only_the_requests_that_touch_it(public_tmp, kms, tmp_path):
+def test_a_hung_source_holds_up_only_the_requests_that_touch_it(public_tmp, kms, tmp_path, transport):
+    # Under -o io_uring, the ring's thread hands these requests to helpers.
     # SOURCE/sub is the mountpoint of a second kmsfs, which is then stopped
     # (SIGSTOP): reading that directory waits until it runs again, as on a
     # disk that does not answer.
-    base = public_tmp / ("loop-%d" % os.getpid())
+    base = public_tmp / ("loop-%s" % tmp_path.name)
     src = base / "src"
     (src / "sub").mkdir(parents=True)
     (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
@@ -27,7 +28,7 @@ def test_a_hung_source_holds_up_only_the_requests_that_touch_it(public_tmp, kms,
     outer = None
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)   # 3 hung listings, 1 for the rest
     try:
-        outer = Mount(src, base / "mnt", "allow_uid=0,audit=off", kms.env, tmp_path / "outer.log")
+        outer = Mount(src, base / "mnt", "allow_uid=0,audit=off" + transport, kms.env, tmp_path / "outer.log")
         path = outer.file("s")
         with open(path, "rb") as f:
             assert f.read() == SECRET                 # decrypted: opens are cache hits from here
