@@ -274,7 +274,7 @@ static inline void ku_free_entries(struct kmsfs_uring *u) {
         if (!q->ents) continue;
         for (int j = 0; j < u->depth; j++) {
             struct ku_ent *e = &q->ents[j];
-            if (e->region && e->dirty) explicit_bzero(e->payload, e->dirty);
+            if (e->region && e->dirty) explicit_bzero(e->payload, e->dirty);   /* unmapped next */
             free(e->big);
         }
         if (q->ents[0].region) munmap(q->ents[0].region, stride * (size_t)u->depth);
@@ -311,6 +311,27 @@ static inline int ku_alloc_entries(struct kmsfs_uring *u) {
         }
     }
     return 0;
+}
+
+/* Wipes payload bytes [from, to) a reply left. Whole pages of a large
+ * reply also go back to the kernel (unlocked, discarded, locked again as
+ * touched), so an entry that once carried a 128 KiB read does not keep
+ * 128 KiB resident: the ring's memory follows what is in flight, not the
+ * largest burst it ever served. */
+#define KU_KEEP_RESIDENT (16 * 1024)
+static inline void ku_scrub(struct ku_ent *e, size_t from, size_t to) {
+    if (to <= from) return;
+    explicit_bzero(e->payload + from, to - from);
+    if (to - from <= KU_KEEP_RESIDENT) return;
+    uintptr_t a = ((uintptr_t)(e->payload + from) + 4095) & ~(uintptr_t)4095;
+    uintptr_t b = (uintptr_t)(e->payload + to) & ~(uintptr_t)4095;
+    if (b <= a) return;
+    void *p = (void *)a;
+    size_t n = (size_t)(b - a);
+    if (munlock(p, n) == 0) {
+        (void)madvise(p, n, MADV_DONTNEED);
+        (void)syscall(SYS_mlock2, p, n, 1 /* MLOCK_ONFAULT */);
+    }
 }
 
 /* ---- answering ---- */
@@ -552,7 +573,7 @@ static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
     size_t psz = e->hdr->payload_sz;
     e->hdr->commit_id = 0;
     if (psz > u->payload_cap) psz = u->payload_cap;
-    if (e->dirty > psz) explicit_bzero(e->payload + psz, e->dirty - psz);
+    if (e->dirty > psz) ku_scrub(e, psz, e->dirty);
     e->dirty = psz;
     e->unique = in.unique;
     size_t op = 0;
@@ -652,7 +673,7 @@ static void *ku_queue_thread(void *arg) {
         for (int i = 0; i < n; i++) {
             struct ku_ent *e = committed[i];
             if (e->hdr->commit_id == 0 && e->dirty) {
-                explicit_bzero(e->payload, e->dirty);
+                ku_scrub(e, 0, e->dirty);
                 e->dirty = 0;
             }
         }
@@ -667,7 +688,7 @@ static void *ku_queue_thread(void *arg) {
             struct ku_ent *e = (struct ku_ent *)(uintptr_t)tag;
             if (res < 0) {
                 if (e->live) e->live = 0, q->live--;
-                if (e->dirty) { explicit_bzero(e->payload, e->dirty); e->dirty = 0; }
+                if (e->dirty) { ku_scrub(e, 0, e->dirty); e->dirty = 0; }
                 if (res != -ENOTCONN && res != -ECONNABORTED && res != -ECANCELED && !reported) {
                     reported = 1;
                     fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: a ring entry failed: %s\n", q->qid, strerror(-res));
