@@ -506,7 +506,7 @@ static void *ku_helper(void *arg) {
     ku_pin(q->qid);
     pthread_mutex_lock(&q->lock);
     for (;;) {
-        while (!q->work_head && !u->stopping) {
+        while (!q->work_head && !__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE)) {
             q->idle++;
             pthread_cond_wait(&q->work, &q->lock);
             q->idle--;
@@ -632,8 +632,8 @@ static void *ku_queue_thread(void *arg) {
     q->setup_error = rc;
     u->prepared++;
     pthread_cond_broadcast(&u->cond);
-    while (u->go == 0 && !u->stopping) pthread_cond_wait(&u->cond, &u->lock);
-    int go = u->go > 0 && !u->stopping && rc == 0;
+    while (u->go == 0 && !__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE)) pthread_cond_wait(&u->cond, &u->lock);
+    int go = u->go > 0 && !__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE) && rc == 0;
     pthread_mutex_unlock(&u->lock);
     if (rc != 0 && __atomic_load_n(&u->offered, __ATOMIC_ACQUIRE))
         fuse_log(FUSE_LOG_NOTICE, "io_uring: queue %d: cannot set up a ring: %s; serving through /dev/fuse\n",
@@ -697,7 +697,7 @@ static void *ku_queue_thread(void *arg) {
             }
             ku_request(u, e);
         }
-        if (u->stopping) break;
+        if (__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE)) break;
     }
     return NULL;
 }
@@ -759,7 +759,7 @@ static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int
 static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
     if (!u) return;
     pthread_mutex_lock(&u->lock);
-    u->stopping = 1;
+    __atomic_store_n(&u->stopping, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&u->cond);
     pthread_mutex_unlock(&u->lock);
     for (int i = 0; i < u->nq; i++) {
