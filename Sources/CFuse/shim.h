@@ -211,9 +211,13 @@ static void *kmsfs_loop_standby(void *arg) {
             l->processing = 0;
             l->tenure++;                      /* the slow worker goes idle when done */
             if (kmsfs_loop_start(l, kmsfs_loop_standby) != 0) {
-                /* No new standby: stay one, and leave the reader as it is. */
+                /* No new standby: stay one, leave the reader as it is, and
+                 * try again after another watch period (the timer has
+                 * fired; nothing else would wake this thread until the
+                 * next request that may wait). */
                 l->tenure--;
                 l->processing = 1;
+                kmsfs_loop_timer(l, l->watch_ns);
                 continue;
             }
             return kmsfs_loop_work(l, 1);

@@ -15,6 +15,11 @@ final class BridgeContext: @unchecked Sendable {
     /// Opens that may wait on KMS run here, off the FUSE workers, at most
     /// `max_inflight=` at once; they answer when their decryption ends.
     let opens: WorkPool
+    /// Page drops after the release of a handle read through a private
+    /// mmap: one thread, started when there is one to do (never the FUSE
+    /// worker's: a drop waits for page locks that a read of the same file
+    /// holds until a worker answers it).
+    let pageDrops = WorkPool(name: "kmsfs-inval", limit: 1, idleSeconds: 2, runsOnSubmitter: false)
     /// The session, set once right after it is created (before any request).
     var session: OpaquePointer?
 
@@ -294,7 +299,8 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
 }
 
 let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
-    let session = context(req).session   // the request is gone once answered
+    let ctx = context(req)               // the request is gone once answered
+    let session = ctx.session
     let pageCacheUsed = fi!.handle(OpenSecret.self)?.wasReadThroughPageCache ?? false
     fi!.releaseHandle(OpenSecret.self)
     reply(req, error: 0)
@@ -303,12 +309,13 @@ let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     // lock owner, see opRead). The last close of such a mapping ends here:
     // drop whatever pages it left. A handle only ever read with read(2)
     // brought no page in, and its release costs no further round trip.
-    // From a thread of its own: dropping pages waits for their locks, which
-    // a read of the same file may hold until the FUSE reader (this thread)
-    // answers it.
+    // Off this thread: dropping pages waits for their locks, which a read
+    // of the same file may hold until the FUSE reader (this thread)
+    // answers it. One thread does every drop, in order: a user closing
+    // mappings in a loop queues drops, not threads.
     if pageCacheUsed, let session {
         let ref = SessionRef(session)
-        startThread(name: "kmsfs-inval") { _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0) }
+        ctx.pageDrops.submit { _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0) }
     }
 }
 

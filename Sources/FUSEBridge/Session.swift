@@ -103,6 +103,8 @@ public final class FUSESession: @unchecked Sendable {
 
     deinit {
         if mounted.load(ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
+        // Page drops still queued would notify a destroyed session.
+        context.pageDrops.stop(waiting: 1.0)
         fuse_session_destroy(session)
     }
 

@@ -3,9 +3,13 @@
 /// workers hand off what may wait (an open that waits on KMS) and only
 /// ever run short work. Jobs beyond `limit` wait in a queue of at most
 /// `queueLimit`; `submit` refuses past that (the caller answers at once).
+/// When no thread can be made, a job runs on the submitter's thread, or,
+/// with `runsOnSubmitter: false` (jobs that would deadlock there), waits
+/// in the queue for the next submit to try again.
 public final class WorkPool: @unchecked Sendable {
     public let limit: Int
     public let queueLimit: Int
+    public let runsOnSubmitter: Bool
     private let name: String
     private let idleSeconds: Double
     private let lock = ConditionLock()
@@ -16,8 +20,10 @@ public final class WorkPool: @unchecked Sendable {
     private var running = 0
     private var stopping = false
 
-    public init(name: String, limit: Int, queueLimit: Int = 65_536, idleSeconds: Double = 10) {
+    public init(name: String, limit: Int, queueLimit: Int = 65_536, idleSeconds: Double = 10,
+                runsOnSubmitter: Bool = true) {
         self.name = name
+        self.runsOnSubmitter = runsOnSubmitter
         self.limit = max(1, limit)
         self.queueLimit = max(1, queueLimit)
         self.idleSeconds = idleSeconds
@@ -35,9 +41,10 @@ public final class WorkPool: @unchecked Sendable {
         if idle > 0 { lock.signal() }
         lock.unlock()
         if spawn && !startThread(name: name, { [self] in work() }) {
-            // No thread could be made: run it here rather than strand it.
+            // No thread could be made: run it here rather than strand it
+            // (or leave it queued for the next submit's try).
             lock.withLock { threads -= 1 }
-            if let j = take() { j() }
+            if runsOnSubmitter, let j = take() { j() }
         }
         return true
     }
