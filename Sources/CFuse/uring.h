@@ -40,10 +40,11 @@
  * Plaintext: a read's reply is copied from kmsfs's locked scratch into the
  * entry's payload (locked, never dumped, wiped on fork). The ring is set up
  * with DEFER_TASKRUN, so the kernel writes a new request into an entry
- * only inside this thread's io_uring_enter: after committing, the thread
- * wipes what the reply left, all of it if no new request arrived in the
- * entry during that call (its commit_id is still 0), else the part past
- * the new request's payload.
+ * only inside this thread's io_uring_enter: the thread commits without
+ * waiting, then wipes what the reply left, all of it if no new request
+ * arrived in the entry during that call (its commit_id is still 0), else
+ * the part past the new request's payload when it takes that request;
+ * only then does it wait for more.
  */
 #ifndef KMSFS_CFUSE_URING_H
 #define KMSFS_CFUSE_URING_H
@@ -664,18 +665,31 @@ static void *ku_queue_thread(void *arg) {
         }
         ku_arm_eventfd(q);
         unsigned pending = *q->sq_tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+        if (n > 0) {
+            /* Commit first, without waiting: the replies' plaintext must
+             * be wiped now, not whenever this queue next gets a request
+             * (its caller may have moved to another CPU's queue). */
+            int r = ku_enter(q->ring, pending, 0, 0);
+            if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) {
+                fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: io_uring_enter: %s\n", q->qid, strerror(errno));
+                break;
+            }
+            pending = *q->sq_tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+            /* Wipe what the replies left in entries the kernel has not
+             * refilled during that call; a refilled one is wiped past its
+             * new request when that is taken (below or next round). */
+            for (int i = 0; i < n; i++) {
+                struct ku_ent *e = committed[i];
+                if (e->hdr->commit_id == 0 && e->dirty) {
+                    ku_scrub(e, 0, e->dirty);
+                    e->dirty = 0;
+                }
+            }
+        }
         int r = ku_enter(q->ring, pending, more ? 0 : 1, IORING_ENTER_GETEVENTS);
         if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY && errno != ETIME) {
             fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: io_uring_enter: %s\n", q->qid, strerror(errno));
             break;
-        }
-        /* Wipe what the replies left in entries the kernel has not refilled. */
-        for (int i = 0; i < n; i++) {
-            struct ku_ent *e = committed[i];
-            if (e->hdr->commit_id == 0 && e->dirty) {
-                ku_scrub(e, 0, e->dirty);
-                e->dirty = 0;
-            }
         }
         unsigned head = *q->cq_head;
         unsigned tail = __atomic_load_n(q->cq_tail, __ATOMIC_ACQUIRE);

@@ -136,11 +136,25 @@ def test_no_plaintext_is_left_in_the_ring_buffers(uring, tmp_path, kms, mount_fa
         for i, p in enumerate(plains):
             with open(m.file("s%d" % i), "rb") as f:
                 assert f.read() == p
-    time.sleep(0.2)                                       # the last reply's wipe follows its commit
-    needles = [n for p in plains for n in needles_for(p)]
-    found, read = scan(m.pid, needles)
-    assert read > 1 << 20
-    assert not found, found                               # memfd_secret holds the cache; the ring holds nothing
+    # The last request a queue gets: one read(2) from a caller held on one
+    # CPU, the handle kept open (no EOF read, no release to follow). Its
+    # reply must be wiped from the entry when committed, not when that
+    # queue next gets a request.
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        fd = os.open(m.file("s0"), os.O_RDONLY)
+        assert os.read(fd, 4096) == plains[0]
+    finally:
+        os.sched_setaffinity(0, before)
+    try:
+        time.sleep(0.2)
+        needles = [n for p in plains for n in needles_for(p)]
+        found, read = scan(m.pid, needles)
+        assert read > 1 << 20
+        assert not found, found                           # memfd_secret holds the cache; the ring holds nothing
+    finally:
+        os.close(fd)
 
 
 def test_sigterm_stops_a_ring_daemon_cleanly(uring, tree, mount_factory):
