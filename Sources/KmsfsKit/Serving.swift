@@ -126,10 +126,28 @@ enum MountTable {
 
     /// Aborts FUSE connection `id`: every request, now and later, fails.
     static func abortConnection(_ id: UInt32) {
-        let fd = open("/sys/fs/fuse/connections/\(id)/abort", O_WRONLY | O_CLOEXEC)
+        let path = "/sys/fs/fuse/connections/\(id)/abort"
+        var fd = open(path, O_WRONLY | O_CLOEXEC)
+        if fd < 0 && errno == ENOENT && mountFuseControl() {
+            fd = open(path, O_WRONLY | O_CLOEXEC)
+        }
         if fd >= 0 {
             _ = write(fd, "1", 1)
             close(fd)
+        } else {
+            // Nothing to abort with: the loop ends when the last open file
+            // closes, and the stop waits for it (bounded) before wiping.
+            Log.notice("cannot abort FUSE connection \(id) (\(path): \(Errno.text(Errno.current))); open files keep it until closed")
         }
+    }
+
+    /// /sys/fs/fuse/connections, where each FUSE connection can be
+    /// aborted, is the fusectl filesystem, which systemd mounts at boot
+    /// (sys-fs-fuse-connections.mount); where nothing did, the daemon (root)
+    /// mounts it as systemd would. False if it cannot.
+    private static func mountFuseControl() -> Bool {
+        let dir = "/sys/fs/fuse/connections"
+        guard fstype(at: dir) == nil else { return false }
+        return mount("fusectl", dir, "fusectl", 0, nil) == 0
     }
 }

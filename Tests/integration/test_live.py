@@ -1,6 +1,7 @@
 """Issue 7: a live mirror with a lifecycle operators can trust: SOURCE
 followed with inotify, rotation, the stale window, prefetch, KMS outages,
 `kmsfs status`, signals and restarts over a stale mount."""
+import contextlib
 import errno
 import json
 import os
@@ -220,6 +221,50 @@ def test_restart_over_a_stale_mount_recovers(tmp_path, kms, kmsfs_bin):
             second.stop()
     finally:
         force_unmount(str(mnt))
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def test_sigterm_with_a_file_open_aborts_the_connection_at_once(tmp_path, kms, mount_factory, transport):
+    # A file held open keeps a lazily unmounted FUSE connection (and the
+    # daemon's loop) alive; the daemon aborts it through fusectl, which it
+    # mounts itself where nothing did (systemd does at boot). Without the
+    # abort the stop waited its 5 s bound and wiped under a running loop.
+    had_fusectl = mounted_fstype(FUSECTL) == "fusectl"
+    if had_fusectl:
+        subprocess.run(["umount", FUSECTL], check=True)
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        put(kms, src / "s.encrypted", b"held open")
+        m = mount_factory(src, "allow_uid=0,audit=off" + transport)
+        held = open(m.file("s"), "rb")
+        assert held.read() == b"held open"
+        t0 = time.monotonic()
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(10) == 0, m.log()
+        took = time.monotonic() - t0
+        assert took < 2.5, "the stop took %.2f s:\n%s" % (took, m.log())
+        assert mounted_fstype(FUSECTL) == "fusectl"
+        with pytest.raises(OSError):                 # aborted: nothing more is served
+            held.read()
+        with contextlib.suppress(OSError):
+            held.close()
+    finally:
+        if not had_fusectl and mounted_fstype(FUSECTL) == "fusectl":
+            subprocess.run(["umount", FUSECTL], capture_output=True)
+        elif had_fusectl and mounted_fstype(FUSECTL) != "fusectl":
+            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
+
+
+def mounted_fstype(path):
+    found = None
+    for line in open("/proc/self/mountinfo"):
+        fields = line.split()
+        if fields[4] == path:
+            found = fields[fields.index("-") + 1]
+    return found
 
 
 def test_sigint_wipes_and_unmounts(live):

@@ -5,12 +5,11 @@ FORGET, INTERRUPT and notifications, and serves everything when the kernel
 does not offer the ring. These tests switch enable_uring on for the module
 (and restore it), then check what the transport must keep: every byte of
 every read, EOF, private mappings, access checks, readers on every CPU, no
-plaintext left in the ring's buffers, and a clean stop. test_async_open's
-slow KMS and test_loop's hung SOURCE run under both transports (the
-`transport` fixture); the rest of the suite runs under it with `make
+plaintext left in the ring's buffers. test_async_open's slow KMS,
+test_loop's hung SOURCE and test_live's stop with a file open run under
+both transports (the `transport` fixture); the rest of the suite runs under it with `make
 test-uring` (KMSFS_EXTRA_OPTS=io_uring)."""
 import concurrent.futures
-import contextlib
 import mmap
 import os
 import time
@@ -155,22 +154,6 @@ def test_no_plaintext_is_left_in_the_ring_buffers(uring, tmp_path, kms, mount_fa
         assert not found, found                           # memfd_secret holds the cache; the ring holds nothing
     finally:
         os.close(fd)
-
-
-def test_sigterm_stops_a_ring_daemon_cleanly(uring, tree, mount_factory):
-    src, plains = tree
-    m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
-    assert m.wait_log(SERVING), m.log()
-    held = open(m.file("small"), "rb")               # an open handle across the stop
-    assert held.read() == plains["small"]
-    t0 = time.monotonic()
-    assert m.stop() == 0, m.log()
-    assert time.monotonic() - t0 < 10
-    assert "SIGTERM: wiping cached secrets" in m.log()
-    with pytest.raises(OSError):                     # the connection went with the daemon
-        held.read()
-    with contextlib.suppress(OSError):
-        held.close()
 
 
 def ring_resident_kib(pid, depth=288, payload=128 * 1024):
