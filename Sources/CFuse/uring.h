@@ -526,21 +526,6 @@ static void *ku_helper(void *arg) {
     pthread_mutex_unlock(&q->lock);
     return NULL;
 }
-static inline int ku_start_thread(struct kmsfs_uring *u, pthread_t *t, void *(*body)(void *), void *arg,
-                                  int detached, const char *name) {
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0) return -1;
-    if (detached) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (u->stack) pthread_attr_setstacksize(&attr, u->stack);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(t, &attr, body, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-    if (rc == 0) pthread_setname_np(*t, name);
-    return rc;
-}
 /* A request that may wait: to a helper; on the queue's thread if none can start. */
 static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
     struct ku_queue *q = e->q;
@@ -551,7 +536,7 @@ static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
     int queued = 1;
     if (q->idle == 0) {
         pthread_t t;
-        if (q->helpers < u->max_helpers && ku_start_thread(u, &t, ku_helper, q, 1, "kmsfs-uring-io") == 0) {
+        if (q->helpers < u->max_helpers && kmsfs_thread_start(&t, ku_helper, q, u->stack, 1, "kmsfs-uring-io") == 0) {
             q->helpers++;
         } else if (q->helpers == 0) {
             /* Nobody to take it: answer it here. */
@@ -586,26 +571,21 @@ static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
         at = (uint8_t *)e->big;
         bad = at == NULL;
     }
-    struct ku_queue *q = e->q;
-    pthread_mutex_lock(&q->lock);
-    e->processing = 1;
-    e->replied = 0;
-    pthread_mutex_unlock(&q->lock);
-    ku_map_put(u, e);
     if (bad) {
         /* Not a request this layout knows: answer EIO, never guess. */
         fuse_log(FUSE_LOG_ERR, "io_uring: request %u of %u bytes with a %zu-byte payload: answered EIO\n",
                  in.opcode, in.len, psz);
         struct ku_out_header oh = { .len = sizeof oh, .error = -EIO, .unique = in.unique };
         struct iovec v = { &oh, sizeof oh };
-        ku_map_take(u, in.unique);
-        ku_answer(u, e, &v, 1);
-        pthread_mutex_lock(&q->lock);
-        e->processing = 0;
-        ku_ready_locked(q, e);
-        pthread_mutex_unlock(&q->lock);
+        ku_answer(u, e, &v, 1);                  /* not processing: straight to the ready list */
         return;
     }
+    struct ku_queue *q = e->q;
+    pthread_mutex_lock(&q->lock);
+    e->processing = 1;
+    e->replied = 0;
+    pthread_mutex_unlock(&q->lock);
+    ku_map_put(u, e);
     in.len = (uint32_t)len;
     memcpy(at, &in, sizeof in);
     memcpy(at + sizeof in, e->hdr->op_in, op);
@@ -660,7 +640,7 @@ static void *ku_queue_thread(void *arg) {
         int more = q->ready != NULL;
         pthread_mutex_unlock(&q->lock);
         for (int i = 0; i < n; i++) {
-            committed[i]->hdr->commit_id = 0;
+            /* Its commit_id is 0 since ku_request took the request. */
             if (ku_fuse_cmd(q, committed[i], KU_CMD_COMMIT_AND_FETCH) != 0) committed[i]->live = 0, q->live--;
         }
         ku_arm_eventfd(q);
@@ -722,7 +702,7 @@ static void *ku_queue_thread(void *arg) {
 static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int depth, size_t max_read,
                                                     int max_helpers, size_t stack) {
     long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-    if (ncpu < 1 || ncpu > 1024 || depth < 1 || depth > 4096 || max_read < 8192) return NULL;
+    if (ncpu < 1 || ncpu > 1024 || depth < 1 || depth > 8192 || max_read < 8192) return NULL;
     struct kmsfs_uring *u = (struct kmsfs_uring *)calloc(1, sizeof *u);
     if (!u) return NULL;
     u->se = se;
@@ -758,7 +738,7 @@ static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int
         q->efd = -1;
         pthread_mutex_init(&q->lock, NULL);
         pthread_cond_init(&q->work, NULL);
-        if (ku_start_thread(u, &q->thread, ku_queue_thread, q, 0, "kmsfs-uring") == 0) {
+        if (kmsfs_thread_start(&q->thread, ku_queue_thread, q, u->stack, 0, "kmsfs-uring") == 0) {
             q->started = 1;
         } else {
             pthread_mutex_lock(&u->lock);

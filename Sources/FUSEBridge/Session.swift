@@ -132,7 +132,7 @@ public final class FUSESession: @unchecked Sendable {
         let maxIdle = UInt32(options.maxIdleThreads)
         let spin = UInt32(max(0, min(options.spinMicroseconds, 1000)))
         let watch = UInt32(max(100, min(options.watchMicroseconds, 10_000_000)))
-        let depth = UInt32(max(0, min(options.uringDepth, 4096)))
+        let depth = UInt32(max(0, min(options.uringDepth, 8192)))
         let maxRead = options.maxRead
         let se = SessionRef(session)
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
