@@ -406,8 +406,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         guard n.kind == .secret else { return .done(.failure(.isDirectory)) }
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let config = configuration
-        // This runs on the FUSE reader (see kmsfs_fuse_session_loop), which
-        // must never wait: a record the audit queue has no room for is
+        // This runs on the FUSE reader (see kmsfs_fuse_session_loop), or on
+        // an io_uring queue's thread (CFuse/uring.h), which must never wait: a record the audit queue has no room for is
         // made from the open pool, and the open answered from there.
         guard config.policy.admits(caller, path: n.mountPath) else {
             counters.withLock { $0.opens += 1; $0.denials += 1 }
