@@ -15,14 +15,18 @@ call alone; `boot`: one reader, calls one after another. Latencies 4-20 ms.
 
     python3 bench/fleet_model.py                 # the port as it is
     python3 bench/fleet_model.py decrease=0.8 expo=0.1 ...
+    python3 bench/fleet_model.py bucket          # loss of paced and random senders
 
 prints time ÷ ideal, amplification and fairness (slowest ÷ median host),
-means over 8 seeds. Knobs: the RateAdapter's (decrease, increase, accel,
-steady, floor, cutSpacing, minCut, window, persist) and three explored in
-issue 16 (bench/notes.md): expo (exponential growth per quiet second),
+means over 8 seeds, and below them the bench's two references, botocore's
+`standard` and `adaptive` retry modes, modelled from botocore 1.43's
+retries/ package on the same seeds. Knobs: the RateAdapter's (decrease,
+increase, accel, steady, floor, cutSpacing, minCut, window, persist) and
+rules explored in issue 16 (bench/notes.md): expo (exponential growth per quiet second),
 wexp/bref/wlo/whi (growth weighted by the host's backlog to that power),
-ltc=1 (a loss-target controller: eta, pstar) and gt=1 (goodput tracking:
-T, W, plo, phi, eps, grow, add).
+ltc=1 (a loss-target controller: eta, pstar), gt=1 (goodput tracking:
+T, W, plo, phi, eps, grow, add) and dl=1 (pacing to a deadline the fleet
+converges on: delta, c, qk, init, bmin, taumin, smax).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -153,7 +157,7 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
     lat = lambda: rnd.uniform(P.get('latlo', 0.004), P.get('lathi', 0.02))
 
     def start_host(h, now):
-        h['ra'] = (GT if P.get('gt') else LTC if P.get('ltc') else RA)(P, now)
+        h['ra'] = (DL if P.get('dl') else GT if P.get('gt') else LTC if P.get('ltc') else RA)(P, now)
         h['ra'].backlog = lambda h=h: h['left'] - h['done']
         h['lim'] = Limiter(16)
         workers = 8 if mode == "prefetch" else 1
@@ -281,6 +285,46 @@ class LTC(RA):
         s.rate = s.rate * (1 + P['eta'] * P['pstar']) + w * P.get('add', 0) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
 
 
+class DL(RA):
+    """Pace to a deadline shared by the fleet (tried in issue 16, not kept):
+    rate = backlog / (D - now), so that hosts finish together. A throttle
+    moves D later by delta / backlog (at most smax of what is left); D comes
+    earlier by c (plus qk per quiet second past `steady`) each second. Every
+    host sees the same share throttled, and a host that is ahead of the
+    others sends faster and draws more throttles, so the deadlines converge;
+    at equilibrium the share throttled is c (D - now) / delta."""
+    def b(s): return max(s.backlog(), s.P['bmin'])
+    def cur(s, now):
+        dt = now - s.last
+        if dt > 0:
+            q = max(0.0, now - s.lastThrottle - s.P['steady'])
+            s.D -= (s.P['c'] + s.P.get('qk', 0) * q) * dt; s.last = now
+        tau = max(s.D - now, s.P['taumin'])
+        s.rate = max(s.P['floor'], s.b() / tau)
+    def acquire(s, now):
+        if getattr(s, 'D', None) is not None: s.cur(now)
+        return RA.acquire(s, now)
+    def throttled(s, now):
+        P = s.P
+        s.roll(now); s.wr += 1
+        s.lastThrottle = now
+        if getattr(s, 'D', None) is None:
+            s.first_cut(now)
+            s.D = now + s.b() / (s.rate * s.P.get('init', 1.0)); s.last = now
+            return
+        s.cur(now)
+        old = s.rate
+        tau = max(s.D - now, P['taumin'])
+        s.D = now + tau + min(P['delta'] / s.b(), tau * P['smax'])
+        s.cur(now)
+        new = s.rate
+        s.tokens = min(s.burst(new), s.tokens + (now - s.refilled) * old); s.refilled = now
+        s.stretch = old / new if new < old else 1; s.gen += 1; s.lastCut = now
+    def success(s, now):
+        s.roll(now); s.ws += 1; s.wr += 1
+        if getattr(s, 'D', None) is not None: s.cur(now)
+
+
 class GT(RA):
     """Goodput tracking: decisions once per interval over a sliding window."""
     def __init__(s, P, now):
@@ -344,23 +388,159 @@ class GT(RA):
         s.tick(now)
 
 
+# ---- the references: botocore's retry modes, as fleet_client.py runs them ----
+# One host = one boto3 client making its Decrypts one after another. Both modes
+# retry a throttle up to 3 attempts after rand() * 2^(attempt-1) s
+# (retries/standard.py, throttling base scale 1), out of a retry quota of 500
+# that a retry costs 5 of and a success gives back 1 (or 5 after a retry); a
+# call that fails is made again 1 s later (fleet_client.py's RETRY_MS).
+# `adaptive` adds retries/adaptive.py's client rate limiter: a CUBIC rate
+# (scale 0.4, beta 0.7) capped at twice the measured send rate (RateClocker:
+# half-second buckets, smoothing 0.8) and a token bucket of at least 0.5/s.
+
+class Cubic:
+    def __init__(s, now): s.wmax = 0.0; s.k = 0.0; s.last = now
+    def zero(s): s.k = (s.wmax * 0.3 / 0.4) ** (1/3)
+    def ok(s, now): return 0.4 * (now - s.last - s.k) ** 3 + s.wmax
+    def err(s, rate, now): s.wmax = rate; s.zero(); s.last = now; return rate * 0.7
+
+class Clocker:
+    def __init__(s, now): s.m = 0.0; s.lastb = math.floor(now); s.c = 0
+    def record(s, now):
+        b = math.floor(now * 2) / 2; s.c += 1
+        if b > s.lastb:
+            cur = s.c / (b - s.lastb); s.m = cur * 0.8 + s.m * 0.2; s.c = 0; s.lastb = b
+        return s.m
+
+class TB:
+    def __init__(s, now): s.fill = None; s.cap = 0; s.cur = 0; s.last = None; s.set(1, now)
+    def refill(s, now):
+        if s.last is None: s.last = now; return
+        s.cur = min(s.cap, s.cur + (now - s.last) * s.fill); s.last = now
+    def set(s, v, now):
+        s.refill(now); s.fill = max(v, 0.5); s.cap = v if v >= 1 else 1; s.cur = min(s.cur, s.cap)
+    def acquire(s, now):
+        """returns time when token acquired (simplified: no re-wait on rate change)"""
+        s.refill(now)
+        if s.cur >= 1: s.cur -= 1; return now
+        w = (1 - s.cur) / s.fill
+        s.cur -= 1  # borrow (fill continues)
+        return now + w
+
+def simulate_boto(mode, seed=1, N=32, quota=100.0, burst=10, retry_ms=1.0, latlo=0.004, lathi=0.02):
+    rnd = random.Random(seed); hrnd = random.Random(16)
+    counts = [hrnd.randint(100, 300) for _ in range(N)]
+    ev = []; seq = itertools.count()
+    def at(t, f): heapq.heappush(ev, (t, next(seq), f))
+    bucket = {'tokens': float(burst), 'last': 0.0}
+    stats = {'sent': 0, 'served': 0, 'failed': 0}
+    def take(now):
+        b = bucket
+        b['tokens'] = min(burst, b['tokens'] + (now - b['last']) * quota); b['last'] = now
+        if b['tokens'] >= 1: b['tokens'] -= 1; return True
+        return False
+    ready = [None] * N
+    lat = lambda: rnd.uniform(latlo, lathi)
+    def start(i, now):
+        h = dict(i=i, left=counts[i], done=0, quota=500, enabled=False, cubic=Cubic(now), clk=Clocker(now), tb=TB(now))
+        call(h, now, 1)
+    def call(h, now, attempt):
+        t = now
+        if mode == 'adaptive' and h['enabled']:
+            t = h['tb'].acquire(now)
+        def send(t1):
+            stats['sent'] += 1
+            def srv(t2):
+                ok = take(t2)
+                def resp(t3):
+                    if mode == 'adaptive':
+                        m = h['clk'].record(t3)
+                        if ok: nr = h['cubic'].ok(t3)
+                        else:
+                            rate = m if not h['enabled'] else min(m, h['tb'].fill)
+                            nr = h['cubic'].err(rate, t3); h['enabled'] = True
+                        h['tb'].set(min(nr, 2 * m), t3)
+                    if ok:
+                        stats['served'] += 1; h['done'] += 1
+                        h['quota'] = min(500, h['quota'] + (1 if attempt == 1 else 5))
+                        if h['done'] == h['left']: ready[h['i']] = t3; return
+                        call(h, t3, 1)
+                    else:
+                        if attempt < 3 and h['quota'] >= 5:
+                            h['quota'] -= 5
+                            d = rnd.random() * min(2 ** (attempt - 1), 20)
+                            at(t3 + d, lambda t4: call(h, t4, attempt + 1))
+                        else:
+                            stats['failed'] += 1
+                            at(t3 + retry_ms, lambda t4: call(h, t4, 1))
+                at(t2 + (lat() / 2 if ok else 0.002), resp)
+            at(t1 + lat() / 2, srv)
+        at(t, send)
+    for i in range(N):
+        at(rnd.uniform(0.0, 0.05), lambda t, i=i: start(i, t))
+    while ev:
+        t, _, f = heapq.heappop(ev)
+        if t > 400: break
+        f(t)
+    mx = max(ready); med = statistics.median(ready)
+    return dict(time=mx / (sum(counts) / quota), amp=stats['sent'] / stats['served'], fair=mx / med, failed=stats['failed'])
+
+
+def run_boto(seeds):
+    for mode in ("standard", "adaptive"):
+        rs = [simulate_boto(mode, seed=s) for s in seeds]
+        print("%-40s %-8s time %.3f  amp %.3f  fair %.3f   (time %s; %.0f failed calls)" % ("botocore " + mode, "",
+              statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
+              " ".join("%.2f" % r['time'] for r in rs), statistics.mean(r['failed'] for r in rs)), flush=True)
+
+
+def bucket_table():
+    """The share of calls a token bucket of 100/s and a burst of 10 throttles,
+    and how much of its quota it serves, for calls arriving at random (Poisson)
+    and for 32 paced senders (each evenly spaced, +-10%), at a total rate of
+    lam/s: pacing, not luck, is what lets a fleet fill the quota without loss."""
+    for lam in (95, 100, 105, 110, 120):
+        row = []
+        for kind in ("poisson", "paced"):
+            r = random.Random(1); ts = []
+            if kind == "poisson":
+                t = 0.0
+                while t < 1000: t += r.expovariate(lam); ts.append(t)
+            else:
+                for _ in range(32):
+                    p = 32 / lam; t = r.random() * p
+                    while t < 1000: ts.append(t); t += p * r.uniform(0.9, 1.1)
+                ts.sort()
+            tok, last, x = 10.0, 0.0, 0
+            for t in ts:
+                tok = min(10.0, tok + (t - last) * 100); last = t
+                if tok >= 1: tok -= 1
+                else: x += 1
+            row.append("%s: %4.1f%% throttled, %5.1f%% of the quota served" % (kind, 100 * x / len(ts), (len(ts) - x) / 1000.0))
+        print("%3d/s  %s   %s" % (lam, row[0], row[1]))
+
+
 def main(argv):
+    if argv == ["bucket"]:
+        return bucket_table()
     P = dict(BASE)
     for arg in argv:
         k, _, v = arg.partition("=")
-        if k not in P and k not in ("expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
+        if k not in P and k not in ("dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
                                     "first_decrease", "latlo", "lathi"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
-    for k, v in (("ltc", dict(eta=0.4, pstar=0.03, steady=1.0, expo=0.3)),
+    for k, v in (("dl", dict(delta=150, c=0.1, bmin=3, taumin=0.5, smax=0.5)),
+                 ("ltc", dict(eta=0.4, pstar=0.03, steady=1.0, expo=0.3)),
                  ("gt", dict(T=1.0, W=4.0, plo=0.02, phi=0.08, eps=0.03, grow=0.25, add=0.1))):
         if P.get(k):
             for kk, vv in v.items():
                 if kk not in given:
                     P[kk] = vv
     run(P, " ".join(argv) or "RateAdapter as ported", seeds=range(1, 9))
+    run_boto(range(1, 9))
 
 
 if __name__ == "__main__":
