@@ -7,8 +7,8 @@ measured, and the figures that count are `make bench`'s.
 against a token bucket of 100 Decrypt/s and a burst of 10, through a model
 of what a kmsfs daemon does per call: the AdaptiveLimiter (calls in flight,
 halved per throttle), `RateAdapter` (AWS/RateAdapter.swift, ported as of
-the commit that added this file: unpaced until the first throttle, cuts of
-0.7 once per burst, growth 0.2/s then +1/s per quiet second, held cuts past
+the commit that added this file: unpaced until the first throttle, cuts to
+0.5 once per burst, growth 0.2/s then +1/s per quiet second, held cuts past
 45% throttled, waits stretched by a cut) and the retry backoff (full
 jitter from 50 ms, capped at 1 s). `prefetch`: 8 workers after one first
 call alone; `boot`: one reader, calls one after another. Latencies 4-20 ms.
@@ -16,6 +16,7 @@ call alone; `boot`: one reader, calls one after another. Latencies 4-20 ms.
     python3 bench/fleet_model.py                 # the port as it is
     python3 bench/fleet_model.py decrease=0.8 expo=0.1 ...
     python3 bench/fleet_model.py bucket          # loss of paced and random senders
+    python3 bench/fleet_model.py hosts=1 quota=20  # another fleet (default 32, 100/s)
 
 prints time ÷ ideal, amplification and fairness (slowest ÷ median host),
 means over 8 seeds, and below them the bench's two references, botocore's
@@ -235,12 +236,16 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
     return dict(time=mx / (total / quota), amp=stats['sent'] / stats['served'], fair=mx / med)
 
 
-BASE = dict(decrease=0.7, increase=0.2, accel=1.0, steady=2.0, floor=0.5, quietReset=30.0, cutSpacing=2.0,
+BASE = dict(decrease=0.5, increase=0.2, accel=1.0, steady=2.0, floor=0.5, quietReset=30.0, cutSpacing=2.0,
             minCut=0.25, window=1.0, persist=0.45)
+
+def scenario(P):
+    return dict(N=int(P.get('hosts', 32)), quota=P.get('quota', 100.0))
+
 
 def run(P, label, seeds=range(1, 6)):
     for mode in ("prefetch", "boot"):
-        rs = [simulate(P, mode, seed=s) for s in seeds]
+        rs = [simulate(P, mode, seed=s, **scenario(P)) for s in seeds]
         print("%-40s %-8s time %.3f  amp %.3f  fair %.3f   (time %s)" % (label, mode,
               statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
               " ".join("%.2f" % r['time'] for r in rs)), flush=True)
@@ -486,9 +491,9 @@ def simulate_boto(mode, seed=1, N=32, quota=100.0, burst=10, retry_ms=1.0, latlo
     return dict(time=mx / (sum(counts) / quota), amp=stats['sent'] / stats['served'], fair=mx / med, failed=stats['failed'])
 
 
-def run_boto(seeds):
+def run_boto(P, seeds):
     for mode in ("standard", "adaptive"):
-        rs = [simulate_boto(mode, seed=s) for s in seeds]
+        rs = [simulate_boto(mode, seed=s, **scenario(P)) for s in seeds]
         print("%-40s %-8s time %.3f  amp %.3f  fair %.3f   (time %s; %.0f failed calls)" % ("botocore " + mode, "",
               statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
               " ".join("%.2f" % r['time'] for r in rs), statistics.mean(r['failed'] for r in rs)), flush=True)
@@ -526,7 +531,7 @@ def main(argv):
     P = dict(BASE)
     for arg in argv:
         k, _, v = arg.partition("=")
-        if k not in P and k not in ("dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
+        if k not in P and k not in ("hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
                                     "first_decrease", "latlo", "lathi"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
@@ -540,7 +545,7 @@ def main(argv):
                 if kk not in given:
                     P[kk] = vv
     run(P, " ".join(argv) or "RateAdapter as ported", seeds=range(1, 9))
-    run_boto(range(1, 9))
+    run_boto(P, range(1, 9))
 
 
 if __name__ == "__main__":

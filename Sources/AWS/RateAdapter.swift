@@ -7,7 +7,7 @@ import System
 ///
 /// - Until the service first throttles, nothing is paced (a single host far
 ///   below its quota never waits), unless `ceiling` caps the rate.
-/// - A throttling answer cuts the rate to `decrease` (0.7) times what was being
+/// - A throttling answer cuts the rate to `decrease` (0.5) times what was being
 ///   sent (the measured send rate, or the rate if lower), or to the rate
 ///   calls succeeded at when that is lower (a storm's first throttles: the
 ///   client sent far more than its share, and what got through is the best
@@ -48,8 +48,12 @@ public final class RateAdapter: @unchecked Sendable {
         public var adaptive = true
         /// Requests a second never exceeded (`kms_rate=`); nil: no ceiling.
         public var ceiling: Double?
-        /// The share of the measured send rate kept after a throttle.
-        public var decrease = 0.7
+        /// The share of the measured send rate kept after a throttle. Half,
+        /// not the SDKs' 0.7: in a fleet each host is a small part of what
+        /// overshoots the quota, and the overshoot (the throttled share)
+        /// settles where the cuts undo the growth, so a deeper cut halves
+        /// it (`bench/notes.md`, "Fleet storm").
+        public var decrease = 0.5
         /// Requests a second gained per second of successes, at first ...
         public var increase = 0.2
         /// ... and, from `steady` seconds after a cut, this much more for
@@ -119,7 +123,7 @@ public final class RateAdapter: @unchecked Sendable {
     public init(_ configuration: Configuration = Configuration(), clock: Clock = .system) {
         var c = configuration
         if let ceiling = c.ceiling, !(ceiling > 0) || !ceiling.isFinite { c.ceiling = nil }
-        if !(c.decrease > 0 && c.decrease < 1) { c.decrease = 0.7 }
+        if !(c.decrease > 0 && c.decrease < 1) { c.decrease = 0.5 }
         if !(c.increase > 0) || !c.increase.isFinite { c.increase = 0.2 }
         if !(c.acceleration >= 0) || !c.acceleration.isFinite { c.acceleration = 1 }
         if !(c.steady >= 0) || !c.steady.isFinite { c.steady = 2 }
