@@ -16,7 +16,7 @@ call alone; `boot`: one reader, calls one after another. Latencies 4-20 ms.
     python3 bench/fleet_model.py                 # the port as it is
     python3 bench/fleet_model.py decrease=0.8 expo=0.1 ...
     python3 bench/fleet_model.py bucket          # loss of paced and random senders
-    python3 bench/fleet_model.py hosts=1 quota=20  # another fleet (default 32, 100/s)
+    python3 bench/fleet_model.py hosts=1 quota=20  # another fleet (default 32, 100/s, burst=10)
 
 prints time ÷ ideal, amplification and fairness (slowest ÷ median host),
 means over 8 seeds, and below them the bench's two references, botocore's
@@ -240,7 +240,7 @@ BASE = dict(decrease=0.5, increase=0.2, accel=1.0, steady=2.0, floor=0.5, quietR
             minCut=0.25, window=1.0, persist=0.45)
 
 def scenario(P):
-    return dict(N=int(P.get('hosts', 32)), quota=P.get('quota', 100.0))
+    return dict(N=int(P.get('hosts', 32)), quota=P.get('quota', 100.0), burst=int(P.get('burst', 10)))
 
 
 def run(P, label, seeds=range(1, 6)):
@@ -531,7 +531,7 @@ def main(argv):
     P = dict(BASE)
     for arg in argv:
         k, _, v = arg.partition("=")
-        if k not in P and k not in ("hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
+        if k not in P and k not in ("burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
                                     "first_decrease", "latlo", "lathi"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
