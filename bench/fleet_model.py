@@ -10,8 +10,9 @@ halved per throttle), `RateAdapter` (AWS/RateAdapter.swift, ported as of
 the commit that added this file: unpaced until the first throttle, cuts to
 0.5 once per burst, growth 0.2/s then +1/s per quiet second, held cuts past
 45% throttled, waits stretched by a cut) and the retry backoff (full
-jitter from 50 ms, capped at 1 s). `prefetch`: 8 workers after one first
-call alone; `boot`: one reader, calls one after another. Latencies 4-20 ms.
+jitter from 50 ms, capped at 1 s). `prefetch`: one first call alone, then
+a worker more for every secret finished, up to 8; `boot`: one reader,
+calls one after another. Latencies 4-20 ms.
 
     python3 bench/fleet_model.py                 # the port as it is
     python3 bench/fleet_model.py decrease=0.8 expo=0.1 ...
@@ -167,21 +168,27 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
             # one alone first
             h['first_pending'] = True
             h['next'] = 1
-            do_call(h, 0, now, lambda t, h=h: after_first(h, t))
-            at(now + 1.0, lambda t, h=h: after_first(h, t))
+            do_call(h, 0, now, lambda t, h=h: after_first(h, t, True))
+            at(now + 1.0, lambda t, h=h: after_first(h, t, False))
         else:
             worker_next(h, now)
 
-    def after_first(h, now):
+    def after_first(h, now, answered):
         if not h.get('first_pending'): return
         h['first_pending'] = False
-        worker_next(h, now)  # the first worker continues
-        for _ in range(h['workers'] - 1): worker_next(h, now)
+        # The first answered: it and one more worker go on, and every secret
+        # finished adds a worker (FileSystem.swift's PrefetchWorkers; `ramp=0`
+        # for all at once, as before). No answer within the second: all at once.
+        h['started'] = 2 if answered and P.get('ramp', 1) else h['workers']
+        for _ in range(min(h['started'], h['workers'])): worker_next(h, now)
 
-    def worker_next(h, now):
+    def worker_next(h, now, finished=False):
+        if finished and h.get('started', h['workers']) < h['workers'] and h['next'] < h['left']:
+            h['started'] += 1
+            worker_next(h, now)
         if h['next'] >= h['left']: return
         k = h['next']; h['next'] += 1
-        do_call(h, k, now, lambda t, h=h: worker_next(h, t))
+        do_call(h, k, now, lambda t, h=h: worker_next(h, t, True))
 
     def do_call(h, k, now, then, attempt=1):
         ra = h['ra']; lim = h['lim']
@@ -531,7 +538,7 @@ def main(argv):
     P = dict(BASE)
     for arg in argv:
         k, _, v = arg.partition("=")
-        if k not in P and k not in ("burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
+        if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
                                     "first_decrease", "latlo", "lathi"):
             raise SystemExit("fleet_model: unknown knob %s" % k)

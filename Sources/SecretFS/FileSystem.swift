@@ -705,42 +705,8 @@ public final class SecretFileSystem: @unchecked Sendable {
                 }
             }
         }
-        // One secret first, alone (for up to a second): when a whole fleet
-        // boots at once, each host's first answer (a throttle paces its
-        // client) comes before it sends `parallel` more, so the storm opens
-        // with one request a host. A KMS that does not answer delays the
-        // others by that second only.
         guard !work.isEmpty else { return PrefetchResult() }
-        let next = Mutex(1)
-        let done = ConditionLock()
-        let firstDone = Mutex(false)
-        let workers = min(max(parallel, 1), work.count)
-        let running = Mutex(workers)
-        let worker: @Sendable (Bool) -> Void = { first in
-            if first {
-                one(0)
-                done.withLock { firstDone.withLock { $0 = true }; done.broadcast() }
-            }
-            while true {
-                let i = next.withLock { n -> Int in let v = n; n += 1; return v }
-                guard i < work.count else { break }
-                one(i)
-            }
-            done.withLock { running.withLock { $0 -= 1 }; done.broadcast() }
-        }
-        startThread(name: "kmsfs-prefetch") { worker(true) }
-        let waitUntil = SystemClock.monotonic() + 1
-        done.withLock {
-            while !firstDone.withLock({ $0 }) {
-                let left = waitUntil - SystemClock.monotonic()
-                if left <= 0 { break }
-                _ = done.wait(seconds: left)
-            }
-        }
-        for _ in 1..<max(workers, 1) {
-            startThread(name: "kmsfs-prefetch") { worker(false) }
-        }
-        done.withLock { while running.withLock({ $0 }) > 0 { done.wait() } }
+        PrefetchWorkers(items: work.count, limit: min(max(parallel, 1), work.count), one: one).run()
         return results.withLock { $0 }
     }
 
@@ -758,5 +724,97 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Wipes every cached plaintext (unmount, SIGTERM, SIGINT).
     public func shutdown() {
         cache.wipeAll()
+    }
+}
+
+/// The workers of one prefetch pass. One secret goes first, alone (for up
+/// to a second): when a whole fleet boots at once, each host's first answer
+/// (a throttle paces its client) comes before it sends more, so the storm
+/// opens with one request a host. Then every secret finished starts one
+/// more worker, up to `limit` (a slow start): a host whose first answer
+/// came back unthrottled still sends a few requests, not `limit`, into a
+/// quota that the rest of the fleet may be filling. A KMS that does not
+/// answer the first within the second gets the others at once, so it
+/// delays them by that second only.
+private final class PrefetchWorkers: @unchecked Sendable {
+    private let items: Int
+    private let limit: Int
+    private let one: @Sendable (Int) -> Void
+    private let lock = ConditionLock()
+    // Under `lock`.
+    private var next = 1
+    private var started = 0
+    private var running = 0
+    private var firstDone = false
+
+    init(items: Int, limit: Int, one: @escaping @Sendable (Int) -> Void) {
+        self.items = items
+        self.limit = limit
+        self.one = one
+    }
+
+    /// Starts one more worker while fewer than `limit` are started and
+    /// secrets remain. `lock` held.
+    private func addWorker(first: Bool) {
+        guard started < limit, first || next < items else { return }
+        started += 1
+        running += 1
+        if !startThread(name: "kmsfs-prefetch", { [self] in work(first: first) }) {
+            started -= 1
+            running -= 1
+        }
+    }
+
+    private func work(first: Bool) {
+        if first {
+            one(0)
+            lock.withLock {
+                firstDone = true
+                addWorker(first: false)
+                lock.broadcast()
+            }
+        }
+        while true {
+            let i: Int = lock.withLock {
+                let v = next
+                next += 1
+                return v
+            }
+            guard i < items else { break }
+            one(i)
+            lock.withLock { addWorker(first: false) }
+        }
+        lock.withLock {
+            running -= 1
+            lock.broadcast()
+        }
+    }
+
+    /// Runs the pass; returns once every worker has finished.
+    func run() {
+        let inline: Bool = lock.withLock {
+            addWorker(first: true)
+            guard running == 0 else { return false }
+            started += 1                    // no thread could be made: this one works
+            running += 1
+            return true
+        }
+        if inline { work(first: true) }
+        let waitUntil = SystemClock.monotonic() + 1
+        lock.withLock {
+            while !firstDone && running > 0 {
+                let left = waitUntil - SystemClock.monotonic()
+                if left <= 0 { break }
+                lock.wait(seconds: left)
+            }
+            if !firstDone {
+                while started < limit && next < items {
+                    let before = started
+                    addWorker(first: false)
+                    if started == before { break }
+                }
+            }
+            while running > 0 { lock.wait() }
+        }
     }
 }

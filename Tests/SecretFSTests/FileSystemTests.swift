@@ -262,3 +262,69 @@ final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
         #expect(fs.prefetch(parallel: 4, only: []).ok == 0)
     }
 }
+
+/// Counts the calls in flight when each begins (a prefetch's concurrency).
+final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
+    let inFlight = Mutex(0)
+    let atStart = Mutex<[Int]>([])
+    let delay: Double
+    let inner = FakeDecryptor()
+    init(delay: Double) { self.delay = delay }
+
+    func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+        let n = inFlight.withLock { $0 += 1; return $0 }
+        atStart.withLock { $0.append(n) }
+        usleep(UInt32(delay * 1e6))
+        defer { inFlight.withLock { $0 -= 1 } }
+        return inner.decrypt(ciphertext: ciphertext, path: path)
+    }
+}
+
+@Suite struct PrefetchSlowStartTests {
+    func tree(files: Int) throws -> String {
+        let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for i in 0..<files {
+            try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted"))
+        }
+        return dir
+    }
+
+    /// The first secret goes alone, then each one finished starts one more
+    /// worker: concurrency climbs 1, 2, 3 ... to `parallel` and never past it.
+    @Test func workersStartOneAtATimeAsSecretsFinish() throws {
+        let d = ConcurrencyDecryptor(delay: 0.03)
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let dir = try tree(files: 60)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
+                                  decryptor: d, audit: MemoryAudit())
+        let r = fs.prefetch(parallel: 8)
+        #expect(r.ok == 60 && r.failed == 0)
+        let starts = d.atStart.withLock { $0 }
+        #expect(starts.count == 60)
+        #expect(starts[0] == 1 && starts[1] == 1, "\(starts)")     // alone, then one worker and a second starting
+        #expect(starts.max() == 8, "\(starts)")
+        // No call ever began with more in flight than one plus the secrets finished before it.
+        for (k, n) in starts.enumerated() { #expect(n <= k + 1, "call \(k): \(n) in flight; \(starts)") }
+        // The ramp is quick: by the tenth call, several run at once.
+        #expect(starts.prefix(12).max()! >= 3, "\(starts)")
+    }
+
+    /// A KMS that does not answer the first secret within a second: the
+    /// others start together then, not one per answer.
+    @Test func aFirstCallWithoutAnswerReleasesTheOthersAfterASecond() throws {
+        let d = ConcurrencyDecryptor(delay: 1.5)
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let dir = try tree(files: 8)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
+                                  decryptor: d, audit: MemoryAudit())
+        let t0 = Date()
+        let r = fs.prefetch(parallel: 8)
+        let took = Date().timeIntervalSince(t0)
+        #expect(r.ok == 8)
+        #expect(d.atStart.withLock { $0 }.max() == 8)
+        #expect(took < 4, "took \(took) s")      // 1 s + 1.5 s, not 8 × 1.5 s
+    }
+}
