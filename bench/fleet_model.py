@@ -137,21 +137,41 @@ class Limiter:
     def __init__(s, mx=16): s.limit = float(mx); s.mx = mx; s.inflight = 0; s.waiters = []
 
 
-def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False):
-    rnd = random.Random(seed)
-    hrnd = random.Random(16)
-    counts = [hrnd.randint(100, 300) for _ in range(N)]
-    ev = []  # (time, seq, callback)
-    seq = itertools.count()
-    def at(t, f): heapq.heappush(ev, (t, next(seq), f))
-    bucket = {'tokens': float(burst), 'last': 0.0}
-    stats = {'sent': 0, 'served': 0}
-    def take(now):
-        b = bucket
-        b['tokens'] = min(burst, b['tokens'] + (now - b['last']) * quota); b['last'] = now
-        if b['tokens'] >= 1: b['tokens'] -= 1; return True
+class World:
+    """What every simulated fleet shares: the bench's host mix (its
+    random.Random(16) draw), an event queue, and the quota's token bucket."""
+    def __init__(s, seed, N, quota, burst):
+        s.rnd = random.Random(seed)
+        hrnd = random.Random(16)
+        s.counts = [hrnd.randint(100, 300) for _ in range(N)]
+        s.quota, s.burst = quota, burst
+        s.ev = []  # (time, seq, callback)
+        s.seq = itertools.count()
+        s.tokens, s.last = float(burst), 0.0
+        s.stats = {'sent': 0, 'served': 0, 'failed': 0}
+        s.ready = [None] * N
+
+    def at(s, t, f): heapq.heappush(s.ev, (t, next(s.seq), f))
+
+    def take(s, now):
+        """One Decrypt at the quota: True if a token was there."""
+        s.tokens = min(s.burst, s.tokens + (now - s.last) * s.quota); s.last = now
+        if s.tokens >= 1: s.tokens -= 1; return True
         return False
-    ready = [None] * N
+
+    def run(s, limit):
+        while s.ev:
+            t, _, f = heapq.heappop(s.ev)
+            if t > limit: break
+            f(t)
+        mx = max(s.ready); med = statistics.median(s.ready)
+        return dict(time=mx / (sum(s.counts) / s.quota), amp=s.stats['sent'] / s.stats['served'], fair=mx / med,
+                    failed=s.stats['failed'])
+
+
+def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False):
+    w = World(seed, N, quota, burst)
+    rnd, counts, at, take, stats, ready = w.rnd, w.counts, w.at, w.take, w.stats, w.ready
     hosts = []
     for i in range(N):
         h = {'i': i, 'left': counts[i], 'next': 0, 'done': 0, 'ra': None}
@@ -234,13 +254,7 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
 
     for h in hosts:
         at(rnd.uniform(0.1, 0.4) + (0 if mode == "prefetch" else 0), lambda t, h=h: start_host(h, t))
-    while ev:
-        t, _, f = heapq.heappop(ev)
-        if t > 300: break
-        f(t)
-    mx = max(ready); med = statistics.median(ready)
-    total = sum(counts)
-    return dict(time=mx / (total / quota), amp=stats['sent'] / stats['served'], fair=mx / med)
+    return w.run(300)
 
 
 BASE = dict(decrease=0.5, increase=0.2, accel=1.0, steady=2.0, floor=0.5, quietReset=30.0, cutSpacing=2.0,
@@ -250,16 +264,19 @@ def scenario(P):
     return dict(N=int(P.get('hosts', 32)), quota=P.get('quota', 100.0), burst=int(P.get('burst', 10)))
 
 
+def report(label, mode, rs, extra=""):
+    print("%-40s %-8s time %.3f  amp %.3f  fair %.3f   (time %s%s)" % (label, mode,
+          statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
+          " ".join("%.2f" % r['time'] for r in rs), extra), flush=True)
+
+
 def run(P, label, seeds=range(1, 6)):
     for mode in ("prefetch", "boot"):
-        rs = [simulate(P, mode, seed=s, **scenario(P)) for s in seeds]
-        print("%-40s %-8s time %.3f  amp %.3f  fair %.3f   (time %s)" % (label, mode,
-              statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
-              " ".join("%.2f" % r['time'] for r in rs)), flush=True)
+        report(label, mode, [simulate(P, mode, seed=s, **scenario(P)) for s in seeds])
 
 def first_cut(s, now):
-    """The first throttle, as RateAdapter cuts: to 0.7 of the send rate, or
-    to what got through once a few answers show it."""
+    """The first throttle, as RateAdapter cuts: to `decrease` of the send
+    rate, or to what got through once a few answers show it."""
     P = s.P
     sending, succ = s.measured(now)
     base = max(sending, P['floor'])
@@ -440,18 +457,8 @@ class TB:
         return now + w
 
 def simulate_boto(mode, seed=1, N=32, quota=100.0, burst=10, retry_ms=1.0, latlo=0.004, lathi=0.02):
-    rnd = random.Random(seed); hrnd = random.Random(16)
-    counts = [hrnd.randint(100, 300) for _ in range(N)]
-    ev = []; seq = itertools.count()
-    def at(t, f): heapq.heappush(ev, (t, next(seq), f))
-    bucket = {'tokens': float(burst), 'last': 0.0}
-    stats = {'sent': 0, 'served': 0, 'failed': 0}
-    def take(now):
-        b = bucket
-        b['tokens'] = min(burst, b['tokens'] + (now - b['last']) * quota); b['last'] = now
-        if b['tokens'] >= 1: b['tokens'] -= 1; return True
-        return False
-    ready = [None] * N
+    w = World(seed, N, quota, burst)
+    rnd, counts, at, take, stats, ready = w.rnd, w.counts, w.at, w.take, w.stats, w.ready
     lat = lambda: rnd.uniform(latlo, lathi)
     def start(i, now):
         h = dict(i=i, left=counts[i], done=0, quota=500, enabled=False, cubic=Cubic(now), clk=Clocker(now), tb=TB(now))
@@ -490,20 +497,13 @@ def simulate_boto(mode, seed=1, N=32, quota=100.0, burst=10, retry_ms=1.0, latlo
         at(t, send)
     for i in range(N):
         at(rnd.uniform(0.0, 0.05), lambda t, i=i: start(i, t))
-    while ev:
-        t, _, f = heapq.heappop(ev)
-        if t > 400: break
-        f(t)
-    mx = max(ready); med = statistics.median(ready)
-    return dict(time=mx / (sum(counts) / quota), amp=stats['sent'] / stats['served'], fair=mx / med, failed=stats['failed'])
+    return w.run(400)
 
 
 def run_boto(P, seeds):
     for mode in ("standard", "adaptive"):
         rs = [simulate_boto(mode, seed=s, **scenario(P)) for s in seeds]
-        print("%-40s %-8s time %.3f  amp %.3f  fair %.3f   (time %s; %.0f failed calls)" % ("botocore " + mode, "",
-              statistics.mean(r['time'] for r in rs), statistics.mean(r['amp'] for r in rs), statistics.mean(r['fair'] for r in rs),
-              " ".join("%.2f" % r['time'] for r in rs), statistics.mean(r['failed'] for r in rs)), flush=True)
+        report("botocore " + mode, "", rs, "; %.0f failed calls" % statistics.mean(r['failed'] for r in rs))
 
 
 def bucket_table():
