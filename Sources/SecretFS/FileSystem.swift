@@ -407,8 +407,9 @@ public final class SecretFileSystem: @unchecked Sendable {
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let config = configuration
         // This runs on the FUSE reader (see kmsfs_fuse_session_loop), or on
-        // an io_uring queue's thread (CFuse/uring.h), which must never wait: a record the audit queue has no room for is
-        // made from the open pool, and the open answered from there.
+        // an io_uring queue's thread (CFuse/uring.h), which must never
+        // wait: a record the audit queue has no room for is made from the
+        // open pool, and the open answered from there.
         guard config.policy.admits(caller, path: n.mountPath) else {
             counters.withLock { $0.opens += 1; $0.denials += 1 }
             let denied: Result<OpenSecret, FSError> = .failure(.accessDenied)
@@ -754,15 +755,14 @@ private final class PrefetchWorkers: @unchecked Sendable {
     }
 
     /// Starts one more worker while fewer than `limit` are started and
-    /// secrets remain. `lock` held.
-    private func addWorker(first: Bool) {
-        guard started < limit, first || next < items else { return }
+    /// secrets remain; false when it did not. `lock` held.
+    @discardableResult
+    private func addWorker(first: Bool) -> Bool {
+        guard started < limit, first || next < items else { return false }
+        guard startThread(name: "kmsfs-prefetch", { [self] in work(first: first) }) else { return false }
         started += 1
         running += 1
-        if !startThread(name: "kmsfs-prefetch", { [self] in work(first: first) }) {
-            started -= 1
-            running -= 1
-        }
+        return true
     }
 
     private func work(first: Bool) {
@@ -793,8 +793,7 @@ private final class PrefetchWorkers: @unchecked Sendable {
     /// Runs the pass; returns once every worker has finished.
     func run() {
         let inline: Bool = lock.withLock {
-            addWorker(first: true)
-            guard running == 0 else { return false }
+            if addWorker(first: true) { return false }
             started += 1                    // no thread could be made: this one works
             running += 1
             return true
@@ -807,13 +806,7 @@ private final class PrefetchWorkers: @unchecked Sendable {
                 if left <= 0 { break }
                 lock.wait(seconds: left)
             }
-            if !firstDone {
-                while started < limit && next < items {
-                    let before = started
-                    addWorker(first: false)
-                    if started == before { break }
-                }
-            }
+            if !firstDone { while addWorker(first: false) {} }
             while running > 0 { lock.wait() }
         }
     }

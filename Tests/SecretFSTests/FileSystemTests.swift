@@ -281,24 +281,26 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
 }
 
 @Suite struct PrefetchSlowStartTests {
-    func tree(files: Int) throws -> String {
+    /// A file system over a new SOURCE of `files` secrets, decrypted by `d`,
+    /// and the SOURCE directory (for the caller to remove).
+    func make(files: Int, _ d: ConcurrencyDecryptor) throws -> (SecretFileSystem, String) {
         let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for i in 0..<files {
             try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted"))
         }
-        return dir
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
+                                  decryptor: d, audit: MemoryAudit())
+        return (fs, dir)
     }
 
     /// The first secret goes alone, then each one finished starts one more
     /// worker: concurrency climbs 1, 2, 3 ... to `parallel` and never past it.
     @Test func workersStartOneAtATimeAsSecretsFinish() throws {
         let d = ConcurrencyDecryptor(delay: 0.03)
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let dir = try tree(files: 60)
+        let (fs, dir) = try make(files: 60, d)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
-                                  decryptor: d, audit: MemoryAudit())
         let r = fs.prefetch(parallel: 8)
         #expect(r.ok == 60 && r.failed == 0)
         let starts = d.atStart.withLock { $0 }
@@ -315,11 +317,8 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
     /// others start together then, not one per answer.
     @Test func aFirstCallWithoutAnswerReleasesTheOthersAfterASecond() throws {
         let d = ConcurrencyDecryptor(delay: 1.5)
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let dir = try tree(files: 8)
+        let (fs, dir) = try make(files: 8, d)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
-                                  decryptor: d, audit: MemoryAudit())
         let t0 = Date()
         let r = fs.prefetch(parallel: 8)
         let took = Date().timeIntervalSince(t0)
