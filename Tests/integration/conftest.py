@@ -151,6 +151,27 @@ def mounted(path):
     return False
 
 
+def stop_process(pid, timeout=10):
+    """SIGSTOP `pid` and wait until every thread of it has stopped. kill(2)
+    returns once the signal is queued: until the thread it woke runs and
+    stops the rest, another thread (a FUSE reader) may still answer
+    requests, as it did on a loaded CI machine."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                pass   # a thread that ended
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.005)
+    raise RuntimeError("process %d did not stop within %s s" % (pid, timeout))
+
+
 def force_unmount(path):
     if mounted(path):
         subprocess.run(["fusermount3", "-uz", path], capture_output=True)

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from conftest import Mount
+from conftest import Mount, stop_process
 
 SECRET = os.urandom(512)
 
@@ -33,12 +33,14 @@ def test_a_hung_source_holds_up_only_the_requests_that_touch_it(public_tmp, kms,
         with open(path, "rb") as f:
             assert f.read() == SECRET                 # decrypted: opens are cache hits from here
         held = os.open(path, os.O_RDONLY)
-        os.kill(inner.pid, signal.SIGSTOP)
+        stop_process(inner.pid)
         # Three listings of the hung directory through the outer mount: each
         # opendir reads SOURCE/sub and holds a worker of the outer daemon.
         hung = [pool.submit(os.listdir, os.path.join(outer.path, "sub")) for _ in range(3)]
         time.sleep(1.0)
-        assert not any(f.done() for f in hung), "listing the stopped mount should wait"
+        done = [f.exception() or f.result() for f in hung if f.done()]
+        assert not done, "listing the stopped mount should wait: %r\nouter:\n%s\ninner:\n%s" % (
+            done, outer.log(), inner.log())
 
         def others():
             for _ in range(50):
