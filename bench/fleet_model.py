@@ -27,8 +27,13 @@ increase, accel, steady, floor, cutSpacing, minCut, window, persist) and
 rules explored in issue 16 (bench/notes.md): expo (exponential growth per quiet second),
 wexp/bref/wlo/whi (growth weighted by the host's backlog to that power),
 ltc=1 (a loss-target controller: eta, pstar), gt=1 (goodput tracking:
-T, W, plo, phi, eps, grow, add) and dl=1 (pacing to a deadline the fleet
-converges on: delta, c, qk, init, bmin, taumin, smax).
+T, W, plo, phi, eps, grow, add), dl=1 (pacing to a deadline the fleet
+converges on: delta, c, qk, init, bmin, taumin, smax), unit=U (growth
+times the rate at the last cut ÷ U, at least 1), ss=G (growth by G a
+success after a first cut measured on fewer than ssmin sends, until the
+next throttle), firstmin=N (no first cut before N sends), prop=K (cuts
+of 1 - K × the share throttled since the last one, as DCTCP, never below
+`decrease`) and nothrough=1 (cuts never bounded by what got through).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -98,6 +103,7 @@ class RA:
         if P.get('base_rate') and s.rate is not None: base = s.rate
         spacing = max(P['minCut'], P['cutSpacing'] / base)
         if not (s.rate is None or (now - s.lastDecision >= spacing and s.sendsSinceCut >= 4)): return
+        if s.rate is None and s.wc + (s.lastWR or 0) < P.get('firstmin', 0): return
         share = s.thrSinceCut / s.sendsSinceCut if s.sendsSinceCut >= 4 else None
         s.sendsSinceCut = 0; s.thrSinceCut = 0; s.lastDecision = now
         r = s.rate
@@ -107,9 +113,13 @@ class RA:
             if s.rateBeforeCut is not None:
                 s.rate = max(r, s.rateBeforeCut); s.rateBeforeCut = None
             return
-        s.shareAtCut = share; s.rateBeforeCut = base
-        through = succ if (s.wr >= 4 and (s.rate is None or P.get('through_always', True))) else math.inf
+        s.shareAtCut = share; s.rateBeforeCut = base; s.lastBase = base
+        through = succ if (s.wr >= 4 and not P.get('nothrough') and (s.rate is None or P.get('through_always', True))) else math.inf
         dec = P['decrease'] if s.rate is not None else P.get('first_decrease', P['decrease'])
+        if P.get('prop') and s.rate is not None and share is not None:
+            # DCTCP's cut: in proportion to the share of sends throttled
+            # since the last decision, never deeper than `decrease`.
+            dec = max(dec, 1 - P['prop'] * share)
         cut = max(P['floor'], min(dec * base, through))
         if s.rate is None:
             s.tokens = min(s.tokens, 1); s.refilled = now; s.episodeStart = base
@@ -119,6 +129,10 @@ class RA:
         else:
             s.stretch = 1
         s.gen += 1
+        if P.get('ss'):
+            # A first cut measured on fewer than `ssmin` sends knows nothing
+            # of the share: grow by ss a success until the next throttle.
+            s.uncertain = s.rate is None and s.wc < P.get('ssmin', 4)
         s.rate = cut; s.lastCut = now; s.cuts += 1
 
     def success(s, now):
@@ -130,6 +144,10 @@ class RA:
         if s.backlog is not None and P.get('wexp'):
             x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
             w = x ** P['wexp']
+        if getattr(s, 'uncertain', False):
+            s.rate *= 1 + P['ss']; return
+        if P.get('unit'):
+            w *= max(1.0, getattr(s, 'lastBase', 0) / P['unit'])
         s.rate = s.rate + w * (P['increase'] + P['accel'] * quiet) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
 
 
@@ -540,7 +558,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
