@@ -33,7 +33,8 @@ times the rate at the last cut ÷ U, at least 1), ss=G (growth by G a
 success after a first cut measured on fewer than ssmin sends, until the
 next throttle), firstmin=N (no first cut before N sends), prop=K (cuts
 of 1 - K × the share throttled since the last one, as DCTCP, never below
-`decrease`) and nothrough=1 (cuts never bounded by what got through).
+`decrease`), nothrough=1 (cuts never bounded by what got through) and
+jit=J (`prefetch` starts after a random 0-J s).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -202,6 +203,10 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
         h['lim'] = Limiter(16)
         workers = 8 if mode == "prefetch" else 1
         h['workers'] = workers
+        if mode == "prefetch" and P.get('jit') and not h.get('jittered'):
+            h['jittered'] = True
+            at(now + rnd.uniform(0, P['jit']), lambda t, h=h: start_host(h, t))
+            return
         if mode == "prefetch":
             # one alone first
             h['first_pending'] = True
@@ -558,7 +563,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
