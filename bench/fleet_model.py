@@ -35,7 +35,8 @@ success after a first cut measured on fewer than ssmin sends, until the
 next throttle), firstmin=N (no first cut before N sends), prop=K (cuts
 of 1 - K × the share throttled since the last one, as DCTCP, never below
 `decrease`), nothrough=1 (cuts never bounded by what got through) and
-jit=J (`prefetch` starts after a random 0-J s).
+jit=J (`prefetch` starts after a random 0-J s), pw=N (`prefetch`
+workers at most, 8 in kmsfs).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -202,7 +203,7 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
         h['ra'] = (DL if P.get('dl') else GT if P.get('gt') else LTC if P.get('ltc') else RA)(P, now)
         h['ra'].backlog = lambda h=h: h['left'] - h['done']
         h['lim'] = Limiter(16)
-        workers = 8 if mode == "prefetch" else 1
+        workers = int(P.get('pw', 8)) if mode == "prefetch" else 1
         h['workers'] = workers
         if mode == "prefetch" and P.get('jit') and not h.get('jittered'):
             h['jittered'] = True
@@ -564,7 +565,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
