@@ -36,7 +36,8 @@ next throttle), firstmin=N (no first cut before N sends), prop=K (cuts
 of 1 - K × the share throttled since the last one, as DCTCP, never below
 `decrease`), nothrough=1 (cuts never bounded by what got through) and
 jit=J (`prefetch` starts after a random 0-J s), pw=N (`prefetch`
-workers at most, 8 in kmsfs).
+workers at most, 8 in kmsfs) and mi=G (growth by G a success once mimin
+sends in a row since the last cut went through).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -149,6 +150,10 @@ class RA:
             w = x ** P['wexp']
         if getattr(s, 'uncertain', False):
             s.rate *= 1 + P['ss']; return
+        if P.get('mi') and s.thrSinceCut == 0 and s.sendsSinceCut >= P.get('mimin', 50):
+            # Many sends in a row since the last cut and none throttled:
+            # multiplicative growth, mi a success.
+            s.rate *= 1 + P['mi']; return
         if P.get('unit'):
             w *= max(1.0, getattr(s, 'lastBase', 0) / P['unit'])
         s.rate = s.rate + w * (P['increase'] + P['accel'] * quiet) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
@@ -565,7 +570,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
