@@ -121,15 +121,18 @@ public final class RateAdapter: @unchecked Sendable {
     }
 
     public init(_ configuration: Configuration = Configuration(), clock: Clock = .system) {
+        // A value out of range falls back to the default, stated once (in
+        // Configuration).
         var c = configuration
+        let d = Configuration()
         if let ceiling = c.ceiling, !(ceiling > 0) || !ceiling.isFinite { c.ceiling = nil }
-        if !(c.decrease > 0 && c.decrease < 1) { c.decrease = 0.5 }
-        if !(c.increase > 0) || !c.increase.isFinite { c.increase = 0.2 }
-        if !(c.acceleration >= 0) || !c.acceleration.isFinite { c.acceleration = 1 }
-        if !(c.steady >= 0) || !c.steady.isFinite { c.steady = 2 }
-        if !(c.floor > 0) || !c.floor.isFinite { c.floor = 0.5 }
-        if !(c.window > 0) || !c.window.isFinite { c.window = 1 }
-        if !(c.persistentShare > 0 && c.persistentShare <= 1) { c.persistentShare = 0.45 }
+        if !(c.decrease > 0 && c.decrease < 1) { c.decrease = d.decrease }
+        if !(c.increase > 0) || !c.increase.isFinite { c.increase = d.increase }
+        if !(c.acceleration >= 0) || !c.acceleration.isFinite { c.acceleration = d.acceleration }
+        if !(c.steady >= 0) || !c.steady.isFinite { c.steady = d.steady }
+        if !(c.floor > 0) || !c.floor.isFinite { c.floor = d.floor }
+        if !(c.window > 0) || !c.window.isFinite { c.window = d.window }
+        if !(c.persistentShare > 0 && c.persistentShare <= 1) { c.persistentShare = d.persistentShare }
         self.configuration = c
         self.clock = clock
         let now = clock.monotonic()
