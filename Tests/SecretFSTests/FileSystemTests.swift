@@ -55,6 +55,13 @@ func makeTree() throws -> String {
     return dir
 }
 
+/// A file system over `dir` that admits root only, shown 0400 root:root.
+func rootOnlyFileSystem(_ dir: String, decryptor: SecretDecrypting) throws -> SecretFileSystem {
+    let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+    return SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
+                            decryptor: decryptor, audit: MemoryAudit())
+}
+
 func text(_ s: OpenSecret) -> String {
     s.plaintext.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
 }
@@ -210,9 +217,7 @@ func text(_ s: OpenSecret) -> String {
         let dir = try makeTree()
         try Data("cfn".utf8).write(to: URL(fileURLWithPath: dir + "/caf\u{E9}.encrypted"))
         try Data("dfn".utf8).write(to: URL(fileURLWithPath: dir + "/cafe\u{301}.encrypted"))
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
-                                  decryptor: FakeDecryptor(), audit: MemoryAudit())
+        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
         let nfc = try fs.lookup(parent: SecretFileSystem.rootInode, name: "caf\u{E9}").get().attributes.ino
         let nfd = try fs.lookup(parent: SecretFileSystem.rootInode, name: "cafe\u{301}").get().attributes.ino
         #expect(nfc != nfd)
@@ -246,9 +251,7 @@ final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
 @Suite struct PrefetchTests {
     @Test func prefetchNamesWhatKMSDidNotAnswerAndRetriesOnlyThose() throws {
         let d = ThrottledDecryptor()
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
-                                  decryptor: d, audit: MemoryAudit())
+        let fs = try rootOnlyFileSystem(try makeTree(), decryptor: d)
         let first = fs.prefetch(parallel: 4)
         #expect(first.failed == 2)                       // bad (a bad file) and sub/b (KMS unavailable)
         #expect(first.unavailable.count == 1 && first.unavailable[0].hasSuffix("b.encrypted"), "\(first.unavailable)")
@@ -289,10 +292,7 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
         for i in 0..<files {
             try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted"))
         }
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
-                                  decryptor: d, audit: MemoryAudit())
-        return (fs, dir)
+        return (try rootOnlyFileSystem(dir, decryptor: d), dir)
     }
 
     /// The first secret goes alone, then each one finished starts one more
