@@ -60,8 +60,12 @@ public func fnvVersion(_ bytes: [UInt8]) -> String {
 }
 
 /// The systemd unit a process runs in, from its cgroup (v2:
-/// `0::/system.slice/nginx.service`), or nil. The deepest `.service` or
-/// `.scope` component names it (a service's sub-cgroups sit below it).
+/// `0::/system.slice/nginx.service`), or nil: the first component after
+/// the leading `*.slice` ones, as systemd's `sd_pid_get_unit` reads it.
+/// Never a deeper one: below a unit's own cgroup the tree may be delegated
+/// to someone else (`user@UID.service` to that user's manager, a
+/// `Delegate=yes` service or a container to its payload), who can name a
+/// sub-cgroup `nginx.service`.
 public func systemdUnit(pid: Int32) -> String? {
     let fd: FileDescriptor
     do { fd = try FileDescriptor.open("/proc/\(pid)/cgroup", O_RDONLY) } catch { return nil }
@@ -86,13 +90,12 @@ public func unitFromCgroup(_ doc: [UInt8]) -> String? {
         let isV2 = fields[0].elementsEqual("0".utf8) && fields[1].isEmpty
         let isV1 = fields[1].elementsEqual("name=systemd".utf8)
         guard isV2 || isV1 else { continue }
-        var unit: String? = nil
-        for c in fields[2].split(separator: UInt8(ascii: "/")) {
-            let name = String(decoding: c, as: UTF8.self)
-            guard name.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { continue }
-            if name.hasSuffix(".service") || name.hasSuffix(".scope") { unit = name }
-        }
-        if let unit { return unit }
+        // Past the slices, the next component is the unit (or there is none).
+        let components = fields[2].split(separator: UInt8(ascii: "/"))
+        guard let c = components.first(where: { !$0.suffix(6).elementsEqual(".slice".utf8) }) else { continue }
+        let name = String(decoding: c, as: UTF8.self)
+        guard name.utf8.allSatisfy({ $0 > 32 && $0 < 127 }), name.hasSuffix(".service") || name.hasSuffix(".scope") else { continue }
+        return name
     }
     return nil
 }

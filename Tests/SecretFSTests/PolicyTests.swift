@@ -172,10 +172,20 @@ import SecretFS
         #expect(p.admits(Caller(uid: 33, gid: 33, pid: 1, unit: { Issue.record("unit read needlessly"); return nil })))
     }
 
-    @Test func cgroupDocumentsNameTheDeepestServiceOrScope() {
+    @Test func cgroupDocumentsNameTheFirstUnitPastTheSlices() {
         func unit(_ s: String) -> String? { unitFromCgroup(Array(s.utf8)) }
         #expect(unit("0::/system.slice/nginx.service\n") == "nginx.service")
         #expect(unit("0::/system.slice/app.service/worker\n") == "app.service")
+        #expect(unit("0::/init.scope\n") == "init.scope")
+        // Below a unit the tree may be delegated (a user's manager, a
+        // container): a sub-cgroup named after another unit is not that unit.
+        #expect(unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service\n") == "user@1000.service")
+        #expect(unit("0::/system.slice/docker-1f2e.scope/system.slice/nginx.service\n") == "docker-1f2e.scope")
+        #expect(unit("0::/system.slice/batch.service/nginx.service\n") == "batch.service")
+        #expect(unit("0::/system.slice/batch.service/x.slice/nginx.service\n") == "batch.service")
+        #expect(unit("0::/system.slice/user.slice\n") == nil)
+        #expect(unit("0::/system.slice/payload/nginx.service\n") == nil)
+        #expect(unit("0::/system.slice/ev\u{1b}il/nginx.service\n") == nil)
         #expect(unit("0::/user.slice/user-1000.slice/session-3.scope\n") == "session-3.scope")
         #expect(unit("12:name=systemd:/system.slice/cron.service\n0::/\n") == "cron.service")
         #expect(unit("0::/\n") == nil)
