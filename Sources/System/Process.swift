@@ -17,12 +17,47 @@ public func peerCredentials(_ fd: Int32) -> (uid: UInt32, gid: UInt32, pid: Int3
 /// caller exited, another process got its number) is detected, and the
 /// answer dropped. `pid` may name a thread (FUSE gives the caller's thread).
 public func whileProcessLives<R>(_ pid: Int32, _ body: () -> R?) -> R? {
+    whileProcessLives(pid, threadPidfds: true, body)
+}
+
+/// `threadPidfds`: try `PIDFD_THREAD` (Linux 6.9) for a thread that is
+/// not its process's leader; false (tests) goes straight to what older
+/// kernels need: a pidfd of the thread's process, and a check afterwards
+/// that the thread still belongs to it.
+func whileProcessLives<R>(_ pid: Int32, threadPidfds: Bool, _ body: () -> R?) -> R? {
     guard pid > 0 else { return nil }
     var fd = kmsfs_pidfd_open(pid, 0)
-    if fd < 0 && Errno.current == EINVAL { fd = kmsfs_pidfd_open(pid, 1) }   // a thread, not a leader
+    var leader: Int32? = nil
+    if fd < 0 && (Errno.current == EINVAL || Errno.current == ENOENT) {
+        // Perhaps a thread that is not its process's leader (EINVAL before
+        // Linux 6.9, ENOENT since): its own pidfd where the kernel has
+        // them, else its process's.
+        if threadPidfds { fd = kmsfs_pidfd_open(pid, 1) }
+        if fd < 0, let tgid = threadGroup(of: pid), tgid != pid {
+            fd = kmsfs_pidfd_open(tgid, 0)
+            leader = tgid
+        }
+    }
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     let answer = body()
     guard kmsfs_pidfd_alive(fd) == 0 else { return nil }
+    if let leader, access("/proc/\(leader)/task/\(pid)", F_OK) != 0 { return nil }
     return answer
+}
+
+/// The process (thread group) a thread belongs to: `Tgid:` of
+/// /proc/TID/status.
+func threadGroup(of tid: Int32) -> Int32? {
+    let fd = open("/proc/\(tid)/status", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 2048)
+    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard n > 0 else { return nil }
+    for line in buf[0..<n].split(separator: UInt8(ascii: "\n")) where line.starts(with: "Tgid:".utf8) {
+        let digits = line.dropFirst(5).filter { $0 != 9 && $0 != 32 }
+        return Int32(String(decoding: digits, as: UTF8.self))
+    }
+    return nil
 }

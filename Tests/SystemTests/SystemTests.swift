@@ -1,5 +1,5 @@
 import Testing
-import System
+@testable import System
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -255,5 +255,35 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         var status: Int32 = 0
         #expect(waitpid(pid, &status, 0) == pid)
         #expect(whileProcessLives(pid) { 42 } == nil)
+    }
+
+    /// FUSE names the caller's thread. A thread that is not its process's
+    /// leader has a pidfd of its own only from Linux 6.9 (PIDFD_THREAD);
+    /// before, its process is pinned instead (Debian 12 runs 6.1).
+    @Test func answersForAThreadThatIsNotTheLeader() {
+        final class Shared: Sendable {
+            let tid = Atomic<Int32>(0)
+            let release = Atomic<Bool>(false)
+        }
+        let shared = Shared()
+        #expect(startThread(name: "kmsfs-tid-test") {
+            // /proc/thread-self is "PID/task/TID".
+            var link = [CChar](repeating: 0, count: 64)
+            let n = readlink("/proc/thread-self", &link, link.count - 1)
+            let text = n > 0 ? String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+            shared.tid.store(Int32(text.split(separator: "/").last ?? "") ?? -1, ordering: .sequentiallyConsistent)
+            while !shared.release.load(ordering: .sequentiallyConsistent) { usleep(1000) }
+        })
+        var t: Int32 = 0
+        for _ in 0..<5000 where t == 0 { usleep(1000); t = shared.tid.load(ordering: .sequentiallyConsistent) }
+        #expect(t > 0 && t != getpid())
+        #expect(threadGroup(of: t) == getpid())
+        #expect(whileProcessLives(t) { 42 } == 42)
+        #expect(whileProcessLives(t, threadPidfds: false) { 42 } == 42)
+        shared.release.store(true, ordering: .sequentiallyConsistent)
+        for _ in 0..<5000 where access("/proc/self/task/\(t)", F_OK) == 0 { usleep(1000) }
+        // Gone: no process or thread answers to its number any more.
+        #expect(whileProcessLives(t, threadPidfds: false) { 42 } == nil)
+        #expect(whileProcessLives(t) { 42 } == nil)
     }
 }
