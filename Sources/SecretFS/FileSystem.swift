@@ -404,7 +404,6 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func beginOpen(_ ino: UInt64, flags: Int32, caller: Caller) -> OpenStart {
         guard let n = node(ino) else { return .done(.failure(.notFound)) }
         guard n.kind == .secret else { return .done(.failure(.isDirectory)) }
-        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let config = configuration
         // This runs on the FUSE reader (see kmsfs_fuse_session_loop), or on
         // an io_uring queue's thread (CFuse/uring.h), which must never
@@ -418,6 +417,9 @@ public final class SecretFileSystem: @unchecked Sendable {
             }
             return .done(denied)
         }
+        // Access first: a refused caller gets EACCES and a record whatever
+        // the flags; an admitted one who asks to write gets EROFS.
+        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let maxBytes = config.maxCiphertextBytes
         if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
@@ -432,7 +434,16 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
 
     private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int) -> Result<OpenSecret, FSError> {
-        acquire(n, caller: caller, maxBytes: maxBytes, detail: nil).map { opened($0, n, caller) }
+        acquire(n, caller: caller, maxBytes: maxBytes, detail: nil).flatMap { secret in
+            // A decryption can take seconds: a policy reloaded meanwhile
+            // that no longer admits the caller has the last word.
+            guard configuration.policy.admits(caller, path: n.mountPath) else {
+                counters.withLock { $0.denials += 1 }
+                record(caller, n.mountPath, .denied, detail: "no longer in the allowed users or groups (the policy was reloaded during the open)")
+                return .failure(.accessDenied)
+            }
+            return .success(opened(secret, n, caller))
+        }
     }
 
     /// The slow part of an open (also of a systemd credential): stat the

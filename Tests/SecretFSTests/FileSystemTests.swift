@@ -137,6 +137,34 @@ func text(_ s: OpenSecret) -> String {
         #expect(d.calls.withLock { $0 } == 0)
         #expect(audit.records.withLock { $0.first?.outcome } == .denied)
         #expect(throws: FSError.readOnly) { try fs.open(a, flags: O_WRONLY, caller: root).get() }
+        // A refused caller asking to write is refused as such, and recorded.
+        for flags in [O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC] {
+            #expect(throws: FSError.accessDenied) { try fs.open(a, flags: flags, caller: stranger).get() }
+        }
+        #expect(audit.records.withLock { $0.map(\.outcome) } == [.denied, .denied, .denied, .denied])
+        #expect(d.calls.withLock { $0 } == 0)
+    }
+
+    /// A decryption can take seconds; a policy reloaded meanwhile that no
+    /// longer admits the caller decides the open.
+    @Test func aPolicyReloadedDuringTheDecryptionDecidesTheOpen() throws {
+        let audit = MemoryAudit()
+        let fs = try make(FakeDecryptor(delay: 0.3), audit: audit)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        guard case .slow(let finish) = fs.beginOpen(a, flags: O_RDONLY, caller: root) else {
+            Issue.record("a cache miss should go to the pool"); return
+        }
+        final class Outcome: @unchecked Sendable { var result: Result<OpenSecret, FSError>? }   // written before `done`
+        let outcome = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { outcome.result = finish(); done.signal() }
+        usleep(50_000)
+        var c = fs.configuration
+        c.policy = AccessPolicy(defaultPrincipals: Principals(uids: [4242]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        fs.reconfigure(c)
+        done.wait()
+        #expect(throws: FSError.accessDenied) { try outcome.result!.get() }
+        #expect(audit.records.withLock { $0.map(\.outcome) } == [.kms, .denied])
     }
 
     @Test func concurrentFirstOpensShareOneDecryption() throws {
