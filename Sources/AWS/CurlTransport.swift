@@ -35,6 +35,21 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         self.options = options
     }
 
+    /// Hosts reached without a proxy whatever `http_proxy`, `HTTPS_PROXY` or
+    /// `ALL_PROXY` say: loopback and link-local, where the instance and
+    /// container credential endpoints live and where plain http is
+    /// accepted as local. Through a proxy their requests (a container
+    /// authorization token, a signed Decrypt and its plaintext answer)
+    /// would cross the network in the clear, and IMDS would answer with
+    /// the proxy host's role. What `no_proxy`/`NO_PROXY` list is kept.
+    static let noProxy: String = {
+        let local = "localhost,127.0.0.0/8,::1,169.254.0.0/16,fd00:ec2::/32"
+        let given = (getenv("no_proxy") ?? getenv("NO_PROXY")).map { String(cString: $0) } ?? ""
+        let trimmed = given.trimmingCharacters(in: " \t,")
+        if trimmed == "*" { return "*" }
+        return trimmed.isEmpty ? local : trimmed + "," + local
+    }()
+
     private static let globalInit: Void = {
         // curl's blocks are wiped when freed (its copies of the session
         // token's header); see kmsfs_curl_global_init_wiping.
@@ -207,6 +222,11 @@ private final class EasyHandle: @unchecked Sendable {
             curl_slist_free_all(headerList)
         }
         for (name, value) in request.headers {
+            // curl sends a header line as given: a CR or LF from a hostile
+            // credential source (an access key ID) would add headers.
+            guard !(name + value).utf8.contains(where: { $0 < 0x20 && $0 != 9 || $0 == 0x7F }) else {
+                throw TransportError(.other, "the \(name) header holds a control character; not sent")
+            }
             headerList = curl_slist_append(headerList, "\(name): \(value)")
         }
         for (name, value) in request.secureHeaders {
@@ -241,6 +261,7 @@ private final class EasyHandle: @unchecked Sendable {
             _ = kmsfs_curl_set_long(curl, CURLOPT_NOSIGNAL, 1)
             _ = kmsfs_curl_use_cloexec_sockets(curl)
             _ = kmsfs_curl_set_long(curl, CURLOPT_FOLLOWLOCATION, 0)
+            _ = kmsfs_curl_set_string(curl, CURLOPT_NOPROXY, CurlTransport.noProxy)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_NODELAY, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_TCP_KEEPALIVE, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))

@@ -138,6 +138,51 @@ def test_container_credentials_with_a_token_file(tree, kms, role, mount_factory,
     assert "container credentials 127.0.0.1" in m.log()
 
 
+class CountingProxy:
+    """A listener that stands where http_proxy and friends point: it counts
+    the connections it gets and answers none of them."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.connections = 0
+        self.closed = False
+
+        def accept():
+            while not self.closed:
+                try:
+                    c, _ = self.sock.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                c.close()
+        threading.Thread(target=accept, daemon=True).start()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def test_proxy_variables_never_carry_local_and_metadata_requests(tree, kms, role, mount_factory, servers):
+    """A proxy in the environment (common on corporate hosts) must not see
+    the container token, the credentials or a loopback KMS endpoint's
+    signed calls and plaintext answers: loopback and link-local go direct."""
+    agent = servers(FakeContainerCredentials(role.mint(), path="/v1/credentials", token="direct-token"))
+    proxy = servers(CountingProxy())
+    env = bare_env(kms, AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url + "/v1/credentials",
+                   AWS_CONTAINER_AUTHORIZATION_TOKEN="direct-token",
+                   http_proxy=proxy.url, HTTPS_PROXY=proxy.url, ALL_PROXY=proxy.url, all_proxy=proxy.url,
+                   no_proxy="example.com", NO_PROXY=None)
+    m = mount_factory(tree, "allow_uid=0", env=env)
+    read_all(m)
+    assert len(agent.requests("GET")) == 1
+    assert proxy.connections == 0
+
+
 def test_container_full_uri_must_be_loopback_or_documented_over_http(tree, kms, mount_factory):
     """Configured but unusable: the mount starts with a warning, opens fail
     and the log says why."""
