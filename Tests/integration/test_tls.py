@@ -49,14 +49,17 @@ def tree(tmp_path, kms):
     return src, plain
 
 
-def test_https_with_the_ca_bundle_from_the_environment(tree, kms, tls_proxy, pki, mount_factory):
+def test_https_with_the_ca_bundle_from_the_environment(tree, kms, tls_proxy, pki, mount_factory, tmp_path):
     src, plain = tree
     env = kms.base_env(endpoint=tls_proxy.url)
     env["AWS_CA_BUNDLE"] = str(pki / "ca.pem")
+    # libcurl would write every session's TLS keys here: kmsfs unsets it.
+    env["SSLKEYLOGFILE"] = str(tmp_path / "tls-keys.log")
     m = mount_factory(src, "allow_uid=0", env=env)
     assert tls_proxy.url.startswith("https://")
     assert open(m.file("s"), "rb").read() == plain
     assert tls_proxy.count("Decrypt") == 1
+    assert not (tmp_path / "tls-keys.log").exists()
     if SANITIZED:
         return   # a scan of every mapping cannot finish reading a sanitizer's shadow memory
     found, read = scan(m.pid, [plain, base64.b64encode(plain)])
