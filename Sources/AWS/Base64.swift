@@ -36,9 +36,11 @@ public enum Base64 {
     public static func maxDecodedCount(_ count: Int) -> Int { (count + 3) / 4 * 3 }
 
     /// Decodes `input` into `output` (which may be `input` itself: the
-    /// write position never passes the read position). Whitespace and the
-    /// JSON escape `\/` are skipped. Returns the decoded length, or nil on
-    /// malformed input. Leaves no copy anywhere else.
+    /// write position never passes the read position). Whitespace is
+    /// skipped, and so is the backslash of the JSON escape `\/`; any other
+    /// backslash is malformed (a JSON string with other escapes is
+    /// unescaped first). Returns the decoded length, or nil on malformed
+    /// input. Leaves no copy anywhere else.
     public static func decode(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int? {
         var acc: UInt32 = 0
         var bits = 0
@@ -46,7 +48,11 @@ public enum Base64 {
         var padding = 0
         for i in 0..<input.count {
             let c = input[i]
-            if c == 32 || c == 10 || c == 13 || c == 9 || c == 92 { continue }   // 92: backslash of "\/"
+            if c == 32 || c == 10 || c == 13 || c == 9 { continue }
+            if c == 92 {   // the backslash of "\/"
+                guard i + 1 < input.count, input[i + 1] == UInt8(ascii: "/") else { return nil }
+                continue
+            }
             if c == 61 { padding += 1; continue }
             if padding > 0 { return nil }
             let v = table[Int(c)]

@@ -122,11 +122,17 @@ public final class KMSClient: Sendable {
     // MARK: Response reading
 
     /// Base64-decodes the string member `name` of a JSON response directly
-    /// into a new secure buffer of the exact size.
+    /// into a new secure buffer of the exact size. A member written with
+    /// JSON escapes other than `\/` (`\u002B` for `+`, as some encoders
+    /// write) is unescaped into secure memory first, never decoded as it
+    /// stands.
     static func decodeSecretMember(_ name: String, of response: HTTPResponse, operation: String) throws(KMSError) -> SecureBuffer {
         let result: Result<SecureBuffer, KMSError> = response.body.withUnsafeBytes { body in
             guard let range = JSONScanner.stringMember(name, in: body) else {
                 return .failure(KMSError(operation: operation, .malformedResponse("no \(name) in the response")))
+            }
+            if body[range].contains(UInt8(ascii: "\\")) {
+                return decodeEscapedSecretMember(name, in: body, operation: operation)
             }
             let encoded = UnsafeRawBufferPointer(rebasing: body[range])
             do {
@@ -140,6 +146,30 @@ public final class KMSClient: Sendable {
             }
         }
         return try result.get()
+    }
+
+    /// `decodeSecretMember` for a member with escapes: unescaped into a
+    /// secure buffer, then decoded in place.
+    private static func decodeEscapedSecretMember(_ name: String, in body: UnsafeRawBufferPointer,
+                                                  operation: String) -> Result<SecureBuffer, KMSError> {
+        let text: SecureBuffer
+        do {
+            guard let t = try JSONScanner.secureStringMember(name, in: body) else {
+                return .failure(KMSError(operation: operation, .malformedResponse("\(name) is not a JSON string")))
+            }
+            text = t
+        } catch {
+            return .failure(KMSError(operation: operation, .malformedResponse("cannot allocate secure memory: \(error)")))
+        }
+        let n: Int? = text.withUnsafeMutableCapacity { cap in
+            Base64.decode(UnsafeRawBufferPointer(rebasing: cap[0..<text.count]), into: cap)
+        }
+        guard let n else {
+            text.wipeContents()
+            return .failure(KMSError(operation: operation, .malformedResponse("\(name) is not base64")))
+        }
+        text.setCount(n)
+        return .success(text)
     }
 
     /// A string member that is not secret (KeyId, CiphertextBlob).

@@ -47,6 +47,31 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
         #expect(doc["EncryptionContext"]?["app"]?.stringValue == "web")
     }
 
+    /// JSON lets an encoder escape any character of the base64 (`\u002B`
+    /// for `+`, `\/` for `/`): the Plaintext is the unescaped text's bytes,
+    /// never the escape sequences decoded as base64; an escape that is not
+    /// JSON, or a control character, is malformed.
+    @Test func escapedPlaintextIsUnescapedBeforeDecoding() throws {
+        // "+++/" is fb ef bf; "aGVsbG8=" is "hello".
+        for (member, expected) in [(#""\u002B\u002B\u002B\/""#, [0xfb, 0xef, 0xbf]),
+                                   (#""\u0061GVsbG8\u003D""#, Array("hello".utf8)),
+                                   (#""aGVs\nbG8=""#, Array("hello".utf8)),
+                                   (#""aGVsbG8=""#, Array("hello".utf8))] as [(String, [UInt8])] {
+            let t = FakeTransport { _, _ in (200, #"{"KeyId":"arn:k","Plaintext":\#(member)}"#) }
+            let r = try client(t).decrypt(ciphertextBlob: [1])
+            #expect(r.plaintext.withUnsafeBytes { Array($0) } == expected, "\(member)")
+        }
+        for member in [#""aGVs\qbG8=""#, #""aGVs\u00""#, #""\uD800aGVsbG8=""#, #""\u0000aGVsbG8=""#] {
+            let t = FakeTransport { _, _ in (200, #"{"KeyId":"arn:k","Plaintext":\#(member)}"#) }
+            do {
+                _ = try client(t).decrypt(ciphertextBlob: [1])
+                Issue.record("expected an error for \(member)")
+            } catch {
+                #expect(error.code == "MalformedResponse", "\(member)")
+            }
+        }
+    }
+
     @Test func hostileEscapesInResponsesAreErrorsNotTraps() {
         // Issue 13 A2: a KMS answering {"KeyId":"\uD800\u0041",...} trapped
         // the daemon in the JSON string decoder.
