@@ -130,10 +130,10 @@ func parseCredentialsDocument(_ bytes: UnsafeRawBufferPointer) -> JSONValue? {
 /// `Expiration` from a credentials document: `doc` (parsed with
 /// `parseCredentialsDocument`) for the plain members, the secret ones
 /// decoded from `bytes` straight into secure memory. Nil when the keys are
-/// missing or empty, or the token (sent as a header) is not a single
-/// printable word.
+/// missing or empty, or the key ID or the token (both sent in headers) is
+/// not a single printable word.
 func credentialsFromJSON(_ doc: JSONValue, bytes: UnsafeRawBufferPointer, source: String) -> AWSCredentials? {
-    guard let id = doc["AccessKeyId"]?.stringValue, !id.isEmpty else { return nil }
+    guard let id = doc["AccessKeyId"]?.stringValue, AWSCredentials.isAccessKeyId(id) else { return nil }
     func secure(_ key: String) -> SecureBuffer? {
         do { return try JSONScanner.secureStringMember(key, in: bytes) } catch { return nil }
     }

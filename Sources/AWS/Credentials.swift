@@ -61,6 +61,13 @@ public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
         b.withUnsafeBytes { $0.allSatisfy { $0 > 0x20 && $0 < 0x7F } }
     }
 
+    /// True for what may stand as an access key ID: non-empty printable
+    /// ASCII without blanks (it goes into the Authorization header, so a
+    /// credential source cannot add header lines through it).
+    public static func isAccessKeyId(_ id: String) -> Bool {
+        !id.isEmpty && id.utf8.count <= 128 && id.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
+    }
+
     /// True for temporary credentials (a session token).
     public var hasSessionToken: Bool { token != nil }
 

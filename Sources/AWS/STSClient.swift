@@ -116,7 +116,7 @@ public struct STSClient: Sendable {
         // The answer is read in place: the secret key and the token go
         // from the response buffer straight into secure memory.
         let parsed: AWSCredentials? = response.body.withUnsafeBytes { b in
-            guard let id = XMLBytes.text("AccessKeyId", in: b), !id.isEmpty,
+            guard let id = XMLBytes.text("AccessKeyId", in: b), AWSCredentials.isAccessKeyId(id),
                   let secret = XMLBytes.secure("SecretAccessKey", in: b), secret.count > 0,
                   let token = XMLBytes.secure("SessionToken", in: b), token.count > 0,
                   AWSCredentials.isPrintableWord(token) else { return nil }

@@ -82,6 +82,32 @@ import Glibc
         let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 1)
         defer { out.deallocate() }
         #expect(input.withUnsafeBytes { Base64.decode($0, into: out) } == nil)
+        // Only the backslash of JSON's "\/" is skipped; any other is an error
+        // (a "\u002B" decoded as base64 would give other bytes, silently).
+        #expect(Base64.decode(#"\/\/\/\/"#) == [0xff, 0xff, 0xff])
+        for text in [#"\u002B\u002B\u002B\u002B"#, #"QUJD\"#, #"QU\JD"#, #"QUJD\n"#] {
+            #expect(Base64.decode(text) == nil, "\(text)")
+        }
+    }
+
+    /// The access key ID goes into the Authorization header: a credential
+    /// source cannot add header lines through it, and the transport sends
+    /// no header with a control character whatever its origin.
+    @Test func anAccessKeyIdThatIsNotOneWordIsRefused() throws {
+        let dir = TempDir()
+        for id in [#"AKIA\r\nX-Injected: 1"#, "AK IA", #"\u0000"#, ""] {
+            let json = dir.write("c.json", #"{"Version": 1, "AccessKeyId": "\#(id)", "SecretAccessKey": "S", "SessionToken": "T"}"#)
+            let p = ProcessCredentialProvider(command: "/bin/cat \(json)", profile: "p", environment: Environment([:]))
+            #expect(throws: CredentialError.self) { try p.credentials() }
+        }
+        #expect(AWSCredentials.isAccessKeyId("ASIAXAMPLE1234567890"))
+        let request = HTTPRequest(method: "GET", url: URLParts("http://127.0.0.1:9/")!, headers: [("X-Test", "a\r\nX-Injected: 1")])
+        do {
+            _ = try CurlTransport().send(request)
+            Issue.record("a header with CR LF was sent")
+        } catch {
+            #expect(error.message.contains("control character"), "\(error)")
+        }
     }
 
     @Test func loopbackIsAnAddressNotAPrefix() {
