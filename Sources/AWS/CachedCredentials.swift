@@ -162,6 +162,13 @@ public final class CachingCredentialProvider: CredentialProvider, @unchecked Sen
         fetching = false
         defer { lock.broadcast() }
         let now = clock.now()
+        var result = result
+        if case .success(let c) = result, let exp = c.expiration, now >= exp {
+            // Expired on arrival (a clock far off, or a source serving stale
+            // credentials): a failure like any other, tried again after
+            // `retryInterval`, not on every call.
+            result = .failure(.failed("the credentials from \(c.source) arrived already expired (at \(exp), and this machine's clock says \(now)): check the clock"))
+        }
         switch result {
         case .success(let c):
             let first = cached == nil

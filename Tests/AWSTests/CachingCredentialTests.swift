@@ -103,11 +103,10 @@ import Glibc
 
     @Test func lastCredentialsServeForABoundedGracePeriodWhileTheSourceIsDown() throws {
         let clock = ManualClock()
-        let start = clock.now
         let down = Mutex(false)
         let src = CountingProvider { (n) throws(CredentialError) -> AWSCredentials in
             if down.withLock({ $0 }) { throw .failed("IMDS unreachable") }
-            return creds("K\(n)", expires: start + 3600)
+            return creds("K\(n)", expires: clock.now + 3600)   // fresh when fetched (start + 3600 the first time)
         }
         let runner = ManualRunner()
         let c = CachingCredentialProvider(src, policy: policy(grace: 600), clock: clock.clock, runner: runner.runner)
@@ -137,6 +136,23 @@ import Glibc
         #expect(src.count == 1)
         clock.advance(5)
         #expect(throws: CredentialError.self) { try c.credentials() }
+        #expect(src.count == 2)
+    }
+
+    /// Credentials that arrive already expired (a clock far off) are a
+    /// failure that says so, tried again after the retry interval: not a
+    /// fetch (a process spawned, IMDS asked) on every open.
+    @Test func credentialsExpiredOnArrivalAreAFailureNotAFetchPerCall() throws {
+        let clock = ManualClock()
+        let src = CountingProvider { n in creds("K\(n)", expires: clock.now + (-3600)) }
+        let c = CachingCredentialProvider(src, policy: policy(), clock: clock.clock, runner: ManualRunner().runner)
+        for _ in 0..<5 {
+            let e = credentialError { try c.credentials() }
+            #expect(e.kind == .failed && e.message.contains("arrived already expired") && e.message.contains("clock"))
+        }
+        #expect(src.count == 1)
+        clock.advance(5)
+        _ = credentialError { try c.credentials() }
         #expect(src.count == 2)
     }
 
