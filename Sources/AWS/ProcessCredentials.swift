@@ -142,7 +142,10 @@ enum ProcessRunner {
         sigemptyset(&defaults)
         for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, s) }
         posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // Its own process group, so that a timeout kills what it started
+        // too (`sh -c "vault read ... | jq ..."`), not only the shell.
+        posix_spawnattr_setpgroup(&attr, 0)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         // The helper gets the daemon's environment; its secret variables
@@ -185,7 +188,7 @@ enum ProcessRunner {
         let deadline = SystemClock.monotonic() + timeout
         let out: SecureAccumulator
         do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch {
-            kill(pid, SIGKILL); _ = reap(pid, until: SystemClock.monotonic() + 1)
+            kill(-pid, SIGKILL); _ = reap(pid, until: SystemClock.monotonic() + 1)
             throw Failure(message: "\(error)")
         }
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -206,12 +209,12 @@ enum ProcessRunner {
             }
             if !ok { tooLarge = true; break }
         }
-        if timedOut || tooLarge { kill(pid, SIGKILL) }
+        if timedOut || tooLarge { kill(-pid, SIGKILL) }
         let status = reap(pid, until: max(deadline, SystemClock.monotonic()) + 1)
         if timedOut { throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed") }
         if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
         guard let status else {
-            kill(pid, SIGKILL)
+            kill(-pid, SIGKILL)
             _ = reap(pid, until: SystemClock.monotonic() + 1)
             throw Failure(message: "did not exit within \(displaySeconds(timeout)) s; killed")
         }

@@ -99,12 +99,14 @@ public struct SharedConfigFiles: Sendable {
         return out
     }
 
-    /// For `key = value` lines of a secret key: the bytes through `=`, and
-    /// the value without surrounding blanks (and CR).
+    /// For `key = value` (or `key: value`, as the INI parser also reads)
+    /// lines of a secret key: the bytes through the separator, and the value
+    /// without surrounding blanks (and CR). Indented lines too: the parser
+    /// reads one right after a section header as a setting, and one that
+    /// continues a nested value loses nothing by keeping its secret here.
     static func secretValue(_ line: UnsafeRawBufferPointer) -> (prefix: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)? {
         func blank(_ c: UInt8) -> Bool { c == 32 || c == 9 || c == 13 }
-        // An indented line continues the value above it (nested settings).
-        guard let first = line.first, !blank(first), let eq = line.firstIndex(of: UInt8(ascii: "=")) else { return nil }
+        guard let eq = line.firstIndex(where: { $0 == UInt8(ascii: "=") || $0 == UInt8(ascii: ":") }) else { return nil }
         var ks = 0, ke = eq
         while ks < ke && blank(line[ks]) { ks += 1 }
         while ke > ks && blank(line[ke - 1]) { ke -= 1 }

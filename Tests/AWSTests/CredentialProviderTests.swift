@@ -309,6 +309,24 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let e3 = credentialError { try slow.credentials() }
         #expect(e3.message.contains("killed"))
         #expect(SystemClock.monotonic() - t0 < 2)
+
+        // A timeout kills what the helper started too, not only the helper.
+        let pidFile = dir.path + "/background.pid"
+        var wrapper = ProcessCredentialProvider(command: "/bin/sh -c 'sleep 30 & echo $! > \(pidFile); wait'",
+                                                profile: "p", environment: Environment([:]))
+        wrapper.timeout = 0.5
+        let e4 = credentialError { try wrapper.credentials() }
+        #expect(e4.message.contains("killed"))
+        let background = try #require(readSmallFile(pidFile).flatMap { Int32($0.filter(\.isNumber)) })
+        func running(_ pid: Int32) -> Bool {
+            // Gone, or a zombie waiting for its new parent to reap it.
+            guard let text = readSmallFile("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return false }
+            return !text[close...].hasPrefix(") Z")
+        }
+        var alive = true
+        for _ in 0..<200 where alive { alive = running(background); if alive { usleep(10_000) } }
+        #expect(!alive, "the helper's background process \(background) outlived its timeout")
+        if alive { kill(background, SIGKILL) }
     }
 
     @Test func commandSplitting() {
@@ -536,6 +554,8 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         mkdir(dir, 0o700)
         defer { unlink(dir + "/credentials"); rmdir(dir) }
         let text = "[default]\r\naws_access_key_id = AKIDEXAMPLE\r\nAWS_Secret_Access_Key=  s3cr3t/with=equals \r\naws_session_token=TOKEN123\n[other]\naws_secret_access_key = second\n"
+            + "[colon]\naws_access_key_id: AKIDCOLON\naws_secret_access_key: colon-secret\n"
+            + "[indented]\n  aws_secret_access_key = indented-secret\naws_access_key_id = AKIDINDENT\n"
         let fd = open(dir + "/credentials", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         _ = text.withCString { write(fd, $0, strlen($0)) }
         close(fd)
@@ -550,6 +570,13 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(try files.secret(token).withUnsafeBytes { Array($0) } == Array("TOKEN123".utf8))
         let other = try #require(files.profile("other")?["aws_secret_access_key"])
         #expect(try files.secret(other).withUnsafeBytes { Array($0) } == Array("second".utf8))
+        // "key: value" and a setting indented under its header are read as
+        // settings by the INI parser: their secrets are taken out too.
+        for (profile, expected) in [("colon", "colon-secret"), ("indented", "indented-secret")] {
+            let v = try #require(files.profile(profile)?["aws_secret_access_key"])
+            #expect(v.hasPrefix(SharedConfigFiles.secretMarker), "\(profile)")
+            #expect(try files.secret(v).withUnsafeBytes { Array($0) } == Array(expected.utf8))
+        }
         // A value given as text (tests, parse(config:credentials:)) is copied in.
         #expect(try files.secret("plain").withUnsafeBytes { Array($0) } == Array("plain".utf8))
     }

@@ -171,3 +171,13 @@ final class Counter: Sendable {
     func bump() { n.withLock { $0 += 1 } }
     var value: Int { n.withLock { $0 } }
 }
+
+/// A small file's text (/proc files, a pid file), or nil.
+func readSmallFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 4096)
+    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    return n >= 0 ? String(decoding: buf[0..<n], as: UTF8.self) : nil
+}
