@@ -241,3 +241,56 @@ public func processName(pid: Int32) -> String {
     while s.hasSuffix("\n") { s.removeLast() }
     return s
 }
+
+/// How many refusals a second each user gets recorded one by one. Anyone
+/// may try to open any secret and be refused; a user looping on `open`
+/// would otherwise write records as fast as the daemon refuses (filling
+/// an `audit=FILE` disk, and delaying admitted opens' records behind
+/// theirs). Past the budget a refusal is still refused and counted
+/// (`kmsfs status`), and the next one recorded says how many went
+/// unrecorded before it. Admitted opens are never limited.
+struct RefusalBudget {
+    static let perSecond = 20.0
+    static let burst = 100.0
+    /// Users remembered at most; past it, those whose budget is full again
+    /// (quiet for burst ÷ perSecond seconds) are forgotten.
+    static let users = 4096
+
+    enum Decision: Equatable {
+        /// Record it; `unrecorded` refusals of this user came before it.
+        case record(unrecorded: Int)
+        /// Count it only; `firstInAWhile`: the first one left unrecorded
+        /// for this user in a minute (worth a log line).
+        case countOnly(firstInAWhile: Bool)
+    }
+
+    private struct Bucket {
+        var tokens: Double
+        var at: Double
+        var unrecorded: Int
+        var lastWarning: Double
+    }
+    private var buckets: [UInt32: Bucket] = [:]
+
+    mutating func take(uid: UInt32, now: Double) -> Decision {
+        if buckets[uid] == nil && buckets.count >= RefusalBudget.users {
+            buckets = buckets.filter { now - $0.value.at < RefusalBudget.burst / RefusalBudget.perSecond || $0.value.unrecorded > 0 }
+        }
+        var b = buckets[uid] ?? Bucket(tokens: RefusalBudget.burst, at: now, unrecorded: 0, lastWarning: -.infinity)
+        b.tokens = min(RefusalBudget.burst, b.tokens + max(0, now - b.at) * RefusalBudget.perSecond)
+        b.at = now
+        let decision: Decision
+        if b.tokens >= 1 {
+            b.tokens -= 1
+            decision = .record(unrecorded: b.unrecorded)
+            b.unrecorded = 0
+        } else {
+            b.unrecorded += 1
+            let warn = now - b.lastWarning >= 60
+            if warn { b.lastWarning = now }
+            decision = .countOnly(firstInAWhile: warn)
+        }
+        buckets[uid] = b
+        return decision
+    }
+}

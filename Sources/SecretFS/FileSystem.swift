@@ -173,6 +173,8 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
     private let table = Mutex(Table())
     private let counters = Mutex(FSCounters())
+    /// Refusals recorded one by one, per user (see `RefusalBudget`).
+    private let refusals = Mutex(RefusalBudget())
     private let notifierBox = Mutex<KernelNotifier?>(nil)
     private let watchedFlag = Atomic<Bool>(false)
 
@@ -412,7 +414,17 @@ public final class SecretFileSystem: @unchecked Sendable {
         guard config.policy.admits(caller, path: n.mountPath) else {
             counters.withLock { $0.opens += 1; $0.denials += 1 }
             let denied: Result<OpenSecret, FSError> = .failure(.accessDenied)
-            if let pending = recordWithoutWaiting(caller, n.mountPath, .denied, detail: "not in the allowed users or groups") {
+            var detail = "not in the allowed users or groups"
+            switch refusals.withLock({ $0.take(uid: caller.uid, now: monotonic()) }) {
+            case .countOnly(let firstInAWhile):
+                if firstInAWhile {
+                    Log.warning("audit: uid \(caller.uid) is refused more than \(Int(RefusalBudget.perSecond)) opens a second; its refusals are counted (kmsfs status) and each recorded one says how many were not")
+                }
+                return .done(denied)
+            case .record(let unrecorded):
+                if unrecorded > 0 { detail += "; \(unrecorded) refusals of this user before this one were counted, not recorded" }
+            }
+            if let pending = recordWithoutWaiting(caller, n.mountPath, .denied, detail: detail) {
                 return .slow { [audit] in audit.record(pending); return denied }
             }
             return .done(denied)

@@ -145,6 +145,39 @@ func text(_ s: OpenSecret) -> String {
         #expect(d.calls.withLock { $0 } == 0)
     }
 
+    /// Anyone may try any secret: a user looping on refused opens gets a
+    /// budget of records (100 at once, 20 a second); past it refusals are
+    /// counted, and the next record says how many were not recorded. Other
+    /// users and admitted opens are not touched.
+    @Test func refusalsBeyondAUsersBudgetAreCountedNotEachRecorded() throws {
+        let audit = MemoryAudit()
+        final class Time: Sendable { let seconds = Mutex(100.0) }
+        let time = Time()
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
+                                  decryptor: FakeDecryptor(), audit: audit, monotonic: { time.seconds.withLock { $0 } })
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        let mallory = Caller(uid: 4242, gid: 4242, pid: 1)
+        for _ in 0..<150 {
+            #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: mallory).get() }
+        }
+        #expect(audit.records.withLock { $0.count } == 100)
+        #expect(fs.counterSnapshot.denials == 150)
+        // Another user, and root, are recorded as ever.
+        #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: 4343, gid: 1, pid: 1)).get() }
+        #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")
+        #expect(audit.records.withLock { $0.suffix(2).map(\.uid) } == [4343, 0])
+        time.seconds.withLock { $0 += 1 }   // 20 more
+        for _ in 0..<25 {
+            #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: mallory).get() }
+        }
+        let mine = audit.records.withLock { $0.filter { $0.uid == 4242 } }
+        #expect(mine.count == 120)
+        #expect(mine[100].detail?.contains("50 refusals of this user before this one were counted, not recorded") == true)
+        #expect(mine[101].detail == "not in the allowed users or groups")
+        #expect(fs.counterSnapshot.denials == 176)
+    }
+
     /// A decryption can take seconds; a policy reloaded meanwhile that no
     /// longer admits the caller decides the open.
     @Test func aPolicyReloadedDuringTheDecryptionDecidesTheOpen() throws {
