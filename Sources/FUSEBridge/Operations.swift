@@ -325,7 +325,7 @@ let opFsync: @convention(c) (fuse_req_t?, fuse_ino_t, Int32, UnsafeMutablePointe
 
 let opOpendir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     debugLog(req, "opendir ino=\(ino)")
-    switch context(req).fs.openDirectory(ino) {
+    switch context(req).fs.openDirectory(ino, caller: caller(req)) {
     case .success(let dir):
         let ref = fi!.storeHandle(dir)
         if fuse_reply_open(req, fi) != 0 { ref.release() }

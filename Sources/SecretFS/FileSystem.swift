@@ -108,9 +108,49 @@ public final class OpenDirectory: @unchecked Sendable {
     }
     public let ino: UInt64
     public let items: [Item]
-    init(ino: UInt64, items: [Item]) {
+    /// Whose listing this is, and where it is accounted (`DirectoryLedger`).
+    private let holder: (ledger: DirectoryLedger, uid: UInt32)?
+    init(ino: UInt64, items: [Item], holder: (ledger: DirectoryLedger, uid: UInt32)? = nil) {
         self.ino = ino
         self.items = items
+        self.holder = holder
+    }
+    deinit { holder.map { $0.ledger.give($0.uid, items.count) } }
+}
+
+/// The directory entries each user's open directory handles hold. `opendir`
+/// needs no permission, and each handle keeps its own copy of the listing
+/// (in memory the daemon locks), so a user opening the mount's root
+/// thousands of times over could make the daemon the one the OOM killer
+/// picks. A user holding `limit` entries gets EMFILE until some are closed;
+/// one directory larger than that alone still opens.
+final class DirectoryLedger: Sendable {
+    let limit: Int
+    private let held = Mutex<[UInt32: Int]>([:])
+    private let lastWarning = Mutex(-Double.infinity)
+    init(limit: Int) { self.limit = limit }
+
+    func take(_ uid: UInt32, _ n: Int) -> Bool {
+        let ok = held.withLock { h in
+            let now = h[uid] ?? 0
+            guard now == 0 || n <= limit - now else { return false }
+            h[uid] = now + n
+            return true
+        }
+        if !ok {
+            let t = SystemClock.monotonic()
+            if lastWarning.withLock({ last in t - last >= 60 ? { last = t; return true }() : false }) {
+                Log.warning("uid \(uid) holds \(limit) directory entries in open directories; its opendir gets EMFILE until it closes some (logged at most once a minute)")
+            }
+        }
+        return ok
+    }
+
+    func give(_ uid: UInt32, _ n: Int) {
+        held.withLock { h in
+            let left = (h[uid] ?? 0) - n
+            h[uid] = left > 0 ? left : nil
+        }
     }
 }
 
@@ -127,6 +167,9 @@ public struct FSConfiguration: Sendable {
     public var secretAttributeTimeout: Double = 0
     /// Directory permission bits.
     public var directoryMode: UInt32 = 0o555
+    /// Directory entries one user's open directory handles may hold
+    /// (`DirectoryLedger`; fixed at mount).
+    public var directoryEntriesPerUser: Int = 65536
 
     public init(policy: AccessPolicy, cache: SecretCache.Configuration = .init()) {
         self.policy = policy
@@ -175,6 +218,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     private let counters = Mutex(FSCounters())
     /// Refusals recorded one by one, per user (see `RefusalBudget`).
     private let refusals = Mutex(RefusalBudget())
+    private let directoryLedger: DirectoryLedger
     private let notifierBox = Mutex<KernelNotifier?>(nil)
     private let watchedFlag = Atomic<Bool>(false)
 
@@ -202,6 +246,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         self.audit = audit
         self.config = Mutex(configuration)
         self.cache = SecretCache(configuration: configuration.cache, now: monotonic)
+        self.directoryLedger = DirectoryLedger(limit: max(1, configuration.directoryEntriesPerUser))
         self.wallClock = wallClock
         self.monotonic = monotonic
         let root = Node(ino: SecretFileSystem.rootInode, kind: .directory, sourcePath: ".", mountPath: "")
@@ -358,14 +403,19 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     // MARK: Directories
 
-    public func openDirectory(_ ino: UInt64) -> Result<OpenDirectory, FSError> {
+    /// A directory's listing, taken now, for one handle. With a caller, its
+    /// entries count against the caller's share (`DirectoryLedger`) until
+    /// the handle goes.
+    public func openDirectory(_ ino: UInt64, caller: Caller? = nil) -> Result<OpenDirectory, FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
         guard n.kind == .directory else { return .failure(.notDirectory) }
         do {
             let items = try tree.listWithStats(n.sourcePath).map {
                 OpenDirectory.Item(name: $0.0.name, kind: $0.0.kind, entry: $0.0, stat: $0.1)
             }
-            return .success(OpenDirectory(ino: ino, items: items))
+            guard let caller else { return .success(OpenDirectory(ino: ino, items: items)) }
+            guard directoryLedger.take(caller.uid, items.count) else { return .failure(FSError(EMFILE)) }
+            return .success(OpenDirectory(ino: ino, items: items, holder: (directoryLedger, caller.uid)))
         } catch {
             return .failure(FSError(error.code == ELOOP ? ENOENT : error.code))
         }

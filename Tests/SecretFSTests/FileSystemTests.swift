@@ -178,6 +178,32 @@ func text(_ s: OpenSecret) -> String {
         #expect(fs.counterSnapshot.denials == 176)
     }
 
+    /// opendir needs no permission and each handle holds its own listing:
+    /// one user's handles may hold so many entries, then get EMFILE until
+    /// they close some; other users are not affected.
+    @Test func oneUsersOpenDirectoriesHoldABoundedNumberOfEntries() throws {
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        var c = FSConfiguration(policy: policy)
+        c.directoryEntriesPerUser = 7   // the root lists 3 entries
+        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: c,
+                                  decryptor: FakeDecryptor(), audit: MemoryAudit())
+        let mallory = Caller(uid: 4242, gid: 4242, pid: 1)
+        var held = [try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get(),
+                    try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()]
+        #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get() }
+        #expect(try fs.openDirectory(SecretFileSystem.rootInode, caller: root).get().items.count == 3)
+        held.removeLast()   // closed: its entries are given back
+        held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get())
+        #expect(held.count == 2)
+        // A directory larger than the whole share still opens alone.
+        c.directoryEntriesPerUser = 2
+        let small = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: c,
+                                     decryptor: FakeDecryptor(), audit: MemoryAudit())
+        let one = try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()
+        #expect(one.items.count == 3)
+        #expect(throws: FSError(EMFILE)) { try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get() }
+    }
+
     /// A decryption can take seconds; a policy reloaded meanwhile that no
     /// longer admits the caller decides the open.
     @Test func aPolicyReloadedDuringTheDecryptionDecidesTheOpen() throws {
