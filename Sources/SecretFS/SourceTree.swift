@@ -30,8 +30,20 @@ public struct Fingerprint: Hashable, Sendable {
         device = UInt64(st.st_dev)
         inode = UInt64(st.st_ino)
         size = Int64(st.st_size)
-        mtimeNanos = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
-        ctimeNanos = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+        mtimeNanos = Fingerprint.nanoseconds(st.st_mtim)
+        ctimeNanos = Fingerprint.nanoseconds(st.st_ctim)
+    }
+
+    /// A file time in nanoseconds since the epoch, saturated: whoever
+    /// writes SOURCE sets mtime at will (`touch -d 2300-01-01`), past what
+    /// 64 bits of nanoseconds hold (year 2262), and a trap there would stop
+    /// the daemon at the next `ls -l`. Two such times look alike here; the
+    /// ctime, which the kernel sets, still tells a change.
+    public static func nanoseconds(_ t: timespec) -> Int64 {
+        let (ns, overflow) = Int64(t.tv_sec).multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return t.tv_sec < 0 ? .min : .max }
+        let (sum, over) = ns.addingReportingOverflow(Int64(t.tv_nsec))
+        return over ? (ns < 0 ? .min : .max) : sum
     }
 }
 

@@ -69,9 +69,10 @@ func text(_ s: OpenSecret) -> String {
 @Suite struct FileSystemTests {
     let root = Caller(uid: 0, gid: 0, pid: Int32(getpid()))
 
-    func make(_ d: FakeDecryptor = FakeDecryptor(), ttl: Double? = nil, audit: MemoryAudit = MemoryAudit()) throws -> SecretFileSystem {
+    func make(_ d: FakeDecryptor = FakeDecryptor(), ttl: Double? = nil, audit: MemoryAudit = MemoryAudit(),
+              tree: String? = nil) throws -> SecretFileSystem {
         let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        return SecretFileSystem(tree: try SourceTree(path: try makeTree()),
+        return SecretFileSystem(tree: try SourceTree(path: try tree ?? makeTree()),
                                 configuration: FSConfiguration(policy: policy, cache: .init(ttl: ttl)),
                                 decryptor: d, audit: audit)
     }
@@ -202,6 +203,31 @@ func text(_ s: OpenSecret) -> String {
         let one = try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()
         #expect(one.items.count == 3)
         #expect(throws: FSError(EMFILE)) { try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get() }
+    }
+
+    /// Whoever writes SOURCE sets a file's times at will: one past what 64
+    /// bits of nanoseconds hold (year 2262) or before 1677 is shown and
+    /// opened like any other, never a trap at `ls -l`.
+    @Test func fileTimesBeyondNanosecondRangeAreNoTrap() throws {
+        let dir = try makeTree()
+        for (name, seconds) in [("a.encrypted", 10_413_792_000), ("sub/b.encrypted", -10_413_792_000)] {
+            var times = [timespec(tv_sec: seconds, tv_nsec: 999_999_999), timespec(tv_sec: seconds, tv_nsec: 999_999_999)]
+            #expect(utimensat(AT_FDCWD, dir + "/" + name, &times, 0) == 0)
+        }
+        let fs = try make(tree: dir)
+        let listing = try fs.openDirectory(SecretFileSystem.rootInode).get()
+        for item in listing.items { _ = fs.lookupForListing(listing, item: item) }
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes
+        #expect(a.mtime.tv_sec == 10_413_792_000)
+        #expect(try fs.getattr(a.ino).get().0.mtime.tv_sec == 10_413_792_000)
+        #expect(text(try fs.open(a.ino, flags: O_RDONLY, caller: root).get()) == "hello")
+        let sub = try fs.lookup(parent: SecretFileSystem.rootInode, name: "sub").get().attributes.ino
+        let b = try fs.lookup(parent: sub, name: "b").get().attributes.ino
+        #expect(text(try fs.open(b, flags: O_RDONLY, caller: root).get()) == "world")
+        #expect(Fingerprint.nanoseconds(timespec(tv_sec: Int.max, tv_nsec: 0)) == .max)
+        #expect(Fingerprint.nanoseconds(timespec(tv_sec: -10_413_792_000, tv_nsec: 5)) == .min)
+        #expect(Fingerprint.nanoseconds(timespec(tv_sec: 9_223_372_036, tv_nsec: 999_999_999)) == .max)
+        #expect(Fingerprint.nanoseconds(timespec(tv_sec: 1, tv_nsec: 5)) == 1_000_000_005)
     }
 
     /// A decryption can take seconds; a policy reloaded meanwhile that no

@@ -185,6 +185,23 @@ def test_a_remount_with_a_huge_ttl_is_refused_and_the_daemon_lives(kms, kmsfs_bi
     assert doc["ttl_s"] == 300
 
 
+def test_file_times_out_of_nanosecond_range_are_shown_not_a_trap(kms, kmsfs_bin, mount_factory, plain_source):
+    """Whoever writes SOURCE sets a file's times at will; one past 2262 (or
+    before 1677) does not fit 64 bits of nanoseconds and trapped the daemon
+    at the next ls -l, for every service."""
+    src, _ = plain_source
+    (src / "old.encrypted").write_bytes(kms.encrypt_blob(b"old"))
+    m = mount_factory(src, "allow_uid=0,prefetch")
+    os.utime(src / "s.encrypted", ns=(10413792000 * 10**9, 10413792000 * 10**9))
+    os.utime(src / "old.encrypted", ns=(-10413792000 * 10**9, -10413792000 * 10**9))
+    assert sorted(os.listdir(m.path)) == ["old", "s"]
+    assert int(os.stat(m.file("s")).st_mtime) == 10413792000
+    assert open(m.file("s"), "rb").read() == b"s" and open(m.file("old"), "rb").read() == b"old"
+    r = subprocess.run([kmsfs_bin, "check", str(src)], env=kms.env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert m.proc.poll() is None, m.log()
+
+
 @pytest.mark.parametrize("which", ["log", "audit"])
 def test_a_log_or_audit_symlink_is_refused(kms, kmsfs_bin, plain_source, tmp_path, which):
     src, mnt = plain_source
