@@ -186,7 +186,7 @@ public enum Daemon {
             let w = try SourceWatcher(fs: fs)
             w.start()
             liveWatcher = w
-            fs.sourceIsWatched = true
+            fs.sourceIsWatched = w.watchesEverything
             fs.reconfigure(try Configuration.filesystem(options, watched: true))
         } catch {
             Log.warning("cannot watch \(request.source) (\(error)); changes show within the entry timeout only")

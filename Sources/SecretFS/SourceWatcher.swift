@@ -15,9 +15,18 @@ public final class SourceWatcher: @unchecked Sendable {
     private let lock = ConditionLock()
     private var watches: [Int32: String] = [:]    // wd -> directory path in SOURCE
     private var stopped = false
+    /// Every directory of SOURCE has a watch. Once one has none (deeper
+    /// than `maxDepth`, the inotify limit reached, a directory that could
+    /// not be opened, two names for one directory), a change there would go
+    /// unseen, so opens stop trusting the cache without a stat
+    /// (`SecretFileSystem.sourceIsWatched`) until a full re-read finds
+    /// every directory watched again.
+    private var complete = true
 
+    /// No IN_DONT_FOLLOW: the watch is taken through /proc/self/fd/N of a
+    /// directory opened beneath SOURCE, a link that must be followed.
     static let dirMask: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
-        | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+        | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK)
 
     public init(fs: SecretFileSystem) throws(Errno) {
         self.fs = fs
@@ -31,6 +40,9 @@ public final class SourceWatcher: @unchecked Sendable {
         lock.withLock { addTree(".") }
         startThread(name: "kmsfs-watch") { [self] in run() }
     }
+
+    /// True when every directory of SOURCE is watched (see `complete`).
+    public var watchesEverything: Bool { lock.withLock { complete } }
 
     public func stop() {
         lock.withLock { stopped = true }
@@ -51,32 +63,59 @@ public final class SourceWatcher: @unchecked Sendable {
 
     // Lock held. Watches `top` and every directory below it, walking with
     // an explicit stack (never recursion: SOURCE's depth is not ours).
+    // Whatever it cannot watch makes the watch incomplete (`complete`).
     private func addTree(_ top: String) {
         var pending = [top]
         var warnedLimit = false
+        defer { if !complete { fs.sourceIsWatched = false } }
         while let dir = pending.popLast() {
             if SourceWatcher.depth(dir) > SourceWatcher.maxDepth {
+                complete = false
                 Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))...' is more than \(SourceWatcher.maxDepth) levels below SOURCE; not watched, changes below it are seen within the entry timeout only")
                 continue
             }
-            let path = dir == "." ? fs.tree.path : fs.tree.path + "/" + dir
-            // The watch is on a path; the directory is then opened beneath
-            // SOURCE (no symlink followed) to list its subdirectories.
-            let wd = inotify_add_watch(fd, path, SourceWatcher.dirMask)
+            // The watch is taken through a descriptor of the directory
+            // opened beneath SOURCE (no symlink followed on the way): a path
+            // string would follow a symlink swapped into the middle of it.
+            let dirFD: Int32
+            if dir == "." {
+                dirFD = fs.tree.rootFD
+            } else {
+                do { dirFD = try openBeneath(fs.tree.rootFD, dir, flags: O_PATH | O_DIRECTORY) } catch {
+                    complete = false
+                    continue
+                }
+            }
+            let wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
+            let e = Errno.current
+            if dir != "." { close(dirFD) }
             if wd < 0 {
-                let e = Errno.current
+                complete = false
                 if e == ENOSPC, !warnedLimit {
                     warnedLimit = true
                     Log.warning("inotify watch limit reached at \(SourceTree.escapedBytes(Array(dir.utf8))); raise fs.inotify.max_user_watches, changes below it are seen within the entry timeout only")
                 }
                 continue
             }
+            if let other = watches[wd], other != dir, isWatched(other) {
+                // One directory under two names (a bind mount): its events
+                // can speak for one name only.
+                complete = false
+                Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))' is the directory '\(SourceTree.escapedBytes(Array(other.utf8.prefix(200))))' again; changes are followed under the first name only")
+                continue
+            }
             watches[wd] = dir
-            guard let entries = try? fs.tree.list(dir) else { continue }
+            guard let entries = try? fs.tree.list(dir) else { complete = false; continue }
             for e in entries.reversed() where e.kind == .directory {
                 pending.append(SourceTree.join(dir, e.sourceName))
             }
         }
+    }
+
+    // Lock held. Whether `dir` still names a watched directory of SOURCE
+    // (a watch left behind by a rename is re-labelled, not a collision).
+    private func isWatched(_ dir: String) -> Bool {
+        (try? fs.tree.stat(dir))?.isDirectory == true
     }
 
     private func run() {
@@ -113,10 +152,13 @@ public final class SourceWatcher: @unchecked Sendable {
     private func handle(_ wd: Int32, _ mask: UInt32, _ name: String) {
         if mask & UInt32(IN_Q_OVERFLOW) != 0 {
             Log.warning("inotify queue overflowed; re-reading SOURCE")
+            fs.sourceIsWatched = false   // events were lost: stat on every open until re-read
             lock.withLock {
                 for w in watches.keys { inotify_rm_watch(fd, w) }
                 watches.removeAll()
+                complete = true
                 addTree(".")
+                fs.sourceIsWatched = complete
             }
             fs.sourceChangedEverywhere()
             return

@@ -343,7 +343,11 @@ def test_a_very_deep_tree_moved_into_source_does_not_stop_the_daemon(live, kms, 
     deep.mkdir()
     fd = os.open(str(deep), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _ in range(2000):                # mkdirat: no path is ever that long
+        for level in range(2000):            # mkdirat: no path is ever that long
+            if level == 130:                 # a secret below what is watched
+                k = os.open("k.encrypted", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+                os.write(k, kms.encrypt_blob(b"deep-1"))
+                os.close(k)
             os.mkdir("d", dir_fd=fd)
             nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
@@ -356,6 +360,12 @@ def test_a_very_deep_tree_moved_into_source_does_not_stop_the_daemon(live, kms, 
         assert m.proc.poll() is None, m.log()
         assert open(m.file("a"), "rb").read() == b"alpha-1"
         assert os.path.isdir(m.file("deep/d/d/d"))
+        # A rotation where no watch sees it is still served at the next open:
+        # with a directory unwatched, opens check the ciphertext again.
+        deep_key = "deep/" + "d/" * 130 + "k"
+        assert open(m.file(deep_key), "rb").read() == b"deep-1"
+        put(kms, m.src / (deep_key + ".encrypted"), b"deep-2")
+        assert open(m.file(deep_key), "rb").read() == b"deep-2"
         put(kms, m.src / "after.encrypted", b"still-watching")   # the watcher thread is alive
         assert eventually(lambda: os.path.exists(m.file("after")), timeout=3)
         assert open(m.file("after"), "rb").read() == b"still-watching"
