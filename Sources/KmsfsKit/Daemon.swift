@@ -202,7 +202,7 @@ public enum Daemon {
                 let rule = fs.configuration.policy.rule(for: path)
                 return ChangeTargets(units: rule?.reloadUnits ?? o.reloadUnits, program: rule?.onChange ?? o.onChange)
             }
-            fs.onCiphertextChange { notifier.changed(sourcePath: $0) }
+            fs.onCiphertextChange { notifier.changed(sourcePath: $0, previousVersion: $1) }
             notifier.start()
             rotationNotifier = notifier
         }

@@ -50,7 +50,10 @@ public final class RotationNotifier: @unchecked Sendable {
     private let settle: Double
     private let timeout: Double
     private let lock = ConditionLock()
-    private var pending: Set<String> = []
+    /// Changed secrets (by bytes: `café` and `cafe\u{301}` are two), each
+    /// with the version cached before its first change in the batch, if
+    /// one was.
+    private var pending: [PathKey: String?] = [:]
     private var firstChange = 0.0
     private var lastChange = 0.0
     private var stats = Stats()
@@ -78,15 +81,23 @@ public final class RotationNotifier: @unchecked Sendable {
         self.targets = targets
     }
 
-    /// From the watcher thread: a ciphertext changed in SOURCE.
-    public func changed(sourcePath: String) {
+    /// From the watcher thread: a ciphertext changed in SOURCE;
+    /// `previousVersion` is the version that was cached then, if any.
+    public func changed(sourcePath: String, previousVersion: String? = nil) {
         lock.withLock {
             stats.changes += 1
-            guard pending.count < RotationNotifier.maxPending || pending.contains(sourcePath) else { return }
+            let key = PathKey(sourcePath)
+            guard pending.count < RotationNotifier.maxPending || pending[key] != nil else { return }
             let t = SystemClock.monotonic()
             if pending.isEmpty { firstChange = t }
             lastChange = t
-            pending.insert(sourcePath)
+            // The first event of a batch knows what was there before; later
+            // ones find the cache already emptied by it.
+            if let was = pending[key] {
+                if was == nil { pending[key] = .some(previousVersion) }
+            } else {
+                pending[key] = .some(previousVersion)
+            }
             lock.broadcast()
         }
     }
@@ -109,8 +120,9 @@ public final class RotationNotifier: @unchecked Sendable {
         lock.withLock { stopped = true; lock.broadcast() }
     }
 
-    /// Waits for changes to settle and takes them; nil once stopped.
-    private func nextBatch() -> [String]? {
+    /// Waits for changes to settle and takes them (in byte order, each
+    /// with its version before); nil once stopped.
+    private func nextBatch() -> [(source: String, before: String?)]? {
         lock.lock()
         defer { lock.unlock() }
         while !stopped {
@@ -118,7 +130,8 @@ public final class RotationNotifier: @unchecked Sendable {
             let t = SystemClock.monotonic()
             let due = min(lastChange + settle, firstChange + settle * 10)
             if t >= due {
-                let batch = pending.sorted()
+                let batch = pending.map { (source: $0.key.path, before: $0.value) }
+                    .sorted { $0.source.utf8.lexicographicallyPrecedes($1.source.utf8) }
                 pending.removeAll()
                 return batch
             }
@@ -127,16 +140,22 @@ public final class RotationNotifier: @unchecked Sendable {
         return nil
     }
 
-    private func handle(_ batch: [String]) {
+    private func handle(_ batch: [(source: String, before: String?)]) {
         var byUnit: [String: [String]] = [:]
         var byProgram: [String: [String]] = [:]
-        for source in batch {
+        for (source, before) in batch {
             let shown = SourceTree.mountPath(ofSource: source)
             let t = targets(shown)
             guard !t.isEmpty else { continue }   // nobody to tell: stay lazy
             switch fs.decryptNow(sourcePath: source) {
             case .success(let secret):
                 _ = lock.withLock { stats.failures.removeValue(forKey: shown) }
+                if let before, before == secret.version {
+                    // Touched, chmod'ed, or rewritten with the same bytes:
+                    // nothing for the applications to pick up.
+                    Log.notice("rotation: \(shown) changed on disk but is still version \(secret.version); nobody is told")
+                    continue
+                }
                 Log.notice("rotation: \(shown) is now version \(secret.version); decrypted before telling \(describe(t))")
                 for u in t.units { byUnit[u, default: []].append(shown) }
                 if let p = t.program { byProgram[p, default: []].append(shown) }
@@ -156,7 +175,10 @@ public final class RotationNotifier: @unchecked Sendable {
                    argv: ["systemctl", "reload-or-restart", "--", unit])
         }
         for (program, paths) in byProgram.sorted(by: { $0.key < $1.key }) {
-            notify(target: "program:" + program, paths: paths, argv: [program] + paths)
+            // A path that starts with "-" goes as "./-...": the same file,
+            // never an option to the program.
+            notify(target: "program:" + program, paths: paths,
+                   argv: [program] + paths.map { $0.hasPrefix("-") ? "./" + $0 : $0 })
         }
     }
 

@@ -207,7 +207,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     public let handles = HandleTable()
     /// Openers' names for audit records, read once a second per process.
     private let processNames = ProcessNameCache()
-    private let changeHook = Mutex<(@Sendable (String) -> Void)?>(nil)
+    private let changeHook = Mutex<(@Sendable (String, String?) -> Void)?>(nil)
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
@@ -621,17 +621,20 @@ public final class SecretFileSystem: @unchecked Sendable {
         let shown: String
         if isDirectory {
             shown = name
-        } else if let n = SourceTree.shownName(ofCiphertext: name) {
+        } else if let n = SourceTree.shownName(ofCiphertext: name), SourceTree.isValidName(n) {
             shown = n
         } else {
-            return   // not something the mount shows
+            return   // not something the mount shows (`..encrypted` is no secret named `.`)
         }
         let sourcePath = SourceTree.join(directory, name)
         if removed {
             if isDirectory { cache.invalidateAll(prefix: sourcePath + "/") } else { cache.invalidate(sourcePath) }
         } else if !isDirectory {
-            cache.invalidate(sourcePath)   // a rotated secret: wipe now, decrypt the new one on open
-            if let hook = changeHook.withLock({ $0 }) { hook(sourcePath) }
+            // A rotated secret: wipe now, decrypt the new one on open. The
+            // hook learns the version that was cached, to tell a new
+            // ciphertext from a touch.
+            let was = cache.invalidate(sourcePath)
+            if let hook = changeHook.withLock({ $0 }) { hook(sourcePath, was) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
             (t.byPath[PathKey(directory)], t.byPath[PathKey(sourcePath)])
@@ -659,7 +662,7 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// Called (on the watcher's thread) with the SOURCE path of every
     /// `*.encrypted` file written or renamed into place; keep it short.
-    public func onCiphertextChange(_ hook: (@Sendable (String) -> Void)?) {
+    public func onCiphertextChange(_ hook: (@Sendable (_ sourcePath: String, _ cachedVersion: String?) -> Void)?) {
         changeHook.withLock { $0 = hook }
     }
 

@@ -289,11 +289,15 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     /// Wipes a path's plaintext now: its ciphertext changed or vanished.
-    public func invalidate(_ path: String) {
+    /// Returns the version that was cached, if one was.
+    @discardableResult
+    public func invalidate(_ path: String) -> String? {
         let key = PathKey(path)
-        lock.withLock {
+        return lock.withLock {
             flights[key]?.stale = true
+            let version = entries[key]?.version
             removeLocked(key)
+            return version
         }
     }
 

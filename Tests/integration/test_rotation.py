@@ -157,6 +157,30 @@ def test_a_burst_of_twenty_changes_notifies_once_after_decrypting_and_a_broken_o
     assert "app/s03" in text and "nobody was told" in text
 
 
+def test_a_touch_tells_nobody_and_a_path_like_an_option_goes_as_a_path(tmp_path, kms, mount_factory):
+    """A touch, a chmod or the same bytes written again change no secret: no
+    program is run (a reload= would restart a unit for nothing). A secret
+    whose path starts with '-' reaches the program as './-...', never as an
+    option."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.encrypted", b"one")
+    put(kms, src / "-rf.encrypted", b"dash-one")
+    script, log = notify_script(tmp_path)
+    m = mount_factory(src, "allow_uid=0,settle=1,on_change=%s" % script)
+    assert open(m.file("db"), "rb").read() == b"one"
+    os.utime(src / "db.encrypted")
+    os.chmod(src / "db.encrypted", 0o640)
+    data = (src / "db.encrypted").read_bytes()
+    (src / "db.encrypted").write_bytes(data)
+    assert m.wait_log("db changed on disk but is still version", timeout=15), m.log()
+    put(kms, src / "-rf.encrypted", b"dash-two")
+    assert eventually(lambda: log.exists(), 15)
+    time.sleep(1.5)
+    assert log.read_text().splitlines() == ["./-rf"]
+    assert open(m.file("-rf"), "rb").read() == b"dash-two"
+
+
 def test_reload_runs_systemctl_reload_or_restart_once_per_unit(tmp_path, kms, mount_factory):
     src = tmp_path / "src"
     src.mkdir()
