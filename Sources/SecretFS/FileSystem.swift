@@ -722,11 +722,12 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// or the file was removed), with that current version (nil: gone).
     public func staleHandles() -> [(handle: HeldHandle, current: String?)] {
         let held = handles.all
-        var current: [String: String?] = [:]
+        var current: [PathKey: String?] = [:]   // by bytes: café and cafe\u{301} are two files
         var out: [(HeldHandle, String?)] = []
         for h in held {
-            if current[h.sourcePath] == nil { current[h.sourcePath] = .some(currentVersion(sourcePath: h.sourcePath)) }
-            let now = current[h.sourcePath]!
+            let key = PathKey(h.sourcePath)
+            if current[key] == nil { current[key] = .some(currentVersion(sourcePath: h.sourcePath)) }
+            let now = current[key]!
             if now != h.version { out.append((h, now)) }
         }
         return out.sorted { ($0.0.mountPath, $0.0.openedAt) < ($1.0.mountPath, $1.0.openedAt) }
@@ -760,8 +761,8 @@ public final class SecretFileSystem: @unchecked Sendable {
             }
         }
         if let only {
-            let wanted = Set(only)
-            files = files.filter { wanted.contains($0.source) }
+            let wanted = Set(only.map(PathKey.init))
+            files = files.filter { wanted.contains(PathKey($0.source)) }
         }
         let results = Mutex(PrefetchResult())
         let maxBytes = configuration.maxCiphertextBytes
