@@ -22,8 +22,20 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
                         credentials: FailingCredentialProvider(name: "fuzz", error: .notConfigured("fuzz")),
                         transport: FuzzTransport([]), clock: fuzzClock, retry: fuzzRetry())
     let flags = data.last ?? 0
+    // With kms_key= (flag 4), the message's key ARNs meet the allow-list's
+    // matching (ARNs, alias ARNs and alias names, compared part by part).
+    let allowed = flags & 4 == 0 ? KMSKeyAllowList() : fuzzAllowList
     let decoder = CiphertextDecoder(kms: kms, requiredContext: flags & 1 == 0 ? [] : [("app", "web")],
-                                    requirePathBinding: flags & 2 != 0)
+                                    requirePathBinding: flags & 2 != 0, allowedKeys: allowed)
     _ = try? decoder.decrypt(data, path: "db/password")
     return 0
 }
+
+let fuzzAllowList: KMSKeyAllowList = {
+    var list = KMSKeyAllowList()
+    for k in ["arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+              "arn:aws:kms:us-east-1:111122223333:alias/app", "alias/web"] {
+        list = (try? list.adding(k)) ?? list
+    }
+    return list
+}()
