@@ -124,14 +124,21 @@ extension Log {
     /// not point the daemon's lines into another file), and so is a file
     /// another user owns (root writing into a file a user prepared would
     /// hand that user the daemon's records, or let it grow a file it uses).
+    /// Only a regular file with one link: a FIFO planted there would block
+    /// the open (the mount at start, the signal thread at SIGHUP), and a
+    /// hard link would point the lines into another file of the daemon's
+    /// user. Opened non-blocking for the checks, blocking after.
     public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
         let fd: Int32
         do {
-            fd = try syscallRetrying("open") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0o600) }
+            fd = try syscallRetrying("open") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0o600) }
         } catch {
             let e = error.code
             if e == ELOOP {
                 throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
+            }
+            if e == ENXIO {   // a FIFO with no reader, opened non-blocking for writing
+                throw LogFileError("\(LogEscape.escape(path)) is not a regular file; refusing to write to it")
             }
             throw LogFileError("\(LogEscape.escape(path)): \(Errno.text(e))")
         }
@@ -141,10 +148,20 @@ extension Log {
             close(fd)
             throw LogFileError("\(LogEscape.escape(path)): fstat: \(Errno.text(e))")
         }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw LogFileError("\(LogEscape.escape(path)) is not a regular file; refusing to write to it")
+        }
         guard st.st_uid == geteuid() else {
             close(fd)
             throw LogFileError("\(LogEscape.escape(path)) belongs to uid \(st.st_uid), not to the daemon's user (uid \(geteuid())); refusing to write to it (remove it, or chown it to uid \(geteuid()))")
         }
+        guard st.st_nlink == 1 else {
+            close(fd)
+            throw LogFileError("\(LogEscape.escape(path)) has \(st.st_nlink) hard links; refusing to write to it (give a file of its own)")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
         return fd
     }
 }

@@ -224,3 +224,22 @@ def test_a_log_or_audit_file_another_user_owns_is_refused(kms, kmsfs_bin, plain_
     err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, theirs))
     assert "%s belongs to uid %d" % (theirs, bob.pw_uid) in err, err
     assert theirs.read_bytes() == b""
+
+
+@pytest.mark.parametrize("which", ["log", "audit"])
+def test_a_log_or_audit_fifo_or_hard_link_is_refused_at_once(kms, kmsfs_bin, plain_source, tmp_path, which):
+    """A FIFO planted at the path blocked the open (the mount at start, the
+    signal thread at SIGHUP); a hard link pointed the lines into another
+    file of the daemon's user."""
+    src, mnt = plain_source
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, fifo))
+    assert "%s is not a regular file" % fifo in err, err
+    other = tmp_path / "other-file"
+    other.write_bytes(b"keep")
+    linked = tmp_path / "linked.log"
+    os.link(other, linked)
+    err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, linked))
+    assert "%s has 2 hard links" % linked in err, err
+    assert other.read_bytes() == b"keep"
