@@ -29,14 +29,46 @@ public enum PolicyFile {
     /// Largest policy file read (a policy is a handful of lines).
     static let maxBytes = 1 << 20
 
+    /// Reads and parses the policy file. Its rules grant access and name
+    /// programs run as root (`on_change=`), so, as sshd's StrictModes, it
+    /// must be a regular file owned by root (or the daemon's user) that
+    /// nobody else may write, in a directory nobody else may write (or a
+    /// sticky one); opened non-blocking, so a FIFO planted there is refused
+    /// instead of hanging the mount or a SIGHUP.
     public static func load(path: String) throws(ParseError) -> [AccessRule] {
-        switch readSmallFile(path, limit: maxBytes) {
+        func fail(_ reason: String) -> ParseError { ParseError(file: path, line: 0, reason: reason) }
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK) } catch {
+            throw fail("cannot read: \(Errno.text(error.code))")
+        }
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }
+        if let problem = PolicyFile.unsafeOwnership(st, what: "it") { throw fail(problem) }
+        let dir = path.utf8.lastIndex(of: UInt8(ascii: "/")).map { i in i == path.utf8.startIndex ? "/" : String(path[..<i]) } ?? "."
+        var dst = stat()
+        guard stat(dir, &dst) == 0 else { throw fail("cannot stat its directory: \(Errno.text(Errno.current))") }
+        if dst.st_mode & S_ISVTX == 0, let problem = PolicyFile.unsafeOwnership(dst, what: "its directory") { throw fail(problem) }
+        switch readMessage(fd, limit: maxBytes) {
         case .success(let bytes):
             return try parse(bytes: bytes, file: path)
         case .failure(let e):
-            let reason = e.code == EFBIG ? "larger than \(maxBytes) bytes" : "cannot read: \(Errno.text(e.code))"
-            throw ParseError(file: path, line: 0, reason: reason)
+            throw fail(e.code == EFBIG ? "larger than \(maxBytes) bytes" : "cannot read: \(Errno.text(e.code))")
         }
+    }
+
+    /// Why a policy file (or its directory) could be changed by someone
+    /// other than root or the daemon's user; nil when it cannot.
+    static func unsafeOwnership(_ st: stat, what: String) -> String? {
+        let isDirectory = st.st_mode & S_IFMT == S_IFDIR
+        if what == "it" && st.st_mode & S_IFMT != S_IFREG { return "not a regular file" }
+        if what != "it" && !isDirectory { return "\(what) is not a directory" }
+        if st.st_uid != 0 && st.st_uid != geteuid() {
+            return "\(what) belongs to uid \(st.st_uid); a policy grants access and runs programs, so it must belong to root"
+        }
+        if st.st_mode & 0o022 != 0 {
+            return "\(what) may be written by \(st.st_mode & 0o002 != 0 ? "anyone" : "its group") (mode \(String(st.st_mode & 0o7777, radix: 8))); chmod go-w"
+        }
+        return nil
     }
 
     public static func parse(_ text: String, file: String,

@@ -1,5 +1,8 @@
 import Testing
 import SecretFS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct GlobTests {
     @Test(arguments: [
@@ -200,5 +203,36 @@ import SecretFS
         #expect(!SystemdUnitName.isValid(""))
         #expect(SystemdUnitName.normalized("nginx") == "nginx.service")
         #expect(SystemdUnitName.normalized("x.scope") == "x.scope")
+    }
+}
+
+/// A policy grants access and names programs run as root: it is read only
+/// from a regular file that only root (or the daemon's user) can change,
+/// and a FIFO there is refused at once rather than waited on.
+@Suite struct PolicyFileOwnershipTests {
+    @Test func onlyAFileNobodyElseMayChangeIsRead() throws {
+        var template = Array("/tmp/kmsfs-policy-test.XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        defer { _ = system("rm -rf '\(dir)'") }
+        let path = dir + "/policy"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = "db/*  allow_uid=0\n".withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        #expect(try PolicyFile.load(path: path).count == 1)
+        for (mode, needle) in [(0o666 as mode_t, "may be written by anyone"), (0o664, "may be written by its group")] {
+            chmod(path, mode)
+            #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains(needle) }
+        }
+        chmod(path, 0o644)
+        chmod(dir, 0o777)   // anyone may replace it
+        #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains("its directory may be written by anyone") }
+        chmod(dir, 0o1777)  // sticky, as /tmp: nobody else may replace root's file
+        #expect(try PolicyFile.load(path: path).count == 1)
+        chmod(dir, 0o700)
+        chown(path, 4242, 4242)
+        #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains("belongs to uid 4242") }
+        let fifo = dir + "/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        #expect { try PolicyFile.load(path: fifo) } throws: { "\($0)".contains("not a regular file") }
     }
 }
