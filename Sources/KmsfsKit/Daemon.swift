@@ -134,13 +134,16 @@ public enum Daemon {
         let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit,
                                   versionOf: Daemon.version(ofCiphertext:))
 
-        let metrics: MetricsServer?
+        // Metrics never stand between the services and their secrets: an
+        // address taken (any local user can bind a loopback port first) is
+        // a warning, tried again until it is free.
+        let metrics = MetricsSlot()
+        var metricsPending: MetricsAddress? = nil
         if let address = options.metrics {
-            do { metrics = try MetricsServer(address: address) } catch {
-                report.fail("metrics=\(address): \(error); give a free loopback port (such as 127.0.0.1:9464) or unix:PATH")
+            do { metrics.server = try MetricsServer(address: address) } catch {
+                Log.warning("metrics=\(address): \(error); the secrets are served without metrics, and the address is tried again every \(Int(MetricsSlot.retryInterval)) s (give a free loopback port, such as 127.0.0.1:9464, or unix:PATH)")
+                metricsPending = address
             }
-        } else {
-            metrics = nil
         }
         let credentials: CredentialServer?
         if let path = options.credentialSocket {
@@ -225,12 +228,15 @@ public enum Daemon {
             credentials.start()
             Log.notice("credentials: serving LoadCredential= on \(credentials.path)")
         }
-        if let metrics {
-            metrics.start {
-                PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started),
-                                      perSecret: live.current.metricsPerSecret)
-            }
-            Log.notice("metrics: serving /metrics on \(metrics.address)")
+        let renderMetrics: @Sendable () -> String = {
+            PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started),
+                                  perSecret: live.current.metricsPerSecret)
+        }
+        if let server = metrics.server {
+            server.start(render: renderMetrics)
+            Log.notice("metrics: serving /metrics on \(server.address)")
+        } else if let address = metricsPending {
+            metrics.retry(address, render: renderMetrics)
         }
         Daemon.startIdleHousekeeping(fs: fs, session: session, transport: kms.api.transport)
         Log.notice("mounted \(request.source) on \(request.mountpoint) (region \(settings.region), endpoint \(settings.endpoint), memory \(SecureMemoryPolicy.defaultBacking.rawValue))")
@@ -282,7 +288,7 @@ public enum Daemon {
             watcher?.stop()
             rotation?.stop()
             control?.stop()
-            metrics?.stop()
+            metrics.stop()
             credentials?.stop()
             fs.notifier = nil
             fs.shutdown()

@@ -270,11 +270,19 @@ public final class MetricsServer: @unchecked Sendable {
         return .metrics(headOnly: method == "HEAD")
     }
 
-    /// Reads up to the blank line ending the request head (8 KiB at most).
-    static func readHead(_ c: Int32) -> [UInt8]? {
+    /// Reads up to the blank line ending the request head (8 KiB at most),
+    /// which must arrive whole within `within` seconds: the server answers
+    /// one connection at a time, and a client trickling a byte a second
+    /// (any local user may connect) would otherwise hold it for hours.
+    static func readHead(_ c: Int32, within: Double = 2) -> [UInt8]? {
+        let deadline = SystemClock.monotonic() + within
         var buf = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 1024)
         while buf.count < 8192 {
+            let left = deadline - SystemClock.monotonic()
+            guard left > 0 else { return nil }
+            var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, Int32(min(clampedMilliseconds(left), 10_000)) + 1) > 0 else { return nil }
             let n = (try? FileDescriptor.read(c, into: &chunk)) ?? -1
             guard n > 0 else { return nil }
             buf += chunk[0..<n]
@@ -304,4 +312,47 @@ public final class MetricsServer: @unchecked Sendable {
     }
 
     deinit { close(fd) }
+}
+
+/// The daemon's metrics server, present from the start or once its
+/// address came free (`retry`).
+final class MetricsSlot: @unchecked Sendable {
+    static let retryInterval = 5.0
+    private let lock = ConditionLock()
+    private var current: MetricsServer?
+    private var stopped = false
+
+    var server: MetricsServer? {
+        get { lock.withLock { current } }
+        set { lock.withLock { current = newValue } }
+    }
+
+    /// Tries `address` every `retryInterval` seconds from a thread of its
+    /// own, and serves from it once bound.
+    func retry(_ address: MetricsAddress, render: @escaping @Sendable () -> String) {
+        _ = startThread(name: "kmsfs-metrics-bind") { [self] in
+            while true {
+                let done: Bool = lock.withLock {
+                    if !stopped { lock.wait(seconds: MetricsSlot.retryInterval) }
+                    return stopped
+                }
+                if done { return }
+                guard let s = try? MetricsServer(address: address) else { continue }
+                let keep = lock.withLock { () -> Bool in
+                    guard !stopped else { return false }
+                    current = s
+                    return true
+                }
+                guard keep else { s.stop(); return }
+                s.start(render: render)
+                Log.notice("metrics: \(address) is free now; serving /metrics on it")
+                return
+            }
+        }
+    }
+
+    func stop() {
+        let s: MetricsServer? = lock.withLock { stopped = true; lock.broadcast(); return current }
+        s?.stop()
+    }
 }

@@ -178,13 +178,62 @@ def test_a_bad_metrics_address_is_refused_with_one_line(tmp_path, kms, kmsfs_bin
     assert why in line and "metrics=" in line, line
 
 
-def test_a_taken_port_fails_the_mount_with_one_line(tmp_path, kms, kmsfs_bin):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
-        line = refused_at_mount(kmsfs_bin, kms.env, tmp_path, "metrics=127.0.0.1:%d" % port)
-    assert "metrics=127.0.0.1:%d" % port in line, line
+def test_a_taken_port_does_not_stop_the_mount_and_is_served_once_free(tmp_path, kms):
+    """Any local user may bind a loopback port first: that must not keep
+    /etc/secrets from mounting. The secrets are served, a warning says
+    why metrics are not, and the port is tried again until it is free."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"served"))
+    (tmp_path / "mnt").mkdir()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    m = Mount(src, tmp_path / "mnt", "allow_uid=0,metrics=127.0.0.1:%d" % port, kms.env, tmp_path / "kmsfs.log")
+    try:
+        assert open(m.file("s"), "rb").read() == b"served"
+        assert m.wait_log("the secrets are served without metrics"), m.log()
+        busy.close()
+        assert m.wait_log("is free now; serving /metrics", timeout=15), m.log()
+        status, _, body = scrape(port)
+        assert status == 200 and b"kmsfs_build_info" in body
+    finally:
+        busy.close()
+        m.stop()
+
+
+def test_a_client_trickling_its_request_does_not_hold_the_endpoint(metered):
+    """One connection is served at a time: a request head must arrive whole
+    within 2 s, or a local user sending a byte a second would hold
+    /metrics for hours."""
+    m = metered
+    slow = socket.create_connection(("127.0.0.1", m.port))
+    stop = []
+
+    def trickle():
+        for _ in range(40):
+            if stop:
+                return
+            try:
+                slow.send(b"G")
+            except OSError:
+                return
+            time.sleep(0.25)
+
+    import threading
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _, _ = scrape(m.port)
+        assert status == 200
+        assert time.monotonic() - t0 < 5, "the trickling client held the endpoint"
+    finally:
+        stop.append(1)
+        t.join()
+        slow.close()
 
 
 def test_a_real_prometheus_server_scrapes_the_endpoint(metered, tmp_path):
