@@ -132,3 +132,23 @@ import Glibc
         }
     }
 }
+
+/// A directory group of thousands of members does not fit getgrnam_r's
+/// first buffer (ERANGE): it is asked again with a larger one, not taken
+/// for "no such group".
+@Suite struct PrincipalLookupTests {
+    @Test func aBufferTooSmallIsDoubledNotTakenForNoSuchName() throws {
+        var sizes: [Int] = []
+        let (rc, value) = PrincipalResolver.lookUp(1024) { _, size -> (Int32, Int?) in
+            sizes.append(size)
+            return size < 8192 ? (ERANGE, nil) : (0, size)
+        }
+        #expect(rc == 0 && value == 8192 && sizes == [1024, 2048, 4096, 8192])
+        // It stops at 16 MiB.
+        let (rc2, v2) = PrincipalResolver.lookUp(1 << 23) { _, _ -> (Int32, Int?) in (ERANGE, nil) }
+        #expect(rc2 == ERANGE && v2 == nil)
+        #expect(throws: PrincipalResolver.Failure.self) { try PrincipalResolver.gid("kmsfs-no-such-group-\(getpid())") }
+        #expect(try PrincipalResolver.gid("root") == 0)
+        #expect(try PrincipalResolver.uid("root") == 0)
+    }
+}
