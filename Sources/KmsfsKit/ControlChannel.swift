@@ -198,6 +198,11 @@ public enum ControlClient {
             if e == EACCES || e == EPERM { throw .denied("\(path): permission denied; kmsfs status is for root") }
             throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(Errno.text(e)))")
         }
+        // And only to a daemon of root or this user: the directory check
+        // above races with another user who replaces it in /tmp.
+        guard let peer = peerCredentials(fd), peer.uid == 0 || peer.uid == geteuid() else {
+            throw .bad("\(path) is answered by another user's process; not asking a daemon through it")
+        }
         Log.writeAll(fd, line + "\n")
         let data: [UInt8]
         switch readMessage(fd, limit: 64 << 20) {

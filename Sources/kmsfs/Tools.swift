@@ -380,8 +380,11 @@ func readExactly(_ fd: borrowing FileDescriptor, _ into: UnsafeMutableRawBufferP
         return ToolError("read: \(error.text)")
     }
     if got < count { return ToolError("the file shrank while it was read") }
+    // One more byte says whether the file grew; it may be plaintext
+    // (`encrypt`), so it is wiped at once.
     var extra: [UInt8] = [0]
     let more = (try? FileDescriptor.read(fd.rawValue, into: &extra)) ?? -1
+    secureWipe(&extra)
     return more == 0 ? nil : ToolError("the file grew while it was read")
 }
 
