@@ -219,6 +219,9 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Refusals recorded one by one, per user (see `RefusalBudget`).
     private let refusals = Mutex(RefusalBudget())
     private let directoryLedger: DirectoryLedger
+    /// Versions of ciphertexts not in the cache, by path and fingerprint
+    /// (`currentVersion`).
+    private let versionMemo = Mutex<[PathKey: (fingerprint: Fingerprint, version: String)]>([:])
     private let notifierBox = Mutex<KernelNotifier?>(nil)
     private let watchedFlag = Atomic<Bool>(false)
 
@@ -714,8 +717,18 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func currentVersion(sourcePath: String) -> String? {
         guard let st = try? tree.stat(sourcePath), st.isRegular else { return nil }
         if let cached = cache.peek(sourcePath, fingerprint: st.fingerprint) { return cached.version }
-        guard let (bytes, _) = try? tree.readCiphertext(sourcePath, limit: configuration.maxCiphertextBytes) else { return nil }
-        return versionOf(bytes)
+        let key = PathKey(sourcePath)
+        if let m = versionMemo.withLock({ $0[key] }), m.fingerprint == st.fingerprint { return m.version }
+        guard let (bytes, read) = try? tree.readCiphertext(sourcePath, limit: configuration.maxCiphertextBytes) else { return nil }
+        let version = versionOf(bytes)
+        // Remembered by fingerprint: status (and every metrics scrape, which
+        // any local user may make in a loop) would otherwise read and hash
+        // a whole ciphertext, up to max_size, per held handle each time.
+        versionMemo.withLock { memo in
+            if memo.count >= 4096 { memo.removeAll() }
+            memo[key] = (read, version)
+        }
+        return version
     }
 
     /// Open handles whose version is no longer the one in SOURCE (rotated,
