@@ -124,10 +124,11 @@ extension Log {
     /// not point the daemon's lines into another file), and so is a file
     /// another user owns (root writing into a file a user prepared would
     /// hand that user the daemon's records, or let it grow a file it uses).
-    /// Only a regular file with one link: a FIFO planted there would block
-    /// the open (the mount at start, the signal thread at SIGHUP), and a
-    /// hard link would point the lines into another file of the daemon's
-    /// user. Opened non-blocking for the checks, blocking after.
+    /// Opened non-blocking, then made blocking: a FIFO nobody reads would
+    /// otherwise block the open (the mount at start, the signal thread at
+    /// SIGHUP); it is refused, and one with a reader is written like a
+    /// pipe. A regular file must have one link: a hard link would point
+    /// the lines into another file of the daemon's user.
     public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
         let fd: Int32
         do {
@@ -138,7 +139,7 @@ extension Log {
                 throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
             }
             if e == ENXIO {   // a FIFO with no reader, opened non-blocking for writing
-                throw LogFileError("\(LogEscape.escape(path)) is not a regular file; refusing to write to it")
+                throw LogFileError("\(LogEscape.escape(path)) is a FIFO nobody reads; refusing to wait for a reader")
             }
             throw LogFileError("\(LogEscape.escape(path)): \(Errno.text(e))")
         }
@@ -148,15 +149,16 @@ extension Log {
             close(fd)
             throw LogFileError("\(LogEscape.escape(path)): fstat: \(Errno.text(e))")
         }
-        guard st.st_mode & S_IFMT == S_IFREG else {
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFIFO else {
             close(fd)
-            throw LogFileError("\(LogEscape.escape(path)) is not a regular file; refusing to write to it")
+            throw LogFileError("\(LogEscape.escape(path)) is neither a regular file nor a FIFO; refusing to write to it")
         }
         guard st.st_uid == geteuid() else {
             close(fd)
             throw LogFileError("\(LogEscape.escape(path)) belongs to uid \(st.st_uid), not to the daemon's user (uid \(geteuid())); refusing to write to it (remove it, or chown it to uid \(geteuid()))")
         }
-        guard st.st_nlink == 1 else {
+        guard kind != S_IFREG || st.st_nlink == 1 else {
             close(fd)
             throw LogFileError("\(LogEscape.escape(path)) has \(st.st_nlink) hard links; refusing to write to it (give a file of its own)")
         }
