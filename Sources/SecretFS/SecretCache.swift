@@ -267,14 +267,20 @@ public final class SecretCache: @unchecked Sendable {
         return t - e.decryptedAt < ttl
     }
 
-    private func pageRounded(_ n: Int) -> Int { (max(n, 1) + 4095) / 4096 * 4096 }
+    /// The locked memory an entry takes: its buffer's capacity (more than
+    /// the plaintext when the buffer was sized for an encoding) in whole
+    /// pages of this machine (64 KiB on some arm64 kernels).
+    private func footprint(_ e: CachedSecret) -> Int {
+        let p = systemPageSize
+        return (max(e.plaintext.capacity, 1) + p - 1) / p * p
+    }
 
     // Lock held.
     private func insert(_ e: CachedSecret) {
         let key = PathKey(e.path)
-        if let old = entries[key] { bytes -= pageRounded(old.size) }
+        if let old = entries[key] { bytes -= footprint(old) }
         entries[key] = e
-        bytes += pageRounded(e.size)
+        bytes += footprint(e)
         while bytes > configuration.maxBytes, entries.count > 1 {
             guard let victim = entries.values.filter({ $0 !== e }).min(by: { $0.lastUsed < $1.lastUsed }) else { break }
             Log.info("cache: evicting \(victim.path) (cache over \(configuration.maxBytes) bytes)")
@@ -285,7 +291,7 @@ public final class SecretCache: @unchecked Sendable {
 
     // Lock held. The plaintext is wiped when the last open handle lets go.
     private func removeLocked(_ key: PathKey) {
-        if let old = entries.removeValue(forKey: key) { bytes -= pageRounded(old.size) }
+        if let old = entries.removeValue(forKey: key) { bytes -= footprint(old) }
     }
 
     /// Wipes a path's plaintext now: its ciphertext changed or vanished.
