@@ -103,6 +103,7 @@ struct ku_ent {
     uint64_t unique;
     size_t dirty;               /* payload bytes a reply may have written */
     int live;                   /* registered and not failed */
+    int keep_resident;          /* its pages could not be locked again: never unlock them */
     int processing, replied;    /* under the queue's lock */
     uint8_t *req;               /* the request as /dev/fuse would give it */
     size_t req_len;
@@ -323,7 +324,7 @@ static inline int ku_alloc_entries(struct kmsfs_uring *u) {
 static inline void ku_scrub(struct ku_ent *e, size_t from, size_t to) {
     if (to <= from) return;
     explicit_bzero(e->payload + from, to - from);
-    if (to - from <= KU_KEEP_RESIDENT) return;
+    if (to - from <= KU_KEEP_RESIDENT || e->keep_resident) return;
     uintptr_t a = ((uintptr_t)(e->payload + from) + 4095) & ~(uintptr_t)4095;
     uintptr_t b = (uintptr_t)(e->payload + to) & ~(uintptr_t)4095;
     if (b <= a) return;
@@ -331,7 +332,13 @@ static inline void ku_scrub(struct ku_ent *e, size_t from, size_t to) {
     size_t n = (size_t)(b - a);
     if (munlock(p, n) == 0) {
         (void)madvise(p, n, MADV_DONTNEED);
-        (void)syscall(SYS_mlock2, p, n, 1 /* MLOCK_ONFAULT */);
+        if (syscall(SYS_mlock2, p, n, 1 /* MLOCK_ONFAULT */) != 0 && mlock(p, n) != 0) {
+            /* These pages would carry later replies unlocked (mlockall's
+             * MCL_FUTURE covers new mappings only): say so, and never
+             * unlock this entry's pages again. */
+            e->keep_resident = 1;
+            fuse_log(FUSE_LOG_ERR, "io_uring: cannot lock a ring entry's pages again (%s); they may be swapped\n", strerror(errno));
+        }
     }
 }
 
@@ -628,6 +635,7 @@ static void *ku_queue_thread(void *arg) {
     ku_arm_eventfd(q);
     int reported = 0;
     struct ku_ent *committed[64];
+    unsigned committed_at[64];                      /* the SQ index each commit went into */
     while (q->live > 0) {
         /* Commit the answered entries (a batch at a time). */
         int n = 0;
@@ -641,6 +649,7 @@ static void *ku_queue_thread(void *arg) {
         pthread_mutex_unlock(&q->lock);
         for (int i = 0; i < n; i++) {
             /* Its commit_id is 0 since ku_request took the request. */
+            committed_at[i] = *q->sq_tail;
             if (ku_fuse_cmd(q, committed[i], KU_CMD_COMMIT_AND_FETCH) != 0) committed[i]->live = 0, q->live--;
         }
         ku_arm_eventfd(q);
@@ -654,12 +663,18 @@ static void *ku_queue_thread(void *arg) {
                 fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: io_uring_enter: %s\n", q->qid, strerror(errno));
                 break;
             }
-            pending = *q->sq_tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+            unsigned consumed = __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+            pending = *q->sq_tail - consumed;
             /* Wipe what the replies left in entries the kernel has not
              * refilled during that call; a refilled one is wiped past its
-             * new request when that is taken (below or next round). */
+             * new request when that is taken (below or next round). Only
+             * entries whose commit the kernel has taken: one still in the
+             * SQ (the call was cut short: EAGAIN, EBUSY, EINTR) has not had
+             * its reply copied yet, and wiping it would answer zeros. It is
+             * wiped when its entry next takes a request. */
             for (int i = 0; i < n; i++) {
                 struct ku_ent *e = committed[i];
+                if ((int)(consumed - committed_at[i]) <= 0) continue;
                 if (e->hdr->commit_id == 0 && e->dirty) {
                     ku_scrub(e, 0, e->dirty);
                     e->dirty = 0;
