@@ -10,6 +10,9 @@
 # fusermount3, mount.fuse3) and the package of every shared library the
 # binary loads, found with ldd and dpkg -S as dpkg-shlibdeps would.
 set -eu
+# dpkg-deb wants DEBIAN at 0755 and its files at 0644, whatever the build
+# host's umask (CIS's 027 would make it refuse the package).
+umask 022
 
 bin=${1:?usage: tools/deb.sh BIN OUTDIR}
 out=${2:-.}
