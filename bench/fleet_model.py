@@ -17,6 +17,7 @@ calls one after another. Latencies 4-20 ms.
     python3 bench/fleet_model.py                 # the port as it is
     python3 bench/fleet_model.py decrease=0.8 expo=0.1 ...
     python3 bench/fleet_model.py bucket          # loss of paced and random senders
+    python3 bench/fleet_model.py phases          # where each client leaves quota unused
     python3 bench/fleet_model.py hosts=1 quota=20  # another fleet (default 32, 100/s, burst=10)
 
 prints time ÷ ideal, amplification and fairness (slowest ÷ median host),
@@ -562,9 +563,51 @@ def bucket_table():
         print("%3d/s  %s   %s" % (lam, row[0], row[1]))
 
 
+def phases_table(P, seeds):
+    """Where each client leaves quota unused (`phases`): seconds of quota
+    not served in the first 5 s (the start), the last 8 s (the tail) and
+    between, means over the seeds. The time above the ideal is their sum."""
+    orig = World.take
+    for label, fn in (("kmsfs prefetch", lambda s: simulate(P, "prefetch", seed=s, **scenario(P))),
+                      ("kmsfs, read at boot", lambda s: simulate(P, "boot", seed=s, **scenario(P))),
+                      ("botocore standard", lambda s: simulate_boto("standard", seed=s, **scenario(P))),
+                      ("botocore adaptive", lambda s: simulate_boto("adaptive", seed=s, **scenario(P)))):
+        lost = [0.0, 0.0, 0.0]
+        times = []
+        for seed in seeds:
+            served = []
+
+            def take(w, now, served=served):
+                ok = orig(w, now)
+                if ok:
+                    served.append(now)
+                return ok
+            World.take = take
+            try:
+                r = fn(seed)
+            finally:
+                World.take = orig
+            quota = scenario(P)["quota"]
+            bins = [0] * (int(max(served)) + 1)
+            for t in served:
+                bins[int(t)] += 1
+            unused = [max(0.0, quota - b) / quota for b in bins[:-1]]   # the last second is partial
+            lost[0] += sum(unused[:5])
+            lost[1] += sum(unused[5:-8])
+            lost[2] += sum(unused[-8:]) if len(unused) > 13 else 0
+            times.append(r["time"])
+        n = float(len(seeds))
+        print("%-22s time %.3f   quota unused: start %.2f s, middle %.2f s, tail %.2f s" % (
+            label, statistics.mean(times), lost[0] / n, lost[1] / n, lost[2] / n), flush=True)
+
+
 def main(argv):
     if argv == ["bucket"]:
         return bucket_table()
+    if argv[:1] == ["phases"]:
+        P = dict(BASE)
+        P.update({a.partition("=")[0]: float(a.partition("=")[2]) for a in argv[1:]})
+        return phases_table(P, range(1, 1 + int(P.pop("seeds", 8))))
     P = dict(BASE)
     for arg in argv:
         k, _, v = arg.partition("=")
