@@ -470,10 +470,13 @@ public final class SecretFileSystem: @unchecked Sendable {
             var detail = "not in the allowed users or groups"
             switch refusals.withLock({ $0.take(uid: caller.uid, now: monotonic()) }) {
             case .countOnly(let firstInAWhile):
-                if firstInAWhile {
-                    Log.warning("audit: uid \(caller.uid) is refused more than \(Int(RefusalBudget.perSecond)) opens a second; its refusals are counted (kmsfs status) and each recorded one says how many were not")
+                guard firstInAWhile else { return .done(denied) }
+                // Logged from the open pool: a log write may wait (journald).
+                let uid = caller.uid
+                return .slow {
+                    Log.warning("audit: uid \(uid) is refused more than \(Int(RefusalBudget.perSecond)) opens a second; its refusals are counted (kmsfs status) and each recorded one says how many were not")
+                    return denied
                 }
-                return .done(denied)
             case .record(let unrecorded):
                 if unrecorded > 0 { detail += "; \(unrecorded) refusals of this user before this one were counted, not recorded" }
             }
