@@ -82,7 +82,9 @@ public final class SourceWatcher: @unchecked Sendable {
                 dirFD = fs.tree.rootFD
             } else {
                 do { dirFD = try openBeneath(fs.tree.rootFD, dir, flags: O_PATH | O_DIRECTORY) } catch {
-                    complete = false
+                    // Gone meanwhile (its parent's watch reports that): nothing
+                    // to watch. Anything else leaves a directory unwatched.
+                    if error.code != ENOENT && error.code != ENOTDIR { complete = false }
                     continue
                 }
             }
@@ -105,7 +107,11 @@ public final class SourceWatcher: @unchecked Sendable {
                 continue
             }
             watches[wd] = dir
-            guard let entries = try? fs.tree.list(dir) else { complete = false; continue }
+            let entries: [SourceEntry]
+            do { entries = try fs.tree.list(dir) } catch {
+                if error.code != ENOENT && error.code != ENOTDIR { complete = false }
+                continue
+            }
             for e in entries.reversed() where e.kind == .directory {
                 pending.append(SourceTree.join(dir, e.sourceName))
             }
