@@ -15,6 +15,7 @@
 #include <syslog.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -105,6 +106,11 @@ int kmsfs_pidfd_open(int pid, int thread) {
 }
 int kmsfs_pidfd_alive(int pidfd) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+}
+
+unsigned long long kmsfs_fs_type(int fd) {
+    struct statfs s;
+    return fstatfs(fd, &s) == 0 ? (unsigned long long)s.f_type : 0;
 }
 
 int kmsfs_errno(void) { return errno; }

@@ -111,6 +111,9 @@ public enum Daemon {
         do { tree = try SourceTree(path: request.source) } catch {
             report.fail("source \(request.source): \(Errno.text(error.code)); give the directory that holds the *.encrypted files")
         }
+        if let fs = tree.caseInsensitiveFileSystem {
+            Log.warning("source \(request.source) is on \(fs), which ignores case in names: a name spelled in another case opens the same file but misses policy= rules written for it; keep SOURCE on a case-sensitive file system")
+        }
 
         let auditTarget: AuditSink
         switch options.audit {

@@ -1,4 +1,5 @@
 import System
+import CLinux
 import SecureMemory
 import Log
 import Synchronization
@@ -272,5 +273,24 @@ public final class SourceTree: Sendable {
     public func statfs() -> statvfs? {
         var s = statvfs()
         return fstatvfs(rootFD, &s) == 0 ? s : nil
+    }
+
+    /// The name of SOURCE's file system when it matches names without
+    /// regard to case (then `DB/PASSWORD` opens `db/password.encrypted`
+    /// but misses a `policy=` rule for `db/*`), else nil.
+    public var caseInsensitiveFileSystem: String? {
+        SourceTree.caseInsensitiveFileSystem(type: UInt64(kmsfs_fs_type(rootFD)))
+    }
+
+    /// File systems that fold case for every name (by `statfs` magic).
+    public static func caseInsensitiveFileSystem(type: UInt64) -> String? {
+        switch type & 0xFFFF_FFFF {
+        case 0x4d44: return "vfat"
+        case 0x2011_BAB0: return "exfat"
+        case 0x5346_544e, 0x7366_746e: return "ntfs"
+        case 0xFF53_4D42, 0xFE53_4D42: return "cifs/smb"
+        case 0x482b: return "hfsplus"
+        default: return nil
+        }
     }
 }

@@ -236,3 +236,17 @@ import Glibc
         #expect { try PolicyFile.load(path: fifo) } throws: { "\($0)".contains("not a regular file") }
     }
 }
+
+/// SOURCE on a file system that ignores case: another spelling of a name
+/// opens the same file but misses a case-sensitive policy rule, so the
+/// daemon says so at mount.
+@Suite struct CaseInsensitiveSourceTests {
+    @Test func knownCaseFoldingFileSystemsAreNamed() throws {
+        #expect(SourceTree.caseInsensitiveFileSystem(type: 0x4d44) == "vfat")
+        #expect(SourceTree.caseInsensitiveFileSystem(type: 0x2011BAB0) == "exfat")
+        #expect(SourceTree.caseInsensitiveFileSystem(type: 0xFFFF_FFFF_FF53_4D42) == "cifs/smb")   // sign-extended f_type
+        #expect(SourceTree.caseInsensitiveFileSystem(type: 0xEF53) == nil)   // ext4
+        #expect(SourceTree.caseInsensitiveFileSystem(type: 0x01021994) == nil)   // tmpfs
+        #expect(try SourceTree(path: "/tmp").caseInsensitiveFileSystem == nil)
+    }
+}

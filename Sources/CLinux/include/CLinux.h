@@ -67,6 +67,9 @@ int kmsfs_malloc_trim(void);
  * being reused. thread != 0 asks for PIDFD_THREAD (Linux 6.9): one thread,
  * as FUSE's request PID is. */
 int kmsfs_pidfd_open(int pid, int thread);
+/* statfs(2)'s f_type of the file system holding fd (sys/vfs.h is not in
+   Swift's Glibc module); 0 on failure. */
+unsigned long long kmsfs_fs_type(int fd);
 int kmsfs_pidfd_alive(int pidfd);
 
 /* errno is a macro over a thread-local function. */
