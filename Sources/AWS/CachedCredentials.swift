@@ -97,12 +97,16 @@ public final class CachingCredentialProvider: CredentialProvider, @unchecked Sen
                 if now < exp + (-margin) {
                     // Valid: hand it out; maybe start one background refresh.
                     let refreshAt = exp + (-min(policy.refreshAhead, lifetime / 2))
-                    if now >= refreshAt && !fetching && mono >= nextAttempt {
+                    let refresh = now >= refreshAt && !fetching && mono >= nextAttempt
+                    if refresh {
                         fetching = true
                         fetches += 1
-                        runner.run("kmsfs-creds") { [self] in self.backgroundRefresh() }
                     }
                     lock.unlock()
+                    // Started with the lock released: with no thread to be
+                    // had the runner does the job right here, and it takes
+                    // the lock (a non-recursive mutex) itself.
+                    if refresh { runner.run("kmsfs-creds") { [self] in self.backgroundRefresh() } }
                     return c
                 }
                 // Expired (or about to). Serve it within the grace period

@@ -139,6 +139,20 @@ import Glibc
         #expect(src.count == 2)
     }
 
+    /// With no thread to be had, the runner does the refresh on the caller's
+    /// thread: it must find the lock free, not deadlock on it.
+    @Test func aRefreshRunInlineDoesNotDeadlock() throws {
+        let clock = ManualClock()
+        let src = CountingProvider { n in creds("K\(n)", expires: clock.now + 3600) }
+        let inline = BackgroundRunner { _, body in body() }
+        let c = CachingCredentialProvider(src, policy: policy(), clock: clock.clock, runner: inline)
+        #expect(try c.credentials().accessKeyId == "K1")
+        clock.advance(3600 - 200)                           // in the refresh window
+        #expect(try c.credentials().accessKeyId == "K1")   // refreshed inline, answered with what it held
+        #expect(try c.credentials().accessKeyId == "K2")
+        #expect(src.count == 2)
+    }
+
     /// Credentials that arrive already expired (a clock far off) are a
     /// failure that says so, tried again after the retry interval: not a
     /// fetch (a process spawned, IMDS asked) on every open.
