@@ -278,15 +278,22 @@ public enum Daemon {
             audit.flush()
             (auditTarget as? FileAuditSink)?.reopen()
             if case .file(let path) = options.log { reopenLog(path) }
-            do {
-                fs.reconfigure(try Configuration.filesystem(live.current, watched: watcher != nil))
-                Log.notice("reloaded: users, groups and policy re-read")
-            } catch {
-                Log.error("reload failed, keeping the previous configuration: \(error)")
+            live.withCurrent { current in
+                do {
+                    fs.reconfigure(try Configuration.filesystem(current, watched: watcher != nil))
+                    Log.notice("reloaded: users, groups and policy re-read")
+                } catch {
+                    Log.error("reload failed, keeping the previous configuration: \(error)")
+                }
             }
         }, onStop: {
             SystemdNotify.send("STOPPING=1")
             fs.sourceIsWatched = false
+            // Plaintext first: the audit flush below may wait on a stuck
+            // sink (a full journald stream, a hung file system), and
+            // systemd's SIGKILL must find nothing left to wipe.
+            fs.shutdown()
+            SecureMemoryStats.wipeAllLive()
             audit.flush()
             watcher?.stop()
             rotation?.stop()
@@ -313,6 +320,15 @@ public enum Daemon {
         }
 
         var current: MountOptions { lock.withLock { options } }
+
+        /// Runs `body` with the options in effect, no remount in between:
+        /// a SIGHUP re-reading users and policy from the options must not
+        /// put back what a concurrent remount just took away.
+        func withCurrent<R>(_ body: (MountOptions) -> R) -> R {
+            lock.lock()
+            defer { lock.unlock() }
+            return body(options)
+        }
 
         /// Applies `changes` (one remount's options) with `apply`; on any
         /// refusal the previous options stay in effect, whole.
