@@ -494,7 +494,10 @@ public final class SecretFileSystem: @unchecked Sendable {
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
             let handle = opened(hit.secret, n, caller)
             if let pending = recordWithoutWaiting(caller, n.mountPath, .cache) {
-                return .slow { [audit] in audit.record(pending); return .success(handle) }
+                return .slow { [self] in
+                    audit.record(pending)   // may wait behind a full queue: ask the policy again after
+                    return stillAdmitted(caller, n) ? .success(handle) : .failure(.accessDenied)
+                }
             }
             return .done(.success(handle))
         }
@@ -505,13 +508,18 @@ public final class SecretFileSystem: @unchecked Sendable {
         acquire(n, caller: caller, maxBytes: maxBytes, detail: nil).flatMap { secret in
             // A decryption can take seconds: a policy reloaded meanwhile
             // that no longer admits the caller has the last word.
-            guard configuration.policy.admits(caller, path: n.mountPath) else {
-                counters.withLock { $0.denials += 1 }
-                record(caller, n.mountPath, .denied, detail: "no longer in the allowed users or groups (the policy was reloaded during the open)")
-                return .failure(.accessDenied)
-            }
-            return .success(opened(secret, n, caller))
+            stillAdmitted(caller, n) ? .success(opened(secret, n, caller)) : .failure(.accessDenied)
         }
+    }
+
+    /// For an open that waited (on KMS, on the audit queue): whether the
+    /// policy in effect now still admits the caller; a refusal is counted
+    /// and recorded.
+    private func stillAdmitted(_ caller: Caller, _ n: Node) -> Bool {
+        if configuration.policy.admits(caller, path: n.mountPath) { return true }
+        counters.withLock { $0.denials += 1 }
+        record(caller, n.mountPath, .denied, detail: "no longer in the allowed users or groups (the policy was reloaded during the open)")
+        return false
     }
 
     /// The slow part of an open (also of a systemd credential): stat the

@@ -275,8 +275,10 @@ public final class SecretCache: @unchecked Sendable {
         return (max(e.plaintext.capacity, 1) + p - 1) / p * p
     }
 
-    // Lock held.
+    // Lock held. Nothing is cached once `wipeAll` has run: a decryption
+    // that ends during shutdown goes to its caller only.
     private func insert(_ e: CachedSecret) {
+        guard !stopped else { return }
         let key = PathKey(e.path)
         if let old = entries[key] { bytes -= footprint(old) }
         entries[key] = e

@@ -164,9 +164,11 @@ public final class SourceWatcher: @unchecked Sendable {
                 watches.removeAll()
                 complete = true
                 addTree(".")
-                fs.sourceIsWatched = complete
             }
+            // What changed while events were lost is invalidated before the
+            // cache is trusted without a stat again.
             fs.sourceChangedEverywhere()
+            fs.sourceIsWatched = watchesEverything
             return
         }
         if mask & UInt32(IN_IGNORED) != 0 {
