@@ -127,6 +127,9 @@ public final class SecretCache: @unchecked Sendable {
         /// The path was invalidated while this decryption ran: its result
         /// may be of the old version and is not cached.
         var stale = false
+        /// The fingerprint the file had when this decryption began.
+        let fingerprint: Fingerprint?
+        init(fingerprint: Fingerprint?) { self.fingerprint = fingerprint }
     }
 
     public private(set) var configuration: Configuration
@@ -210,13 +213,17 @@ public final class SecretCache: @unchecked Sendable {
             }
             removeLocked(key)
         }
-        if let f = flights[key] {
+        // Join a decryption in flight only if it is of the file this caller
+        // sees: one a rotation made stale, or begun on other bytes, may
+        // answer with the old plaintext. Then a decryption of its own (which
+        // takes the flight's place for those who come after).
+        if let f = flights[key], !f.stale, f.fingerprint == nil || current == nil || f.fingerprint == current {
             while f.result == nil { lock.wait() }
             let r = f.result!
             lock.unlock()
             return (r, .shared, false)
         }
-        let flight = Flight()
+        let flight = Flight(fingerprint: current)
         flights[key] = flight
         lock.unlock()
 

@@ -1,4 +1,5 @@
 import Testing
+import Foundation
 import SecretFS
 import SecureMemory
 import Synchronization
@@ -93,6 +94,39 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
     /// Regression (issue 13 A10): a per-path generation counter was kept
     /// for every name ever invalidated (80,000 created-and-deleted names
     /// grew locked RSS from 23 to 49 MB). Nothing outlives its entry now.
+    /// An opener that sees the new ciphertext does not join a decryption a
+    /// rotation made stale (or one begun on other bytes): it would be
+    /// answered with the old plaintext.
+    @Test func aCallerSeeingTheNewVersionDoesNotJoinAStaleDecryption() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(), now: clock.now)
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        final class Box: @unchecked Sendable { var first: Result<CachedSecret, DecryptFailure>? }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            box.first = cache.acquire(path: "p", current: fingerprint(1)) {
+                entered.signal()
+                release.wait()
+                return secret("old", fingerprint(1), clock)
+            }.result
+            done.signal()
+        }
+        entered.wait()
+        // Should the second caller join the first decryption after all, it
+        // gets its answer (the wrong one) after 2 s instead of hanging.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 2) { release.signal() }
+        cache.invalidate("p")                                   // the watcher saw a rotation
+        let (r, source, _) = cache.acquire(path: "p", current: fingerprint(2)) { secret("new", fingerprint(2), clock) }
+        #expect(content(r) == "new")
+        if case .shared = source { Issue.record("joined the stale decryption") }
+        release.signal()
+        done.wait()
+        #expect(content(box.first!) == "old")                   // its own caller still gets what it asked for
+        #expect(content(cache.acquire(path: "p", current: fingerprint(2)) { secret("x", fingerprint(2), clock) }.result) == "new")
+    }
+
     @Test func createdAndDeletedNamesLeaveNothingBehind() {
         let clock = FakeClock()
         let cache = SecretCache(configuration: .init(), now: clock.now)
