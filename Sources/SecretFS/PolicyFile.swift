@@ -43,11 +43,11 @@ public enum PolicyFile {
         }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }
-        if let problem = PolicyFile.unsafeOwnership(st, what: "it") { throw fail(problem) }
+        if let problem = PolicyFile.unsafeOwnership(st, kind: S_IFREG, what: "it") { throw fail(problem) }
         let dir = path.utf8.lastIndex(of: UInt8(ascii: "/")).map { i in i == path.utf8.startIndex ? "/" : String(path[..<i]) } ?? "."
         var dst = stat()
         guard stat(dir, &dst) == 0 else { throw fail("cannot stat its directory: \(Errno.text(Errno.current))") }
-        if dst.st_mode & S_ISVTX == 0, let problem = PolicyFile.unsafeOwnership(dst, what: "its directory") { throw fail(problem) }
+        if dst.st_mode & S_ISVTX == 0, let problem = PolicyFile.unsafeOwnership(dst, kind: S_IFDIR, what: "its directory") { throw fail(problem) }
         switch readMessage(fd, limit: maxBytes) {
         case .success(let bytes):
             return try parse(bytes: bytes, file: path)
@@ -58,10 +58,9 @@ public enum PolicyFile {
 
     /// Why a policy file (or its directory) could be changed by someone
     /// other than root or the daemon's user; nil when it cannot.
-    static func unsafeOwnership(_ st: stat, what: String) -> String? {
-        let isDirectory = st.st_mode & S_IFMT == S_IFDIR
-        if what == "it" && st.st_mode & S_IFMT != S_IFREG { return "not a regular file" }
-        if what != "it" && !isDirectory { return "\(what) is not a directory" }
+    /// `kind` is what it must be (`S_IFREG`, `S_IFDIR`); `what` names it.
+    static func unsafeOwnership(_ st: stat, kind: mode_t, what: String) -> String? {
+        if st.st_mode & S_IFMT != kind { return "\(what) is not a \(kind == S_IFDIR ? "directory" : "regular file")" }
         if st.st_uid != 0 && st.st_uid != geteuid() {
             return "\(what) belongs to uid \(st.st_uid); a policy grants access and runs programs, so it must belong to root"
         }
