@@ -49,15 +49,9 @@ func whileProcessLives<R>(_ pid: Int32, threadPidfds: Bool, _ body: () -> R?) ->
 /// The process (thread group) a thread belongs to: `Tgid:` of
 /// /proc/TID/status.
 func threadGroup(of tid: Int32) -> Int32? {
-    let fd = open("/proc/\(tid)/status", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var buf = [UInt8](repeating: 0, count: 2048)
-    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-    guard n > 0 else { return nil }
-    for line in buf[0..<n].split(separator: UInt8(ascii: "\n")) where line.starts(with: "Tgid:".utf8) {
-        let digits = line.dropFirst(5).filter { $0 != 9 && $0 != 32 }
-        return Int32(String(decoding: digits, as: UTF8.self))
+    guard case .success(let status) = readSmallFile("/proc/\(tid)/status", limit: 64 << 10) else { return nil }
+    for line in status.split(separator: UInt8(ascii: "\n")) where line.starts(with: "Tgid:".utf8) {
+        return Int32(String(decoding: line.dropFirst(5).filter { $0 != 9 && $0 != 32 }, as: UTF8.self))
     }
     return nil
 }
