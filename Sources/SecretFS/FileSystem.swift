@@ -139,7 +139,12 @@ final class DirectoryLedger: Sendable {
         }
         if !ok {
             let t = SystemClock.monotonic()
-            if lastWarning.withLock({ last in t - last >= 60 ? { last = t; return true }() : false }) {
+            let due = lastWarning.withLock { last -> Bool in
+                guard t - last >= 60 else { return false }
+                last = t
+                return true
+            }
+            if due {
                 Log.warning("uid \(uid) holds \(limit) directory entries in open directories; its opendir gets EMFILE until it closes some (logged at most once a minute)")
             }
         }
