@@ -250,30 +250,12 @@ public enum Daemon {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)
-            if prefetch {
-                let t0 = SystemClock.monotonic()
-                let first = fs.prefetch(parallel: 8)
-                var (ok, failed, retry) = (first.ok, first.failed, first.unavailable)
-                // Under a saturated quota some calls outlast their deadline
-                // waiting for a turn: passes over those (KMS unavailable, not
-                // bad files or refusals), while each still makes progress,
-                // before saying ready.
-                for _ in 0..<4 where !retry.isEmpty {
-                    let pass = fs.prefetch(parallel: 4, only: retry)
-                    if pass.ok == 0 { break }
-                    (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
-                }
-                let ms = Int((SystemClock.monotonic() - t0) * 1000)
-                if !retry.isEmpty {
-                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
-                    Daemon.finishPrefetch(fs: fs, retry: retry)
-                } else if failed > 0 {
-                    Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
-                } else {
-                    Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
-                }
-            }
-            report.ready()
+            guard prefetch else { return report.ready() }
+            // Off the signal thread: a SIGTERM (systemd's stop, a start
+            // timeout) while KMS is slow or unreachable must be handled at
+            // once, not after every secret's calls have run out of time.
+            let run: @Sendable () -> Void = { Daemon.prefetchThenReady(fs: fs, report: report) }
+            if !startThread(name: "kmsfs-prefetch", run) { run() }
         }, onReload: {
             audit.flush()
             (auditTarget as? FileAuditSink)?.reopen()
@@ -349,10 +331,38 @@ public enum Daemon {
         }
     }
 
-    /// Back at rest after a burst, the daemon gives back what the burst
-    /// took: KMS connections idle for 15 s are closed, and once no open has
-    /// come for a while the reply scratch buffers a burst pooled are
-    /// released and freed heap pages return to the kernel.
+    /// `-o prefetch`: decrypts every secret, then reports the mount ready
+    /// (READY=1, or the waiting parent's pipe). Runs on its own thread; a
+    /// stop meanwhile ends it early, and then nothing is reported ready.
+    static func prefetchThenReady(fs: SecretFileSystem, report: StartupReporter) {
+        let t0 = SystemClock.monotonic()
+        let first = fs.prefetch(parallel: 8)
+        var (ok, failed, retry) = (first.ok, first.failed, first.unavailable)
+        // Under a saturated quota some calls outlast their deadline
+        // waiting for a turn: passes over those (KMS unavailable, not
+        // bad files or refusals), while each still makes progress,
+        // before saying ready.
+        for _ in 0..<4 where !retry.isEmpty {
+            let pass = fs.prefetch(parallel: 4, only: retry)
+            if pass.ok == 0 { break }
+            (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
+        }
+        let ms = Int((SystemClock.monotonic() - t0) * 1000)
+        if fs.cache.isStopped {
+            Log.notice("prefetch: stopped after \(ok) secrets (\(ms) ms): the daemon is stopping")
+            return
+        }
+        if !retry.isEmpty {
+            Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
+            Daemon.finishPrefetch(fs: fs, retry: retry)
+        } else if failed > 0 {
+            Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
+        } else {
+            Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
+        }
+        report.ready()
+    }
+
     /// Secrets the prefetch could not decrypt (KMS throttled past a call's
     /// deadline, or did not answer) are tried again in the background, a
     /// few rounds with growing pauses, while the mount already serves: an
@@ -364,6 +374,7 @@ public enum Daemon {
             var retry = first
             for round in 1...max(1, rounds) {
                 SystemClock.sleep(pause)
+                if fs.cache.isStopped { return }
                 let t0 = SystemClock.monotonic()
                 let r = fs.prefetch(parallel: 2, only: retry)
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
@@ -378,6 +389,10 @@ public enum Daemon {
         }
     }
 
+    /// Back at rest after a burst, the daemon gives back what the burst
+    /// took: KMS connections idle for 15 s are closed, and once no open has
+    /// come for a while the reply scratch buffers a burst pooled are
+    /// released and freed heap pages return to the kernel.
     static func startIdleHousekeeping(fs: SecretFileSystem, session: FUSESession, transport: HTTPTransport) {
         startThread(name: "kmsfs-idle") {
             var lastOpens = -1

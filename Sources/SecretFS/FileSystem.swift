@@ -797,6 +797,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         let maxBytes = configuration.maxCiphertextBytes
         let work = files
         let one: @Sendable (Int) -> Void = { [self] i in
+            // Stopping: the rest is not decrypted (nothing would keep it).
+            guard !cache.isStopped else { return }
             let f = work[i]
             let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
             let current = try? tree.stat(f.source)

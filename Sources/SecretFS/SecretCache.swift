@@ -374,6 +374,10 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     /// Wipes and drops everything (unmount, SIGTERM).
+    /// True once `wipeAll` ran: the daemon is stopping, and nothing more
+    /// is cached (a prefetch still running stops taking secrets).
+    public var isStopped: Bool { lock.withLock { stopped } }
+
     public func wipeAll() {
         lock.withLock {
             stopped = true

@@ -176,6 +176,35 @@ def test_prefetch_decrypts_everything_before_the_mount_returns(tmp_path, kms, pr
         force_unmount(str(mnt))
 
 
+def test_a_stop_during_prefetch_is_handled_at_once(tmp_path, kms, proxy, mount_factory):
+    """systemd's stop (or its start timeout) while `prefetch` waits on a KMS
+    that does not answer: the daemon wipes, unmounts and exits within
+    seconds, not once every secret's calls have run out of time (24
+    secrets, 8 at a time, 20 s each), and it never reports itself ready."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(24):
+        put(kms, src / ("s%02d.encrypted" % i), b"secret-%d" % i)
+    proxy.reset()
+    proxy.delay = 30
+    proxy.policy = lambda n, target: Fault.SLOW
+    m = mount_factory(src, "allow_uid=0,prefetch,timeout=20", env=kms.base_env(endpoint=proxy.url))
+    assert eventually(lambda: proxy.count("Decrypt") >= 2, timeout=5), "prefetch never got past its first call"
+    t0 = time.monotonic()
+    m.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = m.proc.wait(8)
+    except subprocess.TimeoutExpired:
+        pytest.fail("SIGTERM during prefetch not handled within 8 s:\n" + m.log())
+    elapsed = time.monotonic() - t0
+    assert rc == 0, m.log()
+    assert elapsed < 5, "stopped after %.1f s" % elapsed
+    assert not mounted(m.path)
+    log = m.log()
+    assert "SIGTERM: wiping cached secrets" in log
+    assert "secrets decrypted" not in log, log
+
+
 def test_status_shows_cache_and_counters_to_root_only(live, kms, users, kmsfs_bin):
     m = live
     open(m.file("a"), "rb").read()
