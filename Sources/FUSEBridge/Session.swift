@@ -162,14 +162,27 @@ public final class FUSESession: @unchecked Sendable {
         }
     }
 
-    /// Stops serving: opens still queued for KMS answer EIO now (those
-    /// mid-call answer into a connection the daemon then aborts), the loop
-    /// is told to exit, and the mount is detached lazily (the name goes
-    /// away now; open files keep the connection until it is aborted).
-    public func exit() {
+    /// Stops serving without unmounting: queued opens answer EIO, the loop
+    /// is told to exit. For a daemon that then aborts the connection,
+    /// waits for the loop to end and only then `detach()`es: libfuse's
+    /// unmount closes /dev/fuse at once, and a worker still replying would
+    /// write to whatever file next took that descriptor's number.
+    public func stopServing() {
         context.opens.stop(waiting: 0.2)
         fuse_session_exit(session)
-        unmount()
+    }
+
+    /// Detaches the mount lazily with umount2 (root), keeping /dev/fuse
+    /// open until the session is destroyed, so its number is never reused
+    /// while anything may still write to it. libfuse's own unmount skips
+    /// an aborted connection's mount (its poll sees POLLERR), so this is
+    /// the unmount after an abort. Falls back to libfuse's where umount2
+    /// is refused (not root: fusermount3 detaches).
+    public func detach() {
+        guard mounted.exchange(false, ordering: .sequentiallyConsistent) else { return }
+        if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 && errno != EINVAL {
+            fuse_session_unmount(session)
+        }
     }
 
     /// Detaches the mount if this session still holds it.

@@ -47,14 +47,22 @@ enum DaemonSignals {
                 onReload()
             case SIGTERM, SIGINT:
                 Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(mountpoint)")
-                session.exit()
-                // Open files keep a lazily-unmounted FUSE connection alive;
-                // abort it so nothing more is served.
-                if let connection { MountTable.abortConnection(connection) }
-                // Let requests in flight finish (the aborted connection ends
-                // the loop) before onStop wipes what they may be reading;
-                // bounded, since a worker may be waiting on KMS.
-                session.waitForLoopEnd(seconds: 5)
+                // Abort first (every request now and later fails, and open
+                // files no longer keep the connection), let the loop end,
+                // then detach: /dev/fuse stays open until no worker can
+                // reply into it. Where the connection cannot be aborted,
+                // unmount at once; the loop ends when the last open file
+                // closes.
+                session.stopServing()
+                if let connection, MountTable.abortConnection(connection) {
+                    session.waitForLoopEnd(seconds: 5)
+                    session.detach()
+                } else {
+                    session.unmount()
+                    // Bounded: requests in flight finish before onStop
+                    // wipes what they may be reading.
+                    session.waitForLoopEnd(seconds: 5)
+                }
                 onStop()
                 return 0
             case SIGUSR1:
@@ -125,19 +133,23 @@ enum MountTable {
     }
 
     /// Aborts FUSE connection `id`: every request, now and later, fails.
-    static func abortConnection(_ id: UInt32) {
+    /// False if it could not (no fusectl, not root).
+    @discardableResult
+    static func abortConnection(_ id: UInt32) -> Bool {
         let path = "/sys/fs/fuse/connections/\(id)/abort"
         var fd = open(path, O_WRONLY | O_CLOEXEC)
         if fd < 0 && errno == ENOENT && mountFuseControl() {
             fd = open(path, O_WRONLY | O_CLOEXEC)
         }
         if fd >= 0 {
-            _ = write(fd, "1", 1)
+            let ok = write(fd, "1", 1) == 1
             close(fd)
+            return ok
         } else {
             // Nothing to abort with: the loop ends when the last open file
             // closes, and the stop waits for it (bounded) before wiping.
             Log.notice("cannot abort FUSE connection \(id) (\(path): \(Errno.text(Errno.current))); open files keep it until closed")
+            return false
         }
     }
 
