@@ -256,6 +256,10 @@ public enum Daemon {
             // once, not after every secret's calls have run out of time.
             let run: @Sendable () -> Void = { Daemon.prefetchThenReady(fs: fs, report: report) }
             if !startThread(name: "kmsfs-prefetch", run) { run() }
+        }, onLoopEnd: {
+            // Unmounted (or stopping): SOURCE's file system may be next to
+            // go, right away (at shutdown, for SOURCE on its own mount).
+            fs.tree.release()
         }, onReload: {
             audit.flush()
             (auditTarget as? FileAuditSink)?.reopen()

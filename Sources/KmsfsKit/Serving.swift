@@ -28,10 +28,17 @@ enum DaemonSignals {
     /// runs on SIGHUP; `onStop` runs once, after no new request can be
     /// served and before the process exits, to wipe every plaintext.
     /// Returns the exit status.
+    /// `onLoopEnd` runs on the loop's thread the moment the loop ends,
+    /// before the signal thread hears of it: what must not outlive the
+    /// mount even by the time a signal takes.
     static func serve(_ session: FUSESession, connection: UInt32?, onServing: () -> Void,
+                      onLoopEnd: @escaping @Sendable () -> Void = {},
                       onReload: () -> Void, onStop: () -> Void) -> Int32 {
         let mainThread = pthread_self()
-        session.startLoop { pthread_kill(mainThread, SIGUSR1) }
+        session.startLoop {
+            onLoopEnd()
+            pthread_kill(mainThread, SIGUSR1)
+        }
         onServing()
 
         let mountpoint = session.options.mountpoint

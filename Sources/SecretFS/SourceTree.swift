@@ -98,6 +98,19 @@ public final class SourceTree: Sendable {
 
     deinit { close(rootFD) }
 
+    /// Lets go of SOURCE once the mount is gone, so that SOURCE's own file
+    /// system can be unmounted right after (systemd unmounts it as soon as
+    /// the kmsfs mount is gone, at shutdown, while this daemon is still
+    /// wiping). The descriptor's number stays taken, by /dev/null: a call
+    /// still in flight fails with ENOTDIR rather than resolving beneath
+    /// whatever directory would next get that number.
+    public func release() {
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard null >= 0 else { return }
+        if dup2(null, rootFD) == rootFD { _ = fcntl(rootFD, F_SETFD, FD_CLOEXEC) }
+        close(null)
+    }
+
     /// `dir/name`, with `.` for the root.
     public static func join(_ dir: String, _ name: String) -> String {
         dir == "." ? name : dir + "/" + name

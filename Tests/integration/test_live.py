@@ -228,6 +228,36 @@ def test_status_shows_cache_and_counters_to_root_only(live, kms, users, kmsfs_bi
     assert r.returncode != 0 and b"root" in r.stderr
 
 
+def test_source_on_its_own_mount_can_be_unmounted_right_after_the_mirror(tmp_path, kms):
+    """At shutdown systemd unmounts SOURCE's file system (NFS, EFS, a second
+    disk; the guide's x-systemd.requires-mounts-for=) the moment the kmsfs
+    mount is gone, while the daemon is still wiping: the daemon lets go of
+    SOURCE as its loop ends, so that unmount is not refused (EBUSY). Five
+    rounds; without the release every one is refused."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    busy = []
+    for i in range(5):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+        m = None
+        try:
+            put(kms, src / "s.encrypted", b"round-%d" % i)
+            m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / ("%d.log" % i))
+            assert open(mnt / "s", "rb").read() == b"round-%d" % i
+            subprocess.run(["umount", str(mnt)], check=True)
+            r = subprocess.run(["umount", str(src)], capture_output=True, text=True)
+            if r.returncode != 0:
+                busy.append(r.stderr.strip())
+            assert m.proc.wait(10) == 0, m.log()
+        finally:
+            if m is not None:
+                m.stop()
+            if mounted(src):
+                subprocess.run(["umount", "-l", str(src)])
+    assert len(busy) <= 1, busy
+
+
 def test_restart_over_a_stale_mount_recovers(tmp_path, kms, kmsfs_bin):
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir()
