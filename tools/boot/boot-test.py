@@ -48,7 +48,8 @@ CHECKS = {
     1: ["boot1.finished", "a.fstab-mount", "a.consumer-reads", "a.other-refused", "a.status", "a.critical-chain",
         "journal.process-name", "journal.tag", "journal.fields", "journal.unit-field",
         "units.same-user", "units.same-user-elsewhere",
-        "credentials.allowed", "credentials.denied", "credentials.forged", "c.service-prefetch", "e.segv-restart"],
+        "credentials.allowed", "credentials.denied", "credentials.forged", "c.service-prefetch", "e.segv-restart",
+        "f.late-source"],
     2: ["boot2.finished", "d.clean-shutdown", "d.second-boot", "b.kms-down-eio", "b.kms-back"],
 }
 
@@ -63,6 +64,14 @@ cred/db.password  allow_unit=cred-ok.service  credential=db-password
 """
 FSTAB = ("/var/lib/kmsfs  /etc/secrets  kmsfs  allow_uid=app,policy=/etc/kmsfs/policy,"
          "credential_socket=/run/kmsfs/credentials.sock,region=us-east-1,_netdev,nofail  0  0\n")
+# Scenario f: SOURCE on a file system that comes up late (as NFS, EFS or a
+# second disk may), here a bind mount held back by late-source.service, and
+# the guide's x-systemd.requires-mounts-for= on the kmsfs line.
+LATE_SECRETS = {"late.password": 28}
+FSTAB_LATE = ("/var/lib/kmsfs-late  /srv/latesource  none  bind,_netdev,nofail,"
+              "x-systemd.requires=late-source.service,x-systemd.after=late-source.service  0  0\n"
+              "/srv/latesource  /etc/latesecrets  kmsfs  allow_uid=app,region=us-east-1,_netdev,nofail,"
+              "x-systemd.requires-mounts-for=/srv/latesource  0  0\n")
 AWS_ENV = """\
 AWS_ACCESS_KEY_ID=AKIDKMSFSBOOTTEST
 AWS_SECRET_ACCESS_KEY=boot-test-secret-key-not-a-real-one
@@ -151,8 +160,11 @@ def prepare(bin_path):
     doc = root / "usr/share/doc/kmsfs/systemd"
     with open(root / "etc/fstab", "a") as f:
         f.write(FSTAB)
-    (systemd / "etc-secrets.mount.d").mkdir()
-    (systemd / "etc-secrets.mount.d/aws.conf").write_text("[Mount]\nEnvironmentFile=/etc/default/kmsfs\n")
+        f.write(FSTAB_LATE)
+    for m in ("etc-secrets.mount", "etc-latesecrets.mount"):
+        (systemd / (m + ".d")).mkdir()
+        (systemd / (m + ".d/aws.conf")).write_text("[Mount]\nEnvironmentFile=/etc/default/kmsfs\n")
+    shutil.copy(HERE / "guest" / "units" / "late-source.service", systemd / "late-source.service")
     (root / "etc/default/kmsfs").write_text(AWS_ENV)
     (root / "etc/default/kmsfs").chmod(0o600)
     (systemd / "consumer.service.d").mkdir()
@@ -165,7 +177,7 @@ def prepare(bin_path):
     (systemd / "kmsfs.service").write_text(edited)
     (root / "etc/kmsfs").mkdir()
     (root / "etc/kmsfs/policy").write_text(POLICY)
-    for d in ("etc/secrets", "srv/secrets", "var/lib/boot-test"):
+    for d in ("etc/secrets", "srv/secrets", "var/lib/boot-test", "etc/latesecrets", "srv/latesource"):
         (root / d).mkdir(parents=True, exist_ok=True)
     chroot("systemctl", "enable", "--quiet", *UNITS, "kmsfs.service")
 
@@ -185,6 +197,13 @@ def prepare(bin_path):
         out.parent.mkdir(parents=True, exist_ok=True)
         chroot("/usr/bin/python3", "/usr/local/lib/boot-test/kms-emulator.py", "encrypt", "/tmp/plain",
                "/var/lib/kmsfs/%s.encrypted" % name)
+    for name, size in LATE_SECRETS.items():
+        data = os.urandom(size)
+        digests["late/" + name] = hashlib.sha256(data).hexdigest()
+        plain.write_bytes(data)
+        (root / "var/lib/kmsfs-late").mkdir(exist_ok=True)
+        chroot("/usr/bin/python3", "/usr/local/lib/boot-test/kms-emulator.py", "encrypt", "/tmp/plain",
+               "/var/lib/kmsfs-late/%s.encrypted" % name)
     plain.unlink()
     digests["n_secrets"] = len(SECRETS)
     (root / "var/lib/boot-test/expected.json").write_text(json.dumps(digests, indent=1))

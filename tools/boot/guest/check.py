@@ -289,15 +289,42 @@ def scenario_e():
     figure("segv-journal", repr(crashed[:2]))
 
 
+def scenario_f():
+    """SOURCE on a file system that comes up late: the kmsfs line's
+    x-systemd.requires-mounts-for= (the guide's advice) holds the kmsfs
+    mount until SOURCE's mount is up, so it serves SOURCE, not the empty
+    directory beneath it."""
+    src = show("srv-latesource.mount", "ActiveState", "ActiveEnterTimestampMonotonic")
+    dst = show("etc-latesecrets.mount", "ActiveState", "InactiveExitTimestampMonotonic", "RequiresMountsFor")
+    slow = show("late-source.service", "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic")
+    m = mount_info("/etc/latesecrets")
+    out = read_as("app", "/etc/latesecrets/late.password")
+    want = digest_line("checker", "/etc/latesecrets/late.password", "late/late.password")
+    src_up = int(src.get("ActiveEnterTimestampMonotonic") or 0)
+    dst_start = int(dst.get("InactiveExitTimestampMonotonic") or 0)
+    held = (int(slow.get("ActiveEnterTimestampMonotonic") or 0) - int(slow.get("InactiveExitTimestampMonotonic") or 0)) / 1e6
+    ok = (m is not None and m[1] == "fuse.kmsfs" and m[2] == "/srv/latesource" and out == want
+          and src["ActiveState"] == "active" and 0 < src_up <= dst_start and "/srv/latesource" in dst["RequiresMountsFor"]
+          and held >= 7)
+    result("f.late-source", ok, "SOURCE's mount held back %.1f s by late-source.service, active at %.1f s; "
+           "etc-latesecrets.mount (RequiresMountsFor=%s) started at %.1f s; mountinfo %s; %s" % (
+               held, src_up / 1e6, dst.get("RequiresMountsFor"), dst_start / 1e6, m, out))
+
+
 def phase1():
     state, failed = wait_until_booted()
     result("boot1.finished", state in ("running", "degraded") and failed == ["cred-denied.service"],
            "system %s, failed units %s (cred-denied.service must be the only one)" % (state, failed))
     figure("boot1-userspace", run(["systemd-analyze", "time"]).stdout.strip().splitlines()[0])
     for name, fn in (("a", scenario_a), ("journal", item4_journal), ("units", item3_units),
-                     ("credentials", item2_credentials), ("c", scenario_c), ("e", scenario_e)):
+                     ("credentials", item2_credentials), ("c", scenario_c), ("e", scenario_e),
+                     ("f", scenario_f)):
         check(name, fn)
     # The second boot starts with KMS unreachable and only the fstab mount.
+    with open("/etc/fstab") as f:
+        kept = [l for l in f if "latesource" not in l]
+    with open("/etc/fstab", "w") as f:
+        f.writelines(kept)
     run(["systemctl", "disable", "--quiet", "kms-emulator.service", "consumer.service", "kmsfs.service",
          "svc-consumer.service", "unit-a.service", "unit-b.service", "cred-ok.service", "cred-denied.service"])
     with open(os.path.join(STATE, "phase"), "w") as f:
