@@ -377,6 +377,32 @@ final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
         // Nothing left: an empty list prefetches nothing.
         #expect(fs.prefetch(parallel: 4, only: []).ok == 0)
     }
+
+    /// A stop (the cache wiped) while a prefetch runs: the rest is not
+    /// decrypted, since nothing would keep it.
+    @Test func aPrefetchAfterTheStopDecryptsNothing() throws {
+        let d = FakeDecryptor()
+        let fs = try rootOnlyFileSystem(try makeTree(), decryptor: d)
+        fs.shutdown()
+        #expect(fs.cache.isStopped)
+        let r = fs.prefetch(parallel: 4)
+        #expect(r.ok == 0 && r.failed == 0)
+        #expect(d.calls.withLock { $0 } == 0)
+    }
+
+    /// Once the mount is gone the tree lets go of SOURCE (so SOURCE's own
+    /// file system can be unmounted): its descriptor now names /dev/null,
+    /// and every later resolution fails instead of reaching SOURCE.
+    @Test func releaseLetsGoOfSource() throws {
+        let tree = try SourceTree(path: try makeTree())
+        #expect(try tree.list(".").count > 0)
+        tree.release()
+        var st = stat()
+        #expect(fstat(tree.rootFD, &st) == 0 && (st.st_mode & S_IFMT) == S_IFCHR)
+        #expect(fcntl(tree.rootFD, F_GETFD) & FD_CLOEXEC != 0)
+        #expect(throws: (any Error).self) { try tree.list(".") }
+        #expect(throws: (any Error).self) { try tree.stat("a.encrypted") }
+    }
 }
 
 /// Counts the calls in flight when each begins (a prefetch's concurrency).
