@@ -27,7 +27,8 @@ in small fleets, so a difference under 0.03 at 8 seeds is noise), and below them
 retries/ package on the same seeds. Knobs: the RateAdapter's (decrease,
 increase, accel, steady, floor, cutSpacing, minCut, window, persist) and
 rules explored in issue 16 (bench/notes.md): expo (exponential growth per quiet second),
-wexp/bref/wlo/whi (growth weighted by the host's backlog to that power),
+wexp/bref/wlo/whi (growth weighted by the host's backlog to that power;
+winit=1: the backlog it started with, not what is left),
 ltc=1 (a loss-target controller: eta, pstar), gt=1 (goodput tracking:
 T, W, plo, phi, eps, grow, add), dl=1 (pacing to a deadline the fleet
 converges on: delta, c, qk, init, bmin, taumin, smax), unit=U (growth
@@ -207,7 +208,7 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
 
     def start_host(h, now):
         h['ra'] = (DL if P.get('dl') else GT if P.get('gt') else LTC if P.get('ltc') else RA)(P, now)
-        h['ra'].backlog = lambda h=h: h['left'] - h['done']
+        h['ra'].backlog = (lambda h=h: h['left']) if P.get('winit') else (lambda h=h: h['left'] - h['done'])
         h['lim'] = Limiter(16)
         workers = int(P.get('pw', 8)) if mode == "prefetch" else 1
         h['workers'] = workers
@@ -613,7 +614,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
