@@ -18,7 +18,7 @@ import Glibc
 /// through a pidfd) and must be the one the address names; the peer must be
 /// root; the secret's `allow_unit=` list must name the unit. Any refusal
 /// makes systemd's read fail, so the unit does not start (a connection
-/// merely closed would give it an empty credential): see `reset`.
+/// merely closed would give it an empty credential): see `sendRefusal`.
 /// Each request is audited like an open.
 public final class CredentialServer: @unchecked Sendable {
     public let path: String
@@ -27,6 +27,13 @@ public final class CredentialServer: @unchecked Sendable {
     private let scratch = ScratchPool(bufferSize: 64 * 1024, maxPooled: 4)
     private let pool = WorkPool(name: "kmsfs-cred", limit: 16, queueLimit: 1024)
     private let stopped = Atomic<Bool>(false)
+    /// Connections being served, and whether their answer has begun: at
+    /// stop, one still waiting (on KMS, say) is answered with the refusal
+    /// by the stopping thread, since the process's exit would close it and
+    /// systemd would read the nothing it got as an empty credential.
+    private let connections = ConditionLock()
+    private var answering: [Int32: Bool] = [:]      // under `connections`
+    private var stopping = false                     // under `connections`
 
     public init(path: String, fs: SecretFileSystem) throws(Errno) {
         self.path = path
@@ -40,9 +47,36 @@ public final class CredentialServer: @unchecked Sendable {
         }
     }
 
-    public func stop() {
+    /// The first step of the stop, before any plaintext is wiped: every
+    /// answer not yet begun becomes a refusal, and the answers under way
+    /// (a send of bytes already copied) get up to a second to end, so none
+    /// reads wiped memory. Cheap when nothing is being served.
+    public func beginStop() {
         stopped.store(true, ordering: .relaxed)
+        connections.withLock {
+            stopping = true
+            let deadline = SystemClock.monotonic() + 1
+            while answering.values.contains(true) {
+                let left = deadline - SystemClock.monotonic()
+                if left <= 0 { break }
+                _ = connections.wait(seconds: left)
+            }
+        }
+    }
+
+    public func stop() {
+        beginStop()
         pool.stop(waiting: 0.5)
+        // Still waiting (on KMS): refused here, before the exit closes them.
+        let waiting: [Int32] = connections.withLock {
+            let fds = answering.filter { !$0.value }.map(\.key)
+            for c in fds { answering[c] = true }    // theirs no more: the serving thread leaves them
+            return fds
+        }
+        for c in waiting {
+            Log.warning("credential: refused a request still waiting at stop; answering more than systemd's credential limit so the unit does not start")
+            sendRefusal(c)
+        }
         unlink(path)
     }
 
@@ -65,7 +99,38 @@ public final class CredentialServer: @unchecked Sendable {
         return Request(unit: unit, id: id)
     }
 
+    /// Takes the right to answer `c`: false once the stop has taken it
+    /// (the connection is then the stop's; leave it alone). With `secret`,
+    /// also false while stopping, so that a secret is never sent from
+    /// memory the stop is about to wipe (the caller refuses instead).
+    private func claim(_ c: Int32, secret: Bool = false) -> Bool {
+        connections.withLock {
+            guard answering[c] == false, !(secret && stopping) else { return false }
+            answering[c] = true
+            return true
+        }
+    }
+
+    /// The answer is written: forgets `c` and closes it.
+    private func finish(_ c: Int32) {
+        connections.withLock {
+            answering[c] = nil
+            connections.broadcast()
+        }
+        close(c)
+    }
+
     private func serve(_ c: Int32) {
+        let registered: Bool = connections.withLock {
+            guard !stopping else { return false }
+            answering[c] = false
+            return true
+        }
+        guard registered else {
+            sendRefusal(c)
+            close(c)
+            return
+        }
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         guard let cred = peerCredentials(c) else { return refuse(c, "no peer credentials") }
@@ -95,12 +160,19 @@ public final class CredentialServer: @unchecked Sendable {
         let caller = Caller(uid: cred.uid, gid: cred.gid, pid: cred.pid, unit: { actual })
         switch fs.openCredential(path: path, unit: actual, caller: caller) {
         case .success(let secret):
+            guard claim(c, secret: true) else {
+                // Stopping: refused rather than sent from memory being wiped.
+                return refuse(c, "\(req.unit)/\(req.id): the daemon is stopping")
+            }
             if send(secret.plaintext, to: c) {
                 Log.info("credential: served \(path) to \(actual) as \(req.id)")
                 shutdown(c, Int32(SHUT_WR))
-                close(c)
+                finish(c)
             } else {
-                refuse(c, "\(req.unit)/\(req.id): writing the credential failed: \(Errno.text(Errno.current))")
+                let why = "\(req.unit)/\(req.id): writing the credential failed: \(Errno.text(Errno.current))"
+                Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
+                sendRefusal(c)
+                finish(c)
             }
         case .failure(let e):
             let why = e == .accessDenied ? "\(actual) is not in allow_unit= for \(path)"
@@ -136,8 +208,11 @@ public final class CredentialServer: @unchecked Sendable {
     }
 
     private func refuse(_ c: Int32, _ why: String) {
+        // A refusal needs the connection too: the stop may have answered it.
+        guard claim(c) else { return }
         Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
-        reset(c)
+        sendRefusal(c)
+        finish(c)
     }
 
     /// systemd's CREDENTIAL_SIZE_MAX: a credential longer than this fails
@@ -149,7 +224,7 @@ public final class CredentialServer: @unchecked Sendable {
     /// systemd 252 would start the unit with it), so the refusal is an
     /// answer one byte over systemd's credential size limit: zeros, never a
     /// secret, which systemd refuses whole.
-    private func reset(_ c: Int32) {
+    private func sendRefusal(_ c: Int32) {
         let zeros = [UInt8](repeating: 0, count: 64 * 1024)
         var left = CredentialServer.systemdCredentialLimit + 1
         while left > 0 {
@@ -159,7 +234,6 @@ public final class CredentialServer: @unchecked Sendable {
             if w <= 0 { break }
             left -= w
         }
-        close(c)
     }
 
     /// The bytes of the peer's abstract address after its leading NUL.

@@ -274,6 +274,8 @@ public enum Daemon {
             }
         }, onStop: {
             SystemdNotify.send("STOPPING=1")
+            // No credential is sent from memory about to be wiped.
+            credentials?.beginStop()
             fs.sourceIsWatched = false
             // Plaintext first: the audit flush below may wait on a stuck
             // sink (a full journald stream, a hung file system), and

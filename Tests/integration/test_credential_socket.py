@@ -6,13 +6,16 @@ forged address, a non-root peer or an unknown ID get an answer over
 systemd's 1 MiB credential limit (zeros), so systemd's read fails and the
 unit does not start (an AF_UNIX stream cannot be reset), each audited."""
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 
 from conftest import refused_at_mount
+from kmsproxy import Fault
 from test_units import units  # noqa: F401  (the fixture)
 
 CLIENT = r'''
@@ -87,6 +90,43 @@ def test_units_get_their_credentials_and_nothing_else(tmp_path, kms, mount_facto
     assert any("runs in %s" % batch in l and "names %s" % web in l for l in denied), denied
     assert any("not root as systemd does" in l for l in denied), denied
     assert b"token-for-web" not in pathlib.Path(m.log_path).read_bytes()
+
+
+def test_a_request_still_waiting_on_kms_at_stop_is_refused_not_answered_empty(tmp_path, kms, proxy, mount_factory,
+                                                                               units, public_tmp):  # noqa: F811
+    """The daemon stops (a restart, an upgrade) while systemd waits for a
+    credential KMS has not decrypted yet: the exit would close the
+    connection, which systemd reads as an empty credential and starts the
+    unit with. The stop answers it with the refusal instead."""
+    web, web_cg = units["web"]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "api.token.encrypted").write_bytes(kms.encrypt_blob(b"token-for-web\n"))
+    policy = tmp_path / "policy"
+    policy.write_text("api.token  allow_unit=%s\n" % web)
+    sock = public_tmp / ("cred-%s.sock" % uuid.uuid4().hex[:8])
+    proxy.reset()
+    proxy.delay = 20
+    proxy.policy = lambda n, target: Fault.SLOW
+    m = mount_factory(src, "allow_uid=0,policy=%s,credential_socket=%s,timeout=30" % (policy, sock),
+                      env=kms.base_env(endpoint=proxy.url))
+    script = 'echo $$ > "$1/cgroup.procs" && exec "%s" -c "$5" "$2" "$3" "$4"' % sys.executable
+    client = subprocess.Popen(["sh", "-c", script, "sh", str(web_cg), web, "api.token", str(sock), CLIENT],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 10
+        while proxy.count("Decrypt") < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert proxy.count("Decrypt") >= 1, m.log()
+        m.proc.send_signal(signal.SIGTERM)
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 3 and b"REFUSED" in err, (client.returncode, out, err, m.log()[-2000:])
+    assert m.proc.wait(15) == 0
+    assert "refused a request still waiting at stop" in m.log()
 
 
 @pytest.mark.parametrize("value", ["relative.sock", "/" + "x" * 120])
