@@ -2,6 +2,7 @@
 against moto with signature checking on, with ciphertexts made by the seed
 pipeline (`aws kms encrypt ... | base64 --decode`)."""
 import errno
+import json
 import os
 import socket
 import stat
@@ -219,14 +220,31 @@ def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
     src.mkdir()
     mnt.mkdir()
     (src / "a.encrypted").write_bytes(kms.encrypt_blob(b"bg"))
+    # Started from a unit's ExecStartPre= or a script under a notify
+    # service: the socket and the fds systemd gave that process are its
+    # own, not the background daemon's, which must neither inherit them
+    # nor write to them.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    env = dict(kms.env, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), LISTEN_FDS="1", LISTEN_PID="1",
+               WATCHDOG_USEC="1000000", WATCHDOG_PID="1")
     try:
         r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "allow_uid=0,log=%s" % (tmp_path / "d.log")],
-                           env=kms.env, capture_output=True, timeout=30)
+                           env=env, capture_output=True, timeout=30)
         assert r.returncode == 0, r.stderr
         assert mounted(str(mnt))
         assert open(mnt / "a", "rb").read() == b"bg"
+        st = subprocess.run([kmsfs_bin, "status", str(mnt), "--json"], capture_output=True, timeout=30)
+        pid = json.loads(st.stdout)["pid"]
+        environ = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
+        assert not [e for e in environ if e.split(b"=")[0] in (b"NOTIFY_SOCKET", b"LISTEN_FDS", b"LISTEN_PID",
+                                                               b"WATCHDOG_USEC", b"WATCHDOG_PID")], environ
+        with pytest.raises(BlockingIOError):
+            notify.recv(4096)
     finally:
         force_unmount(str(mnt))
+        notify.close()
 
 
 def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
