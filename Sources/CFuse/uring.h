@@ -141,6 +141,7 @@ struct kmsfs_uring {
     pthread_mutex_t lock;
     pthread_cond_t cond;        /* queues: set up / go / stop; helpers: work */
     int prepared, go, stopping, offered, serving;
+    int writers;                /* replies between their `serving` check and their end */
     uint64_t init_unique;
     /* unique -> entry, for replies */
     struct ku_ent **map;
@@ -462,10 +463,22 @@ static ssize_t ku_io_writev(int fd, struct iovec *iov, int count, void *userdata
         struct ku_out_header oh;
         memcpy(&oh, iov[0].iov_base, sizeof oh);
         if (oh.unique != 0) {
-            if (__atomic_load_n(&u->serving, __ATOMIC_ACQUIRE)) {
+            /* Counted before `serving` is read: the stop turns `serving`
+             * off, then waits for the count to drain before it frees the
+             * map and the rings (a parked open's reply may come from a
+             * pool thread at any moment). */
+            __atomic_add_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
+            int serving = __atomic_load_n(&u->serving, __ATOMIC_SEQ_CST);
+            if (serving) {
                 struct ku_ent *e = ku_map_take(u, oh.unique);
-                if (e) return ku_answer(u, e, iov, count);
-            } else if (oh.unique == __atomic_load_n(&u->init_unique, __ATOMIC_ACQUIRE) && oh.error == 0) {
+                if (e) {
+                    ssize_t r = ku_answer(u, e, iov, count);
+                    __atomic_sub_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
+                    return r;
+                }
+            }
+            __atomic_sub_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
+            if (!serving && oh.unique == __atomic_load_n(&u->init_unique, __ATOMIC_ACQUIRE) && oh.error == 0) {
                 __atomic_store_n(&u->init_unique, 0, __ATOMIC_RELEASE);
                 return ku_answer_init(u, fd, iov, count);
             }
@@ -783,6 +796,19 @@ static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
         while (q->helpers > 0) pthread_cond_wait(&q->work, &q->lock);
         pthread_mutex_unlock(&q->lock);
     }
+    /* No queue is left to take answers: replies from here on (a parked
+     * open answered by the pool) go to /dev/fuse. Those that already saw
+     * `serving` on get up to 2 s to end before the map and the rings they
+     * use are freed; past that, all of it is left allocated (the process
+     * is stopping) rather than freed under them. */
+    __atomic_store_n(&u->serving, 0, __ATOMIC_SEQ_CST);
+    for (int waited = 0; __atomic_load_n(&u->writers, __ATOMIC_SEQ_CST) > 0; waited++) {
+        if (waited >= 20000) {
+            fuse_log(FUSE_LOG_WARNING, "io_uring: a reply still in flight at stop; leaving the rings mapped\n");
+            return;
+        }
+        usleep(100);
+    }
     for (int i = 0; i < u->nq; i++) {
         struct ku_queue *q = &u->qs[i];
         if (q->ring >= 0) close(q->ring);        /* cancels what is still registered */
@@ -794,7 +820,6 @@ static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
         pthread_mutex_destroy(&q->lock);
     }
     ku_free_entries(u);
-    __atomic_store_n(&u->serving, 0, __ATOMIC_RELEASE);
     pthread_cond_destroy(&u->cond);
     pthread_mutex_destroy(&u->map_lock);
     pthread_mutex_destroy(&u->lock);
@@ -805,7 +830,9 @@ static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
     static struct kmsfs_uring spent;
     memset(&spent, 0, sizeof spent);
     *ku_current() = &spent;
-    free(u);
+    /* `u` itself is not freed: a reply that read the pointer just before
+     * the swap still counts itself in `u->writers` and reads
+     * `u->init_unique` (with `serving` off it touches nothing else). */
 }
 
 #endif
