@@ -43,7 +43,14 @@ public final class CredentialServer: @unchecked Sendable {
 
     public func start() {
         acceptConnections(fd, thread: "kmsfs-credsock", until: { [self] in stopped.load(ordering: .relaxed) }) { [self] c in
-            if !pool.submit({ [self] in serve(c) }) { close(c) }
+            // Known from here on, so that the stop answers it even while it
+            // waits in the pool's queue behind workers held up by KMS.
+            connections.withLock { answering[c] = false }
+            if !pool.submit({ [self] in serve(c) }) {
+                // No worker to take it (1,024 waiting, or stopping): closed
+                // unanswered it would read as an empty credential.
+                refuse(c, "a request: too many waiting, or stopping", sendTimeout: 1)
+            }
         }
     }
 
@@ -73,8 +80,12 @@ public final class CredentialServer: @unchecked Sendable {
             for c in fds { answering[c] = true }    // theirs no more: the serving thread leaves them
             return fds
         }
+        if !waiting.isEmpty {
+            Log.warning("credential: refused \(waiting.count) request\(waiting.count == 1 ? "" : "s") still waiting at stop; answering more than systemd's credential limit so the unit does not start")
+        }
         for c in waiting {
-            Log.warning("credential: refused a request still waiting at stop; answering more than systemd's credential limit so the unit does not start")
+            // systemd reads at once; a peer that does not holds the stop a second at most.
+            setSendTimeout(c, seconds: 1)
             sendRefusal(c)
         }
         unlink(path)
@@ -120,19 +131,16 @@ public final class CredentialServer: @unchecked Sendable {
         close(c)
     }
 
-    private func serve(_ c: Int32) {
-        let registered: Bool = connections.withLock {
-            guard !stopping else { return false }
-            answering[c] = false
-            return true
-        }
-        guard registered else {
-            sendRefusal(c)
-            close(c)
-            return
-        }
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
+    private func setSendTimeout(_ c: Int32, seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    private func serve(_ c: Int32) {
+        // Taken by the stop while it waited in the queue: the stop's now.
+        guard connections.withLock({ answering[c] == false }) else { return }
+        if connections.withLock({ stopping }) { return refuse(c, "a request: the daemon is stopping") }
+        setSendTimeout(c, seconds: 10)
         guard let cred = peerCredentials(c) else { return refuse(c, "no peer credentials") }
         guard let address = peerAddress(c) else {
             return refuse(c, "pid \(cred.pid): not an abstract address of the form <random>/unit/<unit>/<id>")
@@ -207,9 +215,10 @@ public final class CredentialServer: @unchecked Sendable {
         return ok
     }
 
-    private func refuse(_ c: Int32, _ why: String) {
+    private func refuse(_ c: Int32, _ why: String, sendTimeout: Int? = nil) {
         // A refusal needs the connection too: the stop may have answered it.
         guard claim(c) else { return }
+        if let sendTimeout { setSendTimeout(c, seconds: sendTimeout) }
         Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
         sendRefusal(c)
         finish(c)

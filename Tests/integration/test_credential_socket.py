@@ -5,6 +5,7 @@ reads to EOF. Allowed units get the exact plaintext; a unit not allowed, a
 forged address, a non-root peer or an unknown ID get an answer over
 systemd's 1 MiB credential limit (zeros), so systemd's read fails and the
 unit does not start (an AF_UNIX stream cannot be reset), each audited."""
+import json
 import pathlib
 import signal
 import subprocess
@@ -126,7 +127,62 @@ def test_a_request_still_waiting_on_kms_at_stop_is_refused_not_answered_empty(tm
             client.wait()
     assert client.returncode == 3 and b"REFUSED" in err, (client.returncode, out, err, m.log()[-2000:])
     assert m.proc.wait(15) == 0
-    assert "refused a request still waiting at stop" in m.log()
+    assert "refused 1 request still waiting at stop" in m.log()
+
+
+FLOOD_CLIENT = r'''
+import json, os, resource, select, socket, sys, time
+unit, ident, path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, n + 64))
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(b"\0" + os.urandom(8).hex().encode() + b"/unit/" + unit.encode() + b"/" + ident.encode())
+    s.connect(path)
+    socks.append(s)
+got = {s.fileno(): 0 for s in socks}
+ended = {}
+poller = select.poll()
+for s in socks:
+    poller.register(s, select.POLLIN)
+deadline = time.time() + 8
+while time.time() < deadline:
+    for fd, _ in poller.poll(200):
+        chunk = os.read(fd, 1 << 20)
+        if chunk:
+            got[fd] += len(chunk)
+        else:
+            ended[fd] = got[fd]
+            poller.unregister(fd)
+print(json.dumps(sorted(ended.values())))
+'''
+
+
+def test_requests_past_the_queue_are_refused_not_answered_empty(tmp_path, kms, proxy, mount_factory, units,
+                                                                 public_tmp):  # noqa: F811
+    """More credential requests than the 16 workers and the queue of 1,024
+    hold (workers held up by a slow KMS): those turned away get the
+    refusal, never a closed connection (an empty credential)."""
+    web, web_cg = units["web"]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "api.token.encrypted").write_bytes(kms.encrypt_blob(b"token-for-web\n"))
+    policy = tmp_path / "policy"
+    policy.write_text("api.token  allow_unit=%s\n" % web)
+    sock = public_tmp / ("cred-%s.sock" % uuid.uuid4().hex[:8])
+    proxy.reset()
+    proxy.delay = 20
+    proxy.policy = lambda n, target: Fault.SLOW
+    m = mount_factory(src, "allow_uid=0,policy=%s,credential_socket=%s,timeout=30" % (policy, sock),
+                      env=kms.base_env(endpoint=proxy.url))
+    script = 'echo $$ > "$1/cgroup.procs" && exec "%s" -c "$6" "$2" "$3" "$4" "$5"' % sys.executable
+    r = subprocess.run(["sh", "-c", script, "sh", str(web_cg), web, "api.token", str(sock), str(16 + 1024 + 4),
+                        FLOOD_CLIENT], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ended = json.loads(r.stdout)
+    assert ended, "no request was turned away within 8 s"
+    assert all(n > 1 << 20 for n in ended), ended          # each a refusal, none empty
+    assert m.wait_log("too many waiting")
 
 
 @pytest.mark.parametrize("value", ["relative.sock", "/" + "x" * 120])
