@@ -34,6 +34,7 @@ public final class CredentialServer: @unchecked Sendable {
     private let connections = ConditionLock()
     private var answering: [Int32: Bool] = [:]      // under `connections`
     private var stopping = false                     // under `connections`
+    private var acceptEnded = false                  // under `connections`
 
     public init(path: String, fs: SecretFileSystem) throws(Errno) {
         self.path = path
@@ -42,52 +43,66 @@ public final class CredentialServer: @unchecked Sendable {
     }
 
     public func start() {
-        acceptConnections(fd, thread: "kmsfs-credsock", until: { [self] in stopped.load(ordering: .relaxed) }) { [self] c in
+        acceptConnections(fd, thread: "kmsfs-credsock", until: { [self] in stopped.load(ordering: .relaxed) },
+                          onExit: { [self] in connections.withLock { acceptEnded = true; connections.broadcast() } }) { [self] c in
             // Known from here on, so that the stop answers it even while it
             // waits in the pool's queue behind workers held up by KMS.
+            CredentialServer.prepare(c)
             connections.withLock { answering[c] = false }
             if !pool.submit({ [self] in serve(c) }) {
                 // No worker to take it (1,024 waiting, or stopping): closed
                 // unanswered it would read as an empty credential.
-                refuse(c, "a request: too many waiting, or stopping", sendTimeout: 1)
+                refuse(c, "a request: too many waiting, or stopping")
             }
         }
     }
 
-    /// The first step of the stop, before any plaintext is wiped: every
-    /// answer not yet begun becomes a refusal, and the answers under way
-    /// (a send of bytes already copied) get up to a second to end, so none
-    /// reads wiped memory. Cheap when nothing is being served.
+    /// Each connection's socket options, set once: a send buffer that holds
+    /// a whole refusal (and any credential systemd accepts), so that no
+    /// answer waits on the reader and the stop never cuts one short (root
+    /// may force it past wmem_max; under a sandbox without CAP_NET_ADMIN
+    /// the largest the system allows), and a send timeout for a peer that
+    /// does not read at all.
+    static func prepare(_ c: Int32) {
+        var size = Int32(CredentialServer.systemdCredentialLimit + 256 * 1024)
+        if setsockopt(c, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            setsockopt(c, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// The first step of the stop, before any plaintext is wiped: no more
+    /// connections are accepted (those left in the listen queue are reset
+    /// at exit, which fails systemd's read), answers under way get up to a
+    /// second to end, and every connection not yet answered, queued or
+    /// waiting on KMS, gets the refusal now, so that neither the wipe nor
+    /// the exit (or a SIGKILL after a stuck audit flush) leaves systemd an
+    /// empty or truncated credential.
     public func beginStop() {
-        stopped.store(true, ordering: .relaxed)
-        connections.withLock {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(fd, Int32(SHUT_RDWR))                  // wakes the accept thread's poll
+        let waiting: [Int32] = connections.withLock {
             stopping = true
             let deadline = SystemClock.monotonic() + 1
-            while answering.values.contains(true) {
+            while !acceptEnded || answering.values.contains(true) {
                 let left = deadline - SystemClock.monotonic()
                 if left <= 0 { break }
                 _ = connections.wait(seconds: left)
             }
-        }
-    }
-
-    public func stop() {
-        beginStop()
-        pool.stop(waiting: 0.5)
-        // Still waiting (on KMS): refused here, before the exit closes them.
-        let waiting: [Int32] = connections.withLock {
             let fds = answering.filter { !$0.value }.map(\.key)
-            for c in fds { answering[c] = true }    // theirs no more: the serving thread leaves them
+            for c in fds { answering[c] = true }    // the stop's now: the serving thread leaves them
             return fds
         }
         if !waiting.isEmpty {
             Log.warning("credential: refused \(waiting.count) request\(waiting.count == 1 ? "" : "s") still waiting at stop; answering more than systemd's credential limit so the unit does not start")
         }
-        for c in waiting {
-            // systemd reads at once; a peer that does not holds the stop a second at most.
-            setSendTimeout(c, seconds: 1)
-            sendRefusal(c)
-        }
+        for c in waiting { sendRefusal(c) }
+    }
+
+    public func stop() {
+        beginStop()
+        pool.stop(waiting: 0.5)
         unlink(path)
     }
 
@@ -131,16 +146,10 @@ public final class CredentialServer: @unchecked Sendable {
         close(c)
     }
 
-    private func setSendTimeout(_ c: Int32, seconds: Int) {
-        var tv = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
-
     private func serve(_ c: Int32) {
         // Taken by the stop while it waited in the queue: the stop's now.
         guard connections.withLock({ answering[c] == false }) else { return }
         if connections.withLock({ stopping }) { return refuse(c, "a request: the daemon is stopping") }
-        setSendTimeout(c, seconds: 10)
         guard let cred = peerCredentials(c) else { return refuse(c, "no peer credentials") }
         guard let address = peerAddress(c) else {
             return refuse(c, "pid \(cred.pid): not an abstract address of the form <random>/unit/<unit>/<id>")
@@ -192,10 +201,15 @@ public final class CredentialServer: @unchecked Sendable {
     /// Copies through locked scratch (memfd_secret pages are not handed to
     /// the kernel), writes, wipes.
     private func send(_ plaintext: SecureBuffer, to c: Int32) -> Bool {
+        // The length is taken once: a plaintext wiped meanwhile (its count
+        // drops to 0) is a failure, answered with the refusal, never a
+        // shorter credential followed by EOF.
+        let total = plaintext.count
         var offset = 0
         var ok = true
-        while ok && offset < plaintext.count {
-            let n = min(scratch.bufferSize, plaintext.count - offset)
+        while ok && offset < total {
+            guard plaintext.count == total else { return false }
+            let n = min(scratch.bufferSize, total - offset)
             do {
                 try scratch.withScratch { buf -> Int in
                     plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!)
@@ -215,10 +229,9 @@ public final class CredentialServer: @unchecked Sendable {
         return ok
     }
 
-    private func refuse(_ c: Int32, _ why: String, sendTimeout: Int? = nil) {
+    private func refuse(_ c: Int32, _ why: String) {
         // A refusal needs the connection too: the stop may have answered it.
         guard claim(c) else { return }
-        if let sendTimeout { setSendTimeout(c, seconds: sendTimeout) }
         Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
         sendRefusal(c)
         finish(c)
