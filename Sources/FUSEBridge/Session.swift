@@ -125,9 +125,10 @@ public final class FUSESession: @unchecked Sendable {
         mounted.store(true, ordering: .sequentiallyConsistent)
     }
 
-    /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `onEnd` runs on
-    /// that thread once the loop has ended (unmounted, or `exit()`).
-    public func startLoop(onEnd: @escaping @Sendable () -> Void) {
+    /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `willEnd` runs on
+    /// that thread once the loop has ended, before `waitForLoopEnd` and
+    /// `loopHasEnded` say so, and `onEnd` right after.
+    public func startLoop(willEnd: @escaping @Sendable () -> Void = {}, onEnd: @escaping @Sendable () -> Void) {
         let maxThreads = UInt32(options.maxThreads)
         let maxIdle = UInt32(options.maxIdleThreads)
         let spin = UInt32(max(0, min(options.spinMicroseconds, 1000)))
@@ -138,6 +139,9 @@ public final class FUSESession: @unchecked Sendable {
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
             let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024, depth, maxRead)
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
+            // Before the end is published: whoever waits for it (the stop)
+            // may detach the mount next.
+            willEnd()
             loopEnded.withLock {
                 loopDone.store(true, ordering: .sequentiallyConsistent)
                 loopEnded.broadcast()
@@ -172,23 +176,30 @@ public final class FUSESession: @unchecked Sendable {
         fuse_session_exit(session)
     }
 
-    /// Detaches the mount lazily with umount2 (root), keeping /dev/fuse
-    /// open until the session is destroyed, so its number is never reused
-    /// while anything may still write to it. libfuse's own unmount skips
-    /// an aborted connection's mount (its poll sees POLLERR), so this is
-    /// the unmount after an abort. Falls back to libfuse's where umount2
-    /// is refused (not root: fusermount3 detaches).
+    /// Detaches the mount lazily, keeping /dev/fuse open until the session
+    /// is destroyed, so its number is never reused while anything may
+    /// still write to it: umount2(MNT_DETACH) as root, else `fusermount3
+    /// -u -z` (libfuse's own unmount closes the descriptor first, and skips
+    /// an aborted connection's mount, its poll seeing POLLERR).
     public func detach() {
         guard mounted.exchange(false, ordering: .sequentiallyConsistent) else { return }
-        if umount2(options.mountpoint, Int32(MNT_DETACH)) != 0 && errno != EINVAL {
-            fuse_session_unmount(session)
-        }
+        if umount2(options.mountpoint, Int32(MNT_DETACH)) == 0 || errno == EINVAL { return }
+        var pid: pid_t = 0
+        let args: [String] = ["fusermount3", "-u", "-q", "-z", "--", options.mountpoint]
+        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        argv.append(nil)
+        defer { argv.forEach { free($0) } }
+        guard posix_spawnp(&pid, "fusermount3", nil, nil, argv, environ) == 0 else { return }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     }
 
-    /// Detaches the mount if this session still holds it.
-    public func unmount() {
-        if mounted.exchange(false, ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
+    /// The kernel already unmounted it (the loop ended on its own): nothing
+    /// to unmount, and /dev/fuse stays open until the session is destroyed.
+    public func forgetMount() {
+        mounted.store(false, ordering: .sequentiallyConsistent)
     }
+
 
     // MARK: Kernel cache invalidation (the live mirror)
 

@@ -29,16 +29,15 @@ enum DaemonSignals {
     /// served and before the process exits, to wipe every plaintext.
     /// Returns the exit status.
     /// `onLoopEnd` runs on the loop's thread the moment the loop ends,
-    /// before the signal thread hears of it: what must not outlive the
-    /// mount even by the time a signal takes.
+    /// before the signal thread (or a stop waiting for the end) hears of
+    /// it: what must not outlive the mount even by the time a signal takes.
+    /// `onStopRequested` runs first thing on SIGTERM/SIGINT or an unmount,
+    /// before anything is torn down.
     static func serve(_ session: FUSESession, connection: UInt32?, onServing: () -> Void,
-                      onLoopEnd: @escaping @Sendable () -> Void = {},
+                      onLoopEnd: @escaping @Sendable () -> Void = {}, onStopRequested: () -> Void = {},
                       onReload: () -> Void, onStop: () -> Void) -> Int32 {
         let mainThread = pthread_self()
-        session.startLoop {
-            onLoopEnd()
-            pthread_kill(mainThread, SIGUSR1)
-        }
+        session.startLoop(willEnd: onLoopEnd) { pthread_kill(mainThread, SIGUSR1) }
         onServing()
 
         let mountpoint = session.options.mountpoint
@@ -60,12 +59,13 @@ enum DaemonSignals {
                 // reply into it. Where the connection cannot be aborted,
                 // unmount at once; the loop ends when the last open file
                 // closes.
+                onStopRequested()
                 session.stopServing()
                 if let connection, MountTable.abortConnection(connection) {
                     session.waitForLoopEnd(seconds: 5)
                     session.detach()
                 } else {
-                    session.unmount()
+                    session.detach()
                     // Bounded: requests in flight finish before onStop
                     // wipes what they may be reading.
                     session.waitForLoopEnd(seconds: 5)
@@ -75,8 +75,18 @@ enum DaemonSignals {
             case SIGUSR1:
                 if session.loopHasEnded {
                     Log.notice("\(mountpoint) was unmounted; wiping cached secrets and exiting")
+                    onStopRequested()
+                    // Parked opens answer now, into a connection that is gone.
+                    session.stopServing()
                     onStop()
-                    session.unmount()
+                    // Gone already, as a rule (umount, fusermount3 -u): then
+                    // nothing to unmount, and /dev/fuse stays open to the
+                    // end. Still there (the loop ended on an error): detach.
+                    if let connection, MountTable.connection(of: mountpoint) == connection {
+                        session.detach()
+                    } else {
+                        session.forgetMount()
+                    }
                     return 0
                 }
             default:

@@ -90,6 +90,9 @@ public struct SourceEntry: Sendable, Equatable {
 public final class SourceTree: Sendable {
     public let path: String
     public let rootFD: Int32
+    /// Set by `release`: calls that use the root descriptor itself (not
+    /// beneath it) answer as if SOURCE were gone, not with /dev/null's.
+    private let released = Atomic<Bool>(false)
 
     public init(path: String) throws(Errno) {
         self.path = path
@@ -105,6 +108,7 @@ public final class SourceTree: Sendable {
     /// still in flight fails with ENOTDIR rather than resolving beneath
     /// whatever directory would next get that number.
     public func release() {
+        released.store(true, ordering: .releasing)
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
         guard null >= 0 else { return }
         if dup2(null, rootFD) == rootFD { _ = fcntl(rootFD, F_SETFD, FD_CLOEXEC) }
@@ -120,6 +124,7 @@ public final class SourceTree: Sendable {
     public func stat(_ relPath: String) throws(Errno) -> SourceStat {
         var st = Glibc.stat()
         if relPath == "." {
+            if released.load(ordering: .acquiring) { throw Errno("fstat \(path)", code: ENOTDIR) }
             _ = try syscallRetrying("fstat \(path)") { fstat(rootFD, &st) }
             return SourceStat(st)
         }
@@ -285,7 +290,7 @@ public final class SourceTree: Sendable {
     /// Filesystem statistics of SOURCE.
     public func statfs() -> statvfs? {
         var s = statvfs()
-        return fstatvfs(rootFD, &s) == 0 ? s : nil
+        return !released.load(ordering: .acquiring) && fstatvfs(rootFD, &s) == 0 ? s : nil
     }
 
     /// The name of SOURCE's file system when it matches names without
