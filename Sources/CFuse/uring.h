@@ -458,7 +458,7 @@ static inline ssize_t ku_answer_init(struct kmsfs_uring *u, int fd, struct iovec
 }
 static ssize_t ku_io_writev(int fd, struct iovec *iov, int count, void *userdata) {
     (void)userdata;
-    struct kmsfs_uring *u = *ku_current();
+    struct kmsfs_uring *u = __atomic_load_n(ku_current(), __ATOMIC_ACQUIRE);
     if (u && count >= 1 && iov[0].iov_len >= sizeof(struct ku_out_header)) {
         struct ku_out_header oh;
         memcpy(&oh, iov[0].iov_base, sizeof oh);
@@ -752,9 +752,9 @@ static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int
     pthread_mutex_init(&u->map_lock, NULL);
     pthread_cond_init(&u->cond, NULL);
     struct fuse_custom_io io = { .writev = ku_io_writev, .read = ku_io_read };
-    *ku_current() = u;
+    __atomic_store_n(ku_current(), u, __ATOMIC_RELEASE);
     if (fuse_session_custom_io(se, &io, u->fd) != 0) {
-        *ku_current() = NULL;
+        __atomic_store_n(ku_current(), NULL, __ATOMIC_RELEASE);
         free(u->map); free(u->qs); free(u);
         return NULL;
     }
@@ -829,7 +829,7 @@ static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
      * through the custom I/O; with `serving` off they go to /dev/fuse. */
     static struct kmsfs_uring spent;
     memset(&spent, 0, sizeof spent);
-    *ku_current() = &spent;
+    __atomic_store_n(ku_current(), &spent, __ATOMIC_RELEASE);
     /* `u` itself is not freed: a reply that read the pointer just before
      * the swap still counts itself in `u->writers` and reads
      * `u->init_unique` (with `serving` off it touches nothing else). */

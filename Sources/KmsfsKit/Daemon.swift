@@ -246,20 +246,23 @@ public enum Daemon {
 
         let mountpoint = request.mountpoint
         let prefetch = options.prefetch
+        let readyGate = ReadyGate()
         let status = DaemonSignals.serve(session, connection: connection, onServing: {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)
-            guard prefetch else { return report.ready() }
+            guard prefetch else { return _ = readyGate.ready(report) }
             // Off the signal thread: a SIGTERM (systemd's stop, a start
             // timeout) while KMS is slow or unreachable must be handled at
             // once, not after every secret's calls have run out of time.
-            let run: @Sendable () -> Void = { Daemon.prefetchThenReady(fs: fs, report: report) }
+            let run: @Sendable () -> Void = { Daemon.prefetchThenReady(fs: fs, report: report, gate: readyGate) }
             if !startThread(name: "kmsfs-prefetch", run) { run() }
         }, onLoopEnd: {
             // Unmounted (or stopping): SOURCE's file system may be next to
             // go, right away (at shutdown, for SOURCE on its own mount).
             fs.tree.release()
+        }, onStopRequested: {
+            readyGate.stop()
         }, onReload: {
             audit.flush()
             (auditTarget as? FileAuditSink)?.reopen()
@@ -340,7 +343,7 @@ public enum Daemon {
     /// `-o prefetch`: decrypts every secret, then reports the mount ready
     /// (READY=1, or the waiting parent's pipe). Runs on its own thread; a
     /// stop meanwhile ends it early, and then nothing is reported ready.
-    static func prefetchThenReady(fs: SecretFileSystem, report: StartupReporter) {
+    static func prefetchThenReady(fs: SecretFileSystem, report: StartupReporter, gate: ReadyGate) {
         let t0 = SystemClock.monotonic()
         let first = fs.prefetch(parallel: 8)
         var (ok, failed, retry) = (first.ok, first.failed, first.unavailable)
@@ -354,7 +357,7 @@ public enum Daemon {
             (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
         }
         let ms = Int((SystemClock.monotonic() - t0) * 1000)
-        if fs.cache.isStopped {
+        if gate.isStopping {
             Log.notice("prefetch: stopped after \(ok) secrets (\(ms) ms): the daemon is stopping")
             return
         }
@@ -366,7 +369,28 @@ public enum Daemon {
         } else {
             Log.notice("prefetch: \(ok) secrets decrypted in \(ms) ms")
         }
-        report.ready()
+        if !gate.ready(report) { Log.notice("prefetch: done, but the daemon is stopping: not reporting ready") }
+    }
+
+    /// READY=1 (or the waiting parent's READY) either before the stop began
+    /// or never: a prefetch ending while the daemon stops must not tell
+    /// systemd, or `mount`, that a mount being torn down is ready.
+    final class ReadyGate: @unchecked Sendable {
+        private let lock = ConditionLock()
+        private var stopping = false
+
+        var isStopping: Bool { lock.withLock { stopping } }
+
+        func stop() { lock.withLock { stopping = true } }
+
+        /// Reports ready unless the stop began; false if it had.
+        func ready(_ report: StartupReporter) -> Bool {
+            lock.withLock {
+                guard !stopping else { return false }
+                report.ready()
+                return true
+            }
+        }
     }
 
     /// Secrets the prefetch could not decrypt (KMS throttled past a call's
