@@ -66,7 +66,9 @@ private func statBuffer(_ a: Attributes) -> stat {
     st.st_gid = a.gid
     st.st_size = off_t(a.size)
     st.st_blksize = 4096
-    st.st_blocks = blkcnt_t((a.size + 511) / 512)
+    // A ciphertext's size is SOURCE's to choose (a sparse file of 2^63-1
+    // bytes): no rounding that can overflow.
+    st.st_blocks = blkcnt_t(max(a.size, 0) / 512 + (max(a.size, 0) % 512 == 0 ? 0 : 1))
     st.st_atim = a.atime
     st.st_mtim = a.mtime
     st.st_ctim = a.ctime

@@ -2,6 +2,7 @@
 the names a local user looks up, option values - stays data. No forged log
 or audit line, no injected FUSE option, no trapped daemon, no log written
 through a symlink or into another user's file."""
+import errno
 import json
 import os
 import re
@@ -201,6 +202,32 @@ def test_file_times_out_of_nanosecond_range_are_shown_not_a_trap(kms, kmsfs_bin,
     r = subprocess.run([kmsfs_bin, "check", str(src)], env=kms.env, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert m.proc.poll() is None, m.log()
+
+
+def test_a_huge_sparse_ciphertext_is_shown_not_a_trap(kms, mount_factory, tmp_path):
+    """Whoever writes SOURCE sets a file's size at will: a sparse file of
+    2^63-1 bytes (tmpfs takes it) overflowed the block count and trapped
+    the daemon at the first stat, for every service. It is shown, and
+    opening it is refused for its size."""
+    src = tmp_path / "src"
+    src.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+    try:
+        (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"s"))
+        with open(src / "huge.encrypted", "wb") as f:
+            f.truncate(2**63 - 1)
+        m = mount_factory(src, "allow_uid=0")
+        assert os.stat(m.file("huge")).st_size == 2**63 - 1
+        assert sorted(os.listdir(m.path)) == ["huge", "s"]
+        with pytest.raises(OSError) as e:
+            open(m.file("huge"), "rb").read()
+        assert e.value.errno == errno.EIO
+        assert open(m.file("s"), "rb").read() == b"s"
+        assert m.proc.poll() is None, m.log()
+        m.stop()
+    finally:
+        while os.path.ismount(src):
+            subprocess.run(["umount", "-l", str(src)], check=True)
 
 
 @pytest.mark.parametrize("which", ["log", "audit"])
