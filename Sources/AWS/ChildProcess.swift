@@ -7,6 +7,7 @@ public enum ChildProcess {
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public let message: String
         public var description: String { message }
+        public init(message: String) { self.message = message }
     }
 
     public static func run(_ argv: [String], environment: Environment, timeout: Double) -> Result<Void, Failure> {

@@ -209,6 +209,7 @@ public enum Daemon {
                 return ChangeTargets(units: rule?.reloadUnits ?? o.reloadUnits, program: rule?.onChange ?? o.onChange)
             }
             fs.onCiphertextChange { notifier.changed(sourcePath: $0, previousVersion: $1) }
+            fs.onChangesUnnamed { notifier.changesUnnamed() }
             notifier.start()
             rotationNotifier = notifier
         }

@@ -51,9 +51,19 @@ public final class RotationNotifier: @unchecked Sendable {
     private let timeout: Double
     private let lock = ConditionLock()
     /// Changed secrets (by bytes: `café` and `cafe\u{301}` are two), each
-    /// with the version cached before its first change in the batch, if
-    /// one was.
+    /// with the version the applications may hold, taken at its first
+    /// change in the batch and never revised within it (an open between
+    /// two events caches the new version, which is not what they hold).
     private var pending: [PathKey: String?] = [:]
+    /// Per secret, the version the applications may hold: as found when
+    /// the notifier started, then as settled by each batch (announced, or
+    /// found unchanged). What a change is measured against, so a touch is
+    /// told from a rotation whether or not the secret is cached.
+    private var baseline: [PathKey: String] = [:]
+    /// Changes happened that no event named (overflow, a directory moved
+    /// in, more pending paths than `maxPending`): compare every secret
+    /// with its baseline at the next batch.
+    private var rescanNeeded = false
     private var firstChange = 0.0
     private var lastChange = 0.0
     private var stats = Stats()
@@ -87,19 +97,36 @@ public final class RotationNotifier: @unchecked Sendable {
         lock.withLock {
             stats.changes += 1
             let key = PathKey(sourcePath)
-            guard pending.count < RotationNotifier.maxPending || pending[key] != nil else { return }
             let t = SystemClock.monotonic()
+            guard pending.count < RotationNotifier.maxPending || pending[key] != nil else {
+                // Not dropped: the next batch compares every secret.
+                if !rescanNeeded { Log.warning("rotation: more than \(RotationNotifier.maxPending) secrets changed at once; the next batch compares them all with what was last announced") }
+                markRescan(at: t)
+                return
+            }
             if pending.isEmpty { firstChange = t }
             lastChange = t
-            // The first event of a batch knows what was there before; later
-            // ones find the cache already emptied by it.
-            if let was = pending[key] {
-                if was == nil { pending[key] = .some(previousVersion) }
-            } else {
-                pending[key] = .some(previousVersion)
+            if pending[key] == nil {
+                pending[key] = .some(baseline[key] ?? previousVersion)
             }
             lock.broadcast()
         }
+    }
+
+    /// From the watcher thread: changes may have happened that no event
+    /// named (overflow, a directory moved or made in SOURCE).
+    public func changesUnnamed() {
+        lock.withLock {
+            markRescan(at: SystemClock.monotonic())
+            lock.broadcast()
+        }
+    }
+
+    /// `lock` held.
+    private func markRescan(at t: Double) {
+        if !rescanNeeded && pending.isEmpty { firstChange = t }
+        rescanNeeded = true
+        lastChange = t
     }
 
     public var snapshot: Stats {
@@ -112,13 +139,53 @@ public final class RotationNotifier: @unchecked Sendable {
 
     public func start() {
         _ = startThread(name: "kmsfs-rotation") { [self] in
+            seed()
             while let batch = nextBatch() { handle(batch) }
         }
+    }
+
+    /// The baseline: every secret's version as SOURCE holds it now (read
+    /// and digested, never decrypted). One that changes meanwhile is
+    /// already pending with what it had before, and keeps that.
+    private func seed() {
+        let t0 = SystemClock.monotonic()
+        var n = 0
+        for f in fs.secretFiles() {
+            if lock.withLock({ stopped }) { return }
+            guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
+            n += 1
+            lock.withLock {
+                let key = PathKey(f.source)
+                if pending[key] == nil && baseline[key] == nil { baseline[key] = v }
+            }
+        }
+        Log.info("rotation: versions of \(n) secrets noted in \(Int((SystemClock.monotonic() - t0) * 1000)) ms; changes are measured against them")
+    }
+
+    /// What a rescan finds: secrets whose version differs from their
+    /// baseline, and secrets new since (no baseline: told as new, as a
+    /// file written into SOURCE is).
+    private func rescan() -> [(source: String, before: String?)] {
+        var changed: [(source: String, before: String?)] = []
+        for f in fs.secretFiles() {
+            if lock.withLock({ stopped }) { break }
+            guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
+            let key = PathKey(f.source)
+            let before: String?? = lock.withLock {
+                guard pending[key] == nil else { return .none }
+                guard let b = baseline[key] else { return .some(nil) }
+                return b == v ? .none : .some(b)
+            }
+            if let before { changed.append((f.source, before)) }
+        }
+        return changed
     }
 
     public func stop() {
         lock.withLock { stopped = true; lock.broadcast() }
     }
+
+    private var isStopped: Bool { lock.withLock { stopped } }
 
     /// Waits for changes to settle and takes them (in byte order, each
     /// with its version before); nil once stopped.
@@ -126,14 +193,22 @@ public final class RotationNotifier: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         while !stopped {
-            if pending.isEmpty { lock.wait(seconds: 3600); continue }
+            if pending.isEmpty && !rescanNeeded { lock.wait(seconds: 3600); continue }
             let t = SystemClock.monotonic()
             let due = min(lastChange + settle, firstChange + settle * 10)
             if t >= due {
-                let batch = pending.map { (source: $0.key.path, before: $0.value) }
-                    .sorted { $0.source.utf8.lexicographicallyPrecedes($1.source.utf8) }
+                var batch = pending.map { (source: $0.key.path, before: $0.value) }
                 pending.removeAll()
-                return batch
+                if rescanNeeded {
+                    rescanNeeded = false
+                    lock.unlock()
+                    let found = rescan()
+                    lock.lock()
+                    let named = Set(batch.map { PathKey($0.source) })
+                    batch += found.filter { !named.contains(PathKey($0.source)) }
+                    if !found.isEmpty { Log.notice("rotation: compared every secret with what was last announced: \(found.count) changed") }
+                }
+                return batch.sorted { $0.source.utf8.lexicographicallyPrecedes($1.source.utf8) }
             }
             lock.wait(seconds: due - t)
         }
@@ -143,10 +218,16 @@ public final class RotationNotifier: @unchecked Sendable {
     private func handle(_ batch: [(source: String, before: String?)]) {
         var byUnit: [String: [String]] = [:]
         var byProgram: [String: [String]] = [:]
+        var decrypted: [(source: String, shown: String, version: String)] = []
         for (source, before) in batch {
+            if isStopped { return }
             let shown = SourceTree.mountPath(ofSource: source)
             let t = targets(shown)
-            guard !t.isEmpty else { continue }   // nobody to tell: stay lazy
+            guard !t.isEmpty else {
+                // Nobody to tell: stay lazy, but keep the baseline current.
+                if let v = fs.currentVersion(sourcePath: source) { lock.withLock { baseline[PathKey(source)] = v } }
+                continue
+            }
             switch fs.decryptNow(sourcePath: source) {
             case .success(let secret):
                 _ = lock.withLock { stats.failures.removeValue(forKey: shown) }
@@ -154,13 +235,18 @@ public final class RotationNotifier: @unchecked Sendable {
                     // Touched, chmod'ed, or rewritten with the same bytes:
                     // nothing for the applications to pick up.
                     Log.notice("rotation: \(shown) changed on disk but is still version \(secret.version); nobody is told")
+                    lock.withLock { baseline[PathKey(source)] = secret.version }
                     continue
                 }
                 Log.notice("rotation: \(shown) is now version \(secret.version); decrypted before telling \(describe(t))")
+                decrypted.append((source, shown, secret.version))
                 for u in t.units { byUnit[u, default: []].append(shown) }
                 if let p = t.program { byProgram[p, default: []].append(shown) }
             case .failure(let failure):
-                if failure.message == "gone from SOURCE" { continue }
+                if failure.message == "gone from SOURCE" {
+                    _ = lock.withLock { baseline.removeValue(forKey: PathKey(source)) }
+                    continue
+                }
                 lock.withLock {
                     stats.decryptFailures += 1
                     if stats.failures.count < RotationNotifier.maxFailures || stats.failures[shown] != nil {
@@ -170,16 +256,62 @@ public final class RotationNotifier: @unchecked Sendable {
                 Log.error("rotation: \(shown): the new ciphertext does not decrypt (\(failure.message)); nobody is told, the applications keep the version they have")
             }
         }
+        // Told only about what is still servable: a secret replaced again
+        // while the batch decrypted is left to the next batch (its change
+        // is pending), so nobody restarts into a version not yet decrypted.
+        var stale = Set<String>()
+        for d in decrypted {
+            if fs.currentVersion(sourcePath: d.source) == d.version {
+                lock.withLock { baseline[PathKey(d.source)] = d.version }
+            } else {
+                stale.insert(d.shown)
+                Log.notice("rotation: \(d.shown) changed again while it was decrypted; the next batch tells")
+            }
+        }
         for (unit, paths) in byUnit.sorted(by: { $0.key < $1.key }) {
+            let paths = paths.filter { !stale.contains($0) }
+            if paths.isEmpty || isStopped { continue }
             notify(target: "unit:" + unit, paths: paths,
                    argv: ["systemctl", "reload-or-restart", "--", unit])
         }
         for (program, paths) in byProgram.sorted(by: { $0.key < $1.key }) {
+            let paths = paths.filter { !stale.contains($0) }
+            if paths.isEmpty || isStopped { continue }
+            // Root runs it: it must be root's to change, as the policy is.
+            if let problem = PolicyFile.unsafeProgram(program) {
+                Log.error("rotation: not running on_change=\(program): \(problem)")
+                record(target: "program:" + program, paths: paths, result: .failure(ChildProcess.Failure(message: "not run: \(problem)")))
+                continue
+            }
             // A path that starts with "-" goes as "./-...": the same file,
-            // never an option to the program.
-            notify(target: "program:" + program, paths: paths,
-                   argv: [program] + paths.map { $0.hasPrefix("-") ? "./" + $0 : $0 })
+            // never an option to the program. Runs of at most 1,000 paths
+            // and 64 KiB of them: one run for all would fail with E2BIG.
+            for chunk in RotationNotifier.chunks(paths, maxCount: 1000, maxBytes: 64 * 1024) {
+                if isStopped { return }
+                notify(target: "program:" + program, paths: chunk,
+                       argv: [program] + chunk.map { $0.hasPrefix("-") ? "./" + $0 : $0 })
+            }
         }
+    }
+
+    /// `paths` in order, cut into runs of at most `maxCount` paths and
+    /// `maxBytes` bytes of them (a longer single path runs alone).
+    public static func chunks(_ paths: [String], maxCount: Int, maxBytes: Int) -> [[String]] {
+        var out: [[String]] = []
+        var cur: [String] = []
+        var bytes = 0
+        for p in paths {
+            let n = p.utf8.count + 3
+            if !cur.isEmpty && (cur.count >= maxCount || bytes + n > maxBytes) {
+                out.append(cur)
+                cur = []
+                bytes = 0
+            }
+            cur.append(p)
+            bytes += n
+        }
+        if !cur.isEmpty { out.append(cur) }
+        return out
     }
 
     private func describe(_ t: ChangeTargets) -> String {
@@ -188,21 +320,26 @@ public final class RotationNotifier: @unchecked Sendable {
 
     private func notify(target: String, paths: [String], argv: [String]) {
         let result = ChildProcess.run(argv, environment: environment, timeout: timeout)
-        let ok: Bool
         switch result {
         case .success:
-            ok = true
             Log.notice("rotation: told \(target) about \(paths.joined(separator: " "))")
         case .failure(let why):
-            ok = false
             Log.error("rotation: telling \(target) about \(paths.joined(separator: " ")) failed: \(why.message)")
         }
+        record(target: target, paths: paths, result: result)
+    }
+
+    /// One audit record per secret told about (a path may hold a comma).
+    private func record(target: String, paths: [String], result: Result<Void, ChildProcess.Failure>) {
+        let ok: Bool
+        if case .success = result { ok = true } else { ok = false }
         lock.withLock { if ok { stats.notificationsOK += 1 } else { stats.notificationsFailed += 1 } }
-        if audit.wantsRecords {
-            var detail = target
-            if case .failure(let why) = result { detail += ": " + why.message }
+        guard audit.wantsRecords else { return }
+        var detail = target
+        if case .failure(let why) = result { detail += ": " + why.message }
+        for path in paths {
             audit.record(AuditRecord(time: SystemClock.wall(), uid: geteuid(), gid: getegid(), pid: getpid(),
-                                     processName: "kmsfs", path: paths.joined(separator: ","),
+                                     processName: "kmsfs", path: path,
                                      outcome: ok ? .notified : .notifyFailed, latency: nil, detail: detail))
         }
     }

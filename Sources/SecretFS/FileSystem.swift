@@ -213,6 +213,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Openers' names for audit records, read once a second per process.
     private let processNames = ProcessNameCache()
     private let changeHook = Mutex<(@Sendable (String, String?) -> Void)?>(nil)
+    private let rescanHook = Mutex<(@Sendable () -> Void)?>(nil)
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
@@ -648,7 +649,12 @@ public final class SecretFileSystem: @unchecked Sendable {
         let sourcePath = SourceTree.join(directory, name)
         if removed {
             if isDirectory { cache.invalidateAll(prefix: sourcePath + "/") } else { cache.invalidate(sourcePath) }
-        } else if !isDirectory {
+        } else if isDirectory {
+            // Moved (or made) into place whole: the secrets inside changed
+            // with no event of their own.
+            cache.invalidateAll(prefix: sourcePath + "/")
+            if let hook = rescanHook.withLock({ $0 }) { hook() }
+        } else {
             // A rotated secret: wipe now, decrypt the new one on open. The
             // hook learns the version that was cached, to tell a new
             // ciphertext from a touch.
@@ -667,6 +673,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// SOURCE may have changed anywhere (inotify overflowed).
     public func sourceChangedEverywhere() {
         cache.invalidateAll()
+        if let hook = rescanHook.withLock({ $0 }) { hook() }
         let known = table.withLock { t in t.byIno.values.map { ($0.ino, $0.sourcePath, $0.kind) } }
         guard let notifier else { return }
         for (ino, _, _) in known { notifier.invalidateInode(ino) }
@@ -683,6 +690,13 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// `*.encrypted` file written or renamed into place; keep it short.
     public func onCiphertextChange(_ hook: (@Sendable (_ sourcePath: String, _ cachedVersion: String?) -> Void)?) {
         changeHook.withLock { $0 = hook }
+    }
+
+    /// Called (on the watcher's thread) when changes may have happened that
+    /// no per-file event names: the events overflowed, or a directory was
+    /// moved or created (an atomic `mv new tls` deploy names only `tls`).
+    public func onChangesUnnamed(_ hook: (@Sendable () -> Void)?) {
+        rescanHook.withLock { $0 = hook }
     }
 
     /// Decrypts the ciphertext now at `sourcePath` into the cache (unless
@@ -777,7 +791,8 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Decrypts every secret in SOURCE (or only the SOURCE paths `only`
     /// names), `parallel` at a time, so services starting at boot never
     /// wait on KMS.
-    public func prefetch(parallel: Int, only: [String]? = nil) -> PrefetchResult {
+    /// Every secret in SOURCE now: its SOURCE path and its path in the mount.
+    public func secretFiles() -> [(source: String, mount: String)] {
         var files: [(source: String, mount: String)] = []
         // An explicit stack, never recursion over SOURCE (any depth).
         var pending: [(source: String, mount: String)] = [(".", "")]
@@ -789,6 +804,11 @@ public final class SecretFileSystem: @unchecked Sendable {
                 if i.kind == .directory { pending.append((s, m)) } else { files.append((s, m)) }
             }
         }
+        return files
+    }
+
+    public func prefetch(parallel: Int, only: [String]? = nil) -> PrefetchResult {
+        var files = secretFiles()
         if let only {
             let wanted = Set(only.map(PathKey.init))
             files = files.filter { wanted.contains(PathKey($0.source)) }

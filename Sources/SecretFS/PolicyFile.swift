@@ -56,6 +56,30 @@ public enum PolicyFile {
         }
     }
 
+    /// Why an `on_change=` program could be changed by someone other than
+    /// root or the daemon's user (the file, or any directory on its path:
+    /// the daemon runs it as root); nil when it cannot. A sticky directory
+    /// (as /tmp) passes: nobody else may replace what root put there.
+    public static func unsafeProgram(_ path: String) -> String? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
+        if let problem = unsafeOwnership(st, kind: S_IFREG, what: path) { return problem.replacing("a policy grants access and runs programs", with: "the daemon runs it as root") }
+        var dir = path
+        while let i = dir.utf8.lastIndex(of: UInt8(ascii: "/")) {
+            dir = i == dir.utf8.startIndex ? "/" : String(dir[..<i])
+            var dst = stat()
+            guard lstat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
+            if dst.st_mode & S_IFMT == S_IFLNK {
+                guard stat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
+            }
+            if dst.st_mode & S_ISVTX == 0, let problem = unsafeOwnership(dst, kind: S_IFDIR, what: "its directory \(dir)") {
+                return problem.replacing("a policy grants access and runs programs", with: "the daemon runs a program in it as root")
+            }
+            if dir == "/" { break }
+        }
+        return nil
+    }
+
     /// Why a policy file (or its directory) could be changed by someone
     /// other than root or the daemon's user; nil when it cannot.
     /// `kind` is what it must be (`S_IFREG`, `S_IFDIR`); `what` names it.

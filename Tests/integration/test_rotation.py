@@ -5,6 +5,7 @@ decrypted, and none for a broken ciphertext."""
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -231,3 +232,85 @@ def test_a_policy_rule_names_its_own_targets(tmp_path, kms, mount_factory):
     time.sleep(1)
     assert rule_log.read_text().splitlines() == ["db/main.password"]
     assert mount_log.read_text().splitlines() == ["web.key"]
+
+
+def test_a_reader_caching_the_new_version_between_two_events_does_not_hide_the_rotation(tmp_path, kms, mount_factory):
+    """Rotated while nothing was cached, opened (which caches the new
+    version), then chmod'ed, as `install -m` does: the change is still
+    told. It was measured against the version cached at the later event,
+    the new one, and reported as a touch."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.encrypted", b"one")
+    script, log = notify_script(tmp_path)
+    m = mount_factory(src, "allow_uid=0,settle=2,on_change=%s" % script)
+    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    put(kms, src / "db.encrypted", b"two")
+    assert open(m.file("db"), "rb").read() == b"two"
+    os.chmod(src / "db.encrypted", 0o640)
+    assert eventually(lambda: log.exists(), 15), m.log()
+    assert log.read_text().splitlines() == ["db"]
+
+
+def test_a_touch_of_a_secret_never_opened_tells_nobody(tmp_path, kms, mount_factory):
+    """Nothing cached to compare with: the version noted at start is."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.encrypted", b"one")
+    script, log = notify_script(tmp_path)
+    m = mount_factory(src, "allow_uid=0,settle=0.5,on_change=%s" % script)
+    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    os.utime(src / "db.encrypted")
+    assert m.wait_log("db changed on disk but is still version", timeout=15), m.log()
+    time.sleep(1)
+    assert not log.exists()
+
+
+def test_a_directory_moved_into_place_is_told_one_record_per_secret(tmp_path, kms, mount_factory):
+    """An atomic deploy, `mv tls tls.old; mv tls.new tls`, raises events for
+    the directories only: every secret under them is compared with what was
+    last announced, and the changed ones are told (one audit record each,
+    even for a name with a comma)."""
+    src = tmp_path / "src"
+    (src / "tls").mkdir(parents=True)
+    put(kms, src / "tls" / "key.encrypted", b"key-1")
+    put(kms, src / "tls" / "a,b.encrypted", b"ab-1")
+    put(kms, src / "tls" / "same.encrypted", b"same")
+    script, log = notify_script(tmp_path)
+    audit = tmp_path / "audit.log"
+    policy = tmp_path / "policy"
+    policy.write_text("tls/*  allow_uid=0  on_change=%s\n" % script)   # not tls.new/* nor tls.old/*
+    m = mount_factory(src, "allow_uid=0,settle=1,policy=%s,audit=%s" % (policy, audit))
+    assert m.wait_log("versions of 3 secrets noted", timeout=10), m.log()
+    assert open(m.file("tls/key"), "rb").read() == b"key-1"
+    (src / "tls.new").mkdir()
+    put(kms, src / "tls.new" / "key.encrypted", b"key-2")
+    put(kms, src / "tls.new" / "a,b.encrypted", b"ab-2")
+    os.link(src / "tls" / "same.encrypted", src / "tls.new" / "same.encrypted")
+    time.sleep(1.5)                                      # tls.new's own changes settle first (nobody to tell)
+    os.rename(src / "tls", src / "tls.old")
+    os.rename(src / "tls.new", src / "tls")
+    assert eventually(lambda: log.exists() and "tls/key" in log.read_text(), 15), m.log()
+    time.sleep(1.5)
+    told = sorted(p for line in log.read_text().splitlines() for p in line.split())
+    assert told == ["tls/a,b", "tls/key"], told
+    assert open(m.file("tls/key"), "rb").read() == b"key-2"
+    records = [l for l in audit.read_text().splitlines() if "result=notified" in l]
+    assert sorted(re.search(r"path=(\S+)", l).group(1) for l in records) == ["tls/a,b", "tls/key"], records
+
+
+def test_an_on_change_program_others_may_write_is_not_run(tmp_path, kms, mount_factory):
+    """The daemon runs it as root: a program its owner's group or anyone
+    may rewrite would hand them root, so it is refused, as the policy file
+    is, and the refusal is logged."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.encrypted", b"one")
+    script, log = notify_script(tmp_path)
+    script.chmod(0o777)
+    m = mount_factory(src, "allow_uid=0,settle=0.5,on_change=%s" % script)
+    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    put(kms, src / "db.encrypted", b"two")
+    assert m.wait_log("not running on_change=%s" % script, timeout=15), m.log()
+    assert "may be written by anyone" in m.log()
+    assert not log.exists()
