@@ -215,6 +215,25 @@ static void *kmsfs_loop_standby(void *arg) {
             memset(&none, 0, sizeof none);
             return kmsfs_loop_leave(l, &none);
         }
+        if (l->processing && l->idle > 0) {
+            /* A worker a takeover left idle takes the reader's role (it
+             * waits for `reading` to drop); this thread stays the standby.
+             * Without this, idle workers were never used again, yet
+             * counted against the cap. */
+            l->processing = 0;
+            l->tenure++;                      /* the slow worker goes idle when done */
+            l->reading = 0;
+            pthread_cond_signal(&l->changed);
+            continue;
+        }
+        if (l->processing && l->threads >= l->max_threads + 1) {
+            /* At the cap: look again a little later. The timer has fired
+             * and nothing else re-arms it while the reader is held up, so
+             * once slow requests end and threads are free (or idle), the
+             * reader's role must still be taken over. */
+            kmsfs_loop_timer(l, l->watch_ns > 10000000u ? l->watch_ns : 10000000u);
+            continue;
+        }
         if (l->processing && l->threads < l->max_threads + 1) {
             l->processing = 0;
             l->tenure++;                      /* the slow worker goes idle when done */

@@ -63,3 +63,59 @@ def test_a_hung_source_holds_up_only_the_requests_that_touch_it(public_tmp, kms,
         inner.stop()
         pool.shutdown(wait=False, cancel_futures=True)
         os.system("rm -rf '%s'" % base)
+
+
+def test_the_reader_is_taken_over_again_once_the_cap_frees(public_tmp, kms, tmp_path):
+    """threads=4: three listings of one hung directory and one of another
+    fill every worker, and the reader itself is held up by the last. When
+    the first directory answers again, its workers are free: the standby
+    must hand the reader's role on (to a worker left idle, or a new one).
+    It slept on a timer that had fired and was never re-armed, and idle
+    workers were never used again: every request, cached opens included,
+    waited for the second directory."""
+    base = public_tmp / ("cap-%s" % tmp_path.name)
+    src = base / "src"
+    for d in ("sub1", "sub2"):
+        (src / d).mkdir(parents=True)
+        (base / ("inner-" + d)).mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
+    (base / "mnt").mkdir()
+    inners = [Mount(base / ("inner-" + d), src / d, "allow_uid=0,audit=off", kms.env, tmp_path / ("%s.log" % d))
+              for d in ("sub1", "sub2")]
+    outer = None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=6)
+    try:
+        outer = Mount(src, base / "mnt", "allow_uid=0,audit=off,threads=4", kms.env, tmp_path / "outer.log")
+        path = outer.file("s")
+        with open(path, "rb") as f:
+            assert f.read() == SECRET
+        for m in inners:
+            stop_process(m.pid)
+        first = [pool.submit(os.listdir, os.path.join(outer.path, "sub1")) for _ in range(3)]
+        time.sleep(0.5)
+        second = pool.submit(os.listdir, os.path.join(outer.path, "sub2"))
+        time.sleep(0.5)
+        assert not any(f.done() for f in first + [second])
+        os.kill(inners[0].pid, signal.SIGCONT)
+        for f in first:
+            assert f.result(timeout=20) is not None
+
+        def cached_open():
+            with open(path, "rb") as f:
+                return f.read()
+        t0 = time.monotonic()
+        assert pool.submit(cached_open).result(timeout=5) == SECRET, outer.log()
+        assert time.monotonic() - t0 < 5
+        assert not second.done()                          # the second directory still hangs
+        os.kill(inners[1].pid, signal.SIGCONT)
+        assert second.result(timeout=20) is not None
+        assert outer.proc.poll() is None
+    finally:
+        for m in inners:
+            os.kill(m.pid, signal.SIGCONT)
+        if outer is not None:
+            outer.stop()
+        for m in inners:
+            m.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+        os.system("rm -rf '%s'" % base)
