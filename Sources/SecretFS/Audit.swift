@@ -271,17 +271,36 @@ struct RefusalBudget {
         var lastWarning: Double
     }
     private var buckets: [UInt32: Bucket] = [:]
+    /// All users together: with allow_other, requests come from every user
+    /// namespace, and a user with 65,536 subordinate uids is as many users
+    /// here. Ten users' worth.
+    static let totalPerSecond = perSecond * 10
+    static let totalBurst = burst * 10
+    private var total = (tokens: RefusalBudget.totalBurst, at: -Double.infinity)
+    /// Users past `users` share one budget (the key no real uid has:
+    /// 4294967295 is (uid_t)-1). The table is pruned at most once a second,
+    /// never per refusal: each pruning walks it.
+    static let overflowKey = UInt32.max
+    private var lastPrune = -Double.infinity
 
     mutating func take(uid: UInt32, now: Double) -> Decision {
+        var key = uid
         if buckets[uid] == nil && buckets.count >= RefusalBudget.users {
-            buckets = buckets.filter { now - $0.value.at < RefusalBudget.burst / RefusalBudget.perSecond || $0.value.unrecorded > 0 }
+            if now - lastPrune >= 1 {
+                lastPrune = now
+                buckets = buckets.filter { now - $0.value.at < RefusalBudget.burst / RefusalBudget.perSecond || $0.value.unrecorded > 0 }
+            }
+            if buckets.count >= RefusalBudget.users { key = RefusalBudget.overflowKey }
         }
-        var b = buckets[uid] ?? Bucket(tokens: RefusalBudget.burst, at: now, unrecorded: 0, lastWarning: -.infinity)
+        var b = buckets[key] ?? Bucket(tokens: RefusalBudget.burst, at: now, unrecorded: 0, lastWarning: -.infinity)
         b.tokens = min(RefusalBudget.burst, b.tokens + max(0, now - b.at) * RefusalBudget.perSecond)
         b.at = now
+        total.tokens = min(RefusalBudget.totalBurst, total.tokens + max(0, now - total.at) * RefusalBudget.totalPerSecond)
+        total.at = now
         let decision: Decision
-        if b.tokens >= 1 {
+        if b.tokens >= 1 && total.tokens >= 1 {
             b.tokens -= 1
+            total.tokens -= 1
             decision = .record(unrecorded: b.unrecorded)
             b.unrecorded = 0
         } else {
@@ -290,7 +309,7 @@ struct RefusalBudget {
             if warn { b.lastWarning = now }
             decision = .countOnly(firstInAWhile: warn)
         }
-        buckets[uid] = b
+        buckets[key] = b
         return decision
     }
 }

@@ -123,18 +123,30 @@ public final class OpenDirectory: @unchecked Sendable {
 /// (in memory the daemon locks), so a user opening the mount's root
 /// thousands of times over could make the daemon the one the OOM killer
 /// picks. A user holding `limit` entries gets EMFILE until some are closed;
-/// one directory larger than that alone still opens.
+/// one directory larger than that alone still opens. Every handle costs at
+/// least one entry (an empty directory too). All users together hold at
+/// most `totalLimit` (16 users' worth): with allow_other, requests come from
+/// every user namespace, and a user with 65,536 subordinate uids is 65,536
+/// users here.
 final class DirectoryLedger: Sendable {
     let limit: Int
-    private let held = Mutex<[UInt32: Int]>([:])
+    let totalLimit: Int
+    private let held = Mutex<(byUid: [UInt32: Int], total: Int)>(([:], 0))
     private let lastWarning = Mutex(-Double.infinity)
-    init(limit: Int) { self.limit = limit }
+    init(limit: Int, totalLimit: Int? = nil) {
+        self.limit = limit
+        let (sixteen, overflow) = limit.multipliedReportingOverflow(by: 16)
+        self.totalLimit = totalLimit ?? (overflow ? Int.max : sixteen)
+    }
 
-    func take(_ uid: UInt32, _ n: Int) -> Bool {
+    func take(_ uid: UInt32, _ entries: Int) -> Bool {
+        let n = max(entries, 1)
         let ok = held.withLock { h in
-            let now = h[uid] ?? 0
+            let now = h.byUid[uid] ?? 0
             guard now == 0 || n <= limit - now else { return false }
-            h[uid] = now + n
+            guard h.total == 0 || n <= totalLimit - h.total else { return false }
+            h.byUid[uid] = now + n
+            h.total += n
             return true
         }
         if !ok {
@@ -145,16 +157,19 @@ final class DirectoryLedger: Sendable {
                 return true
             }
             if due {
-                Log.warning("uid \(uid) holds \(limit) directory entries in open directories; its opendir gets EMFILE until it closes some (logged at most once a minute)")
+                Log.warning("uid \(uid): its open directories, or all users' together, hold as many entries as allowed (\(limit) a user, \(totalLimit) in all); opendir gets EMFILE until some are closed (logged at most once a minute)")
             }
         }
         return ok
     }
 
-    func give(_ uid: UInt32, _ n: Int) {
+    func give(_ uid: UInt32, _ entries: Int) {
+        let n = max(entries, 1)
         held.withLock { h in
-            let left = (h[uid] ?? 0) - n
-            h[uid] = left > 0 ? left : nil
+            let had = h.byUid[uid] ?? 0
+            let given = min(had, n)
+            h.byUid[uid] = had - given > 0 ? had - given : nil
+            h.total -= given
         }
     }
 }

@@ -179,6 +179,37 @@ func text(_ s: OpenSecret) -> String {
         #expect(fs.counterSnapshot.denials == 176)
     }
 
+    /// Requests come from every user namespace (allow_other): a user with
+    /// thousands of subordinate uids is thousands of users. All of them
+    /// together get ten users' worth of records (1,000 at once, 200 a
+    /// second), and users past the 4,096 remembered share one user's
+    /// budget (100 at once, 20 a second).
+    @Test func refusalsOfManyUsersTogetherAreBounded() throws {
+        let audit = MemoryAudit()
+        final class Time: Sendable { let seconds = Mutex(100.0) }
+        let time = Time()
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
+                                  decryptor: FakeDecryptor(), audit: audit, monotonic: { time.seconds.withLock { $0 } })
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        for uid in UInt32(100_000)..<100_000 + 6_000 {
+            #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }
+        }
+        #expect(audit.records.withLock { $0.count } == 1000)
+        #expect(fs.counterSnapshot.denials == 6000)
+        time.seconds.withLock { $0 += 1 }   // 200 more in all; new users past the 4,096 share 100
+        for uid in UInt32(200_000)..<200_000 + 300 {
+            #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }
+        }
+        #expect(audit.records.withLock { $0.count } == 1100)
+        for uid in UInt32(100_100)..<100_100 + 300 {   // remembered users, their own budgets full again
+            #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }
+        }
+        #expect(audit.records.withLock { $0.count } == 1200)
+        // Admitted opens are never limited.
+        #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")
+    }
+
     /// opendir needs no permission and each handle holds its own listing:
     /// one user's handles may hold so many entries, then get EMFILE until
     /// they close some; other users are not affected.
@@ -203,6 +234,30 @@ func text(_ s: OpenSecret) -> String {
         let one = try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()
         #expect(one.items.count == 3)
         #expect(throws: FSError(EMFILE)) { try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get() }
+    }
+
+    /// Users together hold at most 16 users' worth of entries (subordinate
+    /// uids are users here), and an empty directory's handle costs one.
+    @Test func allUsersOpenDirectoriesTogetherAreBounded() throws {
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        var c = FSConfiguration(policy: policy)
+        c.directoryEntriesPerUser = 4       // the root lists 4 entries here: one handle a user; 64 in all
+        let dir = try makeTree()
+        try FileManager.default.createDirectory(atPath: dir + "/empty", withIntermediateDirectories: false)
+        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: c, decryptor: FakeDecryptor(), audit: MemoryAudit())
+        var held: [Any] = []
+        for uid in UInt32(5000)..<5016 {
+            held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: uid, gid: uid, pid: 1)).get())
+        }
+        #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: 6000, gid: 6000, pid: 1)).get() }
+        held.removeLast()
+        held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: 6000, gid: 6000, pid: 1)).get())
+        // Empty directories: one entry each, so one user gets 4 handles, not unbounded.
+        let empty = try fs.lookup(parent: SecretFileSystem.rootInode, name: "empty").get().attributes.ino
+        held.removeAll()
+        let u = Caller(uid: 7000, gid: 7000, pid: 1)
+        for _ in 0..<4 { held.append(try fs.openDirectory(empty, caller: u).get()) }
+        #expect(throws: FSError(EMFILE)) { try fs.openDirectory(empty, caller: u).get() }
     }
 
     /// Whoever writes SOURCE sets a file's times at will: one past what 64
