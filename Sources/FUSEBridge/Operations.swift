@@ -5,6 +5,7 @@ import SecureMemory
 import Log
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 
 /// What every request reaches through `fuse_req_userdata`.
@@ -20,6 +21,11 @@ final class BridgeContext: @unchecked Sendable {
     /// worker's: a drop waits for page locks that a read of the same file
     /// holds until a worker answers it).
     let pageDrops = WorkPool(name: "kmsfs-inval", limit: 1, idleSeconds: 2, runsOnSubmitter: false)
+    /// Inodes with a page drop queued: one drop does for every mapping of
+    /// the file closed before it runs, so a user closing mappings in a loop
+    /// queues at most one per file and the queue never fills (a full queue
+    /// would leave plaintext pages in the page cache).
+    let pageDropsQueued = Mutex<Set<UInt64>>([])
     /// The session, set once right after it is created (before any request).
     var session: OpaquePointer?
 
@@ -290,8 +296,11 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     // pins pages): copy into locked scratch, reply, wipe.
     do {
         try ctx.scratch.withScratch { (buf: UnsafeMutableRawBufferPointer) -> Int in
-            plaintext.copyBytes(from: start, count: length, to: buf.baseAddress!)
-            _ = fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), length)
+            if plaintext.copyBytes(from: start, count: length, to: buf.baseAddress!) {
+                _ = fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), length)
+            } else {
+                reply(req, error: EIO)   // wiped under this read (the daemon is stopping)
+            }
             return length
         }
     } catch {
@@ -317,7 +326,15 @@ let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     // mappings in a loop queues drops, not threads.
     if pageCacheUsed, let session {
         let ref = SessionRef(session)
-        ctx.pageDrops.submit { _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0) }
+        guard ctx.pageDropsQueued.withLock({ $0.insert(ino).inserted }) else { return }
+        let queued = ctx.pageDrops.submit {
+            ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
+            _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0)
+        }
+        if !queued {
+            ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
+            Log.error("release: cannot queue the page-cache drop of inode \(ino) (stopping, or no thread); its pages stay until evicted")
+        }
     }
 }
 

@@ -212,7 +212,10 @@ public final class CredentialServer: @unchecked Sendable {
             let n = min(scratch.bufferSize, total - offset)
             do {
                 try scratch.withScratch { buf -> Int in
-                    plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!)
+                    guard plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!) else {
+                        ok = false       // wiped meanwhile: refused, not sent
+                        return n
+                    }
                     var sent = 0
                     while sent < n {
                         let w = (try? syscallRetrying("send") { Glibc.send(c, buf.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }) ?? -1

@@ -253,16 +253,25 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         count += n
     }
 
-    /// Copies `length` bytes starting at `offset` into `destination`.
-    public func copyBytes(from offset: Int, count length: Int, to destination: UnsafeMutableRawPointer) {
-        precondition(offset >= 0 && length >= 0 && offset + length <= count)
+    /// Copies `length` bytes starting at `offset` into `destination`; false
+    /// (and the copy is not to be used) when the contents were wiped before
+    /// or during the copy: a reader racing the shutdown wipe answers EIO,
+    /// never zeros as the secret, and never traps the daemon.
+    @discardableResult
+    public func copyBytes(from offset: Int, count length: Int, to destination: UnsafeMutableRawPointer) -> Bool {
+        precondition(offset >= 0 && length >= 0 && offset <= capacity && length <= capacity - offset)
+        guard offset + length <= count else { return false }
         if length > 0 { destination.copyMemory(from: base + offset, byteCount: length) }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return offset + length <= count
     }
 
-    /// Wipes the contents in place and sets `count` to zero.
+    /// Wipes the contents in place and sets `count` to zero (first, so a
+    /// copy that overlaps the wipe sees it: `copyBytes`).
     public func wipeContents() {
-        secureWipe(base, capacity)
         count = 0
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        secureWipe(base, capacity)
     }
 
     /// Constant-time comparison of contents.

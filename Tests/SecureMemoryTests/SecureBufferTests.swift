@@ -14,6 +14,21 @@ import Testing
         b.withUnsafeMutableCapacity { cap in #expect(cap.allSatisfy { $0 == 0 }) }
     }
 
+    /// A reader that raced the shutdown wipe is told so (and answers EIO)
+    /// instead of serving zeros as the secret, or trapping the daemon on a
+    /// range past the wiped count.
+    @Test func aCopyOfWipedContentsSaysSo() throws {
+        let b = try SecureBuffer(capacity: 16)
+        try b.append(utf8: "hunter2")
+        var out = [UInt8](repeating: 0xAA, count: 7)
+        #expect(out.withUnsafeMutableBytes { b.copyBytes(from: 0, count: 7, to: $0.baseAddress!) })
+        #expect(String(decoding: out, as: UTF8.self) == "hunter2")
+        b.wipeContents()
+        #expect(!out.withUnsafeMutableBytes { b.copyBytes(from: 0, count: 7, to: $0.baseAddress!) })
+        #expect(!out.withUnsafeMutableBytes { b.copyBytes(from: 2, count: 5, to: $0.baseAddress!) })
+        #expect(out.withUnsafeMutableBytes { b.copyBytes(from: 0, count: 0, to: $0.baseAddress!) })
+    }
+
     @Test func descriptionIsRedacted() throws {
         let b = try SecureBuffer(capacity: 16)
         try b.append(utf8: "hunter2")
