@@ -578,16 +578,21 @@ static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
     memcpy(&in, e->hdr->in_out, sizeof in);
     size_t psz = e->hdr->payload_sz;
     e->hdr->commit_id = 0;
-    if (psz > u->payload_cap) psz = u->payload_cap;
+    /* A payload larger than the buffer the kernel was given is no request
+     * this layout knows: answered EIO below, never processed cut short. */
+    int oversize = psz > u->payload_cap;
+    if (oversize) psz = u->payload_cap;
     if (e->dirty > psz) ku_scrub(e, psz, e->dirty);
     e->dirty = psz;
     e->unique = in.unique;
     size_t op = 0;
-    int bad = in.len < sizeof in + psz || (op = in.len - sizeof in - psz) > sizeof e->hdr->op_in;
+    int bad = oversize || in.len < sizeof in + psz || (op = in.len - sizeof in - psz) > sizeof e->hdr->op_in;
     size_t len = sizeof in + op + psz;
     uint8_t *at = e->region + KU_LAYOUT_AT;
-    if (!bad && len > KU_PREFIX - KU_LAYOUT_AT) {
-        e->big = malloc(len);
+    /* One byte more than the request: a NUL after it, so that libfuse's
+     * strlen over a name ends inside the copy whatever the ring held. */
+    if (!bad && len + 1 > KU_PREFIX - KU_LAYOUT_AT) {
+        e->big = malloc(len + 1);
         at = (uint8_t *)e->big;
         bad = at == NULL;
     }
@@ -610,6 +615,7 @@ static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
     memcpy(at, &in, sizeof in);
     memcpy(at + sizeof in, e->hdr->op_in, op);
     memcpy(at + sizeof in + op, e->payload, psz);
+    at[len] = 0;
     e->req = at;
     e->req_len = len;
     struct fuse_buf probe;
