@@ -111,8 +111,14 @@ public enum Daemon {
         do { tree = try SourceTree(path: request.source) } catch {
             report.fail("source \(request.source): \(Errno.text(error.code)); give the directory that holds the *.encrypted files")
         }
-        if let fs = tree.caseInsensitiveFileSystem {
-            Log.warning("source \(request.source) is on \(fs), which ignores case in names: a name spelled in another case opens the same file but misses policy= rules written for it; keep SOURCE on a case-sensitive file system")
+        let caseInsensitive = tree.caseInsensitiveFileSystem
+        if let fs = caseInsensitive {
+            // A name spelled in another case opens the same file but misses
+            // the rules written for it: with policy=, a way around them.
+            if options.policyFile != nil {
+                report.fail(Daemon.caseInsensitivePolicy(source: request.source, fs: fs))
+            }
+            Log.warning("source \(request.source) is on \(fs), which ignores case in names: a name spelled in another case opens the same file; keep SOURCE on a case-sensitive file system (policy= is refused on it)")
         }
 
         let auditTarget: AuditSink
@@ -220,6 +226,9 @@ public enum Daemon {
                 Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started)
             }, remount: { changes in
                 live.remount(changes) { new throws(OptionError) in
+                    if let ci = caseInsensitive, new.policyFile != nil {
+                        throw OptionError(Daemon.caseInsensitivePolicy(source: request.source, fs: ci))
+                    }
                     fs.reconfigure(try Configuration.filesystem(new, watched: watcher != nil))
                 }
             })
@@ -339,6 +348,10 @@ public enum Daemon {
                 return .failure(error)
             }
         }
+    }
+
+    static func caseInsensitivePolicy(source: String, fs: String) -> String {
+        "source \(source) is on \(fs), which ignores case in names: policy= rules are matched on names as spelled, so another spelling (DB/PASSWORD for db/password) would get past them; keep SOURCE on a case-sensitive file system, or mount without policy="
     }
 
     /// `-o prefetch`: decrypts every secret, then reports the mount ready
