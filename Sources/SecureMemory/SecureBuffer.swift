@@ -105,8 +105,11 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     public let backing: SecureBacking
     /// Usable bytes.
     public let capacity: Int
-    /// Bytes in use (`<= capacity`).
-    public private(set) var count: Int = 0
+    /// Bytes in use (`<= capacity`). Atomic: the wipe at shutdown
+    /// (`SecureMemoryStats.wipeAllLive`) sets it to 0 from another thread
+    /// while an owner may read it or wipe too.
+    public var count: Int { storedCount.load(ordering: .acquiring) }
+    private let storedCount = Atomic<Int>(0)
 
     private let base: UnsafeMutableRawPointer      // first usable byte
     private let mapping: UnsafeMutableRawPointer   // whole mapping, guards included
@@ -225,8 +228,9 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     /// Sets the number of bytes in use; bytes beyond it are wiped.
     public func setCount(_ n: Int) {
         precondition(n >= 0 && n <= capacity, "SecureBuffer count out of range")
-        if n < count { secureWipe(base + n, count - n) }
-        count = n
+        let was = count
+        if n < was { secureWipe(base + n, was - n) }
+        storedCount.store(n, ordering: .releasing)
     }
 
     /// Appends bytes; throws when they do not fit.
@@ -237,7 +241,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         if let src = bytes.baseAddress, bytes.count > 0 {
             (base + count).copyMemory(from: src, byteCount: bytes.count)
         }
-        count += bytes.count
+        storedCount.store(count + bytes.count, ordering: .releasing)
     }
 
     /// Appends the UTF-8 of a non-secret string (JSON punctuation, names).
@@ -250,7 +254,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         t.withUTF8 { (p: UnsafeBufferPointer<UInt8>) in
             if let src = p.baseAddress, n > 0 { (base + count).copyMemory(from: src, byteCount: n) }
         }
-        count += n
+        storedCount.store(count + n, ordering: .releasing)
     }
 
     /// Copies `length` bytes starting at `offset` into `destination`; false
@@ -269,7 +273,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     /// Wipes the contents in place and sets `count` to zero (first, so a
     /// copy that overlaps the wipe sees it: `copyBytes`).
     public func wipeContents() {
-        count = 0
+        storedCount.store(0, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         secureWipe(base, capacity)
     }
