@@ -62,6 +62,20 @@ func rootOnlyFileSystem(_ dir: String, decryptor: SecretDecrypting) throws -> Se
                             decryptor: decryptor, audit: MemoryAudit())
 }
 
+/// A clock the test moves by hand.
+final class TestClock: Sendable { let seconds = Mutex(100.0) }
+
+/// A root-only file system over a new tree, auditing into memory, on a
+/// clock the test moves (`time.seconds`).
+func rootOnlyFileSystemOnAClock() throws -> (SecretFileSystem, MemoryAudit, TestClock) {
+    let audit = MemoryAudit()
+    let time = TestClock()
+    let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+    let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
+                              decryptor: FakeDecryptor(), audit: audit, monotonic: { time.seconds.withLock { $0 } })
+    return (fs, audit, time)
+}
+
 func text(_ s: OpenSecret) -> String {
     s.plaintext.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
 }
@@ -151,12 +165,7 @@ func text(_ s: OpenSecret) -> String {
     /// counted, and the next record says how many were not recorded. Other
     /// users and admitted opens are not touched.
     @Test func refusalsBeyondAUsersBudgetAreCountedNotEachRecorded() throws {
-        let audit = MemoryAudit()
-        final class Time: Sendable { let seconds = Mutex(100.0) }
-        let time = Time()
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
-                                  decryptor: FakeDecryptor(), audit: audit, monotonic: { time.seconds.withLock { $0 } })
+        let (fs, audit, time) = try rootOnlyFileSystemOnAClock()
         let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
         let mallory = Caller(uid: 4242, gid: 4242, pid: 1)
         for _ in 0..<150 {
@@ -185,12 +194,7 @@ func text(_ s: OpenSecret) -> String {
     /// second), and users past the 4,096 remembered share one user's
     /// budget (100 at once, 20 a second).
     @Test func refusalsOfManyUsersTogetherAreBounded() throws {
-        let audit = MemoryAudit()
-        final class Time: Sendable { let seconds = Mutex(100.0) }
-        let time = Time()
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-        let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: FSConfiguration(policy: policy),
-                                  decryptor: FakeDecryptor(), audit: audit, monotonic: { time.seconds.withLock { $0 } })
+        let (fs, audit, time) = try rootOnlyFileSystemOnAClock()
         let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
         for uid in UInt32(100_000)..<100_000 + 6_000 {
             #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }

@@ -93,6 +93,23 @@ def test_units_get_their_credentials_and_nothing_else(tmp_path, kms, mount_facto
     assert b"token-for-web" not in pathlib.Path(m.log_path).read_bytes()
 
 
+def mount_with_a_kms_that_hangs(tmp_path, kms, proxy, mount_factory, public_tmp, unit):
+    """A mount whose one credential, api.token for `unit`, waits 20 s on
+    KMS (timeout=30); returns it and its credential socket."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "api.token.encrypted").write_bytes(kms.encrypt_blob(b"token-for-web\n"))
+    policy = tmp_path / "policy"
+    policy.write_text("api.token  allow_unit=%s\n" % unit)
+    sock = public_tmp / ("cred-%s.sock" % uuid.uuid4().hex[:8])
+    proxy.reset()
+    proxy.delay = 20
+    proxy.policy = lambda n, target: Fault.SLOW
+    m = mount_factory(src, "allow_uid=0,policy=%s,credential_socket=%s,timeout=30" % (policy, sock),
+                      env=kms.base_env(endpoint=proxy.url))
+    return m, sock
+
+
 def test_a_request_still_waiting_on_kms_at_stop_is_refused_not_answered_empty(tmp_path, kms, proxy, mount_factory,
                                                                                units, public_tmp):  # noqa: F811
     """The daemon stops (a restart, an upgrade) while systemd waits for a
@@ -100,17 +117,7 @@ def test_a_request_still_waiting_on_kms_at_stop_is_refused_not_answered_empty(tm
     connection, which systemd reads as an empty credential and starts the
     unit with. The stop answers it with the refusal instead."""
     web, web_cg = units["web"]
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "api.token.encrypted").write_bytes(kms.encrypt_blob(b"token-for-web\n"))
-    policy = tmp_path / "policy"
-    policy.write_text("api.token  allow_unit=%s\n" % web)
-    sock = public_tmp / ("cred-%s.sock" % uuid.uuid4().hex[:8])
-    proxy.reset()
-    proxy.delay = 20
-    proxy.policy = lambda n, target: Fault.SLOW
-    m = mount_factory(src, "allow_uid=0,policy=%s,credential_socket=%s,timeout=30" % (policy, sock),
-                      env=kms.base_env(endpoint=proxy.url))
+    m, sock = mount_with_a_kms_that_hangs(tmp_path, kms, proxy, mount_factory, public_tmp, web)
     script = 'echo $$ > "$1/cgroup.procs" && exec "%s" -c "$5" "$2" "$3" "$4"' % sys.executable
     client = subprocess.Popen(["sh", "-c", script, "sh", str(web_cg), web, "api.token", str(sock), CLIENT],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -164,17 +171,7 @@ def test_requests_past_the_queue_are_refused_not_answered_empty(tmp_path, kms, p
     hold (workers held up by a slow KMS): those turned away get the
     refusal, never a closed connection (an empty credential)."""
     web, web_cg = units["web"]
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "api.token.encrypted").write_bytes(kms.encrypt_blob(b"token-for-web\n"))
-    policy = tmp_path / "policy"
-    policy.write_text("api.token  allow_unit=%s\n" % web)
-    sock = public_tmp / ("cred-%s.sock" % uuid.uuid4().hex[:8])
-    proxy.reset()
-    proxy.delay = 20
-    proxy.policy = lambda n, target: Fault.SLOW
-    m = mount_factory(src, "allow_uid=0,policy=%s,credential_socket=%s,timeout=30" % (policy, sock),
-                      env=kms.base_env(endpoint=proxy.url))
+    m, sock = mount_with_a_kms_that_hangs(tmp_path, kms, proxy, mount_factory, public_tmp, web)
     script = 'echo $$ > "$1/cgroup.procs" && exec "%s" -c "$6" "$2" "$3" "$4" "$5"' % sys.executable
     r = subprocess.run(["sh", "-c", script, "sh", str(web_cg), web, "api.token", str(sock), str(16 + 1024 + 4),
                         FLOOD_CLIENT], capture_output=True, timeout=60)
