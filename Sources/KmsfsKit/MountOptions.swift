@@ -140,6 +140,16 @@ public struct MountOptions: Sendable {
     /// Returns the new raw options (one `-o` argument) and their parse.
     public static func remounted(_ current: [String], with changes: [String]) throws(OptionError) -> (raw: [String], options: MountOptions) {
         let items = changes.flatMap(splitOptions).filter { !$0.isEmpty && $0 != "remount" }
+        // mount(8) puts the fstab line's options before the command line's:
+        // `mount -o remount,allow_uid=a` on a line with allow_uid=a:b sends
+        // both, and the lists would add up, silently keeping b. A list of
+        // who may read is taken only when given once.
+        for list in ["allow_uid", "allow_gid", "allow_unit"] {
+            let given = items.filter { canonicalName($0) == list }
+            if Set(given).count > 1 {
+                throw OptionError("\(list)= is given more than once (\(given.joined(separator: ", "))): mount(8) puts the fstab line's options before the command line's, and the lists would add up; nothing was changed. Give the whole list once: edit the fstab line, then mount -o remount")
+            }
+        }
         let named = Set(items.map(canonicalName))
         let kept = current.flatMap(splitOptions).filter { !$0.isEmpty && !named.contains(canonicalName($0)) }
         let raw = [(kept + items).map(escapeOption).joined(separator: ",")]

@@ -75,7 +75,11 @@ struct MountCommand: ParsableCommand {
             // (checked there against what it runs with), or refuses them all.
             let changes = MountOptions.remountChanges(options)
             do { _ = try MountOptions.parse([changes]) } catch { fail(error.message, code: 2) }
-            do { _ = try ControlClient.remount(mountpoint: absolute(mountpoint), options: [changes]) } catch {
+            do {
+                // Shown (mount(8) passes it on): what is in effect now.
+                let summary = try ControlClient.remount(mountpoint: absolute(mountpoint), options: [changes])
+                if !summary.isEmpty { Log.writeAll(2, "kmsfs: remounted \(LogEscape.escape(mountpoint)): \(LogEscape.escape(summary))\n") }
+            } catch {
                 fail("remount \(mountpoint): \(error)")
             }
             return

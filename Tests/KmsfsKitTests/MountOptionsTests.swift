@@ -33,6 +33,12 @@ import AWS
         #expect(again.options.allowUsers == ["4"] && again.options.requiredContext.first?.value == "a,b")
         // The same value for a fixed option is accepted (mount(8) passes all of fstab's).
         #expect(try MountOptions.remounted(current, with: ["remount,region=eu-west-1,ttl=1h"]).options.ttl == 3600)
+        // mount(8) sends the fstab line's options, then the command line's:
+        // two lists of who may read would add up (keeping 2). Refused; the
+        // same list twice is one list.
+        #expect(throws: OptionError.self) { try MountOptions.remounted(current, with: ["remount,allow_uid=1:2,ttl=5m,allow_uid=1"]) }
+        #expect(throws: OptionError.self) { try MountOptions.remounted(current, with: ["remount,allow_group=3,allow_gid=4"]) }
+        #expect(try MountOptions.remounted(current, with: ["remount,allow_uid=1,allow_uid=1"]).options.allowUsers == ["1", "1"])
     }
 
     @Test(arguments: [
