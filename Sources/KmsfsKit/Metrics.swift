@@ -225,20 +225,67 @@ public final class MetricsServer: @unchecked Sendable {
         }
     }
 
-    /// Serves from its own thread; `render` makes each answer's body.
+    /// Connections whose request head is still arriving, at most: past it,
+    /// the oldest is dropped.
+    static let maxPending = 64
+
+    /// Serves from its own thread; `render` makes each answer's body. Request
+    /// heads are read from every pending connection at once, each within
+    /// its own 2 s: idle connections (any local user may open them) cost a
+    /// slot, never the others' time, so a scrape is answered as soon as its
+    /// head is in.
     public func start(render: @escaping @Sendable () -> String) {
-        acceptConnections(fd, thread: "kmsfs-metrics", until: { [self] in stopped.load(ordering: .relaxed) }) { [self] c in
-            serve(c, render)
-            close(c)
+        let listener = fd
+        _ = startThread(name: "kmsfs-metrics") { [self] in
+            var pending: [(fd: Int32, head: [UInt8], deadline: Double)] = []
+            defer { for p in pending { close(p.fd) } }
+            var chunk = [UInt8](repeating: 0, count: 1024)
+            while !stopped.load(ordering: .relaxed) {
+                var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+                fds += pending.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+                let now = SystemClock.monotonic()
+                let wait = pending.map { $0.deadline - now }.min().map { max(0, min($0, 0.5)) } ?? 0.5
+                guard poll(&fds, nfds_t(fds.count), Int32(clampedMilliseconds(wait)) + 1) >= 0 else { continue }
+                let t = SystemClock.monotonic()
+                var still: [(fd: Int32, head: [UInt8], deadline: Double)] = []
+                for (i, var p) in pending.enumerated() {
+                    if fds[i + 1].revents != 0 {
+                        let n = (try? FileDescriptor.read(p.fd, into: &chunk)) ?? -1
+                        if n <= 0 { close(p.fd); continue }
+                        p.head += chunk[0..<n]
+                        if MetricsServer.containsBlankLine(p.head) {
+                            answer(p.fd, head: p.head, render)
+                            close(p.fd)
+                            continue
+                        }
+                    }
+                    if p.head.count >= 8192 || t >= p.deadline {
+                        MetricsServer.respond(p.fd, status: "400 Bad Request", body: "bad request\n")
+                        close(p.fd)
+                        continue
+                    }
+                    still.append(p)
+                }
+                pending = still
+                if fds[0].revents & Int16(POLLIN) != 0 {
+                    let c = accept(listener, nil, nil)
+                    if c >= 0 {
+                        _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                        var tv = timeval(tv_sec: 2, tv_usec: 0)
+                        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                        if pending.count >= MetricsServer.maxPending { close(pending.removeFirst().fd) }
+                        pending.append((c, [], SystemClock.monotonic() + 2))
+                    }
+                }
+            }
         }
     }
 
-    private func serve(_ c: Int32, _ render: () -> String) {
-        var tv = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        guard let head = MetricsServer.readHead(c) else {
-            MetricsServer.respond(c, status: "400 Bad Request", body: "bad request\n")
+    private func answer(_ c: Int32, head: [UInt8], _ render: () -> String) {
+        if case .tcp = address, !MetricsServer.hostAllowed(head) {
+            // A page in a local browser reaching 127.0.0.1 through DNS
+            // rebinding names another host: not ours to answer.
+            MetricsServer.respond(c, status: "403 Forbidden", body: "kmsfs answers Host: localhost or a loopback address only\n")
             return
         }
         switch MetricsServer.route(head) {
@@ -255,6 +302,27 @@ public final class MetricsServer: @unchecked Sendable {
     }
 
     public enum Route: Equatable, Sendable { case metrics(headOnly: Bool), notFound, badMethod, bad }
+
+    /// No Host header, or one naming localhost or a loopback address (with
+    /// or without a port).
+    public static func hostAllowed(_ head: [UInt8]) -> Bool {
+        // Split on bytes: "\r\n" is one Character to Swift.
+        for raw in head.split(separator: UInt8(ascii: "\n")).dropFirst() {
+            let line = raw.last == UInt8(ascii: "\r") ? raw.dropLast() : raw
+            let l = String(decoding: line, as: UTF8.self)
+            guard let colon = l.firstIndex(of: ":"), l[..<colon].lowercased() == "host" else { continue }
+            var value = String(l[l.index(after: colon)...].drop { $0 == " " || $0 == "\t" }).lowercased()
+            while value.last == " " || value.last == "\t" { value.removeLast() }
+            if value.hasPrefix("[") {                         // [::1]:9100
+                guard let end = value.firstIndex(of: "]") else { return false }
+                value = String(value[value.index(after: value.startIndex)..<end])
+            } else if let c = value.lastIndex(of: ":"), value.firstIndex(of: ":") == c {
+                value = String(value[..<c])                   // 127.0.0.1:9100, localhost:9100
+            }
+            return MetricsAddress.isLoopback(value)
+        }
+        return true
+    }
 
     /// The request line decides: `GET /metrics` (a query string is
     /// ignored), `HEAD /metrics`, anything else refused.

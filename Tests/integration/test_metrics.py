@@ -278,3 +278,40 @@ def test_a_real_prometheus_server_scrapes_the_endpoint(metered, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_idle_connections_do_not_hold_up_a_scrape(metered):
+    """Any local user may connect and send nothing. Served one at a time,
+    each idle connection cost the endpoint 2 s, and one every 50 ms kept a
+    scrape waiting 33 s, past Prometheus's 10 s timeout. Request heads are
+    read from every connection at once now."""
+    m = metered
+    idle = []
+    try:
+        for _ in range(40):
+            idle.append(socket.create_connection(("127.0.0.1", m.port)))
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        status, _, _ = scrape(m.port)
+        assert status == 200
+        assert time.monotonic() - t0 < 2, "idle connections held the endpoint %.1f s" % (time.monotonic() - t0)
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_request_naming_another_host_is_refused(metered):
+    """DNS rebinding: a page in a local browser reaching 127.0.0.1 under a
+    name of its own. A loopback endpoint answers Host: localhost or a
+    loopback address only."""
+    m = metered
+    for host, want in [("evil.example", 403), ("evil.example:%d" % m.port, 403), ("127.0.0.1:%d" % m.port, 200),
+                       ("localhost", 200), ("[::1]:%d" % m.port, 200)]:
+        c = http.client.HTTPConnection("127.0.0.1", m.port, timeout=10)
+        c.putrequest("GET", "/metrics", skip_host=True)
+        c.putheader("Host", host)
+        c.endheaders()
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == want, (host, r.status)
