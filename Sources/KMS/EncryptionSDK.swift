@@ -524,9 +524,11 @@ struct EncryptionSDKDecryptor {
                 failures.append(.refused("KMS decrypted the data key with key \(r.keyId.map(shownKey) ?? "(none named)") although the request named \(entry) (kms_key=); the plaintext was wiped"))
                 continue
             }
-            if let arn, let got = r.keyId, got != arn {
+            // The answer must name the key the data key is under (docs/
+            // formats.md): one naming none, or another, is not used.
+            if let arn, r.keyId != arn {
                 r.plaintext.wipeContents()
-                failures.append(.kms(KMSError(operation: "Decrypt", .malformedResponse("KMS answered with key \(shownKey(got)) for a data key of \(shownKey(arn))"))))
+                failures.append(.kms(KMSError(operation: "Decrypt", .malformedResponse("KMS answered with key \(r.keyId.map(shownKey) ?? "(none named)") for a data key of \(shownKey(arn))"))))
                 continue
             }
             return (r.plaintext, r.keyId ?? edk.providerInfoText)

@@ -48,6 +48,8 @@ final class FakeKMS: @unchecked Sendable {
     struct Call { let operation: String; let body: JSONValue }
     let calls = Mutex<[Call]>([])
     let generated = Mutex<[UInt8]>(Array(0xA0..<0xC0))
+    /// Answers Decrypt without naming the key (a hostile or broken endpoint).
+    let omitKeyId = Mutex(false)
 
     var transport: FakeTransport {
         FakeTransport { [self] req, _ in
@@ -68,6 +70,7 @@ final class FakeKMS: @unchecked Sendable {
                     return (200, #"{"KeyId":"\#(fixtureKeyARN)","Plaintext":"\#(Base64.encode(Array("raw secret".utf8)))"}"#)
                 }
                 if blob.hasPrefix("fixture-key-"), let n = Int(blob.dropFirst(12)) {
+                    if omitKeyId.withLock({ $0 }) { return (200, #"{"Plaintext":"\#(Base64.encode(Array(fixtureDataKey[0..<n])))"}"#) }
                     return (200, #"{"KeyId":"\#(fixtureKeyARN)","Plaintext":"\#(Base64.encode(Array(fixtureDataKey[0..<n])))"}"#)
                 }
                 if blob == "generated-32" {
@@ -137,6 +140,17 @@ func failure(_ body: () throws(DecodeError) -> DecodedSecret) -> DecodeError? {
         let ids = EncryptionSDKSuite.all.map { $0.hexID }
         #expect(ids == allSuiteIDs.map { "0x" + $0 })
         #expect(EncryptionSDKSuite.committingSigned.name == "AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384")
+    }
+
+    /// An answer that does not name the key the data key is under is not
+    /// used (docs/formats.md): a hostile endpoint cannot slip one past the
+    /// check by leaving KeyId out.
+    @Test func anAnswerNamingNoKeyIsNotUsed() throws {
+        let kms = FakeKMS()
+        kms.omitKeyId.withLock { $0 = true }
+        #expect(throws: (any Error).self) { try kms.decoder().decrypt(readFixture("0578-exact-frames.esdk"), path: "golden/0578-exact-frames") }
+        kms.omitKeyId.withLock { $0 = false }
+        #expect(try kms.decoder().decrypt(readFixture("0578-exact-frames.esdk"), path: "golden/0578-exact-frames").plaintext.count > 0)
     }
 
     @Test func exactMultipleOfTheFrameLengthEndsWithAnEmptyFinalFrame() throws {
