@@ -191,9 +191,10 @@ public enum PrometheusText {
 }
 
 /// Serves `GET /metrics` over HTTP/1.x on a loopback address or a Unix
-/// socket, from one thread, one short request at a time: a request must
-/// arrive whole within 2 s and 8 KiB, and the answer is written with the
-/// connection closed after it (no keep-alive to hold a slot).
+/// socket, from one thread: request heads are gathered from every pending
+/// connection at once, each must arrive whole within 2 s and 8 KiB, and
+/// the answer is written with the connection closed after it (no
+/// keep-alive to hold a slot).
 public final class MetricsServer: @unchecked Sendable {
     public let address: MetricsAddress
     private let fd: Int32
@@ -336,27 +337,6 @@ public final class MetricsServer: @unchecked Sendable {
         guard method == "GET" || method == "HEAD" else { return .badMethod }
         guard target == Array("/metrics".utf8) || target == Array("/metrics/".utf8) else { return .notFound }
         return .metrics(headOnly: method == "HEAD")
-    }
-
-    /// Reads up to the blank line ending the request head (8 KiB at most),
-    /// which must arrive whole within `within` seconds: the server answers
-    /// one connection at a time, and a client trickling a byte a second
-    /// (any local user may connect) would otherwise hold it for hours.
-    static func readHead(_ c: Int32, within: Double = 2) -> [UInt8]? {
-        let deadline = SystemClock.monotonic() + within
-        var buf = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 1024)
-        while buf.count < 8192 {
-            let left = deadline - SystemClock.monotonic()
-            guard left > 0 else { return nil }
-            var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, Int32(min(clampedMilliseconds(left), 10_000)) + 1) > 0 else { return nil }
-            let n = (try? FileDescriptor.read(c, into: &chunk)) ?? -1
-            guard n > 0 else { return nil }
-            buf += chunk[0..<n]
-            if containsBlankLine(buf) { return buf }
-        }
-        return nil
     }
 
     static func containsBlankLine(_ b: [UInt8]) -> Bool {
