@@ -63,7 +63,7 @@ public enum PolicyFile {
     public static func unsafeProgram(_ path: String) -> String? {
         var st = stat()
         guard lstat(path, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
-        if let problem = unsafeOwnership(st, kind: S_IFREG, what: path) { return problem.replacing("a policy grants access and runs programs", with: "the daemon runs it as root") }
+        if let problem = unsafeOwnership(st, kind: S_IFREG, what: path, because: "the daemon runs it as root") { return problem }
         var dir = path
         while let i = dir.utf8.lastIndex(of: UInt8(ascii: "/")) {
             dir = i == dir.utf8.startIndex ? "/" : String(dir[..<i])
@@ -72,8 +72,9 @@ public enum PolicyFile {
             if dst.st_mode & S_IFMT == S_IFLNK {
                 guard stat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
             }
-            if dst.st_mode & S_ISVTX == 0, let problem = unsafeOwnership(dst, kind: S_IFDIR, what: "its directory \(dir)") {
-                return problem.replacing("a policy grants access and runs programs", with: "the daemon runs a program in it as root")
+            if dst.st_mode & S_ISVTX == 0,
+               let problem = unsafeOwnership(dst, kind: S_IFDIR, what: "its directory \(dir)", because: "the daemon runs a program in it as root") {
+                return problem
             }
             if dir == "/" { break }
         }
@@ -83,10 +84,11 @@ public enum PolicyFile {
     /// Why a policy file (or its directory) could be changed by someone
     /// other than root or the daemon's user; nil when it cannot.
     /// `kind` is what it must be (`S_IFREG`, `S_IFDIR`); `what` names it.
-    static func unsafeOwnership(_ st: stat, kind: mode_t, what: String) -> String? {
+    static func unsafeOwnership(_ st: stat, kind: mode_t, what: String,
+                                because: String = "a policy grants access and runs programs") -> String? {
         if st.st_mode & S_IFMT != kind { return "\(what) is not a \(kind == S_IFDIR ? "directory" : "regular file")" }
         if st.st_uid != 0 && st.st_uid != geteuid() {
-            return "\(what) belongs to uid \(st.st_uid); a policy grants access and runs programs, so it must belong to root"
+            return "\(what) belongs to uid \(st.st_uid); \(because), so it must belong to root"
         }
         if st.st_mode & 0o022 != 0 {
             return "\(what) may be written by \(st.st_mode & 0o002 != 0 ? "anyone" : "its group") (mode \(String(st.st_mode & 0o7777, radix: 8))); chmod go-w"
