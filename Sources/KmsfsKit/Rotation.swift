@@ -144,13 +144,15 @@ public final class RotationNotifier: @unchecked Sendable {
         }
     }
 
-    /// The baseline: every secret's version as SOURCE holds it now (read
-    /// and digested, never decrypted). One that changes meanwhile is
-    /// already pending with what it had before, and keeps that.
+    /// The baseline: the version of every secret someone is told about
+    /// (reload=, on_change=) as SOURCE holds it now (read and digested,
+    /// never decrypted; a mount that tells nobody reads nothing). One that
+    /// changes meanwhile is already pending with what it had before, and
+    /// keeps that.
     private func seed() {
         let t0 = SystemClock.monotonic()
         var n = 0
-        for f in fs.secretFiles() {
+        for f in fs.secretFiles() where !targets(f.mount).isEmpty {
             if lock.withLock({ stopped }) { return }
             guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
             n += 1
@@ -167,7 +169,7 @@ public final class RotationNotifier: @unchecked Sendable {
     /// file written into SOURCE is).
     private func rescan() -> [(source: String, before: String?)] {
         var changed: [(source: String, before: String?)] = []
-        for f in fs.secretFiles() {
+        for f in fs.secretFiles() where !targets(f.mount).isEmpty {
             if lock.withLock({ stopped }) { break }
             guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
             let key = PathKey(f.source)
@@ -223,11 +225,7 @@ public final class RotationNotifier: @unchecked Sendable {
             if isStopped { return }
             let shown = SourceTree.mountPath(ofSource: source)
             let t = targets(shown)
-            guard !t.isEmpty else {
-                // Nobody to tell: stay lazy, but keep the baseline current.
-                if let v = fs.currentVersion(sourcePath: source) { lock.withLock { baseline[PathKey(source)] = v } }
-                continue
-            }
+            guard !t.isEmpty else { continue }   // nobody to tell: stay lazy (and keep no baseline)
             switch fs.decryptNow(sourcePath: source) {
             case .success(let secret):
                 _ = lock.withLock { stats.failures.removeValue(forKey: shown) }
