@@ -234,17 +234,26 @@ def test_a_policy_rule_names_its_own_targets(tmp_path, kms, mount_factory):
     assert mount_log.read_text().splitlines() == ["web.key"]
 
 
+def one_secret_told_to_a_program(tmp_path, kms, mount_factory, settle=0.5, program_mode=0o755):
+    """A mount of one secret, db, whose changes run notify_script's program
+    (made `program_mode`), once the notifier has noted its version; returns
+    SOURCE, the mount and the program's log."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.encrypted", b"one")
+    script, log = notify_script(tmp_path)
+    script.chmod(program_mode)
+    m = mount_factory(src, "allow_uid=0,settle=%s,on_change=%s" % (settle, script))
+    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    return src, m, log
+
+
 def test_a_reader_caching_the_new_version_between_two_events_does_not_hide_the_rotation(tmp_path, kms, mount_factory):
     """Rotated while nothing was cached, opened (which caches the new
     version), then chmod'ed, as `install -m` does: the change is still
     told. It was measured against the version cached at the later event,
     the new one, and reported as a touch."""
-    src = tmp_path / "src"
-    src.mkdir()
-    put(kms, src / "db.encrypted", b"one")
-    script, log = notify_script(tmp_path)
-    m = mount_factory(src, "allow_uid=0,settle=2,on_change=%s" % script)
-    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    src, m, log = one_secret_told_to_a_program(tmp_path, kms, mount_factory, settle=2)
     put(kms, src / "db.encrypted", b"two")
     assert open(m.file("db"), "rb").read() == b"two"
     os.chmod(src / "db.encrypted", 0o640)
@@ -254,12 +263,7 @@ def test_a_reader_caching_the_new_version_between_two_events_does_not_hide_the_r
 
 def test_a_touch_of_a_secret_never_opened_tells_nobody(tmp_path, kms, mount_factory):
     """Nothing cached to compare with: the version noted at start is."""
-    src = tmp_path / "src"
-    src.mkdir()
-    put(kms, src / "db.encrypted", b"one")
-    script, log = notify_script(tmp_path)
-    m = mount_factory(src, "allow_uid=0,settle=0.5,on_change=%s" % script)
-    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    src, m, log = one_secret_told_to_a_program(tmp_path, kms, mount_factory)
     os.utime(src / "db.encrypted")
     assert m.wait_log("db changed on disk but is still version", timeout=15), m.log()
     time.sleep(1)
@@ -303,14 +307,8 @@ def test_an_on_change_program_others_may_write_is_not_run(tmp_path, kms, mount_f
     """The daemon runs it as root: a program its owner's group or anyone
     may rewrite would hand them root, so it is refused, as the policy file
     is, and the refusal is logged."""
-    src = tmp_path / "src"
-    src.mkdir()
-    put(kms, src / "db.encrypted", b"one")
-    script, log = notify_script(tmp_path)
-    script.chmod(0o777)
-    m = mount_factory(src, "allow_uid=0,settle=0.5,on_change=%s" % script)
-    assert m.wait_log("versions of 1 secrets noted", timeout=10), m.log()
+    src, m, log = one_secret_told_to_a_program(tmp_path, kms, mount_factory, program_mode=0o777)
     put(kms, src / "db.encrypted", b"two")
-    assert m.wait_log("not running on_change=%s" % script, timeout=15), m.log()
+    assert m.wait_log("not running on_change=%s" % (tmp_path / "on-change"), timeout=15), m.log()
     assert "may be written by anyone" in m.log()
     assert not log.exists()
