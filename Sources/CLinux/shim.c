@@ -25,6 +25,16 @@
 #ifndef SYS_memfd_secret
 #define SYS_memfd_secret 447
 #endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+/* linux/mount.h (not included: it clashes with sys/mount.h on older glibc). */
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -55,6 +65,11 @@ int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, ui
     how.mode = mode;
     how.resolve = resolve;
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int kmsfs_open_tree_clone(const char *path) {
+    return (int)syscall(SYS_open_tree, AT_FDCWD, path,
+                        (unsigned int)(OPEN_TREE_CLONE | O_CLOEXEC | AT_RECURSIVE));
 }
 
 int kmsfs_prctl(int option, unsigned long arg2) {

@@ -111,6 +111,9 @@ public enum Daemon {
         do { tree = try SourceTree(path: request.source) } catch {
             report.fail("source \(request.source): \(Errno.text(error.code)); give the directory that holds the *.encrypted files")
         }
+        if !tree.holdsPrivateCopy {
+            Log.debug("source \(request.source): opened without a private copy of its mount (not root): its file system cannot be unmounted while this daemon holds it")
+        }
         let caseInsensitive = tree.caseInsensitiveFileSystem
         if let fs = caseInsensitive {
             // A name spelled in another case opens the same file but misses

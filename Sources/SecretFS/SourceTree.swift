@@ -94,17 +94,39 @@ public final class SourceTree: Sendable {
     /// beneath it) answer as if SOURCE were gone, not with /dev/null's.
     private let released = Atomic<Bool>(false)
 
+    /// Whether `rootFD` is a private copy of SOURCE's mount (see `init`).
+    public let holdsPrivateCopy: Bool
+
+    /// Opens SOURCE. As root, through a private, detached copy of its mount
+    /// (open_tree(OPEN_TREE_CLONE), with the mounts below it): everything
+    /// this daemon opens then keeps only that copy busy, never the mount
+    /// itself, so SOURCE's own file system (NFS, EFS, a second disk) can be
+    /// unmounted whatever this daemon still holds: at shutdown, systemd
+    /// unmounts it the moment the kmsfs mount is gone, before this daemon
+    /// has noticed. The file system then stays in use until the daemon lets
+    /// go of it, as after `umount -l`. Without the privilege (or before
+    /// Linux 5.2), a plain descriptor.
     public init(path: String) throws(Errno) {
         self.path = path
+        let copy = kmsfs_open_tree_clone(path)
+        var st = Glibc.stat()
+        if copy >= 0, fstat(copy, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+            rootFD = copy
+            holdsPrivateCopy = true
+            return
+        }
+        if copy >= 0 { close(copy) }
         rootFD = try syscallRetrying("open \(path)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        holdsPrivateCopy = false
     }
 
     deinit { close(rootFD) }
 
     /// Lets go of SOURCE once the mount is gone, so that SOURCE's own file
-    /// system can be unmounted right after (systemd unmounts it as soon as
-    /// the kmsfs mount is gone, at shutdown, while this daemon is still
-    /// wiping). The descriptor's number stays taken, by /dev/null: a call
+    /// system is freed while this daemon still wipes (without the private
+    /// copy, so that it can be unmounted at all; systemd unmounts it as
+    /// soon as the kmsfs mount is gone, at shutdown). The descriptor's
+    /// number stays taken, by /dev/null: a call
     /// still in flight fails with ENOTDIR rather than resolving beneath
     /// whatever directory would next get that number.
     public func release() {

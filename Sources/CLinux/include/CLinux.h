@@ -30,6 +30,11 @@ int kmsfs_memfd_secret(unsigned int flags);
  * resolve is a mask of RESOLVE_* flags. */
 int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
 
+/* open_tree(path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE): an
+ * O_PATH descriptor of a private, detached copy of the mounts at and below
+ * path (CAP_SYS_ADMIN; Linux 5.2). No glibc wrapper in Debian 12. */
+int kmsfs_open_tree_clone(const char *path);
+
 /* prctl(2) is variadic. */
 int kmsfs_prctl(int option, unsigned long arg2);
 
