@@ -202,9 +202,10 @@ public final class CredentialServer: @unchecked Sendable {
     /// the kernel), writes, wipes.
     private func send(_ plaintext: SecureBuffer, to c: Int32) -> Bool {
         // The length is taken once: a plaintext wiped meanwhile (its count
-        // drops to 0) is a failure, answered with the refusal, never a
+        // drops to 0; the TTL or the stop revoked it) is a failure, answered with the refusal, never a
         // shorter credential followed by EOF.
         let total = plaintext.count
+        if plaintext.isRevoked { return false }
         var offset = 0
         var ok = true
         while ok && offset < total {

@@ -88,7 +88,10 @@ public final class CachedSecret: @unchecked Sendable {
 ///
 /// Lifetimes:
 /// - `ttl` is a hard bound: a plaintext is wiped that long after it was
-///   decrypted, whatever else happens.
+///   decrypted, whatever else happens: also where an open handle still
+///   holds it (a read of that handle then fails), after a rotation, an
+///   eviction or a refresh took it out of the cache, or where it never
+///   entered it.
 /// - In the last `staleWindow` seconds of its TTL (at most half of it), an
 ///   open is still served from the cache at once and also starts one
 ///   background refresh. A healthy KMS renews the plaintext before it
@@ -142,6 +145,14 @@ public final class SecretCache: @unchecked Sendable {
     // entry is still the cached one.)
     private var entries: [PathKey: CachedSecret] = [:]
     private var flights: [PathKey: Flight] = [:]
+    /// Every plaintext decrypted here that anything still holds (the
+    /// cache, open handles, a caller): the TTL and `wipeAll` reach those
+    /// out of the cache too. Weak: a plaintext nothing holds is already
+    /// wiped (its buffer wipes itself when freed).
+    private struct Held { weak var secret: CachedSecret? }
+    private var held: [Held] = []
+    /// `held` is pruned of freed plaintexts when it grows past this.
+    private var heldPruneAt = 64
     private var bytes = 0
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
@@ -233,8 +244,9 @@ public final class SecretCache: @unchecked Sendable {
 
         lock.lock()
         if flights[key] === flight { flights[key] = nil }
-        if case .success(let fresh) = result, !flight.stale {
-            insert(fresh)
+        if case .success(let fresh) = result {
+            hold(fresh)
+            if !flight.stale { insert(fresh) }
         }
         flight.result = result
         lock.broadcast()
@@ -253,6 +265,7 @@ public final class SecretCache: @unchecked Sendable {
             let current = entries[PathKey(entry.path)] === entry
             switch result {
             case .success(let fresh):
+                hold(fresh)
                 if current { insert(fresh) }
                 Log.debug("cache: \(entry.path) refreshed ahead of its ttl")
             case .failure(let failure):
@@ -280,6 +293,19 @@ public final class SecretCache: @unchecked Sendable {
     private func footprint(_ e: CachedSecret) -> Int {
         let p = systemPageSize
         return (max(e.plaintext.capacity, 1) + p - 1) / p * p
+    }
+
+    // Lock held. Registers a plaintext this cache decrypted, so the TTL
+    // and `wipeAll` reach it wherever it is held. After `wipeAll`, wiped
+    // at once: nothing outlives the stop.
+    private func hold(_ e: CachedSecret) {
+        if stopped { e.plaintext.revoke(); return }
+        held.append(Held(secret: e))
+        if held.count > heldPruneAt {
+            held.removeAll { $0.secret == nil }
+            heldPruneAt = max(64, held.count * 2)
+        }
+        lock.broadcast()   // the sweeper's next TTL may be this one's
     }
 
     // Lock held. Nothing is cached once `wipeAll` has run: a decryption
@@ -348,6 +374,14 @@ public final class SecretCache: @unchecked Sendable {
             removeLocked(PathKey(e.path))
             Log.debug("cache: \(e.path) expired after ttl \(ttl)s; wiped")
         }
+        // Out of the cache or not, nothing outlives its TTL: a handle held
+        // open past it reads EIO from then on.
+        held.removeAll { h in
+            guard let e = h.secret else { return true }
+            guard t - e.decryptedAt >= ttl else { return false }
+            e.plaintext.revoke()
+            return true
+        }
         return expired.count
     }
 
@@ -364,7 +398,7 @@ public final class SecretCache: @unchecked Sendable {
             while !stopped {
                 _ = expireLocked()
                 var wait = 3600.0
-                if let ttl = configuration.ttl, let oldest = entries.values.map(\.decryptedAt).min() {
+                if let ttl = configuration.ttl, let oldest = held.compactMap({ $0.secret?.decryptedAt }).min() {
                     wait = max(0.01, oldest + ttl - now())
                 }
                 lock.wait(seconds: wait)
@@ -381,7 +415,9 @@ public final class SecretCache: @unchecked Sendable {
     public func wipeAll() {
         lock.withLock {
             stopped = true
-            for e in entries.values { e.plaintext.wipeContents() }
+            for e in entries.values { e.plaintext.revoke() }
+            for h in held { h.secret?.plaintext.revoke() }
+            held.removeAll()
             entries.removeAll()
             bytes = 0
             lock.broadcast()

@@ -270,6 +270,20 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         return offset + length <= count
     }
 
+    /// True once `revoke` ran: the buffer was wiped for good, and a reader
+    /// that finds `count` 0 is to fail, not take it for an empty secret.
+    /// Read `count` first, then this.
+    public var isRevoked: Bool { revoked.load(ordering: .sequentiallyConsistent) }
+    private let revoked = Atomic<Bool>(false)
+
+    /// Wipes the contents for good (the TTL passed, the daemon stops):
+    /// `isRevoked` is set before `count` drops, so whoever reads a `count`
+    /// of 0 from the wipe sees it.
+    public func revoke() {
+        revoked.store(true, ordering: .sequentiallyConsistent)
+        wipeContents()
+    }
+
     /// Wipes the contents in place and sets `count` to zero (first, so a
     /// copy that overlaps the wipe sees it: `copyBytes`).
     public func wipeContents() {

@@ -39,6 +39,46 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(loads == 1)
     }
 
+    /// The TTL reaches plaintexts open handles hold: the cached one, one a
+    /// rotation took out of the cache, and one never cached (its decryption
+    /// raced an invalidation). Each is wiped at its own TTL, not before.
+    @Test func ttlWipesWhatOpenHandlesHoldToo() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(ttl: 10), now: clock.now)
+        let (cached, _, _) = cache.acquire(path: "a", current: fingerprint(1)) { secret("a1", fingerprint(1), clock, path: "a") }
+        let (uncached, _, _) = cache.acquire(path: "b", current: fingerprint(1)) {
+            cache.invalidate("b")
+            return secret("b1", fingerprint(1), clock, path: "b")
+        }
+        clock.advance(5)
+        let (rotated, _, _) = cache.acquire(path: "c", current: fingerprint(1)) { secret("c1", fingerprint(1), clock, path: "c") }
+        _ = cache.acquire(path: "c", current: fingerprint(2)) { secret("c2", fingerprint(2), clock, path: "c") }
+        let handles = [cached, uncached, rotated].map { try! $0.get() }   // as open handles hold them
+        #expect(handles.map { $0.plaintext.count } == [2, 2, 2])
+        clock.advance(5)
+        #expect(cache.expire() == 1)                          // a1 left the cache
+        #expect(handles.map { $0.plaintext.count } == [0, 0, 2])
+        #expect(handles.map { $0.plaintext.isRevoked } == [true, true, false])   // read: EIO, not EOF
+        #expect(content(.success(handles[2])) == "c1")       // c1 was decrypted 5 s later
+        clock.advance(5)
+        #expect(cache.expire() == 1)                          // c2
+        #expect(handles[2].plaintext.count == 0)
+        #expect(cache.count == 0)
+    }
+
+    @Test func wipeAllReachesHeldPlaintextsAndWhatEndsAfterIt() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(), now: clock.now)
+        let (old, _, _) = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock) }
+        _ = cache.acquire(path: "p", current: fingerprint(2)) { secret("v2", fingerprint(2), clock) }
+        let late = cache.acquire(path: "q", current: fingerprint(1)) {
+            cache.wipeAll()                                   // the stop comes while KMS answers
+            return secret("q1", fingerprint(1), clock, path: "q")
+        }.result
+        #expect((try! old.get()).plaintext.count == 0)
+        #expect((try! late.get()).plaintext.count == 0)
+    }
+
     @Test func refreshIsDueInTheWindowOnceAndKeepsServingWhileKMSIsDown() {
         let clock = FakeClock()
         let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 4), now: clock.now)

@@ -140,6 +140,26 @@ def test_refresh_ahead_renews_and_rides_out_an_outage_until_the_ttl(tmp_path, km
     assert open(m.file("r"), "rb").read() == b"renewed"
 
 
+def test_the_ttl_wipes_a_plaintext_a_handle_holds_open(tmp_path, kms, mount_factory):
+    """ttl= is a hard bound (SPEC: on TTL expiry every cached plaintext is
+    wiped): a handle held open past it reads EIO, not the plaintext, and
+    an open after it decrypts again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "held.encrypted", b"held past its ttl")
+    m = mount_factory(src, "allow_uid=0,ttl=1")
+    fd = os.open(m.file("held"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4, 0) == b"held"
+        time.sleep(1.6)
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 100, 0)
+        assert e.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert open(m.file("held"), "rb").read() == b"held past its ttl"
+
+
 def test_uncached_open_with_kms_down_fails_within_the_bound_then_recovers(live, kms, proxy):
     m = live
     put(kms, m.src / "c.encrypted", b"charlie")
