@@ -102,26 +102,48 @@ def test_helper_passes_options_and_drops_fstab_ones(fake_kmsfs):
         r"rw,allow_uid=a:b,_netdev,nofail,x-systemd.requires=network-online.target,user,users,defaults,"
         r"auto,noauto,comment=boot,context=k=v\,w,x=a\\,nouser")
     assert (rc, err) == (0, "")
-    assert argv == ["/src", "/mnt", "-o", r"rw,allow_uid=a:b,context=k=v\,w,x=a\\"]
+    assert argv == ["-o", r"rw,allow_uid=a:b,context=k=v\,w,x=a\\", "--", "/src", "/mnt"]
 
 
 def test_helper_turns_kms_context_into_context(fake_kmsfs):
     # mount(8) drops context= (SELinux's) before calling a helper; fstab spells it kms_context=.
     rc, argv, _ = fake_kmsfs("/src", "/mnt", "-o", "kms_context=app=web,kms_context=env=prod,allow_uid=0")
-    assert (rc, argv) == (0, ["/src", "/mnt", "-o", "context=app=web,context=env=prod,allow_uid=0"])
+    assert (rc, argv) == (0, ["-o", "context=app=web,context=env=prod,allow_uid=0", "--", "/src", "/mnt"])
 
 
 def test_helper_merges_o_and_ignores_mount_flags(fake_kmsfs):
     rc, argv, err = fake_kmsfs("/src", "/mnt", "-n", "-s", "-o", "a", "-ob", "-t", "fuse.kmsfs")
-    assert (rc, argv, err) == (0, ["/src", "/mnt", "-o", "a,b"], "")
+    assert (rc, argv, err) == (0, ["-o", "a,b", "--", "/src", "/mnt"], "")
     rc, argv, _ = fake_kmsfs("/src", "/mnt", "-o", "_netdev,nofail")
-    assert (rc, argv) == (0, ["/src", "/mnt"])
+    assert (rc, argv) == (0, ["--", "/src", "/mnt"])
+
+
+def test_helper_passes_paths_that_begin_with_a_dash_as_paths(fake_kmsfs):
+    rc, argv, err = fake_kmsfs("-o", "-mnt", "-o", "allow_uid=0")
+    assert (rc, argv, err) == (0, ["-o", "allow_uid=0", "--", "-o", "-mnt"], "")
+
+
+def test_a_source_that_begins_with_a_dash_mounts(tmp_path, kms, kmsfs_bin):
+    """Through the helper and the real kmsfs: `-o` after `--` is SOURCE."""
+    src = tmp_path / "-o"
+    mnt = tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "d.encrypted").write_bytes(kms.encrypt_blob(b"dash"))
+    env = dict(kms.env, PATH="%s:%s" % (os.path.dirname(kmsfs_bin), os.environ["PATH"]))
+    r = subprocess.run(["sh", str(HELPER), "-o", str(mnt), "-o", "allow_uid=0"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert open(mnt / "d", "rb").read() == b"dash"
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_helper_fake_and_verbose(fake_kmsfs):
     rc, argv, err = fake_kmsfs("/src", "/mnt", "-sfnv", "-o", "allow_uid=0")
     assert rc == 0 and argv is None           # -f: nothing runs
-    assert err.startswith("mount.kmsfs: ") and err.rstrip().endswith("kmsfs /src /mnt -o allow_uid=0")
+    assert err.startswith("mount.kmsfs: ") and err.rstrip().endswith("kmsfs -o allow_uid=0 -- /src /mnt")
 
 
 @pytest.mark.parametrize("args,status,want_rc,want_err", [
