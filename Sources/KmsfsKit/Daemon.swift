@@ -525,8 +525,8 @@ public enum Daemon {
             ("rotation", .object([("changes", n(r.changes)), ("decrypt_failures", n(r.decryptFailures)),
                                   ("notifications_ok", n(r.notificationsOK)), ("notifications_failed", n(r.notificationsFailed)),
                                   ("pending", n(r.pending)),
-                                  ("failures", .array(r.failures.sorted { $0.key < $1.key }.map {
-                                      .object([("path", .string($0.key)), ("reason", .string($0.value))]) }))])),
+                                  ("failures", .array(r.failures.sorted { $0.key.path.utf8.lexicographicallyPrecedes($1.key.path.utf8) }.map {
+                                      .object([("path", .string($0.key.path)), ("reason", .string($0.value))]) }))])),
             ("credentials", credentialStatus(kms.api.credentials)),
         ])
     }

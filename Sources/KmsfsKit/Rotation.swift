@@ -38,9 +38,10 @@ public final class RotationNotifier: @unchecked Sendable {
         public var notificationsOK = 0
         public var notificationsFailed = 0
         public var pending = 0
-        /// The last decryption failure per secret (mount path), until it
-        /// next decrypts.
-        public var failures: [String: String] = [:]
+        /// The last decryption failure per secret (mount path, by its
+        /// bytes: `café` in NFC and in NFD are two secrets), until it next
+        /// decrypts.
+        public var failures: [PathKey: String] = [:]
     }
 
     private let fs: SecretFileSystem
@@ -228,7 +229,7 @@ public final class RotationNotifier: @unchecked Sendable {
             guard !t.isEmpty else { continue }   // nobody to tell: stay lazy (and keep no baseline)
             switch fs.decryptNow(sourcePath: source) {
             case .success(let secret):
-                _ = lock.withLock { stats.failures.removeValue(forKey: shown) }
+                _ = lock.withLock { stats.failures.removeValue(forKey: PathKey(shown)) }
                 if let before, before == secret.version {
                     // Touched, chmod'ed, or rewritten with the same bytes:
                     // nothing for the applications to pick up.
@@ -247,8 +248,8 @@ public final class RotationNotifier: @unchecked Sendable {
                 }
                 lock.withLock {
                     stats.decryptFailures += 1
-                    if stats.failures.count < RotationNotifier.maxFailures || stats.failures[shown] != nil {
-                        stats.failures[shown] = failure.message
+                    if stats.failures.count < RotationNotifier.maxFailures || stats.failures[PathKey(shown)] != nil {
+                        stats.failures[PathKey(shown)] = failure.message
                     }
                 }
                 Log.error("rotation: \(shown): the new ciphertext does not decrypt (\(failure.message)); nobody is told, the applications keep the version they have")
