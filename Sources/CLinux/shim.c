@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -70,6 +71,10 @@ int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, ui
 int kmsfs_open_tree_clone(const char *path) {
     return (int)syscall(SYS_open_tree, AT_FDCWD, path,
                         (unsigned int)(OPEN_TREE_CLONE | O_CLOEXEC | AT_RECURSIVE));
+}
+
+int kmsfs_unshare_fs(void) {
+    return unshare(CLONE_FS);
 }
 
 int kmsfs_prctl(int option, unsigned long arg2) {

@@ -55,3 +55,7 @@ func threadGroup(of tid: Int32) -> Int32? {
     }
     return nil
 }
+
+/// unshare(CLONE_FS) for the calling thread: from then on its umask, cwd
+/// and root are its own. False where refused (a system call filter).
+public func unshareFileSystemAttributes() -> Bool { kmsfs_unshare_fs() == 0 }

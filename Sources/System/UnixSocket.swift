@@ -49,10 +49,43 @@ public func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 64, what: 
         unlink(path)
     }
     let fd = try unixSocket(SOCK_STREAM)
-    let old = umask(~mode & 0o777)
-    let rc = addr.withSockaddr { bind(fd, $0, $1) }
-    umask(old)
-    guard rc == 0 else { let e = Errno.current; close(fd); throw Errno("bind \(path)", code: e) }
+    let e = bindUnderUmask(fd, addr, umask: ~mode & 0o777)
+    guard e == 0 else { close(fd); throw Errno("bind \(path)", code: e) }
     guard listen(fd, backlog) == 0 else { let e = Errno.current; close(fd); throw Errno("listen \(path)", code: e) }
     return fd
+}
+
+/// bind(2) with `mask` as the umask, so the socket is created with its mode
+/// (a chmod after bind would leave it open for a moment). The umask is
+/// the process's, shared by its threads: the bind runs on a thread of its
+/// own that first takes a private copy of it (unshare(CLONE_FS)), so no
+/// file another thread creates meanwhile gets the socket's umask. Where
+/// that thread cannot be had, the process's umask is set around the bind.
+/// Returns 0 or the errno.
+private func bindUnderUmask(_ fd: Int32, _ addr: UnixSocketAddress, umask mask: mode_t) -> Int32 {
+    final class Outcome: @unchecked Sendable {
+        let lock = ConditionLock()
+        var errno: Int32?          // guarded by lock
+    }
+    let outcome = Outcome()
+    let started = startThread(name: "kmsfs-bind", stackSize: 64 * 1024) {
+        var e: Int32 = -1          // no private umask: the fallback below
+        if unshareFileSystemAttributes() {
+            umask(mask)
+            e = addr.withSockaddr { bind(fd, $0, $1) } == 0 ? 0 : Errno.current
+        }
+        outcome.lock.withLock { outcome.errno = e; outcome.lock.broadcast() }
+    }
+    if started {
+        let e: Int32 = outcome.lock.withLock {
+            while outcome.errno == nil { outcome.lock.wait() }
+            return outcome.errno!
+        }
+        if e >= 0 { return e }
+    }
+    let old = umask(mask)
+    let rc = addr.withSockaddr { bind(fd, $0, $1) }
+    let e = rc == 0 ? 0 : Errno.current
+    umask(old)
+    return e
 }

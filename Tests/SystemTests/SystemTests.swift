@@ -208,6 +208,43 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
     }
 
+    /// The socket's umask is set on a thread of its own (unshare(CLONE_FS)):
+    /// the process's, which every other thread creates files under, never
+    /// changes. Before, a file another thread created meanwhile got the
+    /// socket's umask (0o177 for a 0o600 socket, 0o117 for metrics' 0o660).
+    @Test func bindingASocketNeverChangesTheProcessUmask() throws {
+        final class Watch: @unchecked Sendable {
+            let state = Mutex<(stop: Bool, done: Bool, seen: Set<String>)>((false, false, []))
+        }
+        let watch = Watch()
+        try withTemporaryDirectory { (dir: String) throws in
+            #expect(startThread(name: "umask-watch") {
+                var buf = [UInt8](repeating: 0, count: 4096)
+                while !watch.state.withLock({ $0.stop }) {
+                    let fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC)
+                    guard fd >= 0 else { break }
+                    let n = read(fd, &buf, buf.count)
+                    close(fd)
+                    guard n > 0 else { continue }
+                    let text = String(decoding: buf[0..<n], as: UTF8.self)
+                    if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }) {
+                        watch.state.withLock { _ = $0.seen.insert(String(line)) }
+                    }
+                }
+                watch.state.withLock { $0.done = true }
+            })
+            for i in 0..<300 {
+                close(try listenUnix(dir + "/s\(i % 4).sock", mode: i % 2 == 0 ? 0o600 : 0o660, what: "test socket"))
+            }
+            var st = stat()
+            #expect(lstat(dir + "/s1.sock", &st) == 0 && st.st_mode & 0o777 == 0o660)
+            watch.state.withLock { $0.stop = true }
+            while !watch.state.withLock({ $0.done }) { usleep(1000) }
+        }
+        let seen = watch.state.withLock { $0.seen }
+        #expect(seen.count == 1, "the process umask changed: \(seen.sorted())")
+    }
+
     @Test func listenReplacesAnOldSocketButNoOtherFile() throws {
         try withTemporaryDirectory { (dir: String) throws in
             let path = dir + "/s.sock"

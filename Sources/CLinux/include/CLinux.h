@@ -35,6 +35,10 @@ int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, ui
  * path (CAP_SYS_ADMIN; Linux 5.2). No glibc wrapper in Debian 12. */
 int kmsfs_open_tree_clone(const char *path);
 
+/* unshare(CLONE_FS): this thread's own umask, cwd and root (unshare needs
+ * _GNU_SOURCE, which Swift's Glibc module is not built with). */
+int kmsfs_unshare_fs(void);
+
 /* prctl(2) is variadic. */
 int kmsfs_prctl(int option, unsigned long arg2);
 
