@@ -186,7 +186,10 @@ public final class CredentialServer: @unchecked Sendable {
                 shutdown(c, Int32(SHUT_WR))
                 finish(c)
             } else {
-                let why = "\(req.unit)/\(req.id): writing the credential failed: \(Errno.text(Errno.current))"
+                let e = Errno.current
+                let why = secret.plaintext.isRevoked
+                    ? "\(req.unit)/\(req.id): its plaintext was wiped meanwhile (ttl= passed, or the daemon is stopping)"
+                    : "\(req.unit)/\(req.id): writing the credential failed: \(Errno.text(e))"
                 Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
                 sendRefusal(c)
                 finish(c)
@@ -202,8 +205,9 @@ public final class CredentialServer: @unchecked Sendable {
     /// the kernel), writes, wipes.
     private func send(_ plaintext: SecureBuffer, to c: Int32) -> Bool {
         // The length is taken once: a plaintext wiped meanwhile (its count
-        // drops to 0; the TTL or the stop revoked it) is a failure, answered with the refusal, never a
-        // shorter credential followed by EOF.
+        // drops to 0; the TTL or the stop revoked it) is a failure,
+        // answered with the refusal, never a shorter credential followed
+        // by EOF.
         let total = plaintext.count
         if plaintext.isRevoked { return false }
         var offset = 0
