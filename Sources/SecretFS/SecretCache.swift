@@ -91,7 +91,8 @@ public final class CachedSecret: @unchecked Sendable {
 ///   decrypted, whatever else happens: also where an open handle still
 ///   holds it (a read of that handle then fails), after a rotation, an
 ///   eviction or a refresh took it out of the cache, or where it never
-///   entered it.
+///   entered it. It is not handed to an open in its last second (a tenth
+///   of a TTL under 10 s): that open decrypts again.
 /// - In the last `staleWindow` seconds of its TTL (at most half of it), an
 ///   open is still served from the cache at once and also starts one
 ///   background refresh. A healthy KMS renews the plaintext before it
@@ -282,10 +283,16 @@ public final class SecretCache: @unchecked Sendable {
         }
     }
 
+    /// Within its TTL, less the last `handOutMargin`: an open then
+    /// decrypts again rather than take bytes the TTL wipes a moment later
+    /// (its reads would fail).
     private func isFresh(_ e: CachedSecret, at t: Double) -> Bool {
         guard let ttl = configuration.ttl else { return true }
-        return t - e.decryptedAt < ttl
+        return t - e.decryptedAt < ttl - SecretCache.handOutMargin(ttl: ttl)
     }
+
+    /// The last second of a TTL (a tenth of a TTL under 10 s).
+    public static func handOutMargin(ttl: Double) -> Double { min(1, ttl / 10) }
 
     /// The locked memory an entry takes: its buffer's capacity (more than
     /// the plaintext when the buffer was sized for an encoding) in whole

@@ -31,12 +31,26 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 100), now: clock.now)
         var loads = 0
         _ = cache.acquire(path: "p", current: fingerprint(1)) { loads += 1; return secret("v1", fingerprint(1), clock) }
-        clock.advance(9.9)
+        clock.advance(8.9)
         #expect(cache.hit("p") != nil)
         clock.advance(0.2)
-        #expect(cache.hit("p") == nil)
+        #expect(cache.hit("p") == nil)          // its last second: not handed out...
+        #expect(cache.expire() == 0)            // ...but cached until the ttl
+        clock.advance(1)
         #expect(cache.expire() == 1)
         #expect(loads == 1)
+    }
+
+    /// An open in the last second of a TTL decrypts again: the plaintext it
+    /// would get is wiped a moment later, and its reads would fail.
+    @Test func anOpenInTheLastSecondOfATTLDecryptsAgain() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(ttl: 60), now: clock.now)
+        _ = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock, path: "p") }
+        clock.advance(59.5)
+        let (r, source, _) = cache.acquire(path: "p", current: fingerprint(1)) { secret("v2", fingerprint(1), clock, path: "p") }
+        #expect(content(r) == "v2" && source != .cache)
+        #expect(SecretCache.handOutMargin(ttl: 1) == 0.1 && SecretCache.handOutMargin(ttl: 3600) == 1)
     }
 
     /// The TTL reaches plaintexts open handles hold: the cached one, one a
@@ -96,7 +110,7 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         let again = cache.hit("p")!
         cache.refresh(again.secret) { secret("v2", fingerprint(1), clock) }
         #expect(content(.success(cache.hit("p")!.secret)) == "v2")
-        clock.advance(9)                                      // v2 is young: still cached
+        clock.advance(8.5)                                    // v2 is young: still served
         #expect(cache.hit("p") != nil)
     }
 
