@@ -33,6 +33,12 @@
 #ifndef OPEN_TREE_CLONE
 #define OPEN_TREE_CLONE 1
 #endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef MS_PRIVATE
+#define MS_PRIVATE (1 << 18)
+#endif
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
 #endif
@@ -69,8 +75,23 @@ int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, ui
 }
 
 int kmsfs_open_tree_clone(const char *path) {
-    return (int)syscall(SYS_open_tree, AT_FDCWD, path,
-                        (unsigned int)(OPEN_TREE_CLONE | O_CLOEXEC | AT_RECURSIVE));
+    int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path,
+                          (unsigned int)(OPEN_TREE_CLONE | O_CLOEXEC | AT_RECURSIVE));
+    if (fd < 0) return -1;
+    /* The copy joins SOURCE's peer group where SOURCE's mount is shared (as
+     * systemd makes mounts): mounts and unmounts below SOURCE would then
+     * propagate into it, and an unmount below SOURCE would still fail
+     * while the daemon has a file open there. Private, it is a snapshot. */
+    struct kmsfs_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; } attr;
+    memset(&attr, 0, sizeof attr);
+    attr.propagation = MS_PRIVATE;
+    if (syscall(SYS_mount_setattr, fd, "", (unsigned int)(AT_EMPTY_PATH | AT_RECURSIVE), &attr, sizeof attr) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }
 
 int kmsfs_unshare_fs(void) {

@@ -104,8 +104,10 @@ public final class SourceTree: Sendable {
     /// unmounted whatever this daemon still holds: at shutdown, systemd
     /// unmounts it the moment the kmsfs mount is gone, before this daemon
     /// has noticed. The file system then stays in use until the daemon lets
-    /// go of it, as after `umount -l`. Without the privilege (or before
-    /// Linux 5.2), a plain descriptor.
+    /// go of it, as after `umount -l`. The copy is private: mounts made or
+    /// unmounted below SOURCE later do not reach it (nor are held up by
+    /// it). Without the privilege (or before Linux 5.12), a plain
+    /// descriptor.
     public init(path: String) throws(Errno) {
         self.path = path
         let copy = kmsfs_open_tree_clone(path)

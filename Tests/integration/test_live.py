@@ -306,6 +306,41 @@ def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_
             subprocess.run(["umount", "-l", str(src)], check=True)
 
 
+def test_mounts_below_source_neither_reach_the_private_copy_nor_leave_it(tmp_path, kms):
+    """The daemon's copy of SOURCE's mounts is private, a snapshot: on a
+    shared SOURCE (systemd makes mounts shared), a file system unmounted
+    below SOURCE stays served by the mirror, and one mounted below SOURCE
+    after the start is not seen (the guide, section 5). Shared, both
+    would propagate into the copy."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+    m = None
+    try:
+        subprocess.run(["mount", "--make-shared", str(src)], check=True)
+        (src / "team").mkdir()
+        (src / "late").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-team", str(src / "team")], check=True)
+        put(kms, src / "team" / "t.encrypted", b"team's, from the copy")
+        m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "m.log")
+        assert os.listdir(mnt / "team") == ["t"]
+        assert _umount2(src / "team") == 0
+        assert not os.path.ismount(src / "team")
+        assert open(mnt / "team" / "t", "rb").read() == b"team's, from the copy"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-late", str(src / "late")], check=True)
+        put(kms, src / "late" / "x.encrypted", b"mounted after the start")
+        with pytest.raises(FileNotFoundError):
+            open(mnt / "late" / "x", "rb")
+        assert m.stop() == 0, m.log()
+    finally:
+        if m is not None:
+            m.stop()
+        for p in (src / "late", src / "team", src):
+            while os.path.ismount(p):
+                subprocess.run(["umount", "-l", str(p)], check=True)
+
+
 def test_restart_over_a_stale_mount_recovers(tmp_path, kms, kmsfs_bin):
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir()

@@ -31,8 +31,10 @@ int kmsfs_memfd_secret(unsigned int flags);
 int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
 
 /* open_tree(path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE): an
- * O_PATH descriptor of a private, detached copy of the mounts at and below
- * path (CAP_SYS_ADMIN; Linux 5.2). No glibc wrapper in Debian 12. */
+ * O_PATH descriptor of a detached copy of the mounts at and below path,
+ * made private (mount_setattr, MS_PRIVATE) so nothing propagates into or
+ * out of it; -1 and errno when either call is refused (CAP_SYS_ADMIN;
+ * Linux 5.12). No glibc wrappers in Debian 12. */
 int kmsfs_open_tree_clone(const char *path);
 
 /* unshare(CLONE_FS): this thread's own umask, cwd and root (unshare needs
