@@ -258,23 +258,23 @@ public final class RotationNotifier: @unchecked Sendable {
         // Told only about what is still servable: a secret replaced again
         // while the batch decrypted is left to the next batch (its change
         // is pending), so nobody restarts into a version not yet decrypted.
-        var stale = Set<String>()
+        var stale = Set<PathKey>()           // by bytes: café in NFC and in NFD are two secrets
         for d in decrypted {
             if fs.currentVersion(sourcePath: d.source) == d.version {
                 lock.withLock { baseline[PathKey(d.source)] = d.version }
             } else {
-                stale.insert(d.shown)
+                stale.insert(PathKey(d.shown))
                 Log.notice("rotation: \(d.shown) changed again while it was decrypted; the next batch tells")
             }
         }
         for (unit, paths) in byUnit.sorted(by: { $0.key < $1.key }) {
-            let paths = paths.filter { !stale.contains($0) }
+            let paths = paths.filter { !stale.contains(PathKey($0)) }
             if paths.isEmpty || isStopped { continue }
             notify(target: "unit:" + unit, paths: paths,
                    argv: ["systemctl", "reload-or-restart", "--", unit])
         }
         for (program, paths) in byProgram.sorted(by: { $0.key < $1.key }) {
-            let paths = paths.filter { !stale.contains($0) }
+            let paths = paths.filter { !stale.contains(PathKey($0)) }
             if paths.isEmpty || isStopped { continue }
             // Root runs it: it must be root's to change, as the policy is.
             if let problem = PolicyFile.unsafeProgram(program) {
