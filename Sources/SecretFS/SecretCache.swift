@@ -119,10 +119,13 @@ public final class SecretCache: @unchecked Sendable {
             self.staleWindow = staleWindow
         }
 
-        /// Age at which an entry becomes due for a background refresh.
+        /// Age at which an entry becomes due for a background refresh: the
+        /// window of `staleWindow` seconds (at most half the TTL) ends where
+        /// the entry stops being handed out (`handOutMargin` before the
+        /// TTL), so a short window is not swallowed by the margin.
         var refreshAge: Double? {
             guard let ttl, staleWindow > 0 else { return nil }
-            return ttl - min(staleWindow, ttl / 2)
+            return max(0, ttl - SecretCache.handOutMargin(ttl: ttl) - min(staleWindow, ttl / 2))
         }
     }
 

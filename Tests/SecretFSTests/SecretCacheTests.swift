@@ -97,9 +97,9 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         let clock = FakeClock()
         let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 4), now: clock.now)
         _ = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock) }
-        clock.advance(5)
-        #expect(cache.hit("p")?.refreshDue == false)       // window starts at ttl - 4 = 6
-        clock.advance(1.5)
+        clock.advance(4.5)
+        #expect(cache.hit("p")?.refreshDue == false)       // window: ttl - 1 (margin) - 4 = 5
+        clock.advance(2)
         let hit = cache.hit("p")!
         #expect(hit.refreshDue)
         #expect(cache.hit("p")?.refreshDue == false)        // one refresh at a time
@@ -112,6 +112,18 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(content(.success(cache.hit("p")!.secret)) == "v2")
         clock.advance(8.5)                                    // v2 is young: still served
         #expect(cache.hit("p") != nil)
+    }
+
+    /// A refresh window no longer than the hand-out margin (`stale=1` with a
+    /// ttl of a minute) still opens: it ends where the margin begins.
+    @Test func aShortRefreshWindowIsNotSwallowedByTheMargin() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(ttl: 60, staleWindow: 1), now: clock.now)
+        _ = cache.acquire(path: "p", current: fingerprint(1)) { secret("v1", fingerprint(1), clock) }
+        clock.advance(57.9)
+        #expect(cache.hit("p")?.refreshDue == false)
+        clock.advance(0.2)                                    // 58.1: in [58, 59)
+        #expect(cache.hit("p")?.refreshDue == true)
     }
 
     @Test func aRefusedRefreshWipesAtOnce() {
