@@ -172,6 +172,14 @@ def stop_process(pid, timeout=10):
     raise RuntimeError("process %d did not stop within %s s" % (pid, timeout))
 
 
+def seccomp_python():
+    """A Python with the seccomp module (python3-seccomp), or None."""
+    for py in [sys.executable, "/usr/bin/python3"]:
+        if os.path.exists(py) and subprocess.run([py, "-c", "import seccomp"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
 def force_unmount(path):
     if mounted(path):
         subprocess.run(["fusermount3", "-uz", path], capture_output=True)
@@ -182,12 +190,12 @@ def force_unmount(path):
 class Mount:
     """One `kmsfs SOURCE MOUNTPOINT -f -o ...` daemon."""
 
-    def __init__(self, source, mountpoint, options, env, log_path, extra_args=()):
+    def __init__(self, source, mountpoint, options, env, log_path, extra_args=(), wrapper=()):
         self.source = str(source)
         self.path = str(mountpoint)
         self.options = options
         self.log_path = pathlib.Path(log_path)
-        args = [str(KMSFS), self.source, self.path, "-f"] + list(extra_args)
+        args = list(wrapper) + [str(KMSFS), self.source, self.path, "-f"] + list(extra_args)
         if EXTRA_OPTS:
             options = options + "," + EXTRA_OPTS if options else EXTRA_OPTS
         if options:

@@ -26,7 +26,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import KMSFS, ROOT, force_unmount, mounted, unsanitized_only  # noqa: E402
+from conftest import KMSFS, ROOT, force_unmount, mounted, seccomp_python, unsanitized_only  # noqa: E402
 from kmsproxy import Fault  # noqa: E402
 
 pytestmark = unsanitized_only
@@ -531,13 +531,6 @@ if libc.prctl(65, 1, 0, 0, 0) != 0:                              # PR_SET_MDWE: 
 f.load()
 os.execvp(argv[0], argv)
 '''
-
-
-def seccomp_python():
-    for py in [sys.executable, "/usr/bin/python3"]:
-        if os.path.exists(py) and subprocess.run([py, "-c", "import seccomp"], capture_output=True).returncode == 0:
-            return py
-    return None
 
 
 def expand_syscall_filter(spec):
