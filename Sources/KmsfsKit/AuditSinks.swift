@@ -122,18 +122,19 @@ public struct SyslogAuditSink: AuditSink {
 /// reopens it (after logrotate). A symlink, or a file another user owns,
 /// is refused (see `Log.openAppendFile`).
 public final class FileAuditSink: AuditSink, @unchecked Sendable {
-    private let fd: Atomic<Int32>
+    /// One number for the sink's life: `reopen` puts the new file under it.
+    private let fd: Int32
     public let path: String
 
     public init(path: String) throws(LogFileError) {
         self.path = path
-        fd = Atomic(try Log.openAppendFile(path))
+        fd = try Log.openAppendFile(path)
     }
 
-    deinit { close(fd.load(ordering: .relaxed)) }
+    deinit { close(fd) }
 
     public func record(_ r: AuditRecord) {
-        Log.writeAll(fd.load(ordering: .acquiring), LogEscape.escape(r.line) + "\n")
+        Log.writeAll(fd, LogEscape.escape(r.line) + "\n")
     }
 
     /// Reused by `record(batch:)`, which only the queue's one writer calls.
@@ -148,22 +149,32 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     public func record(batch: [AuditRecord]) {
         batchBytes.removeAll(keepingCapacity: true)
         for r in batch { r.appendLine(to: &batchBytes, clock: &clock) }
-        batchBytes.withUnsafeBytes { Log.writeAll(fd.load(ordering: .acquiring), $0) }
+        batchBytes.withUnsafeBytes { Log.writeAll(fd, $0) }
     }
 
     /// Opens the path anew (it may have been rotated away); keeps the old
     /// file on failure.
+    ///
+    /// The new file takes the old one's number in one step (dup2, as
+    /// `log=` is reopened onto stderr): a write in flight finishes into the
+    /// rotated file, a later one goes to the new file, and no writer can
+    /// hold a number that was closed meanwhile and taken by another open
+    /// (a KMS connection), into which its record would go. (It was closed
+    /// after a fixed 100 ms: a writer descheduled longer wrote elsewhere.)
     public func reopen() {
-        do {
-            let new = try Log.openAppendFile(path)
-            let old = fd.exchange(new, ordering: .acquiringAndReleasing)
-            // A writer may still hold the old number for a moment: let it
-            // finish into the rotated file before closing.
-            SystemClock.sleep(0.1)
-            close(old)
-        } catch {
+        let new: Int32
+        do { new = try Log.openAppendFile(path) } catch {
             Log.error("audit=: cannot reopen (\(error)); still writing to the previous file")
+            return
         }
+        defer { close(new) }
+        guard dup2(new, fd) == fd else {
+            Log.error("audit=: cannot reopen (dup2: \(Errno.text(Errno.current))); still writing to the previous file")
+            return
+        }
+        // dup2 clears close-on-exec (children close every descriptor past
+        // stderr anyway: ProcessRunner).
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
 }
 

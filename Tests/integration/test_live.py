@@ -165,6 +165,31 @@ def test_the_ttl_wipes_a_plaintext_a_handle_holds_open(tmp_path, kms, mount_fact
     assert open(m.file("held"), "rb").read() == b"held past its ttl"
 
 
+def test_sighup_reopens_the_audit_file_after_logrotate_moved_it(tmp_path, kms, mount_factory):
+    """logrotate's default (create): the file is renamed away, then SIGHUP.
+    Records before go to the rotated file, records after to a new file at
+    the path, and the daemon keeps no descriptor of the rotated one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "s.encrypted", b"audited")
+    audit, rotated = tmp_path / "audit.log", tmp_path / "audit.log.1"
+    m = mount_factory(src, "allow_uid=0,audit=%s" % audit)
+
+    def records(path):
+        return [l for l in path.read_text().splitlines() if "path=s " in l] if path.exists() else []
+
+    assert open(m.file("s"), "rb").read() == b"audited"
+    assert eventually(lambda: len(records(audit)) == 1, 5)
+    os.rename(audit, rotated)
+    os.kill(m.pid, signal.SIGHUP)
+    assert eventually(audit.exists, 5)
+    assert open(m.file("s"), "rb").read() == b"audited"
+    assert eventually(lambda: len(records(audit)) == 1, 5), m.log()
+    assert len(records(rotated)) == 1
+    held = [os.readlink("/proc/%d/fd/%s" % (m.pid, fd)) for fd in os.listdir("/proc/%d/fd" % m.pid)]
+    assert str(audit) in held and str(rotated) not in held, held
+
+
 def test_uncached_open_with_kms_down_fails_within_the_bound_then_recovers(live, kms, proxy):
     m = live
     put(kms, m.src / "c.encrypted", b"charlie")
