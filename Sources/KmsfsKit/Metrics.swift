@@ -14,14 +14,14 @@ public enum MetricsAddress: Sendable, Equatable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     case unix(String)
 
-    /// `127.0.0.1:9464`, `[::1]:9464`, `localhost:9464` or `unix:/run/kmsfs/metrics.sock`.
+    /// `127.0.0.1:9464`, `[::1]:9464`, `localhost:9464` or `unix:/run/kmsfs-metrics.sock`.
     public static func parse(_ text: String) -> Result<MetricsAddress, OptionError> {
         func bad(_ why: String) -> Result<MetricsAddress, OptionError> {
             .failure(OptionError("option 'metrics=\(text)': \(why)"))
         }
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))
-            guard path.hasPrefix("/") else { return bad("give the socket's absolute path (unix:/run/kmsfs/metrics.sock)") }
+            guard path.hasPrefix("/") else { return bad("give the socket's absolute path (unix:/run/kmsfs-metrics.sock)") }
             guard path.utf8.count < 100 else { return bad("the socket path is longer than 99 bytes") }
             return .success(.unix(path))
         }
