@@ -279,6 +279,18 @@ def test_status_shows_cache_and_counters_to_root_only(live, kms, users, kmsfs_bi
     assert r.returncode != 0 and b"root" in r.stderr
 
 
+def _mount_tmpfs(path, name="kmsfs-test-src"):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", name, str(path)], check=True)
+
+
+def _unmount_tmpfs(*paths):
+    """The tmpfs mounts a test made (not kmsfs mounts: mounted() skips
+    them), each path as often as it is mounted; innermost first."""
+    for p in paths:
+        while os.path.ismount(p):
+            subprocess.run(["umount", "-l", str(p)], check=True)
+
+
 def _umount2(path):
     """umount2(2) itself: umount(8) would stat the path, which a stopped
     daemon never answers."""
@@ -297,7 +309,7 @@ def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir()
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+    _mount_tmpfs(src)
     m = None
     try:
         put(kms, src / "read.encrypted", b"opened before")
@@ -312,7 +324,7 @@ def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_
             # The kernel's io_uring teardown at unmount waits for the
             # daemon's own task: a stopped daemon would hold up umount2.
             return
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+        _mount_tmpfs(src)
         put(kms, src / "s.encrypted", b"stopped")
         m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "stopped.log")
         assert open(mnt / "s", "rb").read() == b"stopped"
@@ -327,8 +339,7 @@ def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_
     finally:
         if m is not None:
             m.stop()
-        while os.path.ismount(src):          # the tmpfs (not a kmsfs mount: mounted() skips it)
-            subprocess.run(["umount", "-l", str(src)], check=True)
+        _unmount_tmpfs(src)
 
 
 def test_mounts_below_source_neither_reach_the_private_copy_nor_leave_it(tmp_path, kms):
@@ -340,20 +351,20 @@ def test_mounts_below_source_neither_reach_the_private_copy_nor_leave_it(tmp_pat
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir()
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+    _mount_tmpfs(src)
     m = None
     try:
         subprocess.run(["mount", "--make-shared", str(src)], check=True)
         (src / "team").mkdir()
         (src / "late").mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-team", str(src / "team")], check=True)
+        _mount_tmpfs(src / "team", "kmsfs-test-team")
         put(kms, src / "team" / "t.encrypted", b"team's, from the copy")
         m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "m.log")
         assert os.listdir(mnt / "team") == ["t"]
         assert _umount2(src / "team") == 0
         assert not os.path.ismount(src / "team")
         assert open(mnt / "team" / "t", "rb").read() == b"team's, from the copy"
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-late", str(src / "late")], check=True)
+        _mount_tmpfs(src / "late", "kmsfs-test-late")
         put(kms, src / "late" / "x.encrypted", b"mounted after the start")
         with pytest.raises(FileNotFoundError):
             open(mnt / "late" / "x", "rb")
@@ -361,9 +372,7 @@ def test_mounts_below_source_neither_reach_the_private_copy_nor_leave_it(tmp_pat
     finally:
         if m is not None:
             m.stop()
-        for p in (src / "late", src / "team", src):
-            while os.path.ismount(p):
-                subprocess.run(["umount", "-l", str(p)], check=True)
+        _unmount_tmpfs(src / "late", src / "team", src)
 
 
 NO_OPEN_TREE = r"""
@@ -390,7 +399,7 @@ def test_without_a_private_copy_source_is_let_go_as_the_loop_ends(tmp_path, kms)
     mnt.mkdir()
     busy = []
     for i in range(5):
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "kmsfs-test-src", str(src)], check=True)
+        _mount_tmpfs(src)
         m = None
         try:
             put(kms, src / "s.encrypted", b"round-%d" % i)
@@ -406,8 +415,7 @@ def test_without_a_private_copy_source_is_let_go_as_the_loop_ends(tmp_path, kms)
         finally:
             if m is not None:
                 m.stop()
-            while os.path.ismount(src):          # the tmpfs (not a kmsfs mount: mounted() skips it)
-                subprocess.run(["umount", "-l", str(src)], check=True)
+            _unmount_tmpfs(src)
     assert len(busy) <= 1, busy
 
 
