@@ -81,12 +81,13 @@ public enum SecureMemoryStats {
     public static var liveBuffers: Int { live.withLock { $0.count } }
     public static var liveBytes: Int { live.withLock { $0.bytes } }
 
-    /// Wipes the contents of every live buffer (shutdown, fatal paths). The
-    /// buffers stay mapped; their owners see zeros.
+    /// Wipes the contents of every live buffer for good (shutdown, fatal
+    /// paths). The buffers stay mapped, empty and revoked: a read racing
+    /// the wipe answers EIO, never an empty file.
     public static func wipeAllLive() {
         live.withLock { state in
             for (_, ref) in state.registry {
-                ref._withUnsafeGuaranteedRef { $0.wipeContents() }
+                ref._withUnsafeGuaranteedRef { $0.revoke() }
             }
         }
     }

@@ -29,6 +29,18 @@ import Testing
         #expect(out.withUnsafeMutableBytes { b.copyBytes(from: 0, count: 0, to: $0.baseAddress!) })
     }
 
+    /// A wipe for reuse leaves a buffer usable; a revocation (TTL, stop)
+    /// says so, so a reader answers EIO rather than an empty secret.
+    @Test func aRevokedBufferSaysSoAndAWipedOneDoesNot() throws {
+        let b = try SecureBuffer(capacity: 16)
+        try b.append(utf8: "hunter2")
+        b.wipeContents()
+        #expect(b.count == 0 && !b.isRevoked)
+        try b.append(utf8: "hunter3")
+        b.revoke()
+        #expect(b.count == 0 && b.isRevoked)
+    }
+
     @Test func descriptionIsRedacted() throws {
         let b = try SecureBuffer(capacity: 16)
         try b.append(utf8: "hunter2")
