@@ -96,6 +96,34 @@ enum DaemonSignals {
     }
 }
 
+/// A field of /proc/self/mountinfo as the path it names.
+public enum MountInfo {
+    /// The kernel writes space, tab, newline and backslash in a path as
+    /// `\040`, `\011`, `\012` and `\134`; every such escape is decoded
+    /// (decoding only `\040` left a mountpoint with a tab, a newline or a
+    /// backslash matching no path).
+    public static func unescape(_ field: Substring) -> String {
+        let b = Array(field.utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(b.count)
+        var i = 0
+        while i < b.count {
+            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
+               b[(i + 1)...(i + 3)].allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "7") }) {
+                let v = (Int(b[i + 1]) - 48) * 64 + (Int(b[i + 2]) - 48) * 8 + (Int(b[i + 3]) - 48)
+                if v <= 255 {
+                    out.append(UInt8(v))
+                    i += 4
+                    continue
+                }
+            }
+            out.append(b[i])
+            i += 1
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
 /// /proc/self/mountinfo, and the FUSE connections in /sys/fs/fuse.
 enum MountTable {
     /// A FUSE mount left at the mountpoint by a crashed instance answers
@@ -135,7 +163,7 @@ enum MountTable {
             // id parent major:minor root mountpoint options [optional...] - fstype source superopts
             let fields = String(cString: line!).split(separator: " ")
             guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
-            out.append((String(fields[4]).replacing("\\040", with: " "), String(fields[2]), String(fields[dash + 1])))
+            out.append((MountInfo.unescape(fields[4]), String(fields[2]), String(fields[dash + 1])))
         }
         return out
     }
