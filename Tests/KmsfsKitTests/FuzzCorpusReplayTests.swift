@@ -194,6 +194,8 @@ import Glibc
     @Test func localsockets() {
         for (name, data) in FuzzCorpusReplayTests.inputs("localsockets") {
             _ = MetricsServer.route(data)
+            _ = MetricsServer.hostAllowed(data)
+            _ = MountInfo.unescape(Substring(String(decoding: data, as: UTF8.self)))
             if let r = CredentialServer.parseAddress(data) {
                 #expect(SystemdUnitName.isValid(r.unit) && SystemdCredentialID.isValid(r.id), "\(name)")
             }

@@ -1,5 +1,6 @@
 // Bytes a local user chooses and the daemon's small socket servers read:
-// the request line of a metrics scrape, the abstract address a
+// the request head of a metrics scrape (its line and Host header), a
+// mountpoint as /proc/self/mountinfo escapes it, the abstract address a
 // LoadCredential= peer binds (`<random>/unit/<UNIT>/<ID>`), and a
 // /proc/PID/cgroup document (a process names its own cgroups).
 import SecretFS
@@ -9,6 +10,8 @@ import KmsfsKit
 public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     let data = fuzzInput(p, n)
     _ = MetricsServer.route(data)
+    _ = MetricsServer.hostAllowed(data)
+    _ = MountInfo.unescape(Substring(String(decoding: data, as: UTF8.self)))
     if let r = CredentialServer.parseAddress(data) {
         precondition(SystemdUnitName.isValid(r.unit) && SystemdCredentialID.isValid(r.id), "accepted an invalid name")
     }
