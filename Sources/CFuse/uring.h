@@ -463,21 +463,24 @@ static ssize_t ku_io_writev(int fd, struct iovec *iov, int count, void *userdata
         struct ku_out_header oh;
         memcpy(&oh, iov[0].iov_base, sizeof oh);
         if (oh.unique != 0) {
-            /* Counted before `serving` is read: the stop turns `serving`
-             * off, then waits for the count to drain before it frees the
-             * map and the rings (a parked open's reply may come from a
-             * pool thread at any moment). */
-            __atomic_add_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
+            /* Only a reply that may use the map and the rings counts
+             * itself (one shared counter: not on every /dev/fuse reply).
+             * Counted before `serving` is read again: the stop turns
+             * `serving` off, then waits for the count to drain before it
+             * frees them (a parked open's reply may come from a pool thread
+             * at any moment). */
             int serving = __atomic_load_n(&u->serving, __ATOMIC_SEQ_CST);
             if (serving) {
-                struct ku_ent *e = ku_map_take(u, oh.unique);
+                __atomic_add_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
+                serving = __atomic_load_n(&u->serving, __ATOMIC_SEQ_CST);
+                struct ku_ent *e = serving ? ku_map_take(u, oh.unique) : NULL;
                 if (e) {
                     ssize_t r = ku_answer(u, e, iov, count);
                     __atomic_sub_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
                     return r;
                 }
+                __atomic_sub_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
             }
-            __atomic_sub_fetch(&u->writers, 1, __ATOMIC_SEQ_CST);
             if (!serving && oh.unique == __atomic_load_n(&u->init_unique, __ATOMIC_ACQUIRE) && oh.error == 0) {
                 __atomic_store_n(&u->init_unique, 0, __ATOMIC_RELEASE);
                 return ku_answer_init(u, fd, iov, count);
@@ -576,7 +579,7 @@ static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
 static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
     struct ku_in_header in;
     memcpy(&in, e->hdr->in_out, sizeof in);
-    size_t psz = e->hdr->payload_sz;
+    size_t psz = e->hdr->payload_sz, sent = psz;
     e->hdr->commit_id = 0;
     /* A payload larger than the buffer the kernel was given is no request
      * this layout knows: answered EIO below, never processed cut short. */
@@ -599,7 +602,7 @@ static inline void ku_request(struct kmsfs_uring *u, struct ku_ent *e) {
     if (bad) {
         /* Not a request this layout knows: answer EIO, never guess. */
         fuse_log(FUSE_LOG_ERR, "io_uring: request %u of %u bytes with a %zu-byte payload: answered EIO\n",
-                 in.opcode, in.len, psz);
+                 in.opcode, in.len, sent);
         struct ku_out_header oh = { .len = sizeof oh, .error = -EIO, .unique = in.unique };
         struct iovec v = { &oh, sizeof oh };
         ku_answer(u, e, &v, 1);                  /* not processing: straight to the ready list */
