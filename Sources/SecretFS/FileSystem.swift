@@ -803,9 +803,6 @@ public final class SecretFileSystem: @unchecked Sendable {
         public var unavailable: [String] = []
     }
 
-    /// Decrypts every secret in SOURCE (or only the SOURCE paths `only`
-    /// names), `parallel` at a time, so services starting at boot never
-    /// wait on KMS.
     /// Every secret in SOURCE now: its SOURCE path and its path in the mount.
     public func secretFiles() -> [(source: String, mount: String)] {
         var files: [(source: String, mount: String)] = []
@@ -822,6 +819,9 @@ public final class SecretFileSystem: @unchecked Sendable {
         return files
     }
 
+    /// Decrypts every secret in SOURCE (or only the SOURCE paths `only`
+    /// names), `parallel` at a time, so services starting at boot never
+    /// wait on KMS.
     public func prefetch(parallel: Int, only: [String]? = nil) -> PrefetchResult {
         var files = secretFiles()
         if let only {

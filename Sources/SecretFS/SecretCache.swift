@@ -417,15 +417,15 @@ public final class SecretCache: @unchecked Sendable {
         }
     }
 
-    /// Wipes and drops everything (unmount, SIGTERM).
     /// True once `wipeAll` ran: the daemon is stopping, and nothing more
     /// is cached (a prefetch still running stops taking secrets).
     public var isStopped: Bool { lock.withLock { stopped } }
 
+    /// Wipes and drops everything (unmount, SIGTERM): every plaintext
+    /// decrypted here that is still held, the cache's among them.
     public func wipeAll() {
         lock.withLock {
             stopped = true
-            for e in entries.values { e.plaintext.revoke() }
             for h in held { h.secret?.plaintext.revoke() }
             held.removeAll()
             entries.removeAll()

@@ -262,7 +262,6 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     /// (and the copy is not to be used) when the contents were wiped before
     /// or during the copy: a reader racing the shutdown wipe answers EIO,
     /// never zeros as the secret, and never traps the daemon.
-    @discardableResult
     public func copyBytes(from offset: Int, count length: Int, to destination: UnsafeMutableRawPointer) -> Bool {
         precondition(offset >= 0 && length >= 0 && offset <= capacity && length <= capacity - offset)
         guard offset + length <= count else { return false }
