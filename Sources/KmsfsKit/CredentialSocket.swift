@@ -35,6 +35,7 @@ public final class CredentialServer: @unchecked Sendable {
     private var answering: [Int32: Bool] = [:]      // under `connections`
     private var stopping = false                     // under `connections`
     private var acceptEnded = false                  // under `connections`
+    private var takenAtStop: [Int32] = []            // under `connections`: refused by `answerTaken`
 
     public init(path: String, fs: SecretFileSystem) throws(Errno) {
         self.path = path
@@ -76,13 +77,13 @@ public final class CredentialServer: @unchecked Sendable {
     /// connections are accepted (those left in the listen queue are reset
     /// at exit, which fails systemd's read), answers under way get up to a
     /// second to end, and every connection not yet answered, queued or
-    /// waiting on KMS, gets the refusal now, so that neither the wipe nor
-    /// the exit (or a SIGKILL after a stuck audit flush) leaves systemd an
-    /// empty or truncated credential.
+    /// waiting on KMS, is taken by the stop, for `answerTaken` to refuse
+    /// once the plaintext is wiped (a refusal is zeros; sending one may
+    /// wait on a slow reader, which must not hold up the wipe).
     public func beginStop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         shutdown(fd, Int32(SHUT_RDWR))                  // wakes the accept thread's poll
-        let waiting: [Int32] = connections.withLock {
+        connections.withLock {
             stopping = true
             let deadline = SystemClock.monotonic() + 1
             while !acceptEnded || answering.values.contains(true) {
@@ -92,7 +93,17 @@ public final class CredentialServer: @unchecked Sendable {
             }
             let fds = answering.filter { !$0.value }.map(\.key)
             for c in fds { answering[c] = true }    // the stop's now: the serving thread leaves them
-            return fds
+            takenAtStop = fds
+        }
+    }
+
+    /// The refusals for the connections `beginStop` took, sent after the
+    /// wipe and before the exit (or a SIGKILL after a stuck audit flush),
+    /// so that systemd never reads an empty or truncated credential.
+    public func answerTaken() {
+        let waiting: [Int32] = connections.withLock {
+            defer { takenAtStop = [] }
+            return takenAtStop
         }
         if !waiting.isEmpty {
             Log.warning("credential: refused \(waiting.count) request\(waiting.count == 1 ? "" : "s") still waiting at stop; answering more than systemd's credential limit so the unit does not start")
@@ -102,6 +113,7 @@ public final class CredentialServer: @unchecked Sendable {
 
     public func stop() {
         beginStop()
+        answerTaken()
         pool.stop(waiting: 0.5)
         unlink(path)
     }

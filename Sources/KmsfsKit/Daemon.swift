@@ -298,6 +298,7 @@ public enum Daemon {
             // systemd's SIGKILL must find nothing left to wipe.
             fs.shutdown()
             SecureMemoryStats.wipeAllLive()
+            credentials?.answerTaken()
             audit.flush()
             watcher?.stop()
             rotation?.stop()
