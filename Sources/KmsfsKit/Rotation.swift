@@ -85,7 +85,7 @@ public final class RotationNotifier: @unchecked Sendable {
         // `plain` holds no secret variable (those live in secure memory and
         // are never made Strings here).
         self.environment = Environment(environment.plain.filter { k, _ in
-            !k.hasPrefix("AWS_") && k != "NOTIFY_SOCKET" && !k.hasPrefix("LISTEN_") && k != "WATCHDOG_USEC" && k != "WATCHDOG_PID"
+            !k.hasPrefix("AWS_") && !SystemdNotify.isHandoffVariable(k)
         })
         self.settle = settle
         self.timeout = timeout

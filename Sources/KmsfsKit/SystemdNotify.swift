@@ -5,6 +5,13 @@ import Glibc
 
 /// sd_notify(3) without libsystemd: one datagram to `NOTIFY_SOCKET`.
 public enum SystemdNotify {
+    /// What systemd hands the process it starts (a notify socket, passed
+    /// descriptors, a watchdog): that process's own, never to be passed on
+    /// to a daemon that outlives it or to a program it runs.
+    public static func isHandoffVariable(_ name: String) -> Bool {
+        name == "NOTIFY_SOCKET" || name.hasPrefix("LISTEN_") || name.hasPrefix("WATCHDOG_")
+    }
+
     public static func send(_ state: String) {
         guard let path = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !path.isEmpty else { return }
         guard let addr = try? UnixSocketAddress(path), let fd = try? unixSocket(SOCK_DGRAM) else { return }

@@ -147,9 +147,7 @@ enum Background {
         // watchdog) is this process's, not the daemon's: a daemon that
         // outlives it must not write READY=1 or STOPPING=1 into a unit
         // that is not its own.
-        for k in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            env[k] = nil
-        }
+        for k in env.keys where SystemdNotify.isHandoffVariable(k) { env[k] = nil }
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         let args = CommandLine.arguments
         let argv = args.map { strdup($0) } + [nil]
