@@ -152,29 +152,12 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
         batchBytes.withUnsafeBytes { Log.writeAll(fd, $0) }
     }
 
-    /// Opens the path anew (it may have been rotated away); keeps the old
-    /// file on failure.
-    ///
-    /// The new file takes the old one's number in one step (dup2, as
-    /// `log=` is reopened onto stderr): a write in flight finishes into the
-    /// rotated file, a later one goes to the new file, and no writer can
-    /// hold a number that was closed meanwhile and taken by another open
-    /// (a KMS connection), into which its record would go. (It was closed
-    /// after a fixed 100 ms: a writer descheduled longer wrote elsewhere.)
+    /// Opens the path anew (it may have been rotated away) under the same
+    /// number (`Log.reopenAppendFile`); keeps the old file on failure.
     public func reopen() {
-        let new: Int32
-        do { new = try Log.openAppendFile(path) } catch {
+        do { try Log.reopenAppendFile(path, onto: fd) } catch {
             Log.error("audit=: cannot reopen (\(error)); still writing to the previous file")
-            return
         }
-        defer { close(new) }
-        guard dup2(new, fd) == fd else {
-            Log.error("audit=: cannot reopen (dup2: \(Errno.text(Errno.current))); still writing to the previous file")
-            return
-        }
-        // dup2 clears close-on-exec (children close every descriptor past
-        // stderr anyway: ProcessRunner).
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
 }
 

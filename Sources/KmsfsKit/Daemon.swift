@@ -548,13 +548,9 @@ public enum Daemon {
 
     /// Reopens log=FILE onto stderr (after logrotate moved it).
     static func reopenLog(_ path: String) {
-        let fd: Int32
-        do { fd = try Log.openAppendFile(path) } catch {
+        do { try Log.reopenAppendFile(path, onto: 2) } catch {
             Log.error("log=: cannot reopen (\(error)); still writing to the previous file")
-            return
         }
-        dup2(fd, 2)
-        close(fd)
     }
 
     static func configureLogging(_ target: LogTarget?, background: Bool, debug: Bool, report: StartupReporter) {

@@ -166,6 +166,20 @@ extension Log {
         if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
         return fd
     }
+
+    /// Opens `path` anew (logrotate moved it) onto descriptor `fd`, in one
+    /// step (dup2): a write in flight on `fd` finishes into the old file, a
+    /// later one goes to the new file, and `fd` is never a closed number
+    /// another open could take meanwhile. On failure `fd` keeps the old
+    /// file.
+    public static func reopenAppendFile(_ path: String, onto fd: Int32) throws(LogFileError) {
+        let new = try openAppendFile(path)
+        defer { close(new) }
+        guard dup2(new, fd) == fd else { throw LogFileError("dup2: \(Errno.text(Errno.current))") }
+        // dup2 clears close-on-exec; set it again, but for the standard
+        // descriptors (log= is reopened onto stderr).
+        if fd > 2 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    }
 }
 
 /// Makes untrusted text safe to show on one line: a file name from SOURCE,
