@@ -242,7 +242,7 @@ public final class RotationNotifier: @unchecked Sendable {
                 for u in t.units { byUnit[u, default: []].append(shown) }
                 if let p = t.program { byProgram[p, default: []].append(shown) }
             case .failure(let failure):
-                if failure.message == "gone from SOURCE" {
+                if failure.kind == .gone {
                     _ = lock.withLock { baseline.removeValue(forKey: PathKey(source)) }
                     continue
                 }

@@ -721,7 +721,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         let node = Node(ino: 0, kind: .secret, sourcePath: sourcePath, mountPath: SourceTree.mountPath(ofSource: sourcePath))
         let current: SourceStat
         do { current = try tree.stat(sourcePath) } catch {
-            return .failure(DecryptFailure(.badInput, "gone from SOURCE"))
+            return .failure(DecryptFailure(.gone, "gone from SOURCE"))
         }
         guard current.isRegular else { return .failure(DecryptFailure(.badInput, "not a regular file")) }
         let maxBytes = configuration.maxCiphertextBytes

@@ -27,6 +27,8 @@ public enum DecryptFailureKind: Sendable {
     case refused
     /// KMS or the network failed (throttling, timeouts, 5xx).
     case unavailable
+    /// The file is no longer in SOURCE (removed or renamed meanwhile).
+    case gone
 }
 
 /// Decrypts ciphertext files; implemented over KMS by KmsfsKit's
