@@ -153,12 +153,10 @@ public final class RotationNotifier: @unchecked Sendable {
     private func seed() {
         let t0 = SystemClock.monotonic()
         var n = 0
-        for f in fs.secretFiles() where !targets(f.mount).isEmpty {
-            if lock.withLock({ stopped }) { return }
-            guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
+        forEachVersionTold { source, v in
             n += 1
             lock.withLock {
-                let key = PathKey(f.source)
+                let key = PathKey(source)
                 if pending[key] == nil && baseline[key] == nil { baseline[key] = v }
             }
         }
@@ -170,18 +168,26 @@ public final class RotationNotifier: @unchecked Sendable {
     /// file written into SOURCE is).
     private func rescan() -> [(source: String, before: String?)] {
         var changed: [(source: String, before: String?)] = []
-        for f in fs.secretFiles() where !targets(f.mount).isEmpty {
-            if lock.withLock({ stopped }) { break }
-            guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
-            let key = PathKey(f.source)
+        forEachVersionTold { source, v in
+            let key = PathKey(source)
             let before: String?? = lock.withLock {
                 guard pending[key] == nil else { return .none }
                 guard let b = baseline[key] else { return .some(nil) }
                 return b == v ? .none : .some(b)
             }
-            if let before { changed.append((f.source, before)) }
+            if let before { changed.append((source, before)) }
         }
         return changed
+    }
+
+    /// Each secret in SOURCE someone is told about, with its version now,
+    /// until the notifier stops.
+    private func forEachVersionTold(_ body: (_ source: String, _ version: String) -> Void) {
+        for f in fs.secretFiles() where !targets(f.mount).isEmpty {
+            if isStopped { return }
+            guard let v = fs.currentVersion(sourcePath: f.source) else { continue }
+            body(f.source, v)
+        }
     }
 
     public func stop() {
