@@ -33,8 +33,9 @@ public enum PolicyFile {
     /// programs run as root (`on_change=`), so, as sshd's StrictModes, it
     /// must be a regular file owned by root (or the daemon's user) that
     /// nobody else may write, in a directory nobody else may write (or a
-    /// sticky one); opened non-blocking, so a FIFO planted there is refused
-    /// instead of hanging the mount or a SIGHUP.
+    /// sticky one), nor any directory above it; opened non-blocking, so a
+    /// FIFO planted there is refused instead of hanging the mount or a
+    /// SIGHUP.
     public static func load(path: String) throws(ParseError) -> [AccessRule] {
         func fail(_ reason: String) -> ParseError { ParseError(file: path, line: 0, reason: reason) }
         let fd: FileDescriptor
@@ -44,10 +45,10 @@ public enum PolicyFile {
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }
         if let problem = PolicyFile.unsafeOwnership(st, kind: S_IFREG, what: "it") { throw fail(problem) }
-        let dir = path.utf8.lastIndex(of: UInt8(ascii: "/")).map { i in i == path.utf8.startIndex ? "/" : String(path[..<i]) } ?? "."
-        var dst = stat()
-        guard stat(dir, &dst) == 0 else { throw fail("cannot stat its directory: \(Errno.text(Errno.current))") }
-        if dst.st_mode & S_ISVTX == 0, let problem = PolicyFile.unsafeOwnership(dst, kind: S_IFDIR, what: "its directory") { throw fail(problem) }
+        if let problem = PolicyFile.unsafeDirectories(above: path.contains("/") ? path : "./" + path,
+                                                      because: "a policy grants access and runs programs") {
+            throw fail(problem)
+        }
         switch readMessage(fd, limit: maxBytes) {
         case .success(let bytes):
             return try parse(bytes: bytes, file: path)
@@ -64,16 +65,24 @@ public enum PolicyFile {
         var st = stat()
         guard lstat(path, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
         if let problem = unsafeOwnership(st, kind: S_IFREG, what: path, because: "the daemon runs it as root") { return problem }
+        return unsafeDirectories(above: path, because: "the daemon runs a program in it as root")
+    }
+
+    /// Why a directory on `path` (each one above it, up to `/` or the first
+    /// component of a relative path) could be changed by someone other than
+    /// root or the daemon's user; nil when none can. A sticky directory
+    /// passes.
+    static func unsafeDirectories(above path: String, because: String) -> String? {
         var dir = path
+        var first = true
         while let i = dir.utf8.lastIndex(of: UInt8(ascii: "/")) {
             dir = i == dir.utf8.startIndex ? "/" : String(dir[..<i])
             var dst = stat()
-            guard lstat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
-            if dst.st_mode & S_IFMT == S_IFLNK {
-                guard stat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
-            }
+            guard stat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
+            let what = first ? "its directory" : "\(dir), a directory above it,"
+            first = false
             if dst.st_mode & S_ISVTX == 0,
-               let problem = unsafeOwnership(dst, kind: S_IFDIR, what: "its directory \(dir)", because: "the daemon runs a program in it as root") {
+               let problem = unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because) {
                 return problem
             }
             if dir == "/" { break }

@@ -228,6 +228,17 @@ import Glibc
         #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains("its directory may be written by anyone") }
         chmod(dir, 0o1777)  // sticky, as /tmp: nobody else may replace root's file
         #expect(try PolicyFile.load(path: path).count == 1)
+        // A directory further up that anyone may write: the one below can
+        // be renamed away and replaced (sshd's StrictModes checks them all).
+        chmod(dir, 0o755)
+        let inner = dir + "/etc"
+        mkdir(inner, 0o755)
+        let deeper = inner + "/policy"
+        _ = system("cp '\(path)' '\(deeper)'")
+        chmod(dir, 0o777)
+        #expect { try PolicyFile.load(path: deeper) } throws: { "\($0)".contains("\(dir), a directory above it, may be written by anyone") }
+        chmod(dir, 0o755)
+        #expect(try PolicyFile.load(path: deeper).count == 1)
         chmod(dir, 0o700)
         chown(path, 4242, 4242)
         #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains("belongs to uid 4242") }
