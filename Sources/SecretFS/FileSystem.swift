@@ -133,10 +133,10 @@ final class DirectoryLedger: Sendable {
     let totalLimit: Int
     private let held = Mutex<(byUid: [UInt32: Int], total: Int)>(([:], 0))
     private let lastWarning = Mutex(-Double.infinity)
-    init(limit: Int, totalLimit: Int? = nil) {
+    init(limit: Int) {
         self.limit = limit
         let (sixteen, overflow) = limit.multipliedReportingOverflow(by: 16)
-        self.totalLimit = totalLimit ?? (overflow ? Int.max : sixteen)
+        self.totalLimit = overflow ? Int.max : sixteen
     }
 
     func take(_ uid: UInt32, _ entries: Int) -> Bool {
