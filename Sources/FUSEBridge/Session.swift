@@ -178,20 +178,17 @@ public final class FUSESession: @unchecked Sendable {
 
     /// Detaches the mount lazily, keeping /dev/fuse open until the session
     /// is destroyed, so its number is never reused while anything may
-    /// still write to it: umount2(MNT_DETACH) as root, else `fusermount3
-    /// -u -z` (libfuse's own unmount closes the descriptor first, and skips
-    /// an aborted connection's mount, its poll seeing POLLERR).
-    public func detach() {
+    /// still write to it: umount2(MNT_DETACH) as root. Where that is
+    /// refused (a daemon that is not root), `unprivileged` runs the argv of
+    /// `fusermount3 -u -z` (libfuse's own unmount closes the descriptor
+    /// first, and skips an aborted connection's mount, its poll seeing
+    /// POLLERR). It runs before the wipe, so it must be bounded: the
+    /// daemon's side runs it as it runs operators' programs, with a
+    /// deadline.
+    public func detach(unprivileged: (_ argv: [String]) -> Void) {
         guard mounted.exchange(false, ordering: .sequentiallyConsistent) else { return }
         if umount2(options.mountpoint, Int32(MNT_DETACH)) == 0 || errno == EINVAL { return }
-        var pid: pid_t = 0
-        let args: [String] = ["fusermount3", "-u", "-q", "-z", "--", options.mountpoint]
-        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-        argv.append(nil)
-        defer { argv.forEach { free($0) } }
-        guard posix_spawnp(&pid, "fusermount3", nil, nil, argv, environ) == 0 else { return }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        unprivileged(["fusermount3", "-u", "-q", "-z", "--", options.mountpoint])
     }
 
     /// The kernel already unmounted it (the loop ended on its own): nothing

@@ -80,13 +80,7 @@ public final class RotationNotifier: @unchecked Sendable {
                 timeout: Double = 60, targets: @escaping @Sendable (String) -> ChangeTargets) {
         self.fs = fs
         self.audit = audit
-        // The daemon's AWS credentials and systemd sockets are not the
-        // program's business.
-        // `plain` holds no secret variable (those live in secure memory and
-        // are never made Strings here).
-        self.environment = Environment(environment.plain.filter { k, _ in
-            !k.hasPrefix("AWS_") && !SystemdNotify.isHandoffVariable(k)
-        })
+        self.environment = environment.forPrograms
         self.settle = settle
         self.timeout = timeout
         self.targets = targets

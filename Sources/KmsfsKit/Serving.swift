@@ -1,3 +1,4 @@
+import AWS
 import FUSEBridge
 import System
 import Log
@@ -22,6 +23,18 @@ enum DaemonSignals {
         for s in handled { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// `fusermount3 -u -z` for a daemon that is not root (its umount2 is
+    /// refused), run as operators' programs are: no descriptor of the
+    /// daemon's, signals at their defaults, its own process group, no
+    /// AWS_ or systemd variable. It runs before the wipe: one that hangs is
+    /// killed after 5 s rather than holding the wipe back until systemd's
+    /// SIGKILL.
+    static func fusermount(_ argv: [String]) {
+        if case .failure(let f) = ChildProcess.run(argv, environment: Environment.process().forPrograms, timeout: 5) {
+            Log.error("cannot detach \(argv.last ?? ""): fusermount3: \(f.message)")
+        }
     }
 
     /// Serves `session` until it is unmounted or told to stop. `onReload`
@@ -63,9 +76,9 @@ enum DaemonSignals {
                 session.stopServing()
                 if let connection, MountTable.abortConnection(connection) {
                     session.waitForLoopEnd(seconds: 5)
-                    session.detach()
+                    session.detach(unprivileged: fusermount)
                 } else {
-                    session.detach()
+                    session.detach(unprivileged: fusermount)
                     // Bounded: requests in flight finish before onStop
                     // wipes what they may be reading.
                     session.waitForLoopEnd(seconds: 5)
@@ -83,7 +96,7 @@ enum DaemonSignals {
                     // nothing to unmount, and /dev/fuse stays open to the
                     // end. Still there (the loop ended on an error): detach.
                     if let connection, MountTable.connection(of: mountpoint) == connection {
-                        session.detach()
+                        session.detach(unprivileged: fusermount)
                     } else {
                         session.forgetMount()
                     }

@@ -1,3 +1,4 @@
+import AWS
 import System
 #if canImport(Glibc)
 import Glibc
@@ -28,5 +29,17 @@ public enum SystemdNotify {
         var st = stat()
         guard fstat(2, &st) == 0 else { return false }
         return UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino
+    }
+}
+
+extension Environment {
+    /// What a program the daemon runs (`on_change=`, systemctl,
+    /// fusermount3) gets of its environment: the daemon's AWS credentials
+    /// and settings and what systemd handed the daemon (its notify socket,
+    /// passed descriptors, watchdog) are not the program's business.
+    /// `plain` holds no secret variable (those live in secure memory and
+    /// are never made Strings here).
+    var forPrograms: Environment {
+        Environment(plain.filter { k, _ in !k.hasPrefix("AWS_") && !SystemdNotify.isHandoffVariable(k) })
     }
 }

@@ -1,17 +1,21 @@
 """Issue 2, the walking skeleton: a mirror that decrypts through KMS on open,
 against moto with signature checking on, with ciphertexts made by the seed
 pipeline (`aws kms encrypt ... | base64 --decode`)."""
+import contextlib
 import errno
 import json
 import os
+import pathlib
+import signal
 import socket
 import stat
 import subprocess
 import threading
+import time
 
 import pytest
 
-from conftest import KMSFS, mounted, force_unmount
+from conftest import KMSFS, Mount, mounted, force_unmount
 
 
 SECRETS = {
@@ -289,3 +293,72 @@ def test_private_mmap_reads_and_shared_mmap_is_refused(seed_mount):
     # The release that dropped the mapping's pages left the daemon serving.
     assert open(seed_mount.file("ssl.pem"), "rb").read() == SECRETS["ssl.pem"]
     assert seed_mount.proc.poll() is None
+
+
+@contextlib.contextmanager
+def _fuse_for_users():
+    """FUSE as most distributions ship it, for the length of a test: /dev/fuse
+    0666 and `user_allow_other` in /etc/fuse.conf (kmsfs mounts with
+    allow_other). Both restored afterwards."""
+    conf = pathlib.Path("/etc/fuse.conf")
+    old_conf = conf.read_bytes() if conf.exists() else None
+    old_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    try:
+        os.chmod("/dev/fuse", 0o666)
+        conf.write_bytes((old_conf or b"") + b"\nuser_allow_other\n")
+    except OSError as e:
+        pytest.skip("cannot open FUSE to users here (%s)" % e)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", old_mode)
+        if old_conf is None:
+            conf.unlink()
+        else:
+            conf.write_bytes(old_conf)
+
+
+def test_a_daemon_that_is_not_root_detaches_through_fusermount3_and_a_hung_one_never_holds_the_wipe(
+        kms, users, public_tmp):
+    """A daemon that is not root cannot umount2: it detaches with
+    `fusermount3 -u -z`. That runs before the wipe, so it runs as operators'
+    programs do, killed after 5 s: a fusermount3 that hangs (here a stand-in
+    first in PATH; libfuse mounts with /usr/bin/fusermount3) must not hold
+    SIGTERM's wipe and exit until systemd's SIGKILL."""
+    alice = users["kmsfs-alice"]
+    base = public_tmp / "not-root"
+    base.mkdir()
+    hung_dir = base / "bin"
+    hung_dir.mkdir()
+    hung = hung_dir / "fusermount3"
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    as_alice = ["setpriv", "--reuid", "kmsfs-alice", "--regid", "kmsfs-alice", "--init-groups"]
+    with _fuse_for_users():
+        for case, path in (("real", os.environ["PATH"]), ("hung", "%s:%s" % (hung_dir, os.environ["PATH"]))):
+            src, mnt = base / ("src-" + case), base / ("mnt-" + case)
+            for d in (src, mnt):
+                d.mkdir()
+                os.chown(d, alice.pw_uid, alice.pw_gid)
+            (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"not-root-" + case.encode()))
+            env = dict(kms.env, PATH=path, HOME=str(base))
+            # RLIMIT_MEMLOCK's hard limit here is too low to lock and cannot
+            # be raised: what is under test is the unmount, not the locking.
+            m = Mount(src, mnt, "insecure_allow_unlocked", env, base / (case + ".log"), wrapper=as_alice)
+            try:
+                assert open(mnt / "s", "rb").read() == b"not-root-" + case.encode()
+                t0 = time.monotonic()
+                m.proc.send_signal(signal.SIGTERM)
+                assert m.proc.wait(15) == 0, m.log()
+                took = time.monotonic() - t0
+                if case == "real":
+                    assert not mounted(str(mnt)), m.log()
+                    assert took < 3, (took, m.log())
+                    assert "cannot detach" not in m.log()
+                else:
+                    assert 4 < took < 10, (took, m.log())
+                    assert "fusermount3: no answer within 5 s; killed" in m.log(), m.log()
+                    assert "wiping cached secrets" in m.log()
+            finally:
+                m.stop()
+                force_unmount(str(mnt))
