@@ -156,3 +156,5 @@ unsigned long long kmsfs_fs_type(int fd) {
 
 int kmsfs_errno(void) { return errno; }
 void kmsfs_set_errno(int e) { errno = e; }
+
+int kmsfs_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }

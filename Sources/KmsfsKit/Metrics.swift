@@ -269,9 +269,8 @@ public final class MetricsServer: @unchecked Sendable {
                 }
                 pending = still
                 if fds[0].revents & Int16(POLLIN) != 0 {
-                    let c = accept(listener, nil, nil)
+                    let c = acceptCloseOnExec(listener)
                     if c >= 0 {
-                        _ = fcntl(c, F_SETFD, FD_CLOEXEC)
                         var tv = timeval(tv_sec: 2, tv_usec: 0)
                         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
                         if pending.count >= MetricsServer.maxPending { close(pending.removeFirst().fd) }

@@ -19,9 +19,8 @@ func acceptConnections(_ fd: Int32, thread: String, until stopped: @escaping @Se
             // Checked again: a connection accepted once the stop began
             // would be nobody's to answer.
             if stopped() { return }
-            let c = accept(fd, nil, nil)
+            let c = acceptCloseOnExec(fd)
             guard c >= 0 else { continue }
-            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             handle(c)
         }
     }

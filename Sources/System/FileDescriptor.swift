@@ -180,3 +180,10 @@ public func openBeneathByComponents(_ directory: Int32, _ path: String, flags: I
 /// `O_PATH` (glibc declares it only under `_GNU_SOURCE`, which CLinux's
 /// C file defines and Swift's Glibc module must not).
 public let O_PATH: Int32 = kmsfs_o_path
+
+/// The next connection on listening socket `fd`, close-on-exec from the
+/// start (accept4): no program spawned meanwhile can inherit it. -1 with
+/// errno set when there is none.
+public func acceptCloseOnExec(_ fd: Int32) -> Int32 {
+    kmsfs_accept_cloexec(fd)
+}

@@ -190,7 +190,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         #expect(try UnixSocketAddress("/" + String(repeating: "a", count: 106)).length > 0)   // 107 bytes and the NUL fit
     }
 
-    @Test func listenConnectAndPeerCredentials() throws {
+    @Test func listenAcceptCloseOnExecAndPeerCredentials() throws {
         try withTemporaryDirectory { (dir: String) throws in
             let path = dir + "/s.sock"
             let server = try listenUnix(path, mode: 0o600, what: "test socket")
@@ -200,8 +200,9 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             let client = try unixSocket(SOCK_STREAM)
             defer { close(client) }
             #expect(try UnixSocketAddress(path).withSockaddr { connect(client, $0, $1) } == 0)
-            let c = accept(server, nil, nil)
+            let c = acceptCloseOnExec(server)
             defer { close(c) }
+            #expect(c >= 0 && fcntl(c, F_GETFD) & FD_CLOEXEC != 0)   // close-on-exec from accept on
             let cred = peerCredentials(c)
             #expect(cred?.uid == geteuid() && cred?.gid == getegid() && cred?.pid == getpid())
             #expect(peerCredentials(-1) == nil)

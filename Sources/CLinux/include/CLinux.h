@@ -26,6 +26,11 @@
 /* memfd_secret(2) has no glibc wrapper; syscall(2) is variadic. */
 int kmsfs_memfd_secret(unsigned int flags);
 
+/* accept4(2) is a GNU extension, hidden from Swift without _GNU_SOURCE.
+ * Accepts with SOCK_CLOEXEC, so that no program spawned meanwhile
+ * inherits the connection (accept, then fcntl, leaves a window). */
+int kmsfs_accept_cloexec(int fd);
+
 /* openat2(2) has no glibc wrapper in Debian 12; syscall(2) is variadic.
  * resolve is a mask of RESOLVE_* flags. */
 int kmsfs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
