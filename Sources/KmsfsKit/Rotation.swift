@@ -154,7 +154,9 @@ public final class RotationNotifier: @unchecked Sendable {
                 if pending[key] == nil && baseline[key] == nil { baseline[key] = v }
             }
         }
-        Log.info("rotation: versions of \(n) secrets noted in \(Int((SystemClock.monotonic() - t0) * 1000)) ms; changes are measured against them")
+        // A mount that tells nobody (no reload=, no on_change=) noted none:
+        // nothing to say.
+        if n > 0 { Log.info("rotation: versions of \(n) secrets noted in \(Int((SystemClock.monotonic() - t0) * 1000)) ms; changes are measured against them") }
     }
 
     /// What a rescan finds: secrets whose version differs from their

@@ -257,11 +257,13 @@ struct RefusalBudget {
     static let users = 4096
 
     enum Decision: Equatable {
-        /// Record it; `unrecorded` refusals of this user came before it.
-        case record(unrecorded: Int)
+        /// Record it; `unrecorded` refusals of this user came before it
+        /// (of users past `users`, who share one budget, when `shared`).
+        case record(unrecorded: Int, shared: Bool)
         /// Count it only; `firstInAWhile`: the first one left unrecorded
-        /// for this user in a minute (worth a log line).
-        case countOnly(firstInAWhile: Bool)
+        /// for this user (for the users sharing a budget, when `shared`)
+        /// in a minute, worth a log line.
+        case countOnly(firstInAWhile: Bool, shared: Bool)
     }
 
     private struct Bucket {
@@ -301,13 +303,13 @@ struct RefusalBudget {
         if b.tokens >= 1 && total.tokens >= 1 {
             b.tokens -= 1
             total.tokens -= 1
-            decision = .record(unrecorded: b.unrecorded)
+            decision = .record(unrecorded: b.unrecorded, shared: key == RefusalBudget.overflowKey)
             b.unrecorded = 0
         } else {
             b.unrecorded += 1
             let warn = now - b.lastWarning >= 60
             if warn { b.lastWarning = now }
-            decision = .countOnly(firstInAWhile: warn)
+            decision = .countOnly(firstInAWhile: warn, shared: key == RefusalBudget.overflowKey)
         }
         buckets[key] = b
         return decision

@@ -490,16 +490,19 @@ public final class SecretFileSystem: @unchecked Sendable {
             let denied: Result<OpenSecret, FSError> = .failure(.accessDenied)
             var detail = "not in the allowed users or groups"
             switch refusals.withLock({ $0.take(uid: caller.uid, now: monotonic()) }) {
-            case .countOnly(let firstInAWhile):
+            case .countOnly(let firstInAWhile, let shared):
                 guard firstInAWhile else { return .done(denied) }
                 // Logged from the open pool: a log write may wait (journald).
-                let uid = caller.uid
+                let who = shared ? "users past the \(RefusalBudget.users) remembered (uid \(caller.uid) among them) are" : "uid \(caller.uid) is"
                 return .slow {
-                    Log.warning("audit: uid \(uid) is refused more than \(Int(RefusalBudget.perSecond)) opens a second; its refusals are counted (kmsfs status) and each recorded one says how many were not")
+                    Log.warning("audit: \(who) refused more than \(Int(RefusalBudget.perSecond)) opens a second; the refusals are counted (kmsfs status) and each recorded one says how many were not")
                     return denied
                 }
-            case .record(let unrecorded):
-                if unrecorded > 0 { detail += "; \(unrecorded) refusals of this user before this one were counted, not recorded" }
+            case .record(let unrecorded, let shared):
+                // Users past the ones remembered share one budget: what it
+                // left unrecorded was theirs, not this user's alone.
+                let whose = shared ? "of users past the \(RefusalBudget.users) remembered" : "of this user"
+                if unrecorded > 0 { detail += "; \(unrecorded) refusals \(whose) before this one were counted, not recorded" }
             }
             if let pending = recordWithoutWaiting(caller, n.mountPath, .denied, detail: detail) {
                 return .slow { [audit] in audit.record(pending); return denied }

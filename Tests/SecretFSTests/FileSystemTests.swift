@@ -206,6 +206,10 @@ func text(_ s: OpenSecret) -> String {
             #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }
         }
         #expect(audit.records.withLock { $0.count } == 1100)
+        // The 1,904 refusals the shared budget left unrecorded were other
+        // users': the next record says so, not that they were uid 200,000's.
+        let firstShared = audit.records.withLock { $0.first { $0.uid == 200_000 } }
+        #expect(firstShared?.detail?.hasSuffix("; 1904 refusals of users past the 4096 remembered before this one were counted, not recorded") == true)
         for uid in UInt32(100_100)..<100_100 + 300 {   // remembered users, their own budgets full again
             #expect(throws: FSError.accessDenied) { try fs.open(a, flags: O_RDONLY, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }
         }
