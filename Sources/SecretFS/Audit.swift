@@ -285,6 +285,12 @@ struct RefusalBudget {
     static let overflowKey = UInt32.max
     private var lastPrune = -Double.infinity
 
+    /// A token bucket's refill: `perSecond` since `at`, up to `burst`.
+    private static func refill(_ tokens: inout Double, since at: inout Double, now: Double, perSecond: Double, burst: Double) {
+        tokens = min(burst, tokens + max(0, now - at) * perSecond)
+        at = now
+    }
+
     mutating func take(uid: UInt32, now: Double) -> Decision {
         var key = uid
         if buckets[uid] == nil && buckets.count >= RefusalBudget.users {
@@ -295,10 +301,9 @@ struct RefusalBudget {
             if buckets.count >= RefusalBudget.users { key = RefusalBudget.overflowKey }
         }
         var b = buckets[key] ?? Bucket(tokens: RefusalBudget.burst, at: now, unrecorded: 0, lastWarning: -.infinity)
-        b.tokens = min(RefusalBudget.burst, b.tokens + max(0, now - b.at) * RefusalBudget.perSecond)
-        b.at = now
-        total.tokens = min(RefusalBudget.totalBurst, total.tokens + max(0, now - total.at) * RefusalBudget.totalPerSecond)
-        total.at = now
+        RefusalBudget.refill(&b.tokens, since: &b.at, now: now, perSecond: RefusalBudget.perSecond, burst: RefusalBudget.burst)
+        RefusalBudget.refill(&total.tokens, since: &total.at, now: now, perSecond: RefusalBudget.totalPerSecond,
+                             burst: RefusalBudget.totalBurst)
         let decision: Decision
         if b.tokens >= 1 && total.tokens >= 1 {
             b.tokens -= 1
