@@ -234,7 +234,7 @@ static void *kmsfs_loop_standby(void *arg) {
             kmsfs_loop_timer(l, l->watch_ns > 10000000u ? l->watch_ns : 10000000u);
             continue;
         }
-        if (l->processing && l->threads < l->max_threads + 1) {
+        if (l->processing) {                  /* below the cap: the case above went on */
             l->processing = 0;
             l->tenure++;                      /* the slow worker goes idle when done */
             if (kmsfs_loop_start(l, kmsfs_loop_standby) != 0) {
