@@ -162,6 +162,10 @@ public final class SecretCache: @unchecked Sendable {
     private var bytes = 0
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
+    /// When the sweeper waits until (monotonic); infinity when it does not
+    /// run. It looks at `held` then, or sooner if `sweeperMustLook`.
+    private var sweeperWakesAt = Double.infinity
+    private var sweeperMustLook = false
     private var stopped = false
 
     public init(configuration: Configuration, now: @escaping @Sendable () -> Double = { SystemClock.monotonic() }) {
@@ -170,7 +174,7 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     public func reconfigure(_ c: Configuration) {
-        lock.withLock { configuration = c; lock.broadcast() }
+        lock.withLock { configuration = c; sweeperMustLook = true; lock.broadcast() }
     }
 
     /// How an `acquire` was served.
@@ -317,7 +321,15 @@ public final class SecretCache: @unchecked Sendable {
             held.removeAll { $0.secret == nil }
             heldPruneAt = max(64, held.count * 2)
         }
-        lock.broadcast()   // the sweeper's next TTL may be this one's
+        // Only a sweeper that would wake later than this one's TTL must
+        // look again (one idle with nothing held); every plaintext held
+        // before was decrypted about as early. The lock's one condition
+        // wakes it at every decryption anyway (a flight's end): without
+        // this flag each wake-up walked `held`.
+        if let ttl = configuration.ttl, e.decryptedAt + ttl < sweeperWakesAt {
+            sweeperMustLook = true
+            lock.broadcast()
+        }
     }
 
     // Lock held. Nothing is cached once `wipeAll` has run: a decryption
@@ -333,7 +345,8 @@ public final class SecretCache: @unchecked Sendable {
             Log.info("cache: evicting \(victim.path) (cache over \(configuration.maxBytes) bytes)")
             removeLocked(PathKey(victim.path))
         }
-        lock.broadcast()
+        // No wake-up for the sweeper here: `hold` woke it if this entry's
+        // TTL comes first (every entry was held before it was inserted).
     }
 
     // Lock held. The plaintext is wiped when the last open handle lets go.
@@ -408,13 +421,20 @@ public final class SecretCache: @unchecked Sendable {
         startThread(name: "kmsfs-expiry") { [self] in
             lock.lock()
             while !stopped {
-                _ = expireLocked()
-                var wait = 3600.0
-                if let ttl = configuration.ttl, let oldest = held.compactMap({ $0.secret?.decryptedAt }).min() {
-                    wait = max(0.01, oldest + ttl - now())
+                let t = now()
+                if sweeperMustLook || t >= sweeperWakesAt {
+                    sweeperMustLook = false
+                    _ = expireLocked()
+                    var wait = 3600.0
+                    if let ttl = configuration.ttl, let oldest = held.compactMap({ $0.secret?.decryptedAt }).min() {
+                        wait = max(0.01, oldest + ttl - t)
+                    }
+                    sweeperWakesAt = t + wait
                 }
-                lock.wait(seconds: wait)
+                // Woken early by another waiter's broadcast: back to sleep.
+                lock.wait(seconds: max(0.001, sweeperWakesAt - t))
             }
+            sweeperWakesAt = .infinity
             lock.unlock()
         }
     }

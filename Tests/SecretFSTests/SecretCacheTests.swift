@@ -80,6 +80,37 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(cache.count == 0)
     }
 
+    /// The sweeper waits in real time, an hour when nothing is held: the
+    /// first plaintext decrypted after that must wake it, or it outlives
+    /// its TTL by up to an hour. A later one is wiped on time too.
+    @Test func anIdleSweeperIsWokenByTheNextPlaintextAndWipesEachOnTime() {
+        let clock: @Sendable () -> Double = {
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        }
+        let cache = SecretCache(configuration: .init(ttl: 0.3), now: clock)
+        cache.startSweeper()
+        defer { cache.wipeAll() }   // ends the sweeper
+        usleep(100_000)             // idle: nothing held
+        func decrypt(_ path: String) -> CachedSecret {
+            let b = try! SecureBuffer(capacity: 2)
+            try! b.append(utf8: "s1")
+            let r = cache.acquire(path: path, current: fingerprint(1)) {
+                .success(CachedSecret.make(path: path, plaintext: b, fingerprint: fingerprint(1), at: clock()))
+            }.result
+            return try! r.get()
+        }
+        let first = decrypt("a")
+        usleep(100_000)
+        let second = decrypt("b")
+        let start = clock()
+        while !(first.plaintext.isRevoked && second.plaintext.isRevoked) && clock() - start < 5 { usleep(10_000) }
+        #expect(first.plaintext.isRevoked && second.plaintext.isRevoked)
+        #expect(clock() - start < 2)
+        #expect(cache.count == 0)
+    }
+
     @Test func wipeAllReachesHeldPlaintextsAndWhatEndsAfterIt() {
         let clock = FakeClock()
         let cache = SecretCache(configuration: .init(), now: clock.now)
