@@ -106,7 +106,7 @@ public final class CredentialServer: @unchecked Sendable {
             return takenAtStop
         }
         if !waiting.isEmpty {
-            Log.warning("credential: refused \(waiting.count) request\(waiting.count == 1 ? "" : "s") still waiting at stop; answering more than systemd's credential limit so the unit does not start")
+            CredentialServer.logRefusal("\(waiting.count) request\(waiting.count == 1 ? "" : "s") still waiting at stop")
         }
         for c in waiting { sendRefusal(c) }
     }
@@ -202,9 +202,7 @@ public final class CredentialServer: @unchecked Sendable {
                 let why = secret.plaintext.isRevoked
                     ? "\(req.unit)/\(req.id): its plaintext was wiped meanwhile (ttl= passed, or the daemon is stopping)"
                     : "\(req.unit)/\(req.id): writing the credential failed: \(Errno.text(e))"
-                Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
-                sendRefusal(c)
-                finish(c)
+                refuse(c, why, claimed: true)
             }
         case .failure(let e):
             let why = e == .accessDenied ? "\(actual) is not in allow_unit= for \(path)"
@@ -225,7 +223,6 @@ public final class CredentialServer: @unchecked Sendable {
         var offset = 0
         var ok = true
         while ok && offset < total {
-            guard plaintext.count == total else { return false }
             let n = min(scratch.bufferSize, total - offset)
             do {
                 try scratch.withScratch { buf -> Int in
@@ -249,12 +246,18 @@ public final class CredentialServer: @unchecked Sendable {
         return ok
     }
 
-    private func refuse(_ c: Int32, _ why: String) {
+    /// Refuses `c` (`claimed`: this thread already holds the right to
+    /// answer it; else it takes it, and leaves `c` alone if the stop has).
+    private func refuse(_ c: Int32, _ why: String, claimed: Bool = false) {
         // A refusal needs the connection too: the stop may have answered it.
-        guard claim(c) else { return }
-        Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
+        guard claimed || claim(c) else { return }
+        CredentialServer.logRefusal(why)
         sendRefusal(c)
         finish(c)
+    }
+
+    private static func logRefusal(_ why: String) {
+        Log.warning("credential: refused \(why); answering more than systemd's credential limit so the unit does not start")
     }
 
     /// systemd's CREDENTIAL_SIZE_MAX: a credential longer than this fails
