@@ -38,8 +38,12 @@ next throttle), firstmin=N (no first cut before N sends), prop=K (cuts
 of 1 - K × the share throttled since the last one, as DCTCP, never below
 `decrease`), nothrough=1 (cuts never bounded by what got through) and
 jit=J (`prefetch` starts after a random 0-J s), pw=N (`prefetch`
-workers at most, 8 in kmsfs) and mi=G (growth by G a success once mimin
-sends in a row since the last cut went through).
+workers at most, 8 in kmsfs), mi=G (growth by G a success once mimin
+sends in a row since the last cut went through), wtau=K (growth weighted
+by the host's time left at its rate ÷ the time since its first success
+plus t0, to the power K) and nopace=1 (no pacing, kmsfs's default: only
+the retry backoff, from bbase doubling to bcap, or fixed between flo and
+fhi seconds).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -101,6 +105,7 @@ class RA:
 
     def throttled(s, now):
         P = s.P
+        if P.get('nopace'): return
         s.thrSinceCut += 1
         s.roll(now); s.wr += 1
         s.lastThrottle = now
@@ -150,6 +155,11 @@ class RA:
         if s.backlog is not None and P.get('wexp'):
             x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
             w = x ** P['wexp']
+        if P.get('wtau') and s.backlog is not None:
+            if getattr(s, 't_ep', None) is None: s.t_ep = now
+            tau = s.backlog() / s.rate
+            x = min(max(tau / (now - s.t_ep + P.get('t0', 5.0)), P.get('wlo', 0.1)), P.get('whi', 10))
+            w = x ** P['wtau']
         if getattr(s, 'uncertain', False):
             s.rate *= 1 + P['ss']; return
         if P.get('mi') and s.thrSinceCut == 0 and s.sendsSinceCut >= P.get('mimin', 50):
@@ -272,7 +282,7 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
                         lim.limit = max(1, lim.limit / 2)
                         ra.throttled(t3)
                         release_waiters(t3)
-                        d = rnd.random() * min(1.0, 0.05 * 2 ** (min(attempt, 10) - 1))
+                        d = (rnd.uniform(P['flo'], P['fhi']) if P.get('fhi') else rnd.random() * min(P.get('bcap', 1.0), P.get('bbase', 0.05) * 2 ** (min(attempt, 10) - 1)))
                         at(t3 + d, lambda t4: do_call(h, k, t4, then, attempt + 1))
                 at(t2 + (lat() / 2 if ok else 0.002), resp)
             at(arrive, at_server)
@@ -614,7 +624,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
