@@ -82,6 +82,10 @@ public final class CiphertextDecoder: Sendable {
     /// Refuse a file that is not bound to its path (`-o require_binding`):
     /// raw KMS blobs, and messages without `kmsfs:path`.
     public let requirePathBinding: Bool
+    /// Refuse Encryption SDK messages under a suite without key commitment
+    /// (`-o require_commitment`): the version 1 suites, which
+    /// aws-encryption-cli refuses to decrypt by default.
+    public let requireCommitment: Bool
     /// The KMS keys files may be under (`-o kms_key=`); empty allows any.
     public let allowedKeys: KMSKeyAllowList
     /// The most encrypted data keys an Encryption SDK message may list
@@ -89,18 +93,20 @@ public final class CiphertextDecoder: Sendable {
     public let maxEncryptedDataKeys: Int
 
     public init(kms: KMSClient, requiredContext: [(key: String, value: String)] = [], pathContextKey: String = kmsfsPathContextKey,
-                requirePathBinding: Bool = false, allowedKeys: KMSKeyAllowList = KMSKeyAllowList(),
+                requirePathBinding: Bool = false, requireCommitment: Bool = false, allowedKeys: KMSKeyAllowList = KMSKeyAllowList(),
                 maxEncryptedDataKeys: Int = EncryptionSDKMessage.defaultMaxEncryptedDataKeys) {
         self.kms = kms
         self.requiredContext = requiredContext
         self.pathContextKey = pathContextKey
         self.requirePathBinding = requirePathBinding
+        self.requireCommitment = requireCommitment
         self.allowedKeys = allowedKeys
         self.maxEncryptedDataKeys = maxEncryptedDataKeys
     }
 
     private var sdkDecryptor: EncryptionSDKDecryptor {
-        EncryptionSDKDecryptor(kms: kms, allowedKeys: allowedKeys, maxEncryptedDataKeys: maxEncryptedDataKeys)
+        EncryptionSDKDecryptor(kms: kms, allowedKeys: allowedKeys, maxEncryptedDataKeys: maxEncryptedDataKeys,
+                               requireCommitment: requireCommitment)
     }
 
     private func refuseUnbound(_ what: String) -> DecodeError {

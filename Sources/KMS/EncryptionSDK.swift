@@ -366,12 +366,18 @@ struct EncryptionSDKDecryptor {
     var allowedKeys = KMSKeyAllowList()
     /// `max_encrypted_data_keys=`: also the most Decrypt calls one message may cost.
     var maxEncryptedDataKeys = EncryptionSDKMessage.defaultMaxEncryptedDataKeys
+    /// `require_commitment`: a suite without key commitment is refused.
+    var requireCommitment = false
 
     func decrypt(_ bytes: [UInt8], binding: PathBinding, requiredContext: [(key: String, value: String)],
                  pathContextKey: String, requireBinding: Bool = false) throws(DecodeError) -> DecodedSecret {
         let layout = try EncryptionSDKMessage.layout(bytes, maxEncryptedDataKeys: maxEncryptedDataKeys)
         let header = layout.header
         let suite = header.suite
+        // Before any KMS call: what the mount refuses costs no quota.
+        if requireCommitment && !suite.committing {
+            throw .refused("the message's algorithm suite \(suite.hexID) (\(suite.name)) has no key commitment and the mount has require_commitment; re-encrypt it with kmsfs encrypt or aws-encryption-cli's default suite")
+        }
 
         try checkContext(header, binding: binding, requiredContext: requiredContext, pathContextKey: pathContextKey,
                          requireBinding: requireBinding)

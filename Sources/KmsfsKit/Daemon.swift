@@ -138,7 +138,8 @@ public enum Daemon {
 
         let kms = settings.makeKMSClient(rate: options.kmsRate, adaptive: options.kmsPacing)
         let decoder = CiphertextDecoder(kms: kms, requiredContext: options.requiredContext,
-                                        requirePathBinding: options.requireBinding, allowedKeys: options.kmsKeys,
+                                        requirePathBinding: options.requireBinding, requireCommitment: options.requireCommitment,
+                                        allowedKeys: options.kmsKeys,
                                         maxEncryptedDataKeys: options.maxEncryptedDataKeys)
         Log.info(options.kmsKeys.isEmpty
                  ? "kms_key= not set: files may be under any KMS key these credentials may use (the guide recommends kms_key=)"

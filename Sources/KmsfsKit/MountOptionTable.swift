@@ -216,6 +216,7 @@ extension MountOptions {
             }
         },
         .fixed("require_binding", at: \.requireBinding) { o, v throws(OptionError) in try v.noValue(); o.requireBinding = true },
+        .fixed("require_commitment", at: \.requireCommitment) { o, v throws(OptionError) in try v.noValue(); o.requireCommitment = true },
         .fixed("kms_key", at: \.kmsKeys) { o, v throws(OptionError) in
             let k = try v.need()
             do throws(KMSKeyListError) { o.kmsKeys = try o.kmsKeys.adding(k) } catch {

@@ -47,6 +47,10 @@ public struct MountOptions: Sendable {
     /// Refuse ciphertexts not bound to their path (`kmsfs:path`): raw KMS
     /// blobs and Encryption SDK messages written without `kmsfs encrypt`.
     public var requireBinding = false
+    /// Refuse Encryption SDK messages whose algorithm suite has no key
+    /// commitment (message format version 1), as aws-encryption-cli does
+    /// by default.
+    public var requireCommitment = false
     /// `kms_key=KEY[+KEY...]`: the only KMS keys files may be under
     /// (KMSKeyAllowList); empty allows any key the credentials may use.
     public var kmsKeys = KMSKeyAllowList()

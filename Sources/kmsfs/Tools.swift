@@ -144,7 +144,8 @@ struct CheckCommand: ParsableCommand {
         let tree: SourceTree
         do { tree = try SourceTree(path: source) } catch { fail("source \(source): \(error)") }
         let decoder = CiphertextDecoder(kms: settings.makeKMSClient(), requiredContext: o.requiredContext,
-                                        requirePathBinding: o.requireBinding, allowedKeys: o.kmsKeys,
+                                        requirePathBinding: o.requireBinding, requireCommitment: o.requireCommitment,
+                                        allowedKeys: o.kmsKeys,
                                         maxEncryptedDataKeys: o.maxEncryptedDataKeys)
         var failures = 0
         var total = 0

@@ -136,6 +136,27 @@ func failure(_ body: () throws(DecodeError) -> DecodedSecret) -> DecodeError? {
         #expect((call.body["EncryptionContext"]?["aws-crypto-public-key"] != nil) == signed)
     }
 
+    /// `require_commitment`: every version 1 suite (no key commitment) is
+    /// refused before any KMS call, base64-encoded or not; the committing
+    /// ones decrypt.
+    @Test(arguments: allSuiteIDs)
+    func requireCommitmentRefusesEveryNonCommittingSuiteBeforeKMS(_ suite: String) throws {
+        let kms = FakeKMS()
+        let decoder = CiphertextDecoder(kms: client(kms.transport, attempts: 1), requireCommitment: true)
+        let bytes = readFixture(suite + "-framed.esdk")
+        let committing = suite == "0478" || suite == "0578"
+        for input in [bytes, Array(Base64.encode(bytes).utf8)] {
+            let e = failure { () throws(DecodeError) in try decoder.decrypt(input, path: "golden/\(suite)-framed") }
+            if committing {
+                #expect(e == nil)
+            } else {
+                let name = try #require(EncryptionSDKSuite.all.first { $0.hexID == "0x" + suite }).name
+                #expect(e?.description == "refused: the message's algorithm suite 0x\(suite) (\(name)) has no key commitment and the mount has require_commitment; re-encrypt it with kmsfs encrypt or aws-encryption-cli's default suite")
+            }
+        }
+        #expect(kms.count == (committing ? 2 : 0))
+    }
+
     @Test func everySuiteTheCLICanWriteIsKnown() {
         let ids = EncryptionSDKSuite.all.map { $0.hexID }
         #expect(ids == allSuiteIDs.map { "0x" + $0 })

@@ -87,7 +87,7 @@ import Glibc
                                 transport: Answers([]), clock: FuzzCorpusReplayTests.clock, retry: FuzzCorpusReplayTests.retry())
             let flags = data.last ?? 0
             _ = try? CiphertextDecoder(kms: kms, requiredContext: flags & 1 == 0 ? [] : [("app", "web")],
-                                       requirePathBinding: flags & 2 != 0).decrypt(data, path: "db/password")
+                                       requirePathBinding: flags & 2 != 0, requireCommitment: flags & 8 != 0).decrypt(data, path: "db/password")
         }
     }
 

@@ -44,6 +44,7 @@ import AWS
     @Test(arguments: [
         ("region=us-east-1", "region"), ("endpoint=http://127.0.0.1:1", "endpoint"), ("threads=3", "threads"),
         ("audit=off", "audit"), ("kms_context=app=b", "context"), ("require_binding", "require_binding"),
+        ("require_commitment", "require_commitment"),
         ("no_memfd_secret", "no_memfd_secret"), ("retries=5", "retries"), ("kms_rate=5", "kms_rate"),
         ("io_uring", "io_uring"),
     ])

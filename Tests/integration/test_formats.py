@@ -209,3 +209,29 @@ def test_no_plaintext_or_key_material_in_the_log(formats_mount):
     log = formats_mount.log().encode()
     assert PLAINTEXTS["cert.pem"][:20] not in log
     assert PLAINTEXTS["multi"][:16] not in log
+
+
+def test_require_commitment_refuses_the_version_1_suites(cli_tree, kms, tmp_path):
+    """`-o require_commitment`, as aws-encryption-cli decrypts by default:
+    a message under a suite without key commitment (every version 1 suite)
+    gives EIO and one line naming the suite; the committing suites, which
+    the CLI writes by default, read as before."""
+    from conftest import Mount
+    (tmp_path / "mnt").mkdir()
+    m = Mount(cli_tree, tmp_path / "mnt", "allow_uid=0,context=purpose=test,require_commitment", kms.env,
+              tmp_path / "kmsfs.log")
+    try:
+        for alg, sid in SUITES:
+            path = "%04x/framed/one" % sid
+            if sid in (0x0478, 0x0578):
+                assert read(m, path) == b"x"
+                continue
+            with pytest.raises(OSError) as e:
+                read(m, path)
+            assert e.value.errno == errno.EIO
+            assert m.wait_log("%s: refused: the message's algorithm suite 0x%04x (%s) has no key commitment and the "
+                              "mount has require_commitment; re-encrypt it with kmsfs encrypt or aws-encryption-cli's "
+                              "default suite" % (path, sid, alg)), m.log()
+        assert read(m, "more/big") == BIG          # the CLI's default suite
+    finally:
+        m.stop()
