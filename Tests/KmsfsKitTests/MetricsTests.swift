@@ -46,6 +46,23 @@ import AWS
         #expect(!PrometheusText.render(doc).contains("kmsfs_secret_hits_total{"))
     }
 
+    /// Where the credentials came from, by kind only: the whole source
+    /// (`kmsfs status`) names roles, profiles and account IDs.
+    @Test(arguments: [
+        ("environment", "environment"), ("container credentials 169.254.170.2", "container"),
+        ("instance role web-prod-role", "instance-role"), ("credential_process (profile vault)", "credential-process"),
+        ("web identity arn:aws:iam::111122223333:role/eks-app", "web-identity"),
+        ("profile deploy (role arn:aws:iam::111122223333:role/deploy)", "assumed-role"), ("profile default", "profile"),
+        ("something new", "other"),
+    ])
+    func credentialsInfoNamesTheKindOfSourceOnly(source: String, kind: String) {
+        let text = PrometheusText.render(.object([("credentials", .object([("source", .string(source))]))]))
+        #expect(text.contains("kmsfs_credentials_info{source=\"\(kind)\"} 1"))
+        for identifier in ["111122223333", "web-prod-role", "vault", "deploy", "169.254.170.2"] {
+            #expect(!text.contains(identifier))
+        }
+    }
+
     @Test func everySampleBelongsToADeclaredFamily() {
         let text = PrometheusText.render(.object([("kms", .object([("latency_buckets", .array([.array([.number(0.005), .number(1)])])),
                                                                     ("latency_count", .number(1)), ("latency_sum_s", .number(0.004))]))]))

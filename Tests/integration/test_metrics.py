@@ -86,7 +86,7 @@ def test_endpoint_counts_each_kind_of_open_and_promtool_accepts_it(metered, kms,
     assert s["kmsfs_cached_secrets"] == 1 and s["kmsfs_cached_bytes"] >= len(SECRET)
     assert abs(s["kmsfs_kms_last_success_timestamp_seconds"] - time.time()) < 120
     assert s['kmsfs_build_info{version="%s"}' % kmsfs_version(kmsfs_bin)] == 1
-    assert 'kmsfs_credentials_info{source="' in text
+    assert 'kmsfs_credentials_info{source="environment"} 1' in text     # the kind only
 
     # Never a plaintext byte, a credential, or (by default) a secret's name.
     assert SECRET.decode() not in text
