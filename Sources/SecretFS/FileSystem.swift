@@ -928,7 +928,7 @@ private final class PrefetchWorkers: @unchecked Sendable {
             }
             guard i < items else { break }
             one(i)
-            lock.withLock { addWorker(first: false) }
+            lock.withLock { _ = addWorker(first: false) }   // none more at the limit
         }
         lock.withLock {
             running -= 1
