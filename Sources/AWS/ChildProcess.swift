@@ -19,4 +19,17 @@ public enum ChildProcess {
             return .failure(Failure(message: error.message))
         }
     }
+
+    /// The same, with its output not read (/dev/null) and no locked memory
+    /// taken when `environment` holds no secret: for fusermount3, which runs
+    /// before the wipe, while the locked memory the daemon may use is full.
+    public static func runDiscardingOutput(_ argv: [String], environment: Environment, timeout: Double) -> Result<Void, Failure> {
+        guard !argv.isEmpty else { return .failure(Failure(message: "no program")) }
+        do {
+            try ProcessRunner.runDiscardingOutput(argv, environment: environment, timeout: timeout)
+            return .success(())
+        } catch {
+            return .failure(Failure(message: error.message))
+        }
+    }
 }

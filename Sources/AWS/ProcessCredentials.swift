@@ -104,23 +104,20 @@ public struct ProcessCredentialProvider: CredentialProvider {
 enum ProcessRunner {
     struct Failure: Error { let message: String }
 
-    static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {
-        var fds: [Int32] = [-1, -1]
-        // Close-on-exec from the start (pipe2), so no other spawn can
-        // inherit either end.
-        guard kmsfs_pipe_cloexec(&fds) == 0 else { throw Failure(message: "pipe: \(Errno.text(Errno.current))") }
-        let readEnd = fds[0], writeEnd = fds[1]
-        var closeWrite = true
-        defer {
-            close(readEnd)
-            if closeWrite { close(writeEnd) }
-        }
-
+    /// Starts `argv` (no shell; found through PATH) with stdin from
+    /// /dev/null, stdout onto `stdout` (or /dev/null), stderr the
+    /// daemon's, no other descriptor of the daemon's, signals unblocked
+    /// and at their defaults, in a process group of its own. The pid.
+    private static func spawn(_ argv: [String], environment: Environment, stdout: Int32?) throws(Failure) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
+        if let stdout {
+            posix_spawn_file_actions_adddup2(&actions, stdout, 1)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        }
         // Then every descriptor from 3 up is closed in the child: whatever
         // a library opened without close-on-exec (curl 7.88's wakeup
         // socketpair) never reaches the helper. stderr stays the daemon's.
@@ -154,13 +151,18 @@ enum ProcessRunner {
         var cEnv: [UnsafeMutablePointer<CChar>?] = environment.plain.map { strdup("\($0.key)=\($0.value)") }
         let plainCount = cEnv.count
         let secretLength = environment.secrets.reduce(0) { $0 + $1.key.utf8.count + 2 + $1.value.count }
-        let secretBlock: SecureBuffer
-        do { secretBlock = try SecureBuffer(capacity: max(secretLength, 1), backing: .lockedAnonymous) } catch {
-            for p in cEnv { free(p) }
-            for p in cArgs { free(p) }
-            throw Failure(message: "\(error)")
+        // None to hold: no locked page taken (fusermount3 runs when the
+        // daemon's locked memory may be all in use).
+        var secretBlock: SecureBuffer? = nil
+        if secretLength > 0 {
+            do { secretBlock = try SecureBuffer(capacity: secretLength, backing: .lockedAnonymous) } catch {
+                for p in cEnv { free(p) }
+                for p in cArgs { free(p) }
+                throw Failure(message: "\(error)")
+            }
         }
         for (name, value) in environment.secrets {
+            guard let secretBlock else { break }
             let start = secretBlock.count
             do {
                 try secretBlock.append(utf8: name + "=")
@@ -173,7 +175,7 @@ enum ProcessRunner {
         defer {
             for p in cArgs { free(p) }
             for p in cEnv[..<plainCount] { free(p) }
-            secretBlock.wipeContents()
+            secretBlock?.wipeContents()
         }
         var pid: pid_t = 0
         let rc = cArgs.withUnsafeBufferPointer { a in
@@ -182,6 +184,36 @@ enum ProcessRunner {
             }
         }
         guard rc == 0 else { throw Failure(message: "cannot run it: \(Errno.text(rc))") }
+        return pid
+    }
+
+    /// Runs a program without reading its output (stdout /dev/null) and
+    /// without taking any locked memory when `environment` holds no
+    /// secret: waits for its exit until `timeout`, then kills its process
+    /// group. For fusermount3, which runs while the daemon's locked memory
+    /// still holds every plaintext.
+    static func runDiscardingOutput(_ argv: [String], environment: Environment, timeout: Double) throws(Failure) {
+        let pid = try spawn(argv, environment: environment, stdout: nil)
+        guard let status = reap(pid, until: SystemClock.monotonic() + timeout) else {
+            kill(-pid, SIGKILL)
+            _ = reap(pid, until: SystemClock.monotonic() + 1)
+            throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed")
+        }
+        if status != 0 { throw Failure(message: "exited with status \(status)") }
+    }
+
+    static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {
+        var fds: [Int32] = [-1, -1]
+        // Close-on-exec from the start (pipe2), so no other spawn can
+        // inherit either end.
+        guard kmsfs_pipe_cloexec(&fds) == 0 else { throw Failure(message: "pipe: \(Errno.text(Errno.current))") }
+        let readEnd = fds[0], writeEnd = fds[1]
+        var closeWrite = true
+        defer {
+            close(readEnd)
+            if closeWrite { close(writeEnd) }
+        }
+        let pid = try spawn(argv, environment: environment, stdout: writeEnd)
         close(writeEnd)
         closeWrite = false
 

@@ -30,9 +30,10 @@ enum DaemonSignals {
     /// daemon's, signals at their defaults, its own process group, no
     /// AWS_ or systemd variable. It runs before the wipe: one that hangs is
     /// killed after 5 s rather than holding the wipe back until systemd's
-    /// SIGKILL.
+    /// SIGKILL, and it takes no locked memory (all of it may hold
+    /// plaintexts then).
     static func fusermount(_ argv: [String]) {
-        if case .failure(let f) = ChildProcess.run(argv, environment: Environment.process().forPrograms, timeout: 5) {
+        if case .failure(let f) = ChildProcess.runDiscardingOutput(argv, environment: Environment.process().forPrograms, timeout: 5) {
             Log.error("cannot detach \(argv.last ?? ""): fusermount3: \(f.message)")
         }
     }
