@@ -260,10 +260,21 @@ struct RefusalBudget {
         /// Record it; `unrecorded` refusals of this user came before it
         /// (of users past `users`, who share one budget, when `shared`).
         case record(unrecorded: Int, shared: Bool)
-        /// Count it only; `firstInAWhile`: the first one left unrecorded
-        /// for this user (for the users sharing a budget, when `shared`)
-        /// in a minute, worth a log line.
-        case countOnly(firstInAWhile: Bool, shared: Bool)
+        /// Count it only; `warn`: whose budget ran out, when this is the
+        /// first refusal left unrecorded for that reason in a minute
+        /// (worth a log line), else nil.
+        case countOnly(warn: Exhausted?)
+    }
+
+    /// Whose budget left a refusal unrecorded.
+    enum Exhausted: Equatable {
+        /// This user's own (more than `perSecond`).
+        case user
+        /// The one the users past `users` share.
+        case sharedByUsersPastTheRemembered
+        /// All users' together (more than `totalPerSecond`), while this
+        /// user's own had room.
+        case everyone
     }
 
     private struct Bucket {
@@ -278,7 +289,7 @@ struct RefusalBudget {
     /// here. Ten users' worth.
     static let totalPerSecond = perSecond * 10
     static let totalBurst = burst * 10
-    private var total = (tokens: RefusalBudget.totalBurst, at: -Double.infinity)
+    private var total = (tokens: RefusalBudget.totalBurst, at: -Double.infinity, lastWarning: -Double.infinity)
     /// Users past `users` share one budget (the key no real uid has:
     /// 4294967295 is (uid_t)-1). The table is pruned at most once a second,
     /// never per refusal: each pruning walks it.
@@ -312,9 +323,17 @@ struct RefusalBudget {
             b.unrecorded = 0
         } else {
             b.unrecorded += 1
-            let warn = now - b.lastWarning >= 60
-            if warn { b.lastWarning = now }
-            decision = .countOnly(firstInAWhile: warn, shared: key == RefusalBudget.overflowKey)
+            if b.tokens < 1 {
+                let warn = now - b.lastWarning >= 60
+                if warn { b.lastWarning = now }
+                decision = .countOnly(warn: !warn ? nil : key == RefusalBudget.overflowKey ? .sharedByUsersPastTheRemembered : .user)
+            } else {
+                // The user's own budget had room: not theirs to be named
+                // for (one line a minute for all, not one per user).
+                let warn = now - total.lastWarning >= 60
+                if warn { total.lastWarning = now }
+                decision = .countOnly(warn: warn ? .everyone : nil)
+            }
         }
         buckets[key] = b
         return decision

@@ -490,12 +490,18 @@ public final class SecretFileSystem: @unchecked Sendable {
             let denied: Result<OpenSecret, FSError> = .failure(.accessDenied)
             var detail = "not in the allowed users or groups"
             switch refusals.withLock({ $0.take(uid: caller.uid, now: monotonic()) }) {
-            case .countOnly(let firstInAWhile, let shared):
-                guard firstInAWhile else { return .done(denied) }
+            case .countOnly(let warn):
+                guard let warn else { return .done(denied) }
+                let what: String
+                switch warn {
+                case .user: what = "uid \(caller.uid) is refused more than \(Int(RefusalBudget.perSecond)) opens a second"
+                case .sharedByUsersPastTheRemembered:
+                    what = "users past the \(RefusalBudget.users) remembered (uid \(caller.uid) among them) are refused more than \(Int(RefusalBudget.perSecond)) opens a second together"
+                case .everyone: what = "all users together are refused more than \(Int(RefusalBudget.totalPerSecond)) opens a second"
+                }
                 // Logged from the open pool: a log write may wait (journald).
-                let who = shared ? "users past the \(RefusalBudget.users) remembered (uid \(caller.uid) among them) are" : "uid \(caller.uid) is"
                 return .slow {
-                    Log.warning("audit: \(who) refused more than \(Int(RefusalBudget.perSecond)) opens a second; the refusals are counted (kmsfs status) and each recorded one says how many were not")
+                    Log.warning("audit: \(what); the refusals are counted (kmsfs status) and each recorded one says how many were not")
                     return denied
                 }
             case .record(let unrecorded, let shared):
