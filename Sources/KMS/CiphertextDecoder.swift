@@ -22,7 +22,8 @@ public enum DecodeError: Error, CustomStringConvertible, Sendable {
     case kms(KMSError)
     case resources(String)
     /// Refused by the mount's own limits before or after KMS answered: too
-    /// many encrypted data keys, or a key `kms_key=` does not allow.
+    /// many encrypted data keys, a key `kms_key=` does not allow, or a
+    /// suite without key commitment under `require_commitment`.
     case refused(String)
 
     public var description: String {

@@ -78,6 +78,9 @@ struct DecryptCommand: ParsableCommand {
     @Option(name: .customLong("max-encrypted-data-keys"), help: "Refuse an Encryption SDK message listing more encrypted data keys (1 to 100; default 10, as the mount's max_encrypted_data_keys=).")
     var maxEncryptedDataKeys: Int = EncryptionSDKMessage.defaultMaxEncryptedDataKeys
 
+    @Flag(name: .customLong("require-commitment"), help: "Refuse an Encryption SDK message whose algorithm suite has no key commitment (as the mount's require_commitment).")
+    var requireCommitment = false
+
     @Argument(help: "The ciphertext file.")
     var file: String
 
@@ -102,7 +105,8 @@ struct DecryptCommand: ParsableCommand {
         let bytes: [UInt8]
         do { bytes = try readCiphertextFile(file, limit: maxBytes) } catch { fail("\(file): \(error)") }
         let decoder = CiphertextDecoder(kms: aws.settings().makeKMSClient(), requiredContext: required,
-                                        allowedKeys: allowed, maxEncryptedDataKeys: maxEncryptedDataKeys)
+                                        requireCommitment: requireCommitment, allowedKeys: allowed,
+                                        maxEncryptedDataKeys: maxEncryptedDataKeys)
         do {
             let secret = try decoder.decrypt(bytes, binding: binding)
             secret.plaintext.withUnsafeBytes { writeAllBytes(1, $0) }

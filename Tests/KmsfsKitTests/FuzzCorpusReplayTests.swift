@@ -86,8 +86,10 @@ import Glibc
                                 credentials: FailingCredentialProvider(name: "replay", error: .notConfigured("replay")),
                                 transport: Answers([]), clock: FuzzCorpusReplayTests.clock, retry: FuzzCorpusReplayTests.retry())
             let flags = data.last ?? 0
-            _ = try? CiphertextDecoder(kms: kms, requiredContext: flags & 1 == 0 ? [] : [("app", "web")],
-                                       requirePathBinding: flags & 2 != 0, requireCommitment: flags & 8 != 0).decrypt(data, path: "db/password")
+            for commitment in [false, true] {
+                _ = try? CiphertextDecoder(kms: kms, requiredContext: flags & 1 == 0 ? [] : [("app", "web")],
+                                           requirePathBinding: flags & 2 != 0, requireCommitment: commitment).decrypt(data, path: "db/password")
+            }
         }
     }
 

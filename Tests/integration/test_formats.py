@@ -211,7 +211,7 @@ def test_no_plaintext_or_key_material_in_the_log(formats_mount):
     assert PLAINTEXTS["multi"][:16] not in log
 
 
-def test_require_commitment_refuses_the_version_1_suites(cli_tree, kms, tmp_path):
+def test_require_commitment_refuses_the_version_1_suites(cli_tree, kms, kmsfs_bin, tmp_path):
     """`-o require_commitment`, as aws-encryption-cli decrypts by default:
     a message under a suite without key commitment (every version 1 suite)
     gives EIO and one line naming the suite; the committing suites, which
@@ -235,3 +235,13 @@ def test_require_commitment_refuses_the_version_1_suites(cli_tree, kms, tmp_path
         assert read(m, "more/big") == BIG          # the CLI's default suite
     finally:
         m.stop()
+    # kmsfs decrypt --require-commitment, as the mount.
+    for sid, ok in ((0x0178, False), (0x0578, True)):
+        f = cli_tree / ("%04x" % sid) / "framed" / "one.encrypted"
+        r = subprocess.run([kmsfs_bin, "decrypt", "--context", "purpose=test", "--require-commitment", str(f)],
+                           env=kms.env, capture_output=True, timeout=60)
+        if ok:
+            assert r.returncode == 0 and r.stdout == b"x", r.stderr
+        else:
+            assert r.returncode == 1 and r.stdout == b""
+            assert b"has no key commitment" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
