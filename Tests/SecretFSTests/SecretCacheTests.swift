@@ -109,6 +109,24 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(first.plaintext.isRevoked && second.plaintext.isRevoked)
         #expect(clock() - start < 2)
         #expect(cache.count == 0)
+
+        // A ttl given on remount, to a sweeper idle without one: it looks
+        // again at once, and wipes what is past the new ttl.
+        let untimed = SecretCache(configuration: .init(), now: clock)
+        untimed.startSweeper()
+        defer { untimed.wipeAll() }
+        let b = try! SecureBuffer(capacity: 2)
+        try! b.append(utf8: "s1")
+        let kept = try! untimed.acquire(path: "k", current: fingerprint(1)) {
+            .success(CachedSecret.make(path: "k", plaintext: b, fingerprint: fingerprint(1), at: clock()))
+        }.result.get()
+        usleep(100_000)
+        #expect(!kept.plaintext.isRevoked)
+        untimed.reconfigure(.init(ttl: 0.2))
+        let since = clock()
+        while !kept.plaintext.isRevoked && clock() - since < 5 { usleep(10_000) }
+        #expect(kept.plaintext.isRevoked)
+        #expect(clock() - since < 1)
     }
 
     @Test func wipeAllReachesHeldPlaintextsAndWhatEndsAfterIt() {
