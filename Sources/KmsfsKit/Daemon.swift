@@ -364,14 +364,17 @@ public enum Daemon {
     /// stop meanwhile ends it early, and then nothing is reported ready.
     static func prefetchThenReady(fs: SecretFileSystem, report: StartupReporter, gate: ReadyGate) {
         let t0 = SystemClock.monotonic()
-        let first = fs.prefetch(parallel: 8)
-        var (ok, failed, retry) = (first.ok, first.failed, first.unavailable)
+        // A KMS that answers none of the first 8 calls in time (the lone
+        // first and a round of 8) is not waited on for every secret: the
+        // rest go to the background rounds and to the opens themselves.
+        let first = fs.prefetch(parallel: 8, giveUpAfter: 8)
+        var (ok, failed, retry) = (first.ok, first.failed + first.untried, first.unavailable)
         // Under a saturated quota some calls outlast their deadline
         // waiting for a turn: passes over those (KMS unavailable, not
         // bad files or refusals), while each still makes progress,
-        // before saying ready.
-        for _ in 0..<4 where !retry.isEmpty {
-            let pass = fs.prefetch(parallel: 4, only: retry)
+        // before saying ready. None after a pass that decrypted nothing.
+        for _ in 0..<4 where !retry.isEmpty && ok > 0 {
+            let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4)
             if pass.ok == 0 { break }
             (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
         }
@@ -380,7 +383,10 @@ public enum Daemon {
             Log.notice("prefetch: stopped after \(ok) secrets (\(ms) ms): the daemon is stopping")
             return
         }
-        if !retry.isEmpty {
+        if first.untried > 0 && ok == 0 {
+            Log.warning("prefetch: KMS answered none of the first \(first.unavailable.count - first.untried) calls in time (see above), so the other \(first.untried) secrets were not tried (\(ms) ms); ready now: opens decrypt what they need, and the \(retry.count) are tried again in the background")
+            Daemon.finishPrefetch(fs: fs, retry: retry)
+        } else if !retry.isEmpty {
             Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
             Daemon.finishPrefetch(fs: fs, retry: retry)
         } else if failed > 0 {
@@ -425,7 +431,7 @@ public enum Daemon {
                 SystemClock.sleep(pause)
                 if fs.cache.isStopped { return }
                 let t0 = SystemClock.monotonic()
-                let r = fs.prefetch(parallel: 2, only: retry)
+                let r = fs.prefetch(parallel: 2, only: retry, giveUpAfter: 2)
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
                 retry = r.unavailable
                 if retry.isEmpty {

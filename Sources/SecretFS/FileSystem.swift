@@ -808,8 +808,13 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// answer): worth another try, unlike a bad file or a refusal.
     public struct PrefetchResult: Sendable {
         public var ok = 0
+        /// Tried and not decrypted (bad files and refusals included).
         public var failed = 0
+        /// To try again: KMS did not answer in time (or throttled past the
+        /// call's deadline), and the secrets not tried (`untried`).
         public var unavailable: [String] = []
+        /// Not tried: the pass gave up on a KMS that answered nothing.
+        public var untried = 0
     }
 
     /// Every secret in SOURCE now: its SOURCE path and its path in the mount.
@@ -831,7 +836,13 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Decrypts every secret in SOURCE (or only the SOURCE paths `only`
     /// names), `parallel` at a time, so services starting at boot never
     /// wait on KMS.
-    public func prefetch(parallel: Int, only: [String]? = nil) -> PrefetchResult {
+    /// `giveUpAfter`: once that many secrets failed because KMS did not
+    /// answer in time and none decrypted, the pass tries no more; the rest
+    /// come back in `unavailable` as untried. A KMS that does not answer
+    /// (a network not up yet) then holds the pass for one round of call
+    /// deadlines, not one per `parallel` secrets: with 100 secrets and
+    /// timeout=10, 11 s instead of minutes past systemd's start timeout.
+    public func prefetch(parallel: Int, only: [String]? = nil, giveUpAfter: Int? = nil) -> PrefetchResult {
         var files = secretFiles()
         if let only {
             let wanted = Set(only.map(PathKey.init))
@@ -844,6 +855,15 @@ public final class SecretFileSystem: @unchecked Sendable {
             // Stopping: the rest is not decrypted (nothing would keep it).
             guard !cache.isStopped else { return }
             let f = work[i]
+            if let giveUpAfter {
+                let gaveUp = results.withLock { r -> Bool in
+                    guard r.ok == 0 && r.unavailable.count >= giveUpAfter else { return false }
+                    r.unavailable.append(f.source)
+                    r.untried += 1
+                    return true
+                }
+                if gaveUp { return }
+            }
             let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
             let current = try? tree.stat(f.source)
             let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {

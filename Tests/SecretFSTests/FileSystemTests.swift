@@ -519,6 +519,50 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
         #expect(starts.prefix(12).max()! >= 3, "\(starts)")
     }
 
+    /// A KMS that answers nothing in time (a network not up yet): once the
+    /// lone first call and a round of workers failed so with nothing
+    /// decrypted, the pass tries no more and hands the rest back untried,
+    /// instead of waiting out every secret's deadline. One success is
+    /// progress: then every secret is tried (a throttled quota).
+    @Test func aPassGivesUpOnAKMSThatAnswersNothingButNotOnOneThatMakesProgress() throws {
+        final class Down: SecretDecrypting, @unchecked Sendable {
+            let calls = Mutex(0)
+            let answered: Int
+            let inner = FakeDecryptor()
+            init(answered: Int) { self.answered = answered }
+            func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+                let n = calls.withLock { $0 += 1; return $0 }
+                if n <= answered { return inner.decrypt(ciphertext: ciphertext, path: path) }
+                usleep(20_000)
+                return .failure(DecryptFailure(.unavailable, "KMS did not answer within 10 s"))
+            }
+        }
+        let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for i in 0..<60 { try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted")) }
+
+        let dead = Down(answered: 0)
+        let r = fs(dir, dead).prefetch(parallel: 8, giveUpAfter: 8)
+        let tried = dead.calls.withLock { $0 }
+        #expect(r.ok == 0 && r.failed == tried && r.untried == 60 - tried)
+        #expect(tried >= 8 && tried <= 16, "tried \(tried)")
+        #expect(r.unavailable.count == 60)                      // all of them to try again
+        #expect(Set(r.unavailable).count == 60)
+
+        let progressing = Down(answered: 1)
+        let p = fs(dir, progressing).prefetch(parallel: 8, giveUpAfter: 8)
+        #expect(p.ok == 1 && p.failed == 59 && p.untried == 0 && p.unavailable.count == 59)
+        #expect(progressing.calls.withLock { $0 } == 60)
+
+        // Without giveUpAfter (the default), every secret is tried.
+        let patient = Down(answered: 0)
+        #expect(fs(dir, patient).prefetch(parallel: 8).untried == 0)
+        #expect(patient.calls.withLock { $0 } == 60)
+
+        func fs(_ dir: String, _ d: Down) -> SecretFileSystem { try! rootOnlyFileSystem(dir, decryptor: d) }
+    }
+
     /// A KMS that does not answer the first secret within a second: the
     /// others start together then, not one per answer.
     @Test func aFirstCallWithoutAnswerReleasesTheOthersAfterASecond() throws {

@@ -227,6 +227,44 @@ def test_prefetch_decrypts_everything_before_the_mount_returns(tmp_path, kms, pr
         force_unmount(str(mnt))
 
 
+def test_prefetch_against_a_kms_that_does_not_answer_is_ready_after_one_round(tmp_path, kms, proxy, kmsfs_bin):
+    """A KMS that accepts and never answers at boot (a network not up yet):
+    `prefetch` gives up once the lone first call and a round of 8 ran out
+    of time with nothing decrypted, and the mount reports ready then, not
+    after every secret's deadline (40 secrets at 8 a time, 2 s each, then
+    a pass more at 4 a time: about 30 s, and minutes at the default
+    timeout=10, past systemd's start timeout). Once KMS answers, opens
+    decrypt; the background rounds fill in the rest."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    for i in range(40):
+        put(kms, src / ("s%02d.encrypted" % i), b"secret-%d" % i)
+    proxy.reset()
+    proxy.delay = 30
+    proxy.policy = lambda n, target: Fault.SLOW if target == "TrentService.Decrypt" else None
+    log = tmp_path / "l"
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "allow_uid=0,prefetch,timeout=2,log=%s" % log],
+                           env=kms.base_env(endpoint=proxy.url), capture_output=True, timeout=60)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr
+        assert took < 10, "ready after %.1f s:\n%s" % (took, log.read_text())
+        # Fewer requests than secrets (each call is two attempts here): not 40 calls and a pass over them again.
+        assert proxy.count("Decrypt") < 40, proxy.count("Decrypt")
+        assert eventually(lambda: "secrets were not tried" in log.read_text(), timeout=2), log.read_text()
+        untried = int(re.search(r"so the other (\d+) secrets were not tried", log.read_text()).group(1))
+        assert 15 <= untried <= 31, untried
+        proxy.policy = lambda n, target: None
+        for i in (0, 17, 39):
+            assert open(mnt / ("s%02d" % i), "rb").read() == b"secret-%d" % i
+        assert eventually(lambda: "prefetch: the rest decrypted after" in log.read_text(), timeout=20), log.read_text()
+    finally:
+        proxy.policy = lambda n, target: None
+        force_unmount(str(mnt))
+
+
 def test_a_stop_during_prefetch_is_handled_at_once(tmp_path, kms, proxy, mount_factory):
     """systemd's stop (or its start timeout) while `prefetch` waits on a KMS
     that does not answer: the daemon wipes, unmounts and exits within
