@@ -269,7 +269,7 @@ public enum Daemon {
             // Off the signal thread: a SIGTERM (systemd's stop, a start
             // timeout) while KMS is slow or unreachable must be handled at
             // once, not after every secret's calls have run out of time.
-            let run: @Sendable () -> Void = { Daemon.prefetchThenReady(fs: fs, report: report, gate: readyGate) }
+            let run: @Sendable () -> Void = { Daemon.prefetchThenReady(fs: fs, kms: kms, report: report, gate: readyGate) }
             if !startThread(name: "kmsfs-prefetch", run) { run() }
         }, onLoopEnd: {
             // Unmounted (or stopping): SOURCE's file system may be next to
@@ -362,33 +362,43 @@ public enum Daemon {
     /// `-o prefetch`: decrypts every secret, then reports the mount ready
     /// (READY=1, or the waiting parent's pipe). Runs on its own thread; a
     /// stop meanwhile ends it early, and then nothing is reported ready.
-    static func prefetchThenReady(fs: SecretFileSystem, report: StartupReporter, gate: ReadyGate) {
+    static func prefetchThenReady(fs: SecretFileSystem, kms: KMSClient, report: StartupReporter, gate: ReadyGate) {
         let t0 = SystemClock.monotonic()
-        // A KMS that answers none of the first 8 calls in time (the lone
-        // first and a round of 8) is not waited on for every secret: the
-        // rest go to the background rounds and to the opens themselves.
-        let first = fs.prefetch(parallel: 8, giveUpAfter: 8)
-        var (ok, failed, retry) = (first.ok, first.failed + first.untried, first.unavailable)
+        // A KMS that answers nothing, not even a throttle, to the first 8
+        // calls (the lone first and the round started a second later) is
+        // not waited on for every secret: the rest go to the background
+        // rounds and to the opens themselves. A throttled quota answers:
+        // its calls are worth their wait.
+        let metrics = kms.api.metrics
+        let answersNothing: @Sendable () -> Bool = { metrics.snapshot.throttled == 0 }
+        let first = fs.prefetch(parallel: 8, giveUpAfter: 8, answersNothing: answersNothing)
+        // Bad files and refusals (logged above) are final; `retry` holds
+        // what KMS did not answer in time and what was not tried.
+        var final = first.failed - (first.unavailable.count - first.untried)
+        var (ok, retry, untried) = (first.ok, first.unavailable, first.untried)
         // Under a saturated quota some calls outlast their deadline
         // waiting for a turn: passes over those (KMS unavailable, not
         // bad files or refusals), while each still makes progress,
         // before saying ready. None after a pass that decrypted nothing.
         for _ in 0..<4 where !retry.isEmpty && ok > 0 {
-            let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4)
+            let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4, answersNothing: answersNothing)
             if pass.ok == 0 { break }
-            (ok, failed, retry) = (ok + pass.ok, failed - pass.ok, pass.unavailable)
+            ok += pass.ok
+            final += pass.failed - (pass.unavailable.count - pass.untried)
+            (retry, untried) = (pass.unavailable, pass.untried)
         }
+        let failed = final + retry.count - untried   // tried, and not decrypted
         let ms = Int((SystemClock.monotonic() - t0) * 1000)
         if gate.isStopping {
             Log.notice("prefetch: stopped after \(ok) secrets (\(ms) ms): the daemon is stopping")
             return
         }
-        if first.untried > 0 && ok == 0 {
-            Log.warning("prefetch: KMS answered none of the first \(first.unavailable.count - first.untried) calls in time (see above), so the other \(first.untried) secrets were not tried (\(ms) ms); ready now: opens decrypt what they need, and the \(retry.count) are tried again in the background")
-            Daemon.finishPrefetch(fs: fs, retry: retry)
+        if untried > 0 && ok == 0 {
+            Log.warning("prefetch: KMS answered none of the first \(failed - final) calls in time (see above)\(final > 0 ? " and \(final) secrets failed otherwise" : ""), so the other \(untried) secrets were not tried (\(ms) ms); ready now: opens decrypt what they need, and the \(retry.count) are tried again in the background")
+            Daemon.finishPrefetch(fs: fs, retry: retry, answersNothing: answersNothing)
         } else if !retry.isEmpty {
-            Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
-            Daemon.finishPrefetch(fs: fs, retry: retry)
+            Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above)\(untried > 0 ? " and \(untried) not tried" : "") in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
+            Daemon.finishPrefetch(fs: fs, retry: retry, answersNothing: answersNothing)
         } else if failed > 0 {
             Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
         } else {
@@ -419,26 +429,36 @@ public enum Daemon {
     }
 
     /// Secrets the prefetch could not decrypt (KMS throttled past a call's
-    /// deadline, or did not answer) are tried again in the background, a
-    /// few rounds with growing pauses, while the mount already serves: an
-    /// open of one of them meanwhile decrypts it itself (or fails within
-    /// `timeout=`), and the rounds only find the rest in the cache.
-    static func finishPrefetch(fs: SecretFileSystem, retry first: [String], rounds: Int = 6, firstPause: Double = 2) {
+    /// deadline, or did not answer) are tried again in the background,
+    /// in rounds 2, 4, 8 ... then 60 s apart until all are decrypted or the
+    /// daemon stops, while the mount already serves: an open of one of them
+    /// meanwhile decrypts it itself (or fails within `timeout=`), and the
+    /// rounds only find the rest in the cache. A round against a KMS that
+    /// answers nothing gives up after 2 calls, so the rounds cost next to
+    /// nothing while it is down.
+    static func finishPrefetch(fs: SecretFileSystem, retry first: [String], firstPause: Double = 2,
+                               answersNothing: @escaping @Sendable () -> Bool) {
         startThread(name: "kmsfs-prefetch") {
             var pause = firstPause
             var retry = first
-            for round in 1...max(1, rounds) {
+            var round = 0
+            while true {
                 SystemClock.sleep(pause)
                 if fs.cache.isStopped { return }
+                round += 1
                 let t0 = SystemClock.monotonic()
-                let r = fs.prefetch(parallel: 2, only: retry, giveUpAfter: 2)
+                let r = fs.prefetch(parallel: 2, only: retry, giveUpAfter: 2, answersNothing: answersNothing)
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
+                let before = retry.count
                 retry = r.unavailable
                 if retry.isEmpty {
                     Log.notice("prefetch: the rest decrypted after \(round) more round\(round == 1 ? "" : "s") (\(r.ok) secrets, \(ms) ms)")
                     return
                 }
-                Log.warning("prefetch round \(round + 1): \(retry.count) secrets still failed")
+                // A line when something changed, and every tenth round.
+                if retry.count != before || round % 10 == 0 || round <= 6 {
+                    Log.warning("prefetch round \(round + 1): \(retry.count) secrets not decrypted yet; trying again in \(Int(min(pause * 2, 60))) s")
+                }
                 pause = min(pause * 2, 60)
             }
         }

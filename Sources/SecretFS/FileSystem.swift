@@ -815,6 +815,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         public var unavailable: [String] = []
         /// Not tried: the pass gave up on a KMS that answered nothing.
         public var untried = 0
+        /// Calls under way (while the pass runs; 0 once it returned).
+        var inFlight = 0
     }
 
     /// Every secret in SOURCE now: its SOURCE path and its path in the mount.
@@ -836,13 +838,17 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Decrypts every secret in SOURCE (or only the SOURCE paths `only`
     /// names), `parallel` at a time, so services starting at boot never
     /// wait on KMS.
-    /// `giveUpAfter`: once that many secrets failed because KMS did not
-    /// answer in time and none decrypted, the pass tries no more; the rest
-    /// come back in `unavailable` as untried. A KMS that does not answer
-    /// (a network not up yet) then holds the pass for one round of call
-    /// deadlines, not one per `parallel` secrets: with 100 secrets and
-    /// timeout=10, 11 s instead of minutes past systemd's start timeout.
-    public func prefetch(parallel: Int, only: [String]? = nil, giveUpAfter: Int? = nil) -> PrefetchResult {
+    /// `giveUpAfter`: once that many calls failed because KMS did not
+    /// answer in time or are still waiting, none decrypted, and
+    /// `answersNothing` says KMS has answered nothing at all (no throttle
+    /// either: a throttled quota is progress of a kind, and its calls
+    /// are worth waiting for), the pass tries no more; the rest come back
+    /// in `unavailable` as untried. A KMS that does not answer (a network
+    /// not up yet) then holds the pass for one round of call deadlines, not
+    /// one per `parallel` secrets: with 100 secrets and timeout=10, about
+    /// 11 s instead of minutes past systemd's start timeout.
+    public func prefetch(parallel: Int, only: [String]? = nil, giveUpAfter: Int? = nil,
+                         answersNothing: @escaping @Sendable () -> Bool = { true }) -> PrefetchResult {
         var files = secretFiles()
         if let only {
             let wanted = Set(only.map(PathKey.init))
@@ -856,13 +862,21 @@ public final class SecretFileSystem: @unchecked Sendable {
             guard !cache.isStopped else { return }
             let f = work[i]
             if let giveUpAfter {
+                // Calls still in flight count: with the lone first call
+                // failing at its deadline and 7 more started a second
+                // later, no ninth call holds the pass another deadline.
                 let gaveUp = results.withLock { r -> Bool in
-                    guard r.ok == 0 && r.unavailable.count >= giveUpAfter else { return false }
+                    guard r.ok == 0 && r.unavailable.count - r.untried + r.inFlight >= giveUpAfter && answersNothing() else {
+                        r.inFlight += 1
+                        return false
+                    }
                     r.unavailable.append(f.source)
                     r.untried += 1
                     return true
                 }
                 if gaveUp { return }
+            } else {
+                results.withLock { $0.inFlight += 1 }
             }
             let node = Node(ino: 0, kind: .secret, sourcePath: f.source, mountPath: f.mount)
             let current = try? tree.stat(f.source)
@@ -870,6 +884,7 @@ public final class SecretFileSystem: @unchecked Sendable {
                 self.load(node, maxBytes: maxBytes)
             }
             results.withLock {
+                $0.inFlight -= 1
                 switch r {
                 case .success: $0.ok += 1
                 case .failure(let e):

@@ -555,6 +555,12 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
         #expect(p.ok == 1 && p.failed == 59 && p.untried == 0 && p.unavailable.count == 59)
         #expect(progressing.calls.withLock { $0 } == 60)
 
+        // A KMS that answered something (a throttle: the quota is busy,
+        // not unreachable) is not given up on: every secret is tried.
+        let throttled = Down(answered: 0)
+        #expect(fs(dir, throttled).prefetch(parallel: 8, giveUpAfter: 8, answersNothing: { false }).untried == 0)
+        #expect(throttled.calls.withLock { $0 } == 60)
+
         // Without giveUpAfter (the default), every secret is tried.
         let patient = Down(answered: 0)
         #expect(fs(dir, patient).prefetch(parallel: 8).untried == 0)
