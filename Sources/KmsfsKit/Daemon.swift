@@ -563,7 +563,9 @@ public enum Daemon {
     /// the secret key or token; the key ID redacted).
     static func credentialStatus(_ provider: CredentialProvider) -> JSONValue {
         guard let cached = provider as? CachingCredentialProvider, let c = cached.current else {
-            return .object([("source", .string(provider.name))])
+            // None fetched yet (or the last fetch failed): the provider's
+            // name, which says where kmsfs will look, not where they came from.
+            return .object([("source", .string(provider.name)), ("pending", .bool(true))])
         }
         return .object([
             ("source", .string(c.source)),

@@ -73,7 +73,8 @@ public enum MetricsAddress: Sendable, Equatable, CustomStringConvertible {
 public enum PrometheusText {
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
 
-    /// The kind of a credentials source (`kmsfs status` names it whole):
+    /// The kind of the source credentials came from (`kmsfs status` names
+    /// it whole; `pending` until the first are fetched):
     /// a loopback port is open to every local user, and the whole name
     /// carries role names, profile names and account IDs (a web identity's
     /// role ARN) that a host which firewalls IMDS keeps from them.
@@ -155,7 +156,8 @@ public enum PrometheusText {
         sample("kmsfs_watched_directories", [], d["watched_directories"]?.numberValue)
 
         family("kmsfs_credentials_info", "gauge", "Always 1; where the AWS credentials in use came from.")
-        sample("kmsfs_credentials_info", [("source", credentialKind(cr?["source"]?.stringValue))], 1)
+        let pending: Bool = { if case .bool(true)? = cr?["pending"] { return true }; return false }()
+        sample("kmsfs_credentials_info", [("source", pending ? "pending" : credentialKind(cr?["source"]?.stringValue))], 1)
         family("kmsfs_credentials_expiry_timestamp_seconds", "gauge", "When the temporary AWS credentials in use expire (Unix time); absent for long-term keys.")
         sample("kmsfs_credentials_expiry_timestamp_seconds", [], cr?["expires_epoch"]?.numberValue)
 

@@ -63,6 +63,13 @@ import AWS
         }
     }
 
+    /// Before the first credentials are fetched, status names the provider
+    /// (where kmsfs will look), not a source: the kind is `pending`.
+    @Test func credentialsNotFetchedYetArePending() {
+        let doc = JSONValue.object([("credentials", .object([("source", .string("profile deploy")), ("pending", .bool(true))]))])
+        #expect(PrometheusText.render(doc).contains("kmsfs_credentials_info{source=\"pending\"} 1"))
+    }
+
     @Test func everySampleBelongsToADeclaredFamily() {
         let text = PrometheusText.render(.object([("kms", .object([("latency_buckets", .array([.array([.number(0.005), .number(1)])])),
                                                                     ("latency_count", .number(1)), ("latency_sum_s", .number(0.004))]))]))
