@@ -299,7 +299,9 @@ def test_private_mmap_reads_and_shared_mmap_is_refused(seed_mount):
 def _fuse_for_users():
     """FUSE as most distributions ship it, for the length of a test: /dev/fuse
     0666 and `user_allow_other` in /etc/fuse.conf (kmsfs mounts with
-    allow_other). Both restored afterwards."""
+    allow_other). Both restored afterwards; a run killed meanwhile leaves
+    them so (/dev/fuse as Debian ships it; the fuse.conf line is the one
+    to take out)."""
     conf = pathlib.Path("/etc/fuse.conf")
     old_conf = conf.read_bytes() if conf.exists() else None
     old_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
