@@ -212,7 +212,7 @@ public enum Daemon {
         let live = LiveOptions(raw: request.rawOptions, options: options)
         var rotationNotifier: RotationNotifier? = nil
         if watcher != nil {
-            let notifier = RotationNotifier(fs: fs, audit: audit, environment: Environment.process(), settle: options.settle) { path in
+            let notifier = RotationNotifier(fs: fs, audit: audit, environment: env, settle: options.settle) { path in
                 // A policy rule's reload=/on_change= win over the mount's.
                 let o = live.current
                 let rule = fs.configuration.policy.rule(for: path)
@@ -261,7 +261,7 @@ public enum Daemon {
         let mountpoint = request.mountpoint
         let prefetch = options.prefetch
         let readyGate = ReadyGate()
-        let status = DaemonSignals.serve(session, connection: connection, onServing: {
+        let status = DaemonSignals.serve(session, connection: connection, programs: env.forPrograms, onServing: {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)

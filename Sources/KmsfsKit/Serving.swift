@@ -31,9 +31,10 @@ enum DaemonSignals {
     /// AWS_ or systemd variable. It runs before the wipe: one that hangs is
     /// killed after 5 s rather than holding the wipe back until systemd's
     /// SIGKILL, and it takes no locked memory (all of it may hold
-    /// plaintexts then).
-    static func fusermount(_ argv: [String]) {
-        if case .failure(let f) = ChildProcess.runDiscardingOutput(argv, environment: Environment.process().forPrograms, timeout: 5) {
+    /// plaintexts then). `environment`: the programs' environment, taken
+    /// at start.
+    static func fusermount(_ argv: [String], environment: Environment) {
+        if case .failure(let f) = ChildProcess.runDiscardingOutput(argv, environment: environment, timeout: 5) {
             Log.error("cannot detach \(argv.last ?? ""): fusermount3: \(f.message)")
         }
     }
@@ -47,7 +48,7 @@ enum DaemonSignals {
     /// it: what must not outlive the mount even by the time a signal takes.
     /// `onStopRequested` runs first thing on SIGTERM/SIGINT or an unmount,
     /// before anything is torn down.
-    static func serve(_ session: FUSESession, connection: UInt32?, onServing: () -> Void,
+    static func serve(_ session: FUSESession, connection: UInt32?, programs: Environment, onServing: () -> Void,
                       onLoopEnd: @escaping @Sendable () -> Void = {}, onStopRequested: () -> Void = {},
                       onReload: () -> Void, onStop: () -> Void) -> Int32 {
         let mainThread = pthread_self()
@@ -77,9 +78,9 @@ enum DaemonSignals {
                 session.stopServing()
                 if let connection, MountTable.abortConnection(connection) {
                     session.waitForLoopEnd(seconds: 5)
-                    session.detach(unprivileged: fusermount)
+                    session.detach { fusermount($0, environment: programs) }
                 } else {
-                    session.detach(unprivileged: fusermount)
+                    session.detach { fusermount($0, environment: programs) }
                     // Bounded: requests in flight finish before onStop
                     // wipes what they may be reading.
                     session.waitForLoopEnd(seconds: 5)
@@ -97,7 +98,7 @@ enum DaemonSignals {
                     // nothing to unmount, and /dev/fuse stays open to the
                     // end. Still there (the loop ended on an error): detach.
                     if let connection, MountTable.connection(of: mountpoint) == connection {
-                        session.detach(unprivileged: fusermount)
+                        session.detach { fusermount($0, environment: programs) }
                     } else {
                         session.forgetMount()
                     }
