@@ -52,6 +52,7 @@ public final class CallMetrics: Sendable {
         var failures = 0
         var retries = 0
         var throttled = 0
+        var answers = 0
         var latencies: [Double] = []   // ring of recent successful call latencies, seconds
         var next = 0
         var buckets = [Int](repeating: 0, count: CallMetrics.bucketBounds.count)   // cumulative by bound
@@ -66,6 +67,14 @@ public final class CallMetrics: Sendable {
     public static let bucketBounds: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
     public init() {}
+
+    /// Attempts the service answered (any HTTP answer: success, a throttle,
+    /// an error), counted as each arrives, not when its call ends. What a
+    /// prefetch reads to tell a KMS that answers nothing (a network not up
+    /// yet) from a busy one.
+    public var answers: Int { state.withLock { $0.answers } }
+
+    func noteAnswer() { state.withLock { $0.answers += 1 } }
 
     func record(latency: Double?, failed: Bool, retries: Int, throttled: Int) {
         state.withLock { s in
@@ -166,6 +175,10 @@ public struct RetryingCaller: Sendable {
             } else {
                 remaining = deadline - (clock.monotonic() - start)
                 let r = attempt(min(attemptTimeout, max(remaining, RetryingCaller.minimumAttemptTime)))
+                switch r {
+                case .success, .failure(.service), .failure(.malformedResponse): metrics?.noteAnswer()
+                case .failure(.transport), .failure(.credentials): break
+                }
                 if let limiter {
                     switch r {
                     case .success: limiter.release(.success)

@@ -370,8 +370,13 @@ public enum Daemon {
         // rounds and to the opens themselves. A throttled quota answers:
         // its calls are worth their wait.
         let metrics = kms.api.metrics
-        let answersNothing: @Sendable () -> Bool = { metrics.snapshot.throttled == 0 }
-        let first = fs.prefetch(parallel: 8, giveUpAfter: 8, answersNothing: answersNothing)
+        /// True while KMS has answered nothing (not even a throttle or an
+        /// error) since this was made: one for each pass and round.
+        let answersNothingFromNow: @Sendable () -> (@Sendable () -> Bool) = {
+            let base = metrics.answers
+            return { metrics.answers == base }
+        }
+        let first = fs.prefetch(parallel: 8, giveUpAfter: 8, answersNothing: answersNothingFromNow())
         // Bad files and refusals (logged above) are final; `retry` holds
         // what KMS did not answer in time and what was not tried.
         var final = first.failed - (first.unavailable.count - first.untried)
@@ -381,7 +386,7 @@ public enum Daemon {
         // bad files or refusals), while each still makes progress,
         // before saying ready. None after a pass that decrypted nothing.
         for _ in 0..<4 where !retry.isEmpty && ok > 0 {
-            let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4, answersNothing: answersNothing)
+            let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4, answersNothing: answersNothingFromNow())
             if pass.ok == 0 { break }
             ok += pass.ok
             final += pass.failed - (pass.unavailable.count - pass.untried)
@@ -395,10 +400,10 @@ public enum Daemon {
         }
         if untried > 0 && ok == 0 {
             Log.warning("prefetch: KMS answered none of the first \(failed - final) calls in time (see above)\(final > 0 ? " and \(final) secrets failed otherwise" : ""), so the other \(untried) secrets were not tried (\(ms) ms); ready now: opens decrypt what they need, and the \(retry.count) are tried again in the background")
-            Daemon.finishPrefetch(fs: fs, retry: retry, answersNothing: answersNothing)
+            Daemon.finishPrefetch(fs: fs, retry: retry, answersNothingFromNow: answersNothingFromNow)
         } else if !retry.isEmpty {
             Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above)\(untried > 0 ? " and \(untried) not tried" : "") in \(ms) ms; trying the \(retry.count) KMS did not answer again in the background")
-            Daemon.finishPrefetch(fs: fs, retry: retry, answersNothing: answersNothing)
+            Daemon.finishPrefetch(fs: fs, retry: retry, answersNothingFromNow: answersNothingFromNow)
         } else if failed > 0 {
             Log.warning("prefetch: \(ok) secrets decrypted, \(failed) failed (see above) in \(ms) ms")
         } else {
@@ -437,29 +442,36 @@ public enum Daemon {
     /// answers nothing gives up after 2 calls, so the rounds cost next to
     /// nothing while it is down.
     static func finishPrefetch(fs: SecretFileSystem, retry first: [String], firstPause: Double = 2,
-                               answersNothing: @escaping @Sendable () -> Bool) {
+                               answersNothingFromNow: @escaping @Sendable () -> (@Sendable () -> Bool)) {
         startThread(name: "kmsfs-prefetch") {
             var pause = firstPause
             var retry = first
             var round = 0
+            var unchanged = 0
             while true {
                 SystemClock.sleep(pause)
                 if fs.cache.isStopped { return }
                 round += 1
                 let t0 = SystemClock.monotonic()
-                let r = fs.prefetch(parallel: 2, only: retry, giveUpAfter: 2, answersNothing: answersNothing)
+                let r = fs.prefetch(parallel: 2, only: retry, giveUpAfter: 2, answersNothing: answersNothingFromNow())
+                if fs.cache.isStopped { return }   // the stop came during the round: nothing was tried
                 let ms = Int((SystemClock.monotonic() - t0) * 1000)
                 let before = retry.count
                 retry = r.unavailable
                 if retry.isEmpty {
-                    Log.notice("prefetch: the rest decrypted after \(round) more round\(round == 1 ? "" : "s") (\(r.ok) secrets, \(ms) ms)")
+                    let gone = before - r.ok - r.failed
+                    Log.notice("prefetch: the rest decrypted after \(round) more round\(round == 1 ? "" : "s") (\(r.ok) secrets\(gone > 0 ? ", \(gone) gone from SOURCE" : "")\(r.failed > 0 ? ", \(r.failed) failed (see above)" : ""), \(ms) ms)")
                     return
                 }
-                // A line when something changed, and every tenth round.
+                // After an hour with nothing decrypted, every ten minutes:
+                // a KMS that stays away, or a secret KMS never answers for.
+                unchanged = retry.count == before ? unchanged + 1 : 0
+                pause = unchanged >= 60 ? 600 : min(pause * 2, 60)
+                // A line when something changed, for the first rounds, and
+                // every tenth round.
                 if retry.count != before || round % 10 == 0 || round <= 6 {
-                    Log.warning("prefetch round \(round + 1): \(retry.count) secrets not decrypted yet; trying again in \(Int(min(pause * 2, 60))) s")
+                    Log.warning("prefetch round \(round + 1): \(retry.count) secrets not decrypted yet; trying again in \(Int(pause)) s")
                 }
-                pause = min(pause * 2, 60)
             }
         }
     }

@@ -857,9 +857,9 @@ public final class SecretFileSystem: @unchecked Sendable {
         let results = Mutex(PrefetchResult())
         let maxBytes = configuration.maxCiphertextBytes
         let work = files
-        let one: @Sendable (Int) -> Void = { [self] i in
+        let one: @Sendable (Int) -> Bool = { [self] i in
             // Stopping: the rest is not decrypted (nothing would keep it).
-            guard !cache.isStopped else { return }
+            guard !cache.isStopped else { return false }
             let f = work[i]
             if let giveUpAfter {
                 // Calls still in flight count: with the lone first call
@@ -874,7 +874,7 @@ public final class SecretFileSystem: @unchecked Sendable {
                     r.untried += 1
                     return true
                 }
-                if gaveUp { return }
+                if gaveUp { return false }
             } else {
                 results.withLock { $0.inFlight += 1 }
             }
@@ -892,6 +892,8 @@ public final class SecretFileSystem: @unchecked Sendable {
                     if e.kind == .unavailable { $0.unavailable.append(f.source) }
                 }
             }
+            if case .success = r { return true }
+            return false
         }
         guard !work.isEmpty else { return PrefetchResult() }
         PrefetchWorkers(items: work.count, limit: min(max(parallel, 1), work.count), one: one).run()
@@ -921,21 +923,24 @@ public final class SecretFileSystem: @unchecked Sendable {
 /// opens with one request a host. Then every secret finished starts one
 /// more worker, up to `limit` (a slow start): a host whose first answer
 /// came back unthrottled still sends a few requests, not `limit`, into a
-/// quota that the rest of the fleet may be filling. A KMS that does not
-/// answer the first within the second gets the others at once, so it
-/// delays them by that second only.
+/// quota that the rest of the fleet may be filling. Until a secret has
+/// decrypted, a second with none finished starts all the others at once:
+/// a KMS that does not answer delays them by that second only, also when
+/// the first secret was a bad file or already cached.
 private final class PrefetchWorkers: @unchecked Sendable {
     private let items: Int
     private let limit: Int
-    private let one: @Sendable (Int) -> Void
+    /// Works on one secret; true when it decrypted (or was cached).
+    private let one: @Sendable (Int) -> Bool
     private let lock = ConditionLock()
     // Under `lock`.
     private var next = 1
     private var started = 0
     private var running = 0
-    private var firstDone = false
+    private var decrypted = false
+    private var lastFinished = SystemClock.monotonic()
 
-    init(items: Int, limit: Int, one: @escaping @Sendable (Int) -> Void) {
+    init(items: Int, limit: Int, one: @escaping @Sendable (Int) -> Bool) {
         self.items = items
         self.limit = limit
         self.one = one
@@ -952,14 +957,18 @@ private final class PrefetchWorkers: @unchecked Sendable {
         return true
     }
 
+    /// `lock` held: a secret finished, and starts one more worker.
+    private func finished(decrypted ok: Bool) {
+        if ok { decrypted = true }
+        lastFinished = SystemClock.monotonic()
+        addWorker(first: false)
+        lock.broadcast()
+    }
+
     private func work(first: Bool) {
         if first {
-            one(0)
-            lock.withLock {
-                firstDone = true
-                addWorker(first: false)
-                lock.broadcast()
-            }
+            let ok = one(0)
+            lock.withLock { finished(decrypted: ok) }
         }
         while true {
             let i: Int = lock.withLock {
@@ -968,8 +977,8 @@ private final class PrefetchWorkers: @unchecked Sendable {
                 return v
             }
             guard i < items else { break }
-            one(i)
-            lock.withLock { _ = addWorker(first: false) }   // none more at the limit
+            let ok = one(i)
+            lock.withLock { finished(decrypted: ok) }
         }
         lock.withLock {
             running -= 1
@@ -986,15 +995,15 @@ private final class PrefetchWorkers: @unchecked Sendable {
             return true
         }
         if inline { work(first: true) }
-        let waitUntil = SystemClock.monotonic() + 1
         lock.withLock {
-            while !firstDone && running > 0 {
-                let left = waitUntil - SystemClock.monotonic()
-                if left <= 0 { break }
-                lock.wait(seconds: left)
+            lastFinished = SystemClock.monotonic()
+            while running > 0 {
+                guard !decrypted && started < limit && next < items else { lock.wait(); continue }
+                let left = lastFinished + 1 - SystemClock.monotonic()
+                if left > 0 { lock.wait(seconds: left); continue }
+                while addWorker(first: false) {}   // a second with none finished
+                lastFinished = SystemClock.monotonic()   // a thread that could not be made: again in a second
             }
-            if !firstDone { while addWorker(first: false) {} }
-            while running > 0 { lock.wait() }
         }
     }
 }

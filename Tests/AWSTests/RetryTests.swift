@@ -90,6 +90,34 @@ import Synchronization
         #expect(ts.count >= 2)
     }
 
+    /// Each answer the service gives is counted as it arrives, while its
+    /// call is still retrying (a prefetch tells a silent KMS from a busy
+    /// one by it); a timeout, a refused connection or missing credentials
+    /// are not answers.
+    @Test func answersAreCountedAsTheyArriveAndSilenceIsNot() {
+        let clock = ManualClock()
+        let metrics = CallMetrics()
+        let caller = RetryingCaller(label: "test", retry: strategy(attempts: 5), clock: clock.clock,
+                                    deadline: 30, attemptTimeout: 10, metrics: metrics)
+        let seenDuringTheCall = Mutex<[Int]>([])
+        _ = try? caller.call { _ in
+            seenDuringTheCall.withLock { $0.append(metrics.answers) }
+            let n = seenDuringTheCall.withLock { $0.count }
+            return n < 3 ? .failure(.service(code: "ThrottlingException", message: "Rate exceeded", status: 400, requestId: nil))
+                         : .failure(.transport(TransportError(.timeout, "timed out")))
+        }
+        // Two throttles counted before the call ended (at the third and
+        // later attempts), the timeouts not at all.
+        let seen = seenDuringTheCall.withLock { $0 }
+        #expect(seen.prefix(3) == [0, 1, 2])
+        #expect(metrics.answers == 2)
+        let silent = CallMetrics()
+        let quiet = RetryingCaller(label: "test", retry: strategy(attempts: 3), clock: clock.clock,
+                                   deadline: 30, attemptTimeout: 10, metrics: silent)
+        _ = try? quiet.call { _ in .failure(.transport(TransportError(.connect, "refused"))) }
+        #expect(silent.answers == 0)
+    }
+
     @Test func jsonClientRetriesThrottlingAndClampsAttemptTimeouts() throws {
         let clock = ManualClock()
         let t = ScriptedTransport { _, n in

@@ -569,6 +569,41 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
         func fs(_ dir: String, _ d: Down) -> SecretFileSystem { try! rootOnlyFileSystem(dir, decryptor: d) }
     }
 
+    /// A KMS that does not answer, with calls that last past the second
+    /// that releases the workers (as a real call deadline does): the lone
+    /// first and the 7 released a second later are all that is tried, and
+    /// the pass ends one call later than the release, not a call after
+    /// that. Also when the first secret is a bad file, which fails at once
+    /// and must not take the release with it.
+    @Test(arguments: [false, true])
+    func aSilentKMSCostsOneCallAfterTheRelease(firstIsBad: Bool) throws {
+        final class Silent: SecretDecrypting, @unchecked Sendable {
+            let calls = Mutex(0)
+            func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+                calls.withLock { $0 += 1 }
+                if String(decoding: ciphertext, as: UTF8.self) == "bad" { return .failure(DecryptFailure(.badInput, "damaged")) }
+                usleep(1_500_000)
+                return .failure(DecryptFailure(.unavailable, "KMS did not answer within 1.5 s"))
+            }
+        }
+        let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for i in 0..<30 { try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted")) }
+        let d = Silent()
+        let fs = try rootOnlyFileSystem(dir, decryptor: d)
+        if firstIsBad {   // the first secret in the walk's (directory) order
+            try Data("bad".utf8).write(to: URL(fileURLWithPath: dir + "/" + fs.secretFiles()[0].source))
+        }
+        let t0 = Date()
+        let r = fs.prefetch(parallel: 8, giveUpAfter: 8)
+        let took = Date().timeIntervalSince(t0)
+        let tried = d.calls.withLock { $0 }
+        #expect(tried == (firstIsBad ? 9 : 8), "tried \(tried)")
+        #expect(r.ok == 0 && r.untried == 30 - tried)
+        #expect(took < 3.2, "took \(took) s")          // the release at 1 s, then one 1.5 s call: 2.5 s
+    }
+
     /// A KMS that does not answer the first secret within a second: the
     /// others start together then, not one per answer.
     @Test func aFirstCallWithoutAnswerReleasesTheOthersAfterASecond() throws {
