@@ -1483,9 +1483,7 @@ def write_report(b, doc, png_name, started, load_start, load_end, duration, char
         lines += ["## Targets", "",
                   "| section | figure | kmsfs | reference | ratio | target | met |", "|---|---|---|---|---|---|---|"]
         for title, r in targeted:
-            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-                title.split(":")[0], r["figure"], r["value"], r["ref_value"] or r["ref_name"], r["ratio"],
-                r["target"], "yes" if r["met"] else "**no**"))
+            lines.append(target_row(title, r))
         lines += ["", "Misses are explained, with what in the daemon costs the time, under "
                   "[Where the time goes](#where-the-time-goes) at the end.", ""]
     for title, notes, rows in b.results.sections:
@@ -1520,19 +1518,32 @@ def write_report(b, doc, png_name, started, load_start, load_end, duration, char
         # Some sections only: replace theirs in the report of the last full
         # run, and say so beside them; the rest stays as it was measured.
         run_note = ("*This section was regenerated alone: `%s`, %s UTC, %s; load average at start / end %s / %s; %s; "
-                    "kmsfs %s. The other sections, the Run table and the Targets table are from the run described "
-                    "under [Run](#run).*" % (cmd, started, fmt_time(duration), load_start, load_end,
+                    "kmsfs %s. Its rows of the Targets table are from this run too; the other sections, their rows "
+                    "and the Run table are from the run described under [Run](#run).*" % (cmd, started, fmt_time(duration), load_start, load_end,
                                             "; ".join("%s: %s" % x for x in section_loads), build))
         doc.write_text(splice_sections(doc.read_text(), b.results.sections, run_note, notes_text, b))
         return
     doc.write_text("\n".join(lines))
 
 
+def target_row(title, r):
+    """A row of the Targets table for row `r` of section `title`."""
+    return "| %s | %s | %s | %s | %s | %s | %s |" % (
+        title.split(":")[0], r["figure"], r["value"], r["ref_value"] or r["ref_name"], r["ratio"],
+        r["target"], "yes" if r["met"] else "**no**")
+
+
 def splice_sections(text, sections, run_note, notes_text, b):
     """`text` (a report) with each of `sections` put in place of the section
-    of the same number (or before the notes when it has none), and the notes
-    brought up to date."""
+    of the same number (or before the notes when it has none), its rows of
+    the Targets table replaced too, and the notes brought up to date."""
     out = text.split("\n")
+    for title, _, rows in sections:
+        prefix = "| %s |" % title.split(":")[0]
+        new = [target_row(title, r) for r in rows if r["met"] is not None]
+        at = [i for i, l in enumerate(out) if l.startswith(prefix)]
+        if at and new:
+            out[at[0]:at[-1] + 1] = new
     where_notes = "## Where the time goes"
     for title, notes, rows in sections:
         number = title.split(".")[0] + "."
