@@ -489,10 +489,31 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
     }
 }
 
+/// A KMS that does not answer: each call fails as unavailable after
+/// `delay`, but the first `answered` decrypt, and a ciphertext "bad" fails
+/// at once as a bad file. Counts the calls.
+final class SilentKMS: SecretDecrypting, @unchecked Sendable {
+    let calls = Mutex(0)
+    let delay: Double
+    let answered: Int
+    let inner = FakeDecryptor()
+    init(delay: Double, answered: Int = 0) { self.delay = delay; self.answered = answered }
+
+    func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+        let n = calls.withLock { $0 += 1; return $0 }
+        if String(decoding: ciphertext, as: UTF8.self) == "bad" { return .failure(DecryptFailure(.badInput, "damaged")) }
+        if n <= answered { return inner.decrypt(ciphertext: ciphertext, path: path) }
+        usleep(UInt32(delay * 1e6))
+        return .failure(DecryptFailure(.unavailable, "KMS did not answer within \(delay) s"))
+    }
+
+    var count: Int { calls.withLock { $0 } }
+}
+
 @Suite struct PrefetchSlowStartTests {
     /// A file system over a new SOURCE of `files` secrets, decrypted by `d`,
     /// and the SOURCE directory (for the caller to remove).
-    func make(files: Int, _ d: ConcurrencyDecryptor) throws -> (SecretFileSystem, String) {
+    func make(files: Int, _ d: some SecretDecrypting) throws -> (SecretFileSystem, String) {
         let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for i in 0..<files {
@@ -525,48 +546,36 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
     /// instead of waiting out every secret's deadline. One success is
     /// progress: then every secret is tried (a throttled quota).
     @Test func aPassGivesUpOnAKMSThatAnswersNothingButNotOnOneThatMakesProgress() throws {
-        final class Down: SecretDecrypting, @unchecked Sendable {
-            let calls = Mutex(0)
-            let answered: Int
-            let inner = FakeDecryptor()
-            init(answered: Int) { self.answered = answered }
-            func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
-                let n = calls.withLock { $0 += 1; return $0 }
-                if n <= answered { return inner.decrypt(ciphertext: ciphertext, path: path) }
-                usleep(20_000)
-                return .failure(DecryptFailure(.unavailable, "KMS did not answer within 10 s"))
-            }
+        /// A pass over 60 secrets against `d`.
+        func pass(_ d: SilentKMS, giveUpAfter: Int? = 8,
+                  answersNothing: @escaping @Sendable () -> Bool = { true }) throws -> SecretFileSystem.PrefetchResult {
+            let (fs, dir) = try make(files: 60, d)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            return fs.prefetch(parallel: 8, giveUpAfter: giveUpAfter, answersNothing: answersNothing)
         }
-        let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        for i in 0..<60 { try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted")) }
-
-        let dead = Down(answered: 0)
-        let r = fs(dir, dead).prefetch(parallel: 8, giveUpAfter: 8)
-        let tried = dead.calls.withLock { $0 }
+        let dead = SilentKMS(delay: 0.02)
+        let r = try pass(dead)
+        let tried = dead.count
         #expect(r.ok == 0 && r.failed == tried && r.untried == 60 - tried)
         #expect(tried >= 8 && tried <= 16, "tried \(tried)")
         #expect(r.unavailable.count == 60)                      // all of them to try again
         #expect(Set(r.unavailable).count == 60)
 
-        let progressing = Down(answered: 1)
-        let p = fs(dir, progressing).prefetch(parallel: 8, giveUpAfter: 8)
+        let progressing = SilentKMS(delay: 0.02, answered: 1)
+        let p = try pass(progressing)
         #expect(p.ok == 1 && p.failed == 59 && p.untried == 0 && p.unavailable.count == 59)
-        #expect(progressing.calls.withLock { $0 } == 60)
+        #expect(progressing.count == 60)
 
         // A KMS that answered something (a throttle: the quota is busy,
         // not unreachable) is not given up on: every secret is tried.
-        let throttled = Down(answered: 0)
-        #expect(fs(dir, throttled).prefetch(parallel: 8, giveUpAfter: 8, answersNothing: { false }).untried == 0)
-        #expect(throttled.calls.withLock { $0 } == 60)
+        let throttled = SilentKMS(delay: 0.02)
+        #expect(try pass(throttled, answersNothing: { false }).untried == 0)
+        #expect(throttled.count == 60)
 
         // Without giveUpAfter (the default), every secret is tried.
-        let patient = Down(answered: 0)
-        #expect(fs(dir, patient).prefetch(parallel: 8).untried == 0)
-        #expect(patient.calls.withLock { $0 } == 60)
-
-        func fs(_ dir: String, _ d: Down) -> SecretFileSystem { try! rootOnlyFileSystem(dir, decryptor: d) }
+        let patient = SilentKMS(delay: 0.02)
+        #expect(try pass(patient, giveUpAfter: nil).untried == 0)
+        #expect(patient.count == 60)
     }
 
     /// A KMS that does not answer, with calls that last past the second
@@ -577,28 +586,16 @@ final class ConcurrencyDecryptor: SecretDecrypting, @unchecked Sendable {
     /// and must not take the release with it.
     @Test(arguments: [false, true])
     func aSilentKMSCostsOneCallAfterTheRelease(firstIsBad: Bool) throws {
-        final class Silent: SecretDecrypting, @unchecked Sendable {
-            let calls = Mutex(0)
-            func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
-                calls.withLock { $0 += 1 }
-                if String(decoding: ciphertext, as: UTF8.self) == "bad" { return .failure(DecryptFailure(.badInput, "damaged")) }
-                usleep(1_500_000)
-                return .failure(DecryptFailure(.unavailable, "KMS did not answer within 1.5 s"))
-            }
-        }
-        let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let d = SilentKMS(delay: 1.5)
+        let (fs, dir) = try make(files: 30, d)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        for i in 0..<30 { try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/s\(i).encrypted")) }
-        let d = Silent()
-        let fs = try rootOnlyFileSystem(dir, decryptor: d)
         if firstIsBad {   // the first secret in the walk's (directory) order
             try Data("bad".utf8).write(to: URL(fileURLWithPath: dir + "/" + fs.secretFiles()[0].source))
         }
         let t0 = Date()
         let r = fs.prefetch(parallel: 8, giveUpAfter: 8)
         let took = Date().timeIntervalSince(t0)
-        let tried = d.calls.withLock { $0 }
+        let tried = d.count
         #expect(tried == (firstIsBad ? 9 : 8), "tried \(tried)")
         #expect(r.ok == 0 && r.untried == 30 - tried)
         #expect(took < 3.2, "took \(took) s")          // the release at 1 s, then one 1.5 s call: 2.5 s
