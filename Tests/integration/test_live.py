@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import time
+import types
 
 import pytest
 
@@ -329,6 +330,21 @@ def _unmount_tmpfs(*paths):
             subprocess.run(["umount", "-l", str(p)], check=True)
 
 
+@pytest.fixture
+def own_source(tmp_path):
+    """SOURCE on a tmpfs of its own (as NFS or a second disk would be) and
+    an empty mountpoint. Afterwards the daemons the test put in `daemons`
+    are stopped, then every tmpfs it mounted at `unmount` and SOURCE."""
+    o = types.SimpleNamespace(src=tmp_path / "src", mnt=tmp_path / "mnt", daemons=[], unmount=[])
+    o.src.mkdir()
+    o.mnt.mkdir()
+    _mount_tmpfs(o.src)
+    yield o
+    for m in o.daemons:
+        m.stop()
+    _unmount_tmpfs(*o.unmount, o.src)
+
+
 def _umount2(path):
     """umount2(2) itself: umount(8) would stat the path, which a stopped
     daemon never answers."""
@@ -336,7 +352,7 @@ def _umount2(path):
     return 0 if libc.umount2(os.fsencode(str(path)), 0) == 0 else ctypes.get_errno()
 
 
-def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_path, kms):
+def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_path, kms, own_source):
     """At shutdown systemd unmounts SOURCE's file system (NFS, EFS, a second
     disk; the guide's x-systemd.requires-mounts-for=) the moment the kmsfs
     mount is gone, before the daemon has even noticed. The daemon holds
@@ -344,73 +360,59 @@ def test_source_on_its_own_mount_can_be_unmounted_whatever_the_daemon_holds(tmp_
     refused (EBUSY), even with the daemon stopped where it stands; and an
     unmount of SOURCE while the mirror is live leaves the mirror serving
     the file system it had, as after `umount -l`."""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir()
-    mnt.mkdir()
+    src, mnt = own_source.src, own_source.mnt
+    put(kms, src / "read.encrypted", b"opened before")
+    put(kms, src / "later.encrypted", b"first opened after SOURCE's unmount")
+    m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "live.log")
+    own_source.daemons.append(m)
+    assert open(mnt / "read", "rb").read() == b"opened before"
+    assert _umount2(src) == 0, "SOURCE's unmount refused under a live mirror"
+    assert open(mnt / "later", "rb").read() == b"first opened after SOURCE's unmount"
+    assert m.stop() == 0, m.log()
+
+    if "io_uring" in EXTRA_OPTS:
+        # The kernel's io_uring teardown at unmount waits for the
+        # daemon's own task: a stopped daemon would hold up umount2.
+        return
     _mount_tmpfs(src)
-    m = None
+    put(kms, src / "s.encrypted", b"stopped")
+    m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "stopped.log")
+    own_source.daemons.append(m)
+    assert open(mnt / "s", "rb").read() == b"stopped"
+    os.kill(m.pid, signal.SIGSTOP)          # cannot let go of anything now
     try:
-        put(kms, src / "read.encrypted", b"opened before")
-        put(kms, src / "later.encrypted", b"first opened after SOURCE's unmount")
-        m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "live.log")
-        assert open(mnt / "read", "rb").read() == b"opened before"
-        assert _umount2(src) == 0, "SOURCE's unmount refused under a live mirror"
-        assert open(mnt / "later", "rb").read() == b"first opened after SOURCE's unmount"
-        assert m.stop() == 0, m.log()
-
-        if "io_uring" in EXTRA_OPTS:
-            # The kernel's io_uring teardown at unmount waits for the
-            # daemon's own task: a stopped daemon would hold up umount2.
-            return
-        _mount_tmpfs(src)
-        put(kms, src / "s.encrypted", b"stopped")
-        m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "stopped.log")
-        assert open(mnt / "s", "rb").read() == b"stopped"
-        os.kill(m.pid, signal.SIGSTOP)          # cannot let go of anything now
-        try:
-            assert _umount2(mnt) == 0
-            err = _umount2(src)
-        finally:
-            os.kill(m.pid, signal.SIGCONT)
-        assert err == 0, "SOURCE's unmount: %s" % os.strerror(err)
-        assert m.proc.wait(10) == 0, m.log()
+        assert _umount2(mnt) == 0
+        err = _umount2(src)
     finally:
-        if m is not None:
-            m.stop()
-        _unmount_tmpfs(src)
+        os.kill(m.pid, signal.SIGCONT)
+    assert err == 0, "SOURCE's unmount: %s" % os.strerror(err)
+    assert m.proc.wait(10) == 0, m.log()
 
 
-def test_mounts_below_source_neither_reach_the_private_copy_nor_leave_it(tmp_path, kms):
+def test_mounts_below_source_neither_reach_the_private_copy_nor_leave_it(tmp_path, kms, own_source):
     """The daemon's copy of SOURCE's mounts is private, a snapshot: on a
     shared SOURCE (systemd makes mounts shared), a file system unmounted
     below SOURCE stays served by the mirror, and one mounted below SOURCE
     after the start is not seen (the guide, section 5). Shared, both
     would propagate into the copy."""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir()
-    mnt.mkdir()
-    _mount_tmpfs(src)
-    m = None
-    try:
-        subprocess.run(["mount", "--make-shared", str(src)], check=True)
-        (src / "team").mkdir()
-        (src / "late").mkdir()
-        _mount_tmpfs(src / "team", "kmsfs-test-team")
-        put(kms, src / "team" / "t.encrypted", b"team's, from the copy")
-        m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "m.log")
-        assert os.listdir(mnt / "team") == ["t"]
-        assert _umount2(src / "team") == 0
-        assert not os.path.ismount(src / "team")
-        assert open(mnt / "team" / "t", "rb").read() == b"team's, from the copy"
-        _mount_tmpfs(src / "late", "kmsfs-test-late")
-        put(kms, src / "late" / "x.encrypted", b"mounted after the start")
-        with pytest.raises(FileNotFoundError):
-            open(mnt / "late" / "x", "rb")
-        assert m.stop() == 0, m.log()
-    finally:
-        if m is not None:
-            m.stop()
-        _unmount_tmpfs(src / "late", src / "team", src)
+    src, mnt = own_source.src, own_source.mnt
+    own_source.unmount += [src / "late", src / "team"]
+    subprocess.run(["mount", "--make-shared", str(src)], check=True)
+    (src / "team").mkdir()
+    (src / "late").mkdir()
+    _mount_tmpfs(src / "team", "kmsfs-test-team")
+    put(kms, src / "team" / "t.encrypted", b"team's, from the copy")
+    m = Mount(src, mnt, "allow_uid=0", kms.env, tmp_path / "m.log")
+    own_source.daemons.append(m)
+    assert os.listdir(mnt / "team") == ["t"]
+    assert _umount2(src / "team") == 0
+    assert not os.path.ismount(src / "team")
+    assert open(mnt / "team" / "t", "rb").read() == b"team's, from the copy"
+    _mount_tmpfs(src / "late", "kmsfs-test-late")
+    put(kms, src / "late" / "x.encrypted", b"mounted after the start")
+    with pytest.raises(FileNotFoundError):
+        open(mnt / "late" / "x", "rb")
+    assert m.stop() == 0, m.log()
 
 
 NO_OPEN_TREE = r"""
