@@ -1,8 +1,11 @@
-/// Runs a program the operator named (`on_change=`, `reload=` through
-/// systemctl) the way `credential_process` runs: no shell, stdin from
-/// /dev/null, no descriptor of the daemon's, signals at their defaults,
-/// killed when it outlives `timeout`. Its output (at most 1 MiB) is read
-/// into locked memory and dropped.
+/// Runs a program the daemon starts for the operator (`on_change=`,
+/// `reload=` through systemctl, fusermount3 for a daemon that is not root)
+/// the way `credential_process` runs: no shell, stdin from /dev/null, no
+/// descriptor of the daemon's, signals at their defaults, killed when it
+/// outlives `timeout`. Its output goes to /dev/null, and no locked memory
+/// is taken when `environment` holds no secret: these run while the
+/// daemon's locked memory holds the plaintexts (fusermount3 before the
+/// wipe).
 public enum ChildProcess {
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public let message: String
@@ -11,19 +14,6 @@ public enum ChildProcess {
     }
 
     public static func run(_ argv: [String], environment: Environment, timeout: Double) -> Result<Void, Failure> {
-        guard !argv.isEmpty else { return .failure(Failure(message: "no program")) }
-        do {
-            _ = try ProcessRunner.run(argv, environment: environment, timeout: timeout, limit: 1 << 20)
-            return .success(())
-        } catch {
-            return .failure(Failure(message: error.message))
-        }
-    }
-
-    /// The same, with its output not read (/dev/null) and no locked memory
-    /// taken when `environment` holds no secret: for fusermount3, which runs
-    /// before the wipe, while the locked memory the daemon may use is full.
-    public static func runDiscardingOutput(_ argv: [String], environment: Environment, timeout: Double) -> Result<Void, Failure> {
         guard !argv.isEmpty else { return .failure(Failure(message: "no program")) }
         do {
             try ProcessRunner.runDiscardingOutput(argv, environment: environment, timeout: timeout)

@@ -161,8 +161,7 @@ enum ProcessRunner {
                 throw Failure(message: "\(error)")
             }
         }
-        for (name, value) in environment.secrets {
-            guard let secretBlock else { break }
+        if let secretBlock { for (name, value) in environment.secrets {
             let start = secretBlock.count
             do {
                 try secretBlock.append(utf8: name + "=")
@@ -170,7 +169,7 @@ enum ProcessRunner {
                 try secretBlock.append(utf8: "\0")
             } catch { continue }
             secretBlock.withUnsafeMutableCapacity { cEnv.append(($0.baseAddress! + start).assumingMemoryBound(to: CChar.self)) }
-        }
+        } }
         cEnv.append(nil)
         defer {
             for p in cArgs { free(p) }
@@ -190,16 +189,21 @@ enum ProcessRunner {
     /// Runs a program without reading its output (stdout /dev/null) and
     /// without taking any locked memory when `environment` holds no
     /// secret: waits for its exit until `timeout`, then kills its process
-    /// group. For fusermount3, which runs while the daemon's locked memory
-    /// still holds every plaintext.
+    /// group (ChildProcess).
     static func runDiscardingOutput(_ argv: [String], environment: Environment, timeout: Double) throws(Failure) {
         let pid = try spawn(argv, environment: environment, stdout: nil)
         guard let status = reap(pid, until: SystemClock.monotonic() + timeout) else {
-            kill(-pid, SIGKILL)
-            _ = reap(pid, until: SystemClock.monotonic() + 1)
-            throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed")
+            throw killed(pid, "no answer within \(displaySeconds(timeout)) s; killed")
         }
         if status != 0 { throw Failure(message: "exited with status \(status)") }
+    }
+
+    /// Kills `pid`'s process group, reaps it (for a second at most) and
+    /// says why.
+    private static func killed(_ pid: pid_t, _ why: String) -> Failure {
+        kill(-pid, SIGKILL)
+        _ = reap(pid, until: SystemClock.monotonic() + 1)
+        return Failure(message: why)
     }
 
     static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {
@@ -220,8 +224,7 @@ enum ProcessRunner {
         let deadline = SystemClock.monotonic() + timeout
         let out: SecureAccumulator
         do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch {
-            kill(-pid, SIGKILL); _ = reap(pid, until: SystemClock.monotonic() + 1)
-            throw Failure(message: "\(error)")
+            throw killed(pid, "\(error)")
         }
         var chunk = [UInt8](repeating: 0, count: 4096)
         defer { secureWipe(&chunk) }
@@ -245,11 +248,7 @@ enum ProcessRunner {
         let status = reap(pid, until: max(deadline, SystemClock.monotonic()) + 1)
         if timedOut { throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed") }
         if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
-        guard let status else {
-            kill(-pid, SIGKILL)
-            _ = reap(pid, until: SystemClock.monotonic() + 1)
-            throw Failure(message: "did not exit within \(displaySeconds(timeout)) s; killed")
-        }
+        guard let status else { throw killed(pid, "did not exit within \(displaySeconds(timeout)) s; killed") }
         if status != 0 { throw Failure(message: "exited with status \(status)") }
         return out.buffer
     }

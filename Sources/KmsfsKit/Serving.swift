@@ -34,7 +34,7 @@ enum DaemonSignals {
     /// plaintexts then). `environment`: the programs' environment, taken
     /// at start.
     static func fusermount(_ argv: [String], environment: Environment) {
-        if case .failure(let f) = ChildProcess.runDiscardingOutput(argv, environment: environment, timeout: 5) {
+        if case .failure(let f) = ChildProcess.run(argv, environment: environment, timeout: 5) {
             Log.error("cannot detach \(argv.last ?? ""): fusermount3: \(f.message)")
         }
     }
