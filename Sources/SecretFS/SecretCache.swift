@@ -163,9 +163,9 @@ public final class SecretCache: @unchecked Sendable {
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
     /// When the sweeper waits until (monotonic); infinity when it does not
-    /// run. It looks at `held` then, or sooner if `sweeperMustLook`.
+    /// run. It looks at `held` then; whatever needs it sooner moves it
+    /// earlier and wakes it.
     private var sweeperWakesAt = Double.infinity
-    private var sweeperMustLook = false
     private var stopped = false
 
     public init(configuration: Configuration, now: @escaping @Sendable () -> Double = { SystemClock.monotonic() }) {
@@ -174,7 +174,7 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     public func reconfigure(_ c: Configuration) {
-        lock.withLock { configuration = c; sweeperMustLook = true; lock.broadcast() }
+        lock.withLock { configuration = c; sweeperWakesAt = -.infinity; lock.broadcast() }
     }
 
     /// How an `acquire` was served.
@@ -327,7 +327,7 @@ public final class SecretCache: @unchecked Sendable {
         // wakes it at every decryption anyway (a flight's end): without
         // this flag each wake-up walked `held`.
         if let ttl = configuration.ttl, e.decryptedAt + ttl < sweeperWakesAt {
-            sweeperMustLook = true
+            sweeperWakesAt = e.decryptedAt + ttl
             lock.broadcast()
         }
     }
@@ -388,11 +388,13 @@ public final class SecretCache: @unchecked Sendable {
     /// Removes entries past their TTL; returns how many.
     @discardableResult
     public func expire() -> Int {
-        lock.withLock { expireLocked() }
+        lock.withLock { expireLocked().expired }
     }
 
-    private func expireLocked() -> Int {
-        guard let ttl = configuration.ttl else { return 0 }
+    /// Wipes what is past its TTL; how many cache entries that was, and
+    /// when the oldest plaintext still held was decrypted.
+    private func expireLocked() -> (expired: Int, oldest: Double?) {
+        guard let ttl = configuration.ttl else { return (0, nil) }
         let t = now()
         let expired = entries.values.filter { t - $0.decryptedAt >= ttl }
         for e in expired {
@@ -401,13 +403,17 @@ public final class SecretCache: @unchecked Sendable {
         }
         // Out of the cache or not, nothing outlives its TTL: a handle held
         // open past it reads EIO from then on.
+        var oldest: Double? = nil
         held.removeAll { h in
             guard let e = h.secret else { return true }
-            guard t - e.decryptedAt >= ttl else { return false }
+            guard t - e.decryptedAt >= ttl else {
+                oldest = min(oldest ?? e.decryptedAt, e.decryptedAt)
+                return false
+            }
             e.plaintext.revoke()
             return true
         }
-        return expired.count
+        return (expired.count, oldest)
     }
 
     /// Starts a thread that wipes plaintexts as their TTL passes.
@@ -422,11 +428,9 @@ public final class SecretCache: @unchecked Sendable {
             lock.lock()
             while !stopped {
                 let t = now()
-                if sweeperMustLook || t >= sweeperWakesAt {
-                    sweeperMustLook = false
-                    _ = expireLocked()
+                if t >= sweeperWakesAt {
                     var wait = 3600.0
-                    if let ttl = configuration.ttl, let oldest = held.compactMap({ $0.secret?.decryptedAt }).min() {
+                    if let oldest = expireLocked().oldest, let ttl = configuration.ttl {
                         wait = max(0.01, oldest + ttl - t)
                     }
                     sweeperWakesAt = t + wait
