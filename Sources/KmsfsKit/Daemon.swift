@@ -379,7 +379,7 @@ public enum Daemon {
         let first = fs.prefetch(parallel: 8, giveUpAfter: 8, answersNothing: answersNothingFromNow())
         // Bad files and refusals (logged above) are final; `retry` holds
         // what KMS did not answer in time and what was not tried.
-        var final = first.failed - (first.unavailable.count - first.untried)
+        var final = first.final
         var (ok, retry, untried) = (first.ok, first.unavailable, first.untried)
         // Under a saturated quota some calls outlast their deadline
         // waiting for a turn: passes over those (KMS unavailable, not
@@ -389,7 +389,7 @@ public enum Daemon {
             let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4, answersNothing: answersNothingFromNow())
             if pass.ok == 0 { break }
             ok += pass.ok
-            final += pass.failed - (pass.unavailable.count - pass.untried)
+            final += pass.final
             (retry, untried) = (pass.unavailable, pass.untried)
         }
         let failed = final + retry.count - untried   // tried, and not decrypted

@@ -815,8 +815,10 @@ public final class SecretFileSystem: @unchecked Sendable {
         public var unavailable: [String] = []
         /// Not tried: the pass gave up on a KMS that answered nothing.
         public var untried = 0
-        /// Calls under way (while the pass runs; 0 once it returned).
-        var inFlight = 0
+        /// Tried, and KMS did not answer in time.
+        public var unanswered: Int { unavailable.count - untried }
+        /// Tried, and final: bad files and refusals.
+        public var final: Int { failed - unanswered }
     }
 
     /// Every secret in SOURCE now: its SOURCE path and its path in the mount.
@@ -854,7 +856,8 @@ public final class SecretFileSystem: @unchecked Sendable {
             let wanted = Set(only.map(PathKey.init))
             files = files.filter { wanted.contains(PathKey($0.source)) }
         }
-        let results = Mutex(PrefetchResult())
+        // The result, and the calls under way (for the give-up).
+        let results = Mutex((r: PrefetchResult(), inFlight: 0))
         let maxBytes = configuration.maxCiphertextBytes
         let work = files
         let one: @Sendable (Int) -> Bool = { [self] i in
@@ -865,13 +868,13 @@ public final class SecretFileSystem: @unchecked Sendable {
                 // Calls still in flight count: with the lone first call
                 // failing at its deadline and 7 more started a second
                 // later, no ninth call holds the pass another deadline.
-                let gaveUp = results.withLock { r -> Bool in
-                    guard r.ok == 0 && r.unavailable.count - r.untried + r.inFlight >= giveUpAfter && answersNothing() else {
-                        r.inFlight += 1
+                let gaveUp = results.withLock { p -> Bool in
+                    guard p.r.ok == 0 && p.r.unanswered + p.inFlight >= giveUpAfter && answersNothing() else {
+                        p.inFlight += 1
                         return false
                     }
-                    r.unavailable.append(f.source)
-                    r.untried += 1
+                    p.r.unavailable.append(f.source)
+                    p.r.untried += 1
                     return true
                 }
                 if gaveUp { return false }
@@ -883,13 +886,13 @@ public final class SecretFileSystem: @unchecked Sendable {
             let (r, _, _) = cache.acquire(path: f.source, current: current?.fingerprint) {
                 self.load(node, maxBytes: maxBytes)
             }
-            results.withLock {
-                $0.inFlight -= 1
+            results.withLock { p in
+                p.inFlight -= 1
                 switch r {
-                case .success: $0.ok += 1
+                case .success: p.r.ok += 1
                 case .failure(let e):
-                    $0.failed += 1
-                    if e.kind == .unavailable { $0.unavailable.append(f.source) }
+                    p.r.failed += 1
+                    if e.kind == .unavailable { p.r.unavailable.append(f.source) }
                 }
             }
             if case .success = r { return true }
@@ -897,7 +900,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         guard !work.isEmpty else { return PrefetchResult() }
         PrefetchWorkers(items: work.count, limit: min(max(parallel, 1), work.count), one: one).run()
-        return results.withLock { $0 }
+        return results.withLock { $0.r }
     }
 
     /// access(2): R_OK/X_OK for those the policy admits; W_OK never.
