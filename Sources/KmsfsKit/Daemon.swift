@@ -87,6 +87,9 @@ public enum Daemon {
         ProcessHardening.limitMallocArenas(1)
 
         let env = Environment.process()
+        // What the programs the daemon runs get of it (on_change=,
+        // systemctl, fusermount3): taken once, here.
+        let programs = env.forPrograms
         let settings: AWSSettings
         let fsConfig: FSConfiguration
         do {
@@ -212,7 +215,7 @@ public enum Daemon {
         let live = LiveOptions(raw: request.rawOptions, options: options)
         var rotationNotifier: RotationNotifier? = nil
         if watcher != nil {
-            let notifier = RotationNotifier(fs: fs, audit: audit, environment: env, settle: options.settle) { path in
+            let notifier = RotationNotifier(fs: fs, audit: audit, programs: programs, settle: options.settle) { path in
                 // A policy rule's reload=/on_change= win over the mount's.
                 let o = live.current
                 let rule = fs.configuration.policy.rule(for: path)
@@ -261,7 +264,7 @@ public enum Daemon {
         let mountpoint = request.mountpoint
         let prefetch = options.prefetch
         let readyGate = ReadyGate()
-        let status = DaemonSignals.serve(session, connection: connection, programs: env.forPrograms, onServing: {
+        let status = DaemonSignals.serve(session, connection: connection, programs: programs, onServing: {
             // The mount answers once the loop runs: prove it before saying so.
             var st = stat()
             _ = stat(mountpoint, &st)

@@ -76,11 +76,13 @@ public final class RotationNotifier: @unchecked Sendable {
 
     /// `targets(mountPath)` says whom to tell for a secret (policy rule or
     /// mount-wide options, read at notification time).
-    public init(fs: SecretFileSystem, audit: AuditSink, environment: Environment, settle: Double,
+    /// `programs`: the environment the programs get, already without the
+    /// daemon's AWS and systemd variables (`Environment.forPrograms`).
+    public init(fs: SecretFileSystem, audit: AuditSink, programs: Environment, settle: Double,
                 timeout: Double = 60, targets: @escaping @Sendable (String) -> ChangeTargets) {
         self.fs = fs
         self.audit = audit
-        self.environment = environment.forPrograms
+        self.environment = programs
         self.settle = settle
         self.timeout = timeout
         self.targets = targets

@@ -56,6 +56,7 @@ enum DaemonSignals {
         onServing()
 
         let mountpoint = session.options.mountpoint
+        let detach = { session.detach { fusermount($0, environment: programs) } }
         var set = sigset_t()
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
@@ -78,9 +79,9 @@ enum DaemonSignals {
                 session.stopServing()
                 if let connection, MountTable.abortConnection(connection) {
                     session.waitForLoopEnd(seconds: 5)
-                    session.detach { fusermount($0, environment: programs) }
+                    detach()
                 } else {
-                    session.detach { fusermount($0, environment: programs) }
+                    detach()
                     // Bounded: requests in flight finish before onStop
                     // wipes what they may be reading.
                     session.waitForLoopEnd(seconds: 5)
@@ -98,7 +99,7 @@ enum DaemonSignals {
                     // nothing to unmount, and /dev/fuse stays open to the
                     // end. Still there (the loop ended on an error): detach.
                     if let connection, MountTable.connection(of: mountpoint) == connection {
-                        session.detach { fusermount($0, environment: programs) }
+                        detach()
                     } else {
                         session.forgetMount()
                     }
