@@ -266,10 +266,9 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     let ctx = context(req)
     guard let handle = fi!.handle(OpenSecret.self) else { reply(req, error: EBADF); return }
     let plaintext = handle.plaintext
-    let total = plaintext.count
     // Wiped for good (its TTL passed, the daemon stops): an error, never an
     // empty file.
-    if plaintext.isRevoked { reply(req, error: EIO); return }
+    guard let total = plaintext.readableCount else { reply(req, error: EIO); return }
     let start = min(Int(max(offset, 0)), total)
     let length = min(size, total - start, ctx.scratch.bufferSize)
     // read(2) on a direct-I/O handle always names its lock owner (the

@@ -218,8 +218,7 @@ public final class CredentialServer: @unchecked Sendable {
         // drops to 0; the TTL or the stop revoked it) is a failure,
         // answered with the refusal, never a shorter credential followed
         // by EOF.
-        let total = plaintext.count
-        if plaintext.isRevoked { return false }
+        guard let total = plaintext.readableCount else { return false }
         var offset = 0
         var ok = true
         while ok && offset < total {

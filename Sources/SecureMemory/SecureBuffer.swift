@@ -272,8 +272,16 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// True once `revoke` ran: the buffer was wiped for good, and a reader
     /// that finds `count` 0 is to fail, not take it for an empty secret.
-    /// Read `count` first, then this.
+    /// Read `count` first, then this (`readableCount` does both).
     public var isRevoked: Bool { revoked.load(ordering: .sequentiallyConsistent) }
+
+    /// The length a reader may serve, or nil once the buffer was revoked:
+    /// `count`, then `isRevoked`, in the order that makes a `count` of 0
+    /// from the wipe an error rather than an empty secret.
+    public var readableCount: Int? {
+        let n = count
+        return isRevoked ? nil : n
+    }
     private let revoked = Atomic<Bool>(false)
 
     /// Wipes the contents for good (the TTL passed, the daemon stops):

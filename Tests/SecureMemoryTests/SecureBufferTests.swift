@@ -35,10 +35,11 @@ import Testing
         let b = try SecureBuffer(capacity: 16)
         try b.append(utf8: "hunter2")
         b.wipeContents()
-        #expect(b.count == 0 && !b.isRevoked)
+        #expect(b.count == 0 && !b.isRevoked && b.readableCount == 0)
         try b.append(utf8: "hunter3")
+        #expect(b.readableCount == 7)
         b.revoke()
-        #expect(b.count == 0 && b.isRevoked)
+        #expect(b.count == 0 && b.isRevoked && b.readableCount == nil)
     }
 
     @Test func descriptionIsRedacted() throws {
