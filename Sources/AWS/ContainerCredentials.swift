@@ -105,7 +105,7 @@ public struct ContainerCredentialProvider: CredentialProvider {
                 continue
             }
             let c: AWSCredentials? = response.body.withUnsafeBytes { b in
-                parseCredentialsDocument(b).flatMap { credentialsFromJSON($0, bytes: b, source: "container credentials \(url.hostHeader)") }
+                parseCredentialsDocument(b).flatMap { credentialsFromJSON($0, bytes: b, source: "container credentials \(url.hostHeader)", kind: .container) }
             }
             guard let c else {
                 lastError = "the answer is not a credentials document"
@@ -132,7 +132,7 @@ func parseCredentialsDocument(_ bytes: UnsafeRawBufferPointer) -> JSONValue? {
 /// decoded from `bytes` straight into secure memory. Nil when the keys are
 /// missing or empty, or the key ID or the token (both sent in headers) is
 /// not a single printable word.
-func credentialsFromJSON(_ doc: JSONValue, bytes: UnsafeRawBufferPointer, source: String) -> AWSCredentials? {
+func credentialsFromJSON(_ doc: JSONValue, bytes: UnsafeRawBufferPointer, source: String, kind: CredentialKind) -> AWSCredentials? {
     guard let id = doc["AccessKeyId"]?.stringValue, AWSCredentials.isAccessKeyId(id) else { return nil }
     func secure(_ key: String) -> SecureBuffer? {
         do { return try JSONScanner.secureStringMember(key, in: bytes) } catch { return nil }
@@ -142,5 +142,5 @@ func credentialsFromJSON(_ doc: JSONValue, bytes: UnsafeRawBufferPointer, source
     if token?.count == 0 { token = nil }
     if let t = token, !AWSCredentials.isPrintableWord(t) { return nil }
     let exp = doc["Expiration"]?.stringValue.flatMap { Timestamp.parseISO8601($0) }
-    return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source)
+    return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source, kind: kind)
 }

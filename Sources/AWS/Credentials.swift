@@ -1,5 +1,15 @@
 import System
 import SecureMemory
+/// Where credentials came from, as a kind with no role, profile or
+/// account name in it (`kmsfs_credentials_info{source}`: a loopback port
+/// any local user may read).
+public enum CredentialKind: String, Sendable {
+    case environment, profile, container, other
+    case assumedRole = "assumed-role"
+    case webIdentity = "web-identity"
+    case instanceRole = "instance-role"
+    case credentialProcess = "credential-process"
+}
 
 /// A set of AWS credentials. The secret access key and the session token
 /// are secrets like plaintext: they live only in `SecureBuffer`s (locked,
@@ -17,30 +27,33 @@ public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
     /// Which provider produced them, for log lines ("environment",
     /// "profile default", "web identity", ...).
     public var source: String
+    /// The kind of that source, with no name in it (metrics).
+    public var kind: CredentialKind
 
     /// Takes secure buffers the caller filled (the parse paths that read
     /// the secret straight from a response or a helper's output).
     public init(accessKeyId: String, secret: SecureBuffer, token: SecureBuffer?,
-                expiration: Timestamp? = nil, source: String) {
+                expiration: Timestamp? = nil, source: String, kind: CredentialKind = .other) {
         self.accessKeyId = accessKeyId
         self.secret = secret
         self.token = token
         self.expiration = expiration
         self.source = source
+        self.kind = kind
     }
 
     /// Copies strings into secure memory (environment variables, INI
     /// files, STS XML, tools, tests): the caller's strings stay where they
     /// are, so paths that can avoid them use the other initialiser.
     public init(accessKeyId: String, secretAccessKey: String, sessionToken: String? = nil,
-                expiration: Timestamp? = nil, source: String) throws(CredentialError) {
+                expiration: Timestamp? = nil, source: String, kind: CredentialKind = .other) throws(CredentialError) {
         do {
             let s = try AWSCredentials.secure(secretAccessKey)
             let t = try sessionToken.map { (v: String) throws(SecureMemoryError) -> SecureBuffer in try AWSCredentials.secure(v) }
             if let t, !AWSCredentials.isPrintableWord(t) {
                 throw CredentialError.failed("the session token from \(source) holds a blank or a control character")
             }
-            self.init(accessKeyId: accessKeyId, secret: s, token: t, expiration: expiration, source: source)
+            self.init(accessKeyId: accessKeyId, secret: s, token: t, expiration: expiration, source: source, kind: kind)
         } catch let e as CredentialError {
             throw e
         } catch {

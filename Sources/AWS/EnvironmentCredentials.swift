@@ -28,12 +28,12 @@ public struct EnvironmentCredentialProvider: CredentialProvider {
                 throw .failed("AWS_SESSION_TOKEN holds a blank or a control character")
             }
             if let secret, token != nil || plainToken == nil {
-                return AWSCredentials(accessKeyId: i, secret: secret, token: token, source: "environment")
+                return AWSCredentials(accessKeyId: i, secret: secret, token: token, source: "environment", kind: .environment)
             }
             return try AWSCredentials(accessKeyId: i,
                                       secretAccessKey: secret.map { s in s.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } ?? plainSecret ?? "",
                                       sessionToken: token.map { s in s.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } ?? plainToken,
-                                      source: "environment")
+                                      source: "environment", kind: .environment)
         }
     }
 }

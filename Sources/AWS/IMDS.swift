@@ -221,7 +221,7 @@ public struct IMDSCredentialProvider: CredentialProvider {
         do {
             parsed = try client.get(IMDSCredentialProvider.base + role) { r in
                 r.body.withUnsafeBytes { b in
-                    parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: "instance role \(role)")) }
+                    parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: "instance role \(role)", kind: .instanceRole)) }
                 }
             }
         } catch {

@@ -38,7 +38,7 @@ public struct ProcessCredentialProvider: CredentialProvider {
         }
         let source = "credential_process (profile \(profile))"
         let parsed: (JSONValue, AWSCredentials?)? = out.withUnsafeBytes { b in
-            parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: source)) }
+            parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: source, kind: .credentialProcess)) }
         }
         out.wipeContents()
         guard let (doc, creds) = parsed else {

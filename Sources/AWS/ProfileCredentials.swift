@@ -105,7 +105,7 @@ public struct ProfileCredentialProvider: CredentialProvider {
             if let t, !AWSCredentials.isPrintableWord(t) {
                 throw CredentialError.failed("the session token from \(source) holds a blank or a control character")
             }
-            return AWSCredentials(accessKeyId: id, secret: s, token: t, source: source)
+            return AWSCredentials(accessKeyId: id, secret: s, token: t, source: source, kind: .profile)
         } catch let e as CredentialError {
             throw e
         } catch {

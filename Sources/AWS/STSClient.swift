@@ -121,7 +121,8 @@ public struct STSClient: Sendable {
                   let token = XMLBytes.secure("SessionToken", in: b), token.count > 0,
                   AWSCredentials.isPrintableWord(token) else { return nil }
             let exp = XMLBytes.text("Expiration", in: b).flatMap { Timestamp.parseISO8601($0) }
-            return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source)
+            return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source,
+                                  kind: action == "AssumeRoleWithWebIdentity" ? .webIdentity : .assumedRole)
         }
         guard let parsed else {
             throw .failed("STS \(action) for \(roleArn): the answer has no Credentials")

@@ -580,10 +580,11 @@ public enum Daemon {
         guard let cached = provider as? CachingCredentialProvider, let c = cached.current else {
             // None fetched yet (or the last fetch failed): the provider's
             // name, which says where kmsfs will look, not where they came from.
-            return .object([("source", .string(provider.name)), ("pending", .bool(true))])
+            return .object([("source", .string(provider.name)), ("kind", .string("pending"))])
         }
         return .object([
             ("source", .string(c.source)),
+            ("kind", .string(c.kind.rawValue)),
             ("access_key_id", .string(CachingCredentialProvider.redact(c.accessKeyId))),
             ("expires", c.expiration.map { .string($0.iso8601) } ?? .null),
             ("expires_epoch", c.expiration.map { .number($0.seconds.rounded()) } ?? .null),

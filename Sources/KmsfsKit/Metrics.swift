@@ -73,22 +73,6 @@ public enum MetricsAddress: Sendable, Equatable, CustomStringConvertible {
 public enum PrometheusText {
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
 
-    /// The kind of the source credentials came from (`kmsfs status` names
-    /// it whole; `pending` until the first are fetched):
-    /// a loopback port is open to every local user, and the whole name
-    /// carries role names, profile names and account IDs (a web identity's
-    /// role ARN) that a host which firewalls IMDS keeps from them.
-    static func credentialKind(_ source: String?) -> String {
-        guard let source else { return "unknown" }
-        let kinds: [(prefix: String, kind: String)] = [
-            ("environment", "environment"), ("container credentials", "container"), ("instance role", "instance-role"),
-            ("credential_process", "credential-process"), ("web identity", "web-identity"),
-        ]
-        if let k = kinds.first(where: { source.hasPrefix($0.prefix) }) { return k.kind }
-        if source.hasPrefix("profile ") { return source.contains("(role ") ? "assumed-role" : "profile" }
-        return "other"
-    }
-
     public static func render(_ d: JSONValue, perSecret: Bool = false) -> String {
         var out = ""
         func num(_ v: Double) -> String {
@@ -156,8 +140,11 @@ public enum PrometheusText {
         sample("kmsfs_watched_directories", [], d["watched_directories"]?.numberValue)
 
         family("kmsfs_credentials_info", "gauge", "Always 1; where the AWS credentials in use came from.")
-        let pending: Bool = { if case .bool(true)? = cr?["pending"] { return true }; return false }()
-        sample("kmsfs_credentials_info", [("source", pending ? "pending" : credentialKind(cr?["source"]?.stringValue))], 1)
+        // The kind only (`kmsfs status` names the source whole): a loopback
+        // port is open to every local user, and the whole name carries role
+        // names, profile names and account IDs that a host which firewalls
+        // IMDS keeps from them.
+        sample("kmsfs_credentials_info", [("source", cr?["kind"]?.stringValue ?? "unknown")], 1)
         family("kmsfs_credentials_expiry_timestamp_seconds", "gauge", "When the temporary AWS credentials in use expire (Unix time); absent for long-term keys.")
         sample("kmsfs_credentials_expiry_timestamp_seconds", [], cr?["expires_epoch"]?.numberValue)
 

@@ -27,6 +27,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let c = try EnvironmentCredentialProvider(environment: Environment([
             "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "S", "AWS_SESSION_TOKEN": "T"])).credentials()
         #expect(c.accessKeyId == "AKID" && c.copyOfSecretAccessKey() == "S" && c.copyOfSessionToken() == "T" && c.expiration == nil)
+        #expect(c.kind == .environment)
         #expect(!c.description.contains("S,") && c.description.contains("redacted"))
     }
 
@@ -52,6 +53,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let p = try #require(made)
         let c = try p.credentials()
         #expect(c.accessKeyId == "ASIA1" && c.copyOfSecretAccessKey() == "sec-ASIA1" && c.copyOfSessionToken() == "tok-ASIA1")
+        #expect(c.kind == .webIdentity)
         #expect(c.expiration == Timestamp.parseISO8601("2030-01-01T00:00:00Z"))
         let req = t.requests[0]
         #expect(req.method == "POST" && req.url.host == "sts.eu-west-1.amazonaws.com")
@@ -200,6 +202,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
     @Test func staticKeysAndMissingProfile() throws {
         let c = try provider("[default]\naws_access_key_id = A\naws_secret_access_key = B\naws_session_token = C\n").credentials()
         #expect(c.accessKeyId == "A" && c.copyOfSecretAccessKey() == "B" && c.copyOfSessionToken() == "C" && c.source == "profile default")
+        #expect(c.kind == .profile)
         let pp = try provider("[profile x]\nregion = y\n")
         let e = credentialError { try pp.credentials() }
         #expect(e.kind == .notConfigured)
@@ -224,6 +227,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
             """, profile: "dev", transport: t, clock: clock.clock)
         let c = try p.credentials()
         #expect(c.accessKeyId == "ASIAROLE" && c.copyOfSessionToken() == "tok-ASIAROLE" && c.expiration != nil)
+        #expect(c.kind == .assumedRole)
         let req = t.requests[0]
         #expect(req.header("Authorization")?.contains("Credential=BASEKEY/") == true)
         #expect(req.header("Authorization")?.contains("/eu-west-1/sts/aws4_request") == true)
@@ -289,6 +293,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let p = try provider("[default]\ncredential_process = \(script) 'arg with spaces'\n")
         let c = try p.credentials()
         #expect(c.accessKeyId == "PROCKEY" && c.copyOfSecretAccessKey() == "arg with spaces" && c.copyOfSessionToken() == "pt")
+        #expect(c.kind == .credentialProcess)
         #expect(c.expiration == Timestamp.parseISO8601("2030-01-01T00:00:00Z"))
 
         // Keys in the credentials file win over credential_process.
@@ -344,6 +349,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc"]), transport: t)
         let c = try p.credentials()
         #expect(c.accessKeyId == "ASIACONT" && c.copyOfSessionToken() == "t" && c.expiration != nil)
+        #expect(c.kind == .container)
         #expect(t.requests[0].url.description == "http://169.254.170.2/v2/credentials/abc")
         #expect(t.requests[0].method == "GET" && t.requests[0].header("Authorization") == nil)
     }
@@ -437,6 +443,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let p = IMDSCredentialProvider(client: client)
         let c = try p.credentials()
         #expect(c.accessKeyId == "ASIAIMDS" && c.copyOfSessionToken() == "t" && c.source == "instance role my-role")
+        #expect(c.kind == .instanceRole)
         #expect(client.region() == "eu-north-1")
         _ = try p.credentials()
         #expect(puts.value == 1)   // one token for all five GETs

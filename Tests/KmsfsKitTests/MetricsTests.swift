@@ -56,7 +56,8 @@ import AWS
         ("something new", "other"),
     ])
     func credentialsInfoNamesTheKindOfSourceOnly(source: String, kind: String) {
-        let text = PrometheusText.render(.object([("credentials", .object([("source", .string(source))]))]))
+        // As status has them: the source whole, and its kind beside it.
+        let text = PrometheusText.render(.object([("credentials", .object([("source", .string(source)), ("kind", .string(kind))]))]))
         #expect(text.contains("kmsfs_credentials_info{source=\"\(kind)\"} 1"))
         for identifier in ["111122223333", "web-prod-role", "vault", "deploy", "169.254.170.2"] {
             #expect(!text.contains(identifier))
@@ -66,7 +67,7 @@ import AWS
     /// Before the first credentials are fetched, status names the provider
     /// (where kmsfs will look), not a source: the kind is `pending`.
     @Test func credentialsNotFetchedYetArePending() {
-        let doc = JSONValue.object([("credentials", .object([("source", .string("profile deploy")), ("pending", .bool(true))]))])
+        let doc = JSONValue.object([("credentials", .object([("source", .string("profile deploy")), ("kind", .string("pending"))]))])
         #expect(PrometheusText.render(doc).contains("kmsfs_credentials_info{source=\"pending\"} 1"))
     }
 
