@@ -1,3 +1,5 @@
+import SecureMemory
+
 /// Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
 /// `AWS_SESSION_TOKEN` (also the legacy `AWS_ACCESS_KEY`/`AWS_SECRET_KEY`
 /// names botocore accepts).
@@ -30,10 +32,22 @@ public struct EnvironmentCredentialProvider: CredentialProvider {
             if let secret, token != nil || plainToken == nil {
                 return AWSCredentials(accessKeyId: i, secret: secret, token: token, source: "environment", kind: .environment)
             }
-            return try AWSCredentials(accessKeyId: i,
-                                      secretAccessKey: secret.map { s in s.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } ?? plainSecret ?? "",
-                                      sessionToken: token.map { s in s.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } ?? plainToken,
-                                      source: "environment", kind: .environment)
+            // One of the two stayed a plain string (secure memory could not
+            // be had for it when the environment was read): it goes into a
+            // buffer now, and the other stays in the one it has (never a
+            // String made of it).
+            do {
+                let s = try secret ?? AWSCredentials.secure(plainSecret ?? "")
+                let t = try token ?? plainToken.map { (v: String) throws(SecureMemoryError) -> SecureBuffer in try AWSCredentials.secure(v) }
+                if let t, !AWSCredentials.isPrintableWord(t) {
+                    throw CredentialError.failed("AWS_SESSION_TOKEN holds a blank or a control character")
+                }
+                return AWSCredentials(accessKeyId: i, secret: s, token: t, source: "environment", kind: .environment)
+            } catch let e as CredentialError {
+                throw e
+            } catch {
+                throw .failed("cannot hold the AWS credentials from environment in secure memory: \(error)")
+            }
         }
     }
 }
