@@ -97,7 +97,8 @@ public final class ControlServer: @unchecked Sendable {
         path = ControlSocket.path(for: mountpoint)
         try ControlSocket.prepareDirectory(ControlSocket.directory)
         unlink(path)   // whatever a crashed instance left (the directory is this daemon's, 0700)
-        fd = try listenUnix(path, mode: 0o600, backlog: 8, what: "control socket path")
+        fd = try listenUnix(path, mode: 0o600, backlog: 8, what: "control socket path",
+                            because: "a socket put in its place would take the options of `mount -o remount`")
     }
 
     public func start() {

@@ -40,7 +40,8 @@ public final class CredentialServer: @unchecked Sendable {
     public init(path: String, fs: SecretFileSystem) throws(Errno) {
         self.path = path
         self.fs = fs
-        fd = try listenUnix(path, mode: 0o600, what: "credential_socket=")
+        fd = try listenUnix(path, mode: 0o600, what: "credential_socket=",
+                            because: "a socket put in its place would hand services false credentials")
     }
 
     public func start() {

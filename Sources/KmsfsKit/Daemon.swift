@@ -242,7 +242,7 @@ public enum Daemon {
             control?.start()
         } catch {
             control = nil
-            Log.warning("no control channel (\(error)); kmsfs status will not answer for this mount")
+            Log.warning("no control channel at \(ControlSocket.path(for: request.mountpoint)) (\(error)); kmsfs status will not answer for this mount")
         }
         if let credentials {
             credentials.start()

@@ -209,7 +209,8 @@ public final class MetricsServer: @unchecked Sendable {
         self.address = address
         switch address {
         case .unix(let path):
-            fd = try listenUnix(path, mode: 0o660, what: "metrics=unix:")   // root and the daemon's group
+            fd = try listenUnix(path, mode: 0o660, what: "metrics=unix:",   // root and the daemon's group
+                                because: "a socket put in its place would serve false metrics")
         case .tcp(let host, let port):
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -274,8 +274,13 @@ public final class RotationNotifier: @unchecked Sendable {
         for (unit, paths) in byUnit.sorted(by: { $0.key < $1.key }) {
             let paths = paths.filter { !stale.contains(PathKey($0)) }
             if paths.isEmpty || isStopped { continue }
-            notify(target: "unit:" + unit, paths: paths,
-                   argv: ["systemctl", "reload-or-restart", "--", unit])
+            switch RotationNotifier.systemctl(searching: environment.plain["PATH"]) {
+            case .success(let systemctl):
+                notify(target: "unit:" + unit, paths: paths, argv: [systemctl, "reload-or-restart", "--", unit])
+            case .failure(let why):
+                Log.error("rotation: not reloading \(unit): \(why.message)")
+                record(target: "unit:" + unit, paths: paths, result: .failure(why))
+            }
         }
         for (program, paths) in byProgram.sorted(by: { $0.key < $1.key }) {
             let paths = paths.filter { !stale.contains(PathKey($0)) }
@@ -319,6 +324,24 @@ public final class RotationNotifier: @unchecked Sendable {
 
     private func describe(_ t: ChangeTargets) -> String {
         (t.units.map { "unit " + $0 } + (t.program.map { ["program " + $0] } ?? [])).joined(separator: ", ")
+    }
+
+    /// systemctl as the daemon runs it: the first `systemctl` in `PATH`'s
+    /// absolute directories (`/usr/bin:/bin` without one) that root may
+    /// run, held to the checks of an `on_change=` program. A directory
+    /// anyone may write, or a relative one, early in the PATH of whoever
+    /// mounted would otherwise choose what root runs at every rotation.
+    public static func systemctl(searching path: String?) -> Result<String, ChildProcess.Failure> {
+        let dirs = (path ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: true)
+        for dir in dirs where dir.hasPrefix("/") {
+            let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + "systemctl"
+            guard access(candidate, X_OK) == 0 else { continue }
+            if let problem = PolicyFile.unsafeProgram(candidate) {
+                return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
+            }
+            return .success(candidate)
+        }
+        return .failure(ChildProcess.Failure(message: "no systemctl in the absolute directories of PATH (\(path ?? "unset"))"))
     }
 
     private func notify(target: String, paths: [String], argv: [String]) {

@@ -44,8 +44,8 @@ public enum PolicyFile {
         }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }
-        if let problem = PolicyFile.unsafeOwnership(st, kind: S_IFREG, what: "it") { throw fail(problem) }
-        if let problem = PolicyFile.unsafeDirectories(above: path.contains("/") ? path : "./" + path,
+        if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: "it", because: "a policy grants access and runs programs") { throw fail(problem) }
+        if let problem = PathTrust.unsafeDirectories(above: path.contains("/") ? path : "./" + path,
                                                       because: "a policy grants access and runs programs") {
             throw fail(problem)
         }
@@ -64,45 +64,8 @@ public enum PolicyFile {
     public static func unsafeProgram(_ path: String) -> String? {
         var st = stat()
         guard lstat(path, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
-        if let problem = unsafeOwnership(st, kind: S_IFREG, what: path, because: "the daemon runs it as root") { return problem }
-        return unsafeDirectories(above: path, because: "the daemon runs a program in it as root")
-    }
-
-    /// Why a directory on `path` (each one above it, up to `/` or the first
-    /// component of a relative path) could be changed by someone other than
-    /// root or the daemon's user; nil when none can. A sticky directory
-    /// passes.
-    static func unsafeDirectories(above path: String, because: String) -> String? {
-        var dir = path
-        var first = true
-        while let i = dir.utf8.lastIndex(of: UInt8(ascii: "/")) {
-            dir = i == dir.utf8.startIndex ? "/" : String(dir[..<i])
-            var dst = stat()
-            guard stat(dir, &dst) == 0 else { return "\(dir): \(Errno.text(Errno.current))" }
-            let what = first ? "its directory" : "\(dir), a directory above it,"
-            first = false
-            if dst.st_mode & S_ISVTX == 0,
-               let problem = unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because) {
-                return problem
-            }
-            if dir == "/" { break }
-        }
-        return nil
-    }
-
-    /// Why a policy file (or its directory) could be changed by someone
-    /// other than root or the daemon's user; nil when it cannot.
-    /// `kind` is what it must be (`S_IFREG`, `S_IFDIR`); `what` names it.
-    static func unsafeOwnership(_ st: stat, kind: mode_t, what: String,
-                                because: String = "a policy grants access and runs programs") -> String? {
-        if st.st_mode & S_IFMT != kind { return "\(what) is not a \(kind == S_IFDIR ? "directory" : "regular file")" }
-        if st.st_uid != 0 && st.st_uid != geteuid() {
-            return "\(what) belongs to uid \(st.st_uid); \(because), so it must belong to root"
-        }
-        if st.st_mode & 0o022 != 0 {
-            return "\(what) may be written by \(st.st_mode & 0o002 != 0 ? "anyone" : "its group") (mode \(String(st.st_mode & 0o7777, radix: 8))); chmod go-w"
-        }
-        return nil
+        if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: path, because: "the daemon runs it as root") { return problem }
+        return PathTrust.unsafeDirectories(above: path, because: "the daemon runs a program in it as root")
     }
 
     public static func parse(_ text: String, file: String,

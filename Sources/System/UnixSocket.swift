@@ -39,10 +39,17 @@ public func unixSocket(_ type: __socket_type) throws(Errno) -> Int32 {
 
 /// Binds a listening Unix stream socket at `path` with `mode`, replacing
 /// only a socket an earlier daemon left there (never another file). `what`
-/// names the socket in errors ("control socket").
-public func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 64, what: String) throws(Errno) -> Int32 {
+/// names the socket in errors ("control socket"). A directory on the path
+/// that someone other than root or the daemon's user could change is
+/// refused (`PathTrust`): whoever may rename the socket may put one of
+/// their own in its place, and answer its clients; `because` says what
+/// that would let them do.
+public func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 64, what: String, because: String) throws(Errno) -> Int32 {
     let addr: UnixSocketAddress
     do { addr = try UnixSocketAddress(path) } catch { throw Errno("\(what) \(path) is too long", code: ENAMETOOLONG) }
+    if let problem = PathTrust.unsafeDirectories(above: path, because: because) {
+        throw Errno(problem, code: EPERM)   // the caller names the socket
+    }
     var st = stat()
     if lstat(path, &st) == 0 {
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw Errno("\(what) \(path) exists and is not a socket", code: EEXIST) }

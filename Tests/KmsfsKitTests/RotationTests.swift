@@ -1,5 +1,8 @@
 import Testing
 import KmsfsKit
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `on_change=` programs get the changed paths in runs that never hit
 /// E2BIG: at most 1,000 paths and 64 KiB of them per run.
@@ -20,5 +23,36 @@ import KmsfsKit
         let huge = [String(repeating: "x", count: 70_000), "b"]
         #expect(RotationNotifier.chunks(huge, maxCount: 1000, maxBytes: 64 * 1024) == [[huge[0]], ["b"]])
         #expect(RotationNotifier.chunks([], maxCount: 1000, maxBytes: 64 * 1024).isEmpty)
+    }
+}
+
+/// `reload=` runs the first systemctl of the daemon's PATH that only root
+/// may change: a directory anyone may write early in the PATH of whoever
+/// mounted must not choose what root runs at every rotation.
+@Suite struct RotationSystemctlTests {
+    @Test func systemctlIsFoundOnlyWhereNobodyElseMayChangeIt() throws {
+        var template = Array("/tmp/kmsfs-systemctl-test.XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        defer { _ = system("rm -rf '\(dir)'") }
+        let bin = dir + "/bin"
+        mkdir(bin, 0o755)
+        let fake = bin + "/systemctl"
+        let fd = open(fake, O_WRONLY | O_CREAT | O_TRUNC, 0o755)
+        close(fd)
+        chmod(fake, 0o755)
+
+        #expect(try RotationNotifier.systemctl(searching: "relative/bin:\(bin):/usr/bin").get() == fake)
+        #expect(try RotationNotifier.systemctl(searching: "\(dir)/none:\(bin)/").get() == fake)   // a trailing slash too
+        chmod(bin, 0o777)
+        #expect { try RotationNotifier.systemctl(searching: "\(bin):/usr/bin").get() } throws: {
+            "\($0)".contains("not running \(fake): its directory may be written by anyone")
+        }
+        chmod(bin, 0o755)
+        chmod(fake, 0o775)
+        #expect { try RotationNotifier.systemctl(searching: bin).get() } throws: { "\($0)".contains("may be written by its group") }
+        chmod(fake, 0o644)   // not executable: looked past, as a shell would
+        #expect { try RotationNotifier.systemctl(searching: "relative:\(bin)").get() } throws: {
+            "\($0)".contains("no systemctl in the absolute directories of PATH (relative:\(bin))")
+        }
     }
 }

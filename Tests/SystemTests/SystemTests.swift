@@ -193,7 +193,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
     @Test func listenAcceptCloseOnExecAndPeerCredentials() throws {
         try withTemporaryDirectory { (dir: String) throws in
             let path = dir + "/s.sock"
-            let server = try listenUnix(path, mode: 0o600, what: "test socket")
+            let server = try listenUnix(path, mode: 0o600, what: "test socket", because: "a test")
             defer { close(server) }
             var st = stat()
             #expect(lstat(path, &st) == 0 && st.st_mode & 0o777 == 0o600 && st.st_mode & S_IFMT == S_IFSOCK)
@@ -243,7 +243,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
         try withTemporaryDirectory { (dir: String) throws in
             for i in 0..<300 {
-                close(try listenUnix(dir + "/s\(i % 4).sock", mode: i % 2 == 0 ? 0o600 : 0o660, what: "test socket"))
+                close(try listenUnix(dir + "/s\(i % 4).sock", mode: i % 2 == 0 ? 0o600 : 0o660, what: "test socket", because: "a test"))
             }
             var st = stat()
             #expect(lstat(dir + "/s1.sock", &st) == 0 && st.st_mode & 0o777 == 0o660)
@@ -264,14 +264,47 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
     }
 
+    /// Whoever may rename a socket may put one of their own in its place
+    /// and answer its clients (a service reading its credential, say): a
+    /// directory on the path that someone else may change is refused, as
+    /// one whose symbolic link leads under such a directory is.
+    @Test func listenRefusesADirectoryOthersMayChange() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            let open = dir + "/open"
+            mkdir(open, 0o755)
+            chmod(open, 0o777)
+            #expect { _ = try listenUnix(open + "/s.sock", mode: 0o600, what: "test socket", because: "a test") } throws: {
+                let e = $0 as! Errno
+                return e.code == EPERM && e.operation.hasPrefix("its directory may be written by anyone (mode 777)")
+            }
+            #expect(access(open + "/s.sock", F_OK) != 0)   // nothing bound there
+            chmod(open, 0o1777)   // sticky, as /tmp: nobody else may rename root's socket
+            close(try listenUnix(open + "/s.sock", mode: 0o600, what: "test socket", because: "a test"))
+            // A link whose target is root's, under a directory anyone may
+            // write: the target can be renamed away and replaced.
+            chmod(open, 0o777)
+            mkdir(open + "/inner", 0o755)
+            symlink(open + "/inner", dir + "/link")
+            #expect { _ = try listenUnix(dir + "/link/s.sock", mode: 0o600, what: "test socket", because: "a test") } throws: {
+                ($0 as! Errno).operation.contains("\(open), a directory above it, may be written by anyone")
+            }
+            chmod(open, 0o755)
+            close(try listenUnix(dir + "/link/s.sock", mode: 0o600, what: "test socket", because: "a test"))
+            chown(open, 4242, 4242)
+            #expect { _ = try listenUnix(dir + "/link/s.sock", mode: 0o600, what: "test socket", because: "a test") } throws: {
+                ($0 as! Errno).operation.contains("belongs to uid 4242; a test")
+            }
+        }
+    }
+
     @Test func listenReplacesAnOldSocketButNoOtherFile() throws {
         try withTemporaryDirectory { (dir: String) throws in
             let path = dir + "/s.sock"
-            close(try listenUnix(path, mode: 0o600, what: "test socket"))   // a socket left behind
-            close(try listenUnix(path, mode: 0o600, what: "test socket"))
+            close(try listenUnix(path, mode: 0o600, what: "test socket", because: "a test"))   // a socket left behind
+            close(try listenUnix(path, mode: 0o600, what: "test socket", because: "a test"))
             writeFile(dir + "/file", "keep")
             #expect(throws: Errno("test socket \(dir)/file exists and is not a socket", code: EEXIST)) {
-                _ = try listenUnix(dir + "/file", mode: 0o600, what: "test socket")
+                _ = try listenUnix(dir + "/file", mode: 0o600, what: "test socket", because: "a test")
             }
             #expect(try readSmallFile(dir + "/file").get() == Array("keep".utf8))
         }

@@ -6,6 +6,7 @@ forged address, a non-root peer or an unknown ID get an answer over
 systemd's 1 MiB credential limit (zeros), so systemd's read fails and the
 unit does not start (an AF_UNIX stream cannot be reset), each audited."""
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -185,3 +186,20 @@ def test_requests_past_the_queue_are_refused_not_answered_empty(tmp_path, kms, p
 @pytest.mark.parametrize("value", ["relative.sock", "/" + "x" * 120])
 def test_a_bad_credential_socket_path_is_refused_with_one_line(tmp_path, kms, kmsfs_bin, value):
     assert "credential_socket=" in refused_at_mount(kmsfs_bin, kms.env, tmp_path, "credential_socket=" + value)
+
+
+def test_a_credential_socket_in_a_directory_others_may_write_is_refused(tmp_path, kms, kmsfs_bin):
+    """Whoever may rename the socket may put their own in its place and hand
+    a service a credential of their choosing: a directory on its path that
+    someone else may change refuses the mount, with one line; a sticky one
+    (as /tmp) does not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    line = refused_at_mount(kmsfs_bin, kms.env, tmp_path, "credential_socket=%s/c.sock" % shared)
+    assert "credential_socket=" in line and "its directory may be written by anyone" in line, line
+    assert not (shared / "c.sock").exists()
+    os.chown(shared, 4242, 4242)
+    shared.chmod(0o755)
+    line = refused_at_mount(kmsfs_bin, kms.env, tmp_path, "credential_socket=%s/c.sock" % shared)
+    assert "belongs to uid 4242" in line, line
