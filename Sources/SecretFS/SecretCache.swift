@@ -157,8 +157,18 @@ public final class SecretCache: @unchecked Sendable {
     /// wiped (its buffer wipes itself when freed).
     private struct Held { weak var secret: CachedSecret? }
     private var held: [Held] = []
+    /// Plaintexts evicted for space alone (`maxBytes`) that something
+    /// still holds: an open of the same version takes one back instead of
+    /// decrypting a second copy beside it. Without this, a reader who
+    /// keeps a handle open and churns the cache held one more locked copy
+    /// (and cost one more Decrypt) per round. Invalidation, a refused
+    /// refresh, the TTL and `wipeAll` drop an entry here as they do in
+    /// `entries`.
+    private var evicted: [PathKey: Held] = [:]
     /// `held` is pruned of freed plaintexts when it grows past this.
     private var heldPruneAt = 64
+    /// And `evicted`, when it grows past this.
+    private var evictedPruneAt = 64
     private var bytes = 0
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
@@ -233,6 +243,14 @@ public final class SecretCache: @unchecked Sendable {
                 Log.info("cache: \(e.path) changed in SOURCE; wiping the old plaintext")
             }
             removeLocked(key)
+        } else if let e = evicted.removeValue(forKey: key)?.secret, !e.plaintext.isRevoked,
+                  isFresh(e, at: t), current == nil || e.fingerprint == current, flights[key] == nil {
+            e.lastUsed = t
+            e.hits += 1
+            insert(e)
+            let due = claimRefresh(e, at: t)
+            lock.unlock()
+            return (.success(e), .cache, due)
         }
         // Join a decryption in flight only if it is of the file this caller
         // sees: one a rotation made stale, or begun on other bytes, may
@@ -279,6 +297,10 @@ public final class SecretCache: @unchecked Sendable {
                 if current { insert(fresh) }
                 Log.debug("cache: \(entry.path) refreshed ahead of its ttl")
             case .failure(let failure):
+                // Evicted while it was refreshed: refused, it is not taken back.
+                if failure.kind != .unavailable, evicted[PathKey(entry.path)]?.secret === entry {
+                    evicted[PathKey(entry.path)] = nil
+                }
                 guard current else { return }
                 let left = (configuration.ttl ?? 0) - (now() - entry.decryptedAt)
                 if failure.kind == .unavailable {
@@ -339,11 +361,18 @@ public final class SecretCache: @unchecked Sendable {
         let key = PathKey(e.path)
         if let old = entries[key] { bytes -= footprint(old) }
         entries[key] = e
+        evicted[key] = nil
         bytes += footprint(e)
         while bytes > configuration.maxBytes, entries.count > 1 {
             guard let victim = entries.values.filter({ $0 !== e }).min(by: { $0.lastUsed < $1.lastUsed }) else { break }
             Log.info("cache: evicting \(victim.path) (cache over \(configuration.maxBytes) bytes)")
-            removeLocked(PathKey(victim.path))
+            let victimKey = PathKey(victim.path)
+            removeLocked(victimKey)
+            evicted[victimKey] = Held(secret: victim)
+        }
+        if evicted.count > evictedPruneAt {
+            evicted = evicted.filter { $0.value.secret != nil }
+            evictedPruneAt = max(64, evicted.count * 2)
         }
         // No wake-up for the sweeper here: `hold` woke it if this entry's
         // TTL comes first (every entry was held before it was inserted).
@@ -363,6 +392,7 @@ public final class SecretCache: @unchecked Sendable {
             flights[key]?.stale = true
             let version = entries[key]?.version
             removeLocked(key)
+            evicted[key] = nil
             return version
         }
     }
@@ -372,6 +402,7 @@ public final class SecretCache: @unchecked Sendable {
         lock.withLock {
             for (k, f) in flights where prefix == nil || k.hasPrefix(prefix!) { f.stale = true }
             for k in Array(entries.keys) where prefix == nil || k.hasPrefix(prefix!) { removeLocked(k) }
+            evicted = evicted.filter { k, _ in !(prefix == nil || k.hasPrefix(prefix!)) }
         }
     }
 
@@ -455,6 +486,7 @@ public final class SecretCache: @unchecked Sendable {
             for h in held { h.secret?.plaintext.revoke() }
             held.removeAll()
             entries.removeAll()
+            evicted.removeAll()
             bytes = 0
             lock.broadcast()
         }

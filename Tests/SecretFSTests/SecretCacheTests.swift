@@ -175,6 +175,49 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(cache.hit("p")?.refreshDue == true)
     }
 
+    /// A plaintext evicted for space while a handle still holds it is
+    /// taken back by the next open of the same version: one locked copy
+    /// and one Decrypt, however often a reader churns the cache. Another
+    /// version, an invalidation, a refused refresh or the TTL decrypt anew.
+    @Test func anEvictedPlaintextStillHeldIsTakenBackNotDecryptedAgain() {
+        let clock = FakeClock()
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let cache = SecretCache(configuration: .init(ttl: 60, maxBytes: page, staleWindow: 10), now: clock.now)
+        var loads = 0
+        func open(_ path: String, _ fp: Int64 = 1) -> (CachedSecret?, SecretCache.Source) {
+            let (r, source, _) = cache.acquire(path: path, current: fingerprint(fp)) {
+                loads += 1
+                return secret("\(path)-\(fp)", fingerprint(fp), clock, path: path)
+            }
+            guard case .success(let s) = r else { return (nil, source) }
+            return (s, source)
+        }
+        let (a, _) = open("a")               // a handle keeps it
+        for round in 0..<5 {
+            _ = open("b")                     // evicts a (one page at most)
+            #expect(cache.hit("a") == nil)
+            let (again, source) = open("a")   // evicts b, takes a back
+            #expect(again === a && source == .cache, "round \(round)")
+        }
+        #expect(loads == 6)                   // a once, b once a round
+        _ = open("b")
+        let (other, _) = open("a", 2)         // the ciphertext changed
+        #expect(other !== a && content(.success(other!)) == "a-2")
+        _ = open("b")
+        cache.invalidate("a")                 // a rotation seen by the watcher
+        let (afterInvalidate, _) = open("a", 2)
+        #expect(afterInvalidate !== other)
+        _ = open("b")                         // evicted while a refresh of it ran...
+        cache.refresh(afterInvalidate!) { .failure(DecryptFailure(.refused, "AccessDeniedException")) }
+        let (afterRefusal, _) = open("a", 2)  // ...and refused: not taken back
+        #expect(afterRefusal !== afterInvalidate)
+        _ = open("b")
+        clock.advance(59.5)                   // the last second of its TTL
+        #expect(open("a", 2).0 !== afterRefusal)
+        #expect(loads == 14)                  // b, which nothing holds, each time it is opened again
+        _ = a
+    }
+
     @Test func aRefusedRefreshWipesAtOnce() {
         let clock = FakeClock()
         let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 4), now: clock.now)
