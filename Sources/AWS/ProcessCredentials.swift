@@ -1,6 +1,7 @@
 import System
 import CCurl
 import SecureMemory
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -109,6 +110,7 @@ enum ProcessRunner {
     /// daemon's, no other descriptor of the daemon's, signals unblocked
     /// and at their defaults, in a process group of its own. The pid.
     private static func spawn(_ argv: [String], environment: Environment, stdout: Int32?) throws(Failure) -> pid_t {
+        reapAbandoned()
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -199,11 +201,37 @@ enum ProcessRunner {
     }
 
     /// Kills `pid`'s process group, reaps it (for a second at most) and
-    /// says why.
+    /// says why. A child that outlives that second (in uninterruptible
+    /// sleep: a hung NFS mount, a dead disk) takes SIGKILL when it wakes;
+    /// it is reaped then, by a later spawn, rather than left a zombie for
+    /// the daemon's life.
     private static func killed(_ pid: pid_t, _ why: String) -> Failure {
         kill(-pid, SIGKILL)
-        _ = reap(pid, until: SystemClock.monotonic() + 1)
+        if reap(pid, until: SystemClock.monotonic() + 1) == nil { abandon(pid) }
         return Failure(message: why)
+    }
+
+    /// Children killed but not yet reaped (at most `maxAbandoned`; past
+    /// that a hung child is left to init at the daemon's exit).
+    private static let abandoned = Mutex<[pid_t]>([])
+    static let maxAbandoned = 1024
+
+    static func abandon(_ pid: pid_t) {
+        abandoned.withLock { if $0.count < maxAbandoned { $0.append(pid) } }
+    }
+
+    /// Reaps the abandoned children that have exited since; returns how
+    /// many are still waited for.
+    @discardableResult
+    static func reapAbandoned() -> Int {
+        abandoned.withLock { pids in
+            var st: Int32 = 0
+            pids.removeAll { pid in
+                let r = waitpid(pid, &st, WNOHANG)
+                return r == pid || (r < 0 && Errno.current == ECHILD)
+            }
+            return pids.count
+        }
     }
 
     static func run(_ argv: [String], environment: Environment, timeout: Double, limit: Int) throws(Failure) -> SecureBuffer {

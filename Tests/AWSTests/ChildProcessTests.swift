@@ -1,5 +1,5 @@
 import Testing
-import AWS
+@testable import AWS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,6 +7,28 @@ import Glibc
 /// Programs the daemon runs without reading their output (fusermount3 for
 /// a daemon that is not root): bounded, reaped, their status reported.
 @Suite struct ChildProcessTests {
+    /// A child killed that does not exit within the second the runner
+    /// waits (one in uninterruptible sleep takes SIGKILL only when it
+    /// wakes) is reaped once it has exited, by the next spawn, and is not
+    /// left a zombie for the daemon's life.
+    @Test func aKilledChildThatOutlivesTheWaitIsReapedLater() {
+        var pid: pid_t = 0
+        let argv = ["/bin/sh", "-c", "sleep 0.3"]
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { for p in cargs { free(p) } }
+        #expect(posix_spawn(&pid, "/bin/sh", nil, nil, &cargs, environ) == 0)
+        ProcessRunner.abandon(pid)
+        ProcessRunner.reapAbandoned()
+        #expect(kill(pid, 0) == 0)            // still running: kept
+        var gone = false
+        for _ in 0..<500 where !gone {
+            usleep(10_000)
+            ProcessRunner.reapAbandoned()
+            gone = kill(pid, 0) != 0 && errno == ESRCH
+        }
+        #expect(gone, "the exited child was never reaped")
+    }
+
     @Test func aProgramWhoseOutputIsDiscardedIsKilledAtItsDeadlineAndReaped() {
         let env = Environment(["PATH": "/usr/bin:/bin"])
         let t0 = Double(time(nil))
