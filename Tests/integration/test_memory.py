@@ -161,6 +161,29 @@ def test_cache_cap_evicts_the_least_recently_used(tmp_path, kms, proxy, mount_fa
     assert proxy.count("Decrypt") == 4
 
 
+def test_a_secret_evicted_while_held_open_is_taken_back_not_decrypted_again(tmp_path, kms, proxy, mount_factory):
+    """cache_max= evicts a plaintext an open file still holds: opening it
+    again takes that copy back (no Decrypt, no second copy in locked
+    memory), however often a reader churns the cache."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in "ab":
+        (src / (n + ".encrypted")).write_bytes(kms.encrypt_blob(n.encode() * 100))
+    m = mount_factory(src, "allow_uid=0,cache_max=4K", env=kms.base_env(endpoint=proxy.url))
+    proxy.reset()
+    held = open(m.file("a"), "rb")
+    try:
+        assert held.read() == b"a" * 100
+        for _ in range(5):
+            assert open(m.file("b"), "rb").read() == b"b" * 100   # evicts a, a page each
+            assert open(m.file("a"), "rb").read() == b"a" * 100   # a back, b evicted (nothing holds it)
+        assert proxy.count("Decrypt") == 1 + 5                    # a once, b at each open
+        held.seek(0)
+        assert held.read() == b"a" * 100
+    finally:
+        held.close()
+
+
 def test_sigterm_wipes_and_unmounts(secret_tree, mount_factory):
     src, plains = secret_tree
     m = mount_factory(src, "allow_uid=0")
