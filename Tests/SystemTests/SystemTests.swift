@@ -294,6 +294,9 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             #expect { _ = try listenUnix(dir + "/link/s.sock", mode: 0o600, what: "test socket", because: "a test") } throws: {
                 ($0 as! Errno).operation.contains("belongs to uid 4242; a test")
             }
+            #expect(throws: Errno("bind \(dir)/none/s.sock", code: ENOENT)) {   // missing: as the bind says it
+                _ = try listenUnix(dir + "/none/s.sock", mode: 0o600, what: "test socket", because: "a test")
+            }
         }
     }
 
