@@ -274,6 +274,7 @@ enum ProcessRunner {
         }
         if timedOut || tooLarge { kill(-pid, SIGKILL) }
         let status = reap(pid, until: max(deadline, SystemClock.monotonic()) + 1)
+        if status == nil && (timedOut || tooLarge) { abandon(pid) }
         if timedOut { throw Failure(message: "no answer within \(displaySeconds(timeout)) s; killed") }
         if tooLarge { throw Failure(message: "printed more than \(limit) bytes") }
         guard let status else { throw killed(pid, "did not exit within \(displaySeconds(timeout)) s; killed") }

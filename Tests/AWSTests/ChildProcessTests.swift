@@ -29,6 +29,23 @@ import Glibc
         #expect(gone, "the exited child was never reaped")
     }
 
+    /// The same through `credential_process`'s runner, with a child the
+    /// kill misses (it left its process group) and that exits 1.6 s later.
+    @Test func aCredentialProcessThatOutlivesTheWaitIsReapedLater() {
+        let env = Environment(["PATH": "/usr/bin:/bin"])
+        let script = "import os, time; os.setpgid(0, os.getpgid(os.getppid())); print('x', flush=True); time.sleep(1.6)"
+        #expect(throws: (any Error).self) {
+            _ = try ProcessRunner.run(["python3", "-c", script], environment: env, timeout: 0.3, limit: 4096)
+        }
+        #expect(ProcessRunner.reapAbandoned() >= 1)   // still running after its second: remembered
+        var left = 1
+        for _ in 0..<500 where left > 0 {
+            usleep(10_000)
+            left = ProcessRunner.reapAbandoned()
+        }
+        #expect(left == 0, "the exited child was never reaped")
+    }
+
     @Test func aProgramWhoseOutputIsDiscardedIsKilledAtItsDeadlineAndReaped() {
         let env = Environment(["PATH": "/usr/bin:/bin"])
         let t0 = Double(time(nil))
