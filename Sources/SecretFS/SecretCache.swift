@@ -289,22 +289,26 @@ public final class SecretCache: @unchecked Sendable {
         lock.withLock {
             entry.refreshing = false
             // An invalidation (rotation) removed the entry, or a newer
-            // decryption replaced it: this result is not to be cached.
-            let current = entries[PathKey(entry.path)] === entry
+            // decryption replaced it: this result is not to be cached. One
+            // evicted for space meanwhile (and still held) is what an open
+            // would take back: the result replaces it.
+            let key = PathKey(entry.path)
+            let current = entries[key] === entry
+            let evictedMeanwhile = !current && evicted[key]?.secret === entry
             switch result {
             case .success(let fresh):
                 hold(fresh)
-                if current { insert(fresh) }
+                if current || evictedMeanwhile { insert(fresh) }
                 Log.debug("cache: \(entry.path) refreshed ahead of its ttl")
             case .failure(let failure):
-                // Evicted while it was refreshed: refused, it is not taken back.
-                if failure.kind != .unavailable, evicted[PathKey(entry.path)]?.secret === entry {
-                    evicted[PathKey(entry.path)] = nil
+                if failure.kind == .unavailable {
+                    entry.nextRefresh = now() + configuration.refreshRetry
+                } else if evictedMeanwhile {
+                    evicted[key] = nil   // refused: never taken back
                 }
                 guard current else { return }
                 let left = (configuration.ttl ?? 0) - (now() - entry.decryptedAt)
                 if failure.kind == .unavailable {
-                    entry.nextRefresh = now() + configuration.refreshRetry
                     Log.warning("\(SourceTree.mountPath(ofSource: entry.path)): refresh failed (\(failure.message)); serving the last good plaintext for at most \(max(0, Int(left))) s more (ttl)")
                 } else {
                     Log.error("\(SourceTree.mountPath(ofSource: entry.path)): refresh refused (\(failure.message)); wiping the cached plaintext now")

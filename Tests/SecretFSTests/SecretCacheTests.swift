@@ -218,6 +218,28 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         _ = a
     }
 
+    /// A refresh that ends after its entry was evicted for space (and is
+    /// still held) replaces it: the next open gets the new copy, and the
+    /// old one is not taken back to be refreshed a second time.
+    @Test func aRefreshOfAnEvictedEntryReplacesIt() {
+        let clock = FakeClock()
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let cache = SecretCache(configuration: .init(ttl: 10, maxBytes: page, staleWindow: 4), now: clock.now)
+        let a = try! cache.acquire(path: "a", current: fingerprint(1)) { secret("a1", fingerprint(1), clock, path: "a") }.result.get()
+        clock.advance(7)
+        let due = cache.hit("a")!
+        #expect(due.refreshDue)
+        _ = cache.acquire(path: "b", current: fingerprint(1)) { secret("b", fingerprint(1), clock, path: "b") }   // evicts a
+        var fresh: CachedSecret?
+        cache.refresh(due.secret) {
+            let r = secret("a2", fingerprint(1), clock, path: "a")
+            fresh = try! r.get()
+            return r
+        }
+        #expect(cache.hit("a")?.secret === fresh)
+        #expect(a !== fresh)
+    }
+
     @Test func aRefusedRefreshWipesAtOnce() {
         let clock = FakeClock()
         let cache = SecretCache(configuration: .init(ttl: 10, staleWindow: 4), now: clock.now)
