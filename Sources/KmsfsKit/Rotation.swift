@@ -336,10 +336,20 @@ public final class RotationNotifier: @unchecked Sendable {
         for dir in dirs where dir.hasPrefix("/") {
             let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + "systemctl"
             guard access(candidate, X_OK) == 0 else { continue }
-            if let problem = PolicyFile.unsafeProgram(candidate) {
+            // Links are followed where root owns them (/bin on merged-/usr
+            // systems, NixOS's profiles), and the file they lead to is run.
+            let because = "the daemon runs it as root"
+            var st = stat()
+            switch PathTrust.resolve(candidate, because: because) {
+            case .failure(let problem):
                 return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
+            case .success(let resolved):
+                guard lstat(resolved, &st) == 0 else { return .failure(ChildProcess.Failure(message: "\(resolved): \(Errno.text(Errno.current))")) }
+                if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: resolved, because: because) {
+                    return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
+                }
+                return .success(resolved)
             }
-            return .success(candidate)
         }
         return .failure(ChildProcess.Failure(message: "no systemctl in the absolute directories of PATH (\(path ?? "unset"))"))
     }

@@ -45,9 +45,8 @@ public enum PolicyFile {
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }
         if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: "it", because: "a policy grants access and runs programs") { throw fail(problem) }
-        if let problem = PathTrust.unsafeDirectories(above: path.contains("/") ? path : "./" + path,
-                                                      because: "a policy grants access and runs programs") {
-            throw fail(problem)
+        if case .failure(let problem) = PathTrust.resolve(path, because: "a policy grants access and runs programs") {
+            throw fail(problem.text)
         }
         switch readMessage(fd, limit: maxBytes) {
         case .success(let bytes):
@@ -59,8 +58,8 @@ public enum PolicyFile {
 
     /// Why an `on_change=` program could be changed by someone other than
     /// root or the daemon's user (the file, or any directory on its path:
-    /// the daemon runs it as root); nil when it cannot. A sticky directory
-    /// (as /tmp) passes: nobody else may replace what root put there.
+    /// the daemon runs it as root; `PathTrust`); nil when it cannot. The
+    /// program itself may not be a symbolic link.
     public static func unsafeProgram(_ path: String) -> String? {
         var st = stat()
         guard lstat(path, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }

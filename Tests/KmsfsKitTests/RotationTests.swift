@@ -50,6 +50,15 @@ import Glibc
         chmod(bin, 0o755)
         chmod(fake, 0o775)
         #expect { try RotationNotifier.systemctl(searching: bin).get() } throws: { "\($0)".contains("may be written by its group") }
+        chmod(fake, 0o755)
+        // A link root owns is followed (merged /usr, NixOS's profiles), and
+        // the file it leads to is what runs.
+        let links = dir + "/links"
+        mkdir(links, 0o755)
+        symlink("../bin/systemctl", links + "/systemctl")
+        #expect(try RotationNotifier.systemctl(searching: links).get() == fake)
+        lchown(links + "/systemctl", 4242, 4242)
+        #expect { try RotationNotifier.systemctl(searching: links).get() } throws: { "\($0)".contains("belongs to uid 4242") }
         chmod(fake, 0o644)   // not executable: looked past, as a shell would
         #expect { try RotationNotifier.systemctl(searching: "relative:\(bin)").get() } throws: {
             "\($0)".contains("no systemctl in the absolute directories of PATH (relative:\(bin))")

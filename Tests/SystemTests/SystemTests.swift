@@ -300,6 +300,61 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
     }
 
+    /// Links are checked where the kernel's walk meets them: a link
+    /// someone else owns (in a sticky directory, where they may make one)
+    /// could be pointed elsewhere, and a directory only a link's target
+    /// passes through counts as much as one written out.
+    @Test func pathTrustWalksEveryLinkOnTheWay() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            let because = "a test"
+            let safe = dir + "/safe"
+            mkdir(safe, 0o755)
+            let sticky = dir + "/sticky"
+            mkdir(sticky, 0o755)
+            chmod(sticky, 0o1777)
+            symlink(safe, sticky + "/theirs")
+            lchown(sticky + "/theirs", 4242, 4242)
+            #expect(PathTrust.unsafeDirectories(above: sticky + "/theirs/s.sock", because: because)?
+                .contains("\(sticky)/theirs, a symbolic link on the way, belongs to uid 4242") == true)
+            symlink(safe, sticky + "/ours")   // root's link in a root's sticky directory
+            #expect(PathTrust.unsafeDirectories(above: sticky + "/ours/s.sock", because: because) == nil)
+
+            // A chain: etc/one -> open/two -> safe, with open writable by anyone.
+            let open = dir + "/open"
+            mkdir(open, 0o755)
+            chmod(open, 0o777)
+            symlink(safe, open + "/two")
+            mkdir(dir + "/etc", 0o755)
+            symlink(open + "/two", dir + "/etc/one")
+            #expect(PathTrust.unsafeDirectories(above: dir + "/etc/one/s.sock", because: because)?
+                .contains("\(open), a directory above it, may be written by anyone") == true)
+            chmod(open, 0o755)
+            writeFile(safe + "/x", "x")
+            #expect(try PathTrust.resolve(dir + "/etc/one/x", because: because).get() == safe + "/x")
+            #expect(try PathTrust.resolve(dir + "/etc/../etc/./one", because: because).get() == safe)
+            #expect(PathTrust.unsafeDirectories(above: dir + "/etc/one/s.sock", because: because) == nil)   // not there yet: fine
+
+            // A sticky directory someone else owns: they may rename in it.
+            chown(sticky, 4242, 4242)
+            #expect(PathTrust.unsafeDirectories(above: sticky + "/ours/s.sock", because: because)?
+                .contains("\(sticky), a directory above it, belongs to uid 4242") == true)
+
+            // A loop ends, as the kernel's walk does.
+            symlink(dir + "/loop", dir + "/loop")
+            #expect { try PathTrust.resolve(dir + "/loop/x", because: because).get() } throws: {
+                "\($0)".contains("Too many levels of symbolic links")
+            }
+            // Relative: walked from the root through the current directory.
+            let here = getcwd(nil, 0)!
+            defer { chdir(here); free(here) }
+            chdir(dir + "/etc")
+            #expect(try PathTrust.resolve("one/x", because: because).get() == safe + "/x")
+            chmod(dir, 0o777)
+            #expect(PathTrust.unsafeDirectories(above: "one/x", because: because)?.contains("\(dir), a directory above it, may be written by anyone") == true)
+            chmod(dir, 0o700)
+        }
+    }
+
     @Test func listenReplacesAnOldSocketButNoOtherFile() throws {
         try withTemporaryDirectory { (dir: String) throws in
             let path = dir + "/s.sock"

@@ -191,8 +191,8 @@ def test_a_bad_credential_socket_path_is_refused_with_one_line(tmp_path, kms, km
 def test_a_credential_socket_in_a_directory_others_may_write_is_refused(tmp_path, kms, kmsfs_bin):
     """Whoever may rename the socket may put their own in its place and hand
     a service a credential of their choosing: a directory on its path that
-    someone else may change refuses the mount, with one line; a sticky one
-    (as /tmp) does not."""
+    someone else may write, or that belongs to another user, refuses the
+    mount, with one line (links and sticky directories: SystemTests)."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
