@@ -45,8 +45,15 @@ public enum PolicyFile {
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }
         if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: "it", because: "a policy grants access and runs programs") { throw fail(problem) }
-        if case .failure(let problem) = PathTrust.resolve(path, because: "a policy grants access and runs programs") {
+        switch PathTrust.resolve(path, because: "a policy grants access and runs programs") {
+        case .failure(let problem):
             throw fail(problem.text)
+        case .success(let resolved):
+            // The file read is the one whose path was checked.
+            var rst = stat()
+            guard stat(resolved, &rst) == 0, rst.st_dev == st.st_dev, rst.st_ino == st.st_ino else {
+                throw fail("it changed while it was checked; try again")
+            }
         }
         switch readMessage(fd, limit: maxBytes) {
         case .success(let bytes):

@@ -1,3 +1,4 @@
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,7 +11,8 @@ import Glibc
 /// would meet it. A sticky directory (as /tmp) passes when root or the
 /// daemon's user owns it: nobody else may then remove or rename what the
 /// daemon put there (the directory's owner could, and could clear the
-/// bit).
+/// bit). Paths are walked as bytes, as the kernel walks them (never as
+/// Unicode-equivalent Strings: `café` and `cafe\u{301}` are two names).
 public enum PathTrust {
     /// Why `st` could be changed by someone other than root or the
     /// daemon's user, or is not of `kind` (`S_IFREG`, `S_IFDIR`); nil when
@@ -25,14 +27,18 @@ public enum PathTrust {
     }
 
     private static func unsafeOwner(_ st: stat, what: String, because: String) -> String? {
-        guard st.st_uid != 0 && st.st_uid != geteuid() else { return nil }
-        return "\(what) belongs to uid \(st.st_uid); \(because), so it must belong to root"
+        unsafeOwner(st.st_uid, what: what, because: because)
+    }
+
+    private static func unsafeOwner(_ uid: uid_t, what: String, because: String) -> String? {
+        guard uid != 0 && uid != geteuid() else { return nil }
+        return "\(what) belongs to uid \(uid); \(because), so it must belong to root\(geteuid() == 0 ? "" : " or to uid \(geteuid())")"
     }
 
     /// Why a directory or link on the way to `path`'s last component (not
-    /// that component itself: a socket about to be bound, a file checked
-    /// through its descriptor) could be changed by someone other than
-    /// root or the daemon's user; nil when none can.
+    /// that component itself: a socket about to be bound) could be
+    /// changed by someone other than root or the daemon's user; nil when
+    /// none can.
     public static func unsafeDirectories(above path: String, because: String) -> String? {
         switch walk(path, followLast: false, because: because) {
         case .failure(let problem): return problem.text
@@ -45,7 +51,12 @@ public enum PathTrust {
     /// change (the file it ends at is the caller's to check); otherwise
     /// why not.
     public static func resolve(_ path: String, because: String) -> Result<String, Problem> {
-        walk(path, followLast: true, because: because)
+        walk(path, followLast: true, because: because).flatMap { bytes in
+            guard let s = String(validating: bytes, as: UTF8.self) else {
+                return .failure(Problem(text: "\(display(bytes)) is not valid UTF-8"))
+            }
+            return .success(s)
+        }
     }
 
     public struct Problem: Error, Sendable, CustomStringConvertible {
@@ -55,73 +66,140 @@ public enum PathTrust {
 
     /// Links followed before a walk gives up, as the kernel's MAXSYMLINKS.
     static let maxLinks = 40
+    private static let slash = UInt8(ascii: "/")
+    private static let fuseMagic: UInt64 = 0x6573_5546
+    private static let procMagic: UInt64 = 0x9fa0
 
     /// The walk the kernel makes of `path`, one component at a time with
-    /// lstat(2): each directory it looks a name up in must be trusted, and
-    /// each symbolic link it follows must be root's or the daemon's user's
-    /// (its target then walked the same way). Names stay as the caller
-    /// wrote them in messages (`its directory`, `DIR, a directory above
-    /// it,`). Returns the resolved path of the last component.
-    private static func walk(_ path: String, followLast: Bool, because: String) -> Result<String, Problem> {
-        func fail(_ text: String) -> Result<String, Problem> { .failure(Problem(text: text)) }
-        var full = path
-        if !path.hasPrefix("/") {   // from the root, so the directories above the current one count too
+    /// lstat(2): each directory it looks a name up in (`.` and `..`
+    /// included) must be trusted, and each symbolic link it follows must
+    /// be root's or the daemon's user's (its target then walked the same
+    /// way; a /proc link, whose text is not where it leads, is refused).
+    /// A directory on a FUSE file system counts only when root or the
+    /// daemon's user mounted it: another user's FUSE server answers stat
+    /// with whatever owner it likes. Returns the resolved path of the last
+    /// component, as bytes.
+    private static func walk(_ path: String, followLast: Bool, because: String) -> Result<[UInt8], Problem> {
+        func fail(_ text: String) -> Result<[UInt8], Problem> { .failure(Problem(text: text)) }
+        var full = Array(path.utf8)
+        guard !full.contains(0) else { return fail("\(display(full)) holds a NUL byte") }
+        if full.first != slash {   // from the root, so the directories above the current one count too
             guard let cwd = getcwd(nil, 0) else { return fail("the current directory: \(Errno.text(Errno.current))") }
-            full = String(cString: cwd) + "/" + path
+            full = Array(UnsafeBufferPointer(start: UnsafeRawPointer(cwd).assumingMemoryBound(to: UInt8.self), count: strlen(cwd)))
+                + [slash] + full
             free(cwd)
         }
-        var pending: [Substring] = full.split(separator: "/", omittingEmptySubsequences: true).reversed()   // the next one last
-        var current = "/"
-        var trusted = Set<String>()
+        var pending = full.split(separator: slash, omittingEmptySubsequences: true).map { Array($0) }.reversed() as [[UInt8]]
+        var current: [UInt8] = [slash]
+        var trusted = Set<[UInt8]>()
+        var proc = Set<[UInt8]>()   // trusted directories on /proc
         var links = 0
         while let name = pending.popLast() {
-            if name == "." { continue }
-            if name == ".." { current = parent(of: current); continue }
             let last = pending.isEmpty
             if !trusted.contains(current) {
+                let what = last ? "its directory \(display(current))" : "\(display(current)), a directory above it,"
+                // One descriptor for the directory's owner, mode and file
+                // system alike.
+                let fd = current.withCString { open($0, O_PATH | O_DIRECTORY | O_CLOEXEC) }
+                guard fd >= 0 else { return fail("\(display(current)): \(Errno.text(Errno.current))") }
+                defer { close(fd) }
                 var dst = stat()
-                guard stat(current, &dst) == 0 else { return fail("\(current): \(Errno.text(Errno.current))") }
-                let what = last ? "its directory" : "\(current), a directory above it,"
+                guard fstat(fd, &dst) == 0 else { return fail("\(display(current)): \(Errno.text(Errno.current))") }
                 let sticky = dst.st_mode & S_ISVTX != 0 && dst.st_mode & S_IFMT == S_IFDIR
                 if let problem = sticky ? unsafeOwner(dst, what: what, because: because)
                                         : unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because) {
                     return fail(problem)
                 }
+                let type = kmsfs_fs_type(fd)
+                if type == fuseMagic {
+                    guard let owner = fuseMountOwner(device: UInt64(dst.st_dev)) else {
+                        return fail("\(what) is on a FUSE file system whose owner is not known; \(because)")
+                    }
+                    if let problem = unsafeOwner(owner, what: "\(what) is on a FUSE file system that", because: because) {
+                        return fail(problem)
+                    }
+                }
+                if type == procMagic { proc.insert(current) }
                 trusted.insert(current)
             }
-            let next = current == "/" ? "/" + name : current + "/" + name
+            if name == [UInt8(ascii: ".")] { continue }
+            if name == [UInt8(ascii: "."), UInt8(ascii: ".")] { current = parent(of: current); continue }
+            let next = current == [slash] ? [slash] + name : current + [slash] + name
             if last && !followLast { return .success(next) }
             var st = stat()
-            guard lstat(next, &st) == 0 else { return fail("\(next): \(Errno.text(Errno.current))") }
+            guard next.withCString({ lstat($0, &st) }) == 0 else { return fail("\(display(next)): \(Errno.text(Errno.current))") }
             if st.st_mode & S_IFMT == S_IFLNK {
-                if let problem = unsafeOwner(st, what: "\(next), a symbolic link on the way,", because: because) { return fail(problem) }
+                if let problem = unsafeOwner(st, what: "\(display(next)), a symbolic link on the way,", because: because) { return fail(problem) }
+                if proc.contains(current) { return fail("\(display(next)) is a /proc link, which is not followed") }
                 links += 1
-                guard links <= maxLinks, let target = readLink(next) else {
-                    return fail("\(next): \(Errno.text(links > maxLinks ? ELOOP : Errno.current))")
-                }
-                if target.hasPrefix("/") { current = "/" }
-                pending.append(contentsOf: target.split(separator: "/", omittingEmptySubsequences: true).reversed())
+                guard links <= maxLinks else { return fail("\(display(next)): \(Errno.text(ELOOP))") }
+                guard let target = readLink(next) else { return fail("\(display(next)): \(Errno.text(Errno.current))") }
+                if target.first == slash { current = [slash] }
+                pending.append(contentsOf: target.split(separator: slash, omittingEmptySubsequences: true).map { Array($0) }.reversed())
                 continue
             }
             if last { return .success(next) }
-            guard st.st_mode & S_IFMT == S_IFDIR else { return fail("\(next): \(Errno.text(ENOTDIR))") }
+            guard st.st_mode & S_IFMT == S_IFDIR else { return fail("\(display(next)): \(Errno.text(ENOTDIR))") }
             current = next
         }
         return .success(current)
     }
 
-    private static func parent(of dir: String) -> String {
-        guard let slash = dir.utf8.lastIndex(of: UInt8(ascii: "/")), slash != dir.utf8.startIndex else { return "/" }
-        return String(dir[..<slash])
+    /// Who mounted the FUSE file system of `device` (its `user_id=` in
+    /// /proc/self/mountinfo); nil when no such mount is listed.
+    static func fuseMountOwner(device: UInt64) -> uid_t? {
+        guard case .success(let table) = readSmallFile("/proc/self/mountinfo", limit: 16 << 20) else { return nil }
+        return fuseMountOwner(device: device, mountinfo: table)
     }
 
-    private static func readLink(_ path: String) -> String? {
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink(path, &buf, buf.count - 1)
+    /// The same, from a mount table's bytes: every line of the device
+    /// must be a FUSE mount of one owner.
+    static func fuseMountOwner(device: UInt64, mountinfo: [UInt8]) -> uid_t? {
+        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~UInt64(0xfff))
+        let minor = (device & 0xff) | ((device >> 12) & ~UInt64(0xff))
+        let id = Array("\(major):\(minor)".utf8)
+        var owner: uid_t? = nil
+        for line in mountinfo.split(separator: UInt8(ascii: "\n")) {
+            let fields = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
+            guard fields.count > 2, Array(fields[2]) == id else { continue }
+            guard let dash = fields.firstIndex(where: { Array($0) == [UInt8(ascii: "-")] }), dash + 3 < fields.count,
+                  fields[dash + 1].starts(with: Array("fuse".utf8)) else { return nil }
+            var uid: uid_t? = nil
+            for option in fields[dash + 3].split(separator: UInt8(ascii: ",")) where option.starts(with: Array("user_id=".utf8)) {
+                uid = uid_t(String(decoding: option.dropFirst(8), as: UTF8.self))
+            }
+            guard let uid, owner == nil || owner == uid else { return nil }
+            owner = uid
+        }
+        return owner
+    }
+
+    private static func parent(of dir: [UInt8]) -> [UInt8] {
+        guard let i = dir.lastIndex(of: slash), i != 0 else { return [slash] }
+        return Array(dir[..<i])
+    }
+
+    private static func readLink(_ path: [UInt8]) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = path.withCString { readlink($0, &buf, buf.count - 1) }
         guard n > 0, n < buf.count - 1 else {
             if n >= 0 { Errno.current = n == 0 ? ENOENT : ENAMETOOLONG }
             return nil
         }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return Array(buf[0..<n])
+    }
+
+    /// A path's bytes for a message (the log escapes what is not text).
+    private static func display(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+}
+
+private extension Array where Element == UInt8 {
+    /// The bytes as a NUL-terminated C string (they hold no NUL: the walk
+    /// refuses a path with one).
+    func withCString<R>(_ body: (UnsafePointer<CChar>) -> R) -> R {
+        (self + [0]).withUnsafeBufferPointer { p in
+            p.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) }
+        }
     }
 }

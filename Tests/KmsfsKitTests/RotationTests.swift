@@ -45,7 +45,7 @@ import Glibc
         #expect(try RotationNotifier.systemctl(searching: "\(dir)/none:\(bin)/").get() == fake)   // a trailing slash too
         chmod(bin, 0o777)
         #expect { try RotationNotifier.systemctl(searching: "\(bin):/usr/bin").get() } throws: {
-            "\($0)".contains("not running \(fake): its directory may be written by anyone")
+            "\($0)".contains("not running \(fake): its directory \(bin) may be written by anyone")
         }
         chmod(bin, 0o755)
         chmod(fake, 0o775)

@@ -225,7 +225,7 @@ import Glibc
         }
         chmod(path, 0o644)
         chmod(dir, 0o777)   // anyone may replace it
-        #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains("its directory may be written by anyone") }
+        #expect { try PolicyFile.load(path: path) } throws: { "\($0)".contains("its directory \(dir) may be written by anyone") }
         chmod(dir, 0o1777)  // sticky, as /tmp: nobody else may replace root's file
         #expect(try PolicyFile.load(path: path).count == 1)
         // A directory further up that anyone may write: the one below can

@@ -275,7 +275,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             chmod(open, 0o777)
             #expect { _ = try listenUnix(open + "/s.sock", mode: 0o600, what: "test socket", because: "a test") } throws: {
                 let e = $0 as! Errno
-                return e.code == EPERM && e.operation.hasPrefix("its directory may be written by anyone (mode 777)")
+                return e.code == EPERM && e.operation.hasPrefix("its directory \(open) may be written by anyone (mode 777)")
             }
             #expect(access(open + "/s.sock", F_OK) != 0)   // nothing bound there
             chmod(open, 0o1777)   // sticky, as /tmp: nobody else may rename root's socket
@@ -353,6 +353,71 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             #expect(PathTrust.unsafeDirectories(above: "one/x", because: because)?.contains("\(dir), a directory above it, may be written by anyone") == true)
             chmod(dir, 0o700)
         }
+    }
+
+    /// What two reviews of the walk found: `..` looked up in a directory
+    /// someone else owns, names split or compared as Unicode rather than
+    /// bytes, a link target that is not UTF-8, a relative target with
+    /// `..`, and a directory its group may write.
+    @Test func pathTrustWalksBytesAndChecksEveryLookup() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            let because = "a test"
+            let sticky = dir + "/sticky"
+            mkdir(sticky, 0o755)
+            chmod(sticky, 0o1777)
+            mkdir(sticky + "/theirs", 0o755)
+            chown(sticky + "/theirs", 4242, 4242)   // they may rename it and put a link there
+            #expect(PathTrust.unsafeDirectories(above: sticky + "/theirs/../s.sock", because: because)?
+                .contains("\(sticky)/theirs, a directory above it, belongs to uid 4242") == true)
+            // "/" and a combining mark are one Character, two bytes to the kernel.
+            #expect(PathTrust.unsafeDirectories(above: sticky + "/theirs/\u{301}s.sock", because: because)?
+                .contains("belongs to uid 4242") == true)
+            // café (NFC) is trusted; cafe + U+0301 (NFD) is another directory.
+            let nfc = dir + "/caf\u{e9}", nfd = dir + "/cafe\u{301}"
+            mkdir(nfc, 0o755)
+            mkdir(nfd, 0o755)
+            chmod(nfd, 0o777)
+            mkdir(nfc + "/x", 0o755)
+            #expect(PathTrust.unsafeDirectories(above: nfc + "/x/../../cafe\u{301}/s.sock", because: because)?
+                .contains("may be written by anyone") == true)
+            // A directory its group may write.
+            chmod(nfd, 0o775)
+            #expect(PathTrust.unsafeDirectories(above: nfd + "/s.sock", because: because)?
+                .contains("may be written by its group (mode 775)") == true)
+            // A relative target with "..", resolved from the link's own directory.
+            mkdir(dir + "/r", 0o755)
+            mkdir(dir + "/r/in", 0o755)
+            writeFile(dir + "/r/f", "f")
+            symlink("../f", dir + "/r/in/up")
+            #expect(try PathTrust.resolve(dir + "/r/in/up", because: because).get() == dir + "/r/f")
+            // A target that is not UTF-8 is refused, never repaired into another name.
+            let bad = Array((dir + "/r/").utf8) + [0xff]
+            let link = dir + "/r/badlink"
+            _ = bad.withUnsafeBufferPointer { b in
+                (Array(b) + [0]).withUnsafeBufferPointer { p in
+                    p.withMemoryRebound(to: CChar.self) { symlink($0.baseAddress!, link) }
+                }
+            }
+            writeFile(dir + "/r/\u{fffd}", "decoy")
+            #expect(throws: PathTrust.Problem.self) { try PathTrust.resolve(link, because: because).get() }
+        }
+    }
+
+    /// A FUSE file system's owner is its mount's `user_id=`: its server
+    /// answers stat with whatever owner it likes.
+    @Test func aFUSEMountsOwnerIsReadFromTheMountTable() {
+        let table = Array("""
+            36 35 98:0 /mnt1 /mnt1 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+            40 36 0:52 / /tmp/x rw,nosuid,nodev,relatime shared:9 - fuse.sshfs host:/ rw,user_id=4242,group_id=4242
+            41 36 0:53 / /etc/secrets ro,nosuid,nodev shared:10 - fuse.kmsfs /var/lib/kmsfs ro,user_id=0,group_id=0,allow_other
+            42 36 0:54 / /odd rw - fuse odd rw,group_id=0
+            """.utf8)
+        let dev = { (major: UInt64, minor: UInt64) in (major << 8) | minor }
+        #expect(PathTrust.fuseMountOwner(device: dev(0, 52), mountinfo: table) == 4242)
+        #expect(PathTrust.fuseMountOwner(device: dev(0, 53), mountinfo: table) == 0)
+        #expect(PathTrust.fuseMountOwner(device: dev(0, 54), mountinfo: table) == nil)   // no user_id: not known
+        #expect(PathTrust.fuseMountOwner(device: dev(98, 0), mountinfo: table) == nil)   // not FUSE
+        #expect(PathTrust.fuseMountOwner(device: dev(0, 99), mountinfo: table) == nil)   // not listed
     }
 
     @Test func listenReplacesAnOldSocketButNoOtherFile() throws {

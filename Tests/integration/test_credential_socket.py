@@ -197,7 +197,7 @@ def test_a_credential_socket_in_a_directory_others_may_write_is_refused(tmp_path
     shared.mkdir()
     shared.chmod(0o777)
     line = refused_at_mount(kmsfs_bin, kms.env, tmp_path, "credential_socket=%s/c.sock" % shared)
-    assert "credential_socket=" in line and "its directory may be written by anyone" in line, line
+    assert "credential_socket=" in line and "its directory %s may be written by anyone" % shared in line, line
     assert not (shared / "c.sock").exists()
     os.chown(shared, 4242, 4242)
     shared.chmod(0o755)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import KMSFS, Mount, mounted, force_unmount
+from conftest import KMSFS, Mount, mounted, force_unmount, refused_at_mount
 
 
 SECRETS = {
@@ -364,3 +364,47 @@ def test_a_daemon_that_is_not_root_detaches_through_fusermount3_and_a_hung_one_n
             finally:
                 m.stop()
                 force_unmount(str(mnt))
+
+
+def test_a_users_fuse_mount_that_claims_root_is_not_trusted_for_a_socket(kms, kmsfs_bin, users, public_tmp):
+    """Another user's FUSE server answers stat with whatever owner it likes:
+    libfuse's own hello_ll says root owns its directory, 0755. Root's
+    daemon trusts a directory on FUSE only when the mount's `user_id=` is
+    root's, so a credential socket there is refused, naming whose it is."""
+    examples = pathlib.Path("/usr/share/doc/libfuse3-dev/examples")
+    if not (examples / "hello_ll.c").exists():
+        pytest.skip("libfuse's examples are missing (apt-get install libfuse3-dev)")
+    alice = users["kmsfs-alice"]
+    base = public_tmp / "fuse-claims-root"
+    base.mkdir()
+    hello = base / "hello_ll"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    subprocess.run(["gcc", "-O1", "-I", str(examples), "-o", str(hello), str(examples / "hello_ll.c")] + flags,
+                   check=True, capture_output=True)
+    mnt = base / "mnt"
+    mnt.mkdir()
+    os.chown(mnt, alice.pw_uid, alice.pw_gid)
+    as_alice = ["setpriv", "--reuid", "kmsfs-alice", "--regid", "kmsfs-alice", "--init-groups"]
+    with _fuse_for_users():
+        server = subprocess.Popen(as_alice + [str(hello), "-f", "-o", "allow_other", str(mnt)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            def up():
+                return any(line.split()[1:3] == [str(mnt), "fuse.hello_ll"] for line in open("/proc/mounts"))
+            deadline = time.monotonic() + 10
+            while not up() and time.monotonic() < deadline and server.poll() is None:
+                time.sleep(0.05)
+            assert up(), server.stderr.read() if server.poll() is not None else "not mounted"
+            st = os.stat(mnt)
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)   # the claim
+            line = refused_at_mount(kmsfs_bin, kms.env, base, "credential_socket=%s/c.sock" % mnt)
+            assert "is on a FUSE file system that belongs to uid %d" % alice.pw_uid in line, line
+        finally:
+            force_unmount(str(mnt))
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
