@@ -1,10 +1,13 @@
 // Bytes a local user chooses and the daemon's small socket servers read:
 // the request head of a metrics scrape (its line and Host header), a
 // mountpoint as /proc/self/mountinfo escapes it, the abstract address a
-// LoadCredential= peer binds (`<random>/unit/<UNIT>/<ID>`), and a
-// /proc/PID/cgroup document (a process names its own cgroups).
+// LoadCredential= peer binds (`<random>/unit/<UNIT>/<ID>`), a
+// /proc/PID/cgroup document (a process names its own cgroups), and a
+// mount table as PathTrust reads a FUSE mount's owner from it (users
+// name their FUSE mounts and mountpoints).
 import SecretFS
 import KmsfsKit
+@testable import System
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
@@ -19,5 +22,9 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
         precondition(u.hasSuffix(".service") || u.hasSuffix(".scope"), "a unit without a unit type")
     }
     _ = MetricsAddress.parse(String(decoding: data, as: UTF8.self))
+    let devices: [UInt64] = [0, 52, (8 << 8) | 1, .max]
+    for device in devices {
+        _ = PathTrust.fuseMountOwner(device: device, mountinfo: data)
+    }
     return 0
 }
