@@ -33,7 +33,7 @@ func roundUpToPage(_ n: Int) -> Int {
 /// The failure names the path.
 public func readSmallFileSecurely(_ path: String, limit: Int = 1 << 20) -> Result<SecureBuffer, Errno> {
     let fd: FileDescriptor
-    do { fd = try FileDescriptor.open(path, O_RDONLY) } catch { return .failure(Errno(path, code: error.code)) }
+    do { fd = try openSmallFile(path) } catch { return .failure(error) }
     return readSecurely(fd, limit: limit).mapError { Errno(path, code: $0.code) }
 }
 

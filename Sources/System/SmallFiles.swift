@@ -39,8 +39,20 @@ public func readRegularFile(_ fd: borrowing FileDescriptor, limit: Int) throws(C
 /// files); the error names the path. EFBIG past `limit` bytes.
 public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8], Errno> {
     let fd: FileDescriptor
-    do { fd = try FileDescriptor.open(path, O_RDONLY) } catch { return .failure(Errno(path, code: error.code)) }
+    do { fd = try openSmallFile(path) } catch { return .failure(error) }
     return readMessage(fd, limit: limit).mapError { Errno(path, code: $0.code) }
+}
+
+/// Opens a file to be read whole: without blocking in open(2) and only if
+/// it is a regular file (a FIFO or a device put where a token file was
+/// expected would otherwise hold the reading thread forever).
+public func openSmallFile(_ path: String) throws(Errno) -> FileDescriptor {
+    let fd: FileDescriptor
+    do { fd = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK) } catch { throw Errno(path, code: error.code) }
+    let st: stat
+    do { st = try fd.stat() } catch { throw Errno(path, code: error.code) }
+    guard st.st_mode & S_IFMT == S_IFREG else { throw Errno("\(path) is not a regular file", code: EINVAL) }
+    return fd
 }
 
 /// `readMessage` of a descriptor this code owns.

@@ -69,6 +69,27 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(t.requests[1].form["WebIdentityToken"] == "jwt-two")
     }
 
+    /// A FIFO (or a device) where the token file was expected is refused
+    /// at once: opened blocking, it held the fetching thread, and with it
+    /// every later credential request, forever.
+    @Test func aTokenFileThatIsNotARegularFileIsRefusedAtOnce() throws {
+        let dir = TempDir()
+        let fifo = dir.path + "/token"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let clock = ManualClock()
+        let t = ScriptedTransport { _, n in .init(status: 200, body: stsAnswer("AssumeRoleWithWebIdentity", id: "ASIA\(n)")) }
+        let env = Environment(["AWS_WEB_IDENTITY_TOKEN_FILE": fifo, "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/r"])
+        let sts = stsClient(t, clock.clock)
+        let made = WebIdentityCredentialProvider.fromEnvironment(env, clock: clock.clock, sts: { sts })
+        let p = try #require(made)
+        let started = SystemClock.monotonic()
+        let e = credentialError { try p.credentials() }
+        #expect(SystemClock.monotonic() - started < 2)
+        #expect(e.message.contains("is not a regular file"), "\(e.message)")
+        #expect(t.requests.isEmpty)
+        #expect(throws: Errno.self) { try readSmallFile(fifo, limit: 64).get() }
+    }
+
     @Test func missingRoleIsAConfigurationFailure() throws {
         let made = WebIdentityCredentialProvider.fromEnvironment(
             Environment(["AWS_WEB_IDENTITY_TOKEN_FILE": "/x"]), sts: { () throws(CredentialError) -> STSClient in throw .failed("unused") })
