@@ -104,17 +104,34 @@ public struct ContainerCredentialProvider: CredentialProvider {
                 if response.status == 401 || response.status == 403 || response.status == 404 { break }
                 continue
             }
-            let c: AWSCredentials? = response.body.withUnsafeBytes { b in
-                parseCredentialsDocument(b).flatMap { credentialsFromJSON($0, bytes: b, source: "container credentials \(url.hostHeader)", kind: .container) }
+            let parsed: (JSONValue, AWSCredentials?)? = response.body.withUnsafeBytes { b in
+                parseCredentialsDocument(b).map { ($0, credentialsFromJSON($0, bytes: b, source: "container credentials \(url.hostHeader)", kind: .container)) }
             }
-            guard let c else {
+            guard let (doc, c) = parsed, let c else {
                 lastError = "the answer is not a credentials document"
+                continue
+            }
+            if let problem = temporaryCredentialsProblem(doc, c) {
+                lastError = problem
                 continue
             }
             return c
         }
         throw .failed("container credentials from \(url) failed: \(lastError)")
     }
+}
+
+/// Why temporary credentials from a document cannot be used: an
+/// `Expiration` that is not an ISO 8601 time, or a session token without
+/// one. Kept without an expiry, they would be served, and never fetched
+/// again, long after the token died.
+func temporaryCredentialsProblem(_ doc: JSONValue, _ c: AWSCredentials) -> String? {
+    if let e = doc["Expiration"], c.expiration == nil {
+        let shown = e.stringValue.map { "'\(String($0.prefix(64)))'" } ?? "(not a string)"
+        return "the answer's Expiration \(shown) is not an ISO 8601 time"
+    }
+    if c.hasSessionToken && c.expiration == nil { return "the answer has a session token but no Expiration" }
+    return nil
 }
 
 /// The members of a credentials document that are secrets.

@@ -234,6 +234,9 @@ public struct IMDSCredentialProvider: CredentialProvider {
         guard let c = creds, c.hasSessionToken else {
             throw .failed("instance metadata credentials for role \(role): the answer lacks AccessKeyId, SecretAccessKey or Token")
         }
+        if let problem = temporaryCredentialsProblem(doc, c) {
+            throw .failed("instance metadata credentials for role \(role): \(problem)")
+        }
         return c
     }
 }

@@ -120,12 +120,14 @@ public struct STSClient: Sendable {
                   let secret = XMLBytes.secure("SecretAccessKey", in: b), secret.count > 0,
                   let token = XMLBytes.secure("SessionToken", in: b), token.count > 0,
                   AWSCredentials.isPrintableWord(token) else { return nil }
-            let exp = XMLBytes.text("Expiration", in: b).flatMap { Timestamp.parseISO8601($0) }
+            // Without an expiry they would be kept, and never fetched
+            // again, long after the session ended.
+            guard let exp = XMLBytes.text("Expiration", in: b).flatMap({ Timestamp.parseISO8601($0) }) else { return nil }
             return AWSCredentials(accessKeyId: id, secret: secret, token: token, expiration: exp, source: source,
                                   kind: action == "AssumeRoleWithWebIdentity" ? .webIdentity : .assumedRole)
         }
         guard let parsed else {
-            throw .failed("STS \(action) for \(roleArn): the answer has no Credentials")
+            throw .failed("STS \(action) for \(roleArn): the answer has no Credentials (AccessKeyId, SecretAccessKey, SessionToken and an ISO 8601 Expiration)")
         }
         return parsed
     }

@@ -301,7 +301,10 @@ public final class AWSJSONClient: Sendable {
             // Temporary credentials the service calls expired (revoked early,
             // or a skewed clock read their expiry late): drop them and try
             // once more with fresh ones, within this attempt's time.
-            guard let code = error.code, AWSJSONClient.expiredTokenCodes.contains(code), creds.expiration != nil else { throw error }
+            // Any session token: one whose expiry was not known (a profile's
+            // aws_session_token, a credential_process without Expiration)
+            // is dropped as well, or it would be served until a restart.
+            guard let code = error.code, AWSJSONClient.expiredTokenCodes.contains(code), creds.hasSessionToken else { throw error }
             credentials.invalidate(creds)
             let fresh: AWSCredentials
             do { fresh = try credentials.credentials() } catch { throw .credentials(error) }

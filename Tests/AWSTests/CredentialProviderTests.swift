@@ -394,6 +394,27 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(e.kind == .notConfigured)
     }
 
+    /// Temporary credentials whose expiry cannot be read would be kept,
+    /// and never fetched again, long after the token died: refused, as
+    /// botocore refuses them.
+    @Test func temporaryCredentialsWithoutAReadableExpirationAreRefused() throws {
+        for (doc, why) in [
+            (#"{"AccessKeyId":"ASIACONT","SecretAccessKey":"s","Token":"t","Expiration":"not-a-date"}"#, "Expiration 'not-a-date' is not an ISO 8601 time"),
+            (#"{"AccessKeyId":"ASIACONT","SecretAccessKey":"s","Token":"t","Expiration":17}"#, "Expiration (not a string)"),
+            (#"{"AccessKeyId":"ASIACONT","SecretAccessKey":"s","Token":"t"}"#, "a session token but no Expiration"),
+        ] {
+            let t = ScriptedTransport { _, _ in .init(status: 200, body: doc) }
+            let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/c"]),
+                                                transport: t, clock: ManualClock().clock)
+            let e = credentialError { try p.credentials() }
+            #expect(e.message.contains(why), "\(e.message)")
+        }
+        // Long-term keys need none.
+        let t = ScriptedTransport { _, _ in .init(status: 200, body: #"{"AccessKeyId":"AKIACONT","SecretAccessKey":"s"}"#) }
+        let p = ContainerCredentialProvider(environment: Environment(["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/c"]), transport: t)
+        #expect(try p.credentials().expiration == nil)
+    }
+
     @Test func tokenFileWinsAndIsRereadEachFetch() throws {
         let dir = TempDir()
         let file = dir.write("token", "file-token-1\n")

@@ -240,13 +240,16 @@ import Glibc
         }
         let good = try assume(stsAnswer("AssumeRoleWithWebIdentity", id: "ASIAX")).get()
         #expect(good.copyOfSecretAccessKey() == "sec-ASIAX" && good.copyOfSessionToken() == "tok-ASIAX")
-        #expect(try assume("<Credentials><AccessKeyId>A</AccessKeyId><SecretAccessKey>s&amp;t</SecretAccessKey><SessionToken>t&lt;</SessionToken></Credentials>")
+        #expect(try assume("<Credentials><AccessKeyId>A</AccessKeyId><SecretAccessKey>s&amp;t</SecretAccessKey><SessionToken>t&lt;</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials>")
             .get().copyOfSecretAccessKey() == "s&t")
         for bad in ["<SessionToken>tok</SessionToken><SecretAccessKey>sec",            // unclosed
                     "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s&bogus;</SecretAccessKey><SessionToken>t</SessionToken>",
                     "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s</SecretAccessKey><SessionToken>a\r\nX-Evil: 1</SessionToken>",
                     "<AccessKeyId>A</AccessKeyId><SecretAccessKey></SecretAccessKey><SessionToken>t</SessionToken>",
-                    "", "<", "</AccessKeyId><AccessKeyId>"] {
+                    "", "<", "</AccessKeyId><AccessKeyId>",
+                    // Temporary credentials with no expiry would be kept forever.
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s</SecretAccessKey><SessionToken>t</SessionToken>",
+                    "<AccessKeyId>A</AccessKeyId><SecretAccessKey>s</SecretAccessKey><SessionToken>t</SessionToken><Expiration>soon</Expiration>"] {
             guard case .failure = assume(bad) else { Issue.record("accepted: \(bad)"); continue }
         }
     }
