@@ -269,7 +269,15 @@ private final class EasyHandle: @unchecked Sendable {
             _ = kmsfs_curl_set_long(curl, CURLOPT_TIMEOUT_MS, max(1, clampedMilliseconds(timeout)))
             _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYPEER, 1)
             _ = kmsfs_curl_set_long(curl, CURLOPT_SSL_VERIFYHOST, 2)
-            if let ca = options.caBundle { _ = kmsfs_curl_set_string(curl, CURLOPT_CAINFO, ca) }
+            if let ca = options.caBundle {
+                // The bundle's CAs only, as botocore: libcurl would also
+                // look up its built-in directory (/etc/ssl/certs).
+                _ = kmsfs_curl_set_string(curl, CURLOPT_CAINFO, ca)
+                _ = kmsfs_curl_set_pointer(curl, CURLOPT_CAPATH, nil)
+            }
+            // No proxy for a loopback address, however it is written
+            // (curl's no-proxy list does not match [::ffff:127.0.0.1]).
+            if request.url.isLoopback { _ = kmsfs_curl_set_string(curl, CURLOPT_NOPROXY, "*") }
             _ = kmsfs_curl_set_ssl_ctx_fn(curl, sslContextCallback)
             _ = kmsfs_curl_set_write_fn(curl, writeCallback)
             _ = kmsfs_curl_set_pointer(curl, CURLOPT_WRITEDATA, ctxPtr.toOpaque())

@@ -167,13 +167,16 @@ class CountingProxy:
         self.sock.close()
 
 
-def test_proxy_variables_never_carry_local_and_metadata_requests(tree, kms, role, mount_factory, servers):
+@pytest.mark.parametrize("spelling", ["127.0.0.1", "[::ffff:127.0.0.1]"])
+def test_proxy_variables_never_carry_local_and_metadata_requests(tree, kms, role, mount_factory, servers, spelling):
     """A proxy in the environment (common on corporate hosts) must not see
     the container token, the credentials or a loopback KMS endpoint's
-    signed calls and plaintext answers: loopback and link-local go direct."""
+    signed calls and plaintext answers: loopback and link-local go direct,
+    also written as an IPv4-mapped address, which curl's no-proxy list
+    does not match."""
     agent = servers(FakeContainerCredentials(role.mint(), path="/v1/credentials", token="direct-token"))
     proxy = servers(CountingProxy())
-    env = bare_env(kms, AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url + "/v1/credentials",
+    env = bare_env(kms, AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url.replace("127.0.0.1", spelling) + "/v1/credentials",
                    AWS_CONTAINER_AUTHORIZATION_TOKEN="direct-token",
                    http_proxy=proxy.url, HTTPS_PROXY=proxy.url, ALL_PROXY=proxy.url, all_proxy=proxy.url,
                    no_proxy="example.com", NO_PROXY=None)

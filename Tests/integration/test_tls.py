@@ -4,6 +4,7 @@ the daemon's readable memory on the TLS path (OpenSSL cleanses decrypted
 records, curl's buffer is wiped)."""
 import base64
 import errno
+import pathlib
 import secrets
 import ssl
 import subprocess
@@ -28,6 +29,8 @@ def pki(tmp_path_factory):
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=kmsfs unrelated CA")
     return d
 
 
@@ -81,3 +84,26 @@ def test_an_unknown_certificate_is_refused(tree, kms, tls_proxy, mount_factory):
     assert e.value.errno == errno.EIO
     assert tls_proxy.count("Decrypt") == 0
     assert m.wait_log("CA bundle"), m.log()
+
+
+def test_the_ca_bundle_replaces_the_system_store(tree, kms, tls_proxy, pki, mount_factory):
+    """ca_bundle= names the only CAs trusted, as botocore's bundle does: with
+    the server's CA in the system's hashed directory (/etc/ssl/certs, which
+    libcurl also reads by default) and an unrelated CA as the bundle, the
+    server is refused."""
+    src, _ = tree
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(pki / "ca.pem")], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    certs = pathlib.Path("/etc/ssl/certs")
+    if not certs.is_dir():
+        pytest.skip("no /etc/ssl/certs here")
+    link = next(certs / ("%s.%d" % (digest, n)) for n in range(10) if not (certs / ("%s.%d" % (digest, n))).exists())
+    link.symlink_to(pki / "ca.pem")
+    try:
+        m = mount_factory(src, "allow_uid=0,ca_bundle=%s" % (pki / "other.pem"), env=kms.base_env(endpoint=tls_proxy.url))
+        with pytest.raises(OSError) as e:
+            open(m.file("s"), "rb").read()
+        assert e.value.errno == errno.EIO
+        assert tls_proxy.count("Decrypt") == 0
+    finally:
+        link.unlink()
