@@ -229,7 +229,7 @@ public struct IMDSCredentialProvider: CredentialProvider {
         }
         guard let (doc, creds) = parsed else { throw .failed("instance metadata credentials for role \(role): not a JSON document") }
         if let code = doc["Code"]?.stringValue, code != "Success" {
-            throw .failed("instance metadata credentials for role \(role): \(code): \(doc["Message"]?.stringValue ?? "")")
+            throw .failed("instance metadata credentials for role \(role): \(boundedText(code, 128)): \(boundedText(doc["Message"]?.stringValue ?? "", 512))")
         }
         guard let c = creds, c.hasSessionToken else {
             throw .failed("instance metadata credentials for role \(role): the answer lacks AccessKeyId, SecretAccessKey or Token")

@@ -366,8 +366,18 @@ public final class AWSJSONClient: Sendable {
         }
         if let hash = code.lastIndex(of: "#") { code = String(code[code.index(after: hash)...]) }
         if code.isEmpty { code = "HTTP\(response.status)" }
-        return .service(code: code, message: message, status: response.status, requestId: requestId)
+        // The endpoint's words go into every retry's log line, audit
+        // records and status: bounded here, where they are read.
+        return .service(code: boundedText(code, 128), message: boundedText(message, 512), status: response.status,
+                        requestId: requestId.map { boundedText($0, 128) })
     }
+}
+
+/// At most `limit` bytes of an endpoint's text (cut on a byte: a cut
+/// character shows as U+FFFD), marked when cut.
+public func boundedText(_ s: String, _ limit: Int) -> String {
+    guard s.utf8.count > limit else { return s }
+    return String(decoding: s.utf8.prefix(limit), as: UTF8.self) + "... (\(s.utf8.count) bytes)"
 }
 
 /// The text of the first `<name>...</name>` element (no nesting, entities

@@ -230,6 +230,19 @@ import Glibc
         #expect(secure.count == 1 && secure[0].name == "X-Amz-Security-Token")
     }
 
+    /// An endpoint's error text goes into every retry's log line, audit
+    /// records and status: a megabyte of it is cut where it is read.
+    @Test func hugeErrorTextIsBounded() throws {
+        let huge = String(repeating: "é", count: 500_000)
+        for body in [#"{"__type":"\#(huge)","message":"\#(huge)"}"#,
+                     "<Error><Code>\(huge)</Code><Message>\(huge)</Message></Error>"] {
+            let b = try SecureBuffer(capacity: body.utf8.count)
+            try b.append(utf8: body)
+            let e = AWSJSONClient.parseError(HTTPResponse(status: 400, headers: [("x-amzn-RequestId", huge)], body: b))
+            #expect("\(e)".utf8.count < 2048, "\("\(e)".utf8.count) bytes")
+        }
+    }
+
     @Test func hostileSTSAnswersAreRefusedNotTrusted() throws {
         func assume(_ body: String) -> Result<AWSCredentials, CredentialError> {
             let t = ScriptedTransport { _, _ in .init(status: 200, body: body) }
