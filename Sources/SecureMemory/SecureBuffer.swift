@@ -113,6 +113,8 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     private let storedCount = Atomic<Int>(0)
 
     private let base: UnsafeMutableRawPointer      // first usable byte
+    /// Where the bytes live (tests read the mapping's residency).
+    var address: UnsafeRawPointer { UnsafeRawPointer(base) }
     private let mapping: UnsafeMutableRawPointer   // whole mapping, guards included
     private let mappingLength: Int
 
@@ -170,7 +172,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
             $0.bytes -= length
             $0.registry[ObjectIdentifier(self)] = nil
         }
-        secureWipe(base, capacity)
+        if !released.withLock({ $0 }) { secureWipe(base, capacity) }
         munmap(mapping, mappingLength)
     }
 
@@ -286,19 +288,45 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// Wipes the contents for good (the TTL passed, the daemon stops):
     /// `isRevoked` is set before `count` drops, so whoever reads a `count`
-    /// of 0 from the wipe sees it.
+    /// of 0 from the wipe sees it. The wiped pages are then given back:
+    /// an open file may hold a revoked plaintext for days, and one held
+    /// open across each TTL would otherwise keep a locked copy per period.
+    /// In their place is a read-only mapping of nothing (the zero page),
+    /// so a reader that began its copy before the wipe reads zeros, which
+    /// `copyBytes` already reports as a failed copy, and never faults.
     public func revoke() {
         revoked.store(true, ordering: .sequentiallyConsistent)
-        wipeContents()
+        released.withLock { released in
+            guard !released else { return }
+            wipeLocked()
+            let length = backing == .secretMemory ? mappingLength : mappingLength - 2 * systemPageSize
+            // Read-only and never written: populating it (mlockall's
+            // MCL_FUTURE) maps the shared zero page, no memory of its own.
+            // Whether or not it succeeded, nothing writes there again: the
+            // contents are wiped, and a failed MAP_FIXED may have unmapped.
+            _ = mmap(base, length, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            released = true
+        }
     }
 
     /// Wipes the contents in place and sets `count` to zero (first, so a
-    /// copy that overlaps the wipe sees it: `copyBytes`).
+    /// copy that overlaps the wipe sees it: `copyBytes`). Nothing to do
+    /// once `revoke` gave the pages back.
     public func wipeContents() {
+        released.withLock { released in
+            if !released { wipeLocked() }
+        }
+    }
+
+    private func wipeLocked() {
         storedCount.store(0, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         secureWipe(base, capacity)
     }
+
+    /// True once `revoke` replaced the wiped pages; guards every write to
+    /// them (a wipe, at shutdown, racing a revoke).
+    private let released = Mutex<Bool>(false)
 
     /// Constant-time comparison of contents.
     public func constantTimeEquals(_ other: UnsafeRawBufferPointer) -> Bool {

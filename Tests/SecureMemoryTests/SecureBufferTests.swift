@@ -1,5 +1,8 @@
 import Testing
 @testable import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct SecureBufferTests {
     @Test func holdsAppendsAndWipes() throws {
@@ -40,6 +43,47 @@ import Testing
         #expect(b.readableCount == 7)
         b.revoke()
         #expect(b.count == 0 && b.isRevoked && b.readableCount == nil)
+    }
+
+    /// A revoked buffer gives its pages back at once, not when the last
+    /// open file lets go of it: a handle held open across each TTL kept a
+    /// locked copy per period. Read after the revocation, it is zeros.
+    @Test func aRevokedBufferGivesItsPagesBack() throws {
+        var backings: [SecureBacking] = [.lockedAnonymous]
+        if SecureMemoryPolicy.secretMemoryAvailable { backings.append(.secretMemory) }
+        for backing in backings {
+            let size = 1 << 20
+            let b = try SecureBuffer(capacity: size, backing: backing)
+            let fill = [UInt8](repeating: 0x5A, count: size)
+            try fill.withUnsafeBytes { try b.append($0) }
+            #expect(residentKiB(at: b.address) >= size / 1024, "\(backing)")
+            b.revoke()
+            #expect(residentKiB(at: b.address) == 0, "\(backing)")
+            var out = [UInt8](repeating: 0xAA, count: 16)
+            #expect(!out.withUnsafeMutableBytes { b.copyBytes(from: 0, count: 16, to: $0.baseAddress!) })
+            #expect(UnsafeRawBufferPointer(start: b.address, count: size).allSatisfy { $0 == 0 })
+            b.wipeContents()   // a later wipe (the shutdown's) writes nothing there
+            b.revoke()
+        }
+    }
+
+    /// The Rss of the mapping holding `p`, from /proc/self/smaps.
+    func residentKiB(at p: UnsafeRawPointer) -> Int {
+        let address = UInt(bitPattern: p)
+        guard let f = fopen("/proc/self/smaps", "r") else { return -1 }
+        defer { fclose(f) }
+        var inside = false
+        var line = [CChar](repeating: 0, count: 4096)
+        while fgets(&line, Int32(line.count), f) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let dash = text.firstIndex(of: "-"), let space = text.firstIndex(of: " "), dash < space,
+               let lo = UInt(text[..<dash], radix: 16), let hi = UInt(text[text.index(after: dash)..<space], radix: 16) {
+                inside = lo <= address && address < hi
+            } else if inside && text.hasPrefix("Rss:") {
+                return Int(text.dropFirst(4).split(separator: " ").first ?? "") ?? -1
+            }
+        }
+        return -1
     }
 
     @Test func descriptionIsRedacted() throws {
