@@ -108,14 +108,74 @@ public final class OpenDirectory: @unchecked Sendable {
     }
     public let ino: UInt64
     public let items: [Item]
-    /// Whose listing this is, and where it is accounted (`DirectoryLedger`).
+    /// The listing shared with other handles, and whose handle this is
+    /// (`DirectoryLedger`).
+    private let listing: DirectoryListing?
     private let holder: (ledger: DirectoryLedger, uid: UInt32)?
-    init(ino: UInt64, items: [Item], holder: (ledger: DirectoryLedger, uid: UInt32)? = nil) {
+    init(ino: UInt64, items: [Item]) {
         self.ino = ino
         self.items = items
+        self.listing = nil
+        self.holder = nil
+    }
+    /// A handle on `listing`, already attached for `holder`'s uid.
+    init(ino: UInt64, listing: DirectoryListing, holder: (ledger: DirectoryLedger, uid: UInt32)?) {
+        self.ino = ino
+        self.items = listing.items   // the same storage, not a copy
+        self.listing = listing
         self.holder = holder
     }
-    deinit { holder.map { $0.ledger.give($0.uid, items.count) } }
+    deinit { if let holder, let listing { listing.detach(holder.uid, holder.ledger) } }
+}
+
+/// One listing of a directory, shared by every handle opened on the
+/// directory while SOURCE shows it the same (each opendir lists anew and
+/// keeps the shared one when the two are equal): thousands of opendirs of
+/// the root hold one copy, not thousands. A user's first handle on a
+/// listing is charged its entries (`DirectoryLedger`), each further one a
+/// single entry, for the handle itself.
+final class DirectoryListing: @unchecked Sendable {
+    let items: [OpenDirectory.Item]
+    private let handles = Mutex<[UInt32: Int]>([:])
+    init(items: [OpenDirectory.Item]) { self.items = items }
+
+    /// One more handle of `uid`, if `ledger` lets it have one.
+    func attach(_ uid: UInt32, _ ledger: DirectoryLedger) -> Bool {
+        handles.withLock { h in
+            let n = h[uid] ?? 0
+            guard ledger.take(uid, n == 0 ? items.count : 1) else { return false }
+            h[uid] = n + 1
+            return true
+        }
+    }
+
+    func detach(_ uid: UInt32, _ ledger: DirectoryLedger) {
+        handles.withLock { h in
+            let n = (h[uid] ?? 1) - 1
+            h[uid] = n > 0 ? n : nil
+            ledger.give(uid, n > 0 ? 1 : items.count)
+        }
+    }
+
+    /// The same entries, by bytes (café in NFC and in NFD are two names),
+    /// with the same stats.
+    static func same(_ a: [OpenDirectory.Item], _ b: [OpenDirectory.Item]) -> Bool {
+        guard a.count == b.count else { return false }
+        for (x, y) in zip(a, b) {
+            guard x.kind == y.kind, x.name.utf8.elementsEqual(y.name.utf8),
+                  x.entry.sourceName.utf8.elementsEqual(y.entry.sourceName.utf8) else { return false }
+            switch (x.stat, y.stat) {
+            case (nil, nil): continue
+            case let (s?, t?):
+                guard s.fingerprint == t.fingerprint, s.size == t.size, s.isDirectory == t.isDirectory,
+                      s.isRegular == t.isRegular, s.atime.tv_sec == t.atime.tv_sec, s.atime.tv_nsec == t.atime.tv_nsec,
+                      s.mtime.tv_sec == t.mtime.tv_sec, s.mtime.tv_nsec == t.mtime.tv_nsec,
+                      s.ctime.tv_sec == t.ctime.tv_sec, s.ctime.tv_nsec == t.ctime.tv_nsec else { return false }
+            default: return false
+            }
+        }
+        return true
+    }
 }
 
 /// The directory entries each user's open directory handles hold. `opendir`
@@ -240,6 +300,10 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Refusals recorded one by one, per user (see `RefusalBudget`).
     private let refusals = Mutex(RefusalBudget())
     private let directoryLedger: DirectoryLedger
+    /// The listing handles share, per directory (weak: it lives as long as
+    /// a handle holds it).
+    private struct WeakListing { weak var listing: DirectoryListing? }
+    private let listings = Mutex<(byIno: [UInt64: WeakListing], pruneAt: Int)>(([:], 64))
     /// Versions of ciphertexts not in the cache, by path and fingerprint
     /// (`currentVersion`).
     private let versionMemo = Mutex<[PathKey: (fingerprint: Fingerprint, version: String)]>([:])
@@ -438,10 +502,26 @@ public final class SecretFileSystem: @unchecked Sendable {
                 OpenDirectory.Item(name: $0.0.name, kind: $0.0.kind, entry: $0.0, stat: $0.1)
             }
             guard let caller else { return .success(OpenDirectory(ino: ino, items: items)) }
-            guard directoryLedger.take(caller.uid, items.count) else { return .failure(FSError(EMFILE)) }
-            return .success(OpenDirectory(ino: ino, items: items, holder: (directoryLedger, caller.uid)))
+            let listing = sharedListing(ino, items)
+            guard listing.attach(caller.uid, directoryLedger) else { return .failure(FSError(EMFILE)) }
+            return .success(OpenDirectory(ino: ino, listing: listing, holder: (directoryLedger, caller.uid)))
         } catch {
             return .failure(FSError(error.code == ELOOP ? ENOENT : error.code))
+        }
+    }
+
+    /// The listing of `ino` handles share when `items` (just listed) is the
+    /// same; otherwise `items` becomes it.
+    private func sharedListing(_ ino: UInt64, _ items: [OpenDirectory.Item]) -> DirectoryListing {
+        listings.withLock { l in
+            if let shared = l.byIno[ino]?.listing, DirectoryListing.same(shared.items, items) { return shared }
+            let fresh = DirectoryListing(items: items)
+            l.byIno[ino] = WeakListing(listing: fresh)
+            if l.byIno.count > l.pruneAt {
+                l.byIno = l.byIno.filter { $0.value.listing != nil }
+                l.pruneAt = max(64, l.byIno.count * 2)
+            }
+            return fresh
         }
     }
 

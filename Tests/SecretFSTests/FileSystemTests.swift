@@ -1,6 +1,6 @@
 import Testing
 import Foundation
-import SecretFS
+@testable import SecretFS
 import SecureMemory
 import Synchronization
 
@@ -218,9 +218,10 @@ func text(_ s: OpenSecret) -> String {
         #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")
     }
 
-    /// opendir needs no permission and each handle holds its own listing:
-    /// one user's handles may hold so many entries, then get EMFILE until
-    /// they close some; other users are not affected.
+    /// opendir needs no permission: one user's handles may hold so many
+    /// entries, then get EMFILE until they close some; other users are not
+    /// affected. Handles on the same listing share it: the first costs its
+    /// entries, each further one a single entry.
     @Test func oneUsersOpenDirectoriesHoldABoundedNumberOfEntries() throws {
         let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
         var c = FSConfiguration(policy: policy)
@@ -228,13 +229,18 @@ func text(_ s: OpenSecret) -> String {
         let fs = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: c,
                                   decryptor: FakeDecryptor(), audit: MemoryAudit())
         let mallory = Caller(uid: 4242, gid: 4242, pid: 1)
-        var held = [try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get(),
-                    try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()]
+        var held: [OpenDirectory] = []
+        for _ in 0..<5 { held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()) }   // 3 + 1 + 1 + 1 + 1
         #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get() }
         #expect(try fs.openDirectory(SecretFileSystem.rootInode, caller: root).get().items.count == 3)
-        held.removeLast()   // closed: its entries are given back
+        held.removeLast()   // closed: its entry is given back
         held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get())
-        #expect(held.count == 2)
+        #expect(held.count == 5)
+        // One listing, not five: the same storage.
+        let first = held[0].items.withUnsafeBufferPointer { $0.baseAddress }
+        #expect(held.allSatisfy { $0.items.withUnsafeBufferPointer { $0.baseAddress } == first })
+        held.removeAll()    // all closed: all given back
+        for _ in 0..<5 { held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()) }
         // A directory larger than the whole share still opens alone.
         c.directoryEntriesPerUser = 2
         let small = SecretFileSystem(tree: try SourceTree(path: try makeTree()), configuration: c,
@@ -242,6 +248,31 @@ func text(_ s: OpenSecret) -> String {
         let one = try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get()
         #expect(one.items.count == 3)
         #expect(throws: FSError(EMFILE)) { try small.openDirectory(SecretFileSystem.rootInode, caller: mallory).get() }
+    }
+
+    /// A shared listing is never a stale one: each opendir lists SOURCE
+    /// anew and shares only an equal listing, by bytes and stats.
+    @Test func aChangedDirectoryIsListedAnewWhileAnOldListingIsHeld() throws {
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let dir = try makeTree()
+        let fs = SecretFileSystem(tree: try SourceTree(path: dir), configuration: FSConfiguration(policy: policy),
+                                  decryptor: FakeDecryptor(), audit: MemoryAudit())
+        let u = Caller(uid: 4242, gid: 4242, pid: 1)
+        let old = try fs.openDirectory(SecretFileSystem.rootInode, caller: u).get()
+        #expect(old.items.map(\.name).sorted() == ["a", "bad", "sub"])
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/caf\u{e9}.encrypted"))
+        let added = try fs.openDirectory(SecretFileSystem.rootInode, caller: u).get()
+        #expect(added.items.count == 4)
+        // The same name in NFD: equal as Strings, another file to SOURCE.
+        try FileManager.default.removeItem(atPath: dir + "/caf\u{e9}.encrypted")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/cafe\u{301}.encrypted"))
+        let nfd = try fs.openDirectory(SecretFileSystem.rootInode, caller: u).get()
+        #expect(nfd.items.contains { Array($0.name.utf8) == Array("cafe\u{301}".utf8) })
+        // A secret rewritten in place: the same names, another size.
+        try Data("longer".utf8).write(to: URL(fileURLWithPath: dir + "/a.encrypted"))
+        let rewritten = try fs.openDirectory(SecretFileSystem.rootInode, caller: u).get()
+        let size = { (d: OpenDirectory) in d.items.first { $0.name == "a" }?.stat?.size }
+        #expect(size(old) == 5 && size(rewritten) == 6)
     }
 
     /// Users together hold at most 16 users' worth of entries (subordinate
