@@ -279,6 +279,11 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
     let viaPageCache = fi!.pointee.lock_owner == 0
     if viaPageCache {
         handle.notePageCacheRead()
+        // sendfile(2) and splice(2) read through the page cache too (since
+        // Linux 6.5, whatever FOPEN_DIRECT_IO says), and a server may keep
+        // such a file open for days: its pages are dropped a second after
+        // the reads, not only at release.
+        if let session = ctx.session { queuePageDrop(ctx, session, ino, after: 1) }
         if length < size, let session = ctx.session {
             // A short read through the page cache makes the kernel shrink
             // the inode's size to where the data ended, the exact plaintext
@@ -326,17 +331,29 @@ let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     // of the same file may hold until the FUSE reader (this thread)
     // answers it. One thread does every drop, in order: a user closing
     // mappings in a loop queues drops, not threads.
-    if pageCacheUsed, let session {
-        let ref = SessionRef(session)
-        guard ctx.pageDropsQueued.withLock({ $0.insert(ino).inserted }) else { return }
-        let queued = ctx.pageDrops.submit {
-            ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
-            _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0)
+    if pageCacheUsed, let session { queuePageDrop(ctx, session, ino, after: 0) }
+}
+
+/// Drops `ino`'s pages from the kernel's page cache on the one drop thread,
+/// `delay` seconds from now, once however often it is asked for meanwhile
+/// (a drop already queued serves). A delayed drop waits in steps, so the
+/// session's stop (which destroys the session after a second) never meets
+/// one about to notify it.
+private func queuePageDrop(_ ctx: BridgeContext, _ session: OpaquePointer, _ ino: fuse_ino_t, after delay: Double) {
+    let ref = SessionRef(session)
+    guard ctx.pageDropsQueued.withLock({ $0.insert(ino).inserted }) else { return }
+    let due = SystemClock.monotonic() + delay
+    let queued = ctx.pageDrops.submit {
+        while SystemClock.monotonic() < due {
+            if ctx.pageDrops.isStopping { ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }; return }
+            SystemClock.sleep(min(0.05, due - SystemClock.monotonic()))
         }
-        if !queued {
-            ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
-            Log.error("release: cannot queue the page-cache drop of inode \(ino) (stopping, or no thread); its pages stay until evicted")
-        }
+        ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
+        _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0)
+    }
+    if !queued {
+        ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
+        Log.error("cannot queue the page-cache drop of inode \(ino) (stopping, or no thread); its pages stay until evicted")
     }
 }
 

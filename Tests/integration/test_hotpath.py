@@ -135,6 +135,28 @@ def test_a_private_mapping_leaves_no_page_behind_and_plain_reads_bring_none(hot_
         assert f.read() == SECRET
 
 
+def test_sendfile_leaves_no_page_behind_while_the_file_stays_open(hot_mount):
+    """sendfile(2) and splice(2) read through the page cache even on a
+    direct-I/O file (Linux 6.5 on), and a server may keep the file open for
+    days: the pages go a second after the reads, not at the close."""
+    path = hot_mount.file("s")
+    probe = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
+    out = os.open("/dev/null", os.O_WRONLY)
+    try:
+        assert os.sendfile(out, fd, 0, len(SECRET)) == len(SECRET)
+        if cached_pages(probe) == 0:
+            pytest.skip("this kernel's splice read of a direct-I/O FUSE file bypasses the page cache")
+        deadline = time.time() + 5
+        while cached_pages(probe) and time.time() < deadline:
+            time.sleep(0.05)
+        assert cached_pages(probe) == 0
+        assert os.pread(fd, 4096, 0) == SECRET   # still open, still readable
+    finally:
+        for f in (out, fd, probe):
+            os.close(f)
+
+
 def audit_lines(m):
     return [l for l in m.audit.read_text().splitlines() if l.startswith("audit ")]
 
