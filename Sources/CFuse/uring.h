@@ -147,7 +147,8 @@ struct kmsfs_uring {
     struct ku_ent **map;
     size_t map_mask;
     pthread_mutex_t map_lock;
-    int max_helpers, max_idle;  /* per queue */
+    int max_helpers, max_idle;  /* per queue; max_helpers is also the cap for all queues together */
+    int helpers_all;            /* helpers of every queue (atomic) */
 };
 
 /* Process-wide state lives in function-local statics: Swift's importer
@@ -545,6 +546,7 @@ static void *ku_helper(void *arg) {
         if (!q->work_head && q->idle >= u->max_idle) break;
     }
     q->helpers--;
+    __atomic_sub_fetch(&u->helpers_all, 1, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&q->work);
     pthread_mutex_unlock(&q->lock);
     return NULL;
@@ -559,9 +561,20 @@ static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
     int queued = 1;
     if (q->idle == 0) {
         pthread_t t;
-        if (q->helpers < u->max_helpers && kmsfs_thread_start(&t, ku_helper, q, u->stack, 1, "kmsfs-uring-io") == 0) {
-            q->helpers++;
-        } else if (q->helpers == 0) {
+        /* threads= bounds the helpers of all queues together, not each
+         * queue's: a user pinning a thread to every CPU would otherwise
+         * get threads= helpers per CPU. */
+        int started = 0;
+        if (q->helpers < u->max_helpers) {
+            if (__atomic_add_fetch(&u->helpers_all, 1, __ATOMIC_RELAXED) <= u->max_helpers
+                && kmsfs_thread_start(&t, ku_helper, q, u->stack, 1, "kmsfs-uring-io") == 0) {
+                q->helpers++;
+                started = 1;
+            } else {
+                __atomic_sub_fetch(&u->helpers_all, 1, __ATOMIC_RELAXED);
+            }
+        }
+        if (!started && q->helpers == 0) {
             /* Nobody to take it: answer it here. */
             q->work_head = e->next;
             if (!q->work_head) q->work_tail = NULL;

@@ -110,6 +110,47 @@ def test_many_readers_on_every_cpu_at_once(uring, tree, mount_factory):
     assert m.proc.poll() is None
 
 
+def test_threads_bounds_the_ring_helpers_of_all_cpus_together(uring, tree, mount_factory):
+    """threads= caps the helper threads that take requests which may wait
+    (lookups, getattr, readdir...) for all ring queues together: with one
+    queue per CPU, a user pinning a flood to every CPU got threads= helpers
+    on each."""
+    src, plains = tree
+    m = mount_factory(src, "allow_uid=0,audit=off,io_uring,threads=2")
+    names = [m.file(n) for n in plains] + [m.file("missing-%d" % i) for i in range(20)]
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: one queue")
+    stop = time.monotonic() + 3
+
+    def flood(i):
+        os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+        while time.monotonic() < stop:
+            for n in names:
+                try:
+                    os.stat(n)
+                except FileNotFoundError:
+                    pass
+        return i
+
+    most = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        running = [pool.submit(flood, i) for i in range(8)]
+        while time.monotonic() < stop:
+            helpers = 0
+            for t in os.listdir("/proc/%d/task" % m.pid):
+                try:
+                    helpers += open("/proc/%d/task/%s/comm" % (m.pid, t)).read().strip() == "kmsfs-uring-io"
+                except OSError:
+                    pass
+            most = max(most, helpers)
+            time.sleep(0.01)
+        for r in running:
+            r.result()
+    assert 1 <= most <= 2, most
+    assert m.proc.poll() is None
+
+
 def test_without_the_kernel_s_offer_dev_fuse_serves(uring, tree, mount_factory):
     src, plains = tree
     set_param("N")
