@@ -341,7 +341,7 @@ public final class SecretCache: @unchecked Sendable {
     // and `wipeAll` reach it wherever it is held. After `wipeAll`, wiped
     // at once: nothing outlives the stop.
     private func hold(_ e: CachedSecret) {
-        if stopped { e.plaintext.revoke(); return }
+        if stopped { e.plaintext.revoke(releasingPages: true); return }
         held.append(Held(secret: e))
         if held.count > heldPruneAt {
             held.removeAll { $0.secret == nil }
@@ -445,7 +445,7 @@ public final class SecretCache: @unchecked Sendable {
                 oldest = min(oldest ?? e.decryptedAt, e.decryptedAt)
                 return false
             }
-            e.plaintext.revoke()
+            e.plaintext.revoke(releasingPages: true)
             return true
         }
         return (expired.count, oldest)
@@ -487,7 +487,7 @@ public final class SecretCache: @unchecked Sendable {
     public func wipeAll() {
         lock.withLock {
             stopped = true
-            for h in held { h.secret?.plaintext.revoke() }
+            for h in held { h.secret?.plaintext.revoke(releasingPages: true) }
             held.removeAll()
             entries.removeAll()
             evicted.removeAll()

@@ -288,24 +288,35 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// Wipes the contents for good (the TTL passed, the daemon stops):
     /// `isRevoked` is set before `count` drops, so whoever reads a `count`
-    /// of 0 from the wipe sees it. The wiped pages are then given back:
-    /// an open file may hold a revoked plaintext for days, and one held
-    /// open across each TTL would otherwise keep a locked copy per period.
-    /// In their place is a read-only mapping of nothing (the zero page),
-    /// so a reader that began its copy before the wipe reads zeros, which
-    /// `copyBytes` already reports as a failed copy, and never faults.
-    public func revoke() {
+    /// of 0 from the wipe sees it.
+    ///
+    /// `releasingPages`, for a finished plaintext nothing writes to any
+    /// more (the cache's, at its TTL): the wiped pages are also given back
+    /// at once, not when the last holder lets go. An open file may hold a
+    /// revoked plaintext for days, and one held open across each TTL would
+    /// otherwise keep a locked copy per period. In their place is an
+    /// unlocked anonymous mapping that nothing populates: a reader that
+    /// began its copy before the wipe reads zeros (which `copyBytes`
+    /// reports as a failed copy), and never faults. Not for the shutdown's
+    /// wipe of every live buffer, some of which a thread may still be
+    /// filling.
+    public func revoke(releasingPages: Bool = false) {
         revoked.store(true, ordering: .sequentiallyConsistent)
         released.withLock { released in
             guard !released else { return }
             wipeLocked()
+            guard releasingPages else { return }
             let length = backing == .secretMemory ? mappingLength : mappingLength - 2 * systemPageSize
-            // Read-only and never written: populating it (mlockall's
-            // MCL_FUTURE) maps the shared zero page, no memory of its own.
-            // Whether or not it succeeded, nothing writes there again: the
-            // contents are wiped, and a failed MAP_FIXED may have unmapped.
-            _ = mmap(base, length, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
-            released = true
+            // Unlocked first, so the new mapping's accounting never meets
+            // RLIMIT_MEMLOCK. Readable and writable, so that even a write
+            // nobody should make finds memory, not a fault; the daemon's
+            // mlockall has MCL_ONFAULT, so nothing is populated until then.
+            _ = munlock(base, length)
+            let p = mmap(base, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            if p == base {
+                _ = madvise(base, length, MADV_DONTDUMP)
+                released = true
+            }
         }
     }
 
@@ -324,8 +335,8 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         secureWipe(base, capacity)
     }
 
-    /// True once `revoke` replaced the wiped pages; guards every write to
-    /// them (a wipe, at shutdown, racing a revoke).
+    /// True once `revoke` replaced the wiped pages (no wipe is needed
+    /// there any more); guards the wipe against the replacement.
     private let released = Mutex<Bool>(false)
 
     /// Constant-time comparison of contents.
