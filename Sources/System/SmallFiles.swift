@@ -43,15 +43,19 @@ public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> Result<[UInt8
     return readMessage(fd, limit: limit).mapError { Errno(path, code: $0.code) }
 }
 
-/// Opens a file to be read whole: without blocking in open(2) and only if
-/// it is a regular file (a FIFO or a device put where a token file was
-/// expected would otherwise hold the reading thread forever).
+/// Opens a file to be read whole without ever blocking: a FIFO or a
+/// terminal put where a token file was expected would otherwise hold the
+/// reading thread forever (in open(2), then in read(2)). Regular files
+/// and character devices (`AWS_CONFIG_FILE=/dev/null`, as people tell the
+/// SDKs to read no shared file) are read; a FIFO, socket or directory is
+/// refused with one line.
 public func openSmallFile(_ path: String) throws(Errno) -> FileDescriptor {
     let fd: FileDescriptor
-    do { fd = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK) } catch { throw Errno(path, code: error.code) }
+    do { fd = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY) } catch { throw Errno(path, code: error.code) }
     let st: stat
     do { st = try fd.stat() } catch { throw Errno(path, code: error.code) }
-    guard st.st_mode & S_IFMT == S_IFREG else { throw Errno("\(path) is not a regular file", code: EINVAL) }
+    let kind = st.st_mode & S_IFMT
+    guard kind == S_IFREG || kind == S_IFCHR else { throw Errno("\(path) is not a regular file", code: EINVAL) }
     return fd
 }
 

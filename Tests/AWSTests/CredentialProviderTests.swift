@@ -88,6 +88,9 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(e.message.contains("is not a regular file"), "\(e.message)")
         #expect(t.requests.isEmpty)
         #expect(throws: Errno.self) { try readSmallFile(fifo, limit: 64).get() }
+        // /dev/null, as people point AWS_CONFIG_FILE at it, reads as empty.
+        #expect(try readSmallFile("/dev/null", limit: 64).get().isEmpty)
+        _ = try SharedConfigFiles.load(environment: Environment(["AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"]))
     }
 
     @Test func missingRoleIsAConfigurationFailure() throws {
