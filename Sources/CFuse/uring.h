@@ -147,7 +147,7 @@ struct kmsfs_uring {
     struct ku_ent **map;
     size_t map_mask;
     pthread_mutex_t map_lock;
-    int max_helpers, max_idle;  /* per queue; max_helpers is also the cap for all queues together */
+    int max_helpers, max_idle;  /* per queue; max_helpers also caps all queues' helpers past their first */
     int helpers_all;            /* helpers of every queue (atomic) */
 };
 
@@ -563,10 +563,14 @@ static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
         pthread_t t;
         /* threads= bounds the helpers of all queues together, not each
          * queue's: a user pinning a thread to every CPU would otherwise
-         * get threads= helpers per CPU. */
+         * get threads= helpers per CPU. A queue's first helper is always
+         * allowed: idle helpers of busy CPUs keep their slots, and a queue
+         * with none would answer lookups on its ring thread, where a slow
+         * SOURCE would hold up every read on that CPU. */
         int started = 0;
         if (q->helpers < u->max_helpers) {
-            if (__atomic_add_fetch(&u->helpers_all, 1, __ATOMIC_RELAXED) <= u->max_helpers
+            int all = __atomic_add_fetch(&u->helpers_all, 1, __ATOMIC_RELAXED);
+            if ((q->helpers == 0 || all <= u->max_helpers)
                 && kmsfs_thread_start(&t, ku_helper, q, u->stack, 1, "kmsfs-uring-io") == 0) {
                 q->helpers++;
                 started = 1;
