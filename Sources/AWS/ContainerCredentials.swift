@@ -127,7 +127,7 @@ public struct ContainerCredentialProvider: CredentialProvider {
 /// again, long after the token died.
 func temporaryCredentialsProblem(_ doc: JSONValue, _ c: AWSCredentials) -> String? {
     if let e = doc["Expiration"], c.expiration == nil {
-        let shown = e.stringValue.map { "'\(String($0.prefix(64)))'" } ?? "(not a string)"
+        let shown = e.stringValue.map { "'\(boundedText($0, 64))'" } ?? "(not a string)"
         return "the answer's Expiration \(shown) is not an ISO 8601 time"
     }
     if c.hasSessionToken && c.expiration == nil { return "the answer has a session token but no Expiration" }

@@ -513,16 +513,21 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// The listing of `ino` handles share when `items` (just listed) is the
     /// same; otherwise `items` becomes it.
     private func sharedListing(_ ino: UInt64, _ items: [OpenDirectory.Item]) -> DirectoryListing {
+        // Compared outside the lock (a listing may be 65,536 entries long,
+        // and every user's opendir takes the lock). One installed meanwhile
+        // by another opendir is replaced: sharing is lost, never correctness.
+        if let shared = listings.withLock({ $0.byIno[ino]?.listing }), DirectoryListing.same(shared.items, items) {
+            return shared
+        }
+        let fresh = DirectoryListing(items: items)
         listings.withLock { l in
-            if let shared = l.byIno[ino]?.listing, DirectoryListing.same(shared.items, items) { return shared }
-            let fresh = DirectoryListing(items: items)
             l.byIno[ino] = WeakListing(listing: fresh)
             if l.byIno.count > l.pruneAt {
                 l.byIno = l.byIno.filter { $0.value.listing != nil }
                 l.pruneAt = max(64, l.byIno.count * 2)
             }
-            return fresh
         }
+        return fresh
     }
 
     /// For readdirplus: the entry of a listed item (counting a kernel
