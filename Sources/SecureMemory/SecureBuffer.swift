@@ -306,15 +306,17 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
             guard !released else { return }
             wipeLocked()
             guard releasingPages else { return }
-            let length = backing == .secretMemory ? mappingLength : mappingLength - 2 * systemPageSize
             // Unlocked first, so the new mapping's accounting never meets
             // RLIMIT_MEMLOCK. Readable and writable, so that even a write
             // nobody should make finds memory, not a fault; the daemon's
             // mlockall has MCL_ONFAULT, so nothing is populated until then.
-            _ = munlock(base, length)
-            let p = mmap(base, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
-            if p == base {
-                _ = madvise(base, length, MADV_DONTDUMP)
+            // The guard pages go into it too: one mapping where there were
+            // three (a handle may hold a revoked buffer for days, and the
+            // kernel allows a process about 65,000 mappings).
+            _ = munlock(mapping, mappingLength)
+            let p = mmap(mapping, mappingLength, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            if p == mapping {
+                _ = madvise(mapping, mappingLength, MADV_DONTDUMP)
                 released = true
             }
         }

@@ -57,8 +57,13 @@ import Glibc
             let fill = [UInt8](repeating: 0x5A, count: size)
             try fill.withUnsafeBytes { try b.append($0) }
             #expect(residentKiB(at: b.address) >= size / 1024, "\(backing)")
+            let before = mappingStart(at: b.address)
             b.revoke(releasingPages: true)
             #expect(residentKiB(at: b.address) == 0, "\(backing)")
+            // One mapping now, guard pages and all, where there were three.
+            if backing == .lockedAnonymous, let before, let after = mappingStart(at: b.address) {
+                #expect(before == UInt(bitPattern: b.address) && after < before)
+            }
             var out = [UInt8](repeating: 0xAA, count: 16)
             #expect(!out.withUnsafeMutableBytes { b.copyBytes(from: 0, count: 16, to: $0.baseAddress!) })
             #expect(UnsafeRawBufferPointer(start: b.address, count: size).allSatisfy { $0 == 0 })
@@ -75,23 +80,45 @@ import Glibc
         #expect(filling.isRevoked)
     }
 
-    /// The Rss of the mapping holding `p`, from /proc/self/smaps.
-    func residentKiB(at p: UnsafeRawPointer) -> Int {
-        let address = UInt(bitPattern: p)
-        guard let f = fopen("/proc/self/smaps", "r") else { return -1 }
+    /// Where the mapping holding `p` begins, from /proc/self/maps.
+    func mappingStart(at p: UnsafeRawPointer) -> UInt? {
+        var start: UInt? = nil
+        forEachMapping { lo, hi, _ in
+            if lo <= UInt(bitPattern: p) && UInt(bitPattern: p) < hi { start = lo }
+        }
+        return start
+    }
+
+    /// Calls `body` with each mapping's range and its smaps lines.
+    func forEachMapping(_ body: (UInt, UInt, [String]) -> Void) {
+        guard let f = fopen("/proc/self/smaps", "r") else { return }
         defer { fclose(f) }
-        var inside = false
+        var current: (UInt, UInt)? = nil
+        var fields: [String] = []
         var line = [CChar](repeating: 0, count: 4096)
         while fgets(&line, Int32(line.count), f) != nil {
             let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             if let dash = text.firstIndex(of: "-"), let space = text.firstIndex(of: " "), dash < space,
                let lo = UInt(text[..<dash], radix: 16), let hi = UInt(text[text.index(after: dash)..<space], radix: 16) {
-                inside = lo <= address && address < hi
-            } else if inside && text.hasPrefix("Rss:") {
-                return Int(text.dropFirst(4).split(separator: " ").first ?? "") ?? -1
+                if let c = current { body(c.0, c.1, fields) }
+                current = (lo, hi)
+                fields = []
+            } else {
+                fields.append(text)
             }
         }
-        return -1
+        if let c = current { body(c.0, c.1, fields) }
+    }
+
+    /// The Rss of the mapping holding `p`, from /proc/self/smaps.
+    func residentKiB(at p: UnsafeRawPointer) -> Int {
+        var kib = -1
+        forEachMapping { lo, hi, fields in
+            guard lo <= UInt(bitPattern: p) && UInt(bitPattern: p) < hi,
+                  let rss = fields.first(where: { $0.hasPrefix("Rss:") }) else { return }
+            kib = Int(rss.dropFirst(4).split(separator: " ").first ?? "") ?? -1
+        }
+        return kib
     }
 
     @Test func descriptionIsRedacted() throws {
