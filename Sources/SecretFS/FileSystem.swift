@@ -302,8 +302,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     private let directoryLedger: DirectoryLedger
     /// The listing handles share, per directory (weak: it lives as long as
     /// a handle holds it).
-    private struct WeakListing { weak var listing: DirectoryListing? }
-    private let listings = Mutex<(byIno: [UInt64: WeakListing], pruneAt: Int)>(([:], 64))
+    private let listings = Mutex(WeakValues<UInt64, DirectoryListing>())
     /// Versions of ciphertexts not in the cache, by path and fingerprint
     /// (`currentVersion`).
     private let versionMemo = Mutex<[PathKey: (fingerprint: Fingerprint, version: String)]>([:])
@@ -516,17 +515,11 @@ public final class SecretFileSystem: @unchecked Sendable {
         // Compared outside the lock (a listing may be 65,536 entries long,
         // and every user's opendir takes the lock). One installed meanwhile
         // by another opendir is replaced: sharing is lost, never correctness.
-        if let shared = listings.withLock({ $0.byIno[ino]?.listing }), DirectoryListing.same(shared.items, items) {
+        if let shared = listings.withLock({ $0[ino] }), DirectoryListing.same(shared.items, items) {
             return shared
         }
         let fresh = DirectoryListing(items: items)
-        listings.withLock { l in
-            l.byIno[ino] = WeakListing(listing: fresh)
-            if l.byIno.count > l.pruneAt {
-                l.byIno = l.byIno.filter { $0.value.listing != nil }
-                l.pruneAt = max(64, l.byIno.count * 2)
-            }
-        }
+        listings.withLock { $0[ino] = fresh }
         return fresh
     }
 

@@ -164,11 +164,9 @@ public final class SecretCache: @unchecked Sendable {
     /// (and cost one more Decrypt) per round. Invalidation, a refused
     /// refresh, the TTL and `wipeAll` drop an entry here as they do in
     /// `entries`.
-    private var evicted: [PathKey: Held] = [:]
+    private var evicted = WeakValues<PathKey, CachedSecret>()
     /// `held` is pruned of freed plaintexts when it grows past this.
     private var heldPruneAt = 64
-    /// And `evicted`, when it grows past this.
-    private var evictedPruneAt = 64
     private var bytes = 0
     private let now: @Sendable () -> Double
     private var sweeperRunning = false
@@ -243,7 +241,7 @@ public final class SecretCache: @unchecked Sendable {
                 Log.info("cache: \(e.path) changed in SOURCE; wiping the old plaintext")
             }
             removeLocked(key)
-        } else if let e = evicted.removeValue(forKey: key)?.secret, !e.plaintext.isRevoked,
+        } else if let e = evicted.removeValue(forKey: key), !e.plaintext.isRevoked,
                   isFresh(e, at: t), current == nil || e.fingerprint == current, flights[key] == nil {
             e.lastUsed = t
             e.hits += 1
@@ -294,7 +292,7 @@ public final class SecretCache: @unchecked Sendable {
             // would take back: the result replaces it.
             let key = PathKey(entry.path)
             let current = entries[key] === entry
-            let evictedMeanwhile = !current && evicted[key]?.secret === entry
+            let evictedMeanwhile = !current && evicted[key] === entry
             switch result {
             case .success(let fresh):
                 hold(fresh)
@@ -372,11 +370,7 @@ public final class SecretCache: @unchecked Sendable {
             Log.info("cache: evicting \(victim.path) (cache over \(configuration.maxBytes) bytes)")
             let victimKey = PathKey(victim.path)
             removeLocked(victimKey)
-            evicted[victimKey] = Held(secret: victim)
-        }
-        if evicted.count > evictedPruneAt {
-            evicted = evicted.filter { $0.value.secret != nil }
-            evictedPruneAt = max(64, evicted.count * 2)
+            evicted[victimKey] = victim
         }
         // No wake-up for the sweeper here: `hold` woke it if this entry's
         // TTL comes first (every entry was held before it was inserted).
@@ -406,7 +400,7 @@ public final class SecretCache: @unchecked Sendable {
         lock.withLock {
             for (k, f) in flights where prefix == nil || k.hasPrefix(prefix!) { f.stale = true }
             for k in Array(entries.keys) where prefix == nil || k.hasPrefix(prefix!) { removeLocked(k) }
-            evicted = evicted.filter { k, _ in !(prefix == nil || k.hasPrefix(prefix!)) }
+            evicted.removeAll { prefix == nil || $0.hasPrefix(prefix!) }
         }
     }
 

@@ -499,3 +499,22 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         #expect(whileProcessLives(t) { 42 } == nil)
     }
 }
+
+/// Entries live as long as their value does, and dead ones are pruned as
+/// the table grows, so churned keys never pile up.
+@Suite struct WeakValuesTests {
+    final class Thing { let n: Int; init(_ n: Int) { self.n = n } }
+
+    @Test func entriesLiveAsLongAsTheirValueAndDeadOnesArePruned() {
+        var table = WeakValues<Int, Thing>()
+        let kept = Thing(0)
+        table[0] = kept
+        for i in 1...10_000 { table[i] = Thing(i) }   // each dies at once
+        #expect(table[0] === kept && table[1] == nil)
+        #expect(table.storedCount <= 128)
+        table.removeAll { $0 == 0 }
+        #expect(table[0] == nil)
+        table[1] = kept
+        #expect(table.removeValue(forKey: 1) === kept && table[1] == nil)
+    }
+}
