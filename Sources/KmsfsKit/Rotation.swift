@@ -271,10 +271,12 @@ public final class RotationNotifier: @unchecked Sendable {
                 Log.notice("rotation: \(d.shown) changed again while it was decrypted; the next batch tells")
             }
         }
+        // Found once a batch, only when some unit is to be told.
+        let systemctl = byUnit.isEmpty ? nil : RotationNotifier.systemctl(searching: environment.plain["PATH"])
         for (unit, paths) in byUnit.sorted(by: { $0.key < $1.key }) {
             let paths = paths.filter { !stale.contains(PathKey($0)) }
             if paths.isEmpty || isStopped { continue }
-            switch RotationNotifier.systemctl(searching: environment.plain["PATH"]) {
+            switch systemctl! {
             case .success(let systemctl):
                 notify(target: "unit:" + unit, paths: paths, argv: [systemctl, "reload-or-restart", "--", unit])
             case .failure(let why):
@@ -337,15 +339,13 @@ public final class RotationNotifier: @unchecked Sendable {
             let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + "systemctl"
             guard access(candidate, X_OK) == 0 else { continue }
             // Links are followed where root owns them (/bin on merged-/usr
-            // systems, NixOS's profiles), and the file they lead to is run.
-            let because = "the daemon runs it as root"
-            var st = stat()
-            switch PathTrust.resolve(candidate, because: because) {
+            // systems, NixOS's profiles); the file they lead to is held to
+            // an on_change= program's checks, and is what runs.
+            switch PathTrust.resolve(candidate, because: "the daemon runs it as root") {
             case .failure(let problem):
                 return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
             case .success(let resolved):
-                guard lstat(resolved, &st) == 0 else { return .failure(ChildProcess.Failure(message: "\(resolved): \(Errno.text(Errno.current))")) }
-                if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: resolved, because: because) {
+                if let problem = PolicyFile.unsafeProgram(resolved) {
                     return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
                 }
                 return .success(resolved)
