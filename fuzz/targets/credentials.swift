@@ -37,7 +37,7 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
         data.withUnsafeBytes { raw in
             if let doc = parseCredentialsDocument(raw) {
                 _ = doc["Version"]?.numberValue
-                _ = credentialsFromJSON(doc, bytes: raw, source: "fuzz")
+                _ = credentialsFromJSON(doc, bytes: raw, source: "fuzz", kind: .other)
             }
         }
     default:
