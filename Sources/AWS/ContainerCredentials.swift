@@ -121,16 +121,16 @@ public struct ContainerCredentialProvider: CredentialProvider {
     }
 }
 
-/// Why temporary credentials from a document cannot be used: an
-/// `Expiration` that is not an ISO 8601 time, or a session token without
-/// one. Kept without an expiry, they would be served, and never fetched
-/// again, long after the token died.
-func temporaryCredentialsProblem(_ doc: JSONValue, _ c: AWSCredentials) -> String? {
+/// Why credentials from a document cannot be used: an `Expiration` that
+/// is not an ISO 8601 time, or (`requireExpiry`: IMDS, container) a
+/// session token without one. Kept without an expiry, they would be
+/// served, and never fetched again, long after the token died.
+func temporaryCredentialsProblem(_ doc: JSONValue, _ c: AWSCredentials, requireExpiry: Bool = true) -> String? {
     if let e = doc["Expiration"], c.expiration == nil {
         let shown = e.stringValue.map { "'\(boundedText($0, 64))'" } ?? "(not a string)"
-        return "the answer's Expiration \(shown) is not an ISO 8601 time"
+        return "Expiration \(shown) is not an ISO 8601 time"
     }
-    if c.hasSessionToken && c.expiration == nil { return "the answer has a session token but no Expiration" }
+    if requireExpiry && c.hasSessionToken && c.expiration == nil { return "the answer has a session token but no Expiration" }
     return nil
 }
 

@@ -51,8 +51,10 @@ public struct ProcessCredentialProvider: CredentialProvider {
         guard let c = creds else {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): AccessKeyId or SecretAccessKey missing")
         }
-        if let e = doc["Expiration"]?.stringValue, c.expiration == nil {
-            throw .failed("credential_process '\(argv[0])' (profile \(profile)): Expiration '\(e)' is not an ISO 8601 time")
+        // Long-term keys, or a session token whose expiry is not given,
+        // are allowed here (as the AWS CLI allows them).
+        if let problem = temporaryCredentialsProblem(doc, c, requireExpiry: false) {
+            throw .failed("credential_process '\(argv[0])' (profile \(profile)): \(problem)")
         }
         return c
     }

@@ -377,7 +377,7 @@ public final class AWSJSONClient: Sendable {
 /// character shows as U+FFFD), marked when cut.
 public func boundedText(_ s: String, _ limit: Int) -> String {
     guard s.utf8.count > limit else { return s }
-    return String(decoding: s.utf8.prefix(limit), as: UTF8.self) + "... (\(s.utf8.count) bytes)"
+    return String(decoding: s.utf8.prefix(limit), as: UTF8.self) + "...(\(s.utf8.count) bytes)"
 }
 
 /// The text of the first `<name>...</name>` element (no nesting, entities

@@ -574,10 +574,7 @@ public enum PathBinding: Sendable {
 
 /// A key name from a message header or a KMS answer, for a log line: the
 /// header's provider info may be 65,535 bytes of anyone's choosing.
-func shownKey(_ s: String) -> String {
-    guard s.utf8.count > 160 else { return s }
-    return String(decoding: Array(s.utf8.prefix(160)), as: UTF8.self) + "...(\(s.utf8.count) bytes)"
-}
+func shownKey(_ s: String) -> String { boundedText(s, 160) }
 
 /// Big-endian reads over a message held in memory; running off the end is
 /// a "truncated" error that names the field.
