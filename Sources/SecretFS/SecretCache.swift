@@ -229,26 +229,23 @@ public final class SecretCache: @unchecked Sendable {
         let key = PathKey(path)
         lock.lock()
         let t = now()
+        func served(_ e: CachedSecret) -> (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool) {
+            e.lastUsed = t
+            e.hits += 1
+            let due = claimRefresh(e, at: t)
+            lock.unlock()
+            return (.success(e), .cache, due)
+        }
         if let e = entries[key] {
-            if isFresh(e, at: t), current == nil || e.fingerprint == current {
-                e.lastUsed = t
-                e.hits += 1
-                let due = claimRefresh(e, at: t)
-                lock.unlock()
-                return (.success(e), .cache, due)
-            }
+            if isFresh(e, at: t), current == nil || e.fingerprint == current { return served(e) }
             if current != nil && e.fingerprint != current {
                 Log.info("cache: \(e.path) changed in SOURCE; wiping the old plaintext")
             }
             removeLocked(key)
         } else if let e = evicted.removeValue(forKey: key), !e.plaintext.isRevoked,
                   isFresh(e, at: t), current == nil || e.fingerprint == current, flights[key] == nil {
-            e.lastUsed = t
-            e.hits += 1
             insert(e)
-            let due = claimRefresh(e, at: t)
-            lock.unlock()
-            return (.success(e), .cache, due)
+            return served(e)
         }
         // Join a decryption in flight only if it is of the file this caller
         // sees: one a rotation made stale, or begun on other bytes, may
