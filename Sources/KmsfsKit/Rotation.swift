@@ -339,13 +339,14 @@ public final class RotationNotifier: @unchecked Sendable {
             let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + "systemctl"
             guard access(candidate, X_OK) == 0 else { continue }
             // Links are followed where root owns them (/bin on merged-/usr
-            // systems, NixOS's profiles); the file they lead to is held to
-            // an on_change= program's checks, and is what runs.
+            // systems, NixOS's profiles); the file they lead to (its
+            // directories walked by the resolve) is held to an on_change=
+            // program's checks, and is what runs.
             switch PathTrust.resolve(candidate, because: "the daemon runs it as root") {
             case .failure(let problem):
                 return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
             case .success(let resolved):
-                if let problem = PolicyFile.unsafeProgram(resolved) {
+                if let problem = PolicyFile.unsafeProgramFile(resolved) {
                     return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
                 }
                 return .success(resolved)

@@ -167,7 +167,7 @@ final class DirectoryListing: @unchecked Sendable {
             switch (x.stat, y.stat) {
             case (nil, nil): continue
             case let (s?, t?):
-                guard s.fingerprint == t.fingerprint, s.size == t.size, s.isDirectory == t.isDirectory,
+                guard s.fingerprint == t.fingerprint, s.isDirectory == t.isDirectory,
                       s.isRegular == t.isRegular, s.atime.tv_sec == t.atime.tv_sec, s.atime.tv_nsec == t.atime.tv_nsec,
                       s.mtime.tv_sec == t.mtime.tv_sec, s.mtime.tv_nsec == t.mtime.tv_nsec,
                       s.ctime.tv_sec == t.ctime.tv_sec, s.ctime.tv_nsec == t.ctime.tv_nsec else { return false }

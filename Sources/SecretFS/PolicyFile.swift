@@ -68,10 +68,15 @@ public enum PolicyFile {
     /// the daemon runs it as root; `PathTrust`); nil when it cannot. The
     /// program itself may not be a symbolic link.
     public static func unsafeProgram(_ path: String) -> String? {
+        unsafeProgramFile(path) ?? PathTrust.unsafeDirectories(above: path, because: "the daemon runs a program in it as root")
+    }
+
+    /// The program file alone (its directories checked elsewhere): a
+    /// regular file, not a link, only root or the daemon's user may change.
+    public static func unsafeProgramFile(_ path: String) -> String? {
         var st = stat()
         guard lstat(path, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
-        if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: path, because: "the daemon runs it as root") { return problem }
-        return PathTrust.unsafeDirectories(above: path, because: "the daemon runs a program in it as root")
+        return PathTrust.unsafeOwnership(st, kind: S_IFREG, what: path, because: "the daemon runs it as root")
     }
 
     public static func parse(_ text: String, file: String,
