@@ -23,6 +23,8 @@ public enum SecureMemoryError: Error, CustomStringConvertible, Sendable {
     case allocationFailed(Errno)
     case lockFailed(Errno)
     case capacityExceeded(requested: Int, limit: Int)
+    /// Written after `revoke` (the daemon stops while a KMS answer arrives).
+    case revoked
 
     public var description: String {
         switch self {
@@ -30,6 +32,7 @@ public enum SecureMemoryError: Error, CustomStringConvertible, Sendable {
         case .lockFailed(let e):
             return "cannot lock secure memory (\(e)); raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK"
         case .capacityExceeded(let r, let l): return "secure buffer of \(r) bytes exceeds the limit of \(l) bytes"
+        case .revoked: return "the secure buffer was wiped for good (the daemon is stopping)"
         }
     }
 }
@@ -238,6 +241,9 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// Appends bytes; throws when they do not fit.
     public func append(_ bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) {
+        // A revoked buffer takes nothing more: once its pages were given
+        // back, bytes written there would be in ordinary memory.
+        guard !isRevoked else { throw .revoked }
         guard bytes.count <= capacity - count else {
             throw .capacityExceeded(requested: count + bytes.count, limit: capacity)
         }
@@ -249,6 +255,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
 
     /// Appends the UTF-8 of a non-secret string (JSON punctuation, names).
     public func append(utf8 text: String) throws(SecureMemoryError) {
+        guard !isRevoked else { throw .revoked }
         var t = text
         let n = t.utf8.count
         guard n <= capacity - count else {

@@ -76,8 +76,8 @@ import Glibc
         let filling = try SecureBuffer(capacity: 4096)
         try filling.append(utf8: "half")
         filling.revoke()
-        try filling.append(utf8: " a reply")   // a late write: no fault
-        #expect(filling.isRevoked)
+        #expect(throws: SecureMemoryError.self) { try filling.append(utf8: " a reply") }   // a late write: refused, no fault
+        #expect(filling.isRevoked && filling.count == 0)
     }
 
     /// Where the mapping holding `p` begins, from /proc/self/maps.
