@@ -112,34 +112,6 @@ enum DaemonSignals {
     }
 }
 
-/// A field of /proc/self/mountinfo as the path it names.
-public enum MountInfo {
-    /// The kernel writes space, tab, newline and backslash in a path as
-    /// `\040`, `\011`, `\012` and `\134`; every such escape is decoded
-    /// (decoding only `\040` left a mountpoint with a tab, a newline or a
-    /// backslash matching no path).
-    public static func unescape(_ field: Substring) -> String {
-        let b = Array(field.utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(b.count)
-        var i = 0
-        while i < b.count {
-            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
-               b[(i + 1)...(i + 3)].allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "7") }) {
-                let v = (Int(b[i + 1]) - 48) * 64 + (Int(b[i + 2]) - 48) * 8 + (Int(b[i + 3]) - 48)
-                if v <= 255 {
-                    out.append(UInt8(v))
-                    i += 4
-                    continue
-                }
-            }
-            out.append(b[i])
-            i += 1
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-}
-
 /// /proc/self/mountinfo, and the FUSE connections in /sys/fs/fuse.
 enum MountTable {
     /// A FUSE mount left at the mountpoint by a crashed instance answers
@@ -165,32 +137,22 @@ enum MountTable {
 
     /// The filesystem type mounted at `path` (the last mount there wins).
     static func fstype(at path: String) -> String? {
-        entries().last { $0.mountpoint == path }?.fstype
+        entry(at: path)?.fstypeName
     }
 
-    static func entries() -> [(mountpoint: String, device: String, fstype: String)] {
-        guard let f = fopen("/proc/self/mountinfo", "re") else { return [] }
-        defer { fclose(f) }
-        var line: UnsafeMutablePointer<CChar>? = nil
-        var cap = 0
-        defer { free(line) }
-        var out: [(String, String, String)] = []
-        while getline(&line, &cap, f) > 0 {
-            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            let fields = String(cString: line!).split(separator: " ")
-            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
-            out.append((MountInfo.unescape(fields[4]), String(fields[2]), String(fields[dash + 1])))
-        }
-        return out
+    /// The last mount at `path` (the one on top).
+    static func entry(at path: String) -> MountInfo.Entry? {
+        let bytes = Array(path.utf8)
+        return MountInfo.current().last { $0.mountpoint == bytes }
     }
 
     /// The minor device number of the mount at `path` (the FUSE connection
     /// number in /sys/fs/fuse/connections). Read right after mounting: not
     /// stat(), since nothing answers on the mount until the loop runs.
     static func connection(of path: String) -> UInt32? {
-        guard let m = entries().last(where: { $0.mountpoint == path }) else { return nil }
-        let mm = m.device.split(separator: ":")
-        return mm.count == 2 ? UInt32(mm[1]) : nil
+        guard let m = entry(at: path) else { return nil }
+        let mm = m.device.split(separator: UInt8(ascii: ":"))
+        return mm.count == 2 ? UInt32(String(decoding: mm[1], as: UTF8.self)) : nil
     }
 
     /// Aborts FUSE connection `id`: every request, now and later, fails.

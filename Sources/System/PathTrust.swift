@@ -148,24 +148,22 @@ public enum PathTrust {
     /// Who mounted the FUSE file system of `device` (its `user_id=` in
     /// /proc/self/mountinfo); nil when no such mount is listed.
     static func fuseMountOwner(device: UInt64) -> uid_t? {
-        guard case .success(let table) = readSmallFile("/proc/self/mountinfo", limit: 16 << 20) else { return nil }
-        return fuseMountOwner(device: device, mountinfo: table)
+        fuseMountOwner(device: device, entries: MountInfo.current())
     }
 
-    /// The same, from a mount table's bytes: every line of the device
-    /// must be a FUSE mount of one owner.
+    /// The same, from a mount table's bytes.
     static func fuseMountOwner(device: UInt64, mountinfo: [UInt8]) -> uid_t? {
-        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~UInt64(0xfff))
-        let minor = (device & 0xff) | ((device >> 12) & ~UInt64(0xff))
-        let id = Array("\(major):\(minor)".utf8)
+        fuseMountOwner(device: device, entries: MountInfo.entries(mountinfo))
+    }
+
+    /// Every mount of the device must be a FUSE mount of one owner.
+    private static func fuseMountOwner(device: UInt64, entries: [MountInfo.Entry]) -> uid_t? {
+        let id = MountInfo.deviceField(device)
         var owner: uid_t? = nil
-        for line in mountinfo.split(separator: UInt8(ascii: "\n")) {
-            let fields = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
-            guard fields.count > 2, Array(fields[2]) == id else { continue }
-            guard let dash = fields.firstIndex(where: { Array($0) == [UInt8(ascii: "-")] }), dash + 3 < fields.count,
-                  fields[dash + 1].starts(with: Array("fuse".utf8)) else { return nil }
+        for entry in entries where entry.device == id {
+            guard entry.fstype.starts(with: Array("fuse".utf8)) else { return nil }
             var uid: uid_t? = nil
-            for option in fields[dash + 3].split(separator: UInt8(ascii: ",")) where option.starts(with: Array("user_id=".utf8)) {
+            for option in entry.superOptions.split(separator: UInt8(ascii: ",")) where option.starts(with: Array("user_id=".utf8)) {
                 uid = uid_t(String(decoding: option.dropFirst(8), as: UTF8.self))
             }
             guard let uid, owner == nil || owner == uid else { return nil }

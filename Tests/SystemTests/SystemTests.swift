@@ -518,3 +518,37 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         #expect(table.removeValue(forKey: 1) === kept && table[1] == nil)
     }
 }
+
+@Suite struct MountInfoTests {
+    @Test func everyEscapeTheKernelWritesIsDecoded() {
+        #expect(MountInfo.unescape("/etc/my\\040secrets") == "/etc/my secrets")
+        #expect(MountInfo.unescape("/a\\011b\\012c\\134d") == "/a\tb\nc\\d")
+        #expect(MountInfo.unescape("/plain") == "/plain")
+        // Not escapes: short, not octal, over 255; kept as they are.
+        #expect(MountInfo.unescape("/x\\04") == "/x\\04")
+        #expect(MountInfo.unescape("/x\\09a") == "/x\\09a")
+        #expect(MountInfo.unescape("/x\\777") == "/x\\777")
+        #expect(MountInfo.unescape("\\") == "\\")
+        // A name that is not UTF-8 keeps its bytes.
+        #expect(MountInfo.unescape(bytes: Array("/a\\377b".utf8)) == [0x2f, 0x61, 0xff, 0x62])
+    }
+
+    @Test func linesAreReadAsTheKernelWritesThem() {
+        let table = Array("""
+            36 35 98:0 /mnt1 /mnt\\0401 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+            40 36 0:52 / /tmp/x rw,nosuid - fuse.sshfs host:/ rw,user_id=4242
+            garbage
+            41 36 0:53 / /short rw - fuse
+            """.utf8)
+        let e = MountInfo.entries(table)
+        #expect(e.count == 2)
+        #expect(e.first?.mountpointPath == "/mnt 1")
+        #expect(e.first?.fstypeName == "ext3")
+        #expect(e.last?.device == Array("0:52".utf8))
+        #expect(e.last?.superOptions == Array("rw,user_id=4242".utf8))
+        #expect(MountInfo.deviceField((259 << 8) | 3) == Array("259:3".utf8))
+        // glibc's makedev(4097, 300): major and minor split across the bits.
+        let large: UInt64 = ((4097 & 0xfff) << 8) | ((4097 & ~0xfff) << 32) | (300 & 0xff) | ((300 & ~0xff) << 12)
+        #expect(MountInfo.deviceField(large) == Array("4097:300".utf8))
+    }
+}

@@ -15,6 +15,7 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     _ = MetricsServer.route(data)
     _ = MetricsServer.hostAllowed(data)
     _ = MountInfo.unescape(Substring(String(decoding: data, as: UTF8.self)))
+    precondition(MountInfo.unescape(bytes: data).count <= data.count, "an unescape that grew")
     if let r = CredentialServer.parseAddress(data) {
         precondition(SystemdUnitName.isValid(r.unit) && SystemdCredentialID.isValid(r.id), "accepted an invalid name")
     }
