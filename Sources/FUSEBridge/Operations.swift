@@ -16,25 +16,39 @@ final class BridgeContext: @unchecked Sendable {
     /// Opens that may wait on KMS run here, off the FUSE workers, at most
     /// `max_inflight=` at once; they answer when their decryption ends.
     let opens: WorkPool
-    /// Page drops after the release of a handle read through a private
-    /// mmap: one thread, started when there is one to do (never the FUSE
+    /// Page drops: at the release of a handle read through the page cache
+    /// (a private mmap), and a second after a page-cache read (sendfile,
+    /// splice). One thread, started when there is one to do (never the FUSE
     /// worker's: a drop waits for page locks that a read of the same file
-    /// holds until a worker answers it).
-    let pageDrops = WorkPool(name: "kmsfs-inval", limit: 1, idleSeconds: 2, runsOnSubmitter: false)
-    /// Inodes with a page drop queued: one drop does for every mapping of
-    /// the file closed before it runs, so a user closing mappings in a loop
-    /// queues at most one per file and the queue never fills (a full queue
-    /// would leave plaintext pages in the page cache).
-    let pageDropsQueued = Mutex<Set<UInt64>>([])
+    /// holds until a worker answers it). One drop does for every request
+    /// made before it runs, so a user closing mappings in a loop queues at
+    /// most one per file.
+    let pageDrops: DueQueue<UInt64>
     /// The session, set once right after it is created (before any request).
-    var session: OpaquePointer?
+    var session: OpaquePointer? {
+        get { sessionSlot.pointer }
+        set { sessionSlot.pointer = newValue }
+    }
+    private let sessionSlot: SessionSlot
 
     init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int) {
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
         self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens)
+        let session = SessionSlot()
+        self.sessionSlot = session
+        self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
+            if let se = session.pointer { _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0) }
+        }
     }
+}
+
+/// Where the session pointer lives, so the page-drop thread's action can
+/// hold it before the context is whole. Written once, before any request
+/// (and so before any drop is queued); read after.
+private final class SessionSlot: @unchecked Sendable {
+    var pointer: OpaquePointer?
 }
 
 @inline(__always)
@@ -283,7 +297,7 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
         // Linux 6.5, whatever FOPEN_DIRECT_IO says), and a server may keep
         // such a file open for days: its pages are dropped a second after
         // the reads, not only at release.
-        if let session = ctx.session { queuePageDrop(ctx, session, ino, after: 1) }
+        queuePageDrop(ctx, ino, later: true)
         if length < size, let session = ctx.session {
             // A short read through the page cache makes the kernel shrink
             // the inode's size to where the data ended, the exact plaintext
@@ -318,7 +332,6 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
 
 let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     let ctx = context(req)               // the request is gone once answered
-    let session = ctx.session
     let pageCacheUsed = fi!.handle(OpenSecret.self)?.wasReadThroughPageCache ?? false
     fi!.releaseHandle(OpenSecret.self)
     reply(req, error: 0)
@@ -331,28 +344,16 @@ let opRelease: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     // of the same file may hold until the FUSE reader (this thread)
     // answers it. One thread does every drop, in order: a user closing
     // mappings in a loop queues drops, not threads.
-    if pageCacheUsed, let session { queuePageDrop(ctx, session, ino, after: 0) }
+    if pageCacheUsed { queuePageDrop(ctx, ino, later: false) }
 }
 
-/// Drops `ino`'s pages from the kernel's page cache on the one drop thread,
-/// `delay` seconds from now, once however often it is asked for meanwhile
-/// (a drop already queued serves). A delayed drop waits in steps, so the
-/// session's stop (which destroys the session after a second) never meets
-/// one about to notify it.
-private func queuePageDrop(_ ctx: BridgeContext, _ session: OpaquePointer, _ ino: fuse_ino_t, after delay: Double) {
-    let ref = SessionRef(session)
-    guard ctx.pageDropsQueued.withLock({ $0.insert(ino).inserted }) else { return }
-    let due = SystemClock.monotonic() + delay
-    let queued = ctx.pageDrops.submit {
-        while SystemClock.monotonic() < due {
-            if ctx.pageDrops.isStopping { ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }; return }
-            SystemClock.sleep(min(0.05, due - SystemClock.monotonic()))
-        }
-        ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
-        _ = fuse_lowlevel_notify_inval_inode(ref.pointer, ino, 0, 0)
-    }
-    if !queued {
-        ctx.pageDropsQueued.withLock { _ = $0.remove(ino) }
+/// Drops `ino`'s pages from the kernel's page cache on the drop thread, at
+/// once or a second from now (`DueQueue`: a drop already queued for no
+/// later serves). The session's stop drops what is still queued before it
+/// destroys the session.
+private func queuePageDrop(_ ctx: BridgeContext, _ ino: fuse_ino_t, later: Bool) {
+    guard ctx.session != nil else { return }
+    if !ctx.pageDrops.schedule(ino, later: later) {
         Log.error("cannot queue the page-cache drop of inode \(ino) (stopping, or no thread); its pages stay until evicted")
     }
 }
