@@ -40,8 +40,13 @@ public enum PathTrust {
     /// changed by someone other than root or the daemon's user; nil when
     /// none can.
     public static func unsafeDirectories(above path: String, because: String) -> String? {
+        checkDirectories(above: path, because: because)?.text
+    }
+
+    /// The same, as a `Problem` (with the errno of a failed lookup).
+    public static func checkDirectories(above path: String, because: String) -> Problem? {
         switch walk(path, followLast: false, because: because) {
-        case .failure(let problem): return problem.text
+        case .failure(let problem): return problem
         case .success: return nil
         }
     }
@@ -61,6 +66,9 @@ public enum PathTrust {
 
     public struct Problem: Error, Sendable, CustomStringConvertible {
         public let text: String
+        /// The errno when the walk failed on a system call (a directory
+        /// that is not there, one that may not be searched), not on trust.
+        public var code: Int32? = nil
         public var description: String { text }
     }
 
@@ -80,11 +88,12 @@ public enum PathTrust {
     /// with whatever owner it likes. Returns the resolved path of the last
     /// component, as bytes.
     private static func walk(_ path: String, followLast: Bool, because: String) -> Result<[UInt8], Problem> {
-        func fail(_ text: String) -> Result<[UInt8], Problem> { .failure(Problem(text: text)) }
+        func fail(_ text: String, code: Int32? = nil) -> Result<[UInt8], Problem> { .failure(Problem(text: text, code: code)) }
+        func failed(_ what: [UInt8], _ e: Int32 = Errno.current) -> Result<[UInt8], Problem> { fail("\(display(what)): \(Errno.text(e))", code: e) }
         var full = Array(path.utf8)
         guard !full.contains(0) else { return fail("\(display(full)) holds a NUL byte") }
         if full.first != slash {   // from the root, so the directories above the current one count too
-            guard let cwd = getcwd(nil, 0) else { return fail("the current directory: \(Errno.text(Errno.current))") }
+            guard let cwd = getcwd(nil, 0) else { let e = Errno.current; return fail("the current directory: \(Errno.text(e))", code: e) }
             full = Array(UnsafeBufferPointer(start: UnsafeRawPointer(cwd).assumingMemoryBound(to: UInt8.self), count: strlen(cwd)))
                 + [slash] + full
             free(cwd)
@@ -101,10 +110,10 @@ public enum PathTrust {
                 // One descriptor for the directory's owner, mode and file
                 // system alike.
                 let fd = current.withCString { open($0, O_PATH | O_DIRECTORY | O_CLOEXEC) }
-                guard fd >= 0 else { return fail("\(display(current)): \(Errno.text(Errno.current))") }
+                guard fd >= 0 else { return failed(current) }
                 defer { close(fd) }
                 var dst = stat()
-                guard fstat(fd, &dst) == 0 else { return fail("\(display(current)): \(Errno.text(Errno.current))") }
+                guard fstat(fd, &dst) == 0 else { return failed(current) }
                 let sticky = dst.st_mode & S_ISVTX != 0 && dst.st_mode & S_IFMT == S_IFDIR
                 if let problem = sticky ? unsafeOwner(dst, what: what, because: because)
                                         : unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because) {
@@ -127,19 +136,19 @@ public enum PathTrust {
             let next = current == [slash] ? [slash] + name : current + [slash] + name
             if last && !followLast { return .success(next) }
             var st = stat()
-            guard next.withCString({ lstat($0, &st) }) == 0 else { return fail("\(display(next)): \(Errno.text(Errno.current))") }
+            guard next.withCString({ lstat($0, &st) }) == 0 else { return failed(next) }
             if st.st_mode & S_IFMT == S_IFLNK {
                 if let problem = unsafeOwner(st, what: "\(display(next)), a symbolic link on the way,", because: because) { return fail(problem) }
                 if proc.contains(current) { return fail("\(display(next)) is a /proc link, which is not followed") }
                 links += 1
-                guard links <= maxLinks else { return fail("\(display(next)): \(Errno.text(ELOOP))") }
-                guard let target = readLink(next) else { return fail("\(display(next)): \(Errno.text(Errno.current))") }
+                guard links <= maxLinks else { return failed(next, ELOOP) }
+                guard let target = readLink(next) else { return failed(next) }
                 if target.first == slash { current = [slash] }
                 pending.append(contentsOf: target.split(separator: slash, omittingEmptySubsequences: true).map { Array($0) }.reversed())
                 continue
             }
             if last { return .success(next) }
-            guard st.st_mode & S_IFMT == S_IFDIR else { return fail("\(display(next)): \(Errno.text(ENOTDIR))") }
+            guard st.st_mode & S_IFMT == S_IFDIR else { return failed(next, ENOTDIR) }
             current = next
         }
         return .success(current)

@@ -47,13 +47,11 @@ public func unixSocket(_ type: __socket_type) throws(Errno) -> Int32 {
 public func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 64, what: String, because: String) throws(Errno) -> Int32 {
     let addr: UnixSocketAddress
     do { addr = try UnixSocketAddress(path) } catch { throw Errno("\(what) \(path) is too long", code: ENAMETOOLONG) }
-    // A directory that is not there fails as the bind would, not as a refusal.
-    if let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")), slash != path.utf8.startIndex {
-        var dst = stat()
-        guard stat(String(path[..<slash]), &dst) == 0 else { throw Errno("bind \(path)") }
-    }
-    if let problem = PathTrust.unsafeDirectories(above: path, because: because) {
-        throw Errno(problem, code: EPERM)   // the caller names the socket
+    if let problem = PathTrust.checkDirectories(above: path, because: because) {
+        // A directory that is not there fails as the bind would, not as a
+        // refusal; the caller names the socket in a refusal.
+        if let code = problem.code { throw Errno("bind \(path)", code: code) }
+        throw Errno(problem.text, code: EPERM)
     }
     var st = stat()
     if lstat(path, &st) == 0 {
