@@ -379,23 +379,19 @@ public enum Daemon {
             let base = metrics.answers
             return { metrics.answers == base }
         }
-        let first = fs.prefetch(parallel: 8, giveUpAfter: 8, answersNothing: answersNothingFromNow())
-        // Bad files and refusals (logged above) are final; `retry` holds
-        // what KMS did not answer in time and what was not tried.
-        var final = first.final
-        var (ok, retry, untried) = (first.ok, first.unavailable, first.untried)
+        // Bad files and refusals (logged above) are final; `unavailable`
+        // holds what KMS did not answer in time and what was not tried.
+        var r = fs.prefetch(parallel: 8, giveUpAfter: 8, answersNothing: answersNothingFromNow())
         // Under a saturated quota some calls outlast their deadline
         // waiting for a turn: passes over those (KMS unavailable, not
         // bad files or refusals), while each still makes progress,
         // before saying ready. None after a pass that decrypted nothing.
-        for _ in 0..<4 where !retry.isEmpty && ok > 0 {
-            let pass = fs.prefetch(parallel: 4, only: retry, giveUpAfter: 4, answersNothing: answersNothingFromNow())
+        for _ in 0..<4 where !r.unavailable.isEmpty && r.ok > 0 {
+            let pass = fs.prefetch(parallel: 4, only: r.unavailable, giveUpAfter: 4, answersNothing: answersNothingFromNow())
             if pass.ok == 0 { break }
-            ok += pass.ok
-            final += pass.final
-            (retry, untried) = (pass.unavailable, pass.untried)
+            r = r.then(pass)
         }
-        let failed = final + retry.count - untried   // tried, and not decrypted
+        let (ok, failed, final, untried, retry) = (r.ok, r.failed, r.final, r.untried, r.unavailable)
         let ms = Int((SystemClock.monotonic() - t0) * 1000)
         if gate.isStopping {
             Log.notice("prefetch: stopped after \(ok) secrets (\(ms) ms): the daemon is stopping")

@@ -897,6 +897,15 @@ public final class SecretFileSystem: @unchecked Sendable {
         public var unanswered: Int { unavailable.count - untried }
         /// Tried, and final: bad files and refusals.
         public var final: Int { failed - unanswered }
+
+        /// This pass followed by `retry`, a pass over its `unavailable`:
+        /// what either decrypted or found final, and what `retry` left.
+        public func then(_ retry: PrefetchResult) -> PrefetchResult {
+            var r = retry
+            r.ok += ok
+            r.failed += final
+            return r
+        }
     }
 
     /// Every secret in SOURCE now: its SOURCE path and its path in the mount.

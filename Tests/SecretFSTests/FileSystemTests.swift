@@ -464,6 +464,21 @@ final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
 }
 
 @Suite struct PrefetchTests {
+    /// A retry pass's counts follow on from the first's: what either
+    /// decrypted or found final, and what the retry left to try.
+    @Test func aRetryPassFollowsOnFromTheFirst() {
+        var first = SecretFileSystem.PrefetchResult()
+        (first.ok, first.failed, first.unavailable, first.untried) = (10, 5, ["a", "b", "c", "d"], 2)   // 3 final, 2 unanswered
+        var retry = SecretFileSystem.PrefetchResult()
+        (retry.ok, retry.failed, retry.unavailable, retry.untried) = (2, 2, ["d"], 0)   // 1 final, 1 unanswered
+        let r = first.then(retry)
+        #expect(r.ok == 12)
+        #expect(r.final == 4)
+        #expect(r.unanswered == 1)
+        #expect(r.failed == 5)
+        #expect(r.unavailable == ["d"] && r.untried == 0)
+    }
+
     @Test func prefetchNamesWhatKMSDidNotAnswerAndRetriesOnlyThose() throws {
         let d = ThrottledDecryptor()
         let fs = try rootOnlyFileSystem(try makeTree(), decryptor: d)
