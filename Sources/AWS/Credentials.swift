@@ -33,7 +33,7 @@ public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
     /// Takes secure buffers the caller filled (the parse paths that read
     /// the secret straight from a response or a helper's output).
     public init(accessKeyId: String, secret: SecureBuffer, token: SecureBuffer?,
-                expiration: Timestamp? = nil, source: String, kind: CredentialKind = .other) {
+                expiration: Timestamp? = nil, source: String, kind: CredentialKind) {
         self.accessKeyId = accessKeyId
         self.secret = secret
         self.token = token
@@ -46,7 +46,7 @@ public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
     /// files, STS XML, tools, tests): the caller's strings stay where they
     /// are, so paths that can avoid them use the other initialiser.
     public init(accessKeyId: String, secretAccessKey: String, sessionToken: String? = nil,
-                expiration: Timestamp? = nil, source: String, kind: CredentialKind = .other) throws(CredentialError) {
+                expiration: Timestamp? = nil, source: String, kind: CredentialKind) throws(CredentialError) {
         do {
             let s = try AWSCredentials.secure(secretAccessKey)
             let t = try sessionToken.map { (v: String) throws(SecureMemoryError) -> SecureBuffer in try AWSCredentials.secure(v) }

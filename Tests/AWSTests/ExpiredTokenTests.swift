@@ -29,7 +29,7 @@ import AWS
     @Test func aSessionTokenWithoutAnExpiryIsRefetchedOnExpiredToken() throws {
         let clock = ManualClock()
         let source = CountingProvider { n in
-            try! AWSCredentials(accessKeyId: "ASIANOEXP\(n)", secretAccessKey: "s", sessionToken: "token-\(n)", source: "test")
+            try! AWSCredentials(accessKeyId: "ASIANOEXP\(n)", secretAccessKey: "s", sessionToken: "token-\(n)", source: "test", kind: .other)
         }
         let cache = CachingCredentialProvider(source, clock: clock.clock, runner: ManualRunner().runner)
         let transport = ScriptedTransport { req, _ in

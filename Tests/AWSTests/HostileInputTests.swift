@@ -210,7 +210,7 @@ import Glibc
 
     @Test func theSessionTokenTravelsAsASecureHeaderAndIsSigned() throws {
         let c = try AWSCredentials(accessKeyId: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                                   sessionToken: "TOKEN-123", source: "test")
+                                   sessionToken: "TOKEN-123", source: "test", kind: .other)
         let signer = SigV4Signer(region: "us-east-1", service: "kms")
         let req = SigV4Signer.Request(method: "POST", path: "/", headers: [("Host", "kms.us-east-1.amazonaws.com")],
                                       payloadHash: Digest.emptyPayloadHash)

@@ -79,7 +79,7 @@ struct ParsedRequest {
         let ctx = try JSONSerialization.jsonObject(with: Data(v.text("context.json").utf8)) as! [String: Any]
         let c = ctx["credentials"] as! [String: String]
         let creds = try AWSCredentials(accessKeyId: c["access_key_id"]!, secretAccessKey: c["secret_access_key"]!,
-                                   sessionToken: c["token"], source: "vector")
+                                   sessionToken: c["token"], source: "vector", kind: .other)
         let date = Timestamp.parseISO8601(ctx["timestamp"] as! String)!
         let req = ParsedRequest(try v.text("request.txt"))
         let signBody = ctx["sign_body"] as? Bool ?? false

@@ -118,7 +118,7 @@ final class CountingProvider: CredentialProvider, @unchecked Sendable {
 
 func creds(_ id: String, expires: Timestamp? = nil, source: String = "test") -> AWSCredentials {
     try! AWSCredentials(accessKeyId: id, secretAccessKey: "secret-\(id)", sessionToken: expires == nil ? nil : "token-\(id)",
-                   expiration: expires, source: source)
+                   expiration: expires, source: source, kind: .other)
 }
 
 /// A scratch directory removed when the value is released.

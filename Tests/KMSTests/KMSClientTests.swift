@@ -26,7 +26,7 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
     var r = RetryStrategy.Configuration()
     r.maxAttempts = attempts
     r.baseDelay = 0.001
-    let creds = StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "test"))
+    let creds = StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "test", kind: .other))
     return KMSClient(region: "us-east-1", endpoint: URLParts("http://127.0.0.1:1")!, credentials: creds,
                      transport: t, retry: RetryStrategy(r, random: { 1.0 }))
 }

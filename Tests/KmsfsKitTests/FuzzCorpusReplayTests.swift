@@ -69,7 +69,7 @@ import Glibc
     }
     static func kms(_ answers: [[UInt8]]) -> KMSClient {
         KMSClient(region: "us-east-1", endpoint: URLParts("http://127.0.0.1:1")!,
-                  credentials: StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "replay")),
+                  credentials: StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "replay", kind: .other)),
                   transport: Answers(answers), clock: clock, retry: retry())
     }
 
@@ -161,7 +161,7 @@ import Glibc
                 let sts = STSClient(endpoint: URLParts("https://sts.us-east-1.amazonaws.com")!, region: "us-east-1", transport: t,
                                     clock: FuzzCorpusReplayTests.clock, retry: FuzzCorpusReplayTests.retry())
                 _ = try? sts.assumeRole(roleArn: "arn:aws:iam::1:role/r", sessionName: "s",
-                                        sourceCredentials: try! AWSCredentials(accessKeyId: "A", secretAccessKey: "S", source: "r"), source: "r")
+                                        sourceCredentials: try! AWSCredentials(accessKeyId: "A", secretAccessKey: "S", source: "r", kind: .other), source: "r")
             case 3:
                 if let doc = data.withUnsafeBytes({ JSONValue.parse($0) }) {
                     _ = doc["Expiration"]?.stringValue.flatMap { Timestamp.parseISO8601($0) }

@@ -26,7 +26,7 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     case 2:
         let sts = STSClient(endpoint: URLParts("https://sts.us-east-1.amazonaws.com")!, region: "us-east-1",
                             transport: transport, clock: fuzzClock, retry: fuzzRetry())
-        let creds = try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "fuzz")
+        let creds = try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "fuzz", kind: .other)
         if parts.count % 2 == 0 {
             _ = try? sts.assumeRole(roleArn: "arn:aws:iam::1:role/r", sessionName: "s", sourceCredentials: creds, source: "fuzz")
         } else {

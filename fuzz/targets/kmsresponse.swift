@@ -8,7 +8,7 @@
 public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     let data = fuzzInput(p, n)
     let kms = KMSClient(region: "us-east-1", endpoint: URLParts("http://127.0.0.1:1")!,
-                        credentials: StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "fuzz")),
+                        credentials: StaticCredentialProvider(try! AWSCredentials(accessKeyId: "AKID", secretAccessKey: "SECRET", source: "fuzz", kind: .other)),
                         transport: FuzzTransport(fuzzParts(data)), clock: fuzzClock, retry: fuzzRetry())
     do {
         let r = try kms.decrypt(ciphertextBlob: [1, 2, 3], encryptionContext: [("app", "web")])
