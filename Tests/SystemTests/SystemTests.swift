@@ -403,6 +403,20 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
     }
 
+    /// A /proc link's text is not where it leads (/proc/PID/root, /cwd and
+    /// /fd/N lead into another process's view): never followed, though
+    /// root owns it.
+    @Test func aProcLinkIsNotFollowed() {
+        let because = "a test"
+        for path in ["/proc/self/root/etc/hostname", "/proc/1/cwd/x", "/proc/thread-self/fd/0"] {
+            let r = PathTrust.resolve(path, because: because)
+            guard case .failure(let problem) = r else { Issue.record("\(path) resolved: \(r)"); continue }
+            #expect(problem.text.contains("is a /proc link, which is not followed"), "\(problem.text)")
+        }
+        // /proc itself, and its files that are not links, are walked as any other.
+        #expect((try? PathTrust.resolve("/proc/version", because: because).get()) == "/proc/version")
+    }
+
     /// A FUSE file system's owner is its mount's `user_id=`: its server
     /// answers stat with whatever owner it likes.
     @Test func aFUSEMountsOwnerIsReadFromTheMountTable() {

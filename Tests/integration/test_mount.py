@@ -402,9 +402,28 @@ def test_a_users_fuse_mount_that_claims_root_is_not_trusted_for_a_socket(kms, km
             assert "is on a FUSE file system that belongs to uid %d" % alice.pw_uid in line, line
         finally:
             force_unmount(str(mnt))
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            _end(server)
+    # The same server mounted by root is trusted: the walk passes, and the
+    # bind itself fails (hello_ll makes no files).
+    root_mnt = base / "root-mnt"
+    root_mnt.mkdir()
+    server = subprocess.Popen([str(hello), "-f", str(root_mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(line.split()[1:3] == [str(root_mnt), "fuse.hello_ll"] for line in open("/proc/mounts")) \
+                and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.05)
+        line = refused_at_mount(kmsfs_bin, kms.env, base, "credential_socket=%s/c.sock" % root_mnt)
+        assert "FUSE" not in line and "bind %s/c.sock" % root_mnt in line, line
+    finally:
+        force_unmount(str(root_mnt))
+        _end(server)
+
+
+def _end(server):
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
