@@ -287,8 +287,12 @@ public final class SecretFileSystem: @unchecked Sendable {
     public let handles = HandleTable()
     /// Openers' names for audit records, read once a second per process.
     private let processNames = ProcessNameCache()
-    private let changeHook = Mutex<(@Sendable (String, String?) -> Void)?>(nil)
-    private let rescanHook = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Boxed: a bare closure read out of a `Mutex` (a generic inout) comes
+    /// back wrapped in one more reabstraction thunk each time, and the
+    /// watcher's calls went deeper with every change until its stack
+    /// overflowed (swiftlang/swift#91348; `SourceChangeHookTests`).
+    private let changeHook = Mutex<Hook<@Sendable (String, String?) -> Void>?>(nil)
+    private let rescanHook = Mutex<Hook<@Sendable () -> Void>?>(nil)
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
@@ -755,13 +759,13 @@ public final class SecretFileSystem: @unchecked Sendable {
             // Moved (or made) into place whole: the secrets inside changed
             // with no event of their own.
             cache.invalidateAll(prefix: sourcePath + "/")
-            if let hook = rescanHook.withLock({ $0 }) { hook() }
+            if let hook = rescanHook.withLock({ $0 }) { hook.call() }
         } else {
             // A rotated secret: wipe now, decrypt the new one on open. The
             // hook learns the version that was cached, to tell a new
             // ciphertext from a touch.
             let was = cache.invalidate(sourcePath)
-            if let hook = changeHook.withLock({ $0 }) { hook(sourcePath, was) }
+            if let hook = changeHook.withLock({ $0 }) { hook.call(sourcePath, was) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
             (t.byPath[PathKey(directory)], t.byPath[PathKey(sourcePath)])
@@ -775,7 +779,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// SOURCE may have changed anywhere (inotify overflowed).
     public func sourceChangedEverywhere() {
         cache.invalidateAll()
-        if let hook = rescanHook.withLock({ $0 }) { hook() }
+        if let hook = rescanHook.withLock({ $0 }) { hook.call() }
         let known = table.withLock { t in t.byIno.values.map { ($0.ino, $0.sourcePath, $0.kind) } }
         guard let notifier else { return }
         for (ino, _, _) in known { notifier.invalidateInode(ino) }
@@ -791,14 +795,14 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// Called (on the watcher's thread) with the SOURCE path of every
     /// `*.encrypted` file written or renamed into place; keep it short.
     public func onCiphertextChange(_ hook: (@Sendable (_ sourcePath: String, _ cachedVersion: String?) -> Void)?) {
-        changeHook.withLock { $0 = hook }
+        changeHook.withLock { $0 = hook.map(Hook.init) }
     }
 
     /// Called (on the watcher's thread) when changes may have happened that
     /// no per-file event names: the events overflowed, or a directory was
     /// moved or created (an atomic `mv new tls` deploy names only `tls`).
     public func onChangesUnnamed(_ hook: (@Sendable () -> Void)?) {
-        rescanHook.withLock { $0 = hook }
+        rescanHook.withLock { $0 = hook.map(Hook.init) }
     }
 
     /// Decrypts the ciphertext now at `sourcePath` into the cache (unless
@@ -1096,4 +1100,11 @@ private final class PrefetchWorkers: @unchecked Sendable {
             }
         }
     }
+}
+
+/// A closure in a class, so that storing and reading it through a generic
+/// container (`Mutex`) moves a reference, never the closure itself.
+final class Hook<F: Sendable>: Sendable {
+    let call: F
+    init(_ call: F) { self.call = call }
 }

@@ -463,6 +463,37 @@ final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
     }
 }
 
+/// The hooks SOURCE changes call are read on every change. Read as a bare
+/// closure out of a `Mutex` (a generic inout), each read wrapped the stored
+/// closure in one more reabstraction thunk: the calls went deeper with every
+/// change until the watcher's 256 KiB stack overflowed (about 2,500 touches
+/// of a ciphertext killed the daemon, swiftlang/swift#91348).
+@Suite struct SourceChangeHookTests {
+    @Test func theHooksCallDepthStaysTheSameAfterManyChanges() throws {
+        let dir = try makeTree()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
+        let depths = Mutex<[UInt]>([])
+        @Sendable func here() -> UInt {
+            var marker = 0
+            return withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
+        }
+        fs.onCiphertextChange { _, _ in depths.withLock { $0.append(here()) } }
+        fs.onChangesUnnamed { depths.withLock { $0.append(here()) } }
+        for i in 0..<20_000 {
+            fs.sourceChanged(directory: ".", name: "a.encrypted", isDirectory: false, removed: false)
+            if i % 2 == 0 { fs.sourceChanged(directory: ".", name: "sub", isDirectory: true, removed: false) }
+        }
+        fs.sourceChangedEverywhere()
+        let d = depths.withLock { $0 }
+        #expect(d.count == 30_001)
+        // The stack grows down: the last call as deep as the first.
+        if let first = d.first, let last = d.last {
+            #expect(first >= last && first - last < 4096, "the hook's call went \(Int(first) - Int(last)) bytes deeper")
+        }
+    }
+}
+
 @Suite struct PrefetchTests {
     /// A retry pass's counts follow on from the first's: what either
     /// decrypted or found final, and what the retry left to try.
