@@ -59,6 +59,25 @@ def test_added_removed_and_replaced_files_show_up_within_a_second(live, kms):
     assert "b" not in os.listdir(m.path)
 
 
+def test_thousands_of_changes_in_source_leave_the_daemon_serving(live, kms):
+    """Each SOURCE change called the watcher's hooks one reabstraction
+    thunk deeper (a closure read out of a Mutex): about 2,500 touches of a
+    ciphertext, or 5,000 mkdir/rmdir, overflowed the watcher's stack and
+    the daemon died. 6,000 of each, then the mount still answers."""
+    m = live
+    assert open(m.file("a"), "rb").read() == b"alpha-1"
+    a = m.src / "a.encrypted"
+    for i in range(6000):
+        os.utime(a)
+        (m.src / "d").mkdir()
+        (m.src / "d").rmdir()
+    # The watcher has read every event once a marker made after them shows.
+    put(kms, m.src / "marker.encrypted", b"marker")
+    assert eventually(lambda: os.path.exists(m.file("marker")), timeout=30)
+    assert m.proc.poll() is None, "the daemon died"
+    assert open(m.file("a"), "rb").read() == b"alpha-1"
+
+
 def test_rotation_decrypts_the_new_version_and_open_handles_keep_theirs(live, kms, proxy):
     m = live
     held = open(m.file("a"), "rb")
