@@ -50,7 +50,7 @@ CHECKS = {
         "units.same-user", "units.same-user-elsewhere",
         "credentials.allowed", "credentials.denied", "credentials.forged", "c.service-prefetch", "e.segv-restart",
         "f.late-source"],
-    2: ["boot2.finished", "d.clean-shutdown", "d.second-boot", "b.kms-down-eio", "b.kms-back"],
+    2: ["boot2.finished", "d.clean-shutdown", "d.second-boot", "b.kms-down-eio", "b.kms-back", "g.silent-kms-ready"],
 }
 
 # Test data: NAME under /var/lib/kmsfs -> plaintext size. Random bytes, so
@@ -147,7 +147,7 @@ def prepare(bin_path):
 
     lib = root / "usr/local/lib/boot-test"
     lib.mkdir(parents=True)
-    for f in ("check.py", "read-secret", "forge-credential.py", "wait-port.py", "kms-emulator.py"):
+    for f in ("check.py", "read-secret", "forge-credential.py", "wait-port.py", "kms-emulator.py", "silent-kms.py"):
         shutil.copy(HERE / "guest" / f, lib / f)
         (lib / f).chmod(0o755)
     systemd = root / "etc/systemd/system"
@@ -164,7 +164,8 @@ def prepare(bin_path):
     for m in ("etc-secrets.mount", "etc-latesecrets.mount"):
         (systemd / (m + ".d")).mkdir()
         (systemd / (m + ".d/aws.conf")).write_text("[Mount]\nEnvironmentFile=/etc/default/kmsfs\n")
-    shutil.copy(HERE / "guest" / "units" / "late-source.service", systemd / "late-source.service")
+    for u in ("late-source.service", "silent-kms.service"):   # not enabled: the checker enables silent-kms
+        shutil.copy(HERE / "guest" / "units" / u, systemd / u)
     (root / "etc/default/kmsfs").write_text(AWS_ENV)
     (root / "etc/default/kmsfs").chmod(0o600)
     (systemd / "consumer.service.d").mkdir()

@@ -320,13 +320,22 @@ def phase1():
                      ("credentials", item2_credentials), ("c", scenario_c), ("e", scenario_e),
                      ("f", scenario_f)):
         check(name, fn)
-    # The second boot starts with KMS unreachable and only the fstab mount.
+    # The second boot starts with KMS unreachable for the fstab mount, and
+    # silent for kmsfs.service.
     with open("/etc/fstab") as f:
         kept = [l for l in f if "latesource" not in l]
     with open("/etc/fstab", "w") as f:
         f.writelines(kept)
-    run(["systemctl", "disable", "--quiet", "kms-emulator.service", "consumer.service", "kmsfs.service",
+    run(["systemctl", "disable", "--quiet", "kms-emulator.service", "consumer.service",
          "svc-consumer.service", "unit-a.service", "unit-b.service", "cred-ok.service", "cred-denied.service"])
+    # Scenario g: kmsfs.service stays enabled, its KMS one that never answers.
+    # A later EnvironmentFile= overrides the unit's /etc/default/kmsfs.
+    with open("/etc/default/kmsfs-silent-kms", "w") as f:
+        f.write("AWS_ENDPOINT_URL=http://127.0.0.1:4567\n")
+    os.makedirs("/etc/systemd/system/kmsfs.service.d", exist_ok=True)
+    with open("/etc/systemd/system/kmsfs.service.d/silent-kms.conf", "w") as f:
+        f.write("[Service]\nEnvironmentFile=/etc/default/kmsfs-silent-kms\n")
+    run(["systemctl", "enable", "--quiet", "silent-kms.service"])
     with open(os.path.join(STATE, "phase"), "w") as f:
         f.write("2\n")
     os.sync()
@@ -383,11 +392,42 @@ def scenario_b():
                out, m0[0] if m0 else None, m1[0] if m1 else None, pid0, pid1))
 
 
+def scenario_g():
+    """KMS silent at boot (it accepts and never answers): the shipped
+    kmsfs.service, with prefetch, gives up on the first calls at their
+    deadline, leaves the secrets to its background rounds and reports ready
+    well within TimeoutStartSec, so units ordered after it start; an open
+    then fails with EIO within the call's deadline (10 s), and the daemon
+    keeps serving."""
+    k = show("kmsfs.service", "ActiveState", "InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic",
+             "TimeoutStartUSec", "NRestarts")
+    silent = show("silent-kms.service", "ActiveState")["ActiveState"]
+    start, up = int(k["InactiveExitTimestampMonotonic"] or 0), int(k["ActiveEnterTimestampMonotonic"] or 0)
+    ready = (up - start) / 1e6 if start and up >= start else None
+    m = mount_info("/srv/secrets")
+    # With every call unanswered the prefetch hands the secrets to its
+    # background rounds ("... again in the background") and reports ready.
+    gave_up = [x for x in messages("-u", "kmsfs.service") if x.startswith("prefetch: ") and "in the background" in x]
+    t = time.monotonic()
+    out = read_as("app", "/srv/secrets/api.token")
+    took = time.monotonic() - t
+    failed = [x for x in messages("-u", "kmsfs.service") if x.startswith("api.token: KMS")]
+    ok = (k["ActiveState"] == "active" and silent == "active" and ready is not None and ready < 45
+          and m is not None and m[1] == "fuse.kmsfs" and bool(gave_up) and k["NRestarts"] == "0"
+          and out == "checker refused /srv/secrets/api.token EIO" and took < 40 and bool(failed))
+    result("g.silent-kms-ready", ok, "kmsfs.service %s after %s s (TimeoutStartSec %s, NRestarts %s) with its KMS "
+           "silent (%s); %r; mountinfo %s; an open as app: %r after %.1f s, logged %r" % (
+               k["ActiveState"], "%.1f" % ready if ready is not None else "?", k["TimeoutStartUSec"], k["NRestarts"],
+               silent, gave_up[:1], m, out, took, failed[-1:]))
+    if ready is not None:
+        figure("silent-kms-ready-s", "%.1f" % ready)
+
+
 def phase2():
     state, failed = wait_until_booted()
     result("boot2.finished", state in ("running", "degraded") and not failed,
            "second boot: system %s, failed units %s" % (state, failed))
-    for name, fn in (("d", scenario_d), ("b", scenario_b)):
+    for name, fn in (("d", scenario_d), ("b", scenario_b), ("g", scenario_g)):
         check(name, fn)
     with open(os.path.join(STATE, "phase"), "w") as f:
         f.write("done\n")
