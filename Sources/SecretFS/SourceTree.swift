@@ -298,8 +298,7 @@ public final class SourceTree: Sendable {
     /// than `limit`. Returns its bytes and the fingerprint of exactly the
     /// version read.
     public func readCiphertext(_ relPath: String, limit: Int) throws(ReadError) -> ([UInt8], Fingerprint) {
-        let fd: FileDescriptor
-        do { fd = try FileDescriptor.openBeneath(rootFD, relPath, flags: O_RDONLY | O_NONBLOCK) } catch { throw .system(error) }
+        let fd = try openRegularFile(beneath: rootFD, relPath)
         // A file that grew while being read is read to the size it had and
         // no further: its fingerprint changes, and the next open reads it again.
         do {

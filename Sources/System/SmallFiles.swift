@@ -20,6 +20,27 @@ public func regularFileStatus(_ fd: borrowing FileDescriptor, limit: Int) throws
     return st
 }
 
+/// Opens `path` beneath `directory` for reading only if it is a regular
+/// file, without ever opening anything else: the name is opened with
+/// O_PATH first (no driver's open runs), its status checked, and that same
+/// inode opened for reading through /proc/self/fd. A device node swapped in
+/// for the file after the caller looked is never opened: a terminal would
+/// become the daemon's controlling terminal, a watchdog would arm, a tape
+/// would rewind. Where /proc is not mounted, the file is opened directly
+/// (O_NOCTTY, O_NONBLOCK) and checked after.
+public func openRegularFile(beneath directory: Int32, _ path: String) throws(CappedReadError) -> FileDescriptor {
+    let flags = O_RDONLY | O_NONBLOCK | O_NOCTTY
+    let handle: FileDescriptor
+    do { handle = try FileDescriptor.openBeneath(directory, path, flags: O_PATH) } catch { throw .system(error) }
+    let st: stat
+    do { st = try handle.stat() } catch { throw .system(error) }
+    guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular }
+    let fd = open("/proc/self/fd/\(handle.rawValue)", flags | O_CLOEXEC)
+    if fd >= 0 { return FileDescriptor(owning: fd) }
+    guard errno == ENOENT else { throw .system(Errno("open \(path)")) }
+    do { return try FileDescriptor.openBeneath(directory, path, flags: flags) } catch { throw .system(error) }
+}
+
 /// Reads the regular file open at `fd` whole into an array, refusing one
 /// over `limit` before reading; a file that grows meanwhile is read to the
 /// size it had, one that shrinks to its end. Not for plaintext: the bytes

@@ -566,3 +566,31 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         #expect(MountInfo.deviceField(large) == Array("4097:300".utf8))
     }
 }
+
+@Suite struct OpenRegularFileTests {
+    /// A device node where a ciphertext was is refused before its driver's
+    /// open runs: a character device of a major no driver holds fails
+    /// ENXIO when opened, and is refused as not regular without that.
+    @Test func aDeviceNodeIsRefusedWithoutBeingOpened() throws {
+        guard geteuid() == 0 else { return }   // mknod needs root (make test runs as root)
+        let devices = (try? readSmallFile("/proc/devices").get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let registered = Set(devices.split(separator: "\n").prefix { !$0.hasPrefix("Block") }
+            .compactMap { Int($0.split(separator: " ").first ?? "") })
+        guard let major = [240, 241, 242, 243, 60, 61, 62, 63].first(where: { !registered.contains($0) }) else { return }
+        try withTemporaryDirectory { (dir: String) throws in
+            #expect(mknod(dir + "/dev.encrypted", S_IFCHR | 0o600, dev_t((major << 8) | 0)) == 0)
+            writeFile(dir + "/plain.encrypted", "ciphertext")
+            let root = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            defer { close(root) }
+            // Opened directly, its driver's open runs (and fails).
+            let direct = open(dir + "/dev.encrypted", O_RDONLY | O_NONBLOCK | O_NOCTTY)
+            #expect(direct < 0 && errno == ENXIO)
+            #expect(throws: CappedReadError.notRegular) { try openRegularFile(beneath: root, "dev.encrypted") }
+            let fd = try openRegularFile(beneath: root, "plain.encrypted")
+            var buf = [UInt8](repeating: 0, count: 32)
+            #expect(try fd.read(filling: &buf) == 10)
+            // Read-only, and the same file.
+            #expect(fcntl(fd.rawValue, F_GETFL) & O_ACCMODE == O_RDONLY)
+        }
+    }
+}
