@@ -128,10 +128,12 @@ let opInit: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<fuse_
 }
 
 let opLookup: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = { req, parent, name in
-    let n = String(cString: name!)
     // The name as the caller's bytes, escaped: any local user may look up
     // any name, and a repaired String would hide what was asked.
     debugLog(req, "lookup parent=\(parent) name=\(LogEscape.escape(cString: name!))")
+    // Names that are not UTF-8 are never shown (the listing hides them).
+    // Repaired, `\xff` would look up the file named U+FFFD instead.
+    guard let n = String(validatingCString: name!) else { reply(req, error: ENOENT); return }
     switch context(req).fs.lookup(parent: parent, name: n) {
     case .success(let r):
         var e = entryParam(r)

@@ -273,3 +273,18 @@ def test_a_log_or_audit_fifo_or_hard_link_is_refused_at_once(kms, kmsfs_bin, pla
     err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, linked))
     assert "%s has 2 hard links" % linked in err, err
     assert other.read_bytes() == b"keep"
+
+
+def test_a_name_that_is_not_utf8_finds_nothing_not_its_repaired_twin(kms, mount_factory, plain_source):
+    """Repaired as a String, a looked-up `\\xff` became U+FFFD and served
+    the secret whose name is U+FFFD, audited under the other name. A name
+    that is not UTF-8 is never shown, so it finds nothing."""
+    src, mnt = plain_source
+    (src / "\ufffd.encrypted").write_bytes(kms.encrypt_blob(b"twin"))
+    m = mount_factory(src, "allow_uid=0")
+    assert open(os.path.join(m.path, "\ufffd"), "rb").read() == b"twin"
+    for name in (b"\xff", b"a\xff", b"\xef\xbf"):
+        with pytest.raises(OSError) as e:
+            open(os.path.join(m.path.encode(), name), "rb")
+        assert e.value.errno == errno.ENOENT, name
+    assert m.proc.poll() is None
