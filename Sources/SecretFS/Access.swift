@@ -196,74 +196,119 @@ public struct AccessPolicy: Sendable {
 /// is a character class.
 public struct GlobPattern: Sendable, Equatable, CustomStringConvertible {
     public let text: String
-    private let pattern: [UInt8]
+    private let tokens: [Token]
+
+    /// One element of a pattern. `*` and `?` and a class match no `/`;
+    /// `**` matches anything; `**/` also matches nothing at all.
+    private enum Token: Sendable, Equatable {
+        case byte(UInt8)
+        case one
+        case set([UInt8], negated: Bool)   // pairs of lowest and highest byte
+        case never                         // an unterminated class
+        case star, doubleStar, doubleStarSlash
+    }
 
     public init(_ text: String) {
         var t = text
         while t.hasPrefix("/") { t.removeFirst() }
         self.text = t
-        self.pattern = Array(t.utf8)
+        self.tokens = GlobPattern.tokens(Array(t.utf8))
     }
 
     public var description: String { text }
 
-    public func matches(_ path: String) -> Bool {
-        GlobPattern.match(pattern[...], Array(path.utf8)[...])
-    }
-
-    private static func match(_ p: ArraySlice<UInt8>, _ s: ArraySlice<UInt8>) -> Bool {
-        var p = p
-        var s = s
-        while let c = p.first {
+    private static func tokens(_ p: [UInt8]) -> [Token] {
+        let star = UInt8(ascii: "*"), slash = UInt8(ascii: "/")
+        var out: [Token] = []
+        var i = 0
+        while i < p.count {
+            let c = p[i]
             switch c {
-            case UInt8(ascii: "*"):
-                let doubleStar = p.dropFirst().first == UInt8(ascii: "*")
-                var rest = p.dropFirst(doubleStar ? 2 : 1)
-                if doubleStar, rest.first == UInt8(ascii: "/") {
-                    // "**/" also matches nothing at all.
-                    if match(rest.dropFirst(), s) { return true }
-                    rest = rest[...]
-                }
-                if rest.isEmpty { return doubleStar || !s.contains(UInt8(ascii: "/")) }
-                var t = s
-                while true {
-                    if match(rest, t) { return true }
-                    guard let h = t.first else { return false }
-                    if !doubleStar && h == UInt8(ascii: "/") { return false }
-                    t = t.dropFirst()
+            case star:
+                if i + 1 < p.count, p[i + 1] == star {
+                    if i + 2 < p.count, p[i + 2] == slash { out.append(.doubleStarSlash); i += 3 } else { out.append(.doubleStar); i += 2 }
+                } else {
+                    out.append(.star); i += 1
                 }
             case UInt8(ascii: "?"):
-                guard let h = s.first, h != UInt8(ascii: "/") else { return false }
-                p = p.dropFirst(); s = s.dropFirst()
+                out.append(.one); i += 1
             case UInt8(ascii: "["):
-                guard let h = s.first, h != UInt8(ascii: "/") else { return false }
-                var q = p.dropFirst()
-                var negate = false
-                if let f = q.first, f == UInt8(ascii: "!") || f == UInt8(ascii: "^") { negate = true; q = q.dropFirst() }
-                var matched = false
+                var q = i + 1
+                var negated = false
+                if q < p.count, p[q] == UInt8(ascii: "!") || p[q] == UInt8(ascii: "^") { negated = true; q += 1 }
+                var ranges: [UInt8] = []
                 var first = true
-                while let f = q.first, f != UInt8(ascii: "]") || first {
+                while q < p.count, p[q] != UInt8(ascii: "]") || first {
                     first = false
-                    q = q.dropFirst()
-                    if q.first == UInt8(ascii: "-"), let hi = q.dropFirst().first, hi != UInt8(ascii: "]") {
-                        if h >= f && h <= hi { matched = true }
-                        q = q.dropFirst(2)
-                    } else if h == f {
-                        matched = true
+                    let lo = p[q]
+                    q += 1
+                    if q + 1 < p.count, p[q] == UInt8(ascii: "-"), p[q + 1] != UInt8(ascii: "]") {
+                        ranges += [lo, p[q + 1]]
+                        q += 2
+                    } else {
+                        ranges += [lo, lo]
                     }
                 }
-                guard q.first == UInt8(ascii: "]") else { return false }   // unterminated class
-                if matched == negate { return false }
-                p = q.dropFirst(); s = s.dropFirst()
+                guard q < p.count else { out.append(.never); i = p.count; break }   // unterminated: matches nothing
+                out.append(.set(ranges, negated: negated))
+                i = q + 1
             case UInt8(ascii: "\\"):
-                let lit = p.dropFirst().first ?? c
-                guard s.first == lit else { return false }
-                p = p.dropFirst(2); s = s.dropFirst()
+                out.append(.byte(i + 1 < p.count ? p[i + 1] : c)); i += 2
             default:
-                guard s.first == c else { return false }
-                p = p.dropFirst(); s = s.dropFirst()
+                out.append(.byte(c)); i += 1
             }
         }
-        return s.isEmpty
+        return out
+    }
+
+    /// Whether `path` matches, in time and memory proportional to the
+    /// pattern's length times the path's, whatever the pattern: the caller
+    /// chooses the path (a few KiB), and a pattern of k stars tried by
+    /// backtracking took up to n^k steps (minutes for five stars).
+    /// `next[j]`: whether the tokens after the current one match the path
+    /// from byte j; filled from the pattern's end to its start.
+    public func matches(_ path: String) -> Bool {
+        let s = Array(path.utf8)
+        let n = s.count
+        let slash = UInt8(ascii: "/")
+        var next = [Bool](repeating: false, count: n + 1)
+        next[n] = true
+        var row = [Bool](repeating: false, count: n + 1)
+        for token in tokens.reversed() {
+            switch token {
+            case .star, .doubleStar:
+                row[n] = next[n]
+                for j in stride(from: n - 1, through: 0, by: -1) {
+                    row[j] = next[j] || ((token == .doubleStar || s[j] != slash) && row[j + 1])
+                }
+            case .doubleStarSlash:
+                // Nothing at all, or anything up to and including a `/`.
+                var slashThenRest = false
+                row[n] = next[n]
+                for j in stride(from: n - 1, through: 0, by: -1) {
+                    if s[j] == slash && next[j + 1] { slashThenRest = true }
+                    row[j] = next[j] || slashThenRest
+                }
+            case .byte(let c):
+                row[n] = false
+                for j in 0..<n { row[j] = s[j] == c && next[j + 1] }
+            case .one:
+                row[n] = false
+                for j in 0..<n { row[j] = s[j] != slash && next[j + 1] }
+            case .set(let ranges, let negated):
+                row[n] = false
+                for j in 0..<n {
+                    guard s[j] != slash, next[j + 1] else { row[j] = false; continue }
+                    var inSet = false
+                    var k = 0
+                    while k + 1 < ranges.count { if s[j] >= ranges[k] && s[j] <= ranges[k + 1] { inSet = true; break }; k += 2 }
+                    row[j] = inSet != negated
+                }
+            case .never:
+                for j in 0...n { row[j] = false }
+            }
+            swap(&row, &next)
+        }
+        return next[0]
     }
 }
