@@ -248,8 +248,11 @@ public enum Daemon {
             credentials.start()
             Log.notice("credentials: serving LoadCredential= on \(credentials.path)")
         }
+        // Any local user may scrape a TCP port, as often as they like: the
+        // metrics leave out the status's per-process details (/proc reads).
         let renderMetrics: @Sendable () -> String = {
-            PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation, started: started),
+            PrometheusText.render(Daemon.status(request: request, fs: fs, kms: kms, watcher: watcher, rotation: rotation,
+                                                started: started, processDetails: false),
                                   perSecret: live.current.metricsPerSecret)
         }
         if let server = metrics.server {
@@ -510,8 +513,10 @@ public enum Daemon {
 
     /// The status document `kmsfs status` shows. Names, sizes, ages and
     /// counters only: never plaintext.
+    /// `processDetails: false` leaves out what each stale handle's process
+    /// is (two /proc reads each), which the metrics do not show.
     static func status(request: MountRequest, fs: SecretFileSystem, kms: KMSClient, watcher: SourceWatcher?,
-                       rotation: RotationNotifier?, started: Double) -> JSONValue {
+                       rotation: RotationNotifier?, started: Double, processDetails: Bool = true) -> JSONValue {
         let (entries, bytes) = fs.cache.snapshot
         let c = fs.counterSnapshot
         let k = kms.api.metrics.snapshot
@@ -539,8 +544,8 @@ public enum Daemon {
         let stale: [JSONValue] = fs.staleHandles().map { h, current in
             .object([("path", .string(h.mountPath)), ("version", .string(h.version)),
                      ("current", current.map { .string($0) } ?? .null), ("pid", n(Int(h.pid))),
-                     ("uid", n(Int(h.uid))), ("comm", .string(processName(pid: h.pid))),
-                     ("unit", systemdUnit(pid: h.pid).map { .string($0) } ?? .null),
+                     ("uid", n(Int(h.uid))), ("comm", processDetails ? .string(processName(pid: h.pid)) : .null),
+                     ("unit", processDetails ? systemdUnit(pid: h.pid).map { .string($0) } ?? .null : .null),
                      ("held_s", .number(max(0, now - h.openedAt).rounded()))])
         }
         let r = rotation?.snapshot ?? RotationNotifier.Stats()

@@ -498,15 +498,17 @@ public final class SecretCache: @unchecked Sendable {
         public var appeared: Double
     }
 
+    /// Copied under the lock, sorted outside it: opens wait on that lock,
+    /// and any local user may ask for this through a metrics scrape.
     public var snapshot: (entries: [EntryInfo], bytes: Int) {
-        lock.withLock {
+        let (list, total) = lock.withLock {
             let t = now()
-            let list = entries.values.map {
+            return (entries.values.map {
                 EntryInfo(path: $0.path, size: $0.size, age: t - $0.decryptedAt, hits: $0.hits, format: $0.format, keyId: $0.keyId,
                           version: $0.version, appeared: $0.appeared)
-            }.sorted { $0.path < $1.path }
-            return (list, bytes)
+            }, bytes)
         }
+        return (list.sorted { $0.path < $1.path }, total)
     }
 
     public var count: Int { lock.withLock { entries.count } }
