@@ -234,6 +234,8 @@ public final class MetricsServer: @unchecked Sendable {
     /// Connections whose request head is still arriving, at most: past it,
     /// the oldest is dropped.
     static let maxPending = 64
+    /// Seconds a response may take to write in all.
+    static let responseSeconds = 5.0
 
     /// Serves from its own thread; `render` makes each answer's body. Request
     /// heads are read from every pending connection at once, each within
@@ -275,6 +277,7 @@ public final class MetricsServer: @unchecked Sendable {
                 pending = still
                 if fds[0].revents & Int16(POLLIN) != 0 {
                     let c = acceptCloseOnExec(listener)
+                    if c < 0 { backOffAfterAcceptFailure() }
                     if c >= 0 {
                         var tv = timeval(tv_sec: 2, tv_usec: 0)
                         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -355,7 +358,9 @@ public final class MetricsServer: @unchecked Sendable {
     static func respond(_ c: Int32, status: String, contentType: String = "text/plain; charset=utf-8",
                         body: String, headOnly: Bool = false, extra: String = "") {
         let header = "HTTP/1.1 \(status)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.utf8.count)\r\n\(extra)Connection: close\r\n\r\n"
-        Log.writeAll(c, headOnly ? header : header + body)
+        // One thread answers every scrape: a peer that reads a few bytes at
+        // a time gets `responseSeconds` in all, not 2 s per write forever.
+        _ = FileDescriptor.writeAll(c, Array((headOnly ? header : header + body).utf8), within: responseSeconds)
     }
 
     public func stop() {

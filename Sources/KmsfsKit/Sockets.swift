@@ -20,7 +20,7 @@ func acceptConnections(_ fd: Int32, thread: String, until stopped: @escaping @Se
             // would be nobody's to answer.
             if stopped() { return }
             let c = acceptCloseOnExec(fd)
-            guard c >= 0 else { continue }
+            guard c >= 0 else { backOffAfterAcceptFailure(); continue }
             handle(c)
         }
     }

@@ -79,6 +79,40 @@ public struct FileDescriptor: ~Copyable {
     }
 }
 
+extension FileDescriptor {
+    /// Writes `bytes` to the socket `fd` (not owned) within `seconds` in
+    /// all: a peer that reads a few bytes at a time, each write inside any
+    /// per-write timeout, cannot hold the writer longer. The socket is made
+    /// non-blocking. False when the time ran out or a write failed.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8], within seconds: Double) -> Bool {
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+        let deadline = SystemClock.monotonic() + seconds
+        return bytes.withUnsafeBytes { b -> Bool in
+            guard let base = b.baseAddress else { return true }
+            var off = 0
+            while off < b.count {
+                let n = Glibc.write(fd, base + off, b.count - off)
+                if n > 0 { off += n; continue }
+                let e = errno
+                guard n < 0, e == EAGAIN || e == EWOULDBLOCK || e == EINTR else { return false }
+                let left = deadline - SystemClock.monotonic()
+                guard left > 0 else { return false }
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, Int32(min(left, 1) * 1000) + 1)
+            }
+            return true
+        }
+    }
+}
+
+/// After accept(2) failed for want of descriptors or memory (EMFILE,
+/// ENFILE, ENOBUFS, ENOMEM), the listener stays readable and a poll loop
+/// would spin: the caller waits this long before trying again.
+public func backOffAfterAcceptFailure(_ e: Int32 = errno) {
+    if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { SystemClock.sleep(0.1) }
+}
+
 // The same for arrays (whose withUnsafe...Bytes do not carry a typed error).
 extension FileDescriptor {
     /// Reads until `bytes` is full or the end; the count read.

@@ -594,3 +594,39 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
     }
 }
+
+@Suite struct BoundedWriteTests {
+    /// A peer that reads a byte now and then (each write inside any
+    /// per-write timeout) cannot hold the writer past its time.
+    @Test func aSlowReaderCannotHoldTheWriterPastItsTime() {
+        var sv: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        defer { close(sv[0]); close(sv[1]) }
+        var small: Int32 = 4096
+        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        let reader = sv[1]
+        let stop = Atomic<Bool>(false)
+        let t = startThread(name: "slow-reader") {
+            var b = [UInt8](repeating: 0, count: 16)
+            while !stop.load(ordering: .relaxed) {
+                _ = b.withUnsafeMutableBytes { recv(reader, $0.baseAddress, 16, Int32(MSG_DONTWAIT)) }
+                SystemClock.sleep(0.05)
+            }
+        }
+        #expect(t)
+        let start = SystemClock.monotonic()
+        #expect(!FileDescriptor.writeAll(sv[0], [UInt8](repeating: 7, count: 4 << 20), within: 0.5))
+        let took = SystemClock.monotonic() - start
+        stop.store(true, ordering: .relaxed)
+        #expect(took >= 0.45 && took < 3, "took \(took) s")
+        // A reader that keeps up gets everything.
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        defer { close(pair[0]); close(pair[1]) }
+        #expect(FileDescriptor.writeAll(pair[0], [UInt8](repeating: 1, count: 1000), within: 1))
+        var got = [UInt8](repeating: 0, count: 2000)
+        #expect(got.withUnsafeMutableBytes { recv(pair[1], $0.baseAddress, 2000, 0) } == 1000)
+        SystemClock.sleep(0.1)   // the reader thread sees the stop
+    }
+}
