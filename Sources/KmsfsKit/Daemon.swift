@@ -156,6 +156,9 @@ public enum Daemon {
         let metrics = MetricsSlot()
         var metricsPending: MetricsAddress? = nil
         if let address = options.metrics {
+            if options.metricsPerSecret, case .tcp = address {
+                Log.warning("metrics_per_secret on \(address): any local user can read the names of cached secrets and when each was last decrypted and opened from this port; give metrics=unix:PATH to choose who may")
+            }
             do { metrics.server = try MetricsServer(address: address) } catch {
                 Log.warning("metrics=\(address): \(error); the secrets are served without metrics, and the address is tried again every \(Int(MetricsSlot.retryInterval)) s (give a free loopback port, such as 127.0.0.1:9464, or unix:PATH)")
                 metricsPending = address

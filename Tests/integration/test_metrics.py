@@ -144,6 +144,8 @@ def test_per_secret_series_only_on_request(tmp_path, kms, mount_factory):
     text = scrape(port)[2].decode()
     assert samples(text)['kmsfs_secret_hits_total{path="db.password"}'] >= 1
     assert SECRET.decode() not in text
+    # On a loopback port any local user reads those names: the log says so.
+    assert m.wait_log("metrics_per_secret on 127.0.0.1:%d: any local user can read the names" % port), m.log()
 
 
 def test_unix_socket_endpoint(tmp_path, kms, mount_factory):
