@@ -181,7 +181,13 @@ public final class CredentialServer: @unchecked Sendable {
         guard cred.uid == 0 else {
             return refuseAudited("the peer (pid \(cred.pid)) runs as uid \(cred.uid), not root as systemd does", unit: nil)
         }
-        guard let actual = liveSystemdUnit(pid: cred.pid) else {
+        // The peer as it connected (SO_PEERPIDFD): the request may wait in
+        // the queue, and a peer that exits meanwhile could otherwise have
+        // its PID taken by a process of the unit it names.
+        let pinned = peerPidfd(c)
+        defer { if let pinned { close(pinned) } }
+        let unit = if let pinned { liveSystemdUnit(pidfd: pinned, pid: cred.pid) } else { liveSystemdUnit(pid: cred.pid) }
+        guard let actual = unit else {
             return refuseAudited("the peer's (pid \(cred.pid)) unit cannot be read", unit: nil)
         }
         guard actual == req.unit else {

@@ -80,6 +80,12 @@ public func liveSystemdUnit(pid: Int32) -> String? {
     whileProcessLives(pid) { systemdUnit(pid: pid) }
 }
 
+/// The same for a process pinned by `pidfd` since before (a socket peer's,
+/// taken at connect): a PID reused meanwhile is never read as it.
+public func liveSystemdUnit(pidfd: Int32, pid: Int32) -> String? {
+    whileProcessLives(pidfd: pidfd, pid: pid) { systemdUnit(pid: pid) }
+}
+
 /// The unit named by a `/proc/PID/cgroup` document (see `systemdUnit`).
 public func unitFromCgroup(_ doc: [UInt8]) -> String? {
     for line in doc.split(separator: UInt8(ascii: "\n")) {

@@ -11,6 +11,39 @@ public func peerCredentials(_ fd: Int32) -> (uid: UInt32, gid: UInt32, pid: Int3
     return (c.uid, c.gid, c.pid)
 }
 
+/// A pidfd of the process at the other end of a Unix socket, the one that
+/// connected (SO_PEERPIDFD, Linux 6.5): unlike the PID SO_PEERCRED gives,
+/// it cannot come to name another process once that one exits. nil where
+/// the kernel has none.
+public func peerPidfd(_ fd: Int32) -> Int32? {
+    let soPeerPidfd: Int32 = 77   // <asm-generic/socket.h>; glibc's headers may lack it
+    var pidfd: Int32 = -1
+    var len = socklen_t(MemoryLayout<Int32>.size)
+    guard getsockopt(fd, SOL_SOCKET, soPeerPidfd, &pidfd, &len) == 0, pidfd >= 0 else { return nil }
+    return pidfd
+}
+
+/// The PID a pidfd names now (`Pid:` of /proc/self/fdinfo/FD); nil when
+/// its process has exited (-1 there) or it cannot be read.
+func pid(ofPidfd fd: Int32) -> Int32? {
+    guard case .success(let info) = readSmallFile("/proc/self/fdinfo/\(fd)", limit: 64 << 10) else { return nil }
+    for line in info.split(separator: UInt8(ascii: "\n")) where line.starts(with: "Pid:".utf8) {
+        guard let p = Int32(String(decoding: line.dropFirst(4).filter { $0 != 9 && $0 != 32 }, as: UTF8.self)), p > 0 else { return nil }
+        return p
+    }
+    return nil
+}
+
+/// `whileProcessLives` for a process whose pidfd the caller already holds
+/// (`peerPidfd`): `body`'s answer about `pid` counts only if the pidfd
+/// names `pid` before and the process is alive after.
+public func whileProcessLives<R>(pidfd: Int32, pid expected: Int32, _ body: () -> R?) -> R? {
+    guard expected > 0, pid(ofPidfd: pidfd) == expected else { return nil }
+    let answer = body()
+    guard kmsfs_pidfd_alive(pidfd) == 0 else { return nil }
+    return answer
+}
+
 /// Runs `body` (which reads about process `pid`, e.g. its /proc files) and
 /// returns its answer only if that same process is still alive afterwards:
 /// a pidfd taken first pins the process, so a PID reused in between (the

@@ -630,3 +630,54 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         SystemClock.sleep(0.1)   // the reader thread sees the stop
     }
 }
+
+@Suite struct PeerPidfdTests {
+    /// SO_PEERPIDFD pins the process that connected: its PID is read from
+    /// the pidfd while it lives, and once it has exited nothing is
+    /// answered about it, whatever process has its PID by then.
+    @Test func aPeersPidfdNamesItWhileItLivesAndNothingAfter() throws {
+        try withTemporaryDirectory { (dir: String) throws in
+            let path = dir + "/s.sock"
+            let listener = try listenUnix(path, mode: 0o600, what: "test socket", because: "a test")
+            defer { close(listener) }
+            // A child connects, then waits for a byte before it exits.
+            var gate: [Int32] = [-1, -1]
+            #expect(pipe(&gate) == 0)
+            // Everything the child needs is made before fork: it only makes
+            // system calls (no allocation after fork in a threaded process).
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            _ = withUnsafeMutableBytes(of: &addr.sun_path) { b in path.utf8CString.withUnsafeBytes { b.copyMemory(from: $0) } }
+            let child = fork()
+            if child == 0 {
+                let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+                var b: UInt8 = 0
+                _ = read(gate[0], &b, 1)
+                _exit(0)
+            }
+            close(gate[0])
+            let c = accept(listener, nil, nil)
+            #expect(c >= 0)
+            defer { close(c) }
+            var u = utsname()
+            uname(&u)
+            let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let v = release.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
+            let hasIt = v.count == 2 && (v[0], v[1]) >= (6, 5)
+            guard let pidfd = peerPidfd(c) else {
+                #expect(!hasIt, "Linux \(release) has SO_PEERPIDFD, and it gave nothing")
+                return
+            }
+            defer { close(pidfd) }
+            #expect(whileProcessLives(pidfd: pidfd, pid: child) { "alive" } == "alive")
+            #expect(whileProcessLives(pidfd: pidfd, pid: getpid()) { "alive" } == nil)   // another PID: no
+            var one: UInt8 = 1
+            _ = write(gate[1], &one, 1)
+            close(gate[1])
+            var status: Int32 = 0
+            _ = waitpid(child, &status, 0)
+            #expect(whileProcessLives(pidfd: pidfd, pid: child) { "alive" } == nil)
+        }
+    }
+}
