@@ -355,13 +355,19 @@ public final class RotationNotifier: @unchecked Sendable {
         return .failure(ChildProcess.Failure(message: "no systemctl in the absolute directories of PATH (\(path ?? "unset"))"))
     }
 
+    /// Paths for a log line, each quoted as the audit quotes a field when it
+    /// holds a blank or a quote: `a b` is never read as `a` and `b`.
+    public static func shown(_ paths: [String]) -> String {
+        paths.map(AuditRecord.quote).joined(separator: " ")
+    }
+
     private func notify(target: String, paths: [String], argv: [String]) {
         let result = ChildProcess.run(argv, environment: environment, timeout: timeout)
         switch result {
         case .success:
-            Log.notice("rotation: told \(target) about \(paths.joined(separator: " "))")
+            Log.notice("rotation: told \(target) about \(RotationNotifier.shown(paths))")
         case .failure(let why):
-            Log.error("rotation: telling \(target) about \(paths.joined(separator: " ")) failed: \(why.message)")
+            Log.error("rotation: telling \(target) about \(RotationNotifier.shown(paths)) failed: \(why.message)")
         }
         record(target: target, paths: paths, result: result)
     }

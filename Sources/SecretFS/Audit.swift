@@ -66,7 +66,7 @@ public struct AuditRecord: Sendable {
     /// invalid UTF-8 byte and invisible separator as `\xNN` (`\r`, `\n`,
     /// `\t`): a SOURCE name or a process name can never end the record
     /// or start a forged one.
-    static func quote(_ s: String) -> String {
+    public static func quote(_ s: String) -> String {
         let plain = !s.isEmpty && s.utf8.allSatisfy { $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
         if plain { return s }
         return "\"" + LogEscape.escape(s, quoting: [UInt8(ascii: "\\"), UInt8(ascii: "\"")]) + "\""

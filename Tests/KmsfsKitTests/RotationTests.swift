@@ -6,6 +6,14 @@ import Glibc
 
 /// `on_change=` programs get the changed paths in runs that never hit
 /// E2BIG: at most 1,000 paths and 64 KiB of them per run.
+@Suite struct RotationLogTests {
+    /// A log line names each path so that `a b` is not read as two.
+    @Test func pathsInALogLineAreUnambiguous() {
+        #expect(RotationNotifier.shown(["tls/key", "db/a b", "x\"y"]) == #"tls/key "db/a b" "x\"y""#)
+        #expect(RotationNotifier.shown(["a", "b"]) != RotationNotifier.shown(["a b"]))
+    }
+}
+
 @Suite struct RotationChunkTests {
     @Test func pathsAreCutIntoBoundedRunsInOrder() {
         let many = (0..<2500).map { "app/s\($0)" }
