@@ -47,13 +47,18 @@ public final class CredentialServer: @unchecked Sendable {
     public func start() {
         acceptConnections(fd, thread: "kmsfs-credsock", until: { [self] in stopped.load(ordering: .relaxed) },
                           onExit: { [self] in connections.withLock { acceptEnded = true; connections.broadcast() } }) { [self] c in
+            // The peer as it connected, pinned before the request waits in
+            // the queue: a peer that exits meanwhile could otherwise have
+            // its PID taken by a process of the unit it names.
+            let peer = pinPeer(c)
             // Known from here on, so that the stop answers it even while it
             // waits in the pool's queue behind workers held up by KMS.
             CredentialServer.prepare(c)
             connections.withLock { answering[c] = false }
-            if !pool.submit({ [self] in serve(c) }) {
+            if !pool.submit({ [self] in serve(c, peer) }) {
                 // No worker to take it (1,024 waiting, or stopping): closed
                 // unanswered it would read as an empty credential.
+                peer.close()
                 refuse(c, "a request: too many waiting, or stopping")
             }
         }
@@ -159,7 +164,8 @@ public final class CredentialServer: @unchecked Sendable {
         close(c)
     }
 
-    private func serve(_ c: Int32) {
+    private func serve(_ c: Int32, _ peer: PeerProcess) {
+        defer { peer.close() }
         // Taken by the stop while it waited in the queue: the stop's now.
         guard connections.withLock({ answering[c] == false }) else { return }
         if connections.withLock({ stopping }) { return refuse(c, "a request: the daemon is stopping") }
@@ -181,12 +187,12 @@ public final class CredentialServer: @unchecked Sendable {
         guard cred.uid == 0 else {
             return refuseAudited("the peer (pid \(cred.pid)) runs as uid \(cred.uid), not root as systemd does", unit: nil)
         }
-        // The peer as it connected (SO_PEERPIDFD): the request may wait in
-        // the queue, and a peer that exits meanwhile could otherwise have
-        // its PID taken by a process of the unit it names.
-        let pinned = peerPidfd(c)
-        defer { if let pinned { close(pinned) } }
-        let unit = if let pinned { liveSystemdUnit(pidfd: pinned, pid: cred.pid) } else { liveSystemdUnit(pid: cred.pid) }
+        let unit: String?
+        switch peer {
+        case .pinned(let pidfd): unit = liveSystemdUnit(pidfd: pidfd, pid: cred.pid)
+        case .notSupported: unit = liveSystemdUnit(pid: cred.pid)
+        case .gone: unit = nil
+        }
         guard let actual = unit else {
             return refuseAudited("the peer's (pid \(cred.pid)) unit cannot be read", unit: nil)
         }

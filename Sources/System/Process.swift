@@ -11,16 +11,32 @@ public func peerCredentials(_ fd: Int32) -> (uid: UInt32, gid: UInt32, pid: Int3
     return (c.uid, c.gid, c.pid)
 }
 
-/// A pidfd of the process at the other end of a Unix socket, the one that
-/// connected (SO_PEERPIDFD, Linux 6.5): unlike the PID SO_PEERCRED gives,
-/// it cannot come to name another process once that one exits. nil where
-/// the kernel has none.
-public func peerPidfd(_ fd: Int32) -> Int32? {
+/// The process at the other end of a Unix socket, the one that connected.
+public enum PeerProcess: Sendable {
+    /// Its pidfd (SO_PEERPIDFD, Linux 6.5): unlike the PID SO_PEERCRED
+    /// gives, it cannot come to name another process once that one exits.
+    case pinned(Int32)
+    /// The kernel has no SO_PEERPIDFD: only the PID is known.
+    case notSupported
+    /// It has already exited (Linux 6.5 to 6.17 refuse its pidfd then).
+    case gone
+
+    /// Closes a pinned pidfd.
+    public func close() { if case .pinned(let fd) = self { _ = Glibc.close(fd) } }
+}
+
+/// Pins the peer of `fd` (take it at accept, before any wait): only a
+/// kernel without the option falls back to the PID alone; any other
+/// failure means the peer is gone, and it is refused.
+public func pinPeer(_ fd: Int32) -> PeerProcess {
     let soPeerPidfd: Int32 = 77   // <asm-generic/socket.h>; glibc's headers may lack it
     var pidfd: Int32 = -1
     var len = socklen_t(MemoryLayout<Int32>.size)
-    guard getsockopt(fd, SOL_SOCKET, soPeerPidfd, &pidfd, &len) == 0, pidfd >= 0 else { return nil }
-    return pidfd
+    if getsockopt(fd, SOL_SOCKET, soPeerPidfd, &pidfd, &len) == 0 {
+        return pidfd >= 0 ? .pinned(pidfd) : .gone
+    }
+    let e = Errno.current
+    return e == ENOPROTOOPT || e == EOPNOTSUPP ? .notSupported : .gone
 }
 
 /// The PID a pidfd names now (`Pid:` of /proc/self/fdinfo/FD); nil when
