@@ -156,9 +156,7 @@ public enum Daemon {
         let metrics = MetricsSlot()
         var metricsPending: MetricsAddress? = nil
         if let address = options.metrics {
-            if options.metricsPerSecret, case .tcp = address {
-                Log.warning("metrics_per_secret on \(address): any local user can read the names of cached secrets and when each was last decrypted and opened from this port; give metrics=unix:PATH to choose who may")
-            }
+            if let warning = Daemon.perSecretMetricsWarning(options) { Log.warning(warning) }
             do { metrics.server = try MetricsServer(address: address) } catch {
                 Log.warning("metrics=\(address): \(error); the secrets are served without metrics, and the address is tried again every \(Int(MetricsSlot.retryInterval)) s (give a free loopback port, such as 127.0.0.1:9464, or unix:PATH)")
                 metricsPending = address
@@ -354,14 +352,22 @@ public enum Daemon {
                 let (newRaw, new) = try MountOptions.remounted(raw, with: [changes])
                 try apply(new)
                 raw = newRaw
+                let before = options
                 options = new
                 Log.notice("remounted: options now \(newRaw.joined(separator: ","))")
+                if !before.metricsPerSecret, let warning = Daemon.perSecretMetricsWarning(new) { Log.warning(warning) }
                 return .success("options now \(newRaw.joined(separator: ","))")
             } catch {
                 Log.error("remount refused, keeping the previous options: \(error.message)")
                 return .failure(error)
             }
         }
+    }
+
+    /// Per-secret series on a loopback port are every local user's to read.
+    static func perSecretMetricsWarning(_ o: MountOptions) -> String? {
+        guard o.metricsPerSecret, let address = o.metrics, case .tcp = address else { return nil }
+        return "metrics_per_secret on \(address): any local user can read the names of cached secrets and when each was last decrypted and opened from this port; give metrics=unix:PATH to choose who may"
     }
 
     static func caseInsensitivePolicy(source: String, fs: String) -> String {

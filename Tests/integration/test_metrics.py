@@ -148,6 +148,19 @@ def test_per_secret_series_only_on_request(tmp_path, kms, mount_factory):
     assert m.wait_log("metrics_per_secret on 127.0.0.1:%d: any local user can read the names" % port), m.log()
 
 
+def test_per_secret_series_turned_on_by_remount_are_warned_of_too(tmp_path, kms, mount_factory, kmsfs_bin):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "db.password.encrypted").write_bytes(kms.encrypt_blob(SECRET))
+    port = free_port()
+    m = mount_factory(src, "allow_uid=0,metrics=127.0.0.1:%d" % port)
+    assert "metrics_per_secret on" not in m.log()
+    r = subprocess.run([kmsfs_bin, str(src), m.path, "-o", "remount,metrics_per_secret"], env=kms.env,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert m.wait_log("metrics_per_secret on 127.0.0.1:%d: any local user can read the names" % port), m.log()
+
+
 def test_unix_socket_endpoint(tmp_path, kms, mount_factory):
     src = tmp_path / "src"
     src.mkdir()
