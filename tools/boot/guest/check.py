@@ -414,7 +414,8 @@ def scenario_g():
     failed = [x for x in messages("-u", "kmsfs.service") if x.startswith("api.token: KMS")]
     ok = (k["ActiveState"] == "active" and silent == "active" and ready is not None and ready < 45
           and m is not None and m[1] == "fuse.kmsfs" and bool(gave_up) and k["NRestarts"] == "0"
-          and out == "checker refused /srv/secrets/api.token EIO" and took < 40 and bool(failed))
+          and out == "checker refused /srv/secrets/api.token EIO" and took < 40 and bool(failed)
+          and "did not answer in time" in failed[-1])
     result("g.silent-kms-ready", ok, "kmsfs.service %s after %s s (TimeoutStartSec %s, NRestarts %s) with its KMS "
            "silent (%s); %r; mountinfo %s; an open as app: %r after %.1f s, logged %r" % (
                k["ActiveState"], "%.1f" % ready if ready is not None else "?", k["TimeoutStartUSec"], k["NRestarts"],
