@@ -1,4 +1,4 @@
-// policy= files: paths, globs, users and groups. Names resolve without
+// policy= files: paths, globs (and matching them), users and groups. Names resolve without
 // the password database (numbers and a few fixed names).
 import SecretFS
 
@@ -15,5 +15,9 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     }
     _ = try? PolicyFile.parse(text, file: "fuzz.policy", uid: resolve, gid: resolve)
     for line in text.split(separator: "\n").prefix(4) { _ = GlobPattern.problem(String(line)) }
+    // A pattern (the first line) against a path (the second): any of each
+    // ends, in pattern × path steps.
+    let lines = text.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
+    if lines.count >= 2 { _ = GlobPattern(String(lines[0])).matches(String(lines[1])) }
     return 0
 }
