@@ -39,14 +39,39 @@ public struct Environment: Sendable {
         self.secrets = secrets
     }
 
-    /// Every variable, secrets included as ordinary strings: for a child's
-    /// environment built by a short-lived process (`kmsfs` going to the
-    /// background), and tests. The daemon's own paths use `plain` and
-    /// `secret(_:)`.
-    public var values: [String: String] {
-        var all = plain
-        for (k, v) in secrets { all[k] = v.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
-        return all
+    /// Sets or removes a variable that is not a secret (a child's
+    /// environment built from this one).
+    public mutating func setPlain(_ name: String, _ value: String?) {
+        precondition(!Environment.secretNames.contains(name), "\(name) is a secret variable")
+        plain[name] = value
+    }
+
+    /// Calls `body` with this environment as a NULL-terminated `NAME=value`
+    /// array for a child (posix_spawn's `envp`): the plain variables as C
+    /// strings freed after, the secret ones assembled in locked memory
+    /// (never as Strings) and wiped after. No locked page is taken when
+    /// there is no secret (fusermount3 runs when the daemon's locked memory
+    /// may be all in use).
+    public func withCEnvironment<R>(_ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) throws(SecureMemoryError) -> R {
+        var cEnv: [UnsafeMutablePointer<CChar>?] = plain.map { strdup("\($0.key)=\($0.value)") }
+        let plainCount = cEnv.count
+        defer { for p in cEnv[..<plainCount] { free(p) } }
+        let secretLength = secrets.reduce(0) { $0 + $1.key.utf8.count + 2 + $1.value.count }
+        let block = secretLength > 0 ? try SecureBuffer(capacity: secretLength, backing: .lockedAnonymous) : nil
+        defer { block?.wipeContents() }
+        if let block {
+            for (name, value) in secrets {
+                let start = block.count
+                do {
+                    try block.append(utf8: name + "=")
+                    try value.withUnsafeBytes { (v: UnsafeRawBufferPointer) throws(SecureMemoryError) in try block.append(v) }
+                    try block.append(utf8: "\0")
+                } catch { continue }
+                block.withUnsafeMutableCapacity { cEnv.append(($0.baseAddress! + start).assumingMemoryBound(to: CChar.self)) }
+            }
+        }
+        cEnv.append(nil)
+        return cEnv.withUnsafeBufferPointer { body($0.baseAddress!) }
     }
 
     /// The process environment now (secrets as captured on the first call).

@@ -149,42 +149,18 @@ enum ProcessRunner {
         posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for p in cArgs { free(p) } }
         // The helper gets the daemon's environment; its secret variables
         // are assembled in locked memory (never as Strings), wiped after
         // the spawn.
-        var cEnv: [UnsafeMutablePointer<CChar>?] = environment.plain.map { strdup("\($0.key)=\($0.value)") }
-        let plainCount = cEnv.count
-        let secretLength = environment.secrets.reduce(0) { $0 + $1.key.utf8.count + 2 + $1.value.count }
-        // None to hold: no locked page taken (fusermount3 runs when the
-        // daemon's locked memory may be all in use).
-        var secretBlock: SecureBuffer? = nil
-        if secretLength > 0 {
-            do { secretBlock = try SecureBuffer(capacity: secretLength, backing: .lockedAnonymous) } catch {
-                for p in cEnv { free(p) }
-                for p in cArgs { free(p) }
-                throw Failure(message: "\(error)")
-            }
-        }
-        if let secretBlock { for (name, value) in environment.secrets {
-            let start = secretBlock.count
-            do {
-                try secretBlock.append(utf8: name + "=")
-                try value.withUnsafeBytes { (v: UnsafeRawBufferPointer) throws(SecureMemoryError) in try secretBlock.append(v) }
-                try secretBlock.append(utf8: "\0")
-            } catch { continue }
-            secretBlock.withUnsafeMutableCapacity { cEnv.append(($0.baseAddress! + start).assumingMemoryBound(to: CChar.self)) }
-        } }
-        cEnv.append(nil)
-        defer {
-            for p in cArgs { free(p) }
-            for p in cEnv[..<plainCount] { free(p) }
-            secretBlock?.wipeContents()
-        }
         var pid: pid_t = 0
-        let rc = cArgs.withUnsafeBufferPointer { a in
-            cEnv.withUnsafeBufferPointer { e in
-                posix_spawnp(&pid, argv[0], &actions, &attr, a.baseAddress!, e.baseAddress!)
+        let rc: Int32
+        do {
+            rc = try environment.withCEnvironment { envp in
+                cArgs.withUnsafeBufferPointer { a in posix_spawnp(&pid, argv[0], &actions, &attr, a.baseAddress!, envp) }
             }
+        } catch {
+            throw Failure(message: "\(error)")
         }
         guard rc == 0 else { throw Failure(message: "cannot run it: \(Errno.text(rc))") }
         return pid

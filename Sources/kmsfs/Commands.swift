@@ -141,22 +141,27 @@ enum Background {
         }
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 3)
 
-        var env = Environment.process().values
-        env["KMSFS_READY_FD"] = "3"
+        // This process holds the AWS secrets of its environment until the
+        // daemon is up: no core dump or ptrace of it, and they reach the
+        // child's environment through locked memory, never as Strings.
+        ProcessHardening.forbidCoreDumps()
+        var env = Environment.process()
+        env.setPlain("KMSFS_READY_FD", "3")
         // What systemd handed this process (a notify socket, passed fds, a
         // watchdog) is this process's, not the daemon's: a daemon that
         // outlives it must not write READY=1 or STOPPING=1 into a unit
         // that is not its own.
-        for k in env.keys where SystemdNotify.isHandoffVariable(k) { env[k] = nil }
-        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        for k in env.plain.keys where SystemdNotify.isHandoffVariable(k) { env.setPlain(k, nil) }
         let args = CommandLine.arguments
         let argv = args.map { strdup($0) } + [nil]
-        defer {
-            envp.forEach { free($0) }
-            argv.forEach { free($0) }
-        }
+        defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executablePath(), &actions, nil, argv, envp)
+        let rc: Int32
+        do {
+            rc = try env.withCEnvironment { envp in posix_spawn(&pid, executablePath(), &actions, nil, argv, envp) }
+        } catch {
+            fail("cannot hold the environment's AWS secrets in locked memory: \(error)")
+        }
         close(writeEnd)
         guard rc == 0 else { fail("cannot start the daemon: \(Errno.text(rc))") }
 

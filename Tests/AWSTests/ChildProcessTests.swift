@@ -71,3 +71,24 @@ import Glibc
         #expect(missing.message.hasPrefix("cannot run it:"))
     }
 }
+
+@Suite struct ChildEnvironmentTests {
+    /// A child's environment: every plain variable as set (and removed),
+    /// the secret ones whole, each once, and nothing else.
+    @Test func theChildsEnvironmentHoldsEveryVariableOnce() throws {
+        var env = Environment(["HOME": "/root", "AWS_REGION": "eu-west-1", "NOTIFY_SOCKET": "/run/x",
+                               "AWS_SECRET_ACCESS_KEY": "wJalr/K7MDENG=", "AWS_SESSION_TOKEN": "tok en"])
+        env.setPlain("KMSFS_READY_FD", "3")
+        env.setPlain("NOTIFY_SOCKET", nil)
+        let entries = try env.withCEnvironment { envp -> [String] in
+            var out: [String] = []
+            var p = envp
+            while let e = p.pointee { out.append(String(cString: e)); p += 1 }
+            return out
+        }
+        #expect(entries.sorted() == ["AWS_REGION=eu-west-1", "AWS_SECRET_ACCESS_KEY=wJalr/K7MDENG=", "AWS_SESSION_TOKEN=tok en",
+                                     "HOME=/root", "KMSFS_READY_FD=3"])
+        // None: no locked block, and an empty array.
+        #expect(try Environment([:]).withCEnvironment { $0.pointee == nil })
+    }
+}
