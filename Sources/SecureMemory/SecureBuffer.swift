@@ -42,6 +42,8 @@ public enum SecureMemoryPolicy {
     struct State {
         var preferSecretMemory = true
         var allowUnlocked = false
+        var unlockedWarning: String? = nil
+        var unlockedFallbacks = 0
         var secretMemoryProbed: Bool? = nil
     }
     static let state = Mutex(State())
@@ -56,6 +58,29 @@ public enum SecureMemoryPolicy {
     public static var allowUnlocked: Bool {
         get { state.withLock { $0.allowUnlocked } }
         set { state.withLock { $0.allowUnlocked = newValue } }
+    }
+
+    /// With `allowUnlocked`: a line written to stderr the first time an
+    /// allocation goes on unlocked (the tools say so rather than swap
+    /// plaintext silently; the daemon warns once at start instead).
+    public static var unlockedWarning: String? {
+        get { state.withLock { $0.unlockedWarning } }
+        set { state.withLock { $0.unlockedWarning = newValue } }
+    }
+
+    /// Allocations that went on unlocked so far.
+    public static var unlockedFallbacks: Int { state.withLock { $0.unlockedFallbacks } }
+
+    /// Counts one fallback; writes the warning on the first.
+    static func noteUnlockedFallback(_ e: Errno) {
+        let warning: String? = state.withLock {
+            $0.unlockedFallbacks += 1
+            return $0.unlockedFallbacks == 1 ? $0.unlockedWarning : nil
+        }
+        if let warning {
+            let line = Array("\(warning) (\(e))\n".utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        }
     }
 
     /// True when this kernel offers `memfd_secret` (probed once).
@@ -211,6 +236,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
                 munmap(p, total)
                 throw .lockFailed(Errno("mlock", code: e))
             }
+            SecureMemoryPolicy.noteUnlockedFallback(Errno("mlock", code: e))
             locked = false
         }
         return (p, total, locked)

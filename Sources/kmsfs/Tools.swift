@@ -36,6 +36,7 @@ struct AWSOptions: ParsableArguments {
 func hardenTool() {
     ProcessHardening.forbidCoreDumps()
     SecureMemoryPolicy.allowUnlocked = true
+    SecureMemoryPolicy.unlockedWarning = "kmsfs: warning: secret bytes are held in memory that is not locked and may be swapped: the locked-memory limit is too low for them (ulimit -l; run as root, or raise LimitMEMLOCK/memlock)"
     Log.configure(destination: .stderr(journal: false), level: .warning)
 }
 

@@ -325,3 +325,28 @@ def test_check_walks_a_very_deep_source_without_recursion(kms, tmp_path):
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir("d", dir_fd=fds[i - 1])
         os.close(fds[0])
+
+
+def test_a_tool_says_when_plaintext_is_held_unlocked(kms, tmp_path, users, public_tmp):
+    """A user whose locked-memory limit is below the plaintext's size: the
+    tool still encrypts (best effort), and says the bytes may be swapped,
+    once, rather than swap plaintext silently."""
+    d = public_tmp / "unlocked-tool"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    big = d / "big.key"
+    big.write_bytes(os.urandom(256 * 1024))
+    os.chmod(big, 0o644)
+    argv = ["prlimit", "--memlock=65536:65536", "setpriv", "--reuid", "kmsfs-alice", "--regid", "kmsfs-alice",
+            "--init-groups", str(KMSFS), "encrypt", "--key-id", kms.key_id, str(big)]
+    r = subprocess.run(argv, env=kms.env, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    assert err.count("secret bytes are held in memory that is not locked") == 1, err
+    assert (d / "big.key.encrypted").exists()
+    # Root is not held to the limit (CAP_IPC_LOCK): no warning.
+    small = tmp_path / "small.key"
+    small.write_bytes(os.urandom(256 * 1024))
+    r = subprocess.run(["prlimit", "--memlock=65536:65536", str(KMSFS), "encrypt", "--key-id", kms.key_id, str(small)],
+                       env=kms.env, capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"not locked" not in r.stderr, r.stderr
