@@ -232,8 +232,6 @@ enum ProcessRunner {
         do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch {
             throw killed(pid, "\(error)")
         }
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        defer { secureWipe(&chunk) }
         var timedOut = false
         var tooLarge = false
         while true {
@@ -243,12 +241,13 @@ enum ProcessRunner {
             let n = poll(&p, 1, Int32(clampedMilliseconds(min(left, 1))) + 1)
             if n < 0 { if Errno.current == EINTR { continue }; break }
             if n == 0 { continue }
-            let got = (try? FileDescriptor.read(readEnd, into: &chunk)) ?? 0
-            if got == 0 { break }   // the end, or a failed read
-            let ok = chunk.withUnsafeBytes { b -> Bool in
-                do { try out.append(UnsafeRawBufferPointer(rebasing: b[0..<got])); return true } catch { return false }
+            // Straight into locked memory, never through an ordinary array.
+            switch out.read(from: readEnd) {
+            case .read: continue
+            case .end, .failed: break       // the end, or a failed read
+            case .overLimit, .noMemory: tooLarge = true
             }
-            if !ok { tooLarge = true; break }
+            break
         }
         if timedOut || tooLarge { kill(-pid, SIGKILL) }
         let status = reap(pid, until: max(deadline, SystemClock.monotonic()) + 1)

@@ -416,14 +416,64 @@ public final class SecureAccumulator: @unchecked Sendable {
         let needed = buffer.count + bytes.count
         if needed > buffer.capacity {
             guard needed <= limit else { throw .capacityExceeded(requested: needed, limit: limit) }
-            let old = buffer
-            let grown = try SecureBuffer(unsafeUninitializedCapacity: min(max(needed, old.capacity * 2), limit),
-                                         backing: old.backing == .secretMemory ? nil : old.backing) { dst in
-                old.withUnsafeBytes { src in dst.copyMemory(from: src) }
-                return old.count
-            }
-            buffer = grown!   // never nil: the copy cannot fail; the old buffer wipes itself in deinit
+            try grow(to: min(max(needed, buffer.capacity * 2), limit))
         }
         try buffer.append(bytes)
+    }
+
+    /// Moves the bytes into a buffer of `capacity`; the old one wipes
+    /// itself in deinit.
+    private func grow(to capacity: Int) throws(SecureMemoryError) {
+        let old = buffer
+        let grown = try SecureBuffer(unsafeUninitializedCapacity: capacity,
+                                     backing: old.backing == .secretMemory ? nil : old.backing) { dst in
+            old.withUnsafeBytes { src in dst.copyMemory(from: src) }
+            return old.count
+        }
+        buffer = grown!   // never nil: the copy cannot fail
+    }
+
+    public enum ReadOutcome: Sendable {
+        /// Bytes read and held.
+        case read(Int)
+        /// The end: the descriptor has nothing more.
+        case end
+        /// More arrived than `limit` (what came past it is wiped).
+        case overLimit
+        case failed(Errno)
+        case noMemory(SecureMemoryError)
+    }
+
+    /// One read(2) of `fd` straight into the buffer's spare capacity,
+    /// growing it as `append` does: the bytes (a credential helper's
+    /// output, a shared credentials file) never pass through ordinary
+    /// memory on their way in.
+    public func read(from fd: Int32, chunk: Int = 4096) -> ReadOutcome {
+        if buffer.count == buffer.capacity {
+            if buffer.capacity >= limit {
+                // Full: one byte more is too many.
+                var probe: UInt8 = 0
+                let n: Int
+                do { n = try syscallRetrying("read") { Glibc.read(fd, &probe, 1) } } catch { return .failed(error) }
+                secureWipe(&probe, 1)
+                return n == 0 ? .end : .overLimit
+            }
+            do { try grow(to: min(max(buffer.capacity * 2, buffer.count + max(chunk, 1)), limit)) } catch { return .noMemory(error) }
+        }
+        let b = buffer
+        guard !b.isRevoked else { return .noMemory(.revoked) }
+        let start = b.count
+        let room = min(b.capacity - start, max(chunk, 1))
+        let n: Int
+        do {
+            n = try b.withUnsafeMutableCapacity { (cap: UnsafeMutableRawBufferPointer) throws(Errno) -> Int in
+                try syscallRetrying("read") { Glibc.read(fd, cap.baseAddress! + start, room) }
+            }
+        } catch {
+            return .failed(error)
+        }
+        if n == 0 { return .end }
+        b.setCount(start + n)
+        return .read(n)
     }
 }

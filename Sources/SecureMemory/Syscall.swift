@@ -40,17 +40,12 @@ public func readSmallFileSecurely(_ path: String, limit: Int = 1 << 20) -> Resul
 private func readSecurely(_ fd: borrowing FileDescriptor, limit: Int) -> Result<SecureBuffer, Errno> {
     let out: SecureAccumulator
     do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch { return .failure(Errno("", code: ENOMEM)) }
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    defer { secureWipe(&chunk) }
     while true {
-        let n: Int
-        do { n = try FileDescriptor.read(fd.rawValue, into: &chunk) } catch {
-            return .failure(error)
+        switch out.read(from: fd.rawValue) {
+        case .read: continue
+        case .end: return .success(out.buffer)
+        case .failed(let e): return .failure(e)
+        case .overLimit, .noMemory: return .failure(Errno("", code: EFBIG))
         }
-        if n == 0 { return .success(out.buffer) }
-        let ok = chunk.withUnsafeBytes { b -> Bool in
-            do { try out.append(UnsafeRawBufferPointer(rebasing: b[0..<n])); return true } catch { return false }
-        }
-        if !ok { return .failure(Errno("", code: EFBIG)) }
     }
 }
