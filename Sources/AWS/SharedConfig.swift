@@ -66,18 +66,28 @@ public struct SharedConfigFiles: Sendable {
 
     /// The file's bytes with the value of every secret key replaced by the
     /// marker and its index in `secrets`, where the value goes (in secure
-    /// memory). Lines are split on bytes; CR before LF is kept.
+    /// memory). Lines are split on bytes; CR before LF is kept. A lone CR
+    /// ends a line here too, and the lines that continue a secret's value
+    /// (indented, as the INI parser reads them, blank and comment lines
+    /// between) are left out: no part of a secret stays in the text.
     static func withSecretsTakenOut(_ file: SecureBuffer, into secrets: inout [SecureBuffer]) throws -> [UInt8] {
         var out: [UInt8] = []
         var failure: (any Error)? = nil
         file.withUnsafeBytes { (b: UnsafeRawBufferPointer) in
             out.reserveCapacity(b.count)
             var start = 0
+            var inSecret = false   // the last setting was a secret key's
             while start < b.count && failure == nil {
                 var end = start
-                while end < b.count && b[end] != 10 { end += 1 }
+                while end < b.count && b[end] != 10 && !(b[end] == 13 && (end + 1 == b.count || b[end + 1] != 10)) { end += 1 }
                 let line = UnsafeRawBufferPointer(rebasing: b[start..<end])
-                if let (prefix, value) = secretValue(line) {
+                let content = line.drop { $0 == 32 || $0 == 9 || $0 == 13 }
+                let skipped = content.isEmpty || content.first == UInt8(ascii: "#") || content.first == UInt8(ascii: ";")
+                let indented = line.first == 32 || line.first == 9
+                if inSecret && indented && !skipped {
+                    // Part of the secret's value: left out.
+                } else if let (prefix, value) = secretValue(line) {
+                    inSecret = true
                     do {
                         let s = try SecureBuffer(capacity: max(value.count, 1))
                         try s.append(value)
@@ -90,8 +100,9 @@ public struct SharedConfigFiles: Sendable {
                     }
                 } else {
                     out += line
+                    if !skipped { inSecret = false }
                 }
-                if end < b.count { out.append(10) }
+                if end < b.count { out.append(b[end]) }
                 start = end + 1
             }
         }

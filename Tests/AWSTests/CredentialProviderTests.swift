@@ -632,4 +632,30 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         // A value given as text (tests, parse(config:credentials:)) is copied in.
         #expect(try files.secret("plain").withUnsafeBytes { Array($0) } == Array("plain".utf8))
     }
+
+    /// A secret's value continued on indented lines (the INI parser joins
+    /// them to the value), and a file whose lines end in a lone CR: no part
+    /// of a secret stays in any profile's text.
+    @Test func noPartOfASecretStaysInTheText() throws {
+        let dir = "/tmp/kmsfs-sharedcfg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o700)
+        defer { unlink(dir + "/credentials"); unlink(dir + "/config"); rmdir(dir) }
+        let credentials = "[cont]\naws_access_key_id = AKIDCONT\naws_secret_access_key = first-part\n  cont-secret-1\n\n# note\n\tcont-secret-2\n"
+            + "region_after = eu-west-1\n[next]\naws_access_key_id = AKIDNEXT\n"
+        let config = "[profile cr]\raws_access_key_id = AKIDCR\raws_secret_access_key = cr-secret\r"
+        for (name, text) in [("credentials", credentials), ("config", config)] {
+            let fd = open(dir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            _ = text.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+        let files = try SharedConfigFiles.load(environment: Environment(["AWS_SHARED_CREDENTIALS_FILE": dir + "/credentials",
+                                                                         "AWS_CONFIG_FILE": dir + "/config", "HOME": dir]))
+        let text = files.profiles.values.flatMap { $0.values.map { "\($0.key)=\($0.value)" } }.joined(separator: "\n")
+        for part in ["first-part", "cont-secret-1", "cont-secret-2", "cr-secret"] {
+            #expect(!text.contains(part), "\(part) is in the profiles' text")
+        }
+        let cont = try #require(files.profile("cont"))
+        #expect(cont["aws_access_key_id"] == "AKIDCONT" && cont["region_after"] == "eu-west-1")
+        #expect(files.profile("next")?["aws_access_key_id"] == "AKIDNEXT")
+    }
 }
