@@ -181,31 +181,30 @@ import Glibc
 }
 
 @Suite struct SecureAccumulatorReadTests {
+    /// `data` written into a pipe, then read from it until it ends, into an
+    /// accumulator of `limit`: the accumulator and how the reading ended.
+    func drained(_ data: [UInt8], limit: Int) throws -> (SecureAccumulator, SecureAccumulator.ReadOutcome) {
+        var fds: [Int32] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        let writer = fds[1]
+        #expect(data.withUnsafeBytes { write(writer, $0.baseAddress, $0.count) } == data.count)
+        close(writer)
+        let acc = try SecureAccumulator(initialCapacity: 16, limit: limit)
+        var outcome = acc.read(from: fds[0])
+        while case .read = outcome { outcome = acc.read(from: fds[0]) }
+        return (acc, outcome)
+    }
+
     /// Bytes read from a descriptor land in the buffer whole, across
     /// growth, and a byte past the limit is refused.
     @Test func readsStraightInGrowingUpToTheLimit() throws {
-        var fds: [Int32] = [-1, -1]
-        #expect(pipe(&fds) == 0)
         let data = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-        let writer = fds[1]
-        #expect(data.withUnsafeBytes { write(writer, $0.baseAddress, $0.count) } == 10_000)
-        close(writer)
-        let acc = try SecureAccumulator(initialCapacity: 16, limit: 10_000)
-        var outcome = acc.read(from: fds[0])
-        while case .read = outcome { outcome = acc.read(from: fds[0]) }
-        guard case .end = outcome else { Issue.record("ended with \(outcome)"); return }
-        #expect(acc.buffer.withUnsafeBytes { Array($0) } == data)
-        close(fds[0])
-
-        #expect(pipe(&fds) == 0)
-        let w2 = fds[1]
-        #expect(data.withUnsafeBytes { write(w2, $0.baseAddress, $0.count) } == 10_000)
-        close(w2)
-        let small = try SecureAccumulator(initialCapacity: 16, limit: 9_999)
-        var last = small.read(from: fds[0])
-        while case .read = last { last = small.read(from: fds[0]) }
-        guard case .overLimit = last else { Issue.record("ended with \(last)"); return }
-        #expect(small.buffer.count == 9_999)
-        close(fds[0])
+        let (whole, end) = try drained(data, limit: 10_000)
+        guard case .end = end else { Issue.record("ended with \(end)"); return }
+        #expect(whole.buffer.withUnsafeBytes { Array($0) } == data)
+        let (cut, over) = try drained(data, limit: 9_999)
+        guard case .overLimit = over else { Issue.record("ended with \(over)"); return }
+        #expect(cut.buffer.count == 9_999)
     }
 }
