@@ -24,16 +24,22 @@ public enum MountInfo {
         public var fstypeName: String { String(decoding: fstype, as: UTF8.self) }
     }
 
-    /// The lines of `table` that have every field (the kernel writes them
-    /// all, and escapes the separators in names); others are skipped.
+    /// Every line of `table` that names a device. The kernel writes every
+    /// field and escapes the separators in names; a line missing the rest
+    /// is kept with what it has (no mountpoint, no type), so that a check
+    /// of its device fails closed rather than passing over it.
     public static func entries(_ table: [UInt8]) -> [Entry] {
         var out: [Entry] = []
         for line in table.split(separator: UInt8(ascii: "\n")) {
             // id parent major:minor root mountpoint options [optional...] - fstype source superopts
             let fields = line.split(separator: UInt8(ascii: " "))
+            guard fields.count > 2 else { continue }
             guard fields.count > 4,
                   let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
-                  dash >= 6, dash + 3 < fields.count else { continue }
+                  dash >= 6, dash + 3 < fields.count else {
+                out.append(Entry(device: Array(fields[2]), mountpoint: [], fstype: [], superOptions: []))
+                continue
+            }
             out.append(Entry(device: Array(fields[2]), mountpoint: unescape(bytes: fields[4]),
                              fstype: Array(fields[dash + 1]), superOptions: Array(fields[dash + 3])))
         }
