@@ -94,7 +94,7 @@ extension FileDescriptor {
             while off < b.count {
                 let n = Glibc.write(fd, base + off, b.count - off)
                 if n > 0 { off += n; continue }
-                let e = errno
+                let e = Errno.current
                 guard n < 0, e == EAGAIN || e == EWOULDBLOCK || e == EINTR else { return false }
                 let left = deadline - SystemClock.monotonic()
                 guard left > 0 else { return false }
@@ -109,7 +109,7 @@ extension FileDescriptor {
 /// After accept(2) failed for want of descriptors or memory (EMFILE,
 /// ENFILE, ENOBUFS, ENOMEM), the listener stays readable and a poll loop
 /// would spin: the caller waits this long before trying again.
-public func backOffAfterAcceptFailure(_ e: Int32 = errno) {
+public func backOffAfterAcceptFailure(_ e: Int32 = Errno.current) {
     if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { SystemClock.sleep(0.1) }
 }
 

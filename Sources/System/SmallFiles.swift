@@ -37,7 +37,8 @@ public func openRegularFile(beneath directory: Int32, _ path: String) throws(Cap
     guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular }
     let fd = open("/proc/self/fd/\(handle.rawValue)", flags | O_CLOEXEC)
     if fd >= 0 { return FileDescriptor(owning: fd) }
-    guard errno == ENOENT else { throw .system(Errno("open \(path)")) }
+    let e = Errno.current
+    guard e == ENOENT else { throw .system(Errno("open \(path)", code: e)) }
     do { return try FileDescriptor.openBeneath(directory, path, flags: flags) } catch { throw .system(error) }
 }
 
