@@ -43,7 +43,7 @@ public enum SecureMemoryPolicy {
         var preferSecretMemory = true
         var allowUnlocked = false
         var unlockedWarning: String? = nil
-        var unlockedFallbacks = 0
+        var unlockedWarned = false
         var secretMemoryProbed: Bool? = nil
     }
     static let state = Mutex(State())
@@ -68,14 +68,11 @@ public enum SecureMemoryPolicy {
         set { state.withLock { $0.unlockedWarning = newValue } }
     }
 
-    /// Allocations that went on unlocked so far.
-    public static var unlockedFallbacks: Int { state.withLock { $0.unlockedFallbacks } }
-
-    /// Counts one fallback; writes the warning on the first.
+    /// Writes the warning at the first fallback.
     static func noteUnlockedFallback(_ e: Errno) {
-        let warning: String? = state.withLock {
-            $0.unlockedFallbacks += 1
-            return $0.unlockedFallbacks == 1 ? $0.unlockedWarning : nil
+        let warning: String? = state.withLock { s in
+            defer { s.unlockedWarned = true }
+            return s.unlockedWarned ? nil : s.unlockedWarning
         }
         if let warning {
             let line = Array("\(warning) (\(e))\n".utf8)
