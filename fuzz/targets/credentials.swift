@@ -37,7 +37,9 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
         data.withUnsafeBytes { raw in
             if let doc = parseCredentialsDocument(raw) {
                 _ = doc["Version"]?.numberValue
-                _ = credentialsFromJSON(doc, bytes: raw, source: "fuzz", kind: .other)
+                if let c = credentialsFromJSON(doc, bytes: raw, source: "fuzz", kind: .other) {
+                    _ = temporaryCredentialsProblem(doc, c, requireExpiry: false)   // its Expiration, echoed bounded
+                }
             }
         }
     default:
