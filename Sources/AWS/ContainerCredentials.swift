@@ -67,17 +67,26 @@ public struct ContainerCredentialProvider: CredentialProvider {
         return url
     }
 
-    func authorization() throws(CredentialError) -> String? {
-        var token: String?
+    /// The authorization token, from `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`
+    /// (re-read every time, trimmed) or `AWS_CONTAINER_AUTHORIZATION_TOKEN`,
+    /// in secure memory: it is a bearer token.
+    func authorization() throws(CredentialError) -> SecureBuffer? {
+        let token: SecureBuffer
         if let file = environment["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] {
-            switch readSmallFile(file, limit: 16 * 1024) {
-            case .success(let b): token = String(decoding: b, as: UTF8.self).trimmingCharacters(in: " \r\n\t")
+            let raw: SecureBuffer
+            switch readSmallFileSecurely(file, limit: 16 * 1024) {
+            case .success(let b): raw = b
             case .failure(let e): throw .failed("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE \(e)")
             }
-        } else if let t = environment["AWS_CONTAINER_AUTHORIZATION_TOKEN"] {
-            token = t
+            do { token = try BearerToken.trimmed(raw) ?? SecureBuffer(capacity: 0) } catch {
+                throw .failed("cannot hold the container authorization token in secure memory: \(error)")
+            }
+        } else if let t = environment.secret("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+            token = t   // captured from the process environment into secure memory
+        } else {
+            return nil
         }
-        if let t = token, t.utf8.contains(13) || t.utf8.contains(10) {   // "\r\n" is one Character: test bytes
+        if BearerToken.hasLineBreak(token) {
             throw .failed("the container authorization token holds a line break; it is not a legal header value")
         }
         return token
@@ -90,11 +99,12 @@ public struct ContainerCredentialProvider: CredentialProvider {
             if attempt > 1 { clock.sleep(pause) }
             var headers: [(name: String, value: String)] = [("Accept", "application/json"),
                                                             ("User-Agent", "kmsfs/\(kmsfsVersion)")]
-            if let token = try authorization() { headers.append(("Authorization", token)) }
+            var request = HTTPRequest(method: "GET", url: url, headers: headers,
+                                      timeout: attemptTimeout, connectTimeout: attemptTimeout)
+            if let token = try authorization() { request.secureHeaders = [("Authorization", token)] }
             let response: HTTPResponse
             do {
-                response = try transport.send(HTTPRequest(method: "GET", url: url, headers: headers,
-                                                          timeout: attemptTimeout, connectTimeout: attemptTimeout))
+                response = try transport.send(request)
             } catch {
                 lastError = "\(error)"
                 continue

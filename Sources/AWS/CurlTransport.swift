@@ -221,10 +221,12 @@ private final class EasyHandle: @unchecked Sendable {
             kmsfs_curl_slist_wipe(headerList)
             curl_slist_free_all(headerList)
         }
+        // curl sends a header line as given: a CR or LF from a hostile
+        // credential source (an access key ID, a token file) would add
+        // headers, so no control character but a tab is sent.
+        func isControl(_ c: UInt8) -> Bool { c < 0x20 && c != 9 || c == 0x7F }
         for (name, value) in request.headers {
-            // curl sends a header line as given: a CR or LF from a hostile
-            // credential source (an access key ID) would add headers.
-            guard !(name + value).utf8.contains(where: { $0 < 0x20 && $0 != 9 || $0 == 0x7F }) else {
+            guard !(name + value).utf8.contains(where: isControl) else {
                 throw TransportError(.other, "the \(name) header holds a control character; not sent")
             }
             headerList = curl_slist_append(headerList, "\(name): \(value)")
@@ -232,8 +234,8 @@ private final class EasyHandle: @unchecked Sendable {
         for (name, value) in request.secureHeaders {
             // "name: value" assembled in locked memory; curl copies it into
             // a block its (wiping) allocator owns.
-            guard value.withUnsafeBytes({ $0.allSatisfy { $0 > 0x20 && $0 < 0x7F } }) else {
-                throw TransportError(.other, "the \(name) header value is not one printable word; not sent")
+            guard !name.utf8.contains(where: isControl), !value.withUnsafeBytes({ $0.contains(where: isControl) }) else {
+                throw TransportError(.other, "the \(name) header holds a control character; not sent")
             }
             do {
                 let line = try SecureBuffer(capacity: name.utf8.count + 2 + value.count + 1, backing: .lockedAnonymous)

@@ -7,7 +7,8 @@ import Glibc
 /// testable and reads the environment exactly once.
 ///
 /// The variables that carry AWS secrets (`AWS_SECRET_ACCESS_KEY`,
-/// `AWS_SESSION_TOKEN` and their legacy names) are held apart, in secure
+/// `AWS_SESSION_TOKEN` and their legacy names, and the container
+/// authorization token, a bearer token) are held apart, in secure
 /// memory: `Environment.process()` copies them out of the process
 /// environment and wipes them there (the strings at the top of the initial
 /// stack), once per process; they never become `String`s on the daemon's
@@ -15,7 +16,8 @@ import Glibc
 public struct Environment: Sendable {
     /// The variables whose values are secrets.
     public static let secretNames: Set<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY",
-                                                  "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"]
+                                                  "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                                                  "AWS_CONTAINER_AUTHORIZATION_TOKEN"]
 
     /// Every variable but the secret ones.
     public private(set) var plain: [String: String]

@@ -24,9 +24,10 @@ public struct HTTPRequest: Sendable {
     public var method: String
     public var url: URLParts
     public var headers: [(name: String, value: String)]
-    /// Headers whose values are secrets (the session token): sent from
-    /// secure memory, never made into a `String`. Each value must be one
-    /// printable word (the transport refuses anything else).
+    /// Headers whose values are secrets (the session token, bearer
+    /// tokens): sent from secure memory, never made into a `String`. The
+    /// transport refuses a control character other than a tab, as in
+    /// `headers`.
     public var secureHeaders: [(name: String, value: SecureBuffer)] = []
     public var body: HTTPBody
     /// Per-request overall timeout, seconds (nil: the transport's default).

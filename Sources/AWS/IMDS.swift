@@ -1,3 +1,4 @@
+import SecureMemory
 import Synchronization
 import Log
 
@@ -20,6 +21,8 @@ import Log
 ///   `http://[fd00:ec2::254]`, and `AWS_EC2_METADATA_DISABLED=true` turns it off.
 public final class IMDSClient: Sendable {
     public static let tokenTTL = 21600
+    /// A longer token is refused (IMDS's are 56 bytes).
+    static let maxTokenBytes = 4096
 
     public let endpoint: URLParts
     public let transport: HTTPTransport
@@ -27,7 +30,9 @@ public final class IMDSClient: Sendable {
     public let timeout: Double
     public let attempts: Int
     public let v1Disabled: Bool
-    private let token = Mutex<(value: String, until: Double)?>(nil)
+    /// The session token (a bearer token: in secure memory), or nil for
+    /// IMDSv1, and until when it is used.
+    private let token = Mutex<(value: SecureBuffer?, until: Double)?>(nil)
 
     public init(endpoint: URLParts, transport: HTTPTransport, clock: Clock = .system,
                 timeout: Double = 1, attempts: Int = 1, v1Disabled: Bool = false) {
@@ -92,9 +97,9 @@ public final class IMDSClient: Sendable {
     }
 
     /// A session token, cached; nil when IMDSv1 is to be used.
-    func sessionToken() throws(Failure) -> String? {
+    func sessionToken() throws(Failure) -> SecureBuffer? {
         let now = clock.monotonic()
-        if let t = token.withLock({ $0 }), now < t.until { return t.value.isEmpty ? nil : t.value }
+        if let t = token.withLock({ $0 }), now < t.until { return t.value }
         var last: Failure = .unreachable("no answer")
         for _ in 0..<attempts {
             let r: HTTPResponse
@@ -113,8 +118,15 @@ public final class IMDSClient: Sendable {
             }
             switch r.status {
             case 200:
-                let value = r.nonSecretBodyText(limit: 4096).trimmingCharacters(in: " \r\n\t")
-                guard !value.isEmpty else { last = .other("IMDS answered an empty token"); continue }
+                let trimmed: SecureBuffer?
+                do { trimmed = try BearerToken.trimmed(r.body) } catch {
+                    throw .other("cannot hold the IMDS session token in secure memory: \(error)")
+                }
+                guard let value = trimmed else { last = .other("IMDS answered an empty token"); continue }
+                guard value.count <= IMDSClient.maxTokenBytes else {
+                    last = .other("IMDS answered a token of \(value.count) bytes (at most \(IMDSClient.maxTokenBytes) are taken)")
+                    continue
+                }
                 token.withLock { $0 = (value, clock.monotonic() + Double(IMDSClient.tokenTTL) - 60) }
                 return value
             case 403, 404, 405:
@@ -133,10 +145,10 @@ public final class IMDSClient: Sendable {
     /// token timeout once per request). A 401 on a v1 request ends it early.
     static let v1FallbackSeconds = 300.0
 
-    private func v1Allowed(_ why: String) throws(Failure) -> String? {
+    private func v1Allowed(_ why: String) throws(Failure) -> SecureBuffer? {
         if v1Disabled { throw .other("\(why), and IMDSv1 is disabled (AWS_EC2_METADATA_V1_DISABLED)") }
         Log.info("IMDS: \(why); using IMDSv1 for \(Int(IMDSClient.v1FallbackSeconds)) s")
-        token.withLock { $0 = ("", clock.monotonic() + IMDSClient.v1FallbackSeconds) }
+        token.withLock { $0 = (nil, clock.monotonic() + IMDSClient.v1FallbackSeconds) }
         return nil
     }
 
@@ -149,12 +161,12 @@ public final class IMDSClient: Sendable {
         while attempt < attempts {
             attempt += 1
             let t = try sessionToken()
-            var headers: [(name: String, value: String)] = [("User-Agent", "kmsfs/\(kmsfsVersion)")]
-            if let t { headers.append(("X-aws-ec2-metadata-token", t)) }
+            var request = HTTPRequest(method: "GET", url: url(path), headers: [("User-Agent", "kmsfs/\(kmsfsVersion)")],
+                                      timeout: timeout, connectTimeout: timeout)
+            if let t { request.secureHeaders = [("X-aws-ec2-metadata-token", t)] }
             let r: HTTPResponse
             do {
-                r = try transport.send(HTTPRequest(method: "GET", url: url(path), headers: headers,
-                                                   timeout: timeout, connectTimeout: timeout))
+                r = try transport.send(request)
             } catch {
                 last = .unreachable("no instance metadata service at \(endpoint) (\(error))")
                 continue

@@ -48,12 +48,15 @@ public struct STSClient: Sendable {
         return STSClient(endpoint: URLParts(text)!, region: signingRegion, transport: transport, clock: clock)
     }
 
-    public func assumeRoleWithWebIdentity(roleArn: String, sessionName: String, token: String,
+    /// `token` (the identity provider's JWT, a bearer token) goes into the
+    /// request body from secure memory.
+    public func assumeRoleWithWebIdentity(roleArn: String, sessionName: String, token: SecureBuffer,
                                           durationSeconds: Int? = nil, source: String) throws(CredentialError) -> AWSCredentials {
         var params = [("Action", "AssumeRoleWithWebIdentity"), ("Version", "2011-06-15"),
-                      ("RoleArn", roleArn), ("RoleSessionName", sessionName), ("WebIdentityToken", token)]
+                      ("RoleArn", roleArn), ("RoleSessionName", sessionName)]
         if let d = durationSeconds { params.append(("DurationSeconds", String(d))) }
-        return try call("AssumeRoleWithWebIdentity", params: params, signWith: nil, roleArn: roleArn, source: source)
+        return try call("AssumeRoleWithWebIdentity", params: params, secret: ("WebIdentityToken", token),
+                        signWith: nil, roleArn: roleArn, source: source)
     }
 
     public func assumeRole(roleArn: String, sessionName: String, externalId: String? = nil, durationSeconds: Int? = nil,
@@ -70,9 +73,35 @@ public struct STSClient: Sendable {
         params.map { SigV4Signer.uriEncode($0.0) + "=" + SigV4Signer.uriEncode($0.1) }.joined(separator: "&")
     }
 
-    private func call(_ action: String, params: [(String, String)], signWith creds: AWSCredentials?,
-                      roleArn: String, source: String) throws(CredentialError) -> AWSCredentials {
-        let body = Array(STSClient.formEncode(params).utf8)
+    /// The form body: `params`, then `secret` (name, value) encoded in
+    /// secure memory, so the whole body is secure when there is one.
+    static func formBody(_ params: [(String, String)],
+                         secret: (name: String, value: SecureBuffer)?) throws(SecureMemoryError) -> HTTPBody {
+        let plain = formEncode(params)
+        guard let secret else { return .bytes(Array(plain.utf8)) }
+        let head = (plain.isEmpty ? "" : plain + "&") + SigV4Signer.uriEncode(secret.name) + "="
+        let most = (Int.max - head.utf8.count) / 3   // each byte becomes at most three
+        guard secret.value.count <= most else { throw .capacityExceeded(requested: secret.value.count, limit: most) }
+        let out = try SecureBuffer(capacity: head.utf8.count + 3 * secret.value.count)
+        try out.append(utf8: head)
+        let start = out.count
+        let written = secret.value.withUnsafeBytes { value in
+            out.withUnsafeMutableCapacity { room -> Int in
+                var n = start
+                SigV4Signer.uriEncode(value) { room[n] = $0; n += 1 }
+                return n
+            }
+        }
+        out.setCount(written)
+        return .secure(out)
+    }
+
+    private func call(_ action: String, params: [(String, String)], secret: (name: String, value: SecureBuffer)? = nil,
+                      signWith creds: AWSCredentials?, roleArn: String, source: String) throws(CredentialError) -> AWSCredentials {
+        let body: HTTPBody
+        do { body = try STSClient.formBody(params, secret: secret) } catch {
+            throw .failed("STS \(action) for \(roleArn): cannot assemble the request in secure memory: \(error)")
+        }
         let caller = RetryingCaller(label: "STS.\(action)", retry: retry, clock: clock,
                                     deadline: callDeadline, attemptTimeout: attemptTimeout)
         let response: HTTPResponse
@@ -91,7 +120,7 @@ public struct STSClient: Sendable {
                 headers.append(("User-Agent", "kmsfs/\(kmsfsVersion)"))
                 let r: HTTPResponse
                 do throws(TransportError) {
-                    var request = HTTPRequest(method: "POST", url: endpoint, headers: headers, body: .bytes(body),
+                    var request = HTTPRequest(method: "POST", url: endpoint, headers: headers, body: body,
                                               timeout: timeout, connectTimeout: min(connectTimeout, timeout))
                     if let creds { request.secureHeaders = SigV4Signer.secureHeaders(for: creds) }
                     r = try transport.send(request)

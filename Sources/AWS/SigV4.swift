@@ -210,18 +210,26 @@ public struct SigV4Signer: Sendable {
 
     /// RFC 3986 unreserved characters pass; every other byte is `%XX`.
     public static func uriEncode(_ s: String, encodeSlash: Bool = true) -> String {
-        let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
         var out = [UInt8]()
-        for c in s.utf8 {
+        out.reserveCapacity(s.utf8.count)
+        uriEncode(s.utf8, encodeSlash: encodeSlash) { out.append($0) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// RFC 3986 percent-encoding, byte by byte (at most three out per byte
+    /// in): unreserved characters kept, everything else `%XX` in capitals.
+    @inline(__always)
+    static func uriEncode<S: Sequence<UInt8>>(_ bytes: S, encodeSlash: Bool = true, _ emit: (UInt8) -> Void) {
+        func hex(_ v: UInt8) -> UInt8 { v < 10 ? 48 + v : 55 + v }
+        for c in bytes {
             let unreserved = (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || (c >= 48 && c <= 57)
                 || c == 45 || c == 46 || c == 95 || c == 126
             if unreserved || (!encodeSlash && c == 47) {
-                out.append(c)
+                emit(c)
             } else {
-                out.append(37); out.append(hex[Int(c >> 4)]); out.append(hex[Int(c & 15)])
+                emit(37); emit(hex(c >> 4)); emit(hex(c & 15))
             }
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     static func percentDecode(_ s: String) -> String {

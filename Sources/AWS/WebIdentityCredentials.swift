@@ -45,14 +45,18 @@ public struct WebIdentityCredentialProvider: CredentialProvider {
     }
 
     public func credentials() throws(CredentialError) -> AWSCredentials {
-        let token: String
-        switch readSmallFile(tokenFile, limit: 64 * 1024) {
-        case .success(let bytes):
-            token = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \r\n\t")
-        case .failure(let e):
-            throw .failed("cannot read the web identity token file \(e)")
+        // Read into secure memory and trimmed there: the token is a bearer
+        // token, as good as credentials until it expires.
+        let raw: SecureBuffer
+        switch readSmallFileSecurely(tokenFile, limit: 64 * 1024) {
+        case .success(let b): raw = b
+        case .failure(let e): throw .failed("cannot read the web identity token file \(e)")
         }
-        guard !token.isEmpty else { throw .failed("the web identity token file \(tokenFile) is empty") }
+        let trimmed: SecureBuffer?
+        do { trimmed = try BearerToken.trimmed(raw) } catch {
+            throw .failed("cannot hold the web identity token in secure memory: \(error)")
+        }
+        guard let token = trimmed else { throw .failed("the web identity token file \(tokenFile) is empty") }
         return try sts().assumeRoleWithWebIdentity(roleArn: roleArn, sessionName: sessionName, token: token,
                                                    durationSeconds: durationSeconds, source: "web identity \(roleArn)")
     }

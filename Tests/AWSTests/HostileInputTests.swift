@@ -248,7 +248,7 @@ import Glibc
             let t = ScriptedTransport { _, _ in .init(status: 200, body: body) }
             do {
                 return .success(try stsClient(t, .system).assumeRoleWithWebIdentity(roleArn: "arn:aws:iam::1:role/r", sessionName: "s",
-                                                                                    token: "jwt", source: "test"))
+                                                                                    token: secureText("jwt"), source: "test"))
             } catch { return .failure(error) }
         }
         let good = try assume(stsAnswer("AssumeRoleWithWebIdentity", id: "ASIAX")).get()

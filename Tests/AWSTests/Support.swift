@@ -69,6 +69,13 @@ extension String {
     }
 }
 
+/// `text` in a secure buffer (a test's token or key).
+func secureText(_ text: String) -> SecureBuffer {
+    let b = try! SecureBuffer(capacity: max(text.utf8.count, 1))
+    try! b.append(utf8: text)
+    return b
+}
+
 /// A clock tests move by hand. `sleep` advances it and records the delay.
 final class ManualClock: @unchecked Sendable {
     private let state = Mutex<(wall: Double, mono: Double, sleeps: [Double])>((1_700_000_000, 1000, []))
@@ -144,6 +151,14 @@ final class TempDir: @unchecked Sendable {
         let p = path + "/" + name
         let fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, mode)
         _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+        return p
+    }
+    @discardableResult
+    func write(_ name: String, bytes: [UInt8], mode: mode_t = 0o600) -> String {
+        let p = path + "/" + name
+        let fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, mode)
+        _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         close(fd)
         return p
     }

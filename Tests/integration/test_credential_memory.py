@@ -6,15 +6,18 @@ the parse, the SigV4 signing key derivation, the header that carries the
 token, and curl's copies of it), from environment variables (wiped in
 the process environment once copied into secure memory) or from the shared
 credentials file (read into secure memory, its secret values taken out
-before the text is parsed)."""
+before the text is parsed). Nor of the bearer tokens that fetch
+credentials (IMDS, container, web identity)."""
 import json
+import secrets
 import time
 
 import pytest
 
-from test_credentials import bare_env, role  # noqa: F401  (role is a fixture)
+from test_credentials import bare_env, role, servers  # noqa: F401  (role and servers are fixtures)
 from test_memory import scan
-from conftest import unsanitized_only
+from conftest import REGION, unsanitized_only
+from fake_credential_servers import FakeContainerCredentials, FakeIMDS, FakeSTS
 
 pytestmark = unsanitized_only
 
@@ -74,4 +77,48 @@ def test_no_copy_of_the_secret_key_or_session_token_in_readable_memory(tmp_path,
     # clear): the scan that sees it proves it sees ordinary heap.
     assert key_id in found
     leaked = sorted(k for k, v in needles.items() if v in found and k != "access key id")
+    assert not leaked, leaked
+
+
+@pytest.mark.parametrize("source", ["imds", "container token file", "container token variable", "web identity"])
+def test_no_copy_of_a_bearer_token_in_readable_memory(tmp_path, kms, role, mount_factory, servers, source):  # noqa: F811
+    """The tokens that fetch credentials are bearer tokens: the IMDS session
+    token (cached for six hours), the container authorization token (from
+    its file or its variable) and the web identity token (from its file).
+    After fetching with one, the daemon's readable memory holds no copy of
+    it or of a part of it."""
+    token = secrets.token_urlsafe(72)   # unreserved characters only: the form body carries it as it is
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"plain"))
+    if source == "imds":
+        fake = FakeIMDS(role.mint(), region=REGION, require_token=True)
+        fake.TOKEN = token
+        imds = servers(fake)
+        env = bare_env(kms, AWS_EC2_METADATA_DISABLED=None, AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
+    elif source == "web identity":
+        token_file = tmp_path / "web-identity-token"
+        token_file.write_text(token + "\n")
+        sts = servers(FakeSTS(role.mint(), role.arn, token))
+        env = bare_env(kms, AWS_WEB_IDENTITY_TOKEN_FILE=str(token_file), AWS_ROLE_ARN=role.arn,
+                       AWS_ENDPOINT_URL_STS=sts.url)
+    else:
+        agent = servers(FakeContainerCredentials(role.mint(), token=token))
+        env = bare_env(kms, AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url + "/v1/credentials",
+                       AWS_EC2_METADATA_SERVICE_ENDPOINT="http://127.0.0.1:9")
+        if source == "container token file":
+            token_file = tmp_path / "token"
+            token_file.write_text(token + "\n")
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(token_file)
+        else:
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = token
+    m = mount_factory(src, "allow_uid=0", env=env)
+    with open(m.file("s"), "rb") as f:
+        assert f.read() == b"plain"
+    time.sleep(0.5)   # let the audit and log threads settle
+    t = token.encode()
+    needles = {"token": t, "token head": t[:24], "token middle": t[40:64], "token tail": t[-24:]}
+    found, read = scan(m.pid, list(needles.values()))
+    assert read > 1 << 20   # the scan really read the daemon's memory
+    leaked = sorted(k for k, v in needles.items() if v in found)
     assert not leaked, leaked
