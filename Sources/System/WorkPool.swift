@@ -13,7 +13,9 @@ public final class WorkPool: @unchecked Sendable {
     private let name: String
     private let idleSeconds: Double
     private let lock = ConditionLock()
-    private var queue: [@Sendable () -> Void] = []
+    /// Jobs from `head` on wait; a slot before it is cleared when its job
+    /// is taken, so a job that ran keeps nothing it captured alive.
+    private var queue: [(@Sendable () -> Void)?] = []
     private var head = 0
     private var threads = 0
     private var idle = 0
@@ -50,23 +52,32 @@ public final class WorkPool: @unchecked Sendable {
     }
 
     private func take() -> (@Sendable () -> Void)? {
-        lock.withLock {
-            guard head < queue.count else { return nil }
-            let j = queue[head]
-            head += 1
-            if head > 1024 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
-            if head == queue.count { queue.removeAll(keepingCapacity: queue.capacity <= 4096); head = 0 }
-            return j
+        lock.withLock { dequeueLocked() }
+    }
+
+    /// The next job, under the lock. Its slot is cleared, and the queue is
+    /// compacted as it drains: while the pool stays backlogged (more opens
+    /// parked than threads) the queue is never empty, and it kept every
+    /// job that had run (an open's handle, its secret) until it was.
+    private func dequeueLocked() -> (@Sendable () -> Void)? {
+        guard head < queue.count else { return nil }
+        let j = queue[head]
+        queue[head] = nil
+        head += 1
+        if head == queue.count {
+            queue.removeAll(keepingCapacity: queue.capacity <= 4096)
+            head = 0
+        } else if head > 1024 && head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
         }
+        return j
     }
 
     private func work() {
         lock.lock()
         while true {
-            if head < queue.count {
-                let j = queue[head]
-                head += 1
-                if head == queue.count { queue.removeAll(keepingCapacity: queue.capacity <= 4096); head = 0 }
+            if let j = dequeueLocked() {
                 running += 1
                 lock.unlock()
                 j()

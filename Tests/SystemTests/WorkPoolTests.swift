@@ -73,4 +73,40 @@ import Glibc
         // took six: 3 s), with room for a loaded machine.
         #expect(t - t0 < idle * 4, "threads ended \(t - t0) s after the burst")
     }
+
+    /// A job that ran keeps nothing alive, even while the queue never
+    /// empties: it kept every finished job (and what each captured) until
+    /// the queue drained, so a pool kept backlogged grew without bound.
+    @Test(.timeLimit(.minutes(1)))
+    func finishedJobsAreReleasedWhileThePoolStaysBacklogged() {
+        final class Live: Sendable { let n = Mutex(0) }
+        final class Token: Sendable {
+            let live: Live
+            init(_ live: Live) { self.live = live; live.n.withLock { $0 += 1 } }
+            deinit { live.n.withLock { $0 -= 1 } }
+        }
+        let pool = WorkPool(name: "test-pool", limit: 2, idleSeconds: 1)
+        let live = Live(), done = Mutex(0)
+        // 64 submitters, each resubmitting as its job runs: the queue
+        // always holds about 62 jobs, and is never empty.
+        @Sendable func submit() {
+            let token = Token(live)
+            _ = pool.submit {
+                withExtendedLifetime(token) {}
+                done.withLock { $0 += 1 }
+                if done.withLock({ $0 }) < 20_000 { submit() }
+            }
+        }
+        for _ in 0..<64 { submit() }
+        var peak = 0
+        while done.withLock({ $0 }) < 20_000 {
+            peak = max(peak, live.n.withLock { $0 })
+            usleep(1_000)
+        }
+        pool.stop(waiting: 10)
+        // At most the waiting jobs and the two running ones (and the slack
+        // of a submit racing the count).
+        #expect(peak < 200, "\(peak) jobs' captures alive at once")
+        #expect(live.n.withLock { $0 } == 0)
+    }
 }
