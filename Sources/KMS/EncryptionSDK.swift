@@ -223,14 +223,14 @@ public enum EncryptionSDKMessage {
         var r = ByteReader(aad, what: "encryption context")
         let count = Int(try r.u16("the pair count"))
         var pairs: [(key: String, value: String)] = []
-        var seen = Set<String>()
+        var seen = Set<[UInt8]>()   // by bytes, as the SDKs compare keys
         for i in 0..<count {
             let k = try r.take(Int(try r.u16("pair \(i + 1)")), "pair \(i + 1)")
             let v = try r.take(Int(try r.u16("pair \(i + 1)")), "pair \(i + 1)")
             guard let key = String(validating: k, as: UTF8.self), let value = String(validating: v, as: UTF8.self) else {
                 throw .malformed("bad header: encryption context pair \(i + 1) is not UTF-8")
             }
-            guard seen.insert(key).inserted else {
+            guard seen.insert(Array(k)).inserted else {
                 throw .malformed("bad header: encryption context key '\(key)' appears twice")
             }
             pairs.append((key, value))

@@ -33,6 +33,13 @@ public enum EncryptionSDKWriter {
         public let encryptionContext: [(key: String, value: String)]
     }
 
+    /// A key that `context` holds more than once (compared by bytes, as
+    /// readers compare them), or nil.
+    public static func duplicateKey(in context: [(key: String, value: String)]) -> String? {
+        var seen = Set<[UInt8]>()
+        return context.first { !seen.insert(Array($0.key.utf8)).inserted }?.key
+    }
+
     /// Encrypts `plaintext` under a data key that KMS generates under `keyId`.
     public static func encrypt(_ plaintext: SecureBuffer, kms: KMSClient, keyId: String,
                                context: [(key: String, value: String)],
@@ -41,6 +48,10 @@ public enum EncryptionSDKWriter {
         guard frameLength > 0, frameLength <= Int(Int32.max) else { throw .invalid("frame length \(frameLength) is out of range") }
         for (k, _) in context where k.hasPrefix("aws-crypto-") {
             throw .invalid("encryption context key '\(k)' is reserved for the Encryption SDK")
+        }
+        if let k = duplicateKey(in: context) {
+            // The message could never be read: every reader refuses it.
+            throw .invalid("encryption context key '\(k)' is given twice")
         }
         guard let signer = ESDKSigner(curve: .p384) else { throw .crypto("cannot generate an ECDSA P-384 signing key (libcrypto)") }
         var fullContext = context

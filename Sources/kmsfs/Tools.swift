@@ -268,6 +268,9 @@ struct EncryptCommand: ParsableCommand {
         for (k, _) in pairs where k == kmsfsPathContextKey || k.hasPrefix("aws-crypto-") {
             fail("--context \(k)=...: '\(k)' is set by kmsfs encrypt itself", code: 2)
         }
+        if let k = EncryptionSDKWriter.duplicateKey(in: pairs) {
+            fail("--context \(k)=...: '\(k)' is given twice (no reader would accept the file)", code: 2)
+        }
         let maxBytes = limit.bytes
         let kms = aws.settings().makeKMSClient()
         var failures = 0

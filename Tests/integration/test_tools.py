@@ -241,6 +241,26 @@ def test_encrypt_reports_each_bad_file_and_goes_on(kms, tmp_path):
     assert r.returncode == 2 and r.stderr.decode() == "kmsfs: --context novalue: expected KEY=VALUE\n"
 
 
+def test_encryption_context_keys_are_compared_by_bytes(kms, tmp_path):
+    """A key given twice made a file no reader accepts (exit 0, "OK"); it is
+    refused before KMS is asked. Keys that differ in bytes but not as
+    Unicode (NFC and NFD) are two keys to the SDKs, and now to kmsfs's
+    reader too, which had refused such a file as naming one key twice."""
+    from test_formats import cli_args, cli_batch
+    f = tmp_path / "dup"
+    f.write_bytes(b"x")
+    r = kmsfs(kms, "encrypt", "--key-id", kms.key_id, "--context", "a=1", "--context", "a=2", f)
+    assert r.returncode == 2
+    assert r.stderr.decode() == "kmsfs: --context a=...: 'a' is given twice (no reader would accept the file)\n"
+    assert not (tmp_path / "dup.encrypted").exists()
+    g = tmp_path / "nfc"
+    g.write_bytes(b"two keys\n")
+    cli_batch(kms, [cli_args(kms, g, tmp_path / "nfc.encrypted", context=("caf\u00e9=1", "cafe\u0301=2"))])
+    r = kmsfs(kms, "decrypt", tmp_path / "nfc.encrypted")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"two keys\n"
+
+
 def test_encrypt_replaces_an_older_ciphertext_atomically(kms, tmp_path):
     f = tmp_path / "rotating"
     f.write_bytes(b"v1")
