@@ -1,3 +1,8 @@
+import CCurl
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Runs a program the daemon starts for the operator (`on_change=`,
 /// `reload=` through systemctl, fusermount3 for a daemon that is not root)
 /// the way `credential_process` runs: no shell, stdin from /dev/null, no
@@ -11,6 +16,13 @@ public enum ChildProcess {
         public let message: String
         public var description: String { message }
         public init(message: String) { self.message = message }
+    }
+
+    /// Adds "close every descriptor from `fd` up" to `actions`: what a
+    /// library or the caller left without close-on-exec never reaches
+    /// the child. Returns 0 or an errno.
+    public static func closeDescriptors(from fd: Int32, in actions: inout posix_spawn_file_actions_t) -> Int32 {
+        kmsfs_spawn_add_closefrom(&actions, fd)
     }
 
     public static func run(_ argv: [String], environment: Environment, timeout: Double) -> Result<Void, Failure> {

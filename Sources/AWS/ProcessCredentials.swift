@@ -125,7 +125,7 @@ enum ProcessRunner {
         // Then every descriptor from 3 up is closed in the child: whatever
         // a library opened without close-on-exec (curl 7.88's wakeup
         // socketpair) never reaches the helper. stderr stays the daemon's.
-        let closeRC = kmsfs_spawn_add_closefrom(&actions, 3)
+        let closeRC = ChildProcess.closeDescriptors(from: 3, in: &actions)
         guard closeRC == 0 else {
             throw Failure(message: "posix_spawn_file_actions_addclosefrom_np: \(Errno.text(closeRC))")
         }

@@ -98,6 +98,9 @@ struct MountCommand: ParsableCommand {
             // The background child: report start-up to the waiting parent.
             unsetenv("KMSFS_READY_FD")
             setsid()
+            // SOURCE and MOUNTPOINT are absolute by now; the caller's
+            // directory must not stay busy for the daemon's whole life.
+            _ = chdir("/")
             Background.keepName()
             throw ExitCode(Daemon.run(request, readyFD: fd))
         }
@@ -140,6 +143,10 @@ enum Background {
             posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         }
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 3)
+        // Nothing else of the caller's (a script's flock, a pipe someone
+        // waits to see closed) may live on in a daemon that outlives it.
+        let closeRC = ChildProcess.closeDescriptors(from: 4, in: &actions)
+        guard closeRC == 0 else { fail("cannot start the daemon: posix_spawn_file_actions_addclosefrom_np: \(Errno.text(closeRC))") }
 
         // This process holds the AWS secrets of its environment until the
         // daemon is up: no core dump or ptrace of it, and they reach the

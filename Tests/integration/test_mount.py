@@ -233,14 +233,21 @@ def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
     notify.setblocking(False)
     env = dict(kms.env, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), LISTEN_FDS="1", LISTEN_PID="1",
                WATCHDOG_USEC="1000000", WATCHDOG_PID="1")
+    # A descriptor the caller holds (a script's flock) and its working
+    # directory are not the daemon's either: it kept both, so the lock
+    # stayed taken and the directory's filesystem busy until unmount.
+    held = open(tmp_path / "lockfile", "w")
     try:
-        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", "allow_uid=0,log=%s" % (tmp_path / "d.log")],
-                           env=env, capture_output=True, timeout=30)
+        r = subprocess.run([kmsfs_bin, "src", "mnt", "-o", "allow_uid=0,log=%s" % (tmp_path / "d.log")],
+                           env=env, capture_output=True, timeout=30, cwd=tmp_path, pass_fds=(held.fileno(),))
         assert r.returncode == 0, r.stderr
         assert mounted(str(mnt))
         assert open(mnt / "a", "rb").read() == b"bg"
         st = subprocess.run([kmsfs_bin, "status", str(mnt), "--json"], capture_output=True, timeout=30)
         pid = json.loads(st.stdout)["pid"]
+        assert os.readlink("/proc/%d/cwd" % pid) == "/"
+        fds = [os.readlink("/proc/%d/fd/%s" % (pid, fd)) for fd in os.listdir("/proc/%d/fd" % pid)]
+        assert str(tmp_path / "lockfile") not in fds, fds
         environ = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
         assert not [e for e in environ if e.split(b"=")[0] in (b"NOTIFY_SOCKET", b"LISTEN_FDS", b"LISTEN_PID",
                                                                b"WATCHDOG_USEC", b"WATCHDOG_PID")], environ
@@ -249,6 +256,7 @@ def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
     finally:
         force_unmount(str(mnt))
         notify.close()
+        held.close()
 
 
 def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
