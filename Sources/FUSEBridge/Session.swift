@@ -185,9 +185,13 @@ public final class FUSESession: @unchecked Sendable {
     /// POLLERR). It runs before the wipe, so it must be bounded: the
     /// daemon's side runs it as it runs operators' programs, with a
     /// deadline.
-    public func detach(unprivileged: (_ argv: [String]) -> Void) {
+    ///
+    /// `unmount` is root's way: it detaches this mount (true when it did,
+    /// or when there was nothing of this mount's to detach) and returns
+    /// false only where root's way is refused (EPERM).
+    public func detach(unmount: () -> Bool, unprivileged: (_ argv: [String]) -> Void) {
         guard mounted.exchange(false, ordering: .sequentiallyConsistent) else { return }
-        if umount2(options.mountpoint, Int32(MNT_DETACH)) == 0 || errno == EINVAL { return }
+        if unmount() { return }
         unprivileged(["fusermount3", "-u", "-q", "-z", "--", options.mountpoint])
     }
 

@@ -110,6 +110,13 @@ public enum Daemon {
             Log.warning("credentials are not available yet (\(error.message)); opens will fail until they are")
         }
 
+        // SOURCE is opened once, here: a user who may change a directory
+        // or link on its way could have put another directory (another
+        // mount's ciphertexts, which that user cannot read) in its place.
+        if case .failure(let problem) = PathTrust.resolve(request.source, because: "whoever may change it may put another directory in SOURCE's place"),
+           problem.code == nil {
+            Log.warning("source \(request.source): \(problem)")
+        }
         let tree: SourceTree
         do { tree = try SourceTree(path: request.source) } catch {
             report.fail("source \(request.source): \(Errno.text(error.code)); give the directory that holds the *.encrypted files")
@@ -178,7 +185,8 @@ public enum Daemon {
             credentials = nil
         }
 
-        var sessionOptions = FUSESession.Options(mountpoint: request.mountpoint, fsname: request.source)
+        var sessionOptions = FUSESession.Options(mountpoint: MountTable.resolvedMountpoint(request.mountpoint),
+                                                 fsname: request.source)
         sessionOptions.debug = request.debug
         sessionOptions.maxThreads = options.threads
         sessionOptions.maxInflightOpens = options.maxInflight

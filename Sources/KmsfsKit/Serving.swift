@@ -56,7 +56,10 @@ enum DaemonSignals {
         onServing()
 
         let mountpoint = session.options.mountpoint
-        let detach = { session.detach { fusermount($0, environment: programs) } }
+        let detach = {
+            session.detach(unmount: { MountTable.detach(connection: connection, at: mountpoint) },
+                           unprivileged: { fusermount($0, environment: programs) })
+        }
         var set = sigset_t()
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
@@ -130,8 +133,26 @@ enum MountTable {
             throw FUSEError("mountpoint \(mountpoint): \(Errno.text(e))")
         }
         Log.notice("\(mountpoint): stale FUSE mount from a previous instance; detaching it")
-        if umount2(mountpoint, Int32(MNT_DETACH)) != 0 {
+        if umount2(mountpoint, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW)) != 0 {
             throw FUSEError("mountpoint \(mountpoint) holds a stale FUSE mount that cannot be detached (\(Errno("umount2"))); run: fusermount3 -uz \(mountpoint)")
+        }
+    }
+
+    /// The path the kernel will mount on for `mountpoint` (its links
+    /// resolved), so that the daemon finds its mount by the path mountinfo
+    /// shows. A directory or link on the way that a user other than root
+    /// (or the daemon's user) may change is worth a warning: that user
+    /// could move the mount away and put another in its place (the stop
+    /// unmounts only this daemon's mount, wherever it went).
+    static func resolvedMountpoint(_ mountpoint: String) -> String {
+        switch PathTrust.resolve(mountpoint, because: "whoever may change it may move the mount and put another mount in its place") {
+        case .success(let resolved):
+            return resolved
+        case .failure(let problem):
+            if problem.code == nil { Log.warning("mountpoint \(mountpoint): \(problem)") }
+            guard let r = realpath(mountpoint, nil) else { return ControlSocket.canonical(mountpoint) }
+            defer { free(r) }
+            return String(cString: r)
         }
     }
 
@@ -153,6 +174,47 @@ enum MountTable {
         guard let m = entry(at: path) else { return nil }
         let mm = m.device.split(separator: UInt8(ascii: ":"))
         return mm.count == 2 ? UInt32(String(decoding: mm[1], as: UTF8.self)) : nil
+    }
+
+    /// Detaches this daemon's mount, FUSE connection `connection`, as root,
+    /// and nothing else: not by `path` as given at start, which a user who
+    /// may move a directory on the way could by now have pointed at
+    /// another mount (umount2 would detach that one), but where mountinfo
+    /// says the connection is mounted now, opened without following a
+    /// link and checked to be that mount (its mount ID) before the
+    /// descriptor itself is detached. True when it was detached or no
+    /// mount of this connection is left; false when root's way is refused
+    /// (not root: fusermount3 then).
+    static func detach(connection: UInt32?, at path: String) -> Bool {
+        func result(_ rc: Int32) -> Bool {
+            if rc == 0 { return true }
+            let e = Errno.current
+            if e == EPERM { return false }
+            if e != EINVAL { Log.warning("cannot unmount \(path): \(Errno.text(e))") }
+            return true
+        }
+        guard let connection else {
+            return result(umount2(path, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW)))
+        }
+        let device = Array("0:\(connection)".utf8)
+        let mounts = MountInfo.current().filter { $0.device == device && $0.mountID != nil && !$0.mountpoint.isEmpty }
+        // The mount at its own path, else the first made (bind mounts of
+        // it, which only root can make, come later).
+        guard let mine = mounts.first(where: { $0.mountpoint == Array(path.utf8) })
+                ?? mounts.min(by: { $0.mountID! < $1.mountID! }) else { return true }
+        let fd = (mine.mountpoint + [0]).withUnsafeBufferPointer {
+            open(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        }
+        guard fd >= 0 else {
+            Log.warning("cannot unmount \(mine.mountpointPath): \(Errno.text(Errno.current))")
+            return true
+        }
+        defer { close(fd) }
+        guard MountInfo.mountID(of: fd) == mine.mountID else {
+            Log.warning("not unmounting \(mine.mountpointPath): the path no longer leads to this daemon's mount (a directory on the way was moved); its connection is ended, and it answers nothing")
+            return true
+        }
+        return result(umount2("/proc/self/fd/\(fd)", Int32(MNT_DETACH)))
     }
 
     /// Aborts FUSE connection `id`: every request, now and later, fails.

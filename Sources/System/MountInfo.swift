@@ -11,6 +11,9 @@ import Glibc
 public enum MountInfo {
     /// One line: the fields kmsfs reads.
     public struct Entry: Sendable, Equatable {
+        /// The mount's ID (the first field; `mnt_id` in fdinfo), when it
+        /// is a number.
+        public var mountID: UInt64? = nil
         /// `major:minor`, as the kernel writes it.
         public var device: [UInt8]
         /// The mountpoint, its escapes decoded.
@@ -37,13 +40,29 @@ public enum MountInfo {
             guard fields.count > 4,
                   let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
                   dash >= 6, dash + 3 < fields.count else {
-                out.append(Entry(device: Array(fields[2]), mountpoint: [], fstype: [], superOptions: []))
+                out.append(Entry(mountID: number(fields[0]), device: Array(fields[2]), mountpoint: [], fstype: [], superOptions: []))
                 continue
             }
-            out.append(Entry(device: Array(fields[2]), mountpoint: unescape(bytes: fields[4]),
+            out.append(Entry(mountID: number(fields[0]), device: Array(fields[2]), mountpoint: unescape(bytes: fields[4]),
                              fstype: Array(fields[dash + 1]), superOptions: Array(fields[dash + 3])))
         }
         return out
+    }
+
+    /// A decimal field (at most 20 digits, so no overflow goes unnoticed).
+    static func number(_ field: some Collection<UInt8>) -> UInt64? {
+        guard !field.isEmpty, field.count <= 20, field.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return UInt64(String(decoding: field, as: UTF8.self))
+    }
+
+    /// The ID of the mount an open descriptor is on (`mnt_id:` in
+    /// /proc/self/fdinfo): the kernel's own record, no file system call.
+    public static func mountID(of fd: Int32) -> UInt64? {
+        guard case .success(let text) = readSmallFile("/proc/self/fdinfo/\(fd)", limit: 1 << 16) else { return nil }
+        for line in text.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("mnt_id:".utf8)) {
+            return number(line.dropFirst(7).drop { $0 == 9 || $0 == 32 })
+        }
+        return nil
     }
 
     /// This process's mount table; empty when it cannot be read.

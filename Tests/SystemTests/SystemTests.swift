@@ -569,6 +569,19 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         // glibc's makedev(4097, 300): major and minor split across the bits.
         let large: UInt64 = ((4097 & 0xfff) << 8) | ((4097 & ~0xfff) << 32) | (300 & 0xff) | ((300 & ~0xff) << 12)
         #expect(MountInfo.deviceField(large) == Array("4097:300".utf8))
+        #expect(e.map { $0.mountID } == [36, 40, 41])
+        #expect(MountInfo.entries(Array("x1 35 0:9 / /a rw - tmpfs t rw".utf8)).first?.mountID == nil)
+        #expect(MountInfo.entries(Array("99999999999999999999999 35 0:9 / /a rw - tmpfs t rw".utf8)).first?.mountID == nil)
+    }
+
+    /// A descriptor's mount ID (fdinfo) is the one mountinfo gives its mount.
+    @Test func aDescriptorsMountIDIsItsMountsID() {
+        let fd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC)
+        defer { close(fd) }
+        let id = MountInfo.mountID(of: fd)
+        #expect(id != nil)
+        #expect(id == MountInfo.current().last { $0.mountpointPath == "/proc" }?.mountID)
+        #expect(MountInfo.mountID(of: -1) == nil)
     }
 }
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import stat
@@ -435,3 +436,55 @@ def _end(server):
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
+
+
+def mounts_at(path):
+    """The file system types mounted exactly at `path`."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split(" - ")[1].split()[0] for line in f if line.split()[4] == str(path)]
+
+
+def test_stop_unmounts_its_own_mount_even_after_a_directory_on_the_way_moved(tmp_path, kms, public_tmp):
+    """A user who owns a directory above the mountpoint may rename it (the
+    mount moves along) and put a link to another mount in its place: the
+    stop's umount2(MOUNTPOINT) then detached that other mount. The stop
+    now detaches the daemon's own mount wherever it went, and nothing
+    else; the start warns about such a path."""
+    base = public_tmp / "moved"
+    userdir, victim = base / "userdir", base / "victim" / "mp"
+    victim.mkdir(parents=True)
+    userdir.mkdir()
+    os.chown(userdir, 65534, 65534)
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    subprocess.run(as_nobody + ["mkdir", "-p", str(userdir / "sub" / "mp")], check=True, timeout=30)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.encrypted").write_bytes(kms.encrypt_blob(b"mine"))
+    subprocess.run(["mount", "-t", "tmpfs", "kmsfs-test-victim", str(victim)], check=True, timeout=30)
+    m = None
+    try:
+        # SOURCE through the same user's link: another directory could be
+        # put in its place as well.
+        subprocess.run(as_nobody + ["ln", "-s", str(src), str(userdir / "src")], check=True, timeout=30)
+        m = Mount(userdir / "src", userdir / "sub" / "mp", "allow_uid=0", kms.env, tmp_path / "k.log")
+        assert open(userdir / "sub" / "mp" / "a", "rb").read() == b"mine"
+        assert m.wait_log("source %s: " % (userdir / "src")), m.log()
+        assert m.wait_log("mountpoint %s: %s, a directory above it, belongs to uid 65534" % (userdir / "sub" / "mp", userdir))
+        subprocess.run(as_nobody + ["mv", str(userdir / "sub"), str(userdir / "sub.old")], check=True, timeout=30)
+        subprocess.run(as_nobody + ["ln", "-s", str(base / "victim"), str(userdir / "sub")], check=True, timeout=30)
+        assert mounts_at(userdir / "sub.old" / "mp") == ["fuse.kmsfs"]
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(15) == 0, m.log()
+        assert mounts_at(victim) == ["tmpfs"], "the stop unmounted another mount"
+        assert mounts_at(userdir / "sub.old" / "mp") == [], "the stop left its own mount"
+    finally:
+        if m is not None and m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait(5)
+        for p in (userdir / "sub.old" / "mp", userdir / "sub" / "mp"):
+            if mounts_at(p) == ["fuse.kmsfs"]:
+                subprocess.run(["umount", "-l", str(p)], capture_output=True)
+        for _ in range(3):
+            if mounts_at(victim):
+                subprocess.run(["umount", "-l", str(victim)], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
