@@ -617,10 +617,30 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
 
     private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int) -> Result<OpenSecret, FSError> {
-        acquire(n, caller: caller, maxBytes: maxBytes, detail: nil).flatMap { secret in
+        var attempt = 0
+        while true {
+            attempt += 1
+            let secret: CachedSecret
+            switch acquire(n, caller: caller, maxBytes: maxBytes, detail: nil) {
+            case .success(let s): secret = s
+            case .failure(let e): return .failure(e)
+            }
             // A decryption can take seconds: a policy reloaded meanwhile
             // that no longer admits the caller has the last word.
-            stillAdmitted(caller, n) ? .success(opened(secret, n, caller)) : .failure(.accessDenied)
+            guard stillAdmitted(caller, n) else { return .failure(.accessDenied) }
+            // And a rotation meanwhile: the handle is registered first and
+            // the ciphertext looked at after, so `kmsfs status
+            // --wait-rotated`, which sees no handle of an open still
+            // parked, never returns while an open is about to hand out
+            // the version it replaced. That open decrypts the new one
+            // instead (twice at most: a file rewritten without pause is
+            // served as it was at the last look).
+            let handle = opened(secret, n, caller)
+            if attempt < 3, let now = try? tree.stat(n.sourcePath), now.isRegular, now.fingerprint != secret.fingerprint {
+                Log.info("\(n.mountPath) was replaced while it was decrypted; decrypting it again for the open")
+                continue   // `handle` goes, and leaves the table
+            }
+            return .success(handle)
         }
     }
 

@@ -312,3 +312,39 @@ def test_an_on_change_program_others_may_write_is_not_run(tmp_path, kms, mount_f
     assert m.wait_log("not running on_change=%s" % (tmp_path / "on-change"), timeout=15), m.log()
     assert "may be written by anyone" in m.log()
     assert not log.exists()
+
+
+def test_an_open_parked_across_a_rotation_gets_the_new_version(tmp_path, kms, proxy, mount_factory, kmsfs_bin):
+    """A cold open waits on KMS; meanwhile the file is replaced. The open
+    was answered with the old plaintext seconds after `--wait-rotated` had
+    said no handle held it (a parked open is no handle yet): the operator
+    was told the rotation was done while an open was about to hand out
+    the old secret. Now the open decrypts the new version before it
+    answers, so the promise holds."""
+    import threading
+    from kmsproxy import Fault
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.password.encrypted", b"password-one")
+    m = mount_factory(src, "allow_uid=0,settle=0.2", env=kms.base_env(endpoint=proxy.url))
+    proxy.delay = 4.0
+    proxy.policy = lambda n, target: Fault.SLOW if n == 0 else None   # only the first Decrypt is slow
+    out = {}
+
+    def opener():
+        with open(m.file("db.password"), "rb") as f:
+            out["data"] = f.read()
+    t = threading.Thread(target=opener)
+    t.start()
+    try:
+        time.sleep(0.7)   # parked, its KMS call in flight
+        put(kms, src / "db.password.encrypted", b"password-two")
+        time.sleep(1.0)   # the watcher has seen it
+        r = subprocess.run([kmsfs_bin, "status", m.path, "--wait-rotated", "db.password", "--timeout", "15"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        t.join(20)
+    assert out["data"] == b"password-two"
+    assert status(kmsfs_bin, m)["handles"]["stale"] == []
+    assert m.wait_log("db.password was replaced while it was decrypted")
