@@ -27,13 +27,53 @@ public struct ProcessCredentialProvider: CredentialProvider {
         self.environment = environment
     }
 
+    /// The program to run for `name`: a path as given (resolved against
+    /// the working directory when relative), or the first executable
+    /// `name` in the absolute directories of `path` (`/usr/bin:/bin`
+    /// without one; a relative or empty entry, which means the working
+    /// directory, is skipped). Its links are resolved, and it and every
+    /// directory and link on its way must be root's or the daemon's
+    /// user's to change, as an `on_change=` program: whoever could change
+    /// it would run code as the daemon's user (root, as a rule). The
+    /// mounter's PATH (`su` without `-` keeps a user's) would otherwise
+    /// choose what runs.
+    static func program(_ name: String, searching path: String?) -> Result<String, ChildProcess.Failure> {
+        let because = "the daemon runs it to get credentials"
+        func fail(_ text: String) -> Result<String, ChildProcess.Failure> { .failure(ChildProcess.Failure(message: text)) }
+        func checked(_ candidate: String) -> Result<String, ChildProcess.Failure> {
+            switch PathTrust.resolve(candidate, because: because) {
+            case .failure(let problem):
+                return fail(problem.text)
+            case .success(let resolved):
+                var st = stat()
+                guard lstat(resolved, &st) == 0 else { return fail("\(resolved): \(Errno.text(Errno.current))") }
+                if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: resolved, because: because) {
+                    return fail(problem)
+                }
+                return .success(resolved)
+            }
+        }
+        if name.contains("/") { return checked(name) }
+        let dirs = (path ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: true)
+        for dir in dirs where dir.hasPrefix("/") {
+            let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + name
+            if access(candidate, X_OK) == 0 { return checked(candidate) }
+        }
+        return fail("no \(name) in the absolute directories of PATH (\(path ?? "unset"))")
+    }
+
     public func credentials() throws(CredentialError) -> AWSCredentials {
         guard let argv = ProcessCredentialProvider.split(command), !argv.isEmpty else {
             throw .failed("credential_process in profile '\(profile)' is empty or has an unbalanced quote")
         }
+        var run = argv
+        switch ProcessCredentialProvider.program(argv[0], searching: environment["PATH"]) {
+        case .success(let path): run[0] = path
+        case .failure(let why): throw .failed("credential_process '\(argv[0])' (profile \(profile)): not running it: \(why.message)")
+        }
         let out: SecureBuffer
         do {
-            out = try ProcessRunner.run(argv, environment: environment, timeout: timeout, limit: 64 * 1024)
+            out = try ProcessRunner.run(run, environment: environment, timeout: timeout, limit: 64 * 1024)
         } catch {
             throw .failed("credential_process '\(argv[0])' (profile \(profile)): \(error.message)")
         }

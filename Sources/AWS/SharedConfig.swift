@@ -1,4 +1,8 @@
 import SecureMemory
+import System
+#if canImport(Glibc)
+import Glibc
+#endif
 /// The shared AWS config and credentials files (`~/.aws/config`,
 /// `~/.aws/credentials`), read the way botocore's `configloader` reads them:
 /// `[default]` and `[profile NAME]` sections in the config file, bare
@@ -15,6 +19,11 @@ public struct SharedConfigFiles: Sendable {
     /// by `load`, in secure memory; the profile holds `SharedConfigFiles.secretMarker`
     /// and the index here in their place (see `secret(_:)`).
     public var secrets: [SecureBuffer] = []
+    /// Why a file read by `load` could be changed by someone other than
+    /// root or the daemon's user (the file, a directory or link on its
+    /// way): such a file may not choose a program the daemon runs
+    /// (`credential_process`). Empty when none could.
+    public var untrusted: [String] = []
 
     public init(configPath: String = "", credentialsPath: String = "",
                 profiles: [String: ConfigProfile] = [:], services: [String: [String: [String: String]]] = [:]) {
@@ -39,9 +48,11 @@ public struct SharedConfigFiles: Sendable {
         // The files are read into secure memory and their secret values
         // taken out before any String is made of the text.
         var secrets: [SecureBuffer] = []
+        var untrusted: [String] = []
         func text(_ path: String) throws(SharedConfigError) -> String? {
             switch readSmallFileSecurely(path) {
             case .success(let file):
+                if let problem = SharedConfigFiles.trustProblem(path) { untrusted.append(problem) }
                 do {
                     return String(decoding: try SharedConfigFiles.withSecretsTakenOut(file, into: &secrets), as: UTF8.self)
                 } catch {
@@ -55,7 +66,22 @@ public struct SharedConfigFiles: Sendable {
         var out = try parse(config: try text(configPath), credentials: try text(credentialsPath),
                             configPath: configPath, credentialsPath: credentialsPath)
         out.secrets = secrets
+        out.untrusted = untrusted
         return out
+    }
+
+    /// Why `path` (a file just read) could be changed by someone other
+    /// than root or the daemon's user; nil when it cannot.
+    static func trustProblem(_ path: String) -> String? {
+        let because = "it may name a credential_process, which the daemon runs"
+        switch PathTrust.resolve(path, because: because) {
+        case .failure(let problem):
+            return "\(path): \(problem)"
+        case .success(let resolved):
+            var st = stat()
+            guard stat(resolved, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
+            return PathTrust.unsafeOwnership(st, kind: S_IFREG, what: path, because: because)
+        }
     }
 
     /// Keys whose values are secrets.
