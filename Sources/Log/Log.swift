@@ -129,7 +129,16 @@ extension Log {
     /// SIGHUP); it is refused, and one with a reader is written like a
     /// pipe. A regular file must have one link: a hard link would point
     /// the lines into another file of the daemon's user.
+    ///
+    /// O_NOFOLLOW guards the last component only: a directory or link on
+    /// the way that another user may change (their directory, a link of
+    /// theirs to someone else's) would choose where root creates and
+    /// appends, so such a path is refused as a socket's is.
     public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
+        if let problem = PathTrust.checkDirectories(above: path, because: "the daemon creates and appends to its file there"),
+           problem.code == nil {
+            throw LogFileError("\(LogEscape.escape(path)): \(problem)")
+        }
         let fd: Int32
         do {
             fd = try syscallRetrying("open") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0o600) }

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -240,6 +241,27 @@ def test_a_log_or_audit_symlink_is_refused(kms, kmsfs_bin, plain_source, tmp_pat
     err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, link))
     assert "%s is a symbolic link" % link in err, err
     assert target.read_bytes() == b""
+
+
+@pytest.mark.parametrize("which", ["log", "audit"])
+def test_a_log_or_audit_file_under_a_directory_another_user_may_change_is_refused(kms, kmsfs_bin, plain_source, public_tmp, which):
+    """O_NOFOLLOW guards the last component only: a user's link in a
+    directory on the way (their `logs` pointing at another directory) had
+    root create the file wherever it led."""
+    src, mnt = plain_source
+    base = public_tmp / ("logdir-" + which)
+    userdir, victim = base / "userdir", base / "victim"
+    victim.mkdir(parents=True)
+    userdir.mkdir()
+    os.chown(userdir, 65534, 65534)
+    subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                    "ln", "-s", str(victim), str(userdir / "logs")], check=True, timeout=30)
+    try:
+        err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, userdir / "logs" / "k.log"))
+        assert "belongs to uid 65534" in err, err
+        assert os.listdir(victim) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("which", ["log", "audit"])
