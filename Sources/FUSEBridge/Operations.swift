@@ -31,11 +31,11 @@ final class BridgeContext: @unchecked Sendable {
     }
     private let sessionSlot: SessionSlot
 
-    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int) {
+    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int, maxWaitingOpens: Int) {
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
-        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens)
+        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: maxWaitingOpens)
         let session = SessionSlot()
         self.sessionSlot = session
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in

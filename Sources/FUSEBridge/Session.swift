@@ -79,8 +79,16 @@ public final class FUSESession: @unchecked Sendable {
 
     public init(fs: SecretFileSystem, options: Options) throws(FUSEError) {
         self.options = options
+        // Under io_uring a parked open holds an entry of its caller's CPU
+        // queue until it is answered, and the kernel queues a request for
+        // a full queue behind the others on that CPU (no other queue takes
+        // it): a local user with ~300 threads opening a cold secret on one
+        // CPU stalled every stat and read made there until KMS answered.
+        // So the opens parked at once (running and waiting) stay 32 below
+        // one queue's depth; past that an open answers EIO at once.
+        let waiting = options.uringDepth > 0 ? max(1, options.uringDepth - 32 - options.maxInflightOpens) : 65_536
         self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug,
-                                     maxInflightOpens: options.maxInflightOpens)
+                                     maxInflightOpens: options.maxInflightOpens, maxWaitingOpens: waiting)
         self.ops = makeOperations()
 
         var mountOpts = ["allow_other", "ro", "fsname=\(FUSESession.escapeOptionValue(options.fsname))", "subtype=kmsfs"]

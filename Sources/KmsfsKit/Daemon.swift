@@ -194,8 +194,10 @@ public enum Daemon {
             // An entry stays with its request until it is answered, and a
             // cold open parked for KMS (in the open pool, or queued for
             // it) holds one: a CPU's queue out of entries holds up its
-            // callers. Unused entries cost address space only.
-            sessionOptions.uringDepth = max(options.maxInflight, 256) + 32
+            // callers. Room for max_inflight= running opens, 32 and more
+            // waiting (FUSESession caps them 32 under the depth), and 32
+            // for everything else. Unused entries cost address space only.
+            sessionOptions.uringDepth = max(options.maxInflight, 256) + 64
         }
         sessionOptions.mountFlags = ["nosuid", "nodev"] + (options.exec ? [] : ["noexec"])
         let session: FUSESession

@@ -198,7 +198,7 @@ def test_no_plaintext_is_left_in_the_ring_buffers(uring, tmp_path, kms, mount_fa
         os.close(fd)
 
 
-def ring_resident_kib(pid, depth=288, payload=128 * 1024):
+def ring_resident_kib(pid, depth=320, payload=128 * 1024):
     """Resident KiB of the rings' entry mappings: one per CPU of `depth`
     entries (8 KiB of headers and a `payload` buffer each), which the kernel
     may merge into one mapping."""
@@ -236,3 +236,58 @@ def test_the_rings_memory_follows_what_is_in_flight(uring, tree, mount_factory):
     # Each entry a burst used keeps its headers and a page or so; the pages
     # of its 128 KiB replies go back. Keeping them all left 6.2 MiB here.
     assert after - before < 2048, (before, after)
+
+
+def test_opens_parked_on_one_cpu_leave_its_ring_room_for_others(uring, tmp_path, kms, proxy, mount_factory):
+    """A parked open holds an entry of its caller's CPU queue until KMS
+    answers, and the kernel queues a request for a full queue behind the
+    others on that CPU. 300 threads on CPU 0 opening cold secrets filled
+    its 288 entries, and every stat made on CPU 0 waited for KMS. Opens
+    waiting at once are now held 32 under a queue's depth: the ones past
+    that answer EIO at once, and CPU 0 stays served."""
+    import threading
+    from kmsproxy import Fault
+    src = tmp_path / "src"
+    (src / "cold").mkdir(parents=True)
+    blob = kms.encrypt_blob(b"cold-secret")
+    for i in range(300):
+        (src / "cold" / ("s%03d.encrypted" % i)).write_bytes(blob)
+    (src / "other").mkdir()
+    (src / "other" / "x.encrypted").write_bytes(blob)
+    m = mount_factory(src, "allow_uid=0,io_uring,max_inflight=2,timeout=120", env=kms.base_env(endpoint=proxy.url))
+    assert m.wait_log(SERVING), m.log()
+    os.listdir(m.file("cold"))
+    proxy.delay = 6.0
+    proxy.policy = lambda n, target: Fault.SLOW
+    results = {}
+
+    def cold(i):
+        os.sched_setaffinity(0, {0})   # this thread: every request goes to CPU 0's queue
+        try:
+            with open(m.file("cold/s%03d" % i), "rb") as f:
+                results[i] = f.read()
+        except OSError as e:
+            results[i] = e.errno
+
+    before = os.sched_getaffinity(0)
+    threads = [threading.Thread(target=cold, args=(i,)) for i in range(300)]
+    try:
+        os.sched_setaffinity(0, {0})
+        for t in threads:
+            t.start()
+        time.sleep(1.5)   # every open parked, or answered EIO past the cap
+        t0 = time.monotonic()
+        os.stat(m.file("other/x"))   # never looked up: the kernel must ask
+        stat_took = time.monotonic() - t0
+    finally:
+        os.sched_setaffinity(0, before)
+        proxy.delay = 0
+        proxy.policy = lambda n, target: None   # the rest answer at once
+        for t in threads:
+            t.join(180)
+    assert stat_took < 2.0, "a stat on CPU 0 waited %.1f s behind the parked opens" % stat_took
+    refused = [i for i, r in results.items() if r == 5]   # EIO
+    assert len(results) == 300
+    assert refused and len(refused) < 300 - 200, len(refused)
+    assert all(results[i] == b"cold-secret" for i in results if i not in refused)
+    assert m.wait_log("opens already wait for KMS; answering EIO")
