@@ -19,11 +19,6 @@ public struct SharedConfigFiles: Sendable {
     /// by `load`, in secure memory; the profile holds `SharedConfigFiles.secretMarker`
     /// and the index here in their place (see `secret(_:)`).
     public var secrets: [SecureBuffer] = []
-    /// Why a file read by `load` could be changed by someone other than
-    /// root or the daemon's user (the file, a directory or link on its
-    /// way): such a file may not choose a program the daemon runs
-    /// (`credential_process`). Empty when none could.
-    public var untrusted: [String] = []
 
     public init(configPath: String = "", credentialsPath: String = "",
                 profiles: [String: ConfigProfile] = [:], services: [String: [String: [String: String]]] = [:]) {
@@ -35,7 +30,12 @@ public struct SharedConfigFiles: Sendable {
 
     /// The files named by `AWS_CONFIG_FILE` and `AWS_SHARED_CREDENTIALS_FILE`
     /// (default `~/.aws/config`, `~/.aws/credentials`). A missing file is
-    /// empty; an unreadable or malformed one is an error.
+    /// empty; an unreadable or malformed one is an error, and so is one
+    /// that someone other than root or the daemon's user could change (the
+    /// file, a directory or link on its way): it names the endpoints the
+    /// daemon signs its requests for, its CA bundle and the
+    /// `credential_process` it runs (`su` without `-` keeps a user's
+    /// `AWS_CONFIG_FILE`).
     public static func load(environment env: Environment) throws(SharedConfigError) -> SharedConfigFiles {
         let home = env.home
         func expand(_ p: String) -> String {
@@ -48,11 +48,10 @@ public struct SharedConfigFiles: Sendable {
         // The files are read into secure memory and their secret values
         // taken out before any String is made of the text.
         var secrets: [SecureBuffer] = []
-        var untrusted: [String] = []
         func text(_ path: String) throws(SharedConfigError) -> String? {
             switch readSmallFileSecurely(path) {
             case .success(let file):
-                if let problem = SharedConfigFiles.trustProblem(path) { untrusted.append(problem) }
+                if let problem = SharedConfigFiles.trustProblem(path) { throw SharedConfigError(problem) }
                 do {
                     return String(decoding: try SharedConfigFiles.withSecretsTakenOut(file, into: &secrets), as: UTF8.self)
                 } catch {
@@ -66,20 +65,22 @@ public struct SharedConfigFiles: Sendable {
         var out = try parse(config: try text(configPath), credentials: try text(credentialsPath),
                             configPath: configPath, credentialsPath: credentialsPath)
         out.secrets = secrets
-        out.untrusted = untrusted
         return out
     }
 
     /// Why `path` (a file just read) could be changed by someone other
     /// than root or the daemon's user; nil when it cannot.
     static func trustProblem(_ path: String) -> String? {
-        let because = "it may name a credential_process, which the daemon runs"
+        let because = "it chooses where the daemon sends its signed requests and what it runs"
         switch PathTrust.resolve(path, because: because) {
         case .failure(let problem):
             return "\(path): \(problem)"
         case .success(let resolved):
             var st = stat()
             guard stat(resolved, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
+            // Only a regular file is read (/dev/null, where people point
+            // AWS_CONFIG_FILE, reads as empty and says nothing).
+            guard st.st_mode & S_IFMT == S_IFREG else { return nil }
             return PathTrust.unsafeOwnership(st, kind: S_IFREG, what: path, because: because)
         }
     }

@@ -32,6 +32,21 @@ public struct AWSSettings: Sendable {
     public static let defaultAttemptTimeout = 10.0
     public static let defaultConnectTimeout = 3.0
 
+    /// Why the file at `path` could be changed by someone other than root
+    /// or the daemon's user (it, or a directory or link on its way); nil
+    /// when it cannot.
+    static func trustProblem(_ path: String) -> String? {
+        let because = "whoever may change it may answer for KMS"
+        switch PathTrust.resolve(path, because: because) {
+        case .failure(let problem):
+            return problem.text
+        case .success(let resolved):
+            var st = stat()
+            guard stat(resolved, &st) == 0 else { return Errno.text(Errno.current) }
+            return PathTrust.unsafeOwnership(st, kind: S_IFREG, what: resolved, because: because)
+        }
+    }
+
     /// Resolves every setting. Nothing here waits on the network except the
     /// instance-metadata region lookup, made only when no other source
     /// names a region.
@@ -56,6 +71,11 @@ public struct AWSSettings: Sendable {
         let caBundle = optCABundle ?? env["AWS_CA_BUNDLE"] ?? profile?["ca_bundle"]
         if let ca = caBundle, access(ca, R_OK) != 0 {
             throw OptionError("CA bundle \(ca): \(Errno.text(Errno.current)); give a readable PEM file (ca_bundle=, AWS_CA_BUNDLE, profile ca_bundle)")
+        }
+        // Whoever may add a CA to it may answer for KMS, and be sent
+        // signed Decrypt requests to replay.
+        if let ca = caBundle, let problem = AWSSettings.trustProblem(ca) {
+            throw OptionError("CA bundle \(ca): \(problem)")
         }
         let transport: HTTPTransport
         if let injected {
