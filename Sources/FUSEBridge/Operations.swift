@@ -35,7 +35,9 @@ final class BridgeContext: @unchecked Sendable {
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
-        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: maxWaitingOpens)
+        // One lane per user, taken in turn; a user may fill half the queue.
+        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: maxWaitingOpens,
+                              keyQueueLimit: max(1, maxWaitingOpens / 2))
         let session = SessionSlot()
         self.sessionSlot = session
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
@@ -201,7 +203,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // kernel's fuse_file_info lives on this worker's stack: keep a copy.
         let parked = ParkedOpen(req: req, fi: fi!.pointee)
         let pool = ctx.opens
-        let queued = pool.submit {
+        let queued = pool.submit(key: who.uid) {
             if pool.isStopping {
                 parked.answer(.failure(.io))
             } else {
@@ -209,7 +211,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
             }
         }
         if !queued {
-            Log.error("open: \(pool.queueLimit) opens already wait for KMS; answering EIO")
+            Log.error("open: \(pool.load.queued) opens already wait for KMS (uid \(who.uid) may have \(pool.keyQueueLimit) of at most \(pool.queueLimit)); answering EIO")
             parked.answer(.failure(.io))
         }
     }

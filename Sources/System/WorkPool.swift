@@ -6,39 +6,61 @@
 /// When no thread can be made, a job runs on the submitter's thread, or,
 /// with `runsOnSubmitter: false` (jobs that would deadlock there), waits
 /// in the queue for the next submit to try again.
+///
+/// Waiting jobs are kept in one lane per `key` (the caller's uid), and a
+/// free thread takes from the lanes in turn: a user who parks thousands of
+/// opens delays another user's open by one job per lane, not by all of
+/// theirs, and may hold at most `keyQueueLimit` of the waiting places.
 public final class WorkPool: @unchecked Sendable {
     public let limit: Int
     public let queueLimit: Int
+    public let keyQueueLimit: Int
     public let runsOnSubmitter: Bool
     private let name: String
     private let idleSeconds: Double
     private let lock = ConditionLock()
-    /// Jobs from `head` on wait; a slot before it is cleared when its job
-    /// is taken, so a job that ran keeps nothing it captured alive.
-    private var queue: [(@Sendable () -> Void)?] = []
-    private var head = 0
+    /// One key's waiting jobs, from `head` on; a slot before it is cleared
+    /// when its job is taken, so a job that ran keeps nothing it captured
+    /// alive.
+    private struct Lane {
+        var jobs: [(@Sendable () -> Void)?] = []
+        var head = 0
+        var count: Int { jobs.count - head }
+    }
+    private var lanes: [UInt32: Lane] = [:]
+    /// The keys with waiting jobs, in turn order; `turn` is the next.
+    private var ring: [UInt32] = []
+    private var turn = 0
+    private var waiting = 0
     private var threads = 0
     private var idle = 0
     private var running = 0
     private var stopping = false
 
-    public init(name: String, limit: Int, queueLimit: Int = 65_536, idleSeconds: Double = 10,
+    public init(name: String, limit: Int, queueLimit: Int = 65_536, keyQueueLimit: Int? = nil, idleSeconds: Double = 10,
                 runsOnSubmitter: Bool = true) {
         self.name = name
         self.runsOnSubmitter = runsOnSubmitter
         self.limit = max(1, limit)
         self.queueLimit = max(1, queueLimit)
+        self.keyQueueLimit = max(1, min(keyQueueLimit ?? queueLimit, queueLimit))
         self.idleSeconds = idleSeconds
     }
 
-    /// Queues `job`; false when the queue is full or the pool is stopping.
+    /// Queues `job` in `key`'s lane; false when the queue or the lane is
+    /// full, or the pool is stopping.
     @discardableResult
-    public func submit(_ job: @escaping @Sendable () -> Void) -> Bool {
+    public func submit(key: UInt32 = 0, _ job: @escaping @Sendable () -> Void) -> Bool {
         lock.lock()
-        guard !stopping, queue.count - head < queueLimit else { lock.unlock(); return false }
-        queue.append(job)
+        guard !stopping, waiting < queueLimit, (lanes[key]?.count ?? 0) < keyQueueLimit else { lock.unlock(); return false }
+        if lanes[key] == nil {
+            lanes[key] = Lane()
+            ring.append(key)
+        }
+        lanes[key]!.jobs.append(job)
+        waiting += 1
         // More jobs waiting than idle threads to take them: one more thread.
-        let spawn = queue.count - head > idle && threads < limit
+        let spawn = waiting > idle && threads < limit
         if spawn { threads += 1 }
         if idle > 0 { lock.signal() }
         lock.unlock()
@@ -55,21 +77,32 @@ public final class WorkPool: @unchecked Sendable {
         lock.withLock { dequeueLocked() }
     }
 
-    /// The next job, under the lock. Its slot is cleared, and the queue is
-    /// compacted as it drains: while the pool stays backlogged (more opens
-    /// parked than threads) the queue is never empty, and it kept every
-    /// job that had run (an open's handle, its secret) until it was.
+    /// The next job, under the lock: the head of the lane whose turn it
+    /// is. Its slot is cleared, and the lane compacted as it drains (a
+    /// backlogged lane never empties, and kept every job that had run);
+    /// an emptied lane leaves the ring.
     private func dequeueLocked() -> (@Sendable () -> Void)? {
-        guard head < queue.count else { return nil }
-        let j = queue[head]
-        queue[head] = nil
-        head += 1
-        if head == queue.count {
-            queue.removeAll(keepingCapacity: queue.capacity <= 4096)
-            head = 0
-        } else if head > 1024 && head * 2 > queue.count {
-            queue.removeFirst(head)
-            head = 0
+        guard !ring.isEmpty else { return nil }
+        if turn >= ring.count { turn = 0 }
+        let key = ring[turn]
+        waiting -= 1
+        let j = Self.pop(&lanes[key]!)
+        if lanes[key]!.count == 0 {
+            lanes[key] = nil
+            ring.remove(at: turn)   // the next key moves into this turn
+        } else {
+            turn += 1
+        }
+        return j
+    }
+
+    private static func pop(_ lane: inout Lane) -> (@Sendable () -> Void)? {
+        let j = lane.jobs[lane.head]
+        lane.jobs[lane.head] = nil
+        lane.head += 1
+        if lane.head > 1024 && lane.head * 2 > lane.jobs.count {
+            lane.jobs.removeFirst(lane.head)
+            lane.head = 0
         }
         return j
     }
@@ -95,7 +128,7 @@ public final class WorkPool: @unchecked Sendable {
             idle += 1
             let deadline = SystemClock.monotonic() + idleSeconds
             var expired = false
-            while head >= queue.count && !stopping {
+            while waiting == 0 && !stopping {
                 let left = deadline - SystemClock.monotonic()
                 if left <= 0 { expired = true; break }
                 lock.wait(seconds: left)
@@ -113,7 +146,7 @@ public final class WorkPool: @unchecked Sendable {
 
     /// (jobs running, jobs waiting, threads).
     public var load: (running: Int, queued: Int, threads: Int) {
-        lock.withLock { (running, queue.count - head, threads) }
+        lock.withLock { (running, waiting, threads) }
     }
 
     /// Refuses new jobs and waits at most `seconds` for the queue to empty
@@ -124,7 +157,7 @@ public final class WorkPool: @unchecked Sendable {
         lock.broadcast()
         var now = SystemClock.monotonic()
         let deadline = now + seconds
-        while (running > 0 || head < queue.count) && now < deadline {
+        while (running > 0 || waiting > 0) && now < deadline {
             lock.wait(seconds: deadline - now)
             now = SystemClock.monotonic()
         }

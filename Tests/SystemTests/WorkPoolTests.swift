@@ -109,4 +109,44 @@ import Glibc
         #expect(peak < 200, "\(peak) jobs' captures alive at once")
         #expect(live.n.withLock { $0 } == 0)
     }
+
+    /// Lanes are taken in turn: another user's job waits behind one job of
+    /// a user who queued a hundred, not behind all of them (it waited for
+    /// all, first come first served).
+    @Test(.timeLimit(.minutes(1)))
+    func eachKeysLaneIsTakenInTurn() {
+        let pool = WorkPool(name: "test-pool", limit: 1, idleSeconds: 1)
+        let gate = ConditionLock()
+        let open = Mutex(false)
+        let order = Mutex<[UInt32]>([])
+        #expect(pool.submit(key: 1) {
+            gate.withLock { while !open.withLock({ $0 }) { gate.wait() } }
+            order.withLock { $0.append(1) }
+        })
+        usleep(50_000)   // the first job runs and blocks
+        for _ in 0..<99 { #expect(pool.submit(key: 1) { order.withLock { $0.append(1) } }) }
+        #expect(pool.submit(key: 2) { order.withLock { $0.append(2) } })
+        gate.withLock { open.withLock { $0 = true }; gate.broadcast() }
+        pool.stop(waiting: 10)
+        let ran = order.withLock { $0 }
+        #expect(ran.count == 101)
+        #expect((ran.firstIndex(of: 2) ?? 999) <= 2, "key 2's job ran \((ran.firstIndex(of: 2) ?? 999) + 1)th")
+    }
+
+    /// One key may hold at most keyQueueLimit of the waiting places, so
+    /// another key can still queue.
+    @Test func oneKeyCannotTakeEveryWaitingPlace() {
+        let pool = WorkPool(name: "test-pool", limit: 1, queueLimit: 20, keyQueueLimit: 10, idleSeconds: 0.2)
+        let gate = ConditionLock()
+        let open = Mutex(false)
+        #expect(pool.submit(key: 1) { gate.withLock { while !open.withLock({ $0 }) { gate.wait() } } })
+        usleep(50_000)
+        for _ in 0..<10 { #expect(pool.submit(key: 1) {}) }
+        #expect(!pool.submit(key: 1) {})
+        for _ in 0..<10 { #expect(pool.submit(key: 2) {}) }
+        #expect(!pool.submit(key: 3) {})   // the whole queue is full
+        gate.withLock { open.withLock { $0 = true }; gate.broadcast() }
+        pool.stop(waiting: 10)
+        #expect(pool.load.queued == 0)
+    }
 }

@@ -70,3 +70,58 @@ def test_200_cold_opens_on_a_slow_kms_leave_stat_readdir_and_cached_opens_alone(
     assert all(results[i] == b"cold-secret" for i in range(200)), \
         [r for r in results.values() if r != b"cold-secret"][:3]
     assert proxy.count("Decrypt") >= 200
+
+
+FLOOD = """
+import sys, threading
+paths = sys.argv[1:]
+def go(p):
+    try:
+        open(p, "rb").read()
+    except OSError:
+        pass
+ts = [threading.Thread(target=go, args=(p,)) for p in paths]
+for t in ts: t.start()
+print("started", flush=True)
+for t in ts: t.join()
+"""
+
+
+def test_one_users_parked_opens_do_not_hold_up_anothers(public_tmp, kms, proxy, users):
+    """Parked opens waited first come, first served: a user who parked 300
+    cold opens made another user's open wait for all of them (150 s at two
+    KMS calls a second). Each user's opens now wait in a lane of their
+    own, taken in turn, so the other user waits about one call."""
+    import subprocess
+    from conftest import Mount, run_as
+    from kmsproxy import Fault
+    base = public_tmp / "lanes"
+    (base / "src" / "flood").mkdir(parents=True)
+    (base / "mnt").mkdir()
+    blob = kms.encrypt_blob(b"cold")
+    for i in range(300):
+        (base / "src" / "flood" / ("s%03d.encrypted" % i)).write_bytes(blob)
+    (base / "src" / "mine.encrypted").write_bytes(kms.encrypt_blob(b"mine"))
+    m = Mount(base / "src", base / "mnt", "allow_uid=kmsfs-alice,allow_uid=kmsfs-bob,max_inflight=2,timeout=300",
+              kms.base_env(endpoint=proxy.url), base / "kmsfs.log")
+    flood = None
+    try:
+        os.listdir(m.file("flood"))
+        proxy.delay = 1.0
+        proxy.policy = lambda n, target: Fault.SLOW
+        flood = subprocess.Popen(["setpriv", "--reuid", "kmsfs-alice", "--regid", "kmsfs-alice", "--init-groups",
+                                  "python3", "-c", FLOOD] + [m.file("flood/s%03d" % i) for i in range(300)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert flood.stdout.readline().strip() == "started"
+        time.sleep(1.0)   # alice's opens are parked: two at KMS, the rest waiting
+        t0 = time.monotonic()
+        r = run_as("kmsfs-bob", ["cat", m.file("mine")])
+        took = time.monotonic() - t0
+        assert r.returncode == 0 and r.stdout == b"mine", r.stderr
+        assert took < 10, "bob's open waited %.1f s behind alice's" % took
+    finally:
+        proxy.delay = 0
+        proxy.policy = lambda n, target: None
+        if flood is not None:
+            flood.wait(120)
+        m.stop()
