@@ -134,6 +134,18 @@ def cli_tree(tmp_path_factory, kms):
     (dmg / "truncated.encrypted").write_bytes(signed[:-200])
     (dmg / "trailing.encrypted").write_bytes(committing + b"\0")
     (dmg / "garbage.encrypted").write_bytes(os.urandom(300))
+    # What an attacker who may write SOURCE can make of a good message
+    # without any key: cut it where a frame ends, reorder its frames, or
+    # strip its signature and call it an unsigned suite.
+    (dmg / "frame-cut.encrypted").write_bytes(committing[:c_len + 5 * frame_size])
+    frames = [committing[c_len + i * frame_size:c_len + (i + 1) * frame_size] for i in range(3)]
+    (dmg / "frames-swapped.encrypted").write_bytes(committing[:c_len] + frames[0] + frames[2] + frames[1]
+                                                   + committing[c_len + 3 * frame_size:])
+    sig_len = next(n for n in range(64, 140) if int.from_bytes(signed[-(n + 2):-n], "big") == n)
+    unsigned = bytearray(signed[:-(sig_len + 2)])
+    assert unsigned[1:3] == b"\x05\x78"
+    unsigned[1:3] = b"\x04\x78"
+    (dmg / "downgraded.encrypted").write_bytes(bytes(unsigned))
     return src
 
 
@@ -190,6 +202,9 @@ DAMAGE = {
     "truncated": "damaged ciphertext: truncated: the file ends in",
     "trailing": "damaged ciphertext: 1 unexpected bytes after the end of the message",
     "garbage": "KMS Decrypt failed: InvalidCiphertextException",
+    "frame-cut": "damaged ciphertext: truncated: the file ends in frame 6",
+    "frames-swapped": "damaged ciphertext: bad frame 2: sequence number 3 out of order",
+    "downgraded": "damaged ciphertext: bad header: unsigned suite 0x0478 but the encryption context carries aws-crypto-public-key",
 }
 
 
