@@ -16,6 +16,22 @@ final class BridgeContext: @unchecked Sendable {
     /// Opens that may wait on KMS run here, off the FUSE workers, at most
     /// `max_inflight=` at once; they answer when their decryption ends.
     let opens: WorkPool
+    /// Opens refused because the pool was full, since the last log line
+    /// about them, and when that was: a user who floods opens gets one
+    /// line a second, not one per open.
+    private let refusedOpens = Mutex<(count: Int, loggedAt: Double)>((0, -.infinity))
+
+    func noteRefusedOpen(uid: UInt32) {
+        let now = SystemClock.monotonic()
+        let (log, count) = refusedOpens.withLock { r -> (Bool, Int) in
+            r.count += 1
+            guard now - r.loggedAt >= 1 else { return (false, 0) }
+            defer { r = (0, now) }
+            return (true, r.count)
+        }
+        guard log else { return }
+        Log.error("open: \(opens.load.queued) opens already wait for KMS (one user may have \(opens.keyQueueLimit) of at most \(opens.queueLimit)); answering EIO (uid \(uid); \(count) open\(count == 1 ? "" : "s") refused since the last such line)")
+    }
     /// Page drops: at the release of a handle read through the page cache
     /// (a private mmap), and a second after a page-cache read (sendfile,
     /// splice). One thread, started when there is one to do (never the FUSE
@@ -211,7 +227,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
             }
         }
         if !queued {
-            Log.error("open: \(pool.load.queued) opens already wait for KMS (uid \(who.uid) may have \(pool.keyQueueLimit) of at most \(pool.queueLimit)); answering EIO")
+            ctx.noteRefusedOpen(uid: who.uid)
             parked.answer(.failure(.io))
         }
     }
