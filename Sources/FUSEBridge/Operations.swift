@@ -16,6 +16,7 @@ final class BridgeContext: @unchecked Sendable {
     /// Opens that may wait on KMS run here, off the FUSE workers, at most
     /// `max_inflight=` at once; they answer when their decryption ends.
     let opens: WorkPool
+    let parkedOpens = ParkedOpens()
     /// Opens refused because the pool was full, since the last log line
     /// about them, and when that was: a user who floods opens gets one
     /// line a second, not one per open.
@@ -217,18 +218,28 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // A cache miss may wait seconds on KMS: park the request and answer
         // it from the open pool, so this worker goes back to the loop. The
         // kernel's fuse_file_info lives on this worker's stack: keep a copy.
-        let parked = ParkedOpen(req: req, fi: fi!.pointee)
+        let parked = ParkedOpen(req: req, fi: fi!.pointee, pid: who.pid)
         let pool = ctx.opens
+        // Once the kernel has sent an open, its caller waits for the
+        // answer even through SIGKILL: a killed opener (a unit stopped with
+        // KMS slow or gone) stayed in D state until its turn in the pool
+        // and its KMS call were over. The INTERRUPT the kernel sends then
+        // answers it at once (other signals, such as Go's constant SIGURG,
+        // leave it waiting), and the pool skips it.
+        ctx.parkedOpens.add(parked)
+        fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
         let queued = pool.submit(key: who.uid) {
-            if pool.isStopping {
-                parked.answer(.failure(.io))
+            if parked.isAnswered {
+                return
+            } else if pool.isStopping {
+                parked.answer(.failure(.io), in: ctx)
             } else {
-                parked.answer(finish())
+                parked.answer(finish(), in: ctx)
             }
         }
         if !queued {
             ctx.noteRefusedOpen(uid: who.uid)
-            parked.answer(.failure(.io))
+            parked.answer(.failure(.io), in: ctx)
         }
     }
 }
@@ -280,20 +291,60 @@ private func answerOpen(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file
 }
 
 /// An open answered later, from another thread: the request (valid until
-/// its one reply) and a heap copy of its fuse_file_info.
-private final class ParkedOpen: @unchecked Sendable {
+/// its one reply) and a heap copy of its fuse_file_info. Answered once:
+/// by the pool, or by an INTERRUPT whose caller is being killed,
+/// whichever claims it first.
+final class ParkedOpen: @unchecked Sendable {
     let req: fuse_req_t?
     let fi: UnsafeMutablePointer<fuse_file_info>
+    /// The caller's thread.
+    let pid: Int32
+    private let answered = Atomic<Bool>(false)
 
-    init(req: fuse_req_t?, fi: fuse_file_info) {
+    init(req: fuse_req_t?, fi: fuse_file_info, pid: Int32) {
         self.req = req
         self.fi = .allocate(capacity: 1)
         self.fi.initialize(to: fi)
+        self.pid = pid
     }
 
-    func answer(_ result: Result<OpenSecret, FSError>) { answerOpen(req, fi, result) }
+    var isAnswered: Bool { answered.load(ordering: .acquiring) }
+
+    /// Answers, unless it was answered already (then `result`'s handle,
+    /// if any, is simply dropped).
+    func answer(_ result: Result<OpenSecret, FSError>, in ctx: BridgeContext) {
+        guard !answered.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        ctx.parkedOpens.remove(self)
+        answerOpen(req, fi, result)
+    }
 
     deinit { fi.deallocate() }
+}
+
+/// The opens parked now, by request, for the INTERRUPT handler.
+final class ParkedOpens: @unchecked Sendable {
+    private let table = Mutex<[UInt: ParkedOpen]>([:])
+
+    private static func key(_ req: fuse_req_t?) -> UInt { UInt(bitPattern: req.map { UnsafeRawPointer($0) }) }
+
+    func add(_ p: ParkedOpen) { table.withLock { $0[Self.key(p.req)] = p } }
+
+    func remove(_ p: ParkedOpen) {
+        table.withLock { t in if t[Self.key(p.req)] === p { t[Self.key(p.req)] = nil } }
+    }
+
+    func find(_ req: fuse_req_t?) -> ParkedOpen? { table.withLock { $0[Self.key(req)] } }
+}
+
+/// libfuse calls this when an INTERRUPT names a parked open (or at once,
+/// from `fuse_req_interrupt_func`, if one came already), with the
+/// request's own lock held and the session's not: answering here is what
+/// its interrupt API allows.
+private let onParkedOpenInterrupt: @convention(c) (fuse_req_t?, UnsafeMutableRawPointer?) -> Void = { req, data in
+    guard let data else { return }
+    let ctx = Unmanaged<BridgeContext>.fromOpaque(data).takeUnretainedValue()
+    guard let parked = ctx.parkedOpens.find(req), !parked.isAnswered, isBeingKilled(parked.pid) else { return }
+    parked.answer(.failure(FSError(EINTR)), in: ctx)
 }
 
 let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, size, offset, fi in

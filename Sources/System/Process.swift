@@ -95,6 +95,20 @@ func whileProcessLives<R>(_ pid: Int32, threadPidfds: Bool, _ body: () -> R?) ->
     return answer
 }
 
+/// Whether thread `tid` has SIGKILL pending, its own or its process's
+/// (`SigPnd:`, `ShdPnd:` of /proc/TID/status), as a thread of a process
+/// being killed has until it exits. False when that cannot be read.
+public func isBeingKilled(_ tid: Int32) -> Bool {
+    guard tid > 0, case .success(let status) = readSmallFile("/proc/\(tid)/status", limit: 64 << 10) else { return false }
+    let kill = UInt64(1) << UInt64(SIGKILL - 1)
+    for line in status.split(separator: UInt8(ascii: "\n"))
+    where line.starts(with: "SigPnd:".utf8) || line.starts(with: "ShdPnd:".utf8) {
+        let hex = line.dropFirst(7).filter { $0 != 9 && $0 != 32 }
+        if let mask = UInt64(String(decoding: hex, as: UTF8.self), radix: 16), mask & kill != 0 { return true }
+    }
+    return false
+}
+
 /// The process (thread group) a thread belongs to: `Tgid:` of
 /// /proc/TID/status.
 func threadGroup(of tid: Int32) -> Int32? {

@@ -585,6 +585,17 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
     }
 }
 
+@Suite struct BeingKilledTests {
+    /// A live thread with no SIGKILL pending is not being killed; nor is a
+    /// thread that cannot be read. (Parked opens of killed callers are
+    /// tested in test_async_open.py.)
+    @Test func aLiveThreadIsNotBeingKilled() {
+        #expect(!isBeingKilled(getpid()))
+        #expect(!isBeingKilled(-1))
+        #expect(!isBeingKilled(0))
+    }
+}
+
 @Suite struct OpenRegularFileTests {
     /// A device node where a ciphertext was is refused before its driver's
     /// open runs: a character device of a major no driver holds fails

@@ -125,3 +125,44 @@ def test_one_users_parked_opens_do_not_hold_up_anothers(public_tmp, kms, proxy, 
         if flood is not None:
             flood.wait(120)
         m.stop()
+
+
+def test_a_killed_opener_is_answered_at_once_and_costs_no_kms_call(tmp_path, kms, proxy, mount_factory, transport):
+    """Once the kernel has sent an open, its caller waits for the answer
+    even through SIGKILL: a killed opener stayed in D state until its turn
+    in the pool and its own KMS call were over (about 9 s here), and still
+    cost that call. The INTERRUPT the kernel sends for it now answers it
+    at once, and its KMS call is never made."""
+    import subprocess
+    src = tmp_path / "src"
+    src.mkdir()
+    blob = kms.encrypt_blob(b"cold")
+    for name in ("first", "second"):
+        (src / (name + ".encrypted")).write_bytes(blob)
+    m = mount_factory(src, "allow_uid=0,max_inflight=1,timeout=60" + transport, env=kms.base_env(endpoint=proxy.url))
+    proxy.delay = 5.0
+    proxy.policy = lambda n, target: Fault.SLOW
+    first = {}
+
+    def open_first():
+        with open(m.file("first"), "rb") as f:
+            first["data"] = f.read()
+    t = threading.Thread(target=open_first)
+    t.start()
+    time.sleep(0.5)   # "first" holds the one KMS slot for 5 s
+    victim = subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file("second")])
+    try:
+        time.sleep(1.0)   # parked behind "first"
+        assert victim.poll() is None
+        victim.kill()
+        t0 = time.monotonic()
+        victim.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        t.join(30)
+    assert took < 2.0, "the killed opener waited %.1f s for its answer" % took
+    assert first["data"] == b"cold"
+    time.sleep(6)   # a KMS call for "second", had it been made, would be in by now
+    assert proxy.count("Decrypt") == 1
