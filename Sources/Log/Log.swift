@@ -133,19 +133,38 @@ extension Log {
     /// O_NOFOLLOW guards the last component only: a directory or link on
     /// the way that another user may change (their directory, a link of
     /// theirs to someone else's) would choose where root creates and
-    /// appends, so such a path is refused as a socket's is.
+    /// appends. So the directories on the way must be root's (or the
+    /// daemon's user's), writable by no one else but their group, the
+    /// links on the way theirs too, and the file is opened with no link
+    /// followed at all (openat2), so nothing swapped in after the check
+    /// is followed either.
     public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
-        if let problem = PathTrust.checkDirectories(above: path, because: "the daemon creates and appends to its file there"),
-           problem.code == nil {
-            throw LogFileError("\(LogEscape.escape(path)): \(problem)")
+        var target = Array(path.utf8)
+        switch PathTrust.resolveDirectories(above: path, because: "the daemon creates and appends to its file there") {
+        case .success(let resolved): target = resolved
+        case .failure(let problem):
+            // A directory that is not there: the open says so.
+            if problem.code == nil { throw LogFileError("\(LogEscape.escape(path)): \(problem)") }
         }
+        let openFlags = O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK
         let fd: Int32
         do {
-            fd = try syscallRetrying("open") { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0o600) }
+            fd = try syscallRetrying("open") {
+                let r = target.withUnsafeBufferPointer { b -> Int32 in
+                    var z = Array(b) + [0]
+                    return z.withUnsafeMutableBufferPointer {
+                        kmsfs_openat2(AT_FDCWD, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self),
+                                      UInt64(openFlags), 0o600, KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS)
+                    }
+                }
+                // A kernel before openat2 (5.6): the last component is still not followed.
+                if r < 0 && Errno.current == ENOSYS { return open(path, openFlags, 0o600) }
+                return r
+            }
         } catch {
             let e = error.code
             if e == ELOOP {
-                throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
+                throw LogFileError("\(LogEscape.escape(path)) is a symbolic link, or a directory on its way became one; refusing to follow it (give the file itself)")
             }
             if e == ENXIO {   // a FIFO with no reader, opened non-blocking for writing
                 throw LogFileError("\(LogEscape.escape(path)) is a FIFO nobody reads; refusing to wait for a reader")

@@ -87,7 +87,20 @@ public enum PathTrust {
     /// daemon's user mounted it: another user's FUSE server answers stat
     /// with whatever owner it likes. Returns the resolved path of the last
     /// component, as bytes.
-    private static func walk(_ path: String, followLast: Bool, because: String) -> Result<[UInt8], Problem> {
+    /// `path` with the links on the way to its last component resolved
+    /// (not that component: a file the daemon is about to create), when
+    /// every directory on the way belongs to root or the daemon's user and
+    /// is not writable by others, though its group may write it (Ubuntu's
+    /// /var/log is root:syslog 0775), and every link belongs to them;
+    /// otherwise why not. Open the result with no link followed (openat2
+    /// RESOLVE_NO_SYMLINKS): a directory that group swaps for a link after
+    /// this walk is then refused rather than followed.
+    public static func resolveDirectories(above path: String, because: String) -> Result<[UInt8], Problem> {
+        walk(path, followLast: false, because: because, groupMayWrite: true)
+    }
+
+    private static func walk(_ path: String, followLast: Bool, because: String,
+                             groupMayWrite: Bool = false) -> Result<[UInt8], Problem> {
         func fail(_ text: String, code: Int32? = nil) -> Result<[UInt8], Problem> { .failure(Problem(text: text, code: code)) }
         func failed(_ what: [UInt8], _ e: Int32 = Errno.current) -> Result<[UInt8], Problem> { fail("\(display(what)): \(Errno.text(e))", code: e) }
         var full = Array(path.utf8)
@@ -115,10 +128,15 @@ public enum PathTrust {
                 var dst = stat()
                 guard fstat(fd, &dst) == 0 else { return failed(current) }
                 let sticky = dst.st_mode & S_ISVTX != 0 && dst.st_mode & S_IFMT == S_IFDIR
-                if let problem = sticky ? unsafeOwner(dst, what: what, because: because)
-                                        : unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because) {
-                    return fail(problem)
+                let problem: String?
+                if sticky {
+                    problem = unsafeOwner(dst, what: what, because: because)
+                } else if groupMayWrite && dst.st_mode & 0o002 == 0 {
+                    problem = unsafeOwner(dst, what: what, because: because)
+                } else {
+                    problem = unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because)
                 }
+                if let problem { return fail(problem) }
                 let type = kmsfs_fs_type(fd)
                 if type == fuseMagic {
                     guard let owner = fuseMountOwner(device: UInt64(dst.st_dev)) else {

@@ -256,10 +256,27 @@ def test_a_log_or_audit_file_under_a_directory_another_user_may_change_is_refuse
     os.chown(userdir, 65534, 65534)
     subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
                     "ln", "-s", str(victim), str(userdir / "logs")], check=True, timeout=30)
+    # A directory of root's that its group may write, as Ubuntu's /var/log
+    # (root:syslog 0775), is where logs go: accepted. One anyone may write
+    # without the sticky bit is not.
+    grouplogs, open_dir = base / "grouplogs", base / "open"
+    grouplogs.mkdir()
+    os.chown(grouplogs, 0, 65534)
+    os.chmod(grouplogs, 0o775)
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
     try:
         err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, userdir / "logs" / "k.log"))
         assert "belongs to uid 65534" in err, err
         assert os.listdir(victim) == []
+        err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,%s=%s" % (which, open_dir / "k.log"))
+        assert "may be written by anyone" in err, err
+        m = Mount(src, mnt, "allow_uid=0,%s=%s" % (which, grouplogs / "k.log"), kms.env, base / "daemon.log")
+        try:
+            open(m.file("s"), "rb").read()
+        finally:
+            m.stop()
+        assert (grouplogs / "k.log").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
