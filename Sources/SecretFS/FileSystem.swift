@@ -620,14 +620,21 @@ public final class SecretFileSystem: @unchecked Sendable {
         var attempt = 0
         while true {
             attempt += 1
+            let fetched = fetch(n, maxBytes: maxBytes)
             let secret: CachedSecret
-            switch acquire(n, caller: caller, maxBytes: maxBytes, detail: nil) {
+            switch fetched.result {
             case .success(let s): secret = s
-            case .failure(let e): return .failure(e)
+            case .failure(let e):
+                account(fetched, n, caller: caller, detail: nil)
+                return .failure(e)
             }
             // A decryption can take seconds: a policy reloaded meanwhile
             // that no longer admits the caller has the last word.
-            guard stillAdmitted(caller, n) else { return .failure(.accessDenied) }
+            guard configuration.policy.admits(caller, path: n.mountPath) else {
+                account(fetched, n, caller: caller, detail: nil)
+                noteNoLongerAdmitted(caller, n)
+                return .failure(.accessDenied)
+            }
             // And a rotation meanwhile: the handle is registered first and
             // the ciphertext looked at after, so `kmsfs status
             // --wait-rotated`, which sees no handle of an open still
@@ -638,8 +645,12 @@ public final class SecretFileSystem: @unchecked Sendable {
             let handle = opened(secret, n, caller)
             if attempt < 3, let now = try? tree.stat(n.sourcePath), now.isRegular, now.fingerprint != secret.fingerprint {
                 Log.info("\(n.mountPath) was replaced while it was decrypted; decrypting it again for the open")
+                // The decryption happened; the open is counted and audited
+                // once, by the attempt that answers it.
+                if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
                 continue   // `handle` goes, and leaves the table
             }
+            account(fetched, n, caller: caller, detail: nil)
             return .success(handle)
         }
     }
@@ -649,9 +660,13 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// and recorded.
     private func stillAdmitted(_ caller: Caller, _ n: Node) -> Bool {
         if configuration.policy.admits(caller, path: n.mountPath) { return true }
+        noteNoLongerAdmitted(caller, n)
+        return false
+    }
+
+    private func noteNoLongerAdmitted(_ caller: Caller, _ n: Node) {
         counters.withLock { $0.denials += 1 }
         record(caller, n.mountPath, .denied, detail: "no longer in the allowed users or groups (the policy was reloaded during the open)")
-        return false
     }
 
     /// The slow part of an open (also of a systemd credential): stat the
@@ -659,35 +674,59 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// all concurrent callers, count and audit the outcome (`detail` is
     /// added to the record).
     private func acquire(_ n: Node, caller: Caller, maxBytes: Int, detail: String?) -> Result<CachedSecret, FSError> {
+        let fetched = fetch(n, maxBytes: maxBytes)
+        account(fetched, n, caller: caller, detail: detail)
+        return fetched.result
+    }
+
+    /// What `fetch` found: the plaintext or why not, and where it came from.
+    private struct Fetched {
+        var result: Result<CachedSecret, FSError>
+        var source: SecretCache.Source? = nil
+        var failure: DecryptFailure? = nil
+    }
+
+    /// Stats the ciphertext and takes its plaintext from the cache, or
+    /// decrypts it once for all concurrent callers. Counts and audits
+    /// nothing (`account` does, once per open).
+    private func fetch(_ n: Node, maxBytes: Int) -> Fetched {
         let current: SourceStat
         do { current = try tree.stat(n.sourcePath) } catch {
             cache.invalidate(n.sourcePath)
-            return .failure(.notFound)
+            return Fetched(result: .failure(.notFound))
         }
-        guard current.isRegular else { return .failure(.notFound) }
+        guard current.isRegular else { return Fetched(result: .failure(.notFound)) }
 
         let (result, source, refreshDue) = cache.acquire(path: n.sourcePath, current: current.fingerprint) {
             self.load(n, maxBytes: maxBytes)
         }
         switch result {
         case .success(let secret):
-            switch source {
-            case .cache:
-                counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
-                record(caller, n.mountPath, .cache, detail: detail)
-                if refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
-            case .loaded(let latency):
-                counters.withLock { $0.opens += 1; $0.decrypts += 1 }
-                record(caller, n.mountPath, .kms, latency: latency, detail: detail)
-            case .shared:
-                counters.withLock { $0.opens += 1; $0.shared += 1 }
-                record(caller, n.mountPath, .shared, detail: detail)
-            }
-            return .success(secret)
+            if refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
+            return Fetched(result: .success(secret), source: source)
         case .failure(let failure):
+            return Fetched(result: .failure(.io), source: source, failure: failure)
+        }
+    }
+
+    /// Counts and audits the outcome of one open (or credential request).
+    private func account(_ f: Fetched, _ n: Node, caller: Caller, detail: String?) {
+        if let failure = f.failure {
             counters.withLock { $0.opens += 1; $0.failures += 1 }
             record(caller, n.mountPath, .failed, detail: (detail.map { $0 + ": " } ?? "") + failure.message)
-            return .failure(.io)
+            return
+        }
+        guard let source = f.source else { return }   // not found: nothing to count
+        switch source {
+        case .cache:
+            counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
+            record(caller, n.mountPath, .cache, detail: detail)
+        case .loaded(let latency):
+            counters.withLock { $0.opens += 1; $0.decrypts += 1 }
+            record(caller, n.mountPath, .kms, latency: latency, detail: detail)
+        case .shared:
+            counters.withLock { $0.opens += 1; $0.shared += 1 }
+            record(caller, n.mountPath, .shared, detail: detail)
         }
     }
 

@@ -348,3 +348,8 @@ def test_an_open_parked_across_a_rotation_gets_the_new_version(tmp_path, kms, pr
     assert out["data"] == b"password-two"
     assert status(kmsfs_bin, m)["handles"]["stale"] == []
     assert m.wait_log("db.password was replaced while it was decrypted")
+    # One open, one audit record (the first decryption's handle was never given out).
+    assert m.wait_log("comm=python3 path=db.password result=allowed")
+    time.sleep(0.5)   # a second record, were there one, is written by now
+    opens = [l for l in m.log().splitlines() if "audit " in l and "comm=python3" in l and "path=db.password" in l]
+    assert len(opens) == 1, opens
