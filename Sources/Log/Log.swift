@@ -164,7 +164,11 @@ extension Log {
         } catch {
             let e = error.code
             if e == ELOOP {
-                throw LogFileError("\(LogEscape.escape(path)) is a symbolic link, or a directory on its way became one; refusing to follow it (give the file itself)")
+                var st = stat()
+                if lstat(path, &st) == 0 && st.st_mode & S_IFMT != S_IFLNK {
+                    throw LogFileError("a directory on the way to \(LogEscape.escape(path)) became a symbolic link; refusing to follow it")
+                }
+                throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
             }
             if e == ENXIO {   // a FIFO with no reader, opened non-blocking for writing
                 throw LogFileError("\(LogEscape.escape(path)) is a FIFO nobody reads; refusing to wait for a reader")
