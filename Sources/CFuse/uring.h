@@ -157,6 +157,12 @@ static inline struct kmsfs_uring **ku_current(void) {
     static struct kmsfs_uring *current;          /* the session's, for the custom I/O */
     return &current;
 }
+/* Whether FUSE over io_uring carries the requests now (the kernel took
+ * the ring at INIT), as opposed to asked for and not offered. */
+static inline int kmsfs_uring_serving(void) {
+    struct kmsfs_uring *u = __atomic_load_n(ku_current(), __ATOMIC_ACQUIRE);
+    return u != NULL && __atomic_load_n(&u->serving, __ATOMIC_ACQUIRE) != 0;
+}
 static inline struct ku_queue **ku_this_queue(void) {
     static __thread struct ku_queue *mine;       /* the queue whose thread this is */
     return &mine;

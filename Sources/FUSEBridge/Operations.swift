@@ -17,6 +17,24 @@ final class BridgeContext: @unchecked Sendable {
     /// `max_inflight=` at once; they answer when their decryption ends.
     let opens: WorkPool
     let parkedOpens = ParkedOpens()
+    /// With -o io_uring: the opens that may wait once the ring serves (0:
+    /// not asked for), and whether that limit is in force.
+    private let ringWaitingOpens: Int
+    private let ringLimited = Atomic<Bool>(false)
+    /// Whether the ring serves (asked in Session.swift, the file that
+    /// starts it: a header's static inline state is one per file that
+    /// calls it, as Swift compiles a module in parallel).
+    private let ringServing: @Sendable () -> Bool
+
+    /// Puts the ring's limit on waiting opens in force once the kernel has
+    /// taken the ring (asked for and not offered, /dev/fuse serves with the
+    /// ordinary limits). The ring's queues are small, and a single user's
+    /// burst (200 workers opening one cold secret) may use all of them.
+    func limitParkedOpensToTheRing() {
+        guard ringWaitingOpens > 0, !ringLimited.load(ordering: .relaxed), ringServing(),
+              !ringLimited.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        opens.setQueueLimits(ringWaitingOpens, perKey: ringWaitingOpens)
+    }
     /// Opens refused because the pool was full, since the last log line
     /// about them, and when that was: a user who floods opens gets one
     /// line a second, not one per open.
@@ -48,13 +66,15 @@ final class BridgeContext: @unchecked Sendable {
     }
     private let sessionSlot: SessionSlot
 
-    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int, maxWaitingOpens: Int) {
+    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int, ringWaitingOpens: Int,
+         ringServing: @escaping @Sendable () -> Bool) {
+        self.ringServing = ringServing
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
         // One lane per user, taken in turn; a user may fill half the queue.
-        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: maxWaitingOpens,
-                              keyQueueLimit: max(1, maxWaitingOpens / 2))
+        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: 65_536, keyQueueLimit: 32_768)
+        self.ringWaitingOpens = ringWaitingOpens
         let session = SessionSlot()
         self.sessionSlot = session
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
@@ -226,6 +246,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // and its KMS call were over. The INTERRUPT the kernel sends then
         // answers it at once (other signals, such as Go's constant SIGURG,
         // leave it waiting), and the pool skips it.
+        ctx.limitParkedOpensToTheRing()
         ctx.parkedOpens.add(parked)
         fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
         let queued = pool.submit(key: who.uid) {

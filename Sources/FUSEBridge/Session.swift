@@ -84,11 +84,13 @@ public final class FUSESession: @unchecked Sendable {
         // a full queue behind the others on that CPU (no other queue takes
         // it): a local user with ~300 threads opening a cold secret on one
         // CPU stalled every stat and read made there until KMS answered.
-        // So the opens parked at once (running and waiting) stay 32 below
-        // one queue's depth; past that an open answers EIO at once.
-        let waiting = options.uringDepth > 0 ? max(1, options.uringDepth - 32 - options.maxInflightOpens) : 65_536
+        // So once the ring serves, the opens parked at once (running and
+        // waiting) stay 32 below one queue's depth, and past that an open
+        // answers EIO at once (`BridgeContext.limitParkedOpensToTheRing`).
+        let ringWaiting = options.uringDepth > 0 ? max(1, options.uringDepth - 32 - options.maxInflightOpens) : 0
         self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug,
-                                     maxInflightOpens: options.maxInflightOpens, maxWaitingOpens: waiting)
+                                     maxInflightOpens: options.maxInflightOpens, ringWaitingOpens: ringWaiting,
+                                     ringServing: { kmsfs_uring_serving() != 0 })
         self.ops = makeOperations()
 
         var mountOpts = ["allow_other", "ro", "fsname=\(FUSESession.escapeOptionValue(options.fsname))", "subtype=kmsfs"]

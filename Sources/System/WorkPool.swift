@@ -13,8 +13,8 @@
 /// theirs, and may hold at most `keyQueueLimit` of the waiting places.
 public final class WorkPool: @unchecked Sendable {
     public let limit: Int
-    public let queueLimit: Int
-    public let keyQueueLimit: Int
+    private var maxWaiting: Int
+    private var maxWaitingPerKey: Int
     public let runsOnSubmitter: Bool
     private let name: String
     private let idleSeconds: Double
@@ -42,9 +42,21 @@ public final class WorkPool: @unchecked Sendable {
         self.name = name
         self.runsOnSubmitter = runsOnSubmitter
         self.limit = max(1, limit)
-        self.queueLimit = max(1, queueLimit)
-        self.keyQueueLimit = max(1, min(keyQueueLimit ?? queueLimit, queueLimit))
+        self.maxWaiting = max(1, queueLimit)
+        self.maxWaitingPerKey = max(1, min(keyQueueLimit ?? queueLimit, queueLimit))
         self.idleSeconds = idleSeconds
+    }
+
+    /// Jobs that may wait at once, and of them one key's.
+    public var queueLimit: Int { lock.withLock { maxWaiting } }
+    public var keyQueueLimit: Int { lock.withLock { maxWaitingPerKey } }
+
+    /// Changes those limits (jobs already waiting stay).
+    public func setQueueLimits(_ queueLimit: Int, perKey: Int) {
+        lock.withLock {
+            maxWaiting = max(1, queueLimit)
+            maxWaitingPerKey = max(1, min(perKey, maxWaiting))
+        }
     }
 
     /// Queues `job` in `key`'s lane; false when the queue or the lane is
@@ -52,7 +64,7 @@ public final class WorkPool: @unchecked Sendable {
     @discardableResult
     public func submit(key: UInt32 = 0, _ job: @escaping @Sendable () -> Void) -> Bool {
         lock.lock()
-        guard !stopping, waiting < queueLimit, (lanes[key]?.count ?? 0) < keyQueueLimit else { lock.unlock(); return false }
+        guard !stopping, waiting < maxWaiting, (lanes[key]?.count ?? 0) < maxWaitingPerKey else { lock.unlock(); return false }
         if lanes[key] == nil {
             lanes[key] = Lane()
             ring.append(key)
