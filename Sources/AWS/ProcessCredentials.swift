@@ -27,8 +27,7 @@ public struct ProcessCredentialProvider: CredentialProvider {
         self.environment = environment
     }
 
-    /// The program to run for `name`: a path as given (resolved against
-    /// the working directory when relative), or the first executable
+    /// The program to run for `name`: an absolute path as given, or the first executable
     /// `name` in the absolute directories of `path` (`/usr/bin:/bin`
     /// without one; a relative or empty entry, which means the working
     /// directory, is skipped). Its links are resolved, and it and every
@@ -53,11 +52,18 @@ public struct ProcessCredentialProvider: CredentialProvider {
                 return .success(resolved)
             }
         }
-        if name.contains("/") { return checked(name) }
+        if name.hasPrefix("/") { return checked(name) }
+        if name.contains("/") {
+            // Relative to which directory? The daemon's is / once it runs in
+            // the background, where `bin/helper` is another program.
+            return fail("give the program's absolute path, or a bare name found in PATH")
+        }
         let dirs = (path ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: true)
         for dir in dirs where dir.hasPrefix("/") {
             let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + name
-            if access(candidate, X_OK) == 0 { return checked(candidate) }
+            var st = stat()
+            // A directory of that name (which root may "execute") is skipped, as the shell skips it.
+            if access(candidate, X_OK) == 0, stat(candidate, &st) == 0, st.st_mode & S_IFMT == S_IFREG { return checked(candidate) }
         }
         return fail("no \(name) in the absolute directories of PATH (\(path ?? "unset"))")
     }

@@ -100,6 +100,9 @@ struct MountCommand: ParsableCommand {
             setsid()
             // SOURCE and MOUNTPOINT are absolute by now; the caller's
             // directory must not stay busy for the daemon's whole life.
+            // Paths the AWS variables give relative to it keep naming what
+            // they named there.
+            Background.anchorRelativePaths()
             _ = chdir("/")
             Background.keepName()
             throw ExitCode(Daemon.run(request, readyFD: fd))
@@ -123,6 +126,26 @@ struct MountCommand: ParsableCommand {
 /// its own session, and this process returns only once the child reports
 /// the mount live (exit 0) or its one-line failure (exit 1).
 enum Background {
+    /// The variables that name files, each read again later (at every
+    /// credential refresh, some).
+    static let pathVariables = ["AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_CA_BUNDLE"]
+
+    /// Makes each of `pathVariables` that holds a relative path (not
+    /// `~/...`) absolute against the current directory, before the
+    /// background daemon leaves it.
+    static func anchorRelativePaths() {
+        guard let c = getcwd(nil, 0) else { return }
+        let cwd = String(cString: c)
+        free(c)
+        for name in pathVariables {
+            guard let raw = getenv(name) else { continue }
+            let value = String(cString: raw)
+            guard !value.isEmpty, !value.hasPrefix("/"), !value.hasPrefix("~") else { continue }
+            setenv(name, (cwd == "/" ? "" : cwd) + "/" + value, 1)
+        }
+    }
+
     static func spawnAndWait() -> Int32 {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { fail("pipe: \(Errno.text(Errno.current))") }

@@ -56,10 +56,30 @@ import Glibc
         let found = ProcessCredentialProvider(command: "kmsfs-test-cred-helper --flag", profile: "p",
                                               environment: Environment(["PATH": "relative::bin:" + dir.path]))
         #expect(try found.credentials().accessKeyId == "PROCKEY")
+        unlink(marker)
+        // The helper's directory named relative to the working directory
+        // (../../tmp/...), as a PATH entry: skipped.
+        var cwd = [CChar](repeating: 0, count: 4096)
+        _ = getcwd(&cwd, cwd.count)
+        let depth = String(cString: cwd).split(separator: "/").count
+        let relative = String(repeating: "../", count: depth) + String(dir.path.dropFirst())
+        #expect(access(relative + "/kmsfs-test-cred-helper", X_OK) == 0)
         let none = ProcessCredentialProvider(command: "kmsfs-test-cred-helper", profile: "p",
-                                             environment: Environment(["PATH": "relative:.:"]))
+                                             environment: Environment(["PATH": relative + ":.:"]))
         let e = credentialError { try none.credentials() }
         #expect(e.message.contains("no kmsfs-test-cred-helper in the absolute directories of PATH"), "\(e.message)")
+        #expect(access(marker, F_OK) != 0, "the helper ran from a relative PATH entry")
+        // A program named relative to the working directory is refused.
+        let rel = ProcessCredentialProvider(command: relative + "/kmsfs-test-cred-helper", profile: "p", environment: Environment([:]))
+        let e2 = credentialError { try rel.credentials() }
+        #expect(e2.message.contains("give the program's absolute path"), "\(e2.message)")
+        // A directory of that name earlier in PATH is passed over.
+        let shadow = TempDir()
+        mkdir(shadow.path + "/kmsfs-test-cred-helper", 0o755)
+        defer { rmdir(shadow.path + "/kmsfs-test-cred-helper") }
+        let past = ProcessCredentialProvider(command: "kmsfs-test-cred-helper", profile: "p",
+                                             environment: Environment(["PATH": shadow.path + ":" + dir.path]))
+        #expect(try past.credentials().accessKeyId == "PROCKEY")
     }
 
     /// The config file names endpoints, a CA bundle and the program: one

@@ -260,6 +260,28 @@ def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
         held.close()
 
 
+def test_background_mount_keeps_what_relative_aws_paths_named(tmp_path, kms, kmsfs_bin):
+    """The background daemon leaves the caller's directory for /; a path an
+    AWS variable gives relative to it (here the credentials file) still
+    names the file it named there, at start and at every later read."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "src" / "a.encrypted").write_bytes(kms.encrypt_blob(b"rel"))
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" % (kms.access_key, kms.secret_key))
+    creds.chmod(0o600)
+    env = {k: v for k, v in kms.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE="creds", AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
+    try:
+        r = subprocess.run([kmsfs_bin, "src", "mnt", "-o", "allow_uid=0,log=%s" % (tmp_path / "d.log")],
+                           env=env, capture_output=True, timeout=30, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert open(tmp_path / "mnt" / "a", "rb").read() == b"rel"
+        assert "profile default" in (tmp_path / "d.log").read_text()
+    finally:
+        force_unmount(str(tmp_path / "mnt"))
+
+
 def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
     src = tmp_path / "src"
     mnt = tmp_path / "mnt"
