@@ -82,6 +82,12 @@ public struct ProfileCredentialProvider: CredentialProvider {
         }
         if p.keysInCredentialsFile { return try staticKeys(p) }
         if let command = p["credential_process"] {
+            // The file chooses the program and its arguments
+            // (`/usr/bin/python3 -c ...` passes any check of the program):
+            // it must be as safe from other users as the program itself.
+            if let problem = config.untrusted.first {
+                throw .failed("profile '\(p.name)': not running its credential_process: \(problem)")
+            }
             return try ProcessCredentialProvider(command: command, profile: p.name, environment: environment).credentials()
         }
         if p["aws_access_key_id"] != nil || p["aws_secret_access_key"] != nil { return try staticKeys(p) }

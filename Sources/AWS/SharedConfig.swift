@@ -19,6 +19,13 @@ public struct SharedConfigFiles: Sendable {
     /// by `load`, in secure memory; the profile holds `SharedConfigFiles.secretMarker`
     /// and the index here in their place (see `secret(_:)`).
     public var secrets: [SecureBuffer] = []
+    /// Why a file `load` read could be changed by someone other than root
+    /// or the daemon's user (the file, a directory or link on its way).
+    /// Such a file still counts (the AWS CLI reads it; a read-only bind
+    /// of a user's ~/.aws into a container is one), with a warning, but
+    /// may not choose a program the daemon runs: `credential_process` is
+    /// refused while this is not empty.
+    public var untrusted: [String] = []
 
     public init(configPath: String = "", credentialsPath: String = "",
                 profiles: [String: ConfigProfile] = [:], services: [String: [String: [String: String]]] = [:]) {
@@ -30,12 +37,9 @@ public struct SharedConfigFiles: Sendable {
 
     /// The files named by `AWS_CONFIG_FILE` and `AWS_SHARED_CREDENTIALS_FILE`
     /// (default `~/.aws/config`, `~/.aws/credentials`). A missing file is
-    /// empty; an unreadable or malformed one is an error, and so is one
-    /// that someone other than root or the daemon's user could change (the
-    /// file, a directory or link on its way): it names the endpoints the
-    /// daemon signs its requests for, its CA bundle and the
-    /// `credential_process` it runs (`su` without `-` keeps a user's
-    /// `AWS_CONFIG_FILE`).
+    /// empty; an unreadable or malformed one is an error. One that someone
+    /// other than root or the daemon's user could change is noted in
+    /// `untrusted`.
     public static func load(environment env: Environment) throws(SharedConfigError) -> SharedConfigFiles {
         let home = env.home
         func expand(_ p: String) -> String {
@@ -48,10 +52,11 @@ public struct SharedConfigFiles: Sendable {
         // The files are read into secure memory and their secret values
         // taken out before any String is made of the text.
         var secrets: [SecureBuffer] = []
+        var untrusted: [String] = []
         func text(_ path: String) throws(SharedConfigError) -> String? {
             switch readSmallFileSecurely(path) {
             case .success(let file):
-                if let problem = SharedConfigFiles.trustProblem(path) { throw SharedConfigError(problem) }
+                if let problem = SharedConfigFiles.trustProblem(path) { untrusted.append(problem) }
                 do {
                     return String(decoding: try SharedConfigFiles.withSecretsTakenOut(file, into: &secrets), as: UTF8.self)
                 } catch {
@@ -65,13 +70,14 @@ public struct SharedConfigFiles: Sendable {
         var out = try parse(config: try text(configPath), credentials: try text(credentialsPath),
                             configPath: configPath, credentialsPath: credentialsPath)
         out.secrets = secrets
+        out.untrusted = untrusted
         return out
     }
 
     /// Why `path` (a file just read) could be changed by someone other
     /// than root or the daemon's user; nil when it cannot.
     static func trustProblem(_ path: String) -> String? {
-        let because = "it chooses where the daemon sends its signed requests and what it runs"
+        let because = "the file chooses where the daemon sends its signed requests and what it runs"
         switch PathTrust.resolve(path, because: because) {
         case .failure(let problem):
             return "\(path): \(problem)"

@@ -36,7 +36,7 @@ public struct AWSSettings: Sendable {
     /// or the daemon's user (it, or a directory or link on its way); nil
     /// when it cannot.
     static func trustProblem(_ path: String) -> String? {
-        let because = "whoever may change it may answer for KMS"
+        let because = "whoever may change the bundle may answer for KMS"
         switch PathTrust.resolve(path, because: because) {
         case .failure(let problem):
             return problem.text
@@ -72,10 +72,16 @@ public struct AWSSettings: Sendable {
         if let ca = caBundle, access(ca, R_OK) != 0 {
             throw OptionError("CA bundle \(ca): \(Errno.text(Errno.current)); give a readable PEM file (ca_bundle=, AWS_CA_BUNDLE, profile ca_bundle)")
         }
-        // Whoever may add a CA to it may answer for KMS, and be sent
-        // signed Decrypt requests to replay.
+        // Whoever may change these may name the endpoint, or add a CA that
+        // answers for KMS, and be sent signed Decrypt requests to replay.
+        // The AWS CLI reads them whoever owns them (a user's ~/.aws bound
+        // read-only into a container is a common case), so they count,
+        // and the operator is told.
+        for problem in config.untrusted {
+            Log.warning("AWS shared config: \(problem); another user could point kmsfs at their own endpoint (its credential_process is not run)")
+        }
         if let ca = caBundle, let problem = AWSSettings.trustProblem(ca) {
-            throw OptionError("CA bundle \(ca): \(problem)")
+            Log.warning("CA bundle \(ca): \(problem); another user could add a CA that answers for KMS")
         }
         let transport: HTTPTransport
         if let injected {

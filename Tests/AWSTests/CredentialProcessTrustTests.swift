@@ -82,29 +82,28 @@ import Glibc
         #expect(try past.credentials().accessKeyId == "PROCKEY")
     }
 
-    /// The config file names endpoints, a CA bundle and the program: one
-    /// another user may change is not read at all.
-    @Test func aConfigFileOthersMayChangeIsRefused() throws {
+    /// The config file names the program and its arguments: one another
+    /// user may change is read (as the AWS CLI reads it), noted, and names
+    /// no program to run.
+    @Test func aConfigFileOthersMayChangeNamesNoProgramToRun() throws {
         let dir = TempDir()
         let marker = dir.path + "/ran"
         let program = Self.helper(in: dir.path, marker: marker)
         let config = dir.write("config", "[default]\ncredential_process = \(program)\n", mode: 0o600)
         let env = Environment(["AWS_CONFIG_FILE": config, "AWS_SHARED_CREDENTIALS_FILE": dir.path + "/none", "HOME": dir.path])
-        let files = try SharedConfigFiles.load(environment: env)
-        let p = ProfileCredentialProvider(profileName: "default", config: files, environment: env, region: "eu-west-1",
-                                          transport: ScriptedTransport { _, _ in .init(status: 500, body: "") }, imds: nil)
-        #expect(try p.credentials().accessKeyId == "PROCKEY")
-        chmod(config, 0o666)
-        do {
-            _ = try SharedConfigFiles.load(environment: env)
-            Issue.record("a world-writable config file was read")
-        } catch {
-            #expect(error.message.contains("\(config) may be written by anyone"), "\(error.message)")
+        func provider() throws -> ProfileCredentialProvider {
+            ProfileCredentialProvider(profileName: "default", config: try SharedConfigFiles.load(environment: env), environment: env,
+                                      region: "eu-west-1", transport: ScriptedTransport { _, _ in .init(status: 500, body: "") },
+                                      imds: nil)
         }
-        let credentials = dir.write("credentials", "[default]\naws_access_key_id = A\naws_secret_access_key = B\n")
-        chmod(credentials, 0o620)   // its group may write it
-        chmod(config, 0o600)
-        let withCredentials = Environment(["AWS_CONFIG_FILE": config, "AWS_SHARED_CREDENTIALS_FILE": credentials, "HOME": dir.path])
-        #expect(throws: SharedConfigError.self) { try SharedConfigFiles.load(environment: withCredentials) }
+        #expect(try provider().config.untrusted.isEmpty)
+        #expect(try provider().credentials().accessKeyId == "PROCKEY")
+        unlink(marker)
+        chmod(config, 0o666)
+        let p = try provider()
+        #expect(p.config.untrusted.first?.contains("\(config) may be written by anyone") == true, "\(p.config.untrusted)")
+        let e = credentialError { try p.credentials() }
+        #expect(e.message.contains("not running its credential_process"), "\(e.message)")
+        #expect(access(marker, F_OK) != 0, "the program ran")
     }
 }
