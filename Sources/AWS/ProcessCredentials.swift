@@ -37,35 +37,21 @@ public struct ProcessCredentialProvider: CredentialProvider {
     /// mounter's PATH (`su` without `-` keeps a user's) would otherwise
     /// choose what runs.
     static func program(_ name: String, searching path: String?) -> Result<String, ChildProcess.Failure> {
-        let because = "the daemon runs it to get credentials"
         func fail(_ text: String) -> Result<String, ChildProcess.Failure> { .failure(ChildProcess.Failure(message: text)) }
-        func checked(_ candidate: String) -> Result<String, ChildProcess.Failure> {
-            switch PathTrust.resolve(candidate, because: because) {
-            case .failure(let problem):
-                return fail(problem.text)
-            case .success(let resolved):
-                var st = stat()
-                guard lstat(resolved, &st) == 0 else { return fail("\(resolved): \(Errno.text(Errno.current))") }
-                if let problem = PathTrust.unsafeOwnership(st, kind: S_IFREG, what: resolved, because: because) {
-                    return fail(problem)
-                }
-                return .success(resolved)
-            }
-        }
-        if name.hasPrefix("/") { return checked(name) }
-        if name.contains("/") {
+        let candidate: String
+        if name.hasPrefix("/") {
+            candidate = name
+        } else if name.contains("/") {
             // Relative to which directory? The daemon's is / once it runs in
             // the background, where `bin/helper` is another program.
             return fail("give the program's absolute path, or a bare name found in PATH")
+        } else if let found = PathTrust.findProgram(name, searching: path) {
+            candidate = found
+        } else {
+            return fail("no \(name) in the absolute directories of PATH (\(path ?? "unset"))")
         }
-        let dirs = (path ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: true)
-        for dir in dirs where dir.hasPrefix("/") {
-            let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + name
-            var st = stat()
-            // A directory of that name (which root may "execute") is skipped, as the shell skips it.
-            if access(candidate, X_OK) == 0, stat(candidate, &st) == 0, st.st_mode & S_IFMT == S_IFREG { return checked(candidate) }
-        }
-        return fail("no \(name) in the absolute directories of PATH (\(path ?? "unset"))")
+        return PathTrust.checkFile(candidate, because: "the daemon runs it to get credentials")
+            .mapError { ChildProcess.Failure(message: $0.text) }
     }
 
     public func credentials() throws(CredentialError) -> AWSCredentials {

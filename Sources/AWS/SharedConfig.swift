@@ -77,17 +77,13 @@ public struct SharedConfigFiles: Sendable {
     /// Why `path` (a file just read) could be changed by someone other
     /// than root or the daemon's user; nil when it cannot.
     static func trustProblem(_ path: String) -> String? {
-        let because = "the file chooses where the daemon sends its signed requests and what it runs"
-        switch PathTrust.resolve(path, because: because) {
-        case .failure(let problem):
-            return "\(path): \(problem)"
-        case .success(let resolved):
-            var st = stat()
-            guard stat(resolved, &st) == 0 else { return "\(path): \(Errno.text(Errno.current))" }
-            // Only a regular file is read (/dev/null, where people point
-            // AWS_CONFIG_FILE, reads as empty and says nothing).
-            guard st.st_mode & S_IFMT == S_IFREG else { return nil }
-            return PathTrust.unsafeOwnership(st, kind: S_IFREG, what: path, because: because)
+        // Only a regular file is read (/dev/null, where people point
+        // AWS_CONFIG_FILE, reads as empty and says nothing).
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        switch PathTrust.checkFile(path, because: "the file chooses where the daemon sends its signed requests and what it runs") {
+        case .success: return nil
+        case .failure(let problem): return problem.text
         }
     }
 

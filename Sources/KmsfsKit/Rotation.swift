@@ -334,25 +334,15 @@ public final class RotationNotifier: @unchecked Sendable {
     /// anyone may write, or a relative one, early in the PATH of whoever
     /// mounted would otherwise choose what root runs at every rotation.
     public static func systemctl(searching path: String?) -> Result<String, ChildProcess.Failure> {
-        let dirs = (path ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: true)
-        for dir in dirs where dir.hasPrefix("/") {
-            let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + "systemctl"
-            guard access(candidate, X_OK) == 0 else { continue }
-            // Links are followed where root owns them (/bin on merged-/usr
-            // systems, NixOS's profiles); the file they lead to (its
-            // directories walked by the resolve) is held to an on_change=
-            // program's checks, and is what runs.
-            switch PathTrust.resolve(candidate, because: "the daemon runs it as root") {
-            case .failure(let problem):
-                return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
-            case .success(let resolved):
-                if let problem = PolicyFile.unsafeProgramFile(resolved) {
-                    return .failure(ChildProcess.Failure(message: "not running \(candidate): \(problem)"))
-                }
-                return .success(resolved)
-            }
+        // Links are followed where root owns them (/bin on merged-/usr
+        // systems, NixOS's profiles); the file they lead to (its
+        // directories walked by the resolve) is held to an on_change=
+        // program's checks, and is what runs.
+        guard let candidate = PathTrust.findProgram("systemctl", searching: path) else {
+            return .failure(ChildProcess.Failure(message: "no systemctl in the absolute directories of PATH (\(path ?? "unset"))"))
         }
-        return .failure(ChildProcess.Failure(message: "no systemctl in the absolute directories of PATH (\(path ?? "unset"))"))
+        return PathTrust.checkFile(candidate, because: "the daemon runs it as root")
+            .mapError { ChildProcess.Failure(message: "not running \(candidate): \($0)") }
     }
 
     /// Paths for a log line, each quoted as the audit quotes a field when it

@@ -64,6 +64,38 @@ public enum PathTrust {
         }
     }
 
+    /// `path` with its links resolved, when the regular file it ends at
+    /// and every directory and link on its way are ones only root or the
+    /// daemon's user may change (`resolve` and `unsafeOwnership` in one:
+    /// a program the daemon runs, a file that chooses what it trusts);
+    /// otherwise why not.
+    public static func checkFile(_ path: String, because: String) -> Result<String, Problem> {
+        resolve(path, because: because).flatMap { resolved in
+            var st = stat()
+            guard lstat(resolved, &st) == 0 else {
+                let e = Errno.current
+                return .failure(Problem(text: "\(resolved): \(Errno.text(e))", code: e))
+            }
+            if let problem = unsafeOwnership(st, kind: S_IFREG, what: resolved, because: because) {
+                return .failure(Problem(text: problem))
+            }
+            return .success(resolved)
+        }
+    }
+
+    /// The first regular file `name` that may be executed in the absolute
+    /// directories of `path` (`/usr/bin:/bin` when unset): a relative or
+    /// empty entry, the working directory, is skipped, and so is a
+    /// directory of that name (which root may "execute"). Nil when none.
+    public static func findProgram(_ name: String, searching path: String?) -> String? {
+        for dir in (path ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: true) where dir.hasPrefix("/") {
+            let candidate = (dir.hasSuffix("/") ? String(dir) : dir + "/") + name
+            var st = stat()
+            if access(candidate, X_OK) == 0, stat(candidate, &st) == 0, st.st_mode & S_IFMT == S_IFREG { return candidate }
+        }
+        return nil
+    }
+
     public struct Problem: Error, Sendable, CustomStringConvertible {
         public let text: String
         /// The errno when the walk failed on a system call (a directory
