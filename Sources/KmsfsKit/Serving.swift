@@ -196,12 +196,16 @@ enum MountTable {
         guard let connection else {
             return result(umount2(path, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW)))
         }
+        // Its FUSE device (anonymous: major 0, the connection's number as
+        // minor), and a kmsfs mount: a number freed by an unmount someone
+        // else made is soon another file system's.
         let device = Array("0:\(connection)".utf8)
-        let mounts = MountInfo.current().filter { $0.device == device && $0.mountID != nil && !$0.mountpoint.isEmpty }
-        // The mount at its own path, else the first made (bind mounts of
-        // it, which only root can make, come later).
-        guard let mine = mounts.first(where: { $0.mountpoint == Array(path.utf8) })
-                ?? mounts.min(by: { $0.mountID! < $1.mountID! }) else { return true }
+        let mounts = MountInfo.current().filter {
+            $0.device == device && $0.fstype == Array("fuse.kmsfs".utf8) && $0.mountID != nil && !$0.mountpoint.isEmpty
+        }
+        // The mount at its own path, else the first listed (bind mounts of
+        // it, which only root can make, are listed after it).
+        guard let mine = mounts.first(where: { $0.mountpoint == Array(path.utf8) }) ?? mounts.first else { return true }
         let fd = (mine.mountpoint + [0]).withUnsafeBufferPointer {
             open(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         }
@@ -211,7 +215,7 @@ enum MountTable {
         }
         defer { close(fd) }
         guard MountInfo.mountID(of: fd) == mine.mountID else {
-            Log.warning("not unmounting \(mine.mountpointPath): the path no longer leads to this daemon's mount (a directory on the way was moved); its connection is ended, and it answers nothing")
+            Log.warning("not unmounting \(mine.mountpointPath): the path no longer leads to this daemon's mount (a directory on the way was moved, or another mount covers it); its connection is ended, and it answers nothing")
             return true
         }
         return result(umount2("/proc/self/fd/\(fd)", Int32(MNT_DETACH)))
