@@ -83,6 +83,15 @@ public struct ContainerCredentialProvider: CredentialProvider {
             }
         } else if let t = environment.secret("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
             token = t   // captured from the process environment into secure memory
+        } else if let t = environment["AWS_CONTAINER_AUTHORIZATION_TOKEN"] {
+            // Left in the environment when no secure memory could be had
+            // for it then: still the token, not a request without one.
+            do {
+                token = try SecureBuffer(capacity: t.utf8.count)
+                try token.append(utf8: t)
+            } catch {
+                throw .failed("cannot hold the container authorization token in secure memory: \(error)")
+            }
         } else {
             return nil
         }
