@@ -3,6 +3,7 @@
 // 8601 expirations. Input: SELECTOR ANSWER [0xFF ANSWER]... where each
 // answer's first byte picks its HTTP status (see FuzzTransport).
 @testable import AWS
+import SecureMemory
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
@@ -30,7 +31,9 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
         if parts.count % 2 == 0 {
             _ = try? sts.assumeRole(roleArn: "arn:aws:iam::1:role/r", sessionName: "s", sourceCredentials: creds, source: "fuzz")
         } else {
-            _ = try? sts.assumeRoleWithWebIdentity(roleArn: "arn:aws:iam::1:role/r", sessionName: "s", token: "t", source: "fuzz")
+            if let token = try? SecureBuffer(capacity: 1), (try? token.append(utf8: "t")) != nil {
+                _ = try? sts.assumeRoleWithWebIdentity(roleArn: "arn:aws:iam::1:role/r", sessionName: "s", token: token, source: "fuzz")
+            }
         }
     case 3:
         // credential_process prints one JSON document.
