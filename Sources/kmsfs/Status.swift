@@ -64,18 +64,29 @@ extension LiveStatusCommand {
     /// Polls the daemon until no open handle of the named secrets (all
     /// when none are named) holds a version older than SOURCE's; exit 0
     /// then, or 1 at the timeout naming who still holds one.
+    ///
+    /// Done only after two clean looks a quarter second apart: for the
+    /// few milliseconds between a rename in SOURCE and the daemon's
+    /// watcher seeing it, a cache hit still hands out the old version,
+    /// and its handle appears just after a look that found none.
     func waitForRotation() -> Never {
         let wanted = Set(paths.map { StatusText.mountRelative($0, mountpoint: mountpoint) })
         let deadline = timeout.map { SystemClock.monotonic() + $0 }
+        var cleanLooks = 0
         while true {
             let doc: JSONValue
             do { doc = try ControlClient.status(mountpoint: mountpoint) } catch { fail(error.description) }
             let stale = (doc["handles"]?["stale"]?.arrayValue ?? []).filter {
                 wanted.isEmpty || wanted.contains($0["path"]?.stringValue ?? "")
             }
-            if stale.isEmpty {
+            cleanLooks = stale.isEmpty ? cleanLooks + 1 : 0
+            if cleanLooks >= 2 {
                 print("rotated: no open handle holds an older version\(wanted.isEmpty ? "" : " of " + wanted.sorted().joined(separator: " "))")
                 Glibc.exit(0)
+            }
+            if cleanLooks == 1 {
+                SystemClock.sleep(0.25)
+                continue
             }
             if let deadline, SystemClock.monotonic() >= deadline {
                 for h in stale { Log.writeAll(2, "kmsfs: still held: " + StatusText.holder(h) + "\n") }
