@@ -58,11 +58,7 @@ public enum MountInfo {
     /// The ID of the mount an open descriptor is on (`mnt_id:` in
     /// /proc/self/fdinfo): the kernel's own record, no file system call.
     public static func mountID(of fd: Int32) -> UInt64? {
-        guard case .success(let text) = readSmallFile("/proc/self/fdinfo/\(fd)", limit: 1 << 16) else { return nil }
-        for line in text.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("mnt_id:".utf8)) {
-            return number(line.dropFirst(7).drop { $0 == 9 || $0 == 32 })
-        }
-        return nil
+        procFields("/proc/self/fdinfo/\(fd)", ["mnt_id"]).first.flatMap { number($0.utf8) }
     }
 
     /// This process's mount table; empty when it cannot be read.

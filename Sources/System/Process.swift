@@ -39,15 +39,23 @@ public func pinPeer(_ fd: Int32) -> PeerProcess {
     return e == ENOPROTOOPT || e == EOPNOTSUPP ? .notSupported : .gone
 }
 
+/// The values of the `Name:\tvalue` lines named `names` in a /proc file
+/// (status, fdinfo), in the file's order, blanks taken out; empty when it
+/// cannot be read.
+func procFields(_ path: String, _ names: [String]) -> [String] {
+    guard case .success(let text) = readSmallFile(path, limit: 64 << 10) else { return [] }
+    let keys = names.map { Array(($0 + ":").utf8) }
+    return text.split(separator: UInt8(ascii: "\n")).compactMap { line in
+        guard let key = keys.first(where: { line.starts(with: $0) }) else { return nil }
+        return String(decoding: line.dropFirst(key.count).filter { $0 != 9 && $0 != 32 }, as: UTF8.self)
+    }
+}
+
 /// The PID a pidfd names now (`Pid:` of /proc/self/fdinfo/FD); nil when
 /// its process has exited (-1 there) or it cannot be read.
 func pid(ofPidfd fd: Int32) -> Int32? {
-    guard case .success(let info) = readSmallFile("/proc/self/fdinfo/\(fd)", limit: 64 << 10) else { return nil }
-    for line in info.split(separator: UInt8(ascii: "\n")) where line.starts(with: "Pid:".utf8) {
-        guard let p = Int32(String(decoding: line.dropFirst(4).filter { $0 != 9 && $0 != 32 }, as: UTF8.self)), p > 0 else { return nil }
-        return p
-    }
-    return nil
+    guard let p = procFields("/proc/self/fdinfo/\(fd)", ["Pid"]).first.flatMap({ Int32($0) }), p > 0 else { return nil }
+    return p
 }
 
 /// `whileProcessLives` for a process whose pidfd the caller already holds
@@ -99,24 +107,15 @@ func whileProcessLives<R>(_ pid: Int32, threadPidfds: Bool, _ body: () -> R?) ->
 /// (`SigPnd:`, `ShdPnd:` of /proc/TID/status), as a thread of a process
 /// being killed has until it exits. False when that cannot be read.
 public func isBeingKilled(_ tid: Int32) -> Bool {
-    guard tid > 0, case .success(let status) = readSmallFile("/proc/\(tid)/status", limit: 64 << 10) else { return false }
+    guard tid > 0 else { return false }
     let kill = UInt64(1) << UInt64(SIGKILL - 1)
-    for line in status.split(separator: UInt8(ascii: "\n"))
-    where line.starts(with: "SigPnd:".utf8) || line.starts(with: "ShdPnd:".utf8) {
-        let hex = line.dropFirst(7).filter { $0 != 9 && $0 != 32 }
-        if let mask = UInt64(String(decoding: hex, as: UTF8.self), radix: 16), mask & kill != 0 { return true }
-    }
-    return false
+    return procFields("/proc/\(tid)/status", ["SigPnd", "ShdPnd"]).contains { UInt64($0, radix: 16).map { $0 & kill != 0 } ?? false }
 }
 
 /// The process (thread group) a thread belongs to: `Tgid:` of
 /// /proc/TID/status.
 func threadGroup(of tid: Int32) -> Int32? {
-    guard case .success(let status) = readSmallFile("/proc/\(tid)/status", limit: 64 << 10) else { return nil }
-    for line in status.split(separator: UInt8(ascii: "\n")) where line.starts(with: "Tgid:".utf8) {
-        return Int32(String(decoding: line.dropFirst(5).filter { $0 != 9 && $0 != 32 }, as: UTF8.self))
-    }
-    return nil
+    procFields("/proc/\(tid)/status", ["Tgid"]).first.flatMap { Int32($0) }
 }
 
 /// unshare(CLONE_FS) for the calling thread: from then on its umask, cwd
