@@ -318,6 +318,21 @@ def refused_at_mount(kmsfs_bin, env, tmp_path, options):
     return lines[0]
 
 
+def read_in_background(path):
+    """Starts a thread that opens and reads `path` (an open that may be
+    parked on KMS); returns the thread and a dict whose "data" is what it
+    read."""
+    import threading
+    out = {}
+
+    def read():
+        with open(path, "rb") as f:
+            out["data"] = f.read()
+    t = threading.Thread(target=read)
+    t.start()
+    return t, out
+
+
 def run_as(user, argv, **kw):
     """Runs argv as `user` (name), with its groups, through setpriv."""
     return subprocess.run(["setpriv", "--reuid", user, "--regid", user, "--init-groups"] + list(argv),

@@ -7,6 +7,7 @@ import statistics
 import threading
 import time
 
+from conftest import read_in_background
 from kmsproxy import Fault
 
 
@@ -142,13 +143,7 @@ def test_a_killed_opener_is_answered_at_once_and_costs_no_kms_call(tmp_path, kms
     m = mount_factory(src, "allow_uid=0,max_inflight=1,timeout=60" + transport, env=kms.base_env(endpoint=proxy.url))
     proxy.delay = 5.0
     proxy.policy = lambda n, target: Fault.SLOW
-    first = {}
-
-    def open_first():
-        with open(m.file("first"), "rb") as f:
-            first["data"] = f.read()
-    t = threading.Thread(target=open_first)
-    t.start()
+    t, first = read_in_background(m.file("first"))
     time.sleep(0.5)   # "first" holds the one KMS slot for 5 s
     victim = subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file("second")])
     try:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import refused_at_mount
+from conftest import read_in_background, refused_at_mount
 
 
 def put(kms, path, data):
@@ -321,7 +321,6 @@ def test_an_open_parked_across_a_rotation_gets_the_new_version(tmp_path, kms, pr
     was told the rotation was done while an open was about to hand out
     the old secret. Now the open decrypts the new version before it
     answers, so the promise holds."""
-    import threading
     from kmsproxy import Fault
     src = tmp_path / "src"
     src.mkdir()
@@ -329,13 +328,7 @@ def test_an_open_parked_across_a_rotation_gets_the_new_version(tmp_path, kms, pr
     m = mount_factory(src, "allow_uid=0,settle=0.2", env=kms.base_env(endpoint=proxy.url))
     proxy.delay = 4.0
     proxy.policy = lambda n, target: Fault.SLOW if n == 0 else None   # only the first Decrypt is slow
-    out = {}
-
-    def opener():
-        with open(m.file("db.password"), "rb") as f:
-            out["data"] = f.read()
-    t = threading.Thread(target=opener)
-    t.start()
+    t, out = read_in_background(m.file("db.password"))
     try:
         time.sleep(0.7)   # parked, its KMS call in flight
         put(kms, src / "db.password.encrypted", b"password-two")
