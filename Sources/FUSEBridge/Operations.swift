@@ -16,10 +16,10 @@ final class BridgeContext: @unchecked Sendable {
     /// Opens that may wait on KMS run here, off the FUSE workers, at most
     /// `max_inflight=` at once; they answer when their decryption ends.
     let opens: WorkPool
-    let parkedOpens = ParkedOpens()
-    /// With -o io_uring: the opens that may wait once the ring serves (0:
-    /// not asked for), and whether that limit is in force.
-    private let ringWaitingOpens: Int
+    let parkedOpens: ParkedOpens
+    /// With -o io_uring: the opens that may be parked at once once the
+    /// ring serves (0: not asked for), and whether that limit is in force.
+    private let ringParkedOpens: Int
     private let ringLimited = Atomic<Bool>(false)
     /// Whether the ring serves (asked in Session.swift, the file that
     /// starts it: a header's static inline state is one per file that
@@ -31,11 +31,11 @@ final class BridgeContext: @unchecked Sendable {
     /// ordinary limits). The ring's queues are small, and a single user's
     /// burst (200 workers opening one cold secret) may use all of them.
     func limitParkedOpensToTheRing() {
-        guard ringWaitingOpens > 0, !ringLimited.load(ordering: .relaxed), ringServing(),
+        guard ringParkedOpens > 0, !ringLimited.load(ordering: .relaxed), ringServing(),
               !ringLimited.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        opens.setQueueLimits(ringWaitingOpens, perKey: ringWaitingOpens)
+        parkedOpens.setLimits(ringParkedOpens, perUid: ringParkedOpens)
     }
-    /// Opens refused because the pool was full, since the last log line
+    /// Opens refused because too many were parked, since the last log line
     /// about them, and when that was: a user who floods opens gets one
     /// line a second, not one per open.
     private let refusedOpens = Mutex<(count: Int, loggedAt: Double)>((0, -.infinity))
@@ -49,7 +49,8 @@ final class BridgeContext: @unchecked Sendable {
             return (true, r.count)
         }
         guard log else { return }
-        Log.error("open: \(opens.load.queued) opens already wait for KMS (one user may have \(opens.keyQueueLimit) of at most \(opens.queueLimit)); answering EIO (uid \(uid); \(count) open\(count == 1 ? "" : "s") refused since the last such line)")
+        let parked = parkedOpens.load
+        Log.error("open: \(parked.count) opens already wait for KMS (one user may have \(parked.perUid) of at most \(parked.limit)); answering EIO (uid \(uid); \(count) open\(count == 1 ? "" : "s") refused since the last such line)")
     }
     /// Page drops: at the release of a handle read through the page cache
     /// (a private mmap), and a second after a page-cache read (sendfile,
@@ -66,15 +67,17 @@ final class BridgeContext: @unchecked Sendable {
     }
     private let sessionSlot: SessionSlot
 
-    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int, ringWaitingOpens: Int,
+    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int, ringParkedOpens: Int,
          ringServing: @escaping @Sendable () -> Bool) {
         self.ringServing = ringServing
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
-        // One lane per user, taken in turn; a user may fill half the queue.
-        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: 65_536, keyQueueLimit: 32_768)
-        self.ringWaitingOpens = ringWaitingOpens
+        // One lane per user, taken in turn. The opens parked, running or
+        // not, are limited by `parkedOpens`: a user may hold half.
+        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: 65_536, keyQueueLimit: 65_536)
+        self.parkedOpens = ParkedOpens(limit: 65_536, perUid: 32_768)
+        self.ringParkedOpens = ringParkedOpens
         let session = SessionSlot()
         self.sessionSlot = session
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
@@ -238,30 +241,43 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // A cache miss may wait seconds on KMS: park the request and answer
         // it from the open pool, so this worker goes back to the loop. The
         // kernel's fuse_file_info lives on this worker's stack: keep a copy.
-        let parked = ParkedOpen(req: req, fi: fi!.pointee, pid: who.pid)
+        let parked = ParkedOpen(req: req, fi: fi!.pointee, pid: who.pid, uid: who.uid)
+        ctx.limitParkedOpensToTheRing()
+        guard ctx.parkedOpens.add(parked) else {
+            ctx.noteRefusedOpen(uid: who.uid)
+            answerOpen(req, fi!, .failure(.io))
+            return
+        }
         let pool = ctx.opens
+        let answer: @Sendable (Result<OpenSecret, FSError>) -> Void = { parked.answer($0, in: ctx) }
+        // An open that joins a decryption in flight is answered by the
+        // thread running it, and holds no pool thread meanwhile; what may
+        // wait on KMS runs here, skipped once the open is answered, EIO
+        // once the pool stops.
+        let later: @Sendable (_ work: @escaping @Sendable () -> Void) -> Void = { work in
+            let queued = pool.submit(key: who.uid) {
+                if parked.isAnswered {
+                    return
+                } else if pool.isStopping {
+                    answer(.failure(.io))
+                } else {
+                    work()
+                }
+            }
+            if !queued {
+                ctx.noteRefusedOpen(uid: who.uid)
+                answer(.failure(.io))
+            }
+        }
         // Once the kernel has sent an open, its caller waits for the
         // answer even through SIGKILL: a killed opener (a unit stopped with
         // KMS slow or gone) stayed in D state until its turn in the pool
         // and its KMS call were over. The INTERRUPT the kernel sends then
         // answers it at once (other signals, such as Go's constant SIGURG,
         // leave it waiting), and the pool skips it.
-        ctx.limitParkedOpensToTheRing()
-        ctx.parkedOpens.add(parked)
         fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
-        let queued = pool.submit(key: who.uid) {
-            if parked.isAnswered {
-                return
-            } else if pool.isStopping {
-                parked.answer(.failure(.io), in: ctx)
-            } else {
-                parked.answer(finish(), in: ctx)
-            }
-        }
-        if !queued {
-            ctx.noteRefusedOpen(uid: who.uid)
-            parked.answer(.failure(.io), in: ctx)
-        }
+        let k = OpenContinuation(answer: answer, later: later)
+        later { finish(k) }
     }
 }
 
@@ -318,15 +334,17 @@ private func answerOpen(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file
 final class ParkedOpen: @unchecked Sendable {
     let req: fuse_req_t?
     let fi: UnsafeMutablePointer<fuse_file_info>
-    /// The caller's thread.
+    /// The caller's thread, and its uid.
     let pid: Int32
+    let uid: UInt32
     private let answered = Atomic<Bool>(false)
 
-    init(req: fuse_req_t?, fi: fuse_file_info, pid: Int32) {
+    init(req: fuse_req_t?, fi: fuse_file_info, pid: Int32, uid: UInt32) {
         self.req = req
         self.fi = .allocate(capacity: 1)
         self.fi.initialize(to: fi)
         self.pid = pid
+        self.uid = uid
     }
 
     var isAnswered: Bool { answered.load(ordering: .acquiring) }
@@ -342,19 +360,56 @@ final class ParkedOpen: @unchecked Sendable {
     deinit { fi.deallocate() }
 }
 
-/// The opens parked now, by request, for the INTERRUPT handler.
+/// The opens parked now, by request, for the INTERRUPT handler; and how
+/// many there may be. Each holds a kernel request, under io_uring an entry
+/// of its CPU's queue, until it is answered: counted here, not in the open
+/// pool, as an open that joined another's decryption is in no pool queue.
 final class ParkedOpens: @unchecked Sendable {
-    private let table = Mutex<[UInt: ParkedOpen]>([:])
+    private struct Table {
+        var opens: [UInt: ParkedOpen] = [:]
+        var byUid: [UInt32: Int] = [:]
+        var limit: Int
+        var perUid: Int
+    }
+    private let table: Mutex<Table>
+
+    /// At most `limit` parked at once, `perUid` of them one uid's.
+    init(limit: Int, perUid: Int) {
+        table = Mutex(Table(limit: max(1, limit), perUid: max(1, min(perUid, limit))))
+    }
 
     private static func key(_ req: fuse_req_t?) -> UInt { UInt(bitPattern: req.map { UnsafeRawPointer($0) }) }
 
-    func add(_ p: ParkedOpen) { table.withLock { $0[Self.key(p.req)] = p } }
-
-    func remove(_ p: ParkedOpen) {
-        table.withLock { t in if t[Self.key(p.req)] === p { t[Self.key(p.req)] = nil } }
+    /// Parks `p`; false when the limit (or its uid's) is reached.
+    func add(_ p: ParkedOpen) -> Bool {
+        table.withLock { t in
+            guard t.opens.count < t.limit, t.byUid[p.uid, default: 0] < t.perUid else { return false }
+            t.opens[Self.key(p.req)] = p
+            t.byUid[p.uid, default: 0] += 1
+            return true
+        }
     }
 
-    func find(_ req: fuse_req_t?) -> ParkedOpen? { table.withLock { $0[Self.key(req)] } }
+    func remove(_ p: ParkedOpen) {
+        table.withLock { t in
+            guard t.opens[Self.key(p.req)] === p else { return }
+            t.opens[Self.key(p.req)] = nil
+            let left = t.byUid[p.uid, default: 1] - 1
+            t.byUid[p.uid] = left > 0 ? left : nil
+        }
+    }
+
+    func find(_ req: fuse_req_t?) -> ParkedOpen? { table.withLock { $0.opens[Self.key(req)] } }
+
+    /// (parked now, at most, at most for one uid).
+    var load: (count: Int, limit: Int, perUid: Int) { table.withLock { ($0.opens.count, $0.limit, $0.perUid) } }
+
+    func setLimits(_ limit: Int, perUid: Int) {
+        table.withLock { t in
+            t.limit = max(1, limit)
+            t.perUid = max(1, min(perUid, t.limit))
+        }
+    }
 }
 
 /// libfuse calls this when an INTERRUPT names a parked open (or at once,

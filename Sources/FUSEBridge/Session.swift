@@ -84,12 +84,12 @@ public final class FUSESession: @unchecked Sendable {
         // a full queue behind the others on that CPU (no other queue takes
         // it): a local user with ~300 threads opening a cold secret on one
         // CPU stalled every stat and read made there until KMS answered.
-        // So once the ring serves, the opens parked at once (running and
-        // waiting) stay 32 below one queue's depth, and past that an open
+        // So once the ring serves, the opens parked at once (waiting on KMS,
+        // for a pool thread, or for another open's decryption) stay 32 below one queue's depth, and past that an open
         // answers EIO at once (`BridgeContext.limitParkedOpensToTheRing`).
-        let ringWaiting = options.uringDepth > 0 ? max(1, options.uringDepth - 32 - options.maxInflightOpens) : 0
+        let ringParked = options.uringDepth > 0 ? max(1, options.uringDepth - 32) : 0
         self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug,
-                                     maxInflightOpens: options.maxInflightOpens, ringWaitingOpens: ringWaiting,
+                                     maxInflightOpens: options.maxInflightOpens, ringParkedOpens: ringParked,
                                      ringServing: { kmsfs_uring_serving() != 0 })
         self.ops = makeOperations()
 

@@ -544,7 +544,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func open(_ ino: UInt64, flags: Int32, caller: Caller) -> Result<OpenSecret, FSError> {
         switch beginOpen(ino, flags: flags, caller: caller) {
         case .done(let r): return r
-        case .slow(let finish): return finish()
+        case .slow(let finish): return OpenContinuation.wait(for: finish)
         }
     }
 
@@ -553,8 +553,12 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// run off the FUSE worker threads.
     public enum OpenStart {
         case done(Result<OpenSecret, FSError>)
-        case slow(@Sendable () -> Result<OpenSecret, FSError>)
+        /// Run it off the FUSE workers; it answers through the
+        /// continuation, perhaps later, from another thread.
+        case slow(SlowOpen)
     }
+
+    public typealias SlowOpen = @Sendable (OpenContinuation) -> Void
 
     /// The part of an open that never waits on KMS: access, the cache when
     /// SOURCE is watched. The rest (stat, single-flight decryption) is
@@ -582,9 +586,9 @@ public final class SecretFileSystem: @unchecked Sendable {
                 case .everyone: what = "all users together are refused more than \(Int(RefusalBudget.totalPerSecond)) opens a second"
                 }
                 // Logged from the open pool: a log write may wait (journald).
-                return .slow {
+                return .slow { k in
                     Log.warning("audit: \(what); the refusals are counted (kmsfs status) and each recorded one says how many were not")
-                    return denied
+                    k.answer(denied)
                 }
             case .record(let unrecorded, let shared):
                 // Users past the ones remembered share one budget: what it
@@ -593,7 +597,7 @@ public final class SecretFileSystem: @unchecked Sendable {
                 if unrecorded > 0 { detail += "; \(unrecorded) refusals \(whose) before this one were counted, not recorded" }
             }
             if let pending = recordWithoutWaiting(caller, n.mountPath, .denied, detail: detail) {
-                return .slow { [audit] in audit.record(pending); return denied }
+                return .slow { [audit] k in audit.record(pending); k.answer(denied) }
             }
             return .done(denied)
         }
@@ -606,53 +610,63 @@ public final class SecretFileSystem: @unchecked Sendable {
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
             let handle = opened(hit.secret, n, caller)
             if let pending = recordWithoutWaiting(caller, n.mountPath, .cache) {
-                return .slow { [self] in
+                return .slow { [self] k in
                     audit.record(pending)   // may wait behind a full queue: ask the policy again after
-                    return stillAdmitted(caller, n) ? .success(handle) : .failure(.accessDenied)
+                    k.answer(stillAdmitted(caller, n) ? .success(handle) : .failure(.accessDenied))
                 }
             }
             return .done(.success(handle))
         }
-        return .slow { [self] in finishOpen(n, caller: caller, maxBytes: maxBytes) }
+        return .slow { [self] k in finishOpen(n, caller: caller, maxBytes: maxBytes, attempt: 1, k) }
     }
 
-    private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int) -> Result<OpenSecret, FSError> {
-        var attempt = 0
-        while true {
-            attempt += 1
-            let fetched = fetch(n, maxBytes: maxBytes)
-            let secret: CachedSecret
-            switch fetched.result {
-            case .success(let s): secret = s
-            case .failure(let e):
-                account(fetched, n, caller: caller, detail: nil)
-                return .failure(e)
-            }
-            // A decryption can take seconds: a policy reloaded meanwhile
-            // that no longer admits the caller has the last word.
-            guard configuration.policy.admits(caller, path: n.mountPath) else {
-                account(fetched, n, caller: caller, detail: nil)
-                noteNoLongerAdmitted(caller, n)
-                return .failure(.accessDenied)
-            }
-            // And a rotation meanwhile: the handle is registered first and
-            // the ciphertext looked at after, so `kmsfs status
-            // --wait-rotated`, which sees no handle of an open still
-            // parked, never returns while an open is about to hand out
-            // the version it replaced. That open decrypts the new one
-            // instead (twice at most: a file rewritten without pause is
-            // served as it was at the last look).
-            let handle = opened(secret, n, caller)
-            if attempt < 3, let now = try? tree.stat(n.sourcePath), now.isRegular, now.fingerprint != secret.fingerprint {
-                Log.info("\(n.mountPath) was replaced while it was decrypted; decrypting it again for the open")
-                // The decryption happened; the open is counted and audited
-                // once, by the attempt that answers it.
-                if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
-                continue   // `handle` goes, and leaves the table
-            }
+    /// The rest of an open that missed the cache, answered through `k`:
+    /// from this thread, or, when it joins a decryption another open
+    /// began, from the thread that runs that decryption, which then holds
+    /// no thread of this open's while it waits.
+    private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int, attempt: Int, _ k: OpenContinuation) {
+        fetch(n, maxBytes: maxBytes, joined: { [self] fetched in
+            conclude(fetched, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k)
+        }).map { conclude($0, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k) }
+    }
+
+    private func conclude(_ fetched: Fetched, _ n: Node, caller: Caller, maxBytes: Int, attempt: Int,
+                          _ k: OpenContinuation) {
+        let secret: CachedSecret
+        switch fetched.result {
+        case .success(let s): secret = s
+        case .failure(let e):
             account(fetched, n, caller: caller, detail: nil)
-            return .success(handle)
+            return k.answer(.failure(e))
         }
+        // A decryption can take seconds: a policy reloaded meanwhile
+        // that no longer admits the caller has the last word.
+        guard configuration.policy.admits(caller, path: n.mountPath) else {
+            account(fetched, n, caller: caller, detail: nil)
+            noteNoLongerAdmitted(caller, n)
+            return k.answer(.failure(.accessDenied))
+        }
+        // And a rotation meanwhile: the handle is registered first and
+        // the ciphertext looked at after, so `kmsfs status
+        // --wait-rotated`, which sees no handle of an open still
+        // parked, never returns while an open is about to hand out
+        // the version it replaced. That open decrypts the new one
+        // instead (twice at most: a file rewritten without pause is
+        // served as it was at the last look).
+        let handle = opened(secret, n, caller)
+        if attempt < 3, let now = try? tree.stat(n.sourcePath), now.isRegular, now.fingerprint != secret.fingerprint {
+            Log.info("\(n.mountPath) was replaced while it was decrypted; decrypting it again for the open")
+            // The decryption happened; the open is counted and audited
+            // once, by the attempt that answers it.
+            if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
+            // Again from the open pool: this thread may be another open's,
+            // answering the opens that joined its decryption, and must
+            // not wait on KMS for this one. (`handle` goes, and leaves
+            // the table.)
+            return k.later { [self] in finishOpen(n, caller: caller, maxBytes: maxBytes, attempt: attempt + 1, k) }
+        }
+        account(fetched, n, caller: caller, detail: nil)
+        k.answer(.success(handle))
     }
 
     /// For an open that waited (on KMS, on the audit queue): whether the
@@ -674,13 +688,13 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// all concurrent callers, count and audit the outcome (`detail` is
     /// added to the record).
     private func acquire(_ n: Node, caller: Caller, maxBytes: Int, detail: String?) -> Result<CachedSecret, FSError> {
-        let fetched = fetch(n, maxBytes: maxBytes)
+        let fetched = fetch(n, maxBytes: maxBytes, joined: nil)!
         account(fetched, n, caller: caller, detail: detail)
         return fetched.result
     }
 
     /// What `fetch` found: the plaintext or why not, and where it came from.
-    private struct Fetched {
+    private struct Fetched: Sendable {
         var result: Result<CachedSecret, FSError>
         var source: SecretCache.Source? = nil
         var failure: DecryptFailure? = nil
@@ -688,8 +702,11 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// Stats the ciphertext and takes its plaintext from the cache, or
     /// decrypts it once for all concurrent callers. Counts and audits
-    /// nothing (`account` does, once per open).
-    private func fetch(_ n: Node, maxBytes: Int) -> Fetched {
+    /// nothing (`account` does, once per open). With `joined`, a caller
+    /// who would wait for another caller's decryption returns nil instead,
+    /// and `joined` is called with what it found (see `SecretCache`);
+    /// without, this waits and never returns nil.
+    private func fetch(_ n: Node, maxBytes: Int, joined: (@Sendable (Fetched) -> Void)?) -> Fetched? {
         let current: SourceStat
         do { current = try tree.stat(n.sourcePath) } catch {
             cache.invalidate(n.sourcePath)
@@ -697,16 +714,21 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         guard current.isRegular else { return Fetched(result: .failure(.notFound)) }
 
-        let (result, source, refreshDue) = cache.acquire(path: n.sourcePath, current: current.fingerprint) {
+        @Sendable func fetched(_ o: SecretCache.Outcome) -> Fetched {
+            switch o.result {
+            case .success(let secret):
+                if o.refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
+                return Fetched(result: .success(secret), source: o.source)
+            case .failure(let failure):
+                return Fetched(result: .failure(.io), source: o.source, failure: failure)
+            }
+        }
+        var whenJoined: (@Sendable (SecretCache.Outcome) -> Void)? = nil
+        if let joined { whenJoined = { outcome in joined(fetched(outcome)) } }
+        let outcome = cache.acquire(path: n.sourcePath, current: current.fingerprint, load: {
             self.load(n, maxBytes: maxBytes)
-        }
-        switch result {
-        case .success(let secret):
-            if refreshDue { refreshInBackground(secret, n, maxBytes: maxBytes) }
-            return Fetched(result: .success(secret), source: source)
-        case .failure(let failure):
-            return Fetched(result: .failure(.io), source: source, failure: failure)
-        }
+        }, joined: whenJoined)
+        return outcome.map { fetched($0) }
     }
 
     /// Counts and audits the outcome of one open (or credential request).
@@ -1166,4 +1188,44 @@ private final class PrefetchWorkers: @unchecked Sendable {
 final class Hook<F: Sendable>: Sendable {
     let call: F
     init(_ call: F) { self.call = call }
+}
+
+/// How a slow open (`SecretFileSystem.OpenStart.slow`) answers: `answer`,
+/// called once, from whichever thread finishes it; and `later`, which runs
+/// more of it from the open pool (a retry that may wait on KMS again, from
+/// a thread that must not wait), or, when it cannot, answers the open
+/// itself (EIO).
+public struct OpenContinuation: Sendable {
+    public let answer: @Sendable (Result<OpenSecret, FSError>) -> Void
+    public let later: @Sendable (_ work: @escaping @Sendable () -> Void) -> Void
+
+    public init(answer: @escaping @Sendable (Result<OpenSecret, FSError>) -> Void,
+                later: @escaping @Sendable (_ work: @escaping @Sendable () -> Void) -> Void) {
+        self.answer = answer
+        self.later = later
+    }
+
+    /// Runs a slow open on this thread and waits for its answer (for
+    /// callers that are not the FUSE bridge: tests, tools). Its `later`
+    /// work runs on a thread of its own.
+    public static func wait(for slow: SecretFileSystem.SlowOpen) -> Result<OpenSecret, FSError> {
+        final class Answer: @unchecked Sendable {   // guarded by `lock`
+            let lock = ConditionLock()
+            var result: Result<OpenSecret, FSError>?
+        }
+        let a = Answer()
+        let answer: @Sendable (Result<OpenSecret, FSError>) -> Void = { r in
+            a.lock.withLock {
+                if a.result == nil { a.result = r }
+                a.lock.broadcast()
+            }
+        }
+        slow(OpenContinuation(answer: answer, later: { work in
+            if !startThread(name: "kmsfs-open", work) { answer(.failure(.io)) }
+        }))
+        return a.lock.withLock {
+            while a.result == nil { a.lock.wait() }
+            return a.result!
+        }
+    }
 }

@@ -138,6 +138,9 @@ public final class SecretCache: @unchecked Sendable {
         var stale = false
         /// The fingerprint the file had when this decryption began.
         let fingerprint: Fingerprint?
+        /// Callers that joined without waiting (`acquire(joined:)`): called
+        /// with the result by the thread that ran the decryption.
+        var joiners: [@Sendable (Outcome) -> Void] = []
         init(fingerprint: Fingerprint?) { self.fingerprint = fingerprint }
     }
 
@@ -219,17 +222,33 @@ public final class SecretCache: @unchecked Sendable {
         return true
     }
 
+    /// What `acquire` answers: the plaintext or why not, how it was
+    /// served, and whether the caller should start a background refresh.
+    public typealias Outcome = (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool)
+
     /// The cached plaintext of `path` when it is fresh for `current` (the
     /// fingerprint the file has now); otherwise runs `load` once for every
-    /// concurrent caller. A cached version with another fingerprint is
-    /// wiped (the ciphertext was replaced).
+    /// concurrent caller, who wait for it. A cached version with another
+    /// fingerprint is wiped (the ciphertext was replaced).
     public func acquire(path: String, current: Fingerprint?,
-                        load: () -> Result<CachedSecret, DecryptFailure>)
-        -> (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool) {
+                        load: () -> Result<CachedSecret, DecryptFailure>) -> Outcome {
+        acquire(path: path, current: current, load: load, joined: nil)!
+    }
+
+    /// As `acquire`, but a caller who would wait for a decryption already
+    /// in flight does not: `joined` is kept, and called with that
+    /// decryption's outcome by the thread that ran it, and this returns
+    /// nil. (Waiting held one open-pool thread per such open: 64 opens of
+    /// one cold secret held all of them, and every other cold open waited
+    /// for that one KMS call.) Otherwise this answers as `acquire` does and
+    /// `joined` is never called.
+    public func acquire(path: String, current: Fingerprint?,
+                        load: () -> Result<CachedSecret, DecryptFailure>,
+                        joined: (@Sendable (Outcome) -> Void)?) -> Outcome? {
         let key = PathKey(path)
         lock.lock()
         let t = now()
-        func served(_ e: CachedSecret) -> (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool) {
+        func served(_ e: CachedSecret) -> Outcome {
             e.lastUsed = t
             e.hits += 1
             let due = claimRefresh(e, at: t)
@@ -252,6 +271,11 @@ public final class SecretCache: @unchecked Sendable {
         // answer with the old plaintext. Then a decryption of its own (which
         // takes the flight's place for those who come after).
         if let f = flights[key], !f.stale, f.fingerprint == nil || current == nil || f.fingerprint == current {
+            if let joined {
+                f.joiners.append(joined)
+                lock.unlock()
+                return nil
+            }
             while f.result == nil { lock.wait() }
             let r = f.result!
             lock.unlock()
@@ -272,8 +296,11 @@ public final class SecretCache: @unchecked Sendable {
             if !flight.stale { insert(fresh) }
         }
         flight.result = result
+        let joiners = flight.joiners
+        flight.joiners = []
         lock.broadcast()
         lock.unlock()
+        for j in joiners { j((result, .shared, false)) }
         return (result, .loaded(latency: latency), false)
     }
 

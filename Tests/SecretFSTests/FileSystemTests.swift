@@ -114,8 +114,8 @@ func text(_ s: OpenSecret) -> String {
             Issue.record("with the audit queue full, opens should go to the pool"); return
         }
         #expect(audit.records.withLock { $0.count } == before)     // nothing recorded on the reader
-        #expect(text(try hit().get()) == "hello")
-        #expect(throws: FSError.accessDenied) { try refusal().get() }
+        #expect(text(try OpenContinuation.wait(for: hit).get()) == "hello")
+        #expect(throws: FSError.accessDenied) { try OpenContinuation.wait(for: refusal).get() }
         #expect(audit.records.withLock { $0.suffix(2).map(\.outcome) } == [.cache, .denied])
     }
 
@@ -340,7 +340,7 @@ func text(_ s: OpenSecret) -> String {
         final class Outcome: @unchecked Sendable { var result: Result<OpenSecret, FSError>? }   // written before `done`
         let outcome = Outcome()
         let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { outcome.result = finish(); done.signal() }
+        Thread.detachNewThread { outcome.result = OpenContinuation.wait(for: finish); done.signal() }
         usleep(50_000)
         var c = fs.configuration
         c.policy = AccessPolicy(defaultPrincipals: Principals(uids: [4242]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
@@ -364,6 +364,43 @@ func text(_ s: OpenSecret) -> String {
         group.wait()
         #expect(results.withLock { $0 } == Array(repeating: "hello", count: 12))
         #expect(d.calls.withLock { $0 } == 1)
+    }
+
+    /// Opens that join a decryption in flight return at once and are
+    /// answered by the thread that ran it: waiting, each held an
+    /// open-pool thread (64 opens of one cold secret held every one, and
+    /// all other cold opens waited for that single KMS call).
+    @Test func opensThatJoinADecryptionHoldNoThread() throws {
+        let d = FakeDecryptor(delay: 0.5)
+        let audit = MemoryAudit()
+        let fs = try make(d, audit: audit)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        let answers = Mutex<[String]>([])
+        let returned = Mutex(0)
+        let k = OpenContinuation(answer: { r in
+            answers.withLock { $0.append((try? r.get()).map(text) ?? "error") }
+        }, later: { work in work() })
+        var slow: [SecretFileSystem.SlowOpen] = []
+        for _ in 0..<8 {
+            guard case .slow(let finish) = fs.beginOpen(a, flags: O_RDONLY, caller: root) else {
+                Issue.record("a cache miss should go to the pool"); return
+            }
+            slow.append(finish)
+        }
+        let first = slow.removeFirst()
+        Thread.detachNewThread { first(k); returned.withLock { $0 += 1 } }   // the one that decrypts
+        usleep(100_000)
+        let t0 = Date()
+        for finish in slow { finish(k); returned.withLock { $0 += 1 } }      // joiners: on this one thread
+        #expect(Date().timeIntervalSince(t0) < 0.3)
+        #expect(returned.withLock { $0 } == 7)
+        #expect(answers.withLock { $0 }.isEmpty)      // nobody answered before the decryption ends
+        let deadline = Date().addingTimeInterval(5)
+        while answers.withLock({ $0.count }) < 8 && Date() < deadline { usleep(10_000) }
+        #expect(answers.withLock { $0 } == Array(repeating: "hello", count: 8))
+        #expect(d.calls.withLock { $0 } == 1)
+        #expect(audit.records.withLock { $0.map(\.outcome).sorted { "\($0)" < "\($1)" } }
+                == [.kms] + Array(repeating: .shared, count: 7))
     }
 
     @Test func badFileIsEIOAndOthersStillOpen() throws {

@@ -161,3 +161,35 @@ def test_a_killed_opener_is_answered_at_once_and_costs_no_kms_call(tmp_path, kms
     assert first["data"] == b"cold"
     time.sleep(6)   # a KMS call for "second", had it been made, would be in by now
     assert proxy.count("Decrypt") == 1
+
+
+def test_opens_joining_one_decryption_leave_the_pool_to_other_secrets(tmp_path, kms, proxy, mount_factory, transport):
+    """Opens of a secret whose decryption is already under way join it.
+    Each joiner waited on an open-pool thread: with max_inflight=2, twenty
+    opens of one cold secret held both threads, and a cold open of another
+    secret waited for that decryption before its own began (about twice
+    the KMS delay). Joiners are now answered by the thread that decrypts,
+    and the other secret's open waits for its own call only."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "busy.encrypted").write_bytes(kms.encrypt_blob(b"busy"))
+    (src / "other.encrypted").write_bytes(kms.encrypt_blob(b"other"))
+    m = mount_factory(src, "allow_uid=0,max_inflight=2,timeout=60" + transport, env=kms.base_env(endpoint=proxy.url))
+    os.listdir(m.path)
+    proxy.delay = 4.0
+    proxy.policy = lambda n, target: Fault.SLOW
+    readers = [read_in_background(m.file("busy")) for _ in range(20)]
+    try:
+        time.sleep(0.5)   # one decrypts "busy", the other 19 joined it
+        t0 = time.monotonic()
+        other = open(m.file("other"), "rb").read()
+        took = time.monotonic() - t0
+    finally:
+        proxy.delay = 0
+        proxy.policy = lambda n, target: None
+        for t, _ in readers:
+            t.join(60)
+    assert other == b"other"
+    assert took < 6.0, "the other secret's open took %.1f s behind the joiners (KMS takes 4 s)" % took
+    assert [r["data"] for _, r in readers] == [b"busy"] * 20
+    assert proxy.count("Decrypt") == 2
