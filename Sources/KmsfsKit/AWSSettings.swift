@@ -35,8 +35,8 @@ public struct AWSSettings: Sendable {
     /// Why the file at `path` could be changed by someone other than root
     /// or the daemon's user (it, or a directory or link on its way); nil
     /// when it cannot.
-    static func trustProblem(_ path: String) -> String? {
-        switch PathTrust.checkFile(path, because: "whoever may change the bundle may answer for KMS") {
+    static func trustProblem(_ path: String, because: String = "whoever may change the bundle may answer for KMS") -> String? {
+        switch PathTrust.checkFile(path, because: because) {
         case .success: return nil
         case .failure(let problem): return problem.text
         }
@@ -77,6 +77,16 @@ public struct AWSSettings: Sendable {
         }
         if let ca = caBundle, let problem = AWSSettings.trustProblem(ca) {
             Log.warning("CA bundle \(ca): \(problem); another user could add a CA that answers for KMS")
+        }
+        // The token is read at every credential fetch: whoever may replace
+        // the file (or a link on its way) chooses the identity the daemon
+        // takes on, or has it read another file (a root-only one) and send
+        // its first 64 KiB to STS as the token.
+        for file in Set([env["AWS_WEB_IDENTITY_TOKEN_FILE"], profile?["web_identity_token_file"]].compactMap { $0 })
+        where access(file, F_OK) == 0 {
+            if let problem = AWSSettings.trustProblem(file, because: "the daemon sends its contents to STS as its identity") {
+                Log.warning("web identity token file \(file): \(problem); another user could choose the role kmsfs assumes")
+            }
         }
         let transport: HTTPTransport
         if let injected {

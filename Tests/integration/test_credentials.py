@@ -290,16 +290,19 @@ def test_no_credentials_anywhere_fails_the_mount_with_one_line(tree, kms, kmsfs_
     assert "no AWS credentials" in err
 
 
-@pytest.mark.parametrize("what", ["config file", "credentials file", "CA bundle"])
+@pytest.mark.parametrize("what", ["config file", "credentials file", "CA bundle", "web identity token file"])
 def test_a_file_another_user_may_change_is_named_in_a_warning(tree, kms, mount_factory, tmp_path, what):
     """The config file names the endpoints kmsfs signs requests for and the
     credential_process it runs; the CA bundle decides who may answer for
-    KMS (and be sent signed Decrypt requests to replay). Read whoever owns
-    them, as the AWS CLI reads them, but the operator is told."""
+    KMS (and be sent signed Decrypt requests to replay); the web identity
+    token file, the role kmsfs assumes. Read whoever owns them, as the AWS
+    CLI reads them, but the operator is told. (Here the environment's keys
+    come first in the chain, so the token file is only named.)"""
     f = tmp_path / what.replace(" ", "-")
     f.write_text("[default]\nregion = us-east-1\n" if what != "CA bundle" else open("/etc/ssl/certs/ca-certificates.crt").read())
     os.chmod(f, 0o666)
-    var = {"config file": "AWS_CONFIG_FILE", "credentials file": "AWS_SHARED_CREDENTIALS_FILE", "CA bundle": "AWS_CA_BUNDLE"}[what]
+    var = {"config file": "AWS_CONFIG_FILE", "credentials file": "AWS_SHARED_CREDENTIALS_FILE", "CA bundle": "AWS_CA_BUNDLE",
+           "web identity token file": "AWS_WEB_IDENTITY_TOKEN_FILE"}[what]
     m = mount_factory(tree, "allow_uid=0", env=dict(kms.env, **{var: str(f)}))
     read_all(m)
     assert m.wait_log("%s may be written by anyone (mode 666)" % f), m.log()
