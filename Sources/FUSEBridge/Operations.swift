@@ -50,7 +50,11 @@ final class BridgeContext: @unchecked Sendable {
         }
         guard log else { return }
         let parked = parkedOpens.load
-        Log.error("open: \(parked.count) opens already wait for KMS (one user may have \(parked.perUid) of at most \(parked.limit)); answering EIO (uid \(uid); \(count) open\(count == 1 ? "" : "s") refused since the last such line)")
+        let line = "open: \(parked.count) opens already wait for KMS (one user may have \(parked.perUid) of at most \(parked.limit)); answering EIO (uid \(uid); \(count) open\(count == 1 ? "" : "s") refused since the last such line)"
+        // This runs on a FUSE worker or a ring's thread, and a log write
+        // may wait (journald): written from a thread of its own, at most
+        // one a second.
+        if !startThread(name: "kmsfs-log", { Log.error(line) }) { Log.error(line) }
     }
     /// Page drops: at the release of a handle read through the page cache
     /// (a private mmap), and a second after a page-cache read (sendfile,
