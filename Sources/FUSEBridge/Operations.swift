@@ -77,9 +77,12 @@ final class BridgeContext: @unchecked Sendable {
         self.fs = fs
         self.scratch = ScratchPool(bufferSize: maxRead)
         self.debug = debug
-        // One lane per user, taken in turn. The opens parked, running or
-        // not, are limited by `parkedOpens`: a user may hold half.
-        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: 65_536, keyQueueLimit: 65_536)
+        // One lane per user, taken in turn; a user may fill half the queue.
+        // The opens parked (queued, decrypting or joined to another's
+        // decryption) are limited by `parkedOpens`, in the same way. (The
+        // queue may hold more than the parked: the job of an open answered
+        // while it waited, its caller killed, stays until its turn.)
+        self.opens = WorkPool(name: "kmsfs-open", limit: maxInflightOpens, queueLimit: 65_536, keyQueueLimit: 32_768)
         self.parkedOpens = ParkedOpens(limit: 65_536, perUid: 32_768)
         self.ringParkedOpens = ringParkedOpens
         let session = SessionSlot()
@@ -102,22 +105,38 @@ private func context(_ req: fuse_req_t?) -> BridgeContext {
     Unmanaged<BridgeContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
 }
 
-/// A request pointer that may be captured by the lazy group lookup; valid
-/// only while the request is being answered, which is the only time the
-/// lookup runs.
-private struct RequestRef: @unchecked Sendable { let req: fuse_req_t? }
+/// The caller's supplementary groups, looked up through its request at
+/// most once: the request is valid only until it is answered, and a parked
+/// open may be answered (its caller killed) while another thread decides
+/// it. So a parked open looks them up before it is parked (`resolve`),
+/// and every later decision reads the answer kept here.
+private final class GroupLookup: @unchecked Sendable {   // `groups` under `lock`
+    private let req: fuse_req_t?
+    private let lock = Mutex<[UInt32]?>(nil)
+
+    init(_ req: fuse_req_t?) { self.req = req }
+
+    func groups() -> [UInt32] {
+        lock.withLock { known in
+            if let known { return known }
+            var groups = [gid_t](repeating: 0, count: 64)
+            var n = fuse_req_getgroups(req, Int32(groups.count), &groups)
+            if n > Int32(groups.count) {
+                groups = [gid_t](repeating: 0, count: Int(n))
+                n = fuse_req_getgroups(req, Int32(groups.count), &groups)
+            }
+            let found = n > 0 ? Array(groups.prefix(Int(min(n, Int32(groups.count))))) : []
+            known = found
+            return found
+        }
+    }
+}
 
 private func caller(_ req: fuse_req_t?) -> Caller {
     let ctx = fuse_req_ctx(req)!.pointee
-    let ref = RequestRef(req: req)
+    let lookup = GroupLookup(req)
     return Caller(uid: ctx.uid, gid: ctx.gid, pid: ctx.pid) {
-        var groups = [gid_t](repeating: 0, count: 64)
-        var n = fuse_req_getgroups(ref.req, Int32(groups.count), &groups)
-        if n > Int32(groups.count) {
-            groups = [gid_t](repeating: 0, count: Int(n))
-            n = fuse_req_getgroups(ref.req, Int32(groups.count), &groups)
-        }
-        return n > 0 ? Array(groups.prefix(Int(n))) : []
+        lookup.groups()
     } unit: {
         liveSystemdUnit(pid: ctx.pid)
     }
@@ -246,6 +265,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // it from the open pool, so this worker goes back to the loop. The
         // kernel's fuse_file_info lives on this worker's stack: keep a copy.
         let parked = ParkedOpen(req: req, fi: fi!.pointee, pid: who.pid, uid: who.uid)
+        _ = who.supplementaryGroups()   // while the request is surely live (see GroupLookup)
         ctx.limitParkedOpensToTheRing()
         guard ctx.parkedOpens.add(parked) else {
             ctx.noteRefusedOpen(uid: who.uid)
@@ -256,10 +276,12 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         let answer: @Sendable (Result<OpenSecret, FSError>) -> Void = { parked.answer($0, in: ctx) }
         // An open that joins a decryption in flight is answered by the
         // thread running it, and holds no pool thread meanwhile; what may
-        // wait on KMS runs here, skipped once the open is answered, EIO
-        // once the pool stops.
-        let later: @Sendable (_ work: @escaping @Sendable () -> Void) -> Void = { work in
-            let queued = pool.submit(key: who.uid) {
+        // wait on KMS runs on the pool, skipped once the open is answered,
+        // EIO once the pool stops. Only this worker may run it itself when
+        // no pool thread can be made: `later` is called from pool threads
+        // (and others), where that would nest one open's work in another's.
+        let submit: @Sendable (_ work: @escaping @Sendable () -> Void, _ runsHere: Bool) -> Void = { work, runsHere in
+            let queued = pool.submit(key: who.uid, runsHere: runsHere) {
                 if parked.isAnswered {
                     return
                 } else if pool.isStopping {
@@ -269,7 +291,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
                 }
             }
             if !queued {
-                ctx.noteRefusedOpen(uid: who.uid)
+                if !pool.isStopping { ctx.noteRefusedOpen(uid: who.uid) }
                 answer(.failure(.io))
             }
         }
@@ -280,8 +302,8 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // answers it at once (other signals, such as Go's constant SIGURG,
         // leave it waiting), and the pool skips it.
         fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
-        let k = OpenContinuation(answer: answer, later: later)
-        later { finish(k) }
+        let k = OpenContinuation(answer: answer, later: { submit($0, false) }, isAnswered: { parked.isAnswered })
+        submit({ finish(k) }, true)
     }
 }
 

@@ -625,13 +625,25 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// began, from the thread that runs that decryption, which then holds
     /// no thread of this open's while it waits.
     private func finishOpen(_ n: Node, caller: Caller, maxBytes: Int, attempt: Int, _ k: OpenContinuation) {
-        fetch(n, maxBytes: maxBytes, joined: { [self] fetched in
-            conclude(fetched, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k)
-        }).map { conclude($0, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k) }
+        let joined: @Sendable (Fetched, Bool) -> Void = { [self] fetched, onAnOpensThread in
+            if onAnOpensThread {
+                conclude(fetched, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k)
+            } else {
+                // Another caller's thread (a prefetch, a credential
+                // request, a rotation check): not to be held up by opens.
+                k.later { [self] in conclude(fetched, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k) }
+            }
+        }
+        guard let (fetched, joiners) = fetch(n, maxBytes: maxBytes, joined: joined) else { return }
+        conclude(fetched, n, caller: caller, maxBytes: maxBytes, attempt: attempt, k)
+        joiners.answer()   // after this open: the one that waited longest
     }
 
     private func conclude(_ fetched: Fetched, _ n: Node, caller: Caller, maxBytes: Int, attempt: Int,
                           _ k: OpenContinuation) {
+        // Answered already (its caller was killed while it waited): no
+        // handle, no count, no record; the request may be gone.
+        guard !k.isAnswered() else { return }
         let secret: CachedSecret
         switch fetched.result {
         case .success(let s): secret = s
@@ -688,7 +700,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// all concurrent callers, count and audit the outcome (`detail` is
     /// added to the record).
     private func acquire(_ n: Node, caller: Caller, maxBytes: Int, detail: String?) -> Result<CachedSecret, FSError> {
-        let fetched = fetch(n, maxBytes: maxBytes, joined: nil)!
+        let fetched = fetch(n, maxBytes: maxBytes, joined: nil)!.0
         account(fetched, n, caller: caller, detail: detail)
         return fetched.result
     }
@@ -704,15 +716,18 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// decrypts it once for all concurrent callers. Counts and audits
     /// nothing (`account` does, once per open). With `joined`, a caller
     /// who would wait for another caller's decryption returns nil instead,
-    /// and `joined` is called with what it found (see `SecretCache`);
-    /// without, this waits and never returns nil.
-    private func fetch(_ n: Node, maxBytes: Int, joined: (@Sendable (Fetched) -> Void)?) -> Fetched? {
+    /// and `joined` is called with what it found (see
+    /// `SecretCache.acquire(joined:)`); what this returns then carries the
+    /// joiners of a decryption it ran, to answer after this open. Without,
+    /// this waits and never returns nil, and hands joiners off itself.
+    private func fetch(_ n: Node, maxBytes: Int,
+                       joined: (@Sendable (Fetched, Bool) -> Void)?) -> (Fetched, SecretCache.Joined)? {
         let current: SourceStat
         do { current = try tree.stat(n.sourcePath) } catch {
             cache.invalidate(n.sourcePath)
-            return Fetched(result: .failure(.notFound))
+            return (Fetched(result: .failure(.notFound)), SecretCache.Joined())
         }
-        guard current.isRegular else { return Fetched(result: .failure(.notFound)) }
+        guard current.isRegular else { return (Fetched(result: .failure(.notFound)), SecretCache.Joined()) }
 
         @Sendable func fetched(_ o: SecretCache.Outcome) -> Fetched {
             switch o.result {
@@ -723,12 +738,17 @@ public final class SecretFileSystem: @unchecked Sendable {
                 return Fetched(result: .failure(.io), source: o.source, failure: failure)
             }
         }
-        var whenJoined: (@Sendable (SecretCache.Outcome) -> Void)? = nil
-        if let joined { whenJoined = { outcome in joined(fetched(outcome)) } }
-        let outcome = cache.acquire(path: n.sourcePath, current: current.fingerprint, load: {
+        var whenJoined: SecretCache.Joiner? = nil
+        if let joined { whenJoined = { outcome, onAnOpensThread in joined(fetched(outcome), onAnOpensThread) } }
+        if joined == nil {
+            // Waits; joiners of its decryption are handed off by the cache.
+            let outcome = cache.acquire(path: n.sourcePath, current: current.fingerprint) { self.load(n, maxBytes: maxBytes) }
+            return (fetched(outcome), SecretCache.Joined())
+        }
+        guard let (outcome, joiners) = cache.acquire(path: n.sourcePath, current: current.fingerprint, load: {
             self.load(n, maxBytes: maxBytes)
-        }, joined: whenJoined)
-        return outcome.map { fetched($0) }
+        }, joined: whenJoined) else { return nil }
+        return (fetched(outcome), joiners)
     }
 
     /// Counts and audits the outcome of one open (or credential request).
@@ -1198,11 +1218,16 @@ final class Hook<F: Sendable>: Sendable {
 public struct OpenContinuation: Sendable {
     public let answer: @Sendable (Result<OpenSecret, FSError>) -> Void
     public let later: @Sendable (_ work: @escaping @Sendable () -> Void) -> Void
+    /// Whether the open was answered already (its caller was killed while
+    /// it waited): the rest is skipped.
+    public let isAnswered: @Sendable () -> Bool
 
     public init(answer: @escaping @Sendable (Result<OpenSecret, FSError>) -> Void,
-                later: @escaping @Sendable (_ work: @escaping @Sendable () -> Void) -> Void) {
+                later: @escaping @Sendable (_ work: @escaping @Sendable () -> Void) -> Void,
+                isAnswered: @escaping @Sendable () -> Bool = { false }) {
         self.answer = answer
         self.later = later
+        self.isAnswered = isAnswered
     }
 
     /// Runs a slow open on this thread and waits for its answer (for

@@ -138,9 +138,8 @@ public final class SecretCache: @unchecked Sendable {
         var stale = false
         /// The fingerprint the file had when this decryption began.
         let fingerprint: Fingerprint?
-        /// Callers that joined without waiting (`acquire(joined:)`): called
-        /// with the result by the thread that ran the decryption.
-        var joiners: [@Sendable (Outcome) -> Void] = []
+        /// Callers that joined without waiting (`acquire(joined:)`).
+        var joiners: [Joiner] = []
         init(fingerprint: Fingerprint?) { self.fingerprint = fingerprint }
     }
 
@@ -226,34 +225,59 @@ public final class SecretCache: @unchecked Sendable {
     /// served, and whether the caller should start a background refresh.
     public typealias Outcome = (result: Result<CachedSecret, DecryptFailure>, source: Source, refreshDue: Bool)
 
+    /// A caller that joined a decryption without waiting for it, called
+    /// with its outcome by the thread that ran it: `onAnOpensThread` is
+    /// true when that thread was running an open (`acquire(joined:)`),
+    /// false when it is another caller's (a prefetch, a credential
+    /// request, a rotation check), which the joiner must not hold up.
+    public typealias Joiner = @Sendable (_ outcome: Outcome, _ onAnOpensThread: Bool) -> Void
+
+    /// The joiners of a decryption that `acquire(joined:)` ran, with its
+    /// outcome: `answer()` calls each, on this thread, once the caller has
+    /// used the outcome itself.
+    public struct Joined: Sendable {
+        fileprivate var joiners: [Joiner] = []
+        fileprivate var outcome: Outcome? = nil
+        public func answer() { call(onAnOpensThread: true) }
+
+        fileprivate func call(onAnOpensThread: Bool) {
+            guard let outcome else { return }
+            for j in joiners { j(outcome, onAnOpensThread) }
+        }
+    }
+
     /// The cached plaintext of `path` when it is fresh for `current` (the
     /// fingerprint the file has now); otherwise runs `load` once for every
     /// concurrent caller, who wait for it. A cached version with another
     /// fingerprint is wiped (the ciphertext was replaced).
     public func acquire(path: String, current: Fingerprint?,
                         load: () -> Result<CachedSecret, DecryptFailure>) -> Outcome {
-        acquire(path: path, current: current, load: load, joined: nil)!
+        let (outcome, joined) = acquire(path: path, current: current, load: load, joined: nil)!
+        joined.call(onAnOpensThread: false)
+        return outcome
     }
 
-    /// As `acquire`, but a caller who would wait for a decryption already
-    /// in flight does not: `joined` is kept, and called with that
+    /// As `acquire`, for opens: a caller who would wait for a decryption
+    /// already in flight does not; `joined` is kept, called with that
     /// decryption's outcome by the thread that ran it, and this returns
     /// nil. (Waiting held one open-pool thread per such open: 64 opens of
     /// one cold secret held all of them, and every other cold open waited
-    /// for that one KMS call.) Otherwise this answers as `acquire` does and
-    /// `joined` is never called.
+    /// for that one KMS call.) Otherwise this answers as `acquire` does,
+    /// with the joiners of a decryption it ran, for the caller to answer
+    /// after its own open (`Joined.answer`). A caller that waits (nil
+    /// `joined`) is given the joiners too.
     public func acquire(path: String, current: Fingerprint?,
                         load: () -> Result<CachedSecret, DecryptFailure>,
-                        joined: (@Sendable (Outcome) -> Void)?) -> Outcome? {
+                        joined: Joiner?) -> (Outcome, Joined)? {
         let key = PathKey(path)
         lock.lock()
         let t = now()
-        func served(_ e: CachedSecret) -> Outcome {
+        func served(_ e: CachedSecret) -> (Outcome, Joined) {
             e.lastUsed = t
             e.hits += 1
             let due = claimRefresh(e, at: t)
             lock.unlock()
-            return (.success(e), .cache, due)
+            return ((.success(e), .cache, due), Joined())
         }
         if let e = entries[key] {
             if isFresh(e, at: t), current == nil || e.fingerprint == current { return served(e) }
@@ -279,7 +303,7 @@ public final class SecretCache: @unchecked Sendable {
             while f.result == nil { lock.wait() }
             let r = f.result!
             lock.unlock()
-            return (r, .shared, false)
+            return ((r, .shared, false), Joined())
         }
         let flight = Flight(fingerprint: current)
         flights[key] = flight
@@ -300,8 +324,7 @@ public final class SecretCache: @unchecked Sendable {
         flight.joiners = []
         lock.broadcast()
         lock.unlock()
-        for j in joiners { j((result, .shared, false)) }
-        return (result, .loaded(latency: latency), false)
+        return ((result, .loaded(latency: latency), false), Joined(joiners: joiners, outcome: (result, .shared, false)))
     }
 
     /// Runs a claimed refresh of `entry` (on the caller's thread: callers

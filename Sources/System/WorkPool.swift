@@ -60,9 +60,12 @@ public final class WorkPool: @unchecked Sendable {
     }
 
     /// Queues `job` in `key`'s lane; false when the queue or the lane is
-    /// full, or the pool is stopping.
+    /// full, or the pool is stopping. `runsHere` overrides
+    /// `runsOnSubmitter` for this job (false from a thread that may itself
+    /// be running a job: running the next one there would nest jobs on its
+    /// stack).
     @discardableResult
-    public func submit(key: UInt32 = 0, _ job: @escaping @Sendable () -> Void) -> Bool {
+    public func submit(key: UInt32 = 0, runsHere: Bool? = nil, _ job: @escaping @Sendable () -> Void) -> Bool {
         lock.lock()
         guard !stopping, waiting < maxWaiting, (lanes[key]?.count ?? 0) < maxWaitingPerKey else { lock.unlock(); return false }
         if lanes[key] == nil {
@@ -80,7 +83,7 @@ public final class WorkPool: @unchecked Sendable {
             // No thread could be made: run it here rather than strand it
             // (or leave it queued for the next submit's try).
             lock.withLock { threads -= 1 }
-            if runsOnSubmitter, let j = take() { j() }
+            if runsHere ?? runsOnSubmitter, let j = take() { j() }
         }
         return true
     }

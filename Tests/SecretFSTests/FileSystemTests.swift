@@ -10,14 +10,18 @@ final class FakeDecryptor: SecretDecrypting, @unchecked Sendable {
     let calls = Mutex(0)
     let delay: Double
     let failWith: DecryptFailure?
+    /// When set, each decryption waits for a signal of it.
+    let gate: DispatchSemaphore?
 
-    init(delay: Double = 0, failWith: DecryptFailure? = nil) {
+    init(delay: Double = 0, failWith: DecryptFailure? = nil, gate: DispatchSemaphore? = nil) {
         self.delay = delay
         self.failWith = failWith
+        self.gate = gate
     }
 
     func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
         calls.withLock { $0 += 1 }
+        gate?.wait()
         if delay > 0 { usleep(UInt32(delay * 1e6)) }
         if let failWith { return .failure(failWith) }
         if ciphertext.first == UInt8(ascii: "!") { return .failure(DecryptFailure(.badInput, "bad file")) }
@@ -367,19 +371,21 @@ func text(_ s: OpenSecret) -> String {
     }
 
     /// Opens that join a decryption in flight return at once and are
-    /// answered by the thread that ran it: waiting, each held an
-    /// open-pool thread (64 opens of one cold secret held every one, and
-    /// all other cold opens waited for that single KMS call).
+    /// answered by the thread that ran it, after its own open: waiting,
+    /// each held an open-pool thread (64 opens of one cold secret held
+    /// every one, and all other cold opens waited for that KMS call).
     @Test func opensThatJoinADecryptionHoldNoThread() throws {
-        let d = FakeDecryptor(delay: 0.5)
+        let gate = DispatchSemaphore(value: 0)
+        let d = FakeDecryptor(gate: gate)
         let audit = MemoryAudit()
         let fs = try make(d, audit: audit)
         let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
         let answers = Mutex<[String]>([])
-        let returned = Mutex(0)
-        let k = OpenContinuation(answer: { r in
-            answers.withLock { $0.append((try? r.get()).map(text) ?? "error") }
-        }, later: { work in work() })
+        func continuation(_ name: String) -> OpenContinuation {
+            OpenContinuation(answer: { r in
+                answers.withLock { $0.append(name + ":" + ((try? r.get()).map(text) ?? "error")) }
+            }, later: { _ in Issue.record("nothing here should go back to the pool") })
+        }
         var slow: [SecretFileSystem.SlowOpen] = []
         for _ in 0..<8 {
             guard case .slow(let finish) = fs.beginOpen(a, flags: O_RDONLY, caller: root) else {
@@ -388,19 +394,60 @@ func text(_ s: OpenSecret) -> String {
             slow.append(finish)
         }
         let first = slow.removeFirst()
-        Thread.detachNewThread { first(k); returned.withLock { $0 += 1 } }   // the one that decrypts
-        usleep(100_000)
-        let t0 = Date()
-        for finish in slow { finish(k); returned.withLock { $0 += 1 } }      // joiners: on this one thread
-        #expect(Date().timeIntervalSince(t0) < 0.3)
-        #expect(returned.withLock { $0 } == 7)
-        #expect(answers.withLock { $0 }.isEmpty)      // nobody answered before the decryption ends
-        let deadline = Date().addingTimeInterval(5)
-        while answers.withLock({ $0.count }) < 8 && Date() < deadline { usleep(10_000) }
-        #expect(answers.withLock { $0 } == Array(repeating: "hello", count: 8))
+        let firstReturned = DispatchSemaphore(value: 0)
+        let firstK = continuation("first")
+        Thread.detachNewThread { first(firstK); firstReturned.signal() }
+        while d.calls.withLock({ $0 }) == 0 { usleep(1000) }     // decrypting, held at the gate
+        for (i, finish) in slow.enumerated() { finish(continuation("joiner\(i)")) }   // all return, on this thread
+        #expect(answers.withLock { $0 }.isEmpty)                  // nobody answered before the decryption ends
+        gate.signal()
+        firstReturned.wait()                                       // the decrypting thread answered everyone
+        #expect(answers.withLock { $0 } == ["first:hello"] + (0..<7).map { "joiner\($0):hello" })
         #expect(d.calls.withLock { $0 } == 1)
-        #expect(audit.records.withLock { $0.map(\.outcome).sorted { "\($0)" < "\($1)" } }
-                == [.kms] + Array(repeating: .shared, count: 7))
+        #expect(audit.records.withLock { $0.map(\.outcome) } == [.kms] + Array(repeating: .shared, count: 7))
+    }
+
+    /// A decryption another caller runs (a prefetch, a credential request,
+    /// a rotation check) hands the opens that joined it back to the pool
+    /// (`later`) instead of answering them on its own thread; and a joined
+    /// open answered meanwhile (its caller killed) is dropped, uncounted.
+    @Test func joinersOfAnotherCallersDecryptionGoBackToThePool() throws {
+        let gate = DispatchSemaphore(value: 0)
+        let d = FakeDecryptor(gate: gate)
+        let audit = MemoryAudit()
+        let fs = try make(d, audit: audit)
+        let a = try fs.lookup(parent: SecretFileSystem.rootInode, name: "a").get().attributes.ino
+        let source = try #require(fs.secretFiles().first { $0.mount == "a" }).source
+        let answers = Mutex<[String]>([])
+        let laterFrom = Mutex<[String]>([])
+        let killed = Atomic<Bool>(false)
+        func continuation(_ name: String, killable: Bool = false) -> OpenContinuation {
+            OpenContinuation(answer: { r in
+                answers.withLock { $0.append(name + ":" + ((try? r.get()).map(text) ?? "error")) }
+            }, later: { work in
+                laterFrom.withLock { $0.append(name) }
+                Thread.detachNewThread { work() }
+            }, isAnswered: { killable && killed.load(ordering: .relaxed) })
+        }
+        let decrypted = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { _ = fs.decryptNow(sourcePath: source); decrypted.signal() }
+        while d.calls.withLock({ $0 }) == 0 { usleep(1000) }
+        for name in ["joiner", "killed"] {
+            guard case .slow(let finish) = fs.beginOpen(a, flags: O_RDONLY, caller: root) else {
+                Issue.record("a cache miss should go to the pool"); return
+            }
+            finish(continuation(name, killable: name == "killed"))
+        }
+        killed.store(true, ordering: .relaxed)
+        gate.signal()
+        decrypted.wait()
+        let deadline = Date().addingTimeInterval(5)
+        while answers.withLock({ $0.count }) < 1 && Date() < deadline { usleep(1000) }
+        usleep(50_000)   // the killed one's work, had it answered
+        #expect(laterFrom.withLock { $0 }.sorted() == ["joiner", "killed"])
+        #expect(answers.withLock { $0 } == ["joiner:hello"])
+        #expect(audit.records.withLock { $0.map(\.outcome) } == [.shared])
+        #expect(d.calls.withLock { $0 } == 1)
     }
 
     @Test func badFileIsEIOAndOthersStillOpen() throws {
