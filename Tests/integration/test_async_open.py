@@ -133,34 +133,46 @@ def test_a_killed_opener_is_answered_at_once_and_costs_no_kms_call(tmp_path, kms
     even through SIGKILL: a killed opener stayed in D state until its turn
     in the pool and its own KMS call were over (about 9 s here), and still
     cost that call. The INTERRUPT the kernel sends for it now answers it
-    at once, and its KMS call is never made."""
+    at once, and its KMS call is never made. The same for an opener killed
+    while it waits for another open's decryption of the same secret: it is
+    answered at once, and when the decryption ends it is neither counted
+    nor audited as served."""
     import subprocess
     src = tmp_path / "src"
     src.mkdir()
     blob = kms.encrypt_blob(b"cold")
     for name in ("first", "second"):
         (src / (name + ".encrypted")).write_bytes(blob)
-    m = mount_factory(src, "allow_uid=0,max_inflight=1,timeout=60" + transport, env=kms.base_env(endpoint=proxy.url))
+    audit = tmp_path / "audit.log"
+    m = mount_factory(src, "allow_uid=0,max_inflight=1,timeout=60,audit=%s" % audit + transport,
+                      env=kms.base_env(endpoint=proxy.url))
     proxy.delay = 5.0
     proxy.policy = lambda n, target: Fault.SLOW
     t, first = read_in_background(m.file("first"))
     time.sleep(0.5)   # "first" holds the one KMS slot for 5 s
     victim = subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file("second")])
+    joiner = subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file("first")])
+    took = {}
     try:
-        time.sleep(1.0)   # parked behind "first"
-        assert victim.poll() is None
-        victim.kill()
-        t0 = time.monotonic()
-        victim.wait(30)
-        took = time.monotonic() - t0
+        time.sleep(1.0)   # "second" parked behind "first"; the joiner joined "first"'s decryption
+        for name, p in (("queued", victim), ("joined", joiner)):
+            assert p.poll() is None, name
+            p.kill()
+            t0 = time.monotonic()
+            p.wait(30)
+            took[name] = time.monotonic() - t0
     finally:
-        if victim.poll() is None:
-            victim.kill()
+        for p in (victim, joiner):
+            if p.poll() is None:
+                p.kill()
         t.join(30)
-    assert took < 2.0, "the killed opener waited %.1f s for its answer" % took
+    for name, s in took.items():
+        assert s < 2.0, "the killed %s opener waited %.1f s for its answer" % (name, s)
     assert first["data"] == b"cold"
     time.sleep(6)   # a KMS call for "second", had it been made, would be in by now
     assert proxy.count("Decrypt") == 1
+    served = [l for l in audit.read_text().splitlines() if l.startswith("audit ") and "path=first " in l]
+    assert len(served) == 1 and "source=kms" in served[0], served
 
 
 def test_opens_joining_one_decryption_leave_the_pool_to_other_secrets(tmp_path, kms, proxy, mount_factory, transport):
