@@ -108,17 +108,26 @@ private func context(_ req: fuse_req_t?) -> BridgeContext {
 /// The caller's supplementary groups, looked up through its request at
 /// most once: the request is valid only until it is answered, and a parked
 /// open may be answered (its caller killed) while another thread decides
-/// it. So a parked open looks them up before it is parked (`resolve`),
-/// and every later decision reads the answer kept here.
-private final class GroupLookup: @unchecked Sendable {   // `groups` under `lock`
+/// it. So a parked open looks them up before it is parked, when the policy
+/// names groups, and is then `seal`ed: a later decision reads the answer
+/// kept here, or, had none been looked up (a policy that came to name
+/// groups while the open waited), none (no group admits it).
+private final class GroupLookup: @unchecked Sendable {   // state under `lock`
     private let req: fuse_req_t?
-    private let lock = Mutex<[UInt32]?>(nil)
+    private let lock = Mutex<(known: [UInt32]?, sealed: Bool)>((nil, false))
 
     init(_ req: fuse_req_t?) { self.req = req }
 
+    /// Looks the groups up now if `resolving`; the request is never read after.
+    func seal(resolving: Bool) {
+        if resolving { _ = groups() }
+        lock.withLock { $0.sealed = true }
+    }
+
     func groups() -> [UInt32] {
-        lock.withLock { known in
-            if let known { return known }
+        lock.withLock { state in
+            if let known = state.known { return known }
+            if state.sealed { return [] }
             var groups = [gid_t](repeating: 0, count: 64)
             var n = fuse_req_getgroups(req, Int32(groups.count), &groups)
             if n > Int32(groups.count) {
@@ -126,15 +135,15 @@ private final class GroupLookup: @unchecked Sendable {   // `groups` under `lock
                 n = fuse_req_getgroups(req, Int32(groups.count), &groups)
             }
             let found = n > 0 ? Array(groups.prefix(Int(min(n, Int32(groups.count))))) : []
-            known = found
+            state.known = found
             return found
         }
     }
 }
 
-private func caller(_ req: fuse_req_t?) -> Caller {
+private func caller(_ req: fuse_req_t?, groups lookup: GroupLookup? = nil) -> Caller {
     let ctx = fuse_req_ctx(req)!.pointee
-    let lookup = GroupLookup(req)
+    let lookup = lookup ?? GroupLookup(req)
     return Caller(uid: ctx.uid, gid: ctx.gid, pid: ctx.pid) {
         lookup.groups()
     } unit: {
@@ -255,7 +264,8 @@ let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
 
 let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = { req, ino, fi in
     let ctx = context(req)
-    let who = caller(req)
+    let groups = GroupLookup(req)
+    let who = caller(req, groups: groups)
     debugLog(req, "open ino=\(ino) uid=\(who.uid) pid=\(who.pid)")
     switch ctx.fs.beginOpen(ino, flags: fi!.pointee.flags, caller: who) {
     case .done(let result):
@@ -265,7 +275,7 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // it from the open pool, so this worker goes back to the loop. The
         // kernel's fuse_file_info lives on this worker's stack: keep a copy.
         let parked = ParkedOpen(req: req, fi: fi!.pointee, pid: who.pid, uid: who.uid)
-        _ = who.supplementaryGroups()   // while the request is surely live (see GroupLookup)
+        groups.seal(resolving: ctx.fs.configuration.policy.namesGroups)   // while the request is surely live
         ctx.limitParkedOpensToTheRing()
         guard ctx.parkedOpens.add(parked) else {
             ctx.noteRefusedOpen(uid: who.uid)
@@ -301,7 +311,17 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // and its KMS call were over. The INTERRUPT the kernel sends then
         // answers it at once (other signals, such as Go's constant SIGURG,
         // leave it waiting), and the pool skips it.
+        // An INTERRUPT that came already makes libfuse call the handler
+        // from inside this registration, where it holds no reference of
+        // its own to the request: answering there would free it under
+        // libfuse's feet. So the handler answers only once registered,
+        // and one that came before is looked at here.
         fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
+        parked.registered.store(true, ordering: .releasing)
+        if fuse_req_interrupted(req) != 0, isBeingKilled(who.pid) {
+            parked.answer(.failure(FSError(EINTR)), in: ctx)
+            return
+        }
         let k = OpenContinuation(answer: answer, later: { submit($0, false) }, isAnswered: { parked.isAnswered })
         submit({ finish(k) }, true)
     }
@@ -364,6 +384,8 @@ final class ParkedOpen: @unchecked Sendable {
     let pid: Int32
     let uid: UInt32
     private let answered = Atomic<Bool>(false)
+    /// Its INTERRUPT handler is registered (see opOpen).
+    let registered = Atomic<Bool>(false)
 
     init(req: fuse_req_t?, fi: fuse_file_info, pid: Int32, uid: UInt32) {
         self.req = req
@@ -445,7 +467,8 @@ final class ParkedOpens: @unchecked Sendable {
 private let onParkedOpenInterrupt: @convention(c) (fuse_req_t?, UnsafeMutableRawPointer?) -> Void = { req, data in
     guard let data else { return }
     let ctx = Unmanaged<BridgeContext>.fromOpaque(data).takeUnretainedValue()
-    guard let parked = ctx.parkedOpens.find(req), !parked.isAnswered, isBeingKilled(parked.pid) else { return }
+    guard let parked = ctx.parkedOpens.find(req), parked.registered.load(ordering: .acquiring), !parked.isAnswered,
+          isBeingKilled(parked.pid) else { return }
     parked.answer(.failure(FSError(EINTR)), in: ctx)
 }
 

@@ -169,6 +169,11 @@ public struct AccessPolicy: Sendable {
         principals(for: path).admits(caller)
     }
 
+    /// Whether any decision may need a caller's supplementary groups.
+    public var namesGroups: Bool {
+        !defaultPrincipals.gids.isEmpty || rules.contains { !$0.principals.gids.isEmpty }
+    }
+
     /// Who may open `path`: its rule's principals, else the mount's.
     public func principals(for path: String) -> Principals {
         rule(for: path)?.principals ?? defaultPrincipals

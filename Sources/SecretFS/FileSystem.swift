@@ -642,8 +642,12 @@ public final class SecretFileSystem: @unchecked Sendable {
     private func conclude(_ fetched: Fetched, _ n: Node, caller: Caller, maxBytes: Int, attempt: Int,
                           _ k: OpenContinuation) {
         // Answered already (its caller was killed while it waited): no
-        // handle, no count, no record; the request may be gone.
-        guard !k.isAnswered() else { return }
+        // handle, no open counted, no record; the request may be gone.
+        // A decryption it made still counts (its joiners are `shared`).
+        guard !k.isAnswered() else {
+            if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
+            return
+        }
         let secret: CachedSecret
         switch fetched.result {
         case .success(let s): secret = s

@@ -374,7 +374,8 @@ func text(_ s: OpenSecret) -> String {
     /// answered by the thread that ran it, after its own open: waiting,
     /// each held an open-pool thread (64 opens of one cold secret held
     /// every one, and all other cold opens waited for that KMS call).
-    @Test func opensThatJoinADecryptionHoldNoThread() throws {
+    @Test(.timeLimit(.minutes(1)))   // a joiner that waited would hang here, the gate shut
+    func opensThatJoinADecryptionHoldNoThread() throws {
         let gate = DispatchSemaphore(value: 0)
         let d = FakeDecryptor(gate: gate)
         let audit = MemoryAudit()

@@ -141,20 +141,24 @@ def test_a_killed_opener_is_answered_at_once_and_costs_no_kms_call(tmp_path, kms
     src = tmp_path / "src"
     src.mkdir()
     blob = kms.encrypt_blob(b"cold")
-    for name in ("first", "second"):
+    for name in ("first", "second", "third"):
         (src / (name + ".encrypted")).write_bytes(blob)
     audit = tmp_path / "audit.log"
-    m = mount_factory(src, "allow_uid=0,max_inflight=1,timeout=60,audit=%s" % audit + transport,
+    m = mount_factory(src, "allow_uid=0,max_inflight=2,timeout=60,audit=%s" % audit + transport,
                       env=kms.base_env(endpoint=proxy.url))
     proxy.delay = 5.0
     proxy.policy = lambda n, target: Fault.SLOW
-    t, first = read_in_background(m.file("first"))
-    time.sleep(0.5)   # "first" holds the one KMS slot for 5 s
-    victim = subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file("second")])
-    joiner = subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file("first")])
+    reader = lambda name: subprocess.Popen(["python3", "-c", "open(%r, 'rb').read()" % m.file(name)])
+    t1, first = read_in_background(m.file("first"))
+    time.sleep(0.5)   # "first" holds one of the two KMS slots for 5 s
+    joiner = reader("first")
+    time.sleep(0.5)   # it took the other slot a moment, joined "first"'s decryption and gave the slot back
+    t3, third = read_in_background(m.file("third"))
+    time.sleep(0.5)   # "third" holds the other slot
+    victim = reader("second")
     took = {}
     try:
-        time.sleep(1.0)   # "second" parked behind "first"; the joiner joined "first"'s decryption
+        time.sleep(1.0)   # "second" parked behind them
         for name, p in (("queued", victim), ("joined", joiner)):
             assert p.poll() is None, name
             p.kill()
@@ -165,14 +169,17 @@ def test_a_killed_opener_is_answered_at_once_and_costs_no_kms_call(tmp_path, kms
         for p in (victim, joiner):
             if p.poll() is None:
                 p.kill()
-        t.join(30)
+        t1.join(30)
+        t3.join(30)
     for name, s in took.items():
         assert s < 2.0, "the killed %s opener waited %.1f s for its answer" % (name, s)
-    assert first["data"] == b"cold"
+    assert first["data"] == b"cold" and third["data"] == b"cold"
     time.sleep(6)   # a KMS call for "second", had it been made, would be in by now
-    assert proxy.count("Decrypt") == 1
-    served = [l for l in audit.read_text().splitlines() if l.startswith("audit ") and "path=first " in l]
-    assert len(served) == 1 and "source=kms" in served[0], served
+    assert proxy.count("Decrypt") == 2
+    records = [l for l in audit.read_text().splitlines() if l.startswith("audit ")]
+    served = [l for l in records if "path=first " in l]
+    assert len(served) == 1 and "source=kms" in served[0], served   # none for the killed joiner
+    assert not [l for l in records if "path=second " in l]
 
 
 def test_opens_joining_one_decryption_leave_the_pool_to_other_secrets(tmp_path, kms, proxy, mount_factory, transport):
