@@ -321,6 +321,15 @@ public final class SecretFileSystem: @unchecked Sendable {
         set { watchedFlag.store(newValue, ordering: .releasing) }
     }
 
+    /// True while the watcher has change events it has not yet applied (a
+    /// rename storm can keep it busy for seconds): opens look at the
+    /// ciphertext meanwhile instead of trusting the cache.
+    public var sourceChangesPending: Bool {
+        get { pendingFlag.load(ordering: .acquiring) }
+        set { pendingFlag.store(newValue, ordering: .releasing) }
+    }
+    private let pendingFlag = Atomic<Bool>(false)
+
     /// Where kernel cache invalidations go (the FUSE session), once mounted.
     public var notifier: KernelNotifier? {
         get { notifierBox.withLock { $0 } }
@@ -605,7 +614,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         // the flags; an admitted one who asks to write gets EROFS.
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let maxBytes = config.maxCiphertextBytes
-        if sourceIsWatched, let hit = cache.hit(n.sourcePath) {
+        if sourceIsWatched, !sourceChangesPending, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
             let handle = opened(hit.secret, n, caller)

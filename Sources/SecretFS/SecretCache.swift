@@ -202,11 +202,13 @@ public final class SecretCache: @unchecked Sendable {
     }
 
     /// The cached plaintext of `path` if it is within its TTL, counted as a
-    /// use; no check of the ciphertext (the hot path when SOURCE is watched).
+    /// use; no check of the ciphertext (the hot path when SOURCE is
+    /// watched). Never one whose file has more names than one: it may be
+    /// rewritten through a name no watch sees, so its opens look first.
     public func hit(_ path: String) -> Hit? {
         lock.withLock {
             let t = now()
-            guard let e = entries[PathKey(path)], isFresh(e, at: t) else { return nil }
+            guard let e = entries[PathKey(path)], isFresh(e, at: t), e.fingerprint.links <= 1 else { return nil }
             e.lastUsed = t
             e.hits += 1
             return Hit(secret: e, refreshDue: claimRefresh(e, at: t))

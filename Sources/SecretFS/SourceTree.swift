@@ -18,13 +18,18 @@ public struct Fingerprint: Hashable, Sendable {
     public var size: Int64
     public var mtimeNanos: Int64
     public var ctimeNanos: Int64
+    /// Names the file has. More than one: it may be written through a
+    /// name outside SOURCE (a hard link from a staging tree), which no
+    /// watch of SOURCE's directories sees.
+    public var links: UInt64
 
-    public init(device: UInt64, inode: UInt64, size: Int64, mtimeNanos: Int64, ctimeNanos: Int64) {
+    public init(device: UInt64, inode: UInt64, size: Int64, mtimeNanos: Int64, ctimeNanos: Int64, links: UInt64 = 1) {
         self.device = device
         self.inode = inode
         self.size = size
         self.mtimeNanos = mtimeNanos
         self.ctimeNanos = ctimeNanos
+        self.links = links
     }
 
     init(_ st: stat) {
@@ -33,6 +38,7 @@ public struct Fingerprint: Hashable, Sendable {
         size = Int64(st.st_size)
         mtimeNanos = Fingerprint.nanoseconds(st.st_mtim)
         ctimeNanos = Fingerprint.nanoseconds(st.st_ctim)
+        links = UInt64(st.st_nlink)
     }
 
     /// A file time in nanoseconds since the epoch, saturated: whoever
@@ -178,8 +184,9 @@ public final class SourceTree: Sendable {
     }
 
     /// The mirrored entries of directory `dir`. A regular `X.encrypted`
-    /// file hides a directory `X` beside it.
-    public func list(_ dir: String) throws(Errno) -> [SourceEntry] {
+    /// file hides a directory `X` beside it, unless `hidden` (the watcher
+    /// follows such a directory too: it shows once the file goes).
+    public func list(_ dir: String, hidden: Bool = false) throws(Errno) -> [SourceEntry] {
         let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
         guard let d = fdopendir(fd) else {
             let e = Errno.current
@@ -214,7 +221,7 @@ public final class SourceTree: Sendable {
             }
         }
         var out = Array(secrets.values)
-        for (name, entry) in dirs where secrets[name] == nil { out.append(entry) }
+        for (name, entry) in dirs where hidden || secrets[name] == nil { out.append(entry) }
         out.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         return out
     }

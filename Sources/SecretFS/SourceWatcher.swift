@@ -13,7 +13,11 @@ public final class SourceWatcher: @unchecked Sendable {
     private let fs: SecretFileSystem
     private let fd: Int32
     private let lock = ConditionLock()
-    private var watches: [Int32: String] = [:]    // wd -> directory path in SOURCE
+    /// wd -> the directory's path in SOURCE, and the directory itself (a
+    /// watch follows its directory through renames; its path is what we
+    /// last knew, checked against `id` before it is trusted).
+    private var watches: [Int32: (path: String, id: DirectoryID)] = [:]
+    private struct DirectoryID: Equatable { var device: UInt64; var inode: UInt64 }
     private var stopped = false
     /// Every directory of SOURCE has a watch. Once one has none (deeper
     /// than `maxDepth`, the inotify limit reached, a directory that could
@@ -50,6 +54,12 @@ public final class SourceWatcher: @unchecked Sendable {
 
     public var watchCount: Int { lock.withLock { watches.count } }
 
+    /// Most directories watched. Watches are charged to the daemon's user
+    /// (root), across the machine: whoever may make directories in SOURCE
+    /// must not use up root's (systemd's path units, journald's). Past
+    /// this, opens look at the ciphertext instead (`complete`).
+    public static let maxWatches = 65_536
+
     /// Directories more than this many levels below SOURCE are not
     /// watched (one warning each; changes below them are seen within the
     /// entry timeout only). The walk is iterative, so no depth can exhaust
@@ -64,6 +74,8 @@ public final class SourceWatcher: @unchecked Sendable {
     // Lock held. Watches `top` and every directory below it, walking with
     // an explicit stack (never recursion: SOURCE's depth is not ours).
     // Whatever it cannot watch makes the watch incomplete (`complete`).
+    // A directory hidden by an `X.encrypted` beside it is watched too: it
+    // shows once the file goes, with no event of its own.
     private func addTree(_ top: String) {
         var pending = [top]
         var warnedLimit = false
@@ -88,27 +100,45 @@ public final class SourceWatcher: @unchecked Sendable {
                     continue
                 }
             }
-            let wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
-            let e = Errno.current
+            var st = stat()
+            let statted = fstat(dirFD, &st) == 0
+            let id = DirectoryID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+            var wd: Int32 = -1
+            var e: Int32 = Errno.current
+            if statted {
+                wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
+                e = Errno.current
+                // A directory watched already (moved) costs no new watch.
+                if wd >= 0, watches[wd] == nil, watches.count >= SourceWatcher.maxWatches {
+                    inotify_rm_watch(fd, wd)
+                    wd = -1
+                    e = ENOSPC
+                }
+            }
             if dir != "." { close(dirFD) }
             if wd < 0 {
                 complete = false
                 if e == ENOSPC, !warnedLimit {
                     warnedLimit = true
-                    Log.warning("inotify watch limit reached at \(SourceTree.escapedBytes(Array(dir.utf8))); raise fs.inotify.max_user_watches, changes below it are seen within the entry timeout only")
+                    Log.warning("inotify watch limit (fs.inotify.max_user_watches, or kmsfs's own \(SourceWatcher.maxWatches)) reached at \(SourceTree.escapedBytes(Array(dir.utf8))); opens look at the ciphertext instead, and changes below it are seen within the entry timeout only")
                 }
                 continue
             }
-            if let other = watches[wd], other != dir, isWatched(other) {
-                // One directory under two names (a bind mount): its events
-                // can speak for one name only.
-                complete = false
-                Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))' is the directory '\(SourceTree.escapedBytes(Array(other.utf8.prefix(200))))' again; changes are followed under the first name only")
-                continue
+            if let other = watches[wd]?.path, other != dir {
+                if nameStill(other, is: id) {
+                    // One directory under two names (a bind mount): its
+                    // events can speak for one name only.
+                    complete = false
+                    Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))' is the directory '\(SourceTree.escapedBytes(Array(other.utf8.prefix(200))))' again; changes are followed under the first name only")
+                    continue
+                }
+                // Else it moved (a rename, or two directories exchanged):
+                // the watch takes its new name, and the walk below it
+                // renames the watches of what it holds.
             }
-            watches[wd] = dir
+            watches[wd] = (dir, id)
             let entries: [SourceEntry]
-            do { entries = try fs.tree.list(dir) } catch {
+            do { entries = try fs.tree.list(dir, hidden: true) } catch {
                 if error.code != ENOENT && error.code != ENOTDIR { complete = false }
                 continue
             }
@@ -118,10 +148,28 @@ public final class SourceWatcher: @unchecked Sendable {
         }
     }
 
-    // Lock held. Whether `dir` still names a watched directory of SOURCE
-    // (a watch left behind by a rename is re-labelled, not a collision).
-    private func isWatched(_ dir: String) -> Bool {
-        (try? fs.tree.stat(dir))?.isDirectory == true
+    // Lock held. Whether `path` in SOURCE names the directory `id` now.
+    private func nameStill(_ path: String, is id: DirectoryID) -> Bool {
+        guard let st = try? fs.tree.stat(path), st.isDirectory else { return false }
+        return st.fingerprint.device == id.device && st.fingerprint.inode == id.inode
+    }
+
+    // Lock held. Brings the watches at and below `sub` in line with what
+    // is there now, whatever the event said: the directory there (if
+    // any) and all below it watched under their names, and every watch
+    // whose name no longer leads to its directory dropped. Events name
+    // paths, and a path may stand for two directories in turn: after
+    // `mv --exchange a b`, dropping the watches "under b" by name dropped
+    // the one just taken for the directory that had come to b.
+    private func resync(_ sub: String) {
+        if (try? fs.tree.stat(sub))?.isDirectory == true { addTree(sub) }
+        let prefix = Array((sub + "/").utf8)
+        for (w, d) in watches where d.path.utf8.elementsEqual(sub.utf8) || d.path.utf8.starts(with: prefix) {
+            if !nameStill(d.path, is: d.id) {
+                inotify_rm_watch(fd, w)
+                watches[w] = nil
+            }
+        }
     }
 
     private func run() {
@@ -129,8 +177,16 @@ public final class SourceWatcher: @unchecked Sendable {
         while true {
             if lock.withLock({ stopped }) { return }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, 500)
-            if ready <= 0 { continue }
+            // Waiting: nothing left to apply. With events to read, opens
+            // look at the ciphertext until they are applied (a batch can
+            // take seconds: every directory moved in is walked).
+            let busy = fs.sourceChangesPending
+            let ready = poll(&pfd, 1, busy ? 0 : 500)
+            if ready <= 0 {
+                if busy { fs.sourceChangesPending = false; continue }
+                continue
+            }
+            fs.sourceChangesPending = true
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n <= 0 { continue }
             var events: [(wd: Int32, mask: UInt32, name: String)] = []
@@ -175,7 +231,7 @@ public final class SourceWatcher: @unchecked Sendable {
             lock.withLock { _ = watches.removeValue(forKey: wd) }
             return
         }
-        guard let dir = lock.withLock({ watches[wd] }) else { return }
+        guard let dir = lock.withLock({ watches[wd]?.path }) else { return }
         if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
             return   // the parent's watch reports the same change by name
         }
@@ -184,17 +240,11 @@ public final class SourceWatcher: @unchecked Sendable {
         let removed = mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0
         let added = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
         if isDir {
+            // Only a name's coming or going moves directories; a chmod
+            // or touch of one (IN_ATTRIB) changes nothing below it.
+            guard added || removed else { return }
             let sub = SourceTree.join(dir, name)
-            lock.withLock {
-                if added { addTree(sub) }
-                if removed {
-                    let prefix = Array((sub + "/").utf8)
-                    for (w, d) in watches where d.utf8.elementsEqual(sub.utf8) || d.utf8.starts(with: prefix) {
-                        inotify_rm_watch(fd, w)
-                        watches[w] = nil
-                    }
-                }
-            }
+            lock.withLock { resync(sub) }
         }
         fs.sourceChanged(directory: dir, name: name, isDirectory: isDir, removed: removed)
     }

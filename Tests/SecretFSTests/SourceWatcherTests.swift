@@ -1,0 +1,145 @@
+import Testing
+import Foundation
+@testable import SecretFS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The watcher is what lets a cached plaintext be served without looking
+/// at its ciphertext: every way SOURCE can change under a cached secret
+/// must either reach it or make opens look. (FakeDecryptor reverses the
+/// bytes: a ciphertext "1a" reads "a1".)
+@Suite struct SourceWatcherTests {
+    /// Writes `path` by a rename, as a rotation does.
+    func rotate(_ path: String, _ s: String) throws {
+        try Data(s.utf8).write(to: URL(fileURLWithPath: path + ".new"))
+        #expect(rename(path + ".new", path) == 0)
+    }
+
+    func read(_ fs: SecretFileSystem, _ path: String) -> String? {
+        var ino = SecretFileSystem.rootInode
+        for c in path.split(separator: "/") {
+            guard case .success(let e) = fs.lookup(parent: ino, name: String(c)) else { return nil }
+            ino = e.attributes.ino
+        }
+        guard let s = try? fs.open(ino, flags: O_RDONLY, caller: Caller(uid: 0, gid: 0, pid: Int32(getpid()))).get() else {
+            return nil
+        }
+        return text(s)
+    }
+
+    /// Waits until `path` reads `want` (the watcher applies events on its
+    /// own thread), at most 5 s; the last read.
+    func eventually(_ fs: SecretFileSystem, _ path: String, _ want: String) -> String? {
+        let deadline = Date().addingTimeInterval(5)
+        var got = read(fs, path)
+        while got != want && Date() < deadline {
+            usleep(20_000)
+            got = read(fs, path)
+        }
+        return got
+    }
+
+    func watched(_ dir: String) throws -> (SecretFileSystem, SourceWatcher) {
+        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
+        let w = try SourceWatcher(fs: fs)
+        w.start()
+        fs.sourceIsWatched = w.watchesEverything
+        return (fs, w)
+    }
+
+    func tree(_ dirs: [String]) throws -> String {
+        let dir = NSTemporaryDirectory() + "kmsfs-watch-\(UUID().uuidString)"
+        for d in dirs { try FileManager.default.createDirectory(atPath: dir + "/" + d, withIntermediateDirectories: true) }
+        return dir
+    }
+
+    /// `mv --exchange a b` (renameat2 RENAME_EXCHANGE) came as four events
+    /// naming two paths; dropping watches by name dropped the one just
+    /// taken for the directory that came to b, and b's rotations were
+    /// never seen: its old plaintext served until unmount.
+    @Test func twoDirectoriesExchangedStayWatched() throws {
+        let dir = try tree(["a/sa", "b/sb"])
+        try rotate(dir + "/a/x.encrypted", "1a")
+        try rotate(dir + "/b/x.encrypted", "1b")
+        let (fs, w) = try watched(dir)
+        defer { w.stop() }
+        #expect(read(fs, "a/x") == "a1" && read(fs, "b/x") == "b1")   // both cached
+        let watches = w.watchCount
+        // renameat2(RENAME_EXCHANGE), which Glibc's Swift module does not show.
+        let mv = Process()
+        mv.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        mv.arguments = ["-c", "import ctypes, sys; l = ctypes.CDLL(None, use_errno=True); "
+                        + "sys.exit(l.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 2))",
+                        dir + "/a", dir + "/b"]
+        try mv.run()
+        mv.waitUntilExit()
+        #expect(mv.terminationStatus == 0)
+        #expect(eventually(fs, "b/x", "a1") == "a1")
+        #expect(eventually(fs, "a/x", "b1") == "b1")
+        try rotate(dir + "/b/x.encrypted", "2b")
+        try rotate(dir + "/a/x.encrypted", "2a")
+        try rotate(dir + "/b/sa/y.encrypted", "3")
+        #expect(eventually(fs, "b/x", "b2") == "b2")
+        #expect(eventually(fs, "a/x", "a2") == "a2")
+        #expect(eventually(fs, "b/sa/y", "3") == "3")
+        #expect(w.watchCount == watches && w.watchesEverything)
+    }
+
+    /// A directory `db` beside a file `db.encrypted` is hidden by it, and
+    /// was never watched; once the file went, `db/` showed, and its
+    /// rotations went unseen.
+    @Test func aDirectoryUncoveredByItsFileIsWatched() throws {
+        let dir = try tree(["db"])
+        try rotate(dir + "/db.encrypted", "f1")
+        try rotate(dir + "/db/p.encrypted", "p1")
+        let (fs, w) = try watched(dir)
+        defer { w.stop() }
+        #expect(read(fs, "db") == "1f")
+        #expect(unlink(dir + "/db.encrypted") == 0)
+        #expect(eventually(fs, "db/p", "1p") == "1p")   // cached now
+        try rotate(dir + "/db/p.encrypted", "p2")
+        #expect(eventually(fs, "db/p", "2p") == "2p")
+        #expect(w.watchesEverything)
+    }
+
+    /// A ciphertext with a second name outside SOURCE (cp -al, rsync
+    /// --link-dest) may be rewritten through that name, which no watch
+    /// of SOURCE sees: its opens look at it each time.
+    @Test func aCiphertextLinkedFromOutsideIsLookedAtOnEveryOpen() throws {
+        let dir = try tree(["."])
+        let other = try tree(["."])
+        try Data("k1".utf8).write(to: URL(fileURLWithPath: other + "/k.encrypted"))
+        #expect(link(other + "/k.encrypted", dir + "/k.encrypted") == 0)
+        let (fs, w) = try watched(dir)
+        defer { w.stop() }
+        #expect(read(fs, "k") == "1k")
+        let fh = try #require(FileHandle(forWritingAtPath: other + "/k.encrypted"))
+        fh.truncateFile(atOffset: 0)
+        fh.write(Data("k2".utf8))
+        fh.closeFile()
+        #expect(read(fs, "k") == "2k")   // at once: no event to wait for
+    }
+
+    /// While the watcher has events to apply (here: a thousand-directory
+    /// tree renamed back and forth), a rotation behind them went unseen
+    /// for seconds, and opens trusted the cache. They now look.
+    @Test func opensLookWhileTheWatcherIsBehind() throws {
+        let dir = try tree((0..<1000).map { "big/d\($0)" })
+        try rotate(dir + "/s.encrypted", "s1")
+        let (fs, w) = try watched(dir)
+        defer { w.stop() }
+        #expect(read(fs, "s") == "1s")
+        for i in 0..<100 {
+            let (from, to) = i % 2 == 0 ? ("/big", "/big2") : ("/big2", "/big")
+            #expect(rename(dir + from, dir + to) == 0)
+        }
+        try rotate(dir + "/s.encrypted", "s2")
+        usleep(20_000)   // the watcher has woken to its first batch
+        #expect(read(fs, "s") == "2s")
+        let deadline = Date().addingTimeInterval(60)
+        while fs.sourceChangesPending && Date() < deadline { usleep(50_000) }
+        #expect(!fs.sourceChangesPending)
+        #expect(w.watchCount == 1002 && w.watchesEverything)
+    }
+}
