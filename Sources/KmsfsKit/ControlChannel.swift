@@ -74,6 +74,11 @@ public enum ControlSocket {
         let slash = path.lastIndex(of: "/")
         let parent = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
         let last = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        // `kmsfs status .` from inside the mount: the whole path, resolved.
+        if last == "." || last == "..", let r = realpath(path, nil) {
+            defer { free(r) }
+            return String(cString: r)
+        }
         guard let r = realpath(parent, nil) else { return path }
         defer { free(r) }
         let base = String(cString: r)

@@ -61,6 +61,42 @@ struct LiveStatusCommand: ParsableCommand {
 }
 
 extension LiveStatusCommand {
+    /// The mount path of a secret named on the command line (`db.password`,
+    /// `./db.password`, or `/etc/secrets/db.password` whatever the
+    /// mountpoint was given as), which must be a secret of this mount, or
+    /// one an open handle still holds though it is gone from SOURCE: a
+    /// typo, or a SOURCE name (`db.password.encrypted`), would be held by
+    /// nobody and answer "rotated" at once, and the old credential would
+    /// be revoked under its users. Exit 2 for anything else.
+    func secretPath(_ given: String) -> String {
+        var mount = mountpoint
+        if let real = realpath(mountpoint, nil) {
+            mount = String(cString: real)
+            free(real)
+        }
+        var rel = given
+        if given.hasPrefix("/") {
+            let prefix = mount == "/" ? "/" : mount + "/"
+            guard given.hasPrefix(prefix) || given.hasPrefix(mountpoint + "/") else {
+                fail("\(given) is not in the mount \(mount)", code: 2)
+            }
+            rel = StatusText.mountRelative(given, mountpoint: given.hasPrefix(prefix) ? mount : mountpoint)
+        } else {
+            rel = StatusText.mountRelative(given, mountpoint: mountpoint)
+        }
+        var st = stat()
+        if !rel.isEmpty, stat(mount + "/" + rel, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFREG else { fail("\(given) is not a secret of \(mount) (a directory)", code: 2) }
+            return rel
+        }
+        let doc = try? ControlClient.status(mountpoint: mountpoint)
+        let held = (doc?["handles"]?["stale"]?.arrayValue ?? []).contains { $0["path"]?.stringValue == rel }
+        guard held else {
+            fail("\(given): no such secret in \(mount)\(rel.hasSuffix(".encrypted") ? " (name it without .encrypted)" : "")", code: 2)
+        }
+        return rel
+    }
+
     /// Polls the daemon until no open handle of the named secrets (all
     /// when none are named) holds a version older than SOURCE's; exit 0
     /// then, or 1 at the timeout naming who still holds one.
@@ -70,7 +106,7 @@ extension LiveStatusCommand {
     /// watcher seeing it, a cache hit still hands out the old version,
     /// and its handle appears just after a look that found none.
     func waitForRotation() -> Never {
-        let wanted = Set(paths.map { StatusText.mountRelative($0, mountpoint: mountpoint) })
+        let wanted = Set(paths.map { secretPath($0) })
         let deadline = timeout.map { SystemClock.monotonic() + $0 }
         var cleanLooks = 0
         while true {
