@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <syslog.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/vfs.h>
@@ -158,3 +159,8 @@ int kmsfs_errno(void) { return errno; }
 void kmsfs_set_errno(int e) { errno = e; }
 
 int kmsfs_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int kmsfs_queued_bytes(int fd) {
+    int n = 0;
+    return ioctl(fd, FIONREAD, &n) == 0 ? n : -1;
+}

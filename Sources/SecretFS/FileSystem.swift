@@ -321,14 +321,30 @@ public final class SecretFileSystem: @unchecked Sendable {
         set { watchedFlag.store(newValue, ordering: .releasing) }
     }
 
-    /// True while the watcher has change events it has not yet applied (a
-    /// rename storm can keep it busy for seconds): opens look at the
-    /// ciphertext meanwhile instead of trusting the cache.
+    /// True while the watcher has change events it has read and not yet
+    /// applied (a rename storm can keep it busy for seconds): opens look at
+    /// the ciphertext meanwhile instead of trusting the cache.
     public var sourceChangesPending: Bool {
         get { pendingFlag.load(ordering: .acquiring) }
         set { pendingFlag.store(newValue, ordering: .releasing) }
     }
     private let pendingFlag = Atomic<Bool>(false)
+    /// The watcher's inotify descriptor (-1: none), for `changesMayBeUnseen`.
+    let watchFD = Atomic<Int32>(-1)
+
+    /// Whether a change in SOURCE may not have reached the cache yet: an
+    /// event the kernel queued (during the rename(2) itself) that the
+    /// watcher has not read, or one it read and has not applied. Asked in
+    /// that order: the watcher marks events pending before it reads them,
+    /// so an event is always one or the other until it is applied. (Only
+    /// the flag left a window, until the watcher's thread woke, in which
+    /// a hit gave the replaced plaintext: 7 in 200 opens right after a
+    /// rename on a loaded machine.)
+    private var changesMayBeUnseen: Bool {
+        let fd = watchFD.load(ordering: .acquiring)
+        if fd >= 0 && queuedBytes(fd) != 0 { return true }
+        return sourceChangesPending
+    }
 
     /// Where kernel cache invalidations go (the FUSE session), once mounted.
     public var notifier: KernelNotifier? {
@@ -614,7 +630,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         // the flags; an admitted one who asks to write gets EROFS.
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { return .done(.failure(.readOnly)) }
         let maxBytes = config.maxCiphertextBytes
-        if sourceIsWatched, !sourceChangesPending, let hit = cache.hit(n.sourcePath) {
+        if sourceIsWatched, !changesMayBeUnseen, let hit = cache.hit(n.sourcePath) {
             counters.withLock { $0.opens += 1; $0.cacheHits += 1 }
             if hit.refreshDue { refreshInBackground(hit.secret, n, maxBytes: maxBytes) }
             let handle = opened(hit.secret, n, caller)

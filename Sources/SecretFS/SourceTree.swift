@@ -342,3 +342,7 @@ public final class SourceTree: Sendable {
         }
     }
 }
+
+/// Bytes waiting to be read on `fd` (FIONREAD); -1 on error.
+@inline(__always)
+func queuedBytes(_ fd: Int32) -> Int32 { kmsfs_queued_bytes(fd) }

@@ -37,11 +37,15 @@ public final class SourceWatcher: @unchecked Sendable {
         fd = try syscallRetrying("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC)) }
     }
 
-    deinit { close(fd) }
+    deinit {
+        _ = fs.watchFD.compareExchange(expected: fd, desired: -1, ordering: .acquiringAndReleasing)
+        close(fd)
+    }
 
     /// Watches every directory of SOURCE and starts the event thread.
     public func start() {
         lock.withLock { addTree(".") }
+        fs.watchFD.store(fd, ordering: .releasing)
         startThread(name: "kmsfs-watch") { [self] in run() }
     }
 
@@ -161,8 +165,12 @@ public final class SourceWatcher: @unchecked Sendable {
     // paths, and a path may stand for two directories in turn: after
     // `mv --exchange a b`, dropping the watches "under b" by name dropped
     // the one just taken for the directory that had come to b.
-    private func resync(_ sub: String) {
+    private func resync(_ sub: String, nameWentAway: Bool) {
         if (try? fs.tree.stat(sub))?.isDirectory == true { addTree(sub) }
+        // Only a name that went away leaves watches under it to drop (a
+        // name that comes had its former directory's going reported
+        // first): a create need not look at every watch.
+        guard nameWentAway else { return }
         let prefix = Array((sub + "/").utf8)
         for (w, d) in watches where d.path.utf8.elementsEqual(sub.utf8) || d.path.utf8.starts(with: prefix) {
             if !nameStill(d.path, is: d.id) {
@@ -233,7 +241,12 @@ public final class SourceWatcher: @unchecked Sendable {
         }
         guard let dir = lock.withLock({ watches[wd]?.path }) else { return }
         if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
-            return   // the parent's watch reports the same change by name
+            // The parent's watch reports the same change by name; SOURCE
+            // itself has none of ours.
+            if dir == "." {
+                Log.warning("source: SOURCE itself was \(mask & UInt32(IN_MOVE_SELF) != 0 ? "moved or renamed" : "deleted"); the mount goes on serving the directory it was given (wherever it is now); remount to serve what is at SOURCE's path now")
+            }
+            return
         }
         guard !name.isEmpty else { return }
         let isDir = mask & UInt32(IN_ISDIR) != 0
@@ -244,7 +257,7 @@ public final class SourceWatcher: @unchecked Sendable {
             // or touch of one (IN_ATTRIB) changes nothing below it.
             guard added || removed else { return }
             let sub = SourceTree.join(dir, name)
-            lock.withLock { resync(sub) }
+            lock.withLock { resync(sub, nameWentAway: removed) }
         }
         fs.sourceChanged(directory: dir, name: name, isDirectory: isDir, removed: removed)
     }

@@ -86,6 +86,10 @@ int kmsfs_pidfd_open(int pid, int thread);
 /* statfs(2)'s f_type of the file system holding fd (sys/vfs.h is not in
    Swift's Glibc module); 0 on failure. */
 unsigned long long kmsfs_fs_type(int fd);
+
+/* Bytes waiting to be read on fd (ioctl FIONREAD, which is variadic);
+   -1 on error. */
+int kmsfs_queued_bytes(int fd);
 int kmsfs_pidfd_alive(int pidfd);
 
 /* errno is a macro over a thread-local function. */
