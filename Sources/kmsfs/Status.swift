@@ -84,6 +84,16 @@ extension LiveStatusCommand {
         } else {
             rel = StatusText.mountRelative(given, mountpoint: mountpoint)
         }
+        // Handles are matched by their exact mount path: `db//password`
+        // or `db/./password` must become `db/password`, or the check below
+        // (the kernel's lookup, which normalizes) would pass a name no
+        // handle ever matches. `..` could leave the mount: refused.
+        var parts: [Substring] = []
+        for part in rel.split(separator: "/", omittingEmptySubsequences: true) where part != "." {
+            if part == ".." { fail("\(given): name the secret without '..'", code: 2) }
+            parts.append(part)
+        }
+        rel = parts.joined(separator: "/")
         var st = stat()
         if !rel.isEmpty, stat(mount + "/" + rel, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFREG else { fail("\(given) is not a secret of \(mount) (a directory)", code: 2) }

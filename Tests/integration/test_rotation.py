@@ -101,6 +101,10 @@ def test_status_names_who_holds_an_old_version_and_wait_rotated_waits_for_it(tmp
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and time.time() - t0 < 10
     assert "pid %d" % h.proc.pid in r.stderr and "db.password" in r.stderr and "timed out" in r.stderr
+    # The same, written another way: still the held secret.
+    r = subprocess.run([kmsfs_bin, "status", m.path + "/", "--wait-rotated", "./db.password", "--timeout", "1"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "timed out" in r.stderr, r.stderr
     # The same named by its absolute path with the mountpoint given as ".".
     r = subprocess.run([kmsfs_bin, "status", ".", "--wait-rotated", m.file("db.password"), "--timeout", "1"],
                        capture_output=True, text=True, timeout=30, cwd=m.path)
@@ -109,7 +113,8 @@ def test_status_names_who_holds_an_old_version_and_wait_rotated_waits_for_it(tmp
     # (a rotation script would revoke the old credential under its users).
     (src / "dir").mkdir()
     for wrong, why in (("db.pasword", "no such secret"), ("db.password.encrypted", "without .encrypted"),
-                       ("dir", "a directory"), (str(tmp_path / "elsewhere"), "is not in the mount")):
+                       ("dir", "a directory"), (str(tmp_path / "elsewhere"), "is not in the mount"),
+                       ("dir/../db.password", "without '..'")):
         r = subprocess.run([kmsfs_bin, "status", m.path, "--wait-rotated", "other", wrong, "--timeout", "1"],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and why in r.stderr and "rotated" not in r.stdout, (wrong, r.returncode, r.stderr)
