@@ -907,6 +907,20 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
 
     /// SOURCE may have changed anywhere (inotify overflowed).
+    /// After a spell in which part of SOURCE was not watched: a cached
+    /// plaintext whose ciphertext is no longer the one it was decrypted
+    /// from is a change seen now (wiped, and told as a rotation would be).
+    public func revalidateCache() {
+        for (path, fingerprint) in cache.fingerprints {
+            let now = try? tree.stat(path)
+            guard now?.fingerprint != fingerprint else { continue }
+            let slash = path.utf8.lastIndex(of: UInt8(ascii: "/"))
+            let directory = slash.map { String(path[..<$0]) } ?? "."
+            let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+            sourceChanged(directory: directory, name: name, isDirectory: false, removed: now == nil)
+        }
+    }
+
     public func sourceChangedEverywhere() {
         cache.invalidateAll()
         if let hook = rescanHook.withLock({ $0 }) { hook.call() }

@@ -565,6 +565,12 @@ public final class SecretCache: @unchecked Sendable {
 
     public var count: Int { lock.withLock { entries.count } }
 
+    /// Each cached plaintext's path and the fingerprint of the ciphertext
+    /// it was decrypted from.
+    public var fingerprints: [(path: String, fingerprint: Fingerprint)] {
+        lock.withLock { entries.values.map { ($0.path, $0.fingerprint) } }
+    }
+
     /// Paths the cache keeps anything for (cached plaintexts and
     /// decryptions in progress): bounded by what is live, never by how
     /// many names SOURCE ever had.

@@ -58,11 +58,24 @@ public final class SourceWatcher: @unchecked Sendable {
 
     public var watchCount: Int { lock.withLock { watches.count } }
 
+    /// Seconds between tries to watch everything again once something was
+    /// left unwatched (a tree too deep, the watch limit, a bind mount):
+    /// the cause may have gone, and until then every open looks at its
+    /// ciphertext. A try walks SOURCE once.
+    public var retryInterval: Double {
+        get { lock.withLock { retryEvery } }
+        set { lock.withLock { retryEvery = newValue } }
+    }
+    private var retryEvery = 60.0
+    private var lastTry = SystemClock.monotonic()
+
     /// Most directories watched. Watches are charged to the daemon's user
     /// (root), across the machine: whoever may make directories in SOURCE
     /// must not use up root's (systemd's path units, journald's). Past
     /// this, opens look at the ciphertext instead (`complete`).
     public static let maxWatches = 65_536
+    /// `maxWatches`, lower in tests.
+    var watchLimit = SourceWatcher.maxWatches
 
     /// Directories more than this many levels below SOURCE are not
     /// watched (one warning each; changes below them are seen within the
@@ -113,7 +126,7 @@ public final class SourceWatcher: @unchecked Sendable {
                 wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
                 e = Errno.current
                 // A directory watched already (moved) costs no new watch.
-                if wd >= 0, watches[wd] == nil, watches.count >= SourceWatcher.maxWatches {
+                if wd >= 0, watches[wd] == nil, watches.count >= watchLimit {
                     inotify_rm_watch(fd, wd)
                     wd = -1
                     e = ENOSPC
@@ -192,6 +205,7 @@ public final class SourceWatcher: @unchecked Sendable {
             let ready = poll(&pfd, 1, busy ? 0 : 500)
             if ready <= 0 {
                 if busy { fs.sourceChangesPending = false; continue }
+                retryIfIncomplete()
                 continue
             }
             fs.sourceChangesPending = true
@@ -217,6 +231,25 @@ public final class SourceWatcher: @unchecked Sendable {
             }
             for e in events { handle(e.wd, e.mask, e.name) }
         }
+    }
+
+    /// Once in `retryInterval` while not everything is watched: walks
+    /// SOURCE again, and if everything is watched now, drops every cached
+    /// plaintext whose ciphertext changed meanwhile (as a change seen now:
+    /// a rotation there was told to nobody) before hits skip the stat again.
+    private func retryIfIncomplete() {
+        let now = SystemClock.monotonic()
+        let whole: Bool? = lock.withLock {
+            guard !complete, !stopped, now - lastTry >= retryEvery else { return nil }
+            lastTry = now
+            complete = true
+            addTree(".")
+            return complete
+        }
+        guard whole == true else { return }
+        fs.revalidateCache()
+        fs.sourceIsWatched = watchesEverything
+        if fs.sourceIsWatched { Log.notice("source: every directory of SOURCE is watched again") }
     }
 
     private func handle(_ wd: Int32, _ mask: UInt32, _ name: String) {

@@ -165,4 +165,31 @@ import Glibc
         }
         #expect(stale == 0)
     }
+
+    /// Once something was left unwatched (here past the watch limit),
+    /// every open looked at its ciphertext for the rest of the daemon's
+    /// life. Now the watcher tries again; once all is watched, a cached
+    /// plaintext whose ciphertext changed unseen meanwhile is dropped
+    /// before hits skip the look again.
+    @Test func watchingEverythingComesBackOnceTheCauseIsGone() throws {
+        let dir = try tree(["a", "b", "c"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try rotate(dir + "/c/s.encrypted", "s1")
+        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
+        let w = try SourceWatcher(fs: fs)
+        w.watchLimit = 3          // SOURCE, a and b: c is left unwatched
+        w.retryInterval = 0.2
+        w.start()
+        defer { w.stop() }
+        #expect(!w.watchesEverything && !fs.sourceIsWatched && w.watchCount == 3)
+        #expect(read(fs, "c/s") == "1s")    // cached
+        try rotate(dir + "/c/s.encrypted", "s2")   // no watch sees it
+        #expect(read(fs, "c/s") == "2s")    // an open looks meanwhile
+        try rotate(dir + "/c/s.encrypted", "s3")   // and again, cached "2s" left behind
+        #expect(rmdir(dir + "/a") == 0)     // a watch comes free
+        let deadline = Date().addingTimeInterval(10)
+        while !fs.sourceIsWatched && Date() < deadline { usleep(50_000) }
+        #expect(w.watchesEverything && fs.sourceIsWatched && w.watchCount == 3)
+        #expect(read(fs, "c/s") == "3s")    // not the cached "2s", now that hits skip the look
+    }
 }
