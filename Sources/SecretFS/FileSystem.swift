@@ -907,18 +907,19 @@ public final class SecretFileSystem: @unchecked Sendable {
     }
 
     /// SOURCE may have changed anywhere (inotify overflowed).
-    /// After a spell in which part of SOURCE was not watched: a cached
-    /// plaintext whose ciphertext is no longer the one it was decrypted
-    /// from is a change seen now (wiped, and told as a rotation would be).
+    /// After a spell in which part of SOURCE was not watched, once it is
+    /// all watched again: a cached plaintext whose ciphertext is no longer
+    /// the one it was decrypted from is wiped, a decryption under way is
+    /// not cached (it may have read a ciphertext replaced since), and every
+    /// secret is compared with what the applications were last told (the
+    /// rescan hook), as after an overflow of the change events.
     public func revalidateCache() {
+        cache.invalidateFlights()
         for (path, fingerprint) in cache.fingerprints {
             let now = try? tree.stat(path)
-            guard now?.fingerprint != fingerprint else { continue }
-            let slash = path.utf8.lastIndex(of: UInt8(ascii: "/"))
-            let directory = slash.map { String(path[..<$0]) } ?? "."
-            let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
-            sourceChanged(directory: directory, name: name, isDirectory: false, removed: now == nil)
+            if now?.fingerprint != fingerprint { cache.invalidate(path) }
         }
+        if let hook = rescanHook.withLock({ $0 }) { hook.call() }
     }
 
     public func sourceChangedEverywhere() {

@@ -565,6 +565,12 @@ public final class SecretCache: @unchecked Sendable {
 
     public var count: Int { lock.withLock { entries.count } }
 
+    /// Marks every decryption under way stale: its result answers its
+    /// callers but is not cached.
+    public func invalidateFlights() {
+        lock.withLock { for f in flights.values { f.stale = true } }
+    }
+
     /// Each cached plaintext's path and the fingerprint of the ciphertext
     /// it was decrypted from.
     public var fingerprints: [(path: String, fingerprint: Fingerprint)] {

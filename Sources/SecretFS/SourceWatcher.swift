@@ -17,7 +17,21 @@ public final class SourceWatcher: @unchecked Sendable {
     /// watch follows its directory through renames; its path is what we
     /// last knew, checked against `id` before it is trusted).
     private var watches: [Int32: (path: String, id: DirectoryID)] = [:]
-    private struct DirectoryID: Equatable { var device: UInt64; var inode: UInt64 }
+    /// The same, by directory: whether a directory is watched already.
+    private var byID: [DirectoryID: Int32] = [:]
+    private struct DirectoryID: Hashable { var device: UInt64; var inode: UInt64 }
+
+    // Lock held.
+    private func setWatch(_ wd: Int32, _ path: String, _ id: DirectoryID) {
+        watches[wd] = (path, id)
+        byID[id] = wd
+    }
+
+    // Lock held.
+    private func dropWatch(_ wd: Int32) {
+        guard let e = watches.removeValue(forKey: wd) else { return }
+        if byID[e.id] == wd { byID[e.id] = nil }
+    }
     private var stopped = false
     /// Every directory of SOURCE has a watch. Once one has none (deeper
     /// than `maxDepth`, the inotify limit reached, a directory that could
@@ -63,9 +77,12 @@ public final class SourceWatcher: @unchecked Sendable {
     /// the cause may have gone, and until then every open looks at its
     /// ciphertext. A try walks SOURCE once.
     public var retryInterval: Double {
-        get { lock.withLock { retryEvery } }
-        set { lock.withLock { retryEvery = newValue } }
+        get { lock.withLock { retryBase } }
+        set { lock.withLock { retryBase = newValue; retryEvery = newValue } }
     }
+    private var retryBase = 60.0
+    /// Doubled after each try that still finds something unwatched (a
+    /// cause that stays, such as a bind mount), up to an hour.
     private var retryEvery = 60.0
     private var lastTry = SystemClock.monotonic()
 
@@ -93,14 +110,14 @@ public final class SourceWatcher: @unchecked Sendable {
     // Whatever it cannot watch makes the watch incomplete (`complete`).
     // A directory hidden by an `X.encrypted` beside it is watched too: it
     // shows once the file goes, with no event of its own.
-    private func addTree(_ top: String) {
+    private func addTree(_ top: String, quiet: Bool = false) {
         var pending = [top]
-        var warnedLimit = false
+        var warnedLimit = quiet
         defer { if !complete { fs.sourceIsWatched = false } }
         while let dir = pending.popLast() {
             if SourceWatcher.depth(dir) > SourceWatcher.maxDepth {
                 complete = false
-                Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))...' is more than \(SourceWatcher.maxDepth) levels below SOURCE; not watched, changes below it are seen within the entry timeout only")
+                if !quiet { Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))...' is more than \(SourceWatcher.maxDepth) levels below SOURCE; not watched, changes below it are seen within the entry timeout only") }
                 continue
             }
             // The watch is taken through a descriptor of the directory
@@ -123,13 +140,13 @@ public final class SourceWatcher: @unchecked Sendable {
             var wd: Int32 = -1
             var e: Int32 = Errno.current
             if statted {
-                wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
-                e = Errno.current
-                // A directory watched already (moved) costs no new watch.
-                if wd >= 0, watches[wd] == nil, watches.count >= watchLimit {
-                    inotify_rm_watch(fd, wd)
-                    wd = -1
-                    e = ENOSPC
+                if watches.count < watchLimit {
+                    wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
+                    e = Errno.current
+                } else if let known = byID[id] {
+                    wd = known   // watched already (moved): no new watch
+                } else {
+                    e = ENOSPC   // (adding and removing one would queue an IN_IGNORED each)
                 }
             }
             if dir != "." { close(dirFD) }
@@ -146,14 +163,14 @@ public final class SourceWatcher: @unchecked Sendable {
                     // One directory under two names (a bind mount): its
                     // events can speak for one name only.
                     complete = false
-                    Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))' is the directory '\(SourceTree.escapedBytes(Array(other.utf8.prefix(200))))' again; changes are followed under the first name only")
+                    if !quiet { Log.warning("source: '\(SourceTree.escapedBytes(Array(dir.utf8.prefix(200))))' is the directory '\(SourceTree.escapedBytes(Array(other.utf8.prefix(200))))' again; changes are followed under the first name only") }
                     continue
                 }
                 // Else it moved (a rename, or two directories exchanged):
                 // the watch takes its new name, and the walk below it
                 // renames the watches of what it holds.
             }
-            watches[wd] = (dir, id)
+            setWatch(wd, dir, id)
             let entries: [SourceEntry]
             do { entries = try fs.tree.list(dir, hidden: true) } catch {
                 if error.code != ENOENT && error.code != ENOTDIR { complete = false }
@@ -188,7 +205,7 @@ public final class SourceWatcher: @unchecked Sendable {
         for (w, d) in watches where d.path.utf8.elementsEqual(sub.utf8) || d.path.utf8.starts(with: prefix) {
             if !nameStill(d.path, is: d.id) {
                 inotify_rm_watch(fd, w)
-                watches[w] = nil
+                dropWatch(w)
             }
         }
     }
@@ -243,24 +260,33 @@ public final class SourceWatcher: @unchecked Sendable {
             guard !complete, !stopped, now - lastTry >= retryEvery else { return nil }
             lastTry = now
             complete = true
-            addTree(".")
+            addTree(".", quiet: true)   // the causes were logged when first met
+            retryEvery = complete ? retryBase : min(retryEvery * 2, 3600)
             return complete
         }
         guard whole == true else { return }
         fs.revalidateCache()
-        fs.sourceIsWatched = watchesEverything
-        if fs.sourceIsWatched { Log.notice("source: every directory of SOURCE is watched again") }
+        // Not after a stop (which cleared the flag before stopping this).
+        let on = lock.withLock { !stopped && complete }
+        fs.sourceIsWatched = on
+        if on { Log.notice("source: every directory of SOURCE is watched again") }
     }
 
     private func handle(_ wd: Int32, _ mask: UInt32, _ name: String) {
         if mask & UInt32(IN_Q_OVERFLOW) != 0 {
             Log.warning("inotify queue overflowed; re-reading SOURCE")
             fs.sourceIsWatched = false   // events were lost: stat on every open until re-read
+            // Walked again with the watches kept: removing them all would
+            // queue an IN_IGNORED each, and past the queue's 16,384 events
+            // overflow it again, for ever. Those whose names no longer lead
+            // to their directories go.
             lock.withLock {
-                for w in watches.keys { inotify_rm_watch(fd, w) }
-                watches.removeAll()
                 complete = true
                 addTree(".")
+                for (w, d) in watches where !nameStill(d.path, is: d.id) {
+                    inotify_rm_watch(fd, w)
+                    dropWatch(w)
+                }
             }
             // What changed while events were lost is invalidated before the
             // cache is trusted without a stat again.
@@ -269,7 +295,7 @@ public final class SourceWatcher: @unchecked Sendable {
             return
         }
         if mask & UInt32(IN_IGNORED) != 0 {
-            lock.withLock { _ = watches.removeValue(forKey: wd) }
+            lock.withLock { dropWatch(wd) }
             return
         }
         guard let dir = lock.withLock({ watches[wd]?.path }) else { return }

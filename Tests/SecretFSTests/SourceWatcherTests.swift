@@ -192,4 +192,37 @@ import Glibc
         #expect(w.watchesEverything && fs.sourceIsWatched && w.watchCount == 3)
         #expect(read(fs, "c/s") == "3s")    // not the cached "2s", now that hits skip the look
     }
+
+    /// A decryption under way while part of SOURCE was unwatched may have
+    /// read a ciphertext replaced, unseen, before all was watched again:
+    /// it answers its caller but is not cached (it was, and every later
+    /// open got the replaced plaintext as a hit).
+    @Test func aDecryptionUnderWayAcrossTheRetryIsNotCached() throws {
+        let dir = try tree(["a", "b", "c"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try rotate(dir + "/c/s.encrypted", "s1")
+        let gate = DispatchSemaphore(value: 0)
+        let d = FakeDecryptor(gate: gate)
+        let fs = try rootOnlyFileSystem(dir, decryptor: d)
+        let w = try SourceWatcher(fs: fs)
+        w.watchLimit = 3
+        w.retryInterval = 0.2
+        w.start()
+        defer { w.stop() }
+        #expect(!fs.sourceIsWatched)
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = fs.decryptNow(sourcePath: "c/s.encrypted")   // as the rotation check or a prefetch does
+            done.signal()
+        }
+        while d.calls.withLock({ $0 }) == 0 { usleep(1000) }   // it read "s1" and waits at the gate
+        try rotate(dir + "/c/s.encrypted", "s2")               // unseen: c is not watched
+        #expect(rmdir(dir + "/a") == 0)
+        let deadline = Date().addingTimeInterval(10)
+        while !fs.sourceIsWatched && Date() < deadline { usleep(20_000) }
+        #expect(fs.sourceIsWatched)
+        for _ in 0..<10 { gate.signal() }
+        done.wait()
+        #expect(read(fs, "c/s") == "2s")
+    }
 }
