@@ -21,8 +21,12 @@ public final class SourceWatcher: @unchecked Sendable {
     private var byID: [DirectoryID: Int32] = [:]
     private struct DirectoryID: Hashable { var device: UInt64; var inode: UInt64 }
 
-    // Lock held.
+    // Lock held. One directory has one wd: another wd known for the same
+    // device and inode is of a directory deleted since, whose inode number
+    // the file system gave again (its IN_IGNORED not read yet, or lost in
+    // an overflow), and goes.
     private func setWatch(_ wd: Int32, _ path: String, _ id: DirectoryID) {
+        if let old = byID[id], old != wd { watches[old] = nil }
         watches[wd] = (path, id)
         byID[id] = wd
     }
@@ -82,7 +86,7 @@ public final class SourceWatcher: @unchecked Sendable {
     }
     private var retryBase = 60.0
     /// Doubled after each try that still finds something unwatched (a
-    /// cause that stays, such as a bind mount), up to an hour.
+    /// cause that stays, such as a bind mount), up to ten minutes.
     private var retryEvery = 60.0
     private var lastTry = SystemClock.monotonic()
 
@@ -140,13 +144,21 @@ public final class SourceWatcher: @unchecked Sendable {
             var wd: Int32 = -1
             var e: Int32 = Errno.current
             if statted {
-                if watches.count < watchLimit {
+                // At the cap, only a directory that may be watched already
+                // (moved) is asked for: the kernel answers its wd, using no
+                // new watch. Whether it is, only the kernel knows (byID may
+                // name a deleted directory whose inode number came back).
+                // Adding and removing others would queue an IN_IGNORED each.
+                if watches.count < watchLimit || byID[id] != nil {
                     wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFD)", SourceWatcher.dirMask)
                     e = Errno.current
-                } else if let known = byID[id] {
-                    wd = known   // watched already (moved): no new watch
+                    if wd >= 0, watches[wd] == nil, watches.count >= watchLimit {
+                        inotify_rm_watch(fd, wd)   // a new watch after all: not past the cap
+                        wd = -1
+                        e = ENOSPC
+                    }
                 } else {
-                    e = ENOSPC   // (adding and removing one would queue an IN_IGNORED each)
+                    e = ENOSPC
                 }
             }
             if dir != "." { close(dirFD) }
@@ -261,7 +273,7 @@ public final class SourceWatcher: @unchecked Sendable {
             lastTry = now
             complete = true
             addTree(".", quiet: true)   // the causes were logged when first met
-            retryEvery = complete ? retryBase : min(retryEvery * 2, 3600)
+            retryEvery = complete ? retryBase : min(retryEvery * 2, 600)
             return complete
         }
         guard whole == true else { return }
@@ -291,7 +303,7 @@ public final class SourceWatcher: @unchecked Sendable {
             // What changed while events were lost is invalidated before the
             // cache is trusted without a stat again.
             fs.sourceChangedEverywhere()
-            fs.sourceIsWatched = watchesEverything
+            fs.sourceIsWatched = lock.withLock { !stopped && complete }
             return
         }
         if mask & UInt32(IN_IGNORED) != 0 {

@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import Synchronization
 @testable import SecretFS
 #if canImport(Glibc)
 import Glibc
@@ -224,5 +225,78 @@ import Glibc
         for _ in 0..<10 { gate.signal() }
         done.wait()
         #expect(read(fs, "c/s") == "2s")
+    }
+
+    /// Holds the watcher's thread in the change hook (a rotation of
+    /// `z`) until the returned gate is signalled.
+    func stall(_ fs: SecretFileSystem, _ dir: String) throws -> DispatchSemaphore {
+        let gate = DispatchSemaphore(value: 0)
+        let stalled = DispatchSemaphore(value: 0)
+        let first = Atomic<Bool>(true)
+        fs.onCiphertextChange { _, _ in
+            if first.exchange(false, ordering: .relaxed) { stalled.signal(); gate.wait() }
+        }
+        try rotate(dir + "/z.encrypted", "zz")
+        stalled.wait()
+        return gate
+    }
+
+    /// A deleted directory's inode number comes back at once on ext4: the
+    /// watch known for it (its IN_IGNORED not yet read) was taken, at the
+    /// cap, as the watch of the new directory, which was then unwatched
+    /// while everything counted as watched: its rotation went unseen.
+    @Test func aReusedInodeNumberIsNotTakenForAWatchedDirectory() throws {
+        let dir = try tree(["t", "d"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
+        let w = try SourceWatcher(fs: fs)
+        w.watchLimit = 3
+        w.start()
+        defer { w.stop() }
+        fs.sourceIsWatched = w.watchesEverything
+        #expect(fs.sourceIsWatched && w.watchCount == 3)
+        let gate = try stall(fs, dir)
+        #expect(rename(dir + "/t", dir + "/t2") == 0)
+        #expect(rmdir(dir + "/d") == 0)
+        #expect(mkdir(dir + "/t2/n", 0o755) == 0)   // may take d's inode number
+        gate.signal()
+        usleep(1_000_000)   // the watcher applies the lot
+        try rotate(dir + "/t2/n/s.encrypted", "s1")
+        usleep(300_000)
+        #expect(read(fs, "t2/n/s") == "1s")   // cached
+        try rotate(dir + "/t2/n/s.encrypted", "s2")
+        usleep(500_000)
+        #expect(read(fs, "t2/n/s") == "2s")
+    }
+
+    /// The same after an overflow, which loses the IN_IGNORED of a
+    /// directory deleted and made again under its name.
+    @Test func aDirectoryMadeAgainDuringAnOverflowIsWatched() throws {
+        for limit in [3, SourceWatcher.maxWatches] {
+            let dir = try tree(["a", "d"])
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
+            let w = try SourceWatcher(fs: fs)
+            w.watchLimit = limit
+            w.start()
+            defer { w.stop() }
+            fs.sourceIsWatched = w.watchesEverything
+            let gate = try stall(fs, dir)
+            for _ in 0..<6000 {   // past the kernel's 16,384 queued events
+                close(open(dir + "/a/f", O_CREAT | O_WRONLY, 0o644))
+                unlink(dir + "/a/f")
+            }
+            #expect(rmdir(dir + "/d") == 0)
+            #expect(mkdir(dir + "/d", 0o755) == 0)
+            gate.signal()
+            usleep(2_000_000)   // the overflow handled
+            try rotate(dir + "/d/s.encrypted", "s1")
+            usleep(300_000)
+            #expect(read(fs, "d/s") == "1s")
+            try rotate(dir + "/d/s.encrypted", "s2")
+            usleep(500_000)
+            #expect(read(fs, "d/s") == "2s", "limit \(limit)")
+            #expect(w.watchCount <= 3)
+        }
     }
 }
