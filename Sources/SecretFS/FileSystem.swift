@@ -669,10 +669,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         // Answered already (its caller was killed while it waited): no
         // handle, no open counted, no record; the request may be gone.
         // A decryption it made still counts (its joiners are `shared`).
-        guard !k.isAnswered() else {
-            if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
-            return
-        }
+        guard !k.isAnswered() else { return countDecryptionOnly(fetched) }
         let secret: CachedSecret
         switch fetched.result {
         case .success(let s): secret = s
@@ -699,7 +696,7 @@ public final class SecretFileSystem: @unchecked Sendable {
             Log.info("\(n.mountPath) was replaced while it was decrypted; decrypting it again for the open")
             // The decryption happened; the open is counted and audited
             // once, by the attempt that answers it.
-            if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
+            countDecryptionOnly(fetched)
             // Again from the open pool: this thread may be another open's,
             // answering the opens that joined its decryption, and must
             // not wait on KMS for this one. (`handle` goes, and leaves
@@ -708,6 +705,12 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         account(fetched, n, caller: caller, detail: nil)
         k.answer(.success(handle))
+    }
+
+    /// A KMS call made for an open that is not answered with it (its caller
+    /// gone, or a retry after a rotation): counted, not audited.
+    private func countDecryptionOnly(_ fetched: Fetched) {
+        if case .loaded = fetched.source { counters.withLock { $0.decrypts += 1 } }
     }
 
     /// For an open that waited (on KMS, on the audit queue): whether the
@@ -767,16 +770,14 @@ public final class SecretFileSystem: @unchecked Sendable {
                 return Fetched(result: .failure(.io), source: o.source, failure: failure)
             }
         }
-        var whenJoined: SecretCache.Joiner? = nil
-        if let joined { whenJoined = { outcome, onAnOpensThread in joined(fetched(outcome), onAnOpensThread) } }
-        if joined == nil {
+        guard let joined else {
             // Waits; joiners of its decryption are handed off by the cache.
             let outcome = cache.acquire(path: n.sourcePath, current: current.fingerprint) { self.load(n, maxBytes: maxBytes) }
             return (fetched(outcome), SecretCache.Joined())
         }
         guard let (outcome, joiners) = cache.acquire(path: n.sourcePath, current: current.fingerprint, load: {
             self.load(n, maxBytes: maxBytes)
-        }, joined: whenJoined) else { return nil }
+        }, joined: { outcome, onAnOpensThread in joined(fetched(outcome), onAnOpensThread) }) else { return nil }
         return (fetched(outcome), joiners)
     }
 
@@ -906,7 +907,6 @@ public final class SecretFileSystem: @unchecked Sendable {
         Log.debug("source: \(sourcePath) \(removed ? "removed" : "changed")")
     }
 
-    /// SOURCE may have changed anywhere (inotify overflowed).
     /// After a spell in which part of SOURCE was not watched, once it is
     /// all watched again: a cached plaintext whose ciphertext is no longer
     /// the one it was decrypted from is wiped, a decryption under way is
@@ -922,6 +922,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         if let hook = rescanHook.withLock({ $0 }) { hook.call() }
     }
 
+    /// SOURCE may have changed anywhere (inotify overflowed).
     public func sourceChangedEverywhere() {
         cache.invalidateAll()
         if let hook = rescanHook.withLock({ $0 }) { hook.call() }
