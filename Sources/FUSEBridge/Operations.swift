@@ -310,12 +310,11 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // KMS slow or gone) stayed in D state until its turn in the pool
         // and its KMS call were over. The INTERRUPT the kernel sends then
         // answers it at once (other signals, such as Go's constant SIGURG,
-        // leave it waiting), and the pool skips it.
-        // An INTERRUPT that came already makes libfuse call the handler
-        // from inside this registration, where it holds no reference of
-        // its own to the request: answering there would free it under
-        // libfuse's feet. So the handler answers only once registered,
-        // and one that came before is looked at here.
+        // leave it waiting), and the pool skips it. One that came already
+        // makes libfuse call the handler from inside this registration,
+        // holding no reference of its own to the request (answering there
+        // would free it under libfuse's feet): so the handler answers only
+        // once registered, and such an INTERRUPT is looked at here.
         fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
         parked.registered.store(true, ordering: .releasing)
         if fuse_req_interrupted(req) != 0, isBeingKilled(who.pid) {
@@ -460,10 +459,11 @@ final class ParkedOpens: @unchecked Sendable {
     }
 }
 
-/// libfuse calls this when an INTERRUPT names a parked open (or at once,
-/// from `fuse_req_interrupt_func`, if one came already), with the
-/// request's own lock held and the session's not: answering here is what
-/// its interrupt API allows.
+/// libfuse calls this when an INTERRUPT names a parked open, with the
+/// request's own lock held and a reference taken: answering here is what
+/// its interrupt API allows. (Also from inside `fuse_req_interrupt_func`
+/// when one came already, without that reference: not answered then, see
+/// opOpen.)
 private let onParkedOpenInterrupt: @convention(c) (fuse_req_t?, UnsafeMutableRawPointer?) -> Void = { req, data in
     guard let data else { return }
     let ctx = Unmanaged<BridgeContext>.fromOpaque(data).takeUnretainedValue()

@@ -13,8 +13,8 @@
 /// theirs, and may hold at most `keyQueueLimit` of the waiting places.
 public final class WorkPool: @unchecked Sendable {
     public let limit: Int
-    private var maxWaiting: Int
-    private var maxWaitingPerKey: Int
+    private let maxWaiting: Int
+    private let maxWaitingPerKey: Int
     public let runsOnSubmitter: Bool
     private let name: String
     private let idleSeconds: Double
@@ -45,18 +45,6 @@ public final class WorkPool: @unchecked Sendable {
         self.maxWaiting = max(1, queueLimit)
         self.maxWaitingPerKey = max(1, min(keyQueueLimit ?? queueLimit, queueLimit))
         self.idleSeconds = idleSeconds
-    }
-
-    /// Jobs that may wait at once, and of them one key's.
-    public var queueLimit: Int { lock.withLock { maxWaiting } }
-    public var keyQueueLimit: Int { lock.withLock { maxWaitingPerKey } }
-
-    /// Changes those limits (jobs already waiting stay).
-    public func setQueueLimits(_ queueLimit: Int, perKey: Int) {
-        lock.withLock {
-            maxWaiting = max(1, queueLimit)
-            maxWaitingPerKey = max(1, min(perKey, maxWaiting))
-        }
     }
 
     /// Queues `job` in `key`'s lane; false when the queue or the lane is
