@@ -150,12 +150,9 @@ extension Log {
         let fd: Int32
         do {
             fd = try syscallRetrying("open") {
-                let r = target.withUnsafeBufferPointer { b -> Int32 in
-                    var z = Array(b) + [0]
-                    return z.withUnsafeMutableBufferPointer {
-                        kmsfs_openat2(AT_FDCWD, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self),
-                                      UInt64(openFlags), 0o600, KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS)
-                    }
+                let r = (target + [0]).withUnsafeBufferPointer {
+                    kmsfs_openat2(AT_FDCWD, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self),
+                                  UInt64(openFlags), 0o600, KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS)
                 }
                 // A kernel before openat2 (5.6): the last component is still not followed.
                 if r < 0 && Errno.current == ENOSYS { return open(path, openFlags, 0o600) }
