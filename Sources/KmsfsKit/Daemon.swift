@@ -588,6 +588,11 @@ public enum Daemon {
             ("rotation", .object([("changes", n(r.changes)), ("decrypt_failures", n(r.decryptFailures)),
                                   ("notifications_ok", n(r.notificationsOK)), ("notifications_failed", n(r.notificationsFailed)),
                                   ("pending", n(r.pending)),
+                                  ("retrying", .array(r.retrying.map { t in
+                                      .object([("target", .string(t.target)), ("paths", .array(t.paths.map { .string($0) })),
+                                               ("attempts", n(t.attempts)),
+                                               ("next_try_s", t.nextTry.map { .number($0.rounded()) } ?? .null),
+                                               ("reason", .string(t.reason))]) })),
                                   ("failures", .array(r.failures.sorted { $0.key.path.utf8.lexicographicallyPrecedes($1.key.path.utf8) }.map {
                                       .object([("path", .string($0.key.path)), ("reason", .string($0.value))]) }))])),
             ("credentials", credentialStatus(kms.api.credentials)),

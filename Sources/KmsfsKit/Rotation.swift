@@ -30,7 +30,12 @@ public struct ChangeTargets: Sendable, Equatable {
 /// decrypted: `systemctl reload-or-restart UNIT` per unit, `PROGRAM PATH...`
 /// for a program (paths relative to the mount). A secret that fails to
 /// decrypt notifies nobody; the failure is logged and shown in status.
-/// Every notification and its outcome is an audit record.
+/// A notification that fails is tried again `retryDelays` apart (10 s,
+/// 1 min, 5 min, 30 min), for the secrets still at the version it was
+/// about, or sooner with the target's next notification; after the last
+/// it is given up, logged and shown in status until the target is next
+/// told about those secrets. Every notification and its outcome is an
+/// audit record.
 public final class RotationNotifier: @unchecked Sendable {
     public struct Stats: Sendable {
         public var changes = 0
@@ -42,6 +47,57 @@ public final class RotationNotifier: @unchecked Sendable {
         /// bytes: `café` in NFC and in NFD are two secrets), until it next
         /// decrypts.
         public var failures: [PathKey: String] = [:]
+        /// Notifications that failed, per target, to be tried again (or
+        /// given up: `nextTry` nil).
+        public var retrying: [RetryState] = []
+    }
+
+    /// A target that failed to be told about some secrets.
+    public struct RetryState: Sendable {
+        public var target: String
+        /// Mount paths, in byte order.
+        public var paths: [String]
+        /// Tries made so far.
+        public var attempts: Int
+        /// Seconds until the next try; nil once given up.
+        public var nextTry: Double?
+        public var reason: String
+    }
+
+    /// Whom a notification goes to.
+    enum Target: Hashable {
+        case unit(String)
+        case program(String)
+        var label: String {
+            switch self {
+            case .unit(let u): return "unit:" + u
+            case .program(let p): return "program:" + p
+            }
+        }
+        /// Whether `targets` (the policy or options now) still name it.
+        func isNamed(by targets: ChangeTargets) -> Bool {
+            switch self {
+            case .unit(let u): return targets.units.contains(u)
+            case .program(let p): return targets.program == p
+            }
+        }
+        static func < (a: Target, b: Target) -> Bool { a.label.utf8.lexicographicallyPrecedes(b.label.utf8) }
+    }
+
+    /// A secret at the version a target is to be told about.
+    struct Told {
+        var source: String
+        var shown: String
+        var version: String
+    }
+
+    /// A failed notification waiting for its next try.
+    struct Retry {
+        var items: [Told]
+        var attempts: Int
+        /// Monotonic time of the next try; nil once given up.
+        var due: Double?
+        var reason: String
     }
 
     private let fs: SecretFileSystem
@@ -50,6 +106,9 @@ public final class RotationNotifier: @unchecked Sendable {
     private let targets: @Sendable (String) -> ChangeTargets
     private let settle: Double
     private let timeout: Double
+    /// How long after each failed try of a notification the next comes;
+    /// past the last, it is given up.
+    private let retryDelays: [Double]
     private let lock = ConditionLock()
     /// Changed secrets (by bytes: `café` and `cafe\u{301}` are two), each
     /// with the version the applications may hold, taken at its first
@@ -68,6 +127,8 @@ public final class RotationNotifier: @unchecked Sendable {
     private var firstChange = 0.0
     private var lastChange = 0.0
     private var stats = Stats()
+    /// Failed notifications by target.
+    private var retries: [Target: Retry] = [:]
     private var stopped = false
     /// Bound on distinct pending paths (a flood of new names waits for the
     /// next batch) and on remembered failures.
@@ -78,13 +139,17 @@ public final class RotationNotifier: @unchecked Sendable {
     /// mount-wide options, read at notification time).
     /// `programs`: the environment the programs get, already without the
     /// daemon's AWS and systemd variables (`Environment.forPrograms`).
+    public static let defaultRetryDelays: [Double] = [10, 60, 300, 1800]
+
     public init(fs: SecretFileSystem, audit: AuditSink, programs: Environment, settle: Double,
-                timeout: Double = 60, targets: @escaping @Sendable (String) -> ChangeTargets) {
+                timeout: Double = 60, retryDelays: [Double] = RotationNotifier.defaultRetryDelays,
+                targets: @escaping @Sendable (String) -> ChangeTargets) {
         self.fs = fs
         self.audit = audit
         self.environment = programs
         self.settle = settle
         self.timeout = timeout
+        self.retryDelays = retryDelays
         self.targets = targets
     }
 
@@ -130,6 +195,12 @@ public final class RotationNotifier: @unchecked Sendable {
         lock.withLock {
             var s = stats
             s.pending = pending.count
+            let now = SystemClock.monotonic()
+            s.retrying = retries.sorted { $0.key < $1.key }.map { target, r in
+                RetryState(target: target.label,
+                           paths: r.items.map(\.shown).sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) },
+                           attempts: r.attempts, nextTry: r.due.map { max(0, $0 - now) }, reason: r.reason)
+            }
             return s
         }
     }
@@ -137,7 +208,12 @@ public final class RotationNotifier: @unchecked Sendable {
     public func start() {
         _ = startThread(name: "kmsfs-rotation") { [self] in
             seed()
-            while let batch = nextBatch() { handle(batch) }
+            while let work = nextWork() {
+                switch work {
+                case .batch(let batch): handle(batch)
+                case .retries(let due): retry(due)
+                }
+            }
         }
     }
 
@@ -194,38 +270,57 @@ public final class RotationNotifier: @unchecked Sendable {
 
     private var isStopped: Bool { lock.withLock { stopped } }
 
-    /// Waits for changes to settle and takes them (in byte order, each
-    /// with its version before); nil once stopped.
-    private func nextBatch() -> [(source: String, before: String?)]? {
+    private enum Work {
+        /// Changes settled: each with its version before, in byte order.
+        case batch([(source: String, before: String?)])
+        /// Failed notifications whose next try is due.
+        case retries([(Target, Retry)])
+    }
+
+    /// Waits for changes to settle, or for a failed notification's next
+    /// try, and takes what is due (a batch first); nil once stopped.
+    private func nextWork() -> Work? {
         lock.lock()
         defer { lock.unlock() }
         while !stopped {
-            if pending.isEmpty && !rescanNeeded { lock.wait(seconds: 3600); continue }
             let t = SystemClock.monotonic()
-            let due = min(lastChange + settle, firstChange + settle * 10)
-            if t >= due {
-                var batch = pending.map { (source: $0.key.path, before: $0.value) }
-                pending.removeAll()
-                if rescanNeeded {
-                    rescanNeeded = false
-                    lock.unlock()
-                    let found = rescan()
-                    lock.lock()
-                    let named = Set(batch.map { PathKey($0.source) })
-                    batch += found.filter { !named.contains(PathKey($0.source)) }
-                    if !found.isEmpty { Log.notice("rotation: compared every secret with what was last announced: \(found.count) changed") }
-                }
-                return batch.sorted { $0.source.utf8.lexicographicallyPrecedes($1.source.utf8) }
+            var due = Double.infinity
+            if !pending.isEmpty || rescanNeeded {
+                let batchDue = min(lastChange + settle, firstChange + settle * 10)
+                if t >= batchDue { return .batch(takeBatch()) }
+                due = batchDue
             }
-            lock.wait(seconds: due - t)
+            let retryDue = retries.values.compactMap(\.due).min() ?? .infinity
+            if t >= retryDue {
+                // Left in place (status shows them) until tried.
+                let ready = retries.filter { ($0.value.due ?? .infinity) <= t }.sorted { $0.key < $1.key }
+                return .retries(ready.map { ($0.key, $0.value) })
+            }
+            due = min(due, retryDue)
+            lock.wait(seconds: due.isFinite ? due - t : 3600)
         }
         return nil
     }
 
+    /// The settled changes, in byte order; `lock` held (and let go for a
+    /// rescan's reads).
+    private func takeBatch() -> [(source: String, before: String?)] {
+        var batch = pending.map { (source: $0.key.path, before: $0.value) }
+        pending.removeAll()
+        if rescanNeeded {
+            rescanNeeded = false
+            lock.unlock()
+            let found = rescan()
+            lock.lock()
+            let named = Set(batch.map { PathKey($0.source) })
+            batch += found.filter { !named.contains(PathKey($0.source)) }
+            if !found.isEmpty { Log.notice("rotation: compared every secret with what was last announced: \(found.count) changed") }
+        }
+        return batch.sorted { $0.source.utf8.lexicographicallyPrecedes($1.source.utf8) }
+    }
+
     private func handle(_ batch: [(source: String, before: String?)]) {
-        var byUnit: [String: [String]] = [:]
-        var byProgram: [String: [String]] = [:]
-        var decrypted: [(source: String, shown: String, version: String)] = []
+        var decrypted: [(told: Told, targets: ChangeTargets)] = []
         for (source, before) in batch {
             if isStopped { return }
             let shown = SourceTree.mountPath(ofSource: source)
@@ -242,9 +337,7 @@ public final class RotationNotifier: @unchecked Sendable {
                     continue
                 }
                 Log.notice("rotation: \(shown) is now version \(secret.version); decrypted before telling \(describe(t))")
-                decrypted.append((source, shown, secret.version))
-                for u in t.units { byUnit[u, default: []].append(shown) }
-                if let p = t.program { byProgram[p, default: []].append(shown) }
+                decrypted.append((Told(source: source, shown: shown, version: secret.version), t))
             case .failure(let failure):
                 if failure.kind == .gone {
                     _ = lock.withLock { baseline.removeValue(forKey: PathKey(source)) }
@@ -262,46 +355,137 @@ public final class RotationNotifier: @unchecked Sendable {
         // Told only about what is still servable: a secret replaced again
         // while the batch decrypted is left to the next batch (its change
         // is pending), so nobody restarts into a version not yet decrypted.
-        var stale = Set<PathKey>()           // by bytes: café in NFC and in NFD are two secrets
-        for d in decrypted {
+        forgetRetries(replacedIn: batch)
+        var byTarget: [Target: [Told]] = [:]
+        for (d, t) in decrypted {
             if fs.currentVersion(sourcePath: d.source) == d.version {
                 lock.withLock { baseline[PathKey(d.source)] = d.version }
+                for u in t.units { byTarget[.unit(u), default: []].append(d) }
+                if let p = t.program { byTarget[.program(p), default: []].append(d) }
             } else {
-                stale.insert(PathKey(d.shown))
                 Log.notice("rotation: \(d.shown) changed again while it was decrypted; the next batch tells")
             }
         }
-        // Found once a batch, only when some unit is to be told.
-        let systemctl = byUnit.isEmpty ? nil : RotationNotifier.systemctl(searching: environment.plain["PATH"])
-        for (unit, paths) in byUnit.sorted(by: { $0.key < $1.key }) {
-            let paths = paths.filter { !stale.contains(PathKey($0)) }
-            if paths.isEmpty || isStopped { continue }
-            switch systemctl! {
-            case .success(let systemctl):
-                notify(target: "unit:" + unit, paths: paths, argv: [systemctl, "reload-or-restart", "--", unit])
-            case .failure(let why):
-                Log.error("rotation: not reloading \(unit): \(why.message)")
-                record(target: "unit:" + unit, paths: paths, result: .failure(why))
+        var systemctl: Result<String, ChildProcess.Failure>?
+        for (target, items) in byTarget.sorted(by: { $0.key < $1.key }) {
+            if isStopped { return }
+            // A failed notification to this target rides along, for its
+            // secrets still at the version it was about.
+            let earlier = lock.withLock { retries[target] }
+            let told = Set(items.map { PathKey($0.shown) })
+            let carried = earlier.map { current($0.items, for: target).filter { !told.contains(PathKey($0.shown)) } } ?? []
+            tell(target, items + carried, attempt: 1, systemctl: &systemctl)
+        }
+    }
+
+    /// A failed notification is about one version: a secret of the batch
+    /// now at another (told by this batch, or broken) leaves it.
+    private func forgetRetries(replacedIn batch: [(source: String, before: String?)]) {
+        let sources = Set(batch.map { PathKey($0.source) })
+        let earlier = lock.withLock { retries }
+        for (target, r) in earlier {
+            let kept = r.items.filter { !sources.contains(PathKey($0.source)) || fs.currentVersion(sourcePath: $0.source) == $0.version }
+            if kept.count == r.items.count { continue }
+            lock.withLock {
+                if kept.isEmpty { retries[target] = nil } else { retries[target]?.items = kept }
             }
         }
-        for (program, paths) in byProgram.sorted(by: { $0.key < $1.key }) {
-            let paths = paths.filter { !stale.contains(PathKey($0)) }
-            if paths.isEmpty || isStopped { continue }
+    }
+
+    /// Tries again each failed notification that is due, about those of
+    /// its secrets still at the version it was about and still meant for
+    /// the target (a secret changed since is the next batch's).
+    private func retry(_ due: [(Target, Retry)]) {
+        var systemctl: Result<String, ChildProcess.Failure>?
+        for (target, r) in due {
+            if isStopped { return }
+            let items = current(r.items, for: target)
+            if items.isEmpty {
+                lock.withLock { retries[target] = nil }
+                continue
+            }
+            tell(target, items, attempt: r.attempts + 1, systemctl: &systemctl)
+        }
+    }
+
+    /// `items` that still stand: the secret is at that version in SOURCE,
+    /// no change of it waits for a batch, and the target is still named
+    /// for it.
+    private func current(_ items: [Told], for target: Target) -> [Told] {
+        items.filter { d in
+            guard target.isNamed(by: targets(d.shown)), lock.withLock({ pending[PathKey(d.source)] == nil }) else { return false }
+            return fs.currentVersion(sourcePath: d.source) == d.version
+        }
+    }
+
+    /// Tells `target` about `items` (try number `attempt`); what it fails
+    /// to tell is tried again later, or given up after the last delay.
+    /// Either way it replaces the target's earlier failure.
+    /// `systemctl` is looked up at the first unit and kept for the rest.
+    private func tell(_ target: Target, _ items: [Told], attempt: Int,
+                      systemctl: inout Result<String, ChildProcess.Failure>?) {
+        var failed: [Told] = []
+        var reason = ""
+        func fail(_ part: [Told], _ why: ChildProcess.Failure) {
+            record(target: target.label, paths: part.map(\.shown), result: .failure(why))
+            failed += part
+            reason = why.message
+        }
+        switch target {
+        case .unit(let unit):
+            if systemctl == nil { systemctl = RotationNotifier.systemctl(searching: environment.plain["PATH"]) }
+            switch systemctl! {
+            case .success(let path):
+                if let why = notify(target: target.label, paths: items.map(\.shown), argv: [path, "reload-or-restart", "--", unit]) {
+                    fail(items, why)
+                }
+            case .failure(let why):
+                Log.error("rotation: not reloading \(unit): \(why.message)")
+                fail(items, why)
+            }
+        case .program(let program):
             // Root runs it: it must be root's to change, as the policy is.
             if let problem = PolicyFile.unsafeProgram(program) {
                 Log.error("rotation: not running on_change=\(program): \(problem)")
-                record(target: "program:" + program, paths: paths, result: .failure(ChildProcess.Failure(message: "not run: \(problem)")))
-                continue
+                fail(items, ChildProcess.Failure(message: "not run: \(problem)"))
+                break
             }
             // A path that starts with "-" goes as "./-...": the same file,
             // never an option to the program. Runs of at most 1,000 paths
             // and 64 KiB of them: one run for all would fail with E2BIG.
-            for chunk in RotationNotifier.chunks(paths, maxCount: 1000, maxBytes: 64 * 1024) {
+            var from = 0
+            for chunk in RotationNotifier.chunks(items.map(\.shown), maxCount: 1000, maxBytes: 64 * 1024) {
+                let part = Array(items[from..<(from + chunk.count)])
+                from += chunk.count
                 if isStopped { return }
-                notify(target: "program:" + program, paths: chunk,
-                       argv: [program] + chunk.map { $0.hasPrefix("-") ? "./" + $0 : $0 })
+                if let why = notify(target: target.label, paths: chunk,
+                                    argv: [program] + chunk.map { $0.hasPrefix("-") ? "./" + $0 : $0 }) {
+                    fail(part, why)
+                }
             }
         }
+        guard !failed.isEmpty else {
+            lock.withLock { retries[target] = nil }
+            return
+        }
+        let shown = RotationNotifier.shown(failed.map(\.shown))
+        let delay = attempt <= retryDelays.count ? retryDelays[attempt - 1] : nil
+        if let delay {
+            Log.warning("rotation: will tell \(target.label) about \(shown) again in \(RotationNotifier.seconds(delay)) (try \(attempt + 1) of \(retryDelays.count + 1))")
+        } else {
+            Log.error("rotation: gave up telling \(target.label) about \(shown) after \(attempt) tries; it is told with its next notification")
+        }
+        lock.withLock {
+            retries[target] = Retry(items: failed, attempts: attempt,
+                                    due: delay.map { SystemClock.monotonic() + $0 }, reason: reason)
+            lock.broadcast()
+        }
+    }
+
+    static func seconds(_ s: Double) -> String {
+        guard s.isFinite, s == s.rounded(), abs(s) < 1e9 else { return "\(s) s" }
+        let whole = Int(s)
+        return whole >= 60 && whole % 60 == 0 ? "\(whole / 60) min" : "\(whole) s"
     }
 
     /// `paths` in order, cut into runs of at most `maxCount` paths and
@@ -351,15 +535,18 @@ public final class RotationNotifier: @unchecked Sendable {
         paths.map(AuditRecord.quote).joined(separator: " ")
     }
 
-    private func notify(target: String, paths: [String], argv: [String]) {
-        let result = ChildProcess.run(argv, environment: environment, timeout: timeout)
-        switch result {
+    /// Runs `argv`; nil once it succeeded (logged and recorded), or why
+    /// it failed (logged; the caller records it).
+    private func notify(target: String, paths: [String], argv: [String]) -> ChildProcess.Failure? {
+        switch ChildProcess.run(argv, environment: environment, timeout: timeout) {
         case .success:
             Log.notice("rotation: told \(target) about \(RotationNotifier.shown(paths))")
+            record(target: target, paths: paths, result: .success(()))
+            return nil
         case .failure(let why):
             Log.error("rotation: telling \(target) about \(RotationNotifier.shown(paths)) failed: \(why.message)")
+            return why
         }
-        record(target: target, paths: paths, result: result)
     }
 
     /// One audit record per secret told about (a path may hold a comma).

@@ -215,6 +215,14 @@ enum StatusText {
             out.append("rotations that did not decrypt (nobody was told):")
             for f in failures { out.append("  \(s(f["path"])): \(s(f["reason"]))") }
         }
+        if let retrying = d["rotation"]?["retrying"]?.arrayValue, !retrying.isEmpty {
+            out.append("notifications that failed (the applications may hold the older version):")
+            for r in retrying {
+                let paths = (r["paths"]?.arrayValue ?? []).map { s($0) }.joined(separator: " ")
+                let next = r["next_try_s"]?.numberValue.map { "next try in \(age(.number($0)))" } ?? "given up; told with the next notification"
+                out.append("  \(s(r["target"])) about \(paths): \(i(r["attempts"])) tries, \(next): \(s(r["reason"]))")
+            }
+        }
         return out.joined(separator: "\n")
     }
 }

@@ -1,5 +1,9 @@
 import Testing
 import KmsfsKit
+import SecretFS
+import SecureMemory
+import AWS
+import System
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -72,4 +76,158 @@ import Glibc
             "\($0)".contains("no systemctl in the absolute directories of PATH (relative:\(bin))")
         }
     }
+}
+
+/// "Decrypts" by reversing the bytes; a ciphertext starting with `!` does
+/// not decrypt.
+private struct ReversingDecryptor: SecretDecrypting {
+    func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+        if ciphertext.first == UInt8(ascii: "!") { return .failure(DecryptFailure(.badInput, "bad file")) }
+        guard let b = try? SecureBuffer(capacity: max(ciphertext.count, 1)),
+              (try? Array(ciphertext.reversed()).withUnsafeBytes({ try b.append($0) })) != nil else {
+            return .failure(DecryptFailure(.badInput, "no memory"))
+        }
+        return .success(DecryptedSecret(plaintext: b, format: "reversed", keyId: nil))
+    }
+}
+
+/// A notification that fails is tried again `retryDelays` apart, for the
+/// secrets still at the version it was about, then given up; the next
+/// notification to the target carries it.
+@Suite(.serialized) struct RotationRetryTests {
+    /// SOURCE with `a` and `b`, an `on_change=` program that logs each run
+    /// and fails while `fail` exists, and a notifier over them.
+    final class Rig {
+        let dir: String
+        let calls: String
+        let failMarker: String
+        let notifier: RotationNotifier
+
+        init(retryDelays: [Double]) throws {
+            var template = Array("/tmp/kmsfs-retry-test.XXXXXX".utf8CString)
+            dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+            chmod(dir, 0o755)
+            mkdir(dir + "/src", 0o755)
+            calls = dir + "/calls"
+            failMarker = dir + "/fail"
+            let program = dir + "/notify"
+            let script = "#!/bin/sh\necho \"$@\" >> \(calls)\n[ ! -e \(failMarker) ]\n"
+            let fd = open(program, O_WRONLY | O_CREAT | O_TRUNC, 0o755)
+            _ = script.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+            let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]),
+                                      defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+            let fs = SecretFileSystem(tree: try SourceTree(path: dir + "/src"), configuration: FSConfiguration(policy: policy),
+                                      decryptor: ReversingDecryptor(), audit: NoAuditSink())
+            notifier = RotationNotifier(fs: fs, audit: NoAuditSink(), programs: Environment(["PATH": "/usr/bin:/bin"]),
+                                        settle: 0.05, retryDelays: retryDelays) { _ in ChangeTargets(program: program) }
+            put("a", "1a")
+            put("b", "1b")
+            notifier.start()
+        }
+
+        deinit {
+            notifier.stop()
+            _ = system("rm -rf '\(dir)'")
+        }
+
+        /// Writes a new ciphertext for `name` (aside, then renamed over) and
+        /// tells the notifier, as the watcher would.
+        func rotate(_ name: String, _ ciphertext: String) {
+            put(name, ciphertext)
+            notifier.changed(sourcePath: name + ".encrypted")
+        }
+
+        func put(_ name: String, _ ciphertext: String) {
+            let tmp = dir + "/src/." + name + ".new"
+            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            _ = ciphertext.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+            rename(tmp, dir + "/src/" + name + ".encrypted")
+        }
+
+        var runs: [String] {
+            guard let f = fopen(calls, "r") else { return [] }
+            defer { fclose(f) }
+            var lines: [String] = []
+            var buf = [CChar](repeating: 0, count: 4096)
+            while fgets(&buf, Int32(buf.count), f) != nil {
+                let n = buf.firstIndex(of: 0) ?? buf.count
+                lines.append(String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).trimmingSuffix("\n"))
+            }
+            return lines
+        }
+
+        func failing(_ on: Bool) {
+            if on { close(open(failMarker, O_WRONLY | O_CREAT, 0o600)) } else { unlink(failMarker) }
+        }
+    }
+
+    static func eventually(timeout: Double = 10, _ check: () -> Bool) -> Bool {
+        let end = SystemClock.monotonic() + timeout
+        while SystemClock.monotonic() < end {
+            if check() { return true }
+            usleep(20_000)
+        }
+        return check()
+    }
+
+    @Test func aFailedNotificationIsTriedAgainThenGivenUpThenCarriedByTheNext() throws {
+        let rig = try Rig(retryDelays: [0.3, 0.3])
+        rig.failing(true)
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { rig.runs.count == 3 })
+        #expect(rig.runs == ["a", "a", "a"])
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.first?.nextTry == nil })
+        let given = rig.notifier.snapshot
+        #expect(given.retrying.count == 1)
+        #expect(given.retrying.first?.paths == ["a"])
+        #expect(given.retrying.first?.attempts == 3)
+        #expect(given.notificationsFailed == 3 && given.notificationsOK == 0)
+        usleep(800_000)
+        #expect(rig.runs.count == 3)                 // given up: no fourth try on its own
+        // The program works again; b's rotation tells about a as well.
+        rig.failing(false)
+        rig.rotate("b", "2b")
+        #expect(Self.eventually { rig.runs.count == 4 })
+        #expect(rig.runs.last == "b a")
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty && rig.notifier.snapshot.notificationsOK == 1 })
+    }
+
+    @Test func aRetrySucceedsOnceTheTargetWorks() throws {
+        let rig = try Rig(retryDelays: [0.5, 60])
+        rig.failing(true)
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { rig.runs.count == 1 })
+        rig.failing(false)
+        #expect(Self.eventually { rig.runs.count == 2 })
+        #expect(rig.runs == ["a", "a"])
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty && rig.notifier.snapshot.notificationsOK == 1 })
+    }
+
+    /// A retry is about one version: once the secret changed again, the
+    /// next batch tells (or, when the new version does not decrypt, nobody
+    /// is told about either).
+    @Test func aRetryForAVersionSinceReplacedIsDropped() throws {
+        let rig = try Rig(retryDelays: [3, 3])
+        rig.failing(true)
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { rig.runs.count == 1 })
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.count == 1 })
+        rig.rotate("a", "!broken")
+        #expect(Self.eventually { rig.notifier.snapshot.decryptFailures == 1 })
+        // Dropped with the batch, not left until its time.
+        #expect(Self.eventually(timeout: 1) { rig.notifier.snapshot.retrying.isEmpty })
+        #expect(rig.runs == ["a"])
+        // A good version later is told once, with no retry beside it.
+        rig.failing(false)
+        rig.rotate("a", "3a")
+        #expect(Self.eventually { rig.runs.count == 2 })
+        usleep(800_000)
+        #expect(rig.runs == ["a", "a"])
+    }
+}
+
+private extension String {
+    func trimmingSuffix(_ s: String) -> String { hasSuffix(s) ? String(dropLast(s.count)) : self }
 }

@@ -175,6 +175,39 @@ def test_a_burst_of_twenty_changes_notifies_once_after_decrypting_and_a_broken_o
     assert "app/s03" in text and "nobody was told" in text
 
 
+def test_a_failed_notification_is_tried_again_and_status_shows_it_meanwhile(tmp_path, kms, mount_factory, kmsfs_bin):
+    """A reload that fails (systemd busy, a unit mid-restart) is not the end:
+    kmsfs tries again 10 s later for the secrets still at that version, and
+    `kmsfs status` names it until then."""
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "db.encrypted", b"one")
+    log = tmp_path / "notified.log"
+    marker = tmp_path / "fail-once"
+    marker.write_text("")
+    script = tmp_path / "on-change"
+    script.write_text("#!/bin/sh\nprintf '%%s\\n' \"$*\" >> %s\n"
+                      "if [ -e %s ]; then rm %s; exit 3; fi\n" % (log, marker, marker))
+    script.chmod(0o755)
+    audit = tmp_path / "audit.log"
+    m = mount_factory(src, "allow_uid=0,settle=0.5,on_change=%s,audit=%s" % (script, audit))
+    put(kms, src / "db.encrypted", b"two")
+    assert eventually(lambda: log.exists(), 15)
+    assert m.wait_log("will tell program:%s about db again in 10 s (try 2 of 5)" % script, timeout=10), m.log()
+    doc = status(kmsfs_bin, m)
+    [r] = doc["rotation"]["retrying"]
+    assert r["target"] == "program:%s" % script and r["paths"] == ["db"] and r["attempts"] == 1
+    assert 0 < r["next_try_s"] <= 10 and "status 3" in r["reason"]
+    text = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, text=True, timeout=30).stdout
+    assert "notifications that failed" in text and "program:%s about db: 1 tries, next try in" % script in text
+    assert eventually(lambda: len(log.read_text().splitlines()) == 2, 20), log.read_text()
+    assert log.read_text().splitlines() == ["db", "db"]
+    assert eventually(lambda: status(kmsfs_bin, m)["rotation"]["retrying"] == [], 10)
+    rec = audit.read_text()
+    assert rec.index("result=failed") < rec.index("result=notified"), rec
+    assert open(m.file("db"), "rb").read() == b"two"
+
+
 def test_a_touch_tells_nobody_and_a_path_like_an_option_goes_as_a_path(tmp_path, kms, mount_factory):
     """A touch, a chmod or the same bytes written again change no secret: no
     program is run (a reload= would restart a unit for nothing). A secret
