@@ -293,6 +293,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// overflowed (swiftlang/swift#91348; `SourceChangeHookTests`).
     private let changeHook = Mutex<Hook<@Sendable (String, String?) -> Void>?>(nil)
     private let rescanHook = Mutex<Hook<@Sendable () -> Void>?>(nil)
+    private let fileWatchHook = Mutex<Hook<@Sendable (String) -> InodeID?>?>(nil)
 
     private struct Table {
         var byIno: [UInt64: Node] = [:]
@@ -820,6 +821,9 @@ public final class SecretFileSystem: @unchecked Sendable {
     private func load(_ n: Node, maxBytes: Int) -> Result<CachedSecret, DecryptFailure> {
         let bytes: [UInt8]
         let fingerprint: Fingerprint
+        // Watched before it is read: a write after this point is an event.
+        let watch = fileWatchHook.withLock({ $0 })
+        let watched = watch?.call(n.sourcePath)
         do {
             (bytes, fingerprint) = try tree.readCiphertext(n.sourcePath, limit: maxBytes)
         } catch {
@@ -837,8 +841,9 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         switch decryptor.decrypt(ciphertext: bytes, path: n.mountPath) {
         case .success(let secret):
+            let fileWatched = watch == nil || watched == InodeID(device: fingerprint.device, inode: fingerprint.inode)
             return .success(CachedSecret(path: n.sourcePath, secret: secret, fingerprint: fingerprint, at: monotonic(),
-                                         version: versionOf(bytes)))
+                                         version: versionOf(bytes), fileWatched: fileWatched))
         case .failure(let failure):
             Log.error("\(n.mountPath): \(failure.message)")
             return .failure(failure)
@@ -942,6 +947,16 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// `*.encrypted` file written or renamed into place; keep it short.
     public func onCiphertextChange(_ hook: (@Sendable (_ sourcePath: String, _ cachedVersion: String?) -> Void)?) {
         changeHook.withLock { $0 = hook.map(Hook.init) }
+    }
+
+    /// Called before a ciphertext is read to be decrypted and cached, on
+    /// the reading thread: watches the file at that SOURCE path itself, and
+    /// answers the inode watched (nil: none). A plaintext is served from
+    /// the cache without a look at its ciphertext only if the inode it was
+    /// read from is that one. Without a hook (no watcher), every plaintext
+    /// counts as watched: opens look at the ciphertext anyway.
+    public func onCiphertextRead(_ hook: (@Sendable (_ sourcePath: String) -> InodeID?)?) {
+        fileWatchHook.withLock { $0 = hook.map(Hook.init) }
     }
 
     /// Called (on the watcher's thread) when changes may have happened that

@@ -54,6 +54,11 @@ public final class CachedSecret: @unchecked Sendable {
     public let version: String
     /// When that ciphertext appeared in SOURCE (its ctime, wall clock).
     public let appeared: Double
+    /// The ciphertext's own inode was watched from before it was read
+    /// (`SourceWatcher.watchFile`), so a write or a new name reaches the
+    /// watcher through any of its names, also one outside SOURCE. Without,
+    /// `hit` refuses it and its opens look at the ciphertext.
+    public let fileWatched: Bool
     // Guarded by the cache's lock.
     var lastUsed: Double
     var hits: Int = 0
@@ -62,8 +67,10 @@ public final class CachedSecret: @unchecked Sendable {
     /// No refresh attempt before this (monotonic), after a failed one.
     var nextRefresh: Double = 0
 
-    init(path: String, secret: DecryptedSecret, fingerprint: Fingerprint, at now: Double, version: String = "") {
+    init(path: String, secret: DecryptedSecret, fingerprint: Fingerprint, at now: Double, version: String = "",
+         fileWatched: Bool = true) {
         self.path = path
+        self.fileWatched = fileWatched
         self.plaintext = secret.plaintext
         self.fingerprint = fingerprint
         self.format = secret.format
@@ -203,12 +210,13 @@ public final class SecretCache: @unchecked Sendable {
 
     /// The cached plaintext of `path` if it is within its TTL, counted as a
     /// use; no check of the ciphertext (the hot path when SOURCE is
-    /// watched). Never one whose file has more names than one: it may be
-    /// rewritten through a name no watch sees, so its opens look first.
+    /// watched). Never one whose file has more names than one (it may be
+    /// rewritten through a name no directory watch sees) or whose inode
+    /// had no watch of its own: its opens look first.
     public func hit(_ path: String) -> Hit? {
         lock.withLock {
             let t = now()
-            guard let e = entries[PathKey(path)], isFresh(e, at: t), e.fingerprint.links <= 1 else { return nil }
+            guard let e = entries[PathKey(path)], isFresh(e, at: t), e.fingerprint.links <= 1, e.fileWatched else { return nil }
             e.lastUsed = t
             e.hits += 1
             return Hit(secret: e, refreshDue: claimRefresh(e, at: t))
@@ -451,6 +459,14 @@ public final class SecretCache: @unchecked Sendable {
             for k in Array(entries.keys) where prefix == nil || k.hasPrefix(prefix!) { removeLocked(k) }
             evicted.removeAll { prefix == nil || $0.hasPrefix(prefix!) }
         }
+    }
+
+    /// Whether `path` has a plaintext here, or one being decrypted, or one
+    /// evicted that something still holds: while it does, its ciphertext's
+    /// own watch is kept.
+    public func holds(_ path: String) -> Bool {
+        let key = PathKey(path)
+        return lock.withLock { entries[key] != nil || flights[key] != nil || evicted[key] != nil }
     }
 
     /// The cached entry of `path` if it is fresh (for `stat`), without

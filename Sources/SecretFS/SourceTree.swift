@@ -54,6 +54,16 @@ public struct Fingerprint: Hashable, Sendable {
     }
 }
 
+/// A file's identity on its file system.
+public struct InodeID: Hashable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
+}
+
 /// Times and size of a SOURCE object, for the attributes the mount shows.
 public struct SourceStat: Sendable {
     public var size: Int64

@@ -1,6 +1,7 @@
 import System
 import Log
 import SecureMemory
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,7 +20,26 @@ public final class SourceWatcher: @unchecked Sendable {
     private var watches: [Int32: (path: String, id: DirectoryID)] = [:]
     /// The same, by directory: whether a directory is watched already.
     private var byID: [DirectoryID: Int32] = [:]
-    private struct DirectoryID: Hashable { var device: UInt64; var inode: UInt64 }
+    private typealias DirectoryID = InodeID
+
+    /// Each cached ciphertext's own watch (`watchFile`), by wd: the inode
+    /// and its paths in SOURCE (one inode may be cached under two names).
+    /// A directory's watch sees writes through the names it holds; only
+    /// the file's own sees one through a hard link elsewhere (a staging
+    /// tree), or the link being made. Under `fileLock`, never `lock`: an
+    /// open must not wait for a walk of SOURCE.
+    private struct FileWatches {
+        var byWD: [Int32: (id: InodeID, paths: Set<PathKey>)] = [:]
+        var byPath: [PathKey: Int32] = [:]
+        var lastSweep = SystemClock.monotonic()
+    }
+    private let fileLock = Mutex(FileWatches())
+    /// Most cached ciphertexts watched: at most a quarter of the system's
+    /// watches (`fs.inotify.max_user_watches`, 8,192 on older kernels), so
+    /// that directories, which every open depends on, still get theirs.
+    /// Past it, a plaintext is served after a look at its ciphertext.
+    let fileWatchLimit: Int
+    static let fileMask: UInt32 = UInt32(IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE)
 
     // Lock held. One directory has one wd: another wd known for the same
     // device and inode is of a directory deleted since, whose inode number
@@ -50,9 +70,18 @@ public final class SourceWatcher: @unchecked Sendable {
     static let dirMask: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
         | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK)
 
-    public init(fs: SecretFileSystem) throws(Errno) {
+    public init(fs: SecretFileSystem, fileWatchLimit: Int? = nil) throws(Errno) {
         self.fs = fs
         fd = try syscallRetrying("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC)) }
+        self.fileWatchLimit = fileWatchLimit ?? min(SourceWatcher.maxWatches, SourceWatcher.systemWatchLimit() / 4)
+    }
+
+    /// `fs.inotify.max_user_watches`; 8,192 (the old default) if unread.
+    static func systemWatchLimit() -> Int {
+        guard let bytes = try? readSmallFile("/proc/sys/fs/inotify/max_user_watches", limit: 64).get(),
+              let n = Int(String(decoding: bytes.prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }, as: UTF8.self)),
+              n > 0 else { return 8192 }
+        return n
     }
 
     deinit {
@@ -64,14 +93,102 @@ public final class SourceWatcher: @unchecked Sendable {
     public func start() {
         lock.withLock { addTree(".") }
         fs.watchFD.store(fd, ordering: .releasing)
+        fs.onCiphertextRead { [weak self] path in self?.watchFile(path) }
         startThread(name: "kmsfs-watch") { [self] in run() }
     }
+
+    /// Watches the ciphertext at `path` itself, before it is read to be
+    /// cached; the inode watched, or nil (not a regular file, the limit,
+    /// stopped). From any thread.
+    func watchFile(_ path: String) -> InodeID? {
+        guard !lock.withLock({ stopped }) else { return nil }
+        // Opened beneath SOURCE, never through a link, and watched
+        // through that descriptor: a path string would follow a link
+        // swapped in.
+        guard let f = try? openBeneath(fs.tree.rootFD, path, flags: O_PATH) else { return nil }
+        defer { close(f) }
+        var st = stat()
+        guard fstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        let id = InodeID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        let key = PathKey(path)
+        return fileLock.withLock { w -> InodeID? in
+            let known = w.byPath[key].flatMap { w.byWD[$0]?.id == id ? $0 : nil }
+            guard known != nil || w.byWD.count < fileWatchLimit else { return nil }
+            let wd = inotify_add_watch(fd, "/proc/self/fd/\(f)", SourceWatcher.fileMask)
+            guard wd >= 0 else { return nil }
+            if let old = w.byPath[key], old != wd { forgetFile(&w, key, old) }
+            if let other = w.byWD[wd], other.id != id {
+                // A wd the kernel gave again (its IN_IGNORED not read yet):
+                // the old inode's paths are no longer watched by it.
+                for k in other.paths where w.byPath[k] == wd { w.byPath[k] = nil }
+                w.byWD[wd] = nil
+            }
+            w.byWD[wd, default: (id, [])].paths.insert(key)
+            w.byPath[key] = wd
+            return id
+        }
+    }
+
+    // fileLock held. `key` no longer watched through `wd`; the watch goes
+    // with its last path.
+    private func forgetFile(_ w: inout FileWatches, _ key: PathKey, _ wd: Int32) {
+        if w.byPath[key] == wd { w.byPath[key] = nil }
+        guard var e = w.byWD[wd] else { return }
+        e.paths.remove(key)
+        if e.paths.isEmpty {
+            w.byWD[wd] = nil
+            inotify_rm_watch(fd, wd)
+        } else {
+            w.byWD[wd] = e
+        }
+    }
+
+    /// Cached ciphertexts watched (for tests and status).
+    var fileWatchCount: Int { fileLock.withLock { $0.byWD.count } }
+
+    /// Drops the watches of ciphertexts the cache no longer holds (evicted,
+    /// wiped, past their TTL); at most every `every` seconds.
+    func sweepFileWatches(every: Double = 30) {
+        let now = SystemClock.monotonic()
+        fileLock.withLock { w in
+            guard now - w.lastSweep >= every else { return }
+            w.lastSweep = now
+            for (key, wd) in w.byPath where !fs.cache.holds(key.path) { forgetFile(&w, key, wd) }
+        }
+    }
+
+    /// An event on a cached ciphertext's own watch: each of its paths that
+    /// still leads to that inode changed (as a write seen in its directory
+    /// would: wiped, told as a possible rotation). A path that leads
+    /// elsewhere now was renamed over, which its directory reported.
+    private func fileChanged(_ wd: Int32, _ mask: UInt32) {
+        if mask & UInt32(IN_IGNORED) != 0 {
+            fileLock.withLock { w in
+                guard let e = w.byWD.removeValue(forKey: wd) else { return }
+                for k in e.paths where w.byPath[k] == wd { w.byPath[k] = nil }
+            }
+            return
+        }
+        guard let e = fileLock.withLock({ $0.byWD[wd] }) else { return }
+        for key in e.paths {
+            guard let st = try? fs.tree.stat(key.path),
+                  st.fingerprint.device == e.id.device, st.fingerprint.inode == e.id.inode else { continue }
+            let slash = key.path.utf8.lastIndex(of: UInt8(ascii: "/"))
+            let dir = slash.map { String(key.path[..<$0]) } ?? "."
+            let name = slash.map { String(key.path[key.path.index(after: $0)...]) } ?? key.path
+            fs.sourceChanged(directory: dir, name: name, isDirectory: false, removed: false)
+        }
+    }
+
+    /// Whether `wd` is a cached ciphertext's own watch.
+    private func isFileWatch(_ wd: Int32) -> Bool { fileLock.withLock { $0.byWD[wd] != nil } }
 
     /// True when every directory of SOURCE is watched (see `complete`).
     public var watchesEverything: Bool { lock.withLock { complete } }
 
     public func stop() {
         lock.withLock { stopped = true }
+        fs.onCiphertextRead(nil)
     }
 
     public var watchCount: Int { lock.withLock { watches.count } }
@@ -235,6 +352,7 @@ public final class SourceWatcher: @unchecked Sendable {
             if ready <= 0 {
                 if busy { fs.sourceChangesPending = false; continue }
                 retryIfIncomplete()
+                sweepFileWatches()
                 continue
             }
             fs.sourceChangesPending = true
@@ -304,6 +422,10 @@ public final class SourceWatcher: @unchecked Sendable {
             // cache is trusted without a stat again.
             fs.sourceChangedEverywhere()
             fs.sourceIsWatched = lock.withLock { !stopped && complete }
+            return
+        }
+        if isFileWatch(wd) {
+            fileChanged(wd, mask)
             return
         }
         if mask & UInt32(IN_IGNORED) != 0 {

@@ -299,4 +299,95 @@ import Glibc
             #expect(w.watchCount <= 3)
         }
     }
+
+    /// Writes `s` into `path` in place (truncate, write), as an editor or a
+    /// `>` redirection does: no rename, no new inode.
+    func writeInPlace(_ path: String, _ s: String) throws {
+        let fh = try #require(FileHandle(forWritingAtPath: path))
+        fh.truncateFile(atOffset: 0)
+        fh.write(Data(s.utf8))
+        fh.closeFile()
+    }
+
+    func watched(_ dir: String, decryptor: FakeDecryptor, fileWatchLimit: Int? = nil) throws -> (SecretFileSystem, SourceWatcher) {
+        let fs = try rootOnlyFileSystem(dir, decryptor: decryptor)
+        let w = try SourceWatcher(fs: fs, fileWatchLimit: fileWatchLimit)
+        w.start()
+        fs.sourceIsWatched = w.watchesEverything
+        return (fs, w)
+    }
+
+    /// A ciphertext given a second name after it was cached (a hard link
+    /// from a staging tree, or one in SOURCE itself), then written in
+    /// place through that name, made no event any directory watch sees:
+    /// the old plaintext was served until its TTL (for ever at ttl=0).
+    /// The cached ciphertext's own watch sees both the link and the write.
+    @Test func aCiphertextLinkedAfterItWasCachedIsFollowedThroughTheLink() throws {
+        let dir = try tree(["sub"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let other = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        try rotate(dir + "/k.encrypted", "k1")
+        try rotate(dir + "/sub/j.encrypted", "j1")
+        let (fs, w) = try watched(dir, decryptor: FakeDecryptor())
+        defer { w.stop() }
+        #expect(read(fs, "k") == "1k" && read(fs, "sub/j") == "1j")   // cached, one name each
+        #expect(w.fileWatchCount == 2)
+        // From outside SOURCE.
+        #expect(link(dir + "/k.encrypted", other + "/k") == 0)
+        try writeInPlace(other + "/k", "k2")
+        #expect(eventually(fs, "k", "2k") == "2k")
+        // From another name inside SOURCE: its directory reports that name
+        // only.
+        #expect(link(dir + "/sub/j.encrypted", dir + "/j-staged") == 0)
+        try writeInPlace(dir + "/j-staged", "j2")
+        #expect(eventually(fs, "sub/j", "2j") == "2j")
+    }
+
+    /// A rotation by rename: the new inode is watched once decrypted, and
+    /// the replaced one no longer (here kept alive by an open descriptor,
+    /// so no IN_IGNORED comes for it).
+    @Test func aRotatedCiphertextsOldInodeIsNoLongerWatched() throws {
+        let dir = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try rotate(dir + "/k.encrypted", "k1")
+        let (fs, w) = try watched(dir, decryptor: FakeDecryptor())
+        defer { w.stop() }
+        #expect(read(fs, "k") == "1k")
+        let held = open(dir + "/k.encrypted", O_RDONLY)
+        defer { close(held) }
+        try rotate(dir + "/k.encrypted", "k2")
+        #expect(eventually(fs, "k", "2k") == "2k")
+        usleep(300_000)
+        #expect(read(fs, "k") == "2k")
+        #expect(w.fileWatchCount == 1)
+    }
+
+    /// Past the limit of watched ciphertexts, a plaintext is not served
+    /// without a look at its ciphertext; watches of plaintexts the cache
+    /// let go are dropped.
+    @Test func unwatchedCiphertextsAreLookedAtAndWatchesGoWithTheirPlaintexts() throws {
+        let dir = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let other = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        try rotate(dir + "/k.encrypted", "k1")
+        try rotate(dir + "/m.encrypted", "m1")
+        let (fs, w) = try watched(dir, decryptor: FakeDecryptor(), fileWatchLimit: 1)
+        defer { w.stop() }
+        #expect(read(fs, "m") == "1m" && read(fs, "k") == "1k")
+        #expect(w.fileWatchCount == 1)                    // m's; none left for k
+        #expect(link(dir + "/k.encrypted", other + "/k") == 0)
+        try writeInPlace(other + "/k", "k2")
+        #expect(read(fs, "k") == "2k")                    // at once: looked at
+        _ = fs.cache.invalidate("m.encrypted")
+        w.sweepFileWatches(every: 0)
+        #expect(w.fileWatchCount == 0)
+        _ = fs.cache.invalidate("k.encrypted")
+        #expect(read(fs, "k") == "2k")                    // decrypted again, under the limit now
+        #expect(w.fileWatchCount == 1)
+        _ = fs.cache.invalidate("k.encrypted")
+        w.sweepFileWatches(every: 0)
+        #expect(w.fileWatchCount == 0)
+    }
 }
