@@ -248,6 +248,7 @@ public enum Daemon {
                         throw OptionError(Daemon.caseInsensitivePolicy(source: request.source, fs: ci))
                     }
                     fs.reconfigure(try Configuration.filesystem(new, watched: watcher != nil))
+                    rotation?.targetsChanged()
                 }
             })
             control?.start()
@@ -301,6 +302,7 @@ public enum Daemon {
             live.withCurrent { current in
                 do {
                     fs.reconfigure(try Configuration.filesystem(current, watched: watcher != nil))
+                    rotation?.targetsChanged()
                     Log.notice("reloaded: users, groups and policy re-read")
                 } catch {
                     Log.error("reload failed, keeping the previous configuration: \(error)")

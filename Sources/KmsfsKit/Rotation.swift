@@ -32,10 +32,10 @@ public struct ChangeTargets: Sendable, Equatable {
 /// decrypt notifies nobody; the failure is logged and shown in status.
 /// A notification that fails is tried again `retryDelays` apart (10 s,
 /// 1 min, 5 min, 30 min), for the secrets still at the version it was
-/// about, or sooner with the target's next notification; after the last
-/// it is given up, logged and shown in status until the target is next
-/// told about those secrets. Every notification and its outcome is an
-/// audit record.
+/// about, or sooner with the target's next notification, or at once after
+/// a remount or reload (the operator may have fixed the cause); after the
+/// last it is given up, logged and shown in status until one of those
+/// tells it. Every notification and its outcome is an audit record.
 public final class RotationNotifier: @unchecked Sendable {
     public struct Stats: Sendable {
         public var changes = 0
@@ -171,6 +171,18 @@ public final class RotationNotifier: @unchecked Sendable {
             if pending[key] == nil {
                 pending[key] = .some(baseline[key] ?? previousVersion)
             }
+            lock.broadcast()
+        }
+    }
+
+    /// After a remount or a reload (SIGHUP): whom to tell may have changed,
+    /// and the cause of a failed notification may have been fixed. Every
+    /// failed one, given up or not, is tried again now, for the secrets
+    /// still at its version and still meant for its target.
+    public func targetsChanged() {
+        lock.withLock {
+            let t = SystemClock.monotonic()
+            for k in Array(retries.keys) { retries[k]?.due = t }
             lock.broadcast()
         }
     }
@@ -379,12 +391,16 @@ public final class RotationNotifier: @unchecked Sendable {
     }
 
     /// A failed notification is about one version: a secret of the batch
-    /// now at another (told by this batch, or broken) leaves it.
+    /// now at another (told by this batch, or broken) leaves it, as does
+    /// one no longer meant for the target (a remount moved `reload=`).
     private func forgetRetries(replacedIn batch: [(source: String, before: String?)]) {
         let sources = Set(batch.map { PathKey($0.source) })
         let earlier = lock.withLock { retries }
         for (target, r) in earlier {
-            let kept = r.items.filter { !sources.contains(PathKey($0.source)) || fs.currentVersion(sourcePath: $0.source) == $0.version }
+            let kept = r.items.filter {
+                target.isNamed(by: targets($0.shown))
+                    && (!sources.contains(PathKey($0.source)) || fs.currentVersion(sourcePath: $0.source) == $0.version)
+            }
             if kept.count == r.items.count { continue }
             lock.withLock {
                 if kept.isEmpty { retries[target] = nil } else { retries[target]?.items = kept }
@@ -401,20 +417,22 @@ public final class RotationNotifier: @unchecked Sendable {
             if isStopped { return }
             let items = current(r.items, for: target)
             if items.isEmpty {
+                Log.notice("rotation: no longer telling \(target.label) about \(RotationNotifier.shown(r.items.map(\.shown))): replaced since, or no longer meant for it")
                 lock.withLock { retries[target] = nil }
                 continue
             }
-            tell(target, items, attempt: r.attempts + 1, systemctl: &systemctl)
+            // A try after the last (a remount or reload asked for it) is one
+            // more, then given up again.
+            tell(target, items, attempt: min(r.attempts, retryDelays.count) + 1, systemctl: &systemctl)
         }
     }
 
-    /// `items` that still stand: the secret is at that version in SOURCE,
-    /// no change of it waits for a batch, and the target is still named
-    /// for it.
+    /// `items` that still stand: the secret is at that version in SOURCE
+    /// (a touch waiting for its batch leaves it so), and the target is
+    /// still named for it.
     private func current(_ items: [Told], for target: Target) -> [Told] {
         items.filter { d in
-            guard target.isNamed(by: targets(d.shown)), lock.withLock({ pending[PathKey(d.source)] == nil }) else { return false }
-            return fs.currentVersion(sourcePath: d.source) == d.version
+            target.isNamed(by: targets(d.shown)) && fs.currentVersion(sourcePath: d.source) == d.version
         }
     }
 

@@ -218,9 +218,10 @@ enum StatusText {
         if let retrying = d["rotation"]?["retrying"]?.arrayValue, !retrying.isEmpty {
             out.append("notifications that failed (the applications may hold the older version):")
             for r in retrying {
-                let paths = (r["paths"]?.arrayValue ?? []).map { s($0) }.joined(separator: " ")
-                let next = r["next_try_s"]?.numberValue.map { "next try in \(age(.number($0)))" } ?? "given up; told with the next notification"
-                out.append("  \(s(r["target"])) about \(paths): \(i(r["attempts"])) tries, \(next): \(s(r["reason"]))")
+                let paths = LogEscape.escape(RotationNotifier.shown((r["paths"]?.arrayValue ?? []).compactMap(\.stringValue)))
+                let next = r["next_try_s"]?.numberValue.map { "next try in \(age(.number($0)))" }
+                    ?? "given up (tried again with its next notification, a remount or a reload)"
+                out.append("  \(s(r["target"])) about \(paths): tries \(i(r["attempts"])), \(next): \(s(r["reason"]))")
             }
         }
         return out.joined(separator: "\n")

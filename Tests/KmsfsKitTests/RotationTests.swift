@@ -4,6 +4,7 @@ import SecretFS
 import SecureMemory
 import AWS
 import System
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -102,25 +103,36 @@ private struct ReversingDecryptor: SecretDecrypting {
         let calls: String
         let failMarker: String
         let notifier: RotationNotifier
+        let program: String
+        /// Whom the notifier tells now (nil: the program).
+        final class Told: Sendable { let program = Mutex<String?>(nil) }
+        let told = Told()
 
-        init(retryDelays: [Double]) throws {
+        init(retryDelays: [Double], settle: Double = 0.05) throws {
             var template = Array("/tmp/kmsfs-retry-test.XXXXXX".utf8CString)
             dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
             chmod(dir, 0o755)
             mkdir(dir + "/src", 0o755)
             calls = dir + "/calls"
             failMarker = dir + "/fail"
-            let program = dir + "/notify"
-            let script = "#!/bin/sh\necho \"$@\" >> \(calls)\n[ ! -e \(failMarker) ]\n"
-            let fd = open(program, O_WRONLY | O_CREAT | O_TRUNC, 0o755)
+            program = dir + "/notify"
+            // The outcome is decided before the run is logged: a test that
+            // sees the run may change the next one's at once.
+            let script = "#!/bin/sh\nif [ -e \(failMarker) ]; then r=1; else r=0; fi\necho \"$@\" >> \(calls)\nexit $r\n"
+            // Close-on-exec: a child another test forks meanwhile must not
+            // hold it open for writing (exec would fail with ETXTBSY).
+            let fd = open(program, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
             _ = script.withCString { write(fd, $0, strlen($0)) }
             close(fd)
             let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]),
                                       defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
             let fs = SecretFileSystem(tree: try SourceTree(path: dir + "/src"), configuration: FSConfiguration(policy: policy),
                                       decryptor: ReversingDecryptor(), audit: NoAuditSink())
+            let told = told, program = program
             notifier = RotationNotifier(fs: fs, audit: NoAuditSink(), programs: Environment(["PATH": "/usr/bin:/bin"]),
-                                        settle: 0.05, retryDelays: retryDelays) { _ in ChangeTargets(program: program) }
+                                        settle: settle, retryDelays: retryDelays) { _ in
+                ChangeTargets(program: told.program.withLock { $0 } ?? program)
+            }
             put("a", "1a")
             put("b", "1b")
             notifier.start()
@@ -140,7 +152,7 @@ private struct ReversingDecryptor: SecretDecrypting {
 
         func put(_ name: String, _ ciphertext: String) {
             let tmp = dir + "/src/." + name + ".new"
-            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
             _ = ciphertext.withCString { write(fd, $0, strlen($0)) }
             close(fd)
             rename(tmp, dir + "/src/" + name + ".encrypted")
@@ -159,7 +171,7 @@ private struct ReversingDecryptor: SecretDecrypting {
         }
 
         func failing(_ on: Bool) {
-            if on { close(open(failMarker, O_WRONLY | O_CREAT, 0o600)) } else { unlink(failMarker) }
+            if on { close(open(failMarker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)) } else { unlink(failMarker) }
         }
     }
 
@@ -178,7 +190,7 @@ private struct ReversingDecryptor: SecretDecrypting {
         rig.rotate("a", "2a")
         #expect(Self.eventually { rig.runs.count == 3 })
         #expect(rig.runs == ["a", "a", "a"])
-        #expect(Self.eventually { rig.notifier.snapshot.retrying.first?.nextTry == nil })
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.first.map { $0.nextTry == nil } ?? false })
         let given = rig.notifier.snapshot
         #expect(given.retrying.count == 1)
         #expect(given.retrying.first?.paths == ["a"])
@@ -225,6 +237,46 @@ private struct ReversingDecryptor: SecretDecrypting {
         #expect(Self.eventually { rig.runs.count == 2 })
         usleep(800_000)
         #expect(rig.runs == ["a", "a"])
+    }
+
+    /// The same bytes written again while a retry waits (a config run, a
+    /// touch) leave the secret at the version the retry is about: the retry
+    /// still happens.
+    @Test func aTouchWhileARetryWaitsDoesNotCancelIt() throws {
+        let rig = try Rig(retryDelays: [0.6, 60], settle: 1.0)
+        rig.failing(true)
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { rig.runs.count == 1 })
+        rig.failing(false)
+        usleep(200_000)
+        rig.rotate("a", "2a")                         // same bytes, still settling when the retry is due
+        #expect(Self.eventually { rig.runs.count == 2 })
+        #expect(rig.runs == ["a", "a"])
+        #expect(Self.eventually { rig.notifier.snapshot.notificationsOK == 1 })
+    }
+
+    /// A remount or reload tries every failed notification again at once,
+    /// given up or not; one whose target the policy no longer names is
+    /// dropped, not run.
+    @Test func aRemountTriesAgainAndDropsWhatIsNoLongerMeant() throws {
+        let rig = try Rig(retryDelays: [0.2])
+        rig.failing(true)
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.first.map { $0.nextTry == nil } ?? false })
+        #expect(rig.runs.count == 2)
+        rig.failing(false)
+        rig.notifier.targetsChanged()
+        #expect(Self.eventually { rig.runs.count == 3 })
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty && rig.notifier.snapshot.notificationsOK == 1 })
+
+        rig.failing(true)
+        rig.rotate("b", "2b")
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.first.map { $0.nextTry == nil } ?? false })
+        let runs = rig.runs.count
+        rig.told.program.withLock { $0 = "/bin/true" }       // the remount names another program
+        rig.notifier.targetsChanged()
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty })
+        #expect(rig.runs.count == runs)
     }
 }
 

@@ -199,7 +199,7 @@ def test_a_failed_notification_is_tried_again_and_status_shows_it_meanwhile(tmp_
     assert r["target"] == "program:%s" % script and r["paths"] == ["db"] and r["attempts"] == 1
     assert 0 < r["next_try_s"] <= 10 and "status 3" in r["reason"]
     text = subprocess.run([kmsfs_bin, "status", m.path], capture_output=True, text=True, timeout=30).stdout
-    assert "notifications that failed" in text and "program:%s about db: 1 tries, next try in" % script in text
+    assert "notifications that failed" in text and "program:%s about db: tries 1, next try in" % script in text
     assert eventually(lambda: len(log.read_text().splitlines()) == 2, 20), log.read_text()
     assert log.read_text().splitlines() == ["db", "db"]
     assert eventually(lambda: status(kmsfs_bin, m)["rotation"]["retrying"] == [], 10)
