@@ -43,7 +43,19 @@ sends in a row since the last cut went through), wtau=K (growth weighted
 by the host's time left at its rate ÷ the time since its first success
 plus t0, to the power K) and nopace=1 (no pacing, kmsfs's default: only
 the retry backoff, from bbase doubling to bcap, or fixed between flo and
-fhi seconds).
+fhi seconds). Tried on 2026-12-01 (docs/benchmarks.md, "Rules tried on
+2026-12-01"): mlt=1 (a scale-free loss target: the rate times
+exp(g × (pstar − throttled)) per answer, madd/rate more per success,
+lin=1 for steps of constant size), probe=1 (one unpaced probe per host:
+pgrow, pmin, pcap), qe/qg (growth once the successes since the last
+throttle are qe times what the host's long-run throttled share makes
+likely; qr takes it back at the next throttle), tk=K (a throttle costs
+K pacing slots instead of a cut), cb=1 (compressed backoff: cbm times
+the host's goodput, cbd seconds still after a throttle), fend/fmi
+(faster growth past a share of the host's own secrets), hfloor (no cut
+below that share of the host's goodput since its first throttle), rel=F
+(no pacing for the last F of a host's secrets); norefs=1 leaves out the
+botocore references.
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -62,9 +74,15 @@ class RA:
 
     def burst(s, r): return max(1, r * 0.1)
 
+    def released(s):
+        P = s.P
+        return P.get('rel') and s.host['left'] - s.host['done'] <= P['rel'] * s.host['left']
+
     def acquire(s, now):
         """returns wait (may be stretched later: we return slot & gen)"""
         P = s.P
+        if s.released():
+            s.countSend(now); return now, s.gen
         if s.rate is not None and now - s.lastThrottle >= P['quietReset']:
             s.rate = None
         if s.rate is not None:
@@ -83,6 +101,22 @@ class RA:
         if gen == s.gen: return None
         if slot > s.lastCut: slot = s.lastCut + (slot - s.lastCut) * s.stretch
         return slot, s.gen
+
+    def probe_result(s, now, ok):
+        """A probe's answer (probe=1): a success grows the paced rate by
+        pgrow of itself and lets the next probe go at once; a throttle is
+        not a cut, but doubles the wait before the next probe (pmin to pcap)."""
+        P = s.P
+        s.probing = False
+        iv = getattr(s, 'probeIv', P.get('pmin', 0.5))
+        s.roll(now)
+        if ok:
+            s.ws += 1; s.wr += 1
+            s.rate = s.rate * (1 + P.get('pgrow', 0.1)) if s.rate is not None else None
+            s.probeIv = max(P.get('pmin', 0.5), iv / 2); s.probeAt = now
+        else:
+            s.wr += 1; s.lastThrottle = now
+            s.probeIv = min(P.get('pcap', 8.0), iv * 2); s.probeAt = now + s.probeIv * (0.5 + random.random())
 
     def countSend(s, t):
         s.roll(t); s.wc += 1
@@ -105,7 +139,22 @@ class RA:
 
     def throttled(s, now):
         P = s.P
-        if P.get('nopace'): return
+        if P.get('nopace') or s.released(): return
+        if P.get('qe'):
+            s.runOk = 0
+            s.pLong = getattr(s, 'pLong', P.get('qp0', 0.05)) * (1 - 1 / P.get('qn', 100)) + 1 / P.get('qn', 100)
+            gb = getattr(s, 'gBase', None); s.gBase = None
+            if P.get('qr') and gb is not None and s.rate is not None and s.rate > gb:
+                # the first throttle after a run of multiplicative growth
+                # takes back the growth (to at least qr of the rate reached),
+                # and is not cut again
+                old = s.rate
+                new = max(gb, P['qr'] * old)
+                s.tokens = min(s.burst(new), s.tokens + (now - s.refilled) * old); s.refilled = now
+                s.stretch = old / new; s.gen += 1; s.rate = new; s.lastCut = now
+                s.lastThrottle = now; s.lastDecision = now; s.sendsSinceCut = 0; s.thrSinceCut = 0
+                s.roll(now); s.wr += 1
+                return
         s.thrSinceCut += 1
         s.roll(now); s.wr += 1
         s.lastThrottle = now
@@ -132,7 +181,12 @@ class RA:
             # since the last decision, never deeper than `decrease`.
             dec = max(dec, 1 - P['prop'] * share)
         cut = max(P['floor'], min(dec * base, through))
+        if P.get('hfloor') and s.rate is not None and now - s.epT >= P.get('hmin', 5.0):
+            # never cut below hfloor times the host's own goodput since its
+            # first throttle: a ratchet against a downward random walk
+            cut = max(cut, min(s.rate, P['hfloor'] * s.epDone / (now - s.epT)))
         if s.rate is None:
+            s.epT = now; s.epDone = 0
             s.tokens = min(s.tokens, 1); s.refilled = now; s.episodeStart = base
         if s.rate is not None and s.rate > cut:
             s.tokens = min(s.burst(cut), s.tokens + (now - s.refilled) * s.rate); s.refilled = now
@@ -150,6 +204,7 @@ class RA:
         P = s.P
         s.roll(now); s.ws += 1; s.wr += 1
         if s.rate is None: return
+        s.epDone = getattr(s, 'epDone', 0) + 1
         quiet = max(0, min(now - s.lastCut - P['steady'], P['quietReset']))
         w = 1.0
         if s.backlog is not None and P.get('wexp'):
@@ -168,7 +223,33 @@ class RA:
             s.rate *= 1 + P['mi']; return
         if P.get('unit'):
             w *= max(1.0, getattr(s, 'lastBase', 0) / P['unit'])
+        if P.get('hw') and now - getattr(s, 'epT', now) >= P.get('hmin', 5.0):
+            # growth weighted by the host's own goodput since its first
+            # throttle over its rate, to the power hw: a host cut below
+            # its own history grows back faster (mean reversion)
+            hist = s.epDone / (now - s.epT)
+            w *= min(max(hist / s.rate, 0.2), 5.0) ** P['hw']
         s.rate = s.rate + w * (P['increase'] + P['accel'] * quiet) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
+        if P.get('qe'):
+            # quiet counted in expected throttles: successes since the last
+            # throttle times the host's long-run throttled share (an EWMA
+            # over qn answers); past qe of them, multiplicative growth qg.
+            s.runOk = getattr(s, 'runOk', 0) + 1
+            pl = getattr(s, 'pLong', P.get('qp0', 0.05))
+            s.pLong = pl * (1 - 1 / P.get('qn', 100))
+            if s.runOk * s.pLong >= P['qe']:
+                if getattr(s, 'gBase', None) is None: s.gBase = s.rate
+                s.rate *= 1 + P.get('qg', 0.05)
+        if P.get('fend') is not None and (P.get('fexpo') or P.get('fmi')):
+            # near the end of the host's own work (a share fend of its
+            # secrets done), quiet spells grow the rate faster: the fleet's
+            # hosts, paced in proportion to their backlog, near their ends
+            # together, so the fraction done is a clock they share.
+            f = s.host['done'] / s.host['left']
+            q2 = now - s.lastThrottle
+            if f >= P['fend'] and q2 >= P.get('fq', 1.0):
+                s.rate += P.get('fexpo', 0) * min(q2, P.get('qcap', 3))
+                s.rate *= 1 + P.get('fmi', 0)
 
 
 class Limiter:
@@ -217,8 +298,9 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
     lat = lambda: rnd.uniform(P.get('latlo', 0.004), P.get('lathi', 0.02))
 
     def start_host(h, now):
-        h['ra'] = (DL if P.get('dl') else GT if P.get('gt') else LTC if P.get('ltc') else RA)(P, now)
+        h['ra'] = (CB if P.get('cb') else MLT if P.get('mlt') else DL if P.get('dl') else GT if P.get('gt') else LTC if P.get('ltc') else RA)(P, now)
         h['ra'].backlog = (lambda h=h: h['left']) if P.get('winit') else (lambda h=h: h['left'] - h['done'])
+        h['ra'].host = h
         h['lim'] = Limiter(16)
         workers = int(P.get('pw', 8)) if mode == "prefetch" else 1
         h['workers'] = workers
@@ -256,6 +338,11 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
         ra = h['ra']; lim = h['lim']
         # limiter acquire
         def got_slot(t):
+            if P.get('probe') and ra.rate is not None and t >= getattr(ra, 'probeAt', 0) \
+                    and not getattr(ra, 'probing', False) and ra.tokens < 1 - P.get('pthr', 0.5) * ra.rate:
+                # one unpaced probe a host at a time, past the pacer
+                ra.probing = True; ra.countSend(t)
+                send(t, True); return
             slot, gen = ra.acquire(t)
             wait_slot(t, slot, gen)
         def wait_slot(t, slot, gen):
@@ -264,7 +351,7 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
                 if r is None: send(t2)
                 else: wait_slot(t2, r[0], r[1])
             at(max(t, slot), wake)
-        def send(t):
+        def send(t, probe=False):
             stats['sent'] += 1
             arrive = t + lat() / 2
             def at_server(t2):
@@ -273,14 +360,21 @@ def simulate(P, mode="boot", seed=1, N=32, quota=100.0, burst=10, verbose=False)
                     lim.inflight -= 1
                     if ok:
                         lim.limit = min(lim.mx, lim.limit + 1 / lim.limit)
-                        ra.success(t3); stats['served'] += 1
+                        if probe: ra.probe_result(t3, True)
+                        else: ra.success(t3)
+                        stats['served'] += 1
                         h['done'] += 1
                         if h['done'] == h['left']: ready[h['i']] = t3
                         release_waiters(t3)
                         then(t3)
                     else:
                         lim.limit = max(1, lim.limit / 2)
-                        ra.throttled(t3)
+                        if probe: ra.probe_result(t3, False)
+                        else: ra.throttled(t3)
+                        if P.get('tk') and ra.rate is not None:
+                            # a throttle costs the host tk slots of its pacing
+                            ra.tokens = min(ra.burst(ra.rate), ra.tokens + max(0, t3 - ra.refilled) * ra.rate)
+                            ra.refilled = max(t3, ra.refilled); ra.tokens -= P['tk']
                         release_waiters(t3)
                         d = (rnd.uniform(P['flo'], P['fhi']) if P.get('fhi') else rnd.random() * min(P.get('bcap', 1.0), P.get('bbase', 0.05) * 2 ** (min(attempt, 10) - 1)))
                         at(t3 + d, lambda t4: do_call(h, k, t4, then, attempt + 1))
@@ -354,6 +448,120 @@ class LTC(RA):
             x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
             w = x ** P['wexp']
         s.rate = s.rate * (1 + P['eta'] * P['pstar']) + w * P.get('add', 0) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
+
+
+class MLT(RA):
+    """Scale-free loss target (issue 16 item 4, fleet-search): per answer
+    rate *= exp(g (p* - x)), x = 1 for a throttle, 0 for a success, so the
+    fleet settles where a share p* of calls is throttled; `madd` adds an
+    AIMD pin (madd / rate a success, so shares converge), `mspace` spaces
+    decreases (at most one per mspace sends' time), winit/wexp weight the
+    growth by the backlog."""
+    def _w(s):
+        P = s.P
+        if s.backlog is not None and P.get('wexp'):
+            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
+            return x ** P['wexp']
+        return 1.0
+    def _set(s, now, new):
+        old = s.rate
+        if new < old:
+            s.tokens = min(s.burst(new), s.tokens + (now - s.refilled) * old); s.refilled = now
+            s.stretch = old / new; s.gen += 1; s.lastCut = now
+        s.rate = new
+    def throttled(s, now):
+        P = s.P
+        s.roll(now); s.wr += 1
+        s.lastThrottle = now
+        if s.rate is None:
+            s.first_cut(now); s.lastDec = now
+            return
+        if now - getattr(s, 'lastDec', -1e9) < P.get('mspace', 0) / s.rate: return
+        s.lastDec = now
+        if P.get('lin'):
+            # constant steps per answer: exponential in time, G (p* - x) a second in log
+            s._set(now, max(P['floor'], s.rate * P.get('dmin', 0.5), s.rate - P['g'] * (1 - P['pstar'])))
+        else:
+            s._set(now, max(P['floor'], s.rate * math.exp(-P['g'] * (1 - P['pstar']))))
+    def success(s, now):
+        P = s.P
+        s.roll(now); s.ws += 1; s.wr += 1
+        if s.rate is None: return
+        w = s._w()
+        quiet = max(0, now - s.lastThrottle - P['steady'])
+        if P.get('lin'):
+            r = s.rate + P['g'] * P['pstar']
+        else:
+            r = s.rate * math.exp(P['g'] * P['pstar'] * (w if P.get('wmul') else 1))
+        r += w * P.get('madd', 0) / s.rate
+        r += P.get('expo', 0) * min(quiet, P.get('qcap', 3))
+        s.rate = r
+
+
+class CB(RA):
+    """Compressed backoff (fleet-search): paced at cbm times the host's own
+    goodput (an EWMA over cbw seconds), and after each throttle the pacer
+    is blocked for a fixed cbd seconds (divided by the backlog weight when
+    wexp is set; at most cbk slots of the host's goodput when cbk is set).
+    A fixed block makes a host's throughput (1-p) R / (1 + p R d), which
+    saturates at 1/(p d) whatever R: shares equal out without a learned
+    state, and a host can jump to R when throttles stop."""
+    def __init__(s, P, now):
+        super().__init__(P, now)
+        s.good = None; s.gt = now; s.blockUntil = -1e9
+    def _w(s):
+        P = s.P
+        if s.backlog is not None and P.get('wexp'):
+            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
+            return x ** P['wexp']
+        return 1.0
+    def _slot(s, now):
+        if s.rate is None: return now
+        t = max(now, s.blockUntil)
+        s.tokens = min(s.burst(s.rate), s.tokens + max(0.0, t - s.refilled) * s.rate)
+        s.refilled = max(t, s.refilled)
+        w = 0 if s.tokens >= 1 else (1 - s.tokens) / s.rate
+        s.tokens -= 1
+        return t + w
+    def acquire(s, now):
+        slot = s._slot(now)
+        s.countSend(slot); s.sendsSinceCut += 1
+        return slot, s.gen
+    def restretch(s, slot, gen):
+        if gen == s.gen: return None
+        return s._slot(slot), s.gen
+    def _good(s, now, inc):
+        P = s.P
+        tau = P.get('cbw', 2.0)
+        if s.good is None: s.good = 0.0; s.gt = now
+        dt = now - s.gt
+        s.good *= math.exp(-dt / tau); s.gt = now
+        s.good += inc / tau
+    def _update(s, now):
+        P = s.P
+        # the EWMA needs a few time constants before it measures; until then keep the first cut's rate
+        if now - s.pacedSince < P.get('cbw', 2.0): return
+        s.rate = max(P['floor'], P.get('cbm', 2.0) * s.good)
+    def throttled(s, now):
+        P = s.P
+        s.roll(now); s.wr += 1
+        s.lastThrottle = now
+        if s.rate is None:
+            s.first_cut(now); s.pacedSince = now; s._good(now, 0)
+            s.rate *= P.get('cbm0', 1.0)
+            return
+        s._good(now, 0)
+        d = P.get('cbd', 6.0) / s._w()
+        if P.get('cbk'): d = min(d, P['cbk'] / max(s.good, P['floor']))
+        s.blockUntil = max(s.blockUntil, now + d * (random.random() * 2 if P.get('cbj') else 1))
+        s.tokens = min(s.tokens, 0.0); s.refilled = max(s.refilled, s.blockUntil)
+        s.gen += 1
+        s._update(now)
+    def success(s, now):
+        s.roll(now); s.ws += 1; s.wr += 1
+        if s.rate is None: return
+        s._good(now, 1)
+        s._update(now)
 
 
 class DL(RA):
@@ -624,12 +832,13 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi", "mlt", "g", "madd", "mspace", "wmul", "norefs", "lin", "dmin", "tk", "cb", "cbd", "cbm", "cbw", "cbk", "cbm0", "cbj", "fend", "fexpo", "fmi", "fq", "hfloor", "hmin", "rel", "probe", "pthr", "pgrow", "pmin", "pcap", "qe", "qg", "qn", "qp0", "qr", "hw"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
     for k, v in (("dl", dict(delta=150, c=0.1, bmin=3, taumin=0.5, smax=0.5)),
                  ("ltc", dict(eta=0.4, pstar=0.03, steady=1.0, expo=0.3)),
+                 ("mlt", dict(g=0.5, pstar=0.08, steady=2.0)),
                  ("gt", dict(T=1.0, W=4.0, plo=0.02, phi=0.08, eps=0.03, grow=0.25, add=0.1))):
         if P.get(k):
             for kk, vv in v.items():
@@ -637,7 +846,7 @@ def main(argv):
                     P[kk] = vv
     seeds = range(1, 1 + int(P.pop("seeds", 8)))
     run(P, " ".join(argv) or "RateAdapter as ported", seeds=seeds)
-    run_boto(P, seeds)
+    if not P.get('norefs'): run_boto(P, seeds)
 
 
 if __name__ == "__main__":
