@@ -316,6 +316,10 @@ public final class SecretCache: @unchecked Sendable {
             return ((r, .shared, false), Joined())
         }
         let flight = Flight(fingerprint: current)
+        // A decryption this one replaces read other bytes, or bytes a
+        // change since made stale: its result is not cached (else, ending
+        // last, it put the old plaintext back, and hits served it).
+        flights[key]?.stale = true
         flights[key] = flight
         lock.unlock()
 

@@ -338,3 +338,36 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(content(.success(left.secret)) == "nfc")
     }
 }
+
+@Suite struct SupersededFlightTests {
+    /// One open decrypts the old ciphertext; the file changes; an open that
+    /// sees the new fingerprint starts its own decryption, which takes the
+    /// first one's place; the watcher's invalidation marks only that one.
+    /// The first, ending last, put the old plaintext in the cache, and hits
+    /// served it until the TTL (for ever at ttl=0). (Found in review.)
+    @Test func aSupersededDecryptionDoesNotCacheTheOldPlaintext() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(), now: clock.now)
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = cache.acquire(path: "p", current: fingerprint(1)) {
+                entered.signal()
+                release.wait()
+                return secret("old", fingerprint(1), clock)
+            }
+            done.signal()
+        }
+        entered.wait()
+        let (r, _, _) = cache.acquire(path: "p", current: fingerprint(2)) {
+            cache.invalidate("p")          // the watcher applies the change meanwhile
+            return secret("new", fingerprint(2), clock)
+        }
+        #expect(content(r) == "new")
+        release.signal()
+        done.wait()
+        let served = cache.hit("p").map { $0.secret.plaintext.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
+        #expect(served == nil, "hit served \(served ?? "-")")
+    }
+}
