@@ -32,6 +32,8 @@ public final class SourceWatcher: @unchecked Sendable {
         var byWD: [Int32: (id: InodeID, paths: Set<PathKey>)] = [:]
         var byPath: [PathKey: Int32] = [:]
         var lastSweep = SystemClock.monotonic()
+        /// `stopped`, kept here too: `watchFile` never takes `lock`.
+        var stopped = false
     }
     private let fileLock = Mutex(FileWatches())
     /// Most cached ciphertexts watched: at most a quarter of the system's
@@ -101,7 +103,7 @@ public final class SourceWatcher: @unchecked Sendable {
     /// cached; the inode watched, or nil (not a regular file, the limit,
     /// stopped). From any thread.
     func watchFile(_ path: String) -> InodeID? {
-        guard !lock.withLock({ stopped }) else { return nil }
+        guard !fileLock.withLock({ $0.stopped }) else { return nil }
         // Opened beneath SOURCE, never through a link, and watched
         // through that descriptor: a path string would follow a link
         // swapped in.
@@ -112,8 +114,12 @@ public final class SourceWatcher: @unchecked Sendable {
         let id = InodeID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
         let key = PathKey(path)
         return fileLock.withLock { w -> InodeID? in
-            let known = w.byPath[key].flatMap { w.byWD[$0]?.id == id ? $0 : nil }
-            guard known != nil || w.byWD.count < fileWatchLimit else { return nil }
+            guard !w.stopped else { return nil }
+            // The inode this path was read from before (a rotation replaced
+            // it) gives its watch back first: at the cap, it would hold a
+            // slot for as long as the path is cached.
+            if let old = w.byPath[key], w.byWD[old]?.id != id { forgetFile(&w, key, old) }
+            guard w.byPath[key] != nil || w.byWD.count < fileWatchLimit else { return nil }
             let wd = inotify_add_watch(fd, "/proc/self/fd/\(f)", SourceWatcher.fileMask)
             guard wd >= 0 else { return nil }
             if let old = w.byPath[key], old != wd { forgetFile(&w, key, old) }
@@ -188,6 +194,7 @@ public final class SourceWatcher: @unchecked Sendable {
 
     public func stop() {
         lock.withLock { stopped = true }
+        fileLock.withLock { $0.stopped = true }
         fs.onCiphertextRead(nil)
     }
 
@@ -349,10 +356,12 @@ public final class SourceWatcher: @unchecked Sendable {
             // take seconds: every directory moved in is walked).
             let busy = fs.sourceChangesPending
             let ready = poll(&pfd, 1, busy ? 0 : 500)
+            // Every pass, not only when quiet: a file written more often
+            // than twice a second would keep it from ever running.
+            sweepFileWatches()
             if ready <= 0 {
                 if busy { fs.sourceChangesPending = false; continue }
                 retryIfIncomplete()
-                sweepFileWatches()
                 continue
             }
             fs.sourceChangesPending = true

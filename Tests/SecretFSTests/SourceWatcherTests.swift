@@ -390,4 +390,27 @@ import Glibc
         w.sweepFileWatches(every: 0)
         #expect(w.fileWatchCount == 0)
     }
+
+    /// A write through a descriptor opened by a name that is gone since
+    /// (the link count back to 1, so the plaintext is served on a hit):
+    /// only the file's own watch sees it. (Found in review.)
+    @Test func aWriteThroughADescriptorOfARemovedLinkIsSeen() throws {
+        let dir = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let other = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        try rotate(dir + "/k.encrypted", "k1")
+        let (fs, w) = try watched(dir, decryptor: FakeDecryptor())
+        defer { w.stop() }
+        #expect(link(dir + "/k.encrypted", other + "/k") == 0)
+        let fd = open(other + "/k", O_WRONLY | O_CLOEXEC)
+        defer { close(fd) }
+        #expect(unlink(other + "/k") == 0)
+        #expect(eventually(fs, "k", "1k") == "1k")
+        usleep(200_000)                                   // the link's events applied
+        #expect(read(fs, "k") == "1k")                    // cached, one name, watched: a hit
+        #expect(ftruncate(fd, 0) == 0)
+        #expect(pwrite(fd, "k2", 2, 0) == 2)
+        #expect(eventually(fs, "k", "2k") == "2k")
+    }
 }
