@@ -203,6 +203,7 @@ def test_a_failed_notification_is_tried_again_and_status_shows_it_meanwhile(tmp_
     assert eventually(lambda: len(log.read_text().splitlines()) == 2, 20), log.read_text()
     assert log.read_text().splitlines() == ["db", "db"]
     assert eventually(lambda: status(kmsfs_bin, m)["rotation"]["retrying"] == [], 10)
+    assert eventually(lambda: "result=notified" in audit.read_text(), 10)   # the audit is written by its own thread
     rec = audit.read_text()
     assert rec.index("result=failed") < rec.index("result=notified"), rec
     assert open(m.file("db"), "rb").read() == b"two"
