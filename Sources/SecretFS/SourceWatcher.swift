@@ -26,7 +26,7 @@ public final class SourceWatcher: @unchecked Sendable {
     /// and its paths in SOURCE (one inode may be cached under two names).
     /// A directory's watch sees writes through the names it holds; only
     /// the file's own sees one through a hard link elsewhere (a staging
-    /// tree), or the link being made. Under `fileLock`, never `lock`: an
+    /// tree), also one made after the plaintext was cached. Under `fileLock`, never `lock`: an
     /// open must not wait for a walk of SOURCE.
     private struct FileWatches {
         var byWD: [Int32: (id: InodeID, paths: Set<PathKey>)] = [:]
@@ -41,7 +41,12 @@ public final class SourceWatcher: @unchecked Sendable {
     /// that directories, which every open depends on, still get theirs.
     /// Past it, a plaintext is served after a look at its ciphertext.
     let fileWatchLimit: Int
-    static let fileMask: UInt32 = UInt32(IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE)
+    /// Writes only. A new name, a chmod or a touch leave the bytes as they
+    /// were, and a write through any name is still a write here; waking on
+    /// IN_ATTRIB made every hard-link snapshot of SOURCE (rsnapshot,
+    /// `cp -al`) cost a Decrypt per cached secret when made and again
+    /// when removed.
+    static let fileMask: UInt32 = UInt32(IN_MODIFY | IN_CLOSE_WRITE)
 
     // Lock held. One directory has one wd: another wd known for the same
     // device and inode is of a directory deleted since, whose inode number

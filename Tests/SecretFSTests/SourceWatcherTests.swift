@@ -413,4 +413,25 @@ import Glibc
         #expect(pwrite(fd, "k2", 2, 0) == 2)
         #expect(eventually(fs, "k", "2k") == "2k")
     }
+
+    /// A hard-link snapshot of SOURCE (rsnapshot, `cp -al`) made and
+    /// removed while secrets are cached changes no bytes: no Decrypt.
+    @Test func aHardLinkSnapshotCostsNoDecrypt() throws {
+        let dir = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let other = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        try rotate(dir + "/k.encrypted", "k1")
+        let d = FakeDecryptor()
+        let (fs, w) = try watched(dir, decryptor: d)
+        defer { w.stop() }
+        #expect(read(fs, "k") == "1k")
+        #expect(link(dir + "/k.encrypted", other + "/k") == 0)
+        usleep(200_000)
+        #expect(read(fs, "k") == "1k")
+        #expect(unlink(other + "/k") == 0)
+        usleep(200_000)
+        #expect(read(fs, "k") == "1k")
+        #expect(d.calls.withLock { $0 } == 1)
+    }
 }
