@@ -879,9 +879,7 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// kernel to forget what it cached, and wipes the plaintext of a file
     /// that changed or is gone (open handles keep the bytes they opened);
     /// the next open decrypts the new version.
-    /// `cameInto`: the name came (created, renamed into place) rather than
-    /// its file being written.
-    public func sourceChanged(directory: String, name: String, isDirectory: Bool, removed: Bool, cameInto: Bool = false) {
+    public func sourceChanged(directory: String, name: String, isDirectory: Bool, removed: Bool) {
         let shown: String
         if isDirectory {
             shown = name
@@ -901,12 +899,8 @@ public final class SecretFileSystem: @unchecked Sendable {
         } else {
             // A rotated secret: wipe now, decrypt the new one on open. The
             // hook learns the version that was cached, to tell a new
-            // ciphertext from a touch. A file renamed into place that an
-            // open already decrypted (it looked, the event not applied yet)
-            // stays: it was read under its own watch, so a write since would
-            // be an event of its own. Wiping it cost a second Decrypt.
-            let now = cameInto ? (try? tree.stat(sourcePath)).map { InodeID(device: $0.fingerprint.device, inode: $0.fingerprint.inode) } : nil
-            let was = cache.invalidate(sourcePath, keepingWatched: now)
+            // ciphertext from a touch.
+            let was = cache.invalidate(sourcePath)
             if let hook = changeHook.withLock({ $0 }) { hook.call(sourcePath, was) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in

@@ -446,24 +446,12 @@ public final class SecretCache: @unchecked Sendable {
     /// Returns the version that was cached, if one was.
     @discardableResult
     public func invalidate(_ path: String) -> String? {
-        invalidate(path, keepingWatched: nil)
-    }
-
-    /// As `invalidate`, but an entry read from `inode` under its own watch
-    /// (`fileWatched`) stays: it is that file's current plaintext. A
-    /// decryption under way is marked stale all the same (it may have read
-    /// the file the name led to before). Returns the version wiped.
-    public func invalidate(_ path: String, keepingWatched inode: InodeID?) -> String? {
         let key = PathKey(path)
         return lock.withLock {
             flights[key]?.stale = true
-            evicted[key] = nil
-            if let inode, let e = entries[key], e.fileWatched,
-               e.fingerprint.device == inode.device, e.fingerprint.inode == inode.inode {
-                return nil
-            }
             let version = entries[key]?.version
             removeLocked(key)
+            evicted[key] = nil
             return version
         }
     }

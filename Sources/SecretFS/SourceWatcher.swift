@@ -466,6 +466,6 @@ public final class SourceWatcher: @unchecked Sendable {
             let sub = SourceTree.join(dir, name)
             lock.withLock { resync(sub, nameWentAway: removed) }
         }
-        fs.sourceChanged(directory: dir, name: name, isDirectory: isDir, removed: removed, cameInto: added)
+        fs.sourceChanged(directory: dir, name: name, isDirectory: isDir, removed: removed)
     }
 }

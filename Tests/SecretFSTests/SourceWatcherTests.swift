@@ -434,27 +434,4 @@ import Glibc
         #expect(read(fs, "k") == "1k")
         #expect(d.calls.withLock { $0 } == 1)
     }
-
-    /// An open made right after a rename, before the watcher applied it,
-    /// decrypts the new ciphertext; the rename's event, applied after,
-    /// wiped that plaintext, and the next open decrypted it again.
-    @Test func aRotationOpenedBeforeTheWatcherSawItIsDecryptedOnce() throws {
-        let dir = try tree(["."])
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try rotate(dir + "/k.encrypted", "k1")
-        let d = FakeDecryptor()
-        let (fs, w) = try watched(dir, decryptor: d)
-        defer { w.stop() }
-        #expect(read(fs, "k") == "1k")
-        let gate = try stall(fs, dir)                     // the watcher waits in the change hook
-        try rotate(dir + "/k.encrypted", "k2")
-        #expect(read(fs, "k") == "2k")                    // looked: events are pending
-        gate.signal()
-        usleep(300_000)                                   // the rename applied
-        #expect(read(fs, "k") == "2k")
-        #expect(d.calls.withLock { $0 } == 2)
-        // A write in place after that is still seen.
-        try writeInPlace(dir + "/k.encrypted", "k3")
-        #expect(eventually(fs, "k", "3k") == "3k")
-    }
 }
