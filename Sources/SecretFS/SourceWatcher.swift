@@ -168,10 +168,11 @@ public final class SourceWatcher: @unchecked Sendable {
         }
     }
 
-    /// An event on a cached ciphertext's own watch: each of its paths that
-    /// still leads to that inode changed (as a write seen in its directory
-    /// would: wiped, told as a possible rotation). A path that leads
-    /// elsewhere now was renamed over, which its directory reported.
+    /// An event on a cached ciphertext's own watch: each of its paths
+    /// changed (as a write seen in its directory would: wiped, told as a
+    /// possible rotation). Also a path that leads elsewhere when the event
+    /// is applied: it may lead back by the time its own events are (a
+    /// file renamed away and back), and a wipe costs one Decrypt at most.
     private func fileChanged(_ wd: Int32, _ mask: UInt32) {
         if mask & UInt32(IN_IGNORED) != 0 {
             fileLock.withLock { w in
@@ -182,8 +183,6 @@ public final class SourceWatcher: @unchecked Sendable {
         }
         guard let e = fileLock.withLock({ $0.byWD[wd] }) else { return }
         for key in e.paths {
-            guard let st = try? fs.tree.stat(key.path),
-                  st.fingerprint.device == e.id.device, st.fingerprint.inode == e.id.inode else { continue }
             let slash = key.path.utf8.lastIndex(of: UInt8(ascii: "/"))
             let dir = slash.map { String(key.path[..<$0]) } ?? "."
             let name = slash.map { String(key.path[key.path.index(after: $0)...]) } ?? key.path

@@ -434,4 +434,40 @@ import Glibc
         #expect(read(fs, "k") == "1k")
         #expect(d.calls.withLock { $0 } == 1)
     }
+
+    /// A write through a hard link outside SOURCE, applied while the name
+    /// led to another file, then the name renamed back to the written
+    /// file: the plaintext read before the write must not be served.
+    /// (Found in review, against a rule since reverted that kept a
+    /// plaintext when its name led back to its inode.)
+    @Test func aFileRenamedAwayAndBackAfterAWriteElsewhereIsReadAgain() throws {
+        let dir = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let other = try tree(["."])
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        try rotate(dir + "/k.encrypted", "k1")
+        try Data("k9".utf8).write(to: URL(fileURLWithPath: other + "/j"))
+        let (fs, w) = try watched(dir, decryptor: FakeDecryptor())
+        defer { w.stop() }
+        #expect(read(fs, "k") == "1k")
+        usleep(200_000)
+        #expect(read(fs, "k") == "1k")                    // a hit
+        let gate1 = DispatchSemaphore(value: 0), stalled1 = DispatchSemaphore(value: 0)
+        let gate2 = DispatchSemaphore(value: 0), stalled2 = DispatchSemaphore(value: 0)
+        fs.onCiphertextChange { p, _ in
+            if p == "z.encrypted" { stalled1.signal(); gate1.wait() }
+            if p == "y.encrypted" { stalled2.signal(); gate2.wait() }
+        }
+        try rotate(dir + "/z.encrypted", "zz")
+        stalled1.wait()                                   // the watcher is busy
+        #expect(link(dir + "/k.encrypted", other + "/h") == 0)
+        try writeInPlace(other + "/h", "k2")              // only the file's own watch sees it
+        try rotate(dir + "/y.encrypted", "yy")            // an event to stand between
+        #expect(rename(other + "/j", dir + "/k.encrypted") == 0)   // k leads elsewhere
+        gate1.signal()
+        stalled2.wait()                                   // the write's event applied
+        #expect(rename(other + "/h", dir + "/k.encrypted") == 0)   // and back
+        gate2.signal()
+        #expect(eventually(fs, "k", "2k") == "2k")
+    }
 }
