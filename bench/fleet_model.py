@@ -74,6 +74,14 @@ class RA:
 
     def burst(s, r): return max(1, r * 0.1)
 
+    def _w(s):
+        """The backlog weight (wexp, bref, wlo, whi), 1 without."""
+        P = s.P
+        if s.backlog is not None and P.get('wexp'):
+            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
+            return x ** P['wexp']
+        return 1.0
+
     def released(s):
         P = s.P
         return P.get('rel') and s.host['left'] - s.host['done'] <= P['rel'] * s.host['left']
@@ -457,12 +465,6 @@ class MLT(RA):
     AIMD pin (madd / rate a success, so shares converge), `mspace` spaces
     decreases (at most one per mspace sends' time), winit/wexp weight the
     growth by the backlog."""
-    def _w(s):
-        P = s.P
-        if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
-            return x ** P['wexp']
-        return 1.0
     def _set(s, now, new):
         old = s.rate
         if new < old:
@@ -509,12 +511,6 @@ class CB(RA):
     def __init__(s, P, now):
         super().__init__(P, now)
         s.good = None; s.gt = now; s.blockUntil = -1e9
-    def _w(s):
-        P = s.P
-        if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
-            return x ** P['wexp']
-        return 1.0
     def _slot(s, now):
         if s.rate is None: return now
         t = max(now, s.blockUntil)
