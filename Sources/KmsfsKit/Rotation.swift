@@ -491,7 +491,7 @@ public final class RotationNotifier: @unchecked Sendable {
         if let delay {
             Log.warning("rotation: will tell \(target.label) about \(shown) again in \(RotationNotifier.seconds(delay)) (try \(attempt + 1) of \(retryDelays.count + 1))")
         } else {
-            Log.error("rotation: gave up telling \(target.label) about \(shown) after \(attempt) tries; it is told with its next notification")
+            Log.error("rotation: gave up telling \(target.label) about \(shown) after \(attempt) tries; it is told with its next notification, or tried again after a remount or reload")
         }
         lock.withLock {
             retries[target] = Retry(items: failed, attempts: attempt,

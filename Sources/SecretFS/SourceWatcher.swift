@@ -26,8 +26,8 @@ public final class SourceWatcher: @unchecked Sendable {
     /// and its paths in SOURCE (one inode may be cached under two names).
     /// A directory's watch sees writes through the names it holds; only
     /// the file's own sees one through a hard link elsewhere (a staging
-    /// tree), also one made after the plaintext was cached. Under `fileLock`, never `lock`: an
-    /// open must not wait for a walk of SOURCE.
+    /// tree), also one made after the plaintext was cached. Under
+    /// `fileLock`, never `lock`: an open must not wait for a walk of SOURCE.
     private struct FileWatches {
         var byWD: [Int32: (id: InodeID, paths: Set<PathKey>)] = [:]
         var byPath: [PathKey: Int32] = [:]
