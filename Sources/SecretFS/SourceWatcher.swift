@@ -108,18 +108,21 @@ public final class SourceWatcher: @unchecked Sendable {
     /// cached; the inode watched, or nil (not a regular file, the limit,
     /// stopped). From any thread.
     func watchFile(_ path: String) -> InodeID? {
-        guard !fileLock.withLock({ $0.stopped }) else { return nil }
-        // Opened beneath SOURCE, never through a link, and watched
-        // through that descriptor: a path string would follow a link
-        // swapped in.
-        guard let f = try? openBeneath(fs.tree.rootFD, path, flags: O_PATH) else { return nil }
-        defer { close(f) }
-        var st = stat()
-        guard fstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        let id = InodeID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
         let key = PathKey(path)
+        // All under the lock, the path resolved too: a caller that resolved
+        // it before a rotation and took the lock after another caller
+        // watched the new file would have given that watch back (the path
+        // "led to" the old inode), leaving the new plaintext unwatched.
         return fileLock.withLock { w -> InodeID? in
             guard !w.stopped else { return nil }
+            // Opened beneath SOURCE, never through a link, and watched
+            // through that descriptor: a path string would follow a link
+            // swapped in.
+            guard let f = try? openBeneath(fs.tree.rootFD, path, flags: O_PATH) else { return nil }
+            defer { close(f) }
+            var st = stat()
+            guard fstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+            let id = InodeID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
             // The inode this path was read from before (a rotation replaced
             // it) gives its watch back first: at the cap, it would hold a
             // slot for as long as the path is cached.
