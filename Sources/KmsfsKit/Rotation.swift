@@ -50,6 +50,9 @@ public final class RotationNotifier: @unchecked Sendable {
         /// Notifications that failed, per target, to be tried again (or
         /// given up: `nextTry` nil).
         public var retrying: [RetryState] = []
+        /// The versions at start are noted (`seed`): changes are measured
+        /// against them from now on.
+        public var seeded = false
     }
 
     /// A target that failed to be told about some secrets.
@@ -129,6 +132,9 @@ public final class RotationNotifier: @unchecked Sendable {
     private var stats = Stats()
     /// Failed notifications by target.
     private var retries: [Target: Retry] = [:]
+    /// Counts remounts and reloads (`targetsChanged`): one during a try
+    /// makes the next try come at once.
+    private var retryGeneration: UInt64 = 0
     private var stopped = false
     /// Bound on distinct pending paths (a flood of new names waits for the
     /// next batch) and on remembered failures.
@@ -181,6 +187,7 @@ public final class RotationNotifier: @unchecked Sendable {
     /// still at its version and still meant for its target.
     public func targetsChanged() {
         lock.withLock {
+            retryGeneration &+= 1
             let t = SystemClock.monotonic()
             for k in Array(retries.keys) { retries[k]?.due = t }
             lock.broadcast()
@@ -247,6 +254,7 @@ public final class RotationNotifier: @unchecked Sendable {
         // A mount that tells nobody (no reload=, no on_change=) noted none:
         // nothing to say.
         if n > 0 { Log.info("rotation: versions of \(n) secrets noted in \(Int((SystemClock.monotonic() - t0) * 1000)) ms; changes are measured against them") }
+        lock.withLock { stats.seeded = true }
     }
 
     /// What a rescan finds: secrets whose version differs from their
@@ -385,8 +393,8 @@ public final class RotationNotifier: @unchecked Sendable {
             // secrets still at the version it was about.
             let earlier = lock.withLock { retries[target] }
             let told = Set(items.map { PathKey($0.shown) })
-            let carried = earlier.map { current($0.items, for: target).filter { !told.contains(PathKey($0.shown)) } } ?? []
-            tell(target, items + carried, attempt: 1, systemctl: &systemctl)
+            let carried = current((earlier?.items ?? []).filter { !told.contains(PathKey($0.shown)) }, for: target)
+            tell(target, items + carried.ready, attempt: 1, untried: carried.untried, systemctl: &systemctl)
         }
     }
 
@@ -416,40 +424,58 @@ public final class RotationNotifier: @unchecked Sendable {
         for (target, r) in due {
             if isStopped { return }
             let items = current(r.items, for: target)
-            if items.isEmpty {
+            if items.ready.isEmpty && items.untried.isEmpty {
                 Log.notice("rotation: no longer telling \(target.label) about \(RotationNotifier.shown(r.items.map(\.shown))): replaced since, or no longer meant for it")
                 lock.withLock { retries[target] = nil }
                 continue
             }
             // A try after the last (a remount or reload asked for it) is one
             // more, then given up again.
-            tell(target, items, attempt: min(r.attempts, retryDelays.count) + 1, systemctl: &systemctl)
+            tell(target, items.ready, attempt: min(r.attempts, retryDelays.count) + 1, untried: items.untried,
+                 systemctl: &systemctl)
         }
     }
 
-    /// `items` that still stand: the secret is at that version in SOURCE
-    /// (a touch waiting for its batch leaves it so), and the target is
-    /// still named for it.
-    private func current(_ items: [Told], for target: Target) -> [Told] {
-        items.filter { d in
-            target.isNamed(by: targets(d.shown)) && fs.currentVersion(sourcePath: d.source) == d.version
+    /// `items` that still stand, decrypted again first as a batch does
+    /// (a retry may come after the TTL wiped the plaintext, and KMS or the
+    /// key may be gone since: nobody is restarted into a failing open).
+    /// `ready`: at that version in SOURCE (a touch waiting for its batch
+    /// leaves it so), decrypted, and still meant for the target.
+    /// `untried`: those that did not decrypt now, with why; they wait for
+    /// the next try. The rest (replaced since, gone, no longer meant for
+    /// the target) are dropped.
+    private func current(_ items: [Told], for target: Target) -> (ready: [Told], untried: [(Told, String)]) {
+        var ready: [Told] = []
+        var untried: [(Told, String)] = []
+        for d in items where target.isNamed(by: targets(d.shown)) && fs.currentVersion(sourcePath: d.source) == d.version {
+            switch fs.decryptNow(sourcePath: d.source) {
+            case .success(let secret):
+                if secret.version == d.version { ready.append(d) }   // else replaced meanwhile: the next batch's
+            case .failure(let failure):
+                if failure.kind != .gone { untried.append((d, "does not decrypt now: " + failure.message)) }
+            }
         }
+        return (ready, untried)
     }
 
     /// Tells `target` about `items` (try number `attempt`); what it fails
-    /// to tell is tried again later, or given up after the last delay.
-    /// Either way it replaces the target's earlier failure.
-    /// `systemctl` is looked up at the first unit and kept for the rest.
-    private func tell(_ target: Target, _ items: [Told], attempt: Int,
+    /// to tell, and `untried` (not decrypted now), is tried again later, or
+    /// given up after the last delay. Either way it replaces the target's
+    /// earlier failure. `systemctl` is looked up at the first unit and kept
+    /// for the rest.
+    private func tell(_ target: Target, _ items: [Told], attempt: Int, untried: [(Told, String)] = [],
                       systemctl: inout Result<String, ChildProcess.Failure>?) {
-        var failed: [Told] = []
-        var reason = ""
+        var failed: [Told] = untried.map(\.0)
+        var reason = untried.first?.1 ?? ""
+        let generation = lock.withLock { retryGeneration }
         func fail(_ part: [Told], _ why: ChildProcess.Failure) {
             record(target: target.label, paths: part.map(\.shown), result: .failure(why))
             failed += part
             reason = why.message
         }
         switch target {
+        case _ where items.isEmpty:
+            break
         case .unit(let unit):
             if systemctl == nil { systemctl = RotationNotifier.systemctl(searching: environment.plain["PATH"]) }
             switch systemctl! {
@@ -494,8 +520,10 @@ public final class RotationNotifier: @unchecked Sendable {
             Log.error("rotation: gave up telling \(target.label) about \(shown) after \(attempt) tries; it is told with its next notification, or tried again after a remount or reload")
         }
         lock.withLock {
-            retries[target] = Retry(items: failed, attempts: attempt,
-                                    due: delay.map { SystemClock.monotonic() + $0 }, reason: reason)
+            // A remount or reload while this try ran asks for one more now.
+            let now = SystemClock.monotonic()
+            let due = retryGeneration != generation ? now : delay.map { now + $0 }
+            retries[target] = Retry(items: failed, attempts: attempt, due: due, reason: reason)
             lock.broadcast()
         }
     }

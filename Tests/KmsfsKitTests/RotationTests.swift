@@ -80,9 +80,11 @@ import Glibc
 }
 
 /// "Decrypts" by reversing the bytes; a ciphertext starting with `!` does
-/// not decrypt.
-private struct ReversingDecryptor: SecretDecrypting {
+/// not decrypt, nor does anything while `down` (KMS unreachable).
+final class ReversingDecryptor: SecretDecrypting, Sendable {
+    let down = Atomic<Bool>(false)
     func decrypt(ciphertext: [UInt8], path: String) -> Result<DecryptedSecret, DecryptFailure> {
+        if down.load(ordering: .relaxed) { return .failure(DecryptFailure(.unavailable, "KMS is down")) }
         if ciphertext.first == UInt8(ascii: "!") { return .failure(DecryptFailure(.badInput, "bad file")) }
         guard let b = try? SecureBuffer(capacity: max(ciphertext.count, 1)),
               (try? Array(ciphertext.reversed()).withUnsafeBytes({ try b.append($0) })) != nil else {
@@ -102,7 +104,10 @@ private struct ReversingDecryptor: SecretDecrypting {
         let dir: String
         let calls: String
         let failMarker: String
+        let failCount: String
         let notifier: RotationNotifier
+        let fs: SecretFileSystem
+        let decryptor = ReversingDecryptor()
         let program: String
         /// Whom the notifier tells now (nil: the program).
         final class Told: Sendable { let program = Mutex<String?>(nil) }
@@ -115,10 +120,24 @@ private struct ReversingDecryptor: SecretDecrypting {
             mkdir(dir + "/src", 0o755)
             calls = dir + "/calls"
             failMarker = dir + "/fail"
+            failCount = dir + "/fail-count"
             program = dir + "/notify"
-            // The outcome is decided before the run is logged: a test that
-            // sees the run may change the next one's at once.
-            let script = "#!/bin/sh\nif [ -e \(failMarker) ]; then r=1; else r=0; fi\necho \"$@\" >> \(calls)\nexit $r\n"
+            // Fails while `fail` exists, and the next N runs `fail-count`
+            // says. The outcome is decided before the run is logged: a test
+            // that sees the run may change the next one's at once.
+            let script = """
+                #!/bin/sh
+                r=0
+                if [ -e \(failMarker) ]; then r=1; fi
+                if [ -s \(failCount) ]; then
+                    n=$(cat \(failCount))
+                    if [ "$n" -gt 0 ]; then echo $((n - 1)) > \(failCount); r=1; fi
+                fi
+                if [ -e \(failMarker).slow ]; then : > \(failMarker).started; sleep 1; fi
+                echo "$@" >> \(calls)
+                exit $r
+
+                """
             // Close-on-exec: a child another test forks meanwhile must not
             // hold it open for writing (exec would fail with ETXTBSY).
             let fd = open(program, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
@@ -126,9 +145,9 @@ private struct ReversingDecryptor: SecretDecrypting {
             close(fd)
             let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]),
                                       defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
-            let fs = SecretFileSystem(tree: try SourceTree(path: dir + "/src"), configuration: FSConfiguration(policy: policy),
-                                      decryptor: ReversingDecryptor(), audit: NoAuditSink())
-            let told = told, program = program
+            fs = SecretFileSystem(tree: try SourceTree(path: dir + "/src"), configuration: FSConfiguration(policy: policy),
+                                  decryptor: decryptor, audit: NoAuditSink())
+            let told = told, program = program, fs = fs
             notifier = RotationNotifier(fs: fs, audit: NoAuditSink(), programs: Environment(["PATH": "/usr/bin:/bin"]),
                                         settle: settle, retryDelays: retryDelays) { _ in
                 ChangeTargets(program: told.program.withLock { $0 } ?? program)
@@ -136,6 +155,10 @@ private struct ReversingDecryptor: SecretDecrypting {
             put("a", "1a")
             put("b", "1b")
             notifier.start()
+            // A rotation while the notifier notes the versions at start
+            // could be noted as the start (and told to nobody).
+            let notifier = notifier
+            try #require(RotationRetryTests.eventually { notifier.snapshot.seeded })
         }
 
         deinit {
@@ -168,6 +191,13 @@ private struct ReversingDecryptor: SecretDecrypting {
                 lines.append(String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).trimmingSuffix("\n"))
             }
             return lines
+        }
+
+        /// The next `n` runs fail.
+        func failNext(_ n: Int) {
+            let fd = open(failCount, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            _ = "\(n)\n".withCString { write(fd, $0, strlen($0)) }
+            close(fd)
         }
 
         func failing(_ on: Bool) {
@@ -208,10 +238,8 @@ private struct ReversingDecryptor: SecretDecrypting {
 
     @Test func aRetrySucceedsOnceTheTargetWorks() throws {
         let rig = try Rig(retryDelays: [0.5, 60])
-        rig.failing(true)
+        rig.failNext(1)
         rig.rotate("a", "2a")
-        #expect(Self.eventually { rig.runs.count == 1 })
-        rig.failing(false)
         #expect(Self.eventually { rig.runs.count == 2 })
         #expect(rig.runs == ["a", "a"])
         #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty && rig.notifier.snapshot.notificationsOK == 1 })
@@ -244,10 +272,9 @@ private struct ReversingDecryptor: SecretDecrypting {
     /// still happens.
     @Test func aTouchWhileARetryWaitsDoesNotCancelIt() throws {
         let rig = try Rig(retryDelays: [0.6, 60], settle: 1.0)
-        rig.failing(true)
+        rig.failNext(1)
         rig.rotate("a", "2a")
         #expect(Self.eventually { rig.runs.count == 1 })
-        rig.failing(false)
         usleep(200_000)
         rig.rotate("a", "2a")                         // same bytes, still settling when the retry is due
         #expect(Self.eventually { rig.runs.count == 2 })
@@ -277,6 +304,41 @@ private struct ReversingDecryptor: SecretDecrypting {
         rig.notifier.targetsChanged()
         #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty })
         #expect(rig.runs.count == runs)
+    }
+
+    /// A retry decrypts first, as a batch does: it may come after the
+    /// plaintext was wiped, with KMS down since. Nobody is restarted into
+    /// a failing open; the retry waits for its next try, and tells once
+    /// the secret decrypts again.
+    @Test func aRetryDecryptsFirstAndWaitsWhileKMSIsDown() throws {
+        let rig = try Rig(retryDelays: [0.3, 0.3, 60])
+        rig.failNext(1)
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { rig.runs.count == 1 })
+        rig.decryptor.down.store(true, ordering: .relaxed)
+        rig.fs.cache.wipeAll()                       // the TTL, say
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.first.map { $0.attempts >= 2 } ?? false })
+        #expect(rig.runs == ["a"])                   // not run while it does not decrypt
+        #expect(rig.notifier.snapshot.retrying.first?.reason.contains("KMS is down") == true)
+        rig.decryptor.down.store(false, ordering: .relaxed)
+        #expect(Self.eventually { rig.runs.count == 2 })
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty && rig.notifier.snapshot.notificationsOK == 1 })
+    }
+
+    /// A remount or reload that comes while a try runs (a program may take
+    /// up to a minute) still asks for one more try at once, not at the
+    /// next delay.
+    @Test func aRemountDuringATryTriesAgainAtOnce() throws {
+        let rig = try Rig(retryDelays: [60])
+        rig.failing(true)
+        close(open(rig.failMarker + ".slow", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600))
+        rig.rotate("a", "2a")
+        #expect(Self.eventually { access(rig.failMarker + ".started", F_OK) == 0 })   // the first try runs (1 s)
+        rig.notifier.targetsChanged()
+        unlink(rig.failMarker + ".slow")
+        rig.failing(false)
+        #expect(Self.eventually(timeout: 5) { rig.runs.count == 2 })
+        #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty })
     }
 }
 
