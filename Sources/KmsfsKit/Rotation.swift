@@ -175,7 +175,16 @@ public final class RotationNotifier: @unchecked Sendable {
             if pending.isEmpty { firstChange = t }
             lastChange = t
             if pending[key] == nil {
-                pending[key] = .some(baseline[key] ?? previousVersion)
+                // A version cached that is not the baseline is one an open
+                // handed out before this change: the baseline was noted at
+                // start after the file had changed (the event came later).
+                // Measured against it, the change is told, not taken for a
+                // touch.
+                if let previousVersion, previousVersion != baseline[key] {
+                    pending[key] = .some(previousVersion)
+                } else {
+                    pending[key] = .some(baseline[key] ?? previousVersion)
+                }
             }
             lock.broadcast()
         }

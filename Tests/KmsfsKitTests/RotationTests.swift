@@ -113,7 +113,7 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
         final class Told: Sendable { let program = Mutex<String?>(nil) }
         let told = Told()
 
-        init(retryDelays: [Double], settle: Double = 0.05) throws {
+        init(retryDelays: [Double], settle: Double = 0.05, start: Bool = true) throws {
             var template = Array("/tmp/kmsfs-retry-test.XXXXXX".utf8CString)
             dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
             chmod(dir, 0o755)
@@ -154,6 +154,7 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
             }
             put("a", "1a")
             put("b", "1b")
+            guard start else { return }
             notifier.start()
             // A rotation while the notifier notes the versions at start
             // could be noted as the start (and told to nobody).
@@ -339,6 +340,20 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
         rig.failing(false)
         #expect(Self.eventually(timeout: 5) { rig.runs.count == 2 })
         #expect(Self.eventually { rig.notifier.snapshot.retrying.isEmpty })
+    }
+
+    /// A rotation whose event comes after the notifier noted the versions
+    /// at start (the file was read new, the event still queued): the
+    /// version an open had cached is what the applications hold, and the
+    /// change is told, not taken for a touch.
+    @Test func aRotationRacingTheStartIsToldAgainstTheVersionHandedOut() throws {
+        let rig = try Rig(retryDelays: [60], start: false)
+        let old = try #require(rig.fs.currentVersion(sourcePath: "a.encrypted"))
+        rig.put("a", "2a")                           // the rename, its event not applied yet
+        rig.notifier.start()
+        #expect(Self.eventually { rig.notifier.snapshot.seeded })
+        rig.notifier.changed(sourcePath: "a.encrypted", previousVersion: old)   // the event, late
+        #expect(Self.eventually { rig.runs == ["a"] })
     }
 }
 
