@@ -30,14 +30,16 @@ import Glibc
     }
 
     /// The same through `credential_process`'s runner, with a child the
-    /// kill misses (it left its process group) and that exits 4 s later
+    /// kill misses (it left its process group) and that exits 5 s later
     /// (1.6 s left it 0.3 s past the runner's wait: under ThreadSanitizer
     /// on a busy machine it had exited, and was reaped, before the look).
+    /// The wait is 1.5 s: python3 must have left the group by then, or
+    /// the kill takes it (on a loaded machine its start took over 0.3 s).
     @Test func aCredentialProcessThatOutlivesTheWaitIsReapedLater() {
         let env = Environment(["PATH": "/usr/bin:/bin"])
-        let script = "import os, time; os.setpgid(0, os.getpgid(os.getppid())); print('x', flush=True); time.sleep(4)"
+        let script = "import os, time; os.setpgid(0, os.getpgid(os.getppid())); print('x', flush=True); time.sleep(5)"
         #expect(throws: (any Error).self) {
-            _ = try ProcessRunner.run(["python3", "-c", script], environment: env, timeout: 0.3, limit: 4096)
+            _ = try ProcessRunner.run(["python3", "-c", script], environment: env, timeout: 1.5, limit: 4096)
         }
         #expect(ProcessRunner.reapAbandoned() >= 1)   // still running after its second: remembered
         var left = 1
