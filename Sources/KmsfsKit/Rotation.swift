@@ -538,8 +538,8 @@ public final class RotationNotifier: @unchecked Sendable {
     }
 
     static func seconds(_ s: Double) -> String {
-        guard s.isFinite, s == s.rounded(), abs(s) < 1e9 else { return "\(s) s" }
-        let whole = Int(s)
+        let whole = displaySeconds(s)
+        guard Double(whole) == s else { return "\(s) s" }
         return whole >= 60 && whole % 60 == 0 ? "\(whole / 60) min" : "\(whole) s"
     }
 

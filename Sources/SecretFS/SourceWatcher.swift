@@ -176,25 +176,24 @@ public final class SourceWatcher: @unchecked Sendable {
     /// possible rotation). Also a path that leads elsewhere when the event
     /// is applied: it may lead back by the time its own events are (a
     /// file renamed away and back), and a wipe costs one Decrypt at most.
-    private func fileChanged(_ wd: Int32, _ mask: UInt32) {
+    /// False when `wd` is not a file's watch (a directory's).
+    private func fileChanged(_ wd: Int32, _ mask: UInt32) -> Bool {
         if mask & UInt32(IN_IGNORED) != 0 {
-            fileLock.withLock { w in
-                guard let e = w.byWD.removeValue(forKey: wd) else { return }
+            return fileLock.withLock { w in
+                guard let e = w.byWD.removeValue(forKey: wd) else { return false }
                 for k in e.paths where w.byPath[k] == wd { w.byPath[k] = nil }
+                return true
             }
-            return
         }
-        guard let e = fileLock.withLock({ $0.byWD[wd] }) else { return }
+        guard let e = fileLock.withLock({ $0.byWD[wd] }) else { return false }
         for key in e.paths {
             let slash = key.path.utf8.lastIndex(of: UInt8(ascii: "/"))
             let dir = slash.map { String(key.path[..<$0]) } ?? "."
             let name = slash.map { String(key.path[key.path.index(after: $0)...]) } ?? key.path
             fs.sourceChanged(directory: dir, name: name, isDirectory: false, removed: false)
         }
+        return true
     }
-
-    /// Whether `wd` is a cached ciphertext's own watch.
-    private func isFileWatch(_ wd: Int32) -> Bool { fileLock.withLock { $0.byWD[wd] != nil } }
 
     /// True when every directory of SOURCE is watched (see `complete`).
     public var watchesEverything: Bool { lock.withLock { complete } }
@@ -440,10 +439,7 @@ public final class SourceWatcher: @unchecked Sendable {
             fs.sourceIsWatched = lock.withLock { !stopped && complete }
             return
         }
-        if isFileWatch(wd) {
-            fileChanged(wd, mask)
-            return
-        }
+        if fileChanged(wd, mask) { return }
         if mask & UInt32(IN_IGNORED) != 0 {
             lock.withLock { dropWatch(wd) }
             return

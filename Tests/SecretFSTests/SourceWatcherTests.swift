@@ -41,9 +41,10 @@ import Glibc
         return got
     }
 
-    func watched(_ dir: String) throws -> (SecretFileSystem, SourceWatcher) {
-        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
-        let w = try SourceWatcher(fs: fs)
+    func watched(_ dir: String, decryptor: FakeDecryptor = FakeDecryptor(),
+                 fileWatchLimit: Int? = nil) throws -> (SecretFileSystem, SourceWatcher) {
+        let fs = try rootOnlyFileSystem(dir, decryptor: decryptor)
+        let w = try SourceWatcher(fs: fs, fileWatchLimit: fileWatchLimit)
         w.start()
         fs.sourceIsWatched = w.watchesEverything
         return (fs, w)
@@ -307,14 +308,6 @@ import Glibc
         fh.truncateFile(atOffset: 0)
         fh.write(Data(s.utf8))
         fh.closeFile()
-    }
-
-    func watched(_ dir: String, decryptor: FakeDecryptor, fileWatchLimit: Int? = nil) throws -> (SecretFileSystem, SourceWatcher) {
-        let fs = try rootOnlyFileSystem(dir, decryptor: decryptor)
-        let w = try SourceWatcher(fs: fs, fileWatchLimit: fileWatchLimit)
-        w.start()
-        fs.sourceIsWatched = w.watchesEverything
-        return (fs, w)
     }
 
     /// A ciphertext given a second name after it was cached (a hard link
