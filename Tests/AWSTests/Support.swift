@@ -1,4 +1,5 @@
 import Testing
+import Foundation
 import AWS
 import SecureMemory
 import Synchronization
@@ -136,16 +137,8 @@ final class TempDir: @unchecked Sendable {
         let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         path = String(cString: p!)
     }
-    deinit {
-        if let d = opendir(path) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                if name != "." && name != ".." { unlink(path + "/" + name) }
-            }
-            closedir(d)
-        }
-        rmdir(path)
-    }
+    /// Removes the whole tree (tests make subdirectories in it).
+    deinit { try? FileManager.default.removeItem(atPath: path) }
     @discardableResult
     func write(_ name: String, _ text: String, mode: mode_t = 0o600) -> String {
         let p = path + "/" + name

@@ -47,8 +47,21 @@ final class MemoryAudit: AuditSink, @unchecked Sendable {
     }
 }
 
+/// Every tree `makeTree` made, removed when the test process exits (many
+/// tests hand the path straight to a file system and keep no name for it).
+private let madeTrees = Mutex<[String]>([])
+
 func makeTree() throws -> String {
     let dir = NSTemporaryDirectory() + "kmsfs-unit-\(UUID().uuidString)"
+    let first = madeTrees.withLock { trees in
+        trees.append(dir)
+        return trees.count == 1
+    }
+    if first {
+        atexit {
+            for dir in madeTrees.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: dir) }
+        }
+    }
     let fm = FileManager.default
     try fm.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
     try Data("olleh".utf8).write(to: URL(fileURLWithPath: dir + "/a.encrypted"))
