@@ -88,7 +88,16 @@ final class BridgeContext: @unchecked Sendable {
         let session = SessionSlot()
         self.sessionSlot = session
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
-            if let se = session.pointer { _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0) }
+            guard let se = session.pointer else { return }
+            _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0)
+            // A read through the page cache that ended short, and lseek's
+            // getattr on a handle, leave the exact plaintext size in the
+            // inode, where any user can read it (statx AT_STATX_DONT_SYNC).
+            // Forgetting the name makes the next lookup, that user's
+            // included, store the bound (max_size=) there again.
+            if let (parent, name) = fs.kernelEntry(of: ino) {
+                _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, parent, $0, strlen($0)) }
+            }
         }
     }
 }
@@ -248,6 +257,11 @@ let opGetattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fus
     switch ctx.fs.getattr(ino, view: fi == nil ? .caller(caller(req)) : .handle) {
     case .success(let (a, timeout)):
         var st = statBuffer(a)
+        if fi != nil {
+            // lseek(SEEK_END) reads the exact size this stores in the inode;
+            // put the bound back a second later (see the page-drop queue).
+            queuePageDrop(ctx, ino, later: true)
+        }
         if a.forCallerOnly, let session = ctx.session {
             // Bump the inode's attribute version while this request is in
             // flight: the kernel then hands this reply to its caller without
@@ -494,16 +508,13 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
         // such a file open for days: its pages are dropped a second after
         // the reads, not only at release.
         queuePageDrop(ctx, ino, later: true)
-        if length < size, let session = ctx.session {
-            // A short read through the page cache makes the kernel shrink
-            // the inode's size to where the data ended, the exact plaintext
-            // size, readable by any user (statx AT_STATX_DONT_SYNC).
-            // Bumping the attribute version while this read is in flight
-            // makes it skip that (attributes only, offset -1: no page lock
-            // taken). A direct read's short answer changes no size, so
-            // read(2) and its end-of-file probe skip this round trip.
-            _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
-        }
+        // A short read here makes the kernel shrink the inode's size to
+        // where the data ended: the exact plaintext size. It must: sendfile
+        // and splice stop at that size, and kept at the bound every lookup
+        // stores (max_size=) they went on with zeros to 64 MiB (shutil's
+        // copyfile made a 64 MiB file of a 2 KB secret). Any user can read
+        // that size back (statx AT_STATX_DONT_SYNC) until the drop queued
+        // above forgets the name and the next lookup stores the bound again.
     }
     if length <= 0 {
         _ = fuse_reply_buf(req, nil, 0)

@@ -393,6 +393,23 @@ public final class SecretFileSystem: @unchecked Sendable {
         table.withLock { $0.byIno[ino] }
     }
 
+    /// The directory and name the kernel looked `ino` up by: invalidating
+    /// that entry makes the next lookup store the bound (`.entry` view) in
+    /// the inode again, after a reply that had to leave the exact size there
+    /// (see `AttributeView.handle`). Nil for the root and unknown inodes.
+    public func kernelEntry(of ino: UInt64) -> (parent: UInt64, name: String)? {
+        guard ino != Self.rootInode, let n = node(ino) else { return nil }
+        let name = n.mountPath.split(separator: "/").last.map(String.init) ?? n.mountPath
+        let directory: String
+        if let slash = n.sourcePath.lastIndex(of: "/") {
+            directory = String(n.sourcePath[..<slash])
+        } else {
+            directory = "."
+        }
+        guard let parent = table.withLock({ $0.byPath[PathKey(directory)] }) else { return nil }
+        return (parent, name)
+    }
+
     // MARK: Names
 
     /// Entries (lookup, readdirplus) go into the kernel's inode, which any
@@ -455,7 +472,11 @@ public final class SecretFileSystem: @unchecked Sendable {
     ///   else sees 0. Either answer is for that caller only
     ///   (`forCallerOnly`: the bridge keeps it out of the inode);
     /// - `.handle` (getattr on an open file, as `lseek(SEEK_END)` sends):
-    ///   the exact size, stored (only an opener holds a handle).
+    ///   the exact size, stored, as `lseek` reads it from the inode. Any
+    ///   user can read it back there until the next lookup stores the bound
+    ///   again, so the bridge invalidates the entry a second later
+    ///   (`kernelEntry(of:)`), as it does after reads through the page cache,
+    ///   which leave the exact size there too.
     /// nil caller: the administrator's view (tests, tools), exact.
     public enum AttributeView: Sendable {
         case entry

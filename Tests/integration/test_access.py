@@ -274,6 +274,53 @@ def test_an_unlisted_user_learns_no_size_after_an_allowed_read(access_mount):
     assert stat_size("kmsfs-carol", path) == 0
     assert stat_size("kmsfs-alice", path) == len(secret)
     # The mmap read through the page cache ended short at the plaintext's
-    # end: the kernel did not record that as the inode's size either.
-    r = run_as("kmsfs-bob", ["stat", "--cached=always", "-c", "%s", path])
-    assert r.returncode == 0 and int(r.stdout) == 64 << 20, r.stdout
+    # end, and the kernel recorded that as the inode's size (sendfile needs
+    # it to stop there): the daemon forgets the name once the pages are
+    # dropped (at the release), and bob's own lookup stores the bound again.
+    assert cached_size_settles("kmsfs-bob", path) == 64 << 20
+
+
+SEEK_END_HOLD = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print(os.lseek(fd, 0, os.SEEK_END), flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def cached_size_settles(user, path, within=4.0):
+    """The size the kernel keeps for the inode, as `user` reads it without
+    asking the daemon: polled until it is the bound (max_size=, 64 MiB) or
+    `within` seconds pass, the last value read."""
+    deadline = time.time() + within
+    seen = None
+    while True:
+        r = run_as(user, ["stat", "--cached=always", "-c", "%s", path])
+        assert r.returncode == 0, r.stderr
+        seen = int(r.stdout)
+        if seen == 64 << 20 or time.time() > deadline:
+            return seen
+        time.sleep(0.1)
+
+
+def test_an_openers_seek_to_the_end_leaves_its_size_in_the_inode_for_a_second_at_most(access_mount):
+    """lseek(SEEK_END) asks getattr with the handle and the kernel stores
+    the exact size it answers, where any user could read it back until the
+    name was next looked up (seen for 10 s by a user polling once a second).
+    A second later the daemon forgets the name, so the next lookup, the
+    prying user's own, stores the bound again, while the opener still
+    holds the file."""
+    m = access_mount
+    path = m.file("tls/ssl.pem")
+    secret = SECRETS["tls/ssl.pem"]
+    holder = subprocess.Popen(["runuser", "-u", "kmsfs-alice", "--", "python3", "-c", SEEK_END_HOLD, path, "6"],
+                              stdout=subprocess.PIPE)
+    try:
+        assert int(holder.stdout.readline()) == len(secret)
+        start = time.time()
+        assert cached_size_settles("kmsfs-bob", path) == 64 << 20
+        assert time.time() - start < 4.0
+        assert holder.poll() is None           # still open all along
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,7 @@ is remembered for a second without mixing up processes."""
 import ctypes
 import ctypes.util
 import os
+import shutil
 import re
 import subprocess
 import time
@@ -74,6 +75,7 @@ def hot_mount(public_tmp, kms, kmsfs_bin, tmp_path):
     audit = base / "audit.log"
     m = Mount(src, base / "mnt", "allow_uid=0,audit=%s" % audit, kms.env, tmp_path / "kmsfs.log")
     m.audit = audit
+    m.kms, m.bin = kms, kmsfs_bin
     try:
         yield m
     finally:
@@ -155,6 +157,47 @@ def test_sendfile_leaves_no_page_behind_while_the_file_stays_open(hot_mount):
     finally:
         for f in (out, fd, probe):
             os.close(f)
+
+
+def test_sendfile_and_copyfile_stop_at_the_plaintexts_end(hot_mount, tmp_path):
+    """sendfile(2) reads through the page cache, which ends at the size the
+    kernel holds for the inode. Held at the bound every lookup shows (64 MiB),
+    a sendfile loop until 0 returned the secret and then zeros to 64 MiB:
+    Python's shutil.copyfile (sendfile on Linux), Go's io.Copy to a socket,
+    and any copy loop made a 64 MiB file of one 2 KB secret."""
+    # And one of many pages (a keystore), read by several requests.
+    big = bytes((i * 13 + 5) % 251 for i in range((1 << 20) + 4097))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "big").write_bytes(big)
+    r = subprocess.run([str(hot_mount.bin), "encrypt", "--key-id", hot_mount.kms.key_id, "--root", plain, plain / "big"],
+                       env=hot_mount.kms.env, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    os.rename(plain / "big.encrypted", os.path.join(hot_mount.source, "big.encrypted"))
+    for name, want in (("s", SECRET), ("big", big)):
+        copied_exactly(hot_mount.file(name), want, tmp_path)
+
+
+def copied_exactly(path, want, tmp_path):
+    for attempt in range(3):                   # fresh pages each time: dropped in between
+        fd = os.open(path, os.O_RDONLY)
+        out = os.open(tmp_path / "sent", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            total, offset = 0, 0
+            while True:
+                n = os.sendfile(out, fd, offset, 1 << 20)
+                if n == 0:
+                    break
+                offset += n
+                total += n
+                assert total <= len(want), (path, attempt, total)
+        finally:
+            os.close(out)
+            os.close(fd)
+        assert (tmp_path / "sent").read_bytes() == want, (path, attempt)
+        shutil.copyfile(path, tmp_path / "copy")
+        assert (tmp_path / "copy").read_bytes() == want, (path, attempt)
+        time.sleep(1.2)
 
 
 def audit_lines(m):
