@@ -66,10 +66,36 @@ public struct HTTPResponse: Sendable {
 
     /// The body as text, for responses known to carry no secret (errors,
     /// credential-less metadata). Callers decide; the transport never does.
+    /// Still, a body that names a credential or plaintext member (a broken
+    /// proxy or credential agent answering a credentials document with an
+    /// error status) is not turned into a String, which would outlive its
+    /// locked buffer in logs and the heap: a placeholder stands in for it.
     public func nonSecretBodyText(limit: Int = 64 * 1024) -> String {
         body.withUnsafeBytes { b in
-            String(decoding: b.prefix(limit), as: UTF8.self)
+            if Self.secretMarkers.contains(where: { Self.contains(b, $0) }) {
+                return "(\(b.count) bytes naming a credential or plaintext member, not shown)"
+            }
+            return String(decoding: b.prefix(limit), as: UTF8.self)
         }
+    }
+
+    /// JSON members and XML elements that carry credentials or plaintext.
+    static let secretMarkers: [[UInt8]] = ["\"SecretAccessKey\"", "\"SessionToken\"", "\"Token\"", "\"Plaintext\"",
+                                           "<SecretAccessKey>", "<SessionToken>"].map { Array($0.utf8) }
+
+    static func contains(_ haystack: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
+        guard let first = needle.first, haystack.count >= needle.count else { return false }
+        var i = 0
+        let last = haystack.count - needle.count
+        while i <= last {
+            if haystack[i] == first {
+                var j = 1
+                while j < needle.count && haystack[i + j] == needle[j] { j += 1 }
+                if j == needle.count { return true }
+            }
+            i += 1
+        }
+        return false
     }
 }
 

@@ -347,12 +347,14 @@ public final class AWSJSONClient: Sendable {
     }
 
     /// Reads `__type` / `message` (or `x-amzn-ErrorType`) from an error
-    /// response. Error bodies carry no secret.
+    /// response. Error bodies carry no secret; one that does anyway (a
+    /// broken front end) has its credential and plaintext members parsed
+    /// as redacted, never into Strings.
     public static func parseError(_ response: HTTPResponse) -> AWSError {
         let requestId = response.header("x-amzn-RequestId")
         var code = response.header("x-amzn-ErrorType").map { String($0.split(separator: ":").first ?? "") } ?? ""
         var message = ""
-        let doc = response.body.withUnsafeBytes { JSONValue.parse($0) }
+        let doc = response.body.withUnsafeBytes { JSONValue.parse($0, redacting: secretCredentialMembers.union(["Plaintext"])) }
         if let doc {
             if let t = doc["__type"]?.stringValue { code = t }
             message = doc["message"]?.stringValue ?? doc["Message"]?.stringValue ?? ""

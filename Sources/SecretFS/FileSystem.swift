@@ -701,8 +701,12 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         // A decryption can take seconds: a policy reloaded meanwhile
         // that no longer admits the caller has the last word.
+        // One record, the refusal: an `allowed source=kms` before it read as
+        // if the caller had been handed the plaintext. The decryption
+        // still counts (it was made).
         guard configuration.policy.admits(caller, path: n.mountPath) else {
-            account(fetched, n, caller: caller, detail: nil)
+            countDecryptionOnly(fetched)
+            counters.withLock { $0.opens += 1 }
             noteNoLongerAdmitted(caller, n)
             return k.answer(.failure(.accessDenied))
         }

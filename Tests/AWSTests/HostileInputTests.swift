@@ -243,6 +243,33 @@ import Glibc
         }
     }
 
+    /// Error bodies are read as text for log lines. One that carries a
+    /// credentials document or a plaintext anyway (a broken proxy or agent
+    /// answering 500 with it) keeps those members out of the text and of
+    /// every String: no secret in the error, the log or the heap.
+    @Test func anErrorBodyThatCarriesSecretsIsNotEchoed() throws {
+        let secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+        let bodies = [#"{"message":"oops","AccessKeyId":"AKIA","SecretAccessKey":"\#(secret)","Token":"\#(secret)"}"#,
+                      #"{"__type":"InternalFailure","message":"x","Plaintext":"\#(secret)"}"#,
+                      "<Error><Code>X</Code><Message>m</Message><SecretAccessKey>\(secret)</SecretAccessKey></Error>",
+                      "<Creds><SessionToken>\(secret)</SessionToken></Creds>"]
+        for body in bodies {
+            let b = try SecureBuffer(capacity: body.utf8.count)
+            try b.append(utf8: body)
+            let r = HTTPResponse(status: 500, headers: [], body: b)
+            #expect(!r.nonSecretBodyText().contains(secret), "\(body)")
+            let e = AWSJSONClient.parseError(r)
+            #expect(!"\(e)".contains(secret), "\(e)")
+        }
+        // An ordinary error body is still shown.
+        let body = #"{"__type":"AccessDeniedException","message":"User: arn:aws:iam::1:user/u is not authorized"}"#
+        let b = try SecureBuffer(capacity: body.utf8.count)
+        try b.append(utf8: body)
+        let r = HTTPResponse(status: 400, headers: [], body: b)
+        #expect(r.nonSecretBodyText() == body)
+        #expect("\(AWSJSONClient.parseError(r))".contains("is not authorized"))
+    }
+
     @Test func hostileSTSAnswersAreRefusedNotTrusted() throws {
         func assume(_ body: String) -> Result<AWSCredentials, CredentialError> {
             let t = ScriptedTransport { _, _ in .init(status: 200, body: body) }

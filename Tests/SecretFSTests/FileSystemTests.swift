@@ -364,7 +364,11 @@ func text(_ s: OpenSecret) -> String {
         fs.reconfigure(c)
         done.wait()
         #expect(throws: FSError.accessDenied) { try outcome.result!.get() }
-        #expect(audit.records.withLock { $0.map(\.outcome) } == [.kms, .denied])
+        // One record, the refusal (not an `allowed` one first); the
+        // decryption and the open still count.
+        #expect(audit.records.withLock { $0.map(\.outcome) } == [.denied])
+        let n = fs.counterSnapshot
+        #expect(n.decrypts == 1 && n.opens == 1 && n.denials == 1)
     }
 
     @Test func concurrentFirstOpensShareOneDecryption() throws {
