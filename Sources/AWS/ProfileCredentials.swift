@@ -49,6 +49,10 @@ public struct ProfileCredentialProvider: CredentialProvider {
                               profile: profileName, transport: transport, clock: clock)
     }
 
+    /// The most profiles a `source_profile` chain may name, the first and
+    /// the last included.
+    static let maxSourceProfileChain = 16
+
     func resolve(_ p: ConfigProfile, visited: [String]) throws(CredentialError) -> AWSCredentials {
         if let role = p["role_arn"] {
             if p["source_profile"] == nil && p["credential_source"] == nil {
@@ -127,6 +131,12 @@ public struct ProfileCredentialProvider: CredentialProvider {
             }
             guard !visited.contains(sp) else {
                 throw .failed("profiles \((visited + [p.name, sp]).joined(separator: " -> ")) form a source_profile loop")
+            }
+            // Each hop is a level of recursion (on a 256 KiB open-pool
+            // stack: 200 hops overflowed it and killed the mount) and an
+            // AssumeRole call per refresh. Refused before any call is made.
+            guard visited.count + 2 <= Self.maxSourceProfileChain else {
+                throw .failed("profile '\(visited.first ?? p.name)' starts a source_profile chain longer than \(Self.maxSourceProfileChain) profiles; kmsfs follows at most \(Self.maxSourceProfileChain)")
             }
             guard let source = config.profile(sp) else {
                 throw .failed("profile '\(p.name)' names source_profile '\(sp)', which is not in \(config.locations)")

@@ -285,6 +285,30 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(e.kind == .failed && e.message.contains("loop"))
     }
 
+    /// A chain of `hops` role profiles p0 -> p1 -> ... ending in static keys.
+    func chain(_ hops: Int) -> String {
+        var text = ""
+        for i in 0..<hops { text += "[profile p\(i)]\nrole_arn = arn:\(i)\nsource_profile = p\(i + 1)\n" }
+        return text + "[profile p\(hops)]\naws_access_key_id = K\naws_secret_access_key = s\n"
+    }
+
+    /// Each hop of a source_profile chain was a level of recursion: 200
+    /// hops overflowed an open-pool thread's stack (SIGSEGV, the mount
+    /// gone), 6,000 the main thread's at start. The longest chain followed
+    /// is 16 profiles; a longer one is one short error and no STS call.
+    @Test func aSourceProfileChainPastSixteenProfilesIsRefusedWithoutRecursingDeep() throws {
+        let t = ScriptedTransport { req, n in .init(status: 200, body: stsAnswer("AssumeRole", id: "ASIA\(n)")) }
+        #expect(try provider(chain(15), profile: "p0", transport: t).credentials().accessKeyId == "ASIA15")
+        #expect(t.requests.count == 15)
+        for hops in [16, 10_000] {
+            let t = ScriptedTransport { req, n in .init(status: 200, body: stsAnswer("AssumeRole", id: "ASIA\(n)")) }
+            let e = credentialError { try provider(chain(hops), profile: "p0", transport: t).credentials() }
+            #expect(e.kind == .failed && e.message.contains("longer than 16 profiles"), "\(e.message.prefix(300))")
+            #expect(e.message.utf8.count < 2048, "\(e.message.utf8.count) bytes")
+            #expect(t.requests.isEmpty)
+        }
+    }
+
     @Test func credentialSourceEnvironmentAndBadSettings() throws {
         let t = ScriptedTransport { _, _ in .init(status: 200, body: stsAnswer("AssumeRole", id: "ASIAENV")) }
         let p = try provider("[default]\nrole_arn = arn:r\ncredential_source = Environment\n",
