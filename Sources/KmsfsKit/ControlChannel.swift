@@ -67,10 +67,21 @@ public enum ControlSocket {
     }
 
     /// realpath(3) of the parent joined with the last component (the
-    /// mountpoint itself may be a dead mount that cannot be resolved).
+    /// mountpoint itself may be a dead mount that cannot be resolved), or,
+    /// when the last component is a symbolic link, realpath(3) of the
+    /// whole: the daemon names its socket after the path it mounted on.
     public static func canonical(_ p: String) -> String {
         var path = p
         while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        // readlink, not lstat: the daemon itself names its socket once the
+        // mount is made and before it serves, and a stat of the mount's
+        // root would wait for that serving (readlink of a directory fails
+        // without asking the filesystem).
+        var one: CChar = 0
+        if readlink(path, &one, 1) >= 0, let r = realpath(path, nil) {
+            defer { free(r) }
+            return String(cString: r)
+        }
         let slash = path.lastIndex(of: "/")
         let parent = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
         let last = slash.map { String(path[path.index(after: $0)...]) } ?? path

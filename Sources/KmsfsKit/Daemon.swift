@@ -187,6 +187,11 @@ public enum Daemon {
 
         var sessionOptions = FUSESession.Options(mountpoint: MountTable.resolvedMountpoint(request.mountpoint),
                                                  fsname: request.source)
+        // From here on the mountpoint is the path the kernel mounts on, as
+        // /proc/mounts, findmnt and `mount -o remount` name it: a control
+        // socket named after a symbolic link to it (`kmsfs src /etc/secrets`
+        // with /etc/secrets a link) answered for neither.
+        let request = { var r = request; r.mountpoint = sessionOptions.mountpoint; return r }()
         sessionOptions.debug = request.debug
         sessionOptions.maxThreads = options.threads
         sessionOptions.maxInflightOpens = options.maxInflight

@@ -260,6 +260,38 @@ def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
         held.close()
 
 
+def test_a_mountpoint_given_through_a_symbolic_link_answers_status_and_remount_by_either_name(tmp_path, kms, kmsfs_bin):
+    """The kernel mounts on the path a link leads to (/proc/mounts, findmnt
+    and `mount -o remount` name that one), but the control socket was named
+    after the link: `kmsfs status /real` and the remount said no daemon
+    answers, and status reported the link as the mountpoint."""
+    src = tmp_path / "src"
+    real = tmp_path / "real"
+    src.mkdir()
+    real.mkdir()
+    os.symlink("real", tmp_path / "link")
+    (src / "a.encrypted").write_bytes(kms.encrypt_blob(b"linked"))
+    try:
+        r = subprocess.run([kmsfs_bin, str(src), str(tmp_path / "link"), "-o", "allow_uid=0,log=%s" % (tmp_path / "d.log")],
+                           env=kms.env, capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert mounted(str(real))
+        assert open(real / "a", "rb").read() == b"linked"
+        for name in (real, tmp_path / "link"):
+            st = subprocess.run([kmsfs_bin, "status", str(name), "--json"], capture_output=True, timeout=30)
+            assert st.returncode == 0, (name, st.stderr)
+            assert json.loads(st.stdout)["mountpoint"] == str(real)
+        # The form mount(8) runs for `mount -o remount` (test_install.py
+        # drives mount(8) itself, with the package installed).
+        r = subprocess.run([kmsfs_bin, str(src), str(real), "-o", "remount,ttl=60"], env=kms.env,
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        st = subprocess.run([kmsfs_bin, "status", str(real), "--json"], capture_output=True, timeout=30)
+        assert st.returncode == 0, st.stderr
+    finally:
+        force_unmount(str(real))
+
+
 def test_background_mount_keeps_what_relative_aws_paths_named(tmp_path, kms, kmsfs_bin):
     """The background daemon leaves the caller's directory for /; a path an
     AWS variable gives relative to it (here the credentials file) still
