@@ -123,16 +123,31 @@ public final class FUSESession: @unchecked Sendable {
     public func mount() throws(FUSEError) {
         var st = stat()
         if stat(options.mountpoint, &st) != 0 {
-            throw FUSEError("mountpoint \(options.mountpoint): \(Errno.text(Errno.current))")
+            let e = Errno.current
+            throw FUSEError("mountpoint \(options.mountpoint): \(Errno.text(e))" + (e == ENOENT ? "; create it: mkdir -p \(options.mountpoint)" : ""))
         } else if (st.st_mode & S_IFMT) != S_IFDIR {
-            throw FUSEError("mountpoint \(options.mountpoint) is not a directory")
+            throw FUSEError("mountpoint \(options.mountpoint) is not a directory; mount on an empty directory (mkdir one)")
         }
         // fuse_session_mount reports through libfuse's log (stderr); keep
         // its message, then add ours.
         guard fuse_session_mount(session, options.mountpoint) == 0 else {
+            // In the background fusermount3's own line goes to /dev/null:
+            // name the usual cause for a user other than root here.
+            if geteuid() != 0 && !Self.fuseConfAllowsOther() {
+                throw FUSEError("cannot mount on \(options.mountpoint): kmsfs always mounts with allow_other, which fusermount3 grants users other than root only when /etc/fuse.conf has a line user_allow_other; add it, or mount as root")
+            }
             throw FUSEError("cannot mount on \(options.mountpoint): is /dev/fuse available and are you root (or is fusermount3 installed)?")
         }
         mounted.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    /// Whether /etc/fuse.conf has `user_allow_other` on a line of its own.
+    static func fuseConfAllowsOther() -> Bool {
+        guard case .success(let bytes) = readSmallFile("/etc/fuse.conf", limit: 64 << 10) else { return false }
+        let blank: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }
+        return bytes.split(separator: UInt8(ascii: "\n")).contains { line in
+            Array(line.drop(while: blank).reversed().drop(while: blank).reversed()) == Array("user_allow_other".utf8)
+        }
     }
 
     /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `willEnd` runs on

@@ -22,7 +22,7 @@ public enum Configuration {
             if let u = o.uid { shownUid = try PrincipalResolver.uid(u) } else if uids.count == 1 { shownUid = uids.first! }
             if let g = o.gid { shownGid = try PrincipalResolver.gid(g) } else if gids.count == 1 { shownGid = gids.first!; derivedGroup = true }
         } catch {
-            throw OptionError("uid=/gid=: \(error.message)")
+            throw OptionError("uid=/gid=: \(error.message); use a user or group that exists, or its number")
         }
         let mode = o.mode ?? ((derivedGroup || o.gid != nil) && !gids.isEmpty ? 0o440 : 0o400)
         var rules: [AccessRule] = []

@@ -141,7 +141,7 @@ public enum Daemon {
         case .off: auditTarget = NoAuditSink()
         case .file(let path):
             do { auditTarget = try FileAuditSink(path: path) } catch {
-                report.fail("audit=: \(error)")
+                report.fail("audit=: \(error)" + Daemon.missingDirectoryHint(path, "audit"))
             }
         }
         let audit = QueuedAuditSink(auditTarget)
@@ -541,6 +541,14 @@ public enum Daemon {
     /// counters only: never plaintext.
     /// `processDetails: false` leaves out what each stale handle's process
     /// is (two /proc reads each), which the metrics do not show.
+    /// "; create DIR, or give OPTION=syslog" when `path`'s directory is
+    /// missing (the one mend for `audit=`/`log=` failing so), else "".
+    static func missingDirectoryHint(_ path: String, _ option: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "" }
+        let dir = slash == path.startIndex ? "/" : String(path[..<slash])
+        return access(dir, F_OK) == 0 ? "" : "; create \(dir) (mkdir -p), or give \(option)=syslog"
+    }
+
     static func status(request: MountRequest, fs: SecretFileSystem, kms: KMSClient, watcher: SourceWatcher?,
                        rotation: RotationNotifier?, started: Double, processDetails: Bool = true) -> JSONValue {
         let (entries, bytes) = fs.cache.snapshot
@@ -638,7 +646,9 @@ public enum Daemon {
             Log.configure(destination: .syslog, level: level)
         case .file(let path):
             let fd: Int32
-            do { fd = try Log.openAppendFile(path) } catch { report.fail("log=: \(error)") }
+            do { fd = try Log.openAppendFile(path) } catch {
+                report.fail("log=: \(error)" + Daemon.missingDirectoryHint(path, "log"))
+            }
             dup2(fd, 2)
             close(fd)
             Log.configure(destination: .stderr(journal: false), level: level)

@@ -65,7 +65,7 @@ struct OptionValue {
             throw OptionError("option '\(key)=\(v)': expected an octal mode such as 0440")
         }
         if m & 0o222 != 0 { throw OptionError("option '\(key)=\(v)': the tree is read-only; a mode has no write bits (try \(String(m & ~0o222, radix: 8)))") }
-        if m & 0o7000 != 0 { throw OptionError("option '\(key)=\(v)': setuid, setgid and sticky bits are not allowed") }
+        if m & 0o7000 != 0 { throw OptionError("option '\(key)=\(v)': setuid, setgid and sticky bits are not allowed (try \(String(m & 0o777, radix: 8)))") }
         return m
     }
 

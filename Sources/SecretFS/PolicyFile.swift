@@ -40,7 +40,7 @@ public enum PolicyFile {
         func fail(_ reason: String) -> ParseError { ParseError(file: path, line: 0, reason: reason) }
         let fd: FileDescriptor
         do { fd = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK) } catch {
-            throw fail("cannot read: \(Errno.text(error.code))")
+            throw fail("cannot read: \(Errno.text(error.code))" + (error.code == ENOENT ? "; write it (policy= in docs/guide.md) or drop policy=" : ""))
         }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { throw fail("fstat: \(Errno.text(Errno.current))") }

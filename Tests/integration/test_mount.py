@@ -319,14 +319,28 @@ def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
     mnt = tmp_path / "mnt"
     src.mkdir()
     mnt.mkdir()
-    for opts, needle in [("ttl=soon", "ttl=soon"), ("frobnicate", "unknown option 'frobnicate'"),
-                         ("mode=0644", "no write bits"), ("allow_uid=no-such-user-x", "no such user")]:
+    (tmp_path / "afile").write_text("")
+    # Each line says what is wrong and how to mend it.
+    cases = [("ttl=soon", "ttl=soon"), ("frobnicate", "unknown option 'frobnicate'"),
+             ("mode=0644", "no write bits"), ("allow_uid=no-such-user-x", "no such user"),
+             ("mode=4444", "setuid, setgid and sticky bits are not allowed (try 444)"),
+             ("allow_uid=0,uid=no-such-user-x", "no such user 'no-such-user-x'; use a user or group that exists"),
+             ("allow_uid=0,policy=%s" % (tmp_path / "no-policy"), "No such file or directory; write it (policy= in docs/guide.md) or drop policy="),
+             ("allow_uid=0,audit=%s" % (tmp_path / "nodir" / "a.log"), "; create %s (mkdir -p), or give audit=syslog" % (tmp_path / "nodir")),
+             ("allow_uid=0,log=%s" % (tmp_path / "nodir" / "k.log"), "; create %s (mkdir -p), or give log=syslog" % (tmp_path / "nodir"))]
+    for opts, needle in cases:
         r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", opts], env=kms.env, capture_output=True, timeout=30)
         assert r.returncode != 0
         lines = r.stderr.decode().strip().splitlines()
         assert len(lines) == 1, lines
-        assert needle in lines[0]
+        assert needle in lines[0], (opts, lines[0])
         assert not mounted(str(mnt))
+    for where, needle in [(tmp_path / "nomnt", "No such file or directory; create it: mkdir -p %s" % (tmp_path / "nomnt")),
+                          (tmp_path / "afile", "is not a directory; mount on an empty directory")]:
+        r = subprocess.run([kmsfs_bin, str(src), str(where), "-o", "allow_uid=0"], env=kms.env, capture_output=True, timeout=30)
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1, lines
+        assert needle in lines[0], lines[0]
 
 
 def test_missing_source_and_region_are_one_line(tmp_path, kms, kmsfs_bin):
@@ -359,18 +373,19 @@ def test_private_mmap_reads_and_shared_mmap_is_refused(seed_mount):
 
 
 @contextlib.contextmanager
-def _fuse_for_users():
+def _fuse_for_users(allow_other=True):
     """FUSE as most distributions ship it, for the length of a test: /dev/fuse
-    0666 and `user_allow_other` in /etc/fuse.conf (kmsfs mounts with
-    allow_other). Both restored afterwards; a run killed meanwhile leaves
-    them so (/dev/fuse as Debian ships it; the fuse.conf line is the one
-    to take out)."""
+    0666 and (unless `allow_other` is False: then none) `user_allow_other`
+    in /etc/fuse.conf (kmsfs mounts with allow_other). Both restored
+    afterwards; a run killed meanwhile leaves them so (/dev/fuse as Debian
+    ships it; the fuse.conf line is the one to take out)."""
     conf = pathlib.Path("/etc/fuse.conf")
     old_conf = conf.read_bytes() if conf.exists() else None
     old_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
     try:
         os.chmod("/dev/fuse", 0o666)
-        conf.write_bytes((old_conf or b"") + b"\nuser_allow_other\n")
+        kept = [l for l in (old_conf or b"").splitlines() if l.strip() != b"user_allow_other"]
+        conf.write_bytes(b"\n".join(kept + ([b"user_allow_other"] if allow_other else [])) + b"\n")
     except OSError as e:
         pytest.skip("cannot open FUSE to users here (%s)" % e)
     try:
@@ -381,6 +396,31 @@ def _fuse_for_users():
             conf.unlink()
         else:
             conf.write_bytes(old_conf)
+
+
+def test_a_user_mount_without_user_allow_other_says_so_in_its_one_line(kms, users, public_tmp, kmsfs_bin):
+    """fusermount3 refuses allow_other to users other than root without
+    `user_allow_other` in /etc/fuse.conf, and kmsfs always mounts with it.
+    In the background fusermount3's own line went to /dev/null, and the
+    one line left asked whether /dev/fuse was there and the user root."""
+    alice = users["kmsfs-alice"]
+    base = public_tmp / "no-allow-other"
+    base.mkdir()
+    src, mnt = base / "src", base / "mnt"
+    for d in (src, mnt):
+        d.mkdir()
+        os.chown(d, alice.pw_uid, alice.pw_gid)
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(b"x"))
+    as_alice = ["setpriv", "--reuid", "kmsfs-alice", "--regid", "kmsfs-alice", "--init-groups"]
+    with _fuse_for_users(allow_other=False):
+        try:
+            r = subprocess.run(as_alice + [str(kmsfs_bin), str(src), str(mnt), "-o", "insecure_allow_unlocked"],
+                               env=dict(kms.env, HOME=str(base)), capture_output=True, timeout=60)
+        finally:
+            force_unmount(str(mnt))
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, lines
+    assert "/etc/fuse.conf has a line user_allow_other; add it, or mount as root" in lines[0], lines[0]
 
 
 def test_a_daemon_that_is_not_root_detaches_through_fusermount3_and_a_hung_one_never_holds_the_wipe(
