@@ -44,8 +44,8 @@ public final class CredentialProviderChain: CredentialProvider {
                 Log.debug("credential chain: \(p.name) answered")
                 return c
             } catch {
-                if error.kind == .failed {
-                    throw .failed("\(p.name): \(error.message)")
+                if error.kind != .notConfigured {
+                    throw CredentialError(error.kind, "\(p.name): \(error.message)")
                 }
                 reasons.append("\(p.name): \(error.message)")
                 Log.debug("credential chain: \(p.name) not configured (\(error.message))")

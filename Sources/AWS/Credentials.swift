@@ -112,11 +112,16 @@ public enum CredentialErrorKind: Sendable, Equatable {
     case notConfigured
     /// This provider is configured but failed; the chain stops and reports.
     case failed
+    /// Configured wrongly where nothing the daemon waits for can mend it
+    /// (half of a key pair in its environment, which never changes while
+    /// it runs): the chain stops, and a mount refuses to start.
+    case invalid
 }
 
 extension Failure where Kind == CredentialErrorKind {
     public static func notConfigured(_ m: String) -> CredentialError { .init(.notConfigured, m) }
     public static func failed(_ m: String) -> CredentialError { .init(.failed, m) }
+    public static func invalid(_ m: String) -> CredentialError { .init(.invalid, m) }
 }
 
 /// A source of credentials. Providers that fetch temporary credentials are

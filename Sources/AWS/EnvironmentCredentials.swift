@@ -16,9 +16,9 @@ public struct EnvironmentCredentialProvider: CredentialProvider {
         case (nil, false):
             throw .notConfigured("AWS_ACCESS_KEY_ID is not set")
         case (.some, false):
-            throw .failed("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+            throw .invalid("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
         case (nil, true):
-            throw .failed("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
+            throw .invalid("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
         case let (.some(i), true):
             // From secure memory (Environment keeps these apart); a plain
             // string only where secure memory could not be had.

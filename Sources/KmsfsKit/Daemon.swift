@@ -107,6 +107,11 @@ public enum Daemon {
             if error.kind == .notConfigured {
                 report.fail("no AWS credentials: \(error.message); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a profile, an instance role or a container role (docs/credentials.md)")
             }
+            if error.kind == .invalid {
+                // The AWS CLI refuses these too ("Partial credentials found
+                // in env"); the daemon's environment never changes.
+                report.fail("AWS credentials: \(error.message); set both, or unset both to use a profile or a role")
+            }
             Log.warning("credentials are not available yet (\(error.message)); opens will fail until they are")
         }
 

@@ -35,8 +35,15 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(throws: CredentialError.notConfigured("AWS_ACCESS_KEY_ID is not set")) {
             try EnvironmentCredentialProvider(environment: Environment([:])).credentials()
         }
+        // Half a pair can never mend while the daemon runs (its
+        // environment is fixed): `.invalid`, which a mount refuses, and
+        // which a chain passes on as it is.
         let e = credentialError { try EnvironmentCredentialProvider(environment: Environment(["AWS_ACCESS_KEY_ID": "A"])).credentials() }
-        #expect(e.kind == .failed)
+        #expect(e.kind == .invalid)
+        let chained = credentialError {
+            try CredentialProviderChain([EnvironmentCredentialProvider(environment: Environment(["AWS_SECRET_ACCESS_KEY": "s"]))]).credentials()
+        }
+        #expect(chained.kind == .invalid && chained.message.contains("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not"))
     }
 }
 

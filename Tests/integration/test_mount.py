@@ -352,6 +352,17 @@ def test_missing_source_and_region_are_one_line(tmp_path, kms, kmsfs_bin):
     r = subprocess.run([kmsfs_bin, str(tmp_path), str(mnt)], env=env, capture_output=True, timeout=30)
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "region" in lines[0], lines
+    # Half a key pair in the environment: the AWS CLI refuses it ("Partial
+    # credentials found in env"), and the mount came up with every open
+    # failing, for good (a daemon's environment never changes).
+    env = {k: v for k, v in kms.env.items() if k != "AWS_SECRET_ACCESS_KEY"}
+    try:
+        r = subprocess.run([kmsfs_bin, str(tmp_path), str(mnt), "-o", "allow_uid=0"], env=env, capture_output=True, timeout=30)
+    finally:
+        force_unmount(str(mnt))
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, lines
+    assert "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not; set both, or unset both" in lines[0], lines
 
 
 def test_private_mmap_reads_and_shared_mmap_is_refused(seed_mount):
