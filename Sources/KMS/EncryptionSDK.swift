@@ -231,7 +231,7 @@ public enum EncryptionSDKMessage {
                 throw .malformed("bad header: encryption context pair \(i + 1) is not UTF-8")
             }
             guard seen.insert(Array(k)).inserted else {
-                throw .malformed("bad header: encryption context key '\(key)' appears twice")
+                throw .malformed("bad header: encryption context key '\(shownKey(key))' appears twice")
             }
             pairs.append((key, value))
         }
@@ -473,14 +473,14 @@ struct EncryptionSDKDecryptor {
                 throw .contextMismatch("the mount requires \(k)=\(v) but the file's context has no '\(k)'")
             }
             guard have.utf8.elementsEqual(v.utf8) else {
-                throw .contextMismatch("the mount requires \(k)=\(v) but the file carries \(k)=\(have)")
+                throw .contextMismatch("the mount requires \(k)=\(v) but the file carries \(k)=\(shownKey(have))")
             }
         }
         if requireBinding, header.contextValue(pathContextKey) == nil {
             throw .contextMismatch("the message is not bound to its path (no \(pathContextKey) in its context) and the mount has require_binding; re-encrypt it with kmsfs encrypt --root SOURCE")
         }
         if let bound = header.contextValue(pathContextKey), !binding.admits(bound) {
-            throw .contextMismatch("the file is bound to '\(bound)' (\(pathContextKey)) but is served as '\(binding.path)'; it was renamed, copied or swapped, or encrypted without --root SOURCE")
+            throw .contextMismatch("the file is bound to '\(shownKey(bound))' (\(pathContextKey)) but is served as '\(binding.path)'; it was renamed, copied or swapped, or encrypted without --root SOURCE")
         }
     }
 
@@ -492,7 +492,7 @@ struct EncryptionSDKDecryptor {
     func unwrapDataKey(_ header: EncryptionSDKHeader) throws(DecodeError) -> (SecureBuffer, String?) {
         let candidates = header.encryptedDataKeys.filter { $0.providerID == "aws-kms" }
         guard !candidates.isEmpty else {
-            let providers = Set(header.encryptedDataKeys.map { $0.providerID }).sorted().joined(separator: ", ")
+            let providers = boundedText(Set(header.encryptedDataKeys.map { shownKey($0.providerID) }).sorted().joined(separator: ", "), 1024)
             throw .unrecognized("no encrypted data key from AWS KMS (provider \"aws-kms\"); the message's keys come from: \(providers)")
         }
         func keyARN(_ edk: EncryptedDataKey) -> String? { edk.providerInfoText.flatMap { $0.hasPrefix("arn:") ? $0 : nil } }

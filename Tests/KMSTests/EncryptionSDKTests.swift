@@ -407,6 +407,27 @@ func failure(_ body: () throws(DecodeError) -> DecodedSecret) -> DecodeError? {
         #expect(kms.count == before)
     }
 
+    /// A header's context values are the file's bytes: a 60 KB binding
+    /// made one 60 KB log, audit and `check` line per open. Cut to a
+    /// bounded length, marked.
+    @Test func hugeContextValuesAreShownBounded() throws {
+        let kms = FakeKMS()
+        let plain = try SecureBuffer(capacity: 1)
+        try plain.append(utf8: "x")
+        let huge = String(repeating: "p", count: 60_000)
+        let cases: [(context: [(String, String)], required: [(key: String, value: String)])] = [
+            ([("kmsfs:path", huge)], []), ([("team", huge)], [("team", "web")])]
+        for (context, required) in cases {
+            let m = try EncryptionSDKWriter.encrypt(plain, kms: client(kms.transport, attempts: 1), keyId: "k", context: context)
+            let e = failure { () throws(DecodeError) in
+                try kms.decoder(required: required).decrypt(m.bytes, path: "a")
+            }
+            #expect(e != nil)
+            let text = "\(e!)"
+            #expect(text.utf8.count < 1024 && text.contains("(60000 bytes)"), "\(text.utf8.count) bytes")
+        }
+    }
+
     @Test func reservedContextKeysAreRefused() throws {
         let plain = try SecureBuffer(capacity: 1)
         do {
