@@ -142,6 +142,9 @@ public struct URLParts: Sendable, Equatable, CustomStringConvertible {
 
     /// Parses `scheme://host[:port][/path][?query]`; IPv6 hosts in brackets.
     public init?(_ text: String) {
+        // No blank or control byte anywhere (curl refuses such a URL at the
+        // first call, long after a mount took it).
+        guard !text.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7f }) else { return nil }
         guard let sep = text.utf8.indices.first(where: { text.utf8[$0...].starts(with: "://".utf8) }) else { return nil }
         let scheme = text[..<sep].lowercased()
         guard scheme == "http" || scheme == "https" else { return nil }
@@ -172,6 +175,16 @@ public struct URLParts: Sendable, Equatable, CustomStringConvertible {
             host = String(host[..<colon])
         }
         guard !host.isEmpty, !host.contains("@") else { return nil }
+        // A name or an IPv4 address: letters, digits, '-', '_', '.'; an
+        // IPv6 address in brackets: hex digits, ':', '.' and a zone after '%'.
+        func ok(_ b: UInt8) -> Bool {
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == 0x2d || b == 0x2e || b == 0x5f
+        }
+        if host.hasPrefix("[") {
+            guard host.utf8.dropFirst().dropLast().allSatisfy({ ok($0) || $0 == 0x3a || $0 == 0x25 }) else { return nil }
+        } else {
+            guard host.utf8.allSatisfy(ok) else { return nil }
+        }
         self.init(scheme: scheme, host: host, port: port, path: path, query: query)
     }
 

@@ -49,6 +49,13 @@ import SecureMemory
         #expect(URLParts("https://[::1]:8443/x?y=1")!.host == "[::1]")
         #expect(URLParts("ftp://x") == nil)
         #expect(URLParts("https://user@host") == nil)
+        // A host curl cannot use was taken at mount and failed every open.
+        for bad in ["http://exa mple.com", "http://exa\tmple.com", "https://host/a b", "https://ho%st", "https://h\u{E9}st",
+                    "https://[::1 ]/", "https://[fe80::1%eth0]x/", "https://host\u{7f}/"] {
+            #expect(URLParts(bad) == nil, "\(bad)")
+        }
+        #expect(URLParts("https://[fe80::1%eth0]:443/")?.host == "[fe80::1%eth0]")
+        #expect(URLParts("http://kms_emulator.local:4566")?.host == "kms_emulator.local")
     }
 
     @Test func timestamps() {
