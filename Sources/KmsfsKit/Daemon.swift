@@ -100,6 +100,17 @@ public enum Daemon {
         } catch {
             report.fail(error.message)
         }
+        // A program the daemon will run as root at each rotation: one it
+        // would refuse then (missing, not root's, writable by others, not
+        // executable) is refused now, not at the first rotation, days on.
+        if let program = options.onChange {
+            if let problem = PolicyFile.unsafeProgram(program) {
+                report.fail("on_change=\(program): \(problem); install it as root's (chmod 755), or drop on_change=")
+            }
+            if access(program, X_OK) != 0 {
+                report.fail("on_change=\(program) is not executable; chmod 755 it (it is run without a shell)")
+            }
+        }
         Log.info("AWS: region \(settings.region) (from \(settings.regionSource)), KMS endpoint \(settings.endpoint) (from \(settings.endpointSource)), profile \(settings.profile), \(settings.maxAttempts) attempts per call, an open waits at most \(Int(settings.openBound)) s")
         do {
             _ = try settings.credentials.credentials()

@@ -310,9 +310,12 @@ def refused_at_mount(kmsfs_bin, env, tmp_path, options):
     mnt = tmp_path / "refused-mnt"
     src.mkdir(exist_ok=True)
     mnt.mkdir(exist_ok=True)
-    r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", options], capture_output=True, env=env, timeout=30)
-    assert r.returncode != 0
-    assert not mounted(mnt)
+    try:
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-o", options], capture_output=True, env=env, timeout=30)
+        assert r.returncode != 0
+        assert not mounted(mnt)
+    finally:
+        force_unmount(str(mnt))
     lines = r.stderr.decode(errors="replace").strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0]

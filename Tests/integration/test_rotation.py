@@ -354,11 +354,23 @@ def test_a_directory_moved_into_place_is_told_one_record_per_secret(tmp_path, km
     assert sorted(re.search(r"path=(\S+)", l).group(1) for l in records) == ["tls/a,b", "tls/key"], records
 
 
-def test_an_on_change_program_others_may_write_is_not_run(tmp_path, kms, mount_factory):
+def test_an_on_change_program_others_may_write_is_not_run(tmp_path, kms, kmsfs_bin, mount_factory):
     """The daemon runs it as root: a program its owner's group or anyone
     may rewrite would hand them root, so it is refused, as the policy file
-    is, and the refusal is logged."""
-    src, m, log = one_secret_told_to_a_program(tmp_path, kms, mount_factory, program_mode=0o777)
+    is: at mount, with one line, and at each rotation (made so after the
+    mount), logged."""
+    src = tmp_path / "src"
+    src.mkdir()
+    script, _ = notify_script(tmp_path)
+    script.chmod(0o777)
+    assert "may be written by anyone" in refused_at_mount(kmsfs_bin, kms.env, tmp_path, "on_change=%s" % script)
+    script.chmod(0o644)
+    assert "is not executable; chmod 755 it" in refused_at_mount(kmsfs_bin, kms.env, tmp_path, "on_change=%s" % script)
+    assert "No such file or directory; install it" in refused_at_mount(kmsfs_bin, kms.env, tmp_path,
+                                                                         "on_change=%s" % (tmp_path / "nope"))
+    src.rmdir()
+    src, m, log = one_secret_told_to_a_program(tmp_path, kms, mount_factory)
+    script.chmod(0o777)
     put(kms, src / "db.encrypted", b"two")
     assert m.wait_log("not running on_change=%s" % (tmp_path / "on-change"), timeout=15), m.log()
     assert "may be written by anyone" in m.log()
