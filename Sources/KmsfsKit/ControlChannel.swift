@@ -213,6 +213,11 @@ public enum ControlClient {
         if rc != 0 {
             let e = Errno.current
             if e == EACCES || e == EPERM { throw .denied("\(path): permission denied; kmsfs status is for root") }
+            // A user other than root asking about root's mount looked in
+            // their own directory and found nothing: say whose it is.
+            if geteuid() != 0, MountTable.fstype(at: ControlSocket.canonical(mountpoint)) == "fuse.kmsfs" {
+                throw .denied("\(mountpoint) is a kmsfs mount whose daemon this user does not run; kmsfs status is for root (or the user who mounted it)")
+            }
             throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(Errno.text(e)))")
         }
         // And only to a daemon of root or this user: the directory check

@@ -303,6 +303,14 @@ def cached_size_settles(user, path, within=4.0):
         time.sleep(0.1)
 
 
+def test_kmsfs_status_by_another_user_says_whose_mount_it_is(access_mount, kmsfs_bin):
+    """A user other than root looked for the control socket in their own
+    directory and was told no daemon answered for a live mount."""
+    r = run_as("kmsfs-alice", [str(kmsfs_bin), "status", access_mount.path])
+    assert r.returncode != 0
+    assert b"is a kmsfs mount whose daemon this user does not run; kmsfs status is for root" in r.stderr, r.stderr
+
+
 def test_an_openers_seek_to_the_end_leaves_its_size_in_the_inode_for_a_second_at_most(access_mount):
     """lseek(SEEK_END) asks getattr with the handle and the kernel stores
     the exact size it answers, where any user could read it back until the
