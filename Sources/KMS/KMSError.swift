@@ -32,7 +32,10 @@ public struct KMSError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         let h = hint
-        return "KMS \(operation) failed: \(underlying).\(h.isEmpty ? "" : " " + h)"
+        // KMS's own messages mostly end in a full stop: no second one.
+        let what = "\(underlying)"
+        let stop = what.hasSuffix(".") || what.hasSuffix("!") || what.hasSuffix("?") ? "" : "."
+        return "KMS \(operation) failed: \(what)\(stop)\(h.isEmpty ? "" : " " + h)"
     }
 
     public var hint: String { kind.hint(operation: operation) }

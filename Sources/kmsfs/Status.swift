@@ -136,7 +136,7 @@ extension LiveStatusCommand {
             }
             if let deadline, SystemClock.monotonic() >= deadline {
                 for h in stale { Log.writeAll(2, "kmsfs: still held: " + StatusText.holder(h) + "\n") }
-                fail("timed out after \(timeout.map { String(Int($0)) } ?? "?") s: \(stale.count) open handle\(stale.count == 1 ? "" : "s") hold an older version")
+                fail("timed out after \(timeout.map { String(Int($0)) } ?? "?") s: \(stale.count) open handle\(stale.count == 1 ? " holds" : "s hold") an older version")
             }
             SystemClock.sleep(0.2)
         }

@@ -105,6 +105,15 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
             #expect(!error.isUnavailable)
         }
         #expect(t.requests.withLock { $0.count } == 1)   // not retried
+        // KMS's message ends in a full stop already: not a second one.
+        let nf = FakeTransport { _, _ in (400, #"{"__type":"NotFoundException","message":"Alias arn:aws:kms:us-east-1:1:alias/x is not found."}"#) }
+        do {
+            _ = try client(nf, attempts: 1).decrypt(ciphertextBlob: [1])
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description.contains("is not found. The key does not exist"), "\(error.description)")
+            #expect(!error.description.contains(".."), "\(error.description)")
+        }
     }
 
     @Test func throttlingIsRetriedThenSucceeds() throws {
