@@ -295,6 +295,12 @@ enum INI {
                 }
                 let name = trimmed[trimmed.index(after: trimmed.startIndex)..<close].trimmingCharacters(in: " \t")
                 guard !name.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): empty section name") }
+                // Python's RawConfigParser (strict), and so the AWS CLI,
+                // refuses the file; merged, one profile's key ID went with
+                // another's secret.
+                guard !sections.contains(where: { $0.name == name }) else {
+                    throw SharedConfigError("\(path) line \(lineNumber): section [\(name)] appears twice (the AWS CLI refuses this file too); keep one")
+                }
                 sections.append(Section(name: name, values: [:]))
                 lastKey = nil
                 continue
@@ -308,6 +314,9 @@ enum INI {
             let key = trimmed[..<sep].trimmingCharacters(in: " \t").lowercased()
             let value = trimmed[trimmed.index(after: sep)...].trimmingCharacters(in: " \t")
             guard !key.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): a value without a key") }
+            guard sections[sections.count - 1].values[key] == nil else {
+                throw SharedConfigError("\(path) line \(lineNumber): '\(key)' appears twice in [\(sections[sections.count - 1].name)] (the AWS CLI refuses this file too); keep one")
+            }
             sections[sections.count - 1].values[key] = value
             lastKey = key
         }

@@ -196,6 +196,23 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(throws: SharedConfigError.self) { try SharedConfigFiles.parse(config: "region = x\n", credentials: nil) }
     }
 
+    /// The AWS CLI (Python's strict RawConfigParser) refuses a file with a
+    /// section or a key twice; kmsfs merged the sections, and signed with
+    /// the second's key ID and the first's secret.
+    @Test func aSectionOrKeyTwiceIsRefusedAsTheCLIDoes() {
+        for (text, want) in [("[default]\naws_access_key_id = A\n[default]\naws_access_key_id = B\n",
+                              "/c line 3: section [default] appears twice (the AWS CLI refuses this file too); keep one"),
+                             ("[profile p]\nregion = a\nRegion = b\n",
+                              "/c line 3: 'region' appears twice in [profile p] (the AWS CLI refuses this file too); keep one")] {
+            do throws(SharedConfigError) {
+                _ = try SharedConfigFiles.parse(config: text, credentials: nil, configPath: "/c")
+                Issue.record("expected an error for \(text)")
+            } catch {
+                #expect(error.message == want)
+            }
+        }
+    }
+
     /// Regression (issue 13 A1): a CRLF credentials file (written on
     /// Windows) was one line, so its profiles were silently missing.
     @Test func crlfFilesAreReadLineByLine() throws {
