@@ -84,6 +84,9 @@ aws_session_token = token
 aws_access_key_id=x
 """)
 put("sharedconfig", "comments", "# c\n; c\n[default] # c\nregion=eu-west-1 ; c\n  continued\n")
+put("sharedconfig", "role-chain", b"[profile p0]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = p1\n"
+    b"[profile p1]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = p2\n[profile p2]\naws_access_key_id = AKIA\n"
+    b"aws_secret_access_key = s\nendpoint_url = http://127.0.0.1:4566\n" + SEP + SEP + OK + b"<AssumeRoleResponse/>")
 
 # credentials: selector byte, then answers
 cdoc = b'{"AccessKeyId":"ASIA","SecretAccessKey":"s","Token":"t","Expiration":"2030-01-01T00:00:00Z"}'

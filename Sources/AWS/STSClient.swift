@@ -45,7 +45,12 @@ public struct STSClient: Sendable {
         } else {
             text = "https://sts.amazonaws.com"
         }
-        return STSClient(endpoint: URLParts(text)!, region: signingRegion, transport: transport, clock: clock)
+        // The region comes from a profile or the environment: one that makes
+        // no host name (a blank, a control byte) is an error, never a trap.
+        guard let url = URLParts(text) else {
+            throw .failed("region '\(boundedText(region ?? "", 64))' makes no STS host name (\(boundedText(text, 160))); give a region name such as eu-west-1")
+        }
+        return STSClient(endpoint: url, region: signingRegion, transport: transport, clock: clock)
     }
 
     /// `token` (the identity provider's JWT, a bearer token) goes into the

@@ -309,6 +309,16 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(e.kind == .failed && e.message.contains("loop"))
     }
 
+    /// A profile's region made the STS URL, force-unwrapped: with a blank
+    /// or control byte in it (which URLParts now refuses) the daemon
+    /// trapped. Found by the sharedconfig fuzz target.
+    @Test func aRegionThatMakesNoHostNameIsAnErrorNotATrap() throws {
+        let p = try provider("[profile a]\nregion = us\teast-1\nrole_arn = arn:a\nsource_profile = b\n[profile b]\naws_access_key_id = K\naws_secret_access_key = s\n",
+                             profile: "a")
+        let e = credentialError { try p.credentials() }
+        #expect(e.kind == .failed && e.message.contains("makes no STS host name"), "\(e.message)")
+    }
+
     /// A chain of `hops` role profiles p0 -> p1 -> ... ending in static keys.
     func chain(_ hops: Int) -> String {
         var text = ""
