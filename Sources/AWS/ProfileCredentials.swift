@@ -165,7 +165,7 @@ public struct ProfileCredentialProvider: CredentialProvider {
         do {
             return try provider.credentials()
         } catch {
-            throw .failed("credential_source \(cs) of profile '\(p.name)': \(error.message)")
+            throw CredentialError(error.kind == .invalid ? .invalid : .failed, "credential_source \(cs) of profile '\(p.name)': \(error.message)")
         }
     }
 }

@@ -95,8 +95,13 @@ final class BridgeContext: @unchecked Sendable {
             // inode, where any user can read it (statx AT_STATX_DONT_SYNC).
             // Forgetting the name makes the next lookup, that user's
             // included, store the bound (max_size=) there again.
+            // Expired, not dropped, where the kernel can (6.2 on): a
+            // dropped dentry detaches whatever is mounted on it.
             if let (parent, name) = fs.kernelEntry(of: ino) {
-                _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, parent, $0, strlen($0)) }
+                _ = name.withCString { n in
+                    fuse_lowlevel_notify_expire_entry(se, parent, n, strlen(n), FUSE_LL_EXPIRE_ONLY) == 0
+                        || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
+                }
             }
         }
     }

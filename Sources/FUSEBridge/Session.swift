@@ -134,7 +134,7 @@ public final class FUSESession: @unchecked Sendable {
             // In the background fusermount3's own line goes to /dev/null:
             // name the usual cause for a user other than root here.
             if geteuid() != 0 && !Self.fuseConfAllowsOther() {
-                throw FUSEError("cannot mount on \(options.mountpoint): kmsfs always mounts with allow_other, which fusermount3 grants users other than root only when /etc/fuse.conf has a line user_allow_other; add it, or mount as root")
+                throw FUSEError("cannot mount on \(options.mountpoint): kmsfs always mounts with allow_other, which fusermount3 grants users other than root only when /etc/fuse.conf has a line user_allow_other (it has none); add it, or mount as root (run with -f for fusermount3's own line)")
             }
             throw FUSEError("cannot mount on \(options.mountpoint): is /dev/fuse available and are you root (or is fusermount3 installed)?")
         }
@@ -145,8 +145,10 @@ public final class FUSESession: @unchecked Sendable {
     static func fuseConfAllowsOther() -> Bool {
         guard case .success(let bytes) = readSmallFile("/etc/fuse.conf", limit: 64 << 10) else { return false }
         let blank: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }
-        return bytes.split(separator: UInt8(ascii: "\n")).contains { line in
-            Array(line.drop(while: blank).reversed().drop(while: blank).reversed()) == Array("user_allow_other".utf8)
+        // As fusermount3 reads it: a '#' starts a comment.
+        return bytes.split(separator: UInt8(ascii: "\n")).contains { whole in
+            let line = whole.prefix { $0 != UInt8(ascii: "#") }
+            return Array(line.drop(while: blank).reversed().drop(while: blank).reversed()) == Array("user_allow_other".utf8)
         }
     }
 

@@ -25,8 +25,21 @@ public enum ControlSocket {
 
     /// The socket path for a mountpoint (made absolute and canonical first).
     public static func path(for mountpoint: String) -> String {
+        path(forCanonical: canonical(mountpoint))
+    }
+
+    /// Where a daemon of an earlier version, which named its socket after
+    /// a symbolic link it was given, listens for the same link; nil where
+    /// the last component is no link.
+    public static func pathBeforeLinksWereResolved(for mountpoint: String) -> String? {
+        let now = canonical(mountpoint)
+        let before = canonical(mountpoint, resolvingLink: false)
+        return before == now ? nil : path(forCanonical: before)
+    }
+
+    static func path(forCanonical c: String) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a 64
-        for b in canonical(mountpoint).utf8 {
+        for b in c.utf8 {
             hash ^= UInt64(b)
             hash = hash &* 0x100_0000_01b3
         }
@@ -70,7 +83,7 @@ public enum ControlSocket {
     /// mountpoint itself may be a dead mount that cannot be resolved), or,
     /// when the last component is a symbolic link, realpath(3) of the
     /// whole: the daemon names its socket after the path it mounted on.
-    public static func canonical(_ p: String) -> String {
+    public static func canonical(_ p: String, resolvingLink: Bool = true) -> String {
         var path = p
         while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
         // readlink, not lstat: the daemon itself names its socket once the
@@ -78,7 +91,7 @@ public enum ControlSocket {
         // root would wait for that serving (readlink of a directory fails
         // without asking the filesystem).
         var one: CChar = 0
-        if readlink(path, &one, 1) >= 0, let r = realpath(path, nil) {
+        if resolvingLink, readlink(path, &one, 1) >= 0, let r = realpath(path, nil) {
             defer { free(r) }
             return String(cString: r)
         }
@@ -195,7 +208,12 @@ public enum ControlClient {
     }
 
     static func request(_ line: String, mountpoint: String) throws(Failure) -> JSONValue {
-        let path = ControlSocket.path(for: mountpoint)
+        var path = ControlSocket.path(for: mountpoint)
+        // A daemon started before links were resolved, still running.
+        if access(path, F_OK) != 0, let before = ControlSocket.pathBeforeLinksWereResolved(for: mountpoint),
+           access(before, F_OK) == 0 {
+            path = before
+        }
         // Talk only to a socket in a directory root or this user owns: in
         // /tmp another user may have made it first and listen there.
         var dirStat = stat()

@@ -560,7 +560,7 @@ public enum Daemon {
     /// "; create DIR, or give OPTION=syslog" when `path`'s directory is
     /// missing (the one mend for `audit=`/`log=` failing so), else "".
     static func missingDirectoryHint(_ path: String, _ option: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "" }
+        guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return "" }
         let dir = slash == path.startIndex ? "/" : String(path[..<slash])
         return access(dir, F_OK) == 0 ? "" : "; create \(dir) (mkdir -p), or give \(option)=syslog"
     }

@@ -64,7 +64,7 @@ struct OptionValue {
               let m = UInt32(v, radix: 8), m <= 0o7777 else {
             throw OptionError("option '\(key)=\(v)': expected an octal mode such as 0440")
         }
-        if m & 0o222 != 0 { throw OptionError("option '\(key)=\(v)': the tree is read-only; a mode has no write bits (try \(String(m & ~0o222, radix: 8)))") }
+        if m & 0o222 != 0 { throw OptionError("option '\(key)=\(v)': the tree is read-only; a mode has no write bits (try \(String(m & 0o555, radix: 8)))") }
         if m & 0o7000 != 0 { throw OptionError("option '\(key)=\(v)': setuid, setgid and sticky bits are not allowed (try \(String(m & 0o777, radix: 8)))") }
         return m
     }

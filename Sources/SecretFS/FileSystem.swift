@@ -399,13 +399,11 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// (see `AttributeView.handle`). Nil for the root and unknown inodes.
     public func kernelEntry(of ino: UInt64) -> (parent: UInt64, name: String)? {
         guard ino != Self.rootInode, let n = node(ino) else { return nil }
-        let name = n.mountPath.split(separator: "/").last.map(String.init) ?? n.mountPath
-        let directory: String
-        if let slash = n.sourcePath.lastIndex(of: "/") {
-            directory = String(n.sourcePath[..<slash])
-        } else {
-            directory = "."
-        }
+        // Split on bytes: a "/" followed by a combining mark is one
+        // Character, and a name may start with one.
+        let slash = UInt8(ascii: "/")
+        let name = n.mountPath.utf8.lastIndex(of: slash).map { String(n.mountPath[n.mountPath.utf8.index(after: $0)...]) } ?? n.mountPath
+        let directory = n.sourcePath.utf8.lastIndex(of: slash).map { String(n.sourcePath[..<$0]) } ?? "."
         guard let parent = table.withLock({ $0.byPath[PathKey(directory)] }) else { return nil }
         return (parent, name)
     }

@@ -345,6 +345,24 @@ func text(_ s: OpenSecret) -> String {
         #expect(Fingerprint.nanoseconds(timespec(tv_sec: 1, tv_nsec: 5)) == 1_000_000_005)
     }
 
+    /// The name the kernel looked an inode up by, for the bridge to expire
+    /// it: split on bytes, so a name that starts with a combining mark
+    /// ("/" + U+0301 is one Character) is found, nested or at the root.
+    @Test func kernelEntryNamesTheParentAndNameByBytes() throws {
+        let dir = try makeTree()
+        try FileManager.default.createDirectory(atPath: dir + "/d", withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/d/\u{301}x.encrypted"))
+        let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
+        let root = SecretFileSystem.rootInode
+        let d = try fs.lookup(parent: root, name: "d").get().attributes.ino
+        let x = try fs.lookup(parent: d, name: "\u{301}x").get().attributes.ino
+        let a = try fs.lookup(parent: root, name: "a").get().attributes.ino
+        #expect(fs.kernelEntry(of: x).map { [String($0.parent), $0.name] } == [String(d), "\u{301}x"])
+        #expect(fs.kernelEntry(of: d).map { [String($0.parent), $0.name] } == [String(root), "d"])
+        #expect(fs.kernelEntry(of: a).map { [String($0.parent), $0.name] } == [String(root), "a"])
+        #expect(fs.kernelEntry(of: root) == nil)
+    }
+
     /// A decryption can take seconds; a policy reloaded meanwhile that no
     /// longer admits the caller decides the open.
     @Test func aPolicyReloadedDuringTheDecryptionDecidesTheOpen() throws {

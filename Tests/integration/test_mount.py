@@ -396,7 +396,7 @@ def _fuse_for_users(allow_other=True):
     old_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
     try:
         os.chmod("/dev/fuse", 0o666)
-        kept = [l for l in (old_conf or b"").splitlines() if l.strip() != b"user_allow_other"]
+        kept = [l for l in (old_conf or b"").splitlines() if l.split(b"#")[0].strip() != b"user_allow_other"]
         conf.write_bytes(b"\n".join(kept + ([b"user_allow_other"] if allow_other else [])) + b"\n")
     except OSError as e:
         pytest.skip("cannot open FUSE to users here (%s)" % e)
