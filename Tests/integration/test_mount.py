@@ -432,7 +432,7 @@ def test_a_user_mount_without_user_allow_other_says_so_in_its_one_line(kms, user
             force_unmount(str(mnt))
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1, lines
-    assert "/etc/fuse.conf has a line user_allow_other; add it, or mount as root" in lines[0], lines[0]
+    assert "/etc/fuse.conf has a line user_allow_other (it has none); add it, or mount as root" in lines[0], lines[0]
 
 
 def test_a_daemon_that_is_not_root_detaches_through_fusermount3_and_a_hung_one_never_holds_the_wipe(
