@@ -38,6 +38,9 @@ public struct STSClient: Sendable {
             }
             return STSClient(endpoint: url, region: signingRegion, transport: transport, clock: clock)
         }
+        if let region, !AWSEndpoints.isValidRegion(region) {
+            throw .failed("region '\(boundedText(region, 64))' for STS is not a region name such as eu-west-1")
+        }
         let text: String
         if let region {
             let v = AWSEndpoints.variants(environment: env, profile: config.profile(profile))

@@ -176,12 +176,21 @@ public struct SharedConfigFiles: Sendable {
                              configPath: String = "config", credentialsPath: String = "credentials") throws(SharedConfigError) -> SharedConfigFiles {
         var out = SharedConfigFiles(configPath: configPath, credentialsPath: credentialsPath)
         if let config {
+            // Two sections naming one profile ([default] and [profile
+            // default], [profile a] and [profile  a]): the later replaces
+            // the earlier whole, as botocore's profile map does. Merged key
+            // by key, one's key ID went with the other's secret.
+            var profiles: [(name: String, values: [String: String])] = []
+            func put(_ name: String, _ values: [String: String]) {
+                if let i = profiles.firstIndex(where: { $0.name == name }) { profiles[i].values = values }
+                else { profiles.append((name, values)) }
+            }
             for section in try INI.parse(config, path: configPath) {
                 let words = section.name.split(whereSeparator: { $0 == " " || $0 == "\t" })
                 if section.name == "default" {
-                    out.merge(profile: "default", values: section.values, fromCredentialsFile: false)
+                    put("default", section.values)
                 } else if words.first == "profile", words.count == 2 {
-                    out.merge(profile: String(words[1]), values: section.values, fromCredentialsFile: false)
+                    put(String(words[1]), section.values)
                 } else if words.first == "services", words.count == 2 {
                     var byService: [String: [String: String]] = [:]
                     for (service, value) in section.values {
@@ -191,6 +200,7 @@ public struct SharedConfigFiles: Sendable {
                 }
                 // [sso-session ...] and anything else: not profiles.
             }
+            for p in profiles { out.merge(profile: p.name, values: p.values, fromCredentialsFile: false) }
         }
         if let credentials {
             for section in try INI.parse(credentials, path: credentialsPath) {

@@ -211,7 +211,7 @@ public enum ControlClient {
         var path = ControlSocket.path(for: mountpoint)
         // A daemon started before links were resolved, still running.
         if access(path, F_OK) != 0, let before = ControlSocket.pathBeforeLinksWereResolved(for: mountpoint),
-           access(before, F_OK) == 0 {
+           access(before, F_OK) == 0, MountTable.fstype(at: ControlSocket.canonical(mountpoint)) == "fuse.kmsfs" {
             path = before
         }
         // Talk only to a socket in a directory root or this user owns: in
@@ -233,7 +233,8 @@ public enum ControlClient {
             if e == EACCES || e == EPERM { throw .denied("\(path): permission denied; kmsfs status is for root") }
             // A user other than root asking about root's mount looked in
             // their own directory and found nothing: say whose it is.
-            if geteuid() != 0, MountTable.fstype(at: ControlSocket.canonical(mountpoint)) == "fuse.kmsfs" {
+            if geteuid() != 0, let m = MountTable.entry(at: ControlSocket.canonical(mountpoint)), m.fstypeName == "fuse.kmsfs",
+               let owner = MountTable.fuseOwner(m), owner != geteuid() {
                 throw .denied("\(mountpoint) is a kmsfs mount whose daemon this user does not run; kmsfs status is for root (or the user who mounted it)")
             }
             throw .notRunning("no kmsfs daemon answers for \(mountpoint) (\(path): \(Errno.text(e)))")

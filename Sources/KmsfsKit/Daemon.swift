@@ -104,12 +104,7 @@ public enum Daemon {
         // would refuse then (missing, not root's, writable by others, not
         // executable) is refused now, not at the first rotation, days on.
         if let program = options.onChange {
-            if let problem = PolicyFile.unsafeProgram(program) {
-                report.fail("on_change=\(program): \(problem); install it as root's (chmod 755), or drop on_change=")
-            }
-            if access(program, X_OK) != 0 {
-                report.fail("on_change=\(program) is not executable; chmod 755 it (it is run without a shell)")
-            }
+            do throws(OptionError) { try Daemon.checkOnChange(program) } catch { report.fail(error.message) }
         }
         Log.info("AWS: region \(settings.region) (from \(settings.regionSource)), KMS endpoint \(settings.endpoint) (from \(settings.endpointSource)), profile \(settings.profile), \(settings.maxAttempts) attempts per call, an open waits at most \(Int(settings.openBound)) s")
         do {
@@ -268,6 +263,7 @@ public enum Daemon {
                     if let ci = caseInsensitive, new.policyFile != nil {
                         throw OptionError(Daemon.caseInsensitivePolicy(source: request.source, fs: ci))
                     }
+                    if let program = new.onChange, program != options.onChange { try Daemon.checkOnChange(program) }
                     fs.reconfigure(try Configuration.filesystem(new, watched: watcher != nil))
                     rotation?.targetsChanged()
                 }
@@ -557,6 +553,25 @@ public enum Daemon {
     /// counters only: never plaintext.
     /// `processDetails: false` leaves out what each stale handle's process
     /// is (two /proc reads each), which the metrics do not show.
+    /// The mount's `on_change=` program, at the start and at a remount: one
+    /// the daemon would refuse to run as root at each rotation (not root's,
+    /// writable by others, not executable) is refused now, not days later.
+    /// A missing one is only warned about: it may be installed, or its file
+    /// system mounted, after kmsfs (each rotation looks again).
+    static func checkOnChange(_ program: String) throws(OptionError) {
+        var st = stat()
+        if lstat(program, &st) != 0 && errno == ENOENT {
+            Log.warning("on_change=\(program) does not exist (yet); rotations are told once it does (a program on a later file system: x-systemd.requires-mounts-for=)")
+            return
+        }
+        if let problem = PolicyFile.unsafeProgram(program) {
+            throw OptionError("on_change=\(program): \(problem); install it as root's (chmod 755), or drop on_change=")
+        }
+        if access(program, X_OK) != 0 {
+            throw OptionError("on_change=\(program) is not executable; chmod 755 it (it is run without a shell)")
+        }
+    }
+
     /// "; create DIR, or give OPTION=syslog" when `path`'s directory is
     /// missing (the one mend for `audit=`/`log=` failing so), else "".
     static func missingDirectoryHint(_ path: String, _ option: String) -> String {

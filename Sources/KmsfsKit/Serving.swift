@@ -161,6 +161,14 @@ enum MountTable {
         entry(at: path)?.fstypeName
     }
 
+    /// The uid a FUSE mount belongs to (`user_id=` in its super options).
+    static func fuseOwner(_ m: MountInfo.Entry) -> UInt32? {
+        for opt in m.superOptions.split(separator: UInt8(ascii: ",")) where opt.starts(with: Array("user_id=".utf8)) {
+            return UInt32(String(decoding: opt.dropFirst(8), as: UTF8.self))
+        }
+        return nil
+    }
+
     /// The last mount at `path` (the one on top).
     static func entry(at path: String) -> MountInfo.Entry? {
         let bytes = Array(path.utf8)

@@ -213,6 +213,17 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         }
     }
 
+    /// Two sections that name one profile ([default] and [profile
+    /// default]) are both accepted by the AWS CLI, the later replacing the
+    /// earlier whole; kmsfs merged them key by key.
+    @Test func aLaterSectionForTheSameProfileReplacesTheEarlierWhole() throws {
+        let f = try SharedConfigFiles.parse(
+            config: "[default]\naws_access_key_id = FIRST\naws_secret_access_key = first\nregion = a\n[profile default]\naws_access_key_id = SECOND\n",
+            credentials: nil)
+        let d = try #require(f.profile("default"))
+        #expect(d["aws_access_key_id"] == "SECOND" && d["aws_secret_access_key"] == nil && d["region"] == nil)
+    }
+
     /// Regression (issue 13 A1): a CRLF credentials file (written on
     /// Windows) was one line, so its profiles were silently missing.
     @Test func crlfFilesAreReadLineByLine() throws {
@@ -316,7 +327,7 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         let p = try provider("[profile a]\nregion = us\teast-1\nrole_arn = arn:a\nsource_profile = b\n[profile b]\naws_access_key_id = K\naws_secret_access_key = s\n",
                              profile: "a")
         let e = credentialError { try p.credentials() }
-        #expect(e.kind == .failed && e.message.contains("makes no STS host name"), "\(e.message)")
+        #expect(e.kind == .failed && e.message.contains("for STS is not a region name"), "\(e.message)")
     }
 
     /// A chain of `hops` role profiles p0 -> p1 -> ... ending in static keys.

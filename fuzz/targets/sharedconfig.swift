@@ -22,8 +22,11 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     let parts = raw.prefix(2).map { String(decoding: $0, as: UTF8.self) }
     for config in [parts[0], text[0]] {
         _ = URLParts(config)
-        let files = try? SharedConfigFiles.parse(config: config, credentials: text.count > 1 ? text[1] : nil)
-        guard let files else { continue }
+        guard var files = try? SharedConfigFiles.parse(config: config, credentials: text.count > 1 ? text[1] : nil) else { continue }
+        // Nothing from the host: no credential_process is run (the refusal
+        // path instead), and no token file named by the input is read.
+        files.untrusted = ["fuzz: no program is run"]
+        let readsHostFiles = files.profiles.values.contains { $0["web_identity_token_file"] != nil }
         for name in ["default", "fuzz", "a", "p0"] {
             if let prof = files.profile(name) {
                 _ = prof.flag("s3_use_arn_region")
@@ -31,6 +34,7 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
                     if k == "credential_process" || k.hasPrefix("c") { _ = ProcessCredentialProvider.split(v) }
                     if k.hasSuffix("url") || k.hasSuffix("endpoint") { _ = URLParts(v) }
                 }
+                guard !readsHostFiles else { continue }
                 let provider = ProfileCredentialProvider(profileName: name, config: files, environment: Environment([:]),
                                                          region: "us-east-1", transport: FuzzTransport(Array(raw.dropFirst(2))),
                                                          clock: fuzzClock, imds: nil)
