@@ -100,9 +100,8 @@ public enum Daemon {
         } catch {
             report.fail(error.message)
         }
-        // A program the daemon will run as root at each rotation: one it
-        // would refuse then (missing, not root's, writable by others, not
-        // executable) is refused now, not at the first rotation, days on.
+        // A program the daemon will run as root at each rotation (see
+        // checkOnChange).
         if let program = options.onChange {
             do throws(OptionError) { try Daemon.checkOnChange(program) } catch { report.fail(error.message) }
         }
@@ -549,10 +548,6 @@ public enum Daemon {
         String(Digest.hex(Digest.sha256(bytes)).prefix(12))
     }
 
-    /// The status document `kmsfs status` shows. Names, sizes, ages and
-    /// counters only: never plaintext.
-    /// `processDetails: false` leaves out what each stale handle's process
-    /// is (two /proc reads each), which the metrics do not show.
     /// The mount's `on_change=` program, at the start and at a remount: one
     /// the daemon would refuse to run as root at each rotation (not root's,
     /// writable by others, not executable) is refused now, not days later.
@@ -580,6 +575,10 @@ public enum Daemon {
         return access(dir, F_OK) == 0 ? "" : "; create \(dir) (mkdir -p), or give \(option)=syslog"
     }
 
+    /// The status document `kmsfs status` shows. Names, sizes, ages and
+    /// counters only: never plaintext.
+    /// `processDetails: false` leaves out what each stale handle's process
+    /// is (two /proc reads each), which the metrics do not show.
     static func status(request: MountRequest, fs: SecretFileSystem, kms: KMSClient, watcher: SourceWatcher?,
                        rotation: RotationNotifier?, started: Double, processDetails: Bool = true) -> JSONValue {
         let (entries, bytes) = fs.cache.snapshot
