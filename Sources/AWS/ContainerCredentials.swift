@@ -155,6 +155,9 @@ func temporaryCredentialsProblem(_ doc: JSONValue, _ c: AWSCredentials, requireE
 
 /// The members of a credentials document that are secrets.
 let secretCredentialMembers: Set<String> = ["SecretAccessKey", "Token", "SessionToken"]
+/// Those and a Decrypt answer's plaintext: what an error body that carries
+/// them anyway (a broken front end) never has turned into a String.
+let secretResponseMembers: Set<String> = secretCredentialMembers.union(["Plaintext"])
 
 /// Parses a credentials document (container endpoint, IMDS,
 /// `credential_process`) with its secret members left undecoded.

@@ -72,31 +72,16 @@ public struct HTTPResponse: Sendable {
     /// locked buffer in logs and the heap: a placeholder stands in for it.
     public func nonSecretBodyText(limit: Int = 64 * 1024) -> String {
         body.withUnsafeBytes { b in
-            if Self.secretMarkers.contains(where: { Self.contains(b, $0) }) {
+            if Self.secretMarkers.contains(where: { b.firstRange(of: $0) != nil }) {
                 return "(\(b.count) bytes naming a credential or plaintext member, not shown)"
             }
             return String(decoding: b.prefix(limit), as: UTF8.self)
         }
     }
 
-    /// JSON members and XML elements that carry credentials or plaintext.
-    static let secretMarkers: [[UInt8]] = ["\"SecretAccessKey\"", "\"SessionToken\"", "\"Token\"", "\"Plaintext\"",
-                                           "<SecretAccessKey>", "<SessionToken>"].map { Array($0.utf8) }
-
-    static func contains(_ haystack: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
-        guard let first = needle.first, haystack.count >= needle.count else { return false }
-        var i = 0
-        let last = haystack.count - needle.count
-        while i <= last {
-            if haystack[i] == first {
-                var j = 1
-                while j < needle.count && haystack[i + j] == needle[j] { j += 1 }
-                if j == needle.count { return true }
-            }
-            i += 1
-        }
-        return false
-    }
+    /// `secretResponseMembers` as JSON members and XML elements.
+    static let secretMarkers: [[UInt8]] = secretResponseMembers.sorted()
+        .flatMap { ["\"\($0)\"", "<\($0)>"] }.map { Array($0.utf8) }
 }
 
 /// A transport failure (no HTTP response at all).

@@ -354,7 +354,7 @@ public final class AWSJSONClient: Sendable {
         let requestId = response.header("x-amzn-RequestId")
         var code = response.header("x-amzn-ErrorType").map { String($0.split(separator: ":").first ?? "") } ?? ""
         var message = ""
-        let doc = response.body.withUnsafeBytes { JSONValue.parse($0, redacting: secretCredentialMembers.union(["Plaintext"])) }
+        let doc = response.body.withUnsafeBytes { JSONValue.parse($0, redacting: secretResponseMembers) }
         if let doc {
             if let t = doc["__type"]?.stringValue { code = t }
             message = doc["message"]?.stringValue ?? doc["Message"]?.stringValue ?? ""
