@@ -1,7 +1,8 @@
 /*
- * CFuse: libfuse3's low-level API, pinned to the version Debian 12 ships
- * (libfuse 3.14), plus wrappers for what Swift cannot import: macros that
- * pick a versioned symbol, bitfields in fuse_file_info, FUSE_ARGS_INIT.
+ * CFuse: libfuse3's low-level API at the version Debian 12 ships (libfuse
+ * 3.14; the same source builds against Debian 13's 3.17), plus wrappers
+ * for what Swift cannot import: macros that pick a versioned symbol,
+ * bitfields in fuse_file_info, FUSE_ARGS_INIT.
  */
 #ifndef KMSFS_CFUSE_SHIM_H
 #define KMSFS_CFUSE_SHIM_H
@@ -309,6 +310,37 @@ static inline void kmsfs_fi_set_open_flags(struct fuse_file_info *fi,
 }
 static inline void kmsfs_fi_set_cache_readdir(struct fuse_file_info *fi, int on) {
     fi->cache_readdir = on ? 1 : 0;
+}
+
+/*
+ * fuse_session_new: a function from libfuse 3.0 to 3.16, a function-like
+ * macro (which passes the headers' version) from 3.17 on. Called through
+ * here, it builds against either.
+ */
+static inline struct fuse_session *kmsfs_session_new(struct fuse_args *args,
+                                                     const struct fuse_lowlevel_ops *op,
+                                                     size_t op_size, void *userdata) {
+    return fuse_session_new(args, op, op_size, userdata);
+}
+
+/*
+ * fuse_lowlevel_notify_expire_entry took the flags (FUSE_LL_EXPIRE_ONLY) as
+ * a fifth argument when it came (libfuse 3.12, Debian 12's 3.14); later
+ * releases (3.17 in Debian 13) take four and fail with -ENOSYS where the
+ * kernel cannot expire. The call is chosen by the function's declared
+ * type, so the same source builds against either header; only the branch
+ * that matches the declaration ever runs.
+ */
+typedef int (*kmsfs_expire_entry4)(struct fuse_session *, fuse_ino_t, const char *, size_t);
+/* The flags' enum type is 3.14's only; its values fit, and pass, as an unsigned int. */
+typedef int (*kmsfs_expire_entry5)(struct fuse_session *, fuse_ino_t, const char *, size_t,
+                                   unsigned int);
+static inline int kmsfs_notify_expire_entry(struct fuse_session *se, fuse_ino_t parent,
+                                            const char *name, size_t namelen) {
+    return _Generic(&fuse_lowlevel_notify_expire_entry,
+        kmsfs_expire_entry4: ((kmsfs_expire_entry4)&fuse_lowlevel_notify_expire_entry)(se, parent, name, namelen),
+        default: ((kmsfs_expire_entry5)&fuse_lowlevel_notify_expire_entry)(se, parent, name, namelen,
+                                                                           FUSE_LL_EXPIRE_ONLY));
 }
 
 /* FUSE_ARGS_INIT is a macro; argv is copied by fuse_opt_add_arg. */

@@ -99,7 +99,7 @@ final class BridgeContext: @unchecked Sendable {
             // dropped dentry detaches whatever is mounted on it.
             if let (parent, name) = fs.kernelEntry(of: ino) {
                 _ = name.withCString { n in
-                    fuse_lowlevel_notify_expire_entry(se, parent, n, strlen(n), FUSE_LL_EXPIRE_ONLY) == 0
+                    kmsfs_notify_expire_entry(se, parent, n, strlen(n)) == 0
                         || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
                 }
             }

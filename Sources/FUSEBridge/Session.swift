@@ -104,7 +104,7 @@ public final class FUSESession: @unchecked Sendable {
         for a in argv { _ = fuse_opt_add_arg(&args, a) }
         defer { fuse_opt_free_args(&args) }
         let userdata = Unmanaged.passUnretained(context).toOpaque()
-        guard let se = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+        guard let se = kmsfs_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
             throw FUSEError("cannot create the FUSE session (bad mount options?)")
         }
         self.session = se
