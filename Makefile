@@ -10,7 +10,7 @@ BIN     := .build/release/kmsfs
 # no run path points into the toolchain or next to the binary.
 SWIFTFLAGS ?= -c release --static-swift-stdlib --disable-local-rpath
 
-.PHONY: all build deps demo test unit integration test-uring bench install uninstall clean deb boot-test
+.PHONY: all build deps demo test unit integration check-libfuse test-uring bench install uninstall clean deb boot-test
 
 all: build
 
@@ -33,6 +33,11 @@ test: build
 unit: build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --parallel
+
+# The libfuse adapter also builds against Debian 13's libfuse 3.17, whose
+# headers changed calls kmsfs makes (tools/check-libfuse.sh; SKIP offline).
+check-libfuse: deps
+	SWIFT="$(SWIFT)" tools/check-libfuse.sh
 
 integration: build
 	$(PYTHON) -m pytest -q Tests/integration
@@ -61,7 +66,7 @@ bench: build
 	KMSFS_BIN=$(CURDIR)/$(BIN) $(PYTHON) bench/bench.py
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-libfuse-check
 
 # ---- install -------------------------------------------------------------
 # `make && make install` (as root). PREFIX and DESTDIR as usual; the mount
