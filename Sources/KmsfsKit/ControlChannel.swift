@@ -95,9 +95,11 @@ public enum ControlSocket {
             defer { free(r) }
             return String(cString: r)
         }
-        let slash = path.lastIndex(of: "/")
+        // Cut on the byte: "/" and a combining mark after it are one
+        // Character, which a Character search would not find.
+        let slash = path.utf8.lastIndex(of: UInt8(ascii: "/"))
         let parent = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-        let last = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let last = slash.map { String(path[path.utf8.index(after: $0)...]) } ?? path
         // `kmsfs status .` from inside the mount: the whole path, resolved.
         if last == "." || last == "..", let r = realpath(path, nil) {
             defer { free(r) }

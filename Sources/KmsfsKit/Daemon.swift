@@ -185,7 +185,7 @@ public enum Daemon {
                 // The guide's /run/kmsfs/credentials.sock: at boot nothing
                 // has made /run/kmsfs yet (the control socket comes later),
                 // so the daemon makes it as it does for the control socket.
-                let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                let parent = String(path[..<(path.utf8.lastIndex(of: UInt8(ascii: "/")) ?? path.startIndex)])
                 if parent == ControlSocket.directory { try ControlSocket.prepareDirectory(parent) }
                 credentials = try CredentialServer(path: path, fs: fs)
             } catch {

@@ -317,9 +317,13 @@ public final class MetricsServer: @unchecked Sendable {
         // Split on bytes: "\r\n" is one Character to Swift.
         for raw in head.split(separator: UInt8(ascii: "\n")).dropFirst() {
             let line = raw.last == UInt8(ascii: "\r") ? raw.dropLast() : raw
-            let l = String(decoding: line, as: UTF8.self)
-            guard let colon = l.firstIndex(of: ":"), l[..<colon].lowercased() == "host" else { continue }
-            var value = String(l[l.index(after: colon)...].drop { $0 == " " || $0 == "\t" }).lowercased()
+            // The colon on bytes too: ":" and a combining mark after it are
+            // one Character, and a Host line whose colon a Character search
+            // missed would read as no Host line at all.
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")),
+                  String(decoding: line[..<colon], as: UTF8.self).lowercased() == "host" else { continue }
+            let l = String(decoding: line[(colon + 1)...], as: UTF8.self)
+            var value = String(l.drop { $0 == " " || $0 == "\t" }).lowercased()
             while value.last == " " || value.last == "\t" { value.removeLast() }
             if value.hasPrefix("[") {                         // [::1]:9100
                 guard let end = value.firstIndex(of: "]") else { return false }

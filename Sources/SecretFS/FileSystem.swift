@@ -1009,8 +1009,9 @@ public final class SecretFileSystem: @unchecked Sendable {
     /// user lists say nothing), decrypted as an open would and audited
     /// like one (`detail` names the unit).
     public func openCredential(path: String, unit: String, caller: Caller) -> Result<CachedSecret, FSError> {
-        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-        guard !path.isEmpty, !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+        // On bytes: "/" and a combining mark after it are one Character.
+        let parts = path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        guard !path.isEmpty, !parts.contains(where: { $0.isEmpty || $0.elementsEqual(".".utf8) || $0.elementsEqual("..".utf8) }) else {
             return .failure(.notFound)
         }
         let why = "systemd credential for \(unit)"

@@ -105,12 +105,19 @@ public enum PolicyFile {
             if rawBytes.contains(UInt8(ascii: "\r")) {
                 throw fail("a carriage return inside the line (old Mac line endings?); end lines with LF or CRLF")
             }
-            guard let rawLine = String(validating: rawBytes, as: UTF8.self) else {
+            guard String(validating: rawBytes, as: UTF8.self) != nil else {
                 throw fail("the line is not UTF-8")
             }
-            var line = Substring(rawLine)
-            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            // Cut on bytes, never on Characters: a separator ('#', a blank,
+            // '=', ':', '+') and a combining mark after it are one
+            // Character, which a Character search passes over.
+            if let hash = rawBytes.firstIndex(of: UInt8(ascii: "#")) { rawBytes = rawBytes[..<hash] }
+            let fields = rawBytes.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") })
+                .map { String(decoding: $0, as: UTF8.self) }
+            func cut(_ s: String, on separator: Unicode.Scalar) -> [String] {
+                s.utf8.split(separator: UInt8(ascii: separator), omittingEmptySubsequences: false)
+                    .map { String(decoding: $0, as: UTF8.self) }
+            }
             guard let first = fields.first else { continue }
 
             let pattern = String(first)
@@ -124,32 +131,32 @@ public enum PolicyFile {
             var shown = PartialPresentation()
             var seen = Set<String>()
             for field in fields.dropFirst() {
-                guard let eq = field.firstIndex(of: "=") else {
+                guard let eq = field.utf8.firstIndex(of: UInt8(ascii: "=")) else {
                     throw fail("'\(field)' is not KEY=VALUE (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change, credential)")
                 }
                 let key = String(field[..<eq])
-                let value = String(field[field.index(after: eq)...])
+                let value = String(field[field.utf8.index(after: eq)...])
                 guard !value.isEmpty else { throw fail("'\(key)=' needs a value") }
                 guard seen.insert(key).inserted else { throw fail("'\(key)' given twice") }
                 do {
                     switch key {
                     case "allow_uid", "allow_user":
-                        for t in value.split(separator: ":", omittingEmptySubsequences: false) {
+                        for t in cut(value, on: ":") {
                             guard !t.isEmpty else { throw fail("'\(field)' has an empty entry") }
-                            uids.insert(try uid(String(t)))
+                            uids.insert(try uid(t))
                         }
                     case "allow_gid", "allow_group":
-                        for t in value.split(separator: ":", omittingEmptySubsequences: false) {
+                        for t in cut(value, on: ":") {
                             guard !t.isEmpty else { throw fail("'\(field)' has an empty entry") }
-                            gids.insert(try gid(String(t)))
+                            gids.insert(try gid(t))
                         }
                     case "allow_unit", "allow_units":
-                        for t in value.split(separator: ":", omittingEmptySubsequences: false) {
-                            guard SystemdUnitName.isValid(String(t)) else { throw fail("'\(t)' is not a systemd unit name (such as nginx.service)") }
-                            units.insert(SystemdUnitName.normalized(String(t)))
+                        for t in cut(value, on: ":") {
+                            guard SystemdUnitName.isValid(t) else { throw fail("'\(t)' is not a systemd unit name (such as nginx.service)") }
+                            units.insert(SystemdUnitName.normalized(t))
                         }
                     case "reload":
-                        let list = value.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+                        let list = cut(value, on: "+")
                         for u in list where !SystemdUnitName.isValid(u) {
                             throw fail("'\(u)' is not a systemd unit name (such as nginx.service); separate units with '+'")
                         }
@@ -161,7 +168,7 @@ public enum PolicyFile {
                         guard SystemdCredentialID.isValid(value) else {
                             throw fail("credential=\(value): not a systemd credential ID (letters, digits, '-', '_', '.', '@', ':'; at most 255 bytes)")
                         }
-                        guard !pattern.contains(where: { "*?[\\".contains($0) }) else {
+                        guard !pattern.utf8.contains(where: { "*?[\\".utf8.contains($0) }) else {
                             throw fail("credential=\(value) needs a plain path as its pattern, not '\(pattern)'")
                         }
                         credential = value
@@ -214,7 +221,7 @@ extension GlobPattern {
             }
             i += 1
         }
-        if pattern.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) {
+        if pattern.utf8.split(separator: UInt8(ascii: "/")).contains(where: { $0.elementsEqual("..".utf8) || $0.elementsEqual(".".utf8) }) {
             return "'.' and '..' never appear in mount paths"
         }
         return nil

@@ -88,8 +88,9 @@ extension LiveStatusCommand {
         // or `db/./password` must become `db/password`, or the check below
         // (the kernel's lookup, which normalizes) would pass a name no
         // handle ever matches. `..` could leave the mount: refused.
-        var parts: [Substring] = []
-        for part in rel.split(separator: "/", omittingEmptySubsequences: true) where part != "." {
+        // On bytes: "/" and a combining mark after it are one Character.
+        var parts: [String] = []
+        for part in rel.utf8.split(separator: UInt8(ascii: "/")).map({ String(decoding: $0, as: UTF8.self) }) where part != "." {
             if part == ".." { fail("\(given): name the secret without '..'", code: 2) }
             parts.append(part)
         }

@@ -325,12 +325,14 @@ struct ToolError: Error, CustomStringConvertible {
 
 func errnoText(_ e: Int32 = Errno.current) -> String { Errno.text(e) }
 
+// Both cut on the byte: "/" and a combining mark after it are one
+// Character, which Character searches and splits pass over.
 func baseName(_ path: String) -> String {
-    String(path.split(separator: "/").last ?? Substring(path))
+    path.utf8.split(separator: UInt8(ascii: "/")).last.map { String(decoding: $0, as: UTF8.self) } ?? path
 }
 
 func dirName(_ path: String) -> String {
-    guard let slash = path.lastIndex(of: "/") else { return "." }
+    guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return "." }
     return slash == path.startIndex ? "/" : String(path[..<slash])
 }
 

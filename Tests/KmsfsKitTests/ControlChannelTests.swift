@@ -68,6 +68,19 @@ import Glibc
         }
     }
 
+    /// The parent is resolved up to the last "/" byte: "/" and a combining
+    /// mark after it are one Character, and a Character search stopped at
+    /// the "/" before, leaving the link in the parent unresolved.
+    @Test func theCanonicalPathCutsTheLastComponentOnBytes() throws {
+        let base = "/tmp/kmsfs-canonical-\(getpid())"
+        defer { unlink(base + "/link"); rmdir(base + "/real"); rmdir(base) }
+        #expect(mkdir(base, 0o700) == 0 && mkdir(base + "/real", 0o700) == 0)
+        #expect(symlink(base + "/real", base + "/link") == 0)
+        let name = "\u{301}mnt"
+        #expect(ControlSocket.canonical(base + "/link/" + name).utf8.elementsEqual((base + "/real/" + name).utf8))
+        #expect(ControlSocket.canonical(base + "/link/plain").utf8.elementsEqual((base + "/real/plain").utf8))
+    }
+
     @Test func socketPathsAreStablePerMountpoint() {
         #expect(ControlSocket.path(for: "/mnt/a") == ControlSocket.path(for: "/mnt/a/"))
         #expect(ControlSocket.path(for: "/mnt/a") != ControlSocket.path(for: "/mnt/b"))

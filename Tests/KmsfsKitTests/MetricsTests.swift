@@ -35,6 +35,19 @@ import AWS
         #expect(route("") == .bad)
     }
 
+    @Test func theHostHeaderIsFoundOnBytes() {
+        func allowed(_ head: String) -> Bool { MetricsServer.hostAllowed(Array(head.utf8)) }
+        #expect(allowed("GET /metrics HTTP/1.1\r\n\r\n"))
+        #expect(allowed("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9464\r\n\r\n"))
+        #expect(allowed("GET /metrics HTTP/1.1\r\nhost:localhost\r\n\r\n"))
+        #expect(allowed("GET /metrics HTTP/1.1\r\nHost: [::1]:9464\r\n\r\n"))
+        #expect(!allowed("GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n"))
+        // ":" and a combining mark after it are one Character: a Character
+        // search found no colon, and so no Host line, and let it through.
+        #expect(!allowed("GET /metrics HTTP/1.1\r\nHost:\u{301}evil.example\r\n\r\n"))
+        #expect(!allowed("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:\u{301}9464\r\n\r\n"))
+    }
+
     @Test func labelValuesCannotForgeALine() {
         let doc = JSONValue.object([
             ("cache", .object([("entries", .array([.object([("path", .string("a\"b\\c\nkmsfs_fake 1\r")), ("hits", .number(2))])])),

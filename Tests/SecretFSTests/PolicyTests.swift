@@ -214,6 +214,9 @@ enum Reference {
         ("a allow_uid", "policy /etc/kmsfs/policy:1: 'allow_uid' is not KEY=VALUE (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change, credential)"),
         ("a color=red", "policy /etc/kmsfs/policy:1: unknown key 'color' (keys: allow_uid, allow_gid, allow_unit, uid, gid, mode, reload, on_change, credential)"),
         ("../x allow_uid=0", "policy /etc/kmsfs/policy:1: pattern '../x': '.' and '..' never appear in mount paths"),
+        // "/" and a combining mark after it are one Character: a split on
+        // Characters saw "../\u{301}b" as one component.
+        ("a/../\u{301}b allow_uid=0", "policy /etc/kmsfs/policy:1: pattern 'a/../\u{301}b': '.' and '..' never appear in mount paths"),
         ("", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
         ("# only\r\n\r\n  # comments\r\n", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
         ("a allow_uid=0\rb allow_uid=1\n", "policy /etc/kmsfs/policy:1: a carriage return inside the line (old Mac line endings?); end lines with LF or CRLF"),
@@ -242,6 +245,21 @@ enum Reference {
                                   defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
         #expect(!policy.admits(Caller(uid: 105, gid: 105, pid: 1), path: "tls/a.pem"))
         #expect(policy.admits(Caller(uid: 33, gid: 33, pid: 1), path: "tls/a.pem"))
+    }
+
+    /// A separator followed by a combining mark is one Character with it;
+    /// the file is cut on bytes, so the mark stays with what follows.
+    @Test func separatorsAreFoundOnBytesNotCharacters() throws {
+        let rules = try parse("tls/*\tallow_uid=www-data:0 mode=0400 #\u{301} gid=ssl-cert, a comment\n")
+        #expect(rules.count == 1)
+        #expect(rules[0].principals == Principals(uids: [33, 0]))
+        #expect(rules[0].presentation == PartialPresentation(uid: nil, gid: nil, mode: 0o400))
+        do {
+            _ = try parse("tls/* allow_uid=www-data:\u{301}0\n")
+            Issue.record("accepted a user named by a combining mark")
+        } catch {
+            #expect(error.description == "policy /etc/kmsfs/policy:1: no such user '\u{301}0'")
+        }
     }
 
     @Test func aLineThatIsNotUTF8IsRefused() {
