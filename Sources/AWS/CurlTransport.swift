@@ -163,21 +163,53 @@ private let headerCallback: kmsfs_curl_write_fn = { ptr, size, nmemb, userdata i
     guard !overflow else { return 0 }
     guard let userdata, let ptr else { return n }
     let ctx = Unmanaged<TransferContext>.fromOpaque(userdata).takeUnretainedValue()
-    let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: n), as: UTF8.self)
-        .trimmingCharacters(in: " \r\n\t")
-    if line.hasPrefix("HTTP/") {
+    switch ResponseHeaderLine(UnsafeRawBufferPointer(start: ptr, count: n)) {
+    case .status(let status):
         // A new status line (after 100 Continue, or a redirect) starts over.
         ctx.headers.removeAll()
         ctx.contentLength = nil
-        let parts = line.split(separator: " ", maxSplits: 2)
-        if parts.count >= 2, let s = Int(parts[1]) { ctx.status = s }
-    } else if let colon = line.firstIndex(of: ":") {
-        let name = String(line[..<colon])
-        let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: " \t")
+        if let status { ctx.status = status }
+    case .field(let name, let value):
         ctx.headers.append((name, value))
         if name.lowercased() == "content-length", let v = Int(value) { ctx.contentLength = v }
+    case .other:
+        break
     }
     return n
+}
+
+/// One line of an HTTP response's head as curl hands it over (the server's
+/// bytes: hostile input, under the `kmsresponse` fuzz target).
+public enum ResponseHeaderLine: Equatable, Sendable {
+    /// `HTTP/...`: the status code, if the line has one.
+    case status(Int?)
+    /// `Name: value`, both trimmed of blanks.
+    case field(name: String, value: String)
+    /// The blank line that ends the head, or a line with no colon.
+    case other
+
+    public init<Bytes: Collection<UInt8>>(_ bytes: Bytes) {
+        // Cut on bytes: ":" or " " and a combining mark after it are one
+        // Character, which a Character search passes over.
+        let line = Self.trimmed(Array(bytes)[...])
+        if line.starts(with: "HTTP/".utf8) {
+            let parts = line.split(separator: UInt8(ascii: " "), maxSplits: 2)
+            self = .status(parts.count >= 2 ? Int(String(decoding: parts[1], as: UTF8.self)) : nil)
+        } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+            self = .field(name: String(decoding: Self.trimmed(line[..<colon]), as: UTF8.self),
+                          value: String(decoding: Self.trimmed(line[(colon + 1)...]), as: UTF8.self))
+        } else {
+            self = .other
+        }
+    }
+
+    private static func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        func blank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
+        var s = bytes
+        while let f = s.first, blank(f) { s.removeFirst() }
+        while let l = s.last, blank(l) { s.removeLast() }
+        return s
+    }
 }
 
 private let sslContextCallback: kmsfs_curl_ssl_ctx_fn = { _, sslctx, _ in

@@ -9,6 +9,21 @@ import Glibc
 /// Inputs an attacker controls (a fake KMS or metadata service, a hostile
 /// credential_process): each is refused as malformed, none traps.
 @Suite struct HostileInputTests {
+    @Test func responseHeaderLinesAreCutOnBytes() {
+        func line(_ s: String) -> ResponseHeaderLine { ResponseHeaderLine(Array(s.utf8)) }
+        #expect(line("HTTP/1.1 200 OK\r\n") == .status(200))
+        #expect(line("HTTP/2 400\r\n") == .status(400))
+        #expect(line("HTTP/1.1\r\n") == .status(nil))
+        #expect(line("HTTP/1.1 99999999999999999999999 x\r\n") == .status(nil))
+        #expect(line("Content-Length:  12 \r\n") == .field(name: "Content-Length", value: "12"))
+        #expect(line("x-amzn-ErrorType:a:b\r\n") == .field(name: "x-amzn-ErrorType", value: "a:b"))
+        #expect(line("\r\n") == .other)
+        #expect(line("no colon here\r\n") == .other)
+        // ":" and a combining mark after it are one Character.
+        #expect(line("Content-Length:\u{301}5\r\n") == .field(name: "Content-Length", value: "\u{301}5"))
+        #expect(ResponseHeaderLine([0xFF, 0x3A, 0xC3]) == .field(name: "\u{FFFD}", value: "\u{FFFD}"))
+    }
+
     @Test func unpairedSurrogatesAreErrorsNotTraps() {
         // Issue 13 A2: a high surrogate followed by an escape that is not a
         // low surrogate underflowed `low - 0xDC00` and killed the daemon.
