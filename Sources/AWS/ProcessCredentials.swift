@@ -94,16 +94,18 @@ public struct ProcessCredentialProvider: CredentialProvider {
     /// Splits a command line as POSIX shells do for words: blanks separate,
     /// single quotes are literal, double quotes allow `\"` `\\` `\$` `` \` ``,
     /// a backslash outside quotes escapes the next character. Nil when a
-    /// quote is left open.
+    /// quote is left open. On Unicode scalars, as shells and Python's shlex
+    /// (botocore) read it: a quote or a blank and a combining mark after it
+    /// are one Character, which a walk over Characters would not see.
     public static func split(_ s: String) -> [String]? {
         var words: [String] = []
-        var cur = ""
+        var cur = String.UnicodeScalarView()
         var inWord = false
-        var it = Array(s).makeIterator()
+        var it = Array(s.unicodeScalars).makeIterator()
         while let c = it.next() {
             switch c {
             case " ", "\t", "\n":
-                if inWord { words.append(cur); cur = ""; inWord = false }
+                if inWord { words.append(String(cur)); cur = String.UnicodeScalarView(); inWord = false }
             case "'":
                 inWord = true
                 var closed = false
@@ -130,7 +132,7 @@ public struct ProcessCredentialProvider: CredentialProvider {
                 cur.append(c)
             }
         }
-        if inWord { words.append(cur) }
+        if inWord { words.append(String(cur)) }
         return words
     }
 }

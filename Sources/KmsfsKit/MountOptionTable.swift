@@ -36,7 +36,7 @@ struct OptionValue {
     }
 
     func list() throws(OptionError) -> [String] {
-        let parts = try need().split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        let parts = try need().scalarSplit(":")
         if parts.contains(where: \.isEmpty) { throw OptionError("option '\(key)=\(value!)' has an empty entry; separate names with ':'") }
         return parts
     }
@@ -247,10 +247,10 @@ extension MountOptions {
         .option("context", ["kms_context"], .mountOnly,
                 same: { $0.requiredContext.elementsEqual($1.requiredContext, by: { $0.key == $1.key && $0.value == $1.value }) }) { o, v throws(OptionError) in
             let c = try v.need()
-            guard let eq = c.firstIndex(of: "="), eq != c.startIndex else {
+            guard let eq = c.unicodeScalars.firstIndex(of: "="), eq != c.startIndex else {
                 throw OptionError("option 'context=\(c)': expected context=KEY=VALUE")
             }
-            o.requiredContext.append((String(c[..<eq]), String(c[c.index(after: eq)...])))
+            o.requiredContext.append((String(c[..<eq]), String(c[c.unicodeScalars.index(after: eq)...])))
         },
     ]
 
@@ -267,7 +267,7 @@ extension MountOptions {
         .option("metrics_per_secret") { o, v throws(OptionError) in try v.noValue(); o.metricsPerSecret = true },
         .option("reload") { o, v throws(OptionError) in
             let r = try v.need()
-            let units = r.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+            let units = r.scalarSplit("+")
             for u in units where !ChangeTargets.validUnit(u) {
                 throw OptionError("option 'reload=\(r)': '\(u)' is not a systemd unit name (such as nginx.service); separate units with '+'")
             }
@@ -302,5 +302,14 @@ extension MountOptions {
     public static var optionSpellings: [String] { table.flatMap(\.spellings) }
     public static var helperDroppedOptions: [String] {
         table.filter { if case .dropped(helper: true) = $0.scope { return true }; return false }.map(\.name)
+    }
+}
+
+extension StringProtocol {
+    /// `split(separator:omittingEmptySubsequences: false)` on Unicode
+    /// scalars: an ASCII separator and a combining mark after it are one
+    /// Character, which a split on Characters does not cut.
+    func scalarSplit(_ separator: Unicode.Scalar) -> [String] {
+        unicodeScalars.split(separator: separator, omittingEmptySubsequences: false).map { String(String.UnicodeScalarView($0)) }
     }
 }

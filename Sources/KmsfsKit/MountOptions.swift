@@ -173,40 +173,43 @@ public struct MountOptions: Sendable {
 
     /// An option's name with its aliases folded (`allow_user=x` → `allow_uid`).
     static func canonicalName(_ item: String) -> String {
-        let key = item.firstIndex(of: "=").map { String(item[..<$0]) } ?? item
+        let key = item.unicodeScalars.firstIndex(of: "=").map { String(item[..<$0]) } ?? item
         return optionsBySpelling[key]?.name ?? key
     }
 
     /// The inverse of `splitOptions` for one item.
+    // Both on Unicode scalars, never on Characters: ',' or '\\' and a
+    // combining mark after it are one Character, and libfuse, which reads
+    // the same strings, cuts on bytes.
     static func escapeOption(_ item: String) -> String {
-        var out = ""
-        for c in item {
+        var out = String.UnicodeScalarView()
+        for c in item.unicodeScalars {
             if c == "\\" || c == "," { out.append("\\") }
             out.append(c)
         }
-        return out
+        return String(out)
     }
 
     static func splitOptions(_ s: String) -> [String] {
         var out: [String] = []
-        var cur = ""
+        var cur = String.UnicodeScalarView()
         var escape = false
-        for c in s {
+        for c in s.unicodeScalars {
             if escape { cur.append(c); escape = false; continue }
             if c == "\\" { escape = true; continue }
-            if c == "," { out.append(cur); cur = ""; continue }
+            if c == "," { out.append(String(cur)); cur = String.UnicodeScalarView(); continue }
             cur.append(c)
         }
-        out.append(cur)
+        out.append(String(cur))
         return out
     }
 
     mutating func apply(_ item: String) throws(OptionError) {
         let key: String
         let value: String?
-        if let eq = item.firstIndex(of: "=") {
+        if let eq = item.unicodeScalars.firstIndex(of: "=") {
             key = String(item[..<eq])
-            value = String(item[item.index(after: eq)...])
+            value = String(item[item.unicodeScalars.index(after: eq)...])
         } else {
             key = item
             value = nil

@@ -431,6 +431,8 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(ProcessCredentialProvider.split(#"/usr/bin/tool --x "a b" 'c d' e\ f"#) == ["/usr/bin/tool", "--x", "a b", "c d", "e f"])
         #expect(ProcessCredentialProvider.split(#"a "b\"c""#) == ["a", "b\"c"])
         #expect(ProcessCredentialProvider.split("a 'open") == nil)
+        // On scalars: a quote and a combining mark after it are one Character.
+        #expect(ProcessCredentialProvider.split("/bin/helper '\u{301}x y'") == ["/bin/helper", "\u{301}x y"])
     }
 }
 

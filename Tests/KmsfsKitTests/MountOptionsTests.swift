@@ -3,6 +3,19 @@ import KmsfsKit
 import AWS
 
 @Suite struct MountOptionsTests {
+    /// ',', '=' and ':' are found as scalars, as libfuse finds them in the
+    /// same strings (on bytes): with a combining mark after it, each is one
+    /// Character, which a Character search passes over.
+    @Test func separatorsAreScalarsNotCharacters() throws {
+        #expect { try MountOptions.parse(["ttl=5,\u{301}x"]) } throws: { error in
+            "\(error)" == "unknown option '\u{301}x' (see kmsfs --help or man 8 kmsfs)"
+        }
+        let o = try MountOptions.parse(["context=a=\u{301}b=c,allow_uid=0:\u{301}1"])
+        #expect(o.requiredContext.map(\.key) == ["a"])
+        #expect(o.requiredContext.map(\.value) == ["\u{301}b=c"])
+        #expect(o.allowUsers == ["0", "\u{301}1"])
+    }
+
     @Test func parsesTheDocumentedOptions() throws {
         let o = try MountOptions.parse(["allow_uid=www-data:1001,allow_gid=ssl-cert,mode=0440,ttl=5m",
                                         "region=eu-west-1,endpoint=http://127.0.0.1:4566,context=env=prod,audit=/var/log/kmsfs.audit"])
