@@ -24,10 +24,31 @@ struct KmsfsCommand: ParsableCommand {
         defaultSubcommand: MountCommand.self
     )
 
+    /// `-oOPTS` as `-o OPTS`, as mount(8), sshfs and libfuse's own
+    /// option parser take it. ArgumentParser's joined short options would
+    /// cut `-oallow_uid=0` at its `=` and report `-oallow_uid` unknown.
+    /// Nothing after `--` is touched; an option's value never starts with
+    /// `-`, so no value is rewritten.
+    static func splittingJoinedOptions(_ args: [String]) -> [String] {
+        var out: [String] = []
+        out.reserveCapacity(args.count)
+        var literal = false
+        for a in args {
+            if !literal, a == "--" { literal = true }
+            if !literal, a.utf8.count > 2, a.utf8.starts(with: "-o".utf8) {
+                out.append("-o")
+                out.append(String(decoding: a.utf8.dropFirst(2), as: UTF8.self))
+            } else {
+                out.append(a)
+            }
+        }
+        return out
+    }
+
     /// Parses and runs; a usage error is one line on stderr and exit 2.
     static func main() {
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(splittingJoinedOptions(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch let code as ExitCode {
             Glibc.exit(code.rawValue)
@@ -66,7 +87,7 @@ struct MountCommand: ParsableCommand {
     @Flag(name: .customShort("d"), help: "Log every FUSE request (implies -f).")
     var debug = false
 
-    @Option(name: .customShort("o"), help: "Mount options, comma-separated (see man 8 kmsfs).")
+    @Option(name: .customShort("o"), help: "Mount options, comma-separated (see man 8 kmsfs); -oOPTS works too.")
     var options: [String] = []
 
     func run() throws {

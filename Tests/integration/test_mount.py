@@ -314,6 +314,32 @@ def test_background_mount_keeps_what_relative_aws_paths_named(tmp_path, kms, kms
         force_unmount(str(tmp_path / "mnt"))
 
 
+def test_options_joined_to_o_as_mount_and_sshfs_take_them(tmp_path, kms, kmsfs_bin):
+    src = tmp_path / "src"
+    mnt = tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "a.encrypted").write_bytes(kms.encrypt_blob(b"joined"))
+    log = tmp_path / "d.log"
+    try:
+        # -oOPTS beside -o OPTS: both reach the mount (log= proves the
+        # joined one was read, not dropped).
+        r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-oallow_uid=0,mode=0440", "-olog=%s" % log],
+                           env=kms.env, capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert open(mnt / "a", "rb").read() == b"joined"
+        assert oct(os.stat(mnt / "a").st_mode & 0o777) == "0o440"
+        assert log.exists()
+    finally:
+        force_unmount(str(mnt))
+    # A joined bad option is the same one line as a separate one.
+    r = subprocess.run([kmsfs_bin, str(src), str(mnt), "-oallow_uid=0,frobnicate"], env=kms.env,
+                       capture_output=True, timeout=30)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "unknown option 'frobnicate'" in lines[0], lines
+    assert not mounted(str(mnt))
+
+
 def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
     src = tmp_path / "src"
     mnt = tmp_path / "mnt"
