@@ -112,3 +112,19 @@ put("kmsresponse", "unavailable", FAIL + b"<html>")
 for i, s in enumerate([b"status\n", b"\n", b"remount ttl=60,allow_uid=1000\n", b"remount ttl=abc\n", b"remount region=x\n",
                        b"status", b"bogus\r\n", b"remount a\\,b\n"]):
     put("control", "seed%02d" % i, s)
+
+# SOURCE names, and inotify records carrying them (struct inotify_event:
+# wd, mask, cookie, len, then len bytes of NUL-padded name)
+import struct
+def inotify(wd, mask, name, pad=16):
+    n = name + b"\0" * (-len(name) % pad or pad)
+    return struct.pack("<iIII", wd, mask, 0, len(n)) + n
+for i, s in enumerate([b"ssl.pem.encrypted", b".encrypted", b"a.encrypted.encrypted", "\u0600.encrypted".encode(),
+                       b"..", b".", b"a/b.encrypted", b"caf\xc3\xa9.encrypted", b"cafe\xcc\x81.encrypted",
+                       b"bad\xff.encrypted", b"tab\tand\x1b[31m'quote'\\.encrypted", b""]):
+    put("sourcenames", "name%02d" % i, s)
+put("sourcenames", "inotify-two", inotify(1, 0x8, b"db.password.encrypted") + inotify(2, 0x100, b"tls"))
+put("sourcenames", "inotify-not-utf8", inotify(3, 0x200 | 0x400, b"x\xff.encrypted"))
+put("sourcenames", "inotify-cut", inotify(1, 0x8, b"a-long-name.encrypted")[:30])
+put("sourcenames", "inotify-len-past-end", struct.pack("<iIII", 1, 0x8, 0, 0xFFFFFFFF) + b"name")
+put("sourcenames", "inotify-overflow", struct.pack("<iIII", -1, 0x4000, 0, 0))

@@ -189,7 +189,8 @@ public final class SourceTree: Sendable {
         return nil
     }
 
-    static func isValidName(_ name: String) -> Bool {
+    /// One path component, never "." or "..", not empty.
+    public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name != "." && name != ".." && !name.utf8.contains(UInt8(ascii: "/"))
     }
 

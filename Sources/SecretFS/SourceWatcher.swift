@@ -373,26 +373,35 @@ public final class SourceWatcher: @unchecked Sendable {
             fs.sourceChangesPending = true
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n <= 0 { continue }
-            var events: [(wd: Int32, mask: UInt32, name: String)] = []
-            buffer.withUnsafeBytes { raw in
-                var off = 0
-                while off + MemoryLayout<inotify_event>.size <= n {
-                    let wd = raw.load(fromByteOffset: off, as: Int32.self)
-                    let mask = raw.load(fromByteOffset: off + 4, as: UInt32.self)
-                    let len = Int(raw.load(fromByteOffset: off + 12, as: UInt32.self))
-                    let nameStart = off + MemoryLayout<inotify_event>.size
-                    let nameBytes = Array(raw[nameStart..<min(nameStart + len, n)].prefix { $0 != 0 })
-                    if let name = String(validating: nameBytes, as: UTF8.self) {
-                        events.append((wd, mask, name))
-                    } else {
-                        // Not shown (see SourceTree.list); reported there once.
-                        events.append((wd, mask & UInt32(IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF), ""))
-                    }
-                    off = nameStart + len
-                }
-            }
+            let events = buffer.withUnsafeBytes { SourceWatcher.events(in: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             for e in events { handle(e.wd, e.mask, e.name) }
         }
+    }
+
+    /// The events of one read(2) of the inotify descriptor. The names are
+    /// SOURCE's (anyone who may write there chose them): one that is not
+    /// UTF-8 keeps only the bits about the watch itself (it is not shown;
+    /// SourceTree.list reports it once). Under the `sourcenames` fuzz
+    /// target; a short or cut record ends the walk.
+    public static func events(in raw: UnsafeRawBufferPointer) -> [(wd: Int32, mask: UInt32, name: String)] {
+        var events: [(wd: Int32, mask: UInt32, name: String)] = []
+        let header = MemoryLayout<inotify_event>.size
+        var off = 0
+        while raw.count - off >= header {
+            let wd = raw.loadUnaligned(fromByteOffset: off, as: Int32.self)
+            let mask = raw.loadUnaligned(fromByteOffset: off + 4, as: UInt32.self)
+            let len = Int(raw.loadUnaligned(fromByteOffset: off + 12, as: UInt32.self))
+            let nameStart = off + header
+            let nameEnd = nameStart + min(len, raw.count - nameStart)
+            let nameBytes = Array(raw[nameStart..<nameEnd].prefix { $0 != 0 })
+            if let name = String(validating: nameBytes, as: UTF8.self) {
+                events.append((wd, mask, name))
+            } else {
+                events.append((wd, mask & UInt32(IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF), ""))
+            }
+            off = nameEnd
+        }
+        return events
     }
 
     /// Once in `retryInterval` while not everything is watched: walks

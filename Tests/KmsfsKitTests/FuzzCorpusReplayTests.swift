@@ -74,7 +74,7 @@ import Glibc
     }
 
     @Test func everyTargetHasSeeds() {
-        for t in ["esdk", "base64", "json", "policy", "mountopts", "sharedconfig", "credentials", "kmsresponse", "control", "localsockets"] {
+        for t in ["esdk", "base64", "json", "policy", "mountopts", "sharedconfig", "credentials", "kmsresponse", "control", "localsockets", "sourcenames"] {
             #expect(!FuzzCorpusReplayTests.inputs(t).isEmpty, "no seeds in fuzz/corpus/\(t)")
         }
     }
@@ -123,6 +123,25 @@ import Glibc
         for (_, data) in FuzzCorpusReplayTests.inputs("policy") {
             _ = try? PolicyFile.parse(String(decoding: data, as: UTF8.self), file: "replay", uid: resolve, gid: resolve)
         }
+    }
+
+    /// SOURCE names and inotify records: what the target checks, asserted.
+    @Test func sourceNames() {
+        for (name, data) in FuzzCorpusReplayTests.inputs("sourcenames") {
+            if let s = String(validating: data, as: UTF8.self), let shown = SourceTree.shownName(ofCiphertext: s) {
+                #expect(Array(shown.utf8) + Array(".encrypted".utf8) == data, "\(name)")
+            }
+            #expect(SourceTree.escapedBytes(data).utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "'") })
+            let events = data.withUnsafeBytes { SourceWatcher.events(in: $0) }
+            #expect(events.count <= data.count / 16, "\(name)")
+        }
+        let two = FuzzCorpusReplayTests.inputs("sourcenames").first { $0.0 == "inotify-two" }!.1
+        let events = two.withUnsafeBytes { SourceWatcher.events(in: $0) }
+        #expect(events.map(\.name) == ["db.password.encrypted", "tls"])
+        #expect(events.map(\.mask) == [0x8, 0x100])
+        let bad = FuzzCorpusReplayTests.inputs("sourcenames").first { $0.0 == "inotify-not-utf8" }!.1
+        #expect(bad.withUnsafeBytes { SourceWatcher.events(in: $0) }.map(\.name) == [""])
+        #expect(bad.withUnsafeBytes { SourceWatcher.events(in: $0) }.map(\.mask) == [0x400])
     }
 
     @Test func mountOptions() {
