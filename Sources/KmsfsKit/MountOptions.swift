@@ -114,7 +114,13 @@ public struct MountOptions: Sendable {
     public static func parse(_ arguments: [String]) throws(OptionError) -> MountOptions {
         var o = MountOptions()
         for arg in arguments {
-            for item in splitOptions(arg) where !item.isEmpty {
+            let (items, dangling) = splitEscaped(arg)
+            if dangling, let last = items.last {
+                // Whether the operator meant a backslash or forgot what
+                // followed it, guessing would mount something else.
+                throw OptionError("option '\(last)\\' ends in a backslash that escapes nothing; write \\\\ for a backslash")
+            }
+            for item in items where !item.isEmpty {
                 try o.apply(item)
             }
         }
@@ -190,7 +196,12 @@ public struct MountOptions: Sendable {
         return String(out)
     }
 
-    static func splitOptions(_ s: String) -> [String] {
+    static func splitOptions(_ s: String) -> [String] { splitEscaped(s).items }
+
+    /// The items of one `-o` argument, and whether it ended in a
+    /// backslash that escapes nothing (dropped by `splitOptions`, refused
+    /// by `parse`).
+    static func splitEscaped(_ s: String) -> (items: [String], dangling: Bool) {
         var out: [String] = []
         var cur = String.UnicodeScalarView()
         var escape = false
@@ -201,7 +212,7 @@ public struct MountOptions: Sendable {
             cur.append(c)
         }
         out.append(String(cur))
-        return out
+        return (out, escape)
     }
 
     mutating func apply(_ item: String) throws(OptionError) {

@@ -16,6 +16,18 @@ import AWS
         #expect(o.allowUsers == ["0", "\u{301}1"])
     }
 
+    /// A backslash at the end of an argument escapes nothing: it was
+    /// dropped, so `context=dir=C:\` required `C:`. Now refused, and an
+    /// escaped one (or one inside a value) still reads.
+    @Test func aBackslashThatEscapesNothingIsRefused() throws {
+        #expect { try MountOptions.parse(["allow_uid=0", "context=dir=C:\\"]) } throws: { error in
+            "\(error)" == "option 'context=dir=C:\\' ends in a backslash that escapes nothing; write \\\\ for a backslash"
+        }
+        #expect(throws: (any Error).self) { try MountOptions.parse(["context=a=b\\\\\\"]) }
+        let o = try MountOptions.parse(["context=dir=C:\\\\,context=b=x\\y\\,z"])
+        #expect(o.requiredContext.map(\.value) == ["C:\\", "xy,z"])
+    }
+
     @Test func parsesTheDocumentedOptions() throws {
         let o = try MountOptions.parse(["allow_uid=www-data:1001,allow_gid=ssl-cert,mode=0440,ttl=5m",
                                         "region=eu-west-1,endpoint=http://127.0.0.1:4566,context=env=prod,audit=/var/log/kmsfs.audit"])

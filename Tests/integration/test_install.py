@@ -105,6 +105,18 @@ def test_helper_passes_options_and_drops_fstab_ones(fake_kmsfs):
     assert argv == ["-o", r"rw,allow_uid=a:b,context=k=v\,w,x=a\\", "--", "/src", "/mnt"]
 
 
+def test_helper_refuses_a_backslash_that_escapes_nothing(fake_kmsfs):
+    # Joined to the next -o it would have escaped that one's comma:
+    # context=k=a\ then ttl=5 became one option, context "a,ttl=5".
+    for args in (["-o", "context=k=a\\", "-o", "ttl=5"], ["-o", "ttl=5,context=k=a\\\\\\"]):
+        rc, argv, err = fake_kmsfs("/src", "/mnt", *args)
+        assert rc != 0 and argv is None, (args, argv)
+        assert err.strip().endswith("ends in a backslash that escapes nothing; write \\\\ for a backslash"), err
+    # An escaped backslash before the end, or before a comma, is kept.
+    rc, argv, err = fake_kmsfs("/src", "/mnt", "-o", "context=k=a\\\\", "-o", "ttl=5")
+    assert (rc, argv, err) == (0, ["-o", "context=k=a\\\\,ttl=5", "--", "/src", "/mnt"], "")
+
+
 def test_helper_turns_kms_context_into_context(fake_kmsfs):
     # mount(8) drops context= (SELinux's) before calling a helper; fstab spells it kms_context=.
     rc, argv, _ = fake_kmsfs("/src", "/mnt", "-o", "kms_context=app=web,kms_context=env=prod,allow_uid=0")

@@ -350,6 +350,7 @@ def test_bad_option_is_one_line_and_nonzero(tmp_path, kms, kmsfs_bin):
     cases = [("ttl=soon", "ttl=soon"), ("frobnicate", "unknown option 'frobnicate'"),
              ("mode=0644", "no write bits"), ("allow_uid=no-such-user-x", "no such user"),
              ("mode=4444", "setuid, setgid and sticky bits are not allowed (try 444)"),
+             ("allow_uid=0,context=a=b\\", "option 'context=a=b\\' ends in a backslash that escapes nothing"),
              ("allow_uid=0,endpoint=http://exa mple.com", "option 'endpoint=http://exa mple.com': expected a URL"),
              ("allow_uid=0,uid=no-such-user-x", "no such user 'no-such-user-x'; use a user or group that exists"),
              ("allow_uid=0,policy=%s" % (tmp_path / "no-policy"), "No such file or directory; write it (policy= in docs/guide.md) or drop policy="),
