@@ -164,6 +164,7 @@ public enum Daemon {
         Log.info(options.kmsKeys.isEmpty
                  ? "kms_key= not set: files may be under any KMS key these credentials may use (the guide recommends kms_key=)"
                  : "kms_key=\(options.kmsKeys.description): files under any other KMS key are refused")
+        if let notice = Daemon.rootOnlyNotice(options) { Log.notice(notice) }
         let fs = SecretFileSystem(tree: tree, configuration: fsConfig, decryptor: KMSDecryptor(decoder: decoder), audit: audit,
                                   versionOf: Daemon.version(ofCiphertext:))
 
@@ -384,12 +385,22 @@ public enum Daemon {
                 options = new
                 Log.notice("remounted: options now \(newRaw.joined(separator: ","))")
                 if !before.metricsPerSecret, let warning = Daemon.perSecretMetricsWarning(new) { Log.warning(warning) }
+                if Daemon.rootOnlyNotice(before) == nil, let notice = Daemon.rootOnlyNotice(new) { Log.notice(notice) }
                 return .success("options now \(newRaw.joined(separator: ","))")
             } catch {
                 Log.error("remount refused, keeping the previous options: \(error.message)")
                 return .failure(error)
             }
         }
+    }
+
+    /// A mount with no allow_uid=, allow_gid=, allow_unit= or policy=
+    /// admits root alone: almost always an fstab line that lost its access
+    /// list, which services see only as EACCES. It still mounts (root may
+    /// be the only reader meant), but says so once.
+    public static func rootOnlyNotice(_ o: MountOptions) -> String? {
+        guard o.allowUsers.isEmpty, o.allowGroups.isEmpty, o.allowUnits.isEmpty, o.policyFile == nil else { return nil }
+        return "no allow_uid=, allow_gid=, allow_unit= or policy=: only root may open these files; name who else may with allow_uid=USER (mount -o remount,allow_uid=USER applies it live)"
     }
 
     /// Per-secret series on a loopback port are every local user's to read.

@@ -16,6 +16,17 @@ import AWS
         #expect(o.allowUsers == ["0", "\u{301}1"])
     }
 
+    /// A mount with no access list admits root alone: the daemon says so
+    /// at mount (and when a remount empties the list), and any one of the
+    /// four ways to admit someone silences it.
+    @Test func aMountThatAdmitsRootAloneSaysSo() throws {
+        let none = try #require(Daemon.rootOnlyNotice(try MountOptions.parse(["ttl=5"])))
+        #expect(none.hasPrefix("no allow_uid=, allow_gid=, allow_unit= or policy=: only root may open these files"))
+        for admitting in ["allow_uid=0", "allow_gid=0", "allow_unit=nginx.service", "policy=/etc/kmsfs/policy"] {
+            #expect(Daemon.rootOnlyNotice(try MountOptions.parse([admitting])) == nil, "\(admitting)")
+        }
+    }
+
     /// A backslash at the end of an argument escapes nothing: it was
     /// dropped, so `context=dir=C:\` required `C:`. Now refused, and an
     /// escaped one (or one inside a value) still reads.

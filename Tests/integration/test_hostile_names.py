@@ -327,3 +327,20 @@ def test_a_name_that_is_not_utf8_finds_nothing_not_its_repaired_twin(kms, mount_
             open(os.path.join(m.path.encode(), name), "rb")
         assert e.value.errno == errno.ENOENT, name
     assert m.proc.poll() is None
+
+
+def test_a_mount_that_names_nobody_admits_root_alone_and_says_so_once(kms, kmsfs_bin, mount_factory, plain_source):
+    """An fstab line that lost its allow_uid= mounts a tree only root may
+    open, which a service sees only as EACCES: the daemon says so in one
+    line. Root is the default, not an extra: once a list names someone
+    else, root is refused too."""
+    src, _ = plain_source
+    m = mount_factory(src, "ttl=5m")
+    assert m.wait_log("only root may open these files"), m.log()
+    assert open(m.file("s"), "rb").read() == b"s"
+    r = subprocess.run([kmsfs_bin, str(src), m.path, "-o", "remount,allow_uid=nobody"], env=kms.env,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(PermissionError):
+        open(m.file("s"), "rb")
+    assert len([l for l in m.log().splitlines() if "only root may open" in l]) == 1, m.log()
