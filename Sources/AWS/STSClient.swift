@@ -202,8 +202,8 @@ enum XMLBytes {
     }
 
     /// Decodes the element's text, handing each byte to `emit`; false on
-    /// an unknown entity.
-    static func decode(_ b: UnsafeRawBufferPointer, _ r: Range<Int>, _ emit: (UInt8) -> Void) -> Bool {
+    /// an unknown entity, unless `lenient` (which passes it through as is).
+    static func decode(_ b: UnsafeRawBufferPointer, _ r: Range<Int>, lenient: Bool = false, _ emit: (UInt8) -> Void) -> Bool {
         let entities: [([UInt8], UInt8)] = [(Array("&amp;".utf8), 38), (Array("&lt;".utf8), 60), (Array("&gt;".utf8), 62),
                                             (Array("&quot;".utf8), 34), (Array("&apos;".utf8), 39)]
         var i = r.lowerBound
@@ -214,7 +214,7 @@ enum XMLBytes {
                     i += e.count
                     continue outer
                 }
-                return false
+                guard lenient else { return false }
             }
             emit(b[i])
             i += 1

@@ -383,13 +383,18 @@ public func boundedText(_ s: String, _ limit: Int) -> String {
 }
 
 /// The text of the first `<name>...</name>` element (no nesting, entities
-/// for &amp; &lt; &gt; &quot; &apos; decoded). Enough for AWS error bodies.
+/// for &amp; &lt; &gt; &quot; &apos; decoded, others left as they are).
+/// Enough for AWS error bodies. Found in the bytes, as `XMLBytes` finds
+/// STS's answers: a Character search missed `<Code>` followed by a
+/// combining mark, which made one Character of `>` and the mark.
 public func xmlElement(_ name: String, in text: String) -> String? {
-    let open = "<\(name)>", close = "</\(name)>"
-    guard let a = text.firstRange(of: open), let b = text[a.upperBound...].firstRange(of: close) else { return nil }
-    var v = String(text[a.upperBound..<b.lowerBound])
-    for (e, r) in [("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&apos;", "'"), ("&amp;", "&")] {
-        v = v.replacing(e, with: r)
+    var text = text
+    return text.withUTF8 { u -> String? in
+        let b = UnsafeRawBufferPointer(u)
+        guard let r = XMLBytes.range(name, in: b) else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(r.count)
+        _ = XMLBytes.decode(b, r, lenient: true) { out.append($0) }
+        return String(decoding: out, as: UTF8.self)
     }
-    return v
 }

@@ -285,6 +285,26 @@ import Glibc
         #expect("\(AWSJSONClient.parseError(r))".contains("is not authorized"))
     }
 
+    /// An XML error body's code and message are found in its bytes: a
+    /// combining mark after `<Code>` hid the code from a Character search
+    /// (the error read as HTTP400); the five entities decode, any other
+    /// is shown as sent, and a missing element is nil.
+    @Test func xmlErrorElementsAreFoundOnBytes() throws {
+        #expect(xmlElement("Code", in: "<Error><Code>\u{301}Throttling</Code></Error>") == "\u{301}Throttling")
+        #expect(xmlElement("Code", in: "<Code>a</Code>\u{301}") == "a")
+        #expect(xmlElement("Message", in: "<Message>&lt;&amp;lt;&#39;&bogus;&gt;&quot;&apos;&</Message>") == "<&lt;&#39;&bogus;>\"'&")
+        #expect(xmlElement("Code", in: "<Code>unclosed") == nil)
+        #expect(xmlElement("Code", in: "</Code><Code>") == nil)
+        #expect(xmlElement("Code", in: "<Cod") == nil)
+        let body = "<ErrorResponse><Error><Code>\u{301}InvalidClientTokenId</Code><Message>m</Message></Error></ErrorResponse>"
+        let b = try SecureBuffer(capacity: body.utf8.count)
+        try b.append(utf8: body)
+        let e = AWSJSONClient.parseError(HTTPResponse(status: 403, headers: [], body: b))
+        guard case .service(let code, let message, _, _) = e else { Issue.record("\(e)"); return }
+        #expect(code == "\u{301}InvalidClientTokenId")
+        #expect(message == "m")
+    }
+
     @Test func hostileSTSAnswersAreRefusedNotTrusted() throws {
         func assume(_ body: String) -> Result<AWSCredentials, CredentialError> {
             let t = ScriptedTransport { _, _ in .init(status: 200, body: body) }
