@@ -169,6 +169,14 @@ public struct AccessPolicy: Sendable {
         principals(for: path).admits(caller)
     }
 
+    /// Whether `uid` is root or is named by uid, in the mount's list or a
+    /// rule's: someone the operator chose, not merely a member of a named
+    /// group or unit (a group member may map thousands of subordinate uids
+    /// into a user namespace and keep the group).
+    public func namesUid(_ uid: UInt32) -> Bool {
+        uid == 0 || defaultPrincipals.uids.contains(uid) || rules.contains { $0.principals.uids.contains(uid) }
+    }
+
     /// Whether any decision may need a caller's supplementary groups.
     public var namesGroups: Bool {
         !defaultPrincipals.gids.isEmpty || rules.contains { !$0.principals.gids.isEmpty }

@@ -139,11 +139,12 @@ final class DirectoryListing: @unchecked Sendable {
     private let handles = Mutex<[UInt32: Int]>([:])
     init(items: [OpenDirectory.Item]) { self.items = items }
 
-    /// One more handle of `uid`, if `ledger` lets it have one.
-    func attach(_ uid: UInt32, _ ledger: DirectoryLedger) -> Bool {
+    /// One more handle of `uid`, if `ledger` lets it have one (`named`:
+    /// see `DirectoryLedger.take`).
+    func attach(_ uid: UInt32, named: Bool = false, _ ledger: DirectoryLedger) -> Bool {
         handles.withLock { h in
             let n = h[uid] ?? 0
-            guard ledger.take(uid, n == 0 ? items.count : 1) else { return false }
+            guard ledger.take(uid, n == 0 ? items.count : 1, named: named) else { return false }
             h[uid] = n + 1
             return true
         }
@@ -187,7 +188,10 @@ final class DirectoryListing: @unchecked Sendable {
 /// least one entry (an empty directory too). All users together hold at
 /// most `totalLimit` (16 users' worth): with allow_other, requests come from
 /// every user namespace, and a user with 65,536 subordinate uids is 65,536
-/// users here.
+/// users here. Root and the uids the access lists name are held to their
+/// own share only: sixteen strangers filling the total must not deny the
+/// services the mount is for their `ls` or glob (their entries count
+/// towards the total all the same).
 final class DirectoryLedger: Sendable {
     let limit: Int
     let totalLimit: Int
@@ -199,12 +203,14 @@ final class DirectoryLedger: Sendable {
         self.totalLimit = overflow ? Int.max : sixteen
     }
 
-    func take(_ uid: UInt32, _ entries: Int) -> Bool {
+    /// `named`: the caller is root or named by uid (`AccessPolicy.namesUid`),
+    /// and the total does not bind it.
+    func take(_ uid: UInt32, _ entries: Int, named: Bool = false) -> Bool {
         let n = max(entries, 1)
         let ok = held.withLock { h in
             let now = h.byUid[uid] ?? 0
             guard now == 0 || n <= limit - now else { return false }
-            guard h.total == 0 || n <= totalLimit - h.total else { return false }
+            guard named || h.total == 0 || n <= totalLimit - h.total else { return false }
             h.byUid[uid] = now + n
             h.total += n
             return true
@@ -217,7 +223,7 @@ final class DirectoryLedger: Sendable {
                 return true
             }
             if due {
-                Log.warning("uid \(uid): its open directories, or all users' together, hold as many entries as allowed (\(limit) a user, \(totalLimit) in all); opendir gets EMFILE until some are closed (logged at most once a minute)")
+                Log.warning("uid \(uid): its open directories, or all users' together, hold as many entries as allowed (\(limit) a user, \(totalLimit) in all for users no allow_uid= or policy rule names); opendir gets EMFILE until some are closed (logged at most once a minute)")
             }
         }
         return ok
@@ -551,7 +557,8 @@ public final class SecretFileSystem: @unchecked Sendable {
             }
             guard let caller else { return .success(OpenDirectory(ino: ino, items: items)) }
             let listing = sharedListing(ino, items)
-            guard listing.attach(caller.uid, directoryLedger) else { return .failure(FSError(EMFILE)) }
+            let named = configuration.policy.namesUid(caller.uid)
+            guard listing.attach(caller.uid, named: named, directoryLedger) else { return .failure(FSError(EMFILE)) }
             return .success(OpenDirectory(ino: ino, listing: listing, holder: (directoryLedger, caller.uid)))
         } catch {
             return .failure(FSError(error.code == ELOOP ? ENOENT : error.code))

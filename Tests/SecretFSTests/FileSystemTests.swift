@@ -298,8 +298,11 @@ func text(_ s: OpenSecret) -> String {
 
     /// Users together hold at most 16 users' worth of entries (subordinate
     /// uids are users here), and an empty directory's handle costs one.
+    /// Root and the uids the lists name are bound by their own share only:
+    /// strangers filling the total do not deny them; a member of a named
+    /// group is not named.
     @Test func allUsersOpenDirectoriesTogetherAreBounded() throws {
-        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [8000], gids: [9000]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
         var c = FSConfiguration(policy: policy)
         c.directoryEntriesPerUser = 4       // the root lists 4 entries here: one handle a user; 64 in all
         let dir = try makeTree()
@@ -310,7 +313,18 @@ func text(_ s: OpenSecret) -> String {
             held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: uid, gid: uid, pid: 1)).get())
         }
         #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: 6000, gid: 6000, pid: 1)).get() }
+        #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: 9001, gid: 9000, pid: 1)).get() }
+        var named: [Any] = []
+        for uid: UInt32 in [0, 8000] {
+            named.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: uid, gid: uid, pid: 1)).get())
+            // ... within their own share still.
+            #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: uid, gid: uid, pid: 1)).get() }
+        }
+        // Their entries count: a stranger's closed handle does not make room
+        // for another stranger while they hold theirs.
         held.removeLast()
+        #expect(throws: FSError(EMFILE)) { try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: 6000, gid: 6000, pid: 1)).get() }
+        named.removeAll()
         held.append(try fs.openDirectory(SecretFileSystem.rootInode, caller: Caller(uid: 6000, gid: 6000, pid: 1)).get())
         // Empty directories: one entry each, so one user gets 4 handles, not unbounded.
         let empty = try fs.lookup(parent: SecretFileSystem.rootInode, name: "empty").get().attributes.ino
