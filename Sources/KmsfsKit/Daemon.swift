@@ -679,6 +679,8 @@ public enum Daemon {
         }
     }
 
+    static let stderrLogInTheBackground = "option 'log=stderr': in the background the daemon has no standard error (it is /dev/null once the mount command returns), so its log and audit records would be lost; add -f to stay in the foreground, or use log=syslog or log=FILE"
+
     static func configureLogging(_ target: LogTarget?, background: Bool, debug: Bool, report: StartupReporter) {
         let level: LogLevel = debug ? .debug : .info
         let journal = SystemdNotify.stderrIsJournal
@@ -694,6 +696,12 @@ public enum Daemon {
             close(fd)
             Log.configure(destination: .stderr(journal: false), level: level)
         case .stderr:
+            // In the background standard error is /dev/null once the mount
+            // command returns (unless it is the journal): every line, and
+            // with audit=stderr every audit record, would be lost unseen.
+            if background && !journal {
+                report.fail(Daemon.stderrLogInTheBackground)
+            }
             Log.configure(destination: .stderr(journal: journal), level: level)
         case nil:
             if (background || journal) && Journal.isAvailable && Journal.open() {

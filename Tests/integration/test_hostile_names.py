@@ -344,3 +344,18 @@ def test_a_mount_that_names_nobody_admits_root_alone_and_says_so_once(kms, kmsfs
     with pytest.raises(PermissionError):
         open(m.file("s"), "rb")
     assert len([l for l in m.log().splitlines() if "only root may open" in l]) == 1, m.log()
+
+
+def test_log_to_stderr_in_the_background_is_refused_and_serves_in_the_foreground(kms, kmsfs_bin, mount_factory, plain_source):
+    """In the background the daemon's standard error is /dev/null: with
+    log=stderr every line, and with the default audit=stderr every audit
+    record, went nowhere. The mount now fails with one line that says what
+    to use; in the foreground (-f) the log is where asked."""
+    src, mnt = plain_source
+    err = failed_mount(kmsfs_bin, kms, src, mnt, "allow_uid=0,log=stderr")
+    assert err == ("kmsfs: option 'log=stderr': in the background the daemon has no standard error (it is /dev/null once "
+                   "the mount command returns), so its log and audit records would be lost; add -f to stay in the "
+                   "foreground, or use log=syslog or log=FILE"), err
+    m = mount_factory(src, "allow_uid=0,log=stderr")
+    assert open(m.file("s"), "rb").read() == b"s"
+    assert m.wait_log("path=s result=allowed"), m.log()
