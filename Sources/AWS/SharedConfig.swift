@@ -185,20 +185,31 @@ public struct SharedConfigFiles: Sendable {
                 if let i = profiles.firstIndex(where: { $0.name == name }) { profiles[i].values = values }
                 else { profiles.append((name, values)) }
             }
+            // Sections are told apart as botocore's build_profile_map does:
+            // [default] exactly; a name that starts with "profile" (or
+            // "services") and splits, as shlex does, into two words names
+            // the second ([profile "my app"] is `my app`); [ default ] and
+            // anything else are not profiles.
+            func second(_ name: String) -> String? {
+                guard let words = ProcessCredentialProvider.split(name), words.count == 2 else { return nil }
+                return words[1]
+            }
             for section in try INI.parse(config, path: configPath) {
-                let words = section.name.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                if section.name == "default" {
-                    put("default", section.values)
-                } else if words.first == "profile", words.count == 2 {
-                    put(String(words[1]), section.values)
-                } else if words.first == "services", words.count == 2 {
+                let name = section.name
+                if name.hasPrefix("profile") {
+                    if let profile = second(name) { put(profile, section.values) }
+                } else if name.hasPrefix("sso-session") {
+                    continue
+                } else if name.hasPrefix("services") {
+                    guard let sname = second(name) else { continue }
                     var byService: [String: [String: String]] = [:]
                     for (service, value) in section.values {
                         if let nested = INI.subsection(value) { byService[service] = nested }
                     }
-                    out.services[String(words[1])] = byService
+                    out.services[sname] = byService
+                } else if name == "default" {
+                    put("default", section.values)
                 }
-                // [sso-session ...] and anything else: not profiles.
             }
             for p in profiles { out.merge(profile: p.name, values: p.values, fromCredentialsFile: false) }
         }
@@ -303,7 +314,10 @@ enum INI {
                 guard let close = trimmed.lastIndex(of: "]") else {
                     throw SharedConfigError("\(path) line \(lineNumber): section header without ']'")
                 }
-                let name = trimmed[trimmed.index(after: trimmed.startIndex)..<close].trimmingCharacters(in: " \t")
+                // As Python's configparser takes it: everything between
+                // the '[' and the last ']', blanks included ([ default ] is
+                // another section than [default], and no profile).
+                let name = String(trimmed[trimmed.index(after: trimmed.startIndex)..<close])
                 guard !name.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): empty section name") }
                 // Python's RawConfigParser (strict), and so the AWS CLI,
                 // refuses the file; merged, one profile's key ID went with

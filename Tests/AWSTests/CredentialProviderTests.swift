@@ -224,6 +224,39 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(d["aws_access_key_id"] == "SECOND" && d["aws_secret_access_key"] == nil && d["region"] == nil)
     }
 
+    /// Section names are read as botocore reads them (each expectation
+    /// below is what `botocore.configloader.build_profile_map` gives for
+    /// the same text, Python 3.11): kmsfs trimmed `[ default ]` into the
+    /// default profile the AWS CLI does not see, and missed quoted names.
+    @Test func sectionNamesAreReadAsBotocoreReadsThem() throws {
+        let cases: [(String, [String])] = [
+            ("[ default ]\nregion = a\n", []),
+            ("[default ]\nregion = a\n", []),
+            ("[profile \"my p\"]\nregion = a\n", ["my p"]),
+            ("[profile 'x']\nregion = a\n", ["x"]),
+            ("[profilex y]\nregion = a\n", ["y"]),
+            ("[profile\tt]\nregion = a\n", ["t"]),
+            ("[profile \"x]\nregion = a\n", []),
+            ("[profile a b]\nregion = a\n", []),
+            ("[profile a\\ b]\nregion = a\n", ["a b"]),
+            ("[default] junk\nregion = a\n", ["default"]),
+            ("  [default]\nregion = a\n", ["default"]),
+            ("[profile  base ]\nregion = a\n", ["base"]),
+            ("[sso-session s]\nregion = a\n[preview]\nregion = b\n", []),
+        ]
+        for (text, want) in cases {
+            let f = try SharedConfigFiles.parse(config: text, credentials: nil)
+            #expect(f.profiles.keys.sorted() == want, "\(text)")
+        }
+        // A profile's services = NAME finds [services "NAME"] as botocore does.
+        let f = try SharedConfigFiles.parse(
+            config: "[default]\nservices = s\n[services 's']\nkms =\n  endpoint_url = http://127.0.0.1:1\n", credentials: nil)
+        #expect(f.serviceValue(profile: "default", service: "kms", key: "endpoint_url") == "http://127.0.0.1:1")
+        // The credentials file's sections are profile names as written.
+        let c = try SharedConfigFiles.parse(config: nil, credentials: "[ default ]\naws_access_key_id = K\n")
+        #expect(c.profile("default") == nil && c.profile(" default ")?["aws_access_key_id"] == "K")
+    }
+
     /// Regression (issue 13 A1): a CRLF credentials file (written on
     /// Windows) was one line, so its profiles were silently missing.
     @Test func crlfFilesAreReadLineByLine() throws {
