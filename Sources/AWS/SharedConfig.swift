@@ -188,8 +188,8 @@ public struct SharedConfigFiles: Sendable {
             // Sections are told apart as botocore's build_profile_map does:
             // [default] exactly; a name that starts with "profile" (or
             // "services") and splits, as shlex does, into two words names
-            // the second ([profile "my app"] is `my app`); [ default ] and
-            // anything else are not profiles.
+            // the second ([profile "my app"] is `my app`); [ default ],
+            // [sso-session ...] and anything else are not profiles.
             func second(_ name: String) -> String? {
                 guard let words = ProcessCredentialProvider.split(name), words.count == 2 else { return nil }
                 return words[1]
@@ -198,8 +198,6 @@ public struct SharedConfigFiles: Sendable {
                 let name = section.name
                 if name.hasPrefix("profile") {
                     if let profile = second(name) { put(profile, section.values) }
-                } else if name.hasPrefix("sso-session") {
-                    continue
                 } else if name.hasPrefix("services") {
                     guard let sname = second(name) else { continue }
                     var byService: [String: [String: String]] = [:]

@@ -141,7 +141,7 @@ final class DirectoryListing: @unchecked Sendable {
 
     /// One more handle of `uid`, if `ledger` lets it have one (`named`:
     /// see `DirectoryLedger.take`).
-    func attach(_ uid: UInt32, named: Bool = false, _ ledger: DirectoryLedger) -> Bool {
+    func attach(_ uid: UInt32, named: Bool, _ ledger: DirectoryLedger) -> Bool {
         handles.withLock { h in
             let n = h[uid] ?? 0
             guard ledger.take(uid, n == 0 ? items.count : 1, named: named) else { return false }
@@ -205,7 +205,7 @@ final class DirectoryLedger: Sendable {
 
     /// `named`: the caller is root or named by uid (`AccessPolicy.namesUid`),
     /// and the total does not bind it.
-    func take(_ uid: UInt32, _ entries: Int, named: Bool = false) -> Bool {
+    func take(_ uid: UInt32, _ entries: Int, named: Bool) -> Bool {
         let n = max(entries, 1)
         let ok = held.withLock { h in
             let now = h.byUid[uid] ?? 0
