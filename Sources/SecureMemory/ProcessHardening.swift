@@ -23,6 +23,21 @@ public enum ProcessHardening {
         }
     }
 
+    /// Sets back to their defaults the signals kmsfs relies on, which a
+    /// parent may have left ignored (an ignored disposition survives exec):
+    /// with SIGCHLD ignored the kernel reaps every child itself and each
+    /// `waitpid` fails, so a `credential_process`, `on_change=` program or
+    /// fusermount3 that succeeded counted as failed; an ignored SIGHUP
+    /// (`nohup`), SIGTERM, SIGINT or SIGUSR1 is discarded even while the
+    /// daemon blocks it to `sigwait` for it, so reloads, stops and the end
+    /// of the FUSE loop went unheard. Call first thing, while the process
+    /// is one thread.
+    public static func resetInheritedSignals() {
+        for sig in [SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1] {
+            _ = kmsfs_signal_default(sig)
+        }
+    }
+
     /// Not dumpable (no core, no ptrace attach by other users, /proc/PID/mem
     /// root-only), no core files, and a coredump filter that leaves
     /// anonymous and shared memory out should a core be forced anyway.

@@ -8,6 +8,7 @@ import Glibc
 #endif
 
 ProcessHardening.disableCrashReporter()
+ProcessHardening.resetInheritedSignals()
 // libcurl writes every TLS session's keys to $SSLKEYLOGFILE (read once, at
 // curl_global_init): with them and a capture of the traffic, anyone could
 // read each Decrypt's plaintext and the session token. Unset while the

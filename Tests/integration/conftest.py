@@ -276,11 +276,11 @@ def mount_factory(tmp_path, kms, kmsfs_bin):
     mounts = []
     counter = [0]
 
-    def make(source, options="", env=None, extra_args=()):
+    def make(source, options="", env=None, extra_args=(), wrapper=()):
         counter[0] += 1
         mnt = tmp_path / ("mnt%d" % counter[0])
         mnt.mkdir()
-        m = Mount(source, mnt, options, env or kms.env, tmp_path / ("kmsfs%d.log" % counter[0]), extra_args)
+        m = Mount(source, mnt, options, env or kms.env, tmp_path / ("kmsfs%d.log" % counter[0]), extra_args, wrapper)
         mounts.append(m)
         return m
 

@@ -8,7 +8,9 @@ with them. Every case mounts kmsfs with that source alone and reads files.
 import errno
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 import types
 
@@ -268,6 +270,34 @@ def test_credential_process(tree, kms, role, mount_factory, tmp_path):
     m = mount_factory(tree, "allow_uid=0", env=bare_env(kms, AWS_CONFIG_FILE=str(config)))
     read_all(m)
     assert "credential_process (profile default)" in m.log()
+
+
+def test_signals_a_parent_left_ignored_are_the_daemons_again(tree, kms, role, mount_factory, tmp_path):
+    """A launcher may leave signals ignored (`nohup`, a supervisor that
+    ignores SIGCHLD), and an ignored disposition survives exec. With SIGCHLD
+    ignored the kernel reaps children itself, so waitpid failed and a
+    credential_process that succeeded counted as failed (status -1); an
+    ignored SIGHUP or SIGTERM is discarded, blocked or not, so reloads and
+    stops went unheard."""
+    c = role.mint()
+    script = tmp_path / "creds.py"
+    script.write_text("#!/usr/bin/env python3\nimport json\nprint(json.dumps(%r))\n" % {
+        "Version": 1, "AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
+        "SessionToken": c["SessionToken"], "Expiration": c["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ")})
+    script.chmod(0o700)
+    config = tmp_path / "config"
+    config.write_text('[default]\ncredential_process = %s\n' % script)
+    ignoring = [sys.executable, "-c",
+                "import os, signal, sys\n"
+                "for s in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):\n"
+                "    signal.signal(s, signal.SIG_IGN)\n"
+                "os.execv(sys.argv[1], sys.argv[1:])\n"]
+    m = mount_factory(tree, "allow_uid=0", env=bare_env(kms, AWS_CONFIG_FILE=str(config)), wrapper=ignoring)
+    read_all(m)
+    assert "credential_process (profile default)" in m.log(), m.log()
+    m.proc.send_signal(signal.SIGHUP)
+    assert m.wait_log("reloaded: users, groups and policy re-read"), m.log()
+    assert m.stop() == 0, m.log()
 
 
 def failed_mount_line(tree, kms, kmsfs_bin, tmp_path, options):
