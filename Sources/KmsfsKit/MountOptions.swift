@@ -112,7 +112,7 @@ public struct MountOptions: Sendable {
     /// Parses every `-o` argument (each a comma-separated list; `\,` is a
     /// literal comma).
     public static func parse(_ arguments: [String]) throws(OptionError) -> MountOptions {
-        var o = MountOptions()
+        var all: [String] = []
         for arg in arguments {
             let (items, dangling) = splitEscaped(arg)
             if dangling, let last = items.last {
@@ -120,11 +120,28 @@ public struct MountOptions: Sendable {
                 // followed it, guessing would mount something else.
                 throw OptionError("option '\(last)\\' ends in a backslash that escapes nothing; write \\\\ for a backslash")
             }
-            for item in items where !item.isEmpty {
-                try o.apply(item)
-            }
+            all += items.filter { !$0.isEmpty }
+        }
+        try refuseRepeatedLists(all, "nothing was mounted. Give the whole list once (allow_uid=a:b)")
+        var o = MountOptions()
+        for item in all {
+            try o.apply(item)
         }
         return o
+    }
+
+    /// A list of who may read is taken only when given once (or the same
+    /// each time): mount(8) puts the fstab line's options before the
+    /// command line's, so `mount -o allow_uid=alice /etc/secrets` on a line
+    /// with `allow_uid=bob` sends both, and adding them up would admit bob
+    /// too, silently.
+    static func refuseRepeatedLists(_ items: [String], _ then: String) throws(OptionError) {
+        for list in ["allow_uid", "allow_gid", "allow_unit"] {
+            let given = items.filter { canonicalName($0) == list }
+            if Set(given).count > 1 {
+                throw OptionError("\(list)= is given more than once (\(given.joined(separator: ", "))): mount(8) puts the fstab line's options before the command line's, and the lists would add up; \(then)")
+            }
+        }
     }
 
     /// True when the options ask to change a live mount (`-o remount,...`,
@@ -150,16 +167,9 @@ public struct MountOptions: Sendable {
     /// Returns the new raw options (one `-o` argument) and their parse.
     public static func remounted(_ current: [String], with changes: [String]) throws(OptionError) -> (raw: [String], options: MountOptions) {
         let items = changes.flatMap(splitOptions).filter { !$0.isEmpty && $0 != "remount" }
-        // mount(8) puts the fstab line's options before the command line's:
         // `mount -o remount,allow_uid=a` on a line with allow_uid=a:b sends
-        // both, and the lists would add up, silently keeping b. A list of
-        // who may read is taken only when given once.
-        for list in ["allow_uid", "allow_gid", "allow_unit"] {
-            let given = items.filter { canonicalName($0) == list }
-            if Set(given).count > 1 {
-                throw OptionError("\(list)= is given more than once (\(given.joined(separator: ", "))): mount(8) puts the fstab line's options before the command line's, and the lists would add up; nothing was changed. Give the whole list once: edit the fstab line, then mount -o remount")
-            }
-        }
+        // both, and the lists would add up, silently keeping b.
+        try refuseRepeatedLists(items, "nothing was changed. Give the whole list once: edit the fstab line, then mount -o remount")
         let named = Set(items.map(canonicalName))
         let kept = current.flatMap(splitOptions).filter { !$0.isEmpty && !named.contains(canonicalName($0)) }
         let raw = [(kept + items).map(escapeOption).joined(separator: ",")]

@@ -52,6 +52,21 @@ import AWS
         #expect(o.audit == .file("/var/log/kmsfs.audit"))
     }
 
+    @Test func aListOfWhoMayReadIsTakenOnlyWhenGivenOnce() throws {
+        // fstab's allow_uid=bob, then `mount -o allow_uid=alice`: mount(8)
+        // sends both; adding them up would admit bob as well, unasked.
+        #expect {
+            try MountOptions.parse(["allow_uid=bob,ttl=5m", "allow_uid=alice"])
+        } throws: { error in
+            "\(error)".hasPrefix("allow_uid= is given more than once (allow_uid=bob, allow_uid=alice): ") && "\(error)".contains("nothing was mounted")
+        }
+        #expect(throws: OptionError.self) { try MountOptions.parse(["allow_group=3,allow_gid=4"]) }
+        #expect(throws: OptionError.self) { try MountOptions.parse(["allow_unit=a.service,allow_units=b.service"]) }
+        // The same list twice is one list; one list of several is the way.
+        #expect(try MountOptions.parse(["allow_uid=1:2", "allow_uid=1:2"]).allowUsers == ["1", "2", "1", "2"])
+        #expect(try MountOptions.parse(["allow_uid=bob:alice"]).allowUsers == ["bob", "alice"])
+    }
+
     @Test func aRemountReplacesTheOptionsItNamesAndKeepsTheOthers() throws {
         #expect(MountOptions.isRemount(["rw,remount,allow_uid=1"]))
         #expect(!MountOptions.isRemount(["allow_uid=1"]))

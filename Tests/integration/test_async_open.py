@@ -103,7 +103,7 @@ def test_one_users_parked_opens_do_not_hold_up_anothers(public_tmp, kms, proxy, 
     for i in range(300):
         (base / "src" / "flood" / ("s%03d.encrypted" % i)).write_bytes(blob)
     (base / "src" / "mine.encrypted").write_bytes(kms.encrypt_blob(b"mine"))
-    m = Mount(base / "src", base / "mnt", "allow_uid=kmsfs-alice,allow_uid=kmsfs-bob,max_inflight=2,timeout=300",
+    m = Mount(base / "src", base / "mnt", "allow_uid=kmsfs-alice:kmsfs-bob,max_inflight=2,timeout=300",
               kms.base_env(endpoint=proxy.url), base / "kmsfs.log")
     flood = None
     try:
