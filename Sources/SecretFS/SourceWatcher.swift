@@ -189,7 +189,7 @@ public final class SourceWatcher: @unchecked Sendable {
         for key in e.paths {
             let slash = key.path.utf8.lastIndex(of: UInt8(ascii: "/"))
             let dir = slash.map { String(key.path[..<$0]) } ?? "."
-            let name = slash.map { String(key.path[key.path.index(after: $0)...]) } ?? key.path
+            let name = slash.map { String(key.path[key.path.utf8.index(after: $0)...]) } ?? key.path
             fs.sourceChanged(directory: dir, name: name, isDirectory: false, removed: false)
         }
         return true
