@@ -222,8 +222,8 @@ public struct GlobPattern: Sendable, Equatable, CustomStringConvertible {
     }
 
     public init(_ text: String) {
-        var t = text
-        while t.hasPrefix("/") { t.removeFirst() }
+        // On bytes: "/" and a combining mark after it are one Character.
+        let t = String(decoding: text.utf8.drop(while: { $0 == UInt8(ascii: "/") }), as: UTF8.self)
         self.text = t
         self.tokens = GlobPattern.tokens(Array(t.utf8))
     }

@@ -224,6 +224,15 @@ extension GlobPattern {
         if pattern.utf8.split(separator: UInt8(ascii: "/")).contains(where: { $0.elementsEqual("..".utf8) || $0.elementsEqual(".".utf8) }) {
             return "'.' and '..' never appear in mount paths"
         }
+        // What the rule matches against is the pattern without its leading
+        // '/'s (GlobPattern.init): an empty piece in it matches no file, and
+        // a rule that matches nothing silently leaves its files to the
+        // mount-wide allow_ lists.
+        let body = b.drop(while: { $0 == UInt8(ascii: "/") })
+        if body.isEmpty { return "an empty pattern matches no file; write ** for every file" }
+        if body.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).contains(where: { $0.isEmpty }) {
+            return "an empty component ('//', or a '/' at the end) never appears in mount paths, so the rule would match no file; for everything under a directory write DIR/**"
+        }
         return nil
     }
 }

@@ -19,6 +19,8 @@ import Glibc
         ("[ab].key", "b.key", true),
         ("[!ab].key", "b.key", false),
         ("/tls/*", "tls/x", true),
+        ("//tls/*", "tls/x", true),
+        ("/\u{301}x", "\u{301}x", true),   // "/" and the mark are one Character: stripped on bytes
         ("*", "x/y", false),
         ("**", "x/y", true),
     ])
@@ -217,6 +219,11 @@ enum Reference {
         // "/" and a combining mark after it are one Character: a split on
         // Characters saw "../\u{301}b" as one component.
         ("a/../\u{301}b allow_uid=0", "policy /etc/kmsfs/policy:1: pattern 'a/../\u{301}b': '.' and '..' never appear in mount paths"),
+        // A rule that can match no file would leave its files to the
+        // mount-wide lists without a word.
+        ("secrets/ allow_uid=0", "policy /etc/kmsfs/policy:1: pattern 'secrets/': an empty component ('//', or a '/' at the end) never appears in mount paths, so the rule would match no file; for everything under a directory write DIR/**"),
+        ("a//b allow_uid=0", "policy /etc/kmsfs/policy:1: pattern 'a//b': an empty component ('//', or a '/' at the end) never appears in mount paths, so the rule would match no file; for everything under a directory write DIR/**"),
+        ("// allow_uid=0", "policy /etc/kmsfs/policy:1: pattern '//': an empty pattern matches no file; write ** for every file"),
         ("", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
         ("# only\r\n\r\n  # comments\r\n", "policy /etc/kmsfs/policy: no rules (every line is blank or a comment); a policy file must name at least one PATTERN"),
         ("a allow_uid=0\rb allow_uid=1\n", "policy /etc/kmsfs/policy:1: a carriage return inside the line (old Mac line endings?); end lines with LF or CRLF"),
