@@ -334,11 +334,21 @@ let opOpen: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_f
         // holding no reference of its own to the request (answering there
         // would free it under libfuse's feet): so the handler answers only
         // once registered, and such an INTERRUPT is looked at here.
+        // Under io_uring an INTERRUPT (always read from /dev/fuse) is
+        // handled on another thread while this one registers: once the
+        // handler may answer, and so free the request, this thread must not
+        // touch `req` again. So `req` is read first, and the one state
+        // change decides who looks at an INTERRUPT that came meanwhile.
         fuse_req_interrupt_func(req, onParkedOpenInterrupt, Unmanaged.passUnretained(ctx).toOpaque())
-        parked.registered.store(true, ordering: .releasing)
-        if fuse_req_interrupted(req) != 0, isBeingKilled(who.pid) {
-            parked.answer(.failure(FSError(EINTR)), in: ctx)
-            return
+        let early = fuse_req_interrupted(req) != 0
+        let registered = parked.state.compareExchange(expected: ParkedOpen.registering, desired: ParkedOpen.registered,
+                                                      ordering: .acquiringAndReleasing).exchanged
+        if early || !registered {
+            if isBeingKilled(who.pid) {
+                parked.answer(.failure(FSError(EINTR)), in: ctx)
+                return
+            }
+            parked.state.store(ParkedOpen.registered, ordering: .releasing)
         }
         let k = OpenContinuation(answer: answer, later: { submit($0, false) }, isAnswered: { parked.isAnswered })
         submit({ finish(k) }, true)
@@ -402,8 +412,14 @@ final class ParkedOpen: @unchecked Sendable {
     let pid: Int32
     let uid: UInt32
     private let answered = Atomic<Bool>(false)
-    /// Its INTERRUPT handler is registered (see opOpen).
-    let registered = Atomic<Bool>(false)
+    /// Where its INTERRUPT handler stands (see opOpen): `registering`
+    /// while opOpen still reads the request; `interruptedEarly` when the
+    /// handler ran then (opOpen looks at the caller instead); `registered`
+    /// once the handler may answer.
+    let state = Atomic<UInt8>(ParkedOpen.registering)
+    static let registering: UInt8 = 0
+    static let registered: UInt8 = 1
+    static let interruptedEarly: UInt8 = 2
 
     init(req: fuse_req_t?, fi: fuse_file_info, pid: Int32, uid: UInt32) {
         self.req = req
@@ -486,7 +502,12 @@ final class ParkedOpens: @unchecked Sendable {
 private let onParkedOpenInterrupt: @convention(c) (fuse_req_t?, UnsafeMutableRawPointer?) -> Void = { req, data in
     guard let data else { return }
     let ctx = Unmanaged<BridgeContext>.fromOpaque(data).takeUnretainedValue()
-    guard let parked = ctx.parkedOpens.find(req), parked.registered.load(ordering: .acquiring), !parked.isAnswered,
+    guard let parked = ctx.parkedOpens.find(req) else { return }
+    // Still registering: opOpen looks at it (answering here could free the
+    // request while opOpen reads it).
+    if parked.state.compareExchange(expected: ParkedOpen.registering, desired: ParkedOpen.interruptedEarly,
+                                    ordering: .acquiringAndReleasing).exchanged { return }
+    guard parked.state.load(ordering: .acquiring) == ParkedOpen.registered, !parked.isAnswered,
           isBeingKilled(parked.pid) else { return }
     parked.answer(.failure(FSError(EINTR)), in: ctx)
 }
