@@ -217,7 +217,9 @@ public struct IMDSCredentialProvider: CredentialProvider {
         let role: String
         do {
             role = try client.get(IMDSCredentialProvider.base) { r in
-                r.nonSecretBodyText(limit: 4096).split(whereSeparator: { $0 == "\n" || $0 == "\r" }).first.map(String.init) ?? ""
+                // On scalars: "\r\n" is one Character, equal to neither.
+                r.nonSecretBodyText(limit: 4096).unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" })
+                    .first.map { String(String.UnicodeScalarView($0)) } ?? ""
             }.trimmingCharacters(in: " \t")
         } catch {
             switch error {

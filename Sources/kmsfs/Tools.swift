@@ -311,8 +311,10 @@ struct EncryptCommand: ParsableCommand {
 
 func parseContext(_ pairs: [String]) -> [(key: String, value: String)] {
     pairs.map { p in
-        guard let eq = p.firstIndex(of: "="), eq != p.startIndex else { fail("--context \(p): expected KEY=VALUE", code: 2) }
-        return (String(p[..<eq]), String(p[p.index(after: eq)...]))
+        // On scalars, as context= is read at mount: "=" and a combining
+        // mark after it are one Character.
+        guard let eq = p.unicodeScalars.firstIndex(of: "="), eq != p.startIndex else { fail("--context \(p): expected KEY=VALUE", code: 2) }
+        return (String(p[..<eq]), String(p[p.unicodeScalars.index(after: eq)...]))
     }
 }
 

@@ -627,6 +627,22 @@ func stsClient(_ t: HTTPTransport, _ clock: Clock) -> STSClient {
         #expect(tokens.withLock { $0 } == 2)
     }
 
+    /// The role list split on its first line break as bytes: "\r\n" is one
+    /// Character, equal to neither "\n" nor "\r", and the role kept its CR LF.
+    @Test func aRoleListWithCRLFNamesItsFirstRole() throws {
+        let t = ScriptedTransport { req, _ in
+            if req.method == "PUT" { return .init(status: 200, body: "T") }
+            switch req.url.path {
+            case "/latest/meta-data/iam/security-credentials/": return .init(status: 200, body: "my-role\r\nother\r\n")
+            case "/latest/meta-data/iam/security-credentials/my-role": return .init(status: 200, body: Self.doc)
+            default: return .init(status: 404, body: "")
+            }
+        }
+        let client = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: t)
+        let c = try IMDSCredentialProvider(client: client).credentials()
+        #expect(c.accessKeyId == "ASIAIMDS" && c.source == "instance role my-role")
+    }
+
     @Test func unreachableOrNoRoleIsNotConfigured() {
         let down = ScriptedTransport { (_, _) throws(TransportError) -> ScriptedTransport.Answer in throw TransportError(.connect, "no route") }
         let a = IMDSClient(endpoint: URLParts("http://169.254.169.254")!, transport: down)
