@@ -364,6 +364,15 @@ public enum JSONScanner {
 }
 
 extension JSONScanner {
+    /// The top-level string member `key`, decoded: for members that are
+    /// not secret (a key ID, an error's code and message), read without
+    /// building the rest of the document, however large.
+    public static func nonSecretString(_ key: String, in bytes: UnsafeRawBufferPointer) -> String? {
+        guard let r = stringMember(key, in: bytes) else { return nil }
+        var p = JSONParser(bytes: UnsafeRawBufferPointer(rebasing: bytes[(r.lowerBound - 1)..<(r.upperBound + 1)]))
+        return p.string()
+    }
+
     /// Decodes the top-level string member `key` straight into a new
     /// secure buffer (escapes resolved there): how a secret member is read
     /// without a copy in ordinary memory. Nil when absent or malformed.

@@ -348,16 +348,21 @@ public final class AWSJSONClient: Sendable {
 
     /// Reads `__type` / `message` (or `x-amzn-ErrorType`) from an error
     /// response. Error bodies carry no secret; one that does anyway (a
-    /// broken front end) has its credential and plaintext members parsed
-    /// as redacted, never into Strings.
+    /// broken front end) has only those three members read, never its
+    /// credential or plaintext members. Nor is the rest of the document
+    /// built: a megabyte of `[0,0,...]` made a tree of some 20 MB of
+    /// locked memory for every throttled retry.
     public static func parseError(_ response: HTTPResponse) -> AWSError {
         let requestId = response.header("x-amzn-RequestId")
         var code = response.header("x-amzn-ErrorType").map { String($0.split(separator: ":").first ?? "") } ?? ""
         var message = ""
-        let doc = response.body.withUnsafeBytes { JSONValue.parse($0, redacting: secretResponseMembers) }
-        if let doc {
-            if let t = doc["__type"]?.stringValue { code = t }
-            message = doc["message"]?.stringValue ?? doc["Message"]?.stringValue ?? ""
+        let json: (type: String?, message: String?) = response.body.withUnsafeBytes { b in
+            (JSONScanner.nonSecretString("__type", in: b),
+             JSONScanner.nonSecretString("message", in: b) ?? JSONScanner.nonSecretString("Message", in: b))
+        }
+        if json.type != nil || json.message != nil {
+            if let t = json.type { code = t }
+            message = json.message ?? ""
         } else {
             // Some front ends (and emulators) answer auth failures in the
             // query protocol's XML: <Error><Code>..</Code><Message>..</Message>.

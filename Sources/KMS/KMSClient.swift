@@ -174,8 +174,6 @@ public final class KMSClient: Sendable {
 
     /// A string member that is not secret (KeyId, CiphertextBlob).
     static func nonSecretMember(_ name: String, in body: UnsafeRawBufferPointer) -> String? {
-        guard let r = JSONScanner.stringMember(name, in: body) else { return nil }
-        var p = JSONParser(bytes: UnsafeRawBufferPointer(rebasing: body[(r.lowerBound - 1)..<(r.upperBound + 1)]))
-        return p.string()
+        JSONScanner.nonSecretString(name, in: body)
     }
 }

@@ -258,6 +258,30 @@ import Glibc
         }
     }
 
+    /// An error's code and message are read from the body's top level
+    /// without building the rest: a megabyte of tiny array elements made a
+    /// tree of some 20 MB for each throttled retry. A JSON body with
+    /// neither member is shown as text, as any other body.
+    @Test func anErrorBodyIsReadForItsCodeAndMessageOnly() throws {
+        let big = "[" + Array(repeating: "0", count: 400_000).joined(separator: ",") + "]"
+        for body in [#"{"a":\#(big),"__type":"com.amazon#ThrottlingException","message":"Rate exceeded"}"#,
+                     #"{"__type":"ThrottlingException","a":{"message":"inner"},"Message":"Rate exceeded","a":\#(big)}"#] {
+            let b = try SecureBuffer(capacity: body.utf8.count)
+            try b.append(utf8: body)
+            guard case .service(let code, let message, let status, _) = AWSJSONClient.parseError(HTTPResponse(status: 400, headers: [], body: b)) else {
+                Issue.record("not a service error"); continue
+            }
+            #expect(code == "ThrottlingException" && message == "Rate exceeded" && status == 400)
+        }
+        let body = #"{"error":"upstream timed out"}"#
+        let b = try SecureBuffer(capacity: body.utf8.count)
+        try b.append(utf8: body)
+        guard case .service(let code, let message, _, _) = AWSJSONClient.parseError(HTTPResponse(status: 502, headers: [], body: b)) else {
+            Issue.record("not a service error"); return
+        }
+        #expect(code == "HTTP502" && message == body)
+    }
+
     /// Error bodies are read as text for log lines. One that carries a
     /// credentials document or a plaintext anyway (a broken proxy or agent
     /// answering 500 with it) keeps those members out of the text and of
