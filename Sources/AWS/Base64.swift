@@ -71,15 +71,20 @@ public enum Base64 {
         return o
     }
 
-    /// Decodes non-secret text (ciphertexts, tokens).
-    public static func decode(_ text: String) -> [UInt8]? {
-        var input = Array(text.utf8)
+    /// Decodes non-secret bytes (a ciphertext file in base64): straight
+    /// into the one array returned, so a file of many MiB costs its decoded
+    /// size once, not copies of its text as well.
+    public static func decode(_ input: UnsafeRawBufferPointer) -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: maxDecodedCount(input.count))
-        let n = input.withUnsafeBytes { i in out.withUnsafeMutableBytes { decode(i, into: $0) } }
-        input.removeAll()
-        guard let n else { return nil }
+        guard let n = out.withUnsafeMutableBytes({ decode(input, into: $0) }) else { return nil }
         out.removeLast(out.count - n)
         return out
+    }
+
+    /// Decodes non-secret text (ciphertexts, tokens).
+    public static func decode(_ text: String) -> [UInt8]? {
+        var text = text
+        return text.withUTF8 { decode(UnsafeRawBufferPointer($0)) }
     }
 
     /// True when every byte is in the base64 alphabet, `=` or whitespace.

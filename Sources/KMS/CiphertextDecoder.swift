@@ -135,7 +135,7 @@ public final class CiphertextDecoder: Sendable {
             if requirePathBinding { throw refuseUnbound("a raw KMS ciphertext") }
             return try decryptBlob(bytes, format: .kmsBlob)
         case .kmsBlobBase64:
-            guard let blob = Base64.decode(String(decoding: bytes, as: UTF8.self)), !blob.isEmpty else {
+            guard let blob = bytes.withUnsafeBytes({ Base64.decode($0) }), !blob.isEmpty else {
                 throw .malformed("base64 text that does not decode")
             }
             if EncryptionSDKMessage.looksLikeMessage(blob) {
