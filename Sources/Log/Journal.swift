@@ -42,8 +42,8 @@ public enum Journal {
         guard let path = try? UnixSocketAddress(socketPath) else { return false }
         if fd.load(ordering: .acquiring) >= 0 { return true }
         guard let s = try? unixSocket(SOCK_DGRAM) else { return false }
-        // A stuck journald must not hold a FUSE request forever: after this
-        // long the entry goes to syslog instead.
+        // A stuck journald must not hold a FUSE request or the audit
+        // writer: after this long the entry is dropped (see `deliver`).
         var tv = timeval(tv_sec: 2, tv_usec: 0)
         _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         address.withLock { $0 = path }
@@ -56,11 +56,12 @@ public enum Journal {
 
     /// Sends one entry: `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER`,
     /// `SYSLOG_FACILITY` (daemon) and `extra` fields. Falls back to syslog(3)
-    /// when the journal does not take it.
+    /// when there is no journal to send to; dropped (and counted) when
+    /// journald is stuck (`deliver`).
     public static func send(_ level: LogLevel, identifier: String, message: String, extra: [(String, String)] = []) {
         let entry = encode([("MESSAGE", message), ("PRIORITY", String(level.rawValue)),
                             ("SYSLOG_FACILITY", "3"), ("SYSLOG_IDENTIFIER", identifier)] + extra)
-        if transmit(entry) { return }
+        if deliver(entry) { return }
         kmsfs_syslog(level.rawValue, message)
     }
 
@@ -113,16 +114,66 @@ public enum Journal {
 
     /// Sends an entry built with `appendField`; false when the journal did
     /// not take it (the caller falls back as `send` does).
-    public static func send(entry: [UInt8]) -> Bool { transmit(entry) }
+    public static func send(entry: [UInt8]) -> Bool { deliver(entry) }
 
-    private static func transmit(_ entry: [UInt8]) -> Bool {
-        let s = fd.load(ordering: .acquiring)
-        guard s >= 0 else { return false }
-        guard let addr = address.withLock({ $0 }) else { return false }
-        return (try? syscallRetrying("sendto") {
-            entry.withUnsafeBytes { buf in
-                addr.withSockaddr { sendto(s, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), $0, $1) }
+    /// Entries dropped because the journal took none in time, not yet
+    /// reported; and until when (CLOCK_MONOTONIC seconds) entries are sent
+    /// without waiting, after one waited the whole timeout.
+    private static let dropped = Atomic<Int>(0)
+    private static let hurryUntil = Atomic<Int>(0)
+
+    /// True when the entry was sent, or dropped because journald is stuck;
+    /// false when there is no journal to send to (the caller falls back to
+    /// syslog). A stuck journald serves /dev/log too, where syslog(3) would
+    /// block without a bound: so an entry the journal did not take within
+    /// the socket's timeout is dropped and counted, entries for the next
+    /// 10 s are not waited for at all, and the first entry sent afterwards
+    /// is followed by one saying how many were lost.
+    private static func deliver(_ entry: [UInt8]) -> Bool {
+        let now = monotonicSeconds()
+        let hurry = now < hurryUntil.load(ordering: .relaxed)
+        switch transmit(entry, wait: !hurry) {
+        case .sent:
+            let lost = dropped.exchange(0, ordering: .acquiringAndReleasing)
+            if lost > 0 {
+                _ = transmit(encode([("MESSAGE", "\(lost) log or audit entries were dropped: the journal took none within 2 s"),
+                                     ("PRIORITY", String(LogLevel.warning.rawValue)), ("SYSLOG_FACILITY", "3"),
+                                     ("SYSLOG_IDENTIFIER", "kmsfs")]), wait: false)
             }
-        }) != nil
+            return true
+        case .full:
+            dropped.add(1, ordering: .relaxed)
+            if !hurry { hurryUntil.store(now + 10, ordering: .relaxed) }
+            return true
+        case .unavailable:
+            return false
+        }
+    }
+
+    private static func monotonicSeconds() -> Int {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int(ts.tv_sec)
+    }
+
+    private enum Sent { case sent, full, unavailable }
+
+    /// `full`: journald took nothing within the timeout (or at once, when
+    /// `wait` is false).
+    private static func transmit(_ entry: [UInt8], wait: Bool) -> Sent {
+        let s = fd.load(ordering: .acquiring)
+        guard s >= 0 else { return .unavailable }
+        guard let addr = address.withLock({ $0 }) else { return .unavailable }
+        let flags = Int32(MSG_NOSIGNAL) | (wait ? 0 : Int32(MSG_DONTWAIT))
+        do throws(Errno) {
+            _ = try syscallRetrying("sendto") {
+                entry.withUnsafeBytes { buf in
+                    addr.withSockaddr { sendto(s, buf.baseAddress, buf.count, flags, $0, $1) }
+                }
+            }
+            return .sent
+        } catch {
+            return error.code == EAGAIN || error.code == EWOULDBLOCK ? .full : .unavailable
+        }
     }
 }

@@ -294,6 +294,60 @@ def test_foreground_daemon_on_the_journal_sends_native_entries(kmsfs_bin, kms, s
     assert (tmp_path / "stream").read_bytes() == b""
 
 
+def test_a_stuck_journal_costs_entries_not_service(kmsfs_bin, kms, source, tmp_path):
+    """A journald that takes nothing (stuck, its queue full) also serves
+    /dev/log, where syslog(3) would block without a bound. An entry the
+    journal did not take within 2 s went to syslog(3) and the next waited
+    2 s again, each: the audit writer fell ever further behind. Now it is
+    dropped and counted, later ones are not waited for, and the first entry
+    the journal takes again is followed by one saying how many were lost."""
+    path = str(tmp_path / "stuck.socket")
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(path)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    queued = 0
+    with contextlib.suppress(BlockingIOError):
+        while queued < 100000:
+            filler.sendto(b"MESSAGE=filler\n", path)
+            queued += 1
+    assert 0 < queued < 100000
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(tmp_path / "stream", "wb") as stream:
+        st = os.fstat(stream.fileno())
+        env = dict(kms.env, KMSFS_JOURNAL_SOCKET=path, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+        proc = subprocess.Popen([kmsfs_bin, str(source), str(mnt), "-f", "-o", "allow_uid=root"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stream, start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while not mounted(mnt) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        for _ in range(20):   # 20 audit records into the stuck journal
+            assert open(mnt / "db-password", "rb").read() == SECRET
+        time.sleep(3)          # the first waited its 2 s; the rest were dropped at once
+        journal.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                journal.recv(1 << 16)
+        journal.settimeout(10)
+        assert open(mnt / "db-password", "rb").read() == SECRET
+        messages = []
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(b"entries were dropped" in m for m in messages):
+            with contextlib.suppress(socket.timeout):
+                messages.append(dict(parse_entry(journal.recv(1 << 16))).get("MESSAGE", b""))
+        lost = [m for m in messages if b"entries were dropped" in m]
+        assert lost, messages
+        assert int(lost[0].split()[0]) >= 20, lost
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        force_unmount(mnt)
+        journal.close()
+        filler.close()
+
+
 # ---- make deb ----
 
 def make_deb(outdir):
