@@ -114,10 +114,12 @@ public final class RotationNotifier: @unchecked Sendable {
     private let retryDelays: [Double]
     private let lock = ConditionLock()
     /// Changed secrets (by bytes: `café` and `cafe\u{301}` are two), each
-    /// with the version the applications may hold, taken at its first
-    /// change in the batch and never revised within it (an open between
-    /// two events caches the new version, which is not what they hold).
-    private var pending: [PathKey: String?] = [:]
+    /// with the versions the applications may hold (none known: the secret
+    /// is told as new), taken at its first change in the batch and never
+    /// revised within it (an open between two events caches the new
+    /// version, which is not what they hold). The change is a touch only
+    /// if the new version is every one of them.
+    private var pending: [PathKey: [String]] = [:]
     /// Per secret, the version the applications may hold: as found when
     /// the notifier started, then as settled by each batch (announced, or
     /// found unchanged). What a change is measured against, so a touch is
@@ -160,7 +162,9 @@ public final class RotationNotifier: @unchecked Sendable {
     }
 
     /// From the watcher thread: a ciphertext changed in SOURCE;
-    /// `previousVersion` is the version that was cached then, if any.
+    /// `previousVersion` is the version that was cached before the change,
+    /// if any (`SecretFileSystem` never passes one decrypted from the file
+    /// SOURCE holds now).
     public func changed(sourcePath: String, previousVersion: String? = nil) {
         lock.withLock {
             stats.changes += 1
@@ -175,16 +179,22 @@ public final class RotationNotifier: @unchecked Sendable {
             if pending.isEmpty { firstChange = t }
             lastChange = t
             if pending[key] == nil {
-                // A version cached that is not the baseline is one an open
-                // handed out before this change: the baseline was noted at
-                // start after the file had changed (the event came later).
-                // Measured against it, the change is told, not taken for a
-                // touch.
-                if let previousVersion, previousVersion != baseline[key] {
-                    pending[key] = .some(previousVersion)
-                } else {
-                    pending[key] = .some(baseline[key] ?? previousVersion)
-                }
+                // Both the baseline and the version cached before the
+                // change may be held, and neither can be ruled out here:
+                // - a cached version that is not the baseline may be one an
+                //   open handed out before this change, the baseline noted
+                //   at start after the file had changed (the event came
+                //   later): the baseline is then already the new version;
+                // - or one an open decrypted between two replacements the
+                //   watcher had not applied yet (or before a chmod): the
+                //   applications then hold the baseline.
+                // Measured against either alone, one of these rotations was
+                // taken for a touch and nobody was told. Measured against
+                // both, it is told unless the new version is both.
+                var held: [String] = []
+                if let b = baseline[key] { held.append(b) }
+                if let previousVersion, !held.contains(previousVersion) { held.append(previousVersion) }
+                pending[key] = held
             }
             lock.broadcast()
         }
@@ -269,14 +279,14 @@ public final class RotationNotifier: @unchecked Sendable {
     /// What a rescan finds: secrets whose version differs from their
     /// baseline, and secrets new since (no baseline: told as new, as a
     /// file written into SOURCE is).
-    private func rescan() -> [(source: String, before: String?)] {
-        var changed: [(source: String, before: String?)] = []
+    private func rescan() -> [(source: String, before: [String])] {
+        var changed: [(source: String, before: [String])] = []
         forEachVersionTold { source, v in
             let key = PathKey(source)
-            let before: String?? = lock.withLock {
-                guard pending[key] == nil else { return .none }
-                guard let b = baseline[key] else { return .some(nil) }
-                return b == v ? .none : .some(b)
+            let before: [String]? = lock.withLock {
+                guard pending[key] == nil else { return nil }
+                guard let b = baseline[key] else { return [] }
+                return b == v ? nil : [b]
             }
             if let before { changed.append((source, before)) }
         }
@@ -300,8 +310,9 @@ public final class RotationNotifier: @unchecked Sendable {
     private var isStopped: Bool { lock.withLock { stopped } }
 
     private enum Work {
-        /// Changes settled: each with its version before, in byte order.
-        case batch([(source: String, before: String?)])
+        /// Changes settled: each with the versions the applications may
+        /// hold (none: new), in byte order.
+        case batch([(source: String, before: [String])])
         /// Failed notifications whose next try is due.
         case retries([(Target, Retry)])
     }
@@ -333,7 +344,7 @@ public final class RotationNotifier: @unchecked Sendable {
 
     /// The settled changes, in byte order; `lock` held (and let go for a
     /// rescan's reads).
-    private func takeBatch() -> [(source: String, before: String?)] {
+    private func takeBatch() -> [(source: String, before: [String])] {
         var batch = pending.map { (source: $0.key.path, before: $0.value) }
         pending.removeAll()
         if rescanNeeded {
@@ -348,7 +359,7 @@ public final class RotationNotifier: @unchecked Sendable {
         return batch.sorted { $0.source.utf8.lexicographicallyPrecedes($1.source.utf8) }
     }
 
-    private func handle(_ batch: [(source: String, before: String?)]) {
+    private func handle(_ batch: [(source: String, before: [String])]) {
         var decrypted: [(told: Told, targets: ChangeTargets)] = []
         for (source, before) in batch {
             if isStopped { return }
@@ -358,7 +369,7 @@ public final class RotationNotifier: @unchecked Sendable {
             switch fs.decryptNow(sourcePath: source) {
             case .success(let secret):
                 _ = lock.withLock { stats.failures.removeValue(forKey: PathKey(shown)) }
-                if let before, before == secret.version {
+                if !before.isEmpty, before.allSatisfy({ $0 == secret.version }) {
                     // Touched, chmod'ed, or rewritten with the same bytes:
                     // nothing for the applications to pick up.
                     Log.notice("rotation: \(shown) changed on disk but is still version \(secret.version); nobody is told")
@@ -410,7 +421,7 @@ public final class RotationNotifier: @unchecked Sendable {
     /// A failed notification is about one version: a secret of the batch
     /// now at another (told by this batch, or broken) leaves it, as does
     /// one no longer meant for the target (a remount moved `reload=`).
-    private func forgetRetries(replacedIn batch: [(source: String, before: String?)]) {
+    private func forgetRetries(replacedIn batch: [(source: String, before: [String])]) {
         let sources = Set(batch.map { PathKey($0.source) })
         let earlier = lock.withLock { retries }
         for (target, r) in earlier {

@@ -928,10 +928,18 @@ public final class SecretFileSystem: @unchecked Sendable {
             if let hook = rescanHook.withLock({ $0 }) { hook.call() }
         } else {
             // A rotated secret: wipe now, decrypt the new one on open. The
-            // hook learns the version that was cached, to tell a new
-            // ciphertext from a touch.
-            let was = cache.invalidate(sourcePath)
-            if let hook = changeHook.withLock({ $0 }) { hook.call(sourcePath, was) }
+            // hook learns the version that was cached before the change, to
+            // tell a new ciphertext from a touch. A version decrypted from
+            // the file SOURCE holds now is not that: an open while the event
+            // waited (the watcher busy) decrypted the new ciphertext, which
+            // says nothing of what the applications held before; passed as
+            // "before", the rotation was taken for a touch and nobody was
+            // told. The file is looked at after the wipe: the version
+            // wiped is dropped only if it is that of the very file SOURCE
+            // holds after it.
+            var was = cache.invalidateReturningEntry(sourcePath)
+            if let cached = was, let now = try? tree.stat(sourcePath), now.fingerprint == cached.fingerprint { was = nil }
+            if let hook = changeHook.withLock({ $0 }) { hook.call(sourcePath, was?.version) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in
             (t.byPath[PathKey(directory)], t.byPath[PathKey(sourcePath)])

@@ -446,13 +446,22 @@ public final class SecretCache: @unchecked Sendable {
     /// Returns the version that was cached, if one was.
     @discardableResult
     public func invalidate(_ path: String) -> String? {
+        invalidateReturningEntry(path)?.version
+    }
+
+    /// `invalidate`, returning the version that was cached and the
+    /// fingerprint of the ciphertext it was decrypted from: the caller can
+    /// tell a version cached before a change from one an open decrypted
+    /// from the new ciphertext since.
+    @discardableResult
+    public func invalidateReturningEntry(_ path: String) -> (version: String, fingerprint: Fingerprint)? {
         let key = PathKey(path)
         return lock.withLock {
             flights[key]?.stale = true
-            let version = entries[key]?.version
+            let was = entries[key].map { (version: $0.version, fingerprint: $0.fingerprint) }
             removeLocked(key)
             evicted[key] = nil
-            return version
+            return was
         }
     }
 

@@ -355,6 +355,76 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
         rig.notifier.changed(sourcePath: "a.encrypted", previousVersion: old)   // the event, late
         #expect(Self.eventually { rig.runs == ["a"] })
     }
+
+    /// The watcher's events reach the notifier through the file system, as
+    /// in the daemon; `openAndRead` opens `name` through it as root and reads it.
+    static func wire(_ rig: Rig) {
+        let notifier = rig.notifier
+        rig.fs.onCiphertextChange { notifier.changed(sourcePath: $0, previousVersion: $1) }
+    }
+
+    static func openAndRead(_ rig: Rig, _ name: String) throws -> String {
+        let ino = try rig.fs.lookup(parent: SecretFileSystem.rootInode, name: name).get().attributes.ino
+        let handle = try rig.fs.open(ino, flags: O_RDONLY, caller: Caller(uid: 0, gid: 0, pid: getpid())).get()
+        return handle.plaintext.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The watcher applies the event of a rename over `name` (late).
+    static func applyEvent(_ rig: Rig, _ name: String) {
+        rig.fs.sourceChanged(directory: ".", name: name + ".encrypted", isDirectory: false, removed: false)
+    }
+
+    /// Regression: an open between the rename and the watcher applying its
+    /// event (the watcher busy with a big batch, a loaded machine) decrypts
+    /// the new version and caches it. That version, handed to the notifier
+    /// as the one cached before the change, made the rotation look like a
+    /// touch ("still version ...; nobody is told") and the service kept
+    /// the old secret.
+    @Test func aRotationAnOpenDecryptedBeforeItsEventIsStillTold() throws {
+        let rig = try Rig(retryDelays: [60])
+        Self.wire(rig)
+        #expect(try Self.openAndRead(rig, "a") == "a1")                  // the service holds version 1
+        rig.put("a", "2a")                                        // renamed over; the event waits
+        #expect(try Self.openAndRead(rig, "a") == "a2")                  // an open in that window caches 2
+        Self.applyEvent(rig, "a")
+        #expect(Self.eventually { rig.runs == ["a"] })
+    }
+
+    /// The same, with the new ciphertext written again (a deploy run twice,
+    /// same bytes, new file) before the event is applied: the version the
+    /// open cached is no longer the file's, yet not what the service holds.
+    @Test func aRotationAnOpenDecryptedBeforeItsEventAndARewriteIsStillTold() throws {
+        let rig = try Rig(retryDelays: [60])
+        Self.wire(rig)
+        #expect(try Self.openAndRead(rig, "a") == "a1")
+        rig.put("a", "2a")
+        #expect(try Self.openAndRead(rig, "a") == "a2")
+        rig.put("a", "2a")                                        // same bytes, another inode
+        Self.applyEvent(rig, "a")
+        Self.applyEvent(rig, "a")
+        #expect(Self.eventually { rig.runs == ["a"] })
+    }
+
+    /// The start race of `aRotationRacingTheStartIsToldAgainstTheVersionHandedOut`
+    /// through the file system: the version cached before the rename is
+    /// handed on (the baseline, read at start, is already the new one).
+    /// And a touch is still no rotation.
+    @Test func aRotationRacingTheStartIsToldThroughTheFileSystemAndATouchIsNot() throws {
+        let rig = try Rig(retryDelays: [60], start: false)
+        Self.wire(rig)
+        #expect(try Self.openAndRead(rig, "a") == "a1")
+        rig.put("a", "2a")                                        // the rename, its event not applied yet
+        rig.notifier.start()
+        #expect(Self.eventually { rig.notifier.snapshot.seeded })
+        Self.applyEvent(rig, "a")                                 // the event, late
+        #expect(Self.eventually { rig.runs == ["a"] })
+        #expect(try Self.openAndRead(rig, "a") == "a2")
+        rig.put("a", "2a")                                        // the same bytes again: a touch
+        Self.applyEvent(rig, "a")
+        #expect(Self.eventually { rig.notifier.snapshot.changes == 2 && rig.notifier.snapshot.pending == 0 })
+        usleep(300_000)
+        #expect(rig.runs == ["a"])
+    }
 }
 
 private extension String {
