@@ -432,7 +432,15 @@ public final class SecretFileSystem: @unchecked Sendable {
         let sourcePath = SourceTree.join(dir.sourcePath, entry.sourceName)
         let mountPath = dir.mountPath.isEmpty ? entry.name : dir.mountPath + "/" + entry.name
         return table.withLock { t in
-            if let ino = t.byPath[PathKey(sourcePath)], let n = t.byIno[ino] {
+            // Only a node for this very entry: SOURCE may have replaced a
+            // directory `a.encrypted` with the file `a.encrypted` (secret
+            // `a`), or the reverse, while someone keeps the old node alive
+            // (an O_PATH descriptor, a cwd). Reused, it answered the new
+            // entry as the old kind (ENOTDIR on `a` for everyone). The old
+            // node lives on until the kernel forgets it; byPath now names
+            // the new one (`forget` prunes only its own inode's entry).
+            if let ino = t.byPath[PathKey(sourcePath)], let n = t.byIno[ino],
+               n.kind == entry.kind, n.mountPath.utf8.elementsEqual(mountPath.utf8) {
                 n.lookups += 1
                 return n
             }

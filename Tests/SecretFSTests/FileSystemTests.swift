@@ -538,6 +538,46 @@ func text(_ s: OpenSecret) -> String {
         #expect(fs.inodeCount == before)
     }
 
+    /// Regression: nodes were found by SOURCE path alone. A directory
+    /// `c.encrypted` (shown as `c.encrypted`) replaced in SOURCE by the file
+    /// `c.encrypted` (the secret `c`) while someone held the directory's
+    /// node (an O_PATH descriptor, a cwd: no forget) made `c` that
+    /// directory node: ENOTDIR on `c` for everyone until they let go.
+    @Test func anEntryReplacedByAnotherKindUnderOneSourcePathGetsItsOwnNode() throws {
+        let dir = try makeTree()
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir + "/c.encrypted", withIntermediateDirectories: false)
+        let fs = try make(tree: dir)
+        let root = SecretFileSystem.rootInode
+        let old = try fs.lookup(parent: root, name: "c.encrypted").get().attributes
+        #expect(old.kind == .directory)
+        // SOURCE replaces the directory with the secret; the old node is held.
+        try fm.removeItem(atPath: dir + "/c.encrypted")
+        try Data("terces".utf8).write(to: URL(fileURLWithPath: dir + "/c.encrypted"))
+        let new = try fs.lookup(parent: root, name: "c").get().attributes
+        #expect(new.kind == .secret)
+        #expect(new.ino != old.ino)
+        #expect(try fs.getattr(new.ino).get().0.kind == .secret)
+        #expect(text(try fs.open(new.ino, flags: O_RDONLY, caller: self.root).get()) == "secret")
+        #expect(throws: FSError.notFound) { try fs.getattr(old.ino).get() }
+        // The old node, forgotten at last, leaves the new one in the table.
+        fs.forget(old.ino, count: 1)
+        #expect(try fs.lookup(parent: root, name: "c").get().attributes.ino == new.ino)
+        // And the reverse: the secret replaced by a directory while held.
+        try fm.removeItem(atPath: dir + "/c.encrypted")
+        try fm.createDirectory(atPath: dir + "/c.encrypted", withIntermediateDirectories: false)
+        try Data("dlrow".utf8).write(to: URL(fileURLWithPath: dir + "/c.encrypted/d.encrypted"))
+        let again = try fs.lookup(parent: root, name: "c.encrypted").get().attributes
+        #expect(again.kind == .directory)
+        #expect(again.ino != new.ino)
+        let d = try fs.lookup(parent: again.ino, name: "d").get().attributes.ino
+        #expect(text(try fs.open(d, flags: O_RDONLY, caller: self.root).get()) == "world")
+        #expect(fs.kernelEntry(of: d)?.parent == again.ino)
+        fs.forget(new.ino, count: 2)
+        #expect(try fs.lookup(parent: root, name: "c.encrypted").get().attributes.ino == again.ino)
+        #expect(fs.kernelEntry(of: d)?.parent == again.ino)
+    }
+
     /// Regression (issue 13 A12): after an allowed read, anyone saw the
     /// plaintext's exact size (a password's length).
     @Test func aCallerWhoMayNotOpenSeesNoSize() throws {
