@@ -270,25 +270,26 @@ public enum EncryptionSDKMessage {
         if header.framed {
             var expected: UInt32 = 1
             while true {
-                let what = "frame \(expected)"
-                var seq = try r.u32(what)
+                // The field's name is built only for an error (a message
+                // may hold millions of frames).
+                var seq = try r.u32("frame \(expected)")
                 let final = seq == 0xFFFF_FFFF
-                if final { seq = try r.u32(what) }
+                if final { seq = try r.u32("frame \(expected)") }
                 guard seq == expected else {
                     throw .malformed("bad frame \(expected): sequence number \(seq) out of order")
                 }
-                let iv = try r.skip(12, what)
+                let iv = try r.skip(12, "frame \(expected)")
                 let length: Int
                 if final {
-                    length = Int(try r.u32(what))
+                    length = Int(try r.u32("frame \(expected)"))
                     guard length <= header.frameLength else {
                         throw .malformed("bad frame \(expected): final frame of \(length) bytes is longer than the frame length \(header.frameLength)")
                     }
                 } else {
                     length = header.frameLength
                 }
-                let content = try r.skip(length, what)
-                let tag = try r.skip(16, what)
+                let content = try r.skip(length, "frame \(expected)")
+                let tag = try r.skip(16, "frame \(expected)")
                 try add(.init(sequence: seq, final: final, iv: iv, content: content, tag: tag))
                 if final { break }
                 guard expected < 0xFFFF_FFFE else { throw .malformed("bad frame \(expected): too many frames") }
@@ -435,18 +436,21 @@ struct EncryptionSDKDecryptor {
             throw .resources("cannot allocate \(layout.plaintextLength) bytes of secure memory: \(error)")
         }
         let total = layout.frameCount
+        // One key schedule for every frame (the IV is the frame's own).
+        guard let opener = key.withUnsafeBytes({ ESDKCrypto.GCMOpener(key: $0, ivLength: 12) }) else {
+            plaintext.wipeContents()
+            throw .resources("cannot set up AES-GCM for suite \(suite.hexID)")
+        }
         _ = try EncryptionSDKMessage.layout(bytes) { frame -> DecodeError? in
             let aad = EncryptionSDKMessage.bodyAAD(messageID: header.messageID, framed: header.framed, final: frame.final,
                                                    sequence: frame.sequence, length: frame.content.count)
-            let ok = key.withUnsafeBytes { k in
-                bytes.withUnsafeBytes { b in
-                    aad.withUnsafeBytes { a in
-                        plaintext.withUnsafeMutableCapacity { out in
-                            ESDKCrypto.gcmOpen(key: k, iv: UnsafeRawBufferPointer(rebasing: b[frame.iv]), aad: a,
-                                               ciphertext: UnsafeRawBufferPointer(rebasing: b[frame.content]),
-                                               tag: UnsafeRawBufferPointer(rebasing: b[frame.tag]),
-                                               into: out.baseAddress.map { $0 + plaintext.count })
-                        }
+            let ok = bytes.withUnsafeBytes { b in
+                aad.withUnsafeBytes { a in
+                    plaintext.withUnsafeMutableCapacity { out in
+                        opener.open(iv: UnsafeRawBufferPointer(rebasing: b[frame.iv]), aad: a,
+                                    ciphertext: UnsafeRawBufferPointer(rebasing: b[frame.content]),
+                                    tag: UnsafeRawBufferPointer(rebasing: b[frame.tag]),
+                                    into: out.baseAddress.map { $0 + plaintext.count })
                     }
                 }
             }
@@ -591,37 +595,37 @@ struct ByteReader {
     var remaining: Int { bytes.count - position }
     var atEnd: Bool { position == bytes.count }
 
-    mutating func skip(_ n: Int, _ field: String) throws(DecodeError) -> Range<Int> {
+    mutating func skip(_ n: Int, _ field: @autoclosure () -> String) throws(DecodeError) -> Range<Int> {
         guard n >= 0, n <= remaining else {
             if what == "message" {
-                throw .malformed("truncated: the file ends in \(field) (it has \(bytes.count) bytes, the message needs at least \(position + n))")
+                throw .malformed("truncated: the file ends in \(field()) (it has \(bytes.count) bytes, the message needs at least \(position + n))")
             }
-            throw .malformed("bad header: the \(what) ends in \(field)")
+            throw .malformed("bad header: the \(what) ends in \(field())")
         }
         defer { position += n }
         return position..<(position + n)
     }
 
-    mutating func take(_ n: Int, _ field: String) throws(DecodeError) -> [UInt8] {
-        Array(bytes[try skip(n, field)])
+    mutating func take(_ n: Int, _ field: @autoclosure () -> String) throws(DecodeError) -> [UInt8] {
+        Array(bytes[try skip(n, field())])
     }
 
-    mutating func u8(_ field: String) throws(DecodeError) -> UInt8 { bytes[try skip(1, field).lowerBound] }
+    mutating func u8(_ field: @autoclosure () -> String) throws(DecodeError) -> UInt8 { bytes[try skip(1, field()).lowerBound] }
 
-    mutating func u16(_ field: String) throws(DecodeError) -> UInt16 {
-        let r = try skip(2, field)
+    mutating func u16(_ field: @autoclosure () -> String) throws(DecodeError) -> UInt16 {
+        let r = try skip(2, field())
         return UInt16(bytes[r.lowerBound]) << 8 | UInt16(bytes[r.lowerBound + 1])
     }
 
-    mutating func u32(_ field: String) throws(DecodeError) -> UInt32 {
-        let r = try skip(4, field)
+    mutating func u32(_ field: @autoclosure () -> String) throws(DecodeError) -> UInt32 {
+        let r = try skip(4, field())
         var v: UInt32 = 0
         for i in r { v = v << 8 | UInt32(bytes[i]) }
         return v
     }
 
-    mutating func u64(_ field: String) throws(DecodeError) -> UInt64 {
-        let r = try skip(8, field)
+    mutating func u64(_ field: @autoclosure () -> String) throws(DecodeError) -> UInt64 {
+        let r = try skip(8, field())
         var v: UInt64 = 0
         for i in r { v = v << 8 | UInt64(bytes[i]) }
         return v

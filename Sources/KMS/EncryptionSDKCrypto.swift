@@ -20,13 +20,47 @@ enum ESDKCrypto {
     static func gcmOpen(key: UnsafeRawBufferPointer, iv: UnsafeRawBufferPointer, aad: UnsafeRawBufferPointer,
                         ciphertext: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer,
                         into output: UnsafeMutableRawPointer?) -> Bool {
-        guard let cipher = gcmCipher(keyLength: key.count), tag.count == 16,
-              let ctx = EVP_CIPHER_CTX_new() else { return false }
-        defer { EVP_CIPHER_CTX_free(ctx) }   // wipes the key schedule
+        guard let opener = GCMOpener(key: key, ivLength: iv.count) else { return false }
+        return opener.open(iv: iv, aad: aad, ciphertext: ciphertext, tag: tag, into: output)
+    }
+
+    /// One key's AES-GCM decryption context, for many messages under it
+    /// (a message's frames): the key schedule is set up once, each `open`
+    /// only sets its IV. A message of a million 1-byte frames made as many
+    /// contexts and key schedules. The context (and with it the key
+    /// schedule) is wiped and freed with the opener.
+    final class GCMOpener {
+        private let ctx: OpaquePointer
+        private let ivLength: Int
+
+        init?(key: UnsafeRawBufferPointer, ivLength: Int) {
+            guard let cipher = gcmCipher(keyLength: key.count), let ctx = EVP_CIPHER_CTX_new() else { return nil }
+            guard EVP_DecryptInit_ex(ctx, cipher, nil, nil, nil) == 1,
+                  kmsfs_gcm_set_ivlen(ctx, Int32(ivLength)) == 1,
+                  EVP_DecryptInit_ex(ctx, nil, nil, u8(key), nil) == 1 else {
+                EVP_CIPHER_CTX_free(ctx)
+                return nil
+            }
+            self.ctx = ctx
+            self.ivLength = ivLength
+        }
+
+        deinit { EVP_CIPHER_CTX_free(ctx) }   // wipes the key schedule
+
+        /// As `gcmOpen`, under this opener's key; `iv` must have the length
+        /// it was made for.
+        func open(iv: UnsafeRawBufferPointer, aad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+                  tag: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer?) -> Bool {
+            guard tag.count == 16, iv.count == ivLength,
+                  EVP_DecryptInit_ex(ctx, nil, nil, nil, u8(iv)) == 1 else { return false }
+            return ESDKCrypto.finishOpen(ctx, aad: aad, ciphertext: ciphertext, tag: tag, into: output)
+        }
+    }
+
+    /// The rest of a decryption once key and IV are set.
+    private static func finishOpen(_ ctx: OpaquePointer, aad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+                                   tag: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer?) -> Bool {
         var len: Int32 = 0
-        guard EVP_DecryptInit_ex(ctx, cipher, nil, nil, nil) == 1,
-              kmsfs_gcm_set_ivlen(ctx, Int32(iv.count)) == 1,
-              EVP_DecryptInit_ex(ctx, nil, nil, u8(key), u8(iv)) == 1 else { return false }
         if aad.count > 0 {
             guard chunked(aad, { p, n in EVP_DecryptUpdate(ctx, nil, &len, p, n) == 1 }) else { return false }
         }
