@@ -559,15 +559,20 @@ public final class SecretFileSystem: @unchecked Sendable {
     public func openDirectory(_ ino: UInt64, caller: Caller? = nil) -> Result<OpenDirectory, FSError> {
         guard let n = node(ino) else { return .failure(.notFound) }
         guard n.kind == .directory else { return .failure(.notDirectory) }
+        // The entries count against the listing budget until the listing
+        // is shared (then the directory ledger counts what handles keep).
+        let hold = ListingBudget.Hold(tree.listingBudget)
         do {
-            let items = try tree.listWithStats(n.sourcePath).map {
-                OpenDirectory.Item(name: $0.0.name, kind: $0.0.kind, entry: $0.0, stat: $0.1)
+            return try withExtendedLifetime(hold) { () throws(Errno) -> Result<OpenDirectory, FSError> in
+                let items = try tree.listWithStats(n.sourcePath, hold: hold).map {
+                    OpenDirectory.Item(name: $0.0.name, kind: $0.0.kind, entry: $0.0, stat: $0.1)
+                }
+                guard let caller else { return .success(OpenDirectory(ino: ino, items: items)) }
+                let listing = sharedListing(ino, items)
+                let named = configuration.policy.namesUid(caller.uid)
+                guard listing.attach(caller.uid, named: named, directoryLedger) else { return .failure(FSError(EMFILE)) }
+                return .success(OpenDirectory(ino: ino, listing: listing, holder: (directoryLedger, caller.uid)))
             }
-            guard let caller else { return .success(OpenDirectory(ino: ino, items: items)) }
-            let listing = sharedListing(ino, items)
-            let named = configuration.policy.namesUid(caller.uid)
-            guard listing.attach(caller.uid, named: named, directoryLedger) else { return .failure(FSError(EMFILE)) }
-            return .success(OpenDirectory(ino: ino, listing: listing, holder: (directoryLedger, caller.uid)))
         } catch {
             return .failure(FSError(error.code == ELOOP ? ENOENT : error.code))
         }

@@ -99,6 +99,45 @@ public struct SourceEntry: Sendable, Equatable {
     public var kind: NodeKind
 }
 
+/// How many directory entries the listings being built hold together, at
+/// most. Whoever can write SOURCE decides how large a directory is, and
+/// every local user may open it, each opendir on a FUSE worker of its own:
+/// a million names listed by 64 workers at once was tens of GB of locked
+/// memory. A listing past the budget fails (ENFILE) instead; one that alone
+/// is larger can never be listed, and says so once.
+public final class ListingBudget: Sendable {
+    public static let shared = ListingBudget(limit: 1 << 18)
+    public let limit: Int
+    private let used = Atomic<Int>(0)
+
+    public init(limit: Int) { self.limit = max(1, limit) }
+
+    /// Entries held by listings now.
+    public var inUse: Int { used.load(ordering: .relaxed) }
+
+    /// What one listing holds; given back when it goes (keep it alive, with
+    /// `withExtendedLifetime`, as long as the entries listed are).
+    public final class Hold: @unchecked Sendable {
+        let budget: ListingBudget
+        fileprivate(set) var held = 0
+        public init(_ budget: ListingBudget) { self.budget = budget }
+        deinit { if held > 0 { budget.used.subtract(held, ordering: .relaxed) } }
+
+        /// Room for `count` entries in all; false (nothing more taken) when
+        /// the budget has none.
+        fileprivate func cover(_ count: Int) -> Bool {
+            guard count > held else { return true }
+            let more = max(1024, count - held)
+            if budget.used.add(more, ordering: .relaxed).newValue > budget.limit {
+                budget.used.subtract(more, ordering: .relaxed)
+                return false
+            }
+            held += more
+            return true
+        }
+    }
+}
+
 /// Read-only access to SOURCE. Every path is resolved beneath SOURCE's
 /// root descriptor with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so a
 /// symlink anywhere in SOURCE is never followed; only directories and
@@ -113,6 +152,9 @@ public final class SourceTree: Sendable {
     /// Whether `rootFD` is a private copy of SOURCE's mount (see `init`).
     public let holdsPrivateCopy: Bool
 
+    /// What every listing of this tree is charged to (tests give a small one).
+    public let listingBudget: ListingBudget
+
     /// Opens SOURCE. As root, through a private, detached copy of its mount
     /// (open_tree(OPEN_TREE_CLONE), with the mounts below it): everything
     /// this daemon opens then keeps only that copy busy, never the mount
@@ -124,8 +166,9 @@ public final class SourceTree: Sendable {
     /// unmounted below SOURCE later do not reach it (nor are held up by
     /// it). Without the privilege (or before Linux 5.12), a plain
     /// descriptor.
-    public init(path: String) throws(Errno) {
+    public init(path: String, listingBudget: ListingBudget = .shared) throws(Errno) {
         self.path = path
+        self.listingBudget = listingBudget
         let copy = kmsfs_open_tree_clone(path)
         var st = Glibc.stat()
         if copy >= 0, fstat(copy, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
@@ -197,7 +240,11 @@ public final class SourceTree: Sendable {
     /// The mirrored entries of directory `dir`. A regular `X.encrypted`
     /// file hides a directory `X` beside it, unless `hidden` (the watcher
     /// follows such a directory too: it shows once the file goes).
-    public func list(_ dir: String, hidden: Bool = false) throws(Errno) -> [SourceEntry] {
+    /// Its entries are charged to `hold` (by default one of its own,
+    /// given back when the listing is returned: callers that list one
+    /// directory at a time).
+    public func list(_ dir: String, hidden: Bool = false, hold: ListingBudget.Hold? = nil) throws(Errno) -> [SourceEntry] {
+        let hold = hold ?? ListingBudget.Hold(listingBudget)
         let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
         guard let d = fdopendir(fd) else {
             let e = Errno.current
@@ -230,6 +277,10 @@ public final class SourceTree: Sendable {
             } else if type == UInt8(DT_DIR) {
                 dirs[PathKey(sourceName)] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
             }
+            if !hold.cover(secrets.count + dirs.count) {
+                if secrets.count + dirs.count > hold.budget.limit { SourceTree.reportTooLarge(dir: dir, limit: hold.budget.limit) }
+                throw Errno("list \(dir)", code: ENFILE)
+            }
         }
         var out = Array(secrets.values)
         for (name, entry) in dirs where hidden || secrets[name] == nil { out.append(entry) }
@@ -256,6 +307,19 @@ public final class SourceTree: Sendable {
     /// -> `tls/ssl.pem`, by bytes like the listing; any other path as it is.
     public static func mountPath(ofSource path: String) -> String {
         shownName(ofCiphertext: path) ?? path
+    }
+
+    /// Directories already reported as too large to list (bounded as the
+    /// names below).
+    private static let reportedDirectories = Mutex(Set<String>())
+
+    static func reportTooLarge(dir: String, limit: Int) {
+        let first = reportedDirectories.withLock { seen in
+            seen.count < maxReported && seen.insert(dir).inserted
+        }
+        if first {
+            Log.warning("source: '\(escapedBytes(Array(dir.utf8)))' has more than \(limit) entries; it cannot be listed (ENFILE): split it into subdirectories")
+        }
     }
 
     /// Names already reported as not UTF-8 (bounded: after `maxReported`
@@ -299,8 +363,8 @@ public final class SourceTree: Sendable {
     /// `list`, with each entry's stat taken through the same directory
     /// descriptor (fstatat of one name, never following a symlink): what
     /// readdirplus answers with, one system call per entry.
-    public func listWithStats(_ dir: String) throws(Errno) -> [(SourceEntry, SourceStat?)] {
-        let entries = try list(dir)
+    public func listWithStats(_ dir: String, hold: ListingBudget.Hold? = nil) throws(Errno) -> [(SourceEntry, SourceStat?)] {
+        let entries = try list(dir, hold: hold)
         let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
         return entries.map { e in

@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 @testable import SecretFS
+import System
 import SecureMemory
 import Synchronization
 
@@ -233,6 +234,44 @@ func text(_ s: OpenSecret) -> String {
         #expect(audit.records.withLock { $0.count } == 1200)
         // Admitted opens are never limited.
         #expect(text(try fs.open(a, flags: O_RDONLY, caller: root).get()) == "hello")
+    }
+
+    /// Whoever writes SOURCE decides how large a directory is, and every
+    /// local user's opendir listed it on a worker of its own: the entries
+    /// listings being built hold together are bounded (ENFILE past it),
+    /// given back once a listing is built, and a directory larger than
+    /// the whole budget is never listed.
+    @Test func listingsBeingBuiltHoldABoundedNumberOfEntriesTogether() throws {
+        let dir = try makeTree()
+        try FileManager.default.createDirectory(atPath: dir + "/many", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/more", withIntermediateDirectories: true)
+        for i in 0..<1500 { try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/many/s\(i).encrypted")) }
+        for i in 0..<3000 { try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/more/s\(i).encrypted")) }
+        let budget = ListingBudget(limit: 2048)
+        let tree = try SourceTree(path: dir, listingBudget: budget)
+        // One listing at a time fits, and gives its entries back.
+        #expect(try tree.list("many").count == 1500)
+        #expect(budget.inUse == 0)
+        // One still being used (held) leaves no room for another.
+        var hold: ListingBudget.Hold? = ListingBudget.Hold(budget)
+        let many = try tree.list("many", hold: hold)
+        #expect(many.count == 1500 && budget.inUse == 2048)
+        #expect { try tree.list(".") } throws: { ($0 as? Errno)?.code == ENFILE }
+        hold = nil
+        #expect(budget.inUse == 0)
+        #expect(try tree.list(".").map(\.name) == ["a", "bad", "many", "more", "sub"])
+        // Larger than the whole budget: never listed, nothing kept.
+        #expect { try tree.list("more") } throws: { ($0 as? Errno)?.code == ENFILE }
+        #expect(budget.inUse == 0)
+        let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
+        let fs = SecretFileSystem(tree: tree, configuration: FSConfiguration(policy: policy), decryptor: FakeDecryptor(), audit: MemoryAudit())
+        guard case .success(let more) = fs.lookup(parent: SecretFileSystem.rootInode, name: "more"),
+              case .success(let m) = fs.lookup(parent: SecretFileSystem.rootInode, name: "many") else {
+            Issue.record("no entries"); return
+        }
+        #expect(throws: FSError(ENFILE)) { try fs.openDirectory(more.attributes.ino, caller: root).get() }
+        let opened = try fs.openDirectory(m.attributes.ino, caller: root).get()
+        #expect(opened.items.count == 1500 && budget.inUse == 0)   // built: the ledger counts what handles keep
     }
 
     /// opendir needs no permission: one user's handles may hold so many
