@@ -12,8 +12,9 @@ done
 # Tools the tests drive: setpriv/prlimit (util-linux), useradd (passwd),
 # groff and man (the man page renders cleanly), systemd-analyze (the unit
 # files verify), python3-seccomp (the service's syscall filter is tried),
-# prometheus (a real server scrapes metrics=; promtool checks the format).
-for pkg in groff-base man-db systemd python3-seccomp prometheus; do
+# prometheus (a real server scrapes metrics=; promtool checks the format),
+# strace (injects a ring's failure into one io_uring thread).
+for pkg in groff-base man-db systemd python3-seccomp prometheus strace; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 for cmd in setpriv:util-linux useradd:passwd; do

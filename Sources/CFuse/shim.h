@@ -252,10 +252,12 @@ static void *kmsfs_loop_standby(void *arg) {
         }
     }
 }
+/* `on_uring_failure(arg)`: see kmsfs_uring_start; never called once this has returned. */
 static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int max_threads,
                                           unsigned int max_idle, unsigned int spin_us,
                                           unsigned int watch_us, size_t stack,
-                                          unsigned int uring_depth, size_t max_read) {
+                                          unsigned int uring_depth, size_t max_read,
+                                          void (*on_uring_failure)(void *), void *arg) {
     struct kmsfs_loop l;
     memset(&l, 0, sizeof l);
     l.se = se;
@@ -276,7 +278,8 @@ static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int 
         return -1;
     }
     /* Before INIT is read: the ring's queues set themselves up. */
-    if (uring_depth > 0) l.uring = kmsfs_uring_start(se, (int)uring_depth, max_read, (int)max_threads, stack);
+    if (uring_depth > 0) l.uring = kmsfs_uring_start(se, (int)uring_depth, max_read, (int)max_threads, stack,
+                                                    on_uring_failure, arg);
     pthread_mutex_lock(&l.lock);
     /* A worker, which takes the reader's role, and the standby. */
     int rc = kmsfs_loop_start(&l, kmsfs_loop_worker);

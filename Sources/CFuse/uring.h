@@ -33,7 +33,7 @@
  * - An entry stays with its request until the reply is committed, so a
  *   cold open parked for KMS holds one, and a queue out of entries holds
  *   up its CPU's callers. Each queue has `depth` entries (the daemon asks
- *   for max(max_inflight, 256) + 32), in one mapping per queue that is
+ *   for max(max_inflight, 256) + 64), in one mapping per queue that is
  *   locked as it is touched (MLOCK_ONFAULT): an entry never used costs
  *   address space, not memory.
  *
@@ -44,7 +44,18 @@
  * waiting, then wipes what the reply left, all of it if no new request
  * arrived in the entry during that call (its commit_id is still 0), else
  * the part past the new request's payload when it takes that request;
- * only then does it wait for more.
+ * only then does it wait for more. A commit that call left in the
+ * submission ring (cut short: EAGAIN, EBUSY, EINTR) goes in with the next
+ * call, which then does not wait either, and is wiped the same way right
+ * after it returns, before the requests it brought are taken.
+ *
+ * Failure: a queue whose ring breaks (io_uring_enter fails otherwise than
+ * EINTR, EAGAIN, EBUSY, ETIME; a commit fails otherwise than because the
+ * connection is gone) would leave its CPU's callers waiting on a queue
+ * nobody reads. Its thread says so in one line, ends the session and tells
+ * the daemon (`on_failure`), which aborts the connection (every caller's
+ * request fails) and exits with a failure status, for the service manager
+ * to start it again.
  */
 #ifndef KMSFS_CFUSE_URING_H
 #define KMSFS_CFUSE_URING_H
@@ -103,6 +114,9 @@ struct ku_ent {
     uint64_t unique;
     size_t dirty;               /* payload bytes a reply may have written */
     int live;                   /* registered and not failed */
+    int fetched;                /* has taken a request: its command out is a COMMIT_AND_FETCH */
+    unsigned committed_at;      /* the SQ index its last commit went into */
+    struct ku_ent *unwiped_next; /* on its queue's `unwiped` list */
     int keep_resident;          /* its pages could not be locked again: never unlock them */
     int processing, replied;    /* under the queue's lock */
     uint8_t *req;               /* the request as /dev/fuse would give it */
@@ -132,6 +146,7 @@ struct ku_queue {
     int efd_armed;
     pthread_t thread;
     int started;
+    struct ku_ent *unwiped;     /* committed, reply not wiped yet (the queue's thread's own) */
 };
 struct kmsfs_uring {
     struct fuse_session *se;
@@ -149,6 +164,9 @@ struct kmsfs_uring {
     pthread_mutex_t map_lock;
     int max_helpers, max_idle;  /* per queue; max_helpers also caps all queues' helpers past their first */
     int helpers_all;            /* helpers of every queue (atomic) */
+    int failed;                 /* a queue's ring broke (atomic) */
+    void (*on_failure)(void *); /* then called once, from that queue's thread */
+    void *on_failure_arg;
 };
 
 /* Process-wide state lives in function-local statics: Swift's importer
@@ -232,7 +250,8 @@ static inline int ku_ring_setup(struct ku_queue *q, unsigned entries) {
     q->sqes = (uint8_t *)q->sqe_map;
     return 0;
 }
-/* Submits what is queued when the submission ring is full. */
+/* Submits what is queued when the submission ring is full. NULL (errno
+ * set) when that fails otherwise than EINTR, EAGAIN, EBUSY: the ring is broken. */
 static inline struct io_uring_sqe *ku_sqe(struct ku_queue *q) {
     unsigned tail = *q->sq_tail;
     while (tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE) >= q->sq_entries) {
@@ -264,16 +283,18 @@ static inline int ku_fuse_cmd(struct ku_queue *q, struct ku_ent *e, uint32_t op)
     memcpy((uint8_t *)s + 48, &c, sizeof c);      /* the SQE's command area */
     return 0;
 }
-static inline void ku_arm_eventfd(struct ku_queue *q) {
-    if (q->efd_armed) return;
+/* -1 (errno set) when no SQE can be had: the ring is broken. */
+static inline int ku_arm_eventfd(struct ku_queue *q) {
+    if (q->efd_armed) return 0;
     struct io_uring_sqe *s = ku_sqe(q);
-    if (!s) return;
+    if (!s) return -1;
     s->opcode = IORING_OP_READ;
     s->fd = q->efd;
     s->addr = (uint64_t)(uintptr_t)&q->efd_value;
     s->len = sizeof q->efd_value;
     s->user_data = KU_EVENTFD_TAG;
     q->efd_armed = 1;
+    return 0;
 }
 
 /* ---- entries ---- */
@@ -348,6 +369,47 @@ static inline void ku_scrub(struct ku_ent *e, size_t from, size_t to) {
             fuse_log(FUSE_LOG_ERR, "io_uring: cannot lock a ring entry's pages again (%s); they may be swapped\n", strerror(errno));
         }
     }
+}
+
+/* Right after each io_uring_enter of a queue's thread, before the
+ * completions it brought are read: wipes what the replies left in the
+ * entries whose commit the kernel has now taken (the SQ's head is past it)
+ * and that it has not refilled during the call (commit_id still 0; a
+ * refilled one is wiped past its new request when ku_request takes it).
+ * A commit still in the SQ (the call was cut short: EAGAIN, EBUSY, EINTR)
+ * has not had its reply copied yet: wiping it would answer zeros, so it
+ * stays on the list for the next call, which must not wait while the list
+ * holds one (on an idle CPU that wait may never end). Not after the
+ * completions are read: by then ku_request has set the new request's
+ * commit_id to 0, and this would wipe its reply. */
+static inline void ku_wipe_committed(struct ku_queue *q) {
+    unsigned consumed = __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+    struct ku_ent **p = &q->unwiped;
+    while (*p) {
+        struct ku_ent *e = *p;
+        if ((int)(consumed - e->committed_at) <= 0) { p = &e->unwiped_next; continue; }
+        *p = e->unwiped_next;
+        e->unwiped_next = NULL;
+        if (e->hdr->commit_id == 0 && e->dirty) {
+            ku_scrub(e, 0, e->dirty);
+            e->dirty = 0;
+        }
+    }
+}
+
+/* A ring error this queue cannot go on after: its CPU's requests would
+ * wait for a thread that no longer reads them, while the daemon looks
+ * healthy. Says so (once for all queues), ends the session and tells the
+ * daemon, which aborts the connection and exits with a failure status;
+ * the caller's thread then ends. Nothing to say once the stop has begun. */
+static inline void ku_fail(struct ku_queue *q, const char *what, int err) {
+    struct kmsfs_uring *u = q->u;
+    if (__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE)) return;
+    if (__atomic_exchange_n(&u->failed, 1, __ATOMIC_SEQ_CST) != 0) return;
+    fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: %s: %s; requests made on CPU %d can no longer be answered: "
+             "ending the session\n", q->qid, what, strerror(err), q->qid);
+    fuse_session_exit(u->se);
+    if (u->on_failure) u->on_failure(u->on_failure_arg);
 }
 
 /* ---- answering ---- */
@@ -674,13 +736,17 @@ static void *ku_queue_thread(void *arg) {
     if (!go) return NULL;
 
     __atomic_store_n(&u->serving, 1, __ATOMIC_RELEASE);
+    /* The kernel holds every request until each queue has an entry: a
+     * queue that cannot register would hold them all. */
     for (int j = 0; j < u->depth; j++) {
-        if (ku_fuse_cmd(q, &q->ents[j], KU_CMD_REGISTER) == 0) q->ents[j].live = 1, q->live++;
+        if (ku_fuse_cmd(q, &q->ents[j], KU_CMD_REGISTER) != 0) {
+            ku_fail(q, "cannot register its entries (io_uring_enter)", errno);
+            return NULL;
+        }
+        q->ents[j].live = 1, q->live++;
     }
-    ku_arm_eventfd(q);
     int reported = 0;
     struct ku_ent *committed[64];
-    unsigned committed_at[64];                      /* the SQ index each commit went into */
     while (q->live > 0) {
         /* Commit the answered entries (a batch at a time). */
         int n = 0;
@@ -694,10 +760,19 @@ static void *ku_queue_thread(void *arg) {
         pthread_mutex_unlock(&q->lock);
         for (int i = 0; i < n; i++) {
             /* Its commit_id is 0 since ku_request took the request. */
-            committed_at[i] = *q->sq_tail;
-            if (ku_fuse_cmd(q, committed[i], KU_CMD_COMMIT_AND_FETCH) != 0) committed[i]->live = 0, q->live--;
+            struct ku_ent *e = committed[i];
+            e->committed_at = *q->sq_tail;
+            if (ku_fuse_cmd(q, e, KU_CMD_COMMIT_AND_FETCH) != 0) {
+                ku_fail(q, "cannot commit a reply (io_uring_enter)", errno);
+                return NULL;
+            }
+            e->unwiped_next = q->unwiped;
+            q->unwiped = e;
         }
-        ku_arm_eventfd(q);
+        if (ku_arm_eventfd(q) != 0) {
+            ku_fail(q, "cannot watch for replies (io_uring_enter)", errno);
+            return NULL;
+        }
         unsigned pending = *q->sq_tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
         if (n > 0) {
             /* Commit first, without waiting: the replies' plaintext must
@@ -705,32 +780,20 @@ static void *ku_queue_thread(void *arg) {
              * (its caller may have moved to another CPU's queue). */
             int r = ku_enter(q->ring, pending, 0, 0);
             if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) {
-                fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: io_uring_enter: %s\n", q->qid, strerror(errno));
-                break;
+                ku_fail(q, "io_uring_enter", errno);
+                return NULL;
             }
-            unsigned consumed = __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
-            pending = *q->sq_tail - consumed;
-            /* Wipe what the replies left in entries the kernel has not
-             * refilled during that call; a refilled one is wiped past its
-             * new request when that is taken (below or next round). Only
-             * entries whose commit the kernel has taken: one still in the
-             * SQ (the call was cut short: EAGAIN, EBUSY, EINTR) has not had
-             * its reply copied yet, and wiping it would answer zeros. It is
-             * wiped when its entry next takes a request. */
-            for (int i = 0; i < n; i++) {
-                struct ku_ent *e = committed[i];
-                if ((int)(consumed - committed_at[i]) <= 0) continue;
-                if (e->hdr->commit_id == 0 && e->dirty) {
-                    ku_scrub(e, 0, e->dirty);
-                    e->dirty = 0;
-                }
-            }
+            pending = *q->sq_tail - __atomic_load_n(q->sq_head, __ATOMIC_ACQUIRE);
+            ku_wipe_committed(q);
         }
-        int r = ku_enter(q->ring, pending, more ? 0 : 1, IORING_ENTER_GETEVENTS);
+        /* Waits only once every reply sent is wiped: a commit the call
+         * above left goes in now, and is wiped right after. */
+        int r = ku_enter(q->ring, pending, more || q->unwiped ? 0 : 1, IORING_ENTER_GETEVENTS);
         if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY && errno != ETIME) {
-            fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: io_uring_enter: %s\n", q->qid, strerror(errno));
-            break;
+            ku_fail(q, "io_uring_enter", errno);
+            return NULL;
         }
+        ku_wipe_committed(q);
         unsigned head = *q->cq_head;
         unsigned tail = __atomic_load_n(q->cq_tail, __ATOMIC_ACQUIRE);
         for (; head != tail; head++) {
@@ -743,12 +806,22 @@ static void *ku_queue_thread(void *arg) {
             if (res < 0) {
                 if (e->live) e->live = 0, q->live--;
                 if (e->dirty) { ku_scrub(e, 0, e->dirty); e->dirty = 0; }
-                if (res != -ENOTCONN && res != -ECONNABORTED && res != -ECANCELED && !reported) {
+                if (res == -ENOTCONN || res == -ECONNABORTED || res == -ECANCELED) continue;   /* the connection is going */
+                if (e->fetched) {
+                    /* A commit the kernel refused: this entry is lost to
+                     * the queue, and with it, one by one, the queue. */
+                    ku_fail(q, "a reply's commit failed", -res);
+                    return NULL;
+                }
+                /* A registration the kernel refused: it serves through
+                 * /dev/fuse by itself. */
+                if (!reported) {
                     reported = 1;
                     fuse_log(FUSE_LOG_ERR, "io_uring: queue %d: a ring entry failed: %s\n", q->qid, strerror(-res));
                 }
                 continue;
             }
+            e->fetched = 1;
             ku_request(u, e);
         }
         if (__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE)) break;
@@ -758,9 +831,13 @@ static void *ku_queue_thread(void *arg) {
 
 /* Before the loop starts: the custom I/O, and a thread per possible CPU,
  * each setting up its ring. Returns NULL (and leaves /dev/fuse alone) on
- * any failure. */
+ * any failure. `on_failure(arg)`, if not NULL, is called once if a queue's
+ * ring breaks (`ku_fail`), on that queue's thread, every signal blocked:
+ * the session has been told to exit, and the connection must be aborted
+ * for the loop (blocked reading /dev/fuse) and the CPU's callers to end. */
 static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int depth, size_t max_read,
-                                                    int max_helpers, size_t stack) {
+                                                    int max_helpers, size_t stack,
+                                                    void (*on_failure)(void *), void *arg) {
     long ncpu = sysconf(_SC_NPROCESSORS_CONF);
     if (ncpu < 1 || ncpu > 1024 || depth < 1 || depth > 8192 || max_read < 8192) return NULL;
     struct kmsfs_uring *u = (struct kmsfs_uring *)calloc(1, sizeof *u);
@@ -774,6 +851,8 @@ static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int
     u->payload_cap = u->max_read;
     u->max_helpers = max_helpers < 1 ? 1 : max_helpers;
     u->max_idle = 4;
+    u->on_failure = on_failure;
+    u->on_failure_arg = arg;
     size_t slots = 1;
     while (slots < (size_t)u->nq * (size_t)depth * 2) slots <<= 1;
     u->map = (struct ku_ent **)calloc(slots, sizeof *u->map);

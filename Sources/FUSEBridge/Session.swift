@@ -73,6 +73,8 @@ public final class FUSESession: @unchecked Sendable {
     /// main thread on stop: atomic (ThreadSanitizer found the plain Bool).
     private let mounted = Atomic<Bool>(false)
     private let loopDone = Atomic<Bool>(false)
+    /// Set when a queue of FUSE over io_uring broke (`ku_fail` in CFuse).
+    private let uringBroke = Atomic<Bool>(false)
     /// The same event for a thread that waits on it (a pthread condition,
     /// which ThreadSanitizer sees, unlike Swift's atomics).
     private let loopEnded = ConditionLock()
@@ -155,7 +157,15 @@ public final class FUSESession: @unchecked Sendable {
     /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `willEnd` runs on
     /// that thread once the loop has ended, before `waitForLoopEnd` and
     /// `loopHasEnded` say so, and `onEnd` right after.
-    public func startLoop(willEnd: @escaping @Sendable () -> Void = {}, onEnd: @escaping @Sendable () -> Void) {
+    ///
+    /// `onTransportFailure` runs at most once, on a ring queue's thread,
+    /// right after `transportHasFailed` turns true: a queue of FUSE over
+    /// io_uring broke (said in the log), the session is told to exit, and
+    /// the loop goes on until the connection is aborted (it reads
+    /// /dev/fuse), while that CPU's callers wait: the daemon must stop.
+    public func startLoop(willEnd: @escaping @Sendable () -> Void = {},
+                          onTransportFailure: @escaping @Sendable () -> Void = {},
+                          onEnd: @escaping @Sendable () -> Void) {
         let maxThreads = UInt32(options.maxThreads)
         let maxIdle = UInt32(options.maxIdleThreads)
         let spin = UInt32(max(0, min(options.spinMicroseconds, 1000)))
@@ -164,7 +174,18 @@ public final class FUSESession: @unchecked Sendable {
         let maxRead = options.maxRead
         let se = SessionRef(session)
         startThread(name: "kmsfs-loop", stackSize: 512 * 1024) { [self] in
-            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024, depth, maxRead)
+            // Called from C with its context; released once the loop has
+            // returned (the ring queues' threads have ended then).
+            let failed = Unmanaged.passRetained(LoopHook { [self] in
+                uringBroke.store(true, ordering: .sequentiallyConsistent)
+                onTransportFailure()
+            })
+            let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024, depth, maxRead,
+                                             { arg in
+                                                 guard let arg else { return }
+                                                 Unmanaged<LoopHook>.fromOpaque(arg).takeUnretainedValue().run()
+                                             }, failed.toOpaque())
+            failed.release()
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
             // Before the end is published: whoever waits for it (the stop)
             // may detach the mount next.
@@ -179,6 +200,9 @@ public final class FUSESession: @unchecked Sendable {
 
     /// Whether the loop has ended.
     public var loopHasEnded: Bool { loopEnded.withLock { loopDone.load(ordering: .sequentiallyConsistent) } }
+
+    /// Whether a queue of FUSE over io_uring broke (see `startLoop`).
+    public var transportHasFailed: Bool { uringBroke.load(ordering: .sequentiallyConsistent) }
 
     /// Waits at most `seconds` for the loop to end (requests in flight
     /// finish first); false if it has not.
@@ -242,6 +266,12 @@ public final class FUSESession: @unchecked Sendable {
         guard mounted.load(ordering: .sequentiallyConsistent) else { return }
         _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
     }
+}
+
+/// A closure C calls back with a context pointer.
+final class LoopHook: Sendable {
+    let run: @Sendable () -> Void
+    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }
 
 struct SessionRef: @unchecked Sendable {

@@ -48,17 +48,42 @@ enum DaemonSignals {
     /// it: what must not outlive the mount even by the time a signal takes.
     /// `onStopRequested` runs first thing on SIGTERM/SIGINT or an unmount,
     /// before anything is torn down.
+    /// 0 after SIGTERM, SIGINT or an unmount; 1 when serving failed (a
+    /// queue of FUSE over io_uring broke, or the loop ended with the mount
+    /// still there), for the service manager (Restart=on-failure) to start
+    /// the daemon again.
     static func serve(_ session: FUSESession, connection: UInt32?, programs: Environment, onServing: () -> Void,
                       onLoopEnd: @escaping @Sendable () -> Void = {}, onStopRequested: () -> Void = {},
                       onReload: () -> Void, onStop: () -> Void) -> Int32 {
         let mainThread = pthread_self()
-        session.startLoop(willEnd: onLoopEnd) { pthread_kill(mainThread, SIGUSR1) }
+        session.startLoop(willEnd: onLoopEnd, onTransportFailure: { pthread_kill(mainThread, SIGUSR1) }) {
+            pthread_kill(mainThread, SIGUSR1)
+        }
         onServing()
 
         let mountpoint = session.options.mountpoint
         let detach = {
             session.detach(unmount: { MountTable.detach(connection: connection, at: mountpoint) },
                            unprivileged: { fusermount($0, environment: programs) })
+        }
+        // Abort first (every request now and later fails, and open files no
+        // longer keep the connection), let the loop end, then detach:
+        // /dev/fuse stays open until no worker can reply into it. Where the
+        // connection cannot be aborted, unmount at once; the loop ends when
+        // the last open file closes.
+        func stop() {
+            onStopRequested()
+            session.stopServing()
+            if let connection, MountTable.abortConnection(connection) {
+                session.waitForLoopEnd(seconds: 5)
+                detach()
+            } else {
+                detach()
+                // Bounded: requests in flight finish before onStop
+                // wipes what they may be reading.
+                session.waitForLoopEnd(seconds: 5)
+            }
+            onStop()
         }
         var set = sigset_t()
         sigemptyset(&set)
@@ -72,40 +97,38 @@ enum DaemonSignals {
                 onReload()
             case SIGTERM, SIGINT:
                 Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(mountpoint)")
-                // Abort first (every request now and later fails, and open
-                // files no longer keep the connection), let the loop end,
-                // then detach: /dev/fuse stays open until no worker can
-                // reply into it. Where the connection cannot be aborted,
-                // unmount at once; the loop ends when the last open file
-                // closes.
-                onStopRequested()
-                session.stopServing()
-                if let connection, MountTable.abortConnection(connection) {
-                    session.waitForLoopEnd(seconds: 5)
-                    detach()
-                } else {
-                    detach()
-                    // Bounded: requests in flight finish before onStop
-                    // wipes what they may be reading.
-                    session.waitForLoopEnd(seconds: 5)
-                }
-                onStop()
+                stop()
                 return 0
             case SIGUSR1:
+                if session.transportHasFailed {
+                    // A ring queue broke (its line is above): requests made
+                    // on its CPU would wait for ever on a daemon that looks
+                    // healthy. Stopped as on SIGTERM, the abort failing them.
+                    Log.error("FUSE over io_uring failed: wiping cached secrets, unmounting \(mountpoint) and exiting with status 1")
+                    stop()
+                    return 1
+                }
                 if session.loopHasEnded {
-                    Log.notice("\(mountpoint) was unmounted; wiping cached secrets and exiting")
+                    // Gone already, as a rule (umount, fusermount3 -u): then
+                    // nothing to unmount, and /dev/fuse stays open to the
+                    // end. Still there, the loop ended on an error (reading
+                    // /dev/fuse failed, the connection was aborted from
+                    // outside): detach, and exit with a failure status.
+                    let failed = connection != nil && MountTable.connection(of: mountpoint) == connection
+                    if failed {
+                        Log.error("the FUSE loop ended with \(mountpoint) still mounted; wiping cached secrets, unmounting and exiting with status 1")
+                    } else {
+                        Log.notice("\(mountpoint) was unmounted; wiping cached secrets and exiting")
+                    }
                     onStopRequested()
                     // Parked opens answer now, into a connection that is gone.
                     session.stopServing()
                     onStop()
-                    // Gone already, as a rule (umount, fusermount3 -u): then
-                    // nothing to unmount, and /dev/fuse stays open to the
-                    // end. Still there (the loop ended on an error): detach.
-                    if let connection, MountTable.connection(of: mountpoint) == connection {
+                    if failed {
                         detach()
-                    } else {
-                        session.forgetMount()
+                        return 1
                     }
+                    session.forgetMount()
                     return 0
                 }
             default:

@@ -540,6 +540,24 @@ def test_sigterm_with_a_file_open_aborts_the_connection_at_once(tmp_path, kms, m
             subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
 
 
+def test_a_connection_aborted_from_outside_ends_the_daemon_with_a_failure_status(tmp_path, kms, mount_factory):
+    """The loop ending with the mount still there is no unmount: the daemon
+    detaches the dead mount and exits 1, for systemd (Restart=on-failure)
+    to start it again. It used to exit 0, and stay stopped."""
+    if mounted_fstype(FUSECTL) != "fusectl":
+        pytest.skip("no fusectl at %s to abort a connection with" % FUSECTL)
+    src = tmp_path / "src"
+    src.mkdir()
+    put(kms, src / "s.encrypted", b"aborted")
+    m = mount_factory(src, "allow_uid=0,audit=off")
+    assert open(m.file("s"), "rb").read() == b"aborted"
+    with open("%s/%d/abort" % (FUSECTL, os.minor(os.stat(m.path).st_dev)), "w") as f:
+        f.write("1")
+    assert m.proc.wait(10) == 1, m.log()
+    assert "still mounted; wiping cached secrets, unmounting and exiting with status 1" in m.log()
+    assert not mounted(m.path)
+
+
 def mounted_fstype(path):
     found = None
     for line in open("/proc/self/mountinfo"):

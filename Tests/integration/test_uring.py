@@ -10,13 +10,17 @@ test_loop's hung SOURCE and test_live's stop with a file open run under
 both transports (the `transport` fixture); the rest of the suite runs under it with `make
 test-uring` (KMSFS_EXTRA_OPTS=io_uring)."""
 import concurrent.futures
+import contextlib
 import mmap
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import URING_PARAM, Mount, run_as, unsanitized_only, uring_enabled
+from conftest import URING_PARAM, Mount, mounted, run_as, unsanitized_only, uring_enabled
 from test_formats import cli_args, cli_batch
 from test_memory import needles_for, scan, unique_secret
 
@@ -295,3 +299,168 @@ def test_opens_parked_on_one_cpu_leave_its_ring_room_for_others(uring, tmp_path,
     assert all(results[i] == b"cold-secret" for i in results if i not in refused)
     assert m.wait_log("opens already wait for KMS")
     assert m.log().count("opens already wait for KMS") < len(refused) / 10   # a line a second, not one per open
+
+
+def queue_thread(pid, cpu):
+    """The thread of CPU `cpu`'s ring queue: named kmsfs-uring, pinned there."""
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            comm = open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
+            status = open("/proc/%d/task/%s/status" % (pid, t)).read()
+        except OSError:
+            continue
+        allowed = [line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:")]
+        if comm == "kmsfs-uring" and allowed == [str(cpu)]:
+            return int(t)
+    return None
+
+
+def connection_of(path):
+    """The FUSE connection mounted at `path` (its device's minor number)."""
+    for line in open("/proc/self/mountinfo"):
+        fields = line.split()
+        if fields[4] == path:
+            return int(fields[2].split(":")[1])
+    return None
+
+
+def abort_connection(conn):
+    """What frees callers a dead queue holds (in D state: SIGKILL does not)."""
+    with contextlib.suppress(OSError), open("/sys/fs/fuse/connections/%d/abort" % conn, "w") as f:
+        f.write("1")
+
+
+def traced_by(tid):
+    for line in open("/proc/%d/status" % tid):
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+# Opens and closes PATH over and over from CPU CPU (each open is a request
+# to that CPU's queue), until one fails: prints its errno's name.
+OPENER = """
+import errno, os, sys
+os.sched_setaffinity(0, {int(sys.argv[2])})
+print("started", flush=True)
+while True:
+    try:
+        os.close(os.open(sys.argv[1], os.O_RDONLY))
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+        break
+"""
+
+
+def test_a_broken_ring_queue_stops_the_daemon_instead_of_stalling_its_cpu(uring, tree, mount_factory):
+    """A queue whose ring breaks (here io_uring_enter failing with ENOMEM,
+    injected by strace into that one thread) used to end its thread and
+    nothing else: the kernel kept sending that CPU's requests to a queue
+    nobody read, their callers hung, and the daemon looked healthy. Now the
+    daemon says so, aborts the connection (the waiting callers fail), and
+    exits with status 1 for the service manager to start it again."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("no strace to inject the ring's failure (apt-get install strace)")
+    src, plains = tree
+    m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
+    assert m.wait_log(SERVING), m.log()
+    conn = connection_of(m.path)
+    cpu = min(os.sched_getaffinity(0))
+    tid = queue_thread(m.pid, cpu)
+    assert tid is not None, "no kmsfs-uring thread on CPU %d" % cpu
+    opener = subprocess.Popen([sys.executable, "-c", OPENER, m.file("small"), str(cpu)],
+                              stdout=subprocess.PIPE, text=True)
+    tracer = None
+    try:
+        assert opener.stdout.readline() == "started\n"
+        time.sleep(0.2)
+        assert opener.poll() is None                      # served while the ring works
+        tracer = subprocess.Popen([strace, "-qq", "-o", "/dev/null", "-p", str(tid),
+                                   "-e", "trace=io_uring_enter", "-e", "inject=io_uring_enter:error=ENOMEM"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            status = m.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            abort_connection(conn)
+            pytest.fail("the daemon still runs with CPU %d's queue dead:\n%s" % (cpu, m.log()))
+        try:
+            failed_with = opener.communicate(timeout=10)[0].strip()
+        except subprocess.TimeoutExpired:
+            abort_connection(conn)
+            pytest.fail("a caller on CPU %d still waits on the dead queue" % cpu)
+    finally:
+        for p in (opener, tracer):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    log = m.log()
+    assert status == 1, log
+    assert "io_uring: queue %d: io_uring_enter: Cannot allocate memory; requests made on CPU %d can no longer " \
+           "be answered: ending the session" % (cpu, cpu) in log, log
+    assert "FUSE over io_uring failed: wiping cached secrets" in log, log
+    # Failed: by the abort, or ECANCELED with the dead queue's ring as the
+    # daemon closes it, or (the mount detached) not found there.
+    assert failed_with in ("ECONNABORTED", "ENOTCONN", "ECANCELED", "ENOENT"), failed_with
+    assert not mounted(m.path)
+
+
+@unsanitized_only
+def test_a_reply_whose_commit_was_cut_short_is_wiped_before_the_queue_waits(uring, tmp_path, kms, mount_factory):
+    """A queue's thread commits a reply without waiting, then wipes it from
+    the entry. When that io_uring_enter is cut short (EAGAIN, EBUSY, EINTR)
+    before the kernel takes the commit, the commit goes in with the next
+    call: it used to be the call that waits, and the reply's plaintext
+    stayed in the entry until that CPU's next request (on an idle CPU, for
+    good). strace makes every other io_uring_enter of one queue's thread
+    fail with EAGAIN (not run): the commit of one read or the next is cut
+    short, and neither may leave its plaintext in the ring."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("no strace to cut the ring's calls short (apt-get install strace)")
+    src = tmp_path / "src"
+    src.mkdir()
+    plains = [unique_secret() for _ in range(2)]
+    for i, p in enumerate(plains):
+        (src / ("s%d.encrypted" % i)).write_bytes(kms.encrypt_blob(p))
+    m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
+    assert m.wait_log(SERVING), m.log()
+    for i, p in enumerate(plains):                        # decrypted: the reads below are answered at once
+        assert open(m.file("s%d" % i), "rb").read() == p
+    cpu = min(os.sched_getaffinity(0))
+    tid = queue_thread(m.pid, cpu)
+    assert tid is not None, "no kmsfs-uring thread on CPU %d" % cpu
+    fds = [os.open(m.file("s%d" % i), os.O_RDONLY) for i in range(len(plains))]
+    tracer = None
+    before = os.sched_getaffinity(0)
+    try:
+        time.sleep(0.2)                                   # the queue waits for a request
+        tracer = subprocess.Popen([strace, "-qq", "-o", "/dev/null", "-p", str(tid), "-e", "trace=io_uring_enter",
+                                   "-e", "inject=io_uring_enter:error=EAGAIN:when=2+2"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while traced_by(tid) != tracer.pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert traced_by(tid) == tracer.pid
+        time.sleep(0.2)
+        # Each read is one request to CPU `cpu`'s queue (direct I/O), and is
+        # answered on its thread: its calls alternate commit, wait.
+        for i, p in enumerate(plains):
+            os.sched_setaffinity(0, {cpu})
+            try:
+                assert os.pread(fds[i], 4096, 0) == p
+            finally:
+                os.sched_setaffinity(0, before)
+            time.sleep(0.1)
+            found, read = scan(m.pid, needles_for(p))
+            assert read > 1 << 20
+            assert not found, (i, found)
+    finally:
+        os.sched_setaffinity(0, before)
+        if tracer is not None:
+            tracer.terminate()
+            tracer.wait(10)
+        for fd in fds:
+            os.close(fd)
+    assert m.proc.poll() is None, m.log()
+    assert [line for line in m.log().splitlines() if "io_uring: " in line and SERVING not in line] == []
