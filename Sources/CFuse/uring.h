@@ -793,6 +793,10 @@ static void *ku_queue_thread(void *arg) {
             ku_fail(q, "io_uring_enter", errno);
             return NULL;
         }
+        /* The kernel short of memory, or its completion queue full, while
+         * a commit waits to go in: this thread does not block (above), so
+         * it pauses rather than spin until the kernel takes the commit. */
+        if (r < 0 && (errno == EAGAIN || errno == EBUSY) && q->unwiped) usleep(1000);
         ku_wipe_committed(q);
         unsigned head = *q->cq_head;
         unsigned tail = __atomic_load_n(q->cq_tail, __ATOMIC_ACQUIRE);
