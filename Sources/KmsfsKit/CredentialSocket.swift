@@ -237,7 +237,9 @@ public final class CredentialServer: @unchecked Sendable {
         while ok && offset < total {
             let n = min(scratch.bufferSize, total - offset)
             do {
-                try scratch.withScratch { buf -> Int in
+                // Wiped while it was sent (a stop that waited its second
+                // out): zeros may have gone out as the credential's end.
+                let intact = try scratch.withScratch { buf -> Int in
                     guard plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!) else {
                         ok = false       // wiped meanwhile: refused, not sent
                         return n
@@ -250,6 +252,7 @@ public final class CredentialServer: @unchecked Sendable {
                     }
                     return n
                 }
+                if !intact || plaintext.isRevoked { ok = false }
             } catch {
                 ok = false
             }

@@ -18,8 +18,11 @@ public final class ScratchPool: @unchecked Sendable {
 
     /// The hot path (every FUSE read): `body` fills and sends from a locked
     /// buffer and returns how many bytes it used, which are then wiped.
-    /// Not generic, so no caller pays for type metadata per call.
-    public func withScratch(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(SecureMemoryError) {
+    /// Not generic, so no caller pays for type metadata per call. Returns
+    /// false when the buffer was wiped for good while `body` ran (the
+    /// daemon stopping): what `body` sent from it may have been zeros.
+    @discardableResult
+    public func withScratch(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(SecureMemoryError) -> Bool {
         let buffer: SecureBuffer
         if let b = free.withLock({ $0.popLast() }) {
             buffer = b
@@ -30,9 +33,11 @@ public final class ScratchPool: @unchecked Sendable {
             let used = body(cap)
             secureWipe(cap.baseAddress, min(max(used, 0), cap.count))
         }
+        if buffer.isRevoked { return false }
         free.withLock { pool in
             if pool.count < maxPooled { pool.append(buffer) }
         }
+        return true
     }
 
     /// Releases pooled buffers beyond `keeping` (they were taken by a burst
