@@ -258,7 +258,9 @@ sts =
     assert "(from the kms endpoint_url of profile 'app' services section)" in m.log()
 
 
-def test_credential_process(tree, kms, role, mount_factory, tmp_path):
+def credential_process_config(role, tmp_path):
+    """A config file whose default profile's credential_process (a path
+    with a blank, quoted, and an argument) prints the role's fresh keys."""
     c = role.mint()
     script = tmp_path / "creds helper.py"
     script.write_text("#!/usr/bin/env python3\nimport json\nprint(json.dumps(%r))\n" % {
@@ -267,6 +269,11 @@ def test_credential_process(tree, kms, role, mount_factory, tmp_path):
     script.chmod(0o700)
     config = tmp_path / "config"
     config.write_text('[default]\ncredential_process = "%s" --ignored-arg\n' % script)
+    return config
+
+
+def test_credential_process(tree, kms, role, mount_factory, tmp_path):
+    config = credential_process_config(role, tmp_path)
     m = mount_factory(tree, "allow_uid=0", env=bare_env(kms, AWS_CONFIG_FILE=str(config)))
     read_all(m)
     assert "credential_process (profile default)" in m.log()
@@ -279,14 +286,7 @@ def test_signals_a_parent_left_ignored_are_the_daemons_again(tree, kms, role, mo
     credential_process that succeeded counted as failed (status -1); an
     ignored SIGHUP or SIGTERM is discarded, blocked or not, so reloads and
     stops went unheard."""
-    c = role.mint()
-    script = tmp_path / "creds.py"
-    script.write_text("#!/usr/bin/env python3\nimport json\nprint(json.dumps(%r))\n" % {
-        "Version": 1, "AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
-        "SessionToken": c["SessionToken"], "Expiration": c["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ")})
-    script.chmod(0o700)
-    config = tmp_path / "config"
-    config.write_text('[default]\ncredential_process = %s\n' % script)
+    config = credential_process_config(role, tmp_path)
     ignoring = [sys.executable, "-c",
                 "import os, signal, sys\n"
                 "for s in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):\n"

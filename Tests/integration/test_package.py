@@ -267,21 +267,29 @@ def test_foreground_daemon_keeps_logging_to_stderr(mount_factory, kms, source, j
     assert entries() == []
 
 
+def start_on_the_journal(kmsfs_bin, kms, source, mnt, journal_path, stream_path):
+    """`kmsfs -f` as kmsfs.service runs it: standard error on the journal's
+    stream (JOURNAL_STREAM), journald's socket at `journal_path`. Returns
+    the daemon once mounted (or exited, or 30 s on)."""
+    mnt.mkdir()
+    with open(stream_path, "wb") as stream:
+        st = os.fstat(stream.fileno())
+        env = dict(kms.env, KMSFS_JOURNAL_SOCKET=journal_path, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+        proc = subprocess.Popen([kmsfs_bin, str(source), str(mnt), "-f", "-o", "allow_uid=root"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stream, start_new_session=True)
+    deadline = time.time() + 30
+    while not mounted(mnt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
 def test_foreground_daemon_on_the_journal_sends_native_entries(kmsfs_bin, kms, source, tmp_path, journal):
     """-f with standard error on the journal (kmsfs.service): native entries,
     so audit records carry their fields there too; the stream stays empty."""
     path, entries = journal
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with open(tmp_path / "stream", "wb") as stream:
-        st = os.fstat(stream.fileno())
-        env = dict(kms.env, KMSFS_JOURNAL_SOCKET=path, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
-        proc = subprocess.Popen([kmsfs_bin, str(source), str(mnt), "-f", "-o", "allow_uid=root"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=stream, start_new_session=True)
+    proc = start_on_the_journal(kmsfs_bin, kms, source, mnt, path, tmp_path / "stream")
     try:
-        deadline = time.time() + 20
-        while not mounted(mnt) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
         assert open(mnt / "db-password", "rb").read() == SECRET
     finally:
         proc.terminate()
@@ -313,16 +321,8 @@ def test_a_stuck_journal_costs_entries_not_service(kmsfs_bin, kms, source, tmp_p
             queued += 1
     assert 0 < queued < 100000
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with open(tmp_path / "stream", "wb") as stream:
-        st = os.fstat(stream.fileno())
-        env = dict(kms.env, KMSFS_JOURNAL_SOCKET=path, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
-        proc = subprocess.Popen([kmsfs_bin, str(source), str(mnt), "-f", "-o", "allow_uid=root"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=stream, start_new_session=True)
+    proc = start_on_the_journal(kmsfs_bin, kms, source, mnt, path, tmp_path / "stream")
     try:
-        deadline = time.time() + 30
-        while not mounted(mnt) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
         for _ in range(20):   # 20 audit records into the stuck journal
             assert open(mnt / "db-password", "rb").read() == SECRET
         time.sleep(3)          # the first waited its 2 s; the rest were dropped at once
