@@ -168,15 +168,22 @@ def test_without_the_kernel_s_offer_dev_fuse_serves(uring, tree, mount_factory):
     assert open(m.file("small"), "rb").read() == plains["small"]
 
 
-@unsanitized_only
-def test_no_plaintext_is_left_in_the_ring_buffers(uring, tmp_path, kms, mount_factory):
+def ring_mount(tmp_path, kms, mount_factory, count):
+    """`count` secrets s0, s1, ... each of a unique plaintext, on a mount
+    serving over io_uring; returns it and the plaintexts."""
     src = tmp_path / "src"
     src.mkdir()
-    plains = [unique_secret() for _ in range(4)]
+    plains = [unique_secret() for _ in range(count)]
     for i, p in enumerate(plains):
         (src / ("s%d.encrypted" % i)).write_bytes(kms.encrypt_blob(p))
     m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
     assert m.wait_log(SERVING), m.log()
+    return m, plains
+
+
+@unsanitized_only
+def test_no_plaintext_is_left_in_the_ring_buffers(uring, tmp_path, kms, mount_factory):
+    m, plains = ring_mount(tmp_path, kms, mount_factory, 4)
     for _ in range(3):
         for i, p in enumerate(plains):
             with open(m.file("s%d" % i), "rb") as f:
@@ -418,13 +425,7 @@ def test_a_reply_whose_commit_was_cut_short_is_wiped_before_the_queue_waits(urin
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("no strace to cut the ring's calls short (apt-get install strace)")
-    src = tmp_path / "src"
-    src.mkdir()
-    plains = [unique_secret() for _ in range(2)]
-    for i, p in enumerate(plains):
-        (src / ("s%d.encrypted" % i)).write_bytes(kms.encrypt_blob(p))
-    m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
-    assert m.wait_log(SERVING), m.log()
+    m, plains = ring_mount(tmp_path, kms, mount_factory, 2)
     for i, p in enumerate(plains):                        # decrypted: the reads below are answered at once
         assert open(m.file("s%d" % i), "rb").read() == p
     cpu = min(os.sched_getaffinity(0))
