@@ -198,7 +198,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
             $0.registry[ObjectIdentifier(self)] = nil
         }
         if !released.withLock({ $0 }) { secureWipe(base, capacity) }
-        munmap(mapping, mappingLength)
+        if !lost.load(ordering: .sequentiallyConsistent) { munmap(mapping, mappingLength) }
     }
 
     private static func mapSecret(_ length: Int) -> UnsafeMutableRawPointer? {
@@ -337,17 +337,26 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
             wipeLocked()
             guard releasingPages else { return }
             // Unlocked first, so the new mapping's accounting never meets
-            // RLIMIT_MEMLOCK. Readable and writable, so that even a write
-            // nobody should make finds memory, not a fault; the daemon's
-            // mlockall has MCL_ONFAULT, so nothing is populated until then.
-            // The guard pages go into it too: one mapping where there were
-            // three (a handle may hold a revoked buffer for days, and the
-            // kernel allows a process about 65,000 mappings).
+            // RLIMIT_MEMLOCK. Read-only: nothing writes to a finished,
+            // revoked plaintext, and a private mapping that cannot be
+            // written is not charged against the commit limit, which
+            // before Linux 6.12 was checked after MAP_FIXED had unmapped
+            // the old pages (under vm.overcommit_memory=2, a failure there
+            // left a hole that the next wipe wrote into). Nothing is
+            // populated until read. The guard pages go into it too: one
+            // mapping where there were three (a handle may hold a revoked
+            // buffer for days, and the kernel allows a process about
+            // 65,000 mappings).
             _ = munlock(mapping, mappingLength)
-            let p = mmap(mapping, mappingLength, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            let p = mmap(mapping, mappingLength, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
             if p == mapping {
                 _ = madvise(mapping, mappingLength, MADV_DONTDUMP)
                 released = true
+            } else if msync(mapping, mappingLength, MS_ASYNC) != 0 && errno == ENOMEM {
+                // It failed after unmapping anyway: the range may be
+                // anyone's next mapping. Never wiped or unmapped again.
+                released = true
+                lost.store(true, ordering: .sequentiallyConsistent)
             }
         }
     }
@@ -370,6 +379,9 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     /// True once `revoke` replaced the wiped pages (no wipe is needed
     /// there any more); guards the wipe against the replacement.
     private let released = Mutex<Bool>(false)
+    /// The replacement failed after the kernel had unmapped the pages: the
+    /// range is not this buffer's any more (see `revoke`).
+    private let lost = Atomic<Bool>(false)
 
     /// Constant-time comparison of contents.
     public func constantTimeEquals(_ other: UnsafeRawBufferPointer) -> Bool {
@@ -420,13 +432,17 @@ public final class SecureAccumulator: @unchecked Sendable {
 
     /// Moves the bytes into a buffer of `capacity`; the old one wipes
     /// itself in deinit.
+    /// A buffer the stop's wipe revoked stays revoked: growing it would
+    /// carry on filling a fresh buffer (or hand on one torn by the wipe).
     private func grow(to capacity: Int) throws(SecureMemoryError) {
         let old = buffer
+        guard !old.isRevoked else { throw .revoked }
         let grown = try SecureBuffer(unsafeUninitializedCapacity: capacity,
                                      backing: old.backing == .secretMemory ? nil : old.backing) { dst in
             old.withUnsafeBytes { src in dst.copyMemory(from: src) }
             return old.count
         }
+        guard !old.isRevoked else { throw .revoked }   // `grown` wipes itself as it goes
         buffer = grown!   // never nil: the copy cannot fail
     }
 

@@ -167,6 +167,31 @@ import Glibc
         acc.buffer.withUnsafeBytes { #expect(String(decoding: $0.prefix(8), as: UTF8.self) == "abcdefgh") }
     }
 
+    /// The stop's wipe revokes an accumulator being filled (an HTTP body,
+    /// a credential helper's output): growing must not carry on into a
+    /// fresh buffer, nor hand on one the wipe tore.
+    @Test func aRevokedAccumulatorStopsFilling() throws {
+        let acc = try SecureAccumulator(initialCapacity: 4, limit: 64)
+        try Array("abcd".utf8).withUnsafeBytes { try acc.append($0) }
+        #expect(acc.buffer.capacity == 4)   // the next append grows it
+        acc.buffer.revoke()
+        #expect { try Array("efghijkl".utf8).withUnsafeBytes { try acc.append($0) } } throws: {
+            if case SecureMemoryError.revoked = $0 { return true } else { return false }
+        }
+        #expect(acc.buffer.isRevoked)
+    }
+
+    /// A revoked plaintext's pages go back at once, replaced by a mapping
+    /// that reads as zeros; wiping it again or letting it go is safe.
+    @Test func pagesReleasedByARevokeReadAsZeros() throws {
+        let b = try SecureBuffer(capacity: 4096)
+        try Array("secret".utf8).withUnsafeBytes { try b.append($0) }
+        b.revoke(releasingPages: true)
+        #expect(b.isRevoked && b.readableCount == nil)
+        b.withUnsafeMutableCapacity { #expect($0.prefix(64).allSatisfy { $0 == 0 }) }
+        b.wipeContents()
+    }
+
     @Test func scratchIsWipedAfterUse() throws {
         let pool = ScratchPool(bufferSize: 64, maxPooled: 1)
         try pool.withScratch { (buf: UnsafeMutableRawBufferPointer) -> Int in
