@@ -1,3 +1,4 @@
+import SecureMemory
 import AWS
 import FUSEBridge
 import System
@@ -22,6 +23,10 @@ enum DaemonSignals {
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
+        // Blocked, then set back to their defaults: a parent may have left
+        // one ignored (SIGHUP under nohup), and an ignored signal is
+        // discarded, never queued for sigwait.
+        ProcessHardening.resetToDefault(handled)
         signal(SIGPIPE, SIG_IGN)
     }
 

@@ -23,19 +23,22 @@ public enum ProcessHardening {
         }
     }
 
-    /// Sets back to their defaults the signals kmsfs relies on, which a
-    /// parent may have left ignored (an ignored disposition survives exec):
-    /// with SIGCHLD ignored the kernel reaps every child itself and each
-    /// `waitpid` fails, so a `credential_process`, `on_change=` program or
-    /// fusermount3 that succeeded counted as failed; an ignored SIGHUP
-    /// (`nohup`), SIGTERM, SIGINT or SIGUSR1 is discarded even while the
-    /// daemon blocks it to `sigwait` for it, so reloads, stops and the end
-    /// of the FUSE loop went unheard. Call first thing, while the process
-    /// is one thread.
+    /// Sets SIGCHLD back to its default, which a parent may have left
+    /// ignored (an ignored disposition survives exec): the kernel then
+    /// reaps every child itself and each `waitpid` fails, so a
+    /// `credential_process`, `on_change=` program or fusermount3 that
+    /// succeeded counted as failed. Call first thing, while the process is
+    /// one thread. (The daemon's own signals are set back where it blocks
+    /// them: `DaemonSignals.block`.)
     public static func resetInheritedSignals() {
-        for sig in [SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1] {
-            _ = kmsfs_signal_default(sig)
-        }
+        _ = kmsfs_signal_default(SIGCHLD)
+    }
+
+    /// Sets `signals` back to their defaults: an ignored signal is
+    /// discarded even while blocked, so one a parent left ignored (SIGHUP
+    /// under `nohup`) never reaches `sigwait`. Block them first.
+    public static func resetToDefault(_ signals: [Int32]) {
+        for sig in signals { _ = kmsfs_signal_default(sig) }
     }
 
     /// Not dumpable (no core, no ptrace attach by other users, /proc/PID/mem
