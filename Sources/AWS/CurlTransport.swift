@@ -218,12 +218,15 @@ private let sslContextCallback: kmsfs_curl_ssl_ctx_fn = { _, sslctx, _ in
 }
 
 extension String {
+    /// Without the scalars of `set` at either end. On scalars: dropping a
+    /// Character whose first scalar is a blank took a combining mark (or a
+    /// prepended mark's base) with it.
     func trimmingCharacters(in set: String) -> String {
         let chars = Set(set.unicodeScalars)
-        var s = Substring(self)
-        while let f = s.unicodeScalars.first, chars.contains(f) { s = s.dropFirst() }
-        while let l = s.unicodeScalars.last, chars.contains(l) { s = s.dropLast() }
-        return String(s)
+        var s = unicodeScalars[...]
+        while let f = s.first, chars.contains(f) { s = s.dropFirst() }
+        while let l = s.last, chars.contains(l) { s = s.dropLast() }
+        return String(String.UnicodeScalarView(s))
     }
 }
 

@@ -54,9 +54,16 @@ public struct SharedConfigFiles: Sendable {
         var secrets: [SecureBuffer] = []
         var untrusted: [String] = []
         func text(_ path: String) throws(SharedConfigError) -> String? {
-            switch readSmallFileSecurely(path) {
-            case .success(let file):
-                if let problem = SharedConfigFiles.trustProblem(path) { untrusted.append(problem) }
+            switch readSmallFileSecurelyWithStatus(path) {
+            case .success(let (file, status)):
+                if let problem = SharedConfigFiles.trustProblem(path, read: status) { untrusted.append(problem) }
+                // The marker that stands for a secret taken out (below)
+                // starts with U+0001: a file that holds one could name a
+                // secret of the other file as a value of its own (the
+                // secret key sent as a session token to its endpoint).
+                if file.withUnsafeBytes({ $0.contains(1) }) {
+                    throw SharedConfigError("\(path): holds the control character U+0001, which no setting may contain; remove it")
+                }
                 do {
                     return String(decoding: try SharedConfigFiles.withSecretsTakenOut(file, into: &secrets), as: UTF8.self)
                 } catch {
@@ -74,16 +81,29 @@ public struct SharedConfigFiles: Sendable {
         return out
     }
 
-    /// Why `path` (a file just read) could be changed by someone other
-    /// than root or the daemon's user; nil when it cannot.
-    static func trustProblem(_ path: String) -> String? {
-        // Only a regular file is read (/dev/null, where people point
-        // AWS_CONFIG_FILE, reads as empty and says nothing).
-        var st = stat()
-        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+    /// Why `path`, read as the file of status `read`, could be changed by
+    /// someone other than root or the daemon's user; nil when it cannot.
+    /// Decided on the file read, never on a second look at the path: a
+    /// device (another user's pty, which reads as the text they wrote) or
+    /// a file renamed away after the read looked trusted, and chose the
+    /// credential_process root runs.
+    static func trustProblem(_ path: String, read: stat) -> String? {
+        if read.st_mode & S_IFMT == S_IFCHR {
+            // /dev/null, where people point AWS_CONFIG_FILE, reads as
+            // empty and says nothing; no other device is a config file.
+            var null = stat()
+            if stat("/dev/null", &null) == 0, null.st_mode & S_IFMT == S_IFCHR, null.st_rdev == read.st_rdev { return nil }
+            return "\(path) is a device, not a file"
+        }
         switch PathTrust.checkFile(path, because: "the file chooses where the daemon sends its signed requests and what it runs") {
-        case .success: return nil
-        case .failure(let problem): return problem.text
+        case .success(let resolved):
+            var now = stat()
+            guard lstat(resolved, &now) == 0, now.st_dev == read.st_dev, now.st_ino == read.st_ino else {
+                return "\(path) was replaced while it was read"
+            }
+            return nil
+        case .failure(let problem):
+            return problem.text
         }
     }
 
@@ -196,9 +216,9 @@ public struct SharedConfigFiles: Sendable {
             }
             for section in try INI.parse(config, path: configPath) {
                 let name = section.name
-                if name.hasPrefix("profile") {
+                if name.unicodeScalars.starts(with: "profile".unicodeScalars) {   // as Python's startswith
                     if let profile = second(name) { put(profile, section.values) }
-                } else if name.hasPrefix("services") {
+                } else if name.unicodeScalars.starts(with: "services".unicodeScalars) {
                     guard let sname = second(name) else { continue }
                     var byService: [String: [String: String]] = [:]
                     for (service, value) in section.values {
@@ -297,25 +317,30 @@ enum INI {
         for var raw in Array(text.utf8).split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
             if raw.last == UInt8(ascii: "\r") { raw = raw.dropLast() }
+            // Everything below on Unicode scalars, as Python reads the
+            // file and as `withSecretsTakenOut` cut it: a blank, '#', '[',
+            // '=' or ':' and a combining mark after it are one Character,
+            // and a Character test saw another line than they did (a
+            // secret key's line the extractor had left in the text).
             let line = Substring(String(decoding: raw, as: UTF8.self))
             let trimmed = line.trimmingCharacters(in: " \t")
             if trimmed.isEmpty { continue }
-            if trimmed.hasPrefix("#") || trimmed.hasPrefix(";") { continue }
-            let indented = line.first == " " || line.first == "\t"
+            if trimmed.unicodeScalars.first == "#" || trimmed.unicodeScalars.first == ";" { continue }
+            let indented = line.unicodeScalars.first == " " || line.unicodeScalars.first == "\t"
             if indented, let key = lastKey, !sections.isEmpty {
                 // A continuation line: part of the previous value.
                 let old = sections[sections.count - 1].values[key] ?? ""
                 sections[sections.count - 1].values[key] = old + "\n" + trimmed
                 continue
             }
-            if trimmed.hasPrefix("[") {
-                guard let close = trimmed.lastIndex(of: "]") else {
+            if trimmed.unicodeScalars.first == "[" {
+                guard let close = trimmed.unicodeScalars.lastIndex(of: "]") else {
                     throw SharedConfigError("\(path) line \(lineNumber): section header without ']'")
                 }
                 // As Python's configparser takes it: everything between
                 // the '[' and the last ']', blanks included ([ default ] is
                 // another section than [default], and no profile).
-                let name = String(trimmed[trimmed.index(after: trimmed.startIndex)..<close])
+                let name = String(trimmed.unicodeScalars[trimmed.unicodeScalars.index(after: trimmed.startIndex)..<close])
                 guard !name.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): empty section name") }
                 // Python's RawConfigParser (strict), and so the AWS CLI,
                 // refuses the file; merged, one profile's key ID went with
@@ -330,11 +355,11 @@ enum INI {
             guard !sections.isEmpty else {
                 throw SharedConfigError("\(path) line \(lineNumber): a setting before any [section]")
             }
-            guard let sep = trimmed.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
+            guard let sep = trimmed.unicodeScalars.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
                 throw SharedConfigError("\(path) line \(lineNumber): expected 'key = value'")
             }
-            let key = trimmed[..<sep].trimmingCharacters(in: " \t").lowercased()
-            let value = trimmed[trimmed.index(after: sep)...].trimmingCharacters(in: " \t")
+            let key = String(trimmed.unicodeScalars[..<sep]).trimmingCharacters(in: " \t").lowercased()
+            let value = String(trimmed.unicodeScalars[trimmed.unicodeScalars.index(after: sep)...]).trimmingCharacters(in: " \t")
             guard !key.isEmpty else { throw SharedConfigError("\(path) line \(lineNumber): a value without a key") }
             guard sections[sections.count - 1].values[key] == nil else {
                 throw SharedConfigError("\(path) line \(lineNumber): '\(key)' appears twice in [\(sections[sections.count - 1].name)] (the AWS CLI refuses this file too); keep one")
@@ -353,8 +378,9 @@ enum INI {
         for line in value.split(separator: "\n") {
             let t = line.trimmingCharacters(in: " \t")
             if t.isEmpty { continue }
-            guard let eq = t.firstIndex(of: "=") else { continue }
-            out[t[..<eq].trimmingCharacters(in: " \t").lowercased()] = t[t.index(after: eq)...].trimmingCharacters(in: " \t")
+            guard let eq = t.unicodeScalars.firstIndex(of: "=") else { continue }
+            out[String(t.unicodeScalars[..<eq]).trimmingCharacters(in: " \t").lowercased()] =
+                String(t.unicodeScalars[t.unicodeScalars.index(after: eq)...]).trimmingCharacters(in: " \t")
         }
         return out
     }

@@ -37,6 +37,17 @@ public func readSmallFileSecurely(_ path: String, limit: Int = 1 << 20) -> Resul
     return readSecurely(fd, limit: limit).mapError { Errno(path, code: $0.code) }
 }
 
+/// `readSmallFileSecurely`, with the status of the very file read (the
+/// descriptor's, not a later look at the path, which another user may have
+/// pointed elsewhere by then).
+public func readSmallFileSecurelyWithStatus(_ path: String, limit: Int = 1 << 20) -> Result<(SecureBuffer, stat), Errno> {
+    let fd: FileDescriptor
+    do { fd = try openSmallFile(path) } catch { return .failure(error) }
+    let st: stat
+    do { st = try fd.stat() } catch { return .failure(Errno(path, code: error.code)) }
+    return readSecurely(fd, limit: limit).mapError { Errno(path, code: $0.code) }.map { ($0, st) }
+}
+
 private func readSecurely(_ fd: borrowing FileDescriptor, limit: Int) -> Result<SecureBuffer, Errno> {
     let out: SecureAccumulator
     do { out = try SecureAccumulator(initialCapacity: 4096, limit: limit) } catch { return .failure(Errno("", code: ENOMEM)) }

@@ -1,6 +1,6 @@
 import System
 import Testing
-import AWS
+@testable import AWS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -105,5 +105,73 @@ import Glibc
         let e = credentialError { try p.credentials() }
         #expect(e.message.contains("not running its credential_process"), "\(e.message)")
         #expect(access(marker, F_OK) != 0, "the program ran")
+    }
+
+    /// Trust is decided on the file read, never on a second look at its
+    /// path: another user's pty (which reads as the text they wrote) looked
+    /// like "not a regular file, nothing to check", and a file renamed away
+    /// after the read was judged by what stood there next.
+    @Test func trustIsDecidedOnTheFileRead() throws {
+        let dir = TempDir()
+        let config = dir.write("config", "[default]\nregion = eu-west-1\n", mode: 0o600)
+        var read = stat()
+        #expect(stat(config, &read) == 0)
+        #expect(SharedConfigFiles.trustProblem(config, read: read) == nil)
+        // Replaced after the read, by a file as trusted as the first.
+        let other = dir.write("other", "[default]\n", mode: 0o600)
+        #expect(rename(other, config) == 0)
+        #expect(SharedConfigFiles.trustProblem(config, read: read) == "\(config) was replaced while it was read")
+        // A device: /dev/null alone reads as a config file (an empty one).
+        var null = stat(), zero = stat()
+        #expect(stat("/dev/null", &null) == 0 && stat("/dev/zero", &zero) == 0)
+        #expect(SharedConfigFiles.trustProblem(config, read: null) == nil)
+        #expect(SharedConfigFiles.trustProblem(config, read: zero) == "\(config) is a device, not a file")
+    }
+
+    /// U+0001 starts the marker that stands for a secret taken out of the
+    /// files: written into a value, it named the other file's secret key,
+    /// sent as a session token to an endpoint of the writer's choosing.
+    @Test func aFileHoldingTheMarkersControlCharacterIsRefused() throws {
+        let dir = TempDir()
+        let config = dir.write("config", "[default]\naws_session_token = \u{1}kmsfs-secret:0\nendpoint_url = http://127.0.0.1:1\n")
+        let credentials = dir.write("credentials", "[default]\naws_access_key_id = AKIA\naws_secret_access_key = SECRET\n")
+        let env = Environment(["AWS_CONFIG_FILE": config, "AWS_SHARED_CREDENTIALS_FILE": credentials, "HOME": dir.path])
+        #expect { try SharedConfigFiles.load(environment: env) } throws: {
+            "\($0)" == "\(config): holds the control character U+0001, which no setting may contain; remove it"
+        }
+    }
+
+    /// An empty aws_session_token is no token, as for the AWS CLI: the
+    /// marker that took its place made an empty token, signed for and then
+    /// dropped by curl (a signature failure).
+    @Test func anEmptySessionTokenIsNoToken() throws {
+        let dir = TempDir()
+        let credentials = dir.write("credentials", "[default]\naws_access_key_id = AKIA\naws_secret_access_key = SECRET\naws_session_token =\n")
+        let env = Environment(["AWS_CONFIG_FILE": dir.path + "/none", "AWS_SHARED_CREDENTIALS_FILE": credentials, "HOME": dir.path])
+        let p = ProfileCredentialProvider(profileName: "default", config: try SharedConfigFiles.load(environment: env), environment: env,
+                                          region: "eu-west-1", transport: ScriptedTransport { _, _ in .init(status: 500, body: "") },
+                                          imds: nil)
+        let c = try p.credentials()
+        #expect(c.copyOfSecretAccessKey() == "SECRET" && c.copyOfSessionToken() == nil)
+        let empty = dir.write("empty", "[default]\naws_access_key_id = AKIA\naws_secret_access_key =\n")
+        let env2 = Environment(["AWS_CONFIG_FILE": dir.path + "/none", "AWS_SHARED_CREDENTIALS_FILE": empty, "HOME": dir.path])
+        let p2 = ProfileCredentialProvider(profileName: "default", config: try SharedConfigFiles.load(environment: env2), environment: env2,
+                                           region: "eu-west-1", transport: ScriptedTransport { _, _ in .init(status: 500, body: "") },
+                                           imds: nil)
+        #expect(credentialError { try p2.credentials() }.message == "profile 'default' has aws_access_key_id but no aws_secret_access_key")
+    }
+
+    /// Lines are read on scalars, as Python reads them and as the secret
+    /// extractor cuts them: '#' and a combining mark after it still start a
+    /// comment (it was a continuation of credential_process), and a blank
+    /// joined to a prepended mark is not trimmed away with the mark (which
+    /// made `region\u{600} ` the key `region`).
+    @Test func lineShapesAreReadOnScalars() throws {
+        let f = try SharedConfigFiles.parse(config: "[default]\ncredential_process = /bin/true\n #\u{301} --evil\nregion\u{600} = x\n[profile\u{301} p]\nregion = eu-west-1\n",
+                                            credentials: nil)
+        #expect(f.profile("default")?["credential_process"] == "/bin/true")
+        #expect(f.profile("default")?["region"] == nil)
+        #expect(f.profile("default")?["region\u{600}"] == "x")
+        #expect(f.profile("p")?["region"] == "eu-west-1")   // as botocore: starts with "profile", two words
     }
 }
