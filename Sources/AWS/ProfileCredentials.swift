@@ -109,9 +109,15 @@ public struct ProfileCredentialProvider: CredentialProvider {
         // back from there: no String is made of them.
         let source = "profile \(p.name)"
         do {
+            // An empty value is no value, as for the AWS CLI (the value
+            // taken out leaves a marker, which is never empty itself).
             let s = try config.secret(secret)
+            guard s.count > 0 else {
+                throw CredentialError.failed("profile '\(p.name)' has aws_access_key_id but no aws_secret_access_key")
+            }
             var t: SecureBuffer? = nil
             if let v = p["aws_session_token"] ?? p["aws_security_token"] { t = try config.secret(v) }
+            if let token = t, token.count == 0 { t = nil }
             if let t, !AWSCredentials.isPrintableWord(t) {
                 throw CredentialError.failed("the session token from \(source) holds a blank or a control character")
             }

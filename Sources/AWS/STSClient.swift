@@ -1,4 +1,5 @@
 import SecureMemory
+import Log
 /// The two STS calls credential providers need, over the query protocol
 /// (form-encoded POST, XML answer): `AssumeRole`, signed with source
 /// credentials (profiles with `role_arn`), and `AssumeRoleWithWebIdentity`,
@@ -35,6 +36,9 @@ public struct STSClient: Sendable {
         if let c = AWSEndpoints.configured(envName: "STS", key: "sts", environment: env, config: config, profile: profile) {
             guard let url = URLParts(c.url) else {
                 throw .failed("STS endpoint '\(c.url)' from \(c.source) is not a URL")
+            }
+            if url.scheme == "http" && !url.isLoopback {
+                Log.warning("STS endpoint \(url) (from \(c.source)) is plain http: the credentials it is asked for, and the token or keys that ask, would cross the network unencrypted; use https")
             }
             return STSClient(endpoint: url, region: signingRegion, transport: transport, clock: clock)
         }
