@@ -631,6 +631,7 @@ public enum Daemon {
             ("pid", n(Int(getpid()))),
             ("uptime_s", .number((SystemClock.monotonic() - started).rounded())),
             ("memory", .string(SecureMemoryPolicy.defaultBacking.rawValue)),
+            ("memory_fallbacks", n(SecureMemoryStats.secretMemoryFallbacks)),
             ("secure_buffers", n(SecureMemoryStats.liveBuffers)),
             ("secure_bytes", n(SecureMemoryStats.liveBytes)),
             ("ttl_s", fs.configuration.cache.ttl.map { .number($0) } ?? .null),

@@ -104,6 +104,14 @@ public enum SecureMemoryStats {
     static let live = Mutex<(count: Int, bytes: Int, registry: [ObjectIdentifier: Unmanaged<SecureBuffer>])>((0, 0, [:]))
 
     public static var liveBuffers: Int { live.withLock { $0.count } }
+
+    /// Buffers that asked for `memfd_secret` pages and got locked anonymous
+    /// memory instead (the call failed for them: out of descriptors, of
+    /// memory): their contents are in the kernel's direct map. Shown in
+    /// `kmsfs status` (`memory_fallbacks`), since the policy alone says
+    /// `memfd_secret`.
+    public static var secretMemoryFallbacks: Int { fallbacks.load(ordering: .relaxed) }
+    static let fallbacks = Atomic<Int>(0)
     public static var liveBytes: Int { live.withLock { $0.bytes } }
 
     /// Wipes the contents of every live buffer for good (shutdown, fatal
@@ -153,6 +161,7 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
             self.mappingLength = length
             self.base = m
         } else {
+            if want == .secretMemory { SecureMemoryStats.fallbacks.add(1, ordering: .relaxed) }
             let (m, total, locked) = try SecureBuffer.mapAnonymous(length)
             self.backing = locked ? .lockedAnonymous : .unlockedAnonymous
             self.mapping = m

@@ -612,7 +612,9 @@ def test_service_runs_in_the_units_sandbox_and_notifies(installed, kms, source, 
         assert int(re.search(r"^CapEff:\s+(\w+)$", status, re.M).group(1), 16) == (1 << 21) | (1 << 14)
         if memfd_secret_available():
             # The filter lets memfd_secret through: cached plaintext stays out of the direct map.
-            assert daemon_status(mnt)["memory"] == "memfd_secret"
+            shown = daemon_status(mnt)
+            assert shown["memory"] == "memfd_secret"
+            assert shown["memory_fallbacks"] == 0   # every buffer got memfd_secret pages
         proc.send_signal(signal.SIGTERM)
         assert "STOPPING=1" in notify.recv(4096).decode()
         assert proc.wait(15) == 0
