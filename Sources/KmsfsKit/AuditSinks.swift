@@ -17,7 +17,7 @@ public struct LogAuditSink: AuditSink {
         let level: LogLevel = r.outcome == .denied || r.outcome == .failed ? .warning : .notice
         if Log.destination == .journal {
             guard level >= Log.level else { return }
-            Journal.send(level, identifier: "kmsfs", message: r.line, extra: r.journalFields)
+            Journal.send(level, identifier: "kmsfs", message: r.line, extra: r.journalFields, whenStuck: .fallBack)
             return
         }
         Log.log(level, r.line)

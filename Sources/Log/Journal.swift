@@ -42,8 +42,9 @@ public enum Journal {
         guard let path = try? UnixSocketAddress(socketPath) else { return false }
         if fd.load(ordering: .acquiring) >= 0 { return true }
         guard let s = try? unixSocket(SOCK_DGRAM) else { return false }
-        // A stuck journald must not hold a FUSE request or the audit
-        // writer: after this long the entry is dropped (see `deliver`).
+        // A stuck journald must not hold a FUSE request: after this long
+        // a log line is dropped, an audit record goes to syslog(3) (see
+        // `deliver`).
         var tv = timeval(tv_sec: 2, tv_usec: 0)
         _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         address.withLock { $0 = path }
@@ -56,13 +57,24 @@ public enum Journal {
 
     /// Sends one entry: `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER`,
     /// `SYSLOG_FACILITY` (daemon) and `extra` fields. Falls back to syslog(3)
-    /// when there is no journal to send to; dropped (and counted) when
-    /// journald is stuck (`deliver`).
-    public static func send(_ level: LogLevel, identifier: String, message: String, extra: [(String, String)] = []) {
+    /// when there is no journal to send to; when journald is stuck, as
+    /// `whenStuck` says (`deliver`).
+    public static func send(_ level: LogLevel, identifier: String, message: String, extra: [(String, String)] = [],
+                            whenStuck: WhenStuck) {
         let entry = encode([("MESSAGE", message), ("PRIORITY", String(level.rawValue)),
                             ("SYSLOG_FACILITY", "3"), ("SYSLOG_IDENTIFIER", identifier)] + extra)
-        if deliver(entry) { return }
+        if deliver(entry, whenStuck) { return }
         kmsfs_syslog(level.rawValue, message)
+    }
+
+    /// What an entry journald does not take in time becomes.
+    public enum WhenStuck: Sendable {
+        /// A log line: dropped and counted (see `deliver`).
+        case drop
+        /// An audit record, which is never dropped: it goes to syslog(3),
+        /// as when there is no journal, and the audit writer waits there
+        /// (and opens, once its queue is full), as the guide says.
+        case fallBack
     }
 
     /// One entry in the native format. Field names journald would reject
@@ -112,9 +124,9 @@ public enum Journal {
         v.withUTF8 { appendField(name, UnsafeRawBufferPointer($0), to: &out) }
     }
 
-    /// Sends an entry built with `appendField`; false when the journal did
-    /// not take it (the caller falls back as `send` does).
-    public static func send(entry: [UInt8]) -> Bool { deliver(entry) }
+    /// Sends an entry built with `appendField` (an audit record); false
+    /// when the journal did not take it (the caller falls back to syslog(3)).
+    public static func send(entry: [UInt8]) -> Bool { deliver(entry, .fallBack) }
 
     /// Entries dropped because the journal took none in time, not yet
     /// reported; and until when (CLOCK_MONOTONIC seconds) entries are sent
@@ -122,26 +134,29 @@ public enum Journal {
     private static let dropped = Atomic<Int>(0)
     private static let hurryUntil = Atomic<Int>(0)
 
-    /// True when the entry was sent, or dropped because journald is stuck;
-    /// false when there is no journal to send to (the caller falls back to
-    /// syslog). A stuck journald serves /dev/log too, where syslog(3) would
-    /// block without a bound: so an entry the journal did not take within
-    /// the socket's timeout is dropped and counted, entries for the next
-    /// 10 s are not waited for at all, and the first entry sent afterwards
-    /// is followed by one saying how many were lost.
-    private static func deliver(_ entry: [UInt8]) -> Bool {
+    /// True when the entry was sent, or (a log line) dropped because
+    /// journald is stuck; false when the caller must fall back to syslog(3):
+    /// there is no journal, or an audit record was not taken. A stuck
+    /// journald serves /dev/log too, where syslog(3) would block without a
+    /// bound: so a log line the journal did not take within the socket's
+    /// timeout is dropped and counted, log lines for the next 10 s are not
+    /// waited for at all, and the first entry sent afterwards is followed by
+    /// one saying how many were lost.
+    private static func deliver(_ entry: [UInt8], _ whenStuck: WhenStuck) -> Bool {
         let now = monotonicSeconds()
-        let hurry = now < hurryUntil.load(ordering: .relaxed)
+        let hurry = whenStuck == .drop && now < hurryUntil.load(ordering: .relaxed)
         switch transmit(entry, wait: !hurry) {
         case .sent:
             let lost = dropped.exchange(0, ordering: .acquiringAndReleasing)
             if lost > 0 {
-                _ = transmit(encode([("MESSAGE", "\(lost) log or audit entries were dropped: the journal took none within 2 s"),
+                let report = encode([("MESSAGE", "\(lost) log entries were dropped: the journal took none within 2 s"),
                                      ("PRIORITY", String(LogLevel.warning.rawValue)), ("SYSLOG_FACILITY", "3"),
-                                     ("SYSLOG_IDENTIFIER", "kmsfs")]), wait: false)
+                                     ("SYSLOG_IDENTIFIER", "kmsfs")])
+                if transmit(report, wait: false) != .sent { dropped.add(lost, ordering: .relaxed) }
             }
             return true
         case .full:
+            guard whenStuck == .drop else { return false }
             dropped.add(1, ordering: .relaxed)
             if !hurry { hurryUntil.store(now + 10, ordering: .relaxed) }
             return true

@@ -84,7 +84,7 @@ public enum Log {
         case .syslog:
             kmsfs_syslog(level.rawValue, text)
         case .journal:
-            Journal.send(level, identifier: c.ident, message: text)
+            Journal.send(level, identifier: c.ident, message: text, whenStuck: .drop)
         case .stderr(let journal):
             let line = journal ? "<\(level.rawValue)>\(c.ident): \(text)\n"
                                : "\(c.ident): \(level.word): \(text)\n"
