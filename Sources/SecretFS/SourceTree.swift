@@ -99,12 +99,13 @@ public struct SourceEntry: Sendable, Equatable {
     public var kind: NodeKind
 }
 
-/// How many directory entries the listings being built hold together, at
-/// most. Whoever can write SOURCE decides how large a directory is, and
-/// every local user may open it, each opendir on a FUSE worker of its own:
-/// a million names listed by 64 workers at once was tens of GB of locked
-/// memory. A listing past the budget fails (ENFILE) instead; one that alone
-/// is larger can never be listed, and says so once.
+/// How many directory entries the listings users' opendir builds hold
+/// together, at most. Whoever can write SOURCE decides how large a
+/// directory is, and every local user may open it, each opendir on a FUSE
+/// worker of its own: a million names listed by 64 workers at once was tens
+/// of GB of locked memory. A listing past the budget fails (ENFILE)
+/// instead; one that alone is larger is never listed for a user, and says
+/// so once.
 public final class ListingBudget: Sendable {
     public static let shared = ListingBudget(limit: 1 << 18)
     public let limit: Int
@@ -240,11 +241,10 @@ public final class SourceTree: Sendable {
     /// The mirrored entries of directory `dir`. A regular `X.encrypted`
     /// file hides a directory `X` beside it, unless `hidden` (the watcher
     /// follows such a directory too: it shows once the file goes).
-    /// Its entries are charged to `hold` (by default one of its own,
-    /// given back when the listing is returned: callers that list one
-    /// directory at a time).
+    /// With `hold` (a user's opendir), its entries are charged to it;
+    /// without, nothing is (the daemon's own walks, one directory at a
+    /// time: the watcher, prefetch, rotation must see every directory).
     public func list(_ dir: String, hidden: Bool = false, hold: ListingBudget.Hold? = nil) throws(Errno) -> [SourceEntry] {
-        let hold = hold ?? ListingBudget.Hold(listingBudget)
         let fd = try openBeneath(rootFD, dir, flags: O_RDONLY | O_DIRECTORY)
         guard let d = fdopendir(fd) else {
             let e = Errno.current
@@ -277,7 +277,7 @@ public final class SourceTree: Sendable {
             } else if type == UInt8(DT_DIR) {
                 dirs[PathKey(sourceName)] = SourceEntry(name: sourceName, sourceName: sourceName, kind: .directory)
             }
-            if !hold.cover(secrets.count + dirs.count) {
+            if let hold, !hold.cover(secrets.count + dirs.count) {
                 if secrets.count + dirs.count > hold.budget.limit { SourceTree.reportTooLarge(dir: dir, limit: hold.budget.limit) }
                 throw Errno("list \(dir)", code: ENFILE)
             }

@@ -250,19 +250,23 @@ func text(_ s: OpenSecret) -> String {
         let budget = ListingBudget(limit: 2048)
         let tree = try SourceTree(path: dir, listingBudget: budget)
         // One listing at a time fits, and gives its entries back.
-        #expect(try tree.list("many").count == 1500)
+        #expect(try tree.list("many", hold: ListingBudget.Hold(budget)).count == 1500)
         #expect(budget.inUse == 0)
         // One still being used (held) leaves no room for another.
         var hold: ListingBudget.Hold? = ListingBudget.Hold(budget)
         let many = try tree.list("many", hold: hold)
         #expect(many.count == 1500 && budget.inUse == 2048)
-        #expect { try tree.list(".") } throws: { ($0 as? Errno)?.code == ENFILE }
+        #expect { try tree.list(".", hold: ListingBudget.Hold(budget)) } throws: { ($0 as? Errno)?.code == ENFILE }
+        // The daemon's own walks (watcher, prefetch, rotation) are not
+        // charged: they must see every directory.
+        #expect(try tree.list(".").map(\.name) == ["a", "bad", "many", "more", "sub"])
         hold = nil
         #expect(budget.inUse == 0)
-        #expect(try tree.list(".").map(\.name) == ["a", "bad", "many", "more", "sub"])
-        // Larger than the whole budget: never listed, nothing kept.
-        #expect { try tree.list("more") } throws: { ($0 as? Errno)?.code == ENFILE }
+        #expect(try tree.list(".", hold: ListingBudget.Hold(budget)).count == 5)
+        // Larger than the whole budget: never listed for a user, nothing kept.
+        #expect { try tree.list("more", hold: ListingBudget.Hold(budget)) } throws: { ($0 as? Errno)?.code == ENFILE }
         #expect(budget.inUse == 0)
+        #expect(try tree.list("more").count == 3000)
         let policy = AccessPolicy(defaultPrincipals: Principals(uids: [0]), defaultPresentation: Presentation(uid: 0, gid: 0, mode: 0o400))
         let fs = SecretFileSystem(tree: tree, configuration: FSConfiguration(policy: policy), decryptor: FakeDecryptor(), audit: MemoryAudit())
         guard case .success(let more) = fs.lookup(parent: SecretFileSystem.rootInode, name: "more"),
