@@ -105,11 +105,11 @@ public enum SecureMemoryStats {
 
     public static var liveBuffers: Int { live.withLock { $0.count } }
 
-    /// Buffers that asked for `memfd_secret` pages and got locked anonymous
-    /// memory instead (the call failed for them: out of descriptors, of
-    /// memory): their contents are in the kernel's direct map. Shown in
-    /// `kmsfs status` (`memory_fallbacks`), since the policy alone says
-    /// `memfd_secret`.
+    /// Allocations since start that asked for `memfd_secret` pages and got
+    /// locked anonymous memory instead (the call failed for them: out of
+    /// descriptors, of memory): their contents were in the kernel's direct
+    /// map. Shown in `kmsfs status` (`memory_fallbacks`), since the policy
+    /// alone says `memfd_secret`.
     public static var secretMemoryFallbacks: Int { fallbacks.load(ordering: .relaxed) }
     static let fallbacks = Atomic<Int>(0)
     public static var liveBytes: Int { live.withLock { $0.bytes } }
@@ -360,13 +360,14 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
             let p = mmap(mapping, mappingLength, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
             if p == mapping {
                 _ = madvise(mapping, mappingLength, MADV_DONTDUMP)
-                released = true
-            } else if msync(mapping, mappingLength, MS_ASYNC) != 0 && errno == ENOMEM {
-                // It failed after unmapping anyway: the range may be
-                // anyone's next mapping. Never wiped or unmapped again.
-                released = true
+            } else {
+                // It may have failed after unmapping anyway, and another
+                // thread's mapping may already sit in the hole: the range
+                // is never wiped or unmapped again (at worst wiped,
+                // unlocked pages stay mapped until the process ends).
                 lost.store(true, ordering: .sequentiallyConsistent)
             }
+            released = true
         }
     }
 

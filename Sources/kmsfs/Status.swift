@@ -186,7 +186,7 @@ enum StatusText {
         }
         let c = d["counters"], k = d["kms"], cache = d["cache"]
         var out = [
-            "kmsfs on \(s(d["mountpoint"])) (source \(s(d["source"]))), pid \(i(d["pid"])), up \(age(d["uptime_s"])), memory \(s(d["memory"]))\(whole(d["memory_fallbacks"]).flatMap { $0 > 0 ? " (\($0) buffers fell back to locked memory)" : nil } ?? "")\(whole(d["ttl_s"]).map { ", ttl \($0)s" } ?? "")",
+            "kmsfs on \(s(d["mountpoint"])) (source \(s(d["source"]))), pid \(i(d["pid"])), up \(age(d["uptime_s"])), memory \(s(d["memory"]))\(whole(d["memory_fallbacks"]).flatMap { $0 > 0 ? " (\($0) allocations since start fell back to locked memory)" : nil } ?? "")\(whole(d["ttl_s"]).map { ", ttl \($0)s" } ?? "")",
             "opens \(i(c?["opens"]))  cache hits \(i(c?["cache_hits"]))  KMS decrypts \(i(c?["decrypts"]))  shared \(i(c?["shared"]))  refreshes \(i(c?["refreshes"]))  denied \(i(c?["denials"]))  failed \(i(c?["failures"]))",
             "KMS calls \(i(k?["calls"]))  errors \(i(k?["failures"]))  retries \(i(k?["retries"]))  throttled \(i(k?["throttled"]))  latency p50 \(ms(k?["p50_ms"]))  p99 \(ms(k?["p99_ms"]))\(k?["paced_rate"]?.numberValue.map { "  paced at \($0)/s" } ?? "")",
         ]
