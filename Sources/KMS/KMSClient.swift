@@ -41,7 +41,7 @@ public final class KMSClient: Sendable {
         }
         let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "Decrypt")
         let (kid, present) = response.body.withUnsafeBytes {
-            (KMSClient.nonSecretMember("KeyId", in: $0), JSONScanner.stringMember("KeyId", in: $0) != nil)
+            (JSONScanner.nonSecretString("KeyId", in: $0), JSONScanner.stringMember("KeyId", in: $0) != nil)
         }
         if present && kid == nil {   // a KeyId that is not a valid JSON string: a damaged or hostile answer
             throw KMSError(operation: "Decrypt", .malformedResponse("the KeyId in the response is not a valid JSON string"))
@@ -72,8 +72,8 @@ public final class KMSClient: Sendable {
         }
         let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "GenerateDataKey")
         let (blob, kid): ([UInt8]?, String?) = response.body.withUnsafeBytes { b in
-            (KMSClient.nonSecretMember("CiphertextBlob", in: b).flatMap { Base64.decode($0) },
-             KMSClient.nonSecretMember("KeyId", in: b))
+            (JSONScanner.nonSecretString("CiphertextBlob", in: b).flatMap { Base64.decode($0) },
+             JSONScanner.nonSecretString("KeyId", in: b))
         }
         guard let blob else {
             throw KMSError(operation: "GenerateDataKey", .malformedResponse("no CiphertextBlob in the response"))
@@ -112,8 +112,8 @@ public final class KMSClient: Sendable {
             throw KMSError(operation: "Encrypt", error)
         }
         let (blob, kid): ([UInt8]?, String?) = response.body.withUnsafeBytes { b in
-            (KMSClient.nonSecretMember("CiphertextBlob", in: b).flatMap { Base64.decode($0) },
-             KMSClient.nonSecretMember("KeyId", in: b))
+            (JSONScanner.nonSecretString("CiphertextBlob", in: b).flatMap { Base64.decode($0) },
+             JSONScanner.nonSecretString("KeyId", in: b))
         }
         guard let blob else { throw KMSError(operation: "Encrypt", .malformedResponse("no CiphertextBlob in the response")) }
         return (blob, kid ?? keyId)
@@ -172,8 +172,4 @@ public final class KMSClient: Sendable {
         return .success(text)
     }
 
-    /// A string member that is not secret (KeyId, CiphertextBlob).
-    static func nonSecretMember(_ name: String, in body: UnsafeRawBufferPointer) -> String? {
-        JSONScanner.nonSecretString(name, in: body)
-    }
 }

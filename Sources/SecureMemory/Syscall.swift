@@ -32,9 +32,7 @@ func roundUpToPage(_ n: Int) -> Int {
 /// whole into secure memory; the read chunk is wiped. EFBIG past `limit`.
 /// The failure names the path.
 public func readSmallFileSecurely(_ path: String, limit: Int = 1 << 20) -> Result<SecureBuffer, Errno> {
-    let fd: FileDescriptor
-    do { fd = try openSmallFile(path) } catch { return .failure(error) }
-    return readSecurely(fd, limit: limit).mapError { Errno(path, code: $0.code) }
+    readSmallFileSecurelyWithStatus(path, limit: limit).map(\.0)
 }
 
 /// `readSmallFileSecurely`, with the status of the very file read (the
