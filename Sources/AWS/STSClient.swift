@@ -38,7 +38,8 @@ public struct STSClient: Sendable {
                 throw .failed("STS endpoint '\(c.url)' from \(c.source) is not a URL")
             }
             if url.scheme == "http" && !url.isLoopback {
-                Log.warning("STS endpoint \(url) (from \(c.source)) is plain http: the credentials it is asked for, and the token or keys that ask, would cross the network unencrypted; use https")
+                // Resolved again at every credential refresh: said once.
+                Log.warningOnce(key: "plain-http STS \(url)", "STS endpoint \(url) (from \(c.source)) is plain http: the credentials it is asked for, and the token or keys that ask, would cross the network unencrypted; use https")
             }
             return STSClient(endpoint: url, region: signingRegion, transport: transport, clock: clock)
         }

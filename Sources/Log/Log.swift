@@ -72,6 +72,25 @@ public enum Log {
 
     public static func log(_ level: LogLevel, _ message: @autoclosure () -> String) { emit(level, message) }
 
+    /// Keys of the warnings already given by `warningOnce`.
+    private static let warned = Mutex(Set<String>())
+
+    /// A warning given once per process for `key`, for conditions that are
+    /// looked at again on every refresh (an endpoint resolved anew each
+    /// hour) but whose advice does not change. Returns whether it was
+    /// given now. Keys come from the operator's configuration; past 1,024
+    /// of them the warning is given every time rather than remembered.
+    @discardableResult
+    public static func warningOnce(key: String, _ message: @autoclosure () -> String) -> Bool {
+        let first = warned.withLock { keys in
+            if keys.contains(key) { return false }
+            if keys.count < 1024 { keys.insert(key) }
+            return true
+        }
+        if first { emit(.warning, message) }
+        return first
+    }
+
     private static func emit(_ level: LogLevel, _ message: () -> String) {
         let c = config.withLock { $0 }
         guard level >= c.level else { return }

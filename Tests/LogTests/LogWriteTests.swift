@@ -31,3 +31,14 @@ import Glibc
         #expect(try readSmallFile(dir + "/log").get() == Array("one\ntwo\n".utf8))
     }
 }
+
+/// A warning about configuration looked at again on every refresh is given
+/// once per key, not at every refresh.
+@Suite struct WarningOnceTests {
+    @Test func aKeyWarnsOnceAndAnotherKeyWarnsAgain() {
+        let key = "warning-once-test \(getpid()) \(UInt64.random(in: 0...UInt64.max))"
+        #expect(Log.warningOnce(key: key, "first"))
+        #expect(!Log.warningOnce(key: key, "second"))
+        #expect(Log.warningOnce(key: key + " other", "another key"))
+    }
+}
