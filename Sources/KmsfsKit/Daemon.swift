@@ -67,6 +67,9 @@ public enum Daemon {
         ProcessHardening.forbidCoreDumps()
         SecureMemoryPolicy.allowUnlocked = options.insecureAllowUnlocked
         SecureMemoryPolicy.preferSecretMemory = !options.noMemfdSecret
+        SecureMemoryPolicy.fallbackReporter = { failure, n in
+            Log.warning("\(failure): a secret buffer was allocated as locked memory in the kernel's direct map instead (\(n) since start, memory_fallbacks in kmsfs status); root can read those buffers, so give the daemon more descriptors or memory")
+        }
         switch ProcessHardening.lockAllMemory() {
         case .locked:
             break

@@ -47,6 +47,8 @@ public enum SecureMemoryPolicy {
         var secretMemoryProbed: Bool? = nil
     }
     static let state = Mutex(State())
+    typealias FallbackReporter = @Sendable (_ failure: Errno, _ fallbacksSinceStart: Int) -> Void
+    static let reporter = Mutex<FallbackReporter?>(nil)
 
     /// Whether `memfd_secret` may be used when the kernel offers it.
     public static var preferSecretMemory: Bool {
@@ -66,6 +68,24 @@ public enum SecureMemoryPolicy {
     public static var unlockedWarning: String? {
         get { state.withLock { $0.unlockedWarning } }
         set { state.withLock { $0.unlockedWarning = newValue } }
+    }
+
+    /// Told when an allocation that asked for `memfd_secret` pages got
+    /// locked anonymous memory instead: at the first such allocation and
+    /// then at the 2nd, 4th, 8th, … (a failure that lasts is said again,
+    /// ever less often), with why the call failed and how many have fallen
+    /// back since start. The daemon logs it: the fallback happens at the
+    /// moment the mount is short of descriptors or memory, which is when an
+    /// operator needs to hear that plaintext sits in the direct map.
+    public static var fallbackReporter: (@Sendable (_ failure: Errno, _ fallbacksSinceStart: Int) -> Void)? {
+        get { reporter.withLock { $0 } }
+        set { reporter.withLock { $0 = newValue } }
+    }
+
+    static func noteSecretMemoryFallback(_ e: Errno) {
+        let n = SecureMemoryStats.fallbacks.add(1, ordering: .relaxed).newValue
+        guard n & (n - 1) == 0, let report = fallbackReporter else { return }
+        report(e, n)
     }
 
     /// Writes the warning at the first fallback.
@@ -155,13 +175,15 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
     public init(capacity: Int, backing requested: SecureBacking? = nil) throws(SecureMemoryError) {
         let want = requested ?? SecureMemoryPolicy.defaultBacking
         let length = roundUpToPage(capacity)
-        if want == .secretMemory, let m = SecureBuffer.mapSecret(length) {
+        var secret: Result<UnsafeMutableRawPointer, Errno>? = nil
+        if want == .secretMemory { secret = SecureBuffer.mapSecret(length) }
+        if case .success(let m) = secret {
             self.backing = .secretMemory
             self.mapping = m
             self.mappingLength = length
             self.base = m
         } else {
-            if want == .secretMemory { SecureMemoryStats.fallbacks.add(1, ordering: .relaxed) }
+            if case .failure(let e) = secret { SecureMemoryPolicy.noteSecretMemoryFallback(e) }
             let (m, total, locked) = try SecureBuffer.mapAnonymous(length)
             self.backing = locked ? .lockedAnonymous : .unlockedAnonymous
             self.mapping = m
@@ -210,14 +232,14 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         if !lost.load(ordering: .sequentiallyConsistent) { munmap(mapping, mappingLength) }
     }
 
-    private static func mapSecret(_ length: Int) -> UnsafeMutableRawPointer? {
+    private static func mapSecret(_ length: Int) -> Result<UnsafeMutableRawPointer, Errno> {
         let fd = kmsfs_memfd_secret(UInt32(O_CLOEXEC))
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else { return .failure(Errno("memfd_secret")) }
         defer { close(fd) }   // the mapping keeps the pages
-        guard ftruncate(fd, off_t(length)) == 0 else { return nil }
+        guard ftruncate(fd, off_t(length)) == 0 else { return .failure(Errno("ftruncate of memfd_secret")) }
         let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let p, p != MAP_FAILED else { return nil }
-        return p
+        guard let p, p != MAP_FAILED else { return .failure(Errno("mmap of memfd_secret")) }
+        return .success(p)
     }
 
     private static func mapAnonymous(_ length: Int) throws(SecureMemoryError) -> (UnsafeMutableRawPointer, Int, Bool) {

@@ -6,6 +6,7 @@ test fails.
 """
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import pathlib
@@ -37,6 +38,14 @@ unsanitized_only = pytest.mark.skipif(
     bool(SANITIZED), reason="measures memory or the shipped binary, not behaviour: "
     "meaningless against the %s sanitizer's build" % SANITIZED)
 REGION = "us-east-1"
+
+
+def memfd_secret_available():
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(447, 0)          # memfd_secret(0), x86_64 and arm64
+    if fd >= 0:
+        os.close(fd)
+    return fd >= 0
 
 
 def free_port():

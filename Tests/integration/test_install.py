@@ -8,7 +8,6 @@ HOME and PATH) to the helper, so the `kms` fixture's AWS_* settings reach
 the daemon.
 """
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -26,7 +25,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import KMSFS, ROOT, force_unmount, mounted, seccomp_python, unsanitized_only  # noqa: E402
+from conftest import KMSFS, ROOT, force_unmount, memfd_secret_available, mounted, seccomp_python, unsanitized_only  # noqa: E402
 from kmsproxy import Fault  # noqa: E402
 
 pytestmark = unsanitized_only
@@ -313,14 +312,6 @@ def daemon_status(mnt):
 
 def daemon_pid(mnt):
     return daemon_status(mnt)["pid"]
-
-
-def memfd_secret_available():
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(447, 0)          # memfd_secret(0), x86_64 and arm64
-    if fd >= 0:
-        os.close(fd)
-    return fd >= 0
 
 
 def fstype(mnt):

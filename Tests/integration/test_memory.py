@@ -4,17 +4,19 @@ readable mapping while cached or after its TTL, no core file holding it,
 and a clear refusal to start where memory cannot be locked."""
 import base64
 import contextlib
+import json
 import os
 import re
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import KMSFS, Mount, mounted, force_unmount, unsanitized_only
+from conftest import KMSFS, Mount, mounted, force_unmount, memfd_secret_available, unsanitized_only
 
 
 def readable_regions(pid):
@@ -127,6 +129,57 @@ def test_no_plaintext_in_readable_memory_while_cached_and_after_ttl(secret_tree,
     time.sleep(3.5)   # past the TTL: the sweeper wipes
     found, _ = scan(m.pid, needles)
     assert not found, found
+
+
+@unsanitized_only
+def test_a_failed_memfd_secret_is_said_in_the_log_and_counted(tmp_path, kms, mount_factory, kmsfs_bin):
+    """Where memfd_secret fails for one allocation (the daemon out of
+    descriptors or memory), the buffer becomes locked anonymous memory,
+    which root can read. It used to be counted in status only: now the log
+    says so at the moment it happens, once per doubling of the count, and
+    the secret is still served. strace makes every memfd_secret call fail
+    with EMFILE in all of the daemon's threads."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("no strace to make memfd_secret fail (apt-get install strace)")
+    if not memfd_secret_available():
+        pytest.skip("this kernel has no memfd_secret to fall back from")
+    src = tmp_path / "src"
+    src.mkdir()
+    plains = {}
+    for i in range(3):
+        plains["s%d" % i] = unique_secret()
+        (src / ("s%d.encrypted" % i)).write_bytes(kms.encrypt_blob(plains["s%d" % i]))
+    m = mount_factory(src, "allow_uid=0,audit=off")
+
+    def status():
+        r = subprocess.run([str(kmsfs_bin), "status", "--json", m.path], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert status()["memory"] == "memfd_secret", m.log()
+    before = status()["memory_fallbacks"]
+    tracer = subprocess.Popen([strace, "-qq", "-f", "-o", "/dev/null", "-p", str(m.pid), "-e", "trace=memfd_secret",
+                               "-e", "inject=memfd_secret:error=EMFILE"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "TracerPid:\t%d\n" % tracer.pid not in open("/proc/%d/status" % m.pid).read():
+            time.sleep(0.01)
+        time.sleep(0.3)   # every thread attached, not only the first
+        for name, data in plains.items():
+            assert open(m.file(name), "rb").read() == data   # still served
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    after = status()["memory_fallbacks"]
+    assert after > before, (before, after)
+    lines = [line for line in m.log().splitlines() if "allocated as locked memory in the kernel's direct map" in line]
+    # Said at the 1st, 2nd, 4th, ... fallback: never once per allocation.
+    assert lines and len(lines) <= after.bit_length(), (after, lines)
+    assert "memfd_secret: Too many open files" in lines[0], lines
+    assert "(1 since start" in lines[0], lines
+    assert m.proc.poll() is None
 
 
 def test_ttl_expiry_forces_a_new_kms_call(tmp_path, kms, proxy, mount_factory):
