@@ -143,9 +143,16 @@ enum ProcessRunner {
 
     /// Starts `argv` (no shell; found through PATH) with stdin from
     /// /dev/null, stdout onto `stdout` (or /dev/null), stderr the
-    /// daemon's, no other descriptor of the daemon's, signals unblocked
-    /// and at their defaults, in a process group of its own. The pid.
-    private static func spawn(_ argv: [String], environment: Environment, stdout: Int32?) throws(Failure) -> pid_t {
+    /// daemon's (`credential_process`, whose complaints the operator
+    /// needs, as botocore does) or /dev/null (`quietStderr`: the programs
+    /// the daemon runs for the operator, whose output the guide says is
+    /// dropped; an `on_change=` program that echoes its arguments, the
+    /// secrets' names, would otherwise write raw lines into the daemon's
+    /// log and audit trail), no other descriptor of the daemon's, signals
+    /// unblocked and at their defaults, in a process group of its own.
+    /// The pid.
+    private static func spawn(_ argv: [String], environment: Environment, stdout: Int32?,
+                              quietStderr: Bool = false) throws(Failure) -> pid_t {
         reapAbandoned()
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -156,9 +163,10 @@ enum ProcessRunner {
         } else {
             posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         }
+        if quietStderr { posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) }
         // Then every descriptor from 3 up is closed in the child: whatever
         // a library opened without close-on-exec (curl 7.88's wakeup
-        // socketpair) never reaches the helper. stderr stays the daemon's.
+        // socketpair) never reaches the helper.
         let closeRC = ChildProcess.closeDescriptors(from: 3, in: &actions)
         guard closeRC == 0 else {
             throw Failure(message: "posix_spawn_file_actions_addclosefrom_np: \(Errno.text(closeRC))")
@@ -200,12 +208,12 @@ enum ProcessRunner {
         return pid
     }
 
-    /// Runs a program without reading its output (stdout /dev/null) and
-    /// without taking any locked memory when `environment` holds no
-    /// secret: waits for its exit until `timeout`, then kills its process
-    /// group (ChildProcess).
+    /// Runs a program without reading its output (stdout and stderr
+    /// /dev/null) and without taking any locked memory when `environment`
+    /// holds no secret: waits for its exit until `timeout`, then kills its
+    /// process group (ChildProcess).
     static func runDiscardingOutput(_ argv: [String], environment: Environment, timeout: Double) throws(Failure) {
-        let pid = try spawn(argv, environment: environment, stdout: nil)
+        let pid = try spawn(argv, environment: environment, stdout: nil, quietStderr: true)
         guard let status = reap(pid, until: SystemClock.monotonic() + timeout) else {
             throw killed(pid, "no answer within \(displaySeconds(timeout)) s; killed")
         }
