@@ -134,7 +134,54 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     deinit { close(fd) }
 
     public func record(_ r: AuditRecord) {
-        Log.writeAll(fd, LogEscape.escape(r.line) + "\n")
+        var bytes = Array((LogEscape.escape(r.line) + "\n").utf8)
+        bytes.withUnsafeBytes { writeRetrying($0) }
+        bytes.removeAll()
+    }
+
+    /// When a write last failed and was logged (monotonic seconds).
+    private let lastFailureLog = Mutex(-Double.infinity)
+    /// Pause after a failed write, doubled up to `maximumPause`.
+    static let firstPause = 0.05
+    static let maximumPause = 1.0
+
+    /// Writes all of `bytes`, however long it takes: a full disk (ENOSPC,
+    /// EDQUOT) or a failing one (EIO) is tried again after a pause that
+    /// grows to a second, and said in the log at most once a minute. No
+    /// record is dropped (the guide's promise): while this waits, the
+    /// queue fills and opens wait for room. A partial write is finished
+    /// from where it stopped, so the next line never starts inside an
+    /// unfinished one.
+    func writeRetrying(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress else { return }
+        var off = 0
+        var pause = FileAuditSink.firstPause
+        var failures = 0
+        while off < bytes.count {
+            let n = write(fd, base + off, bytes.count - off)
+            if n > 0 {
+                off += n
+                continue
+            }
+            let e = n < 0 ? Errno.current : EIO
+            if e == EINTR { continue }
+            failures += 1
+            let now = SystemClock.monotonic()
+            let say = lastFailureLog.withLock { last -> Bool in
+                guard now - last >= 60 else { return false }
+                last = now
+                return true
+            }
+            if say {
+                Log.error("audit=\(LogEscape.escape(path)): cannot write (\(Errno.text(e))); audit records wait and opens wait for them until it can be written")
+            }
+            SystemClock.sleep(pause)
+            pause = min(pause * 2, FileAuditSink.maximumPause)
+        }
+        if failures > 0 {
+            Log.notice("audit=\(LogEscape.escape(path)): writing again after \(failures) failed tries; no record was lost")
+            lastFailureLog.withLock { $0 = -Double.infinity }
+        }
     }
 
     /// Reused by `record(batch:)`, which only the queue's one writer calls.
@@ -149,7 +196,7 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     public func record(batch: [AuditRecord]) {
         batchBytes.removeAll(keepingCapacity: true)
         for r in batch { r.appendLine(to: &batchBytes, clock: &clock) }
-        batchBytes.withUnsafeBytes { Log.writeAll(fd, $0) }
+        batchBytes.withUnsafeBytes { writeRetrying($0) }
     }
 
     /// Opens the path anew (it may have been rotated away) under the same

@@ -339,9 +339,11 @@ public enum Daemon {
             fs.shutdown()
             SecureMemoryStats.wipeAllLive()
             credentials?.answerTaken()
-            audit.flush()
+            // No notification starts from here on, so none is run during
+            // the stop and none of its records comes after the flush.
             watcher?.stop()
             rotation?.stop()
+            audit.flush()
             control?.stop()
             metrics.stop()
             credentials?.stop()

@@ -6,6 +6,7 @@ every one of them by the time the daemon has unmounted, and an opener's name
 is remembered for a second without mixing up processes."""
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import re
@@ -323,3 +324,53 @@ def test_a_stuck_audit_writer_holds_up_opens_only(public_tmp, kms, tmp_path):
         checks.shutdown(wait=False, cancel_futures=True)
         os.close(reader)
         subprocess.run(["rm", "-rf", str(base)])
+
+
+def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
+    """audit=FILE on a file system that fills up: the records written then
+    used to be dropped without a word (and a write cut short left a line
+    with no end, the next batch went on after it). Now the writer says so
+    in the log, waits, and once there is room writes every record, each
+    line whole."""
+    from conftest import Mount
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "mnt").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)], check=True)
+    m = None
+    try:
+        audit = disk / "audit.log"
+        m = Mount(src, tmp_path / "mnt", "allow_uid=0,audit=%s" % audit, kms.env, tmp_path / "kmsfs.log")
+        with open(m.file("s"), "rb") as f:
+            assert f.read() == SECRET
+        # Fill the disk: the filler ends where the file system is full.
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(filler, b"f" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(filler)
+        n = 200                                        # well inside the 1,024-record queue: no open waits
+        for _ in range(n):
+            with open(m.file("s"), "rb") as f:
+                assert f.read() == SECRET
+        assert m.wait_log("cannot write (No space left on device)", timeout=10), m.log()
+        os.unlink(disk / "filler")
+        deadline = time.time() + 20
+        while time.time() < deadline and "writing again after" not in m.log():
+            time.sleep(0.1)
+        assert "no record was lost" in m.log(), m.log()
+        m.stop()
+        lines = audit.read_text().splitlines()
+        mine = [l for l in lines if " pid=%d " % os.getpid() in l and " path=s " in l]
+        assert len(mine) == n + 1, (len(mine), n + 1)
+        assert all(l.startswith("audit time=") and l.count(" time=") == 1 for l in lines), lines
+    finally:
+        if m is not None:
+            m.stop()
+        subprocess.run(["umount", "-l", str(disk)])
