@@ -229,6 +229,10 @@ public final class RotationNotifier: @unchecked Sendable {
         lastChange = t
     }
 
+    /// How many secrets' versions are remembered (tests: it must not grow
+    /// with names that come and go).
+    var rememberedVersions: Int { lock.withLock { baseline.count } }
+
     public var snapshot: Stats {
         lock.withLock {
             var s = stats
@@ -279,10 +283,16 @@ public final class RotationNotifier: @unchecked Sendable {
     /// What a rescan finds: secrets whose version differs from their
     /// baseline, and secrets new since (no baseline: told as new, as a
     /// file written into SOURCE is).
+    /// Also forgets what it kept for secrets that are gone: a directory
+    /// moved out of SOURCE (or removed whole) sends no event per secret,
+    /// and a name churned in and out would otherwise keep its baseline and
+    /// its failure for the daemon's life.
     private func rescan() -> [(source: String, before: [String])] {
         var changed: [(source: String, before: [String])] = []
+        var seen = Set<PathKey>()
         forEachVersionTold { source, v in
             let key = PathKey(source)
+            seen.insert(key)
             let before: [String]? = lock.withLock {
                 guard pending[key] == nil else { return nil }
                 guard let b = baseline[key] else { return [] }
@@ -290,7 +300,29 @@ public final class RotationNotifier: @unchecked Sendable {
             }
             if let before { changed.append((source, before)) }
         }
+        if !isStopped { forgetGone(except: seen) }
         return changed
+    }
+
+    /// Drops the baseline of every secret not in `seen` whose file is gone
+    /// (looked at again: one left out of the walk by a failed listing
+    /// keeps it), and the failures of secrets not in `seen` (status
+    /// lines, found again by the next batch that fails).
+    private func forgetGone(except seen: Set<PathKey>) {
+        let unseen: [PathKey] = lock.withLock {
+            baseline.keys.filter { !seen.contains($0) && pending[$0] == nil }
+        }
+        var gone: [PathKey] = []
+        for key in unseen {
+            do { _ = try fs.tree.stat(key.path) } catch { if error.isMissing { gone.append(key) } }
+        }
+        let shownSeen = Set(seen.map { PathKey(SourceTree.mountPath(ofSource: $0.path)) })
+        lock.withLock {
+            for key in gone where pending[key] == nil { baseline.removeValue(forKey: key) }
+            for shown in Array(stats.failures.keys) where !shownSeen.contains(shown) {
+                stats.failures.removeValue(forKey: shown)
+            }
+        }
     }
 
     /// Each secret in SOURCE someone is told about, with its version now,
@@ -380,7 +412,10 @@ public final class RotationNotifier: @unchecked Sendable {
                 decrypted.append((Told(source: source, shown: shown, version: secret.version), t))
             case .failure(let failure):
                 if failure.kind == .gone {
-                    _ = lock.withLock { baseline.removeValue(forKey: PathKey(source)) }
+                    lock.withLock {
+                        baseline.removeValue(forKey: PathKey(source))
+                        stats.failures.removeValue(forKey: PathKey(shown))
+                    }
                     continue
                 }
                 lock.withLock {

@@ -933,7 +933,17 @@ public final class SecretFileSystem: @unchecked Sendable {
         }
         let sourcePath = SourceTree.join(directory, name)
         if removed {
-            if isDirectory { cache.invalidateAll(prefix: sourcePath + "/") } else { cache.invalidate(sourcePath) }
+            // The notifier hears of it too, to forget the secret's baseline
+            // once the batch finds it gone (or to compare it, if a new file
+            // is renamed into its place meanwhile); a directory moved out
+            // sends no event per secret, so the next batch walks SOURCE.
+            if isDirectory {
+                cache.invalidateAll(prefix: sourcePath + "/")
+                if let hook = rescanHook.withLock({ $0 }) { hook.call() }
+            } else {
+                let was = cache.invalidateReturningEntry(sourcePath)
+                if let hook = changeHook.withLock({ $0 }) { hook.call(sourcePath, was?.version) }
+            }
         } else if isDirectory {
             // Moved (or made) into place whole: the secrets inside changed
             // with no event of their own.
@@ -995,7 +1005,8 @@ public final class SecretFileSystem: @unchecked Sendable {
     // MARK: Versions and rotation
 
     /// Called (on the watcher's thread) with the SOURCE path of every
-    /// `*.encrypted` file written or renamed into place; keep it short.
+    /// `*.encrypted` file written, renamed into place or removed; keep it
+    /// short.
     public func onCiphertextChange(_ hook: (@Sendable (_ sourcePath: String, _ cachedVersion: String?) -> Void)?) {
         changeHook.withLock { $0 = hook.map(Hook.init) }
     }
@@ -1012,7 +1023,8 @@ public final class SecretFileSystem: @unchecked Sendable {
 
     /// Called (on the watcher's thread) when changes may have happened that
     /// no per-file event names: the events overflowed, or a directory was
-    /// moved or created (an atomic `mv new tls` deploy names only `tls`).
+    /// moved, created or removed (an atomic `mv new tls` deploy names only
+    /// `tls`).
     public func onChangesUnnamed(_ hook: (@Sendable () -> Void)?) {
         rescanHook.withLock { $0 = hook.map(Hook.init) }
     }

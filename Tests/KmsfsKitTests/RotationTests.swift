@@ -1,5 +1,5 @@
 import Testing
-import KmsfsKit
+@testable import KmsfsKit
 import SecretFS
 import SecureMemory
 import AWS
@@ -213,6 +213,46 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
             usleep(20_000)
         }
         return check()
+    }
+
+    /// A secret removed, or a directory of them moved out of SOURCE, is
+    /// forgotten: names churned in and out must not grow what the notifier
+    /// keeps (versions, failures) for the daemon's life.
+    @Test func secretsThatAreGoneAreForgotten() throws {
+        let rig = try Rig(retryDelays: [60])
+        rig.fs.onCiphertextChange { [notifier = rig.notifier] in notifier.changed(sourcePath: $0, previousVersion: $1) }
+        rig.fs.onChangesUnnamed { [notifier = rig.notifier] in notifier.changesUnnamed() }
+        #expect(rig.notifier.rememberedVersions == 2)
+        for i in 0..<5 {
+            rig.rotate("churn\(i)", "v\(i)")
+        }
+        try #require(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 7 })
+        for i in 0..<5 {
+            unlink(rig.dir + "/src/churn\(i).encrypted")
+            rig.fs.sourceChanged(directory: ".", name: "churn\(i).encrypted", isDirectory: false, removed: true)
+        }
+        #expect(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 2 })
+
+        // A broken one is listed as failing until it is gone.
+        rig.rotate("broken", "!not a ciphertext")
+        try #require(RotationRetryTests.eventually { rig.notifier.snapshot.failures.count == 1 })
+        unlink(rig.dir + "/src/broken.encrypted")
+        rig.fs.sourceChanged(directory: ".", name: "broken.encrypted", isDirectory: false, removed: true)
+        #expect(RotationRetryTests.eventually { rig.notifier.snapshot.failures.isEmpty })
+
+        // A directory moved out sends one event, for the directory.
+        mkdir(rig.dir + "/src/d", 0o755)
+        for name in ["x", "y"] {
+            let fd = open(rig.dir + "/src/d/\(name).encrypted", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            _ = "d\(name)".withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+            rig.notifier.changed(sourcePath: "d/\(name).encrypted")
+        }
+        try #require(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 4 })
+        #expect(rename(rig.dir + "/src/d", rig.dir + "/moved-out") == 0)
+        rig.fs.sourceChanged(directory: ".", name: "d", isDirectory: true, removed: true)
+        #expect(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 2 })
+        #expect(rig.notifier.snapshot.failures.isEmpty)
     }
 
     @Test func aFailedNotificationIsTriedAgainThenGivenUpThenCarriedByTheNext() throws {
