@@ -17,6 +17,9 @@ public func regularFileStatus(_ fd: borrowing FileDescriptor, limit: Int) throws
     do { st = try fd.stat() } catch { throw .system(error) }
     guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular }
     guard st.st_size <= limit else { throw .tooLarge(size: Int64(st.st_size), limit: limit) }
+    // A server that sends an unsigned 64-bit size (CIFS, 9p) can make it
+    // negative here; every caller sizes a buffer from it.
+    guard st.st_size >= 0 else { throw .system(Errno("fstat gave a negative size (\(st.st_size))", code: EIO)) }
     return st
 }
 
