@@ -402,9 +402,14 @@ public enum Daemon {
     /// A mount with no allow_uid=, allow_gid=, allow_unit= or policy=
     /// admits root alone: almost always an fstab line that lost its access
     /// list, which services see only as EACCES. It still mounts (root may
-    /// be the only reader meant), but says so once.
+    /// be the only reader meant), but says so once. With policy= and none
+    /// of the lists, the paths no rule matches admit root alone: said too,
+    /// since "root is admitted only when named" holds for the rest.
     public static func rootOnlyNotice(_ o: MountOptions) -> String? {
-        guard o.allowUsers.isEmpty, o.allowGroups.isEmpty, o.allowUnits.isEmpty, o.policyFile == nil else { return nil }
+        guard o.allowUsers.isEmpty, o.allowGroups.isEmpty, o.allowUnits.isEmpty else { return nil }
+        if o.policyFile != nil {
+            return "policy= and no allow_uid=, allow_gid= or allow_unit=: a path no policy rule matches may be opened by root only; end the policy with a rule for ** to decide those paths"
+        }
         return "no allow_uid=, allow_gid=, allow_unit= or policy=: only root may open these files; name who else may with allow_uid=USER (mount -o remount,allow_uid=USER applies it live)"
     }
 
