@@ -34,6 +34,25 @@ public enum ProcessHardening {
         _ = kmsfs_signal_default(SIGCHLD)
     }
 
+    /// Opens /dev/null onto whichever of descriptors 0, 1 and 2 a parent
+    /// left closed (`kmsfs ... <&- >&-`, a careless supervisor). Otherwise
+    /// the next descriptor opened takes that number: the mount's ready
+    /// pipe became stdout and was pointed at /dev/null in the daemon, so
+    /// the mount command waited forever, and `kmsfs decrypt` wrote the
+    /// plaintext into whatever socket curl had opened as descriptor 1.
+    /// Call first thing, before anything opens a descriptor.
+    public static func openClosedStandardDescriptors() {
+        for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
+            let null = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY)
+            // Lower than fd only if a lower one was closed too, which the
+            // loop already filled: it lands on fd itself.
+            if null >= 0 && null != fd {
+                _ = dup2(null, fd)
+                close(null)
+            }
+        }
+    }
+
     /// Sets `signals` back to their defaults: an ignored signal is
     /// discarded even while blocked, so one a parent left ignored (SIGHUP
     /// under `nohup`) never reaches `sigwait`. Block them first.

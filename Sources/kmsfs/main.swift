@@ -7,6 +7,7 @@ import SecureMemory
 import Glibc
 #endif
 
+ProcessHardening.openClosedStandardDescriptors()
 ProcessHardening.disableCrashReporter()
 ProcessHardening.resetInheritedSignals()
 // libcurl writes every TLS session's keys to $SSLKEYLOGFILE (read once, at

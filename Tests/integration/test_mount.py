@@ -260,6 +260,35 @@ def test_background_mount_returns_once_live(tmp_path, kms, kmsfs_bin):
         held.close()
 
 
+def test_started_with_standard_descriptors_closed(tmp_path, kms, kmsfs_bin):
+    """A parent that closed stdin and stdout (`kmsfs ... <&- >&-`): the
+    mount's ready pipe took descriptor 1, the daemon pointed it at
+    /dev/null, and the mount command waited for READY forever with the
+    mount live; `kmsfs decrypt` wrote its plaintext into whatever curl had
+    opened as descriptor 1 and exited 0. Now those descriptors are
+    /dev/null from the start (closed stdout is then /dev/null, as with
+    `>/dev/null`)."""
+    src = tmp_path / "src"
+    mnt = tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "a.encrypted").write_bytes(kms.encrypt_blob(b"closed-fds"))
+    close_std = "exec 0<&- 1>&-; exec \"$@\""
+    try:
+        r = subprocess.run(["sh", "-c", close_std, "sh", kmsfs_bin, str(src), str(mnt), "-o",
+                            "allow_uid=0,log=%s" % (tmp_path / "d.log")],
+                           env=kms.env, stderr=subprocess.PIPE, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert open(mnt / "a", "rb").read() == b"closed-fds"
+    finally:
+        force_unmount(str(mnt))
+    # With stdin closed, curl's descriptors no longer take its number:
+    # the plaintext still goes to stdout.
+    r = subprocess.run(["sh", "-c", "exec 0<&-; exec \"$@\"", "sh", kmsfs_bin, "decrypt", str(src / "a.encrypted")],
+                       env=kms.env, capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == b"closed-fds", r
+
+
 def test_a_mountpoint_given_through_a_symbolic_link_answers_status_and_remount_by_either_name(tmp_path, kms, kmsfs_bin):
     """The kernel mounts on the path a link leads to (/proc/mounts, findmnt
     and `mount -o remount` name that one), but the control socket was named
