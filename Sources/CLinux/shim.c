@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
@@ -163,4 +164,16 @@ int kmsfs_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 int kmsfs_queued_bytes(int fd) {
     int n = 0;
     return ioctl(fd, FIONREAD, &n) == 0 ? n : -1;
+}
+
+int kmsfs_thread_stack(uintptr_t *low, size_t *size) {
+    pthread_attr_t attr;
+    int rc = pthread_getattr_np(pthread_self(), &attr);
+    if (rc != 0) return rc;
+    void *addr;
+    size_t n;
+    rc = pthread_attr_getstack(&attr, &addr, &n);
+    pthread_attr_destroy(&attr);
+    if (rc == 0) { *low = (uintptr_t)addr; *size = n; }
+    return rc;
 }

@@ -1,3 +1,4 @@
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -131,15 +132,37 @@ private let madviseDontNeedLocked: Int32 = 24
 /// kernel without it the call fails and nothing changes.
 @inline(never)
 func releaseStackBelowHere() {
-    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
     var marker: UInt8 = 0
     let here = withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
-    // The stack's lowest usable address: the start of the mapping that
-    // holds this frame (the guard page below it is a mapping of its own).
-    guard let low = mappingStart(containing: here) else { return }
-    let high = (here - UInt(page)) / UInt(page) * UInt(page)   // a page of margin for the call itself
-    guard high > low else { return }
-    _ = madvise(UnsafeMutableRawPointer(bitPattern: low), Int(high - low), madviseDontNeedLocked)
+    var stackLow: UInt = 0, stackSize = 0
+    guard kmsfs_thread_stack(&stackLow, &stackSize) == 0 else { return }
+    let (stackHigh, overflow) = stackLow.addingReportingOverflow(UInt(stackSize))
+    guard !overflow, let mapping = mappingStart(containing: here),
+          let range = stackReleaseRange(here: here, stack: stackLow..<stackHigh, mappingStart: mapping, page: page)
+    else { return }
+    _ = madvise(UnsafeMutableRawPointer(bitPattern: range.lowerBound), Int(range.count), madviseDontNeedLocked)
+}
+
+/// The whole pages `releaseStackBelowHere` may drop for a frame at `here`:
+/// from the thread's own stack (as pthread reports it) up to a page of
+/// margin below `here`, for the call itself. The mapping holding `here`
+/// alone is not a bound: glibc 2.42 on Linux 6.13 guards stacks with
+/// MADV_GUARD_INSTALL rather than a PROT_NONE mapping of their own (unless
+/// memory is locked, where that fails), so the kernel merges neighbouring
+/// stacks into one mapping, and dropping from its start zeroed other live
+/// threads' stacks. Nor is pthread's range alone: older glibc counted the
+/// guard page in it. So both, rounded inward to pages; nil when nothing is
+/// left.
+func stackReleaseRange(here: UInt, stack: Range<UInt>, mappingStart: UInt, page: UInt) -> Range<UInt>? {
+    guard page > 0, stack.contains(here), here >= page else { return nil }
+    let bottom = max(stack.lowerBound, mappingStart)
+    let (up, overflow) = bottom.addingReportingOverflow(page - 1)
+    guard !overflow else { return nil }
+    let low = up / page * page
+    let high = min(here - page, stack.upperBound) / page * page
+    guard high > low else { return nil }
+    return low..<high
 }
 
 /// The start of the mapping of this process that contains `address`, from

@@ -92,6 +92,11 @@ unsigned long long kmsfs_fs_type(int fd);
 int kmsfs_queued_bytes(int fd);
 int kmsfs_pidfd_alive(int pidfd);
 
+/* pthread_getattr_np(3) is a GNU extension: the calling thread's stack,
+ * [*low, *low + *size), as pthread_attr_getstack reports it (glibc 2.27
+ * and later leave out the guard below it); 0, or an error number. */
+int kmsfs_thread_stack(uintptr_t *low, size_t *size);
+
 /* errno is a macro over a thread-local function. */
 int kmsfs_errno(void);
 void kmsfs_set_errno(int e);
