@@ -95,7 +95,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         let own = dirfd(dir)
         var changed = 0
         while let e = readdir(dir) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = String(decoding: DirectoryEntry.name(e), as: UTF8.self)
             guard let fd = Int32(name), fd >= 3, fd != own else { continue }
             let flags = fcntl(fd, F_GETFD)
             if flags >= 0 && flags & FD_CLOEXEC == 0 && fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0 { changed += 1 }

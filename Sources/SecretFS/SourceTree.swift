@@ -256,7 +256,7 @@ public final class SourceTree: Sendable {
         var secrets: [PathKey: SourceEntry] = [:]
         var dirs: [PathKey: SourceEntry] = [:]
         while let ent = readdir(d) {
-            let nameBytes = withUnsafeBytes(of: ent.pointee.d_name) { raw in Array(raw.prefix(while: { $0 != 0 })) }
+            let nameBytes = DirectoryEntry.name(ent)
             // A name that is not UTF-8 cannot be shown (the mount's names
             // are Strings): said once, escaped, rather than vanishing.
             guard let sourceName = String(validating: nameBytes, as: UTF8.self) else {
@@ -264,7 +264,7 @@ public final class SourceTree: Sendable {
                 continue
             }
             if sourceName == "." || sourceName == ".." { continue }
-            var type = ent.pointee.d_type
+            var type = DirectoryEntry.type(ent)
             if type == UInt8(DT_UNKNOWN) {
                 var st = Glibc.stat()
                 guard fstatat(fd, sourceName, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }

@@ -221,3 +221,21 @@ public let O_PATH: Int32 = kmsfs_o_path
 public func acceptCloseOnExec(_ fd: Int32) -> Int32 {
     kmsfs_accept_cloexec(fd)
 }
+
+/// What readdir(3) returned, read field by field. A record is only as long
+/// as its name needs (`d_reclen`), and the last one may end where libc's
+/// buffer ends: loading the whole `dirent` (`ent.pointee.d_name`, 256 bytes)
+/// reads past it, which AddressSanitizer reports as a heap overflow.
+public enum DirectoryEntry {
+    /// The name's bytes, up to its NUL.
+    public static func name(_ ent: UnsafePointer<dirent>) -> [UInt8] {
+        let base = UnsafeRawPointer(ent) + MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        let n = strnlen(base.assumingMemoryBound(to: CChar.self), 256)
+        return Array(UnsafeRawBufferPointer(start: base, count: n))
+    }
+
+    /// `d_type` (DT_REG, DT_DIR, DT_UNKNOWN...).
+    public static func type(_ ent: UnsafePointer<dirent>) -> UInt8 {
+        (UnsafeRawPointer(ent) + MemoryLayout<dirent>.offset(of: \dirent.d_type)!).load(as: UInt8.self)
+    }
+}
