@@ -154,36 +154,66 @@ extension Log {
     /// theirs to someone else's) would choose where root creates and
     /// appends. So the directories on the way must be root's (or the
     /// daemon's user's), writable by no one else but their group, the
-    /// links on the way theirs too, and the file is opened with no link
-    /// followed at all (openat2), so nothing swapped in after the check
-    /// is followed either.
+    /// links on the way theirs too. That group may still swap a directory
+    /// on the way for a link after the check, or rename the directory
+    /// away and make one of its own in its place: so the file's directory
+    /// is opened with no link followed at all (openat2, or one component
+    /// at a time where openat2 is refused, as under the shipped unit),
+    /// judged again on that descriptor, and the file opened from it.
     public static func openAppendFile(_ path: String) throws(LogFileError) -> Int32 {
-        var target = Array(path.utf8)
-        switch PathTrust.resolveDirectories(above: path, because: "the daemon creates and appends to its file there") {
+        try openAppendFile(path, walking: false)
+    }
+
+    /// `walking`: reach the directory one component at a time, as where
+    /// openat2 answers ENOSYS (tests take that way on any kernel);
+    /// `afterCheck` runs between the check and the open (where tests swap
+    /// a directory).
+    static func openAppendFile(_ path: String, walking: Bool, afterCheck: () -> Void = {}) throws(LogFileError) -> Int32 {
+        let because = "the daemon creates and appends to its file there"
+        let target: [UInt8]
+        switch PathTrust.resolveDirectories(above: path, because: because) {
         case .success(let resolved): target = resolved
         case .failure(let problem):
-            // A directory that is not there: the open says so.
-            if problem.code == nil { throw LogFileError("\(LogEscape.escape(path)): \(problem)") }
+            // A directory that is not there, or may not be searched: said
+            // as the open would say it. Nothing is opened on a path the
+            // walk could not judge.
+            if let code = problem.code { throw LogFileError("\(LogEscape.escape(path)): \(Errno.text(code))") }
+            throw LogFileError("\(LogEscape.escape(path)): \(problem)")
+        }
+        afterCheck()
+        // Absolute, with no `.`, `..` or link: the walk resolved them.
+        let slash = target.lastIndex(of: UInt8(ascii: "/")) ?? 0
+        let directory = slash == 0 ? [UInt8(ascii: "/")] : Array(target[..<slash])
+        var name = Array(target[(slash + 1)...])
+        if name.isEmpty { name = [UInt8(ascii: ".")] }   // "/" itself: the open says it is a directory
+        let dir: Int32
+        do { dir = try openDirectoryFollowingNoLink(directory, walking: walking) } catch {
+            if error.code == ELOOP {
+                throw LogFileError("a directory on the way to \(LogEscape.escape(path)) became a symbolic link; refusing to follow it")
+            }
+            throw LogFileError("\(LogEscape.escape(path)): \(Errno.text(error.code))")
+        }
+        defer { close(dir) }
+        // The directory held may not be the one walked: its group renamed
+        // that away and made one of its own. A directory that checks out
+        // is enough: one of the group's own on the way could hold it only
+        // if moved there, and moving a directory to another parent needs
+        // write access to it, which that group then had anyway.
+        if let problem = PathTrust.unsafeDirectory(dir, what: "its directory \(String(decoding: directory, as: UTF8.self))",
+                                                   because: because, groupMayWrite: true) {
+            throw LogFileError("\(LogEscape.escape(path)): \(problem)")
         }
         let openFlags = O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK
         let fd: Int32
         do {
             fd = try syscallRetrying("open") {
-                let r = (target + [0]).withUnsafeBufferPointer {
-                    kmsfs_openat2(AT_FDCWD, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self),
-                                  UInt64(openFlags), 0o600, KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS)
+                (name + [0]).withUnsafeBufferPointer { p in
+                    p.withMemoryRebound(to: CChar.self) { openat(dir, $0.baseAddress!, openFlags, 0o600) }
                 }
-                // A kernel before openat2 (5.6): the last component is still not followed.
-                if r < 0 && Errno.current == ENOSYS { return open(path, openFlags, 0o600) }
-                return r
             }
         } catch {
             let e = error.code
             if e == ELOOP {
-                var st = stat()
-                if lstat(path, &st) == 0 && st.st_mode & S_IFMT != S_IFLNK {
-                    throw LogFileError("a directory on the way to \(LogEscape.escape(path)) became a symbolic link; refusing to follow it")
-                }
                 throw LogFileError("\(LogEscape.escape(path)) is a symbolic link; refusing to follow it (give the file itself)")
             }
             if e == ENXIO {   // a FIFO with no reader, opened non-blocking for writing
@@ -213,6 +243,37 @@ extension Log {
         let flags = fcntl(fd, F_GETFL)
         if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
         return fd
+    }
+
+    /// `directory` (absolute, with no `.`, `..` or link on it) opened
+    /// O_PATH with no link followed: a link anywhere on it, the directory
+    /// itself included, fails with ELOOP. openat2 does it in one call;
+    /// where it answers ENOSYS (systemd's RestrictSUIDSGID=, which the
+    /// shipped kmsfs.service sets), a plain open would follow a link on
+    /// the way, so each component is opened from the one before with
+    /// O_NOFOLLOW (`openBeneathByComponents` from "/"). The caller closes
+    /// the descriptor.
+    static func openDirectoryFollowingNoLink(_ directory: [UInt8], walking: Bool) throws(Errno) -> Int32 {
+        if !walking {
+            do {
+                return try syscallRetrying("open") {
+                    (directory + [0]).withUnsafeBufferPointer { p in
+                        p.withMemoryRebound(to: CChar.self) {
+                            kmsfs_openat2(AT_FDCWD, $0.baseAddress!, UInt64(O_PATH | O_DIRECTORY | O_CLOEXEC), 0,
+                                          KMSFS_RESOLVE_NO_SYMLINKS | KMSFS_RESOLVE_NO_MAGICLINKS)
+                        }
+                    }
+                }
+            } catch where error.code == ENOSYS {}
+        }
+        let root = try syscallRetrying("open /") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
+        defer { close(root) }
+        // "d/." rather than "d": the walk opens each component but the
+        // last with O_NOFOLLOW and refuses a link there with ELOOP, so the
+        // directory itself is checked so too ("." is then itself, again).
+        let relative = Array(directory.drop { $0 == UInt8(ascii: "/") })
+        return try openBeneathByComponents(root, relative.isEmpty ? [UInt8(ascii: ".")] : relative + Array("/.".utf8),
+                                           flags: O_PATH | O_DIRECTORY)
     }
 
     /// Opens `path` anew (logrotate moved it) onto descriptor `fd`, in one

@@ -164,7 +164,13 @@ public func openBeneath(_ directory: Int32, _ path: String, flags: Int32) throws
 /// caller's fstat sees a link, never what it points to). The caller owns
 /// the descriptor returned.
 public func openBeneathByComponents(_ directory: Int32, _ path: String, flags: Int32) throws(Errno) -> Int32 {
-    let bytes = Array(path.utf8)
+    try openBeneathByComponents(directory, Array(path.utf8), flags: flags)
+}
+
+/// The same for a path as bytes (one `PathTrust` resolved: a link's text
+/// on the way need not be UTF-8, and a String would change it).
+public func openBeneathByComponents(_ directory: Int32, _ bytes: [UInt8], flags: Int32) throws(Errno) -> Int32 {
+    var path: String { String(decoding: bytes, as: UTF8.self) }   // for messages only, made when one is
     guard bytes.first != UInt8(ascii: "/") else { throw Errno("open \(path)", code: EXDEV) }
     let dot: [UInt8] = [UInt8(ascii: ".")]
     let dotdot: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]

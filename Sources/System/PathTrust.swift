@@ -131,6 +131,36 @@ public enum PathTrust {
         walk(path, followLast: false, because: because, groupMayWrite: true)
     }
 
+    /// Why the directory open at `fd` could be changed by someone other
+    /// than root or the daemon's user, as the walk judges each directory
+    /// it looks a name up in (with `groupMayWrite`, as `resolveDirectories`
+    /// does); nil when it cannot. For a caller that opened the directory
+    /// after the walk: the one it holds may not be the one walked (its
+    /// group may rename a directory away and make one of its own there).
+    public static func unsafeDirectory(_ fd: Int32, what: String, because: String, groupMayWrite: Bool = false) -> Problem? {
+        var dst = stat()
+        guard fstat(fd, &dst) == 0 else { let e = Errno.current; return Problem(text: "\(what): \(Errno.text(e))", code: e) }
+        let sticky = dst.st_mode & S_ISVTX != 0 && dst.st_mode & S_IFMT == S_IFDIR
+        let problem: String?
+        if sticky {
+            problem = unsafeOwner(dst, what: what, because: because)
+        } else if groupMayWrite && dst.st_mode & 0o002 == 0 && dst.st_mode & S_IFMT == S_IFDIR {
+            problem = unsafeOwner(dst, what: what, because: because)
+        } else {
+            problem = unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because)
+        }
+        if let problem { return Problem(text: problem) }
+        if kmsfs_fs_type(fd) == fuseMagic {
+            guard let owner = fuseMountOwner(device: UInt64(dst.st_dev)) else {
+                return Problem(text: "\(what) is on a FUSE file system whose owner is not known; \(because)")
+            }
+            if let problem = unsafeOwner(owner, what: "\(what) is on a FUSE file system that", because: because) {
+                return Problem(text: problem)
+            }
+        }
+        return nil
+    }
+
     private static func walk(_ path: String, followLast: Bool, because: String,
                              groupMayWrite: Bool = false) -> Result<[UInt8], Problem> {
         func fail(_ text: String, code: Int32? = nil) -> Result<[UInt8], Problem> { .failure(Problem(text: text, code: code)) }
@@ -157,28 +187,10 @@ public enum PathTrust {
                 let fd = current.withCString { open($0, O_PATH | O_DIRECTORY | O_CLOEXEC) }
                 guard fd >= 0 else { return failed(current) }
                 defer { close(fd) }
-                var dst = stat()
-                guard fstat(fd, &dst) == 0 else { return failed(current) }
-                let sticky = dst.st_mode & S_ISVTX != 0 && dst.st_mode & S_IFMT == S_IFDIR
-                let problem: String?
-                if sticky {
-                    problem = unsafeOwner(dst, what: what, because: because)
-                } else if groupMayWrite && dst.st_mode & 0o002 == 0 {
-                    problem = unsafeOwner(dst, what: what, because: because)
-                } else {
-                    problem = unsafeOwnership(dst, kind: S_IFDIR, what: what, because: because)
+                if let problem = unsafeDirectory(fd, what: what, because: because, groupMayWrite: groupMayWrite) {
+                    return .failure(problem)
                 }
-                if let problem { return fail(problem) }
-                let type = kmsfs_fs_type(fd)
-                if type == fuseMagic {
-                    guard let owner = fuseMountOwner(device: UInt64(dst.st_dev)) else {
-                        return fail("\(what) is on a FUSE file system whose owner is not known; \(because)")
-                    }
-                    if let problem = unsafeOwner(owner, what: "\(what) is on a FUSE file system that", because: because) {
-                        return fail(problem)
-                    }
-                }
-                if type == procMagic { proc.insert(current) }
+                if kmsfs_fs_type(fd) == procMagic { proc.insert(current) }
                 trusted.insert(current)
             }
             if name == [UInt8(ascii: ".")] { continue }

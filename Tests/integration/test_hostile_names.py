@@ -7,12 +7,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import Mount, force_unmount, mounted, run_as
+from conftest import Mount, force_unmount, mounted, run_as, seccomp_python
 
 FORGED = "kmsfs: error: FORGED"
 HOSTILE = "x\r\n" + FORGED            # a SOURCE name, then "x\r\n...FORGED.encrypted"
@@ -279,6 +280,74 @@ def test_a_log_or_audit_file_under_a_directory_another_user_may_change_is_refuse
         assert (grouplogs / "k.log").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+ENOSYS_OPENAT2 = r"""
+import os, sys, seccomp
+f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+f.add_rule(seccomp.ERRNO(38), "openat2")         # as systemd's RestrictSUIDSGID= (the shipped unit): ENOSYS
+f.load()
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+SWAPPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+a, b, until = sys.argv[1].encode(), sys.argv[2].encode(), time.time() + float(sys.argv[3])
+n = 0
+while time.time() < until:
+    if libc.renameat2(-100, a, -100, b, 2) != 0:     # AT_FDCWD, RENAME_EXCHANGE
+        sys.exit("renameat2: errno %d" % ctypes.get_errno())
+    n += 1
+if n % 2:
+    libc.renameat2(-100, a, -100, b, 2)              # the directory back where it was
+print(n)
+"""
+
+
+def test_a_directory_its_group_swaps_for_a_link_is_not_followed_without_openat2(kms, kmsfs_bin, plain_source, public_tmp):
+    """Where openat2 answers ENOSYS (the shipped unit, RestrictSUIDSGID=),
+    the file was opened with a plain open(2), and O_NOFOLLOW guards the
+    last component only: a member of the directory's group (Ubuntu's
+    /var/log is root:syslog 0775) who swapped a directory on the way for
+    a link between the check and the open, at start or at any SIGHUP
+    (logrotate's), had root create and append to a file wherever the link
+    led. The directory is now reached one component at a time, no link
+    followed. The member swaps as fast as it can while the daemon reopens."""
+    py = seccomp_python()
+    if py is None:
+        pytest.skip("no Python with the seccomp module (apt-get install python3-seccomp)")
+    src, mnt = plain_source
+    base = public_tmp / "swap"
+    grouplogs, victim = base / "grouplogs", base / "victim"
+    victim.mkdir(parents=True)
+    grouplogs.mkdir()
+    os.chown(grouplogs, 0, 65534)
+    os.chmod(grouplogs, 0o775)
+    (grouplogs / "kmsfs").mkdir()
+    subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                    "ln", "-s", str(victim), str(grouplogs / "elsewhere")], check=True, timeout=30)
+    m = Mount(src, mnt, "allow_uid=0,audit=%s" % (grouplogs / "kmsfs" / "k.log"), kms.env, base / "daemon.log",
+              wrapper=[py, "-c", ENOSYS_OPENAT2])
+    try:
+        swapper = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                    py, "-c", SWAPPER, str(grouplogs / "kmsfs"), str(grouplogs / "elsewhere"), "3"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while swapper.poll() is None:
+            os.kill(m.pid, signal.SIGHUP)
+            time.sleep(0.002)
+        out, err = swapper.communicate()
+        assert swapper.returncode == 0 and int(out) > 0, err
+        assert m.proc.poll() is None, m.log()
+        os.kill(m.pid, signal.SIGHUP)
+        open(m.file("s"), "rb").read()
+    finally:
+        m.stop()
+    assert os.listdir(victim) == [], m.log()
+    assert (grouplogs / "kmsfs" / "k.log").exists()
+    # Some reopens met the link, and were refused, with one line each.
+    assert "audit=: cannot reopen" in m.log(), m.log()
+    assert "still writing to the previous file" in m.log()
 
 
 @pytest.mark.parametrize("which", ["log", "audit"])
