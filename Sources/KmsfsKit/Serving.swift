@@ -149,15 +149,21 @@ enum MountTable {
     /// ENOTCONN ("Transport endpoint is not connected"): detach it, so a
     /// restart (systemd Restart=on-failure) mounts again. A live mount there
     /// is an error. (stat() is no test: the kernel may answer it from cache.)
+    /// Where the mount table cannot be read, the open alone decides: only
+    /// a dead FUSE (or network) mount answers it ENOTCONN.
     static func recoverStaleMount(at mountpoint: String) throws(FUSEError) {
-        guard let fstype = fstype(at: mountpoint), fstype.hasPrefix("fuse") else { return }
+        let table = MountInfo.current(where: { $0.mountpoint == Array(mountpoint.utf8) })
+        let fstype = table?.last?.fstypeName
+        if table != nil { guard let fstype, fstype.hasPrefix("fuse") else { return } }
         let fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd >= 0 {
             close(fd)
+            guard let fstype else { return }
             throw FUSEError("\(mountpoint) is already mounted (\(fstype)); unmount it first (fusermount3 -u \(mountpoint))")
         }
         let e = Errno.current
         guard e == ENOTCONN || e == ECONNABORTED else {
+            if table == nil { return }   // not a mount this can judge: the mount itself will say
             throw FUSEError("mountpoint \(mountpoint): \(Errno.text(e))")
         }
         Log.notice("\(mountpoint): stale FUSE mount from a previous instance; detaching it")
@@ -200,7 +206,7 @@ enum MountTable {
     /// The last mount at `path` (the one on top).
     static func entry(at path: String) -> MountInfo.Entry? {
         let bytes = Array(path.utf8)
-        return MountInfo.current().last { $0.mountpoint == bytes }
+        return MountInfo.current(where: { $0.mountpoint == bytes })?.last
     }
 
     /// The minor device number of the mount at `path` (the FUSE connection
@@ -236,8 +242,11 @@ enum MountTable {
         // minor), and a kmsfs mount: a number freed by an unmount someone
         // else made is soon another file system's.
         let device = Array("0:\(connection)".utf8)
-        let mounts = MountInfo.current().filter {
+        guard let mounts = MountInfo.current(where: {
             $0.device == device && $0.fstype == Array("fuse.kmsfs".utf8) && $0.mountID != nil && !$0.mountpoint.isEmpty
+        }) else {
+            // No table to find it in: by the path, which is what there is.
+            return result(umount2(path, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW)))
         }
         // The mount at its own path, else the first listed (bind mounts of
         // it, which only root can make, are listed after it).

@@ -32,21 +32,79 @@ public enum MountInfo {
     /// is kept with what it has (no mountpoint, no type), so that a check
     /// of its device fails closed rather than passing over it.
     public static func entries(_ table: [UInt8]) -> [Entry] {
-        var out: [Entry] = []
-        for line in table.split(separator: UInt8(ascii: "\n")) {
-            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            let fields = line.split(separator: UInt8(ascii: " "))
-            guard fields.count > 2 else { continue }
-            guard fields.count > 4,
-                  let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
-                  dash >= 6, dash + 3 < fields.count else {
-                out.append(Entry(mountID: number(fields[0]), device: Array(fields[2]), mountpoint: [], fstype: [], superOptions: []))
-                continue
-            }
-            out.append(Entry(mountID: number(fields[0]), device: Array(fields[2]), mountpoint: unescape(bytes: fields[4]),
-                             fstype: Array(fields[dash + 1]), superOptions: Array(fields[dash + 3])))
+        table.split(separator: UInt8(ascii: "\n")).compactMap { entry($0) }
+    }
+
+    /// One line's entry; nil when it names no device.
+    static func entry(_ line: ArraySlice<UInt8>) -> Entry? {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let fields = line.split(separator: UInt8(ascii: " "))
+        guard fields.count > 2 else { return nil }
+        guard fields.count > 4,
+              let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
+              dash >= 6, dash + 3 < fields.count else {
+            return Entry(mountID: number(fields[0]), device: Array(fields[2]), mountpoint: [], fstype: [], superOptions: [])
         }
+        return Entry(mountID: number(fields[0]), device: Array(fields[2]), mountpoint: unescape(bytes: fields[4]),
+                     fstype: Array(fields[dash + 1]), superOptions: Array(fields[dash + 3]))
+    }
+
+    /// Longest line read: a mount kmsfs looks for (its own, SOURCE's, a
+    /// directory's on the way) has paths under PATH_MAX, each byte written
+    /// as at most four; longer lines are other users' mounts at depths no
+    /// path can name, skipped as they stream past.
+    public static let maxLine = 256 << 10
+
+    /// The entries of the mount table open at `fd` that `keep` accepts,
+    /// read a chunk at a time and never held whole: the table has no size
+    /// bound (any user can make FUSE mounts, up to fusermount3's thousand,
+    /// at paths of a thousand 255-byte names, each line then megabytes).
+    /// A whole-table read capped at 64 MiB used to find nothing past the
+    /// cap, and the daemon then took its own mount for gone. nil when
+    /// reading fails.
+    public static func entries(readingFrom fd: Int32, maxLine: Int = MountInfo.maxLine,
+                               where keep: (Entry) -> Bool) -> [Entry]? {
+        var out: [Entry] = []
+        var line: [UInt8] = []
+        var skipping = false
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
+        func take() {
+            if !skipping, let e = entry(line[...]), keep(e) { out.append(e) }
+            line.removeAll(keepingCapacity: true)
+            skipping = false
+        }
+        while true {
+            let n: Int
+            do { n = try FileDescriptor.read(fd, into: &chunk) } catch { return nil }
+            if n == 0 { break }
+            var start = 0
+            while start < n {
+                let newline = chunk[start..<n].firstIndex(of: UInt8(ascii: "\n"))
+                let end = newline ?? n
+                if !skipping {
+                    if line.count + (end - start) > maxLine {
+                        skipping = true
+                        line.removeAll(keepingCapacity: true)
+                    } else {
+                        line += chunk[start..<end]
+                    }
+                }
+                guard let newline else { break }
+                take()
+                start = newline + 1
+            }
+        }
+        if !line.isEmpty || skipping { take() }
         return out
+    }
+
+    /// This process's mount table, the entries `keep` accepts; nil when it
+    /// cannot be read.
+    public static func current(where keep: (Entry) -> Bool) -> [Entry]? {
+        let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return entries(readingFrom: fd, where: keep)
     }
 
     /// A decimal field (at most 20 digits, so no overflow goes unnoticed).
@@ -61,10 +119,10 @@ public enum MountInfo {
         procFields("/proc/self/fdinfo/\(fd)", ["mnt_id"]).first.flatMap { number($0.utf8) }
     }
 
-    /// This process's mount table; empty when it cannot be read.
+    /// This process's whole mount table (tests; the daemon asks for the
+    /// entries it looks for); empty when it cannot be read.
     public static func current() -> [Entry] {
-        guard case .success(let table) = readSmallFile("/proc/self/mountinfo", limit: 64 << 20) else { return [] }
-        return entries(table)
+        current(where: { _ in true }) ?? []
     }
 
     /// `major:minor` of a device number, as mountinfo writes it (glibc's

@@ -219,7 +219,9 @@ public enum PathTrust {
     /// Who mounted the FUSE file system of `device` (its `user_id=` in
     /// /proc/self/mountinfo); nil when no such mount is listed.
     static func fuseMountOwner(device: UInt64) -> uid_t? {
-        fuseMountOwner(device: device, entries: MountInfo.current())
+        let id = MountInfo.deviceField(device)
+        guard let entries = MountInfo.current(where: { $0.device == id }) else { return nil }
+        return fuseMountOwner(device: device, entries: entries)
     }
 
     /// The same, from a mount table's bytes.

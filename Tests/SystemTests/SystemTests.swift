@@ -574,6 +574,37 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         #expect(MountInfo.entries(Array("99999999999999999999999 35 0:9 / /a rw - tmpfs t rw".utf8)).first?.mountID == nil)
     }
 
+    /// The table is read a chunk at a time: a line too long to be a mount
+    /// kmsfs looks for is skipped, however long, and the lines after it
+    /// (across chunk boundaries) are still found; nothing caps the whole.
+    @Test func aTableOfAnySizeIsReadLineByLine() throws {
+        var template = Array("/tmp/kmsfs-mountinfo-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        try #require(fd >= 0)
+        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        defer { close(fd); unlink(path) }
+        var table: [UInt8] = []
+        table += Array("36 35 98:0 / /first rw - ext4 /dev/a rw\n".utf8)
+        // A user's FUSE mount at a path thousands of names deep.
+        table += Array("40 36 0:52 / /".utf8) + [UInt8](repeating: UInt8(ascii: "d"), count: 150_000)
+            + Array(" rw - fuse.evil x rw,user_id=4242\n".utf8)
+        // Padding so that the next line crosses a 64 KiB chunk boundary.
+        while table.count % (64 << 10) < (64 << 10) - 20 {
+            table += Array("50 36 8:1 / /pad rw - ext4 /dev/p rw\n".utf8)
+        }
+        table += Array("60 36 0:77 / /etc/secrets rw,nosuid - fuse.kmsfs /var/lib/kmsfs rw,user_id=0".utf8)   // no final newline
+        try table.withUnsafeBytes { try FileDescriptor.writeAll(fd, $0) }
+        lseek(fd, 0, SEEK_SET)
+        let found = try #require(MountInfo.entries(readingFrom: fd, maxLine: 1000, where: { $0.fstype.starts(with: Array("fuse".utf8)) || $0.mountpointPath == "/first" }))
+        #expect(found.map(\.mountpointPath) == ["/first", "/etc/secrets"])
+        #expect(found.last?.superOptions == Array("rw,user_id=0".utf8))
+        lseek(fd, 0, SEEK_SET)
+        // With room for it, the long line is an entry like any other.
+        let all = try #require(MountInfo.entries(readingFrom: fd, maxLine: 1 << 20, where: { $0.fstype.starts(with: Array("fuse".utf8)) }))
+        #expect(all.map(\.device) == [Array("0:52".utf8), Array("0:77".utf8)])
+        #expect(MountInfo.entries(readingFrom: -1, where: { _ in true }) == nil)
+    }
+
     /// A descriptor's mount ID (fdinfo) is the one mountinfo gives its mount.
     @Test func aDescriptorsMountIDIsItsMountsID() {
         let fd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC)
