@@ -8,6 +8,9 @@
 import SecretFS
 import KmsfsKit
 @testable import System
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
@@ -26,6 +29,20 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
     let devices: [UInt64] = [0, 52, (8 << 8) | 1, .max]
     for device in devices {
         _ = PathTrust.fuseMountOwner(device: device, mountinfo: data)
+    }
+    // The table streamed a chunk at a time finds what the whole-table
+    // parse finds when no line is too long, and never more when some are.
+    if let f = tmpfile() {
+        defer { fclose(f) }
+        let fd = fileno(f)
+        if (try? data.withUnsafeBytes({ try FileDescriptor.writeAll(fd, $0) })) != nil, lseek(fd, 0, SEEK_SET) == 0 {
+            let whole = MountInfo.entries(data)
+            let streamed = MountInfo.entries(readingFrom: fd, maxLine: data.count + 1, where: { _ in true })
+            precondition(streamed == whole, "a streamed table that differs")
+            _ = lseek(fd, 0, SEEK_SET)
+            let short = MountInfo.entries(readingFrom: fd, maxLine: 64, where: { _ in true }) ?? []
+            precondition(short.count <= whole.count, "skipping long lines found more")
+        }
     }
     return 0
 }
