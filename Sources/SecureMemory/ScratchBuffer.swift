@@ -18,22 +18,31 @@ public final class ScratchPool: @unchecked Sendable {
 
     /// The hot path (every FUSE read): `body` fills and sends from a locked
     /// buffer and returns how many bytes it used, which are then wiped.
-    /// Not generic, so no caller pays for type metadata per call. Returns
-    /// false when the buffer was wiped for good while `body` ran (the
-    /// daemon stopping): what `body` sent from it may have been zeros.
+    /// Not generic, so no caller pays for type metadata per call. The
+    /// stop's wipe never zeroes the buffer while `body` runs (the wipe
+    /// leaves it to this, which wipes it right after): what `body` sent
+    /// is what it copied. Returns false when the buffer was revoked while
+    /// `body` ran anyway (kept for callers that refuse such a send).
     @discardableResult
     public func withScratch(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(SecureMemoryError) -> Bool {
-        let buffer: SecureBuffer
+        var buffer: SecureBuffer
         if let b = free.withLock({ $0.popLast() }) {
             buffer = b
         } else {
             buffer = try SecureBuffer(capacity: bufferSize, backing: .lockedAnonymous)
         }
+        // One the stop's wipe took while it waited in the pool is dropped.
+        while !buffer.beginUse() {
+            buffer = try SecureBuffer(capacity: bufferSize, backing: .lockedAnonymous)
+        }
+        var intact = true
         buffer.withUnsafeMutableCapacity { cap in
             let used = body(cap)
+            intact = !buffer.isRevoked
             secureWipe(cap.baseAddress, min(max(used, 0), cap.count))
         }
-        if buffer.isRevoked { return false }
+        buffer.endUse()
+        if buffer.isRevoked { return intact }
         free.withLock { pool in
             if pool.count < maxPooled { pool.append(buffer) }
         }

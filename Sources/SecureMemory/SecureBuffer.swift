@@ -136,11 +136,15 @@ public enum SecureMemoryStats {
 
     /// Wipes the contents of every live buffer for good (shutdown, fatal
     /// paths). The buffers stay mapped, empty and revoked: a read racing
-    /// the wipe answers EIO, never an empty file.
+    /// the wipe answers EIO, never an empty file. A scratch buffer a
+    /// reply is being sent from (`ScratchPool.withScratch`) is left to its
+    /// owner, which wipes it as soon as the call returns and revokes it
+    /// then: wiped under the call, the reply carried zeros where the
+    /// connection could not be aborted first.
     public static func wipeAllLive() {
         live.withLock { state in
             for (_, ref) in state.registry {
-                ref._withUnsafeGuaranteedRef { $0.revoke() }
+                ref._withUnsafeGuaranteedRef { $0.revokeUnlessInUse() }
             }
         }
     }
@@ -346,6 +350,49 @@ public final class SecureBuffer: @unchecked Sendable, CustomStringConvertible, C
         return isRevoked ? nil : n
     }
     private let revoked = Atomic<Bool>(false)
+
+    /// A scratch buffer's use, between `beginUse` and `endUse`: idle, in
+    /// use, in use with the stop's wipe waiting for its end, or taken by
+    /// that wipe (never used again).
+    private let use = Atomic<UInt8>(Use.idle)
+    private enum Use {
+        static let idle: UInt8 = 0, inUse: UInt8 = 1, revokeAtEnd: UInt8 = 2, revokedByWipe: UInt8 = 3
+    }
+
+    /// Marks the buffer in use (a system call is about to read it); false
+    /// once the stop's wipe took it.
+    func beginUse() -> Bool {
+        use.compareExchange(expected: Use.idle, desired: Use.inUse, ordering: .sequentiallyConsistent).exchanged
+    }
+
+    /// Ends the use; revokes the buffer now if the stop's wipe came
+    /// meanwhile (its owner has wiped what it used).
+    func endUse() {
+        if use.compareExchange(expected: Use.inUse, desired: Use.idle, ordering: .sequentiallyConsistent).exchanged { return }
+        use.store(Use.revokedByWipe, ordering: .sequentiallyConsistent)
+        revoke()
+    }
+
+    /// The stop's wipe of one buffer: now, unless a use is under way, whose
+    /// end revokes it instead.
+    func revokeUnlessInUse() {
+        while true {
+            let state = use.load(ordering: .sequentiallyConsistent)
+            switch state {
+            case Use.idle:
+                if use.compareExchange(expected: Use.idle, desired: Use.revokedByWipe, ordering: .sequentiallyConsistent).exchanged {
+                    revoke()
+                    return
+                }
+            case Use.inUse:
+                if use.compareExchange(expected: Use.inUse, desired: Use.revokeAtEnd, ordering: .sequentiallyConsistent).exchanged {
+                    return
+                }
+            default:
+                return
+            }
+        }
+    }
 
     /// Wipes the contents for good (the TTL passed, the daemon stops):
     /// `isRevoked` is set before `count` drops, so whoever reads a `count`

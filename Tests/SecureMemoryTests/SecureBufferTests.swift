@@ -48,6 +48,31 @@ import Glibc
     /// A revoked buffer gives its pages back at once, not when the last
     /// open file lets go of it: a handle held open across each TTL kept a
     /// locked copy per period. Read after the revocation, it is zeros.
+    @Test func theStopsWipeLeavesABufferInUseToItsOwner() throws {
+        // (The stop's wipe of every live buffer cannot run here: it would
+        // wipe the other tests' buffers. Its step for one buffer can.)
+        let b = try SecureBuffer(capacity: 64, backing: .lockedAnonymous)
+        try Array("reply being sent".utf8).withUnsafeBytes { try b.append($0) }
+        #expect(b.beginUse())
+        b.revokeUnlessInUse()                      // the stop, while a reply is sent from it
+        #expect(!b.isRevoked)
+        #expect(b.withUnsafeBytes { Array($0) } == Array("reply being sent".utf8))
+        b.endUse()                                 // the owner is done: revoked now
+        #expect(b.isRevoked && b.count == 0)
+        #expect(!b.beginUse())                     // and never used again
+        // Idle, it is revoked at once.
+        let idle = try SecureBuffer(capacity: 64, backing: .lockedAnonymous)
+        idle.revokeUnlessInUse()
+        #expect(idle.isRevoked && !idle.beginUse())
+        // A scratch pool drops a buffer the wipe took while it waited there.
+        let pool = ScratchPool(bufferSize: 64)
+        #expect(try pool.withScratch { _ in 0 })
+        #expect(try pool.withScratch { buf in
+            buf.storeBytes(of: 7, as: UInt8.self)
+            return 1
+        })
+    }
+
     @Test func aRevokedBufferGivesItsPagesBack() throws {
         var backings: [SecureBacking] = [.lockedAnonymous]
         if SecureMemoryPolicy.secretMemoryAvailable { backings.append(.secretMemory) }
