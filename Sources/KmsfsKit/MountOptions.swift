@@ -110,15 +110,19 @@ public struct MountOptions: Sendable {
     public init() {}
 
     /// Parses every `-o` argument (each a comma-separated list; `\,` is a
-    /// literal comma).
+    /// literal comma, and so is one between double quotes, as mount(8)
+    /// keeps `opt="a,b"` together).
     public static func parse(_ arguments: [String]) throws(OptionError) -> MountOptions {
         var all: [String] = []
         for arg in arguments {
-            let (items, dangling) = splitEscaped(arg)
+            let (items, dangling, openQuote) = splitEscaped(arg)
             if dangling, let last = items.last {
                 // Whether the operator meant a backslash or forgot what
                 // followed it, guessing would mount something else.
                 throw OptionError("option '\(last)\\' ends in a backslash that escapes nothing; write \\\\ for a backslash")
+            }
+            if openQuote, let last = items.last {
+                throw OptionError("option '\(last)' has a double quote that is not closed; close it, or write \\\" for a quote")
             }
             all += items.filter { !$0.isEmpty }
         }
@@ -200,7 +204,7 @@ public struct MountOptions: Sendable {
     static func escapeOption(_ item: String) -> String {
         var out = String.UnicodeScalarView()
         for c in item.unicodeScalars {
-            if c == "\\" || c == "," { out.append("\\") }
+            if c == "\\" || c == "," || c == "\"" { out.append("\\") }
             out.append(c)
         }
         return String(out)
@@ -208,21 +212,28 @@ public struct MountOptions: Sendable {
 
     static func splitOptions(_ s: String) -> [String] { splitEscaped(s).items }
 
-    /// The items of one `-o` argument, and whether it ended in a
-    /// backslash that escapes nothing (dropped by `splitOptions`, refused
-    /// by `parse`).
-    static func splitEscaped(_ s: String) -> (items: [String], dangling: Bool) {
+    /// The items of one `-o` argument, whether it ended in a backslash
+    /// that escapes nothing, and whether a double quote was left open
+    /// (both dropped by `splitOptions`, refused by `parse`). Between
+    /// double quotes a comma splits nothing; the quotes themselves are
+    /// not part of the value. That is how mount(8) and fstab carry a
+    /// comma: libmount splits at every comma outside quotes and reorders
+    /// the options before the helper sees them, which a `\,` does not
+    /// survive.
+    static func splitEscaped(_ s: String) -> (items: [String], dangling: Bool, openQuote: Bool) {
         var out: [String] = []
         var cur = String.UnicodeScalarView()
         var escape = false
+        var quoted = false
         for c in s.unicodeScalars {
             if escape { cur.append(c); escape = false; continue }
             if c == "\\" { escape = true; continue }
-            if c == "," { out.append(String(cur)); cur = String.UnicodeScalarView(); continue }
+            if c == "\"" { quoted.toggle(); continue }
+            if c == "," && !quoted { out.append(String(cur)); cur = String.UnicodeScalarView(); continue }
             cur.append(c)
         }
         out.append(String(cur))
-        return (out, escape)
+        return (out, escape, quoted)
     }
 
     mutating func apply(_ item: String) throws(OptionError) {

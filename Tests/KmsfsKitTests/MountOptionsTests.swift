@@ -1,5 +1,5 @@
 import Testing
-import KmsfsKit
+@testable import KmsfsKit
 import AWS
 
 @Suite struct MountOptionsTests {
@@ -42,6 +42,22 @@ import AWS
         #expect(throws: (any Error).self) { try MountOptions.parse(["context=a=b\\\\\\"]) }
         let o = try MountOptions.parse(["context=dir=C:\\\\,context=b=x\\y\\,z"])
         #expect(o.requiredContext.map(\.value) == ["C:\\", "xy,z"])
+    }
+
+    /// mount(8) keeps `opt="a,b"` together (libmount splits only outside
+    /// quotes, and reorders options, which a `\,` does not survive): a
+    /// comma between double quotes is part of the value, the quotes are
+    /// not, `\"` is a quote, and one left open is refused.
+    @Test func aCommaBetweenDoubleQuotesIsPartOfTheValue() throws {
+        let o = try MountOptions.parse(["allow_uid=0,context=\"k=v,ro\",require_binding,context=q=a\\\"b"])
+        #expect(o.requiredContext.map(\.value) == ["v,ro", "a\"b"])
+        #expect(o.requireBinding)
+        #expect { try MountOptions.parse(["allow_uid=0,context=\"k=v,ro"]) } throws: { error in
+            "\(error)" == "option 'context=k=v,ro' has a double quote that is not closed; close it, or write \\\" for a quote"
+        }
+        // What a remount writes back parses to the same.
+        let item = "context=k=\"a,b\"\\"
+        #expect(MountOptions.splitOptions(MountOptions.escapeOption(item)) == [item])
     }
 
     @Test func parsesTheDocumentedOptions() throws {

@@ -116,6 +116,18 @@ def test_helper_refuses_a_backslash_that_escapes_nothing(fake_kmsfs):
     assert (rc, argv, err) == (0, ["-o", "context=k=a\\\\,ttl=5", "--", "/src", "/mnt"], "")
 
 
+def test_helper_keeps_a_quoted_comma_inside_its_option(fake_kmsfs):
+    # How mount(8) hands over a comma in a value: libmount keeps "a,b"
+    # together but reorders options, so a \, could end up joined to
+    # another (log=/x\,nodev,require_binding lost require_binding).
+    rc, argv, err = fake_kmsfs("/src", "/mnt", "-o", 'rw,nodev,kms_context="k=v,ro",log="/tmp/a,b",require_binding')
+    assert (rc, err) == (0, "")
+    assert argv == ["-o", 'rw,nodev,context="k=v,ro",log="/tmp/a,b",require_binding', "--", "/src", "/mnt"]
+    rc, argv, err = fake_kmsfs("/src", "/mnt", "-o", 'kms_context="k=v,ro')
+    assert rc != 0 and argv is None
+    assert "has a double quote that is not closed" in err, err
+
+
 def test_helper_turns_kms_context_into_context(fake_kmsfs):
     # mount(8) drops context= (SELinux's) before calling a helper; fstab spells it kms_context=.
     rc, argv, _ = fake_kmsfs("/src", "/mnt", "-o", "kms_context=app=web,kms_context=env=prod,allow_uid=0")
