@@ -497,11 +497,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         }
         let shared = Shared()
         #expect(startThread(name: "kmsfs-tid-test") {
-            // /proc/thread-self is "PID/task/TID".
-            var link = [CChar](repeating: 0, count: 64)
-            let n = readlink("/proc/thread-self", &link, link.count - 1)
-            let text = n > 0 ? String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-            shared.tid.store(Int32(text.split(separator: "/").last ?? "") ?? -1, ordering: .sequentiallyConsistent)
+            shared.tid.store(callingThreadID(), ordering: .sequentiallyConsistent)
             while !shared.release.load(ordering: .sequentiallyConsistent) { usleep(1000) }
         })
         var t: Int32 = 0
@@ -755,4 +751,13 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             if !exitFirst, case .gone = peer { letItExit() }
         }
     }
+}
+
+/// The calling thread's ID (-1 if unknown): /proc/thread-self is
+/// "PID/task/TID".
+func callingThreadID() -> Int32 {
+    var link = [CChar](repeating: 0, count: 64)
+    let n = readlink("/proc/thread-self", &link, link.count - 1)
+    let text = n > 0 ? String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    return Int32(text.split(separator: "/").last ?? "") ?? -1
 }

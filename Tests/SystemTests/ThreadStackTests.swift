@@ -97,10 +97,7 @@ import Glibc
         }
         let s = Shared()
         #expect(startThread(name: "stack-ender") {
-            var link = [CChar](repeating: 0, count: 64)
-            let n = readlink("/proc/thread-self", &link, link.count - 1)
-            let text = n > 0 ? String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-            s.tid.store(Int32(text.split(separator: "/").last ?? "") ?? -1, ordering: .sequentiallyConsistent)
+            s.tid.store(callingThreadID(), ordering: .sequentiallyConsistent)
             s.lock.withLock { while s.ready < 3 { s.lock.wait(seconds: 10) } }
         })
         for i in 0..<3 {
