@@ -142,6 +142,8 @@ public final class RotationNotifier: @unchecked Sendable {
     /// next batch) and on remembered failures.
     static let maxPending = 10_000
     static let maxFailures = 1_000
+    /// Versions remembered per pending secret as possibly held.
+    static let maxHeldPerSecret = 16
 
     /// `targets(mountPath)` says whom to tell for a secret (policy rule or
     /// mount-wide options, read at notification time).
@@ -194,6 +196,16 @@ public final class RotationNotifier: @unchecked Sendable {
                 var held: [String] = []
                 if let b = baseline[key] { held.append(b) }
                 if let previousVersion, !held.contains(previousVersion) { held.append(previousVersion) }
+                pending[key] = held
+            } else if let previousVersion, var held = pending[key], !held.contains(previousVersion) {
+                // Changed again before the batch, and an open took the
+                // version in between (V1, V2, back to V1): the applications
+                // may hold that one too. Measured against V1 alone, the
+                // way back was taken for a touch and whoever held V2 was
+                // never told. A handful is kept: the first (what the
+                // applications held before the burst) and the latest.
+                if held.count >= RotationNotifier.maxHeldPerSecret { held.remove(at: 1) }
+                held.append(previousVersion)
                 pending[key] = held
             }
             lock.broadcast()

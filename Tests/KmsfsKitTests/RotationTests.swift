@@ -215,6 +215,19 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
         return check()
     }
 
+    /// V1, then V2 (which an open decrypted), then V1 again, all before
+    /// the batch: whoever took V2 must be told, though the file is back
+    /// at the version the burst started from.
+    @Test func aRollbackWithinOneBatchIsToldToWhoeverTookTheVersionBetween() throws {
+        let rig = try Rig(retryDelays: [60], settle: 0.3)
+        rig.put("a", "2a")
+        let v2 = try #require(rig.fs.currentVersion(sourcePath: "a.encrypted"))
+        rig.notifier.changed(sourcePath: "a.encrypted")                      // V1 -> V2
+        rig.put("a", "1a")                                                   // back to V1
+        rig.notifier.changed(sourcePath: "a.encrypted", previousVersion: v2) // an open had cached V2
+        #expect(RotationRetryTests.eventually { rig.runs == ["a"] })
+    }
+
     /// A secret removed, or a directory of them moved out of SOURCE, is
     /// forgotten: names churned in and out must not grow what the notifier
     /// keeps (versions, failures) for the daemon's life.
