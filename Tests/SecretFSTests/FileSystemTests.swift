@@ -685,30 +685,54 @@ final class ThrottledDecryptor: SecretDecrypting, @unchecked Sendable {
 /// closure in one more reabstraction thunk: the calls went deeper with every
 /// change until the watcher's 256 KiB stack overflowed (about 2,500 touches
 /// of a ciphertext killed the daemon, swiftlang/swift#91348).
+///
+/// The depth is counted in frames (backtrace(3)), not as the address of a
+/// local: AddressSanitizer (detect_stack_use_after_return, on by default)
+/// keeps address-taken locals on a "fake stack" of its own, where addresses
+/// say nothing of depth (the test failed there, 105,728 to 942,848 bytes
+/// "deeper", with the stack as deep as before). Not with the Runtime
+/// module's `Backtrace.capture`: under ASan it crashed (SEGV reading an
+/// image in `getElfImageInfo`) while other tests ran.
 @Suite struct SourceChangeHookTests {
+    /// Frames on this thread's stack, as glibc's backtrace(3) counts them
+    /// (at most 4,096; -1 if it cannot be found). Found with dlsym: the
+    /// Glibc module does not import execinfo.h.
+    static func frameCount() -> Int {
+        typealias Backtrace = @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>?, Int32) -> Int32
+        guard let symbol = dlsym(nil, "backtrace") else { return -1 }
+        let backtrace = unsafeBitCast(symbol, to: Backtrace.self)
+        var frames = [UnsafeMutableRawPointer?](repeating: nil, count: 4096)
+        return Int(frames.withUnsafeMutableBufferPointer { backtrace($0.baseAddress, Int32($0.count)) })
+    }
+
     @Test func theHooksCallDepthStaysTheSameAfterManyChanges() throws {
         let dir = try makeTree()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let fs = try rootOnlyFileSystem(dir, decryptor: FakeDecryptor())
-        let depths = Mutex<[UInt]>([])
-        @Sendable func here() -> UInt {
-            var marker = 0
-            return withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
+        // Frames are counted at call 100 (not the very first, which may
+        // take a path of its own: lazy metadata, a sanitizer's hooks), at
+        // every thousandth after it, and at the last.
+        let calls = Mutex(0)
+        let depths = Mutex<[Int: Int]>([:])
+        @Sendable func called() {
+            let n = calls.withLock { n in defer { n += 1 }; return n }
+            guard n % 1000 == 100 || n == 30_000 else { return }
+            let frames = SourceChangeHookTests.frameCount()
+            depths.withLock { $0[n] = frames }
         }
-        fs.onCiphertextChange { _, _ in depths.withLock { $0.append(here()) } }
-        fs.onChangesUnnamed { depths.withLock { $0.append(here()) } }
+        fs.onCiphertextChange { _, _ in called() }
+        fs.onChangesUnnamed { called() }
         for i in 0..<20_000 {
             fs.sourceChanged(directory: ".", name: "a.encrypted", isDirectory: false, removed: false)
             if i % 2 == 0 { fs.sourceChanged(directory: ".", name: "sub", isDirectory: true, removed: false) }
         }
         fs.sourceChangedEverywhere()
+        #expect(calls.withLock { $0 } == 30_001)
         let d = depths.withLock { $0 }
-        #expect(d.count == 30_001)
-        // The last call as deep as an early one (not the very first, which
-        // may take a path of its own: lazy metadata, a sanitizer's hooks).
-        if d.count > 100, let last = d.last {
-            let deeper = Int(bitPattern: d[100]) - Int(bitPattern: last)   // the stack grows down
-            #expect(abs(deeper) < 4096, "the hook's call went \(deeper) bytes deeper")
+        #expect(d.count == 31 && !d.values.contains(-1), "no backtrace: \(d)")
+        if let first = d[100], let last = d[30_000] {
+            #expect(abs(last - first) < 4, "the hook's call went \(last - first) frames deeper")
+            #expect(d.values.max()! - d.values.min()! < 4, "depths \(d.sorted { $0.key < $1.key }.map(\.value))")
         }
     }
 }
