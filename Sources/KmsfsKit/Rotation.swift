@@ -349,6 +349,10 @@ public final class RotationNotifier: @unchecked Sendable {
 
     public func stop() {
         lock.withLock { stopped = true; lock.broadcast() }
+        // The file system's hooks hold this notifier, which holds the file
+        // system: let go of them, so neither outlives the stop.
+        fs.onCiphertextChange(nil)
+        fs.onChangesUnnamed(nil)
     }
 
     private var isStopped: Bool { lock.withLock { stopped } }
