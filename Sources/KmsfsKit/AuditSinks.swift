@@ -314,4 +314,21 @@ public final class QueuedAuditSink: AuditSink, @unchecked Sendable {
             while !queue.isEmpty || writing { lock.wait(seconds: 0.1) }
         }
     }
+
+    /// Waits at most `seconds` for every record queued so far to be
+    /// written; returns how many are still waiting then (0: all written).
+    /// For the reload and the stop, which must not wait for ever on a
+    /// stuck sink (a full disk, a FIFO nobody reads): the stop would
+    /// otherwise end in systemd's SIGKILL with those records lost unsaid.
+    public func flush(within seconds: Double) -> Int {
+        let deadline = SystemClock.monotonic() + max(0, seconds)
+        return lock.withLock {
+            while !queue.isEmpty || writing {
+                let left = deadline - SystemClock.monotonic()
+                if left <= 0 { return queue.count + (writing ? spare.count : 0) }
+                lock.wait(seconds: min(left, 0.1))
+            }
+            return 0
+        }
+    }
 }

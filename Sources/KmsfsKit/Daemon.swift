@@ -38,6 +38,7 @@ struct StartupReporter {
             Log.writeAll(fd, "ERROR \(LogEscape.escape(message))\n")
         }
         Log.error(message)
+        SecureMemoryStats.wipeAllLive()   // the credentials fetched by then
         exit(1)
     }
 
@@ -316,7 +317,12 @@ public enum Daemon {
         }, onStopRequested: {
             readyGate.stop()
         }, onReload: {
-            audit.flush()
+            // Records before the reload go to the file being rotated away;
+            // a stuck sink (a full disk) is not waited for: the reopen may
+            // be what frees it.
+            if audit.flush(within: 5) > 0 {
+                Log.warning("SIGHUP: audit records are still waiting for their sink; reopening without them")
+            }
             (auditTarget as? FileAuditSink)?.reopen()
             if case .file(let path) = options.log { reopenLog(path) }
             live.withCurrent { current in
@@ -343,7 +349,13 @@ public enum Daemon {
             // the stop and none of its records comes after the flush.
             watcher?.stop()
             rotation?.stop()
-            audit.flush()
+            // Bounded, well inside systemd's stop timeout: a stuck sink
+            // would otherwise have the daemon killed with its records lost
+            // and nothing said.
+            let unwritten = audit.flush(within: 10)
+            if unwritten > 0 {
+                Log.error("audit: \(unwritten) audit records could not be written before the daemon exits: their sink is stuck (a full disk, a FIFO nobody reads)")
+            }
             control?.stop()
             metrics.stop()
             credentials?.stop()

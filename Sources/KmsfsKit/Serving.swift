@@ -45,7 +45,7 @@ enum DaemonSignals {
     }
 
     /// Serves `session` until it is unmounted or told to stop. `onReload`
-    /// runs on SIGHUP; `onStop` runs once, after no new request can be
+    /// runs on SIGHUP, on a thread of its own (`Reloader`); `onStop` runs once, after no new request can be
     /// served and before the process exits, to wipe every plaintext.
     /// Returns the exit status.
     /// `onLoopEnd` runs on the loop's thread the moment the loop ends,
@@ -59,8 +59,9 @@ enum DaemonSignals {
     /// the daemon again.
     static func serve(_ session: FUSESession, connection: UInt32?, programs: Environment, onServing: () -> Void,
                       onLoopEnd: @escaping @Sendable () -> Void = {}, onStopRequested: () -> Void = {},
-                      onReload: () -> Void, onStop: () -> Void) -> Int32 {
+                      onReload: @escaping @Sendable () -> Void, onStop: () -> Void) -> Int32 {
         let mainThread = pthread_self()
+        let reloader = Reloader(onReload)
         session.startLoop(willEnd: onLoopEnd, onTransportFailure: { pthread_kill(mainThread, SIGUSR1) }) {
             pthread_kill(mainThread, SIGUSR1)
         }
@@ -77,6 +78,7 @@ enum DaemonSignals {
         // connection cannot be aborted, unmount at once; the loop ends when
         // the last open file closes.
         func stop() {
+            reloader.stop()
             onStopRequested()
             session.stopServing()
             if let connection, MountTable.abortConnection(connection) {
@@ -99,7 +101,7 @@ enum DaemonSignals {
             switch sig {
             case SIGHUP:
                 Log.notice("SIGHUP: reloading")
-                onReload()
+                reloader.request()
             case SIGTERM, SIGINT:
                 Log.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): wiping cached secrets and unmounting \(mountpoint)")
                 stop()
@@ -125,6 +127,7 @@ enum DaemonSignals {
                     } else {
                         Log.notice("\(mountpoint) was unmounted; wiping cached secrets and exiting")
                     }
+                    reloader.stop()
                     onStopRequested()
                     // Parked opens answer now, into a connection that is gone.
                     session.stopServing()
@@ -296,4 +299,45 @@ enum MountTable {
         guard fstype(at: dir) == nil else { return false }
         return mount("fusectl", dir, "fusectl", 0, nil) == 0
     }
+}
+
+/// SIGHUP's work, off the signal thread: a reload may wait on what it
+/// flushes and re-reads (an audit sink behind a full disk, a remount that
+/// holds the options while it looks users up in a slow directory), and the
+/// signal thread must stay free to act on SIGTERM at once. One reload at a
+/// time; SIGHUPs during one make one more after it. None starts once the
+/// stop began.
+final class Reloader: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var requested = false
+    private var running = false
+    private var stopped = false
+    private let work: @Sendable () -> Void
+
+    init(_ work: @escaping @Sendable () -> Void) { self.work = work }
+
+    func request() {
+        let start: Bool = lock.withLock {
+            guard !stopped else { return false }
+            requested = true
+            guard !running else { return false }
+            running = true
+            return true
+        }
+        guard start else { return }
+        // Without a thread to spare, on this one, as before.
+        if !startThread(name: "kmsfs-reload", { [self] in run() }) { run() }
+    }
+
+    private func run() {
+        while lock.withLock({ () -> Bool in
+            guard requested, !stopped else { running = false; return false }
+            requested = false
+            return true
+        }) {
+            work()
+        }
+    }
+
+    func stop() { lock.withLock { stopped = true } }
 }

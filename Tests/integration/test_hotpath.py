@@ -9,6 +9,7 @@ import ctypes.util
 import errno
 import os
 import shutil
+import signal
 import re
 import subprocess
 import time
@@ -370,6 +371,49 @@ def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
         mine = [l for l in lines if " pid=%d " % os.getpid() in l and " path=s " in l]
         assert len(mine) == n + 1, (len(mine), n + 1)
         assert all(l.startswith("audit time=") and l.count(" time=") == 1 for l in lines), lines
+    finally:
+        if m is not None:
+            m.stop()
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_reload_behind_a_stuck_audit_sink_never_holds_up_the_stop(kms, tmp_path):
+    """SIGHUP flushes the audit queue before reopening its file. With the
+    sink stuck (its disk full) the flush waited on the signal thread, so a
+    SIGTERM after it was never acted on: no wipe, no unmount, the mount
+    served on until SIGKILL. Now the reload runs on its own thread and
+    waits a bounded time, and the stop's own flush is bounded too and says
+    how many records it could not write."""
+    from conftest import Mount, mounted
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "mnt").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)], check=True)
+    m = None
+    try:
+        m = Mount(src, tmp_path / "mnt", "allow_uid=0,audit=%s" % (disk / "audit.log"), kms.env, tmp_path / "kmsfs.log")
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(filler, b"f" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(filler)
+        for _ in range(20):
+            with open(m.file("s"), "rb") as f:
+                assert f.read() == SECRET
+        assert m.wait_log("cannot write (No space left on device)", timeout=10), m.log()
+        m.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.wait_log("SIGTERM: wiping cached secrets", timeout=5), m.log()
+        assert m.proc.wait(30) == 0, m.log()
+        assert not mounted(m.path)
+        assert "audit records could not be written before the daemon exits" in m.log(), m.log()
     finally:
         if m is not None:
             m.stop()
