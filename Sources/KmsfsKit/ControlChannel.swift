@@ -130,7 +130,9 @@ public final class ControlServer: @unchecked Sendable {
         unlink(path)   // whatever a crashed instance left (the directory is this daemon's, 0700)
         fd = try listenUnix(path, mode: 0o600, backlog: 8, what: "control socket path",
                             because: "a socket put in its place would take the options of `mount -o remount`")
+        socketFile = BoundSocketFile(at: path)
     }
+    private let socketFile: BoundSocketFile?
 
     public func start() {
         acceptConnections(fd, thread: "kmsfs-control", until: { [self] in stopped.load(ordering: .relaxed) }) { [self] c in
@@ -174,7 +176,7 @@ public final class ControlServer: @unchecked Sendable {
 
     public func stop() {
         stopped.store(true, ordering: .relaxed)
-        unlink(path)
+        socketFile?.unlinkIfStillOurs()
     }
 
     deinit { close(fd) }

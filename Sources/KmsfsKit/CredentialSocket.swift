@@ -42,7 +42,9 @@ public final class CredentialServer: @unchecked Sendable {
         self.fs = fs
         fd = try listenUnix(path, mode: 0o600, what: "credential_socket=",
                             because: "a socket put in its place would hand services false credentials")
+        socketFile = BoundSocketFile(at: path)
     }
+    private let socketFile: BoundSocketFile?
 
     public func start() {
         acceptConnections(fd, thread: "kmsfs-credsock", until: { [self] in stopped.load(ordering: .relaxed) },
@@ -121,7 +123,7 @@ public final class CredentialServer: @unchecked Sendable {
         beginStop()
         answerTaken()
         pool.stop(waiting: 0.5)
-        unlink(path)
+        socketFile?.unlinkIfStillOurs()
     }
 
     deinit { close(fd) }

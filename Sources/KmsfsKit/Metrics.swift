@@ -203,6 +203,7 @@ public final class MetricsServer: @unchecked Sendable {
     public let address: MetricsAddress
     private let fd: Int32
     private let stopped = Atomic<Bool>(false)
+    private var socketFile: BoundSocketFile? = nil
 
     /// Binds and listens (before the mount, so a taken port fails it).
     public init(address: MetricsAddress) throws(Errno) {
@@ -211,6 +212,7 @@ public final class MetricsServer: @unchecked Sendable {
         case .unix(let path):
             fd = try listenUnix(path, mode: 0o660, what: "metrics=unix:",   // root and the daemon's group
                                 because: "a socket put in its place would serve false metrics")
+            socketFile = BoundSocketFile(at: path)
         case .tcp(let host, let port):
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -369,7 +371,7 @@ public final class MetricsServer: @unchecked Sendable {
 
     public func stop() {
         stopped.store(true, ordering: .relaxed)
-        if case .unix(let path) = address { unlink(path) }
+        socketFile?.unlinkIfStillOurs()
     }
 
     deinit { close(fd) }

@@ -65,6 +65,34 @@ public func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 64, what: 
     return fd
 }
 
+/// The file a socket this daemon bound made at `path` (its device and
+/// inode, read right after the bind), so that the stop unlinks the path
+/// only while it is still that file: a daemon whose mount was lazily
+/// unmounted (`umount -l`) lives on until its last open file closes, and by
+/// then the next daemon on that mountpoint has bound the same paths (the
+/// control socket is named after the mountpoint). Unlinked blindly, the
+/// newer daemon's remount, credential and metrics sockets vanished.
+public struct BoundSocketFile: Sendable {
+    public let path: String
+    private let device: UInt64
+    private let inode: UInt64
+
+    public init?(at path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        self.path = path
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+    }
+
+    /// Unlinks the path if it is still this socket file.
+    public func unlinkIfStillOurs() {
+        var st = stat()
+        guard lstat(path, &st) == 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode else { return }
+        unlink(path)
+    }
+}
+
 /// bind(2) with `mask` as the umask, so the socket is created with its mode
 /// (a chmod after bind would leave it open for a moment). The umask is
 /// the process's, shared by its threads: the bind runs on a thread of its

@@ -505,6 +505,39 @@ def test_restart_over_a_stale_mount_recovers(tmp_path, kms, kmsfs_bin):
         force_unmount(str(mnt))
 
 
+def test_a_daemon_that_outlives_its_lazy_unmount_leaves_the_next_ones_sockets(tmp_path, kms, kmsfs_bin):
+    """umount -l, then a new mount at the same place: the old daemon lives
+    on while a file opened through it stays open, and its stop used to
+    unlink every socket path it had bound, by then the new daemon's (the
+    control socket is named after the mountpoint), so remount and status
+    of the new mount failed, and so did its credential and metrics
+    sockets."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    put(kms, src / "s.encrypted", b"lazy")
+    opts = "allow_uid=0,credential_socket=%s,metrics=unix:%s" % (tmp_path / "cred.sock", tmp_path / "metrics.sock")
+    first = Mount(src, mnt, opts, kms.env, tmp_path / "1.log")
+    second = None
+    try:
+        held = open(mnt / "s", "rb")
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        second = Mount(src, mnt, opts, kms.env, tmp_path / "2.log")
+        assert open(mnt / "s", "rb").read() == b"lazy"
+        held.close()                                       # the old daemon's last file: it ends now
+        first.proc.wait(15)
+        assert "was unmounted" in first.log(), first.log()
+        r = subprocess.run([kmsfs_bin, "status", "--json", str(mnt)], capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["pid"] == second.pid
+        assert (tmp_path / "cred.sock").is_socket() and (tmp_path / "metrics.sock").is_socket()
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+        force_unmount(str(mnt))
+
+
 FUSECTL = "/sys/fs/fuse/connections"
 
 
