@@ -62,9 +62,12 @@ struct KmsfsCommand: ParsableCommand {
 }
 
 /// Prints one line to stderr (escaped: it may name a hostile path) and
-/// exits with `code`.
+/// exits with `code`, wiping whatever secret the process holds first (the
+/// environment's AWS keys, a credential fetched; locked anonymous memory
+/// goes back to the kernel unwiped otherwise).
 func fail(_ message: String, code: Int32 = 1) -> Never {
     Log.writeAll(2, "kmsfs: \(LogEscape.escape(message))\n")
+    SecureMemoryStats.wipeAllLive()
     exit(code)
 }
 
