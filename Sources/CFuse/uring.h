@@ -61,6 +61,7 @@
 #define KMSFS_CFUSE_URING_H
 
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -839,11 +840,51 @@ static void *ku_queue_thread(void *arg) {
  * ring breaks (`ku_fail`), on that queue's thread, every signal blocked:
  * the session has been told to exit, and the connection must be aborted
  * for the loop (blocked reading /dev/fuse) and the CPU's callers to end. */
+/* The kernel's count of possible CPUs (the highest in
+ * /sys/devices/system/cpu/possible, plus one), which is how many queues it
+ * makes and waits for: until every one has an entry registered it holds
+ * every request, the daemon's own included. sysconf(_SC_NPROCESSORS_CONF)
+ * is not that: where /sys cannot be read (a chroot, a sandbox) glibc
+ * counts the online CPUs of /proc/stat, fewer than the possible ones on a
+ * machine with CPUs offline or hot-pluggable, and the mount hung for good.
+ * -1 when the file cannot be read or parsed: then no ring at all. */
+static inline long ku_possible_cpus(void) {
+    char buf[4096];
+    int fd = open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n;
+    do { n = read(fd, buf, sizeof buf - 1); } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    long highest = -1, value = -1;
+    for (ssize_t i = 0; i <= n; i++) {
+        char c = buf[i];
+        if (c >= '0' && c <= '9') {
+            value = (value < 0 ? 0 : value) * 10 + (c - '0');
+            if (value > 1 << 20) return -1;
+        } else if (c == '-' || c == ',' || c == '\n' || c == 0) {
+            if (value < 0) return -1;
+            if (value > highest) highest = value;
+            value = -1;
+            if (c == '\n' || c == 0) break;
+        } else {
+            return -1;
+        }
+    }
+    return highest < 0 ? -1 : highest + 1;
+}
+
 static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int depth, size_t max_read,
                                                     int max_helpers, size_t stack,
                                                     void (*on_failure)(void *), void *arg) {
-    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-    if (ncpu < 1 || ncpu > 1024 || depth < 1 || depth > 8192 || max_read < 8192) return NULL;
+    long ncpu = ku_possible_cpus();
+    if (ncpu < 1) {
+        fuse_log(FUSE_LOG_NOTICE, "io_uring: cannot read how many CPUs are possible (/sys/devices/system/cpu/possible), "
+                 "and the kernel waits for a queue on each; serving through /dev/fuse\n");
+        return NULL;
+    }
+    if (ncpu > 1024 || depth < 1 || depth > 8192 || max_read < 8192) return NULL;
     struct kmsfs_uring *u = (struct kmsfs_uring *)calloc(1, sizeof *u);
     if (!u) return NULL;
     u->se = se;
@@ -920,6 +961,17 @@ static inline void kmsfs_uring_stop(struct kmsfs_uring *u) {
     for (int waited = 0; __atomic_load_n(&u->writers, __ATOMIC_SEQ_CST) > 0; waited++) {
         if (waited >= 20000) {
             fuse_log(FUSE_LOG_WARNING, "io_uring: a reply still in flight at stop; leaving the rings mapped\n");
+            /* Mapped, but not holding plaintext: what replies wrote into
+             * the entries is wiped (a late reply's copy racing this only
+             * leaves its own bytes, which it wipes after its commit). */
+            for (int i = 0; i < u->nq; i++) {
+                struct ku_queue *q = &u->qs[i];
+                if (!q->ents) continue;
+                for (int j = 0; j < u->depth; j++) {
+                    struct ku_ent *e = &q->ents[j];
+                    if (e->region && e->dirty) explicit_bzero(e->payload, e->dirty);
+                }
+            }
             return;
         }
         usleep(100);

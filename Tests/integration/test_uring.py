@@ -465,3 +465,46 @@ def test_a_reply_whose_commit_was_cut_short_is_wiped_before_the_queue_waits(urin
             os.close(fd)
     assert m.proc.poll() is None, m.log()
     assert [line for line in m.log().splitlines() if "io_uring: " in line and SERVING not in line] == []
+
+
+NAMESPACE_SCRIPT = r"""
+set -e
+mount -t tmpfs -o size=64k tmpfs /sys/devices/system/cpu     # /sys hidden, as in a chroot or sandbox
+printf 'cpu  1 1 1 1\ncpu0 1 1 1 1\n' > "$WORK/stat"        # and /proc/stat showing one CPU online
+mount --bind "$WORK/stat" /proc/stat
+"$KMSFS" "$SRC" "$MNT" -o "allow_uid=0,audit=off,io_uring,log=$WORK/kmsfs.log"
+rc=0
+timeout -s KILL 10 cat "$MNT/small" > "$WORK/out" || rc=$?
+echo $rc > "$WORK/rc"
+timeout -s KILL 10 umount "$MNT" || true
+"""
+
+
+def test_a_cpu_count_the_kernel_does_not_share_never_hangs_the_mount(uring, tree, kms, kmsfs_bin, tmp_path):
+    """The kernel makes a ring queue per possible CPU and holds every
+    request until each has an entry. The queues were counted with
+    sysconf(_SC_NPROCESSORS_CONF), which where /sys cannot be read counts
+    the online CPUs of /proc/stat: with a CPU offline, one queue short, and
+    every access to the mount (the daemon's own stop included) blocked for
+    good. Now the count is the kernel's (/sys/devices/system/cpu/possible),
+    and where that cannot be read no ring is set up. In a private mount
+    namespace, /sys/devices/system/cpu is hidden and /proc/stat shows one
+    CPU online of this machine's two or more possible."""
+    possible = open("/sys/devices/system/cpu/possible").read().strip()
+    if possible in ("0", ""):
+        pytest.skip("one possible CPU: no count can fall short")
+    src, plains = tree
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(kms.env, WORK=str(tmp_path), KMSFS=kmsfs_bin, SRC=str(src), MNT=str(mnt))
+    try:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT],
+                           env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        # A daemon still hung in its namespace: killed, which ends its requests.
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "kmsfs.log")])
+    log = (tmp_path / "kmsfs.log").read_text() if (tmp_path / "kmsfs.log").exists() else ""
+    assert r.returncode == 0, (r.stderr, log)
+    assert (tmp_path / "rc").read_text().strip() == "0", log        # answered, not timed out
+    assert (tmp_path / "out").read_bytes() == plains["small"]
+    assert "cannot read how many CPUs are possible" in log, log
