@@ -45,8 +45,9 @@ enum DaemonSignals {
     }
 
     /// Serves `session` until it is unmounted or told to stop. `onReload`
-    /// runs on SIGHUP, on a thread of its own (`Reloader`); `onStop` runs once, after no new request can be
-    /// served and before the process exits, to wipe every plaintext.
+    /// runs on SIGHUP, on a thread of its own (`Reloader`); `onStop` runs
+    /// once, after no new request can be served and before the process
+    /// exits, to wipe every plaintext.
     /// Returns the exit status.
     /// `onLoopEnd` runs on the loop's thread the moment the loop ends,
     /// before the signal thread (or a stop waiting for the end) hears of
