@@ -153,21 +153,19 @@ enum MountTable {
     /// ENOTCONN ("Transport endpoint is not connected"): detach it, so a
     /// restart (systemd Restart=on-failure) mounts again. A live mount there
     /// is an error. (stat() is no test: the kernel may answer it from cache.)
-    /// Where the mount table cannot be read, the open alone decides: only
-    /// a dead FUSE (or network) mount answers it ENOTCONN.
+    /// Where the mount table cannot be read, nothing is detached (a dead
+    /// network mount answers ENOTCONN too): the mount itself then fails
+    /// and says why.
     static func recoverStaleMount(at mountpoint: String) throws(FUSEError) {
-        let table = MountInfo.current(where: { $0.mountpoint == Array(mountpoint.utf8) })
-        let fstype = table?.last?.fstypeName
-        if table != nil { guard let fstype, fstype.hasPrefix("fuse") else { return } }
+        guard let table = MountInfo.current(where: { $0.mountpoint == Array(mountpoint.utf8) }),
+              let fstype = table.last?.fstypeName, fstype.hasPrefix("fuse") else { return }
         let fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd >= 0 {
             close(fd)
-            guard let fstype else { return }
             throw FUSEError("\(mountpoint) is already mounted (\(fstype)); unmount it first (fusermount3 -u \(mountpoint))")
         }
         let e = Errno.current
         guard e == ENOTCONN || e == ECONNABORTED else {
-            if table == nil { return }   // not a mount this can judge: the mount itself will say
             throw FUSEError("mountpoint \(mountpoint): \(Errno.text(e))")
         }
         Log.notice("\(mountpoint): stale FUSE mount from a previous instance; detaching it")
@@ -249,8 +247,10 @@ enum MountTable {
         guard let mounts = MountInfo.current(where: {
             $0.device == device && $0.fstype == Array("fuse.kmsfs".utf8) && $0.mountID != nil && !$0.mountpoint.isEmpty
         }) else {
-            // No table to find it in: by the path, which is what there is.
-            return result(umount2(path, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW)))
+            // No table to find it in: nothing is detached by path (another
+            // mount may be there by now); the loop's end or fusectl ends it.
+            Log.warning("cannot read the mount table to find \(path)'s mount; leaving it (fusermount3 -uz \(path) detaches it)")
+            return true
         }
         // The mount at its own path, else the first listed (bind mounts of
         // it, which only root can make, are listed after it).
@@ -332,7 +332,11 @@ final class Reloader: @unchecked Sendable {
 
     private func run() {
         while lock.withLock({ () -> Bool in
-            guard requested, !stopped else { running = false; return false }
+            guard requested, !stopped else {
+                running = false
+                lock.broadcast()
+                return false
+            }
             requested = false
             return true
         }) {
@@ -340,5 +344,17 @@ final class Reloader: @unchecked Sendable {
         }
     }
 
-    func stop() { lock.withLock { stopped = true } }
+    /// No reload starts from now on; one under way gets up to `seconds`
+    /// to end, so the stop does not tear down what it is reopening.
+    func stop(waiting seconds: Double = 5) {
+        let deadline = SystemClock.monotonic() + seconds
+        lock.withLock {
+            stopped = true
+            while running {
+                let left = deadline - SystemClock.monotonic()
+                if left <= 0 { break }
+                lock.wait(seconds: min(left, 0.1))
+            }
+        }
+    }
 }
