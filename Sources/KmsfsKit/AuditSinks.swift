@@ -139,6 +139,8 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
         bytes.removeAll()
     }
 
+    /// Held by a write (all of its bytes) and by `reopen`.
+    private let writing = ConditionLock()
     /// When a write last failed and was logged (monotonic seconds).
     private let lastFailureLog = Mutex(-Double.infinity)
     /// Pause after a failed write, doubled up to `maximumPause`.
@@ -153,6 +155,10 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     /// from where it stopped, so the next line never starts inside an
     /// unfinished one.
     func writeRetrying(_ bytes: UnsafeRawBufferPointer) {
+        // A reopen waits for the write under way: a line begun in the old
+        // file is finished there, never continued at the new file's start.
+        writing.lock()
+        defer { writing.unlock() }
         guard let base = bytes.baseAddress else { return }
         var off = 0
         var pause = FileAuditSink.firstPause
@@ -202,6 +208,8 @@ public final class FileAuditSink: AuditSink, @unchecked Sendable {
     /// Opens the path anew (it may have been rotated away) under the same
     /// number (`Log.reopenAppendFile`); keeps the old file on failure.
     public func reopen() {
+        writing.lock()
+        defer { writing.unlock() }
         do { try Log.reopenAppendFile(path, onto: fd) } catch {
             Log.error("audit=: cannot reopen (\(error)); still writing to the previous file")
         }

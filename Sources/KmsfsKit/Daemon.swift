@@ -354,7 +354,7 @@ public enum Daemon {
             // and nothing said.
             let unwritten = audit.flush(within: 10)
             if unwritten > 0 {
-                Log.error("audit: \(unwritten) audit records could not be written before the daemon exits: their sink is stuck (a full disk, a FIFO nobody reads)")
+                Log.error("audit: at least \(unwritten) audit records could not be written before the daemon exits: their sink is stuck (a full disk, a FIFO nobody reads)")
             }
             control?.stop()
             metrics.stop()
