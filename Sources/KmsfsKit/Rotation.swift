@@ -316,22 +316,25 @@ public final class RotationNotifier: @unchecked Sendable {
         return changed
     }
 
-    /// Drops the baseline of every secret not in `seen` whose file is gone
-    /// (looked at again: one left out of the walk by a failed listing
-    /// keeps it), and the failures of secrets not in `seen` (status
-    /// lines, found again by the next batch that fails).
+    /// Drops the baseline and the failure of every secret not in `seen`
+    /// whose file is gone (looked at again: one left out of the walk by a
+    /// failed listing, or failing to be read, keeps both).
     private func forgetGone(except seen: Set<PathKey>) {
-        let unseen: [PathKey] = lock.withLock {
-            baseline.keys.filter { !seen.contains($0) && pending[$0] == nil }
-        }
-        var gone: [PathKey] = []
-        for key in unseen {
-            do { _ = try fs.tree.stat(key.path) } catch { if error.isMissing { gone.append(key) } }
-        }
+        // Failures are kept by mount path (a secret that never decrypted
+        // has no baseline): its ciphertext is that path plus `.encrypted`.
         let shownSeen = Set(seen.map { PathKey(SourceTree.mountPath(ofSource: $0.path)) })
+        let (unseen, unseenFailures): ([PathKey], [PathKey]) = lock.withLock {
+            (baseline.keys.filter { !seen.contains($0) && pending[$0] == nil },
+             stats.failures.keys.filter { !shownSeen.contains($0) })
+        }
+        func isGone(_ source: String) -> Bool {
+            do { _ = try fs.tree.stat(source); return false } catch { return error.isMissing }
+        }
+        let gone = unseen.filter { isGone($0.path) }
+        let goneFailures = unseenFailures.filter { isGone($0.path + ".encrypted") }
         lock.withLock {
             for key in gone where pending[key] == nil { baseline.removeValue(forKey: key) }
-            for shown in Array(stats.failures.keys) where !shownSeen.contains(shown) {
+            for shown in goneFailures where pending[PathKey(shown.path + ".encrypted")] == nil {
                 stats.failures.removeValue(forKey: shown)
             }
         }

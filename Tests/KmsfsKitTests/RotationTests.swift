@@ -255,13 +255,13 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
 
         // A directory moved out sends one event, for the directory.
         mkdir(rig.dir + "/src/d", 0o755)
-        for name in ["x", "y"] {
+        for (name, ciphertext) in [("x", "dx"), ("y", "dy"), ("z", "!broken")] {
             let fd = open(rig.dir + "/src/d/\(name).encrypted", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            _ = "d\(name)".withCString { write(fd, $0, strlen($0)) }
+            _ = ciphertext.withCString { write(fd, $0, strlen($0)) }
             close(fd)
             rig.notifier.changed(sourcePath: "d/\(name).encrypted")
         }
-        try #require(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 4 })
+        try #require(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 4 && rig.notifier.snapshot.failures.count == 1 })
         #expect(rename(rig.dir + "/src/d", rig.dir + "/moved-out") == 0)
         rig.fs.sourceChanged(directory: ".", name: "d", isDirectory: true, removed: true)
         #expect(RotationRetryTests.eventually { rig.notifier.rememberedVersions == 2 })
