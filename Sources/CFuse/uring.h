@@ -840,8 +840,8 @@ static void *ku_queue_thread(void *arg) {
  * ring breaks (`ku_fail`), on that queue's thread, every signal blocked:
  * the session has been told to exit, and the connection must be aborted
  * for the loop (blocked reading /dev/fuse) and the CPU's callers to end. */
-/* The kernel's count of possible CPUs (the highest in
- * /sys/devices/system/cpu/possible, plus one), which is how many queues it
+/* The kernel's count of possible CPUs (num_possible_cpus(): the CPUs that
+ * /sys/devices/system/cpu/possible lists), which is how many queues it
  * makes and waits for: until every one has an entry registered it holds
  * every request, the daemon's own included. sysconf(_SC_NPROCESSORS_CONF)
  * is not that: where /sys cannot be read (a chroot, a sandbox) glibc
@@ -857,22 +857,30 @@ static inline long ku_possible_cpus(void) {
     close(fd);
     if (n <= 0) return -1;
     buf[n] = 0;
-    long highest = -1, value = -1;
+    /* Ranges "a-b" and single CPUs "c", comma-separated. */
+    long count = 0, value = -1, first = -1;
     for (ssize_t i = 0; i <= n; i++) {
         char c = buf[i];
         if (c >= '0' && c <= '9') {
             value = (value < 0 ? 0 : value) * 10 + (c - '0');
             if (value > 1 << 20) return -1;
-        } else if (c == '-' || c == ',' || c == '\n' || c == 0) {
-            if (value < 0) return -1;
-            if (value > highest) highest = value;
+        } else if (c == '-') {
+            if (value < 0 || first >= 0) return -1;
+            first = value;
             value = -1;
+        } else if (c == ',' || c == '\n' || c == 0) {
+            if (value < 0) return -1;
+            long from = first >= 0 ? first : value;
+            if (value < from) return -1;
+            count += value - from + 1;
+            if (count > 1 << 20) return -1;
+            first = value = -1;
             if (c == '\n' || c == 0) break;
         } else {
             return -1;
         }
     }
-    return highest < 0 ? -1 : highest + 1;
+    return count > 0 ? count : -1;
 }
 
 static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int depth, size_t max_read,
@@ -884,7 +892,11 @@ static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int
                  "and the kernel waits for a queue on each; serving through /dev/fuse\n");
         return NULL;
     }
-    if (ncpu > 1024 || depth < 1 || depth > 8192 || max_read < 8192) return NULL;
+    if (ncpu > 1024) {
+        fuse_log(FUSE_LOG_NOTICE, "io_uring: %ld possible CPUs, more than the 1024 queues kmsfs sets up; serving through /dev/fuse\n", ncpu);
+        return NULL;
+    }
+    if (depth < 1 || depth > 8192 || max_read < 8192) return NULL;
     struct kmsfs_uring *u = (struct kmsfs_uring *)calloc(1, sizeof *u);
     if (!u) return NULL;
     u->se = se;
