@@ -239,8 +239,9 @@ public final class CredentialServer: @unchecked Sendable {
         while ok && offset < total {
             let n = min(scratch.bufferSize, total - offset)
             do {
-                // Wiped while it was sent (a stop that waited its second
-                // out): zeros may have gone out as the credential's end.
+                // The stop's wipe leaves the scratch to this send (it is
+                // wiped right after); the credential itself may be wiped
+                // meanwhile, and is then refused rather than sent whole.
                 let intact = try scratch.withScratch { buf -> Int in
                     guard plaintext.copyBytes(from: offset, count: n, to: buf.baseAddress!) else {
                         ok = false       // wiped meanwhile: refused, not sent

@@ -115,16 +115,7 @@ public struct MountOptions: Sendable {
     public static func parse(_ arguments: [String]) throws(OptionError) -> MountOptions {
         var all: [String] = []
         for arg in arguments {
-            let (items, dangling, openQuote) = splitEscaped(arg)
-            if dangling, let last = items.last {
-                // Whether the operator meant a backslash or forgot what
-                // followed it, guessing would mount something else.
-                throw OptionError("option '\(last)\\' ends in a backslash that escapes nothing; write \\\\ for a backslash")
-            }
-            if openQuote, let last = items.last {
-                throw OptionError("option '\(last)' has a double quote that is not closed; close it, or write \\\" for a quote")
-            }
-            all += items.filter { !$0.isEmpty }
+            all += try splitChecked(arg).filter { !$0.isEmpty }
         }
         try refuseRepeatedLists(all, "nothing was mounted. Give the whole list once (allow_uid=a:b)")
         var o = MountOptions()
@@ -170,6 +161,9 @@ public struct MountOptions: Sendable {
     /// while mounted must keep their values, or nothing changes.
     /// Returns the new raw options (one `-o` argument) and their parse.
     public static func remounted(_ current: [String], with changes: [String]) throws(OptionError) -> (raw: [String], options: MountOptions) {
+        // A backslash that escapes nothing or an open quote is refused as
+        // at mount, not dropped (the control socket takes raw arguments).
+        for arg in changes { _ = try splitChecked(arg) }
         let items = changes.flatMap(splitOptions).filter { !$0.isEmpty && $0 != "remount" }
         // `mount -o remount,allow_uid=a` on a line with allow_uid=a:b sends
         // both, and the lists would add up, silently keeping b.
@@ -211,6 +205,21 @@ public struct MountOptions: Sendable {
     }
 
     static func splitOptions(_ s: String) -> [String] { splitEscaped(s).items }
+
+    /// The items of one `-o` argument; a backslash that escapes nothing or
+    /// a double quote left open is refused.
+    static func splitChecked(_ arg: String) throws(OptionError) -> [String] {
+        let (items, dangling, openQuote) = splitEscaped(arg)
+        if dangling, let last = items.last {
+            // Whether the operator meant a backslash or forgot what
+            // followed it, guessing would mount something else.
+            throw OptionError("option '\(last)\\' ends in a backslash that escapes nothing; write \\\\ for a backslash")
+        }
+        if openQuote, let last = items.last {
+            throw OptionError("option '\(last)' has a double quote that is not closed; close it, or write \\\" for a quote")
+        }
+        return items
+    }
 
     /// The items of one `-o` argument, whether it ended in a backslash
     /// that escapes nothing, and whether a double quote was left open

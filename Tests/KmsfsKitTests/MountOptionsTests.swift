@@ -55,6 +55,8 @@ import AWS
         #expect { try MountOptions.parse(["allow_uid=0,context=\"k=v,ro"]) } throws: { error in
             "\(error)" == "option 'context=k=v,ro' has a double quote that is not closed; close it, or write \\\" for a quote"
         }
+        // A remount sent straight to the control socket is held to the same.
+        #expect(throws: (any Error).self) { try MountOptions.remounted(["allow_uid=0"], with: ["allow_uid=\"alice"]) }
         // What a remount writes back parses to the same.
         let item = "context=k=\"a,b\"\\"
         #expect(MountOptions.splitOptions(MountOptions.escapeOption(item)) == [item])
