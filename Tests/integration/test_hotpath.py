@@ -4,6 +4,7 @@ cache (a private mmap), releases drop cached pages only for handles that
 used it, the audit writer batches records off the open's path and writes
 every one of them by the time the daemon has unmounted, and an opener's name
 is remembered for a second without mixing up processes."""
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -327,12 +328,11 @@ def test_a_stuck_audit_writer_holds_up_opens_only(public_tmp, kms, tmp_path):
         subprocess.run(["rm", "-rf", str(base)])
 
 
-def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
-    """audit=FILE on a file system that fills up: the records written then
-    used to be dropped without a word (and a write cut short left a line
-    with no end, the next batch went on after it). Now the writer says so
-    in the log, waits, and once there is room writes every record, each
-    line whole."""
+@contextlib.contextmanager
+def audit_on_a_small_disk(kms, tmp_path):
+    """A mount of the one secret `s` whose audit=FILE is on a 64 KiB tmpfs,
+    and `fill()`, which fills that tmpfs to ENOSPC (the filler is
+    disk/filler). Unmounted and the tmpfs detached even on failure."""
     from conftest import Mount
     src = tmp_path / "src"
     src.mkdir()
@@ -341,13 +341,8 @@ def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
     disk.mkdir()
     (tmp_path / "mnt").mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)], check=True)
-    m = None
-    try:
-        audit = disk / "audit.log"
-        m = Mount(src, tmp_path / "mnt", "allow_uid=0,audit=%s" % audit, kms.env, tmp_path / "kmsfs.log")
-        with open(m.file("s"), "rb") as f:
-            assert f.read() == SECRET
-        # Fill the disk: the filler ends where the file system is full.
+
+    def fill():
         filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             while True:
@@ -356,6 +351,27 @@ def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
             assert e.errno == errno.ENOSPC, e
         finally:
             os.close(filler)
+
+    m = None
+    try:
+        m = Mount(src, tmp_path / "mnt", "allow_uid=0,audit=%s" % (disk / "audit.log"), kms.env, tmp_path / "kmsfs.log")
+        yield m, disk, fill
+    finally:
+        if m is not None:
+            m.stop()
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
+    """audit=FILE on a file system that fills up: the records written then
+    used to be dropped without a word (and a write cut short left a line
+    with no end, the next batch went on after it). Now the writer says so
+    in the log, waits, and once there is room writes every record, each
+    line whole."""
+    with audit_on_a_small_disk(kms, tmp_path) as (m, disk, fill):
+        with open(m.file("s"), "rb") as f:
+            assert f.read() == SECRET
+        fill()
         n = 200                                        # well inside the 1,024-record queue: no open waits
         for _ in range(n):
             with open(m.file("s"), "rb") as f:
@@ -367,14 +383,10 @@ def test_a_full_disk_holds_audit_records_until_there_is_room(kms, tmp_path):
             time.sleep(0.1)
         assert "no record was lost" in m.log(), m.log()
         m.stop()
-        lines = audit.read_text().splitlines()
+        lines = (disk / "audit.log").read_text().splitlines()
         mine = [l for l in lines if " pid=%d " % os.getpid() in l and " path=s " in l]
         assert len(mine) == n + 1, (len(mine), n + 1)
         assert all(l.startswith("audit time=") and l.count(" time=") == 1 for l in lines), lines
-    finally:
-        if m is not None:
-            m.stop()
-        subprocess.run(["umount", "-l", str(disk)])
 
 
 def test_a_reload_behind_a_stuck_audit_sink_never_holds_up_the_stop(kms, tmp_path):
@@ -384,25 +396,9 @@ def test_a_reload_behind_a_stuck_audit_sink_never_holds_up_the_stop(kms, tmp_pat
     served on until SIGKILL. Now the reload runs on its own thread and
     waits a bounded time, and the stop's own flush is bounded too and says
     how many records it could not write."""
-    from conftest import Mount, mounted
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "s.encrypted").write_bytes(kms.encrypt_blob(SECRET))
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    (tmp_path / "mnt").mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)], check=True)
-    m = None
-    try:
-        m = Mount(src, tmp_path / "mnt", "allow_uid=0,audit=%s" % (disk / "audit.log"), kms.env, tmp_path / "kmsfs.log")
-        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(filler, b"f" * 4096)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC, e
-        finally:
-            os.close(filler)
+    from conftest import mounted
+    with audit_on_a_small_disk(kms, tmp_path) as (m, disk, fill):
+        fill()
         for _ in range(20):
             with open(m.file("s"), "rb") as f:
                 assert f.read() == SECRET
@@ -414,7 +410,3 @@ def test_a_reload_behind_a_stuck_audit_sink_never_holds_up_the_stop(kms, tmp_pat
         assert m.proc.wait(30) == 0, m.log()
         assert not mounted(m.path)
         assert "audit records could not be written before the daemon exits" in m.log(), m.log()
-    finally:
-        if m is not None:
-            m.stop()
-        subprocess.run(["umount", "-l", str(disk)])
