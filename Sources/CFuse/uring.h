@@ -139,7 +139,7 @@ struct ku_queue {
     struct io_uring_cqe *cqes;
     struct ku_ent *ents;
     pthread_mutex_t lock;
-    struct ku_ent *ready;       /* answered, to commit */
+    struct ku_ent *ready, *ready_tail;   /* answered, to commit, in the order answered */
     struct ku_ent *work_head, *work_tail;   /* for this queue's helpers */
     int helpers, idle;
     pthread_cond_t work;        /* helpers: work or stop; stop: a helper ended */
@@ -421,9 +421,19 @@ static inline void ku_wake(struct ku_queue *q) {
     (void)w;
 }
 /* With the queue's lock: the entry has its reply and nobody is using its request. */
+/* In the order answered, which for a queue's own requests (answered on
+ * its thread, as they came) is the order they came in: the kernel applies
+ * replies in the order they are committed, and a page-cache read's short
+ * reply sets the file's size only if no other reply to that file changed
+ * its attributes since the read was sent. Replies committed newest first
+ * put an empty readahead past the end (size: its offset) before the read
+ * that holds the end, whose size the kernel then refused, so sendfile(2)
+ * gave the plaintext and zeros up to the next 128 KiB. */
 static inline void ku_ready_locked(struct ku_queue *q, struct ku_ent *e) {
-    e->next = q->ready;
-    q->ready = e;
+    e->next = NULL;
+    if (q->ready_tail) q->ready_tail->next = e;
+    else q->ready = e;
+    q->ready_tail = e;
 }
 static inline void ku_process(struct kmsfs_uring *u, struct ku_ent *e) {
     struct fuse_buf buf;
@@ -755,6 +765,7 @@ static void *ku_queue_thread(void *arg) {
         while (q->ready && n < 64) {
             struct ku_ent *e = q->ready;
             q->ready = e->next;
+            if (q->ready == NULL) q->ready_tail = NULL;
             committed[n++] = e;
         }
         int more = q->ready != NULL;

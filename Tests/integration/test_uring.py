@@ -80,6 +80,39 @@ def test_every_read_over_the_ring_returns_the_plaintext(uring, tree, mount_facto
     assert [line for line in m.log().splitlines() if "io_uring: " in line and SERVING not in line] == []
 
 
+def test_sendfile_over_the_ring_stops_at_the_plaintexts_end(uring, tree, mount_factory, tmp_path):
+    """sendfile(2) reads through the page cache, which ends where a short
+    read's reply puts the file's size, and the kernel takes that size only
+    from a reply that no other reply to the file came before since the read
+    was sent. Readahead sends the read that holds the end and empty reads
+    past it together; committed newest first, an empty one set the size to
+    its offset and the other was refused, so the copy went on with zeros to
+    the next 128 KiB (4 of 5 attempts). POSIX_FADV_WILLNEED sends 16 reads
+    at once."""
+    src, plains = tree
+    m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
+    assert m.wait_log(SERVING), m.log()
+    want = plains["big"]
+    sent = tmp_path / "sent"
+    for attempt in range(6):
+        fd = os.open(m.file("big"), os.O_RDONLY)
+        out = os.open(sent, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fadvise(fd, 0, 2 << 20, os.POSIX_FADV_WILLNEED)
+            offset = 0
+            while True:
+                n = os.sendfile(out, fd, offset, 1 << 20)
+                if n == 0:
+                    break
+                offset += n
+                assert offset <= len(want), (attempt, offset)
+        finally:
+            os.close(out)
+            os.close(fd)
+        assert sent.read_bytes() == want, attempt
+        time.sleep(0.3)                                    # the release drops the pages: fresh ones next time
+
+
 def test_open_still_checks_who_asks(uring, public_tmp, kms, users, tmp_path):
     base = public_tmp / "uring-access"
     (base / "src").mkdir(parents=True)
