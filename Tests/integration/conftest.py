@@ -7,6 +7,7 @@ test fails.
 import base64
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import pathlib
@@ -349,6 +350,29 @@ def run_as(user, argv, **kw):
     """Runs argv as `user` (name), with its groups, through setpriv."""
     return subprocess.run(["setpriv", "--reuid", user, "--regid", user, "--init-groups"] + list(argv),
                           capture_output=True, timeout=30, **kw)
+
+
+MACHINE_LOCK = "/run/lock/kmsfs-integration.lock"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_suite_per_machine(pytestconfig):
+    """The suite changes what the whole machine shares: it deletes and
+    recreates the users below, switches the fuse module's enable_uring and
+    puts it back. Two sessions at once (a second `make test`, `make
+    sanitize` beside it) deleted each other's users mid-test, and tests
+    failed with `setpriv: failed to parse reuid`. A second session now
+    waits for the first."""
+    os.makedirs(os.path.dirname(MACHINE_LOCK), exist_ok=True)
+    with open(MACHINE_LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                print("\nwaiting for another integration run on this machine (%s)" % MACHINE_LOCK, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
