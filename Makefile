@@ -165,6 +165,10 @@ fuzz-replay: fuzz-build
 # status: hence exitcode=0, and the report files are what is checked).
 SANITIZERS     ?= thread address
 SANITIZE_TESTS ?= Tests/integration
+# Options added to every mount; SANITIZE_OPTS=insecure_allow_unlocked,io_uring
+# (with enable_uring=Y) runs the suite over the ring. Reports are looked for
+# even when a test failed.
+SANITIZE_OPTS  ?= insecure_allow_unlocked
 
 sanitize: sanitize-unit sanitize-integration
 
@@ -184,10 +188,11 @@ sanitize-integration:
 		echo "== integration tests against a daemon built with the $$s sanitizer"; \
 		$(SWIFT) build -c release --product kmsfs --sanitize=$$s --scratch-path $$d $$flags || exit 1; \
 		rm -f $$d/report.*; \
-		KMSFS_BIN=$(CURDIR)/$$d/release/kmsfs KMSFS_EXTRA_OPTS=insecure_allow_unlocked KMSFS_SANITIZED=$$s \
+		KMSFS_BIN=$(CURDIR)/$$d/release/kmsfs KMSFS_EXTRA_OPTS=$(SANITIZE_OPTS) KMSFS_SANITIZED=$$s \
 		TSAN_OPTIONS="halt_on_error=1 exitcode=0 log_path=$(CURDIR)/$$d/report" \
 		ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/$$d/report" SWIFT_BACKTRACE=enable=no \
-		$(PYTHON) -m pytest -q $(SANITIZE_TESTS) || exit 1; \
+		$(PYTHON) -m pytest -q $(SANITIZE_TESTS); rc=$$?; \
 		if grep -l "WARNING: ThreadSanitizer\|ERROR: AddressSanitizer" $$d/report.* 2>/dev/null; then \
 			echo "$$s sanitizer reports above (files $$d/report.*)"; exit 1; fi; \
+		[ $$rc = 0 ] || exit $$rc; \
 	done
