@@ -181,26 +181,31 @@ def test_sendfile_and_copyfile_stop_at_the_plaintexts_end(hot_mount, tmp_path):
         copied_exactly(hot_mount.file(name), want, tmp_path)
 
 
-def copied_exactly(path, want, tmp_path):
-    for attempt in range(3):                   # fresh pages each time: dropped in between
+def copied_exactly(path, want, tmp_path, attempts=3, pause=1.2, readahead=0):
+    """sendfile(2) until 0, then shutil.copyfile, each `attempts` times,
+    `pause` seconds apart (fresh pages each time: dropped in between);
+    `readahead` bytes are asked for first (POSIX_FADV_WILLNEED), which sends
+    their reads to the daemon all at once."""
+    for attempt in range(attempts):
         fd = os.open(path, os.O_RDONLY)
         out = os.open(tmp_path / "sent", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            total, offset = 0, 0
+            if readahead:
+                os.posix_fadvise(fd, 0, readahead, os.POSIX_FADV_WILLNEED)
+            offset = 0
             while True:
                 n = os.sendfile(out, fd, offset, 1 << 20)
                 if n == 0:
                     break
                 offset += n
-                total += n
-                assert total <= len(want), (path, attempt, total)
+                assert offset <= len(want), (path, attempt, offset)
         finally:
             os.close(out)
             os.close(fd)
         assert (tmp_path / "sent").read_bytes() == want, (path, attempt)
         shutil.copyfile(path, tmp_path / "copy")
         assert (tmp_path / "copy").read_bytes() == want, (path, attempt)
-        time.sleep(1.2)
+        time.sleep(pause)
 
 
 def audit_lines(m):

@@ -22,6 +22,7 @@ import pytest
 
 from conftest import URING_PARAM, Mount, mounted, run_as, unsanitized_only, uring_enabled
 from test_formats import cli_args, cli_batch
+from test_hotpath import copied_exactly
 from test_memory import needles_for, scan, unique_secret
 
 SERVING = "serving through FUSE over io_uring"
@@ -92,25 +93,8 @@ def test_sendfile_over_the_ring_stops_at_the_plaintexts_end(uring, tree, mount_f
     src, plains = tree
     m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
     assert m.wait_log(SERVING), m.log()
-    want = plains["big"]
-    sent = tmp_path / "sent"
-    for attempt in range(6):
-        fd = os.open(m.file("big"), os.O_RDONLY)
-        out = os.open(sent, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.posix_fadvise(fd, 0, 2 << 20, os.POSIX_FADV_WILLNEED)
-            offset = 0
-            while True:
-                n = os.sendfile(out, fd, offset, 1 << 20)
-                if n == 0:
-                    break
-                offset += n
-                assert offset <= len(want), (attempt, offset)
-        finally:
-            os.close(out)
-            os.close(fd)
-        assert sent.read_bytes() == want, attempt
-        time.sleep(0.3)                                    # the release drops the pages: fresh ones next time
+    # The release drops the pages at once: 0.3 s apart, each attempt reads anew.
+    copied_exactly(m.file("big"), plains["big"], tmp_path, attempts=6, pause=0.3, readahead=2 << 20)
 
 
 def test_open_still_checks_who_asks(uring, public_tmp, kms, users, tmp_path):
