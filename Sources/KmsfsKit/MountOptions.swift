@@ -163,8 +163,8 @@ public struct MountOptions: Sendable {
     public static func remounted(_ current: [String], with changes: [String]) throws(OptionError) -> (raw: [String], options: MountOptions) {
         // A backslash that escapes nothing or an open quote is refused as
         // at mount, not dropped (the control socket takes raw arguments).
-        for arg in changes { _ = try splitChecked(arg) }
-        let items = changes.flatMap(splitOptions).filter { !$0.isEmpty && $0 != "remount" }
+        var items: [String] = []
+        for arg in changes { items += try splitChecked(arg).filter { !$0.isEmpty && $0 != "remount" } }
         // `mount -o remount,allow_uid=a` on a line with allow_uid=a:b sends
         // both, and the lists would add up, silently keeping b.
         try refuseRepeatedLists(items, "nothing was changed. Give the whole list once: edit the fstab line, then mount -o remount")
