@@ -420,15 +420,16 @@ static inline void ku_wake(struct ku_queue *q) {
     ssize_t w = write(q->efd, &one, sizeof one);
     (void)w;
 }
-/* With the queue's lock: the entry has its reply and nobody is using its request. */
-/* In the order answered, which for a queue's own requests (answered on
- * its thread, as they came) is the order they came in: the kernel applies
- * replies in the order they are committed, and a page-cache read's short
- * reply sets the file's size only if no other reply to that file changed
- * its attributes since the read was sent. Replies committed newest first
- * put an empty readahead past the end (size: its offset) before the read
- * that holds the end, whose size the kernel then refused, so sendfile(2)
- * gave the plaintext and zeros up to the next 128 KiB. */
+/* With the queue's lock: the entry has its reply and nobody is using its
+ * request. Queued in the order answered, which for a queue's own requests
+ * (answered on its thread, as they came) is the order they came in: the
+ * kernel applies replies in the order they are committed, and a short
+ * read through the page cache sets the file's size only if no other reply
+ * changed that file's attributes since the read was sent. Replies
+ * committed newest first put an empty readahead past the end (size: its
+ * offset) before the read that holds the end, whose size the kernel then
+ * refused, so sendfile(2) gave the plaintext and zeros up to the next
+ * 128 KiB. */
 static inline void ku_ready_locked(struct ku_queue *q, struct ku_ent *e) {
     e->next = NULL;
     if (q->ready_tail) q->ready_tail->next = e;
