@@ -957,11 +957,12 @@ public final class SecretFileSystem: @unchecked Sendable {
             // waited (the watcher busy) decrypted the new ciphertext, which
             // says nothing of what the applications held before; passed as
             // "before", the rotation was taken for a touch and nobody was
-            // told. The file is looked at after the wipe: the version
-            // wiped is dropped only if it is that of the very file SOURCE
-            // holds after it.
-            var was = cache.invalidateReturningEntry(sourcePath)
-            if let cached = was, let now = try? tree.stat(sourcePath), now.fingerprint == cached.fingerprint { was = nil }
+            // told. Nor is it wiped: it is the new plaintext, and wiping it
+            // made the next stat show the ciphertext's size again and the
+            // next open call KMS again for the same bytes. The file is
+            // looked at first; a change after that sends its own event.
+            let now = try? tree.stat(sourcePath)
+            let was = cache.invalidate(sourcePath, unlessDecryptedFrom: now?.fingerprint)
             if let hook = changeHook.withLock({ $0 }) { hook.call(sourcePath, was?.version) }
         }
         let (parent, child) = table.withLock { t -> (UInt64?, UInt64?) in

@@ -465,6 +465,26 @@ public final class SecretCache: @unchecked Sendable {
         }
     }
 
+    /// `invalidateReturningEntry` for a changed name that may hold a new
+    /// ciphertext: a plaintext decrypted from `current` (the file the name
+    /// holds, looked at before this call) is that new file's and stays;
+    /// any other is wiped and returned. A later change sends an event of
+    /// its own, and every hit compares fingerprints anyway. So is a
+    /// decryption in flight begun on that file: it reads that file or a
+    /// newer one (a path only moves forward), never the one replaced.
+    @discardableResult
+    public func invalidate(_ path: String, unlessDecryptedFrom current: Fingerprint?) -> (version: String, fingerprint: Fingerprint)? {
+        guard let current else { return invalidateReturningEntry(path) }
+        let key = PathKey(path)
+        return lock.withLock {
+            if let f = flights[key], f.fingerprint != current { f.stale = true }
+            if let e = evicted[key], e.fingerprint != current { evicted[key] = nil }
+            guard let e = entries[key], e.fingerprint != current else { return nil }
+            removeLocked(key)
+            return (version: e.version, fingerprint: e.fingerprint)
+        }
+    }
+
     /// Wipes every plaintext under a directory prefix (`dir/`), or all.
     public func invalidateAll(prefix: String? = nil) {
         lock.withLock {

@@ -443,6 +443,27 @@ final class ReversingDecryptor: SecretDecrypting, Sendable {
         #expect(Self.eventually { rig.runs == ["a"] })
     }
 
+    /// The same window, from the cache's side: the version that open
+    /// decrypted is the file SOURCE holds, so the late event keeps it. It
+    /// was wiped, and the next stat showed the ciphertext's size again and
+    /// the next open called KMS again for the same bytes.
+    @Test func aLateEventKeepsThePlaintextAnOpenDecryptedFromTheNewFile() throws {
+        let rig = try Rig(retryDelays: [60])
+        Self.wire(rig)
+        #expect(try Self.openAndRead(rig, "a") == "a1")
+        rig.put("a", "2a")                                        // renamed over; the event waits
+        #expect(try Self.openAndRead(rig, "a") == "a2")           // decrypts the new file
+        let decrypts = rig.fs.counterSnapshot.decrypts
+        Self.applyEvent(rig, "a")
+        #expect(rig.fs.cache.peek("a.encrypted", fingerprint: try rig.fs.tree.stat("a.encrypted").fingerprint) != nil)
+        #expect(try Self.openAndRead(rig, "a") == "a2")
+        #expect(rig.fs.counterSnapshot.decrypts == decrypts)     // a hit, no second Decrypt
+        #expect(Self.eventually { rig.runs == ["a"] })            // and still told
+        rig.put("a", "3a")                                        // a later change still wipes it
+        Self.applyEvent(rig, "a")
+        #expect(rig.fs.cache.peek("a.encrypted", fingerprint: nil) == nil)
+    }
+
     /// The same, with the new ciphertext written again (a deploy run twice,
     /// same bytes, new file) before the event is applied: the version the
     /// open cached is no longer the file's, yet not what the service holds.

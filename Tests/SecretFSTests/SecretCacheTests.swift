@@ -271,6 +271,31 @@ func content(_ r: Result<CachedSecret, DecryptFailure>) -> String? {
         #expect(cache.count == 0)                             // ...but it is not cached
     }
 
+    /// The watcher's late event for the file a decryption (or a cached
+    /// plaintext) was made from keeps it; for any other file it wipes.
+    @Test func anEventForTheFileDecryptedKeepsItAndForAnotherWipes() {
+        let clock = FakeClock()
+        let cache = SecretCache(configuration: .init(), now: clock.now)
+        _ = cache.acquire(path: "p", current: fingerprint(2)) {
+            #expect(cache.invalidate("p", unlessDecryptedFrom: fingerprint(2)) == nil)   // in flight, of this file
+            return secret("new", fingerprint(2), clock)
+        }
+        #expect(cache.count == 1)
+        #expect(cache.invalidate("p", unlessDecryptedFrom: fingerprint(2)) == nil)       // cached, of this file
+        #expect(cache.count == 1)
+        _ = cache.acquire(path: "q", current: fingerprint(1)) {
+            cache.invalidate("q", unlessDecryptedFrom: fingerprint(2))                  // in flight, of the old file
+            return secret("old", fingerprint(1), clock, path: "q")
+        }
+        #expect(cache.peek("q", fingerprint: nil) == nil)
+        let was = cache.invalidate("p", unlessDecryptedFrom: fingerprint(3))           // cached, of the old file
+        #expect(was?.fingerprint == fingerprint(2))
+        #expect(cache.count == 0)
+        _ = cache.acquire(path: "p", current: fingerprint(3)) { secret("v3", fingerprint(3), clock) }
+        #expect(cache.invalidate("p", unlessDecryptedFrom: nil) != nil)                 // gone from SOURCE
+        #expect(cache.count == 0)
+    }
+
     /// Regression (issue 13 A10): a per-path generation counter was kept
     /// for every name ever invalidated (80,000 created-and-deleted names
     /// grew locked RSS from 23 to 49 MB). Nothing outlives its entry now.
