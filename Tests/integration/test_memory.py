@@ -224,11 +224,23 @@ def test_a_secret_evicted_while_held_open_is_taken_back_not_decrypted_again(tmp_
         (src / (n + ".encrypted")).write_bytes(kms.encrypt_blob(n.encode() * 100))
     m = mount_factory(src, "allow_uid=0,cache_max=4K", env=kms.base_env(endpoint=proxy.url))
     proxy.reset()
+
+    def open_handles():
+        r = subprocess.run([KMSFS, "status", m.path, "--json"], capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["handles"]["open"]
+
     held = open(m.file("a"), "rb")
     try:
         assert held.read() == b"a" * 100
         for _ in range(5):
             assert open(m.file("b"), "rb").read() == b"b" * 100   # evicts a, a page each
+            # close(2) does not wait for the daemon's release (and over
+            # io_uring it may come on another CPU's queue after the next
+            # open): b is let go before a is opened again.
+            deadline = time.monotonic() + 10
+            while open_handles() != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert open(m.file("a"), "rb").read() == b"a" * 100   # a back, b evicted (nothing holds it)
         assert proxy.count("Decrypt") == 1 + 5                    # a once, b at each open
         held.seek(0)
