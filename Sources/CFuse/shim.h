@@ -35,7 +35,9 @@
  * daemon's main thread takes them with sigwait). The loop ends when
  * reading fails (ENODEV once the connection is gone) or the session is
  * told to exit; the call returns when every worker has ended, with the
- * error if any.
+ * error if any. `on_gone(gone_arg)` runs once, on the reader that first
+ * reads ENODEV (the mount is gone), with the loop's lock held: short work
+ * that must not wait for the rest of the loop (nor call into it).
  */
 #include <pthread.h>
 #include <poll.h>
@@ -59,6 +61,8 @@ struct kmsfs_loop {
     uint64_t tenure;          /* bumped when a new worker becomes the reader */
     uint64_t last_answer_ns;  /* when the reader last answered a request */
     struct kmsfs_uring *uring; /* FUSE over io_uring beside /dev/fuse, or NULL */
+    void (*on_gone)(void *);  /* the connection is gone: called once, lock held */
+    void *gone_arg;
 };
 static inline uint64_t kmsfs_mono_ns(void) {
     struct timespec t;
@@ -135,6 +139,15 @@ static inline int kmsfs_loop_read(struct kmsfs_loop *l, struct fuse_buf *buf) {
         }
         if (res <= 0) {
             if (res < 0 && l->error == 0) l->error = res;
+            if ((res == 0 || res == -ENODEV) && l->on_gone) {
+                /* The mount is gone (libfuse answers ENODEV with 0 and
+                 * the session exited): say so now, not once every worker
+                 * and the ring's queues have ended (what lets go of
+                 * SOURCE, for SOURCE's own unmount right after). */
+                void (*gone)(void *) = l->on_gone;
+                l->on_gone = NULL;
+                gone(l->gone_arg);
+            }
             fuse_session_exit(l->se);
             return 1;
         }
@@ -252,15 +265,19 @@ static void *kmsfs_loop_standby(void *arg) {
         }
     }
 }
-/* `on_uring_failure(arg)`: see kmsfs_uring_start; never called once this has returned. */
+/* `on_uring_failure(arg)`: see kmsfs_uring_start; neither it nor `on_gone`
+ * is called once this has returned. */
 static inline int kmsfs_fuse_session_loop(struct fuse_session *se, unsigned int max_threads,
                                           unsigned int max_idle, unsigned int spin_us,
                                           unsigned int watch_us, size_t stack,
                                           unsigned int uring_depth, size_t max_read,
-                                          void (*on_uring_failure)(void *), void *arg) {
+                                          void (*on_uring_failure)(void *), void *arg,
+                                          void (*on_gone)(void *), void *gone_arg) {
     struct kmsfs_loop l;
     memset(&l, 0, sizeof l);
     l.se = se;
+    l.on_gone = on_gone;
+    l.gone_arg = gone_arg;
     l.fd = fuse_session_fd(se);
     l.spin_ns = (uint64_t)spin_us * 1000u;
     l.watch_ns = (uint64_t)(watch_us ? watch_us : 1) * 1000u;

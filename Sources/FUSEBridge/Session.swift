@@ -154,9 +154,11 @@ public final class FUSESession: @unchecked Sendable {
         }
     }
 
-    /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `willEnd` runs on
-    /// that thread once the loop has ended, before `waitForLoopEnd` and
-    /// `loopHasEnded` say so, and `onEnd` right after.
+    /// Starts the request loop (`kmsfs_fuse_session_loop`) on a thread of its own; `willEnd` runs
+    /// once, on the worker that first finds the mount gone (it must be
+    /// short, and not wait for the loop) or else on the loop's thread once
+    /// the loop has ended; either way before `waitForLoopEnd` and
+    /// `loopHasEnded` say the loop has ended, and `onEnd` runs after that.
     ///
     /// `onTransportFailure` runs at most once, on a ring queue's thread,
     /// right after `transportHasFailed` turns true: a queue of FUSE over
@@ -180,16 +182,26 @@ public final class FUSESession: @unchecked Sendable {
                 uringBroke.store(true, ordering: .sequentiallyConsistent)
                 onTransportFailure()
             })
+            // `willEnd` runs once: as the reader first reads ENODEV (the
+            // mount is gone; the workers and the ring's queues end after,
+            // which over io_uring took long enough for a unit unmounting
+            // SOURCE right after the mount to find it still held), or else
+            // once the loop has returned.
+            let ran = OnceFlag()
+            let once: @Sendable () -> Void = { if ran.first() { willEnd() } }
+            let gone = Unmanaged.passRetained(LoopHook(once))
+            let call: @convention(c) (UnsafeMutableRawPointer?) -> Void = { arg in
+                guard let arg else { return }
+                Unmanaged<LoopHook>.fromOpaque(arg).takeUnretainedValue().run()
+            }
             let rc = kmsfs_fuse_session_loop(se.pointer, maxThreads, maxIdle, spin, watch, 512 * 1024, depth, maxRead,
-                                             { arg in
-                                                 guard let arg else { return }
-                                                 Unmanaged<LoopHook>.fromOpaque(arg).takeUnretainedValue().run()
-                                             }, failed.toOpaque())
+                                             call, failed.toOpaque(), call, gone.toOpaque())
             failed.release()
+            gone.release()
             if rc != 0 { Log.debug("FUSE loop ended with \(rc)") }
             // Before the end is published: whoever waits for it (the stop)
             // may detach the mount next.
-            willEnd()
+            once()
             loopEnded.withLock {
                 loopDone.store(true, ordering: .sequentiallyConsistent)
                 loopEnded.broadcast()
@@ -269,6 +281,12 @@ public final class FUSESession: @unchecked Sendable {
 }
 
 /// A closure C calls back with a context pointer.
+/// True for the first caller of `first()` only.
+final class OnceFlag: Sendable {
+    private let done = Atomic<Bool>(false)
+    func first() -> Bool { !done.exchange(true, ordering: .sequentiallyConsistent) }
+}
+
 final class LoopHook: Sendable {
     let run: @Sendable () -> Void
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }

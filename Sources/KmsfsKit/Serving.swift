@@ -49,9 +49,10 @@ enum DaemonSignals {
     /// once, after no new request can be served and before the process
     /// exits, to wipe every plaintext.
     /// Returns the exit status.
-    /// `onLoopEnd` runs on the loop's thread the moment the loop ends,
-    /// before the signal thread (or a stop waiting for the end) hears of
-    /// it: what must not outlive the mount even by the time a signal takes.
+    /// `onLoopEnd` runs once, the moment a worker finds the mount gone
+    /// (else as the loop ends), before the signal thread (or a stop
+    /// waiting for the end) hears of it: what must not outlive the mount
+    /// even by the time the loop's threads take to end. It must be short.
     /// `onStopRequested` runs first thing on SIGTERM/SIGINT or an unmount,
     /// before anything is torn down.
     /// 0 after SIGTERM, SIGINT or an unmount; 1 when serving failed (a
