@@ -299,9 +299,31 @@ public struct JSONParser {
 /// read (`Plaintext` is located, then base64-decoded straight from the
 /// response buffer into secure memory).
 public enum JSONScanner {
+    /// What a document holds under the top-level member `key`.
+    public enum Member: Equatable, Sendable {
+        case absent
+        /// The contents of the string (between its quotes).
+        case string(Range<Int>)
+        case notAString
+        /// Named twice or more: readers disagree on which one counts (the
+        /// first here, the last in Python's json and most others), so a
+        /// response that does this is refused, not read either way.
+        case duplicated
+        /// Not one JSON object (trailing bytes included).
+        case malformed
+    }
+
     /// Byte range of the contents (between the quotes) of the top-level
-    /// member `key`, if it is a string.
+    /// member `key`, if it is a string named once in a whole object.
     public static func stringMember(_ key: String, in bytes: UnsafeRawBufferPointer) -> Range<Int>? {
+        if case .string(let r) = member(key, in: bytes) { return r }
+        return nil
+    }
+
+    /// The top-level member `key` of a whole object: every member is
+    /// walked (none decoded), so that a second `key` or bytes after the
+    /// object are seen.
+    public static func member(_ key: String, in bytes: UnsafeRawBufferPointer) -> Member {
         let k = Array(key.utf8)
         var i = 0
         func skip() { while i < bytes.count, bytes[i] == 32 || bytes[i] == 9 || bytes[i] == 10 || bytes[i] == 13 { i += 1 } }
@@ -338,32 +360,69 @@ public enum JSONScanner {
             return depth == 0
         }
         skip()
-        guard i < bytes.count, bytes[i] == 123 else { return nil }
+        guard i < bytes.count, bytes[i] == 123 else { return .malformed }
         i += 1
-        while true {
-            skip()
-            guard i < bytes.count else { return nil }
-            if bytes[i] == 125 { return nil }
-            guard let name = skipString() else { return nil }
-            skip()
-            guard i < bytes.count, bytes[i] == 58 else { return nil }
+        skip()
+        var found: Member = .absent
+        if i < bytes.count, bytes[i] == 125 {
             i += 1
-            skip()
-            let matches = name.count == k.count && zip(name, k).allSatisfy { bytes[$0] == $1 }
-            if matches {
-                guard i < bytes.count, bytes[i] == 34 else { return nil }
-                return skipString()
+        } else {
+            while true {
+                skip()
+                guard let name = skipString() else { return .malformed }
+                skip()
+                guard i < bytes.count, bytes[i] == 58 else { return .malformed }
+                i += 1
+                skip()
+                guard i < bytes.count else { return .malformed }
+                // A name spelled with escapes ("Plain\u0074ext") is the
+                // same member to every other reader.
+                var matches = name.count == k.count && zip(name, k).allSatisfy { bytes[$0] == $1 }
+                if !matches, name.count >= k.count, bytes[name].contains(92) {
+                    var p = JSONParser(bytes: UnsafeRawBufferPointer(rebasing: bytes[(name.lowerBound - 1)..<(name.upperBound + 1)]))
+                    matches = p.string().map { Array($0.utf8) == k } ?? false
+                }
+                if matches && found != .absent { return .duplicated }
+                if matches && bytes[i] == 34 {
+                    guard let r = skipString() else { return .malformed }
+                    found = .string(r)
+                } else {
+                    guard skipValue() else { return .malformed }
+                    if matches { found = .notAString }
+                }
+                skip()
+                guard i < bytes.count else { return .malformed }
+                if bytes[i] == 44 { i += 1; continue }
+                guard bytes[i] == 125 else { return .malformed }
+                i += 1
+                break
             }
-            guard skipValue() else { return nil }
-            skip()
-            guard i < bytes.count else { return nil }
-            if bytes[i] == 44 { i += 1; continue }
-            return nil
         }
+        skip()
+        return i == bytes.count ? found : .malformed
     }
 }
 
 extension JSONScanner {
+    /// The scanner's contract, for the fuzz target and the corpus replay:
+    /// on any document the full parser reads, `member` says what the
+    /// parser's top-level object holds under `key` (names compared as
+    /// decoded bytes), and a string's range lies inside the document.
+    public static func agreesWithParser(_ key: String, in bytes: UnsafeRawBufferPointer) -> Bool {
+        let found = member(key, in: bytes)
+        if case .string(let r) = found, !(r.lowerBound >= 1 && r.upperBound < bytes.count) { return false }
+        guard let v = JSONValue.parse(bytes) else { return true }
+        guard case .object(let members) = v else { return found == .malformed }
+        let named = members.filter { Array($0.0.utf8) == Array(key.utf8) }
+        switch found {
+        case .absent: return named.isEmpty
+        case .string: if case .string = named.first?.1 { return named.count == 1 } else { return false }
+        case .notAString: if case .string = named.first?.1 { return false } else { return named.count == 1 }
+        case .duplicated: return named.count >= 2
+        case .malformed: return false
+        }
+    }
+
     /// The top-level string member `key`, decoded: for members that are
     /// not secret (a key ID, an error's code and message), read without
     /// building the rest of the document, however large.

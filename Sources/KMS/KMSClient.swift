@@ -40,11 +40,24 @@ public final class KMSClient: Sendable {
             throw KMSError(operation: "Decrypt", error)
         }
         let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "Decrypt")
-        let (kid, present) = response.body.withUnsafeBytes {
-            (JSONScanner.nonSecretString("KeyId", in: $0), JSONScanner.stringMember("KeyId", in: $0) != nil)
-        }
-        if present && kid == nil {   // a KeyId that is not a valid JSON string: a damaged or hostile answer
-            throw KMSError(operation: "Decrypt", .malformedResponse("the KeyId in the response is not a valid JSON string"))
+        let kid: String?
+        do throws(KMSError) {
+            kid = try response.body.withUnsafeBytes { (b) throws(KMSError) -> String? in
+                switch JSONScanner.member("KeyId", in: b) {
+                case .absent: return nil
+                case .string:
+                    // A KeyId that is not a valid JSON string: a damaged or hostile answer.
+                    guard let k = JSONScanner.nonSecretString("KeyId", in: b) else {
+                        throw KMSError(operation: "Decrypt", .malformedResponse("the KeyId in the response is not a valid JSON string"))
+                    }
+                    return k
+                case let other:
+                    throw KMSError(operation: "Decrypt", .malformedResponse(KMSClient.problem(other, "KeyId")))
+                }
+            }
+        } catch {
+            plaintext.wipeContents()
+            throw error
         }
         return Decrypted(plaintext: plaintext, keyId: kid)
     }
@@ -128,8 +141,9 @@ public final class KMSClient: Sendable {
     /// stands.
     static func decodeSecretMember(_ name: String, of response: HTTPResponse, operation: String) throws(KMSError) -> SecureBuffer {
         let result: Result<SecureBuffer, KMSError> = response.body.withUnsafeBytes { body in
-            guard let range = JSONScanner.stringMember(name, in: body) else {
-                return .failure(KMSError(operation: operation, .malformedResponse("no \(name) in the response")))
+            let found = JSONScanner.member(name, in: body)
+            guard case .string(let range) = found else {
+                return .failure(KMSError(operation: operation, .malformedResponse(problem(found, name))))
             }
             if body[range].contains(UInt8(ascii: "\\")) {
                 return decodeEscapedSecretMember(name, in: body, operation: operation)
@@ -146,6 +160,16 @@ public final class KMSClient: Sendable {
             }
         }
         return try result.get()
+    }
+
+    /// What is wrong with a response's member `name` that is not one string.
+    static func problem(_ found: JSONScanner.Member, _ name: String) -> String {
+        switch found {
+        case .absent, .string: return "no \(name) in the response"
+        case .notAString: return "\(name) in the response is not a JSON string"
+        case .duplicated: return "\(name) appears more than once in the response"
+        case .malformed: return "the response is not one JSON object"
+        }
     }
 
     /// `decodeSecretMember` for a member with escapes: unescaped into a

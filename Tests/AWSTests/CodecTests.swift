@@ -34,6 +34,30 @@ import SecureMemory
         }
     }
 
+    /// A member named twice is read by botocore (Python's json) as the
+    /// last and was read here as the first: refused now, whichever way it
+    /// is spelled; so is anything that is not one whole object.
+    @Test func jsonScannerRefusesAmbiguousOrIncompleteObjects() {
+        func member(_ doc: String, _ key: String = "Plaintext") -> JSONScanner.Member {
+            Array(doc.utf8).withUnsafeBytes { JSONScanner.member(key, in: $0) }
+        }
+        #expect(member(#"{"Plaintext":"QQ==","Plaintext":"Qg=="}"#) == .duplicated)
+        #expect(member(#"{"Plaintext":"QQ==","KeyId":"k","Plain\u0074ext":"Qg=="}"#) == .duplicated)
+        #expect(member(#"{"Plaintext":"QQ==","Plaintext":null}"#) == .duplicated)
+        #expect(member(#"{"Plaintext":"QQ==","Nested":{"Plaintext":"Qg=="}}"#) == .string(14..<18))
+        #expect(member(#"{"Plain\u0074ext":"QQ=="}"#, "KeyId") == .absent)
+        #expect(member(#"{"Plaintext":7}"#) == .notAString)
+        #expect(member(#"{}"#) == .absent)
+        #expect(member(" {\"Plaintext\":\"QQ==\"}\r\n") == .string(15..<19))
+        for bad in [#"{"Plaintext":"QQ=="} {"Plaintext":"Qg=="}"#, #"{"Plaintext":"QQ==""#, #"{"Plaintext":"QQ==",}"#,
+                    #"{"Plaintext":"QQ==" "KeyId":"k"}"#, #"["Plaintext"]"#, "", #"{"Plaintext""#] {
+            #expect(member(bad) == .malformed, "\(bad)")
+        }
+        let twice = Array(#"{"Plaintext":"QQ==","Plaintext":"Qg=="}"#.utf8)
+        #expect(twice.withUnsafeBytes { JSONScanner.stringMember("Plaintext", in: $0) } == nil)
+        #expect(twice.withUnsafeBytes { JSONScanner.nonSecretString("Plaintext", in: $0) } == nil)
+    }
+
     @Test func jsonParseAndSerialize() {
         let v = JSONValue.parse(#"{"a":[1,2.5,true,null],"b":"x\ny\u00e9"}"#)!
         #expect(v["b"]?.stringValue == "x\nyé")

@@ -94,6 +94,25 @@ func client(_ t: FakeTransport, attempts: Int = 3) -> KMSClient {
         }
     }
 
+    /// A response naming Plaintext or KeyId twice is refused, with what is
+    /// wrong, rather than read as its first (botocore reads the last).
+    @Test func ambiguousResponsesAreRefused() {
+        for (body, says) in [(#"{"KeyId":"arn:k","Plaintext":"aGVsbG8=","Plaintext":"d29ybGQ="}"#, "Plaintext appears more than once"),
+                             (#"{"KeyId":"arn:a","Plaintext":"aGVsbG8=","KeyId":"arn:b"}"#, "KeyId appears more than once"),
+                             (#"{"KeyId":"arn:k","Plaintext":"aGVsbG8=","Plain\u0074ext":"d29ybGQ="}"#, "Plaintext appears more than once"),
+                             (#"{"KeyId":"arn:k","Plaintext":"aGVsbG8="}{"#, "not one JSON object"),
+                             (#"{"KeyId":"arn:k","Plaintext":12}"#, "Plaintext in the response is not a JSON string")] {
+            let t = FakeTransport { _, _ in (200, body) }
+            do {
+                _ = try client(t, attempts: 1).decrypt(ciphertextBlob: [1, 2, 3])
+                Issue.record("expected an error for \(body)")
+            } catch {
+                #expect(error.code == "MalformedResponse")
+                #expect("\(error)".contains(says), "\(error)")
+            }
+        }
+    }
+
     @Test func errorsAreTypedWithHints() {
         let t = FakeTransport { _, _ in (400, #"{"__type":"com.amazonaws.kms#InvalidCiphertextException","message":"bad"}"#) }
         do {

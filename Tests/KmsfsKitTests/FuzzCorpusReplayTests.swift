@@ -108,7 +108,7 @@ import Glibc
             data.withUnsafeBytes { raw in
                 if let v = JSONValue.parse(raw) { #expect(JSONValue.parse(v.serialized) != nil, "\(name)") }
                 for key in ["Plaintext", "KeyId", "CiphertextBlob", "__type", "message"] {
-                    if let r = JSONScanner.stringMember(key, in: raw) { #expect(r.lowerBound >= 1 && r.upperBound < raw.count) }
+                    #expect(JSONScanner.agreesWithParser(key, in: raw), "\(name): \(key)")
                 }
             }
         }

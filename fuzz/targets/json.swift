@@ -16,10 +16,8 @@ public func fuzzOne(_ p: UnsafePointer<UInt8>?, _ n: Int) -> Int32 {
             precondition(JSONValue.parse(text) != nil, "serialized JSON does not parse")
         }
         for key in ["Plaintext", "KeyId", "CiphertextBlob", "__type", "message"] {
-            if let r = JSONScanner.stringMember(key, in: raw) {
-                precondition(r.lowerBound >= 1 && r.upperBound < raw.count, "member range out of bounds")
-                _ = JSONScanner.nonSecretString(key, in: raw)
-            }
+            precondition(JSONScanner.agreesWithParser(key, in: raw), "the scanner and the parser disagree on \(key)")
+            if JSONScanner.stringMember(key, in: raw) != nil { _ = JSONScanner.nonSecretString(key, in: raw) }
         }
     }
     _ = JSONValue.parse(String(decoding: data, as: UTF8.self))
