@@ -47,7 +47,10 @@ public struct Timestamp: Comparable, Hashable, Sendable, CustomStringConvertible
 
     /// Parses `2015-08-30T12:36:00Z`, `2015-08-30T12:36:00.123Z` and
     /// `2015-08-30T12:36:00+00:00` (the forms AWS services and credential
-    /// sources emit).
+    /// sources emit; also `+0000`, `+00`, a space for the `T`, and no zone,
+    /// read as UTC). Nothing else: a field out of range (month 13, 31
+    /// April, 24:00, an offset past 23:59) or any byte after the zone
+    /// makes it nil, where timegm would have carried it into another time.
     public static func parseISO8601(_ text: String) -> Timestamp? {
         let s = Array(text.utf8)
         func num(_ from: Int, _ len: Int) -> Int? {
@@ -60,29 +63,42 @@ public struct Timestamp: Comparable, Hashable, Sendable, CustomStringConvertible
             }
             return v
         }
-        guard s.count >= 19, s[4] == UInt8(ascii: "-"), s[7] == UInt8(ascii: "-"),
-              s[10] == UInt8(ascii: "T") || s[10] == UInt8(ascii: " "),
+        func at(_ i: Int, _ c: Character) -> Bool { i < s.count && s[i] == c.asciiValue! }
+        guard s.count >= 19, at(4, "-"), at(7, "-"), at(10, "T") || at(10, "t") || at(10, " "), at(13, ":"), at(16, ":"),
               let y = num(0, 4), let mo = num(5, 2), let d = num(8, 2),
               let h = num(11, 2), let mi = num(14, 2), let se = num(17, 2) else { return nil }
+        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
+        let days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        guard (1...12).contains(mo), (1...days[mo - 1]).contains(d), h < 24, mi < 60, se <= 60 else { return nil }
         var i = 19
         var frac = 0.0
-        if i < s.count, s[i] == UInt8(ascii: ".") {
+        if at(i, ".") {
             i += 1
+            let first = i
             var scale = 0.1
             while i < s.count, s[i] >= 48, s[i] <= 57 { frac += Double(s[i] - 48) * scale; scale /= 10; i += 1 }
+            guard i > first else { return nil }
         }
         var offset = 0
-        if i < s.count {
-            if s[i] == UInt8(ascii: "Z") || s[i] == UInt8(ascii: "z") {
-                i += 1
-            } else if s[i] == UInt8(ascii: "+") || s[i] == UInt8(ascii: "-") {
-                let sign = s[i] == UInt8(ascii: "+") ? 1 : -1
-                guard let oh = num(i + 1, 2) else { return nil }
-                var om = 0
-                if i + 3 < s.count, s[i + 3] == UInt8(ascii: ":") { om = num(i + 4, 2) ?? 0 } else { om = num(i + 3, 2) ?? 0 }
-                offset = sign * (oh * 3600 + om * 60)
+        if at(i, "Z") || at(i, "z") {
+            i += 1
+        } else if at(i, "+") || at(i, "-") {
+            let sign = at(i, "+") ? 1 : -1
+            guard let oh = num(i + 1, 2), oh < 24 else { return nil }
+            i += 3
+            var om = 0
+            if at(i, ":") {
+                guard let m = num(i + 1, 2) else { return nil }
+                om = m
+                i += 3
+            } else if let m = num(i, 2) {
+                om = m
+                i += 2
             }
+            guard om < 60 else { return nil }
+            offset = sign * (oh * 3600 + om * 60)
         }
+        guard i == s.count else { return nil }
         var t = Glibc.tm()
         t.tm_year = Int32(y - 1900); t.tm_mon = Int32(mo - 1); t.tm_mday = Int32(d)
         t.tm_hour = Int32(h); t.tm_min = Int32(mi); t.tm_sec = Int32(se)
