@@ -280,13 +280,13 @@ public final class FUSESession: @unchecked Sendable {
     }
 }
 
-/// A closure C calls back with a context pointer.
 /// True for the first caller of `first()` only.
 final class OnceFlag: Sendable {
     private let done = Atomic<Bool>(false)
     func first() -> Bool { !done.exchange(true, ordering: .sequentiallyConsistent) }
 }
 
+/// A closure C calls back with a context pointer.
 final class LoopHook: Sendable {
     let run: @Sendable () -> Void
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }

@@ -469,7 +469,7 @@ public final class SecretCache: @unchecked Sendable {
     /// ciphertext: a plaintext decrypted from `current` (the file the name
     /// holds, looked at before this call) is that new file's and stays;
     /// any other is wiped and returned. A later change sends an event of
-    /// its own, and every hit compares fingerprints anyway. So is a
+    /// its own (and an open's hit compares fingerprints anyway). So is a
     /// decryption in flight begun on that file: it reads that file or a
     /// newer one (a path only moves forward), never the one replaced.
     @discardableResult
