@@ -379,8 +379,7 @@ public enum JSONScanner {
                 // same member to every other reader.
                 var matches = name.count == k.count && zip(name, k).allSatisfy { bytes[$0] == $1 }
                 if !matches, name.count >= k.count, bytes[name].contains(92) {
-                    var p = JSONParser(bytes: UnsafeRawBufferPointer(rebasing: bytes[(name.lowerBound - 1)..<(name.upperBound + 1)]))
-                    matches = p.string().map { Array($0.utf8) == k } ?? false
+                    matches = decodedString(at: name, in: bytes).map { Array($0.utf8) == k } ?? false
                 }
                 if matches && found != .absent { return .duplicated }
                 if matches && bytes[i] == 34 {
@@ -427,7 +426,13 @@ extension JSONScanner {
     /// not secret (a key ID, an error's code and message), read without
     /// building the rest of the document, however large.
     public static func nonSecretString(_ key: String, in bytes: UnsafeRawBufferPointer) -> String? {
-        guard let r = stringMember(key, in: bytes) else { return nil }
+        stringMember(key, in: bytes).flatMap { decodedString(at: $0, in: bytes) }
+    }
+
+    /// The string whose contents (between its quotes) `member` or
+    /// `stringMember` found at `r`, decoded; nil when its escapes are not
+    /// valid JSON. Not for secrets (see `secureString(at:in:)`).
+    public static func decodedString(at r: Range<Int>, in bytes: UnsafeRawBufferPointer) -> String? {
         var p = JSONParser(bytes: UnsafeRawBufferPointer(rebasing: bytes[(r.lowerBound - 1)..<(r.upperBound + 1)]))
         return p.string()
     }
@@ -437,6 +442,11 @@ extension JSONScanner {
     /// without a copy in ordinary memory. Nil when absent or malformed.
     public static func secureStringMember(_ key: String, in bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) -> SecureBuffer? {
         guard let r = stringMember(key, in: bytes) else { return nil }
+        return try secureString(at: r, in: bytes)
+    }
+
+    /// `secureStringMember` for the string `member` found at `r`.
+    public static func secureString(at r: Range<Int>, in bytes: UnsafeRawBufferPointer) throws(SecureMemoryError) -> SecureBuffer? {
         let out = try SecureBuffer(capacity: max(r.count, 1))
         let n: Int? = out.withUnsafeMutableCapacity { cap in
             var i = r.lowerBound

@@ -39,26 +39,21 @@ public final class KMSClient: Sendable {
         } catch {
             throw KMSError(operation: "Decrypt", error)
         }
-        let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "Decrypt")
-        let kid: String?
-        do throws(KMSError) {
-            kid = try response.body.withUnsafeBytes { (b) throws(KMSError) -> String? in
-                switch JSONScanner.member("KeyId", in: b) {
-                case .absent: return nil
-                case .string:
-                    // A KeyId that is not a valid JSON string: a damaged or hostile answer.
-                    guard let k = JSONScanner.nonSecretString("KeyId", in: b) else {
-                        throw KMSError(operation: "Decrypt", .malformedResponse("the KeyId in the response is not a valid JSON string"))
-                    }
-                    return k
-                case let other:
-                    throw KMSError(operation: "Decrypt", .malformedResponse(KMSClient.problem(other, "KeyId")))
+        // The key ID first: no plaintext is held yet if it is refused.
+        let kid = try response.body.withUnsafeBytes { (b) throws(KMSError) -> String? in
+            switch JSONScanner.member("KeyId", in: b) {
+            case .absent: return nil
+            case .string(let r):
+                // A KeyId that is not a valid JSON string: a damaged or hostile answer.
+                guard let k = JSONScanner.decodedString(at: r, in: b) else {
+                    throw KMSError(operation: "Decrypt", .malformedResponse("the KeyId in the response is not a valid JSON string"))
                 }
+                return k
+            case let other:
+                throw KMSError(operation: "Decrypt", .malformedResponse(KMSClient.problem(other, "KeyId")))
             }
-        } catch {
-            plaintext.wipeContents()
-            throw error
         }
+        let plaintext = try KMSClient.decodeSecretMember("Plaintext", of: response, operation: "Decrypt")
         return Decrypted(plaintext: plaintext, keyId: kid)
     }
 
@@ -146,7 +141,7 @@ public final class KMSClient: Sendable {
                 return .failure(KMSError(operation: operation, .malformedResponse(problem(found, name))))
             }
             if body[range].contains(UInt8(ascii: "\\")) {
-                return decodeEscapedSecretMember(name, in: body, operation: operation)
+                return decodeEscapedSecretMember(name, at: range, in: body, operation: operation)
             }
             let encoded = UnsafeRawBufferPointer(rebasing: body[range])
             do {
@@ -174,11 +169,11 @@ public final class KMSClient: Sendable {
 
     /// `decodeSecretMember` for a member with escapes: unescaped into a
     /// secure buffer, then decoded in place.
-    private static func decodeEscapedSecretMember(_ name: String, in body: UnsafeRawBufferPointer,
+    private static func decodeEscapedSecretMember(_ name: String, at range: Range<Int>, in body: UnsafeRawBufferPointer,
                                                   operation: String) -> Result<SecureBuffer, KMSError> {
         let text: SecureBuffer
         do {
-            guard let t = try JSONScanner.secureStringMember(name, in: body) else {
+            guard let t = try JSONScanner.secureString(at: range, in: body) else {
                 return .failure(KMSError(operation: operation, .malformedResponse("\(name) is not a JSON string")))
             }
             text = t
