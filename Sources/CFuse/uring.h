@@ -165,6 +165,7 @@ struct kmsfs_uring {
     pthread_mutex_t map_lock;
     int max_helpers, max_idle;  /* per queue; max_helpers also caps all queues' helpers past their first */
     int helpers_all;            /* helpers of every queue (atomic) */
+    int stranded;               /* a queue may hold a request none of its helpers can take (atomic; ku_steal) */
     int failed;                 /* a queue's ring broke (atomic) */
     void (*on_failure)(void *); /* then called once, from that queue's thread */
     void *on_failure_arg;
@@ -605,25 +606,79 @@ static inline void ku_pin(int cpu) {
     cpus[cpu / (8 * sizeof(unsigned long))] = 1ul << (cpu % (8 * sizeof(unsigned long)));
     (void)syscall(SYS_sched_setaffinity, 0, sizeof cpus, cpus);   /* an offline CPU: run anywhere */
 }
+/* A request another queue could not staff: queued there while none of its
+ * helpers was idle and threads= let it start none (its helpers wait, say,
+ * on a hung SOURCE directory), taken by an idle helper of this queue. Its
+ * answer goes to its own queue's entry from here as from any thread.
+ * Otherwise it would wait for one of its own queue's helpers to end what
+ * it waits for, though the helpers holding the cap's other slots idle.
+ * `stranded` says that some queue may hold such a request: cleared
+ * before the scan, so a request stranded during it sets it again; set
+ * again after a take, as another may be left. Taken only where the queue
+ * has no idle helper of its own (one woken for it counts as idle until it
+ * runs). Never called with a queue's lock held. */
+static inline struct ku_ent *ku_steal(struct kmsfs_uring *u, struct ku_queue *self) {
+    if (!__atomic_exchange_n(&u->stranded, 0, __ATOMIC_ACQ_REL)) return NULL;
+    for (int i = 1; i < u->nq; i++) {
+        struct ku_queue *o = &u->qs[(self->qid + i) % u->nq];
+        pthread_mutex_lock(&o->lock);
+        struct ku_ent *e = NULL;
+        if (o->work_head && o->idle == 0) {
+            e = o->work_head;
+            o->work_head = e->next;
+            if (!o->work_head) o->work_tail = NULL;
+        }
+        pthread_mutex_unlock(&o->lock);
+        if (e) {
+            __atomic_store_n(&u->stranded, 1, __ATOMIC_RELEASE);
+            return e;
+        }
+    }
+    return NULL;
+}
+/* After `stranded` is set: wakes one idle helper of a queue other than
+ * `q`, to take what `q` could not staff. Reads each queue's `idle` under
+ * its lock: a helper about to wait either saw `stranded` set (under its
+ * lock, which this takes after setting it) or counted itself idle before
+ * this looked. */
+static inline void ku_wake_other(struct kmsfs_uring *u, struct ku_queue *q) {
+    for (int i = 1; i < u->nq; i++) {
+        struct ku_queue *o = &u->qs[(q->qid + i) % u->nq];
+        pthread_mutex_lock(&o->lock);
+        int idle = o->idle > 0;
+        if (idle) pthread_cond_signal(&o->work);
+        pthread_mutex_unlock(&o->lock);
+        if (idle) return;
+    }
+}
 static void *ku_helper(void *arg) {
     struct ku_queue *q = (struct ku_queue *)arg;
     struct kmsfs_uring *u = q->u;
     ku_pin(q->qid);
     pthread_mutex_lock(&q->lock);
     for (;;) {
-        while (!q->work_head && !__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE)) {
+        struct ku_ent *e = q->work_head;
+        if (e) {
+            q->work_head = e->next;
+            if (!q->work_head) q->work_tail = NULL;
+        } else if (__atomic_load_n(&u->stranded, __ATOMIC_ACQUIRE)) {
+            pthread_mutex_unlock(&q->lock);
+            e = ku_steal(u, q);
+            pthread_mutex_lock(&q->lock);
+            if (!e) continue;
+        } else {
+            /* `stranded` read under this lock, then counted idle before
+             * waiting: ku_wake_other, which sets it first and then takes
+             * this lock to look for idle helpers, cannot miss this one. */
+            if (__atomic_load_n(&u->stopping, __ATOMIC_ACQUIRE) || q->idle >= u->max_idle) break;
             q->idle++;
             pthread_cond_wait(&q->work, &q->lock);
             q->idle--;
+            continue;
         }
-        struct ku_ent *e = q->work_head;
-        if (!e) break;
-        q->work_head = e->next;
-        if (!q->work_head) q->work_tail = NULL;
         pthread_mutex_unlock(&q->lock);
         ku_process(u, e);
         pthread_mutex_lock(&q->lock);
-        if (!q->work_head && q->idle >= u->max_idle) break;
     }
     q->helpers--;
     __atomic_sub_fetch(&u->helpers_all, 1, __ATOMIC_RELAXED);
@@ -638,7 +693,7 @@ static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
     e->next = NULL;
     if (q->work_tail) q->work_tail->next = e; else q->work_head = e;
     q->work_tail = e;
-    int queued = 1;
+    int queued = 1, stranded = 0;
     if (q->idle == 0) {
         pthread_t t;
         /* threads= bounds the helpers of all queues together, not each
@@ -663,11 +718,17 @@ static inline void ku_hand_off(struct kmsfs_uring *u, struct ku_ent *e) {
             q->work_head = e->next;
             if (!q->work_head) q->work_tail = NULL;
             queued = 0;
+        } else if (!started) {
+            stranded = 1;           /* every helper of this queue busy, and no room for another */
         }
     } else {
         pthread_cond_signal(&q->work);
     }
     pthread_mutex_unlock(&q->lock);
+    if (stranded) {
+        __atomic_store_n(&u->stranded, 1, __ATOMIC_RELEASE);
+        ku_wake_other(u, q);
+    }
     if (!queued) ku_process(u, e);
 }
 

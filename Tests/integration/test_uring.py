@@ -14,13 +14,14 @@ import contextlib
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import URING_PARAM, Mount, mounted, run_as, unsanitized_only, uring_enabled
+from conftest import URING_PARAM, Mount, mounted, run_as, stop_process, unsanitized_only, uring_enabled
 from test_formats import cli_args, cli_batch
 from test_hotpath import copied_exactly
 from test_memory import needles_for, scan, unique_secret
@@ -171,6 +172,69 @@ def test_threads_bounds_the_ring_helpers_of_all_cpus_together(uring, tmp_path, k
         assert all(r.result() > 0 for r in running)
     assert 1 <= most <= threads + len(cpus) - 1, most
     assert m.proc.poll() is None
+
+
+def test_a_request_its_cpu_cannot_staff_is_taken_by_another_cpus_idle_helper(uring, public_tmp, kms, tmp_path):
+    """threads=2 on two CPUs: two listings of hung directories from CPU 0
+    take its queue's helpers (the cap), one from CPU 1 takes that queue's.
+    CPU 0's listings then end and its helpers idle, holding the cap's
+    slots. A lookup from CPU 1 now has no idle helper on its queue and
+    may start none: it waited behind the hung directory until that
+    answered (test_loop's cap test flaked over the ring so), though CPU 0
+    had helpers doing nothing. An idle helper of another queue must take
+    it."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: one queue")
+    c0, c1 = cpus[0], cpus[1]
+    base = public_tmp / ("steal-%s" % tmp_path.name)
+    src = base / "src"
+    hung = ("h1", "h2", "g")
+    for d in hung + ("plain",):
+        (src / d).mkdir(parents=True)
+    for d in hung:
+        (base / ("inner-" + d)).mkdir()
+    (base / "mnt").mkdir()
+    inners = {d: Mount(base / ("inner-" + d), src / d, "allow_uid=0,audit=off", kms.env, tmp_path / ("%s.log" % d))
+              for d in hung}
+    outer = None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=6)
+
+    def listdir_on(cpu, name):
+        os.sched_setaffinity(0, {cpu})
+        return os.listdir(os.path.join(outer.path, name))
+    try:
+        outer = Mount(src, base / "mnt", "allow_uid=0,audit=off,io_uring,threads=2", kms.env, tmp_path / "outer.log")
+        assert outer.wait_log(SERVING), outer.log()
+        for m in inners.values():
+            stop_process(m.pid)
+        h = [pool.submit(listdir_on, c0, "h1"), pool.submit(listdir_on, c0, "h2")]
+        g = pool.submit(listdir_on, c1, "g")
+        time.sleep(1.0)
+        assert not any(f.done() for f in h + [g]), outer.log()
+        for d in ("h1", "h2"):
+            os.kill(inners[d].pid, signal.SIGCONT)
+        for f in h:
+            assert f.result(timeout=20) == []
+        plain = pool.submit(listdir_on, c1, "plain")
+        try:
+            assert plain.result(timeout=10) == []
+        except concurrent.futures.TimeoutError:
+            pytest.fail("a lookup from CPU %d waited for the hung directory on that CPU's only helper, "
+                        "while CPU %d's helpers were idle:\n%s" % (c1, c0, outer.log()))
+        assert not g.done()                                # still hung: the lookup went around it
+        os.kill(inners["g"].pid, signal.SIGCONT)
+        assert g.result(timeout=20) == []
+        assert outer.proc.poll() is None
+    finally:
+        for m in inners.values():
+            os.kill(m.pid, signal.SIGCONT)
+        if outer is not None:
+            outer.stop()
+        for m in inners.values():
+            m.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+        os.system("rm -rf '%s'" % base)
 
 
 def test_without_the_kernel_s_offer_dev_fuse_serves(uring, tree, mount_factory):
