@@ -66,6 +66,27 @@ import SecureMemory
         #expect(JSONValue.parse("{") == nil)
     }
 
+    /// The parser took the first of a member named twice, where botocore
+    /// (Python's json) takes the last: a credentials document could mean
+    /// one key to kmsfs and another to the tools beside it. Refused now,
+    /// at any depth, in small objects and in large ones (a set past 16
+    /// members), and for names that differ only in spelling (`\u0074`)
+    /// or canonically (U+212A KELVIN SIGN for K), which `subscript` would
+    /// otherwise find both of.
+    @Test func jsonParserRefusesAMemberNamedTwice() {
+        #expect(JSONValue.parse(#"{"AccessKeyId":"A","AccessKeyId":"B"}"#) == nil)
+        #expect(JSONValue.parse(#"{"a":{"x":1,"x":2}}"#) == nil)
+        #expect(JSONValue.parse(#"{"Token":"t","Toke\u006e":"u"}"#) == nil)
+        #expect(JSONValue.parse("{\"Key\":1,\"\u{212A}ey\":2}") == nil)
+        let many = (0..<40).map { "\"m\($0)\":\($0)" }
+        #expect(JSONValue.parse("{" + many.joined(separator: ",") + "}")?["m39"]?.numberValue == 39)
+        #expect(JSONValue.parse("{" + (many + ["\"m3\":0"]).joined(separator: ",") + "}") == nil)
+        #expect(JSONValue.parse("{" + (many + ["\"m39\":0"]).joined(separator: ",") + "}") == nil)
+        #expect(JSONValue.parse(#"[{"x":1},{"x":2}]"#)?.arrayValue?.count == 2)   // one name per object, not per document
+        let redacted = Array(#"{"SecretAccessKey":"s","SecretAccessKey":"t"}"#.utf8)
+        #expect(redacted.withUnsafeBytes { JSONValue.parse($0, redacting: ["SecretAccessKey"]) } == nil)
+    }
+
     @Test func urlParsing() {
         let u = URLParts("http://127.0.0.1:4566/")!
         #expect(u.host == "127.0.0.1" && u.port == 4566 && u.hostHeader == "127.0.0.1:4566")
