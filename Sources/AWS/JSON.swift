@@ -94,11 +94,10 @@ public indirect enum JSONValue: Sendable, Equatable {
     }
 
     /// Parses a document; nil when it is not valid JSON or an object names
-    /// a member twice. String values of
-    /// members named in `redacting` (at any depth) are checked but never
-    /// decoded: they read as `.null`, so a secret (a credentials document's
-    /// `SecretAccessKey`) never becomes a `String`; read it with
-    /// `JSONScanner.secureStringMember`.
+    /// a member twice. String values of members named in `redacting` (at
+    /// any depth) are checked but never decoded: they read as `.null`, so
+    /// a secret (a credentials document's `SecretAccessKey`) never becomes
+    /// a `String`; read it with `JSONScanner.secureStringMember`.
     public static func parse(_ bytes: UnsafeRawBufferPointer, redacting: Set<String> = []) -> JSONValue? {
         var p = JSONParser(bytes: bytes)
         p.redact = redacting
@@ -143,14 +142,8 @@ public struct JSONParser {
                 // A name twice is refused, as JSONScanner does: Python's
                 // json (botocore) reads the last, `subscript` the first.
                 // Compared as `subscript` compares (canonical equivalence),
-                // so no two members answer one name. A set only past a
-                // few members: most objects here have under ten.
-                if members.count < 16 {
-                    if members.contains(where: { $0.0 == k }) { return nil }
-                } else {
-                    if names.isEmpty { names = Set(members.map { $0.0 }) }
-                    guard names.insert(k).inserted else { return nil }
-                }
+                // so no two members answer one name.
+                guard names.insert(k).inserted else { return nil }
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { return nil }
                 i += 1

@@ -69,10 +69,9 @@ import SecureMemory
     /// The parser took the first of a member named twice, where botocore
     /// (Python's json) takes the last: a credentials document could mean
     /// one key to kmsfs and another to the tools beside it. Refused now,
-    /// at any depth, in small objects and in large ones (a set past 16
-    /// members), and for names that differ only in spelling (`\u0074`)
-    /// or canonically (U+212A KELVIN SIGN for K), which `subscript` would
-    /// otherwise find both of.
+    /// at any depth, in small objects and in large ones, and for names
+    /// that differ only in spelling (`\u0074`) or canonically (U+212A
+    /// KELVIN SIGN for K), which `subscript` would otherwise find both of.
     @Test func jsonParserRefusesAMemberNamedTwice() {
         #expect(JSONValue.parse(#"{"AccessKeyId":"A","AccessKeyId":"B"}"#) == nil)
         #expect(JSONValue.parse(#"{"a":{"x":1,"x":2}}"#) == nil)
