@@ -27,10 +27,15 @@ let package = Package(
     targets: [
         // C shims, one each, for macros and variadic calls. CLinux is
         // compiled (shim.c, with _GNU_SOURCE, checking its mirrored structs);
-        // the others are one header over a system library.
+        // CCurl and CCrypto are one header over a system library.
         .target(name: "CLinux"),
-        .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
+        // libfuse3 (pkg-config's flags, -lfuse3), and CFuse: the shims over
+        // it and the request loops, header-only C compiled as a target of
+        // its own so that its diagnostics are on and an edit rebuilds
+        // FUSEBridge.
+        .systemLibrary(name: "CLibFuse", path: "Sources/CLibFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "CFuse", dependencies: ["CLibFuse"]),
         .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
                        providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "openssl",

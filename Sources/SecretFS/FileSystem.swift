@@ -633,7 +633,7 @@ public final class SecretFileSystem: @unchecked Sendable {
         guard n.kind == .secret else { return .done(.failure(.isDirectory)) }
         let config = configuration
         // This runs on the FUSE reader (see kmsfs_fuse_session_loop), or on
-        // an io_uring queue's thread (CFuse/uring.h), which must never
+        // an io_uring queue's thread (CFuse/include/uring.h), which must never
         // wait: a record the audit queue has no room for is made from the
         // open pool, and the open answered from there.
         guard config.policy.admits(caller, path: n.mountPath) else {

@@ -1,4 +1,4 @@
-"""Issue 16, the request loop (kmsfs_fuse_session_loop in CFuse/shim.h):
+"""Issue 16, the request loop (kmsfs_fuse_session_loop in CFuse/include/shim.h):
 one worker reads /dev/fuse at a time and answers open, read and release
 itself; a request that touches SOURCE (lookup, getattr, readdir) goes to
 a worker of its own first. So a SOURCE whose disk hangs holds up the

@@ -80,23 +80,11 @@ static void *kmsfs_loop_worker(void *arg);
 static void *kmsfs_loop_standby(void *arg);
 /* A thread with every signal blocked (the daemon's main thread takes them
  * with sigwait), `stack` bytes of stack (0: the default) and a name; for
- * the loop's workers and the io_uring queues and helpers. */
-static inline int kmsfs_thread_start(pthread_t *t, void *(*body)(void *), void *arg, size_t stack,
-                                     int detached, const char *name) {
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0) return -1;
-    if (detached) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (stack) pthread_attr_setstacksize(&attr, stack);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(t, &attr, body, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) return -1;
-    pthread_setname_np(*t, name);
-    return 0;
-}
+ * the loop's workers and the io_uring queues and helpers. Defined in
+ * shim.c, whose _GNU_SOURCE declares pthread_setname_np (this header must
+ * not define it: it would change glibc's types under Swift's Glibc). */
+int kmsfs_thread_start(pthread_t *t, void *(*body)(void *), void *arg, size_t stack,
+                       int detached, const char *name);
 /* Called with the lock held. */
 static inline int kmsfs_loop_start(struct kmsfs_loop *l, void *(*body)(void *)) {
     pthread_t t;

@@ -1,0 +1,30 @@
+/*
+ * CFuse's one compiled function, and a check of its headers: CFuse is
+ * otherwise header-only (static inline, so the request loop's calls inline
+ * into FUSEBridge), but a C target of its own rather than a system
+ * library's module map, so that its headers are compiled with the
+ * compiler's diagnostics on (a system module's are silenced) and an edit
+ * to them rebuilds what imports them. _GNU_SOURCE here, as in CLinux's
+ * shim.c, for pthread_setname_np.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include "shim.h"
+
+int kmsfs_thread_start(pthread_t *t, void *(*body)(void *), void *arg, size_t stack,
+                       int detached, const char *name) {
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0) return -1;
+    if (detached) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (stack) pthread_attr_setstacksize(&attr, stack);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(t, &attr, body, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) return -1;
+    pthread_setname_np(*t, name);
+    return 0;
+}
