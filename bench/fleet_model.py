@@ -43,7 +43,7 @@ sends in a row since the last cut went through), wtau=K (growth weighted
 by the host's time left at its rate ÷ the time since its first success
 plus t0, to the power K) and nopace=1 (no pacing, kmsfs's default: only
 the retry backoff, from bbase doubling to bcap, or fixed between flo and
-fhi seconds). Tried on 2026-12-01 (docs/benchmarks.md, "Rules tried on
+fhi seconds). Tried on 2026-12-01 (bench/notes.md, "Rules tried on
 2026-12-01"): mlt=1 (a scale-free loss target: the rate times
 exp(g × (pstar − throttled)) per answer, madd/rate more per success,
 lin=1 for steps of constant size), probe=1 (one unpaced probe per host:
@@ -55,7 +55,9 @@ the host's goodput, cbd seconds still after a throttle), fend/fmi
 (faster growth past a share of the host's own secrets), hfloor (no cut
 below that share of the host's goodput since its first throttle), rel=F
 (no pacing for the last F of a host's secrets); norefs=1 leaves out the
-botocore references.
+botocore references. Tried on 2026-12-03 (bench/notes.md): ra=K (the
+growth per quiet second at least K times the rate, not only `accel`
+requests a second).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -237,7 +239,12 @@ class RA:
             # its own history grows back faster (mean reversion)
             hist = s.epDone / (now - s.epT)
             w *= min(max(hist / s.rate, 0.2), 5.0) ** P['hw']
-        s.rate = s.rate + w * (P['increase'] + P['accel'] * quiet) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
+        acc = P['accel']
+        if P.get('ra'):
+            # relative acceleration: per quiet second at least `ra` of the
+            # rate (scale-free where the absolute step is small)
+            acc = max(acc, P['ra'] * s.rate)
+        s.rate = s.rate + w * (P['increase'] + acc * quiet) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
         if P.get('qe'):
             # quiet counted in expected throttles: successes since the last
             # throttle times the host's long-run throttled share (an EWMA
@@ -828,7 +835,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi", "mlt", "g", "madd", "mspace", "wmul", "norefs", "lin", "dmin", "tk", "cb", "cbd", "cbm", "cbw", "cbk", "cbm0", "cbj", "fend", "fexpo", "fmi", "fq", "hfloor", "hmin", "rel", "probe", "pthr", "pgrow", "pmin", "pcap", "qe", "qg", "qn", "qp0", "qr", "hw"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi", "mlt", "g", "madd", "mspace", "wmul", "norefs", "lin", "dmin", "tk", "cb", "cbd", "cbm", "cbw", "cbk", "cbm0", "cbj", "fend", "fexpo", "fmi", "fq", "hfloor", "hmin", "rel", "probe", "pthr", "pgrow", "pmin", "pcap", "qe", "qg", "qn", "qp0", "qr", "hw", "ra"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
