@@ -600,8 +600,12 @@ static inline void kmsfs_uring_note(struct kmsfs_uring *u, const struct fuse_buf
 /* Each queue has its own helpers, on its CPU like its thread: handing a
  * request over and taking its answer back are then wake-ups on one CPU,
  * not across CPUs. */
+/* The most queues (possible CPUs) kmsfs sets up; past it, /dev/fuse. A
+ * queue's id is its CPU, so it also sizes ku_pin's mask. */
+#define KU_MAX_QUEUES 1024
 static inline void ku_pin(int cpu) {
-    unsigned long cpus[1024 / (8 * sizeof(unsigned long))];
+    unsigned long cpus[KU_MAX_QUEUES / (8 * sizeof(unsigned long))];
+    if (cpu < 0 || cpu >= KU_MAX_QUEUES) return;   /* not in the mask: run anywhere */
     memset(cpus, 0, sizeof cpus);
     cpus[cpu / (8 * sizeof(unsigned long))] = 1ul << (cpu % (8 * sizeof(unsigned long)));
     (void)syscall(SYS_sched_setaffinity, 0, sizeof cpus, cpus);   /* an offline CPU: run anywhere */
@@ -965,8 +969,9 @@ static inline struct kmsfs_uring *kmsfs_uring_start(struct fuse_session *se, int
                  "and the kernel waits for a queue on each; serving through /dev/fuse\n");
         return NULL;
     }
-    if (ncpu > 1024) {
-        fuse_log(FUSE_LOG_NOTICE, "io_uring: %ld possible CPUs, more than the 1024 queues kmsfs sets up; serving through /dev/fuse\n", ncpu);
+    if (ncpu > KU_MAX_QUEUES) {
+        fuse_log(FUSE_LOG_NOTICE, "io_uring: %ld possible CPUs, more than the %d queues kmsfs sets up; serving through /dev/fuse\n",
+                 ncpu, KU_MAX_QUEUES);
         return NULL;
     }
     if (depth < 1 || depth > 8192 || max_read < 8192) return NULL;
