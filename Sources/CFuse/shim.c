@@ -8,9 +8,7 @@
  * shim.c, for pthread_setname_np.
  */
 #define _GNU_SOURCE
-#include <pthread.h>
-#include <signal.h>
-#include "shim.h"
+#include "shim.h"   /* pthread.h and signal.h among its includes */
 
 int kmsfs_thread_start(pthread_t *t, void *(*body)(void *), void *arg, size_t stack,
                        int detached, const char *name) {

@@ -597,12 +597,12 @@ static inline void kmsfs_uring_note(struct kmsfs_uring *u, const struct fuse_buf
 }
 
 /* ---- helpers: requests that may wait ---- */
-/* Each queue has its own helpers, on its CPU like its thread: handing a
- * request over and taking its answer back are then wake-ups on one CPU,
- * not across CPUs. */
 /* The most queues (possible CPUs) kmsfs sets up; past it, /dev/fuse. A
  * queue's id is its CPU, so it also sizes ku_pin's mask. */
 #define KU_MAX_QUEUES 1024
+/* Each queue has its own helpers, on its CPU like its thread: handing a
+ * request over and taking its answer back are then wake-ups on one CPU,
+ * not across CPUs. */
 static inline void ku_pin(int cpu) {
     unsigned long cpus[KU_MAX_QUEUES / (8 * sizeof(unsigned long))];
     if (cpu < 0 || cpu >= KU_MAX_QUEUES) return;   /* not in the mask: run anywhere */
