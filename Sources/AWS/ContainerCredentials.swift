@@ -106,7 +106,7 @@ public struct ContainerCredentialProvider: CredentialProvider {
         var lastError = ""
         for attempt in 1...max(1, attempts) {
             if attempt > 1 { clock.sleep(pause) }
-            var headers: [(name: String, value: String)] = [("Accept", "application/json"),
+            let headers: [(name: String, value: String)] = [("Accept", "application/json"),
                                                             ("User-Agent", "kmsfs/\(kmsfsVersion)")]
             var request = HTTPRequest(method: "GET", url: url, headers: headers,
                                       timeout: attemptTimeout, connectTimeout: attemptTimeout)

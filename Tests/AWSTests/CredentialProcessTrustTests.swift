@@ -59,9 +59,10 @@ import Glibc
         unlink(marker)
         // The helper's directory named relative to the working directory
         // (../../tmp/...), as a PATH entry: skipped.
-        var cwd = [CChar](repeating: 0, count: 4096)
-        _ = getcwd(&cwd, cwd.count)
-        let depth = String(cString: cwd).split(separator: "/").count
+        var cwd = [UInt8](repeating: 0, count: 4096)
+        #expect(cwd.withUnsafeMutableBufferPointer { b in
+            b.withMemoryRebound(to: CChar.self) { getcwd($0.baseAddress, $0.count) } } != nil)
+        let depth = String(decoding: cwd.prefix { $0 != 0 }, as: UTF8.self).split(separator: "/").count
         let relative = String(repeating: "../", count: depth) + String(dir.path.dropFirst())
         #expect(access(relative + "/kmsfs-test-cred-helper", X_OK) == 0)
         let none = ProcessCredentialProvider(command: "kmsfs-test-cred-helper", profile: "p",

@@ -641,7 +641,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             // Opened directly, its driver's open runs (and fails).
             let direct = open(dir + "/dev.encrypted", O_RDONLY | O_NONBLOCK | O_NOCTTY)
             #expect(direct < 0 && errno == ENXIO)
-            #expect(throws: CappedReadError.notRegular) { try openRegularFile(beneath: root, "dev.encrypted") }
+            #expect(throws: CappedReadError.notRegular) { _ = try openRegularFile(beneath: root, "dev.encrypted") }
             let fd = try openRegularFile(beneath: root, "plain.encrypted")
             var buf = [UInt8](repeating: 0, count: 32)
             #expect(try fd.read(filling: &buf) == 10)
@@ -706,7 +706,7 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
             // system calls (no allocation after fork in a threaded process).
             var addr = sockaddr_un()
             addr.sun_family = sa_family_t(AF_UNIX)
-            _ = withUnsafeMutableBytes(of: &addr.sun_path) { b in path.utf8CString.withUnsafeBytes { b.copyMemory(from: $0) } }
+            withUnsafeMutableBytes(of: &addr.sun_path) { b in path.utf8CString.withUnsafeBytes { b.copyMemory(from: $0) } }
             let child = fork()
             if child == 0 {
                 let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
