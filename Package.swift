@@ -16,6 +16,11 @@
 //                                 threads and waits                  -> CLinux
 import PackageDescription
 
+// The C shims compile with warnings on, as errors: their headers are
+// included by every Swift importer, where nothing would show a mistake
+// (an implicit declaration, a mismatched prototype) again.
+let cWarnings: [CSetting] = [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
+
 let package = Package(
     name: "kmsfs",
     products: [
@@ -25,21 +30,27 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // C shims, one each, for macros and variadic calls. CLinux is
-        // compiled (shim.c, with _GNU_SOURCE, checking its mirrored structs);
-        // CCurl and CCrypto are one header over a system library.
-        .target(name: "CLinux"),
+        // C shims, one each, for macros and variadic calls, each a C target
+        // so that its headers compile with diagnostics on and an edit
+        // rebuilds its importers. CLinux is compiled (shim.c, with
+        // _GNU_SOURCE, checking its mirrored structs).
+        .target(name: "CLinux", cSettings: cWarnings),
         // libfuse3 (pkg-config's flags, -lfuse3), and CFuse: the shims over
         // it and the request loops, header-only C compiled as a target of
         // its own so that its diagnostics are on and an edit rebuilds
         // FUSEBridge.
         .systemLibrary(name: "CLibFuse", path: "Sources/CLibFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "CFuse", dependencies: ["CLibFuse"]),
-        .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
+        .target(name: "CFuse", dependencies: ["CLibFuse"], cSettings: cWarnings),
+        // libcurl and OpenSSL the same way: a system library each for the
+        // flags, and a C target for the shims (CCurl's shim.c holds what
+        // needs _GNU_SOURCE and curl's wiping allocator).
+        .systemLibrary(name: "CLibCurl", path: "Sources/CLibCurl", pkgConfig: "libcurl",
                        providers: [.apt(["libcurl4-openssl-dev"])]),
-        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "openssl",
+        .target(name: "CCurl", dependencies: ["CLibCurl"], cSettings: cWarnings),
+        .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
+        .target(name: "CCrypto", dependencies: ["CLibCrypto"], cSettings: cWarnings),
 
         // The one door to the system: Errno, owned descriptors, clocks,
         // Unix sockets, threads and condition waits (swift-system's shape).

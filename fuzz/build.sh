@@ -14,7 +14,7 @@ OUT=${FUZZ_BUILD:-.build-fuzz}
 SAN=${FUZZ_SANITIZE:-fuzzer,address}
 mkdir -p "$OUT/modules" "$OUT/bin"
 
-CFLAGS="-I Sources/CLinux/include -I Sources/CFuse/include -I Sources/CCurl -I Sources/CCrypto"
+CFLAGS="-I Sources/CLinux/include -I Sources/CFuse/include -I Sources/CCurl/include -I Sources/CCrypto/include"
 for f in $(pkg-config --cflags-only-I fuse3 libcurl openssl); do CFLAGS="$CFLAGS -Xcc $f"; done
 LIBS=$(pkg-config --libs fuse3 libcurl openssl)
 COMMON="-swift-version 6 -O -g -enable-testing -sanitize=$SAN -I $OUT/modules $CFLAGS"
@@ -28,16 +28,21 @@ if [ ! -f "$OUT/c/CLinux.o" ] || [ Sources/CLinux/shim.c -nt "$OUT/c/CLinux.o" ]
     echo "fuzz/build.sh: module CLinux" >&2
     clang -O1 -g -I Sources/CLinux/include -c Sources/CLinux/shim.c -o "$OUT/c/CLinux.o"
 fi
-# CFuse is header-only but for one function (shim.c): rebuilt, with
-# FUSEBridge after it, when any of its files changes.
-if [ ! -f "$OUT/c/CFuse.o" ] || [ -n "$(find Sources/CFuse -type f -newer "$OUT/c/CFuse.o")" ]; then
-    echo "fuzz/build.sh: module CFuse" >&2
-    clang -O1 -g $(pkg-config --cflags fuse3) -I Sources/CFuse/include -c Sources/CFuse/shim.c -o "$OUT/c/CFuse.o"
-fi
+# CFuse, CCurl and CCrypto are shims over a library: a header or two and a
+# shim.c each, rebuilt (with their importers after them) when any of their
+# files changes.
+for c in CFuse:fuse3 CCurl:libcurl CCrypto:openssl; do
+    m=${c%%:*}; pc=${c#*:}
+    if [ ! -f "$OUT/c/$m.o" ] || [ -n "$(find Sources/$m -type f -newer "$OUT/c/$m.o")" ]; then
+        echo "fuzz/build.sh: module $m" >&2
+        clang -O1 -g $(pkg-config --cflags $pc) -I Sources/$m/include -c Sources/$m/shim.c -o "$OUT/c/$m.o"
+    fi
+done
 prev="$OUT/c/CLinux.o"
 for m in System SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
     obj="$OUT/modules/$m.o"
     srcs=$(ls Sources/$m/*.swift)
+    [ $m = AWS ] && prev="$prev $OUT/c/CCurl.o $OUT/c/CCrypto.o"
     [ $m = FUSEBridge ] && prev="$prev $OUT/c/CFuse.o"
     stale=no
     [ -f "$obj" ] || stale=yes
@@ -57,6 +62,6 @@ for t in $targets; do
         || [ -n "$(find $OUT/modules $OUT/c -name '*.o' -newer "$bin")" ]; then
         echo "fuzz/build.sh: target $t" >&2
         swiftc $COMMON -parse-as-library -module-name "fuzz_$t" fuzz/Support.swift "fuzz/targets/$t.swift" \
-            $OUT/modules/*.o "$OUT/c/CLinux.o" "$OUT/c/CFuse.o" $LIBS -use-ld=lld -o "$bin"
+            $OUT/modules/*.o "$OUT"/c/*.o $LIBS -use-ld=lld -o "$bin"
     fi
 done

@@ -337,7 +337,9 @@ static inline struct fuse_session *kmsfs_session_new(struct fuse_args *args,
  * releases (3.17 in Debian 13) take four and fail with -ENOSYS where the
  * kernel cannot expire. The call is chosen by the function's declared
  * type, so the same source builds against either header; only the branch
- * that matches the declaration ever runs.
+ * that matches the declaration ever runs. The other branch's cast goes
+ * through void (*)(void), C's way of saying the mismatch is intended
+ * (-Wcast-function-type stays quiet for it).
  */
 typedef int (*kmsfs_expire_entry4)(struct fuse_session *, fuse_ino_t, const char *, size_t);
 /* The flags' enum type is 3.14's only; its values fit, and pass, as an unsigned int. */
@@ -346,9 +348,10 @@ typedef int (*kmsfs_expire_entry5)(struct fuse_session *, fuse_ino_t, const char
 static inline int kmsfs_notify_expire_entry(struct fuse_session *se, fuse_ino_t parent,
                                             const char *name, size_t namelen) {
     return _Generic(&fuse_lowlevel_notify_expire_entry,
-        kmsfs_expire_entry4: ((kmsfs_expire_entry4)&fuse_lowlevel_notify_expire_entry)(se, parent, name, namelen),
-        default: ((kmsfs_expire_entry5)&fuse_lowlevel_notify_expire_entry)(se, parent, name, namelen,
-                                                                           FUSE_LL_EXPIRE_ONLY));
+        kmsfs_expire_entry4: ((kmsfs_expire_entry4)(void (*)(void))&fuse_lowlevel_notify_expire_entry)(
+            se, parent, name, namelen),
+        default: ((kmsfs_expire_entry5)(void (*)(void))&fuse_lowlevel_notify_expire_entry)(
+            se, parent, name, namelen, FUSE_LL_EXPIRE_ONLY));
 }
 
 /* FUSE_ARGS_INIT is a macro; argv is copied by fuse_opt_add_arg. */

@@ -10,9 +10,6 @@
 #include <curl/curl.h>
 #include <sys/socket.h>
 #include <spawn.h>
-#include <fcntl.h>
-#include <malloc.h>
-#include <stdlib.h>
 #include <string.h>
 
 typedef size_t (*kmsfs_curl_write_fn)(char *ptr, size_t size, size_t nmemb, void *userdata);
@@ -58,36 +55,10 @@ static inline CURLcode kmsfs_curl_get_off_t(CURL *h, CURLINFO i, curl_off_t *out
  * curl's allocator, wiping every block it frees: curl copies request
  * headers (the session token) into its own buffers (header lists, the
  * request it assembles before sending) and frees them without clearing,
- * which would leave the token in the free heap.
+ * which would leave the token in the free heap. curl_global_init_mem with
+ * the allocator in shim.c.
  */
-static void kmsfs_curl_free(void *p) {
-    if (p) {
-        explicit_bzero(p, malloc_usable_size(p));
-        free(p);
-    }
-}
-static void *kmsfs_curl_malloc(size_t n) { return malloc(n); }
-static void *kmsfs_curl_calloc(size_t n, size_t size) { return calloc(n, size); }
-static void *kmsfs_curl_realloc(void *p, size_t n) {
-    if (!p) return malloc(n);
-    size_t old = malloc_usable_size(p);
-    if (n <= old && n > 0) return p;   /* fits: stays where it is */
-    void *q = malloc(n ? n : 1);
-    if (!q) return NULL;
-    memcpy(q, p, old < n ? old : n);
-    kmsfs_curl_free(p);                /* never realloc: it would free the old block unwiped */
-    return q;
-}
-static char *kmsfs_curl_strdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = (char *)malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-static inline CURLcode kmsfs_curl_global_init_wiping(long flags) {
-    return curl_global_init_mem(flags, kmsfs_curl_malloc, kmsfs_curl_free, kmsfs_curl_realloc,
-                                kmsfs_curl_strdup, kmsfs_curl_calloc);
-}
+CURLcode kmsfs_curl_global_init_wiping(long flags);
 /* Wipes the strings of a header list (before curl_slist_free_all). */
 static inline void kmsfs_curl_slist_wipe(struct curl_slist *l) {
     for (; l; l = l->next) if (l->data) explicit_bzero(l->data, strlen(l->data));
@@ -108,21 +79,17 @@ static inline CURLcode kmsfs_curl_use_cloexec_sockets(CURL *h) {
 }
 
 /*
- * Process helpers for the AWS module's credential_process runner. glibc
- * declares these only under _GNU_SOURCE, which Swift's Glibc module is not
- * built with; both exist in Debian 12's glibc (2.36; addclosefrom_np since
- * 2.34, pipe2 since 2.9). curl 7.88's own wakeup socketpair is not
+ * Process helpers for the AWS module's credential_process runner, in
+ * shim.c: glibc declares posix_spawn_file_actions_addclosefrom_np and pipe2
+ * only under _GNU_SOURCE, which Swift's Glibc module is not built with (and
+ * which this header cannot define without changing glibc's types under
+ * that module). shim.c is compiled with it, so both calls are checked
+ * against glibc's own prototypes (Debian 12's glibc 2.36; addclosefrom_np
+ * since 2.34, pipe2 since 2.9). curl 7.88's own wakeup socketpair is not
  * close-on-exec and cannot be made so: the child closes every descriptor
  * from 3 up instead.
  */
-extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *actions, int from);
-extern int pipe2(int fds[2], int flags);
-
-static inline int kmsfs_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
-    return posix_spawn_file_actions_addclosefrom_np(actions, from);
-}
-static inline int kmsfs_pipe_cloexec(int fds[2]) {
-    return pipe2(fds, O_CLOEXEC);
-}
+int kmsfs_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
+int kmsfs_pipe_cloexec(int fds[2]);
 
 #endif
