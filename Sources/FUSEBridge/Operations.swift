@@ -541,6 +541,22 @@ let opRead: @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePo
         // copyfile made a 64 MiB file of a 2 KB secret). Any user can read
         // that size back (statx AT_STATX_DONT_SYNC) until the drop queued
         // above forgets the name and the next lookup stores the bound again.
+        //
+        // A page-cache read that starts past the end is answered with an
+        // error, never empty: an empty reply would set the size to its own
+        // offset, past the end, and the kernel then refuses the exact size
+        // from the read that holds the end if that reply comes second.
+        // Readahead sends both together, and over io_uring they can come
+        // on two queues (the reader moved CPU between them), whose threads
+        // answer in either order: shutil.copyfile then padded a keystore
+        // with zeros to the next 128 KiB. An error changes no size: the
+        // readahead's pages past the end are left unread, which nobody
+        // reads once the size is exact. A read that starts exactly at the
+        // end still gets an empty reply (that size is exact).
+        if offset > off_t(total) {
+            reply(req, error: EIO)
+            return
+        }
     }
     if length <= 0 {
         _ = fuse_reply_buf(req, nil, 0)

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -96,6 +97,41 @@ def test_sendfile_over_the_ring_stops_at_the_plaintexts_end(uring, tree, mount_f
     assert m.wait_log(SERVING), m.log()
     # The release drops the pages at once: 0.3 s apart, each attempt reads anew.
     copied_exactly(m.file("big"), plains["big"], tmp_path, attempts=6, pause=0.3, readahead=2 << 20)
+
+
+def test_sendfile_stops_at_the_end_while_the_reader_moves_between_cpus(uring, tree, mount_factory, tmp_path):
+    """Readahead sends the read that holds the end and empty reads past it
+    together, from the reader's CPU; a reader that moves CPU between them
+    puts them on two of the ring's queues, whose threads answer in either
+    order, and an empty reply past the end, committed first, set the size to
+    its offset (the read that holds the end was then refused): copies padded
+    with zeros to the next 128 KiB, 15% of them while the reader's CPU
+    flipped every 0.2 ms, and once in a whole run of the suite by chance.
+    Page-cache reads past the end now get an error, which sets no size."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to move the reader between")
+    src, plains = tree
+    m = mount_factory(src, "allow_uid=0,audit=off,io_uring")
+    assert m.wait_log(SERVING), m.log()
+    reader = threading.get_native_id()
+    stop = threading.Event()
+
+    def flip():
+        i = 0
+        while not stop.is_set():
+            os.sched_setaffinity(reader, {cpus[i % 2]})
+            i += 1
+            time.sleep(0.0002)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        copied_exactly(m.file("big"), plains["big"], tmp_path, attempts=150, pause=0, readahead=2 << 20)
+    finally:
+        stop.set()
+        flipper.join()
+        os.sched_setaffinity(reader, cpus)
 
 
 def test_open_still_checks_who_asks(uring, public_tmp, kms, users, tmp_path):
