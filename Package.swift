@@ -83,3 +83,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Swift warnings are errors in kmsfs's own targets (not in its
+// dependencies), as -Werror is for the C shims: a build that prints none
+// stays that way, instead of a new one scrolling by unread.
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-warnings-as-errors"])]
+}
