@@ -16,11 +16,6 @@
 //                                 threads and waits                  -> CLinux
 import PackageDescription
 
-// The C shims compile with warnings on, as errors: their headers are
-// included by every Swift importer, where nothing would show a mistake
-// (an implicit declaration, a mismatched prototype) again.
-let cWarnings: [CSetting] = [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
-
 let package = Package(
     name: "kmsfs",
     products: [
@@ -34,23 +29,23 @@ let package = Package(
         // so that its headers compile with diagnostics on and an edit
         // rebuilds its importers. CLinux is compiled (shim.c, with
         // _GNU_SOURCE, checking its mirrored structs).
-        .target(name: "CLinux", cSettings: cWarnings),
+        .target(name: "CLinux"),
         // libfuse3 (pkg-config's flags, -lfuse3), and CFuse: the shims over
         // it and the request loops, header-only C compiled as a target of
         // its own so that its diagnostics are on and an edit rebuilds
         // FUSEBridge.
         .systemLibrary(name: "CLibFuse", path: "Sources/CLibFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "CFuse", dependencies: ["CLibFuse"], cSettings: cWarnings),
+        .target(name: "CFuse", dependencies: ["CLibFuse"]),
         // libcurl and OpenSSL the same way: a system library each for the
         // flags, and a C target for the shims (CCurl's shim.c holds what
         // needs _GNU_SOURCE and curl's wiping allocator).
         .systemLibrary(name: "CLibCurl", path: "Sources/CLibCurl", pkgConfig: "libcurl",
                        providers: [.apt(["libcurl4-openssl-dev"])]),
-        .target(name: "CCurl", dependencies: ["CLibCurl"], cSettings: cWarnings),
+        .target(name: "CCurl", dependencies: ["CLibCurl"]),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
-        .target(name: "CCrypto", dependencies: ["CLibCrypto"], cSettings: cWarnings),
+        .target(name: "CCrypto", dependencies: ["CLibCrypto"]),
 
         // The one door to the system: Errno, owned descriptors, clocks,
         // Unix sockets, threads and condition waits (swift-system's shape).
@@ -84,9 +79,13 @@ let package = Package(
     swiftLanguageModes: [.v6]
 )
 
-// Swift warnings are errors in kmsfs's own targets (not in its
-// dependencies), as -Werror is for the C shims: a build that prints none
-// stays that way, instead of a new one scrolling by unread.
+// Warnings are errors in kmsfs's own targets (not in its dependencies): a
+// build that prints none stays that way, instead of a new one scrolling by
+// unread. For the C shims most of all: their headers are included by every
+// Swift importer, where nothing would show a mistake (an implicit
+// declaration, a mismatched prototype) again. Each setting reaches only
+// the targets in its language.
 for target in package.targets where target.type != .system {
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-warnings-as-errors"])]
+    target.cSettings = (target.cSettings ?? []) + [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
 }
