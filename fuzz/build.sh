@@ -19,25 +19,19 @@ for f in $(pkg-config --cflags-only-I fuse3 libcurl openssl); do CFLAGS="$CFLAGS
 LIBS=$(pkg-config --libs fuse3 libcurl openssl)
 COMMON="-swift-version 6 -O -g -enable-testing -sanitize=$SAN -I $OUT/modules $CFLAGS"
 
-# Dependency order (Package.swift); each module rebuilt only when one of
-# its sources or a module below it is newer than its object.
-# CLinux is C: one object, linked into every target.
-mkdir -p "$OUT/c"
-if [ ! -f "$OUT/c/CLinux.o" ] || [ Sources/CLinux/shim.c -nt "$OUT/c/CLinux.o" ] \
-    || [ Sources/CLinux/include/CLinux.h -nt "$OUT/c/CLinux.o" ]; then
-    echo "fuzz/build.sh: module CLinux" >&2
-    clang -O1 -g -I Sources/CLinux/include -c Sources/CLinux/shim.c -o "$OUT/c/CLinux.o"
-fi
-# CFuse, CCurl and CCrypto are shims over a library: a header or two and a
-# shim.c each, rebuilt (with their importers after them) when any of their
+# The C shims: a header or two and a shim.c each (CLinux's with no library
+# under it), rebuilt, with their importers after them, when any of their
 # files changes.
-for c in CFuse:fuse3 CCurl:libcurl CCrypto:openssl; do
+mkdir -p "$OUT/c"
+for c in CLinux: CFuse:fuse3 CCurl:libcurl CCrypto:openssl; do
     m=${c%%:*}; pc=${c#*:}
     if [ ! -f "$OUT/c/$m.o" ] || [ -n "$(find Sources/$m -type f -newer "$OUT/c/$m.o")" ]; then
         echo "fuzz/build.sh: module $m" >&2
-        clang -O1 -g $(pkg-config --cflags $pc) -I Sources/$m/include -c Sources/$m/shim.c -o "$OUT/c/$m.o"
+        clang -O1 -g ${pc:+$(pkg-config --cflags $pc)} -I Sources/$m/include -c Sources/$m/shim.c -o "$OUT/c/$m.o"
     fi
 done
+# Dependency order (Package.swift); each module rebuilt only when one of
+# its sources or a module below it is newer than its object.
 prev="$OUT/c/CLinux.o"
 for m in System SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
     obj="$OUT/modules/$m.o"
@@ -51,6 +45,9 @@ for m in System SecureMemory Log AWS KMS SecretFS FUSEBridge KmsfsKit; do
         echo "fuzz/build.sh: module $m" >&2
         swiftc $COMMON -parse-as-library -wmo -module-name "$m" -package-name kmsfs \
             -emit-module -emit-module-path "$OUT/modules/$m.swiftmodule" -c -o "$obj" $srcs
+        # swiftc leaves an object whose bytes did not change untouched, and
+        # an old time would rebuild the module on every run after.
+        touch "$obj"
     fi
     prev="$prev $obj"
 done
