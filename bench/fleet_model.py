@@ -57,7 +57,8 @@ below that share of the host's goodput since its first throttle), rel=F
 (no pacing for the last F of a host's secrets); norefs=1 leaves out the
 botocore references. Tried on 2026-12-03 (bench/notes.md): ra=K (the
 growth per quiet second at least K times the rate, not only `accel`
-requests a second).
+requests a second) and bfrac=1 (with wexp: the backlog's weight as the
+share of the host's own secrets still to do, no `bref`).
 """
 import heapq, random, math, sys, statistics, itertools
 
@@ -80,7 +81,7 @@ class RA:
         """The backlog weight (wexp, bref, wlo, whi), 1 without."""
         P = s.P
         if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
+            x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi'])
             return x ** P['wexp']
         return 1.0
 
@@ -218,7 +219,7 @@ class RA:
         quiet = max(0, min(now - s.lastCut - P['steady'], P['quietReset']))
         w = 1.0
         if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
+            x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi'])
             w = x ** P['wexp']
         if P.get('wtau') and s.backlog is not None:
             if getattr(s, 't_ep', None) is None: s.t_ep = now
@@ -460,7 +461,7 @@ class LTC(RA):
         quiet = max(0, now - s.lastThrottle - P['steady'])
         w = 1.0
         if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi'])
+            x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi'])
             w = x ** P['wexp']
         s.rate = s.rate * (1 + P['eta'] * P['pstar']) + w * P.get('add', 0) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
 
@@ -633,14 +634,14 @@ class GT(RA):
             if sending >= 0.7 * s.rate:
                 w = 1.0
                 if s.backlog is not None and P.get('wexp'):
-                    x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi']); w = x ** P['wexp']
+                    x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi']); w = x ** P['wexp']
                 s.rate = s.rate * (1 + P['grow'] * (1 if X == 0 else 0.3)) + P.get('add', 0) * w
         elif p > P['phi']:
             s.rate = max(P['floor'], min(s.rate, G / span * (1 + P['eps'])))
         else:
             w = 1.0
             if s.backlog is not None and P.get('wexp'):
-                x = min(max(s.backlog() / P['bref'], P['wlo']), P['whi']); w = x ** P['wexp']
+                x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi']); w = x ** P['wexp']
             s.rate = s.rate + P.get('add', 0) * w
         if s.rate < old:
             s.tokens = min(s.burst(s.rate), s.tokens + (now - s.refilled) * old); s.refilled = now
@@ -835,7 +836,7 @@ def main(argv):
         k, _, v = arg.partition("=")
         if k not in P and k not in ("ramp", "burst", "hosts", "quota", "dl", "delta", "c", "bmin", "taumin", "smax", "qk", "init", "expo", "qcap", "wexp", "bref", "wlo", "whi", "ltc", "gt", "eta", "pstar",
                                     "add", "T", "W", "plo", "phi", "eps", "grow", "base_rate", "through_always",
-                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi", "mlt", "g", "madd", "mspace", "wmul", "norefs", "lin", "dmin", "tk", "cb", "cbd", "cbm", "cbw", "cbk", "cbm0", "cbj", "fend", "fexpo", "fmi", "fq", "hfloor", "hmin", "rel", "probe", "pthr", "pgrow", "pmin", "pcap", "qe", "qg", "qn", "qp0", "qr", "hw", "ra"):
+                                    "first_decrease", "latlo", "lathi", "unit", "ss", "ssmin", "firstmin", "prop", "nothrough", "jit", "seeds", "pw", "mi", "mimin", "winit", "wtau", "t0", "nopace", "bcap", "bbase", "flo", "fhi", "mlt", "g", "madd", "mspace", "wmul", "norefs", "lin", "dmin", "tk", "cb", "cbd", "cbm", "cbw", "cbk", "cbm0", "cbj", "fend", "fexpo", "fmi", "fq", "hfloor", "hmin", "rel", "probe", "pthr", "pgrow", "pmin", "pcap", "qe", "qg", "qn", "qp0", "qr", "hw", "ra", "bfrac"):
             raise SystemExit("fleet_model: unknown knob %s" % k)
         P[k] = float(v)
     given = set(a.partition("=")[0] for a in argv)
