@@ -149,6 +149,120 @@ def test_access_syscall_tells_the_truth(access_mount):
     assert r.returncode != 0
 
 
+# Every way into a file's bytes that a local user has, each tried once and
+# printed as NAME RESULT (ok, or the errno's name), with the bytes it got.
+SYSCALL_PROBE = r"""
+import ctypes, errno, mmap, os, sys
+path = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def fd_of(flags=os.O_RDONLY):
+    return os.open(path, flags)
+def reopen_o_path():             # an O_PATH descriptor is opened without an open request
+    p = os.open(path, os.O_PATH)
+    try:
+        return os.read(os.open("/proc/self/fd/%d" % p, os.O_RDONLY), 1 << 16)
+    finally:
+        os.close(p)
+def with_fd(f):
+    def g():
+        fd = fd_of()
+        try:
+            return f(fd)
+        finally:
+            os.close(fd)
+    return g
+def splice(fd):
+    r, w = os.pipe()
+    try:
+        n = os.splice(fd, w, 1 << 16)
+        return os.read(r, n)
+    finally:
+        os.close(r); os.close(w)
+def sendfile(fd):
+    r, w = os.pipe()
+    try:
+        n = os.sendfile(w, fd, 0, 1 << 16)
+        return os.read(r, n)
+    finally:
+        os.close(r); os.close(w)
+def readahead(fd):
+    if libc.readahead(fd, ctypes.c_longlong(0), ctypes.c_size_t(1 << 20)) != 0:
+        raise OSError(ctypes.get_errno(), "readahead")
+    return os.read(fd, 1 << 16)
+calls = {
+    "read": with_fd(lambda fd: os.read(fd, 1 << 16)),
+    "read_nonblock": lambda: os.read(fd_of(os.O_RDONLY | os.O_NONBLOCK), 1 << 16),
+    "read_direct": lambda: os.read(fd_of(os.O_RDONLY | os.O_DIRECT), 1 << 16),
+    "reopen_o_path": reopen_o_path,
+    "pread_past_end": with_fd(lambda fd: os.pread(fd, 100, 1 << 40)),
+    "mmap_private": with_fd(lambda fd: mmap.mmap(fd, 0, mmap.MAP_PRIVATE, mmap.PROT_READ)[:]),
+    "mmap_shared": with_fd(lambda fd: mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)[:]),
+    "splice": with_fd(splice),
+    "sendfile": with_fd(sendfile),
+    "readahead": with_fd(readahead),
+    "open_write": lambda: os.open(path, os.O_WRONLY),
+    "open_rdwr": lambda: os.open(path, os.O_RDWR),
+    "open_trunc": lambda: os.open(path, os.O_RDONLY | os.O_TRUNC),
+    "truncate": lambda: os.truncate(path, 0),
+    "setxattr": lambda: os.setxattr(path, "user.k", b"1"),
+    "getxattr": lambda: os.getxattr(path, "user.k"),
+    "listxattr": lambda: os.listxattr(path),
+    "chmod": lambda: os.chmod(path, 0o777),
+    "rename": lambda: os.rename(path, path + ".moved"),
+    "unlink": lambda: os.unlink(path),
+    "link": lambda: os.link(path, path + ".link"),
+}
+for name, call in calls.items():
+    try:
+        got = call()
+        data = got if isinstance(got, bytes) else b""
+        print(name, "ok", data.hex())
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, str(e.errno)), "")
+"""
+
+
+def probe_syscalls(user, path):
+    r = run_as(user, ["python3", "-c", SYSCALL_PROBE, path])
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for line in r.stdout.decode().splitlines():
+        name, result, data = (line.split(" ") + [""])[:3]
+        out[name] = (result, bytes.fromhex(data))
+    assert len(out) == 21, r.stdout
+    return out
+
+
+def test_no_syscall_takes_an_unlisted_user_or_root_past_the_lists(access_mount):
+    """The open check is the one gate: every call that reads bytes needs an
+    open, and the kernel sends the daemon one for each, however the file
+    was reached. An O_PATH descriptor is made with no open request at all,
+    but reopening it through /proc/self/fd asks again, as the caller. A
+    listed user gets the plaintext every way the kernel serves it (a
+    shared mapping is refused: direct I/O) and changes nothing."""
+    path = access_mount.file("tls/ssl.pem")
+    plaintext = SECRETS["tls/ssl.pem"]
+    read_calls = ["read", "read_nonblock", "read_direct", "reopen_o_path", "pread_past_end", "mmap_private",
+                  "mmap_shared", "splice", "sendfile", "readahead"]
+    change_calls = ["open_write", "open_rdwr", "open_trunc", "truncate", "setxattr", "chmod", "rename", "unlink", "link"]
+    for user in ["kmsfs-bob", "kmsfs-carol", "root"]:
+        got = probe_syscalls(user, path)
+        for name in read_calls:
+            assert got[name] == ("EACCES", b""), (user, name, got[name])
+        for name in change_calls:
+            assert got[name] == ("EROFS", b""), (user, name, got[name])
+        assert got["getxattr"][0] in ("ENOTSUP", "ENODATA") and got["listxattr"] == ("ENOTSUP", b""), (user, got)
+    got = probe_syscalls("kmsfs-alice", path)
+    for name in ["read", "read_nonblock", "read_direct", "reopen_o_path", "mmap_private", "splice", "sendfile", "readahead"]:
+        assert got[name] == ("ok", plaintext), (name, got[name])
+    assert got["mmap_shared"] == ("ENODEV", b""), got["mmap_shared"]
+    assert got["pread_past_end"] == ("ok", b""), got["pread_past_end"]
+    for name in change_calls:
+        assert got[name] == ("EROFS", b""), (name, got[name])
+    with pytest.raises(FileNotFoundError):
+        os.stat(path + ".moved")
+
+
 def test_sighup_reloads_a_good_policy_and_keeps_the_old_on_a_bad_one(access_mount):
     m = access_mount
     try:
