@@ -64,6 +64,12 @@ final class BridgeContext: @unchecked Sendable {
     /// made before it runs, so a user closing mappings in a loop queues at
     /// most one per file.
     let pageDrops: DueQueue<UInt64>
+    /// The name forgotten again a moment after each page drop, without
+    /// touching the inode: a lookup that crossed the drop (sent after its
+    /// expiry, answered after its attribute bump) had its bound refused by
+    /// the kernel but made the name valid for the entry timeout, so the
+    /// exact size stayed readable for 10 s instead of about a second.
+    let reexpiries: DueQueue<UInt64>
     /// The session, set once right after it is created (before any request).
     var session: OpaquePointer? {
         get { sessionSlot.pointer }
@@ -87,6 +93,15 @@ final class BridgeContext: @unchecked Sendable {
         self.ringParkedOpens = ringParkedOpens
         let session = SessionSlot()
         self.sessionSlot = session
+        let forgetName: @Sendable (UInt64) -> Void = { ino in
+            guard let se = session.pointer, let (parent, name) = fs.kernelEntry(of: ino) else { return }
+            _ = name.withCString { n in
+                kmsfs_notify_expire_entry(se, parent, n, strlen(n)) == 0
+                    || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
+            }
+        }
+        let reexpiries = DueQueue<UInt64>(name: "kmsfs-expire", delay: 0.2, action: forgetName)
+        self.reexpiries = reexpiries
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
             guard let se = session.pointer else { return }
             _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0)
@@ -97,12 +112,8 @@ final class BridgeContext: @unchecked Sendable {
             // included, store the bound (max_size=) there again.
             // Expired, not dropped, where the kernel can (6.2 on): a
             // dropped dentry detaches whatever is mounted on it.
-            if let (parent, name) = fs.kernelEntry(of: ino) {
-                _ = name.withCString { n in
-                    kmsfs_notify_expire_entry(se, parent, n, strlen(n)) == 0
-                        || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
-                }
-            }
+            forgetName(ino)
+            reexpiries.schedule(ino, later: true)
         }
     }
 }

@@ -117,6 +117,7 @@ public final class FUSESession: @unchecked Sendable {
         if mounted.load(ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
         // Page drops still queued would notify a destroyed session.
         context.pageDrops.stop(waiting: 1.0)
+        context.reexpiries.stop(waiting: 1.0)
         fuse_session_destroy(session)
     }
 
