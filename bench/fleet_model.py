@@ -217,10 +217,7 @@ class RA:
         if s.rate is None: return
         s.epDone = getattr(s, 'epDone', 0) + 1
         quiet = max(0, min(now - s.lastCut - P['steady'], P['quietReset']))
-        w = 1.0
-        if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi'])
-            w = x ** P['wexp']
+        w = s._w()
         if P.get('wtau') and s.backlog is not None:
             if getattr(s, 't_ep', None) is None: s.t_ep = now
             tau = s.backlog() / s.rate
@@ -459,10 +456,7 @@ class LTC(RA):
         s.roll(now); s.ws += 1; s.wr += 1
         if s.rate is None: return
         quiet = max(0, now - s.lastThrottle - P['steady'])
-        w = 1.0
-        if s.backlog is not None and P.get('wexp'):
-            x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi'])
-            w = x ** P['wexp']
+        w = s._w()
         s.rate = s.rate * (1 + P['eta'] * P['pstar']) + w * P.get('add', 0) / s.rate + P.get('expo', 0) * min(quiet, P.get('qcap', 3))
 
 
@@ -632,16 +626,12 @@ class GT(RA):
         old = s.rate
         if X == 0 or p < P['plo']:
             if sending >= 0.7 * s.rate:
-                w = 1.0
-                if s.backlog is not None and P.get('wexp'):
-                    x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi']); w = x ** P['wexp']
+                w = s._w()
                 s.rate = s.rate * (1 + P['grow'] * (1 if X == 0 else 0.3)) + P.get('add', 0) * w
         elif p > P['phi']:
             s.rate = max(P['floor'], min(s.rate, G / span * (1 + P['eps'])))
         else:
-            w = 1.0
-            if s.backlog is not None and P.get('wexp'):
-                x = min(max(s.backlog() / (s.host['left'] if P.get('bfrac') else P['bref']), P['wlo']), P['whi']); w = x ** P['wexp']
+            w = s._w()
             s.rate = s.rate + P.get('add', 0) * w
         if s.rate < old:
             s.tokens = min(s.burst(s.rate), s.tokens + (now - s.refilled) * old); s.refilled = now
