@@ -64,11 +64,16 @@ final class BridgeContext: @unchecked Sendable {
     /// made before it runs, so a user closing mappings in a loop queues at
     /// most one per file.
     let pageDrops: DueQueue<UInt64>
-    /// The name forgotten again a moment after each page drop, without
-    /// touching the inode: a lookup that crossed the drop (sent after its
-    /// expiry, answered after its attribute bump) had its bound refused by
-    /// the kernel but made the name valid for the entry timeout, so the
-    /// exact size stayed readable for 10 s instead of about a second.
+    /// A moment after each page drop, the bound put back in the inode by
+    /// the daemon's own lookup (`restoreBound`), without waiting for a
+    /// user's: nobody may look the name up for hours, and a user holding
+    /// an `O_PATH` descriptor of the file (no open needed) read the exact
+    /// size through it all that while. The daemon reads the size back as
+    /// any user can, and forgets the name and looks it up again (three
+    /// tries) while it is not the bound: a lookup that crossed the drop or
+    /// a `stat` (sent before an attribute bump, answered after it) has its
+    /// bound refused by the kernel but makes the name valid for the entry
+    /// timeout, which once kept the exact size readable for 10 s.
     let reexpiries: DueQueue<UInt64>
     /// The session, set once right after it is created (before any request).
     var session: OpaquePointer? {
@@ -76,8 +81,11 @@ final class BridgeContext: @unchecked Sendable {
         set { sessionSlot.pointer = newValue }
     }
     private let sessionSlot: SessionSlot
+    /// The session no longer serves (its loop ended): the bound is no
+    /// longer put back by a lookup of the daemon's own, which would wait.
+    func markClosing() { sessionSlot.closing.store(true, ordering: .releasing) }
 
-    init(fs: SecretFileSystem, maxRead: Int, debug: Bool, maxInflightOpens: Int, ringParkedOpens: Int,
+    init(fs: SecretFileSystem, mountpoint: String, maxRead: Int, debug: Bool, maxInflightOpens: Int, ringParkedOpens: Int,
          ringServing: @escaping @Sendable () -> Bool) {
         self.ringServing = ringServing
         self.fs = fs
@@ -100,7 +108,23 @@ final class BridgeContext: @unchecked Sendable {
                     || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
             }
         }
-        let reexpiries = DueQueue<UInt64>(name: "kmsfs-expire", delay: 0.2, action: forgetName)
+        let restoreBound: @Sendable (UInt64) -> Void = { ino in
+            guard let relative = fs.mountPath(of: ino), case .success(let (entry, _)) = fs.getattr(ino, view: .entry),
+                  let bound = UInt64(exactly: entry.size) else { return }
+            let path = mountpoint + "/" + relative
+            for attempt in 0..<3 {
+                // The walk below waits for this session's workers: never
+                // once the session is closing (it may no longer serve).
+                guard !session.closing.load(ordering: .acquiring) else { return }
+                forgetName(ino)
+                var seen: UInt64 = 0, size: UInt64 = 0
+                // Another file there (the name gone from SOURCE, another
+                // mount on the mountpoint): nothing of ours to put back.
+                guard kmsfs_cached_size(path, &seen, &size) == 0, seen == ino, size != bound else { return }
+                if attempt < 2 { usleep(20_000) }
+            }
+        }
+        let reexpiries = DueQueue<UInt64>(name: "kmsfs-expire", delay: 0.2, action: restoreBound)
         self.reexpiries = reexpiries
         self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
             guard let se = session.pointer else { return }
@@ -123,6 +147,8 @@ final class BridgeContext: @unchecked Sendable {
 /// (and so before any drop is queued); read after.
 private final class SessionSlot: @unchecked Sendable {
     var pointer: OpaquePointer?
+    /// Set when the session stops serving, before its queues are stopped.
+    let closing = Atomic<Bool>(false)
 }
 
 @inline(__always)

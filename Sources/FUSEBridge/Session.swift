@@ -90,7 +90,7 @@ public final class FUSESession: @unchecked Sendable {
         // for a pool thread, or for another open's decryption) stay 32 below one queue's depth, and past that an open
         // answers EIO at once (`BridgeContext.limitParkedOpensToTheRing`).
         let ringParked = options.uringDepth > 0 ? max(1, options.uringDepth - 32) : 0
-        self.context = BridgeContext(fs: fs, maxRead: options.maxRead, debug: options.debug,
+        self.context = BridgeContext(fs: fs, mountpoint: options.mountpoint, maxRead: options.maxRead, debug: options.debug,
                                      maxInflightOpens: options.maxInflightOpens, ringParkedOpens: ringParked,
                                      ringServing: { kmsfs_uring_serving() != 0 })
         self.ops = makeOperations()
@@ -114,6 +114,7 @@ public final class FUSESession: @unchecked Sendable {
     }
 
     deinit {
+        context.markClosing()
         if mounted.load(ordering: .sequentiallyConsistent) { fuse_session_unmount(session) }
         // Page drops still queued would notify a destroyed session.
         context.pageDrops.stop(waiting: 1.0)
@@ -189,7 +190,8 @@ public final class FUSESession: @unchecked Sendable {
             // SOURCE right after the mount to find it still held), or else
             // once the loop has returned.
             let ran = OnceFlag()
-            let once: @Sendable () -> Void = { if ran.first() { willEnd() } }
+            let context = self.context
+            let once: @Sendable () -> Void = { if ran.first() { context.markClosing(); willEnd() } }
             let gone = Unmanaged.passRetained(LoopHook(once))
             let call: @convention(c) (UnsafeMutableRawPointer?) -> Void = { arg in
                 guard let arg else { return }
@@ -236,6 +238,7 @@ public final class FUSESession: @unchecked Sendable {
     /// unmount closes /dev/fuse at once, and a worker still replying would
     /// write to whatever file next took that descriptor's number.
     public func stopServing() {
+        context.markClosing()
         context.opens.stop(waiting: 0.2)
         fuse_session_exit(session)
     }

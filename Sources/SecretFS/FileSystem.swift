@@ -414,6 +414,13 @@ public final class SecretFileSystem: @unchecked Sendable {
         return (parent, name)
     }
 
+    /// `ino`'s path below the mountpoint, as the kernel walks it (no
+    /// leading "/"); nil for the root and unknown inodes.
+    public func mountPath(of ino: UInt64) -> String? {
+        guard ino != Self.rootInode, let n = node(ino) else { return nil }
+        return n.mountPath
+    }
+
     // MARK: Names
 
     /// Entries (lookup, readdirplus) go into the kernel's inode, which any

@@ -354,6 +354,15 @@ static inline int kmsfs_notify_expire_entry(struct fuse_session *se, fuse_ino_t 
             se, parent, name, namelen, FUSE_LL_EXPIRE_ONLY));
 }
 
+/* What the kernel holds for the file at `path` (absolute, no symbolic
+ * link anywhere in it: openat2's RESOLVE_NO_SYMLINKS), read as any user
+ * can without asking the file system (statx AT_STATX_DONT_SYNC): its inode
+ * number and size. Walking the path sends a lookup for every name whose
+ * entry has expired, and that lookup's reply is stored in the inode. An
+ * O_PATH descriptor: no open request is sent. 0, or -1 with errno. In
+ * shim.c (_GNU_SOURCE declares statx). */
+int kmsfs_cached_size(const char *path, uint64_t *ino, uint64_t *size);
+
 /* FUSE_ARGS_INIT is a macro; argv is copied by fuse_opt_add_arg. */
 static inline struct fuse_args kmsfs_fuse_args_empty(void) {
     struct fuse_args a = FUSE_ARGS_INIT(0, NULL);
