@@ -108,7 +108,14 @@ final class BridgeContext: @unchecked Sendable {
                     || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
             }
         }
+        let drops = DropQueueSlot()
         let restoreBound: @Sendable (UInt64) -> Void = { ino in
+            // A page-cache read since the drop (another drop is queued for
+            // it) sets the exact size again, and a lookup during such a
+            // read stores the bound under it: the read then goes past the
+            // end into EIO (twice as many of two sendfile loops' copies
+            // failed). The drop queued after it puts the bound back then.
+            if drops.queue?.isWaiting(ino) == true { return }
             guard let relative = fs.mountPath(of: ino), case .success(let (entry, _)) = fs.getattr(ino, view: .entry),
                   let bound = UInt64(exactly: entry.size) else { return }
             let path = mountpoint + "/" + relative
@@ -126,7 +133,7 @@ final class BridgeContext: @unchecked Sendable {
         }
         let reexpiries = DueQueue<UInt64>(name: "kmsfs-expire", delay: 0.2, action: restoreBound)
         self.reexpiries = reexpiries
-        self.pageDrops = DueQueue(name: "kmsfs-inval", delay: 1) { ino in
+        let pageDrops = DueQueue<UInt64>(name: "kmsfs-inval", delay: 1) { ino in
             guard let se = session.pointer else { return }
             _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0)
             // A read through the page cache that ended short, and lseek's
@@ -139,12 +146,20 @@ final class BridgeContext: @unchecked Sendable {
             forgetName(ino)
             reexpiries.schedule(ino, later: true)
         }
+        drops.queue = pageDrops
+        self.pageDrops = pageDrops
     }
 }
 
 /// Where the session pointer lives, so the page-drop thread's action can
 /// hold it before the context is whole. Written once, before any request
 /// (and so before any drop is queued); read after.
+/// The page-drop queue, for the re-expiry's action made before it. Set
+/// once, before any request (and so before any drop is queued); read after.
+private final class DropQueueSlot: @unchecked Sendable {
+    var queue: DueQueue<UInt64>?
+}
+
 private final class SessionSlot: @unchecked Sendable {
     var pointer: OpaquePointer?
     /// Set when the session stops serving, before its queues are stopped.

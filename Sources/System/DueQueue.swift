@@ -53,6 +53,9 @@ public final class DueQueue<Key: Hashable & Sendable>: @unchecked Sendable {
         return false
     }
 
+    /// Whether `key` waits to run (asked for and not yet run).
+    public func isWaiting(_ key: Key) -> Bool { lock.withLock { due[key] != nil } }
+
     /// Keys waiting (for tests and status).
     public var waiting: Int { lock.withLock { due.count } }
     /// Lane entries held, stale ones included (for tests).
