@@ -518,6 +518,14 @@ public final class SecretFileSystem: @unchecked Sendable {
         return .success((r.attributes, r.attributeTimeout))
     }
 
+    /// The plaintext's exact size when it is decrypted now (in the cache,
+    /// for the ciphertext SOURCE holds), else nil: never the ciphertext's.
+    public func decryptedSize(of ino: UInt64) -> Int64? {
+        guard let n = node(ino), n.kind == .secret, let st = try? tree.stat(n.sourcePath), st.isRegular,
+              let cached = cache.peek(n.sourcePath, fingerprint: st.fingerprint) else { return nil }
+        return Int64(cached.size)
+    }
+
     private func reply(for n: Node, stat st: SourceStat, view: AttributeView) -> EntryReply {
         let c = configuration
         var size = st.size
