@@ -108,16 +108,16 @@ final class BridgeContext: @unchecked Sendable {
                     || fuse_lowlevel_notify_inval_entry(se, parent, n, strlen(n)) == 0
             }
         }
-        let drops = DropQueueSlot()
         let restoreBound: @Sendable (UInt64) -> Void = { ino in
             // A page-cache read since the drop (another drop is queued for
             // it) sets the exact size again, and a lookup during such a
             // read stores the bound under it: the read then goes past the
             // end into EIO (twice as many of two sendfile loops' copies
             // failed). The drop queued after it puts the bound back then.
-            if drops.queue?.isWaiting(ino) == true { return }
-            guard let relative = fs.mountPath(of: ino), case .success(let (entry, _)) = fs.getattr(ino, view: .entry),
-                  let bound = UInt64(exactly: entry.size) else { return }
+            if session.pageDrops?.isWaiting(ino) == true { return }
+            // The size every lookup stores (`AttributeView.entry`).
+            guard let relative = fs.mountPath(of: ino),
+                  let bound = UInt64(exactly: fs.configuration.maxCiphertextBytes) else { return }
             let path = mountpoint + "/" + relative
             for attempt in 0..<3 {
                 // The walk below waits for this session's workers: never
@@ -146,22 +146,19 @@ final class BridgeContext: @unchecked Sendable {
             forgetName(ino)
             reexpiries.schedule(ino, later: true)
         }
-        drops.queue = pageDrops
+        session.pageDrops = pageDrops
         self.pageDrops = pageDrops
     }
 }
 
-/// Where the session pointer lives, so the page-drop thread's action can
-/// hold it before the context is whole. Written once, before any request
-/// (and so before any drop is queued); read after.
-/// The page-drop queue, for the re-expiry's action made before it. Set
-/// once, before any request (and so before any drop is queued); read after.
-private final class DropQueueSlot: @unchecked Sendable {
-    var queue: DueQueue<UInt64>?
-}
-
+/// What the page-drop and re-expiry threads' actions reach that is made
+/// after them: the session pointer (set right after the session is
+/// created) and the page-drop queue (for the re-expiry's action, made
+/// before it). Each written once, before any request (and so before any
+/// drop is queued); read after.
 private final class SessionSlot: @unchecked Sendable {
     var pointer: OpaquePointer?
+    var pageDrops: DueQueue<UInt64>?
     /// Set when the session stops serving, before its queues are stopped.
     let closing = Atomic<Bool>(false)
 }
